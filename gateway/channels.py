@@ -1,0 +1,211 @@
+"""The channel adapter protocol: everything a third party needs to add a channel type.
+
+A channel type is a Python package that declares an entry point in the `gateway` group, e.g.
+
+    [project.entry-points.gateway]
+    sms_acme = "acme_gateway.sms"
+
+The module implements the `register_channel_types` hook (see `gateway.hookspecs`) and returns
+one or more `ChannelType`s. Each `ChannelType` names the `type:` value ops write in config.yaml,
+the pydantic model that validates one channel instance's config (a subclass of
+`ChannelConfig`), and a factory that builds the adapter object for one configured instance.
+
+The gateway then, for every configured instance of the type:
+
+1. validates its section with `config_model` (unknown keys and wrong types are refused, errors
+   name the key path; secrets are written as `${VAR}` and read from the environment);
+2. calls `factory(context)` with a `ChannelContext` that carries the validated config, the
+   shared aiohttp `ClientSession`, the `Inbound` sink, a small durable key-value store for
+   cursors, the clock and a bound logger;
+3. mounts `POST /webhooks/{name}` and `GET /webhooks/{name}` onto `adapter.handle_webhook` and
+   any extra `adapter.routes()`;
+4. awaits `adapter.start()` once the server is up and `adapter.stop()` at shutdown;
+5. calls `adapter.send(conversation, message)` for every agent message on a conversation of
+   this channel.
+
+Rules an adapter follows:
+
+- Hand every inbound message to `context.inbound.message(...)` and every delivery report to
+  `context.inbound.status(...)`, and answer the provider only after they return: they return
+  once the message is durably stored (acknowledge after commit). Process every item of a
+  batched payload; one bad item must not drop the others.
+- Give each inbound message a stable `provider_message_id`: a retry or re-delivery of the same
+  message must carry the same id, so the store deduplicates it.
+- Verify webhook signatures before reading anything else; raise or answer 403 when wrong.
+- `send` returns a `SendResult` or raises `TransientChannelError` (the gateway retries with
+  backoff) or `PermanentChannelError` (the message is marked failed with the reason; set
+  `closes_window=True` when the provider says the reply window is closed).
+- Never block the event loop and never create an HTTP session per call: use `context.http`.
+- Never import another adapter or anything under `plugins/`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import structlog
+from aiohttp import ClientSession, web
+from pydantic import BaseModel, ConfigDict
+
+from gateway.clock import Clock
+from gateway.durations import Duration
+from gateway.lifecycle import ChannelPolicy
+from gateway.model import Conversation, DeliveryState, DeliveryStatus, InboundMessage, Message
+
+
+class ChannelConfig(BaseModel):
+    """Fields every channel instance has; a channel type subclasses it with its own fields."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    type: str
+    reply_window: Duration | None = None
+    no_agent_timeout: Duration | None = None
+
+    def policy(self) -> ChannelPolicy:
+        """Return the session rules the lifecycle applies to this channel's conversations."""
+        return ChannelPolicy(
+            reply_window=self.reply_window, no_agent_timeout=self.no_agent_timeout
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """What a provider said when it accepted an outbound message."""
+
+    provider_message_id: str | None
+    status: DeliveryState = DeliveryState.SENT
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelHealth:
+    ok: bool
+    detail: str = ""
+
+
+class Inbound(Protocol):
+    """The ingest path adapters hand normalized traffic to; returns after a durable commit."""
+
+    async def message(self, inbound: InboundMessage) -> Any:
+        """Store a customer message (deduplicated); returns the ingest result."""
+        ...
+
+    async def status(self, status: DeliveryStatus) -> Any:
+        """Apply a delivery report (forward-only; unknown ids are logged, not errors)."""
+        ...
+
+
+class KeyValue(Protocol):
+    """Small durable values an adapter keeps across restarts (e.g. an IMAP cursor)."""
+
+    async def kv_get(self, key: str) -> str | None: ...
+
+    async def kv_set(self, key: str, value: str) -> None: ...
+
+
+@dataclass(slots=True)
+class ChannelContext:
+    """Everything the gateway gives one adapter instance."""
+
+    config: ChannelConfig
+    public_url: str
+    http: ClientSession
+    inbound: Inbound
+    kv: KeyValue
+    clock: Clock
+    log: structlog.stdlib.BoundLogger
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def webhook_url(self) -> str:
+        """Return the public URL providers call for this channel (what they sign)."""
+        return f"{self.public_url.rstrip('/')}/webhooks/{self.config.name}"
+
+
+@runtime_checkable
+class ChannelAdapter(Protocol):
+    """One running channel instance. See the module docstring for the rules."""
+
+    name: str
+    channel_type: str
+    provider: str
+
+    def policy(self) -> ChannelPolicy:
+        """Return the reply window and no-agent timeout of this instance."""
+        ...
+
+    def routes(self) -> Sequence[web.RouteDef]:
+        """Return extra HTTP routes this channel serves (web chat pages, sockets)."""
+        ...
+
+    async def start(self) -> None:
+        """Start background work (IMAP IDLE loops, ...); return once running."""
+        ...
+
+    async def stop(self) -> None:
+        """Stop background work; called once at shutdown."""
+        ...
+
+    async def handle_webhook(self, request: web.Request) -> web.StreamResponse:
+        """Answer `POST`/`GET /webhooks/{name}`: verify, normalize, hand to inbound, ack."""
+        ...
+
+    async def send(self, conversation: Conversation, message: Message) -> SendResult:
+        """Deliver an agent message (text, template or attachments) to the customer."""
+        ...
+
+    def health(self) -> ChannelHealth:
+        """Report whether the channel is working (shown by /readyz and /metrics)."""
+        ...
+
+
+AdapterFactory = Callable[[ChannelContext], ChannelAdapter]
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelType:
+    """What a plugin registers: the config `type:` name, its config model and adapter factory."""
+
+    name: str
+    config_model: type[ChannelConfig]
+    factory: AdapterFactory
+    version: str = "0"
+    description: str = ""
+
+
+class BaseAdapter:
+    """Convenience base with the defaults most adapters share (no extra routes, healthy)."""
+
+    channel_type = ""
+    provider = ""
+
+    def __init__(self, context: ChannelContext) -> None:
+        self.context = context
+        self.name = context.config.name
+
+    def policy(self) -> ChannelPolicy:
+        return self.context.config.policy()
+
+    def routes(self) -> Sequence[web.RouteDef]:
+        return ()
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def handle_webhook(self, request: web.Request) -> web.StreamResponse:
+        raise web.HTTPNotFound()
+
+    def health(self) -> ChannelHealth:
+        return ChannelHealth(ok=True)
+
+
+OnStarted = Callable[[], Awaitable[None]]

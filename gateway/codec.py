@@ -1,0 +1,128 @@
+"""Turn stored JSON back into model dataclasses (orjson writes them; this reads them).
+
+Stores keep each conversation, message and event as one orjson document, so both stores share
+one encoding and a record read back compares equal to the one written.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from gateway.model import (
+    Attachment,
+    Contact,
+    Conversation,
+    DeliveryState,
+    Direction,
+    Event,
+    Message,
+    State,
+    dumps,
+    parse_iso,
+)
+
+
+def encode(value: Any) -> bytes:
+    return dumps(value)
+
+
+def _dt(value: Any) -> datetime:
+    parsed = parse_iso(value)
+    if parsed is None:
+        raise ValueError("missing timestamp")
+    return parsed
+
+
+def contact_from(data: dict[str, Any]) -> Contact:
+    return Contact(address=data["address"], display_name=data.get("display_name"))
+
+
+def attachment_from(data: dict[str, Any]) -> Attachment:
+    return Attachment(**data)
+
+
+def conversation_from(data: dict[str, Any]) -> Conversation:
+    return Conversation(
+        id=data["id"],
+        channel=data["channel"],
+        channel_type=data["channel_type"],
+        provider=data["provider"],
+        contact=contact_from(data["contact"]),
+        state=State(data["state"]),
+        queue=data["queue"],
+        created_at=_dt(data["created_at"]),
+        updated_at=_dt(data["updated_at"]),
+        queued_at=_dt(data["queued_at"]),
+        version=data["version"],
+        agent=data.get("agent"),
+        last_message_at=parse_iso(data.get("last_message_at")),
+        last_customer_message_at=parse_iso(data.get("last_customer_message_at")),
+        window_expires_at=parse_iso(data.get("window_expires_at")),
+        no_agent_at=parse_iso(data.get("no_agent_at")),
+        requeue_at=parse_iso(data.get("requeue_at")),
+        inactive_reason=data.get("inactive_reason"),
+        preview=data.get("preview"),
+        subject=data.get("subject"),
+        closed_at=parse_iso(data.get("closed_at")),
+        previous_conversation_id=data.get("previous_conversation_id"),
+    )
+
+
+def message_from(data: dict[str, Any]) -> Message:
+    contact = data.get("contact")
+    status = data.get("status")
+    return Message(
+        id=data["id"],
+        conversation_id=data["conversation_id"],
+        channel=data["channel"],
+        channel_type=data["channel_type"],
+        provider=data["provider"],
+        direction=Direction(data["direction"]),
+        kind=data["kind"],
+        text=data.get("text"),
+        sent_at=_dt(data["sent_at"]),
+        received_at=_dt(data["received_at"]),
+        provider_message_id=data.get("provider_message_id"),
+        status=DeliveryState(status) if status else None,
+        status_at=parse_iso(data.get("status_at")),
+        error_code=data.get("error_code"),
+        error_message=data.get("error_message"),
+        attachments=tuple(attachment_from(a) for a in data.get("attachments") or ()),
+        reply_to=data.get("reply_to"),
+        updates=data.get("updates"),
+        subject=data.get("subject"),
+        contact=contact_from(contact) if contact else None,
+        agent=data.get("agent"),
+        client_id=data.get("client_id"),
+        template=data.get("template"),
+        raw=data.get("raw"),
+        extra=data.get("extra") or {},
+    )
+
+
+def event_from(data: dict[str, Any], cursor: str | None = None) -> Event:
+    conversation = data.get("conversation")
+    message = data.get("message")
+    return Event(
+        type=data["type"],
+        at=_dt(data["at"]),
+        conversation=conversation_from(conversation) if conversation else None,
+        message=message_from(message) if message else None,
+        change=data.get("change"),
+        cursor=cursor if cursor is not None else data.get("cursor"),
+    )
+
+
+def decode_conversation(blob: bytes | str) -> Conversation:
+    return conversation_from(orjson.loads(blob))
+
+
+def decode_message(blob: bytes | str) -> Message:
+    return message_from(orjson.loads(blob))
+
+
+def decode_event(blob: bytes | str, cursor: str | None = None) -> Event:
+    return event_from(orjson.loads(blob), cursor)

@@ -1,0 +1,98 @@
+"""Every error the gateway raises on purpose, and what the caller should do about each.
+
+    GatewayError                 base; `code` is the machine-readable name used in API errors
+    ├── ConfigError              the config is invalid: fix the file (names file and key path)
+    ├── TransitionError          the lifecycle refuses a change: report 4xx, change nothing
+    ├── NotFound                 no such conversation/message: report 404
+    ├── VersionConflict          someone else changed the conversation first: reload, retry
+    ├── InvalidInput             a request or payload is malformed: report 4xx, store nothing
+    ├── SignatureError           a webhook is not signed by the provider: report 403
+    └── ChannelError             a provider call failed
+        ├── TransientChannelError    retry later (429, 5xx, time-outs)
+        └── PermanentChannelError    give up, mark the message failed with the reason
+
+API handlers translate these to `{"error": {"code", "message"}}` with `HTTP_STATUS[code]`.
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    code = "error"
+
+    def __init__(self, message: str = "", *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class ConfigError(GatewayError):
+    """The configuration is invalid; the message names the file, key path and expectation."""
+
+    code = "invalid_config"
+
+
+class TransitionError(GatewayError):
+    """The lifecycle forbids this change in the conversation's current state."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message, code=code)
+
+
+class NotFound(GatewayError):
+    code = "not_found"
+
+
+class VersionConflict(GatewayError):
+    """The stored conversation moved on since it was read; reload and decide again."""
+
+    code = "conflict"
+
+
+class InvalidInput(GatewayError):
+    code = "invalid_request"
+
+
+class SignatureError(GatewayError):
+    code = "invalid_signature"
+
+
+class ChannelError(GatewayError):
+    code = "channel_error"
+
+    def __init__(
+        self, message: str, *, provider_code: str | None = None, closes_window: bool = False
+    ) -> None:
+        super().__init__(message)
+        self.provider_code = provider_code
+        self.closes_window = closes_window
+
+
+class TransientChannelError(ChannelError):
+    code = "channel_unavailable"
+
+
+class PermanentChannelError(ChannelError):
+    code = "channel_rejected"
+
+
+HTTP_STATUS: dict[str, int] = {
+    "invalid_request": 400,
+    "invalid_json": 400,
+    "unauthorized": 401,
+    "forbidden": 403,
+    "invalid_signature": 403,
+    "not_on_queue": 403,
+    "not_assignee": 403,
+    "not_found": 404,
+    "already_taken": 409,
+    "conflict": 409,
+    "invalid_transition": 409,
+    "window_closed": 409,
+    "max_active_reached": 409,
+    "payload_too_large": 413,
+    "unsupported_media_type": 415,
+    "channel_unavailable": 502,
+    "channel_rejected": 422,
+}

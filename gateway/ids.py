@@ -1,0 +1,39 @@
+"""Time-ordered identifiers (ULID layout): sortable by creation time, unique across processes."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_lock = threading.Lock()
+_last_ms = 0
+_last_rand = 0
+
+
+def _encode(value: int, length: int) -> str:
+    chars = []
+    for _ in range(length):
+        value, rem = divmod(value, 32)
+        chars.append(_ALPHABET[rem])
+    return "".join(reversed(chars))
+
+
+def ulid(now_ms: int | None = None) -> str:
+    """Return a 26-character ULID; ids made in the same millisecond stay strictly increasing."""
+    global _last_ms, _last_rand
+    ms = int(time.time() * 1000) if now_ms is None else now_ms
+    with _lock:
+        if ms <= _last_ms:
+            ms = _last_ms
+            rand = _last_rand + 1
+        else:
+            rand = int.from_bytes(os.urandom(10), "big") >> 1
+        _last_ms, _last_rand = ms, rand
+    return _encode(ms, 10) + _encode(rand, 16)
+
+
+def new_id(prefix: str) -> str:
+    """Return a prefixed time-ordered id such as `c_01J...` (conversation) or `m_01J...`."""
+    return f"{prefix}_{ulid()}"

@@ -1,0 +1,467 @@
+"""The conversation state machine: pure functions `(conversation, event, now) -> Transition`.
+
+Nothing here does I/O or reads a clock: callers pass `now` and whatever facts the rule needs
+(the agent's queues and load, whether a queue has agents online). The store applies the
+resulting conversation with compare-and-set on `version`, so the same rules run over SQLite and
+Redis and every rule is testable without sleeping.
+
+Allowed edges (DESIGN section 1); `inactive` and `closed` are terminal, a later customer
+message opens a new conversation:
+
+    waiting -> active (accept/assign) | inactive (window, no agent) | closed
+    active  -> pending | closed | inactive (window) | waiting (transfer to a queue) | active
+    pending -> active (resume) | waiting (requeue) | inactive (window) | closed
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from gateway.errors import TransitionError
+from gateway.model import (
+    OPEN_STATES,
+    Conversation,
+    Event,
+    InactiveReason,
+    InboundMessage,
+    Message,
+    State,
+)
+
+ALLOWED_EDGES: frozenset[tuple[State, State]] = frozenset(
+    {
+        (State.WAITING, State.ACTIVE),
+        (State.WAITING, State.INACTIVE),
+        (State.WAITING, State.CLOSED),
+        (State.WAITING, State.WAITING),
+        (State.ACTIVE, State.PENDING),
+        (State.ACTIVE, State.CLOSED),
+        (State.ACTIVE, State.INACTIVE),
+        (State.ACTIVE, State.WAITING),
+        (State.ACTIVE, State.ACTIVE),
+        (State.PENDING, State.ACTIVE),
+        (State.PENDING, State.WAITING),
+        (State.PENDING, State.INACTIVE),
+        (State.PENDING, State.CLOSED),
+        (State.PENDING, State.PENDING),
+    }
+)
+
+PREVIEW_CHARS = 120
+
+DEADLINE_WINDOW = "window"
+DEADLINE_NO_AGENT = "no_agent"
+DEADLINE_REQUEUE = "requeue"
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelPolicy:
+    """A channel instance's session rules: the reply window and the no-agent timeout."""
+
+    reply_window: timedelta | None = None
+    no_agent_timeout: timedelta | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QueuePolicy:
+    """A queue's rules that the lifecycle needs: when pending work goes back to waiting."""
+
+    requeue_after: timedelta | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AgentContext:
+    """What the lifecycle must know about an agent to let them take a conversation."""
+
+    id: str
+    queues: frozenset[str]
+    max_active: int
+    active_count: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class QueuePresence:
+    """Whether anyone of a queue is online, and when the last one was seen if nobody is."""
+
+    online: bool
+    last_seen_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """The outcome of a rule: the new conversation and the events to append with it.
+
+    `distribute` names a queue whose automatic distribution should run after the commit.
+    `changed` is False when the rule decided nothing needs to be written.
+    """
+
+    conversation: Conversation
+    events: tuple[Event, ...] = ()
+    distribute: str | None = None
+    changed: bool = True
+
+
+def preview_of(text: str | None, kind: str) -> str:
+    """Return the inbox preview of a message: its first characters, or its kind in brackets."""
+    if text:
+        flat = " ".join(text.split())
+        return flat[:PREVIEW_CHARS]
+    return f"[{kind}]"
+
+
+def can_reply(conversation: Conversation, now: datetime) -> bool:
+    """Tell whether free-form text may be sent now (open and inside the reply window)."""
+    if conversation.state not in OPEN_STATES:
+        return False
+    expires = conversation.window_expires_at
+    return expires is None or now < expires
+
+
+def deadlines_of(conversation: Conversation) -> dict[str, datetime]:
+    """Return the deadlines a stored conversation carries, by kind; the store indexes these."""
+    due: dict[str, datetime] = {}
+    if conversation.state in OPEN_STATES and conversation.window_expires_at is not None:
+        due[DEADLINE_WINDOW] = conversation.window_expires_at
+    if conversation.state == State.WAITING and conversation.no_agent_at is not None:
+        due[DEADLINE_NO_AGENT] = conversation.no_agent_at
+    if conversation.state == State.PENDING and conversation.requeue_at is not None:
+        due[DEADLINE_REQUEUE] = conversation.requeue_at
+    return due
+
+
+def _updated(
+    before: Conversation, after: Conversation, change: str, now: datetime
+) -> tuple[Event, ...]:
+    if (before.state, after.state) not in ALLOWED_EDGES:
+        raise AssertionError(f"lifecycle bug: {before.state} -> {after.state}")
+    return (Event(type="conversation.updated", at=now, conversation=after, change=change),)
+
+
+def _window_end(
+    current: datetime | None, sent_at: datetime, policy: ChannelPolicy
+) -> datetime | None:
+    if policy.reply_window is None:
+        return None
+    end = sent_at + policy.reply_window
+    return end if current is None or end > current else current
+
+
+def open_conversation(
+    conversation_id: str,
+    message: InboundMessage,
+    queue: str,
+    now: datetime,
+    policy: ChannelPolicy,
+    previous_conversation_id: str | None = None,
+) -> Transition:
+    """Start a waiting conversation for a customer who has no open one on this channel."""
+    conversation = Conversation(
+        id=conversation_id,
+        channel=message.channel,
+        channel_type=message.channel_type,
+        provider=message.provider,
+        contact=message.contact,
+        state=State.WAITING,
+        queue=queue,
+        created_at=now,
+        updated_at=now,
+        queued_at=now,
+        last_message_at=now,
+        last_customer_message_at=message.sent_at,
+        window_expires_at=_window_end(None, message.sent_at, policy),
+        no_agent_at=now + policy.no_agent_timeout if policy.no_agent_timeout else None,
+        preview=preview_of(message.text, message.kind),
+        subject=message.subject,
+        previous_conversation_id=previous_conversation_id,
+    )
+    event = Event(type="conversation.created", at=now, conversation=conversation)
+    return Transition(conversation, (event,), distribute=queue)
+
+
+def customer_message(
+    conversation: Conversation, message: InboundMessage, now: datetime, policy: ChannelPolicy
+) -> Transition:
+    """Record a new customer message on an open conversation: window, preview, contact name."""
+    if not conversation.is_open:
+        raise TransitionError("invalid_transition", "a closed conversation takes no messages")
+    no_agent_at = conversation.no_agent_at
+    if conversation.state == State.WAITING and no_agent_at is None and policy.no_agent_timeout:
+        no_agent_at = now + policy.no_agent_timeout
+    contact = conversation.contact
+    if message.contact.display_name and message.contact.display_name != contact.display_name:
+        contact = dataclasses.replace(contact, display_name=message.contact.display_name)
+    last_customer = conversation.last_customer_message_at
+    if last_customer is None or message.sent_at > last_customer:
+        last_customer = message.sent_at
+    after = dataclasses.replace(
+        conversation,
+        contact=contact,
+        updated_at=now,
+        last_message_at=now,
+        last_customer_message_at=last_customer,
+        window_expires_at=_window_end(conversation.window_expires_at, message.sent_at, policy),
+        no_agent_at=no_agent_at,
+        preview=preview_of(message.text, message.kind),
+    )
+    event = Event(type="conversation.updated", at=now, conversation=after, change="message")
+    return Transition(after, (event,))
+
+
+def agent_message(conversation: Conversation, message: Message, now: datetime) -> Transition:
+    """Record an agent's outbound message: preview and activity time move, state does not."""
+    after = dataclasses.replace(
+        conversation,
+        updated_at=now,
+        last_message_at=now,
+        preview=preview_of(message.text, message.kind),
+    )
+    return Transition(after, ())
+
+
+def _require_queue(conversation: Conversation, agent: AgentContext) -> None:
+    if conversation.queue not in agent.queues:
+        raise TransitionError(
+            "not_on_queue", f"agent {agent.id} is not on queue {conversation.queue}"
+        )
+
+
+def _require_capacity(agent: AgentContext) -> None:
+    if agent.active_count >= agent.max_active:
+        raise TransitionError(
+            "max_active_reached",
+            f"agent {agent.id} already has {agent.active_count} active conversations",
+        )
+
+
+def _require_assignee(conversation: Conversation, agent_id: str) -> None:
+    if conversation.agent != agent_id:
+        raise TransitionError("not_assignee", "the conversation is assigned to another agent")
+
+
+def accept(
+    conversation: Conversation, agent: AgentContext, now: datetime, change: str = "accepted"
+) -> Transition:
+    """Give a waiting conversation to an agent of its queue who has capacity left."""
+    if conversation.state != State.WAITING:
+        if conversation.state in (State.ACTIVE, State.PENDING):
+            raise TransitionError("already_taken", "the conversation was taken by another agent")
+        raise TransitionError(
+            "invalid_transition", f"a {conversation.state} conversation cannot be accepted"
+        )
+    _require_queue(conversation, agent)
+    _require_capacity(agent)
+    after = dataclasses.replace(
+        conversation,
+        state=State.ACTIVE,
+        agent=agent.id,
+        updated_at=now,
+        no_agent_at=None,
+        requeue_at=None,
+    )
+    return Transition(after, _updated(conversation, after, change, now))
+
+
+def assign(conversation: Conversation, agent: AgentContext, now: datetime) -> Transition:
+    """Automatic distribution: the same rule as accept, recorded as `assigned`."""
+    return accept(conversation, agent, now, change="assigned")
+
+
+def set_pending(
+    conversation: Conversation, agent_id: str, now: datetime, queue_policy: QueuePolicy
+) -> Transition:
+    """Set an active conversation aside; `requeue_after` arms its way back to waiting."""
+    if conversation.state != State.ACTIVE:
+        raise TransitionError(
+            "invalid_transition", f"only an active conversation can be set pending, not {conversation.state}"
+        )
+    _require_assignee(conversation, agent_id)
+    return _to_pending(conversation, now, queue_policy, "pending")
+
+
+def _to_pending(
+    conversation: Conversation, now: datetime, queue_policy: QueuePolicy, change: str
+) -> Transition:
+    requeue_at = now + queue_policy.requeue_after if queue_policy.requeue_after else None
+    after = dataclasses.replace(
+        conversation, state=State.PENDING, updated_at=now, requeue_at=requeue_at
+    )
+    return Transition(after, _updated(conversation, after, change, now))
+
+
+def resume(conversation: Conversation, agent: AgentContext, now: datetime) -> Transition:
+    """Take a pending conversation back, only while the channel still allows a reply."""
+    if conversation.state != State.PENDING:
+        raise TransitionError(
+            "invalid_transition", f"only a pending conversation can be resumed, not {conversation.state}"
+        )
+    _require_assignee(conversation, agent.id)
+    if not can_reply(conversation, now):
+        raise TransitionError("window_closed", "the channel no longer allows a reply")
+    _require_capacity(agent)
+    after = dataclasses.replace(conversation, state=State.ACTIVE, updated_at=now, requeue_at=None)
+    return Transition(after, _updated(conversation, after, "resumed", now))
+
+
+def close(conversation: Conversation, agent: AgentContext, now: datetime) -> Transition:
+    """Finish a conversation: the assignee closes active/pending, a queue member closes waiting."""
+    if conversation.state == State.WAITING:
+        _require_queue(conversation, agent)
+    elif conversation.state in (State.ACTIVE, State.PENDING):
+        _require_assignee(conversation, agent.id)
+    else:
+        raise TransitionError(
+            "invalid_transition", f"a {conversation.state} conversation cannot be closed"
+        )
+    after = dataclasses.replace(
+        conversation,
+        state=State.CLOSED,
+        updated_at=now,
+        closed_at=now,
+        no_agent_at=None,
+        requeue_at=None,
+    )
+    return Transition(after, _updated(conversation, after, "closed", now))
+
+
+def transfer(
+    conversation: Conversation,
+    agent_id: str,
+    now: datetime,
+    *,
+    to_queue: str | None = None,
+    to_agent: AgentContext | None = None,
+    policy: ChannelPolicy | None = None,
+) -> Transition:
+    """Hand an active or pending conversation to another queue (waiting) or another agent."""
+    if conversation.state not in (State.ACTIVE, State.PENDING):
+        raise TransitionError(
+            "invalid_transition", f"a {conversation.state} conversation cannot be transferred"
+        )
+    _require_assignee(conversation, agent_id)
+    if to_agent is not None:
+        target = dataclasses.replace(conversation, queue=to_queue or conversation.queue)
+        _require_queue(target, to_agent)
+        _require_capacity(to_agent)
+        after = dataclasses.replace(
+            target, state=State.ACTIVE, agent=to_agent.id, updated_at=now, requeue_at=None
+        )
+        return Transition(after, _updated(conversation, after, "transferred", now))
+    if to_queue is None:
+        raise TransitionError("invalid_request", "transfer needs a queue or an agent")
+    no_agent_timeout = policy.no_agent_timeout if policy else None
+    after = dataclasses.replace(
+        conversation,
+        state=State.WAITING,
+        queue=to_queue,
+        agent=None,
+        queued_at=now,
+        updated_at=now,
+        requeue_at=None,
+        no_agent_at=now + no_agent_timeout if no_agent_timeout else None,
+    )
+    return Transition(after, _updated(conversation, after, "transferred", now), distribute=to_queue)
+
+
+def _inactive(conversation: Conversation, now: datetime, reason: str) -> Transition:
+    after = dataclasses.replace(
+        conversation,
+        state=State.INACTIVE,
+        inactive_reason=reason,
+        updated_at=now,
+        no_agent_at=None,
+        requeue_at=None,
+    )
+    return Transition(after, _updated(conversation, after, "inactive", now))
+
+
+def _unchanged(conversation: Conversation) -> Transition:
+    return Transition(conversation, (), changed=False)
+
+
+def expire_window(conversation: Conversation, now: datetime) -> Transition:
+    """The reply window lapsed: an open conversation becomes inactive (`window_expired`)."""
+    expires = conversation.window_expires_at
+    if conversation.state not in OPEN_STATES or expires is None or expires > now:
+        return _unchanged(conversation)
+    return _inactive(conversation, now, InactiveReason.WINDOW_EXPIRED)
+
+
+def provider_window_closed(conversation: Conversation, now: datetime) -> Transition:
+    """The provider refused a send as outside the window: close the window early."""
+    if conversation.state not in OPEN_STATES:
+        return _unchanged(conversation)
+    closed = dataclasses.replace(conversation, window_expires_at=now)
+    return _inactive(closed, now, InactiveReason.WINDOW_EXPIRED)
+
+
+def no_agent_due(
+    conversation: Conversation, now: datetime, presence: QueuePresence, policy: ChannelPolicy
+) -> Transition:
+    """The no-agent deadline came: inactive if nobody of the queue was online for the timeout.
+
+    If an agent is online the customer is merely waiting to be accepted, so the check is moved
+    one timeout later; if the last agent left recently, it is moved to `last_seen + timeout`.
+    """
+    due = conversation.no_agent_at
+    timeout = policy.no_agent_timeout
+    if conversation.state != State.WAITING or due is None or due > now or timeout is None:
+        return _unchanged(conversation)
+    if presence.online:
+        rearmed = dataclasses.replace(conversation, no_agent_at=now + timeout)
+        return Transition(rearmed, ())
+    if presence.last_seen_at is not None and presence.last_seen_at + timeout > now:
+        rearmed = dataclasses.replace(conversation, no_agent_at=presence.last_seen_at + timeout)
+        return Transition(rearmed, ())
+    return _inactive(conversation, now, InactiveReason.NO_AGENT_AVAILABLE)
+
+
+def requeue_due(conversation: Conversation, now: datetime, policy: ChannelPolicy) -> Transition:
+    """A pending conversation waited `requeue_after`: back to waiting at its original place."""
+    due = conversation.requeue_at
+    if conversation.state != State.PENDING or due is None or due > now:
+        return _unchanged(conversation)
+    after = dataclasses.replace(
+        conversation,
+        state=State.WAITING,
+        agent=None,
+        updated_at=now,
+        requeue_at=None,
+        no_agent_at=now + policy.no_agent_timeout if policy.no_agent_timeout else None,
+    )
+    return Transition(
+        after, _updated(conversation, after, "requeued", now), distribute=conversation.queue
+    )
+
+
+def agent_lost(
+    conversation: Conversation, agent_id: str, now: datetime, queue_policy: QueuePolicy
+) -> Transition:
+    """The agent stayed offline past the grace: their active conversation becomes pending."""
+    if conversation.state != State.ACTIVE or conversation.agent != agent_id:
+        return _unchanged(conversation)
+    return _to_pending(conversation, now, queue_policy, "agent_offline")
+
+
+def on_deadline(
+    conversation: Conversation,
+    kind: str,
+    now: datetime,
+    policy: ChannelPolicy,
+    presence: QueuePresence,
+) -> Transition:
+    """Dispatch a fired deadline of `kind` to its rule; stale deadlines change nothing."""
+    if kind == DEADLINE_WINDOW:
+        return expire_window(conversation, now)
+    if kind == DEADLINE_NO_AGENT:
+        return no_agent_due(conversation, now, presence, policy)
+    if kind == DEADLINE_REQUEUE:
+        return requeue_due(conversation, now, policy)
+    return _unchanged(conversation)
+
+
+def waiting_order(conversations: Iterable[Conversation]) -> list[Conversation]:
+    """Sort conversations the way the waiting queue serves them: oldest `queued_at` first."""
+    return sorted(conversations, key=lambda c: (c.queued_at, c.id))

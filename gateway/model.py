@@ -1,0 +1,265 @@
+"""The normalized data the whole gateway speaks: contacts, conversations, messages, events.
+
+Adapters turn provider traffic into these frozen dataclasses; the lifecycle, the store and the
+HTTP layer only ever see them. Every value here is immutable so a transition is a new object and
+an old snapshot can be compared against the stored version (compare-and-set).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import orjson
+
+
+class State(StrEnum):
+    """Inbox states of DESIGN section 1; the values are the wire names."""
+
+    WAITING = "waiting"
+    ACTIVE = "active"
+    PENDING = "pending"
+    INACTIVE = "inactive"
+    CLOSED = "closed"
+
+
+OPEN_STATES = frozenset({State.WAITING, State.ACTIVE, State.PENDING})
+
+
+class InactiveReason(StrEnum):
+    """Why a conversation can no longer be answered (plugins may use their own strings)."""
+
+    WINDOW_EXPIRED = "window_expired"
+    NO_AGENT_AVAILABLE = "no_agent_available"
+
+
+class Direction(StrEnum):
+    IN = "in"
+    OUT = "out"
+
+
+class DeliveryState(StrEnum):
+    """Outbound delivery states; they only ever move forward (see `DELIVERY_RANK`)."""
+
+    QUEUED = "queued"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    READ = "read"
+    FAILED = "failed"
+
+
+# `failed` ranks above `sent` (a failure report ends the message) but a message that was already
+# delivered or read cannot fail afterwards: a late `failed` never overwrites `read`.
+DELIVERY_RANK: dict[DeliveryState, int] = {
+    DeliveryState.QUEUED: 0,
+    DeliveryState.SENT: 1,
+    DeliveryState.FAILED: 2,
+    DeliveryState.DELIVERED: 3,
+    DeliveryState.READ: 4,
+}
+
+
+def status_moves_forward(current: DeliveryState | None, new: DeliveryState) -> bool:
+    """Tell whether a delivery report `new` may replace `current`."""
+    if current is None:
+        return True
+    if current == DeliveryState.FAILED:
+        return False
+    return DELIVERY_RANK[new] > DELIVERY_RANK[current]
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    """The customer as the channel knows them: E.164 phone, email, visitor id or provider id."""
+
+    address: str
+    display_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """A file carried by a message; media lives at the provider, referenced by id or URL."""
+
+    kind: str
+    url: str | None = None
+    media_id: str | None = None
+    mime_type: str | None = None
+    caption: str | None = None
+    filename: str | None = None
+    size: int | None = None
+    sha256: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InboundMessage:
+    """A customer message as an adapter hands it to ingest, before it has a conversation.
+
+    `provider_message_id` is the dedup key within the channel; adapters without one must derive
+    a stable one (a client id, a Message-ID, a content hash) so a retry is never a second message.
+    `sent_at` is the provider's timestamp: the reply window is measured on it.
+    `thread_refs` are provider ids of earlier messages this one answers (email References),
+    used to link a new conversation to the one it continues.
+    `updates` names a message this one modifies (reaction, edit, revoke) by provider id.
+    """
+
+    channel: str
+    channel_type: str
+    provider: str
+    provider_message_id: str
+    contact: Contact
+    sent_at: datetime
+    kind: str = "text"
+    text: str | None = None
+    attachments: tuple[Attachment, ...] = ()
+    reply_to: str | None = None
+    thread_refs: tuple[str, ...] = ()
+    updates: str | None = None
+    subject: str | None = None
+    wakes_conversation: bool = True
+    raw: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A stored message, inbound or outbound, as agents and integrators see it."""
+
+    id: str
+    conversation_id: str
+    channel: str
+    channel_type: str
+    provider: str
+    direction: Direction
+    kind: str
+    text: str | None
+    sent_at: datetime
+    received_at: datetime
+    provider_message_id: str | None = None
+    status: DeliveryState | None = None
+    status_at: datetime | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    attachments: tuple[Attachment, ...] = ()
+    reply_to: str | None = None
+    updates: str | None = None
+    subject: str | None = None
+    contact: Contact | None = None
+    agent: str | None = None
+    client_id: str | None = None
+    template: dict[str, Any] | None = None
+    raw: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryStatus:
+    """A provider's report about an outbound message, keyed by its provider id."""
+
+    channel: str
+    provider_message_id: str
+    status: DeliveryState
+    at: datetime
+    error_code: str | None = None
+    error_message: str | None = None
+    closes_window: bool = False
+    raw: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    """One attention: a contact on one channel instance, in one inbox state.
+
+    `version` increases by one on every stored change; transitions are compare-and-set on it.
+    `queued_at` is the FIFO key of the waiting queue and survives requeue.
+    `window_expires_at`, `no_agent_at` and `requeue_at` are the deadlines this conversation
+    carries; the store indexes them so the timer scheduler finds what is due.
+    """
+
+    id: str
+    channel: str
+    channel_type: str
+    provider: str
+    contact: Contact
+    state: State
+    queue: str
+    created_at: datetime
+    updated_at: datetime
+    queued_at: datetime
+    version: int = 1
+    agent: str | None = None
+    last_message_at: datetime | None = None
+    last_customer_message_at: datetime | None = None
+    window_expires_at: datetime | None = None
+    no_agent_at: datetime | None = None
+    requeue_at: datetime | None = None
+    inactive_reason: str | None = None
+    preview: str | None = None
+    subject: str | None = None
+    closed_at: datetime | None = None
+    previous_conversation_id: str | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self.state in OPEN_STATES
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One entry of the append-only normalized event log (DESIGN section 6).
+
+    `type` is one of `message.received`, `message.sent`, `message.status`,
+    `conversation.created`, `conversation.updated`; `change` says what changed for
+    `conversation.updated` (accepted, pending, resumed, closed, inactive, ...).
+    `cursor` is assigned by the store when the event is appended.
+    """
+
+    type: str
+    at: datetime
+    conversation: Conversation | None = None
+    message: Message | None = None
+    change: str | None = None
+    cursor: str | None = None
+
+    def with_cursor(self, cursor: str) -> Event:
+        return dataclasses.replace(self, cursor=cursor)
+
+
+def utc(dt: datetime) -> datetime:
+    """Normalize a datetime to aware UTC (naive values are taken as UTC)."""
+    if dt.tzinfo is None:
+        return dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC)
+
+
+def iso(dt: datetime | None) -> str | None:
+    """Render a timestamp the way the API promises: ISO 8601 UTC with a trailing Z."""
+    if dt is None:
+        return None
+    return utc(dt).isoformat().replace("+00:00", "Z")
+
+
+def parse_iso(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    return utc(datetime.fromisoformat(text.replace("Z", "+00:00")))
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return iso(value)
+    if isinstance(value, tuple | frozenset | set):
+        return list(value)
+    raise TypeError(f"cannot serialize {type(value).__name__}")
+
+
+def dumps(value: Any) -> bytes:
+    """Serialize dataclasses (and dicts of them) with orjson; datetimes as ISO UTC."""
+    return orjson.dumps(value, default=_default, option=orjson.OPT_PASSTHROUGH_DATETIME)
+
+
+def to_dict(value: Any) -> Any:
+    """Convert a dataclass (or container of them) into JSON-ready primitives."""
+    return orjson.loads(dumps(value))

@@ -1,0 +1,245 @@
+"""The store contract: the only I/O for conversation state, one Protocol for every backend.
+
+Every method that changes state is atomic: the conversation row, its indexes (queue order,
+agent load, deadlines) and the event log entries it produces are written in one step or not at
+all. Conversation changes are compare-and-set on `Conversation.version`; the store assigns the
+new version (expected + 1) and stamps it into the events it appends.
+
+`tests/store/test_contract.py` is the executable form of this contract and runs against every
+implementation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from gateway.lifecycle import Transition
+from gateway.model import Conversation, DeliveryStatus, Event, InboundMessage, Message, State
+
+
+@dataclass(frozen=True, slots=True)
+class IngestPlan:
+    """What ingest decided for one inbound message: the conversation change and the message."""
+
+    transition: Transition
+    message: Message
+
+
+IngestPlanner = Callable[[Conversation | None, Conversation | None], IngestPlan]
+"""Called inside the store's atomic step with (open conversation of the contact on the channel,
+conversation that `thread_refs` point to); must be pure and fast."""
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    duplicate: bool
+    message: Message
+    conversation: Conversation
+    events: tuple[Event, ...] = ()
+    distribute: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StatusResult:
+    """`message` is None for an unknown provider id; `moved` is False for a stale report."""
+
+    message: Message | None
+    moved: bool
+    conversation: Conversation | None = None
+    events: tuple[Event, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundResult:
+    message: Message
+    created: bool
+    conversation: Conversation
+    events: tuple[Event, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Deadline:
+    """A due time for a target: `conversation:<id>` or `agent:<id>`, of a kind."""
+
+    target: str
+    kind: str
+    due_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AgentPresence:
+    online: bool
+    last_seen_at: datetime | None
+
+
+class Store(Protocol):
+    async def open(self) -> None:
+        """Create the schema if needed and start background resources."""
+        ...
+
+    async def close(self) -> None:
+        """Flush pending writes and release everything."""
+        ...
+
+    async def ping(self) -> bool:
+        """Tell whether the backend answers (readiness)."""
+        ...
+
+    # conversations -------------------------------------------------------------------------
+    async def get_conversation(self, conversation_id: str) -> Conversation | None: ...
+
+    async def find_open_conversation(self, channel: str, address: str) -> Conversation | None: ...
+
+    async def list_conversations(
+        self,
+        state: State,
+        *,
+        queues: Collection[str] | None = None,
+        agent: str | None = None,
+        limit: int = 200,
+    ) -> list[Conversation]:
+        """List by state; waiting oldest `queued_at` first, others most recently updated first."""
+        ...
+
+    async def count_by_state(self) -> dict[tuple[str, str], int]:
+        """Return conversation counts by (state, queue), for metrics."""
+        ...
+
+    async def agent_loads(self) -> dict[str, int]:
+        """Return the number of active conversations per agent."""
+        ...
+
+    async def update_conversation(
+        self,
+        transition: Transition,
+        expected_version: int,
+        *,
+        max_active: int | None = None,
+    ) -> tuple[Conversation, tuple[Event, ...]]:
+        """Compare-and-set a lifecycle transition; raise VersionConflict if it moved on.
+
+        With `max_active`, an assignment is refused (TransitionError `max_active_reached`) when
+        the agent already holds that many active conversations, checked in the same step.
+        """
+        ...
+
+    # messages --------------------------------------------------------------------------------
+    async def ingest(self, inbound: InboundMessage, planner: IngestPlanner) -> IngestResult:
+        """Dedup on (channel, provider message id), then append the planned message and change."""
+        ...
+
+    async def add_outbound(
+        self,
+        transition: Transition,
+        expected_version: int,
+        message: Message,
+        idempotency_key: str | None,
+    ) -> OutboundResult:
+        """Store an agent's message (queued) unless the idempotency key was already used."""
+        ...
+
+    async def record_send(
+        self,
+        message_id: str,
+        *,
+        provider_message_id: str | None,
+        status: DeliveryStatus | None,
+    ) -> StatusResult:
+        """Attach the provider id a send returned and/or a status, forward-only."""
+        ...
+
+    async def apply_status(self, status: DeliveryStatus) -> StatusResult:
+        """Apply a provider delivery report by provider id; only forward moves are stored."""
+        ...
+
+    async def get_message(self, message_id: str) -> Message | None: ...
+
+    async def find_message(self, channel: str, provider_message_id: str) -> Message | None: ...
+
+    async def list_messages(
+        self, conversation_id: str, *, after: str | None = None, limit: int = 1000
+    ) -> list[Message]:
+        """Messages of a conversation in order, optionally only those after a message id."""
+        ...
+
+    async def list_contact_messages(
+        self, channel: str, address: str, *, after: str | None = None, limit: int = 1000
+    ) -> list[Message]:
+        """Messages of every conversation of a contact on a channel, in order (replay)."""
+        ...
+
+    # event log ---------------------------------------------------------------------------------
+    async def read_events(self, after: str | None, limit: int = 500) -> list[Event]:
+        """Events strictly after `after` (None: from the start), in log order."""
+        ...
+
+    async def wait_events(self, after: str | None, timeout: float) -> list[Event]:
+        """Like read_events, but wait up to `timeout` seconds for the first new event."""
+        ...
+
+    async def last_cursor(self) -> str | None: ...
+
+    # deadlines ---------------------------------------------------------------------------------
+    async def claim_due(self, now: datetime, limit: int, lease: timedelta) -> list[Deadline]:
+        """Lease due deadlines so concurrent schedulers do not fire the same one at once."""
+        ...
+
+    async def set_deadline(self, target: str, kind: str, due_at: datetime) -> None: ...
+
+    async def clear_deadline(self, target: str, kind: str, due_at: datetime | None = None) -> None:
+        """Remove a deadline (only the one due at `due_at`, when given)."""
+        ...
+
+    async def next_due(self) -> datetime | None:
+        """Return the earliest due time of any deadline (the scheduler sleeps until then)."""
+        ...
+
+    # presence ----------------------------------------------------------------------------------
+    async def presence_connect(self, agent: str, connection: str, node: str, now: datetime) -> None:
+        """Record a live agent connection; cancels a pending disconnect grace."""
+        ...
+
+    async def presence_disconnect(
+        self, agent: str, connection: str, now: datetime, grace: timedelta
+    ) -> bool:
+        """Drop a connection; when it was the agent's last, arm the grace deadline (True)."""
+        ...
+
+    async def presence_drop_node(self, node: str, now: datetime, grace: timedelta) -> list[str]:
+        """Forget every connection of a dead node; return the agents left offline."""
+        ...
+
+    async def presence(self) -> dict[str, AgentPresence]: ...
+
+    # small durable values (cursors, round-robin pointers) --------------------------------------
+    async def kv_get(self, key: str) -> str | None: ...
+
+    async def kv_set(self, key: str, value: str) -> None: ...
+
+    async def kv_compare_set(self, key: str, expected: str | None, value: str) -> bool: ...
+
+
+AGENT_TARGET = "agent:"
+CONVERSATION_TARGET = "conversation:"
+GRACE_KIND = "presence_grace"
+
+
+def conversation_target(conversation_id: str) -> str:
+    return CONVERSATION_TARGET + conversation_id
+
+
+def agent_target(agent: str) -> str:
+    return AGENT_TARGET + agent
+
+
+def stamp_version(events: Sequence[Event], conversation: Conversation) -> tuple[Event, ...]:
+    """Make every event carry the stored conversation (with its final version)."""
+    import dataclasses
+
+    return tuple(
+        dataclasses.replace(e, conversation=conversation) if e.conversation is not None else e
+        for e in events
+    )
