@@ -465,3 +465,13 @@ def on_deadline(
 def waiting_order(conversations: Iterable[Conversation]) -> list[Conversation]:
     """Sort conversations the way the waiting queue serves them: oldest `queued_at` first."""
     return sorted(conversations, key=lambda c: (c.queued_at, c.id))
+
+
+def archived_conversation(
+    conversation_id: str, message: InboundMessage, queue: str, now: datetime
+) -> Transition:
+    """Keep a message that must not wake anyone (an auto-reply) in a closed conversation."""
+    opened = open_conversation(conversation_id, message, queue, now, ChannelPolicy())
+    after = dataclasses.replace(opened.conversation, state=State.CLOSED, closed_at=now)
+    event = Event(type="conversation.created", at=now, conversation=after)
+    return Transition(after, (event,))

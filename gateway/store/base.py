@@ -11,6 +11,7 @@ implementation.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -237,8 +238,6 @@ def agent_target(agent: str) -> str:
 
 def stamp_version(events: Sequence[Event], conversation: Conversation) -> tuple[Event, ...]:
     """Make every event carry the stored conversation (with its final version)."""
-    import dataclasses
-
     return tuple(
         dataclasses.replace(e, conversation=conversation) if e.conversation is not None else e
         for e in events

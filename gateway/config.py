@@ -1,0 +1,786 @@
+"""config.yaml: the models ops write against, and the loader that refuses a bad file up front.
+
+The loader exists so that every mistake in config.yaml is found at startup (or by
+`gateway check`), all at once, each named by file and key path, instead of surfacing one by one
+at run time. It works in five steps:
+
+1. parse the YAML (syntax errors and duplicate keys are reported with their line);
+2. expand `${VAR}` references from the environment inside every string value;
+3. validate each core section (`server`, `store`, ...) with its pydantic model;
+4. validate each `channels[i]` entry with the model its `type` registered, so core code never
+   knows a channel's fields;
+5. cross-check names: duplicates, routes and agents naming unknown queues, unreachable rules.
+
+Problems from all steps are gathered into one `ConfigError`, one `FILE: KEY.PATH: expectation`
+line each. Values are never echoed: after expansion any value may be a secret, so messages carry
+only key paths and names that ops wrote (queue, channel, type names).
+
+Decisions where the contract leaves room:
+
+- `${VAR}` may stand unquoted anywhere, including inside a YAML flow mapping (`{a: ${X}}`, as in
+  DESIGN section 3) where plain YAML would read `{` as a nested mapping. `$${VAR}` is a literal
+  `${VAR}`. Variables are expanded in values, never in keys.
+- A top-level section written as an empty key (`agents:` with nothing under it) counts as absent.
+- With queues but no routing rules (or no rule matching), a conversation goes to the first queue:
+  a one-queue setup then needs no routing section at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+import secrets
+import typing
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal, Self
+from urllib.parse import urlsplit, urlunsplit
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import ErrorDetails
+
+from gateway.channels import ChannelConfig
+from gateway.durations import Duration, format_duration
+from gateway.errors import ConfigError
+
+# --------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------
+
+_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+"""Queue names and agent ids travel in URLs and logs, so they stay URL-safe."""
+
+
+class _Section(BaseModel):
+    """Base of every core model: typos are refused and a loaded config cannot change."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class ServerConfig(_Section):
+    """Where the HTTP server listens; `public_url` is the address providers sign webhooks for."""
+
+    host: str = Field(default="127.0.0.1", min_length=1)
+    port: int = Field(default=8080, ge=0, le=65535)
+    public_url: str = Field(default="http://127.0.0.1:8080", pattern=r"^https?://[^\s/]+")
+    max_body_bytes: int = Field(default=1_048_576, ge=1)
+
+
+def _check_store_url(url: str) -> str:
+    """Accept only the stores the gateway ships; a typo would otherwise fail much later."""
+    scheme, sep, rest = url.partition("://")
+    if scheme == "sqlite" and sep and rest.startswith("/") and len(rest) > 1:
+        return url
+    if scheme in ("redis", "rediss") and sep and rest:
+        return url
+    raise ValueError(
+        "expected sqlite:///relative/path, sqlite:////absolute/path, redis://... or rediss://..."
+    )
+
+
+class StoreConfig(_Section):
+    """The durable store: an embedded SQLite file, or a Redis shared by several processes."""
+
+    url: typing.Annotated[str, AfterValidator(_check_store_url)] = "sqlite:///var/gateway.db"
+    synchronous: Literal["full", "normal"] = "full"
+
+    @property
+    def backend(self) -> Literal["sqlite", "redis"]:
+        return "sqlite" if self.url.startswith("sqlite:") else "redis"
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The database file (`sqlite:///a/b` is relative, `sqlite:////a/b` absolute)."""
+        if self.backend != "sqlite":
+            return None
+        return Path(self.url.removeprefix("sqlite:///"))
+
+
+class PresenceConfig(_Section):
+    """How long an agent may be disconnected before their active conversations go pending."""
+
+    agent_disconnect_grace: Duration = timedelta(seconds=30)
+
+
+class QueueConfig(_Section):
+    """A queue conversations wait in; `automatic` assigns them to agents with `strategy`."""
+
+    name: str = Field(pattern=_NAME_PATTERN)
+    distribution: Literal["manual", "automatic"] = "manual"
+    strategy: Literal["least_busy", "round_robin"] = "least_busy"
+    requeue_after: Duration | None = None
+
+
+def _check_regex(pattern: str) -> str:
+    """Compile at load time so a broken rule is a config error, not a crash on first message."""
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        where = f" at position {exc.pos}" if exc.pos is not None else ""
+        raise ValueError(f"not a valid regular expression: {exc.msg}{where}") from None
+    return pattern
+
+
+class RouteCondition(_Section):
+    """What a conversation's first message must look like for a rule to apply (all must hold).
+
+    `text` is a regular expression searched anywhere in the message text (write `(?i)` for
+    case-insensitive, `^...$` to anchor). `from` is a case-insensitive shell glob on the
+    contact's address, e.g. `+55*` or `*@bigcorp.com`.
+    """
+
+    channel: str | None = None
+    type: str | None = None
+    text: typing.Annotated[str, AfterValidator(_check_regex)] | None = None
+    from_: str | None = Field(default=None, validation_alias="from", serialization_alias="from")
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Self:
+        """An empty `if` would silently match everything; a default rule simply omits `if`."""
+        if self.channel is None and self.type is None and self.text is None and self.from_ is None:
+            raise ValueError(
+                "an empty 'if' matches everything: give channel, type, text or from, "
+                "or drop 'if' to make a default rule"
+            )
+        return self
+
+    def describe(self) -> str:
+        """Render the condition as readable text for `gateway check` and route explanations."""
+        parts = []
+        if self.channel is not None:
+            parts.append(f"channel is '{self.channel}'")
+        if self.type is not None:
+            parts.append(f"type is '{self.type}'")
+        if self.text is not None:
+            parts.append(f"text matches /{self.text}/")
+        if self.from_ is not None:
+            parts.append(f"from matches '{self.from_}'")
+        return " and ".join(parts)
+
+
+class RouteConfig(_Section):
+    """One routing rule: conversations matching `if` (or all, without `if`) go to `queue`."""
+
+    if_: RouteCondition | None = Field(
+        default=None, validation_alias="if", serialization_alias="if"
+    )
+    queue: str
+
+    def describe(self) -> str:
+        condition = self.if_.describe() if self.if_ is not None else "always"
+        return f"{condition} -> {self.queue}"
+
+
+class AgentConfig(_Section):
+    """An agent: authenticates with a bearer token whose SHA-256 (never the token) is stored."""
+
+    id: str = Field(pattern=_NAME_PATTERN)
+    name: str | None = None
+    token_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    queues: list[str] = Field(min_length=1)
+    max_active: int = Field(default=5, ge=1)
+
+
+class GatewayConfig(_Section):
+    """The whole config.yaml, validated and cross-checked; build it with `load_config`.
+
+    Constructing it directly (tests, tools) runs the same cross-checks, so any instance is
+    internally consistent: every route and agent names an existing queue.
+    """
+
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    presence: PresenceConfig = Field(default_factory=PresenceConfig)
+    channels: list[ChannelConfig] = Field(default_factory=list)
+    queues: list[QueueConfig] = Field(default_factory=list)
+    routing: list[RouteConfig] = Field(default_factory=list)
+    agents: list[AgentConfig] = Field(default_factory=list)
+
+    _channels_by_name: dict[str, ChannelConfig] = PrivateAttr(default_factory=dict)
+    _queues_by_name: dict[str, QueueConfig] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _cross_check(self) -> Self:
+        problems = _reference_problems(
+            [c.name for c in self.channels], self.queues, self.routing, self.agents
+        )
+        if problems:
+            raise ValueError("; ".join(p.render() for p in problems))
+        return self
+
+    def model_post_init(self, context: Any, /) -> None:
+        """Index channels and queues by name: webhooks look their channel up on every call."""
+        self._channels_by_name = {c.name: c for c in self.channels}
+        self._queues_by_name = {q.name: q for q in self.queues}
+
+    def channel(self, name: str) -> ChannelConfig:
+        """Return the channel instance called `name`; KeyError if there is none."""
+        try:
+            return self._channels_by_name[name]
+        except KeyError:
+            raise KeyError(f"no channel named {name!r}") from None
+
+    def queue(self, name: str) -> QueueConfig:
+        """Return the queue called `name`; KeyError if there is none."""
+        try:
+            return self._queues_by_name[name]
+        except KeyError:
+            raise KeyError(f"no queue named {name!r}") from None
+
+    def agent_by_token(self, raw_token: str) -> AgentConfig | None:
+        """Authenticate a bearer token: compare its SHA-256 in constant time with every agent's."""
+        digest = hashlib.sha256(raw_token.encode()).hexdigest()
+        found = None
+        for agent in self.agents:
+            if hmac.compare_digest(digest, agent.token_sha256):
+                found = agent
+        return found
+
+    def agents_on_queue(self, queue: str) -> list[AgentConfig]:
+        """Return the agents allowed on `queue`, in config order (the order strategies use)."""
+        return [agent for agent in self.agents if queue in agent.queues]
+
+    def describe(self) -> str:
+        """Summarize the config for `gateway check`; prints names and rules, never a secret."""
+        return "\n".join(_describe_lines(self))
+
+
+def _describe_lines(config: GatewayConfig) -> Iterator[str]:
+    server, store = config.server, config.store
+    yield f"server: {server.host}:{server.port} (public URL {_without_userinfo(server.public_url)})"
+    yield f"store: {_without_userinfo(store.url)} (synchronous {store.synchronous})"
+    grace = format_duration(config.presence.agent_disconnect_grace)
+    yield f"presence: agent_disconnect_grace {grace}"
+    yield f"channels ({len(config.channels)}):"
+    for channel in config.channels:
+        yield f"  {channel.name}: type {channel.type}{_describe_policy(channel)}"
+    yield f"queues ({len(config.queues)}):"
+    for queue in config.queues:
+        yield f"  {queue.name}: {_describe_queue(queue)}"
+    yield f"routing ({len(config.routing)} rules, first match wins):"
+    for index, rule in enumerate(config.routing):
+        yield f"  routing[{index}]: {rule.describe()}"
+    if config.queues:
+        yield f"  otherwise -> {config.queues[0].name}"
+    yield f"agents ({len(config.agents)}):"
+    for agent in config.agents:
+        name = f" ({agent.name})" if agent.name else ""
+        queues = ", ".join(agent.queues)
+        yield f"  {agent.id}{name}: queues {queues}; max_active {agent.max_active}"
+
+
+def _describe_policy(channel: ChannelConfig) -> str:
+    parts = []
+    if channel.reply_window is not None:
+        parts.append(f"reply_window {format_duration(channel.reply_window)}")
+    if channel.no_agent_timeout is not None:
+        parts.append(f"no_agent_timeout {format_duration(channel.no_agent_timeout)}")
+    return "".join(f", {part}" for part in parts)
+
+
+def _describe_queue(queue: QueueConfig) -> str:
+    text = queue.distribution
+    if queue.distribution == "automatic":
+        text += f", {queue.strategy}"
+    if queue.requeue_after is not None:
+        text += f", requeue_after {format_duration(queue.requeue_after)}"
+    return text
+
+
+def _without_userinfo(url: str) -> str:
+    """Drop `user:password@` from a URL: a Redis URL commonly carries its password there."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"***@{host}"))
+
+
+# --------------------------------------------------------------------------------------------
+# Problems and cross-checks
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Problem:
+    """One thing wrong with the file: where (`a.b[0].c`) and what was expected there."""
+
+    path: str
+    message: str
+
+    def render(self, source: str | None = None) -> str:
+        head = [part for part in (source, self.path) if part]
+        return ": ".join([*head, self.message])
+
+
+def _path(*parts: str | int) -> str:
+    """Render a key path the way ops read it: `routing[0].if.text`."""
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _known(names: Sequence[str]) -> str:
+    return ", ".join(sorted(set(names))) or "none defined"
+
+
+def _reference_problems(
+    channel_names: Sequence[str | None] | None,
+    queues: Sequence[QueueConfig] | None,
+    routing: Sequence[RouteConfig] | None,
+    agents: Sequence[AgentConfig] | None,
+) -> list[_Problem]:
+    """Check names across sections; a section that failed validation (None) is skipped."""
+    problems: list[_Problem] = []
+    if channel_names is not None:
+        problems += _duplicates("channels", "name", "channel name", channel_names)
+    if queues is not None:
+        problems += _duplicates("queues", "name", "queue name", [q.name for q in queues])
+        if channel_names and not queues:
+            problems.append(_Problem("queues", "at least one queue is required for channels"))
+    if agents is not None:
+        problems += _duplicates("agents", "id", "agent id", [a.id for a in agents])
+        problems += _shared_tokens(agents)
+    queue_names = None if queues is None else [q.name for q in queues]
+    if routing is not None:
+        problems += _route_problems(routing, queue_names, channel_names)
+    if agents is not None and queue_names is not None:
+        problems += _agent_queue_problems(agents, queue_names)
+    return problems
+
+
+def _duplicates(section: str, key: str, what: str, names: Sequence[str | None]) -> list[_Problem]:
+    first_seen: dict[str, int] = {}
+    problems = []
+    for index, name in enumerate(names):
+        if name is None:
+            continue
+        if name in first_seen:
+            where = _path(section, first_seen[name])
+            problems.append(
+                _Problem(_path(section, index, key), f"duplicate {what} '{name}' (see {where})")
+            )
+        else:
+            first_seen[name] = index
+    return problems
+
+
+def _shared_tokens(agents: Sequence[AgentConfig]) -> list[_Problem]:
+    """Two agents with one token could not be told apart; say so without showing the hash."""
+    first_seen: dict[str, int] = {}
+    problems = []
+    for index, agent in enumerate(agents):
+        other = first_seen.setdefault(agent.token_sha256, index)
+        if other != index:
+            message = f"same token as {_path('agents', other)}; each agent needs its own token"
+            problems.append(_Problem(_path("agents", index, "token_sha256"), message))
+    return problems
+
+
+def _route_problems(
+    routing: Sequence[RouteConfig],
+    queue_names: Sequence[str] | None,
+    channel_names: Sequence[str | None] | None,
+) -> list[_Problem]:
+    problems = []
+    for index, rule in enumerate(routing):
+        if queue_names is not None and rule.queue not in queue_names:
+            message = f"unknown queue '{rule.queue}' (known: {_known(queue_names)})"
+            problems.append(_Problem(_path("routing", index, "queue"), message))
+        channel = rule.if_.channel if rule.if_ is not None else None
+        if channel is not None and channel_names is not None and channel not in channel_names:
+            known = _known([n for n in channel_names if n is not None])
+            message = f"unknown channel '{channel}' (known: {known})"
+            problems.append(_Problem(_path("routing", index, "if", "channel"), message))
+        if rule.if_ is None and index < len(routing) - 1:
+            message = (
+                "a rule without 'if' matches everything, so the rules after it can never "
+                "match; make it the last rule"
+            )
+            problems.append(_Problem(_path("routing", index), message))
+    return problems
+
+
+def _agent_queue_problems(
+    agents: Sequence[AgentConfig], queue_names: Sequence[str]
+) -> list[_Problem]:
+    problems = []
+    for index, agent in enumerate(agents):
+        for position, queue in enumerate(agent.queues):
+            if queue not in queue_names:
+                message = f"unknown queue '{queue}' (known: {_known(queue_names)})"
+                problems.append(_Problem(_path("agents", index, "queues", position), message))
+    return problems
+
+
+def _route_type_problems(
+    routing: Sequence[RouteConfig], channel_types: Mapping[str, type[ChannelConfig]]
+) -> list[_Problem]:
+    """A route on a type no plugin provides is a typo; only the loader knows the plugins."""
+    problems = []
+    for index, rule in enumerate(routing):
+        kind = rule.if_.type if rule.if_ is not None else None
+        if kind is not None and kind not in channel_types:
+            message = f"unknown channel type '{kind}' (known: {_known(list(channel_types))})"
+            problems.append(_Problem(_path("routing", index, "if", "type"), message))
+    return problems
+
+
+# --------------------------------------------------------------------------------------------
+# Turning pydantic errors into problems without echoing values
+# --------------------------------------------------------------------------------------------
+
+
+class _Redactor:
+    """Removes values that may be secret from a message before it is shown to anyone.
+
+    Pydantic's own messages never contain the input, but a custom validator's may (the
+    duration parser says `got '...'`); and any value may have come from the environment.
+    """
+
+    _MIN_SECRET = 4  # shorter values would blank out ordinary words and indexes
+
+    def __init__(self, expanded: set[str]) -> None:
+        self._expanded = sorted(
+            (v for v in expanded if len(v) >= self._MIN_SECRET), key=len, reverse=True
+        )
+
+    def __call__(self, message: str, value: Any = None) -> str:
+        if isinstance(value, str) and value:
+            message = message.replace(repr(value), "<value hidden>")
+            if len(value) >= self._MIN_SECRET:
+                message = message.replace(value, "<value hidden>")
+        for secret in self._expanded:
+            message = message.replace(secret, "<value hidden>")
+        return message
+
+
+def _pydantic_problems(
+    error: ValidationError, root: Any, prefix: tuple[str | int, ...], redact: _Redactor
+) -> list[_Problem]:
+    """Translate pydantic's error list (loc, type, msg; never input) into problems."""
+    return [_problem_from(details, root, prefix, redact) for details in error.errors()]
+
+
+def _problem_from(
+    details: ErrorDetails, root: Any, prefix: tuple[str | int, ...], redact: _Redactor
+) -> _Problem:
+    loc = tuple(details["loc"])
+    path = _path(*prefix, *loc)
+    if details["type"] == "missing":
+        return _Problem(path, "field required")
+    if details["type"] == "extra_forbidden":
+        allowed = _allowed_keys(root, loc[:-1])
+        hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
+        return _Problem(path, f"unknown key{hint}")
+    message = details["msg"].removeprefix("Value error, ")
+    message = message[:1].lower() + message[1:]
+    return _Problem(path, redact(message, details.get("input")))
+
+
+def _allowed_keys(root: Any, loc: Sequence[str | int]) -> list[str]:
+    """Find the keys of the model at `loc`, to suggest them next to an unknown key."""
+    current = root
+    for part in loc:
+        current = _strip_optional(current)
+        if isinstance(part, int) and typing.get_origin(current) is list:
+            current = typing.get_args(current)[0]
+        elif isinstance(part, str) and _is_model(current):
+            fields = {_key_of(name, f): f for name, f in current.model_fields.items()}
+            if part not in fields:
+                return []
+            current = fields[part].annotation
+        else:
+            return []
+    current = _strip_optional(current)
+    if not _is_model(current):
+        return []
+    return [_key_of(name, f) for name, f in current.model_fields.items()]
+
+
+def _is_model(value: Any) -> typing.TypeGuard[type[BaseModel]]:
+    return isinstance(value, type) and issubclass(value, BaseModel)
+
+
+def _key_of(name: str, field: Any) -> str:
+    alias = field.validation_alias
+    return alias if isinstance(alias, str) else name
+
+
+def _strip_optional(annotation: Any) -> Any:
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if len(args) == 1 and type(None) in typing.get_args(annotation):
+        return args[0]
+    return annotation
+
+
+# --------------------------------------------------------------------------------------------
+# YAML and ${VAR}
+# --------------------------------------------------------------------------------------------
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys: PyYAML would silently keep only the last one."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if isinstance(key, str | int | float | bool) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key '{key}'", key_node.start_mark
+                )
+            seen.add(key if isinstance(key, str | int | float | bool) else id(key_node))
+        return super().construct_mapping(node, deep=deep)
+
+
+_VAR_REFERENCE = re.compile(r"\$(\$?)\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class _Variables:
+    """Expands `${VAR}` in string values, recording what is missing and what was expanded.
+
+    References are swapped for an opaque random marker before YAML parsing, so that
+    `{token: ${X}}` stays a plain scalar inside a flow mapping, then expanded after parsing,
+    when the key path of each value is known (a missing variable is reported with its path).
+    """
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+        nonce = secrets.token_hex(8)
+        self._open, self._close = f"_gwvar{nonce}_", f"_{nonce}_gwvar"
+        self._marker = re.compile(
+            re.escape(self._open) + r"([EL])([A-Za-z0-9_]+?)" + re.escape(self._close)
+        )
+        self.expanded: set[str] = set()
+        self.problems: list[_Problem] = []
+        self.failed_paths: list[tuple[str | int, ...]] = []
+
+    def mark(self, text: str) -> str:
+        """Replace every `${VAR}` (E) and escaped `$${VAR}` (L) in the raw file by a marker."""
+
+        def marker(match: re.Match[str]) -> str:
+            kind = "L" if match.group(1) else "E"
+            return f"{self._open}{kind}{match.group(2)}{self._close}"
+
+        return _VAR_REFERENCE.sub(marker, text)
+
+    def expand(self, value: Any, path: tuple[str | int, ...] = ()) -> Any:
+        """Return `value` with references expanded in strings, walking mappings and lists."""
+        if isinstance(value, dict):
+            return {self._restore(k): self.expand(v, (*path, k)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.expand(item, (*path, i)) for i, item in enumerate(value)]
+        if isinstance(value, str):
+            return self._expand_string(value, path)
+        return value
+
+    def restore_text(self, text: str) -> str:
+        """Put markers back to what ops wrote, for YAML error messages."""
+        return self._restore(text)
+
+    def _restore(self, key: Any) -> Any:
+        if not isinstance(key, str):
+            return key
+        return self._marker.sub(
+            lambda m: ("$${" if m.group(1) == "L" else "${") + m.group(2) + "}", key
+        )
+
+    def _expand_string(self, text: str, path: tuple[str | int, ...]) -> str:
+        def replace(match: re.Match[str]) -> str:
+            kind, name = match.group(1), match.group(2)
+            if kind == "L":
+                return "${" + name + "}"
+            if name not in self._env:
+                message = f"environment variable {name} is not set"
+                self.problems.append(_Problem(_path(*path), message))
+                self.failed_paths.append(path)
+                return ""
+            self.expanded.add(self._env[name])
+            return self._env[name]
+
+        return self._marker.sub(replace, text)
+
+
+def _parse_yaml(text: str, source: str, variables: _Variables) -> Any:
+    try:
+        return yaml.load(variables.mark(text), Loader=_StrictLoader)  # noqa: S506 - safe loader
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: {_describe_yaml_error(exc, variables)}") from None
+
+
+def _describe_yaml_error(exc: yaml.YAMLError, variables: _Variables) -> str:
+    """Say where and what, without PyYAML's snippet of the line (it may hold a secret)."""
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return "invalid YAML"
+    mark = exc.problem_mark or exc.context_mark
+    where = f"line {mark.line + 1}: " if mark is not None else ""
+    problem = variables.restore_text(exc.problem or "syntax error")
+    context = f" ({variables.restore_text(exc.context)})" if exc.context else ""
+    return f"{where}invalid YAML: {problem}{context}"
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+_CORE_SECTIONS = ("server", "store", "presence", "queues", "routing", "agents")
+
+
+class _Loader:
+    """One load of one file: accumulates problems from every step, then raises them together."""
+
+    def __init__(
+        self, source: str, channel_types: Mapping[str, type[ChannelConfig]], variables: _Variables
+    ) -> None:
+        self.source = source
+        self.channel_types = channel_types
+        self.variables = variables
+        self.problems: list[_Problem] = []
+
+    def load(self, document: Any) -> GatewayConfig:
+        if document is None:
+            document = {}
+        if not isinstance(document, dict):
+            raise ConfigError(f"{self.source}: expected a mapping of sections at the top level")
+        raw = {k: v for k, v in self.variables.expand(document).items() if v is not None}
+        self.problems += self.variables.problems
+        self.problems += [
+            _Problem(_path(key), f"unknown key (allowed: {', '.join(GatewayConfig.model_fields)})")
+            for key in raw
+            if key not in GatewayConfig.model_fields
+        ]
+        sections = {name: self._section(name, raw[name]) for name in _CORE_SECTIONS if name in raw}
+        channels, channel_names = self._channels(raw.get("channels", []))
+        self._cross_check(sections, raw, channel_names)
+        if self.problems:
+            raise ConfigError("\n".join(p.render(self.source) for p in self.problems))
+        present = {name: value for name, value in sections.items() if value is not None}
+        return GatewayConfig(**present, channels=channels)
+
+    def _validate(
+        self, adapter: Callable[[Any], Any], root: Any, raw: Any, prefix: tuple[str | int, ...]
+    ) -> Any:
+        """Validate `raw`; on failure record its problems (minus those of missing variables)."""
+        try:
+            return adapter(raw)
+        except ValidationError as error:
+            redact = _Redactor(self.variables.expanded)
+            found = _pydantic_problems(error, root, prefix, redact)
+            self.problems += [p for p in found if not self._from_missing_variable(p)]
+            return None
+
+    def _from_missing_variable(self, problem: _Problem) -> bool:
+        """A missing variable is reported once, not again as the invalid value it left behind."""
+        return any(
+            problem.path == _path(*failed) or problem.path.startswith(_path(*failed) + ".")
+            for failed in self.variables.failed_paths
+        )
+
+    def _section(self, name: str, raw: Any) -> Any:
+        annotation = GatewayConfig.model_fields[name].annotation
+        adapter: TypeAdapter[Any] = TypeAdapter(annotation)
+        return self._validate(adapter.validate_python, annotation, raw, (name,))
+
+    def _channels(self, raw: Any) -> tuple[list[ChannelConfig], list[str | None] | None]:
+        """Validate each channel with its type's model; names are kept even for invalid ones."""
+        if not isinstance(raw, list):
+            self.problems.append(_Problem("channels", "expected a list of channels"))
+            return [], None
+        channels, names = [], []
+        for index, entry in enumerate(raw):
+            name = entry.get("name") if isinstance(entry, dict) else None
+            names.append(name if isinstance(name, str) else None)
+            channel = self._channel(index, entry)
+            if channel is not None:
+                channels.append(channel)
+        return channels, names
+
+    def _channel(self, index: int, entry: Any) -> ChannelConfig | None:
+        path = ("channels", index)
+        if not isinstance(entry, dict):
+            self.problems.append(_Problem(_path(*path), "expected a mapping"))
+            return None
+        model = self._channel_model(index, entry.get("type"))
+        if model is None:
+            return None
+        validated: ChannelConfig | None = self._validate(model.model_validate, model, entry, path)
+        return validated
+
+    def _channel_model(self, index: int, kind: Any) -> type[ChannelConfig] | None:
+        path = _path("channels", index, "type")
+        known = _known(list(self.channel_types))
+        if kind is None:
+            self.problems.append(_Problem(path, f"field required (known types: {known})"))
+        elif not isinstance(kind, str):
+            self.problems.append(_Problem(path, f"expected a channel type name (known: {known})"))
+        elif kind not in self.channel_types:
+            self.problems.append(
+                _Problem(path, f"unknown channel type '{kind}' (known: {known})")
+            )
+        else:
+            return self.channel_types[kind]
+        return None
+
+    def _cross_check(
+        self, sections: dict[str, Any], raw: dict[str, Any], channel_names: list[str | None] | None
+    ) -> None:
+        """Run name checks on every section that validated, so they add to field problems."""
+
+        def valid(name: str) -> Any:
+            # an absent section is valid and empty; an invalid one (None) is not checked
+            return sections[name] if name in raw else []
+
+        routing = valid("routing")
+        self.problems += _reference_problems(
+            channel_names, valid("queues"), routing, valid("agents")
+        )
+        if routing is not None:
+            self.problems += _route_type_problems(routing, self.channel_types)
+
+
+def parse_config(
+    text: str,
+    source_name: str,
+    channel_types: Mapping[str, type[ChannelConfig]],
+    env: Mapping[str, str] | None = None,
+) -> GatewayConfig:
+    """Parse config.yaml text; `source_name` prefixes every problem line.
+
+    Raises `ConfigError` listing every problem found, one `SOURCE: KEY.PATH: expectation` per
+    line. `channel_types` maps each `type:` value to its config model; `env` defaults to
+    `os.environ`.
+    """
+    variables = _Variables(os.environ if env is None else env)
+    document = _parse_yaml(text, source_name, variables)
+    return _Loader(source_name, channel_types, variables).load(document)
+
+
+def load_config(
+    path: str | Path,
+    channel_types: Mapping[str, type[ChannelConfig]],
+    env: Mapping[str, str] | None = None,
+) -> GatewayConfig:
+    """Read and validate a config file; see `parse_config`."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: the config file is not UTF-8 text") from None
+    return parse_config(text, str(path), channel_types, env)

@@ -1,0 +1,175 @@
+"""The one path every adapter's traffic takes: dedup, durable append, lifecycle, routing, events.
+
+`Ingestor.message` returns only after the store committed the message (the adapter then
+acknowledges the provider). Routing is decided before the store step because it is pure and
+needs nothing stored; the lifecycle runs inside the store's atomic step so the open-conversation
+lookup and the write cannot race. Work after the commit (automatic assignment) is best-effort:
+it is retried from stored state by the scheduler's sweep, so a failure there loses nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+
+import structlog
+
+from gateway import lifecycle
+from gateway.clock import Clock
+from gateway.errors import VersionConflict
+from gateway.ids import new_id
+from gateway.lifecycle import ChannelPolicy, Transition
+from gateway.model import Conversation, DeliveryStatus, Direction, InboundMessage, Message
+from gateway.store.base import IngestPlan, IngestResult, StatusResult, Store
+
+log = structlog.get_logger("gateway.ingest")
+
+RouteFn = Callable[[InboundMessage], str]
+PolicyFn = Callable[[str], ChannelPolicy]
+AfterCommit = Callable[[str], Awaitable[None]]
+Observer = Callable[[str, str, float], None]
+
+CAS_ATTEMPTS = 5
+
+
+def to_message(inbound: InboundMessage, message_id: str, conversation: Conversation) -> Message:
+    """Build the stored form of a customer message for the conversation it joins."""
+    return Message(
+        id=message_id,
+        conversation_id=conversation.id,
+        channel=inbound.channel,
+        channel_type=inbound.channel_type,
+        provider=inbound.provider,
+        direction=Direction.IN,
+        kind=inbound.kind,
+        text=inbound.text,
+        sent_at=inbound.sent_at,
+        received_at=conversation.updated_at,
+        provider_message_id=inbound.provider_message_id,
+        attachments=inbound.attachments,
+        reply_to=inbound.reply_to,
+        updates=inbound.updates,
+        subject=inbound.subject,
+        contact=inbound.contact,
+        raw=inbound.raw,
+        extra=inbound.extra,
+    )
+
+
+class Ingestor:
+    """Implements the adapters' `Inbound` sink over the store."""
+
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        route: RouteFn,
+        policy_for: PolicyFn,
+        after_commit: AfterCommit | None = None,
+        observe: Observer | None = None,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.route = route
+        self.policy_for = policy_for
+        self.after_commit = after_commit
+        self.observe = observe
+
+    async def message(self, inbound: InboundMessage) -> IngestResult:
+        """Store one customer message (exactly once per provider id) and update its conversation."""
+        started = time.perf_counter()
+        now = self.clock.now()
+        queue = self.route(inbound)
+        policy = self.policy_for(inbound.channel)
+        conversation_id = new_id("c")
+        message_id = new_id("m")
+
+        def plan(open_conv: Conversation | None, thread_conv: Conversation | None) -> IngestPlan:
+            transition = self._decide(
+                inbound, open_conv, thread_conv, conversation_id, queue, now, policy
+            )
+            message = to_message(inbound, message_id, transition.conversation)
+            message = dataclasses.replace(message, received_at=now)
+            return IngestPlan(transition, message)
+
+        result = await self.store.ingest(inbound, plan)
+        outcome = "duplicate" if result.duplicate else "stored"
+        log.info(
+            "ingest.duplicate_dropped" if result.duplicate else "ingest.stored",
+            channel=inbound.channel,
+            conversation_id=result.conversation.id,
+            message_id=result.message.id,
+            kind=inbound.kind,
+        )
+        if self.observe is not None:
+            self.observe(inbound.channel, outcome, time.perf_counter() - started)
+        if result.distribute and self.after_commit is not None:
+            try:
+                await self.after_commit(result.distribute)
+            except Exception:  # retried by the scheduler's sweep from stored state
+                log.exception("ingest.distribute_failed", queue=result.distribute)
+        return result
+
+    @staticmethod
+    def _decide(
+        inbound: InboundMessage,
+        open_conv: Conversation | None,
+        thread_conv: Conversation | None,
+        conversation_id: str,
+        queue: str,
+        now: datetime,
+        policy: ChannelPolicy,
+    ) -> Transition:
+        if not inbound.wakes_conversation:
+            target = open_conv or thread_conv
+            if target is not None:
+                return Transition(target, (), changed=False)
+            return lifecycle.archived_conversation(conversation_id, inbound, queue, now)
+        if open_conv is not None:
+            return lifecycle.customer_message(open_conv, inbound, now, policy)
+        previous = thread_conv.id if thread_conv is not None else None
+        return lifecycle.open_conversation(
+            conversation_id, inbound, queue, now, policy, previous_conversation_id=previous
+        )
+
+    async def status(self, status: DeliveryStatus) -> StatusResult:
+        """Apply a delivery report; a 'window closed' error also closes the conversation's window."""
+        result = await self.store.apply_status(status)
+        if result.message is None:
+            log.warning(
+                "ingest.status_unknown_message",
+                channel=status.channel,
+                provider_message_id=status.provider_message_id,
+                status=str(status.status),
+            )
+            return result
+        if not result.moved:
+            log.info(
+                "ingest.status_stale",
+                channel=status.channel,
+                message_id=result.message.id,
+                status=str(status.status),
+            )
+        if status.closes_window:
+            await close_window(self.store, result.message.conversation_id, self.clock)
+        return result
+
+
+async def close_window(store: Store, conversation_id: str, clock: Clock) -> Conversation | None:
+    """Apply the provider's "outside the window" verdict to a conversation (CAS with retry)."""
+    for _ in range(CAS_ATTEMPTS):
+        conversation = await store.get_conversation(conversation_id)
+        if conversation is None:
+            return None
+        transition = lifecycle.provider_window_closed(conversation, clock.now())
+        if not transition.changed:
+            return conversation
+        try:
+            stored, _ = await store.update_conversation(transition, conversation.version)
+        except VersionConflict:
+            continue
+        log.info("conversation.window_closed_by_provider", conversation_id=conversation_id)
+        return stored
+    raise VersionConflict(f"conversation {conversation_id} kept changing")

@@ -1,0 +1,778 @@
+"""The embedded store: one SQLite file in WAL mode, group-committed writes.
+
+Every state change is one write job run by `GroupCommitWriter` inside a transaction: the
+conversation row (compare-and-set on its version), its deadline rows, its messages and the event
+log entries it produced are committed together. A partial unique index enforces "one open
+conversation per contact per channel" and another the message dedup key, so even a bug above
+cannot break either invariant. Reads use a second connection on its own thread; WAL lets them
+run beside the writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import sqlite3
+from collections.abc import Callable, Collection, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+from gateway.codec import decode_conversation, decode_event, decode_message, encode
+from gateway.errors import NotFound, TransitionError, VersionConflict
+from gateway.lifecycle import Transition, deadlines_of
+from gateway.model import (
+    Conversation,
+    DeliveryStatus,
+    Event,
+    InboundMessage,
+    Message,
+    State,
+    status_moves_forward,
+)
+from gateway.store.base import (
+    GRACE_KIND,
+    AgentPresence,
+    Deadline,
+    IngestPlanner,
+    IngestResult,
+    OutboundResult,
+    StatusResult,
+    agent_target,
+    conversation_target,
+    stamp_version,
+)
+from gateway.store.sqlite_writer import GroupCommitWriter
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS conversations (
+    id TEXT PRIMARY KEY,
+    channel TEXT NOT NULL,
+    address TEXT NOT NULL,
+    state TEXT NOT NULL,
+    queue TEXT NOT NULL,
+    agent TEXT,
+    version INTEGER NOT NULL,
+    queued_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS conversations_one_open
+    ON conversations(channel, address) WHERE state IN ('waiting', 'active', 'pending');
+CREATE INDEX IF NOT EXISTS conversations_by_state
+    ON conversations(state, queue, queued_at, id);
+CREATE INDEX IF NOT EXISTS conversations_by_agent ON conversations(agent, state);
+CREATE INDEX IF NOT EXISTS conversations_by_contact ON conversations(channel, address, id);
+CREATE TABLE IF NOT EXISTS messages (
+    id TEXT PRIMARY KEY,
+    conversation_id TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    address TEXT NOT NULL,
+    provider_message_id TEXT,
+    data BLOB NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS messages_dedup
+    ON messages(channel, provider_message_id) WHERE provider_message_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages(conversation_id, id);
+CREATE INDEX IF NOT EXISTS messages_by_contact ON messages(channel, address, id);
+CREATE TABLE IF NOT EXISTS idempotency (
+    scope TEXT NOT NULL,
+    key TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    PRIMARY KEY (scope, key)
+);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    data BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deadlines (
+    target TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    due_at INTEGER NOT NULL,
+    lease_until INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (target, kind)
+);
+CREATE INDEX IF NOT EXISTS deadlines_due ON deadlines(due_at);
+CREATE TABLE IF NOT EXISTS presence (
+    agent TEXT NOT NULL,
+    connection TEXT NOT NULL,
+    node TEXT NOT NULL,
+    since INTEGER NOT NULL,
+    PRIMARY KEY (agent, connection)
+);
+CREATE TABLE IF NOT EXISTS agent_seen (
+    agent TEXT PRIMARY KEY,
+    last_seen INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS kv (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"""
+
+OPEN_SQL = "('waiting', 'active', 'pending')"
+
+
+def micros(dt: datetime) -> int:
+    """Store times as integer microseconds since the epoch: exact and ordered."""
+    return int(dt.timestamp() * 1_000_000)
+
+
+def from_micros(value: int) -> datetime:
+    return datetime.fromtimestamp(value / 1_000_000, UTC)
+
+
+def path_from_url(url: str) -> str:
+    """Map `sqlite:///relative.db`, `sqlite:////abs.db` and `sqlite:///:memory:` to a path."""
+    if not url.startswith("sqlite:///"):
+        raise ValueError("a SQLite store url starts with sqlite:///")
+    return url[len("sqlite:///") :]
+
+
+class SqliteStore:
+    """The Store Protocol on one SQLite file (see module docstring)."""
+
+    def __init__(self, path: str | Path, *, synchronous: str = "full") -> None:
+        self.path = str(path)
+        self.synchronous = synchronous.upper()
+        self._writer: GroupCommitWriter | None = None
+        self._reader_pool: ThreadPoolExecutor | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._events_changed: asyncio.Event | None = None
+
+    @classmethod
+    def from_url(cls, url: str, *, synchronous: str = "full") -> SqliteStore:
+        return cls(path_from_url(url), synchronous=synchronous)
+
+    # lifecycle ---------------------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        conn.execute("PRAGMA busy_timeout=10000")
+        conn.execute("PRAGMA foreign_keys=ON")
+        return conn
+
+    def _connect_writer(self) -> sqlite3.Connection:
+        conn = self._connect()
+        conn.executescript(SCHEMA)
+        return conn
+
+    async def open(self) -> None:
+        if self.path == ":memory:":
+            raise ValueError("the SQLite store needs a file (WAL does not work in memory)")
+        self._loop = asyncio.get_running_loop()
+        self._events_changed = asyncio.Event()
+        self._writer = GroupCommitWriter(self._connect_writer, self._committed)
+        await asyncio.to_thread(self._writer.start)
+        self._reader_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-reader")
+        self._reader = await self._loop.run_in_executor(self._reader_pool, self._connect)
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            await asyncio.to_thread(self._writer.stop)
+            self._writer = None
+        if self._reader_pool is not None:
+            reader = self._reader
+            if reader is not None:
+                await asyncio.get_running_loop().run_in_executor(self._reader_pool, reader.close)
+            self._reader_pool.shutdown(wait=True)
+            self._reader_pool = None
+            self._reader = None
+
+    def _committed(self) -> None:
+        loop, changed = self._loop, self._events_changed
+        if loop is not None and changed is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(changed.set)
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._writer is None:
+            raise RuntimeError("store is not open")
+        return await self._writer.run(fn)
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._reader_pool is None or self._reader is None:
+            raise RuntimeError("store is not open")
+        reader = self._reader
+        return await asyncio.get_running_loop().run_in_executor(
+            self._reader_pool, lambda: fn(reader)
+        )
+
+    async def ping(self) -> bool:
+        try:
+            return await self._read(lambda c: c.execute("SELECT 1").fetchone()[0] == 1)
+        except Exception:
+            return False
+
+    # conversations -----------------------------------------------------------------------------
+    async def get_conversation(self, conversation_id: str) -> Conversation | None:
+        return await self._read(lambda c: _get_conversation(c, conversation_id))
+
+    async def find_open_conversation(self, channel: str, address: str) -> Conversation | None:
+        return await self._read(lambda c: _open_conversation(c, channel, address))
+
+    async def list_conversations(
+        self,
+        state: State,
+        *,
+        queues: Collection[str] | None = None,
+        agent: str | None = None,
+        limit: int = 200,
+    ) -> list[Conversation]:
+        def query(conn: sqlite3.Connection) -> list[Conversation]:
+            sql = "SELECT data FROM conversations WHERE state = ?"
+            args: list[Any] = [str(state)]
+            if queues is not None:
+                names = list(queues)
+                if not names:
+                    return []
+                sql += f" AND queue IN ({','.join('?' * len(names))})"
+                args.extend(names)
+            if agent is not None:
+                sql += " AND agent = ?"
+                args.append(agent)
+            if state == State.WAITING:
+                sql += " ORDER BY queued_at, id"
+            else:
+                sql += " ORDER BY updated_at DESC, id DESC"
+            sql += " LIMIT ?"
+            args.append(limit)
+            return [decode_conversation(row[0]) for row in conn.execute(sql, args)]
+
+        return await self._read(query)
+
+    async def count_by_state(self) -> dict[tuple[str, str], int]:
+        def query(conn: sqlite3.Connection) -> dict[tuple[str, str], int]:
+            rows = conn.execute(
+                "SELECT state, queue, count(*) FROM conversations GROUP BY state, queue"
+            )
+            return {(state, queue): count for state, queue, count in rows}
+
+        return await self._read(query)
+
+    async def agent_loads(self) -> dict[str, int]:
+        def query(conn: sqlite3.Connection) -> dict[str, int]:
+            rows = conn.execute(
+                "SELECT agent, count(*) FROM conversations"
+                " WHERE state = 'active' AND agent IS NOT NULL GROUP BY agent"
+            )
+            return dict(rows.fetchall())
+
+        return await self._read(query)
+
+    async def update_conversation(
+        self,
+        transition: Transition,
+        expected_version: int,
+        *,
+        max_active: int | None = None,
+    ) -> tuple[Conversation, tuple[Event, ...]]:
+        def job(conn: sqlite3.Connection) -> tuple[Conversation, tuple[Event, ...]]:
+            new = transition.conversation
+            if max_active is not None and new.state == State.ACTIVE and new.agent:
+                (load,) = conn.execute(
+                    "SELECT count(*) FROM conversations"
+                    " WHERE state = 'active' AND agent = ? AND id != ?",
+                    (new.agent, new.id),
+                ).fetchone()
+                if load >= max_active:
+                    raise TransitionError(
+                        "max_active_reached",
+                        f"agent {new.agent} already has {load} active conversations",
+                    )
+            stored = _cas_conversation(conn, new, expected_version)
+            events = _append_events(conn, stamp_version(transition.events, stored))
+            return stored, events
+
+        return await self._write(job)
+
+    # messages ----------------------------------------------------------------------------------
+    async def ingest(self, inbound: InboundMessage, planner: IngestPlanner) -> IngestResult:
+        def job(conn: sqlite3.Connection) -> IngestResult:
+            existing = _message_by_provider_id(
+                conn, inbound.channel, inbound.provider_message_id
+            )
+            if existing is not None:
+                conversation = _get_conversation(conn, existing.conversation_id)
+                if conversation is None:
+                    raise NotFound("the duplicate's conversation is missing")
+                return IngestResult(True, existing, conversation)
+            open_conv = _open_conversation(conn, inbound.channel, inbound.contact.address)
+            thread_conv = _thread_conversation(conn, inbound.channel, inbound.thread_refs)
+            plan = planner(open_conv, thread_conv)
+            transition = plan.transition
+            conversation = transition.conversation
+            if transition.changed:
+                if open_conv is not None and open_conv.id == conversation.id:
+                    conversation = _cas_conversation(conn, conversation, open_conv.version)
+                elif thread_conv is not None and thread_conv.id == conversation.id:
+                    conversation = _cas_conversation(conn, conversation, thread_conv.version)
+                else:
+                    conversation = _insert_conversation(conn, conversation)
+            message = plan.message
+            _insert_message(conn, message, conversation.contact.address)
+            received = Event(
+                type="message.received",
+                at=message.received_at,
+                conversation=conversation,
+                message=message,
+            )
+            events = _append_events(
+                conn, (*stamp_version(transition.events, conversation), received)
+            )
+            return IngestResult(False, message, conversation, events, transition.distribute)
+
+        return await self._write(job)
+
+    async def add_outbound(
+        self,
+        transition: Transition,
+        expected_version: int,
+        message: Message,
+        idempotency_key: str | None,
+    ) -> OutboundResult:
+        def job(conn: sqlite3.Connection) -> OutboundResult:
+            if idempotency_key is not None:
+                row = conn.execute(
+                    "SELECT message_id FROM idempotency WHERE scope = ? AND key = ?",
+                    (message.conversation_id, idempotency_key),
+                ).fetchone()
+                if row is not None:
+                    previous = _get_message(conn, row[0])
+                    conversation = _get_conversation(conn, message.conversation_id)
+                    if previous is None or conversation is None:
+                        raise NotFound("the idempotent message is missing")
+                    return OutboundResult(previous, False, conversation)
+                conn.execute(
+                    "INSERT INTO idempotency (scope, key, message_id) VALUES (?, ?, ?)",
+                    (message.conversation_id, idempotency_key, message.id),
+                )
+            conversation = _cas_conversation(conn, transition.conversation, expected_version)
+            _insert_message(conn, message, conversation.contact.address)
+            sent = Event(
+                type="message.sent", at=message.received_at, conversation=conversation,
+                message=message,
+            )
+            events = _append_events(conn, (*stamp_version(transition.events, conversation), sent))
+            return OutboundResult(message, True, conversation, events)
+
+        return await self._write(job)
+
+    async def record_send(
+        self,
+        message_id: str,
+        *,
+        provider_message_id: str | None,
+        status: DeliveryStatus | None,
+    ) -> StatusResult:
+        def job(conn: sqlite3.Connection) -> StatusResult:
+            message = _get_message(conn, message_id)
+            if message is None:
+                return StatusResult(None, False)
+            if provider_message_id and message.provider_message_id != provider_message_id:
+                message = dataclasses.replace(message, provider_message_id=provider_message_id)
+                conn.execute(
+                    "UPDATE messages SET provider_message_id = ?, data = ? WHERE id = ?",
+                    (provider_message_id, encode(message), message.id),
+                )
+            if status is None:
+                return StatusResult(message, True)
+            return _apply_status(conn, message, status)
+
+        return await self._write(job)
+
+    async def apply_status(self, status: DeliveryStatus) -> StatusResult:
+        def job(conn: sqlite3.Connection) -> StatusResult:
+            message = _message_by_provider_id(conn, status.channel, status.provider_message_id)
+            if message is None:
+                return StatusResult(None, False)
+            return _apply_status(conn, message, status)
+
+        return await self._write(job)
+
+    async def get_message(self, message_id: str) -> Message | None:
+        return await self._read(lambda c: _get_message(c, message_id))
+
+    async def find_message(self, channel: str, provider_message_id: str) -> Message | None:
+        return await self._read(lambda c: _message_by_provider_id(c, channel, provider_message_id))
+
+    async def list_messages(
+        self, conversation_id: str, *, after: str | None = None, limit: int = 1000
+    ) -> list[Message]:
+        def query(conn: sqlite3.Connection) -> list[Message]:
+            rows = conn.execute(
+                "SELECT data FROM messages WHERE conversation_id = ? AND id > ?"
+                " ORDER BY id LIMIT ?",
+                (conversation_id, after or "", limit),
+            )
+            return [decode_message(row[0]) for row in rows]
+
+        return await self._read(query)
+
+    async def list_contact_messages(
+        self, channel: str, address: str, *, after: str | None = None, limit: int = 1000
+    ) -> list[Message]:
+        def query(conn: sqlite3.Connection) -> list[Message]:
+            rows = conn.execute(
+                "SELECT data FROM messages WHERE channel = ? AND address = ? AND id > ?"
+                " ORDER BY id LIMIT ?",
+                (channel, address, after or "", limit),
+            )
+            return [decode_message(row[0]) for row in rows]
+
+        return await self._read(query)
+
+    # event log ---------------------------------------------------------------------------------
+    async def read_events(self, after: str | None, limit: int = 500) -> list[Event]:
+        start = _cursor_seq(after)
+
+        def query(conn: sqlite3.Connection) -> list[Event]:
+            rows = conn.execute(
+                "SELECT seq, data FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+                (start, limit),
+            )
+            return [decode_event(data, str(seq)) for seq, data in rows]
+
+        return await self._read(query)
+
+    async def wait_events(self, after: str | None, timeout: float) -> list[Event]:
+        changed = self._events_changed
+        if changed is None:
+            raise RuntimeError("store is not open")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            changed.clear()
+            events = await self.read_events(after)
+            remaining = deadline - loop.time()
+            if events or remaining <= 0:
+                return events
+            try:
+                await asyncio.wait_for(changed.wait(), remaining)
+            except TimeoutError:
+                return await self.read_events(after)
+
+    async def last_cursor(self) -> str | None:
+        def query(conn: sqlite3.Connection) -> str | None:
+            (seq,) = conn.execute("SELECT max(seq) FROM events").fetchone()
+            return None if seq is None else str(seq)
+
+        return await self._read(query)
+
+    # deadlines ---------------------------------------------------------------------------------
+    async def claim_due(self, now: datetime, limit: int, lease: timedelta) -> list[Deadline]:
+        now_us, lease_until = micros(now), micros(now + lease)
+
+        def job(conn: sqlite3.Connection) -> list[Deadline]:
+            rows = conn.execute(
+                "SELECT target, kind, due_at FROM deadlines"
+                " WHERE due_at <= ? AND lease_until <= ? ORDER BY due_at LIMIT ?",
+                (now_us, now_us, limit),
+            ).fetchall()
+            conn.executemany(
+                "UPDATE deadlines SET lease_until = ? WHERE target = ? AND kind = ?",
+                [(lease_until, target, kind) for target, kind, _ in rows],
+            )
+            return [Deadline(t, k, from_micros(d)) for t, k, d in rows]
+
+        return await self._write(job)
+
+    async def set_deadline(self, target: str, kind: str, due_at: datetime) -> None:
+        await self._write(lambda c: _set_deadline(c, target, kind, due_at))
+
+    async def clear_deadline(self, target: str, kind: str, due_at: datetime | None = None) -> None:
+        def job(conn: sqlite3.Connection) -> None:
+            if due_at is None:
+                conn.execute("DELETE FROM deadlines WHERE target = ? AND kind = ?", (target, kind))
+            else:
+                conn.execute(
+                    "DELETE FROM deadlines WHERE target = ? AND kind = ? AND due_at = ?",
+                    (target, kind, micros(due_at)),
+                )
+
+        await self._write(job)
+
+    async def next_due(self) -> datetime | None:
+        def query(conn: sqlite3.Connection) -> datetime | None:
+            (due,) = conn.execute("SELECT min(max(due_at, lease_until)) FROM deadlines").fetchone()
+            return None if due is None else from_micros(due)
+
+        return await self._read(query)
+
+    # presence ----------------------------------------------------------------------------------
+    async def presence_connect(self, agent: str, connection: str, node: str, now: datetime) -> None:
+        def job(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT OR REPLACE INTO presence (agent, connection, node, since)"
+                " VALUES (?, ?, ?, ?)",
+                (agent, connection, node, micros(now)),
+            )
+            conn.execute(
+                "DELETE FROM deadlines WHERE target = ? AND kind = ?",
+                (agent_target(agent), GRACE_KIND),
+            )
+
+        await self._write(job)
+
+    async def presence_disconnect(
+        self, agent: str, connection: str, now: datetime, grace: timedelta
+    ) -> bool:
+        def job(conn: sqlite3.Connection) -> bool:
+            conn.execute(
+                "DELETE FROM presence WHERE agent = ? AND connection = ?", (agent, connection)
+            )
+            return _mark_offline_if_last(conn, agent, now, grace)
+
+        return await self._write(job)
+
+    async def presence_drop_node(self, node: str, now: datetime, grace: timedelta) -> list[str]:
+        def job(conn: sqlite3.Connection) -> list[str]:
+            agents = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT DISTINCT agent FROM presence WHERE node = ?", (node,)
+                )
+            ]
+            conn.execute("DELETE FROM presence WHERE node = ?", (node,))
+            return [a for a in agents if _mark_offline_if_last(conn, a, now, grace)]
+
+        return await self._write(job)
+
+    async def presence_drop_all(self, now: datetime, grace: timedelta) -> list[str]:
+        """Embedded store: connections recorded by a previous run of the process are gone."""
+
+        def job(conn: sqlite3.Connection) -> list[str]:
+            agents = {row[0] for row in conn.execute("SELECT DISTINCT agent FROM presence")}
+            agents |= {
+                row[0]
+                for row in conn.execute(
+                    "SELECT DISTINCT agent FROM conversations"
+                    " WHERE state = 'active' AND agent IS NOT NULL"
+                )
+            }
+            conn.execute("DELETE FROM presence")
+            return [a for a in sorted(agents) if _mark_offline_if_last(conn, a, now, grace)]
+
+        return await self._write(job)
+
+    async def presence(self) -> dict[str, AgentPresence]:
+        def query(conn: sqlite3.Connection) -> dict[str, AgentPresence]:
+            result: dict[str, AgentPresence] = {}
+            for agent, last_seen in conn.execute("SELECT agent, last_seen FROM agent_seen"):
+                result[agent] = AgentPresence(False, from_micros(last_seen))
+            for (agent,) in conn.execute("SELECT DISTINCT agent FROM presence"):
+                previous = result.get(agent)
+                result[agent] = AgentPresence(True, previous.last_seen_at if previous else None)
+            return result
+
+        return await self._read(query)
+
+    # key-value ---------------------------------------------------------------------------------
+    async def kv_get(self, key: str) -> str | None:
+        def query(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+            return None if row is None else str(row[0])
+
+        return await self._read(query)
+
+    async def kv_set(self, key: str, value: str) -> None:
+        await self._write(
+            lambda c: c.execute(
+                "INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", (key, value)
+            )
+        )
+
+    async def kv_compare_set(self, key: str, expected: str | None, value: str) -> bool:
+        def job(conn: sqlite3.Connection) -> bool:
+            row = conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+            current = None if row is None else row[0]
+            if current != expected:
+                return False
+            conn.execute("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", (key, value))
+            return True
+
+        return await self._write(job)
+
+
+# helpers run inside the reader or writer thread -------------------------------------------------
+
+
+def _cursor_seq(cursor: str | None) -> int:
+    if cursor is None or cursor == "":
+        return 0
+    try:
+        return int(cursor)
+    except ValueError:
+        raise ValueError(f"invalid cursor {cursor!r}") from None
+
+
+def _get_conversation(conn: sqlite3.Connection, conversation_id: str) -> Conversation | None:
+    row = conn.execute("SELECT data FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
+    return None if row is None else decode_conversation(row[0])
+
+
+def _open_conversation(conn: sqlite3.Connection, channel: str, address: str) -> Conversation | None:
+    row = conn.execute(
+        f"SELECT data FROM conversations WHERE channel = ? AND address = ? AND state IN {OPEN_SQL}",
+        (channel, address),
+    ).fetchone()
+    return None if row is None else decode_conversation(row[0])
+
+
+def _thread_conversation(
+    conn: sqlite3.Connection, channel: str, refs: Iterable[str]
+) -> Conversation | None:
+    """Return the newest conversation holding one of the referenced provider message ids."""
+    ids = list(refs)
+    if not ids:
+        return None
+    row = conn.execute(
+        "SELECT conversation_id FROM messages WHERE channel = ? AND provider_message_id IN"
+        f" ({','.join('?' * len(ids))}) ORDER BY conversation_id DESC LIMIT 1",
+        (channel, *ids),
+    ).fetchone()
+    return None if row is None else _get_conversation(conn, row[0])
+
+
+def _conversation_row(conversation: Conversation) -> tuple[Any, ...]:
+    return (
+        conversation.channel,
+        conversation.contact.address,
+        str(conversation.state),
+        conversation.queue,
+        conversation.agent,
+        conversation.version,
+        micros(conversation.queued_at),
+        micros(conversation.updated_at),
+        encode(conversation),
+    )
+
+
+def _insert_conversation(conn: sqlite3.Connection, conversation: Conversation) -> Conversation:
+    stored = dataclasses.replace(conversation, version=1)
+    conn.execute(
+        "INSERT INTO conversations (channel, address, state, queue, agent, version, queued_at,"
+        " updated_at, data, id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (*_conversation_row(stored), stored.id),
+    )
+    _sync_deadlines(conn, stored)
+    return stored
+
+
+def _cas_conversation(
+    conn: sqlite3.Connection, conversation: Conversation, expected_version: int
+) -> Conversation:
+    stored = dataclasses.replace(conversation, version=expected_version + 1)
+    try:
+        cursor = conn.execute(
+            "UPDATE conversations SET channel = ?, address = ?, state = ?, queue = ?, agent = ?,"
+            " version = ?, queued_at = ?, updated_at = ?, data = ? WHERE id = ? AND version = ?",
+            (*_conversation_row(stored), stored.id, expected_version),
+        )
+    except sqlite3.IntegrityError:
+        raise VersionConflict("another open conversation exists for this contact") from None
+    if cursor.rowcount != 1:
+        raise VersionConflict(f"conversation {conversation.id} changed meanwhile")
+    _sync_deadlines(conn, stored)
+    return stored
+
+
+def _sync_deadlines(conn: sqlite3.Connection, conversation: Conversation) -> None:
+    target = conversation_target(conversation.id)
+    wanted = deadlines_of(conversation)
+    existing = {
+        kind: due
+        for kind, due in conn.execute(
+            "SELECT kind, due_at FROM deadlines WHERE target = ?", (target,)
+        )
+    }
+    for kind in existing.keys() - wanted.keys():
+        conn.execute("DELETE FROM deadlines WHERE target = ? AND kind = ?", (target, kind))
+    for kind, due in wanted.items():
+        if existing.get(kind) != micros(due):
+            _set_deadline(conn, target, kind, due)
+
+
+def _set_deadline(conn: sqlite3.Connection, target: str, kind: str, due_at: datetime) -> None:
+    conn.execute(
+        "INSERT OR REPLACE INTO deadlines (target, kind, due_at, lease_until) VALUES (?, ?, ?, 0)",
+        (target, kind, micros(due_at)),
+    )
+
+
+def _mark_offline_if_last(
+    conn: sqlite3.Connection, agent: str, now: datetime, grace: timedelta
+) -> bool:
+    (left,) = conn.execute("SELECT count(*) FROM presence WHERE agent = ?", (agent,)).fetchone()
+    if left:
+        return False
+    conn.execute(
+        "INSERT OR REPLACE INTO agent_seen (agent, last_seen) VALUES (?, ?)", (agent, micros(now))
+    )
+    _set_deadline(conn, agent_target(agent), GRACE_KIND, now + grace)
+    return True
+
+
+def _insert_message(conn: sqlite3.Connection, message: Message, address: str) -> None:
+    conn.execute(
+        "INSERT INTO messages (id, conversation_id, channel, address, provider_message_id, data)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (
+            message.id,
+            message.conversation_id,
+            message.channel,
+            address,
+            message.provider_message_id,
+            encode(message),
+        ),
+    )
+
+
+def _get_message(conn: sqlite3.Connection, message_id: str) -> Message | None:
+    row = conn.execute("SELECT data FROM messages WHERE id = ?", (message_id,)).fetchone()
+    return None if row is None else decode_message(row[0])
+
+
+def _message_by_provider_id(
+    conn: sqlite3.Connection, channel: str, provider_message_id: str
+) -> Message | None:
+    row = conn.execute(
+        "SELECT data FROM messages WHERE channel = ? AND provider_message_id = ?",
+        (channel, provider_message_id),
+    ).fetchone()
+    return None if row is None else decode_message(row[0])
+
+
+def _apply_status(
+    conn: sqlite3.Connection, message: Message, status: DeliveryStatus
+) -> StatusResult:
+    if not status_moves_forward(message.status, status.status):
+        return StatusResult(message, False)
+    updated = dataclasses.replace(
+        message,
+        status=status.status,
+        status_at=status.at,
+        error_code=status.error_code if status.error_code else message.error_code,
+        error_message=status.error_message if status.error_message else message.error_message,
+    )
+    conn.execute("UPDATE messages SET data = ? WHERE id = ?", (encode(updated), updated.id))
+    conversation = _get_conversation(conn, updated.conversation_id)
+    event = Event(
+        type="message.status", at=status.at, conversation=conversation, message=updated
+    )
+    events = _append_events(conn, (event,))
+    return StatusResult(updated, True, conversation, events)
+
+
+def _append_events(conn: sqlite3.Connection, events: Iterable[Event]) -> tuple[Event, ...]:
+    stored: list[Event] = []
+    for event in events:
+        cursor = conn.execute("INSERT INTO events (data) VALUES (?)", (encode(event),))
+        stored.append(event.with_cursor(str(cursor.lastrowid)))
+    return tuple(stored)

@@ -1,0 +1,224 @@
+"""One scheduler for every deadline: window expiry, no-agent timeout, presence grace, requeue.
+
+Deadlines are rows in the store written in the same step as the conversation state they belong
+to, never asyncio tasks per conversation, so they survive restarts and any node may fire them.
+`claim_due` leases what is due (a node that dies while holding a lease only delays the deadline
+by the lease), and the handler applies the lifecycle through compare-and-set, so a deadline
+changes the conversation once however many schedulers race for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+
+import structlog
+
+from gateway import lifecycle
+from gateway.clock import Clock
+from gateway.directory import Directory
+from gateway.errors import VersionConflict
+from gateway.lifecycle import QueuePresence
+from gateway.model import Event, State
+from gateway.store.base import (
+    AGENT_TARGET,
+    CONVERSATION_TARGET,
+    GRACE_KIND,
+    AgentPresence,
+    Deadline,
+    Store,
+)
+
+log = structlog.get_logger("gateway.timers")
+
+Handler = Callable[[Deadline], Awaitable[None]]
+LagObserver = Callable[[float], None]
+
+CAS_ATTEMPTS = 5
+
+
+class Scheduler:
+    """Claims due deadlines and hands each to the handler; `run_once` is the unit tests drive."""
+
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        handler: Handler,
+        *,
+        lease: timedelta = timedelta(seconds=30),
+        batch: int = 500,
+        poll_interval: float = 1.0,
+        observe_lag: LagObserver | None = None,
+        sweep: Callable[[], Awaitable[object]] | None = None,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.handler = handler
+        self.lease = lease
+        self.batch = batch
+        self.poll_interval = poll_interval
+        self.observe_lag = observe_lag
+        self.sweep = sweep
+        self._wake = asyncio.Event()
+        self._stopping = False
+
+    def poke(self) -> None:
+        """Wake the loop early (a new deadline may be due sooner than it planned)."""
+        self._wake.set()
+
+    async def run_once(self) -> int:
+        """Fire everything due now; return how many deadlines were handled."""
+        fired = 0
+        while True:
+            now = self.clock.now()
+            due = await self.store.claim_due(now, self.batch, self.lease)
+            for deadline in due:
+                if self.observe_lag is not None:
+                    self.observe_lag((now - deadline.due_at).total_seconds())
+                try:
+                    await self.handler(deadline)
+                except Exception:  # the lease expires and another pass retries it
+                    log.exception(
+                        "timers.handler_failed", target=deadline.target, kind=deadline.kind
+                    )
+                fired += 1
+            if len(due) < self.batch:
+                return fired
+
+    async def run_forever(self) -> None:
+        """Fire deadlines as they come due until `stop`; sleeps until the next one or a poke."""
+        while not self._stopping:
+            try:
+                await self.run_once()
+                if self.sweep is not None:
+                    await self.sweep()
+                next_due = await self.store.next_due()
+            except Exception:
+                log.exception("timers.pass_failed")
+                next_due = None
+            delay = self.poll_interval
+            if next_due is not None:
+                delay = min(delay, max(0.0, (next_due - self.clock.now()).total_seconds()))
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+
+def queue_presence(
+    directory: Directory, queue: str, presence: dict[str, AgentPresence]
+) -> QueuePresence:
+    """Summarize whether any agent of `queue` is online, else when one was last seen."""
+    last_seen = None
+    for agent in directory.agents_on(queue):
+        state = presence.get(agent.id)
+        if state is None:
+            continue
+        if state.online:
+            return QueuePresence(online=True)
+        if state.last_seen_at is not None and (last_seen is None or state.last_seen_at > last_seen):
+            last_seen = state.last_seen_at
+    return QueuePresence(online=False, last_seen_at=last_seen)
+
+
+class DeadlineHandler:
+    """Applies the lifecycle rule of each fired deadline through the store's compare-and-set."""
+
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        directory: Directory,
+        on_events: Callable[[list[Event]], Awaitable[None]] | None = None,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.directory = directory
+        self.on_events = on_events
+
+    async def __call__(self, deadline: Deadline) -> None:
+        if deadline.target.startswith(CONVERSATION_TARGET):
+            await self._conversation(deadline, deadline.target[len(CONVERSATION_TARGET) :])
+        elif deadline.target.startswith(AGENT_TARGET) and deadline.kind == GRACE_KIND:
+            await self._agent_grace(deadline, deadline.target[len(AGENT_TARGET) :])
+        else:
+            log.warning("timers.unknown_deadline", target=deadline.target, kind=deadline.kind)
+            await self.store.clear_deadline(deadline.target, deadline.kind, deadline.due_at)
+
+    async def _conversation(self, deadline: Deadline, conversation_id: str) -> None:
+        for _ in range(CAS_ATTEMPTS):
+            conversation = await self.store.get_conversation(conversation_id)
+            if conversation is None:
+                await self.store.clear_deadline(deadline.target, deadline.kind, deadline.due_at)
+                return
+            now = self.clock.now()
+            presence = queue_presence(self.directory, conversation.queue, await self.store.presence())
+            transition = lifecycle.on_deadline(
+                conversation,
+                deadline.kind,
+                now,
+                self.directory.policy(conversation.channel),
+                presence,
+            )
+            if not transition.changed:
+                await self.store.clear_deadline(deadline.target, deadline.kind, deadline.due_at)
+                return
+            try:
+                _, events = await self.store.update_conversation(transition, conversation.version)
+            except VersionConflict:
+                continue
+            if events:
+                log.info(
+                    "timers.fired",
+                    kind=deadline.kind,
+                    conversation_id=conversation_id,
+                    state=str(transition.conversation.state),
+                )
+            if self.on_events is not None:
+                await self.on_events(list(events))
+            return
+        log.warning("timers.conversation_busy", conversation_id=conversation_id)
+
+    async def _agent_grace(self, deadline: Deadline, agent: str) -> None:
+        presence = (await self.store.presence()).get(agent)
+        now = self.clock.now()
+        grace = self.directory.agent_disconnect_grace
+        still_gone = (
+            presence is not None
+            and not presence.online
+            and presence.last_seen_at is not None
+            and presence.last_seen_at + grace <= now
+        )
+        if still_gone:
+            events: list[Event] = []
+            for conversation in await self.store.list_conversations(
+                State.ACTIVE, agent=agent, limit=10_000
+            ):
+                events.extend(await self._agent_lost(conversation.id, agent))
+            log.info("timers.agent_offline", agent=agent, conversations=len(events))
+            if self.on_events is not None and events:
+                await self.on_events(events)
+        await self.store.clear_deadline(deadline.target, deadline.kind, deadline.due_at)
+
+    async def _agent_lost(self, conversation_id: str, agent: str) -> list[Event]:
+        for _ in range(CAS_ATTEMPTS):
+            conversation = await self.store.get_conversation(conversation_id)
+            if conversation is None:
+                return []
+            transition = lifecycle.agent_lost(
+                conversation, agent, self.clock.now(), self.directory.queue_policy(conversation.queue)
+            )
+            if not transition.changed:
+                return []
+            try:
+                _, events = await self.store.update_conversation(transition, conversation.version)
+            except VersionConflict:
+                continue
+            return list(events)
+        return []

@@ -1,0 +1,417 @@
+"""The store contract, run against every implementation (the `store` fixture is parametrized)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from datetime import timedelta
+
+import pytest
+
+from gateway import lifecycle
+from gateway.clock import ManualClock
+from gateway.errors import TransitionError, VersionConflict
+from gateway.ids import new_id
+from gateway.ingest import Ingestor
+from gateway.lifecycle import AgentContext, ChannelPolicy, QueuePolicy
+from gateway.model import DeliveryState, DeliveryStatus, Direction, Message, State
+from gateway.store.base import GRACE_KIND, Store, agent_target, conversation_target
+from tests.conftest import inbound
+
+WA = ChannelPolicy(reply_window=timedelta(hours=24))
+
+
+def make_ingestor(store: Store, clock: ManualClock, queue: str = "support") -> Ingestor:
+    return Ingestor(store, clock, route=lambda m: queue, policy_for=lambda c: WA)
+
+
+def maria(active: int = 0, max_active: int = 5) -> AgentContext:
+    return AgentContext("maria", frozenset({"support", "sales"}), max_active, active)
+
+
+async def test_first_message_opens_waiting_conversation(store: Store, clock: ManualClock) -> None:
+    ingest = make_ingestor(store, clock)
+    result = await ingest.message(inbound("Hola"))
+    assert not result.duplicate
+    conv = result.conversation
+    assert conv.state == State.WAITING
+    assert conv.queue == "support"
+    assert conv.version == 1
+    assert conv.window_expires_at == inbound().sent_at + timedelta(hours=24)
+    stored = await store.get_conversation(conv.id)
+    assert stored == conv
+    messages = await store.list_messages(conv.id)
+    assert [m.text for m in messages] == ["Hola"]
+    assert messages[0].direction == Direction.IN
+
+
+async def test_next_message_joins_open_conversation(store: Store, clock: ManualClock) -> None:
+    ingest = make_ingestor(store, clock)
+    first = await ingest.message(inbound("Hola", pid="a"))
+    clock.advance(timedelta(minutes=1))
+    later = inbound("Precio?", pid="b", sent_at=clock.now())
+    second = await ingest.message(later)
+    assert second.conversation.id == first.conversation.id
+    assert second.conversation.version == 2
+    assert second.conversation.preview == "Precio?"
+    assert second.conversation.window_expires_at == clock.now() + timedelta(hours=24)
+    assert [m.text for m in await store.list_messages(first.conversation.id)] == [
+        "Hola",
+        "Precio?",
+    ]
+
+
+async def test_duplicate_provider_id_is_one_message(store: Store, clock: ManualClock) -> None:
+    ingest = make_ingestor(store, clock)
+    first = await ingest.message(inbound("Hola", pid="wamid.1"))
+    again = await ingest.message(inbound("Hola", pid="wamid.1"))
+    assert again.duplicate
+    assert again.message.id == first.message.id
+    assert len(await store.list_messages(first.conversation.id)) == 1
+
+
+async def test_concurrent_duplicates_store_once(store: Store, clock: ManualClock) -> None:
+    ingest = make_ingestor(store, clock)
+    results = await asyncio.gather(*(ingest.message(inbound("x", pid="same")) for _ in range(20)))
+    assert sum(not r.duplicate for r in results) == 1
+    assert len({r.message.id for r in results}) == 1
+    assert len(await store.list_messages(results[0].conversation.id)) == 1
+
+
+async def test_concurrent_first_messages_share_one_conversation(
+    store: Store, clock: ManualClock
+) -> None:
+    ingest = make_ingestor(store, clock)
+    results = await asyncio.gather(
+        *(ingest.message(inbound(f"m{i}", pid=f"p{i}")) for i in range(10))
+    )
+    assert len({r.conversation.id for r in results}) == 1
+    assert len(await store.list_messages(results[0].conversation.id)) == 10
+
+
+async def test_closed_conversation_gets_a_new_one(store: Store, clock: ManualClock) -> None:
+    ingest = make_ingestor(store, clock)
+    first = (await ingest.message(inbound("a", pid="1"))).conversation
+    accepted = lifecycle.accept(first, maria(), clock.now())
+    conv, _ = await store.update_conversation(accepted, first.version)
+    closed = lifecycle.close(conv, maria(), clock.now())
+    await store.update_conversation(closed, conv.version)
+    second = (await ingest.message(inbound("b", pid="2"))).conversation
+    assert second.id != first.id
+    assert second.state == State.WAITING
+    assert (await store.get_conversation(first.id)).state == State.CLOSED  # type: ignore[union-attr]
+
+
+async def test_waiting_is_fifo_by_queued_at(store: Store, clock: ManualClock) -> None:
+    ingest = make_ingestor(store, clock)
+    ids = []
+    for i in range(5):
+        r = await ingest.message(inbound(f"m{i}", address=f"+1000{i}", pid=f"p{i}"))
+        ids.append(r.conversation.id)
+        clock.advance(timedelta(minutes=10))
+    waiting = await store.list_conversations(State.WAITING, queues=["support"])
+    assert [c.id for c in waiting] == ids
+    assert await store.list_conversations(State.WAITING, queues=["sales"]) == []
+    assert await store.list_conversations(State.WAITING, queues=[]) == []
+
+
+async def test_requeue_keeps_original_position(store: Store, clock: ManualClock) -> None:
+    ingest = make_ingestor(store, clock)
+    early = (await ingest.message(inbound("early", address="+1", pid="1"))).conversation
+    clock.advance(timedelta(minutes=10))
+    late = (await ingest.message(inbound("late", address="+2", pid="2"))).conversation
+    conv, _ = await store.update_conversation(
+        lifecycle.accept(early, maria(), clock.now()), early.version
+    )
+    policy = QueuePolicy(requeue_after=timedelta(minutes=5))
+    conv, _ = await store.update_conversation(
+        lifecycle.set_pending(conv, "maria", clock.now(), policy), conv.version
+    )
+    clock.advance(timedelta(minutes=5))
+    conv, _ = await store.update_conversation(
+        lifecycle.requeue_due(conv, clock.now(), WA), conv.version
+    )
+    waiting = await store.list_conversations(State.WAITING)
+    assert [c.id for c in waiting] == [early.id, late.id]
+    assert waiting[0].queued_at == early.queued_at
+
+
+async def test_compare_and_set_refuses_stale_version(store: Store, clock: ManualClock) -> None:
+    conv = (await make_ingestor(store, clock).message(inbound())).conversation
+    await store.update_conversation(lifecycle.accept(conv, maria(), clock.now()), conv.version)
+    other = AgentContext("jose", frozenset({"support"}), 5)
+    with pytest.raises(VersionConflict):
+        await store.update_conversation(lifecycle.accept(conv, other, clock.now()), conv.version)
+    stored = await store.get_conversation(conv.id)
+    assert stored is not None and stored.agent == "maria" and stored.version == 2
+
+
+async def test_accept_race_has_exactly_one_winner(store: Store, clock: ManualClock) -> None:
+    conv = (await make_ingestor(store, clock).message(inbound())).conversation
+    agents = [AgentContext(f"a{i}", frozenset({"support"}), 5) for i in range(10)]
+
+    async def try_accept(agent: AgentContext) -> bool:
+        try:
+            await store.update_conversation(
+                lifecycle.accept(conv, agent, clock.now()), conv.version
+            )
+        except VersionConflict:
+            return False
+        return True
+
+    outcomes = await asyncio.gather(*(try_accept(a) for a in agents))
+    assert sum(outcomes) == 1
+
+
+async def test_max_active_is_checked_in_the_store(store: Store, clock: ManualClock) -> None:
+    ingest = make_ingestor(store, clock)
+    convs = [
+        (await ingest.message(inbound(f"m{i}", address=f"+{i}", pid=f"p{i}"))).conversation
+        for i in range(3)
+    ]
+    # The caller believes the agent is idle, but the store knows better.
+    results = await asyncio.gather(
+        *(
+            store.update_conversation(
+                lifecycle.accept(c, maria(0, max_active=2), clock.now()), c.version, max_active=2
+            )
+            for c in convs
+        ),
+        return_exceptions=True,
+    )
+    refused = [r for r in results if isinstance(r, TransitionError)]
+    assert len(refused) == 1 and refused[0].code == "max_active_reached"
+    assert (await store.agent_loads()) == {"maria": 2}
+
+
+async def test_event_log_cursor_never_repeats_or_skips(store: Store, clock: ManualClock) -> None:
+    ingest = make_ingestor(store, clock)
+    await asyncio.gather(
+        *(ingest.message(inbound(f"m{i}", address=f"+{i}", pid=f"p{i}")) for i in range(30))
+    )
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page = await store.read_events(cursor, limit=7)
+        if not page:
+            break
+        seen.extend(e.cursor for e in page if e.cursor)
+        cursor = page[-1].cursor
+    everything = await store.read_events(None, limit=1000)
+    assert seen == [e.cursor for e in everything]
+    assert len(seen) == len(set(seen)) == 60  # created + received per message
+    types = [e.type for e in everything]
+    assert types.count("conversation.created") == 30
+    assert types.count("message.received") == 30
+    assert await store.last_cursor() == seen[-1]
+
+
+async def test_wait_events_wakes_on_new_event(store: Store, clock: ManualClock) -> None:
+    cursor = await store.last_cursor()
+    waiter = asyncio.create_task(store.wait_events(cursor, timeout=10))
+    await asyncio.sleep(0)
+    await make_ingestor(store, clock).message(inbound())
+    events = await asyncio.wait_for(waiter, 10)
+    assert [e.type for e in events][:1] == ["conversation.created"]
+    assert await store.wait_events(await store.last_cursor(), timeout=0.01) == []
+
+
+async def test_event_carries_stored_version(store: Store, clock: ManualClock) -> None:
+    conv = (await make_ingestor(store, clock).message(inbound())).conversation
+    stored, events = await store.update_conversation(
+        lifecycle.accept(conv, maria(), clock.now()), conv.version
+    )
+    assert events[0].conversation == stored
+    assert events[0].change == "accepted"
+    log = await store.read_events(None)
+    assert log[-1].conversation == stored
+
+
+async def test_deadlines_follow_the_conversation(store: Store, clock: ManualClock) -> None:
+    conv = (await make_ingestor(store, clock).message(inbound())).conversation
+    expires = conv.window_expires_at
+    assert expires is not None
+    assert await store.next_due() == expires
+    assert await store.claim_due(clock.now(), 10, timedelta(seconds=30)) == []
+    due = await store.claim_due(expires, 10, timedelta(seconds=30))
+    assert [(d.target, d.kind) for d in due] == [(conversation_target(conv.id), "window")]
+    # Leased: a second scheduler does not get it until the lease lapses.
+    assert await store.claim_due(expires, 10, timedelta(seconds=30)) == []
+    again = await store.claim_due(expires + timedelta(seconds=31), 10, timedelta(seconds=30))
+    assert len(again) == 1
+    expired = lifecycle.expire_window(conv, expires)
+    await store.update_conversation(expired, conv.version)
+    assert await store.next_due() is None
+
+
+async def test_clear_deadline_only_removes_the_claimed_one(store: Store, clock: ManualClock) -> None:
+    now = clock.now()
+    await store.set_deadline("agent:x", GRACE_KIND, now)
+    await store.set_deadline("agent:x", GRACE_KIND, now + timedelta(seconds=5))
+    await store.clear_deadline("agent:x", GRACE_KIND, now)
+    assert await store.next_due() == now + timedelta(seconds=5)
+    await store.clear_deadline("agent:x", GRACE_KIND)
+    assert await store.next_due() is None
+
+
+def outbound(conv_id: str, clock: ManualClock, text: str = "Hi") -> Message:
+    now = clock.now()
+    return Message(
+        id=new_id("m"),
+        conversation_id=conv_id,
+        channel="wa-main",
+        channel_type="whatsapp",
+        provider="test",
+        direction=Direction.OUT,
+        kind="text",
+        text=text,
+        sent_at=now,
+        received_at=now,
+        status=DeliveryState.QUEUED,
+        agent="maria",
+    )
+
+
+async def test_outbound_idempotency_key(store: Store, clock: ManualClock) -> None:
+    conv = (await make_ingestor(store, clock).message(inbound())).conversation
+    msg = outbound(conv.id, clock)
+    first = await store.add_outbound(
+        lifecycle.agent_message(conv, msg, clock.now()), conv.version, msg, "key-1"
+    )
+    assert first.created
+    retry_msg = outbound(conv.id, clock)
+    retry = await store.add_outbound(
+        lifecycle.agent_message(first.conversation, retry_msg, clock.now()),
+        first.conversation.version,
+        retry_msg,
+        "key-1",
+    )
+    assert not retry.created
+    assert retry.message.id == msg.id
+    assert len(await store.list_messages(conv.id)) == 2  # the inbound and one outbound
+
+
+async def test_statuses_only_move_forward(store: Store, clock: ManualClock) -> None:
+    conv = (await make_ingestor(store, clock).message(inbound())).conversation
+    msg = outbound(conv.id, clock)
+    await store.add_outbound(lifecycle.agent_message(conv, msg, clock.now()), conv.version, msg, None)
+    sent = await store.record_send(msg.id, provider_message_id="SM1", status=None)
+    assert sent.message is not None and sent.message.provider_message_id == "SM1"
+
+    def report(state: DeliveryState, code: str | None = None) -> DeliveryStatus:
+        return DeliveryStatus("wa-main", "SM1", state, clock.now(), error_code=code)
+
+    assert (await store.apply_status(report(DeliveryState.SENT))).moved
+    assert (await store.apply_status(report(DeliveryState.READ))).moved
+    late = await store.apply_status(report(DeliveryState.DELIVERED))
+    assert not late.moved and late.message is not None
+    assert late.message.status == DeliveryState.READ
+    assert not (await store.apply_status(report(DeliveryState.FAILED, "1"))).moved
+    unknown = await store.apply_status(
+        DeliveryStatus("wa-main", "nope", DeliveryState.READ, clock.now())
+    )
+    assert unknown.message is None and not unknown.moved
+    stored = await store.get_message(msg.id)
+    assert stored is not None and stored.status == DeliveryState.READ
+    statuses = [e for e in await store.read_events(None) if e.type == "message.status"]
+    assert [e.message.status for e in statuses if e.message] == ["sent", "read"]
+
+
+async def test_failed_status_keeps_error(store: Store, clock: ManualClock) -> None:
+    conv = (await make_ingestor(store, clock).message(inbound())).conversation
+    msg = outbound(conv.id, clock)
+    await store.add_outbound(lifecycle.agent_message(conv, msg, clock.now()), conv.version, msg, None)
+    failed = DeliveryStatus("wa-main", "X", DeliveryState.FAILED, clock.now(), "131047", "window")
+    result = await store.record_send(msg.id, provider_message_id="X", status=failed)
+    assert result.moved and result.message is not None
+    assert result.message.error_code == "131047"
+
+
+async def test_presence_arms_grace_on_last_disconnect(store: Store, clock: ManualClock) -> None:
+    now = clock.now()
+    grace = timedelta(seconds=30)
+    await store.presence_connect("maria", "c1", "n1", now)
+    await store.presence_connect("maria", "c2", "n1", now)
+    assert (await store.presence())["maria"].online
+    assert not await store.presence_disconnect("maria", "c1", now, grace)
+    assert await store.next_due() is None
+    assert await store.presence_disconnect("maria", "c2", now, grace)
+    state = (await store.presence())["maria"]
+    assert not state.online and state.last_seen_at == now
+    assert await store.next_due() == now + grace
+    # Reconnecting within the grace cancels it.
+    await store.presence_connect("maria", "c3", "n1", now + timedelta(seconds=10))
+    assert await store.next_due() is None
+    dropped = await store.presence_drop_node("n1", now + timedelta(seconds=20), grace)
+    assert dropped == ["maria"]
+    claimed = await store.claim_due(now + timedelta(seconds=50), 10, grace)
+    assert [(d.target, d.kind) for d in claimed] == [(agent_target("maria"), GRACE_KIND)]
+
+
+async def test_kv_and_compare_set(store: Store) -> None:
+    assert await store.kv_get("k") is None
+    await store.kv_set("k", "1")
+    assert await store.kv_get("k") == "1"
+    assert not await store.kv_compare_set("k", "0", "2")
+    assert await store.kv_compare_set("k", "1", "2")
+    assert await store.kv_compare_set("new", None, "x")
+    assert await store.kv_get("k") == "2"
+
+
+async def test_counts_by_state(store: Store, clock: ManualClock) -> None:
+    ingest = make_ingestor(store, clock)
+    for i in range(3):
+        await ingest.message(inbound(f"m{i}", address=f"+{i}", pid=f"p{i}"))
+    assert await store.count_by_state() == {("waiting", "support"): 3}
+
+
+async def test_contact_messages_span_conversations(store: Store, clock: ManualClock) -> None:
+    ingest = make_ingestor(store, clock)
+    first = (await ingest.message(inbound("a", pid="1"))).conversation
+    conv, _ = await store.update_conversation(
+        lifecycle.close(first, maria(), clock.now()), first.version
+    )
+    second = await ingest.message(inbound("b", pid="2"))
+    everything = await store.list_contact_messages("wa-main", "+5511999990000")
+    assert [m.text for m in everything] == ["a", "b"]
+    after = await store.list_contact_messages(
+        "wa-main", "+5511999990000", after=everything[0].id
+    )
+    assert [m.id for m in after] == [second.message.id]
+
+
+async def test_thread_refs_link_a_new_conversation(store: Store, clock: ManualClock) -> None:
+    ingest = make_ingestor(store, clock)
+    first = (await ingest.message(inbound("a", pid="<m1@x>"))).conversation
+    await store.update_conversation(lifecycle.close(first, maria(), clock.now()), first.version)
+    reply = dataclasses.replace(inbound("re: a", pid="<m2@x>"), thread_refs=("<m1@x>",))
+    second = (await ingest.message(reply)).conversation
+    assert second.id != first.id
+    assert second.previous_conversation_id == first.id
+
+
+async def test_non_waking_message_leaves_state_alone(store: Store, clock: ManualClock) -> None:
+    ingest = make_ingestor(store, clock)
+    first = (await ingest.message(inbound("a", pid="1"))).conversation
+    closed, _ = await store.update_conversation(
+        lifecycle.close(first, maria(), clock.now()), first.version
+    )
+    auto = dataclasses.replace(
+        inbound("I am away", pid="2"), wakes_conversation=False, thread_refs=("1",)
+    )
+    result = await ingest.message(auto)
+    assert result.conversation.id == first.id
+    assert result.conversation.state == State.CLOSED
+    assert await store.find_open_conversation("wa-main", "+5511999990000") is None
+    # Without any thread, it is kept in a closed conversation of its own.
+    lone = dataclasses.replace(inbound("away", address="+9", pid="3"), wakes_conversation=False)
+    kept = await ingest.message(lone)
+    assert kept.conversation.state == State.CLOSED
+
+
+async def test_survives_reopen(store: Store, clock: ManualClock) -> None:
+    conv = (await make_ingestor(store, clock).message(inbound())).conversation
+    await store.close()
+    await store.open()
+    assert await store.get_conversation(conv.id) == conv
+    assert len(await store.read_events(None)) == 2

@@ -1,0 +1,69 @@
+"""A message acknowledged by the SQLite store survives kill -9 of the process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+from gateway.store.sqlite import SqliteStore
+
+WRITER = r"""
+import asyncio, sys
+import structlog
+structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+from datetime import UTC, datetime
+from gateway.clock import SystemClock
+from gateway.ingest import Ingestor
+from gateway.lifecycle import ChannelPolicy
+from gateway.model import Contact, InboundMessage
+from gateway.store.sqlite import SqliteStore
+
+async def main() -> None:
+    store = SqliteStore(sys.argv[1])
+    await store.open()
+    ingest = Ingestor(store, SystemClock(), lambda m: "q", lambda c: ChannelPolicy())
+    async def one(i: int) -> None:
+        msg = InboundMessage("ch", "test", "test", f"p{i}", Contact(f"+{i % 50}"),
+                             datetime.now(UTC), text=f"m{i}")
+        result = await ingest.message(msg)
+        print(result.message.provider_message_id, flush=True)
+    i = 0
+    while True:
+        await asyncio.gather(*(one(i + k) for k in range(20)))
+        i += 20
+
+asyncio.run(main())
+"""
+
+
+async def test_acknowledged_messages_survive_sigkill(tmp_path: Path) -> None:
+    db = tmp_path / "kill.db"
+    root = Path(__file__).resolve().parents[2]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", WRITER, str(db),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    assert proc.stdout is not None
+    acked: list[str] = []
+    while len(acked) < 500:
+        line = await asyncio.wait_for(proc.stdout.readline(), 30)
+        assert line, "writer exited early"
+        acked.append(line.decode().strip())
+    proc.send_signal(signal.SIGKILL)
+    # Whatever was printed before the kill was acknowledged; read what is left in the pipe too.
+    rest = await proc.stdout.read()
+    acked.extend(x for x in rest.decode().split() if x)
+    await proc.wait()
+
+    store = SqliteStore(db)
+    await store.open()
+    try:
+        for pid in acked:
+            assert await store.find_message("ch", pid) is not None, pid
+    finally:
+        await store.close()
