@@ -216,7 +216,10 @@ class GatewayConfig(_Section):
     @model_validator(mode="after")
     def _cross_check(self) -> Self:
         problems = _reference_problems(
-            [c.name for c in self.channels], self.queues, self.routing, self.agents
+            [c.name for c in self.channels],
+            [q.name for q in self.queues],
+            self.routing,
+            self.agents,
         )
         if problems:
             raise ValueError("; ".join(p.render() for p in problems))
@@ -274,7 +277,7 @@ def _describe_lines(config: GatewayConfig) -> Iterator[str]:
     yield f"routing ({len(config.routing)} rules, first match wins):"
     for index, rule in enumerate(config.routing):
         yield f"  routing[{index}]: {rule.describe()}"
-    if config.queues:
+    if config.queues and (not config.routing or config.routing[-1].if_ is not None):
         yield f"  otherwise -> {config.queues[0].name}"
     yield f"agents ({len(config.agents)}):"
     for agent in config.agents:
@@ -293,7 +296,7 @@ def _describe_policy(channel: ChannelConfig) -> str:
 
 
 def _describe_queue(queue: QueueConfig) -> str:
-    text = queue.distribution
+    text: str = queue.distribution
     if queue.distribution == "automatic":
         text += f", {queue.strategy}"
     if queue.requeue_after is not None:
@@ -341,26 +344,38 @@ def _known(names: Sequence[str]) -> str:
 
 def _reference_problems(
     channel_names: Sequence[str | None] | None,
-    queues: Sequence[QueueConfig] | None,
-    routing: Sequence[RouteConfig] | None,
-    agents: Sequence[AgentConfig] | None,
+    queue_names: Sequence[str | None] | None,
+    routing: Sequence[RouteConfig | None] | None,
+    agents: Sequence[AgentConfig | None] | None,
 ) -> list[_Problem]:
-    """Check names across sections; a section that failed validation (None) is skipped."""
+    """Check names across sections.
+
+    A None section (not a list) is skipped; a None entry is one that failed validation and
+    was reported already. Channel and queue names are read even from invalid entries, so a
+    queue with a bad `strategy` is not also reported as unknown by every route naming it.
+    """
     problems: list[_Problem] = []
     if channel_names is not None:
         problems += _duplicates("channels", "name", "channel name", channel_names)
-    if queues is not None:
-        problems += _duplicates("queues", "name", "queue name", [q.name for q in queues])
-        if channel_names and not queues:
+    if queue_names is not None:
+        problems += _duplicates("queues", "name", "queue name", queue_names)
+        if channel_names and not queue_names:
             problems.append(_Problem("queues", "at least one queue is required for channels"))
-    if agents is not None:
-        problems += _duplicates("agents", "id", "agent id", [a.id for a in agents])
-        problems += _shared_tokens(agents)
-    queue_names = None if queues is None else [q.name for q in queues]
     if routing is not None:
         problems += _route_problems(routing, queue_names, channel_names)
-    if agents is not None and queue_names is not None:
-        problems += _agent_queue_problems(agents, queue_names)
+    if agents is not None:
+        problems += _agent_problems(agents, queue_names)
+    return problems
+
+
+def _agent_problems(
+    agents: Sequence[AgentConfig | None], queue_names: Sequence[str | None] | None
+) -> list[_Problem]:
+    ids = [agent.id if agent is not None else None for agent in agents]
+    problems = _duplicates("agents", "id", "agent id", ids)
+    problems += _shared_tokens(agents)
+    if queue_names is not None:
+        problems += _agent_queue_problems(agents, [n for n in queue_names if n is not None])
     return problems
 
 
@@ -380,11 +395,13 @@ def _duplicates(section: str, key: str, what: str, names: Sequence[str | None]) 
     return problems
 
 
-def _shared_tokens(agents: Sequence[AgentConfig]) -> list[_Problem]:
+def _shared_tokens(agents: Sequence[AgentConfig | None]) -> list[_Problem]:
     """Two agents with one token could not be told apart; say so without showing the hash."""
     first_seen: dict[str, int] = {}
     problems = []
     for index, agent in enumerate(agents):
+        if agent is None:
+            continue
         other = first_seen.setdefault(agent.token_sha256, index)
         if other != index:
             message = f"same token as {_path('agents', other)}; each agent needs its own token"
@@ -393,20 +410,19 @@ def _shared_tokens(agents: Sequence[AgentConfig]) -> list[_Problem]:
 
 
 def _route_problems(
-    routing: Sequence[RouteConfig],
-    queue_names: Sequence[str] | None,
+    routing: Sequence[RouteConfig | None],
+    queue_names: Sequence[str | None] | None,
     channel_names: Sequence[str | None] | None,
 ) -> list[_Problem]:
     problems = []
     for index, rule in enumerate(routing):
-        if queue_names is not None and rule.queue not in queue_names:
-            message = f"unknown queue '{rule.queue}' (known: {_known(queue_names)})"
-            problems.append(_Problem(_path("routing", index, "queue"), message))
-        channel = rule.if_.channel if rule.if_ is not None else None
-        if channel is not None and channel_names is not None and channel not in channel_names:
-            known = _known([n for n in channel_names if n is not None])
-            message = f"unknown channel '{channel}' (known: {known})"
-            problems.append(_Problem(_path("routing", index, "if", "channel"), message))
+        if rule is None:
+            continue
+        if queue_names is not None:
+            problems += _unknown("queue", rule.queue, queue_names, _path("routing", index, "queue"))
+        if rule.if_ is not None and rule.if_.channel is not None and channel_names is not None:
+            where = _path("routing", index, "if", "channel")
+            problems += _unknown("channel", rule.if_.channel, channel_names, where)
         if rule.if_ is None and index < len(routing) - 1:
             message = (
                 "a rule without 'if' matches everything, so the rules after it can never "
@@ -416,28 +432,34 @@ def _route_problems(
     return problems
 
 
+def _unknown(what: str, name: str, known: Sequence[str | None], path: str) -> list[_Problem]:
+    names = [n for n in known if n is not None]
+    if name in names:
+        return []
+    return [_Problem(path, f"unknown {what} '{name}' (known: {_known(names)})")]
+
+
 def _agent_queue_problems(
-    agents: Sequence[AgentConfig], queue_names: Sequence[str]
+    agents: Sequence[AgentConfig | None], queue_names: Sequence[str]
 ) -> list[_Problem]:
     problems = []
     for index, agent in enumerate(agents):
-        for position, queue in enumerate(agent.queues):
-            if queue not in queue_names:
-                message = f"unknown queue '{queue}' (known: {_known(queue_names)})"
-                problems.append(_Problem(_path("agents", index, "queues", position), message))
+        for position, queue in enumerate(agent.queues if agent is not None else []):
+            problems += _unknown(
+                "queue", queue, queue_names, _path("agents", index, "queues", position)
+            )
     return problems
 
 
 def _route_type_problems(
-    routing: Sequence[RouteConfig], channel_types: Mapping[str, type[ChannelConfig]]
+    routing: Sequence[RouteConfig | None], channel_types: Mapping[str, type[ChannelConfig]]
 ) -> list[_Problem]:
     """A route on a type no plugin provides is a typo; only the loader knows the plugins."""
     problems = []
     for index, rule in enumerate(routing):
-        kind = rule.if_.type if rule.if_ is not None else None
-        if kind is not None and kind not in channel_types:
-            message = f"unknown channel type '{kind}' (known: {_known(list(channel_types))})"
-            problems.append(_Problem(_path("routing", index, "if", "type"), message))
+        if rule is not None and rule.if_ is not None and rule.if_.type is not None:
+            where = _path("routing", index, "if", "type")
+            problems += _unknown("channel type", rule.if_.type, list(channel_types), where)
     return problems
 
 
@@ -453,7 +475,8 @@ class _Redactor:
     duration parser says `got '...'`); and any value may have come from the environment.
     """
 
-    _MIN_SECRET = 4  # shorter values would blank out ordinary words and indexes
+    _MIN_VALUE = 4  # a shorter value would blank out ordinary words and indexes
+    _MIN_SECRET = 6  # secrets (tokens, passwords) are longer; shorter env values are settings
 
     def __init__(self, expanded: set[str]) -> None:
         self._expanded = sorted(
@@ -463,7 +486,7 @@ class _Redactor:
     def __call__(self, message: str, value: Any = None) -> str:
         if isinstance(value, str) and value:
             message = message.replace(repr(value), "<value hidden>")
-            if len(value) >= self._MIN_SECRET:
+            if len(value) >= self._MIN_VALUE:
                 message = message.replace(value, "<value hidden>")
         for secret in self._expanded:
             message = message.replace(secret, "<value hidden>")
@@ -540,7 +563,7 @@ class _StrictLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            key = self.construct_object(key_node, deep=deep)
             if isinstance(key, str | int | float | bool) and key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key '{key}'", key_node.start_mark
@@ -591,15 +614,13 @@ class _Variables:
         return value
 
     def restore_text(self, text: str) -> str:
-        """Put markers back to what ops wrote, for YAML error messages."""
-        return self._restore(text)
+        """Put markers back to what ops wrote (for keys and YAML error messages)."""
+        return self._marker.sub(
+            lambda m: ("$${" if m.group(1) == "L" else "${") + m.group(2) + "}", text
+        )
 
     def _restore(self, key: Any) -> Any:
-        if not isinstance(key, str):
-            return key
-        return self._marker.sub(
-            lambda m: ("$${" if m.group(1) == "L" else "${") + m.group(2) + "}", key
-        )
+        return self.restore_text(key) if isinstance(key, str) else key
 
     def _expand_string(self, text: str, path: tuple[str | int, ...]) -> str:
         def replace(match: re.Match[str]) -> str:
@@ -619,7 +640,8 @@ class _Variables:
 
 def _parse_yaml(text: str, source: str, variables: _Variables) -> Any:
     try:
-        return yaml.load(variables.mark(text), Loader=_StrictLoader)  # noqa: S506 - safe loader
+        # _StrictLoader is a SafeLoader: no arbitrary Python objects from the file
+        return yaml.load(variables.mark(text), Loader=_StrictLoader)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: {_describe_yaml_error(exc, variables)}") from None
 
@@ -638,6 +660,11 @@ def _describe_yaml_error(exc: yaml.YAMLError, variables: _Variables) -> str:
 # --------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------
+
+_T = typing.TypeVar("_T")
+
+_PATH_HEAD = re.compile(r"([^.\[]*)(?:\[(\d+)\])?")
+"""The section and first index of a key path: `channels[1].imap.host` -> channels, 1."""
 
 _CORE_SECTIONS = ("server", "store", "presence", "queues", "routing", "agents")
 
@@ -668,14 +695,38 @@ class _Loader:
         sections = {name: self._section(name, raw[name]) for name in _CORE_SECTIONS if name in raw}
         channels, channel_names = self._channels(raw.get("channels", []))
         self._cross_check(sections, raw, channel_names)
-        if self.problems:
-            raise ConfigError("\n".join(p.render(self.source) for p in self.problems))
+        config = None if self.problems else self._build(sections, channels)
+        if config is None:
+            raise self._error(list(document))
+        return config
+
+    def _error(self, section_order: list[Any]) -> ConfigError:
+        """One error for everything, in the order the sections appear in the file."""
+        position = {key: index for index, key in enumerate(section_order)}
+
+        def file_order(problem: _Problem) -> tuple[int, int]:
+            match = _PATH_HEAD.match(problem.path)
+            section, index = (match.group(1), match.group(2)) if match else ("", None)
+            return position.get(section, len(position)), -1 if index is None else int(index)
+
+        redact = _Redactor(self.variables.expanded)
+        problems = sorted(self.problems, key=file_order)
+        return ConfigError("\n".join(redact(p.render(self.source)) for p in problems))
+
+    def _build(
+        self, sections: dict[str, Any], channels: list[ChannelConfig]
+    ) -> GatewayConfig | None:
+        """Assemble the validated parts; its own cross-check passes, since ours found nothing."""
         present = {name: value for name, value in sections.items() if value is not None}
-        return GatewayConfig(**present, channels=channels)
+
+        def build(_: Any) -> GatewayConfig:
+            return GatewayConfig(**present, channels=channels)
+
+        return self._validate(build, GatewayConfig, None, ())
 
     def _validate(
-        self, adapter: Callable[[Any], Any], root: Any, raw: Any, prefix: tuple[str | int, ...]
-    ) -> Any:
+        self, adapter: Callable[[Any], _T], root: Any, raw: Any, prefix: tuple[str | int, ...]
+    ) -> _T | None:
         """Validate `raw`; on failure record its problems (minus those of missing variables)."""
         try:
             return adapter(raw)
@@ -693,23 +744,29 @@ class _Loader:
         )
 
     def _section(self, name: str, raw: Any) -> Any:
+        """Validate a core section; a list is validated entry by entry (None where invalid).
+
+        Keeping the valid entries lets the cross-checks still run on them, so a bad regex in
+        one rule does not hide an unknown queue in another.
+        """
         annotation = GatewayConfig.model_fields[name].annotation
-        adapter: TypeAdapter[Any] = TypeAdapter(annotation)
-        return self._validate(adapter.validate_python, annotation, raw, (name,))
+        item_type = typing.get_args(annotation)[0] if isinstance(raw, list) else None
+        if item_type is None:
+            whole: TypeAdapter[Any] = TypeAdapter(annotation)
+            return self._validate(whole.validate_python, annotation, raw, (name,))
+        item: TypeAdapter[Any] = TypeAdapter(item_type)
+        return [
+            self._validate(item.validate_python, item_type, entry, (name, index))
+            for index, entry in enumerate(raw)
+        ]
 
     def _channels(self, raw: Any) -> tuple[list[ChannelConfig], list[str | None] | None]:
         """Validate each channel with its type's model; names are kept even for invalid ones."""
         if not isinstance(raw, list):
             self.problems.append(_Problem("channels", "expected a list of channels"))
             return [], None
-        channels, names = [], []
-        for index, entry in enumerate(raw):
-            name = entry.get("name") if isinstance(entry, dict) else None
-            names.append(name if isinstance(name, str) else None)
-            channel = self._channel(index, entry)
-            if channel is not None:
-                channels.append(channel)
-        return channels, names
+        channels = [self._channel(index, entry) for index, entry in enumerate(raw)]
+        return [c for c in channels if c is not None], _names(raw, "name")
 
     def _channel(self, index: int, entry: Any) -> ChannelConfig | None:
         path = ("channels", index)
@@ -719,8 +776,7 @@ class _Loader:
         model = self._channel_model(index, entry.get("type"))
         if model is None:
             return None
-        validated: ChannelConfig | None = self._validate(model.model_validate, model, entry, path)
-        return validated
+        return self._validate(model.model_validate, model, entry, path)
 
     def _channel_model(self, index: int, kind: Any) -> type[ChannelConfig] | None:
         path = _path("channels", index, "type")
@@ -730,9 +786,7 @@ class _Loader:
         elif not isinstance(kind, str):
             self.problems.append(_Problem(path, f"expected a channel type name (known: {known})"))
         elif kind not in self.channel_types:
-            self.problems.append(
-                _Problem(path, f"unknown channel type '{kind}' (known: {known})")
-            )
+            self.problems.append(_Problem(path, f"unknown channel type '{kind}' (known: {known})"))
         else:
             return self.channel_types[kind]
         return None
@@ -740,18 +794,24 @@ class _Loader:
     def _cross_check(
         self, sections: dict[str, Any], raw: dict[str, Any], channel_names: list[str | None] | None
     ) -> None:
-        """Run name checks on every section that validated, so they add to field problems."""
-
-        def valid(name: str) -> Any:
-            # an absent section is valid and empty; an invalid one (None) is not checked
-            return sections[name] if name in raw else []
-
-        routing = valid("routing")
+        """Run the name checks on whatever validated, so they add to the field problems."""
+        routing = sections.get("routing", [])
         self.problems += _reference_problems(
-            channel_names, valid("queues"), routing, valid("agents")
+            channel_names,
+            _names(raw.get("queues", []), "name"),
+            routing,
+            sections.get("agents", []),
         )
         if routing is not None:
             self.problems += _route_type_problems(routing, self.channel_types)
+
+
+def _names(entries: Any, key: str) -> list[str | None] | None:
+    """Read names straight from the file's entries, valid or not (None: not a list)."""
+    if not isinstance(entries, list):
+        return None
+    names = [entry.get(key) if isinstance(entry, dict) else None for entry in entries]
+    return [name if isinstance(name, str) else None for name in names]
 
 
 def parse_config(

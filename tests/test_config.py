@@ -1,0 +1,596 @@
+"""config.yaml loading: the DESIGN example loads, and every mistake is refused with its key path.
+
+The channel models here are stand-ins for the real plugins (whatsapp, webchat, email): the
+loader must validate channel entries with whatever model a type registers, and never leak
+their secrets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from gateway.channels import ChannelConfig
+from gateway.config import (
+    AgentConfig,
+    GatewayConfig,
+    QueueConfig,
+    RouteConfig,
+    load_config,
+    parse_config,
+)
+from gateway.errors import ConfigError
+
+# --------------------------------------------------------------------------------------------
+# Stand-in channel models, shaped like the real plugins' configs
+# --------------------------------------------------------------------------------------------
+
+
+class WhatsAppConfig(ChannelConfig):
+    provider: str
+    account_sid: str | None = None
+    auth_token: SecretStr | None = None
+    from_: str | None = Field(default=None, validation_alias="from")
+    phone_number_id: str | None = None
+    access_token: SecretStr | None = None
+    app_secret: SecretStr | None = None
+    verify_token: SecretStr | None = None
+
+
+class WebchatConfig(ChannelConfig):
+    allowed_origins: list[str] = []
+
+
+class MailServer(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str
+    port: int
+    username: str
+    password: SecretStr
+
+
+class EmailConfig(ChannelConfig):
+    imap: MailServer
+    smtp: MailServer
+    address: str
+
+
+CHANNEL_TYPES: dict[str, type[ChannelConfig]] = {
+    "whatsapp": WhatsAppConfig,
+    "webchat": WebchatConfig,
+    "email": EmailConfig,
+}
+
+MARIA_TOKEN = "maria-bearer-token"
+MARIA_SHA = hashlib.sha256(MARIA_TOKEN.encode()).hexdigest()
+SECRET = "s3cr3t-auth-token-value"
+
+ENV = {
+    "TWILIO_ACCOUNT_SID": "AC0123456789",
+    "TWILIO_AUTH_TOKEN": SECRET,
+    "WA_TOKEN": "meta-access-token-value",
+    "WA_APP_SECRET": "meta-app-secret-value",
+    "WA_VERIFY": "meta-verify-token-value",
+    "MAIL_PASSWORD": "mail-password-value",
+}
+
+# DESIGN section 3, verbatim except that its `{...}` and `"..."` placeholders are filled in.
+DESIGN_EXAMPLE = f"""
+server: {{host: 127.0.0.1, port: 8080, public_url: "https://gw.example.com"}}  # public_url: what providers sign
+store: {{url: "sqlite:///var/lib/gateway/gateway.db"}}   # or redis://127.0.0.1:6379/0
+presence: {{agent_disconnect_grace: 30s}}
+channels:
+  - {{name: wa-main, type: whatsapp, provider: twilio, account_sid: ${{TWILIO_ACCOUNT_SID}},
+     auth_token: ${{TWILIO_AUTH_TOKEN}}, from: "whatsapp:+14155238886", reply_window: 24h}}
+  - {{name: wa-cloud, type: whatsapp, provider: cloud_api, phone_number_id: "1065...",
+     access_token: ${{WA_TOKEN}}, app_secret: ${{WA_APP_SECRET}}, verify_token: ${{WA_VERIFY}}}}
+  - {{name: site, type: webchat, no_agent_timeout: 5m, allowed_origins: ["https://shop.example.com"]}}
+  - {{name: support-mail, type: email,
+     imap: {{host: imap.example.com, port: 993, username: support, password: ${{MAIL_PASSWORD}}}},
+     smtp: {{host: smtp.example.com, port: 587, username: support, password: ${{MAIL_PASSWORD}}}},
+     address: support@example.com}}
+queues:
+  - {{name: sales, distribution: automatic, strategy: least_busy}}
+  - {{name: support, distribution: manual}}
+routing:                      # first match wins; the last rule without `if` is the default
+  - {{if: {{channel: wa-main, text: "(?i)precio|price"}}, queue: sales}}
+  - {{if: {{type: email}}, queue: support}}
+  - {{queue: support}}
+agents:
+  - {{id: maria, name: Maria Malheiro, token_sha256: "{MARIA_SHA}", queues: [sales, support], max_active: 5}}
+"""  # noqa: E501 - the example's lines are as long as DESIGN writes them
+
+MINIMAL_QUEUES = """
+queues:
+  - {name: sales}
+  - {name: support}
+"""
+
+
+def load(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> GatewayConfig:
+    path = tmp_path / "config.yaml"
+    path.write_text(text, encoding="utf-8")
+    return load_config(path, CHANNEL_TYPES, env=ENV if env is None else env)
+
+
+def problems(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> list[str]:
+    """Load a config that must be refused; return its problem lines."""
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, text, env)
+    return str(caught.value).splitlines()
+
+
+def problem_at(lines: list[str], key_path: str) -> str:
+    """The single problem line about `key_path` (asserting the file name prefixes it)."""
+    found = [line for line in lines if f": {key_path}: " in line]
+    assert len(found) == 1, lines
+    assert found[0].split(": ", 1)[0].endswith("config.yaml")
+    return found[0]
+
+
+# --------------------------------------------------------------------------------------------
+# What loads
+# --------------------------------------------------------------------------------------------
+
+
+def test_design_example_loads(tmp_path: Path) -> None:
+    config = load(tmp_path, DESIGN_EXAMPLE)
+
+    assert config.server.public_url == "https://gw.example.com"
+    assert config.store.backend == "sqlite"
+    assert config.store.sqlite_path == Path("var/lib/gateway/gateway.db")
+    assert [c.name for c in config.channels] == ["wa-main", "wa-cloud", "site", "support-mail"]
+    wa_main = config.channel("wa-main")
+    assert isinstance(wa_main, WhatsAppConfig)
+    assert wa_main.auth_token is not None
+    assert wa_main.auth_token.get_secret_value() == SECRET
+    assert wa_main.from_ == "whatsapp:+14155238886"
+    mail = config.channel("support-mail")
+    assert isinstance(mail, EmailConfig)
+    assert mail.imap.password.get_secret_value() == "mail-password-value"
+    assert [q.name for q in config.queues] == ["sales", "support"]
+    assert config.queue("sales").distribution == "automatic"
+    assert config.queue("support").distribution == "manual"
+    first_rule = config.routing[0]
+    assert first_rule.if_ is not None
+    assert first_rule.if_.channel == "wa-main"
+    assert first_rule.if_.text == "(?i)precio|price"
+    assert config.routing[2].if_ is None
+    assert config.agents[0].queues == ["sales", "support"]
+
+
+def test_durations_are_read_in_ops_notation(tmp_path: Path) -> None:
+    config = load(tmp_path, DESIGN_EXAMPLE)
+
+    assert config.presence.agent_disconnect_grace == timedelta(seconds=30)
+    assert config.channel("site").no_agent_timeout == timedelta(minutes=5)
+    assert config.channel("wa-main").reply_window == timedelta(hours=24)
+    assert config.channel("wa-main").policy().reply_window == timedelta(hours=24)
+
+
+def test_queue_requeue_after_is_a_duration(tmp_path: Path) -> None:
+    config = load(tmp_path, "queues: [{name: sales, requeue_after: 10m}]")
+
+    assert config.queue("sales").requeue_after == timedelta(minutes=10)
+
+
+@pytest.mark.parametrize("text", ["", "# nothing yet\n", "channels: []\n", "agents:\n"])
+def test_minimal_files_load_with_defaults(tmp_path: Path, text: str) -> None:
+    config = load(tmp_path, text)
+
+    assert config.channels == []
+    assert config.server.port == 8080
+    assert config.store.url == "sqlite:///var/gateway.db"
+    assert config.store.synchronous == "full"
+    assert config.presence.agent_disconnect_grace == timedelta(seconds=30)
+
+
+def test_variable_inside_a_string_and_escaped_reference(tmp_path: Path) -> None:
+    text = 'store: {url: "redis://${REDIS_HOST}:6379/0"}\nserver: {host: "$${NOT_EXPANDED}"}\n'
+
+    config = load(tmp_path, text, env={"REDIS_HOST": "cache.internal"})
+
+    assert config.store.url == "redis://cache.internal:6379/0"
+    assert config.store.backend == "redis"
+    assert config.server.host == "${NOT_EXPANDED}"
+
+
+def test_env_defaults_to_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GW_TEST_PORT", "9090")
+
+    config = parse_config("server: {port: ${GW_TEST_PORT}}", "config.yaml", CHANNEL_TYPES)
+
+    assert config.server.port == 9090
+
+
+@pytest.mark.parametrize(
+    "url", ["sqlite:///relative/path.db", "sqlite:////abs/path.db", "rediss://h:6380/1"]
+)
+def test_store_urls_accepted(tmp_path: Path, url: str) -> None:
+    assert load(tmp_path, f'store: {{url: "{url}"}}').store.url == url
+
+
+def test_absolute_sqlite_path(tmp_path: Path) -> None:
+    config = load(tmp_path, 'store: {url: "sqlite:////abs/path.db"}')
+
+    assert config.store.sqlite_path == Path("/abs/path.db")
+
+
+def test_lookups(tmp_path: Path) -> None:
+    config = load(tmp_path, DESIGN_EXAMPLE)
+
+    assert config.agent_by_token(MARIA_TOKEN) == config.agents[0]
+    assert config.agent_by_token("wrong") is None
+    assert [a.id for a in config.agents_on_queue("sales")] == ["maria"]
+    assert config.agents_on_queue("nobody-here") == []
+    with pytest.raises(KeyError):
+        config.channel("nope")
+    with pytest.raises(KeyError):
+        config.queue("nope")
+
+
+def test_no_routing_rules_is_valid(tmp_path: Path) -> None:
+    config = load(tmp_path, MINIMAL_QUEUES)
+
+    assert config.routing == []
+    assert "otherwise -> sales" in config.describe()
+
+
+# --------------------------------------------------------------------------------------------
+# What is refused, and how it is reported
+# --------------------------------------------------------------------------------------------
+
+
+def test_missing_env_var_names_variable_and_key(tmp_path: Path) -> None:
+    env = {k: v for k, v in ENV.items() if k != "TWILIO_AUTH_TOKEN"}
+
+    lines = problems(tmp_path, DESIGN_EXAMPLE, env=env)
+
+    assert lines == [
+        f"{tmp_path / 'config.yaml'}: channels[0].auth_token: "
+        "environment variable TWILIO_AUTH_TOKEN is not set"
+    ]
+
+
+def test_missing_env_var_in_nested_value(tmp_path: Path) -> None:
+    env = {k: v for k, v in ENV.items() if k != "MAIL_PASSWORD"}
+
+    lines = problems(tmp_path, DESIGN_EXAMPLE, env=env)
+
+    assert "MAIL_PASSWORD" in problem_at(lines, "channels[3].imap.password")
+    assert "MAIL_PASSWORD" in problem_at(lines, "channels[3].smtp.password")
+    assert len(lines) == 2
+
+
+def test_unknown_top_level_key(tmp_path: Path) -> None:
+    line = problem_at(problems(tmp_path, "serverr: {port: 1}"), "serverr")
+
+    assert "unknown key" in line
+    assert "server" in line
+
+
+def test_unknown_nested_key_lists_allowed_keys(tmp_path: Path) -> None:
+    text = MINIMAL_QUEUES + "routing: [{if: {channel_: x}, queue: sales}]\n"
+
+    line = problem_at(problems(tmp_path, text), "routing[0].if.channel_")
+
+    assert line.endswith("unknown key (allowed: channel, type, text, from)")
+
+
+def test_unknown_key_in_channel_uses_channel_model(tmp_path: Path) -> None:
+    text = "channels: [{name: site, type: webchat, allowed_origin: []}]\n" + MINIMAL_QUEUES
+
+    line = problem_at(problems(tmp_path, text), "channels[0].allowed_origin")
+
+    assert "unknown key" in line
+    assert "allowed_origins" in line
+
+
+def test_wrong_type(tmp_path: Path) -> None:
+    line = problem_at(problems(tmp_path, "server: {port: eighty}"), "server.port")
+
+    assert "valid integer" in line
+    assert "eighty" not in line
+
+
+def test_wrong_literal_says_what_is_allowed(tmp_path: Path) -> None:
+    line = problem_at(
+        problems(tmp_path, "queues: [{name: q, strategy: fastest}]"), "queues[0].strategy"
+    )
+
+    assert "'least_busy' or 'round_robin'" in line
+
+
+def test_missing_channel_field(tmp_path: Path) -> None:
+    text = "channels: [{name: wa, type: whatsapp}]\n" + MINIMAL_QUEUES
+
+    assert problem_at(problems(tmp_path, text), "channels[0].provider").endswith("field required")
+
+
+def test_bad_duration(tmp_path: Path) -> None:
+    line = problem_at(
+        problems(tmp_path, "presence: {agent_disconnect_grace: soon}"),
+        "presence.agent_disconnect_grace",
+    )
+
+    assert "30s, 5m or 24h" in line
+
+
+def test_store_scheme_refused(tmp_path: Path) -> None:
+    line = problem_at(problems(tmp_path, 'store: {url: "postgres://db/gw"}'), "store.url")
+
+    assert "redis://" in line
+    assert "postgres" not in line
+
+
+def test_duplicate_channel_names(tmp_path: Path) -> None:
+    text = "channels: [{name: site, type: webchat}, {name: site, type: webchat}]\n"
+
+    line = problem_at(problems(tmp_path, text + MINIMAL_QUEUES), "channels[1].name")
+
+    assert "duplicate channel name 'site'" in line
+
+
+def test_duplicate_queue_names_and_agent_ids(tmp_path: Path) -> None:
+    text = f"""
+queues: [{{name: sales}}, {{name: sales}}]
+agents:
+  - {{id: ana, token_sha256: "{"a" * 64}", queues: [sales]}}
+  - {{id: ana, token_sha256: "{"b" * 64}", queues: [sales]}}
+"""
+    lines = problems(tmp_path, text)
+
+    assert "duplicate queue name 'sales'" in problem_at(lines, "queues[1].name")
+    assert "duplicate agent id 'ana'" in problem_at(lines, "agents[1].id")
+
+
+def test_two_agents_with_one_token(tmp_path: Path) -> None:
+    text = f"""
+queues: [{{name: sales}}]
+agents:
+  - {{id: ana, token_sha256: "{MARIA_SHA}", queues: [sales]}}
+  - {{id: bob, token_sha256: "{MARIA_SHA}", queues: [sales]}}
+"""
+    line = problem_at(problems(tmp_path, text), "agents[1].token_sha256")
+
+    assert MARIA_SHA not in line
+
+
+def test_route_to_unknown_queue(tmp_path: Path) -> None:
+    text = MINIMAL_QUEUES + "routing: [{queue: salez}]\n"
+
+    lines = problems(tmp_path, text)
+
+    assert lines == [
+        f"{tmp_path / 'config.yaml'}: routing[0].queue: "
+        "unknown queue 'salez' (known: sales, support)"
+    ]
+
+
+def test_route_to_unknown_channel_and_type(tmp_path: Path) -> None:
+    text = MINIMAL_QUEUES + "routing: [{if: {channel: wa, type: sms}, queue: sales}]\n"
+
+    lines = problems(tmp_path, text)
+
+    assert "unknown channel 'wa'" in problem_at(lines, "routing[0].if.channel")
+    assert "email, webchat, whatsapp" in problem_at(lines, "routing[0].if.type")
+
+
+def test_default_rule_must_be_last(tmp_path: Path) -> None:
+    text = MINIMAL_QUEUES + "routing: [{queue: sales}, {if: {type: email}, queue: support}]\n"
+
+    assert "last rule" in problem_at(problems(tmp_path, text), "routing[0]")
+
+
+def test_empty_if_is_refused(tmp_path: Path) -> None:
+    text = MINIMAL_QUEUES + "routing: [{if: {}, queue: sales}]\n"
+
+    assert "empty 'if'" in problem_at(problems(tmp_path, text), "routing[0].if")
+
+
+def test_agent_on_unknown_queue(tmp_path: Path) -> None:
+    text = (
+        MINIMAL_QUEUES + f'agents: [{{id: ana, token_sha256: "{MARIA_SHA}", queues: [sales, vip]}}]'
+    )
+
+    line = problem_at(problems(tmp_path, text), "agents[0].queues[1]")
+
+    assert "unknown queue 'vip' (known: sales, support)" in line
+
+
+def test_agent_fields(tmp_path: Path) -> None:
+    text = MINIMAL_QUEUES + 'agents: [{id: ana, token_sha256: "ABC", queues: [], max_active: 0}]'
+
+    lines = problems(tmp_path, text)
+
+    assert "pattern" in problem_at(lines, "agents[0].token_sha256")
+    assert "at least 1" in problem_at(lines, "agents[0].queues")
+    assert "greater than or equal to 1" in problem_at(lines, "agents[0].max_active")
+
+
+def test_channels_need_a_queue(tmp_path: Path) -> None:
+    lines = problems(tmp_path, "channels: [{name: site, type: webchat}]")
+
+    assert "at least one queue" in problem_at(lines, "queues")
+
+
+def test_unknown_channel_type_lists_known_types(tmp_path: Path) -> None:
+    text = "channels: [{name: x, type: telegram}]\n" + MINIMAL_QUEUES
+
+    line = problem_at(problems(tmp_path, text), "channels[0].type")
+
+    assert "unknown channel type 'telegram' (known: email, webchat, whatsapp)" in line
+
+
+def test_channel_without_type(tmp_path: Path) -> None:
+    text = "channels: [{name: x}]\n" + MINIMAL_QUEUES
+
+    assert "field required" in problem_at(problems(tmp_path, text), "channels[0].type")
+
+
+def test_bad_regex(tmp_path: Path) -> None:
+    text = MINIMAL_QUEUES + 'routing: [{if: {text: "(precio"}, queue: sales}]\n'
+
+    line = problem_at(problems(tmp_path, text), "routing[0].if.text")
+
+    assert "not a valid regular expression" in line
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path: Path) -> None:
+    text = "server:\n  host: 127.0.0.1\n  port: [8080\nstore: {}\n"
+
+    lines = problems(tmp_path, text)
+
+    assert len(lines) == 1
+    assert lines[0].startswith(f"{tmp_path / 'config.yaml'}: line ")
+    assert "invalid YAML" in lines[0]
+
+
+def test_yaml_duplicate_key_is_refused(tmp_path: Path) -> None:
+    lines = problems(tmp_path, "queues: [{name: a}]\nqueues: [{name: b}]\n")
+
+    assert lines == [f"{tmp_path / 'config.yaml'}: line 2: invalid YAML: duplicate key 'queues'"]
+
+
+def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
+    assert "mapping" in problems(tmp_path, "- a\n- b\n")[0]
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "absent.yaml", CHANNEL_TYPES, env={})
+
+
+def test_several_problems_reported_together_in_file_order(tmp_path: Path) -> None:
+    text = """
+server: {port: -1}
+channels:
+  - {name: site, type: webchat, bogus: 1}
+  - {name: mail, type: fax}
+queues: [{name: sales, distribution: sometimes}]
+routing: [{queue: salez}]
+"""
+    lines = problems(tmp_path, text)
+
+    paths = [line.split(": ")[1] for line in lines]
+    assert paths == [
+        "server.port",
+        "channels[0].bogus",
+        "channels[1].type",
+        "queues[0].distribution",
+        "routing[0].queue",
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# Secrets never shown
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        "reply_window",  # the duration parser's own message quotes its input
+        "max_body_bytes",
+        "account_sid: 1, auth_token",
+        "unknown_field",
+    ],
+)
+def test_secret_from_env_never_in_error(tmp_path: Path, field: str) -> None:
+    text = f"""
+channels:
+  - {{name: wa, type: whatsapp, provider: twilio, {field}: ${{TWILIO_AUTH_TOKEN}}}}
+  - {{name: wa, type: whatsapp, provider: twilio, account_sid: [${{TWILIO_AUTH_TOKEN}}]}}
+queues: [{{name: sales}}]
+routing: [{{if: {{channel: wa, text: "${{TWILIO_AUTH_TOKEN}}("}}, queue: sales}}]
+"""
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, text)
+
+    for shown in (str(caught.value), repr(caught.value), caught.value.message):
+        assert SECRET not in shown
+    assert caught.value.__cause__ is None
+    assert caught.value.__suppress_context__ or caught.value.__context__ is None
+
+
+def test_literal_secret_in_broken_yaml_is_not_quoted(tmp_path: Path) -> None:
+    text = f"channels:\n  - {{name: wa, auth_token: {SECRET}: oops}}\n"
+
+    lines = problems(tmp_path, text)
+
+    assert SECRET not in "\n".join(lines)
+
+
+def test_describe_shows_structure_but_no_secret(tmp_path: Path) -> None:
+    config = load(tmp_path, DESIGN_EXAMPLE)
+
+    summary = config.describe()
+
+    for value in ENV.values():
+        assert value not in summary
+    assert MARIA_SHA not in summary
+    assert "wa-main: type whatsapp" in summary
+    assert "sales: automatic, least_busy" in summary
+    assert "support: manual" in summary
+    assert (
+        "routing[0]: channel is 'wa-main' and text matches /(?i)precio|price/ -> sales" in summary
+    )
+    assert "routing[2]: always -> support" in summary
+    assert "maria (Maria Malheiro): queues sales, support" in summary
+
+
+def test_describe_hides_store_password(tmp_path: Path) -> None:
+    config = load(
+        tmp_path,
+        'store: {url: "redis://:${REDIS_PASSWORD}@cache:6379/0"}',
+        {"REDIS_PASSWORD": SECRET},
+    )
+
+    assert SECRET in config.store.url
+    assert SECRET not in config.describe()
+    assert "redis://***@cache:6379/0" in config.describe()
+
+
+# --------------------------------------------------------------------------------------------
+# The model on its own
+# --------------------------------------------------------------------------------------------
+
+
+def test_direct_construction_runs_the_cross_checks() -> None:
+    with pytest.raises(ValidationError, match=r"routing\[0\]\.queue: unknown queue 'nope'"):
+        GatewayConfig(
+            queues=[QueueConfig(name="sales")],
+            routing=[RouteConfig(queue="nope")],
+        )
+
+
+def test_models_are_frozen() -> None:
+    agent = AgentConfig(id="ana", token_sha256=MARIA_SHA, queues=["sales"])
+
+    with pytest.raises(ValidationError):
+        agent.max_active = 9
+
+
+class LeakyConfig(ChannelConfig):
+    """A careless plugin whose validator quotes a secret in its error message."""
+
+    api_key: SecretStr
+
+    @model_validator(mode="after")
+    def _check_key(self) -> LeakyConfig:
+        raise ValueError(f"key {self.api_key.get_secret_value()} is not accepted by the provider")
+
+
+def test_secret_quoted_by_a_plugin_validator_is_hidden() -> None:
+    text = "channels: [{name: x, type: leaky, api_key: ${TWILIO_AUTH_TOKEN}}]\nqueues: [{name: q}]"
+
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "config.yaml", {"leaky": LeakyConfig}, env=ENV)
+
+    assert SECRET not in str(caught.value)
+    assert "channels[0]: key <value hidden> is not accepted" in str(caught.value)
