@@ -1,0 +1,148 @@
+"""Build the outbound reply: threading headers, subject, text + HTML alternative, files.
+
+Pure (the clock and Message-ID are arguments). Every value that came from a customer (their
+display name, their subject, ids from their References) passes through here, so this is where
+header injection is stopped: display text is flattened to one line, ids that are not one
+well-formed `<id>` are dropped, and addresses are parsed by the stdlib, which refuses CR/LF.
+The email package's `policy.default` then refuses any header value still carrying a line
+break, as a second line of defence.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
+
+from plugins.email.headers import is_msgid, msgid_list, one_line
+
+_REPLY_PREFIX = re.compile(
+    r"^\s*(?:(?:re|aw|sv|antw|ref|res|rif|vs|odp|r)\s*(?:\[\d+\]|\(\d+\))?\s*[:\uff1a]\s*)+",
+    re.IGNORECASE,
+)
+# Clients cap References (a long thread would make a huge header): keep the root and the most
+# recent ids, which is what threading needs (RFC 5322 3.6.4 allows trimming the middle).
+MAX_REFERENCES = 30
+
+
+@dataclass(frozen=True, slots=True)
+class Thread:
+    """What a reply answers: the parent's Message-ID and the parent's own references."""
+
+    in_reply_to: str | None = None
+    references: tuple[str, ...] = ()
+    subject: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundFile:
+    filename: str
+    mime_type: str
+    content: bytes
+
+
+def new_message_id(domain: str, conversation_id: str | None = None) -> str:
+    """Mint a globally unique Message-ID in our own domain (carrying the conversation id)."""
+    idstring = re.sub(r"[^A-Za-z0-9_.-]", "", conversation_id or "") or None
+    return make_msgid(idstring=idstring, domain=domain)
+
+
+def reply_subject(subject: str | None) -> str | None:
+    """Return `Re: <subject>` with any existing `Re:`/`AW:`/`Re[2]:` prefixes collapsed."""
+    text = one_line(subject)
+    if text is None:
+        return None
+    stripped = _REPLY_PREFIX.sub("", text).strip()
+    return f"Re: {stripped}" if stripped else "Re:"
+
+
+def references_for(thread: Thread) -> list[str]:
+    """Return the References of a reply: the parent's references, then the parent's id."""
+    ids = [i for i in dict.fromkeys([*thread.references, thread.in_reply_to or ""]) if i]
+    ids = [i for i in ids if is_msgid(i)]
+    if len(ids) > MAX_REFERENCES:
+        ids = [ids[0], *ids[-(MAX_REFERENCES - 1) :]]
+    return ids
+
+
+def text_to_html(text: str) -> str:
+    """Render plain text as simple HTML: escaped, paragraphs and line breaks kept."""
+    paragraphs = re.split(r"\n\s*\n", text.replace("\r\n", "\n").strip())
+    rendered = "".join(
+        "<p>" + html.escape(p).replace("\n", "<br>\n") + "</p>\n" for p in paragraphs if p
+    )
+    return f"<!DOCTYPE html>\n<html><body>\n{rendered}</body></html>\n"
+
+
+def mailbox(address: str, display_name: str | None = None) -> Address:
+    """Return a header-safe address; raise ValueError for anything but one plain address."""
+    if any(c in address for c in "\r\n,;<>") or "@" not in address:
+        raise ValueError("not a single email address")
+    return Address(display_name=one_line(display_name) or "", addr_spec=address.strip())
+
+
+def compose_reply(
+    *,
+    message_id: str,
+    sender: Address,
+    recipient: Address,
+    text: str,
+    now: datetime,
+    subject: str | None = None,
+    thread: Thread = Thread(),
+    html_body: str | None = None,
+    files: Sequence[OutboundFile] = (),
+) -> EmailMessage:
+    """Build a reply (or a first message when `thread` is empty) ready for SMTP."""
+    msg = EmailMessage()
+    msg["Message-ID"] = message_id
+    msg["Date"] = format_datetime(now)
+    msg["From"] = sender
+    msg["To"] = recipient
+    if thread.in_reply_to and is_msgid(thread.in_reply_to):
+        msg["In-Reply-To"] = thread.in_reply_to
+    references = references_for(thread)
+    if references:
+        msg["References"] = " ".join(references)
+    title = reply_subject(subject) if thread.in_reply_to else one_line(subject)
+    if title:
+        msg["Subject"] = title
+    msg.set_content(text)
+    msg.add_alternative(html_body if html_body is not None else text_to_html(text), subtype="html")
+    for item in files:
+        maintype, _, subtype = item.mime_type.partition("/")
+        if not subtype:
+            maintype, subtype = "application", "octet-stream"
+        msg.add_attachment(
+            item.content,
+            maintype=maintype,
+            subtype=subtype,
+            filename=one_line(item.filename) or "attachment",
+        )
+    return msg
+
+
+def thread_from_extra(extra: dict[str, object]) -> Thread | None:
+    """Read the threading hints the core put into `message.extra` (see the package doc)."""
+    parent = extra.get("in_reply_to")
+    refs = extra.get("references")
+    parent_ids = msgid_list(parent) if isinstance(parent, str) else []
+    if isinstance(refs, str):
+        ref_ids = msgid_list(refs)
+    elif isinstance(refs, list | tuple):
+        ref_ids = [i for r in refs if isinstance(r, str) for i in msgid_list(r)]
+    else:
+        ref_ids = []
+    if not parent_ids and not ref_ids:
+        return None
+    subject = extra.get("subject")
+    return Thread(
+        in_reply_to=parent_ids[0] if parent_ids else ref_ids[-1],
+        references=tuple(ref_ids),
+        subject=subject if isinstance(subject, str) else None,
+    )

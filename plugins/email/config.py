@@ -1,0 +1,96 @@
+"""The `email` channel's config section: one mailbox read over IMAP, replies sent over SMTP.
+
+Example (config.yaml)::
+
+    - name: support-mail
+      type: email
+      address: support@example.com
+      imap: {host: imap.example.com, port: 993, username: support@example.com,
+             password: ${IMAP_PASSWORD}}
+      smtp: {host: smtp.example.com, port: 587, tls: starttls, username: support@example.com,
+             password: ${SMTP_PASSWORD}}
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from email.headerregistry import Address
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr
+
+from gateway.channels import ChannelConfig
+from gateway.durations import Duration
+
+TlsMode = Literal["implicit", "starttls", "none"]
+"""`implicit`: TLS from the first byte (IMAPS 993, SMTPS 465); `starttls`: upgrade a plain
+connection (IMAP 143, submission 587) and refuse to continue if the server cannot; `none`:
+plain text, for loopback test servers only."""
+
+
+def check_address(value: str) -> str:
+    """Validate one bare addr-spec (`local@domain`) with the stdlib parser; return it stripped."""
+    text = value.strip()
+    try:
+        parsed = Address(addr_spec=text)
+    except (ValueError, IndexError) as exc:
+        raise ValueError(f"not an email address: {value!r}") from exc
+    if not parsed.username or not parsed.domain or parsed.addr_spec != text:
+        raise ValueError(f"not an email address: {value!r}")
+    return text
+
+
+EmailAddress = Annotated[str, AfterValidator(check_address)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ImapSettings(_Section):
+    """Where inbound mail is read; the mailbox is only ever read (BODY.PEEK, no flags set)."""
+
+    host: str
+    port: int = Field(default=993, ge=1, le=65535)
+    tls: TlsMode = "implicit"
+    username: str
+    password: SecretStr
+    mailbox: str = "INBOX"
+    poll_interval: Duration = timedelta(seconds=60)
+    # Servers drop an IDLE after 30 minutes (RFC 2177 says re-issue before 29): stay below it.
+    idle_timeout: Duration = timedelta(minutes=25)
+    timeout: Duration = timedelta(seconds=30)
+    first_sync: Literal["new", "all"] = "new"
+    """With no cursor yet: `new` starts after the newest message present (older mail is
+    imported on purpose with `gateway email backfill`); `all` imports the whole mailbox."""
+
+
+class SmtpSettings(_Section):
+    """Where replies are submitted."""
+
+    host: str
+    port: int = Field(default=587, ge=1, le=65535)
+    tls: TlsMode = "starttls"
+    username: str | None = None
+    password: SecretStr | None = None
+    timeout: Duration = timedelta(seconds=30)
+
+
+class EmailConfig(ChannelConfig):
+    """One email channel instance."""
+
+    type: Literal["email"]
+    address: EmailAddress
+    from_name: str | None = None
+    imap: ImapSettings
+    smtp: SmtpSettings
+    max_attachment_bytes: int = Field(default=25 * 1024 * 1024, ge=0)
+
+    @property
+    def domain(self) -> str:
+        """Return the domain our Message-IDs are minted in (that of `address`)."""
+        return self.address.rpartition("@")[2].lower()
+
+    @property
+    def cursor_key(self) -> str:
+        return f"email:{self.name}:cursor"

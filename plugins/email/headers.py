@@ -1,0 +1,120 @@
+"""Reading header values safely: Message-ID lists, display text, addresses.
+
+Everything read from a customer's mail is untrusted: RFC 2047 can encode CR/LF into a subject,
+8-bit bytes arrive undeclared, and some malformed headers make the stdlib's structured parser
+raise. These helpers never raise and never return text that could break a header we write.
+"""
+
+from __future__ import annotations
+
+import re
+from email.message import EmailMessage, Message
+from email.utils import getaddresses, parseaddr
+
+_MSGID = re.compile(r"<([^<>\s]{1,900})>")
+_BARE_ID = re.compile(r"[^<>\s,;\"]+@[^<>\s,;\"]+")
+_LINE_BREAKS = re.compile(r"[\r\n\t\x00-\x08\x0b\x0c\x0e-\x1f\x7f]+")
+_SPACES = re.compile(r" {2,}")
+
+
+def unescape(text: str) -> str:
+    """Turn surrogate-escaped undecodable bytes back into text (UTF-8, else U+FFFD).
+
+    The email package keeps undeclared 8-bit header bytes as lone surrogates, which neither
+    orjson nor a store can encode; real senders almost always meant UTF-8.
+    """
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def one_line(text: str | None) -> str | None:
+    """Return `text` as a single clean line (no CR/LF/control chars), or None when empty."""
+    if text is None:
+        return None
+    flat = _SPACES.sub(" ", _LINE_BREAKS.sub(" ", unescape(str(text)))).strip()
+    return flat or None
+
+
+def header(msg: Message, name: str) -> str | None:
+    """Return a header's decoded value (RFC 2047 applied), or None; never raises."""
+    try:
+        value = msg.get(name)
+        if value is None:
+            return None
+        return unescape(str(value))
+    except Exception:  # the structured parser raises on some malformed headers
+        raw = _raw_header(msg, name)
+        return unescape(raw) if raw is not None else None
+
+
+def _raw_header(msg: Message, name: str) -> str | None:
+    for key, value in msg.raw_items() if isinstance(msg, EmailMessage) else msg.items():
+        if key.lower() == name.lower():
+            return str(value)
+    return None
+
+
+def normalize_msgid(value: str | None) -> str | None:
+    """Return a Message-ID as `<id>` (the form we store and compare), or None if unusable."""
+    ids = msgid_list(value)
+    return ids[0] if ids else None
+
+
+def msgid_list(value: str | None) -> list[str]:
+    """Return the ids in an In-Reply-To/References value, `<...>`-wrapped, in order, unique.
+
+    Tolerates what real mail does: commas between ids, duplicates, ids without `@`
+    (`<test-in-reply-to>`), and bare ids without angle brackets.
+    """
+    if not value:
+        return []
+    text = unescape(value)
+    found = [f"<{m}>" for m in _MSGID.findall(text)]
+    if not found:
+        found = [f"<{m}>" for m in _BARE_ID.findall(text)]
+    seen: dict[str, None] = {}
+    for item in found:
+        seen.setdefault(item, None)
+    return list(seen)
+
+
+def is_msgid(value: str) -> bool:
+    """Tell whether `value` is one well-formed `<id>` safe to write into a header."""
+    return _MSGID.fullmatch(value) is not None and value.isprintable() and value.isascii()
+
+
+def addresses(msg: Message, name: str) -> list[tuple[str, str]]:
+    """Return `(display_name, lower-cased address)` pairs of an address header; never raises."""
+    try:
+        value = msg.get(name)
+        if value is None:
+            return []
+        found = [
+            (unescape(a.display_name or ""), unescape(a.addr_spec).lower())
+            for a in getattr(value, "addresses", ())
+            if a.addr_spec and "@" in a.addr_spec
+        ]
+        if found:
+            return found
+    except Exception:  # fall through to the lenient parser below
+        pass
+    raw = _raw_header(msg, name)
+    if raw is None:
+        return []
+    return [(unescape(n), unescape(a).lower()) for n, a in getaddresses([raw]) if a and "@" in a]
+
+
+def sender(msg: Message) -> tuple[str, str | None]:
+    """Return the author's `(address, display name)`; falls back to Sender/Return-Path.
+
+    A comment-style name (`MAILER-DAEMON@AOL.com (Mail Delivery System)`) is used as the
+    display name when there is no phrase.
+    """
+    for name in ("From", "Sender", "Reply-To", "Return-Path"):
+        found = addresses(msg, name)
+        if found:
+            display, address = found[0]
+            if not display:
+                raw = _raw_header(msg, name) or ""
+                display = unescape(parseaddr(raw)[0])
+            return address, one_line(display)
+    return "unknown@invalid", None

@@ -1,0 +1,219 @@
+"""Taking a MIME tree apart: the readable body, the HTML, and the attachments.
+
+Pure functions over `email.message.EmailMessage` (parsed with `policy.default`). They never
+raise on malformed input: a mislabelled charset falls back to UTF-8, then Windows-1252, then
+Latin-1 (which cannot fail), so a message is always stored with the best text we can make.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from email.message import EmailMessage, Message
+
+import html2text
+from mailparser_reply import EmailReplyParser  # type: ignore[import-untyped, unused-ignore]
+
+from plugins.email.headers import header, one_line
+
+# Charset labels that lie in practice, mapped to the superset senders really use (WHATWG).
+_CHARSET_ALIASES = {
+    "gb2312": "gb18030",
+    "gbk": "gb18030",
+    "x-gbk": "gb18030",
+    "iso-8859-1": "cp1252",
+    "latin1": "cp1252",
+    "latin-1": "cp1252",
+    "us-ascii": "ascii",
+    "ks_c_5601-1987": "cp949",
+    "euc-kr": "cp949",
+    "shift_jis": "cp932",
+}
+_REPLY_LANGUAGES = ["en", "es", "de", "fr", "it", "nl", "da", "sv", "pl", "cs"]
+# The reply parser's regexes are not linear on pathological input: bound what it sees.
+_REPLY_SCAN_LIMIT = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class PartInfo:
+    """One attachment as found in the MIME tree; content is only referenced by `path`."""
+
+    path: str
+    mime_type: str
+    filename: str | None
+    size: int
+    sha256: str | None
+    disposition: str | None
+    content_id: str | None
+    oversize: bool
+
+
+@dataclass(slots=True)
+class Body:
+    """The readable parts of a message."""
+
+    text: str = ""
+    html: str | None = None
+    attachments: list[PartInfo] = field(default_factory=list)
+
+
+def decode_bytes(data: bytes, declared: str | None) -> str:
+    """Decode text bytes: declared charset, then UTF-8, then Windows-1252, then Latin-1."""
+    label = (declared or "us-ascii").strip().strip('"').lower()
+    for candidate in (_CHARSET_ALIASES.get(label, label), "utf-8", "cp1252"):
+        try:
+            return data.decode(candidate)
+        except (LookupError, UnicodeDecodeError):
+            continue
+    return data.decode("latin-1")
+
+
+def _clean(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "")
+
+
+def part_bytes(part: Message) -> bytes:
+    """Return a leaf part's decoded content (base64/QP undone); best effort, never raises."""
+    try:
+        if part.get_content_maintype() == "message":
+            inner = part.get_payload()
+            if isinstance(inner, list) and inner and isinstance(inner[0], Message):
+                return bytes(inner[0].as_bytes())
+        data = part.get_payload(decode=True)
+        if isinstance(data, bytes):
+            return data
+    except Exception:  # malformed transfer encoding or nested message
+        pass
+    raw = part.get_payload()
+    return str(raw).encode("utf-8", "surrogateescape") if not isinstance(raw, list) else b""
+
+
+def part_text(part: Message) -> str:
+    """Return a text part's content as str, whatever its declared charset claims."""
+    try:
+        charset = part.get_content_charset()
+    except Exception:  # an unparsable Content-Type parameter
+        charset = None
+    return _clean(decode_bytes(part_bytes(part), charset))
+
+
+def html_to_text(html: str) -> str:
+    """Convert HTML mail to readable plain text (links kept, images and styling dropped)."""
+    converter = html2text.HTML2Text()
+    converter.body_width = 0
+    converter.ignore_images = True
+    converter.ignore_emphasis = True
+    converter.unicode_snob = True
+    try:
+        return _clean(str(converter.handle(html))).strip()
+    except Exception:  # html2text chokes on some broken markup: keep the source readable
+        return html.strip()
+
+
+def latest_reply(text: str) -> str:
+    """Return what the sender newly wrote: quoted history and signature removed.
+
+    Falls back to the whole text when nothing is left (a bare forward, a quote-only reply).
+    """
+    head = text[:_REPLY_SCAN_LIMIT]
+    try:
+        replies = EmailReplyParser(languages=list(_REPLY_LANGUAGES)).read(head).replies
+    except Exception:  # the parser is heuristic; never lose a message over it
+        replies = []
+    if replies:
+        body = str(replies[0].body).strip()
+        if body:
+            return body
+    return text.strip()
+
+
+def _find_body(msg: EmailMessage, kind: str) -> Message | None:
+    try:
+        return msg.get_body(preferencelist=(kind,))
+    except Exception:  # malformed multipart structure
+        return None
+
+
+def _leaves(part: Message, path: str, in_alternative: bool) -> Iterator[tuple[str, Message, bool]]:
+    if part.get_content_maintype() == "multipart" and isinstance(part.get_payload(), list):
+        alternative = part.get_content_subtype() == "alternative"
+        for index, sub in enumerate(part.get_payload(), start=1):
+            sub_path = f"{path}.{index}" if path else str(index)
+            yield from _leaves(sub, sub_path, alternative)
+    else:
+        yield (path or "1"), part, in_alternative
+
+
+def _filename(part: Message) -> str | None:
+    try:
+        name = part.get_filename()
+    except Exception:  # undecodable RFC 2231 parameter
+        name = None
+    return one_line(name)
+
+
+def _disposition(part: Message) -> str | None:
+    try:
+        return part.get_content_disposition()
+    except Exception:  # unparsable Content-Disposition
+        return None
+
+
+def extract(msg: EmailMessage, max_attachment_bytes: int) -> Body:
+    """Split a message into its text, HTML and attachments.
+
+    The body is the text/plain (else text/html) part `get_body` picks; other inline text
+    parts without a file name are appended to it; every other leaf (files, images, nested
+    messages, delivery reports) becomes an attachment.
+    """
+    body = Body()
+    plain = _find_body(msg, "plain")
+    html = _find_body(msg, "html")
+    texts: list[str] = []
+    if plain is not None:
+        texts.append(part_text(plain))
+    if html is not None:
+        body.html = part_text(html)
+    for path, part, in_alternative in _leaves(msg, "", False):
+        if part is plain or part is html:
+            continue
+        ctype = part.get_content_type()
+        filename = _filename(part)
+        disposition = _disposition(part)
+        if ctype.startswith("text/") and in_alternative and filename is None:
+            continue  # another rendering of the body (text/enriched, a second html)
+        if ctype == "text/plain" and filename is None and disposition != "attachment":
+            texts.append(part_text(part))
+            continue
+        body.attachments.append(
+            _part_info(path, part, ctype, filename, disposition, max_attachment_bytes)
+        )
+    text = "\n\n".join(t.strip("\n") for t in texts if t.strip())
+    if not text and body.html:
+        text = html_to_text(body.html)
+    body.text = text
+    return body
+
+
+def _part_info(
+    path: str,
+    part: Message,
+    ctype: str,
+    filename: str | None,
+    disposition: str | None,
+    limit: int,
+) -> PartInfo:
+    data = part_bytes(part)
+    oversize = len(data) > limit
+    content_id = one_line(header(part, "Content-ID"))
+    return PartInfo(
+        path=path,
+        mime_type=ctype,
+        filename=filename,
+        size=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+        disposition=disposition,
+        content_id=content_id,
+        oversize=oversize,
+    )

@@ -1,0 +1,210 @@
+"""Turn one raw RFC 5322 message into the gateway's normalized `InboundMessage`.
+
+Pure: bytes in, dataclasses out, no I/O, so it runs in a worker thread and is tested on real
+mail from `shared/fixtures/email`. It never raises: malformed MIME is stored as well as it can
+be read, with the problem noted in `extra`.
+
+`raw` keeps the message for audit as text decoded with **Latin-1**: every byte maps to one code
+point, so it is JSON-safe and `raw.encode("latin-1")` gives back the exact bytes (UTF-8 with
+surrogate escapes would not survive JSON; base64 would hide plain 7-bit mail from a reader).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+from gateway.model import (
+    Attachment,
+    Contact,
+    DeliveryState,
+    DeliveryStatus,
+    InboundMessage,
+    utc,
+)
+from plugins.email.detect import Bounce, auto_reply_reason, find_bounce
+from plugins.email.headers import addresses, header, msgid_list, normalize_msgid, one_line, sender
+from plugins.email.mime import Body, PartInfo, extract, latest_reply
+
+CHANNEL_TYPE = "email"
+PROVIDER = "imap"
+RAW_ENCODING = "latin-1"
+DEFAULT_MAX_ATTACHMENT = 25 * 1024 * 1024
+# A Date header this far ahead of our clock is a wrong clock or a lie: the reply window is
+# measured on sent_at, so we do not let a sender move it into the future.
+_FUTURE_TOLERANCE = timedelta(minutes=5)
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedEmail:
+    """A parsed message: the normalized message and any delivery reports it carries."""
+
+    message: InboundMessage
+    statuses: tuple[DeliveryStatus, ...] = ()
+    message_id: str | None = None
+
+
+def parse_email(
+    raw: bytes,
+    channel: str,
+    now: datetime,
+    *,
+    own_address: str | None = None,
+    max_attachment_bytes: int = DEFAULT_MAX_ATTACHMENT,
+) -> ParsedEmail:
+    """Parse `raw` into a `ParsedEmail` for `channel`; `now` stands in for a missing Date."""
+    msg = BytesParser(policy=policy.default).parsebytes(raw)
+    assert isinstance(msg, EmailMessage)
+    extra: dict[str, Any] = {"raw_encoding": RAW_ENCODING}
+    try:
+        body = extract(msg, max_attachment_bytes)
+    except Exception as exc:  # a MIME tree the stdlib cannot walk: keep headers and raw
+        body = Body(text="")
+        extra["parse_error"] = type(exc).__name__
+    message_id = normalize_msgid(header(msg, "Message-ID"))
+    in_reply_to = msgid_list(header(msg, "In-Reply-To"))
+    references = msgid_list(header(msg, "References"))
+    address, display_name = sender(msg)
+    subject = one_line(header(msg, "Subject"))
+    sent_at = _sent_at(msg, now, extra)
+
+    kind = "email"
+    wakes = True
+    statuses: tuple[DeliveryStatus, ...] = ()
+    thread = list(dict.fromkeys([*references, *in_reply_to]))
+    bounce = _safe_bounce(msg, body.text)
+    auto = auto_reply_reason(msg)
+    if own_address and address == own_address.lower():
+        auto = auto or "own-address"
+    if bounce is not None:
+        kind, wakes = "bounce", False
+        extra["bounce"] = _bounce_extra(bounce)
+        thread = list(dict.fromkeys([*thread, *bounce.original_ids]))
+        statuses = _statuses(bounce, channel, sent_at)
+    elif auto is not None:
+        kind, wakes = "auto_reply", False
+        extra["auto_reply"] = auto
+
+    text = body.text if kind != "email" else latest_reply(body.text)
+    extra.update(
+        message_id=message_id,
+        in_reply_to=in_reply_to,
+        references=references,
+        to=[a for _n, a in addresses(msg, "To")],
+        cc=[a for _n, a in addresses(msg, "Cc")],
+        full_text=body.text,
+    )
+    if body.html is not None:
+        extra["html"] = body.html
+    oversize = [p.path for p in body.attachments if p.oversize]
+    if oversize:
+        extra["oversize_attachments"] = oversize
+    if msg.defects:
+        extra["defects"] = sorted({type(d).__name__ for d in msg.defects})
+
+    inbound = InboundMessage(
+        channel=channel,
+        channel_type=CHANNEL_TYPE,
+        provider=PROVIDER,
+        provider_message_id=message_id or "sha256:" + hashlib.sha256(raw).hexdigest(),
+        contact=Contact(address=address, display_name=display_name),
+        sent_at=sent_at,
+        kind=kind,
+        text=text or None,
+        attachments=tuple(_attachment(p) for p in body.attachments),
+        reply_to=in_reply_to[0] if in_reply_to else None,
+        thread_refs=tuple(thread),
+        subject=subject,
+        wakes_conversation=wakes,
+        raw=_raw_text(raw, msg, oversize, extra),
+        extra=extra,
+    )
+    return ParsedEmail(message=inbound, statuses=statuses, message_id=message_id)
+
+
+def _sent_at(msg: EmailMessage, now: datetime, extra: dict[str, Any]) -> datetime:
+    value = header(msg, "Date")
+    when: datetime | None = None
+    if value:
+        try:
+            when = utc(parsedate_to_datetime(value))
+        except (TypeError, ValueError, IndexError, OverflowError):
+            extra["date_header"] = value
+    if when is None:
+        return utc(now)
+    if when > utc(now) + _FUTURE_TOLERANCE:
+        extra["date_header"] = value
+        return utc(now)
+    return when
+
+
+def _safe_bounce(msg: EmailMessage, text: str) -> Bounce | None:
+    try:
+        return find_bounce(msg, text)
+    except Exception:  # a report too broken to read is still mail: store it, do not crash
+        return None
+
+
+def _bounce_extra(bounce: Bounce) -> dict[str, Any]:
+    return {
+        "original_message_ids": list(bounce.original_ids),
+        "failed": bounce.failed,
+        "action": bounce.action,
+        "status": bounce.status,
+        "diagnostic": bounce.diagnostic,
+        "recipient": bounce.recipient,
+        "verp_recipient": bounce.verp,
+    }
+
+
+def _statuses(bounce: Bounce, channel: str, at: datetime) -> tuple[DeliveryStatus, ...]:
+    if not bounce.failed or not bounce.original_ids:
+        return ()
+    return (
+        DeliveryStatus(
+            channel=channel,
+            provider_message_id=bounce.original_ids[0],
+            status=DeliveryState.FAILED,
+            at=at,
+            error_code=bounce.status,
+            error_message=bounce.diagnostic,
+            raw=_bounce_extra(bounce),
+        ),
+    )
+
+
+def _attachment(part: PartInfo) -> Attachment:
+    major = part.mime_type.split("/")[0]
+    kind = major if major in {"image", "audio", "video"} else "document"
+    return Attachment(
+        kind=kind,
+        media_id=None if part.oversize else f"part:{part.path}",
+        mime_type=part.mime_type,
+        filename=part.filename,
+        size=part.size,
+        sha256=part.sha256,
+    )
+
+
+def _raw_text(raw: bytes, msg: EmailMessage, oversize: list[str], extra: dict[str, Any]) -> str:
+    """Return the raw message as Latin-1 text, without the content of oversize attachments."""
+    if not oversize:
+        return raw.decode(RAW_ENCODING)
+    extra["raw_modified"] = "oversize attachment content removed"
+    try:
+        for path in oversize:
+            part: Any = msg
+            for index in path.split("."):
+                part = part.get_payload()[int(index) - 1]
+            part.set_payload("")
+        return msg.as_bytes(policy=policy.compat32).decode(RAW_ENCODING)
+    except Exception:  # cannot re-serialize: keep the header block only
+        head = raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+        extra["raw_modified"] = "body removed (oversize attachment, unserializable MIME)"
+        return head.decode(RAW_ENCODING)
