@@ -1,0 +1,133 @@
+"""The `whatsapp` channel adapter: one configured number, Twilio or Meta behind it.
+
+The webhook flow is the same for both providers and lives here, in the order the adapter
+protocol demands: cap the body, verify the signature before believing anything, parse, hand
+every item to ingest (which returns after a durable commit), and only then acknowledge. If any
+item failed to ingest the answer is 500 so the provider re-delivers; ingest deduplicates on the
+provider message id, so the items that did get stored are not stored twice.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.channels import BaseAdapter, ChannelContext, ChannelHealth, SendResult
+from gateway.model import Conversation, Message
+from plugins.whatsapp.config import WhatsAppConfig
+from plugins.whatsapp.media import Media
+from plugins.whatsapp.meta_provider import MetaProvider
+from plugins.whatsapp.parsed import MalformedPayload, ParseResult
+from plugins.whatsapp.provider import Provider
+from plugins.whatsapp.twilio_provider import TwilioProvider
+from plugins.whatsapp.webhook_http import BodyTooLarge, json_error, read_body
+
+
+class WhatsAppAdapter(BaseAdapter):
+    """A running WhatsApp channel instance (see `gateway.channels` for the protocol)."""
+
+    channel_type = "whatsapp"
+
+    def __init__(self, context: ChannelContext) -> None:
+        super().__init__(context)
+        if not isinstance(context.config, WhatsAppConfig):
+            raise TypeError("the whatsapp adapter needs a WhatsAppConfig")
+        self.config = context.config
+        self.provider = self.config.provider
+        self._provider: Provider = (
+            TwilioProvider(context, self.config)
+            if self.config.provider == "twilio"
+            else MetaProvider(context, self.config)
+        )
+
+    async def handle_webhook(self, request: web.Request) -> web.StreamResponse:
+        if request.method == "GET":
+            return await self._provider.handshake(request)
+        if request.method != "POST":
+            return json_error(405, "method_not_allowed", "webhooks are POST (GET for Meta's check)")
+        log = self.context.log
+        try:
+            body = await read_body(request, self.config.max_webhook_bytes)
+        except BodyTooLarge:
+            log.warning("webhook.too_large", channel=self.name, provider=self.provider)
+            return json_error(413, "payload_too_large", "webhook body is too large")
+        if not self._provider.signature_ok(request, body):
+            log.warning("webhook.signature_invalid", channel=self.name, provider=self.provider)
+            return json_error(403, "invalid_signature", "missing or invalid webhook signature")
+        try:
+            result = self._provider.parse(body, self.context.clock.now())
+        except MalformedPayload as exc:
+            log.warning(
+                "webhook.malformed", channel=self.name, provider=self.provider, reason=str(exc)
+            )
+            return json_error(400, "invalid_request", f"unreadable webhook payload: {exc}")
+        self._log_result(result)
+        if not await self._deliver(result):
+            return json_error(500, "ingest_failed", "could not store every item; retry")
+        return self._provider.ack()
+
+    def _log_result(self, result: ParseResult) -> None:
+        log = self.context.log
+        for problem in result.problems:
+            log.warning(
+                "webhook.item_skipped",
+                channel=self.name,
+                provider=self.provider,
+                where=problem.where,
+                reason=problem.reason,
+            )
+        for error in result.errors:
+            log.warning(
+                "whatsapp.provider_error",
+                channel=self.name,
+                provider=self.provider,
+                code=error.code,
+                title=error.title,
+                details=error.details,
+            )
+
+    async def _deliver(self, result: ParseResult) -> bool:
+        """Hand every item to ingest, even after one fails; True when all were stored."""
+        ok = True
+        inbound = self.context.inbound
+        for message in result.messages:
+            try:
+                await inbound.message(message)
+            except Exception as exc:
+                ok = False
+                self._ingest_failed("message", message.provider_message_id, exc)
+        for status in result.statuses:
+            try:
+                await inbound.status(status)
+            except Exception as exc:
+                ok = False
+                self._ingest_failed("status", status.provider_message_id, exc)
+        return ok
+
+    def _ingest_failed(self, item: str, provider_id: str, exc: Exception) -> None:
+        self.context.log.error(
+            "webhook.ingest_failed",
+            channel=self.name,
+            provider=self.provider,
+            item=item,
+            provider_message_id=provider_id,
+            error=type(exc).__name__,
+            detail=str(exc),
+        )
+
+    async def send(self, conversation: Conversation, message: Message) -> SendResult:
+        """Deliver an agent message; raises Transient/PermanentChannelError (core retries)."""
+        return await self._provider.send(conversation, message)
+
+    async def fetch_media(self, ref: str) -> Media:
+        """Download an inbound attachment (URL, or Meta media id) from the provider's hosts."""
+        return await self._provider.fetch_media(ref)
+
+    def health(self) -> ChannelHealth:
+        if self._provider.auth_problem:
+            return ChannelHealth(ok=False, detail=self._provider.auth_problem)
+        return ChannelHealth(ok=True)
+
+
+def make_adapter(context: ChannelContext) -> WhatsAppAdapter:
+    """The `ChannelType.factory`: build the adapter for one configured whatsapp channel."""
+    return WhatsAppAdapter(context)

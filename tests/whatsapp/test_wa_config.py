@@ -1,0 +1,111 @@
+"""WhatsAppConfig: provider fields required/refused by name, defaults, no secrets in errors."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from plugins.whatsapp.config import DEFAULT_GRAPH_VERSION, WhatsAppConfig
+from tests.whatsapp.support import (
+    META_APP_SECRET,
+    META_TOKEN,
+    TWILIO_TOKEN,
+    meta_config,
+    twilio_config,
+)
+
+
+def _errors(data: dict[str, Any]) -> list[dict[str, Any]]:
+    with pytest.raises(ValidationError) as info:
+        WhatsAppConfig.model_validate(data)
+    text = str(info.value)
+    for secret in (TWILIO_TOKEN, META_TOKEN, META_APP_SECRET):
+        assert secret not in text
+    return [dict(e) for e in info.value.errors()]
+
+
+def test_twilio_defaults() -> None:
+    config = twilio_config()
+    assert config.from_ == "whatsapp:+14155238886"
+    assert config.api_base_url == "https://api.twilio.com"
+    assert config.reply_window == timedelta(hours=24)
+    assert config.policy().reply_window == timedelta(hours=24)
+    assert config.secret("auth_token") == TWILIO_TOKEN
+    assert TWILIO_TOKEN not in repr(config)
+    assert TWILIO_TOKEN not in config.model_dump_json()
+
+
+def test_twilio_sender_shorthand_and_service() -> None:
+    assert twilio_config(**{"from": "+14155238886"}).from_ == "whatsapp:+14155238886"
+    service = twilio_config(**{"from": None, "messaging_service_sid": "MG123"})
+    assert service.messaging_service_sid == "MG123"
+
+
+def test_cloud_defaults() -> None:
+    config = meta_config(reply_window="12h")
+    assert config.api_base_url == "https://graph.facebook.com"
+    assert config.graph_version == DEFAULT_GRAPH_VERSION
+    assert config.reply_window == timedelta(hours=12)
+    assert config.base_url == "https://graph.facebook.com"
+
+
+def test_api_base_url_override() -> None:
+    assert meta_config(api_base_url="http://127.0.0.1:9/").base_url == "http://127.0.0.1:9"
+    errors = _errors({**meta_config().model_dump(), "api_base_url": "ftp://x"})
+    assert errors[0]["loc"] == ("api_base_url",)
+
+
+def test_twilio_missing_fields_are_named() -> None:
+    errors = _errors({"name": "wa", "type": "whatsapp", "provider": "twilio"})
+    locs = {e["loc"][0] for e in errors}
+    assert locs == {"account_sid", "auth_token", "from"}
+    assert any("`auth_token` is required when provider is twilio" in e["msg"] for e in errors)
+
+
+def test_cloud_missing_fields_are_named() -> None:
+    errors = _errors(
+        {"name": "wa", "type": "whatsapp", "provider": "cloud_api", "phone_number_id": "1"}
+    )
+    assert {e["loc"][0] for e in errors} == {"access_token", "app_secret", "verify_token"}
+
+
+def test_other_providers_fields_are_refused() -> None:
+    data = {
+        "name": "wa",
+        "type": "whatsapp",
+        "provider": "twilio",
+        "account_sid": "AC1",
+        "auth_token": TWILIO_TOKEN,
+        "from": "whatsapp:+14155238886",
+        "app_secret": META_APP_SECRET,
+        "graph_version": "v21.0",
+    }
+    errors = _errors(data)
+    assert {e["loc"][0] for e in errors} == {"app_secret", "graph_version"}
+    assert all("not a setting of provider twilio" in e["msg"] for e in errors)
+    cloud = {
+        "name": "wa",
+        "type": "whatsapp",
+        "provider": "cloud_api",
+        "phone_number_id": "1",
+        "access_token": META_TOKEN,
+        "app_secret": META_APP_SECRET,
+        "verify_token": "v",
+        "from": "whatsapp:+1",
+        "auth_token": TWILIO_TOKEN,
+    }
+    assert {e["loc"][0] for e in _errors(cloud)} == {"from", "auth_token"}
+
+
+def test_unknown_keys_and_bad_values() -> None:
+    base = {"name": "wa", "type": "whatsapp", "provider": "twilio"}
+    assert any(e["loc"] == ("colour",) for e in _errors({**base, "colour": "red"}))
+    assert any(e["loc"] == ("provider",) for e in _errors({**base, "provider": "vonage"}))
+    errors = _errors({**meta_config().model_dump(), "graph_version": "21"})
+    assert errors[0]["loc"] == ("graph_version",)
+    assert _errors({**base, "auth_token": "   ", "account_sid": "AC", "from": "whatsapp:+1"})[0][
+        "loc"
+    ] == ("auth_token",)
