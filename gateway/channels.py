@@ -16,7 +16,8 @@ The gateway then, for every configured instance of the type:
    name the key path; secrets are written as `${VAR}` and read from the environment);
 2. calls `factory(context)` with a `ChannelContext` that carries the validated config, the
    shared aiohttp `ClientSession`, the `Inbound` sink, a small durable key-value store for
-   cursors, the clock and a bound logger;
+   cursors, the clock, a bound logger, read access to stored messages (`history`) and the
+   live event feed (`events`);
 3. mounts `POST /webhooks/{name}` and `GET /webhooks/{name}` onto `adapter.handle_webhook` and
    any extra `adapter.routes()`;
 4. awaits `adapter.start()` once the server is up and `adapter.stop()` at shutdown;
@@ -47,12 +48,19 @@ from typing import Any, Protocol, runtime_checkable
 
 import structlog
 from aiohttp import ClientSession, web
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.clock import Clock
 from gateway.durations import Duration
 from gateway.lifecycle import ChannelPolicy
-from gateway.model import Conversation, DeliveryState, DeliveryStatus, InboundMessage, Message
+from gateway.model import (
+    Conversation,
+    DeliveryState,
+    DeliveryStatus,
+    Event,
+    InboundMessage,
+    Message,
+)
 
 
 class ChannelConfig(BaseModel):
@@ -60,7 +68,7 @@ class ChannelConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)
     type: str
     reply_window: Duration | None = None
     no_agent_timeout: Duration | None = None
@@ -105,23 +113,61 @@ class KeyValue(Protocol):
 
     async def kv_set(self, key: str, value: str) -> None: ...
 
+    async def kv_compare_set(self, key: str, expected: str | None, value: str) -> bool:
+        """Set `key` to `value` only if it currently holds `expected` (None: absent)."""
+        ...
+
+
+class MessageHistory(Protocol):
+    """Read access to stored conversations, for channels that replay history (web chat)."""
+
+    async def find_open_conversation(self, channel: str, address: str) -> Conversation | None: ...
+
+    async def list_contact_messages(
+        self, channel: str, address: str, *, after: str | None = None, limit: int = 1000
+    ) -> list[Message]: ...
+
+
+class EventSubscription(Protocol):
+    async def get(self) -> Event:
+        """Return the next live event (raises if the subscriber fell too far behind)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class EventFeed(Protocol):
+    """Live events committed by any node, for channels that push to customers (web chat)."""
+
+    def subscribe(self, accept: Callable[[Event], bool] = ..., maxsize: int = ...) -> Any: ...
+
 
 @dataclass(slots=True)
 class ChannelContext:
-    """Everything the gateway gives one adapter instance."""
+    """Everything the gateway gives one adapter instance.
+
+    `http` is the process-wide aiohttp session; it exists once the server has started, so use
+    it from `start`, `send` and request handlers, not from the factory.
+    """
 
     config: ChannelConfig
     public_url: str
-    http: ClientSession
     inbound: Inbound
     kv: KeyValue
     clock: Clock
     log: structlog.stdlib.BoundLogger
+    history: MessageHistory
+    events: EventFeed
+    http_provider: Callable[[], ClientSession]
     settings: dict[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
         return self.config.name
+
+    @property
+    def http(self) -> ClientSession:
+        return self.http_provider()
 
     def webhook_url(self) -> str:
         """Return the public URL providers call for this channel (what they sign)."""
@@ -209,3 +255,24 @@ class BaseAdapter:
 
 
 OnStarted = Callable[[], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class CommandContext:
+    """What a plugin command runs with: config, the opened store, ingest and the adapters."""
+
+    config: Any
+    store: Any
+    inbound: Inbound
+    adapters: dict[str, ChannelAdapter]
+    clock: Clock
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A `gateway` sub-command contributed by a plugin (see the `register_commands` hook)."""
+
+    words: tuple[str, ...]
+    help: str
+    configure: Callable[[Any], None]
+    run: Callable[[Any, CommandContext], Awaitable[int]]

@@ -16,6 +16,7 @@ from gateway.model import (
     Contact,
     Conversation,
     DeliveryState,
+    DeliveryStatus,
     Direction,
     Event,
     Message,
@@ -126,3 +127,17 @@ def decode_message(blob: bytes | str) -> Message:
 
 def decode_event(blob: bytes | str, cursor: str | None = None) -> Event:
     return event_from(orjson.loads(blob), cursor)
+
+
+def decode_status(blob: bytes | str) -> DeliveryStatus:
+    data = orjson.loads(blob)
+    return DeliveryStatus(
+        channel=data["channel"],
+        provider_message_id=data["provider_message_id"],
+        status=DeliveryState(data["status"]),
+        at=_dt(data["at"]),
+        error_code=data.get("error_code"),
+        error_message=data.get("error_message"),
+        closes_window=bool(data.get("closes_window")),
+        raw=data.get("raw"),
+    )

@@ -53,6 +53,7 @@ def to_message(inbound: InboundMessage, message_id: str, conversation: Conversat
         updates=inbound.updates,
         subject=inbound.subject,
         contact=inbound.contact,
+        client_id=inbound.extra.get("client_id"),
         raw=inbound.raw,
         extra=inbound.extra,
     )

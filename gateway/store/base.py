@@ -138,8 +138,17 @@ class Store(Protocol):
         expected_version: int,
         message: Message,
         idempotency_key: str | None,
+        deliver_by: datetime | None = None,
     ) -> OutboundResult:
-        """Store an agent's message (queued) unless the idempotency key was already used."""
+        """Store an agent's message (queued) unless the idempotency key was already used.
+
+        `deliver_by` arms a `message:<id>`/`deliver` deadline in the same step: if the node that
+        should deliver dies, the scheduler of any node retries the delivery then.
+        """
+        ...
+
+    async def find_idempotent(self, conversation_id: str, key: str) -> Message | None:
+        """Return the message stored earlier under this Idempotency-Key, if any."""
         ...
 
     async def record_send(
@@ -153,7 +162,11 @@ class Store(Protocol):
         ...
 
     async def apply_status(self, status: DeliveryStatus) -> StatusResult:
-        """Apply a provider delivery report by provider id; only forward moves are stored."""
+        """Apply a provider delivery report by provider id; only forward moves are stored.
+
+        A report for an id no message carries yet is kept and applied by `record_send` when a
+        send returns that id (providers may report before their send API has answered).
+        """
         ...
 
     async def get_message(self, message_id: str) -> Message | None: ...
@@ -174,7 +187,11 @@ class Store(Protocol):
 
     # event log ---------------------------------------------------------------------------------
     async def read_events(self, after: str | None, limit: int = 500) -> list[Event]:
-        """Events strictly after `after` (None: from the start), in log order."""
+        """Events strictly after `after` (None: from the start), in log order.
+
+        Cursors are opaque strings that compare (as strings) in log order, so a consumer that
+        merges a catch-up read with live events can drop what it already has.
+        """
         ...
 
     async def wait_events(self, after: str | None, timeout: float) -> list[Event]:
@@ -213,6 +230,11 @@ class Store(Protocol):
         """Forget every connection of a dead node; return the agents left offline."""
         ...
 
+    async def presence_startup(self, node: str, now: datetime, grace: timedelta) -> list[str]:
+        """Called once when a node starts: forget connections that cannot be alive any more
+        (and arm the grace of agents left with active conversations); return those agents."""
+        ...
+
     async def presence(self) -> dict[str, AgentPresence]: ...
 
     # small durable values (cursors, round-robin pointers) --------------------------------------
@@ -225,7 +247,13 @@ class Store(Protocol):
 
 AGENT_TARGET = "agent:"
 CONVERSATION_TARGET = "conversation:"
+MESSAGE_TARGET = "message:"
 GRACE_KIND = "presence_grace"
+DELIVER_KIND = "deliver"
+
+
+def message_target(message_id: str) -> str:
+    return MESSAGE_TARGET + message_id
 
 
 def conversation_target(conversation_id: str) -> str:

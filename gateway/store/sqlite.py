@@ -19,10 +19,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gateway.codec import decode_conversation, decode_event, decode_message, encode
+from gateway.codec import (
+    decode_conversation,
+    decode_event,
+    decode_message,
+    decode_status,
+    encode,
+)
 from gateway.errors import NotFound, TransitionError, VersionConflict
 from gateway.lifecycle import Transition, deadlines_of
 from gateway.model import (
+    DELIVERY_RANK,
     Conversation,
     DeliveryStatus,
     Event,
@@ -32,6 +39,7 @@ from gateway.model import (
     status_moves_forward,
 )
 from gateway.store.base import (
+    DELIVER_KIND,
     GRACE_KIND,
     AgentPresence,
     Deadline,
@@ -41,6 +49,7 @@ from gateway.store.base import (
     StatusResult,
     agent_target,
     conversation_target,
+    message_target,
     stamp_version,
 )
 from gateway.store.sqlite_writer import GroupCommitWriter
@@ -107,6 +116,13 @@ CREATE TABLE IF NOT EXISTS agent_seen (
     agent TEXT PRIMARY KEY,
     last_seen INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS orphan_statuses (
+    channel TEXT NOT NULL,
+    provider_message_id TEXT NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS orphan_statuses_by_id
+    ON orphan_statuses(channel, provider_message_id);
 CREATE TABLE IF NOT EXISTS kv (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -336,6 +352,7 @@ class SqliteStore:
         expected_version: int,
         message: Message,
         idempotency_key: str | None,
+        deliver_by: datetime | None = None,
     ) -> OutboundResult:
         def job(conn: sqlite3.Connection) -> OutboundResult:
             if idempotency_key is not None:
@@ -355,6 +372,8 @@ class SqliteStore:
                 )
             conversation = _cas_conversation(conn, transition.conversation, expected_version)
             _insert_message(conn, message, conversation.contact.address)
+            if deliver_by is not None:
+                _set_deadline(conn, message_target(message.id), DELIVER_KIND, deliver_by)
             sent = Event(
                 type="message.sent", at=message.received_at, conversation=conversation,
                 message=message,
@@ -363,6 +382,16 @@ class SqliteStore:
             return OutboundResult(message, True, conversation, events)
 
         return await self._write(job)
+
+    async def find_idempotent(self, conversation_id: str, key: str) -> Message | None:
+        def query(conn: sqlite3.Connection) -> Message | None:
+            row = conn.execute(
+                "SELECT message_id FROM idempotency WHERE scope = ? AND key = ?",
+                (conversation_id, key),
+            ).fetchone()
+            return None if row is None else _get_message(conn, row[0])
+
+        return await self._read(query)
 
     async def record_send(
         self,
@@ -381,9 +410,16 @@ class SqliteStore:
                     "UPDATE messages SET provider_message_id = ?, data = ? WHERE id = ?",
                     (provider_message_id, encode(message), message.id),
                 )
-            if status is None:
-                return StatusResult(message, True)
-            return _apply_status(conn, message, status)
+            result = StatusResult(message, True)
+            if status is not None:
+                result = _apply_status(conn, message, status)
+            if provider_message_id:
+                # Reports that arrived before the send returned the provider's id.
+                for early in _take_orphans(conn, message.channel, provider_message_id):
+                    applied = _apply_status(conn, result.message or message, early)
+                    if applied.moved:
+                        result = applied
+            return result
 
         return await self._write(job)
 
@@ -391,6 +427,12 @@ class SqliteStore:
         def job(conn: sqlite3.Connection) -> StatusResult:
             message = _message_by_provider_id(conn, status.channel, status.provider_message_id)
             if message is None:
+                # Perhaps the send has not returned its id yet: keep it for record_send.
+                conn.execute(
+                    "INSERT INTO orphan_statuses (channel, provider_message_id, data)"
+                    " VALUES (?, ?, ?)",
+                    (status.channel, status.provider_message_id, encode(status)),
+                )
                 return StatusResult(None, False)
             return _apply_status(conn, message, status)
 
@@ -437,7 +479,7 @@ class SqliteStore:
                 "SELECT seq, data FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
                 (start, limit),
             )
-            return [decode_event(data, str(seq)) for seq, data in rows]
+            return [decode_event(data, _cursor(seq)) for seq, data in rows]
 
         return await self._read(query)
 
@@ -461,7 +503,7 @@ class SqliteStore:
     async def last_cursor(self) -> str | None:
         def query(conn: sqlite3.Connection) -> str | None:
             (seq,) = conn.execute("SELECT max(seq) FROM events").fetchone()
-            return None if seq is None else str(seq)
+            return None if seq is None else _cursor(seq)
 
         return await self._read(query)
 
@@ -544,8 +586,11 @@ class SqliteStore:
 
         return await self._write(job)
 
-    async def presence_drop_all(self, now: datetime, grace: timedelta) -> list[str]:
-        """Embedded store: connections recorded by a previous run of the process are gone."""
+    async def presence_startup(self, node: str, now: datetime, grace: timedelta) -> list[str]:
+        """Embedded store: one process, so every connection recorded before it started is gone.
+
+        Agents left with active conversations but no connection get the grace deadline too.
+        """
 
         def job(conn: sqlite3.Connection) -> list[str]:
             agents = {row[0] for row in conn.execute("SELECT DISTINCT agent FROM presence")}
@@ -601,6 +646,11 @@ class SqliteStore:
 
 
 # helpers run inside the reader or writer thread -------------------------------------------------
+
+
+def _cursor(seq: int) -> str:
+    """Cursors are zero-padded so that they order as strings the way the log does."""
+    return f"{seq:016d}"
 
 
 def _cursor_seq(cursor: str | None) -> int:
@@ -770,9 +820,26 @@ def _apply_status(
     return StatusResult(updated, True, conversation, events)
 
 
+def _take_orphans(
+    conn: sqlite3.Connection, channel: str, provider_message_id: str
+) -> list[DeliveryStatus]:
+    rows = conn.execute(
+        "SELECT data FROM orphan_statuses WHERE channel = ? AND provider_message_id = ?",
+        (channel, provider_message_id),
+    ).fetchall()
+    if not rows:
+        return []
+    conn.execute(
+        "DELETE FROM orphan_statuses WHERE channel = ? AND provider_message_id = ?",
+        (channel, provider_message_id),
+    )
+    statuses = [decode_status(row[0]) for row in rows]
+    return sorted(statuses, key=lambda s: DELIVERY_RANK[s.status])
+
+
 def _append_events(conn: sqlite3.Connection, events: Iterable[Event]) -> tuple[Event, ...]:
     stored: list[Event] = []
     for event in events:
         cursor = conn.execute("INSERT INTO events (data) VALUES (?)", (encode(event),))
-        stored.append(event.with_cursor(str(cursor.lastrowid)))
+        stored.append(event.with_cursor(_cursor(cursor.lastrowid or 0)))
     return tuple(stored)

@@ -415,3 +415,22 @@ async def test_survives_reopen(store: Store, clock: ManualClock) -> None:
     await store.open()
     assert await store.get_conversation(conv.id) == conv
     assert len(await store.read_events(None)) == 2
+
+
+async def test_status_before_send_returns_is_kept(store: Store, clock: ManualClock) -> None:
+    conv = (await make_ingestor(store, clock).message(inbound())).conversation
+    msg = outbound(conv.id, clock)
+    await store.add_outbound(lifecycle.agent_message(conv, msg, clock.now()), conv.version, msg, None)
+    early = DeliveryStatus("wa-main", "SM9", DeliveryState.DELIVERED, clock.now())
+    assert (await store.apply_status(early)).message is None
+    sent = DeliveryStatus("wa-main", "SM9", DeliveryState.SENT, clock.now())
+    result = await store.record_send(msg.id, provider_message_id="SM9", status=sent)
+    assert result.message is not None and result.message.status == DeliveryState.DELIVERED
+
+
+async def test_cursors_order_as_strings(store: Store, clock: ManualClock) -> None:
+    ingest = make_ingestor(store, clock)
+    for i in range(12):
+        await ingest.message(inbound(f"m{i}", address=f"+{i}", pid=f"p{i}"))
+    cursors = [e.cursor or "" for e in await store.read_events(None, limit=100)]
+    assert cursors == sorted(cursors) and len(set(cursors)) == 24

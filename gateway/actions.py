@@ -1,0 +1,165 @@
+"""Agent actions on conversations: accept, pending, resume, close, transfer.
+
+Each action reads the conversation, asks the pure lifecycle for the transition and writes it
+with compare-and-set. A version conflict means someone else changed it meanwhile: the action is
+decided again on the fresh state, which is how the loser of an accept race learns that the
+conversation is now `already_taken` (409) instead of silently overwriting the winner.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import structlog
+
+from gateway import lifecycle
+from gateway.clock import Clock
+from gateway.directory import AgentInfo, Directory
+from gateway.errors import NotFound, TransitionError, VersionConflict
+from gateway.lifecycle import Transition
+from gateway.model import Conversation, Event, State
+from gateway.store.base import Store
+
+log = structlog.get_logger("gateway.actions")
+
+CAS_ATTEMPTS = 5
+Decide = Callable[[Conversation, dict[str, int]], Transition]
+AfterChange = Callable[[Transition], Awaitable[None]]
+
+
+class Actions:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        directory: Directory,
+        after_change: AfterChange | None = None,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.directory = directory
+        self.after_change = after_change
+
+    async def visible(self, conversation_id: str, agent: AgentInfo) -> Conversation:
+        """Return a conversation the agent may see: on one of their queues or assigned to them."""
+        conversation = await self.store.get_conversation(conversation_id)
+        if conversation is None:
+            raise NotFound(f"no conversation {conversation_id}")
+        if conversation.queue not in agent.queues and conversation.agent != agent.id:
+            raise TransitionError(
+                "not_on_queue", f"agent {agent.id} is not on queue {conversation.queue}"
+            )
+        return conversation
+
+    async def _apply(
+        self,
+        conversation_id: str,
+        agent: AgentInfo,
+        decide: Decide,
+        *,
+        max_active: int | None = None,
+        action: str,
+    ) -> tuple[Conversation, tuple[Event, ...]]:
+        for _ in range(CAS_ATTEMPTS):
+            conversation = await self.visible(conversation_id, agent)
+            loads = await self.store.agent_loads()
+            transition = decide(conversation, loads)
+            try:
+                stored, events = await self.store.update_conversation(
+                    transition, conversation.version, max_active=max_active
+                )
+            except VersionConflict:
+                continue
+            log.info(
+                f"conversation.{action}",
+                conversation_id=conversation_id,
+                agent=agent.id,
+                state=str(stored.state),
+            )
+            if self.after_change is not None:
+                await self.after_change(transition)
+            return stored, events
+        raise VersionConflict(f"conversation {conversation_id} kept changing, try again")
+
+    async def accept(
+        self, conversation_id: str, agent: AgentInfo
+    ) -> tuple[Conversation, tuple[Event, ...]]:
+        return await self._apply(
+            conversation_id,
+            agent,
+            lambda c, loads: lifecycle.accept(c, agent.context(loads.get(agent.id, 0)), self.clock.now()),
+            max_active=agent.max_active,
+            action="accepted",
+        )
+
+    async def set_pending(
+        self, conversation_id: str, agent: AgentInfo
+    ) -> tuple[Conversation, tuple[Event, ...]]:
+        return await self._apply(
+            conversation_id,
+            agent,
+            lambda c, _: lifecycle.set_pending(
+                c, agent.id, self.clock.now(), self.directory.queue_policy(c.queue)
+            ),
+            action="pending",
+        )
+
+    async def resume(
+        self, conversation_id: str, agent: AgentInfo
+    ) -> tuple[Conversation, tuple[Event, ...]]:
+        return await self._apply(
+            conversation_id,
+            agent,
+            lambda c, loads: lifecycle.resume(c, agent.context(loads.get(agent.id, 0)), self.clock.now()),
+            max_active=agent.max_active,
+            action="resumed",
+        )
+
+    async def close(
+        self, conversation_id: str, agent: AgentInfo
+    ) -> tuple[Conversation, tuple[Event, ...]]:
+        return await self._apply(
+            conversation_id,
+            agent,
+            lambda c, loads: lifecycle.close(c, agent.context(loads.get(agent.id, 0)), self.clock.now()),
+            action="closed",
+        )
+
+    async def transfer(
+        self,
+        conversation_id: str,
+        agent: AgentInfo,
+        *,
+        to_queue: str | None,
+        to_agent: str | None,
+    ) -> tuple[Conversation, tuple[Event, ...]]:
+        if to_queue is not None and to_queue not in self.directory.queues:
+            raise TransitionError("invalid_request", f"unknown queue {to_queue!r}")
+        target = None
+        if to_agent is not None:
+            target = self.directory.agents.get(to_agent)
+            if target is None:
+                raise TransitionError("invalid_request", f"unknown agent {to_agent!r}")
+
+        def decide(c: Conversation, loads: dict[str, int]) -> Transition:
+            return lifecycle.transfer(
+                c,
+                agent.id,
+                self.clock.now(),
+                to_queue=to_queue,
+                to_agent=target.context(loads.get(target.id, 0)) if target else None,
+                policy=self.directory.policy(c.channel),
+            )
+
+        return await self._apply(
+            conversation_id,
+            agent,
+            decide,
+            max_active=target.max_active if target else None,
+            action="transferred",
+        )
+
+
+def is_open_for_agent(conversation: Conversation, agent_id: str) -> bool:
+    """Tell whether the agent holds the conversation (active or pending, assigned to them)."""
+    return conversation.agent == agent_id and conversation.state in (State.ACTIVE, State.PENDING)

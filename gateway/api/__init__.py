@@ -1,0 +1,1 @@
+"""The HTTP surface: agent REST + WebSocket, integrator event stream, ops endpoints."""

@@ -1,0 +1,216 @@
+"""The agent REST API (DESIGN section 5): inbox, preview, accept, reply, pending, resume, close,
+transfer. Handlers stay thin: parse, authenticate, call `Actions`/`Outbound`, shape the answer.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from gateway.api.http import json_response, read_json
+from gateway.api.serialize import conversation_json, message_json
+from gateway.appkeys import RUNTIME
+from gateway.errors import InvalidInput
+from gateway.model import Attachment, State
+from gateway.outbound import OutboundRequest
+
+routes = web.RouteTableDef()
+
+MAX_TEXT = 4096
+
+
+class TemplateBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=512)
+    language: str = Field(min_length=1, max_length=32)
+    params: list[str] = Field(default_factory=list, max_length=50)
+
+
+class AttachmentBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["image", "audio", "video", "document", "sticker", "file"] = "document"
+    url: str = Field(min_length=1, max_length=2048)
+    mime_type: str | None = None
+    caption: str | None = Field(default=None, max_length=1024)
+    filename: str | None = Field(default=None, max_length=255)
+
+
+class SendBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str | None = Field(default=None, min_length=1, max_length=MAX_TEXT)
+    template: TemplateBody | None = None
+    attachments: list[AttachmentBody] = Field(default_factory=list, max_length=10)
+    html: str | None = Field(default=None, max_length=100_000)
+
+
+class TransferBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    queue: str | None = None
+    agent: str | None = None
+
+
+def parse_body(model: type[BaseModel], data: dict[str, Any]) -> Any:
+    """Validate a request body with its pydantic model; the 400 names each bad field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
+        )
+        raise InvalidInput(problems) from None
+
+
+def _state(value: str | None) -> State:
+    try:
+        return State(value or "waiting")
+    except ValueError:
+        allowed = ", ".join(s.value for s in State)
+        raise InvalidInput(f"state must be one of {allowed}") from None
+
+
+def _limit(request: web.Request) -> int:
+    raw = request.query.get("limit", "200")
+    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+        raise InvalidInput("limit must be a number between 1 and 1000")
+    return int(raw)
+
+
+@routes.get("/api/v1/me")
+async def me(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    agent = runtime.auth.agent(request)
+    return json_response(
+        {
+            "id": agent.id,
+            "name": agent.name,
+            "queues": sorted(agent.queues),
+            "max_active": agent.max_active,
+        }
+    )
+
+
+@routes.get("/api/v1/inbox")
+async def inbox(request: web.Request) -> web.Response:
+    """List conversations by state on the agent's queues; waiting strictly oldest first."""
+    runtime = request.app[RUNTIME]
+    agent = runtime.auth.agent(request)
+    state = _state(request.query.get("state"))
+    queues = set(agent.queues)
+    if "queue" in request.query:
+        wanted = request.query["queue"]
+        if wanted not in agent.queues:
+            raise InvalidInput(f"agent {agent.id} is not on queue {wanted!r}", code="not_on_queue")
+        queues = {wanted}
+    mine = request.query.get("mine", "").lower() in ("1", "true", "yes")
+    conversations = await runtime.store.list_conversations(
+        state, queues=queues, agent=agent.id if mine else None, limit=_limit(request)
+    )
+    now = runtime.clock.now()
+    return json_response({"conversations": [conversation_json(c, now) for c in conversations]})
+
+
+@routes.get("/api/v1/queues")
+async def queues(request: web.Request) -> web.Response:
+    """The agent's queues with counts per state (what an inbox shows in its tabs)."""
+    runtime = request.app[RUNTIME]
+    agent = runtime.auth.agent(request)
+    counts = await runtime.store.count_by_state()
+    body = []
+    for name in sorted(agent.queues):
+        info = runtime.directory.queues.get(name)
+        body.append(
+            {
+                "name": name,
+                "distribution": info.distribution if info else "manual",
+                "counts": {s.value: counts.get((s.value, name), 0) for s in State},
+            }
+        )
+    return json_response({"queues": body})
+
+
+@routes.get("/api/v1/conversations/{id}")
+async def conversation(request: web.Request) -> web.Response:
+    """Preview: any agent of the queue may read a conversation without accepting it."""
+    runtime = request.app[RUNTIME]
+    agent = runtime.auth.agent(request)
+    found = await runtime.actions.visible(request.match_info["id"], agent)
+    messages = await runtime.store.list_messages(found.id)
+    body = conversation_json(found, runtime.clock.now())
+    body["messages"] = [message_json(m) for m in messages]
+    return json_response(body)
+
+
+async def _act(request: web.Request, action: str) -> web.Response:
+    runtime = request.app[RUNTIME]
+    agent = runtime.auth.agent(request)
+    conversation_id = request.match_info["id"]
+    if action == "transfer":
+        body = parse_body(TransferBody, await read_json(request))
+        if (body.queue is None) == (body.agent is None) and body.agent is None:
+            raise InvalidInput("transfer needs 'queue' or 'agent'")
+        stored, _ = await runtime.actions.transfer(
+            conversation_id, agent, to_queue=body.queue, to_agent=body.agent
+        )
+    else:
+        stored, _ = await getattr(runtime.actions, action)(conversation_id, agent)
+    return json_response({"conversation": conversation_json(stored, runtime.clock.now())})
+
+
+@routes.post("/api/v1/conversations/{id}/accept")
+async def accept(request: web.Request) -> web.Response:
+    return await _act(request, "accept")
+
+
+@routes.post("/api/v1/conversations/{id}/pending")
+async def pending(request: web.Request) -> web.Response:
+    return await _act(request, "set_pending")
+
+
+@routes.post("/api/v1/conversations/{id}/resume")
+async def resume(request: web.Request) -> web.Response:
+    return await _act(request, "resume")
+
+
+@routes.post("/api/v1/conversations/{id}/close")
+async def close(request: web.Request) -> web.Response:
+    return await _act(request, "close")
+
+
+@routes.post("/api/v1/conversations/{id}/transfer")
+async def transfer(request: web.Request) -> web.Response:
+    return await _act(request, "transfer")
+
+
+@routes.post("/api/v1/conversations/{id}/messages")
+async def send(request: web.Request) -> web.Response:
+    """Queue an agent reply (202); the same Idempotency-Key returns the first answer again."""
+    runtime = request.app[RUNTIME]
+    agent = runtime.auth.agent(request)
+    body: SendBody = parse_body(SendBody, await read_json(request))
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not 1 <= len(key) <= 255:
+        raise InvalidInput("Idempotency-Key must be 1 to 255 characters")
+    extra: dict[str, Any] = {"html": body.html} if body.html else {}
+    message = await runtime.outbound.submit(
+        request.match_info["id"],
+        agent,
+        OutboundRequest(
+            text=body.text,
+            template=body.template.model_dump() if body.template else None,
+            attachments=tuple(
+                Attachment(
+                    kind=a.kind,
+                    url=a.url,
+                    mime_type=a.mime_type,
+                    caption=a.caption,
+                    filename=a.filename,
+                )
+                for a in body.attachments
+            ),
+            extra=extra,
+        ),
+        key,
+    )
+    return json_response({"message": message_json(message)}, status=202)

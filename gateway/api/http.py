@@ -1,0 +1,118 @@
+"""HTTP plumbing shared by every handler: request ids, JSON errors, JSON bodies, agent auth.
+
+Every failure leaves as `{"error": {"code", "message"}}` with a fitting status and one log line;
+an unexpected exception is a 500 with no internals in the body. Secrets and message bodies are
+never logged here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+
+from gateway.directory import AgentInfo
+from gateway.errors import HTTP_STATUS, GatewayError, InvalidInput
+from gateway.ids import ulid
+
+log = structlog.get_logger("gateway.http")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+REQUEST_ID_HEADER = "X-Request-Id"
+
+
+def json_response(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(body), status=status, content_type="application/json", headers=headers
+    )
+
+
+def error_response(status: int, code: str, message: str) -> web.Response:
+    return json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+_HTTP_CODES = {
+    400: "invalid_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bind a request id to every log line and turn every failure into a JSON error."""
+    request_id = request.headers.get(REQUEST_ID_HEADER) or ulid()
+    request_id = request_id[:64]
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    try:
+        response = await handler(request)
+    except GatewayError as exc:
+        status = HTTP_STATUS.get(exc.code, 400)
+        log.info(
+            "http.refused", method=request.method, path=request.path, status=status, code=exc.code
+        )
+        response = error_response(status, exc.code, exc.message or exc.code)
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == "application/json":
+            raise
+        code = _HTTP_CODES.get(exc.status, "error")
+        log.info("http.refused", method=request.method, path=request.path, status=exc.status)
+        response = error_response(exc.status, code, exc.reason)
+    except Exception:
+        log.exception("http.internal_error", method=request.method, path=request.path)
+        response = error_response(500, "internal_error", "internal error; see the gateway log")
+    if not response.prepared:
+        response.headers[REQUEST_ID_HEADER] = request_id
+    return response
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    """Parse a JSON object body; anything else is a 400 that names the problem."""
+    body = await request.read()
+    if not body:
+        return {}
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise InvalidInput("the body is not valid JSON", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise InvalidInput("the body must be a JSON object")
+    return data
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Authenticator:
+    """Maps presented bearer tokens to agents by their SHA-256 (the config stores only that)."""
+
+    def __init__(self, digests: Mapping[str, str], agents: Mapping[str, AgentInfo]) -> None:
+        self._by_digest = dict(digests)
+        self._agents = agents
+
+    def agent(self, request: web.Request, *, allow_query: bool = False) -> AgentInfo:
+        token = None
+        header = request.headers.get("Authorization", "")
+        if header.lower().startswith("bearer "):
+            token = header[7:].strip()
+        elif allow_query:
+            token = request.query.get("access_token")
+        if not token:
+            raise GatewayError("a bearer token is required", code="unauthorized")
+        agent_id = self._by_digest.get(token_digest(token))
+        agent = self._agents.get(agent_id) if agent_id else None
+        if agent is None:
+            raise GatewayError("the token is not valid", code="unauthorized")
+        structlog.contextvars.bind_contextvars(agent=agent.id)
+        return agent

@@ -1,0 +1,124 @@
+"""`GET /api/v1/stream`: an agent's live WebSocket, and the agent's presence.
+
+While at least one of an agent's sockets is open (on any node) the agent is online. When the
+last one closes, the store arms the `agent_disconnect_grace` deadline; reconnecting before it
+fires cancels it, otherwise the scheduler sets the agent's active conversations pending.
+
+The socket carries the events of conversations on the agent's queues or assigned to them.
+`?after=CURSOR` first replays what the agent missed since that cursor, then goes live with no
+gap and no repeat (live events at or before the last replayed cursor are dropped).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import structlog
+from aiohttp import WSMsgType, web
+
+from gateway.api.serialize import event_json
+from gateway.appkeys import RUNTIME
+from gateway.directory import AgentInfo
+from gateway.hub import Overflow, Subscription
+from gateway.ids import new_id
+from gateway.model import Event
+
+if TYPE_CHECKING:
+    from gateway.runtime import Runtime
+
+log = structlog.get_logger("gateway.stream")
+
+routes = web.RouteTableDef()
+
+HEARTBEAT = 20.0
+
+
+def visible_to(agent: AgentInfo) -> Callable[[Event], bool]:
+    """Agents see events of conversations on their queues or assigned to them."""
+
+    def accept(event: Event) -> bool:
+        conversation = event.conversation
+        if conversation is None:
+            return False
+        return conversation.queue in agent.queues or conversation.agent == agent.id
+
+    return accept
+
+
+async def _send(ws: web.WebSocketResponse, body: Any) -> None:
+    await ws.send_str(orjson.dumps(body).decode())
+
+
+@routes.get("/api/v1/stream")
+async def stream(request: web.Request) -> web.StreamResponse:
+    runtime = request.app[RUNTIME]
+    agent = runtime.auth.agent(request, allow_query=True)
+    after = request.query.get("after") or None
+    ws = web.WebSocketResponse(heartbeat=HEARTBEAT)
+    await ws.prepare(request)
+    connection = new_id("ws")
+    accept = visible_to(agent)
+    subscription = runtime.hub.subscribe(accept)
+    await runtime.presence.connected(agent, connection)
+    log.info("stream.connected", agent=agent.id, connection=connection)
+    pump = asyncio.create_task(_pump(ws, runtime, subscription, accept, after, agent))
+    try:
+        async for msg in ws:
+            if msg.type == WSMsgType.TEXT and msg.data == "ping":
+                await _send(ws, {"type": "pong"})
+            elif msg.type == WSMsgType.ERROR:
+                break
+    finally:
+        pump.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await pump
+        await runtime.presence.disconnected(agent, connection)
+        log.info("stream.disconnected", agent=agent.id, connection=connection)
+    return ws
+
+
+async def _pump(
+    ws: web.WebSocketResponse,
+    runtime: Runtime,
+    subscription: Subscription,
+    accept: Callable[[Event], bool],
+    after: str | None,
+    agent: AgentInfo,
+) -> None:
+    """Replay from `after`, then forward live events; on overflow re-read from the store."""
+    cursor = after
+    try:
+        await _send(ws, {"type": "hello", "agent": agent.id, "cursor": runtime.hub.cursor})
+        while True:
+            if cursor is not None:
+                cursor = await _replay(ws, runtime, accept, cursor)
+            try:
+                while True:
+                    event = await subscription.get()
+                    if cursor is not None and event.cursor is not None and event.cursor <= cursor:
+                        continue
+                    await _send(ws, event_json(event, runtime.clock.now()))
+                    cursor = event.cursor
+            except Overflow:
+                subscription.close()
+                subscription = runtime.hub.subscribe(accept)
+                log.warning("stream.overflow", agent=agent.id)
+    finally:
+        subscription.close()
+
+
+async def _replay(
+    ws: web.WebSocketResponse, runtime: Runtime, accept: Callable[[Event], bool], cursor: str
+) -> str:
+    while True:
+        events = await runtime.store.read_events(cursor, limit=500)
+        if not events:
+            return cursor
+        for event in events:
+            if accept(event):
+                await _send(ws, event_json(event, runtime.clock.now()))
+            cursor = event.cursor or cursor

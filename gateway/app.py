@@ -1,0 +1,113 @@
+"""The aiohttp application factory.
+
+Every long-lived resource has a cleanup context, set up in dependency order and torn down in
+reverse: the store, the shared HTTP client session, the event hub, the adapters, the scheduler.
+On shutdown aiohttp first stops accepting connections and lets in-flight requests finish; only
+then do these contexts unwind, so nothing acknowledged is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+
+import structlog
+from aiohttp import ClientSession, ClientTimeout, web
+
+from gateway.api import agent, events, ops, stream
+from gateway.api.http import request_context
+from gateway.appkeys import RUNTIME
+from gateway.channels import ChannelType
+from gateway.clock import Clock
+from gateway.config import GatewayConfig
+from gateway.runtime import Runtime, RuntimeOptions
+from gateway.store.base import Store
+from gateway.webhooks import routes as webhook_routes
+
+log = structlog.get_logger("gateway.app")
+
+
+def create_app(
+    config: GatewayConfig,
+    channel_types: Mapping[str, ChannelType],
+    *,
+    clock: Clock | None = None,
+    store: Store | None = None,
+    options: RuntimeOptions | None = None,
+) -> web.Application:
+    runtime = Runtime(config, channel_types, clock=clock, store=store, options=options)
+    app = web.Application(
+        middlewares=[request_context], client_max_size=config.server.max_body_bytes
+    )
+    app[RUNTIME] = runtime
+    app.add_routes(ops.routes)
+    app.add_routes(agent.routes)
+    app.add_routes(stream.routes)
+    app.add_routes(events.routes)
+    app.add_routes(webhook_routes)
+    mounted: set[tuple[str, str]] = set()
+    for adapter in runtime.adapters.values():
+        for route in adapter.routes():
+            # Instances of one type share static assets (e.g. /webchat/widget.js): mount once.
+            key = (route.method, route.path) if isinstance(route, web.RouteDef) else None
+            if key is not None and key in mounted:
+                continue
+            if key is not None:
+                mounted.add(key)
+            app.router.add_route(route.method, route.path, route.handler)  # type: ignore[union-attr]
+    app.cleanup_ctx.extend([_store, _http, _hub, _adapters, _scheduler])
+    return app
+
+
+async def _store(app: web.Application) -> AsyncIterator[None]:
+    runtime = app[RUNTIME]
+    await runtime.store.open()
+    await runtime.presence.startup()
+    yield
+    await runtime.store.close()
+
+
+async def _http(app: web.Application) -> AsyncIterator[None]:
+    runtime = app[RUNTIME]
+    session = ClientSession(timeout=ClientTimeout(total=30))
+    runtime.http.session = session
+    yield
+    runtime.http.session = None
+    await session.close()
+
+
+async def _hub(app: web.Application) -> AsyncIterator[None]:
+    runtime = app[RUNTIME]
+    await runtime.hub.start()
+    yield
+    await runtime.hub.stop()
+
+
+async def _adapters(app: web.Application) -> AsyncIterator[None]:
+    runtime = app[RUNTIME]
+    started = []
+    try:
+        for name, adapter in runtime.adapters.items():
+            await adapter.start()
+            started.append(adapter)
+            log.info("channel.started", channel=name, type=adapter.channel_type)
+        runtime.started = True
+        yield
+    finally:
+        runtime.started = False
+        await runtime.outbound.drain()
+        for adapter in reversed(started):
+            try:
+                await adapter.stop()
+            except Exception:
+                log.exception("channel.stop_failed", channel=adapter.name)
+
+
+async def _scheduler(app: web.Application) -> AsyncIterator[None]:
+    runtime = app[RUNTIME]
+    task = asyncio.create_task(runtime.scheduler.run_forever(), name="scheduler")
+    yield
+    runtime.scheduler.stop()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

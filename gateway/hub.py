@@ -1,0 +1,112 @@
+"""Live fan-out of the event log to this node's sockets (agents' streams, web chat visitors).
+
+One task per node tails the store's log (`wait_events`), so events committed by any node reach
+every node's subscribers, in log order, once. A subscriber that falls behind is cut off rather
+than allowed to grow memory without bound; it then catches up from the store by cursor, which is
+why every consumer tracks the cursor of the last event it handled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
+import structlog
+
+from gateway.model import Event
+from gateway.store.base import Store
+
+log = structlog.get_logger("gateway.hub")
+
+Filter = Callable[[Event], bool]
+
+
+class Overflow(Exception):
+    """The subscriber was too slow; resume from its last cursor."""
+
+
+class Subscription:
+    def __init__(self, hub: EventHub, accept: Filter, maxsize: int) -> None:
+        self._hub = hub
+        self._accept = accept
+        self._queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize)
+        self.overflowed = False
+
+    def offer(self, event: Event) -> None:
+        if self.overflowed or not self._accept(event):
+            return
+        try:
+            self._queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.overflowed = True
+            self._queue = asyncio.Queue(1)
+            self._queue.put_nowait(None)
+
+    async def get(self) -> Event:
+        """Return the next live event; raise Overflow if this subscriber fell behind."""
+        event = await self._queue.get()
+        if event is None:
+            raise Overflow()
+        return event
+
+    def close(self) -> None:
+        self._hub._subscriptions.discard(self)
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Event]:
+        while True:
+            yield await self.get()
+
+
+class EventHub:
+    def __init__(self, store: Store, *, poll_timeout: float = 5.0) -> None:
+        self.store = store
+        self.poll_timeout = poll_timeout
+        self._subscriptions: set[Subscription] = set()
+        self.cursor: str | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.progress = asyncio.Condition()
+
+    def subscribe(self, accept: Filter = lambda e: True, maxsize: int = 10_000) -> Subscription:
+        subscription = Subscription(self, accept, maxsize)
+        self._subscriptions.add(subscription)
+        return subscription
+
+    async def start(self) -> None:
+        self.cursor = await self.store.last_cursor()
+        self._task = asyncio.create_task(self._run(), name="event-hub")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                events = await self.store.wait_events(self.cursor, self.poll_timeout)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("hub.read_failed")
+                await asyncio.sleep(1.0)
+                continue
+            for event in events:
+                for subscription in tuple(self._subscriptions):
+                    subscription.offer(event)
+                self.cursor = event.cursor
+            if events:
+                async with self.progress:
+                    self.progress.notify_all()
+
+    async def wait_past(self, cursor: str | None) -> None:
+        """Wait until the hub has fanned out everything up to `cursor` (tests and hand-offs)."""
+        if cursor is None:
+            return
+        async with self.progress:
+            await self.progress.wait_for(lambda: (self.cursor or "") >= cursor)

@@ -1,0 +1,78 @@
+"""Prometheus metrics of one gateway process, on a registry of its own (no global state).
+
+Counters and histograms are updated where things happen; gauges that describe stored state
+(conversations by state) are read from the store when /metrics is scraped.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.webhooks = Counter(
+            "gateway_webhooks_total",
+            "Webhook requests by channel and outcome",
+            ["channel", "outcome"],
+            registry=self.registry,
+        )
+        self.ingested = Counter(
+            "gateway_ingested_messages_total",
+            "Inbound messages by channel and outcome (stored, duplicate)",
+            ["channel", "outcome"],
+            registry=self.registry,
+        )
+        self.ingest_latency = Histogram(
+            "gateway_ingest_seconds",
+            "Time from handing a message to ingest until it is durably stored",
+            ["channel"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=self.registry,
+        )
+        self.conversations = Gauge(
+            "gateway_conversations",
+            "Conversations by state and queue",
+            ["state", "queue"],
+            registry=self.registry,
+        )
+        self.timer_lag = Histogram(
+            "gateway_timer_lag_seconds",
+            "How late deadlines fired after they were due",
+            buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60),
+            registry=self.registry,
+        )
+        self.outbound = Counter(
+            "gateway_outbound_messages_total",
+            "Outbound messages by channel and resulting status",
+            ["channel", "status"],
+            registry=self.registry,
+        )
+        self.channel_up = Gauge(
+            "gateway_channel_up",
+            "1 while a channel adapter reports itself healthy, 0 while degraded",
+            ["channel"],
+            registry=self.registry,
+        )
+        self.agents_online = Gauge(
+            "gateway_agents_online", "Agents with a live connection", registry=self.registry
+        )
+
+    def observe_ingest(self, channel: str, outcome: str, seconds: float) -> None:
+        self.ingested.labels(channel, outcome).inc()
+        self.ingest_latency.labels(channel).observe(seconds)
+
+    def observe_outbound(self, channel: str, status: str) -> None:
+        self.outbound.labels(channel, status).inc()
+
+    def observe_lag(self, seconds: float) -> None:
+        self.timer_lag.observe(max(0.0, seconds))
+
+    def set_conversations(self, counts: dict[tuple[str, str], int]) -> None:
+        self.conversations.clear()
+        for (state, queue), count in counts.items():
+            self.conversations.labels(state, queue).set(count)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

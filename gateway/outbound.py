@@ -1,0 +1,285 @@
+"""Agent messages to customers: checked against the window, stored once, delivered with retry.
+
+An agent's send is stored first (queued, under its Idempotency-Key, with a `deliver` deadline)
+and answered 202; delivery runs after. Transient provider errors are retried with exponential
+backoff by tenacity; the message ends `sent` with the provider id, or `failed` with the reason
+after the last try. If the node dies before delivery finishes, the `deliver` deadline lets any
+node's scheduler try again, so an accepted message is never silently dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import structlog
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from gateway import lifecycle
+from gateway.actions import is_open_for_agent
+from gateway.channels import ChannelAdapter, SendResult
+from gateway.clock import Clock
+from gateway.directory import AgentInfo
+from gateway.errors import (
+    ChannelError,
+    InvalidInput,
+    NotFound,
+    PermanentChannelError,
+    TransientChannelError,
+    TransitionError,
+    VersionConflict,
+)
+from gateway.ids import new_id
+from gateway.ingest import close_window
+from gateway.model import (
+    Attachment,
+    Conversation,
+    DeliveryState,
+    DeliveryStatus,
+    Direction,
+    Message,
+)
+from gateway.store.base import DELIVER_KIND, Store, message_target
+
+log = structlog.get_logger("gateway.outbound")
+
+CAS_ATTEMPTS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    attempts: int = 5
+    initial: float = 0.5
+    maximum: float = 30.0
+    redeliver_after: timedelta = timedelta(minutes=2)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundRequest:
+    """What an agent asked to send: free text, a template, attachments."""
+
+    text: str | None = None
+    template: dict[str, Any] | None = None
+    attachments: tuple[Attachment, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        if self.template is not None:
+            return "template"
+        if self.attachments and not self.text:
+            return self.attachments[0].kind
+        return "text"
+
+
+def thread_headers(messages: list[Message]) -> dict[str, Any]:
+    """Return the reply-threading facts channels like email need: what we answer, what came before."""
+    ids = [m.provider_message_id for m in messages if m.provider_message_id]
+    inbound = [m for m in messages if m.direction == Direction.IN and m.provider_message_id]
+    subject = next((m.subject for m in reversed(messages) if m.subject), None)
+    return {
+        "in_reply_to": inbound[-1].provider_message_id if inbound else None,
+        "references": ids[-50:],
+        "subject": subject,
+    }
+
+
+class Outbound:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        adapters: Mapping[str, ChannelAdapter],
+        retry: RetryPolicy | None = None,
+        observe: Any = None,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.adapters = adapters
+        self.retry = retry or RetryPolicy()
+        self.observe = observe
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def submit(
+        self,
+        conversation_id: str,
+        agent: AgentInfo,
+        request: OutboundRequest,
+        idempotency_key: str | None,
+    ) -> Message:
+        """Validate and store an agent's message (once per key), then start its delivery."""
+        if not request.text and request.template is None and not request.attachments:
+            raise InvalidInput("a message needs text, a template or attachments")
+        for _ in range(CAS_ATTEMPTS):
+            conversation = await self.store.get_conversation(conversation_id)
+            if conversation is None:
+                raise NotFound(f"no conversation {conversation_id}")
+            if conversation.channel not in self.adapters:
+                raise TransitionError(
+                    "invalid_transition", f"channel {conversation.channel} is not configured"
+                )
+            if idempotency_key is not None:
+                # A retried request gets its first answer, even if the window closed since.
+                previous = await self.store.find_idempotent(conversation_id, idempotency_key)
+                if previous is not None:
+                    return previous
+            now = self.clock.now()
+            self._check_allowed(conversation, agent, request, now)
+            message = await self._build(conversation, agent, request)
+            transition = lifecycle.agent_message(conversation, message, now)
+            try:
+                result = await self.store.add_outbound(
+                    transition,
+                    conversation.version,
+                    message,
+                    idempotency_key,
+                    deliver_by=now + self.retry.redeliver_after,
+                )
+            except VersionConflict:
+                continue
+            if result.created:
+                log.info(
+                    "outbound.queued",
+                    conversation_id=conversation_id,
+                    message_id=message.id,
+                    agent=agent.id,
+                )
+                self._spawn(result.message.id)
+            return result.message
+        raise VersionConflict(f"conversation {conversation_id} kept changing, try again")
+
+    @staticmethod
+    def _check_allowed(
+        conversation: Conversation, agent: AgentInfo, request: OutboundRequest, now: Any
+    ) -> None:
+        if not is_open_for_agent(conversation, agent.id):
+            raise TransitionError(
+                "not_assignee", "accept or resume the conversation before replying"
+            )
+        if request.template is None and not lifecycle.can_reply(conversation, now):
+            raise TransitionError(
+                "window_closed",
+                "the customer-service window is closed: only an approved template can be sent"
+                ' now, e.g. {"template": {"name": "...", "language": "es", "params": []}}',
+            )
+
+    async def _build(
+        self, conversation: Conversation, agent: AgentInfo, request: OutboundRequest
+    ) -> Message:
+        now = self.clock.now()
+        extra = dict(request.extra)
+        if conversation.channel_type == "email":
+            extra["thread"] = thread_headers(await self.store.list_messages(conversation.id))
+        return Message(
+            id=new_id("m"),
+            conversation_id=conversation.id,
+            channel=conversation.channel,
+            channel_type=conversation.channel_type,
+            provider=conversation.provider,
+            direction=Direction.OUT,
+            kind=request.kind,
+            text=request.text,
+            sent_at=now,
+            received_at=now,
+            status=DeliveryState.QUEUED,
+            status_at=now,
+            attachments=request.attachments,
+            agent=agent.id,
+            template=request.template,
+            contact=conversation.contact,
+            subject=conversation.subject,
+            extra=extra,
+        )
+
+    def _spawn(self, message_id: str) -> None:
+        task = asyncio.create_task(self.deliver(message_id), name=f"deliver-{message_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self) -> None:
+        """Wait for deliveries in flight (graceful shutdown, tests)."""
+        while self._tasks:
+            await asyncio.gather(*tuple(self._tasks), return_exceptions=True)
+
+    async def deliver(self, message_id: str) -> None:
+        """Send a stored message through its channel, retrying transient errors."""
+        message = await self.store.get_message(message_id)
+        if message is None or message.status != DeliveryState.QUEUED:
+            await self.store.clear_deadline(message_target(message_id), DELIVER_KIND)
+            return
+        conversation = await self.store.get_conversation(message.conversation_id)
+        adapter = self.adapters.get(message.channel)
+        if conversation is None or adapter is None:
+            await self._failed(message, "not_deliverable", "the channel is not configured")
+            return
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(TransientChannelError),
+            stop=stop_after_attempt(self.retry.attempts),
+            wait=wait_exponential_jitter(initial=self.retry.initial, max=self.retry.maximum),
+            reraise=True,
+        )
+        try:
+            result: SendResult | None = None
+            async for attempt in retrying:
+                with attempt:
+                    result = await adapter.send(conversation, message)
+        except ChannelError as exc:
+            await self._failed(
+                message, exc.provider_code or exc.code, exc.message or str(exc), exc.closes_window
+            )
+            return
+        except Exception as exc:  # an adapter bug must not leave the message queued forever
+            log.exception("outbound.adapter_crashed", message_id=message_id)
+            await self._failed(message, "adapter_error", type(exc).__name__)
+            return
+        assert result is not None
+        status = DeliveryStatus(
+            channel=message.channel,
+            provider_message_id=result.provider_message_id or message.id,
+            status=result.status,
+            at=self.clock.now(),
+        )
+        await self.store.record_send(
+            message_id,
+            provider_message_id=result.provider_message_id,
+            status=status if result.status != DeliveryState.QUEUED else None,
+        )
+        await self.store.clear_deadline(message_target(message_id), DELIVER_KIND)
+        self._count(message.channel, str(result.status))
+        log.info("outbound.sent", message_id=message_id, channel=message.channel)
+
+    async def _failed(
+        self, message: Message, code: str, reason: str, closes_window: bool = False
+    ) -> None:
+        status = DeliveryStatus(
+            channel=message.channel,
+            provider_message_id=message.provider_message_id or message.id,
+            status=DeliveryState.FAILED,
+            at=self.clock.now(),
+            error_code=code,
+            error_message=reason,
+            closes_window=closes_window,
+        )
+        await self.store.record_send(message.id, provider_message_id=None, status=status)
+        await self.store.clear_deadline(message_target(message.id), DELIVER_KIND)
+        self._count(message.channel, "failed")
+        log.warning(
+            "outbound.failed", message_id=message.id, channel=message.channel, error_code=code
+        )
+        if closes_window:
+            await close_window(self.store, message.conversation_id, self.clock)
+
+    def _count(self, channel: str, status: str) -> None:
+        if self.observe is not None:
+            self.observe(channel, status)
+
+
+__all__ = ["Outbound", "OutboundRequest", "PermanentChannelError", "RetryPolicy"]

@@ -1,0 +1,71 @@
+"""Build the plugin manager: hook specs, entry points of group `gateway`, validation.
+
+Built-in channels (web chat, WhatsApp, email) are registered through the same entry points as
+third-party ones, so there is exactly one way a channel type reaches the gateway.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import metadata
+
+import pluggy
+
+from gateway import hookspecs
+from gateway.channels import ChannelConfig, ChannelType
+from gateway.errors import ConfigError
+
+
+def get_plugin_manager(*, load_entry_points: bool = True) -> pluggy.PluginManager:
+    """Return a new manager; misspelt hooks and unknown hooks fail here (check_pending)."""
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    if load_entry_points:
+        pm.load_setuptools_entrypoints(hookspecs.PROJECT)
+    pm.check_pending()
+    return pm
+
+
+@dataclass(frozen=True, slots=True)
+class PluginInfo:
+    channel_type: str
+    version: str
+    distribution: str
+    description: str
+
+
+def channel_types(pm: pluggy.PluginManager) -> dict[str, ChannelType]:
+    """Collect every registered channel type by name; a name registered twice is an error."""
+    found: dict[str, ChannelType] = {}
+    for batch in pm.hook.register_channel_types():
+        for channel_type in batch:
+            if channel_type.name in found:
+                raise ConfigError(f"channel type {channel_type.name!r} is registered twice")
+            found[channel_type.name] = channel_type
+    return found
+
+
+def config_models(types: dict[str, ChannelType]) -> dict[str, type[ChannelConfig]]:
+    return {name: t.config_model for name, t in types.items()}
+
+
+def describe_plugins(pm: pluggy.PluginManager) -> list[PluginInfo]:
+    """List channel types with the version of the distribution that ships them."""
+    dist_of: dict[int, str] = {}
+    for plugin, dist in pm.list_plugin_distinfo():
+        dist_of[id(plugin)] = f"{dist.project_name} {dist.version}"
+    infos: list[PluginInfo] = []
+    for impl in pm.hook.register_channel_types.get_hookimpls():
+        dist = dist_of.get(id(impl.plugin), "")
+        for channel_type in impl.function():
+            infos.append(
+                PluginInfo(channel_type.name, channel_type.version, dist, channel_type.description)
+            )
+    return sorted(infos, key=lambda i: i.channel_type)
+
+
+def installed_version() -> str:
+    try:
+        return metadata.version("channel-gateway")
+    except metadata.PackageNotFoundError:  # running from a checkout without install
+        return "0+unknown"

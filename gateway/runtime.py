@@ -1,0 +1,187 @@
+"""The running gateway's parts, wired once from the validated config.
+
+Everything is built synchronously (so the aiohttp app can mount every adapter's routes before
+it freezes); everything that needs the event loop or I/O is started by `gateway.app`'s cleanup
+contexts, in dependency order, and stopped in reverse.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import structlog
+from aiohttp import ClientSession
+
+from gateway.actions import Actions
+from gateway.api.http import Authenticator
+from gateway.channels import ChannelAdapter, ChannelContext, ChannelType
+from gateway.clock import Clock, SystemClock
+from gateway.config import GatewayConfig
+from gateway.directory import AgentInfo, Directory, QueueInfo
+from gateway.distribution import Distributor
+from gateway.errors import ConfigError
+from gateway.hub import EventHub
+from gateway.ids import new_id
+from gateway.ingest import Ingestor
+from gateway.metrics import Metrics
+from gateway.model import InboundMessage
+from gateway.outbound import Outbound, RetryPolicy
+from gateway.presence import Presence
+from gateway.routing import Router
+from gateway.store.base import MESSAGE_TARGET, Deadline, Store
+from gateway.store.sqlite import SqliteStore
+from gateway.timers import DeadlineHandler, Scheduler
+
+log = structlog.get_logger("gateway.runtime")
+
+
+def directory_from(config: GatewayConfig) -> Directory:
+    return Directory(
+        channels={c.name: c.policy() for c in config.channels},
+        queues={
+            q.name: QueueInfo(q.name, q.distribution, q.strategy, q.requeue_after)
+            for q in config.queues
+        },
+        agents={
+            a.id: AgentInfo(a.id, frozenset(a.queues), a.max_active, a.name)
+            for a in config.agents
+        },
+        agent_disconnect_grace=config.presence.agent_disconnect_grace,
+    )
+
+
+def store_from(config: GatewayConfig) -> Store:
+    """Open the configured backend: a SQLite file, or Redis for several processes."""
+    if config.store.backend == "sqlite":
+        return SqliteStore.from_url(config.store.url, synchronous=config.store.synchronous)
+    try:
+        from gateway.store.redis import RedisStore
+    except ImportError:
+        raise ConfigError(
+            f"store.url: the Redis store is not part of this build ({config.store.url.split(':')[0]})"
+        ) from None
+    return RedisStore.from_url(config.store.url)  # type: ignore[no-any-return]
+
+
+class _HttpHolder:
+    """Gives adapters the one shared ClientSession, which exists only once the loop runs."""
+
+    def __init__(self) -> None:
+        self.session: ClientSession | None = None
+
+    def __call__(self) -> ClientSession:
+        if self.session is None:
+            raise RuntimeError("the HTTP session exists once the server has started")
+        return self.session
+
+
+@dataclass
+class RuntimeOptions:
+    retry: RetryPolicy | None = None
+    scheduler_poll: float = 1.0
+    node: str | None = None
+
+
+class Runtime:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        channel_types: Mapping[str, ChannelType],
+        *,
+        clock: Clock | None = None,
+        store: Store | None = None,
+        options: RuntimeOptions | None = None,
+    ) -> None:
+        options = options or RuntimeOptions()
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.node = options.node or f"{socket.gethostname()}-{new_id('n')}"
+        self.store = store or store_from(config)
+        self.directory = directory_from(config)
+        self.router = Router(config)
+        self.metrics = Metrics()
+        self.hub = EventHub(self.store)
+        self.http = _HttpHolder()
+        self.distributor = Distributor(self.store, self.clock, self.directory)
+        self.ingestor = Ingestor(
+            self.store,
+            self.clock,
+            route=self._route,
+            policy_for=self.directory.policy,
+            after_commit=self._distribute,
+            observe=self.metrics.observe_ingest,
+        )
+        self.actions = Actions(self.store, self.clock, self.directory, self._after_change)
+        self.adapters: dict[str, ChannelAdapter] = {}
+        self.outbound = Outbound(
+            self.store,
+            self.clock,
+            self.adapters,
+            retry=options.retry,
+            observe=self.metrics.observe_outbound,
+        )
+        self.deadlines = DeadlineHandler(self.store, self.clock, self.directory)
+        self.scheduler = Scheduler(
+            self.store,
+            self.clock,
+            self._on_deadline,
+            poll_interval=options.scheduler_poll,
+            observe_lag=self.metrics.observe_lag,
+            sweep=self.distributor.distribute_all,
+        )
+        self.presence = Presence(
+            self.store,
+            self.clock,
+            self.distributor,
+            self.node,
+            config.presence.agent_disconnect_grace,
+            self.scheduler.poke,
+        )
+        self.auth = Authenticator(
+            {a.token_sha256: a.id for a in config.agents}, self.directory.agents
+        )
+        self.started = False
+        for channel in config.channels:
+            channel_type = channel_types.get(channel.type)
+            if channel_type is None:
+                raise ConfigError(f"channels: no plugin provides channel type {channel.type!r}")
+            context = ChannelContext(
+                config=channel,
+                public_url=config.server.public_url,
+                inbound=self.ingestor,
+                kv=self.store,
+                clock=self.clock,
+                log=structlog.get_logger(f"gateway.channel.{channel.name}").bind(
+                    channel=channel.name
+                ),
+                history=self.store,
+                events=self.hub,
+                http_provider=self.http,
+            )
+            self.adapters[channel.name] = channel_type.factory(context)
+
+    def _route(self, message: InboundMessage) -> str:
+        return self.router.route(
+            message.channel, message.channel_type, message.text, message.contact.address
+        ).queue
+
+    async def _distribute(self, queue: str) -> None:
+        await self.distributor.distribute(queue)
+
+    async def _after_change(self, transition: object) -> None:
+        """Capacity may have freed up (close, pending, transfer): let distribution run."""
+        conversation = getattr(transition, "conversation", None)
+        distribute = getattr(transition, "distribute", None)
+        if distribute:
+            await self.distributor.distribute(distribute)
+        if conversation is not None and conversation.agent:
+            await self.distributor.on_agent_change(conversation.agent)
+        self.scheduler.poke()
+
+    async def _on_deadline(self, deadline: Deadline) -> None:
+        if deadline.target.startswith(MESSAGE_TARGET):
+            await self.outbound.deliver(deadline.target[len(MESSAGE_TARGET) :])
+            return
+        await self.deadlines(deadline)

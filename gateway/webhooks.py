@@ -1,0 +1,38 @@
+"""`/webhooks/{channel}`: hands provider requests to the named channel's adapter.
+
+The adapter verifies the signature before anything else and answers only after ingest
+committed; this module only finds the adapter and counts outcomes for /metrics.
+"""
+
+from __future__ import annotations
+
+import structlog
+from aiohttp import web
+
+from gateway.appkeys import RUNTIME
+from gateway.errors import NotFound
+
+log = structlog.get_logger("gateway.webhooks")
+
+routes = web.RouteTableDef()
+
+
+async def _dispatch(request: web.Request) -> web.StreamResponse:
+    runtime = request.app[RUNTIME]
+    name = request.match_info["channel"]
+    adapter = runtime.adapters.get(name)
+    if adapter is None:
+        raise NotFound(f"no channel named {name!r}")
+    structlog.contextvars.bind_contextvars(channel=name)
+    try:
+        response = await adapter.handle_webhook(request)
+    except Exception:
+        runtime.metrics.webhooks.labels(name, "error").inc()
+        raise
+    outcome = "ok" if response.status < 400 else f"http_{response.status}"
+    runtime.metrics.webhooks.labels(name, outcome).inc()
+    return response
+
+
+routes.route("POST", "/webhooks/{channel}")(_dispatch)
+routes.route("GET", "/webhooks/{channel}")(_dispatch)

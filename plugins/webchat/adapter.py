@@ -1,0 +1,400 @@
+"""The web chat channel: visitor sessions, the visitor WebSocket, the widget and a demo page.
+
+Wire protocol (DESIGN section 5):
+
+- `POST /webchat/{channel}/session` `{"display_name": "Ana"}` or `{"token": "..."}` ->
+  `201 {"token", "visitor_id"}`.
+- `GET /webchat/{channel}/ws?token=...[&after=MESSAGE_ID]`; the visitor sends
+  `{"type": "message", "text", "client_id"}` and gets `{"type": "ack", "client_id", "message"}`;
+  agent replies arrive as `{"type": "message", "message"}`. With `after`, everything since that
+  message is replayed first, in order.
+
+A visitor message's provider id is `visitor_id:client_id`, so a resend after a lost ack is the
+same message (the store deduplicates it). Agent replies reach the visitor through the event
+feed, so the visitor's socket may live on any node; pushing one marks it `delivered`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import html
+import secrets
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+from aiohttp import WSMsgType, web
+
+from gateway.channels import BaseAdapter, ChannelContext, SendResult
+from gateway.errors import InvalidInput, PermanentChannelError
+from gateway.ids import new_id
+from gateway.model import (
+    Contact,
+    Conversation,
+    DeliveryState,
+    DeliveryStatus,
+    Direction,
+    Event,
+    InboundMessage,
+    Message,
+    iso,
+)
+from plugins.webchat.config import WebchatConfig
+from plugins.webchat.tokens import InvalidToken, TokenSigner, VisitorSession
+
+HEARTBEAT = 25.0
+MAX_NAME = 80
+MAX_CLIENT_ID = 100
+
+
+def visitor_message_json(message: Message) -> dict[str, Any]:
+    """What a visitor may see of a message: no internal ids, agents or raw payloads."""
+    return {
+        "id": message.id,
+        "direction": str(message.direction),
+        "kind": message.kind,
+        "text": message.text,
+        "sent_at": iso(message.sent_at),
+        "client_id": message.client_id,
+        "status": str(message.status) if message.status else None,
+        "attachments": [
+            {"kind": a.kind, "url": a.url, "mime_type": a.mime_type, "filename": a.filename}
+            for a in message.attachments
+        ],
+    }
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return _json({"error": {"code": code, "message": message}}, status)
+
+
+def _static(name: str) -> bytes:
+    return resources.files("plugins.webchat").joinpath("static", name).read_bytes()
+
+
+class WebchatAdapter(BaseAdapter):
+    channel_type = "webchat"
+    provider = "webchat"
+
+    def __init__(self, context: ChannelContext) -> None:
+        super().__init__(context)
+        assert isinstance(context.config, WebchatConfig)
+        self.config: WebchatConfig = context.config
+        self._signer: TokenSigner | None = None
+        self._sockets: set[web.WebSocketResponse] = set()
+        own = urlsplit(context.public_url)
+        self._own_origin = f"{own.scheme}://{own.netloc}"
+
+    # lifecycle ---------------------------------------------------------------------------------
+    async def start(self) -> None:
+        secret = self.config.secret.get_secret_value() if self.config.secret else None
+        if secret is None:
+            key = f"webchat:{self.name}:secret"
+            # Generated once for the whole cluster; compare-and-set keeps nodes in agreement.
+            await self.context.kv.kv_compare_set(key, None, secrets.token_urlsafe(32))
+            secret = await self.context.kv.kv_get(key)
+            assert secret is not None
+        self._signer = TokenSigner(secret, self.name, self.config.token_ttl)
+
+    async def stop(self) -> None:
+        for ws in tuple(self._sockets):
+            await ws.close(code=1001, message=b"server shutdown")
+
+    @property
+    def signer(self) -> TokenSigner:
+        if self._signer is None:
+            raise RuntimeError("the web chat channel has not started")
+        return self._signer
+
+    def routes(self) -> Sequence[web.RouteDef]:
+        base = f"/webchat/{self.name}"
+        return [
+            web.post(f"{base}/session", self.session),
+            web.options(f"{base}/session", self.preflight),
+            web.get(f"{base}/ws", self.socket),
+            web.post(f"{base}/messages", self.post_message),
+            web.get(f"{base}/messages", self.get_messages),
+            web.get(f"{base}/demo", self.demo),
+            web.get("/webchat/widget.js", self.widget),
+        ]
+
+    # origins -----------------------------------------------------------------------------------
+    def _origin_allowed(self, request: web.Request) -> bool:
+        origin = request.headers.get("Origin")
+        if origin is None:
+            return True  # not a browser page (curl, a server-side integration)
+        allowed = self.config.allowed_origins
+        own = {self._own_origin, f"{request.scheme}://{request.host}"}
+        return origin in own or "*" in allowed or origin in allowed
+
+    def _cors(self, request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        if origin and self._origin_allowed(request):
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Vary"] = "Origin"
+            response.headers["Access-Control-Allow-Headers"] = "Content-Type"
+            response.headers["Access-Control-Allow-Methods"] = "POST, OPTIONS"
+        return response
+
+    async def preflight(self, request: web.Request) -> web.StreamResponse:
+        if not self._origin_allowed(request):
+            return _error(403, "origin_not_allowed", "this site may not use this chat")
+        return self._cors(request, web.Response(status=204))
+
+    # session -----------------------------------------------------------------------------------
+    async def session(self, request: web.Request) -> web.StreamResponse:
+        """Open a visitor session, or resume one from its token (new token, same visitor)."""
+        if not self._origin_allowed(request):
+            self.context.log.info("webchat.origin_refused", origin=request.headers.get("Origin"))
+            return _error(403, "origin_not_allowed", "this site may not use this chat")
+        try:
+            body = orjson.loads(await request.read() or b"{}")
+        except orjson.JSONDecodeError:
+            return self._cors(request, _error(400, "invalid_json", "the body is not valid JSON"))
+        if not isinstance(body, dict):
+            return self._cors(request, _error(400, "invalid_request", "expected a JSON object"))
+        token = body.get("token")
+        if token is not None:
+            if not isinstance(token, str):
+                return self._cors(request, _error(400, "invalid_request", "token must be a string"))
+            try:
+                session = self.signer.verify(token)
+            except InvalidToken as exc:
+                return self._cors(request, _error(401, "invalid_token", str(exc)))
+        else:
+            name = body.get("display_name")
+            if name is not None and (not isinstance(name, str) or len(name) > MAX_NAME):
+                return self._cors(
+                    request,
+                    _error(400, "invalid_request", f"display_name must be text of at most {MAX_NAME}"),
+                )
+            session = VisitorSession(self.name, new_id("v"), (name or "").strip() or None)
+        fresh = self.signer.issue(session)
+        return self._cors(request, _json({"token": fresh, "visitor_id": session.visitor_id}, 201))
+
+    # plain HTTP for clients without WebSockets (curl, server-side integrations) ----------------
+    def _bearer_session(self, request: web.Request) -> VisitorSession:
+        header = request.headers.get("Authorization", "")
+        token = header[7:].strip() if header.lower().startswith("bearer ") else ""
+        return self.signer.verify(token)
+
+    async def post_message(self, request: web.Request) -> web.StreamResponse:
+        """`POST /webchat/{channel}/messages` with the visitor token as bearer: the same as a
+        socket `message` frame, answered with the ack (201)."""
+        if not self._origin_allowed(request):
+            return _error(403, "origin_not_allowed", "this site may not use this chat")
+        try:
+            session = self._bearer_session(request)
+        except InvalidToken as exc:
+            return _error(401, "invalid_token", str(exc))
+        try:
+            frame = orjson.loads(await request.read() or b"{}")
+            if isinstance(frame, dict):
+                frame.setdefault("type", "message")
+            message = self._parse_frame(frame, session)
+        except orjson.JSONDecodeError:
+            return _error(400, "invalid_json", "the body is not valid JSON")
+        except InvalidInput as exc:
+            return _error(400, "invalid_request", str(exc))
+        if message is None:
+            return _error(400, "invalid_request", "type must be 'message'")
+        result = await self.context.inbound.message(message)
+        body = {
+            "type": "ack",
+            "client_id": message.extra["client_id"],
+            "message": visitor_message_json(result.message),
+        }
+        return self._cors(request, _json(body, 201))
+
+    async def get_messages(self, request: web.Request) -> web.StreamResponse:
+        """`GET /webchat/{channel}/messages[?after=ID]`: the visitor's history, in order."""
+        if not self._origin_allowed(request):
+            return _error(403, "origin_not_allowed", "this site may not use this chat")
+        try:
+            session = self._bearer_session(request)
+        except InvalidToken as exc:
+            return _error(401, "invalid_token", str(exc))
+        history = await self.context.history.list_contact_messages(
+            self.name, session.visitor_id, after=request.query.get("after") or None
+        )
+        return self._cors(
+            request, _json({"messages": [visitor_message_json(m) for m in history]})
+        )
+
+    # socket ------------------------------------------------------------------------------------
+    async def socket(self, request: web.Request) -> web.StreamResponse:
+        if not self._origin_allowed(request):
+            self.context.log.info("webchat.origin_refused", origin=request.headers.get("Origin"))
+            return _error(403, "origin_not_allowed", "this site may not use this chat")
+        try:
+            session = self.signer.verify(request.query.get("token", ""))
+        except InvalidToken as exc:
+            return _error(401, "invalid_token", str(exc))
+        after = request.query.get("after") or None
+        ws = web.WebSocketResponse(heartbeat=HEARTBEAT, max_msg_size=64 * 1024)
+        await ws.prepare(request)
+        self._sockets.add(ws)
+        address = session.visitor_id
+
+        def mine(event: Event) -> bool:
+            message = event.message
+            return (
+                event.type == "message.sent"
+                and message is not None
+                and message.channel == self.name
+                and message.contact is not None
+                and message.contact.address == address
+            ) or (
+                event.type == "conversation.updated"
+                and event.conversation is not None
+                and event.conversation.channel == self.name
+                and event.conversation.contact.address == address
+            )
+
+        subscription = self.context.events.subscribe(mine)
+        pump = asyncio.create_task(self._pump(ws, subscription, session, after))
+        try:
+            async for msg in ws:
+                if msg.type == WSMsgType.TEXT:
+                    await self._on_text(ws, session, msg.data)
+                elif msg.type == WSMsgType.ERROR:
+                    break
+        finally:
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pump
+            subscription.close()
+            self._sockets.discard(ws)
+        return ws
+
+    async def _pump(
+        self,
+        ws: web.WebSocketResponse,
+        subscription: Any,
+        session: VisitorSession,
+        after: str | None,
+    ) -> None:
+        """Replay what the visitor missed, then push agent replies and state changes live."""
+        sent_ids: set[str] = set()
+        if after is not None:
+            history = await self.context.history.list_contact_messages(
+                self.name, session.visitor_id, after=after
+            )
+            for message in history:
+                await self._push(ws, message)
+                sent_ids.add(message.id)
+        while True:
+            event = await subscription.get()
+            if event.type == "conversation.updated" and event.conversation is not None:
+                await ws.send_str(
+                    orjson.dumps(
+                        {
+                            "type": "conversation",
+                            "state": str(event.conversation.state),
+                            "change": event.change,
+                        }
+                    ).decode()
+                )
+                continue
+            message = event.message
+            if message is None or message.id in sent_ids:
+                continue
+            await self._push(ws, message)
+
+    async def _push(self, ws: web.WebSocketResponse, message: Message) -> None:
+        await ws.send_str(
+            orjson.dumps({"type": "message", "message": visitor_message_json(message)}).decode()
+        )
+        if message.direction == Direction.OUT and message.status in (
+            DeliveryState.QUEUED,
+            DeliveryState.SENT,
+        ):
+            await self.context.inbound.status(
+                DeliveryStatus(
+                    channel=self.name,
+                    provider_message_id=message.id,
+                    status=DeliveryState.DELIVERED,
+                    at=self.context.clock.now(),
+                )
+            )
+
+    async def _on_text(self, ws: web.WebSocketResponse, session: VisitorSession, data: str) -> None:
+        try:
+            frame = orjson.loads(data)
+            message = self._parse_frame(frame, session)
+        except (orjson.JSONDecodeError, InvalidInput) as exc:
+            text = str(exc) if isinstance(exc, InvalidInput) else "the frame is not valid JSON"
+            self.context.log.info("webchat.bad_frame", visitor=session.visitor_id)
+            await ws.send_str(
+                orjson.dumps({"type": "error", "code": "invalid_request", "message": text}).decode()
+            )
+            return
+        if message is None:
+            return
+        result = await self.context.inbound.message(message)
+        await ws.send_str(
+            orjson.dumps(
+                {
+                    "type": "ack",
+                    "client_id": message.extra["client_id"],
+                    "message": visitor_message_json(result.message),
+                }
+            ).decode()
+        )
+
+    def _parse_frame(self, frame: Any, session: VisitorSession) -> InboundMessage | None:
+        if not isinstance(frame, dict):
+            raise InvalidInput("a frame is a JSON object")
+        kind = frame.get("type")
+        if kind in ("ping", "typing"):
+            return None
+        if kind != "message":
+            raise InvalidInput("type must be 'message'")
+        text = frame.get("text")
+        client_id = frame.get("client_id")
+        if not isinstance(text, str) or not text.strip():
+            raise InvalidInput("text is required")
+        if len(text) > self.config.max_text:
+            raise InvalidInput(f"text is longer than {self.config.max_text} characters")
+        if not isinstance(client_id, str) or not 1 <= len(client_id) <= MAX_CLIENT_ID:
+            raise InvalidInput("client_id is required (a unique id per message, e.g. a UUID)")
+        return InboundMessage(
+            channel=self.name,
+            channel_type=self.channel_type,
+            provider=self.provider,
+            provider_message_id=f"{session.visitor_id}:{client_id}",
+            contact=Contact(session.visitor_id, session.display_name),
+            sent_at=self.context.clock.now(),
+            kind="text",
+            text=text,
+            raw={"type": "message", "text": text, "client_id": client_id},
+            extra={"client_id": client_id},
+        )
+
+    # pages -------------------------------------------------------------------------------------
+    async def widget(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(
+            body=_static("widget.js"),
+            content_type="application/javascript",
+            headers={"Cache-Control": "public, max-age=300"},
+        )
+
+    async def demo(self, request: web.Request) -> web.StreamResponse:
+        page = _static("demo.html").decode().replace("{{channel}}", self.name)
+        page = page.replace("{{title}}", html.escape(self.config.title, quote=True))
+        return web.Response(text=page, content_type="text/html")
+
+    # outbound ----------------------------------------------------------------------------------
+    async def send(self, conversation: Conversation, message: Message) -> SendResult:
+        """Replies travel to the visitor through the event feed; the id is our own."""
+        if message.template is not None:
+            raise PermanentChannelError("web chat has no templates", provider_code="unsupported")
+        return SendResult(provider_message_id=message.id, status=DeliveryState.SENT)
+

@@ -1,0 +1,29 @@
+"""The web chat channel's config section."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Literal
+
+from pydantic import Field, SecretStr
+
+from gateway.channels import ChannelConfig
+from gateway.durations import Duration
+
+
+class WebchatConfig(ChannelConfig):
+    """A web chat instance: who may embed it, how long visitors wait for an agent.
+
+    `allowed_origins` lists the sites whose pages may open sessions and sockets (exact
+    `scheme://host[:port]`, or `"*"`); the gateway's own pages are always allowed. `secret`
+    signs visitor tokens; without it a random secret is generated once and kept in the store,
+    so tokens stay valid across restarts and nodes.
+    """
+
+    type: Literal["webchat"] = "webchat"
+    no_agent_timeout: Duration | None = timedelta(minutes=5)
+    allowed_origins: list[str] = Field(default_factory=list)
+    secret: SecretStr | None = None
+    token_ttl: Duration = timedelta(days=30)
+    max_text: int = Field(default=4096, ge=1, le=65536)
+    title: str = "Chat with us"

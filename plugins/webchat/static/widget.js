@@ -1,0 +1,202 @@
+/* Channel gateway web chat widget. No dependencies; embed with one tag:
+ *   <script src="https://GATEWAY/webchat/widget.js" data-channel="site" async></script>
+ * Optional attributes: data-gateway (base URL, default: where this script came from),
+ * data-title, data-name (visitor display name), data-open="true" (start opened).
+ * The session token is kept in localStorage, so a reload resumes the same conversation; the
+ * socket reconnects by itself with ?after=<last message id> and the gateway replays what was
+ * missed. Unacknowledged messages are resent with the same client_id (never duplicated).
+ * Every customer or agent text is rendered with textContent: never as HTML.
+ */
+(function () {
+  "use strict";
+  var script = document.currentScript || document.querySelector("script[data-channel]");
+  if (!script) return;
+  var channel = script.getAttribute("data-channel") || "site";
+  var base = script.getAttribute("data-gateway") || new URL(script.src, location.href).origin;
+  var title = script.getAttribute("data-title") || "Chat with us";
+  var storeKey = "gw-webchat:" + base + ":" + channel;
+
+  var state = load();
+  var ws = null;
+  var retry = 0;
+  var pending = {}; // client_id -> text, until acknowledged
+  var shown = {};   // message id -> element
+
+  function load() {
+    try { return JSON.parse(localStorage.getItem(storeKey)) || {}; } catch (e) { return {}; }
+  }
+  function save() {
+    try { localStorage.setItem(storeKey, JSON.stringify(state)); } catch (e) { /* private mode */ }
+  }
+  function uuid() {
+    if (window.crypto && crypto.randomUUID) return crypto.randomUUID();
+    return "c" + Date.now().toString(36) + Math.random().toString(36).slice(2);
+  }
+  function el(tag, cls, text) {
+    var node = document.createElement(tag);
+    if (cls) node.className = cls;
+    if (text != null) node.textContent = text;
+    return node;
+  }
+
+  var css = "" +
+    ".gwc-button{position:fixed;right:16px;bottom:16px;z-index:2147483000;border:0;border-radius:24px;" +
+    "padding:12px 18px;background:#1f6feb;color:#fff;font:600 14px system-ui,sans-serif;cursor:pointer;box-shadow:0 2px 8px rgba(0,0,0,.25)}" +
+    ".gwc-panel{position:fixed;right:16px;bottom:72px;z-index:2147483000;width:min(360px,calc(100vw - 32px));height:min(520px,calc(100vh - 96px));" +
+    "display:none;flex-direction:column;background:#fff;border-radius:12px;box-shadow:0 4px 24px rgba(0,0,0,.25);font:14px system-ui,sans-serif;overflow:hidden}" +
+    ".gwc-panel.gwc-open{display:flex}.gwc-head{background:#1f6feb;color:#fff;padding:12px 14px;font-weight:600;display:flex;justify-content:space-between}" +
+    ".gwc-status{font-weight:400;font-size:12px;opacity:.85}.gwc-log{flex:1;overflow-y:auto;padding:10px;background:#f6f8fa}" +
+    ".gwc-msg{max-width:80%;margin:4px 0;padding:8px 10px;border-radius:10px;white-space:pre-wrap;word-wrap:break-word}" +
+    ".gwc-in{background:#1f6feb;color:#fff;margin-left:auto}.gwc-out{background:#fff;border:1px solid #d0d7de}" +
+    ".gwc-unsent{opacity:.6}.gwc-note{text-align:center;color:#57606a;font-size:12px;margin:6px 0}" +
+    ".gwc-typing{color:#57606a;font-size:12px;padding:0 10px 4px;min-height:16px;background:#f6f8fa}" +
+    ".gwc-form{display:flex;border-top:1px solid #d0d7de}.gwc-input{flex:1;border:0;padding:12px;font:inherit;outline:none}" +
+    ".gwc-send{border:0;background:#fff;color:#1f6feb;font-weight:600;padding:0 14px;cursor:pointer}";
+  var style = el("style");
+  style.textContent = css;
+  document.head.appendChild(style);
+
+  var button = el("button", "gwc-button", title);
+  button.type = "button";
+  button.setAttribute("aria-label", title);
+  var panel = el("section", "gwc-panel");
+  panel.setAttribute("aria-label", title);
+  var head = el("div", "gwc-head");
+  head.appendChild(el("span", null, title));
+  var status = el("span", "gwc-status", "connecting…");
+  head.appendChild(status);
+  var log = el("div", "gwc-log");
+  log.setAttribute("role", "log");
+  var typing = el("div", "gwc-typing");
+  var form = el("form", "gwc-form");
+  var input = el("input", "gwc-input");
+  input.placeholder = "Write a message…";
+  input.setAttribute("aria-label", "Message");
+  input.maxLength = 4096;
+  var send = el("button", "gwc-send", "Send");
+  send.type = "submit";
+  form.appendChild(input);
+  form.appendChild(send);
+  panel.appendChild(head);
+  panel.appendChild(log);
+  panel.appendChild(typing);
+  panel.appendChild(form);
+
+  function mount() {
+    document.body.appendChild(panel);
+    document.body.appendChild(button);
+    if (script.getAttribute("data-open") === "true" || state.open) toggle(true);
+  }
+  function toggle(open) {
+    var isOpen = open === undefined ? !panel.classList.contains("gwc-open") : open;
+    panel.classList.toggle("gwc-open", isOpen);
+    state.open = isOpen;
+    save();
+    if (isOpen) input.focus();
+  }
+  button.addEventListener("click", function () { toggle(); });
+
+  function render(message, clientId) {
+    var key = message ? message.id : "pending:" + clientId;
+    var node = shown[key] || (clientId && shown["pending:" + clientId]);
+    if (!node) {
+      node = el("div", "gwc-msg");
+      log.appendChild(node);
+    }
+    if (message) {
+      delete shown["pending:" + (message.client_id || clientId)];
+      shown[message.id] = node;
+      node.className = "gwc-msg " + (message.direction === "in" ? "gwc-in" : "gwc-out");
+      node.textContent = message.text || "[" + message.kind + "]";
+      node.setAttribute("data-id", message.id);
+      if (!state.after || message.id > state.after) { state.after = message.id; save(); }
+    } else {
+      shown[key] = node;
+      node.className = "gwc-msg gwc-in gwc-unsent";
+      node.textContent = pending[clientId];
+    }
+    log.scrollTop = log.scrollHeight;
+  }
+  function note(text) {
+    log.appendChild(el("div", "gwc-note", text));
+    log.scrollTop = log.scrollHeight;
+  }
+
+  function post(path, body) {
+    return fetch(base + path, {
+      method: "POST",
+      headers: {"Content-Type": "application/json"},
+      body: JSON.stringify(body)
+    }).then(function (r) {
+      if (!r.ok) throw new Error("session refused: " + r.status);
+      return r.json();
+    });
+  }
+  function session() {
+    var body = state.token ? {token: state.token} : {display_name: script.getAttribute("data-name") || undefined};
+    return post("/webchat/" + encodeURIComponent(channel) + "/session", body).catch(function (err) {
+      if (state.token) { state.token = null; state.after = null; save(); return session(); }
+      throw err;
+    }).then(function (s) { state.token = s.token; state.visitor = s.visitor_id; save(); });
+  }
+
+  function connect() {
+    session().then(function () {
+      var url = base.replace(/^http/, "ws") + "/webchat/" + encodeURIComponent(channel) +
+        "/ws?token=" + encodeURIComponent(state.token) + (state.after ? "&after=" + encodeURIComponent(state.after) : "");
+      ws = new WebSocket(url);
+      ws.onopen = function () {
+        retry = 0;
+        status.textContent = "online";
+        Object.keys(pending).forEach(function (id) { transmit(id); });
+      };
+      ws.onmessage = function (e) {
+        var frame;
+        try { frame = JSON.parse(e.data); } catch (err) { return; }
+        if (frame.type === "ack") {
+          delete pending[frame.client_id];
+          render(frame.message, frame.client_id);
+        } else if (frame.type === "message") {
+          render(frame.message);
+          if (frame.message.direction === "out") typing.textContent = "";
+        } else if (frame.type === "typing") {
+          typing.textContent = frame.active ? "Agent is typing…" : "";
+        } else if (frame.type === "conversation" && frame.state === "inactive") {
+          note("This conversation ended. Write again to start a new one.");
+        } else if (frame.type === "conversation" && frame.state === "closed") {
+          note("The agent closed this conversation.");
+        } else if (frame.type === "error") {
+          note(frame.message);
+        }
+      };
+      ws.onclose = reconnect;
+    }).catch(reconnect);
+  }
+  function reconnect() {
+    status.textContent = "reconnecting…";
+    ws = null;
+    var delay = Math.min(30000, 500 * Math.pow(2, retry++)) * (0.5 + Math.random() / 2);
+    setTimeout(connect, delay);
+  }
+  function transmit(clientId) {
+    if (ws && ws.readyState === 1) {
+      ws.send(JSON.stringify({type: "message", text: pending[clientId], client_id: clientId}));
+    }
+  }
+  form.addEventListener("submit", function (e) {
+    e.preventDefault();
+    var text = input.value.trim();
+    if (!text) return;
+    var clientId = uuid();
+    pending[clientId] = text;
+    render(null, clientId);
+    transmit(clientId);
+    input.value = "";
+  });
+  input.addEventListener("input", function () {
+    if (ws && ws.readyState === 1) ws.send(JSON.stringify({type: "typing"}));
+  });
+
+  if (document.body) { mount(); } else { document.addEventListener("DOMContentLoaded", mount); }
+  connect();
+})();
