@@ -106,6 +106,9 @@ async def _adapters(app: web.Application) -> AsyncIterator[None]:
 
 async def _scheduler(app: web.Application) -> AsyncIterator[None]:
     runtime = app[RUNTIME]
+    if not runtime.options.run_scheduler:
+        yield
+        return
     task = asyncio.create_task(runtime.scheduler.run_forever(), name="scheduler")
     yield
     runtime.scheduler.stop()

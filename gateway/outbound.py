@@ -20,7 +20,7 @@ from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
     stop_after_attempt,
-    wait_exponential_jitter,
+    wait_random_exponential,
 )
 
 from gateway import lifecycle
@@ -223,7 +223,7 @@ class Outbound:
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(TransientChannelError),
             stop=stop_after_attempt(self.retry.attempts),
-            wait=wait_exponential_jitter(initial=self.retry.initial, max=self.retry.maximum),
+            wait=wait_random_exponential(multiplier=self.retry.initial, max=self.retry.maximum),
             reraise=True,
         )
         try:

@@ -8,6 +8,7 @@ the agent waiting work.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -37,9 +38,16 @@ class Presence:
         self.node = node
         self.grace = grace
         self.poke = poke
+        self.changed = asyncio.Condition()
+        """Notified after every recorded connect and disconnect (tests, hand-offs)."""
+
+    async def _notify(self) -> None:
+        async with self.changed:
+            self.changed.notify_all()
 
     async def connected(self, agent: AgentInfo, connection: str) -> None:
         await self.store.presence_connect(agent.id, connection, self.node, self.clock.now())
+        await self._notify()
         try:
             await self.distributor.on_agent_change(agent.id)
         except Exception:  # the scheduler's sweep retries distribution
@@ -52,6 +60,7 @@ class Presence:
         if last:
             log.info("presence.offline", agent=agent.id)
             self.poke()
+        await self._notify()
 
     async def startup(self) -> list[str]:
         agents = await self.store.presence_startup(self.node, self.clock.now(), self.grace)

@@ -82,6 +82,8 @@ class RuntimeOptions:
     retry: RetryPolicy | None = None
     scheduler_poll: float = 1.0
     node: str | None = None
+    run_scheduler: bool = True
+    """Tests with a manual clock drive `runtime.scheduler.run_once()` themselves."""
 
 
 class Runtime:
@@ -95,6 +97,7 @@ class Runtime:
         options: RuntimeOptions | None = None,
     ) -> None:
         options = options or RuntimeOptions()
+        self.options = options
         self.config = config
         self.clock = clock or SystemClock()
         self.node = options.node or f"{socket.gethostname()}-{new_id('n')}"

@@ -1,0 +1,119 @@
+"""A real gateway app on loopback HTTP with a manual clock, and helpers to drive it."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Callable, Awaitable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from gateway.app import create_app
+from gateway.appkeys import RUNTIME
+from gateway.clock import ManualClock
+from gateway.config import parse_config
+from gateway.outbound import RetryPolicy
+from gateway.pluginmanager import channel_types, config_models, get_plugin_manager
+from gateway.runtime import Runtime, RuntimeOptions
+
+TOKENS = {"maria": "tok-maria", "jose": "tok-jose", "ana": "tok-ana"}
+
+
+def sha(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+BASE_CONFIG = f"""
+server: {{public_url: "http://gw.test"}}
+store: {{url: "sqlite:///{{db}}"}}
+presence: {{agent_disconnect_grace: 30s}}
+channels:
+  - {{name: site, type: webchat, no_agent_timeout: 5m, allowed_origins: ["https://shop.example.com"]}}
+queues:
+  - {{name: support, distribution: manual, requeue_after: 10m}}
+  - {{name: sales, distribution: automatic, strategy: least_busy}}
+routing:
+  - {{if: {{text: "(?i)price|precio"}}, queue: sales}}
+  - {{queue: support}}
+agents:
+  - {{id: maria, name: Maria, token_sha256: "{sha(TOKENS['maria'])}", queues: [support, sales], max_active: 2}}
+  - {{id: jose, name: Jose, token_sha256: "{sha(TOKENS['jose'])}", queues: [support, sales], max_active: 2}}
+  - {{id: ana, name: Ana, token_sha256: "{sha(TOKENS['ana'])}", queues: [sales], max_active: 1}}
+"""
+
+
+@dataclass
+class Gateway:
+    client: TestClient
+    runtime: Runtime
+    clock: ManualClock
+
+    def auth(self, agent: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {TOKENS[agent]}"}
+
+    async def get(self, agent: str, path: str, **kw: Any) -> tuple[int, Any]:
+        resp = await self.client.get(path, headers=self.auth(agent), **kw)
+        return resp.status, await resp.json()
+
+    async def post(self, agent: str, path: str, body: Any = None, **kw: Any) -> tuple[int, Any]:
+        headers = {**self.auth(agent), **kw.pop("headers", {})}
+        resp = await self.client.post(path, json=body, headers=headers, **kw)
+        return resp.status, await resp.json()
+
+    async def visitor(self, name: str = "Ana") -> dict[str, str]:
+        resp = await self.client.post("/webchat/site/session", json={"display_name": name})
+        assert resp.status == 201
+        data: dict[str, str] = await resp.json()
+        return data
+
+    async def visitor_says(self, token: str, text: str, client_id: str) -> dict[str, Any]:
+        resp = await self.client.post(
+            "/webchat/site/messages",
+            json={"text": text, "client_id": client_id},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert resp.status == 201, await resp.text()
+        data: dict[str, Any] = await resp.json()
+        return data
+
+    async def settle(self) -> None:
+        """Wait until deliveries in flight finished and the hub fanned out every event."""
+        await self.runtime.outbound.drain()
+        await self.runtime.hub.wait_past(await self.runtime.store.last_cursor())
+
+
+GatewayFactory = Callable[..., Awaitable[Gateway]]
+
+
+@pytest.fixture
+async def make_gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
+    clients: list[TestClient] = []
+    pm = get_plugin_manager()
+    types = channel_types(pm)
+
+    async def factory(config_text: str = BASE_CONFIG, db: str = "gw.db", **options: Any) -> Gateway:
+        text = config_text.replace("{db}", str(tmp_path / db))
+        config = parse_config(text, "config.yaml", config_models(types), env={})
+        clock = ManualClock()
+        opts = RuntimeOptions(
+            retry=RetryPolicy(attempts=3, initial=0.001, maximum=0.002),
+            run_scheduler=False,
+            **options,
+        )
+        app = create_app(config, types, clock=clock, options=opts)
+        client = TestClient(TestServer(app))
+        await client.start_server()
+        clients.append(client)
+        return Gateway(client, app[RUNTIME], clock)
+
+    yield factory
+    for client in clients:
+        await client.close()
+
+
+@pytest.fixture
+async def gw(make_gateway: GatewayFactory) -> Gateway:
+    return await make_gateway()

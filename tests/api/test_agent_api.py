@@ -1,0 +1,223 @@
+"""The agent API over real HTTP: inbox, preview, accept race, replies, state changes, errors."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from tests.api.conftest import Gateway
+
+
+async def waiting_conversation(gw: Gateway, text: str = "Hola", name: str = "Ana") -> str:
+    visitor = await gw.visitor(name)
+    ack = await gw.visitor_says(visitor["token"], text, f"c-{name}-{text}")
+    status, inbox = await gw.get("maria", "/api/v1/inbox?state=waiting&queue=support")
+    assert status == 200
+    for conv in inbox["conversations"]:
+        if conv["contact"]["address"] == visitor["visitor_id"]:
+            return str(conv["id"])
+    raise AssertionError(f"no waiting conversation for {ack}")
+
+
+async def test_auth_is_required(gw: Gateway) -> None:
+    resp = await gw.client.get("/api/v1/inbox")
+    assert resp.status == 401
+    body = await resp.json()
+    assert body["error"]["code"] == "unauthorized"
+    resp = await gw.client.get("/api/v1/inbox", headers={"Authorization": "Bearer nope"})
+    assert resp.status == 401
+
+
+async def test_waiting_inbox_is_fifo_with_contract_shape(gw: Gateway) -> None:
+    ids = []
+    for name in ["first", "second", "third"]:
+        ids.append(await waiting_conversation(gw, "Hola", name))
+        gw.clock.advance(timedelta(minutes=10))
+    status, body = await gw.get("maria", "/api/v1/inbox?state=waiting")
+    assert status == 200
+    assert [c["id"] for c in body["conversations"]] == ids
+    conv = body["conversations"][0]
+    for key in [
+        "id", "state", "channel", "channel_type", "queue", "agent", "contact", "queued_at",
+        "last_message_at", "window_expires_at", "can_reply", "inactive_reason", "preview",
+    ]:
+        assert key in conv, key
+    assert conv["state"] == "waiting" and conv["channel"] == "site"
+    assert conv["channel_type"] == "webchat" and conv["agent"] is None
+    assert conv["queued_at"].endswith("Z") and conv["can_reply"] is True
+    assert conv["preview"] == "Hola"
+    assert conv["contact"]["display_name"] == "first"
+
+
+async def test_bad_state_and_queue(gw: Gateway) -> None:
+    status, body = await gw.get("maria", "/api/v1/inbox?state=lost")
+    assert status == 400 and "state must be one of" in body["error"]["message"]
+    status, body = await gw.get("ana", "/api/v1/inbox?queue=support")
+    assert status == 403 and body["error"]["code"] == "not_on_queue"
+
+
+async def test_routing_sends_price_questions_to_sales(gw: Gateway) -> None:
+    visitor = await gw.visitor("Bea")
+    await gw.visitor_says(visitor["token"], "What is the price?", "c1")
+    status, body = await gw.get("ana", "/api/v1/inbox?state=waiting&queue=sales")
+    assert status == 200
+    assert [c["contact"]["address"] for c in body["conversations"]] == [visitor["visitor_id"]]
+
+
+async def test_preview_without_accepting(gw: Gateway) -> None:
+    conv_id = await waiting_conversation(gw, "Necesito ayuda")
+    status, body = await gw.get("jose", f"/api/v1/conversations/{conv_id}")
+    assert status == 200
+    assert body["state"] == "waiting" and body["agent"] is None
+    assert [m["text"] for m in body["messages"]] == ["Necesito ayuda"]
+    message = body["messages"][0]
+    assert message["direction"] == "in" and message["kind"] == "text"
+    assert message["status"] is None and message["attachments"] == []
+    # An agent not on the queue may not read it; an unknown id is a 404.
+    status, body = await gw.get("ana", f"/api/v1/conversations/{conv_id}")
+    assert status == 403
+    status, body = await gw.get("maria", "/api/v1/conversations/c_nope")
+    assert status == 404 and body["error"]["code"] == "not_found"
+
+
+async def test_two_agents_race_to_accept(gw: Gateway) -> None:
+    conv_id = await waiting_conversation(gw)
+    results = await asyncio.gather(
+        gw.post("maria", f"/api/v1/conversations/{conv_id}/accept"),
+        gw.post("jose", f"/api/v1/conversations/{conv_id}/accept"),
+    )
+    statuses = sorted(status for status, _ in results)
+    assert statuses == [200, 409]
+    loser = next(body for status, body in results if status == 409)
+    assert loser["error"]["code"] == "already_taken"
+    winner = next(body for status, body in results if status == 200)
+    assert winner["conversation"]["state"] == "active"
+    status, body = await gw.get("maria", f"/api/v1/conversations/{conv_id}")
+    assert body["agent"] == winner["conversation"]["agent"]
+
+
+async def test_lifecycle_over_http(gw: Gateway) -> None:
+    conv_id = await waiting_conversation(gw)
+    base = f"/api/v1/conversations/{conv_id}"
+    status, body = await gw.post("maria", f"{base}/pending")
+    assert status == 409 and body["error"]["code"] == "invalid_transition"
+    assert (await gw.post("maria", f"{base}/accept"))[0] == 200
+    status, body = await gw.post("jose", f"{base}/pending")
+    assert status == 403 and body["error"]["code"] == "not_assignee"
+    status, body = await gw.post("maria", f"{base}/pending")
+    assert status == 200 and body["conversation"]["state"] == "pending"
+    status, body = await gw.post("maria", f"{base}/resume")
+    assert status == 200 and body["conversation"]["state"] == "active"
+    status, body = await gw.post("maria", f"{base}/transfer", {"agent": "jose"})
+    assert status == 200 and body["conversation"]["agent"] == "jose"
+    status, body = await gw.post("jose", f"{base}/transfer", {"queue": "sales"})
+    assert status == 200
+    assert body["conversation"]["state"] == "waiting" and body["conversation"]["queue"] == "sales"
+    status, body = await gw.post("jose", f"{base}/transfer", {})
+    assert status in (400, 409)
+    status, body = await gw.post("ana", f"{base}/close")
+    assert status == 200 and body["conversation"]["state"] == "closed"
+    status, body = await gw.post("ana", f"{base}/accept")
+    assert status == 409
+    # Nothing changed by the refused calls.
+    status, body = await gw.get("ana", base)
+    assert body["state"] == "closed"
+
+
+async def test_max_active_is_enforced(gw: Gateway) -> None:
+    convs = [await waiting_conversation(gw, "x", f"v{i}") for i in range(3)]
+    for conv_id in convs[:2]:
+        assert (await gw.post("maria", f"/api/v1/conversations/{conv_id}/accept"))[0] == 200
+    status, body = await gw.post("maria", f"/api/v1/conversations/{convs[2]}/accept")
+    assert status == 409 and body["error"]["code"] == "max_active_reached"
+
+
+async def test_reply_with_idempotency_key_sends_once(gw: Gateway) -> None:
+    conv_id = await waiting_conversation(gw)
+    base = f"/api/v1/conversations/{conv_id}"
+    status, body = await gw.post("maria", f"{base}/messages", {"text": "too early"})
+    assert status == 403 and body["error"]["code"] == "not_assignee"
+    await gw.post("maria", f"{base}/accept")
+    headers = {"Idempotency-Key": "reply-1"}
+    first = await gw.post("maria", f"{base}/messages", {"text": "Hola!"}, headers=headers)
+    again = await gw.post("maria", f"{base}/messages", {"text": "Hola!"}, headers=headers)
+    assert first[0] == again[0] == 202
+    assert first[1]["message"]["id"] == again[1]["message"]["id"]
+    assert first[1]["message"]["status"] == "queued"
+    assert first[1]["message"]["direction"] == "out"
+    await gw.settle()
+    status, body = await gw.get("maria", base)
+    outbound = [m for m in body["messages"] if m["direction"] == "out"]
+    assert len(outbound) == 1 and outbound[0]["status"] == "sent"
+    assert body["preview"] == "Hola!"
+
+
+async def test_bad_bodies_are_4xx_and_change_nothing(gw: Gateway) -> None:
+    conv_id = await waiting_conversation(gw)
+    base = f"/api/v1/conversations/{conv_id}"
+    await gw.post("maria", f"{base}/accept")
+    resp = await gw.client.post(
+        f"{base}/messages", data=b"{not json", headers=gw.auth("maria")
+    )
+    assert resp.status == 400 and (await resp.json())["error"]["code"] == "invalid_json"
+    status, body = await gw.post("maria", f"{base}/messages", {"txt": "typo"})
+    assert status == 400 and "txt" in body["error"]["message"]
+    status, body = await gw.post("maria", f"{base}/messages", {"text": 5})
+    assert status == 400
+    huge = {"text": "x" * 2_000_000}
+    resp = await gw.client.post(f"{base}/messages", json=huge, headers=gw.auth("maria"))
+    assert resp.status == 413
+    assert (await resp.json())["error"]["code"] == "payload_too_large"
+    status, body = await gw.get("maria", base)
+    assert [m["direction"] for m in body["messages"]] == ["in"]
+    assert body["version"] == 2  # created, accepted: the refusals wrote nothing
+
+
+async def test_events_are_resumable_by_cursor(gw: Gateway) -> None:
+    for i in range(3):
+        await waiting_conversation(gw, "hi", f"e{i}")
+    status, page1 = await gw.get("maria", "/api/v1/events?limit=4")
+    assert status == 200 and len(page1["events"]) == 4
+    status, page2 = await gw.get("maria", f"/api/v1/events?after={page1['cursor']}")
+    cursors = [e["cursor"] for e in page1["events"] + page2["events"]]
+    assert len(cursors) == len(set(cursors)) == 6
+    types = [e["type"] for e in page1["events"] + page2["events"]]
+    assert types.count("message.received") == 3 and types.count("conversation.created") == 3
+    received = next(e for e in page1["events"] if e["type"] == "message.received")
+    message = received["message"]
+    for key in ["id", "channel", "channel_type", "provider", "provider_message_id",
+                "conversation_id", "contact", "sent_at", "received_at", "kind", "text",
+                "attachments", "reply_to", "raw"]:
+        assert key in message, key
+    status, empty = await gw.get("maria", f"/api/v1/events?after={page2['cursor']}")
+    assert empty["events"] == [] and empty["cursor"] == page2["cursor"]
+    status, body = await gw.get("maria", "/api/v1/events?after=garbage")
+    assert status == 400
+
+
+async def test_ops_endpoints(gw: Gateway) -> None:
+    await waiting_conversation(gw)
+    resp = await gw.client.get("/healthz")
+    assert resp.status == 200
+    resp = await gw.client.get("/readyz")
+    body = await resp.json()
+    assert resp.status == 200 and body["store"] == "ok" and body["adapters_started"]
+    resp = await gw.client.get("/metrics")
+    text = await resp.text()
+    assert resp.status == 200
+    assert 'gateway_conversations{queue="support",state="waiting"} 1.0' in text
+    assert 'gateway_ingested_messages_total{channel="site",outcome="stored"} 1.0' in text
+    assert "gateway_ingest_seconds_bucket" in text
+    assert "gateway_timer_lag_seconds" in text
+    resp = await gw.client.get("/api/openapi.json")
+    spec = await resp.json()
+    assert spec["openapi"].startswith("3.")
+    assert "/api/v1/conversations/{id}/accept" in spec["paths"]
+
+
+async def test_unknown_route_is_json_404(gw: Gateway) -> None:
+    resp = await gw.client.get("/nope")
+    assert resp.status == 404
+    assert (await resp.json())["error"]["code"] == "not_found"
+    resp = await gw.client.post("/webhooks/nope", data=b"x")
+    assert resp.status == 404

@@ -1,0 +1,155 @@
+"""The agent's live stream and presence: events arrive live, the grace period, replay by cursor."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import timedelta
+from typing import Any
+
+from aiohttp import ClientWebSocketResponse
+
+from tests.api.conftest import TOKENS, Gateway
+
+
+async def receive(ws: ClientWebSocketResponse, *, type_: str, timeout: float = 5) -> dict[str, Any]:
+    """Read frames until one of the wanted type arrives."""
+    async with asyncio.timeout(timeout):
+        while True:
+            frame = json.loads((await ws.receive()).data)
+            if frame["type"] == type_:
+                return frame  # type: ignore[no-any-return]
+
+
+async def open_stream(gw: Gateway, agent: str, after: str | None = None) -> ClientWebSocketResponse:
+    query = f"?access_token={TOKENS[agent]}" + (f"&after={after}" if after else "")
+    ws = await gw.client.ws_connect(f"/api/v1/stream{query}")
+    hello = await receive(ws, type_="hello")
+    assert hello["agent"] == agent
+    return ws
+
+
+async def test_stream_requires_a_token(gw: Gateway) -> None:
+    resp = await gw.client.get("/api/v1/stream")
+    assert resp.status == 401
+
+
+async def test_new_conversation_arrives_live(gw: Gateway) -> None:
+    ws = await open_stream(gw, "maria")
+    visitor = await gw.visitor("Live")
+    await gw.visitor_says(visitor["token"], "Hola", "c1")
+    created = await receive(ws, type_="conversation.created")
+    assert created["conversation"]["state"] == "waiting"
+    assert created["conversation"]["contact"]["display_name"] == "Live"
+    received = await receive(ws, type_="message.received")
+    assert received["message"]["text"] == "Hola"
+    await ws.close()
+
+
+async def test_agents_only_see_their_queues(gw: Gateway) -> None:
+    ws = await open_stream(gw, "ana")  # sales only
+    support = await gw.visitor("S")
+    await gw.visitor_says(support["token"], "help", "c1")
+    sales = await gw.visitor("P")
+    await gw.visitor_says(sales["token"], "price?", "c2")
+    created = await receive(ws, type_="conversation.created")
+    assert created["conversation"]["queue"] == "sales"
+    await ws.close()
+
+
+async def test_replay_after_cursor_then_live(gw: Gateway) -> None:
+    ws = await open_stream(gw, "maria")
+    v = await gw.visitor("R")
+    await gw.visitor_says(v["token"], "one", "c1")
+    first = await receive(ws, type_="message.received")
+    await ws.close()
+    await gw.visitor_says(v["token"], "two", "c2")
+    await gw.visitor_says(v["token"], "three", "c3")
+    ws = await open_stream(gw, "maria", after=first["cursor"])
+    texts = [(await receive(ws, type_="message.received"))["message"]["text"] for _ in range(2)]
+    assert texts == ["two", "three"]
+    await gw.visitor_says(v["token"], "four", "c4")
+    assert (await receive(ws, type_="message.received"))["message"]["text"] == "four"
+    await ws.close()
+
+
+async def accepted_by_maria(gw: Gateway) -> str:
+    v = await gw.visitor("G")
+    await gw.visitor_says(v["token"], "hi", "c1")
+    _, inbox = await gw.get("maria", "/api/v1/inbox?state=waiting")
+    conv_id = str(inbox["conversations"][0]["id"])
+    assert (await gw.post("maria", f"/api/v1/conversations/{conv_id}/accept"))[0] == 200
+    return conv_id
+
+
+async def test_disconnect_past_grace_sets_pending(gw: Gateway) -> None:
+    ws = await open_stream(gw, "maria")
+    conv_id = await accepted_by_maria(gw)
+    await ws.close()
+    await wait_offline(gw, "maria")
+    gw.clock.advance(timedelta(seconds=29))
+    await gw.runtime.scheduler.run_once()
+    assert (await gw.get("maria", f"/api/v1/conversations/{conv_id}"))[1]["state"] == "active"
+    gw.clock.advance(timedelta(seconds=2))
+    await gw.runtime.scheduler.run_once()
+    _, body = await gw.get("maria", f"/api/v1/conversations/{conv_id}")
+    assert body["state"] == "pending" and body["agent"] == "maria"
+
+
+async def test_reconnect_within_grace_changes_nothing(gw: Gateway) -> None:
+    ws = await open_stream(gw, "maria")
+    conv_id = await accepted_by_maria(gw)
+    await ws.close()
+    await wait_offline(gw, "maria")
+    gw.clock.advance(timedelta(seconds=10))
+    ws = await open_stream(gw, "maria")
+    gw.clock.advance(timedelta(seconds=60))
+    await gw.runtime.scheduler.run_once()
+    _, body = await gw.get("maria", f"/api/v1/conversations/{conv_id}")
+    assert body["state"] == "active"
+    await ws.close()
+
+
+async def test_two_sockets_one_presence(gw: Gateway) -> None:
+    first = await open_stream(gw, "maria")
+    second = await open_stream(gw, "maria")
+    conv_id = await accepted_by_maria(gw)
+    await first.close()
+    gw.clock.advance(timedelta(minutes=5))
+    await gw.runtime.scheduler.run_once()
+    assert (await gw.get("maria", f"/api/v1/conversations/{conv_id}"))[1]["state"] == "active"
+    await second.close()
+
+
+async def wait_offline(gw: Gateway, agent: str) -> None:
+    """The server handles the close asynchronously; wait for the store to record it."""
+    presence = gw.runtime.presence
+    async with asyncio.timeout(5):
+        while True:
+            async with presence.changed:
+                state = (await gw.runtime.store.presence()).get(agent)
+                if state is not None and not state.online:
+                    return
+                await presence.changed.wait()
+
+
+async def test_automatic_distribution_assigns_online_agents(gw: Gateway) -> None:
+    # Nobody online: the sales conversation waits.
+    v = await gw.visitor("Auto")
+    await gw.visitor_says(v["token"], "price please", "c1")
+    _, waiting = await gw.get("ana", "/api/v1/inbox?state=waiting&queue=sales")
+    assert len(waiting["conversations"]) == 1
+    # Ana comes online: it is assigned to her at once, oldest first.
+    ws = await open_stream(gw, "ana")
+    assigned = await receive(ws, type_="conversation.updated")
+    assert assigned["change"] == "assigned" and assigned["conversation"]["agent"] == "ana"
+    # Ana's max_active is 1: the next one waits until she frees capacity.
+    v2 = await gw.visitor("Auto2")
+    await gw.visitor_says(v2["token"], "price again", "c2")
+    _, waiting = await gw.get("ana", "/api/v1/inbox?state=waiting&queue=sales")
+    assert len(waiting["conversations"]) == 1
+    first_id = assigned["conversation"]["id"]
+    assert (await gw.post("ana", f"/api/v1/conversations/{first_id}/close"))[0] == 200
+    _, active = await gw.get("ana", "/api/v1/inbox?state=active&queue=sales")
+    assert [c["contact"]["display_name"] for c in active["conversations"]] == ["Auto2"]
+    await ws.close()

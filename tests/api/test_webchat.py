@@ -1,0 +1,185 @@
+"""The web chat channel over real HTTP and WebSockets: the wire protocol of DESIGN section 5."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import timedelta
+from typing import Any
+
+from aiohttp import ClientWebSocketResponse, WSServerHandshakeError
+
+from tests.api.conftest import Gateway
+
+
+async def frame(ws: ClientWebSocketResponse, type_: str, timeout: float = 5) -> dict[str, Any]:
+    async with asyncio.timeout(timeout):
+        while True:
+            data = json.loads((await ws.receive()).data)
+            if data["type"] == type_:
+                return data  # type: ignore[no-any-return]
+
+
+async def visitor_socket(
+    gw: Gateway, token: str, after: str | None = None, origin: str | None = None
+) -> ClientWebSocketResponse:
+    url = f"/webchat/site/ws?token={token}" + (f"&after={after}" if after else "")
+    headers = {"Origin": origin} if origin else {}
+    return await gw.client.ws_connect(url, headers=headers)
+
+
+async def test_session_and_resume(gw: Gateway) -> None:
+    first = await gw.visitor("Ana")
+    assert first["visitor_id"].startswith("v_")
+    resp = await gw.client.post("/webchat/site/session", json={"token": first["token"]})
+    assert resp.status == 201
+    assert (await resp.json())["visitor_id"] == first["visitor_id"]
+    resp = await gw.client.post("/webchat/site/session", json={"token": first["token"] + "x"})
+    assert resp.status == 401
+    resp = await gw.client.post("/webchat/site/session", data=b"{oops")
+    assert resp.status == 400
+
+
+async def test_message_ack_and_resend_is_not_a_new_message(gw: Gateway) -> None:
+    v = await gw.visitor()
+    ws = await visitor_socket(gw, v["token"])
+    await ws.send_json({"type": "message", "text": "Hola", "client_id": "u-1"})
+    ack = await frame(ws, "ack")
+    assert ack["client_id"] == "u-1" and ack["message"]["text"] == "Hola"
+    await ws.send_json({"type": "message", "text": "Hola", "client_id": "u-1"})
+    again = await frame(ws, "ack")
+    assert again["message"]["id"] == ack["message"]["id"]
+    _, inbox = await gw.get("maria", "/api/v1/inbox?state=waiting")
+    conv_id = inbox["conversations"][0]["id"]
+    _, conv = await gw.get("maria", f"/api/v1/conversations/{conv_id}")
+    assert [m["text"] for m in conv["messages"]] == ["Hola"]
+    await ws.send_str("{broken")
+    error = await frame(ws, "error")
+    assert error["code"] == "invalid_request"
+    await ws.send_json({"type": "message", "text": "no id"})
+    assert (await frame(ws, "error"))["code"] == "invalid_request"
+    await ws.close()
+
+
+async def test_agent_reply_is_pushed_live_and_marked_delivered(gw: Gateway) -> None:
+    v = await gw.visitor()
+    ws = await visitor_socket(gw, v["token"])
+    await ws.send_json({"type": "message", "text": "Hola", "client_id": "u-1"})
+    await frame(ws, "ack")
+    _, inbox = await gw.get("maria", "/api/v1/inbox?state=waiting")
+    conv_id = inbox["conversations"][0]["id"]
+    await gw.post("maria", f"/api/v1/conversations/{conv_id}/accept")
+    await gw.post("maria", f"/api/v1/conversations/{conv_id}/messages", {"text": "¿En qué te ayudo?"})
+    pushed = await frame(ws, "message")
+    assert pushed["message"]["direction"] == "out"
+    assert pushed["message"]["text"] == "¿En qué te ayudo?"
+    assert "agent" not in pushed["message"] and "raw" not in pushed["message"]
+    await gw.settle()
+    _, conv = await gw.get("maria", f"/api/v1/conversations/{conv_id}")
+    assert conv["messages"][-1]["status"] == "delivered"
+    await ws.close()
+
+
+async def test_reconnect_with_after_replays_missed_replies_in_order(gw: Gateway) -> None:
+    v = await gw.visitor()
+    ws = await visitor_socket(gw, v["token"])
+    await ws.send_json({"type": "message", "text": "Hola", "client_id": "u-1"})
+    ack = await frame(ws, "ack")
+    await ws.close()
+    _, inbox = await gw.get("maria", "/api/v1/inbox?state=waiting")
+    conv_id = inbox["conversations"][0]["id"]
+    await gw.post("maria", f"/api/v1/conversations/{conv_id}/accept")
+    for text in ["one", "two", "three"]:
+        await gw.post("maria", f"/api/v1/conversations/{conv_id}/messages", {"text": text})
+    await gw.settle()
+    ws = await visitor_socket(gw, v["token"], after=ack["message"]["id"])
+    replayed = [(await frame(ws, "message"))["message"]["text"] for _ in range(3)]
+    assert replayed == ["one", "two", "three"]
+    # The same history over plain HTTP, for clients without sockets.
+    resp = await gw.client.get(
+        f"/webchat/site/messages?after={ack['message']['id']}",
+        headers={"Authorization": f"Bearer {v['token']}"},
+    )
+    assert [m["text"] for m in (await resp.json())["messages"]] == ["one", "two", "three"]
+    await ws.close()
+
+
+async def test_tokens_are_scoped_to_their_visitor(gw: Gateway) -> None:
+    ana = await gw.visitor("Ana")
+    bob = await gw.visitor("Bob")
+    await gw.visitor_says(ana["token"], "secret of ana", "a1")
+    resp = await gw.client.get(
+        "/webchat/site/messages", headers={"Authorization": f"Bearer {bob['token']}"}
+    )
+    assert (await resp.json())["messages"] == []
+    ws = await visitor_socket(gw, bob["token"], after="m_0")
+    await ws.send_json({"type": "message", "text": "bob here", "client_id": "b1"})
+    ack = await frame(ws, "ack")
+    assert ack["message"]["text"] == "bob here"  # and nothing of Ana's was replayed first
+    await ws.close()
+    try:
+        await gw.client.ws_connect("/webchat/site/ws?token=forged")
+        raise AssertionError("a forged token opened a socket")
+    except WSServerHandshakeError as exc:
+        assert exc.status == 401
+
+
+async def test_allowed_origins_are_enforced(gw: Gateway) -> None:
+    evil = {"Origin": "https://evil.example"}
+    resp = await gw.client.post("/webchat/site/session", json={}, headers=evil)
+    assert resp.status == 403
+    good = {"Origin": "https://shop.example.com"}
+    resp = await gw.client.post("/webchat/site/session", json={}, headers=good)
+    assert resp.status == 201
+    assert resp.headers["Access-Control-Allow-Origin"] == "https://shop.example.com"
+    token = (await resp.json())["token"]
+    try:
+        await visitor_socket(gw, token, origin="https://evil.example")
+        raise AssertionError("a foreign origin opened a socket")
+    except WSServerHandshakeError as exc:
+        assert exc.status == 403
+    ws = await visitor_socket(gw, token, origin="https://shop.example.com")
+    await ws.close()
+
+
+async def test_no_agent_timeout_makes_inactive_and_next_message_opens_new(gw: Gateway) -> None:
+    v = await gw.visitor()
+    first = await gw.visitor_says(v["token"], "anyone?", "c1")
+    gw.clock.advance(timedelta(minutes=4, seconds=59))
+    await gw.runtime.scheduler.run_once()
+    _, waiting = await gw.get("maria", "/api/v1/inbox?state=waiting")
+    assert len(waiting["conversations"]) == 1
+    gw.clock.advance(timedelta(seconds=1))
+    await gw.runtime.scheduler.run_once()
+    _, inactive = await gw.get("maria", "/api/v1/inbox?state=inactive")
+    assert [c["inactive_reason"] for c in inactive["conversations"]] == ["no_agent_available"]
+    assert inactive["conversations"][0]["contact"]["address"] == v["visitor_id"]
+    assert inactive["conversations"][0]["can_reply"] is False
+    second = await gw.visitor_says(v["token"], "hello again", "c2")
+    _, waiting = await gw.get("maria", "/api/v1/inbox?state=waiting")
+    assert len(waiting["conversations"]) == 1
+    assert waiting["conversations"][0]["id"] != inactive["conversations"][0]["id"]
+    assert first["message"]["id"] != second["message"]["id"]
+
+
+async def test_online_agent_keeps_the_visitor_waiting(gw: Gateway) -> None:
+    from tests.api.test_stream_presence import open_stream
+
+    ws = await open_stream(gw, "maria")
+    v = await gw.visitor()
+    await gw.visitor_says(v["token"], "anyone?", "c1")
+    gw.clock.advance(timedelta(minutes=6))
+    await gw.runtime.scheduler.run_once()
+    _, waiting = await gw.get("maria", "/api/v1/inbox?state=waiting")
+    assert len(waiting["conversations"]) == 1
+    await ws.close()
+
+
+async def test_widget_and_demo_are_served(gw: Gateway) -> None:
+    resp = await gw.client.get("/webchat/widget.js")
+    assert resp.status == 200
+    assert "javascript" in resp.headers["Content-Type"]
+    assert "textContent" in await resp.text()
+    resp = await gw.client.get("/webchat/site/demo")
+    page = await resp.text()
+    assert resp.status == 200 and 'data-channel="site"' in page
