@@ -1,8 +1,8 @@
 """Twilio as a WhatsApp provider: X-Twilio-Signature, form webhooks, REST sends.
 
 Sends go through twilio-python's async client so request shape and auth follow the library;
-its `AsyncTwilioHttpClient` is handed the gateway's shared aiohttp session instead of opening
-its own, and `api.base_url` is pointed at `api_base_url` (PROTOCOLS.md 1.5).
+its HTTP client runs on the gateway's shared aiohttp session (twilio_http.py), and
+`api.base_url` is pointed at `api_base_url` (PROTOCOLS.md 1.5).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import aiohttp
 import orjson
 from aiohttp import web
 from twilio.base.exceptions import TwilioRestException, TwilioServiceException
-from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
 from yarl import URL
 
@@ -29,6 +28,7 @@ from plugins.whatsapp.parsed import ParseResult
 from plugins.whatsapp.provider import redact
 from plugins.whatsapp.send_errors import classify, is_auth_failure
 from plugins.whatsapp.signatures import twilio_signature_valid
+from plugins.whatsapp.twilio_http import SharedSessionTwilioHttpClient
 from plugins.whatsapp.twilio_parse import STATUS_MAP, form_params, parse_twilio_form
 from plugins.whatsapp.webhook_http import json_error, twiml_ack
 
@@ -134,18 +134,19 @@ class TwilioProvider:
     def _twilio(self) -> Any:
         """Return the twilio-python client, aimed at api_base_url, on the shared session.
 
-        The client is built once; its HTTP client is re-pointed at `context.http` on every
-        call because the gateway owns that session (it exists only while the server runs).
+        Built once, lazily: the shared session exists only once the server runs, and the
+        HTTP client fetches it per request (see twilio_http.py).
         """
         if self._client is None:
-            http = AsyncTwilioHttpClient(pool_connections=False)
+            http = SharedSessionTwilioHttpClient(
+                lambda: self._context.http, self._config.request_timeout.total_seconds()
+            )
             client = Client(self._config.account_sid, self._token, http_client=http)
             # Edge/region from the environment would rewrite the host: api_base_url decides.
             client.edge = None
             client.region = None
             client.api.base_url = self._config.base_url
             self._client = client
-        self._client.http_client.session = self._context.http
         return self._client
 
     async def send(self, conversation: Conversation, message: Message) -> SendResult:
@@ -176,8 +177,8 @@ class TwilioProvider:
         """Basic auth only for Twilio's API host (or the stand-in), never for the CDN."""
         base = URL(self._config.base_url)
         if url.host == "api.twilio.com" or (url.host, url.port) == (base.host, base.port):
-            auth = aiohttp.BasicAuth(self._config.account_sid or "", self._token)
-            return {"Authorization": auth.encode()}
+            auth = aiohttp.encode_basic_auth(self._config.account_sid or "", self._token)
+            return {"Authorization": auth}
         return {}
 
     async def fetch_media(self, ref: str) -> Media:

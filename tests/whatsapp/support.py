@@ -52,6 +52,11 @@ def twilio_files() -> list[Path]:
     return sorted(p for p in TWILIO_DIR.iterdir() if p.suffix == ".txt")
 
 
+def fixture_bytes(path: Path) -> bytes:
+    """The exact bytes of a fixture file (what the provider signed)."""
+    return path.read_bytes()
+
+
 def twilio_pairs(path: Path) -> list[tuple[str, str]]:
     """Decoded form pairs of a Twilio fixture (`*.kv.txt` is one key=value per line)."""
     text = path.read_text()
