@@ -4,6 +4,7 @@ batches, the Meta handshake, size limits and ingest failures."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -56,7 +57,7 @@ def meta_adapter(
     return make_adapter(make_context(meta_config(**overrides), session, inbound))
 
 
-def _no_secrets(logs: list[dict[str, Any]], *extra: str) -> None:
+def _no_secrets(logs: Sequence[Mapping[str, Any]], *extra: str) -> None:
     text = repr(logs)
     for secret in (TWILIO_TOKEN, META_TOKEN, META_APP_SECRET, META_VERIFY, *extra):
         assert secret not in text
