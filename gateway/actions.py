@@ -87,7 +87,9 @@ class Actions:
         return await self._apply(
             conversation_id,
             agent,
-            lambda c, loads: lifecycle.accept(c, agent.context(loads.get(agent.id, 0)), self.clock.now()),
+            lambda c, loads: lifecycle.accept(
+                c, agent.context(loads.get(agent.id, 0)), self.clock.now()
+            ),
             max_active=agent.max_active,
             action="accepted",
         )
@@ -110,7 +112,9 @@ class Actions:
         return await self._apply(
             conversation_id,
             agent,
-            lambda c, loads: lifecycle.resume(c, agent.context(loads.get(agent.id, 0)), self.clock.now()),
+            lambda c, loads: lifecycle.resume(
+                c, agent.context(loads.get(agent.id, 0)), self.clock.now()
+            ),
             max_active=agent.max_active,
             action="resumed",
         )
@@ -121,7 +125,9 @@ class Actions:
         return await self._apply(
             conversation_id,
             agent,
-            lambda c, loads: lifecycle.close(c, agent.context(loads.get(agent.id, 0)), self.clock.now()),
+            lambda c, loads: lifecycle.close(
+                c, agent.context(loads.get(agent.id, 0)), self.clock.now()
+            ),
             action="closed",
         )
 

@@ -50,12 +50,11 @@ def create_app(
     for adapter in runtime.adapters.values():
         for route in adapter.routes():
             # Instances of one type share static assets (e.g. /webchat/widget.js): mount once.
-            key = (route.method, route.path) if isinstance(route, web.RouteDef) else None
-            if key is not None and key in mounted:
+            key = (route.method, route.path)
+            if key in mounted:
                 continue
-            if key is not None:
-                mounted.add(key)
-            app.router.add_route(route.method, route.path, route.handler)  # type: ignore[union-attr]
+            mounted.add(key)
+            app.router.add_route(route.method, route.path, route.handler, **route.kwargs)
     app.cleanup_ctx.extend([_store, _http, _hub, _adapters, _scheduler])
     return app
 

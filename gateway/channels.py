@@ -75,9 +75,7 @@ class ChannelConfig(BaseModel):
 
     def policy(self) -> ChannelPolicy:
         """Return the session rules the lifecycle applies to this channel's conversations."""
-        return ChannelPolicy(
-            reply_window=self.reply_window, no_agent_timeout=self.no_agent_timeout
-        )
+        return ChannelPolicy(reply_window=self.reply_window, no_agent_timeout=self.no_agent_timeout)
 
 
 @dataclass(frozen=True, slots=True)

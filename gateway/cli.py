@@ -79,7 +79,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     config, types, _ = _load(args.config)
     if args.host or args.port:
         server = config.server.model_copy(
-            update={"host": args.host or config.server.host, "port": args.port or config.server.port}
+            update={
+                "host": args.host or config.server.host,
+                "port": args.port or config.server.port,
+            }
         )
         config = config.model_copy(update={"server": server})
     try:
@@ -94,7 +97,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     print(f"gateway: serving on {base} (store: {config.store.backend})", flush=True)
     for channel in config.channels:
         if channel.type == "webchat":
-            print(f"gateway: web chat demo for {channel.name!r}: {base}/webchat/{channel.name}/demo", flush=True)
+            print(
+                f"gateway: web chat demo for {channel.name!r}: {base}/webchat/{channel.name}/demo",
+                flush=True,
+            )
     web.run_app(app, host=host, port=port, print=None, shutdown_timeout=30, access_log=None)
     return 0
 
@@ -121,9 +127,7 @@ async def _run_plugin_command(command: Command, args: argparse.Namespace) -> int
 
 
 def build_parser(commands: Sequence[Command]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="gateway", description="Customer-service channel gateway"
-    )
+    parser = argparse.ArgumentParser(prog="gateway", description="Customer-service channel gateway")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -163,9 +167,7 @@ def build_parser(commands: Sequence[Command]) -> argparse.ArgumentParser:
             target = groups[word]
         p = with_config(target.add_parser(leaf, help=command.help))
         command.configure(p)
-        p.set_defaults(
-            func=lambda a, c=command: asyncio.run(_run_plugin_command(c, a))
-        )
+        p.set_defaults(func=lambda a, c=command: asyncio.run(_run_plugin_command(c, a)))
     return parser
 
 

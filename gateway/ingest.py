@@ -136,7 +136,7 @@ class Ingestor:
         )
 
     async def status(self, status: DeliveryStatus) -> StatusResult:
-        """Apply a delivery report; a 'window closed' error also closes the conversation's window."""
+        """Apply a delivery report; a 'window closed' error also closes the window."""
         result = await self.store.apply_status(status)
         if result.message is None:
             log.warning(

@@ -275,7 +275,8 @@ def set_pending(
     """Set an active conversation aside; `requeue_after` arms its way back to waiting."""
     if conversation.state != State.ACTIVE:
         raise TransitionError(
-            "invalid_transition", f"only an active conversation can be set pending, not {conversation.state}"
+            "invalid_transition",
+            f"only an active conversation can be set pending, not {conversation.state}",
         )
     _require_assignee(conversation, agent_id)
     return _to_pending(conversation, now, queue_policy, "pending")
@@ -295,7 +296,8 @@ def resume(conversation: Conversation, agent: AgentContext, now: datetime) -> Tr
     """Take a pending conversation back, only while the channel still allows a reply."""
     if conversation.state != State.PENDING:
         raise TransitionError(
-            "invalid_transition", f"only a pending conversation can be resumed, not {conversation.state}"
+            "invalid_transition",
+            f"only a pending conversation can be resumed, not {conversation.state}",
         )
     _require_assignee(conversation, agent.id)
     if not can_reply(conversation, now):

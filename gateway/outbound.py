@@ -81,7 +81,7 @@ class OutboundRequest:
 
 
 def thread_headers(messages: list[Message]) -> dict[str, Any]:
-    """Return the reply-threading facts channels like email need: what we answer, what came before."""
+    """Return the threading facts channels like email need: what we answer, what came before."""
     ids = [m.provider_message_id for m in messages if m.provider_message_id]
     inbound = [m for m in messages if m.direction == Direction.IN and m.provider_message_id]
     subject = next((m.subject for m in reversed(messages) if m.subject), None)

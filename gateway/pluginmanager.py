@@ -7,6 +7,7 @@ third-party ones, so there is exactly one way a channel type reaches the gateway
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 from importlib import metadata
 
 import pluggy
@@ -52,14 +53,17 @@ def config_models(types: dict[str, ChannelType]) -> dict[str, type[ChannelConfig
 def describe_plugins(pm: pluggy.PluginManager) -> list[PluginInfo]:
     """List channel types with the version of the distribution that ships them."""
     dist_of: dict[int, str] = {}
-    for plugin, dist in pm.list_plugin_distinfo():
-        dist_of[id(plugin)] = f"{dist.project_name} {dist.version}"
+    for plugin, facade in pm.list_plugin_distinfo():
+        dist_of[id(plugin)] = f"{facade.project_name} {facade.version}"
     infos: list[PluginInfo] = []
     for impl in pm.hook.register_channel_types.get_hookimpls():
-        dist = dist_of.get(id(impl.plugin), "")
-        for channel_type in impl.function():
+        shipped_by = dist_of.get(id(impl.plugin), "")
+        registered = cast(list[ChannelType], impl.function())
+        for channel_type in registered:
             infos.append(
-                PluginInfo(channel_type.name, channel_type.version, dist, channel_type.description)
+                PluginInfo(
+                    channel_type.name, channel_type.version, shipped_by, channel_type.description
+                )
             )
     return sorted(infos, key=lambda i: i.channel_type)
 

@@ -158,7 +158,9 @@ class DeadlineHandler:
                 await self.store.clear_deadline(deadline.target, deadline.kind, deadline.due_at)
                 return
             now = self.clock.now()
-            presence = queue_presence(self.directory, conversation.queue, await self.store.presence())
+            presence = queue_presence(
+                self.directory, conversation.queue, await self.store.presence()
+            )
             transition = lifecycle.on_deadline(
                 conversation,
                 deadline.kind,
@@ -212,7 +214,10 @@ class DeadlineHandler:
             if conversation is None:
                 return []
             transition = lifecycle.agent_lost(
-                conversation, agent, self.clock.now(), self.directory.queue_policy(conversation.queue)
+                conversation,
+                agent,
+                self.clock.now(),
+                self.directory.queue_policy(conversation.queue),
             )
             if not transition.changed:
                 return []

@@ -31,7 +31,9 @@ NO_REQUEUE = QueuePolicy()
 
 
 def opened(policy: ChannelPolicy = WA, at: datetime = T0) -> Conversation:
-    return lifecycle.open_conversation("c_1", inbound(sent_at=at), "support", at, policy).conversation
+    return lifecycle.open_conversation(
+        "c_1", inbound(sent_at=at), "support", at, policy
+    ).conversation
 
 
 def active(agent: AgentContext = MARIA) -> Conversation:

@@ -311,9 +311,7 @@ class SqliteStore:
     # messages ----------------------------------------------------------------------------------
     async def ingest(self, inbound: InboundMessage, planner: IngestPlanner) -> IngestResult:
         def job(conn: sqlite3.Connection) -> IngestResult:
-            existing = _message_by_provider_id(
-                conn, inbound.channel, inbound.provider_message_id
-            )
+            existing = _message_by_provider_id(conn, inbound.channel, inbound.provider_message_id)
             if existing is not None:
                 conversation = _get_conversation(conn, existing.conversation_id)
                 if conversation is None:
@@ -375,7 +373,9 @@ class SqliteStore:
             if deliver_by is not None:
                 _set_deadline(conn, message_target(message.id), DELIVER_KIND, deliver_by)
             sent = Event(
-                type="message.sent", at=message.received_at, conversation=conversation,
+                type="message.sent",
+                at=message.received_at,
+                conversation=conversation,
                 message=message,
             )
             events = _append_events(conn, (*stamp_version(transition.events, conversation), sent))
@@ -813,9 +813,7 @@ def _apply_status(
     )
     conn.execute("UPDATE messages SET data = ? WHERE id = ?", (encode(updated), updated.id))
     conversation = _get_conversation(conn, updated.conversation_id)
-    event = Event(
-        type="message.status", at=status.at, conversation=conversation, message=updated
-    )
+    event = Event(type="message.status", at=status.at, conversation=conversation, message=updated)
     events = _append_events(conn, (event,))
     return StatusResult(updated, True, conversation, events)
 

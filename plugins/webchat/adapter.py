@@ -173,7 +173,9 @@ class WebchatAdapter(BaseAdapter):
             if name is not None and (not isinstance(name, str) or len(name) > MAX_NAME):
                 return self._cors(
                     request,
-                    _error(400, "invalid_request", f"display_name must be text of at most {MAX_NAME}"),
+                    _error(
+                        400, "invalid_request", f"display_name must be text of at most {MAX_NAME}"
+                    ),
                 )
             session = VisitorSession(self.name, new_id("v"), (name or "").strip() or None)
         fresh = self.signer.issue(session)
@@ -224,9 +226,7 @@ class WebchatAdapter(BaseAdapter):
         history = await self.context.history.list_contact_messages(
             self.name, session.visitor_id, after=request.query.get("after") or None
         )
-        return self._cors(
-            request, _json({"messages": [visitor_message_json(m) for m in history]})
-        )
+        return self._cors(request, _json({"messages": [visitor_message_json(m) for m in history]}))
 
     # socket ------------------------------------------------------------------------------------
     async def socket(self, request: web.Request) -> web.StreamResponse:
@@ -397,4 +397,3 @@ class WebchatAdapter(BaseAdapter):
         if message.template is not None:
             raise PermanentChannelError("web chat has no templates", provider_code="unsupported")
         return SendResult(provider_message_id=message.id, status=DeliveryState.SENT)
-

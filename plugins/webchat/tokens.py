@@ -36,7 +36,7 @@ class TokenSigner:
 
     def verify(self, token: str) -> VisitorSession:
         try:
-            data = self._serializer.loads(token, max_age=self._ttl.total_seconds())
+            data = self._serializer.loads(token, max_age=int(self._ttl.total_seconds()))
         except SignatureExpired:
             raise InvalidToken("the session expired") from None
         except BadSignature:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Callable, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,9 +39,11 @@ routing:
   - {{if: {{text: "(?i)price|precio"}}, queue: sales}}
   - {{queue: support}}
 agents:
-  - {{id: maria, name: Maria, token_sha256: "{sha(TOKENS['maria'])}", queues: [support, sales], max_active: 2}}
-  - {{id: jose, name: Jose, token_sha256: "{sha(TOKENS['jose'])}", queues: [support, sales], max_active: 2}}
-  - {{id: ana, name: Ana, token_sha256: "{sha(TOKENS['ana'])}", queues: [sales], max_active: 1}}
+  - {{id: maria, name: Maria, token_sha256: "{sha(TOKENS["maria"])}",
+      queues: [support, sales], max_active: 2}}
+  - {{id: jose, name: Jose, token_sha256: "{sha(TOKENS["jose"])}",
+      queues: [support, sales], max_active: 2}}
+  - {{id: ana, name: Ana, token_sha256: "{sha(TOKENS["ana"])}", queues: [sales], max_active: 1}}
 """
 
 

@@ -38,8 +38,19 @@ async def test_waiting_inbox_is_fifo_with_contract_shape(gw: Gateway) -> None:
     assert [c["id"] for c in body["conversations"]] == ids
     conv = body["conversations"][0]
     for key in [
-        "id", "state", "channel", "channel_type", "queue", "agent", "contact", "queued_at",
-        "last_message_at", "window_expires_at", "can_reply", "inactive_reason", "preview",
+        "id",
+        "state",
+        "channel",
+        "channel_type",
+        "queue",
+        "agent",
+        "contact",
+        "queued_at",
+        "last_message_at",
+        "window_expires_at",
+        "can_reply",
+        "inactive_reason",
+        "preview",
     ]:
         assert key in conv, key
     assert conv["state"] == "waiting" and conv["channel"] == "site"
@@ -92,7 +103,7 @@ async def test_two_agents_race_to_accept(gw: Gateway) -> None:
     assert loser["error"]["code"] == "already_taken"
     winner = next(body for status, body in results if status == 200)
     assert winner["conversation"]["state"] == "active"
-    status, body = await gw.get("maria", f"/api/v1/conversations/{conv_id}")
+    _, body = await gw.get("maria", f"/api/v1/conversations/{conv_id}")
     assert body["agent"] == winner["conversation"]["agent"]
 
 
@@ -156,9 +167,7 @@ async def test_bad_bodies_are_4xx_and_change_nothing(gw: Gateway) -> None:
     conv_id = await waiting_conversation(gw)
     base = f"/api/v1/conversations/{conv_id}"
     await gw.post("maria", f"{base}/accept")
-    resp = await gw.client.post(
-        f"{base}/messages", data=b"{not json", headers=gw.auth("maria")
-    )
+    resp = await gw.client.post(f"{base}/messages", data=b"{not json", headers=gw.auth("maria"))
     assert resp.status == 400 and (await resp.json())["error"]["code"] == "invalid_json"
     status, body = await gw.post("maria", f"{base}/messages", {"txt": "typo"})
     assert status == 400 and "txt" in body["error"]["message"]
@@ -185,13 +194,26 @@ async def test_events_are_resumable_by_cursor(gw: Gateway) -> None:
     assert types.count("message.received") == 3 and types.count("conversation.created") == 3
     received = next(e for e in page1["events"] if e["type"] == "message.received")
     message = received["message"]
-    for key in ["id", "channel", "channel_type", "provider", "provider_message_id",
-                "conversation_id", "contact", "sent_at", "received_at", "kind", "text",
-                "attachments", "reply_to", "raw"]:
+    for key in [
+        "id",
+        "channel",
+        "channel_type",
+        "provider",
+        "provider_message_id",
+        "conversation_id",
+        "contact",
+        "sent_at",
+        "received_at",
+        "kind",
+        "text",
+        "attachments",
+        "reply_to",
+        "raw",
+    ]:
         assert key in message, key
     status, empty = await gw.get("maria", f"/api/v1/events?after={page2['cursor']}")
     assert empty["events"] == [] and empty["cursor"] == page2["cursor"]
-    status, body = await gw.get("maria", "/api/v1/events?after=garbage")
+    status, _ = await gw.get("maria", "/api/v1/events?after=garbage")
     assert status == 400
 
 

@@ -69,7 +69,9 @@ async def test_agent_reply_is_pushed_live_and_marked_delivered(gw: Gateway) -> N
     _, inbox = await gw.get("maria", "/api/v1/inbox?state=waiting")
     conv_id = inbox["conversations"][0]["id"]
     await gw.post("maria", f"/api/v1/conversations/{conv_id}/accept")
-    await gw.post("maria", f"/api/v1/conversations/{conv_id}/messages", {"text": "¿En qué te ayudo?"})
+    await gw.post(
+        "maria", f"/api/v1/conversations/{conv_id}/messages", {"text": "¿En qué te ayudo?"}
+    )
     pushed = await frame(ws, "message")
     assert pushed["message"]["direction"] == "out"
     assert pushed["message"]["text"] == "¿En qué te ayudo?"

@@ -244,7 +244,9 @@ async def test_deadlines_follow_the_conversation(store: Store, clock: ManualCloc
     assert await store.next_due() is None
 
 
-async def test_clear_deadline_only_removes_the_claimed_one(store: Store, clock: ManualClock) -> None:
+async def test_clear_deadline_only_removes_the_claimed_one(
+    store: Store, clock: ManualClock
+) -> None:
     now = clock.now()
     await store.set_deadline("agent:x", GRACE_KIND, now)
     await store.set_deadline("agent:x", GRACE_KIND, now + timedelta(seconds=5))
@@ -294,7 +296,9 @@ async def test_outbound_idempotency_key(store: Store, clock: ManualClock) -> Non
 async def test_statuses_only_move_forward(store: Store, clock: ManualClock) -> None:
     conv = (await make_ingestor(store, clock).message(inbound())).conversation
     msg = outbound(conv.id, clock)
-    await store.add_outbound(lifecycle.agent_message(conv, msg, clock.now()), conv.version, msg, None)
+    await store.add_outbound(
+        lifecycle.agent_message(conv, msg, clock.now()), conv.version, msg, None
+    )
     sent = await store.record_send(msg.id, provider_message_id="SM1", status=None)
     assert sent.message is not None and sent.message.provider_message_id == "SM1"
 
@@ -320,7 +324,9 @@ async def test_statuses_only_move_forward(store: Store, clock: ManualClock) -> N
 async def test_failed_status_keeps_error(store: Store, clock: ManualClock) -> None:
     conv = (await make_ingestor(store, clock).message(inbound())).conversation
     msg = outbound(conv.id, clock)
-    await store.add_outbound(lifecycle.agent_message(conv, msg, clock.now()), conv.version, msg, None)
+    await store.add_outbound(
+        lifecycle.agent_message(conv, msg, clock.now()), conv.version, msg, None
+    )
     failed = DeliveryStatus("wa-main", "X", DeliveryState.FAILED, clock.now(), "131047", "window")
     result = await store.record_send(msg.id, provider_message_id="X", status=failed)
     assert result.moved and result.message is not None
@@ -368,15 +374,13 @@ async def test_counts_by_state(store: Store, clock: ManualClock) -> None:
 async def test_contact_messages_span_conversations(store: Store, clock: ManualClock) -> None:
     ingest = make_ingestor(store, clock)
     first = (await ingest.message(inbound("a", pid="1"))).conversation
-    conv, _ = await store.update_conversation(
+    await store.update_conversation(
         lifecycle.close(first, maria(), clock.now()), first.version
     )
     second = await ingest.message(inbound("b", pid="2"))
     everything = await store.list_contact_messages("wa-main", "+5511999990000")
     assert [m.text for m in everything] == ["a", "b"]
-    after = await store.list_contact_messages(
-        "wa-main", "+5511999990000", after=everything[0].id
-    )
+    after = await store.list_contact_messages("wa-main", "+5511999990000", after=everything[0].id)
     assert [m.id for m in after] == [second.message.id]
 
 
@@ -393,9 +397,7 @@ async def test_thread_refs_link_a_new_conversation(store: Store, clock: ManualCl
 async def test_non_waking_message_leaves_state_alone(store: Store, clock: ManualClock) -> None:
     ingest = make_ingestor(store, clock)
     first = (await ingest.message(inbound("a", pid="1"))).conversation
-    closed, _ = await store.update_conversation(
-        lifecycle.close(first, maria(), clock.now()), first.version
-    )
+    await store.update_conversation(lifecycle.close(first, maria(), clock.now()), first.version)
     auto = dataclasses.replace(
         inbound("I am away", pid="2"), wakes_conversation=False, thread_refs=("1",)
     )
@@ -420,7 +422,9 @@ async def test_survives_reopen(store: Store, clock: ManualClock) -> None:
 async def test_status_before_send_returns_is_kept(store: Store, clock: ManualClock) -> None:
     conv = (await make_ingestor(store, clock).message(inbound())).conversation
     msg = outbound(conv.id, clock)
-    await store.add_outbound(lifecycle.agent_message(conv, msg, clock.now()), conv.version, msg, None)
+    await store.add_outbound(
+        lifecycle.agent_message(conv, msg, clock.now()), conv.version, msg, None
+    )
     early = DeliveryStatus("wa-main", "SM9", DeliveryState.DELIVERED, clock.now())
     assert (await store.apply_status(early)).message is None
     sent = DeliveryStatus("wa-main", "SM9", DeliveryState.SENT, clock.now())

@@ -43,7 +43,10 @@ async def test_acknowledged_messages_survive_sigkill(tmp_path: Path) -> None:
     db = tmp_path / "kill.db"
     root = Path(__file__).resolve().parents[2]
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", WRITER, str(db),
+        sys.executable,
+        "-c",
+        WRITER,
+        str(db),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
         env={**os.environ, "PYTHONPATH": str(root)},
