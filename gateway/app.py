@@ -54,7 +54,7 @@ def create_app(
             if key in mounted:
                 continue
             mounted.add(key)
-            app.router.add_route(route.method, route.path, route.handler, **route.kwargs)
+            route.register(app.router)
     app.cleanup_ctx.extend([_store, _http, _hub, _adapters, _scheduler])
     return app
 
