@@ -51,7 +51,12 @@ class WhatsAppAdapter(BaseAdapter):
             log.warning("webhook.too_large", channel=self.name, provider=self.provider)
             return json_error(413, "payload_too_large", "webhook body is too large")
         if not self._provider.signature_ok(request, body):
-            log.warning("webhook.signature_invalid", channel=self.name, provider=self.provider)
+            log.warning(
+                "webhook.signature_invalid",
+                channel=self.name,
+                provider=self.provider,
+                peer=request.remote,
+            )
             return json_error(403, "invalid_signature", "missing or invalid webhook signature")
         try:
             result = self._provider.parse(body, self.context.clock.now())

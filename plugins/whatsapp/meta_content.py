@@ -30,6 +30,9 @@ class Content:
     updates: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     wakes_conversation: bool = True
+    """False for kinds that change or annotate earlier messages (reaction, edit, revoke) and
+    for WhatsApp's own notices (system): they are stored with the customer's conversation but
+    never open a new one or count as the customer writing (DESIGN.md section 2 window rule)."""
 
 
 def obj(container: dict[str, Any], key: str) -> dict[str, Any]:
@@ -153,9 +156,8 @@ def _reaction(msg: dict[str, Any]) -> Content:
         raise ValueError("reaction without message_id")
     emoji = str(reaction.get("emoji") or "")
     extra = {"removed": True} if not emoji else {}
-    # Removing a reaction is not a new customer request: it must not reopen a conversation.
     return Content(
-        "reaction", text=emoji, updates=str(target), extra=extra, wakes_conversation=bool(emoji)
+        "reaction", text=emoji, updates=str(target), extra=extra, wakes_conversation=False
     )
 
 
@@ -213,7 +215,12 @@ def _edit(msg: dict[str, Any]) -> Content:
     if isinstance(inner_context, dict) and inner_context.get("id"):
         extra["edited_context_id"] = inner_context["id"]
     return Content(
-        "edit", text=inner.text, attachments=inner.attachments, updates=str(target), extra=extra
+        "edit",
+        text=inner.text,
+        attachments=inner.attachments,
+        updates=str(target),
+        extra=extra,
+        wakes_conversation=False,
     )
 
 

@@ -43,10 +43,15 @@ class SharedSessionTwilioHttpClient(AsyncTwilioHttpClient):  # type: ignore[misc
         data: dict[str, object] | None = None,
         headers: dict[str, str] | None = None,
         auth: tuple[str, str] | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109 - twilio-python's interface
         allow_redirects: bool = False,
+        **options: Any,
     ) -> Response:
-        """Make one Twilio API request; aiohttp errors propagate for the caller to classify."""
+        """Make one Twilio API request; aiohttp errors propagate for the caller to classify.
+
+        twilio-python passes `timeout=` (seconds or None) among `options`; without one the
+        client's own timeout applies.
+        """
+        seconds = options.get("timeout") or self.timeout
         sent_headers = dict(headers or {})
         if auth is not None:
             sent_headers["Authorization"] = aiohttp.encode_basic_auth(auth[0], auth[1])
@@ -58,7 +63,7 @@ class SharedSessionTwilioHttpClient(AsyncTwilioHttpClient):  # type: ignore[misc
             url,
             params=_query(params),
             headers=sent_headers,
-            timeout=aiohttp.ClientTimeout(total=timeout or self.timeout),
+            timeout=aiohttp.ClientTimeout(total=seconds),
             allow_redirects=allow_redirects,
             **body,
         ) as resp:

@@ -176,7 +176,8 @@ class TwilioProvider:
     def _auth_headers(self, url: URL) -> dict[str, str]:
         """Basic auth only for Twilio's API host (or the stand-in), never for the CDN."""
         base = URL(self._config.base_url)
-        if url.host == "api.twilio.com" or (url.host, url.port) == (base.host, base.port):
+        on_base = (url.scheme, url.host, url.port) == (base.scheme, base.host, base.port)
+        if on_base or (url.scheme == "https" and url.host == "api.twilio.com"):
             auth = aiohttp.encode_basic_auth(self._config.account_sid or "", self._token)
             return {"Authorization": auth}
         return {}

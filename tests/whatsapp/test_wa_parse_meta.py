@@ -89,7 +89,7 @@ MESSAGES: dict[str, dict[str, Any]] = {
         "kind": "reaction",
         "text": "\U0001f62e",
         "updates": "wamid.yzxyzx=",
-        "wakes_conversation": True,
+        "wakes_conversation": False,
     },
     "msg_reaction_removed.json": {
         "kind": "reaction",
@@ -182,6 +182,7 @@ MESSAGES: dict[str, dict[str, Any]] = {
         "address": "+16505551234",
         "attachment": {"kind": "image", "media_id": "1234567890"},
         "extra": {"edited_kind": "image"},
+        "wakes_conversation": False,
     },
     "courier_wac_duplicate.json": {
         "kind": "text",
@@ -286,7 +287,13 @@ def test_every_fixture_maps(path: Path) -> None:
 
 @pytest.mark.parametrize("name", sorted(MESSAGES), ids=str)
 def test_message_expectations(name: str) -> None:
-    expected = {"address": PHONE, "display_name": NAME, "reply_to": None, **MESSAGES[name]}
+    expected = {
+        "address": PHONE,
+        "display_name": NAME,
+        "reply_to": None,
+        "wakes_conversation": True,
+        **MESSAGES[name],
+    }
     result = _parse(META_DIR / name)
     assert len(result.messages) == expected.get("count", 1)
     _check(result.messages[0], expected)
