@@ -109,3 +109,35 @@ def test_unknown_keys_and_bad_values() -> None:
     assert _errors({**base, "auth_token": "   ", "account_sid": "AC", "from": "whatsapp:+1"})[0][
         "loc"
     ] == ("auth_token",)
+
+
+def test_through_the_gateway_config_loader() -> None:
+    """The YAML of DESIGN.md section 3 loads, and errors name the key path without secrets."""
+    config_module = pytest.importorskip("gateway.config")
+    text = """
+server: {host: 127.0.0.1, port: 8080, public_url: "https://gw.example.com"}
+channels:
+  - {name: wa-main, type: whatsapp, provider: twilio, account_sid: ${TWILIO_ACCOUNT_SID},
+     auth_token: ${TWILIO_AUTH_TOKEN}, from: "whatsapp:+14155238886", reply_window: 24h}
+  - {name: wa-cloud, type: whatsapp, provider: cloud_api, phone_number_id: "1065",
+     access_token: ${WA_TOKEN}, app_secret: ${WA_APP_SECRET}, verify_token: ${WA_VERIFY}}
+queues: [{name: support, distribution: manual}]
+routing: [{queue: support}]
+"""
+    env = {
+        "TWILIO_ACCOUNT_SID": "AC1",
+        "TWILIO_AUTH_TOKEN": TWILIO_TOKEN,
+        "WA_TOKEN": META_TOKEN,
+        "WA_APP_SECRET": META_APP_SECRET,
+        "WA_VERIFY": "verify",
+    }
+    types = {"whatsapp": WhatsAppConfig}
+    loaded = config_module.parse_config(text, "config.yaml", types, env)
+    assert [c.provider for c in loaded.channels] == ["twilio", "cloud_api"]
+    broken = text.replace('from: "whatsapp:+14155238886"', "app_secret: ${WA_APP_SECRET}")
+    with pytest.raises(Exception) as info:
+        config_module.parse_config(broken, "config.yaml", types, env)
+    message = str(info.value)
+    assert "channels[0].app_secret" in message and "channels[0].from" in message
+    for secret in (TWILIO_TOKEN, META_TOKEN, META_APP_SECRET):
+        assert secret not in message
