@@ -139,6 +139,10 @@ class EventFeed(Protocol):
 
     def subscribe(self, accept: Callable[[Event], bool] = ..., maxsize: int = ...) -> Any: ...
 
+    def broadcast(self, event: Event) -> None:
+        """Fan out an ephemeral event (e.g. `conversation.typing`) without storing it."""
+        ...
+
 
 @dataclass(slots=True)
 class ChannelContext:

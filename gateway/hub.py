@@ -75,6 +75,15 @@ class EventHub:
         self._subscriptions.add(subscription)
         return subscription
 
+    def broadcast(self, event: Event) -> None:
+        """Fan out an ephemeral event (typing indicators) to this node's subscribers.
+
+        It is not stored and carries no cursor: a subscriber that misses it loses nothing
+        of the conversation.
+        """
+        for subscription in tuple(self._subscriptions):
+            subscription.offer(event)
+
     async def start(self) -> None:
         self.cursor = await self.store.last_cursor()
         self._task = asyncio.create_task(self._run(), name="event-hub")

@@ -12,8 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from gateway.api.http import json_response, read_json
 from gateway.api.serialize import conversation_json, message_json
 from gateway.appkeys import RUNTIME
-from gateway.errors import InvalidInput
-from gateway.model import Attachment, State
+from gateway.errors import InvalidInput, TransitionError
+from gateway.model import Attachment, Event, State
 from gateway.outbound import OutboundRequest
 
 routes = web.RouteTableDef()
@@ -181,6 +181,22 @@ async def close(request: web.Request) -> web.Response:
 @routes.post("/api/v1/conversations/{id}/transfer")
 async def transfer(request: web.Request) -> web.Response:
     return await _act(request, "transfer")
+
+
+@routes.post("/api/v1/conversations/{id}/typing")
+async def typing(request: web.Request) -> web.Response:
+    """Tell the customer the agent is typing (web chat shows it); nothing is stored."""
+    runtime = request.app[RUNTIME]
+    agent = runtime.auth.agent(request)
+    found = await runtime.actions.visible(request.match_info["id"], agent)
+    if found.agent != agent.id:
+        raise TransitionError("not_assignee", "only the assigned agent can type in it")
+    runtime.hub.broadcast(
+        Event(
+            type="conversation.typing", at=runtime.clock.now(), conversation=found, change="agent"
+        )
+    )
+    return web.Response(status=204)
 
 
 @routes.post("/api/v1/conversations/{id}/messages")

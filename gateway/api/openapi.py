@@ -138,6 +138,13 @@ def openapi_document() -> dict[str, Any]:
                     },
                 )
             },
+            "/api/v1/conversations/{id}/typing": {
+                "post": {
+                    "summary": "Show the customer that the assigned agent is typing (web chat); nothing is stored",
+                    "parameters": [{"$ref": "#/components/parameters/ConversationId"}],
+                    "responses": {"204": {"description": "Signalled"}, **_errors(401, 403, 404)},
+                }
+            },
             "/api/v1/conversations/{id}/messages": {
                 "post": {
                     "summary": "Send a reply: free text inside the window, a template any time",

@@ -99,7 +99,10 @@ async def _pump(
             try:
                 while True:
                     event = await subscription.get()
-                    if cursor is not None and event.cursor is not None and event.cursor <= cursor:
+                    if event.cursor is None:  # ephemeral (typing): not part of the log
+                        await _send(ws, event_json(event, runtime.clock.now()))
+                        continue
+                    if cursor is not None and event.cursor <= cursor:
                         continue
                     await _send(ws, event_json(event, runtime.clock.now()))
                     cursor = event.cursor

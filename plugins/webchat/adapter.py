@@ -246,16 +246,26 @@ class WebchatAdapter(BaseAdapter):
         def mine(event: Event) -> bool:
             message = event.message
             return (
-                event.type == "message.sent"
-                and message is not None
-                and message.channel == self.name
-                and message.contact is not None
-                and message.contact.address == address
-            ) or (
-                event.type == "conversation.updated"
-                and event.conversation is not None
-                and event.conversation.channel == self.name
-                and event.conversation.contact.address == address
+                (
+                    event.type == "message.sent"
+                    and message is not None
+                    and message.channel == self.name
+                    and message.contact is not None
+                    and message.contact.address == address
+                )
+                or (
+                    event.type == "conversation.typing"
+                    and event.change == "agent"
+                    and event.conversation is not None
+                    and event.conversation.channel == self.name
+                    and event.conversation.contact.address == address
+                )
+                or (
+                    event.type == "conversation.updated"
+                    and event.conversation is not None
+                    and event.conversation.channel == self.name
+                    and event.conversation.contact.address == address
+                )
             )
 
         subscription = self.context.events.subscribe(mine)
@@ -292,6 +302,9 @@ class WebchatAdapter(BaseAdapter):
                 sent_ids.add(message.id)
         while True:
             event = await subscription.get()
+            if event.type == "conversation.typing":
+                await ws.send_str(orjson.dumps({"type": "typing", "active": True}).decode())
+                continue
             if event.type == "conversation.updated" and event.conversation is not None:
                 await ws.send_str(
                     orjson.dumps(
@@ -337,6 +350,8 @@ class WebchatAdapter(BaseAdapter):
             )
             return
         if message is None:
+            if isinstance(frame, dict) and frame.get("type") == "typing":
+                await self._visitor_typing(session)
             return
         result = await self.context.inbound.message(message)
         await ws.send_str(
@@ -348,6 +363,20 @@ class WebchatAdapter(BaseAdapter):
                 }
             ).decode()
         )
+
+    async def _visitor_typing(self, session: VisitorSession) -> None:
+        conversation = await self.context.history.find_open_conversation(
+            self.name, session.visitor_id
+        )
+        if conversation is not None:
+            self.context.events.broadcast(
+                Event(
+                    type="conversation.typing",
+                    at=self.context.clock.now(),
+                    conversation=conversation,
+                    change="visitor",
+                )
+            )
 
     def _parse_frame(self, frame: Any, session: VisitorSession) -> InboundMessage | None:
         if not isinstance(frame, dict):

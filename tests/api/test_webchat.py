@@ -185,3 +185,25 @@ async def test_widget_and_demo_are_served(gw: Gateway) -> None:
     resp = await gw.client.get("/webchat/site/demo")
     page = await resp.text()
     assert resp.status == 200 and 'data-channel="site"' in page
+
+
+async def test_typing_flows_both_ways(gw: Gateway) -> None:
+    from tests.api.test_stream_presence import open_stream, receive
+
+    agent_ws = await open_stream(gw, "maria")
+    v = await gw.visitor()
+    ws = await visitor_socket(gw, v["token"])
+    await ws.send_json({"type": "message", "text": "Hola", "client_id": "u-1"})
+    await frame(ws, "ack")
+    await ws.send_json({"type": "typing"})
+    typing = await receive(agent_ws, type_="conversation.typing")
+    assert typing["change"] == "visitor" and typing["cursor"] is None
+    conv_id = typing["conversation"]["id"]
+    status, _ = await gw.post("jose", f"/api/v1/conversations/{conv_id}/typing")
+    assert status == 403  # not assigned to jose
+    await gw.post("maria", f"/api/v1/conversations/{conv_id}/accept")
+    resp = await gw.client.post(f"/api/v1/conversations/{conv_id}/typing", headers=gw.auth("maria"))
+    assert resp.status == 204
+    assert (await frame(ws, "typing"))["active"] is True
+    await ws.close()
+    await agent_ws.close()

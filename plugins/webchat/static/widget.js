@@ -21,6 +21,8 @@
   var retry = 0;
   var pending = {}; // client_id -> text, until acknowledged
   var shown = {};   // message id -> element
+  var typingTimer = null;
+  var lastTyping = 0;
 
   function load() {
     try { return JSON.parse(localStorage.getItem(storeKey)) || {}; } catch (e) { return {}; }
@@ -161,6 +163,8 @@
           if (frame.message.direction === "out") typing.textContent = "";
         } else if (frame.type === "typing") {
           typing.textContent = frame.active ? "Agent is typing…" : "";
+          clearTimeout(typingTimer);
+          typingTimer = setTimeout(function () { typing.textContent = ""; }, 5000);
         } else if (frame.type === "conversation" && frame.state === "inactive") {
           note("This conversation ended. Write again to start a new one.");
         } else if (frame.type === "conversation" && frame.state === "closed") {
@@ -194,7 +198,11 @@
     input.value = "";
   });
   input.addEventListener("input", function () {
-    if (ws && ws.readyState === 1) ws.send(JSON.stringify({type: "typing"}));
+    var now = Date.now();
+    if (ws && ws.readyState === 1 && now - lastTyping > 2000) {
+      lastTyping = now;
+      ws.send(JSON.stringify({type: "typing"}));
+    }
   });
 
   if (document.body) { mount(); } else { document.addEventListener("DOMContentLoaded", mount); }
