@@ -7,8 +7,8 @@ third-party ones, so there is exactly one way a channel type reaches the gateway
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import cast
 from importlib import metadata
+from typing import cast
 
 import pluggy
 
