@@ -1,0 +1,122 @@
+"""`gateway check` and `gateway route` as users run them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_shipped_config_is_valid(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "--config", str(ROOT / "config.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "site: type webchat" in out and "support: manual" in out
+    assert "routing[0]: always -> support" in out
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "config.yaml"
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+BAD_CONFIGS = {
+    "unknown key": ("queues: [{name: support, distrib: manual}]", "queues[0].distrib"),
+    "wrong type": ("server: {port: eighty}", "server.port"),
+    "duplicate channel": (
+        "channels: [{name: a, type: webchat}, {name: a, type: webchat}]\nqueues: [{name: q}]",
+        "channels[1].name",
+    ),
+    "unknown queue in route": (
+        "queues: [{name: support}]\nrouting: [{queue: salez}]",
+        "routing[0].queue",
+    ),
+    "unknown queue for agent": (
+        "queues: [{name: support}]\nagents: [{id: a, token_sha256: '"
+        + "0" * 64
+        + "', queues: [nope]}]",
+        "agents[0].queues",
+    ),
+    "missing variable": (
+        "channels: [{name: w, type: whatsapp, provider: cloud_api, phone_number_id: '1',"
+        " access_token: '${NOPE_TOKEN}', app_secret: s, verify_token: v}]\nqueues: [{name: q}]",
+        "NOPE_TOKEN",
+    ),
+    "bad duration": ("presence: {agent_disconnect_grace: soon}", "presence.agent_disconnect_grace"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
+def test_bad_configs_are_refused_naming_file_and_key(
+    case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text, key = BAD_CONFIGS[case]
+    path = write(tmp_path, text)
+    assert main(["check", "--config", path]) == 1
+    err = capsys.readouterr().err
+    assert path in err or "config.yaml" in err
+    assert key in err
+
+
+def test_errors_are_not_tracebacks_and_hide_secrets(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        channels:
+          - {name: w, type: whatsapp, provider: twilio, account_sid: AC1,
+             auth_token: "${TW_TOKEN}", from: "whatsapp:+1", app_secret: "${TW_TOKEN}"}
+        queues: [{name: q}]
+        """,
+    )
+    env = {"TW_TOKEN": "tw-very-secret-token", "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "check", "--config", path],
+        capture_output=True,
+        text=True,
+        env={**env, "PYTHONPATH": str(ROOT)},
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "tw-very-secret-token" not in result.stdout + result.stderr
+    assert "channels[0]" in result.stderr
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "--config", str(tmp_path / "nope.yaml")]) == 1
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_route_dry_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(
+        tmp_path,
+        """
+        channels: [{name: site, type: webchat}]
+        queues: [{name: sales}, {name: support}]
+        routing:
+          - {if: {channel: site, text: "(?i)precio|price"}, queue: sales}
+          - {if: {from: "+55*"}, queue: sales}
+          - {queue: support}
+        """,
+    )
+    assert main(["route", "--config", path, "--channel", "site", "--text", "Qual o PRECIO?"]) == 0
+    out = capsys.readouterr().out
+    assert "routing[0]" in out and "queue:   sales" in out
+    assert main(["route", "--config", path, "--channel", "site", "--from", "+5511999"]) == 0
+    assert "routing[1]" in capsys.readouterr().out
+    assert main(["route", "--config", path, "--channel", "site", "--text", "hi"]) == 0
+    out = capsys.readouterr().out
+    assert "routing[2]" in out and "queue:   support" in out
+    assert main(["route", "--config", path, "--channel", "nope"]) == 1
+    assert "no channel named 'nope'" in capsys.readouterr().err
+
+
+def test_empty_channels_is_valid(tmp_path: Path) -> None:
+    assert main(["check", "--config", write(tmp_path, "channels: []\n")]) == 0

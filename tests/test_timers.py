@@ -1,0 +1,129 @@
+"""The deadline scheduler: fires due deadlines once, survives restarts, races safely."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from pathlib import Path
+
+from gateway.clock import ManualClock
+from gateway.directory import AgentInfo, Directory, QueueInfo
+from gateway.ingest import Ingestor
+from gateway.lifecycle import ChannelPolicy
+from gateway.model import State
+from gateway.store.sqlite import SqliteStore
+from gateway.timers import DeadlineHandler, Scheduler
+from tests.conftest import inbound
+
+WA = ChannelPolicy(reply_window=timedelta(hours=24))
+DIRECTORY = Directory(
+    channels={"wa-main": WA},
+    queues={"support": QueueInfo("support", requeue_after=timedelta(minutes=10))},
+    agents={"maria": AgentInfo("maria", frozenset({"support"}), 5)},
+)
+
+
+def scheduler(store: SqliteStore, clock: ManualClock) -> Scheduler:
+    return Scheduler(store, clock, DeadlineHandler(store, clock, DIRECTORY))
+
+
+async def test_window_expiry_survives_a_restart(tmp_path: Path, clock: ManualClock) -> None:
+    db = tmp_path / "gw.db"
+    store = SqliteStore(db)
+    await store.open()
+    ingest = Ingestor(store, clock, lambda m: "support", DIRECTORY.policy)
+    conv = (await ingest.message(inbound())).conversation
+    await store.close()  # the process goes away; nothing lives in memory
+
+    clock.advance(timedelta(hours=24))
+    restarted = SqliteStore(db)
+    await restarted.open()
+    try:
+        assert await scheduler(restarted, clock).run_once() == 1
+        stored = await restarted.get_conversation(conv.id)
+        assert stored is not None and stored.state == State.INACTIVE
+        assert stored.inactive_reason == "window_expired"
+        assert await restarted.next_due() is None
+    finally:
+        await restarted.close()
+
+
+async def test_racing_schedulers_fire_each_deadline_once(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    db = tmp_path / "gw.db"
+    a, b = SqliteStore(db), SqliteStore(db)
+    await a.open()
+    await b.open()
+    try:
+        ingest = Ingestor(a, clock, lambda m: "support", DIRECTORY.policy)
+        for i in range(50):
+            await ingest.message(inbound(f"m{i}", address=f"+{i}", pid=f"p{i}"))
+        clock.advance(timedelta(hours=25))
+        fired = await asyncio.gather(scheduler(a, clock).run_once(), scheduler(b, clock).run_once())
+        assert sum(fired) == 50  # leases split the work; nobody fires one twice
+        inactive = await a.list_conversations(State.INACTIVE, limit=100)
+        assert len(inactive) == 50
+        changes = [e for e in await a.read_events(None, limit=1000) if e.change == "inactive"]
+        assert len(changes) == 50
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_stale_deadline_is_dropped(store: SqliteStore, clock: ManualClock) -> None:
+    ingest = Ingestor(store, clock, lambda m: "support", DIRECTORY.policy)
+    conv = (await ingest.message(inbound())).conversation
+    # The customer writes again an hour later: the old deadline is replaced, not fired.
+    clock.advance(timedelta(hours=1))
+    await ingest.message(inbound("again", pid="p2", sent_at=clock.now()))
+    clock.advance(timedelta(hours=23, minutes=30))
+    assert await scheduler(store, clock).run_once() == 0
+    stored = await store.get_conversation(conv.id)
+    assert stored is not None and stored.state == State.WAITING
+    clock.advance(timedelta(minutes=30))
+    assert await scheduler(store, clock).run_once() == 1
+
+
+async def test_requeue_after_puts_pending_back_in_order(
+    store: SqliteStore, clock: ManualClock
+) -> None:
+    from gateway import lifecycle
+
+    ingest = Ingestor(store, clock, lambda m: "support", DIRECTORY.policy)
+    first = (await ingest.message(inbound("a", address="+1", pid="1"))).conversation
+    clock.advance(timedelta(minutes=1))
+    second = (await ingest.message(inbound("b", address="+2", pid="2"))).conversation
+    agent = DIRECTORY.agents["maria"].context(0)
+    conv, _ = await store.update_conversation(
+        lifecycle.accept(first, agent, clock.now()), first.version
+    )
+    await store.update_conversation(
+        lifecycle.set_pending(conv, "maria", clock.now(), DIRECTORY.queue_policy("support")),
+        conv.version,
+    )
+    clock.advance(timedelta(minutes=10))
+    assert await scheduler(store, clock).run_once() == 1
+    waiting = await store.list_conversations(State.WAITING)
+    assert [c.id for c in waiting] == [first.id, second.id]
+
+
+async def test_run_forever_wakes_for_due_deadlines(store: SqliteStore, clock: ManualClock) -> None:
+    ingest = Ingestor(store, clock, lambda m: "support", DIRECTORY.policy)
+    conv = (await ingest.message(inbound())).conversation
+    fired = asyncio.Event()
+    handler = DeadlineHandler(store, clock, DIRECTORY)
+
+    async def observed(deadline):  # type: ignore[no-untyped-def]
+        await handler(deadline)
+        fired.set()
+
+    loop = Scheduler(store, clock, observed, poll_interval=0.01)
+    task = asyncio.create_task(loop.run_forever())
+    clock.advance(timedelta(hours=24))
+    loop.poke()
+    await asyncio.wait_for(fired.wait(), 5)
+    loop.stop()
+    await task
+    stored = await store.get_conversation(conv.id)
+    assert stored is not None and stored.state == State.INACTIVE
