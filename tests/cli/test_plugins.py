@@ -103,10 +103,11 @@ def installed_plugin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[
 def test_third_party_channel_is_listed(installed_plugin: dict[str, str]) -> None:
     result = run("plugins", env=installed_plugin)
     assert result.returncode == 0, result.stderr
-    line = next(l for l in result.stdout.splitlines() if l.startswith("acme_sms"))
+    lines = result.stdout.splitlines()
+    line = next(row for row in lines if row.startswith("acme_sms"))
     assert "2.3.4" in line and "acme-gateway-sms" in line
     for builtin in ("webchat", "whatsapp", "email"):
-        assert any(l.startswith(builtin) for l in result.stdout.splitlines()), builtin
+        assert any(row.startswith(builtin) for row in lines), builtin
 
 
 def test_third_party_config_is_validated(installed_plugin: dict[str, str], tmp_path: Path) -> None:
