@@ -94,13 +94,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(config, types)
     host, port = config.server.host, config.server.port
     base = f"http://{host}:{port}"
-    print(f"gateway: serving on {base} (store: {config.store.backend})", flush=True)
     for channel in config.channels:
         if channel.type == "webchat":
             print(
                 f"gateway: web chat demo for {channel.name!r}: {base}/webchat/{channel.name}/demo",
                 flush=True,
             )
+    print(f"gateway: serving on {base} (store: {config.store.backend})", flush=True)
     web.run_app(app, host=host, port=port, print=None, shutdown_timeout=30, access_log=None)
     return 0
 

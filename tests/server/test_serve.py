@@ -1,0 +1,96 @@
+"""`gateway serve` as a process: the shipped config, the README's curl walk-through, SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import subprocess
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from gateway.store.sqlite import SqliteStore
+from tests.server.conftest import ROOT, ServeProcess
+
+
+async def test_shipped_config_serves_the_demo_chat(shipped_gateway: ServeProcess) -> None:
+    banner = "".join(shipped_gateway.stdout_lines)
+    assert "/webchat/site/demo" in banner
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{shipped_gateway.base}/webchat/site/demo") as resp:
+            assert resp.status == 200
+            assert 'data-channel="site"' in await resp.text()
+        async with http.get(f"{shipped_gateway.base}/webchat/widget.js") as resp:
+            assert resp.status == 200
+
+
+def readme_walkthrough() -> str:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## From zero to an agent accepting a web chat, with curl", 1)[1]
+    blocks = re.findall(r"```sh\n(.*?)```", section, re.S)
+    assert blocks, "the README lost its curl walk-through"
+    return blocks[0]
+
+
+@pytest.mark.skipif(
+    subprocess.run(["which", "curl"], capture_output=True).returncode != 0,
+    reason="curl is part of every supported machine",
+)
+async def test_readme_curl_walkthrough_works(shipped_gateway: ServeProcess) -> None:
+    script = readme_walkthrough().replace("http://127.0.0.1:8080", shipped_gateway.base)
+    proc = await asyncio.create_subprocess_exec(
+        "bash",
+        "-euo",
+        "pipefail",
+        "-c",
+        script,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    output = out.decode()
+    assert proc.returncode == 0, err.decode()
+    assert '"state":"active"' in output  # accepted
+    assert '"status":"queued"' in output  # the reply was taken
+    assert "¿En qué te ayudo?" in output  # the visitor sees it
+    assert '"state":"closed"' in output
+
+
+async def test_sigterm_finishes_in_flight_and_loses_nothing_acknowledged(
+    shipped_gateway: ServeProcess, tmp_path: Path
+) -> None:
+    base = shipped_gateway.base
+    acknowledged: list[str] = []
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{base}/webchat/site/session", json={}) as resp:
+            token = (await resp.json())["token"]
+        headers = {"Authorization": f"Bearer {token}"}
+
+        async def send(i: int) -> None:
+            try:
+                async with http.post(
+                    f"{base}/webchat/site/messages",
+                    json={"text": f"m{i}", "client_id": f"c{i}"},
+                    headers=headers,
+                ) as resp:
+                    if resp.status == 201:
+                        acknowledged.append((await resp.json())["message"]["id"])
+            except aiohttp.ClientError:
+                pass  # not acknowledged: the client would retry with the same client_id
+
+        first = [asyncio.create_task(send(i)) for i in range(100)]
+        await asyncio.sleep(0)
+        shipped_gateway.proc.send_signal(signal.SIGTERM)
+        await asyncio.gather(*first)
+    code = await asyncio.wait_for(shipped_gateway.proc.wait(), 40)
+    assert code == 0
+    assert acknowledged, "nothing was acknowledged before the shutdown"
+    store = SqliteStore(tmp_path / "var" / "gateway.db")
+    await store.open()
+    try:
+        for message_id in acknowledged:
+            assert await store.get_message(message_id) is not None, message_id
+    finally:
+        await store.close()
