@@ -75,13 +75,16 @@ async def test_sigterm_finishes_in_flight_and_loses_nothing_acknowledged(
                 ) as resp:
                     if resp.status == 201:
                         acknowledged.append((await resp.json())["message"]["id"])
+                        if len(acknowledged) >= 10:
+                            some_acknowledged.set()
             except aiohttp.ClientError:
                 pass  # not acknowledged: the client would retry with the same client_id
 
-        first = [asyncio.create_task(send(i)) for i in range(100)]
-        await asyncio.sleep(0)
-        shipped_gateway.proc.send_signal(signal.SIGTERM)
-        await asyncio.gather(*first)
+        some_acknowledged = asyncio.Event()
+        sends = [asyncio.create_task(send(i)) for i in range(200)]
+        await asyncio.wait_for(some_acknowledged.wait(), 30)
+        shipped_gateway.proc.send_signal(signal.SIGTERM)  # the rest are in flight or queued
+        await asyncio.gather(*sends)
     code = await asyncio.wait_for(shipped_gateway.proc.wait(), 40)
     assert code == 0
     assert acknowledged, "nothing was acknowledged before the shutdown"
