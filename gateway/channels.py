@@ -137,7 +137,14 @@ class EventSubscription(Protocol):
 class EventFeed(Protocol):
     """Live events committed by any node, for channels that push to customers (web chat)."""
 
-    def subscribe(self, accept: Callable[[Event], bool] = ..., maxsize: int = ...) -> Any: ...
+    def subscribe(
+        self,
+        accept: Callable[[Event], bool] = ...,
+        maxsize: int = ...,
+        key: tuple[str, str] | None = None,
+    ) -> Any:
+        """Subscribe to live events; `key=(channel, address)` narrows to one customer."""
+        ...
 
     def broadcast(self, event: Event) -> None:
         """Fan out an ephemeral event (e.g. `conversation.typing`) without storing it."""

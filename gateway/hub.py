@@ -20,6 +20,16 @@ from gateway.store.base import Store
 log = structlog.get_logger("gateway.hub")
 
 Filter = Callable[[Event], bool]
+Key = tuple[str, str]
+
+
+def event_key(event: Event) -> Key | None:
+    """The (channel, contact address) an event is about: how per-customer sockets subscribe."""
+    if event.conversation is not None:
+        return (event.conversation.channel, event.conversation.contact.address)
+    if event.message is not None and event.message.contact is not None:
+        return (event.message.channel, event.message.contact.address)
+    return None
 
 
 class Overflow(Exception):
@@ -27,9 +37,10 @@ class Overflow(Exception):
 
 
 class Subscription:
-    def __init__(self, hub: EventHub, accept: Filter, maxsize: int) -> None:
+    def __init__(self, hub: EventHub, accept: Filter, maxsize: int, key: Key | None) -> None:
         self._hub = hub
         self._accept = accept
+        self.key = key
         self._queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize)
         self.overflowed = False
 
@@ -51,7 +62,7 @@ class Subscription:
         return event
 
     def close(self) -> None:
-        self._hub._subscriptions.discard(self)
+        self._hub._remove(self)
 
     def __aiter__(self) -> AsyncIterator[Event]:
         return self._iterate()
@@ -66,14 +77,43 @@ class EventHub:
         self.store = store
         self.poll_timeout = poll_timeout
         self._subscriptions: set[Subscription] = set()
+        self._by_key: dict[Key, set[Subscription]] = {}
         self.cursor: str | None = None
         self._task: asyncio.Task[None] | None = None
         self.progress = asyncio.Condition()
 
-    def subscribe(self, accept: Filter = lambda e: True, maxsize: int = 10_000) -> Subscription:
-        subscription = Subscription(self, accept, maxsize)
-        self._subscriptions.add(subscription)
+    def subscribe(
+        self, accept: Filter = lambda e: True, maxsize: int = 10_000, key: Key | None = None
+    ) -> Subscription:
+        """Subscribe to live events; with `key`, only events about that (channel, address).
+
+        Keyed subscriptions are found by a dict lookup, so thousands of visitor sockets do not
+        each inspect every event.
+        """
+        subscription = Subscription(self, accept, maxsize, key)
+        if key is None:
+            self._subscriptions.add(subscription)
+        else:
+            self._by_key.setdefault(key, set()).add(subscription)
         return subscription
+
+    def _remove(self, subscription: Subscription) -> None:
+        if subscription.key is None:
+            self._subscriptions.discard(subscription)
+            return
+        keyed = self._by_key.get(subscription.key)
+        if keyed is not None:
+            keyed.discard(subscription)
+            if not keyed:
+                del self._by_key[subscription.key]
+
+    def _offer(self, event: Event) -> None:
+        for subscription in tuple(self._subscriptions):
+            subscription.offer(event)
+        key = event_key(event)
+        if key is not None and key in self._by_key:
+            for subscription in tuple(self._by_key[key]):
+                subscription.offer(event)
 
     def broadcast(self, event: Event) -> None:
         """Fan out an ephemeral event (typing indicators) to this node's subscribers.
@@ -81,8 +121,7 @@ class EventHub:
         It is not stored and carries no cursor: a subscriber that misses it loses nothing
         of the conversation.
         """
-        for subscription in tuple(self._subscriptions):
-            subscription.offer(event)
+        self._offer(event)
 
     async def start(self) -> None:
         self.cursor = await self.store.last_cursor()
@@ -106,8 +145,7 @@ class EventHub:
                 await asyncio.sleep(1.0)
                 continue
             for event in events:
-                for subscription in tuple(self._subscriptions):
-                    subscription.offer(event)
+                self._offer(event)
                 self.cursor = event.cursor
             if events:
                 async with self.progress:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import threading
 import time
 
@@ -10,6 +11,9 @@ _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _lock = threading.Lock()
 _last_ms = 0
 _last_rand = 0
+# Uniqueness, not secrecy, is needed here: a PRNG seeded once from the OS is enough, and
+# reading os.urandom for every id costs a syscall on the hot path.
+_random = random.Random(os.urandom(32))
 
 
 def _encode(value: int, length: int) -> str:
@@ -29,7 +33,7 @@ def ulid(now_ms: int | None = None) -> str:
             ms = _last_ms
             rand = _last_rand + 1
         else:
-            rand = int.from_bytes(os.urandom(10), "big") >> 1
+            rand = _random.getrandbits(79)
         _last_ms, _last_rand = ms, rand
     return _encode(ms, 10) + _encode(rand, 16)
 

@@ -268,7 +268,7 @@ class WebchatAdapter(BaseAdapter):
                 )
             )
 
-        subscription = self.context.events.subscribe(mine)
+        subscription = self.context.events.subscribe(mine, key=(self.name, address))
         pump = asyncio.create_task(self._pump(ws, subscription, session, after))
         try:
             async for msg in ws:
