@@ -38,6 +38,11 @@ Rules an adapter follows:
   `closes_window=True` when the provider says the reply window is closed).
 - Never block the event loop and never create an HTTP session per call: use `context.http`.
 - Never import another adapter or anything under `plugins/`.
+
+Optional capabilities an adapter may add, found by `isinstance` on the running adapter:
+
+- `MediaSource`: download the media of an inbound attachment on an agent's request
+  (`GET /api/v1/conversations/{id}/messages/{message_id}/attachments/{index}`).
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ from gateway.clock import Clock
 from gateway.durations import Duration
 from gateway.lifecycle import ChannelPolicy
 from gateway.model import (
+    Attachment,
     Conversation,
     DeliveryState,
     DeliveryStatus,
@@ -217,6 +223,33 @@ class ChannelAdapter(Protocol):
 
     def health(self) -> ChannelHealth:
         """Report whether the channel is working (shown by /readyz and /metrics)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class MediaContent:
+    """Downloaded media: the bytes and the type the provider declared (None if it did not)."""
+
+    data: bytes
+    mime_type: str | None = None
+
+
+@runtime_checkable
+class MediaSource(Protocol):
+    """An adapter that can fetch the media behind its inbound attachments.
+
+    Attachments only reference media at the provider (an id or a URL that needs credentials
+    and may expire), so agents download through the gateway, which asks the adapter. The
+    adapter decides which hosts it will contact: a URL in an attachment came from a webhook
+    and must never make the gateway fetch an arbitrary address (server-side request forgery).
+
+    Raise `TransientChannelError` when the provider may answer later and
+    `PermanentChannelError` when it refused or the reference is unusable; the API answers
+    both with 502 and the error's message.
+    """
+
+    async def fetch_media(self, attachment: Attachment) -> MediaContent:
+        """Download the media `attachment` refers to."""
         ...
 
 

@@ -11,10 +11,16 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.channels import BaseAdapter, ChannelContext, ChannelHealth, SendResult
-from gateway.model import Conversation, Message
+from gateway.channels import (
+    BaseAdapter,
+    ChannelContext,
+    ChannelHealth,
+    MediaContent,
+    SendResult,
+)
+from gateway.errors import PermanentChannelError
+from gateway.model import Attachment, Conversation, Message
 from plugins.whatsapp.config import WhatsAppConfig
-from plugins.whatsapp.media import Media
 from plugins.whatsapp.meta_provider import MetaProvider
 from plugins.whatsapp.parsed import MalformedPayload, ParseResult
 from plugins.whatsapp.provider import Provider
@@ -123,9 +129,17 @@ class WhatsAppAdapter(BaseAdapter):
         """Deliver an agent message; raises Transient/PermanentChannelError (core retries)."""
         return await self._provider.send(conversation, message)
 
-    async def fetch_media(self, ref: str) -> Media:
-        """Download an inbound attachment (URL, or Meta media id) from the provider's hosts."""
-        return await self._provider.fetch_media(ref)
+    async def fetch_media(self, attachment: Attachment) -> MediaContent:
+        """Download an inbound attachment from the provider's hosts (`MediaSource`).
+
+        A Meta media id is preferred to the URL beside it: lookaside URLs expire after about
+        five minutes, while the id resolves to a fresh one. Twilio only gives URLs.
+        """
+        ref = attachment.media_id or attachment.url
+        if not ref:
+            raise PermanentChannelError("the attachment has neither a media id nor a URL")
+        media = await self._provider.fetch_media(ref)
+        return MediaContent(data=media.data, mime_type=media.mime_type)
 
     def health(self) -> ChannelHealth:
         if self._provider.auth_problem:

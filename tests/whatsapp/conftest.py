@@ -42,18 +42,24 @@ def serve(
 
 
 @pytest.fixture
-async def fake_twilio(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> FakeTwilio:
+async def fake_twilio(
+    aiohttp_server: Callable[..., Awaitable[TestServer]],
+) -> AsyncIterator[FakeTwilio]:
     """A stand-in Twilio REST API on loopback; point `api_base_url` at `fake.base_url`."""
     fake = FakeTwilio()
     server = await aiohttp_server(fake.app())
     fake.base_url = str(server.make_url("")).rstrip("/")
-    return fake
+    yield fake
+    fake.release()  # hanging sends answer now, so the server closes without waiting on them
 
 
 @pytest.fixture
-async def fake_graph(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> FakeGraph:
+async def fake_graph(
+    aiohttp_server: Callable[..., Awaitable[TestServer]],
+) -> AsyncIterator[FakeGraph]:
     """A stand-in Graph API on loopback; point `api_base_url` at `fake.base_url`."""
     fake = FakeGraph()
     server = await aiohttp_server(fake.app())
     fake.base_url = str(server.make_url("")).rstrip("/")
-    return fake
+    yield fake
+    fake.release()

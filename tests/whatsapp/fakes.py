@@ -1,9 +1,20 @@
 """Stand-in provider APIs as small aiohttp apps: they answer like Twilio's REST API and Meta's
-Graph API (including their error bodies) and record what the adapter sent."""
+Graph API (including their error bodies) and record what the adapter sent.
+
+Knobs a test may set on either stand-in, applied to each send in this order:
+
+- `hang`: the next N sends wait until `release()` (the caller's timeout fires first);
+- `delay`: seconds every send waits before answering;
+- `replies`: scripted `(status, body)` answers, used up one per send (errors, odd bodies);
+- `next_ids`: the provider ids successful sends return (else generated ones);
+- `before_reply`: awaited with the call and the id about to be returned, before answering:
+  how a test makes the provider report a status before its send API has answered.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +31,48 @@ class Call:
     headers: dict[str, str]
     form: dict[str, list[str]] = field(default_factory=dict)
     json: Any = None
+
+
+BeforeReply = Callable[["Call", str], Awaitable[None]]
+
+
+class _Knobs:
+    """The per-send behaviour both stand-ins share (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.calls: list[Call] = []
+        self.replies: list[tuple[int, Any]] = []
+        self.delay = 0.0
+        self.hang = 0
+        self.next_ids: list[str] = []
+        self.before_reply: BeforeReply | None = None
+        self.base_url = ""
+        self._released = asyncio.Event()
+
+    def release(self) -> None:
+        """Let every hanging send answer (fixtures call this before the server closes)."""
+        self._released.set()
+
+    async def _scripted(self) -> web.Response | None:
+        """Wait as told, then return the next scripted answer (None: answer normally)."""
+        if self.hang > 0:
+            self.hang -= 1
+            await self._released.wait()
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.replies:
+            status, reply = self.replies.pop(0)
+            if isinstance(reply, str):
+                return web.Response(text=reply, status=status)
+            return web.json_response(reply, status=status)
+        return None
+
+    async def _accepting(self, call: Call, generated: str) -> str:
+        """Pick the id a successful send returns and run `before_reply` with it."""
+        provider_id = self.next_ids.pop(0) if self.next_ids else generated
+        if self.before_reply is not None:
+            await self.before_reply(call, provider_id)
+        return provider_id
 
 
 def twilio_error(code: int, message: str, status: int = 400) -> tuple[int, dict[str, Any]]:
@@ -47,14 +100,8 @@ def meta_error(code: int, message: str, status: int = 400) -> tuple[int, dict[st
     return status, body
 
 
-class FakeTwilio:
+class FakeTwilio(_Knobs):
     """`POST /2010-04-01/Accounts/{sid}/Messages.json` plus media URLs and redirects."""
-
-    def __init__(self) -> None:
-        self.calls: list[Call] = []
-        self.replies: list[tuple[int, Any]] = []
-        self.delay = 0.0
-        self.base_url = ""
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -76,21 +123,16 @@ class FakeTwilio:
             status, body = twilio_error(20003, "Authenticate", 401)
             return web.json_response(body, status=status)
         form = await request.post()
-        self.calls.append(
-            Call(
-                request.path,
-                dict(request.headers),
-                form={k: [str(v) for v in form.getall(k)] for k in set(form.keys())},
-            )
+        call = Call(
+            request.path,
+            dict(request.headers),
+            form={k: [str(v) for v in form.getall(k)] for k in set(form.keys())},
         )
-        if self.delay:
-            await asyncio.sleep(self.delay)
-        if self.replies:
-            status, reply = self.replies.pop(0)
-            if isinstance(reply, str):
-                return web.Response(text=reply, status=status)
-            return web.json_response(reply, status=status)
-        sid = f"SM{len(self.calls):032d}"
+        self.calls.append(call)
+        scripted = await self._scripted()
+        if scripted is not None:
+            return scripted
+        sid = await self._accepting(call, f"SM{len(self.calls):032d}")
         return web.json_response(
             {"sid": sid, "status": "queued", "to": form.get("To"), "account_sid": TWILIO_SID},
             status=201,
@@ -108,14 +150,8 @@ class FakeTwilio:
         raise web.HTTPFound("http://169.254.169.254/latest/meta-data/")
 
 
-class FakeGraph:
+class FakeGraph(_Knobs):
     """`POST /{version}/{phone_number_id}/messages`, `GET /{version}/{media_id}`, media bytes."""
-
-    def __init__(self) -> None:
-        self.calls: list[Call] = []
-        self.replies: list[tuple[int, Any]] = []
-        self.delay = 0.0
-        self.base_url = ""
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -137,19 +173,17 @@ class FakeGraph:
         if not self._authorized(request):
             return self._denied()
         body = await request.json()
-        self.calls.append(Call(request.path, dict(request.headers), json=body))
-        if self.delay:
-            await asyncio.sleep(self.delay)
-        if self.replies:
-            status, reply = self.replies.pop(0)
-            if isinstance(reply, str):
-                return web.Response(text=reply, status=status)
-            return web.json_response(reply, status=status)
+        call = Call(request.path, dict(request.headers), json=body)
+        self.calls.append(call)
+        scripted = await self._scripted()
+        if scripted is not None:
+            return scripted
+        wamid = await self._accepting(call, f"wamid.OUT{len(self.calls)}")
         return web.json_response(
             {
                 "messaging_product": "whatsapp",
                 "contacts": [{"input": body.get("to"), "wa_id": body.get("to")}],
-                "messages": [{"id": f"wamid.OUT{len(self.calls)}", "message_status": "accepted"}],
+                "messages": [{"id": wamid, "message_status": "accepted"}],
             }
         )
 

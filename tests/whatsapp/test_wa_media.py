@@ -9,7 +9,9 @@ import aiohttp
 import pytest
 from yarl import URL
 
+from gateway.channels import MediaSource
 from gateway.errors import PermanentChannelError
+from gateway.model import Attachment
 from plugins.whatsapp import make_adapter
 from plugins.whatsapp.media import META_MEDIA_HOSTS, TWILIO_MEDIA_HOSTS, HostPolicy, download
 from tests.whatsapp.fakes import PNG, FakeGraph, FakeTwilio
@@ -22,6 +24,17 @@ from tests.whatsapp.support import (
 )
 
 MEDIA_PATH = f"/2010-04-01/Accounts/{TWILIO_SID}/Messages/MM1/Media/ME1"
+
+
+def by_url(url: str) -> Attachment:
+    return Attachment(kind="image", url=url)
+
+
+def by_ref(ref: str) -> Attachment:
+    """A Meta attachment: a URL when it looks like one, else a media id."""
+    if ref.startswith(("http://", "https://")):
+        return Attachment(kind="image", url=ref)
+    return Attachment(kind="image", media_id=ref)
 
 
 @pytest.mark.parametrize(
@@ -78,10 +91,11 @@ async def test_twilio_fetch_from_api_host(
     adapter = make_adapter(
         make_context(twilio_config(api_base_url=fake_twilio.base_url), http_session)
     )
-    media = await adapter.fetch_media(fake_twilio.base_url + MEDIA_PATH)
+    assert isinstance(adapter, MediaSource)
+    media = await adapter.fetch_media(by_url(fake_twilio.base_url + MEDIA_PATH))
     assert media.data == PNG and media.mime_type == "image/png"
     # A redirect that stays on an allowed host is followed (and re-checked).
-    media = await adapter.fetch_media(fake_twilio.base_url + "/redirect-in")
+    media = await adapter.fetch_media(by_url(fake_twilio.base_url + "/redirect-in"))
     assert media.data == PNG
 
 
@@ -102,7 +116,7 @@ async def test_twilio_refuses_other_hosts(
         make_context(twilio_config(api_base_url=fake_twilio.base_url), http_session)
     )
     with pytest.raises(PermanentChannelError):
-        await adapter.fetch_media(url)
+        await adapter.fetch_media(by_url(url))
 
 
 async def test_twilio_refuses_redirect_off_list(
@@ -112,7 +126,7 @@ async def test_twilio_refuses_redirect_off_list(
         make_context(twilio_config(api_base_url=fake_twilio.base_url), http_session)
     )
     with pytest.raises(PermanentChannelError) as info:
-        await adapter.fetch_media(fake_twilio.base_url + "/redirect-out")
+        await adapter.fetch_media(by_url(fake_twilio.base_url + "/redirect-out"))
     assert "169.254.169.254" in str(info.value)
 
 
@@ -122,7 +136,7 @@ async def test_meta_fetch_by_media_id(
     adapter = make_adapter(
         make_context(meta_config(api_base_url=fake_graph.base_url), http_session)
     )
-    media = await adapter.fetch_media("m1")
+    media = await adapter.fetch_media(by_ref("m1"))
     assert media.data == PNG
     assert media.mime_type == "image/png"  # the Graph API's declared type wins
 
@@ -143,7 +157,7 @@ async def test_meta_refuses(
         make_context(meta_config(api_base_url=fake_graph.base_url), http_session)
     )
     with pytest.raises(PermanentChannelError):
-        await adapter.fetch_media(ref)
+        await adapter.fetch_media(by_ref(ref))
 
 
 async def test_unknown_media_id(fake_graph: FakeGraph, http_session: aiohttp.ClientSession) -> None:
@@ -151,7 +165,7 @@ async def test_unknown_media_id(fake_graph: FakeGraph, http_session: aiohttp.Cli
         make_context(meta_config(api_base_url=fake_graph.base_url), http_session)
     )
     with pytest.raises(PermanentChannelError) as info:
-        await adapter.fetch_media("m404")
+        await adapter.fetch_media(by_ref("m404"))
     assert info.value.provider_code == "100"
 
 
@@ -176,3 +190,23 @@ async def test_size_cap(fake_twilio: FakeTwilio, http_session: aiohttp.ClientSes
             max_bytes=10,
         )
     assert "larger than 10 bytes" in str(info.value)
+
+
+async def test_meta_prefers_media_id_to_expiring_url(
+    fake_graph: FakeGraph, http_session: aiohttp.ClientSession
+) -> None:
+    adapter = make_adapter(
+        make_context(meta_config(api_base_url=fake_graph.base_url), http_session)
+    )
+    # The webhook's lookaside URL has expired by now; the id resolves to a fresh URL.
+    attachment = Attachment(
+        kind="image", media_id="m1", url="https://lookaside.fbsbx.com/whatsapp/expired"
+    )
+    media = await adapter.fetch_media(attachment)
+    assert media.data == PNG
+
+
+async def test_attachment_without_reference(http_session: aiohttp.ClientSession) -> None:
+    adapter = make_adapter(make_context(meta_config(), http_session))
+    with pytest.raises(PermanentChannelError):
+        await adapter.fetch_media(Attachment(kind="image"))
