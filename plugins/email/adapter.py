@@ -131,7 +131,7 @@ class EmailAdapter(BaseAdapter):
             box = await session.select()
             cursor = await self._start_cursor(box.uidvalidity, box.uidnext, session)
             await self._set_state(True, "connected")
-            self._log.info("email.imap.connected", idle=session.has_idle)
+            self._log.info("email.imap.connected", idle=session.has_idle and self.config.imap.idle)
             while True:
                 self._wake.clear()
                 cursor = await self._fetch_pass(session, cursor)
@@ -201,7 +201,7 @@ class EmailAdapter(BaseAdapter):
         return cursor
 
     async def _wait_for_mail(self, session: ImapSession) -> None:
-        if session.has_idle:
+        if session.has_idle and self.config.imap.idle:
             await session.idle(self.config.imap.idle_timeout.total_seconds(), self._wake)
             return
         waits = [

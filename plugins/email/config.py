@@ -56,6 +56,8 @@ class ImapSettings(_Section):
     username: str
     password: SecretStr
     mailbox: str = "INBOX"
+    idle: bool = True
+    """Use IMAP IDLE when the server offers it; `false` polls every `poll_interval` instead."""
     poll_interval: Duration = timedelta(seconds=60)
     # Servers drop an IDLE after 30 minutes (RFC 2177 says re-issue before 29): stay below it.
     idle_timeout: Duration = timedelta(minutes=25)

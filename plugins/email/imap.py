@@ -119,12 +119,7 @@ class ImapSession:
         response = await self._guard(self._client.uid_search(*criteria, charset=None))
         if response.result != "OK":
             raise ImapError(f"SEARCH refused: {_text(response)}")
-        uids: set[int] = set()
-        for line in response.lines:
-            text = bytes(line)
-            if text.startswith(b"SEARCH"):
-                uids.update(int(tok) for tok in text.split()[1:] if tok.isdigit())
-        return sorted(uids)
+        return parse_search(response.lines)
 
     async def fetch(self, uids: list[int]) -> list[tuple[int, bytes]]:
         """Fetch whole messages by UID without setting `\\Seen`; return (uid, raw), by UID."""
@@ -178,9 +173,13 @@ class ImapSession:
         client = self._client
         if client is None:
             return
-        if not self.lost.is_set():
+        # LOGOUT only on an idle, logged-in connection: behind a pending command (IDLE, a
+        # slow failed LOGIN) it would wait; closing the socket ends the session just as well.
+        protocol = client.protocol
+        clean = protocol.state in ("AUTH", "SELECTED") and protocol.pending_sync_command is None
+        if clean and not self.lost.is_set():
             with contextlib.suppress(Exception):  # closing anyway; the server may be gone
-                await asyncio.wait_for(client.logout(), 2)
+                await asyncio.wait_for(client.logout(), 1)
         transport = getattr(client.protocol, "transport", None)
         if transport is not None:
             transport.close()
@@ -206,6 +205,21 @@ class ImapSession:
                 raise exc
             raise ImapError(f"{type(exc).__name__}") from None
         return task.result()
+
+
+def parse_search(lines: list[Any]) -> list[int]:
+    """Return the UIDs of a SEARCH response, ascending.
+
+    aioimaplib strips the `* SEARCH` prefix from the untagged line; the last line is the
+    tagged completion text, which is not data.
+    """
+    uids: set[int] = set()
+    for line in lines[:-1]:
+        tokens = bytes(line).split()
+        if tokens and tokens[0].upper() == b"SEARCH":
+            tokens = tokens[1:]
+        uids.update(int(tok) for tok in tokens if tok.isdigit())
+    return sorted(uids)
 
 
 def parse_fetch(lines: list[Any]) -> list[tuple[int, bytes]]:

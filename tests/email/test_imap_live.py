@@ -1,0 +1,203 @@
+"""The IMAP reader against a real Dovecot: every fixture, IDLE, restarts, cursor, flags."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
+from typing import Any
+
+import orjson
+import pytest
+
+from gateway.model import to_dict
+from plugins.email.cursor import live_key
+from tests.email.conftest import (
+    ADDRESS,
+    MemoryKV,
+    RecordingInbound,
+    email_config,
+    fixture_files,
+)
+from tests.email.servers import Dovecot
+
+# A safety net so a broken test fails instead of hanging; tests never wait on time for state.
+LIMIT = 20
+
+
+def customer_mail(n: int, subject: str = "Order question") -> bytes:
+    msg = EmailMessage()
+    msg["From"] = f"Ana Customer <ana{n}@customer.example>"
+    msg["To"] = ADDRESS
+    msg["Subject"] = f"{subject} {n}"
+    msg["Date"] = format_datetime(datetime(2026, 11, 25, 6, n % 60, tzinfo=UTC))
+    msg["Message-ID"] = make_msgid(idstring=f"n{n}", domain="customer.example")
+    msg.set_content(f"Hello, this is message {n}.")
+    return msg.as_bytes()
+
+
+async def until(adapter: Any, predicate: Any) -> None:
+    await asyncio.wait_for(adapter.wait_for(predicate), LIMIT)
+
+
+@pytest.mark.parametrize("path", fixture_files(), ids=lambda p: p.stem)
+async def test_every_fixture_arrives_through_imap(
+    path: Any, dovecot: Dovecot, inbound: RecordingInbound, make_adapter: Any
+) -> None:
+    raw = path.read_bytes()
+    uid = await dovecot.append(raw)
+    config = email_config(dovecot.imap_settings(first_sync="all"))
+    adapter = make_adapter(config)
+    await adapter.start()
+    await until(adapter, lambda: len(inbound.messages) == 1)
+
+    message = inbound.messages[0]
+    assert message.channel == "support-mail"
+    assert message.channel_type == "email"
+    assert message.provider == "imap"
+    assert message.provider_message_id
+    # imaplib's APPEND sends CRLF line ends; the stored raw is exactly what Dovecot returned.
+    assert message.raw.encode("latin-1") == re.sub(rb"\r?\n", b"\r\n", raw)
+    orjson.dumps(to_dict(message))  # JSON-safe end to end
+    assert "\\Seen" not in dovecot.flags_sync(uid)
+
+
+async def test_idle_delivers_new_mail(
+    dovecot: Dovecot, inbound: RecordingInbound, make_adapter: Any
+) -> None:
+    adapter = make_adapter(email_config(dovecot.imap_settings()))
+    await adapter.start()
+    await until(adapter, lambda: adapter.passes >= 1)
+    assert adapter.health().ok
+
+    await dovecot.append(customer_mail(1))
+    await until(adapter, lambda: len(inbound.messages) == 1)
+    assert inbound.messages[0].subject == "Order question 1"
+    assert inbound.messages[0].text == "Hello, this is message 1."
+
+
+async def test_first_start_skips_old_mail_by_default(
+    dovecot: Dovecot, inbound: RecordingInbound, kv: MemoryKV, make_adapter: Any
+) -> None:
+    await dovecot.append(customer_mail(1))
+    adapter = make_adapter(email_config(dovecot.imap_settings()))
+    await adapter.start()
+    await until(adapter, lambda: adapter.passes >= 1)
+    assert inbound.messages == []
+    await dovecot.append(customer_mail(2))
+    await until(adapter, lambda: len(inbound.messages) == 1)
+    assert inbound.messages[0].subject == "Order question 2"
+    cursor = orjson.loads(kv.data[live_key("support-mail")])
+    assert cursor["last_uid"] == 2
+
+
+async def test_restart_without_duplicates_or_gaps(
+    dovecot: Dovecot, inbound: RecordingInbound, kv: MemoryKV, make_adapter: Any
+) -> None:
+    config = email_config(dovecot.imap_settings(first_sync="all"))
+    for n in range(3):
+        await dovecot.append(customer_mail(n))
+    first = make_adapter(config)
+    await first.start()
+    await until(first, lambda: len(inbound.messages) == 3)
+    await first.stop()
+
+    for n in range(3, 6):
+        await dovecot.append(customer_mail(n))
+    second = make_adapter(config, kv_store=kv)
+    await second.start()
+    await until(second, lambda: second.passes >= 1)
+
+    assert [m.subject for m in inbound.messages] == [f"Order question {n}" for n in range(6)]
+    assert inbound.duplicates == 0
+
+
+async def test_cursor_lost_refetch_is_deduplicated(
+    dovecot: Dovecot, inbound: RecordingInbound, kv: MemoryKV, make_adapter: Any
+) -> None:
+    """A stale cursor (crash before saving) re-fetches; ingest dedup drops the copies."""
+    config = email_config(dovecot.imap_settings(first_sync="all"))
+    for n in range(2):
+        await dovecot.append(customer_mail(n))
+    first = make_adapter(config)
+    await first.start()
+    await until(first, lambda: len(inbound.messages) == 2)
+    await first.stop()
+
+    cursor = orjson.loads(kv.data[live_key("support-mail")])
+    kv.data[live_key("support-mail")] = orjson.dumps({**cursor, "last_uid": 0}).decode()
+    second = make_adapter(config, kv_store=kv)
+    await second.start()
+    await until(second, lambda: second.passes >= 1)
+    assert len(inbound.messages) == 2
+    assert inbound.duplicates == 2
+
+
+async def test_uidvalidity_change_rereads_and_relies_on_dedup(
+    dovecot: Dovecot, inbound: RecordingInbound, kv: MemoryKV, make_adapter: Any
+) -> None:
+    config = email_config(dovecot.imap_settings(first_sync="all"))
+    await dovecot.append(customer_mail(1))
+    kv.data[live_key("support-mail")] = orjson.dumps({"uidvalidity": 1, "last_uid": 99}).decode()
+    adapter = make_adapter(config)
+    await adapter.start()
+    await until(adapter, lambda: len(inbound.messages) == 1)
+    cursor = orjson.loads(kv.data[live_key("support-mail")])
+    assert cursor["uidvalidity"] != 1
+    assert cursor["last_uid"] == 1
+
+
+async def test_polling_when_idle_is_not_used(
+    dovecot: Dovecot, inbound: RecordingInbound, make_adapter: Any
+) -> None:
+    """Without IDLE the loop waits poll_interval between passes; trigger() starts one now."""
+    adapter = make_adapter(email_config(dovecot.imap_settings(idle=False, poll_interval="1h")))
+    await adapter.start()
+    await until(adapter, lambda: adapter.passes >= 1)
+    await dovecot.append(customer_mail(7))
+    adapter.trigger()
+    await until(adapter, lambda: len(inbound.messages) == 1)
+
+
+@pytest.mark.slow
+async def test_dovecot_restart_mid_idle(
+    dovecot: Dovecot, inbound: RecordingInbound, make_adapter: Any
+) -> None:
+    adapter = make_adapter(email_config(dovecot.imap_settings()))
+    await adapter.start()
+    await until(adapter, lambda: adapter.passes >= 1 and adapter.health().ok)
+
+    await asyncio.to_thread(dovecot.stop)
+    await until(adapter, lambda: not adapter.health().ok)
+    assert "disconnected" in adapter.health().detail
+
+    await asyncio.to_thread(dovecot.start)
+    await dovecot.append(customer_mail(1))
+    await until(adapter, lambda: len(inbound.messages) == 1 and adapter.health().ok)
+    await dovecot.append(customer_mail(2))
+    await until(adapter, lambda: len(inbound.messages) == 2)
+    assert inbound.duplicates == 0
+
+
+async def test_idle_is_reissued_after_idle_timeout(
+    dovecot: Dovecot, inbound: RecordingInbound, make_adapter: Any
+) -> None:
+    """Each IDLE ends after idle_timeout and a new pass + IDLE follows (servers cut at 30m)."""
+    adapter = make_adapter(email_config(dovecot.imap_settings(idle_timeout="100ms")))
+    await adapter.start()
+    await until(adapter, lambda: adapter.passes >= 3)
+    assert adapter.health().ok
+    await dovecot.append(customer_mail(3))
+    await until(adapter, lambda: len(inbound.messages) == 1)
+
+
+async def test_wrong_password_keeps_retrying_degraded(
+    dovecot: Dovecot, inbound: RecordingInbound, make_adapter: Any
+) -> None:
+    adapter = make_adapter(email_config(dovecot.imap_settings(password="wrong")))
+    await adapter.start()
+    await until(adapter, lambda: "login refused" in adapter.health().detail)
+    assert not adapter.health().ok
+    assert "wrong" not in adapter.health().detail
