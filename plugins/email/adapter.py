@@ -172,6 +172,7 @@ class EmailAdapter(BaseAdapter):
 
     async def _fetch_pass(self, session: ImapSession, cursor: Cursor) -> Cursor:
         """Store every message above the cursor, in UID order, advancing it after each."""
+        await session.noop()
         uids = [
             u
             for u in await session.search("UID", f"{cursor.last_uid + 1}:*")

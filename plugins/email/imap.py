@@ -114,6 +114,16 @@ class ImapSession:
             uidnext=int(uidnext[0].group(1)) if uidnext else None,
         )
 
+    async def noop(self) -> None:
+        """Let the server report mail that arrived since the last command (RFC 3501 6.1.2).
+
+        Servers only announce new messages at certain commands; a SEARCH alone may not see
+        them, so each pass starts with NOOP.
+        """
+        response = await self._guard(self._client.noop())
+        if response.result != "OK":
+            raise ImapError(f"NOOP refused: {_text(response)}")
+
     async def search(self, *criteria: str) -> list[int]:
         """Return the UIDs matching `criteria` (UID SEARCH), ascending."""
         response = await self._guard(self._client.uid_search(*criteria, charset=None))
