@@ -33,9 +33,14 @@ def check_address(value: str) -> str:
     text = value.strip()
     try:
         parsed = Address(addr_spec=text)
-    except (ValueError, IndexError) as exc:
+    except Exception as exc:  # the stdlib parser raises HeaderParseError, ValueError, ...
         raise ValueError(f"not an email address: {value!r}") from exc
-    if not parsed.username or not parsed.domain or parsed.addr_spec != text:
+    if (
+        text.count("@") != 1
+        or not parsed.username
+        or "." not in parsed.domain
+        or parsed.addr_spec != text
+    ):
         raise ValueError(f"not an email address: {value!r}")
     return text
 

@@ -8,6 +8,7 @@ raise. These helpers never raise and never return text that could break a header
 from __future__ import annotations
 
 import re
+from email.header import decode_header, make_header
 from email.message import EmailMessage, Message
 from email.utils import getaddresses, parseaddr
 
@@ -15,6 +16,8 @@ _MSGID = re.compile(r"<([^<>\s]{1,900})>")
 _BARE_ID = re.compile(r"[^<>\s,;\"]+@[^<>\s,;\"]+")
 _LINE_BREAKS = re.compile(r"[\r\n\t\x00-\x08\x0b\x0c\x0e-\x1f\x7f]+")
 _SPACES = re.compile(r" {2,}")
+_ANGLE_ADDR = re.compile(r"<([^<>\s@\"]+@[A-Za-z0-9.\[\]:-]+)>")
+_ADDR_SPEC = re.compile(r"[^@\s<>()\[\],;:\"]+@[A-Za-z0-9.-]+\.[A-Za-z0-9-]+")
 
 
 def unescape(text: str) -> str:
@@ -100,7 +103,35 @@ def addresses(msg: Message, name: str) -> list[tuple[str, str]]:
     raw = _raw_header(msg, name)
     if raw is None:
         return []
-    return [(unescape(n), unescape(a).lower()) for n, a in getaddresses([raw]) if a and "@" in a]
+    return _lenient_addresses(unescape(raw))
+
+
+def _lenient_addresses(raw: str) -> list[tuple[str, str]]:
+    """Read a header the structured parser refused (e.g. an encoded CR/LF in the name).
+
+    An explicit `<addr>` wins over anything the phrase may pretend to be; only without one
+    do we fall back to `getaddresses`, keeping plausible addr-specs only.
+    """
+    angle = list(_ANGLE_ADDR.finditer(raw))
+    if angle:
+        found = []
+        start = 0
+        for match in angle:
+            phrase = raw[start : match.start()].strip().strip(",").strip()
+            found.append((_decode_phrase(phrase), match.group(1).lower()))
+            start = match.end()
+        return found
+    return [
+        (_decode_phrase(n), a.lower()) for n, a in getaddresses([raw]) if _ADDR_SPEC.fullmatch(a)
+    ]
+
+
+def _decode_phrase(phrase: str) -> str:
+    try:
+        text = str(make_header(decode_header(phrase)))
+    except Exception:  # undecodable encoded-word: keep it as written
+        text = phrase
+    return one_line(text.strip('"')) or ""
 
 
 def sender(msg: Message) -> tuple[str, str | None]:

@@ -12,10 +12,11 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.model import to_dict
+from gateway.model import DeliveryState, to_dict
 from plugins.email.cursor import live_key
 from tests.email.conftest import (
     ADDRESS,
+    FIXTURES,
     MemoryKV,
     RecordingInbound,
     email_config,
@@ -62,6 +63,38 @@ async def test_every_fixture_arrives_through_imap(
     assert message.raw.encode("latin-1") == re.sub(rb"\r?\n", b"\r\n", raw)
     orjson.dumps(to_dict(message))  # JSON-safe end to end
     assert "\\Seen" not in dovecot.flags_sync(uid)
+
+
+async def test_bounce_through_imap_fails_the_original_message(
+    dovecot: Dovecot, inbound: RecordingInbound, make_adapter: Any
+) -> None:
+    adapter = make_adapter(email_config(dovecot.imap_settings()))
+    await adapter.start()
+    await until(adapter, lambda: adapter.passes >= 1)
+    await dovecot.append((FIXTURES / "flanker_bounce_mailbox_full_verp.eml").read_bytes())
+    await until(adapter, lambda: len(inbound.statuses) == 1)
+    [status] = inbound.statuses
+    assert status.provider_message_id == "<4E326A95.3010907@example.com>"
+    assert status.status == DeliveryState.FAILED
+    assert status.error_code == "5.2.2"
+    assert status.error_message == "552 5.2.2 E4.12 user MAILBOX FULL"
+    [bounce] = inbound.messages
+    assert bounce.kind == "bounce" and bounce.wakes_conversation is False
+
+
+async def test_auto_reply_through_imap_does_not_wake(
+    dovecot: Dovecot, inbound: RecordingInbound, make_adapter: Any
+) -> None:
+    adapter = make_adapter(email_config(dovecot.imap_settings()))
+    await adapter.start()
+    await until(adapter, lambda: adapter.passes >= 1)
+    await dovecot.append((FIXTURES / "chatwoot_non_utf_encoded_autoreply.eml").read_bytes())
+    await dovecot.append(customer_mail(1))
+    await until(adapter, lambda: len(inbound.messages) == 2)
+    auto, human = inbound.messages
+    assert (auto.kind, auto.wakes_conversation) == ("auto_reply", False)
+    assert (human.kind, human.wakes_conversation) == ("email", True)
+    assert inbound.statuses == []
 
 
 async def test_idle_delivers_new_mail(

@@ -1,0 +1,301 @@
+"""parse_email on real mail (shared/fixtures/email) and on crafted edge cases."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from pathlib import Path
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway.model import DeliveryState, to_dict
+from plugins.email.parse import parse_email
+from tests.email.conftest import FIXTURES, fixture_files
+
+NOW = datetime(2026, 11, 25, 7, 0, tzinfo=UTC)
+
+
+def parse(name: str, **kwargs: object):  # type: ignore[no-untyped-def]
+    return parse_email((FIXTURES / name).read_bytes(), "support-mail", NOW, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("path", fixture_files(), ids=lambda p: p.stem)
+def test_every_fixture_parses_to_json_safe_message(path: Path) -> None:
+    raw = path.read_bytes()
+    parsed = parse_email(raw, "support-mail", NOW)
+    message = parsed.message
+    assert message.channel_type == "email" and message.provider == "imap"
+    assert message.raw.encode("latin-1") == raw
+    assert message.extra["raw_encoding"] == "latin-1"
+    orjson.dumps(to_dict(message))
+    for status in parsed.statuses:
+        orjson.dumps(to_dict(status))
+
+
+@pytest.mark.parametrize(
+    "name", ["talon_gmail_reply_alternative.eml", "talon_yahoo_reply_in_reply_to.eml"]
+)
+def test_quoted_history_is_stripped(name: str) -> None:
+    message = parse(name).message
+    assert message.text == "Hello"
+    assert (
+        "wrote:" in message.extra["full_text"] or "Original Message" in message.extra["full_text"]
+    )
+    assert message.kind == "email" and message.wakes_conversation
+
+
+def test_gmail_alternative_keeps_html() -> None:
+    message = parse("talon_gmail_reply_alternative.eml").message
+    assert 'class="gmail_quote"' in message.extra["html"]
+    assert message.subject == "Re: Test"
+    assert message.contact.address == "xxx@gmail.com"
+    assert message.contact.display_name == "Megan One"
+    assert message.sent_at == datetime(2012, 4, 2, 16, 21, 52, tzinfo=UTC)
+
+
+def test_threading_headers_become_thread_refs() -> None:
+    yahoo = parse("talon_yahoo_reply_in_reply_to.eml").message
+    assert yahoo.reply_to == "<1333374262.7063.15.camel@mg5>"
+    assert yahoo.thread_refs == ("<1333374262.7063.15.camel@mg5>",)
+    refs = parse("chatwoot_references_malformed_multipart.eml").message
+    assert refs.thread_refs == (
+        "<4e6e35f5a38b4_479f13bb90078178@small-app-01.mail>",
+        "<test-in-reply-to>",
+    )
+    assert refs.provider_message_id == "<0CB459E0-0336-41DA-BC88-E6E28C697DDBF@chatwoot.com>"
+
+
+def test_malformed_multipart_is_stored_as_best_it_can() -> None:
+    message = parse("chatwoot_references_malformed_multipart.eml").message
+    assert message.text == "References Email"
+    assert "CloseBoundaryNotFoundDefect" in message.extra["defects"]
+    assert message.extra["to"] == []
+
+
+def test_mislabelled_gb2312_body_falls_back_to_utf8() -> None:
+    message = parse("mailparser_gb2312_8bit_rfc2047.eml").message
+    assert message.text is not None and message.text.startswith("你好\uff01我公司可代开")
+    assert message.subject == "代开各地增值税发票"
+    assert message.contact.display_name == "张先生"
+    raw = (FIXTURES / "mailparser_gb2312_8bit_rfc2047.eml").read_bytes()
+    assert message.provider_message_id == "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+def test_rfc2047_arabic_auto_reply_does_not_wake() -> None:
+    message = parse("chatwoot_non_utf_encoded_autoreply.eml").message
+    assert message.kind == "auto_reply"
+    assert message.wakes_conversation is False
+    assert message.contact.display_name == "متجر سوق نت"
+    assert message.subject == "أهلين عميلنا الكريم"
+    assert message.text is not None and message.text.startswith("أنظروا")
+    # the duplicated, comma-separated In-Reply-To collapses to one id
+    assert message.thread_refs == ("<4e6e35f5a38b4_479f13bb90078178@small-app-01.mail>",)
+    assert message.extra["to"] == ["reply+6bdc3f4d-0bec-4515-a284-5d916fdde489@example.com"]
+
+
+def test_mixed_alternative_with_inline_text_attachment() -> None:
+    message = parse("mailparser_mixed_alternative_qp_iso8859.eml").message
+    assert message.text == (
+        "I am sending you the bills of the goods we delivered to you in the attachment"
+    )
+    [notice] = message.attachments
+    assert notice.filename == "message.txt"
+    assert notice.mime_type == "text/plain"
+    assert notice.kind == "document"
+    assert notice.size and notice.size > 300
+
+
+def test_gif_attachments_metadata_and_oversize_flag() -> None:
+    message = parse("cpython_msg_07_multipart_gif_attachments.eml").message
+    [gif] = message.attachments
+    assert (gif.kind, gif.mime_type, gif.filename) == ("image", "image/gif", "dingusfish.gif")
+    assert gif.media_id == "part:2" and gif.size and gif.sha256
+    assert message.provider_message_id.startswith("sha256:")
+
+    small = parse("cpython_msg_07_multipart_gif_attachments.eml", max_attachment_bytes=1000)
+    [big] = small.message.attachments
+    assert big.size == gif.size and big.media_id is None
+    assert small.message.extra["oversize_attachments"] == ["2"]
+    assert "R0lGODdhAAEAAfAAAP" not in small.message.raw  # content not kept
+    assert "dingusfish.gif" in small.message.raw
+
+
+@pytest.mark.parametrize(
+    ("name", "original", "code", "diagnostic"),
+    [
+        (
+            "flanker_bounce_mailbox_full_verp.eml",
+            "<4E326A95.3010907@example.com>",
+            "5.2.2",
+            "552 5.2.2 E4.12 user MAILBOX FULL",
+        ),
+        (
+            "cpython_msg_16_dsn_disk_quota.eml",
+            "<002001c144a6$8752e060$56104586@oxy.edu>",
+            "5.0.0",
+            "recipient reached disk quota",
+        ),
+        (
+            "chatwoot_bounced_gmail_dsn.eml",
+            "<conversation/93775311-9416-4428-964b-862001f8a8b2/messages/27855337@gmail.com>",
+            "5.1.1",
+            "550 5.1.1 The email account that you tried to reach does not exist.",
+        ),
+    ],
+)
+def test_bounce_reports_failed_status_of_original(
+    name: str, original: str, code: str, diagnostic: str
+) -> None:
+    parsed = parse(name)
+    assert parsed.message.kind == "bounce"
+    assert parsed.message.wakes_conversation is False
+    assert original in parsed.message.thread_refs
+    [status] = parsed.statuses
+    assert status.provider_message_id == original
+    assert status.status == DeliveryState.FAILED
+    assert status.error_code == code
+    assert status.error_message is not None and status.error_message.startswith(diagnostic)
+    assert status.channel == "support-mail"
+
+
+def test_verp_and_recipient_of_bounce() -> None:
+    bounce = parse("flanker_bounce_mailbox_full_verp.eml").message.extra["bounce"]
+    assert bounce["recipient"] == "user@aol.com"
+    assert bounce["verp_recipient"] == "user@aol.com"
+    assert parse("flanker_bounce_mailbox_full_verp.eml").message.contact.display_name == (
+        "Mail Delivery System"
+    )
+    gmail = parse("chatwoot_bounced_gmail_dsn.eml").message.extra["bounce"]
+    assert gmail["recipient"] == "alex.jones@fictionalcorp.com"
+
+
+def _mail(**headers: str) -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = headers.pop("From", "Ana <ana@customer.example>")
+    msg["To"] = "support@gw.example.com"
+    for key, value in headers.items():
+        msg[key.replace("_", "-")] = value
+    msg.set_content("Hi, where is my order?\n")
+    return msg
+
+
+@pytest.mark.parametrize(
+    ("headers", "reason"),
+    [
+        ({"Auto_Submitted": "auto-generated"}, "auto-submitted: auto-generated"),
+        ({"X_Autorespond": "yes"}, "x-autorespond"),
+        ({"Precedence": "junk"}, "precedence: junk"),
+        ({"Precedence": "auto_reply"}, "precedence: auto_reply"),
+        ({"Subject": "Out of Office: Re: order 42"}, "subject"),
+        ({"Subject": "Automatic reply: order 42"}, "subject"),
+        ({"Subject": "Abwesenheitsnotiz"}, "subject"),
+    ],
+)
+def test_auto_reply_markers(headers: dict[str, str], reason: str) -> None:
+    message = parse_email(_mail(**headers).as_bytes(), "c", NOW).message
+    assert message.kind == "auto_reply" and not message.wakes_conversation
+    assert message.extra["auto_reply"] == reason
+
+
+def test_human_mail_wakes_and_auto_submitted_no_is_human() -> None:
+    for headers in ({}, {"Auto_Submitted": "no"}, {"Subject": "Question about my vacation"}):
+        message = parse_email(_mail(**headers).as_bytes(), "c", NOW).message
+        assert message.kind == "email" and message.wakes_conversation
+
+
+def test_mail_from_our_own_address_does_not_wake() -> None:
+    raw = _mail(From="Support <Support@gw.example.com>").as_bytes()
+    message = parse_email(raw, "c", NOW, own_address="support@gw.example.com").message
+    assert not message.wakes_conversation
+    assert message.extra["auto_reply"] == "own-address"
+
+
+def test_encoded_line_breaks_in_headers_are_flattened() -> None:
+    """RFC 2047 can smuggle CR/LF into a subject or name; we never keep them."""
+    raw = (
+        b"From: =?utf-8?q?Ana=0D=0ABcc:_x@evil.example?= <ana@customer.example>\r\n"
+        b"Subject: =?utf-8?q?Hi=0D=0ABcc:_evil@example.com?=\r\n"
+        b"Message-ID: <a1@customer.example>\r\n\r\nbody\r\n"
+    )
+    message = parse_email(raw, "c", NOW).message
+    assert message.subject == "Hi Bcc: evil@example.com"
+    assert message.contact.display_name is not None
+    assert "\n" not in message.contact.display_name and "\r" not in message.contact.display_name
+
+
+def test_html_only_mail_becomes_readable_text() -> None:
+    msg = EmailMessage()
+    msg["From"] = "ana@customer.example"
+    msg["Message-ID"] = "<h1@customer.example>"
+    msg.set_content(
+        "<html><body><p>Hello <b>team</b>,</p><p>my order <a href='https://shop/1'>#1</a>"
+        " is late.</p><img src='x.png'></body></html>",
+        subtype="html",
+    )
+    message = parse_email(msg.as_bytes(), "c", NOW).message
+    assert message.text is not None
+    assert "Hello team," in message.text and "is late." in message.text
+    assert "<b>" not in message.text
+    assert message.extra["html"].startswith("<html>")
+
+
+def test_undeclared_8bit_latin1_body_never_crashes() -> None:
+    raw = (
+        b"From: jose@customer.example\r\nSubject: pedido\r\n"
+        b"Content-Type: text/plain\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+        b"Ol\xe1, n\xe3o recebi o pedido.\r\n"
+    )
+    message = parse_email(raw, "c", NOW).message
+    assert message.text == "Olá, não recebi o pedido."
+
+
+def test_unknown_charset_and_broken_base64() -> None:
+    raw = (
+        b"From: a@customer.example\r\nContent-Type: text/plain; charset=x-klingon\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\n"
+        + base64.b64encode("café".encode())[:-1]
+        + b"\r\n"
+    )
+    message = parse_email(raw, "c", NOW).message
+    assert message.text is not None
+
+
+def test_missing_or_future_date_uses_now() -> None:
+    no_date = parse_email(b"From: a@customer.example\r\n\r\nhi\r\n", "c", NOW).message
+    assert no_date.sent_at == NOW
+    future = _mail(Date="Mon, 01 Jan 2035 00:00:00 +0000")
+    message = parse_email(future.as_bytes(), "c", NOW).message
+    assert message.sent_at == NOW
+    assert message.extra["date_header"].startswith("Mon, 01 Jan 2035")
+
+
+def test_message_id_is_normalized_and_hash_is_stable() -> None:
+    raw = b"From: a@customer.example\r\nMessage-ID:   <Abc@X.example>  \r\n\r\nhi\r\n"
+    assert parse_email(raw, "c", NOW).message.provider_message_id == "<Abc@X.example>"
+    raw2 = b"From: a@customer.example\r\n\r\nhi\r\n"
+    first = parse_email(raw2, "c", NOW).message.provider_message_id
+    assert first == parse_email(raw2, "c", NOW).message.provider_message_id
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=3000))
+def test_arbitrary_bytes_never_crash(data: bytes) -> None:
+    raw = b"From: fuzz@customer.example\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n" + data
+    message = parse_email(raw, "c", NOW).message
+    orjson.dumps(to_dict(message))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text(max_size=200), st.text(max_size=60))
+def test_arbitrary_headers_never_crash(subject: str, name: str) -> None:
+    raw = f"From: {name} <x@customer.example>\r\nSubject: {subject}\r\n\r\nhi\r\n".encode(
+        "utf-8", "surrogatepass"
+    )
+    message = parse_email(raw, "c", NOW).message
+    orjson.dumps(to_dict(message))
+    assert message.subject is None or "\n" not in message.subject

@@ -1,0 +1,302 @@
+"""Outbound: reply composition (threading, subject, injection) and SMTP against aiosmtpd."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from email import policy
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.parser import BytesParser
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from gateway.errors import PermanentChannelError, TransientChannelError
+from gateway.model import Attachment, Contact, Conversation, Direction, Message, State
+from plugins.email.compose import (
+    MAX_REFERENCES,
+    Thread,
+    compose_reply,
+    mailbox,
+    references_for,
+    reply_subject,
+    thread_from_extra,
+)
+from plugins.email.parse import parse_email
+from plugins.email.threads import remember
+from tests.email.conftest import ADDRESS, MemoryKV, email_config
+from tests.email.servers import SmtpServer, free_port
+
+NOW = datetime(2026, 11, 25, 7, 0, tzinfo=UTC)
+
+
+def conversation(**changes: Any) -> Conversation:
+    values: dict[str, Any] = {
+        "id": "c_01JTEST",
+        "channel": "support-mail",
+        "channel_type": "email",
+        "provider": "imap",
+        "contact": Contact(address="ana@customer.example", display_name="Ana Souza"),
+        "state": State.ACTIVE,
+        "queue": "support",
+        "created_at": NOW,
+        "updated_at": NOW,
+        "queued_at": NOW,
+        "subject": "Where is my order?",
+    }
+    values.update(changes)
+    return Conversation(**values)
+
+
+def agent_message(text: str = "Hi Ana, it ships today.", **changes: Any) -> Message:
+    values: dict[str, Any] = {
+        "id": "m_01JTEST",
+        "conversation_id": "c_01JTEST",
+        "channel": "support-mail",
+        "channel_type": "email",
+        "provider": "imap",
+        "direction": Direction.OUT,
+        "kind": "text",
+        "text": text,
+        "sent_at": NOW,
+        "received_at": NOW,
+    }
+    values.update(changes)
+    return Message(**values)
+
+
+def parsed(envelope: Any) -> EmailMessage:
+    msg = BytesParser(policy=policy.default).parsebytes(envelope.content)
+    assert isinstance(msg, EmailMessage)
+    return msg
+
+
+# -- composition (pure) ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("subject", "expected"),
+    [
+        ("Order 42", "Re: Order 42"),
+        ("Re: Order 42", "Re: Order 42"),
+        ("RE: Re: re: Order 42", "Re: Order 42"),
+        ("AW: Re[2]: Order 42", "Re: Order 42"),
+        ("Re:", "Re:"),
+        ("Regarding order", "Re: Regarding order"),
+        (None, None),
+    ],
+)
+def test_reply_subject_never_stacks(subject: str | None, expected: str | None) -> None:
+    assert reply_subject(subject) == expected
+
+
+def test_reply_threading_headers() -> None:
+    thread = Thread(in_reply_to="<c3@customer.example>", references=("<a1@x>", "<b2@y>"))
+    msg = compose_reply(
+        message_id="<r1@gw.example.com>",
+        sender=mailbox(ADDRESS, "Support"),
+        recipient=mailbox("ana@customer.example", "Ana"),
+        text="Hello\n\nSecond paragraph & more",
+        now=NOW,
+        subject="Re: Re: Order 42",
+        thread=thread,
+    )
+    assert msg["Message-ID"] == "<r1@gw.example.com>"
+    assert msg["In-Reply-To"] == "<c3@customer.example>"
+    assert str(msg["References"]).split() == ["<a1@x>", "<b2@y>", "<c3@customer.example>"]
+    assert msg["Subject"] == "Re: Order 42"
+    assert msg.get_content_type() == "multipart/alternative"
+    plain = msg.get_body(("plain",))
+    html = msg.get_body(("html",))
+    assert plain is not None and plain.get_content().strip() == "Hello\n\nSecond paragraph & more"
+    assert html is not None and "<p>Second paragraph &amp; more</p>" in html.get_content()
+
+
+def test_references_are_trimmed_keeping_root_and_latest() -> None:
+    refs = tuple(f"<r{n}@x>" for n in range(50))
+    ids = references_for(Thread(in_reply_to="<last@x>", references=refs))
+    assert len(ids) == MAX_REFERENCES
+    assert ids[0] == "<r0@x>" and ids[-1] == "<last@x>"
+
+
+def test_customer_values_cannot_inject_headers() -> None:
+    evil_name = "Ana\r\nBcc: victim@example.com"
+    evil_subject = "Order\r\nBcc: victim@example.com"
+    thread = Thread(
+        in_reply_to="<ok@customer.example>",
+        references=("<a@x>\r\nBcc: victim@example.com", "<b@y>"),
+    )
+    msg = compose_reply(
+        message_id="<r1@gw.example.com>",
+        sender=mailbox(ADDRESS),
+        recipient=mailbox("ana@customer.example", evil_name),
+        text="hi",
+        now=NOW,
+        subject=evil_subject,
+        thread=thread,
+    )
+    wire = msg.as_bytes(policy=policy.SMTP)
+    headers = wire.split(b"\r\n\r\n", 1)[0]
+    assert b"\r\nBcc:" not in headers
+    assert msg["Subject"] == "Re: Order Bcc: victim@example.com"
+    assert str(msg["References"]).split() == ["<b@y>", "<ok@customer.example>"]
+    with pytest.raises(ValueError):
+        mailbox("ana@customer.example\r\nBcc: victim@example.com")
+    with pytest.raises(ValueError):
+        mailbox("ana@customer.example, victim@example.com")
+
+
+def test_email_package_refuses_raw_line_breaks() -> None:
+    """Second line of defence: policy.default refuses CR/LF in any header value."""
+    msg = EmailMessage()
+    with pytest.raises(ValueError):
+        msg["Subject"] = "Hi\r\nBcc: victim@example.com"
+    with pytest.raises(ValueError):
+        msg["To"] = Address("Ana\r\nBcc: x", addr_spec="ana@customer.example")
+
+
+def test_thread_from_extra_accepts_lists_and_strings() -> None:
+    thread = thread_from_extra({"in_reply_to": "<p@x>", "references": ["<a@x>", "<b@x> <c@x>"]})
+    assert thread == Thread(in_reply_to="<p@x>", references=("<a@x>", "<b@x>", "<c@x>"))
+    assert thread_from_extra({}) is None
+    assert thread_from_extra({"references": "<a@x> <b@x>"}) == Thread(
+        in_reply_to="<b@x>", references=("<a@x>", "<b@x>")
+    )
+
+
+# -- SMTP through the adapter -------------------------------------------------------------
+
+
+def smtp_adapter(make_adapter: Any, smtp_server: SmtpServer, **kwargs: Any) -> Any:
+    imap = {"host": "127.0.0.1", "port": 1, "tls": "none", "username": "u", "password": "p"}
+    config = email_config(imap, smtp_server.smtp_settings(), from_name="ACME Support")
+    return make_adapter(config, **kwargs)
+
+
+async def test_send_threads_on_core_extra(make_adapter: Any, smtp_server: SmtpServer) -> None:
+    adapter = smtp_adapter(make_adapter, smtp_server)
+    message = agent_message(
+        extra={"in_reply_to": "<c2@customer.example>", "references": ["<c1@customer.example>"]}
+    )
+    result = await adapter.send(conversation(), message)
+
+    [envelope] = smtp_server.handler.messages
+    sent = parsed(envelope)
+    assert envelope.mail_from == ADDRESS
+    assert envelope.rcpt_tos == ["ana@customer.example"]
+    assert result.provider_message_id == sent["Message-ID"]
+    assert result.provider_message_id.endswith("@gw.example.com>")
+    assert "c_01JTEST" in result.provider_message_id
+    assert sent["In-Reply-To"] == "<c2@customer.example>"
+    assert str(sent["References"]).split() == ["<c1@customer.example>", "<c2@customer.example>"]
+    assert sent["Subject"] == "Re: Where is my order?"
+    assert str(sent["From"]) == f"ACME Support <{ADDRESS}>"
+    assert str(sent["To"]) == "Ana Souza <ana@customer.example>"
+    plain = sent.get_body(("plain",))
+    assert plain is not None and plain.get_content().strip() == "Hi Ana, it ships today."
+
+
+async def test_send_threads_on_remembered_inbound(
+    make_adapter: Any, smtp_server: SmtpServer, kv: MemoryKV
+) -> None:
+    """Without hints from the core, the reply answers the customer's newest stored mail."""
+    raw = (
+        b"From: Ana <ana@customer.example>\r\nTo: support@gw.example.com\r\n"
+        b"Subject: Re: Where is my order?\r\nDate: Tue, 24 Nov 2026 10:00:00 +0000\r\n"
+        b"Message-ID: <c9@customer.example>\r\nIn-Reply-To: <r0@gw.example.com>\r\n"
+        b"References: <c1@customer.example> <r0@gw.example.com>\r\n\r\nStill waiting\r\n"
+    )
+    await remember(kv, parse_email(raw, "support-mail", NOW))
+    adapter = smtp_adapter(make_adapter, smtp_server)
+    await adapter.send(conversation(), agent_message())
+    sent = parsed(smtp_server.handler.messages[0])
+    assert sent["In-Reply-To"] == "<c9@customer.example>"
+    assert str(sent["References"]).split() == [
+        "<c1@customer.example>",
+        "<r0@gw.example.com>",
+        "<c9@customer.example>",
+    ]
+
+
+async def test_first_outbound_has_no_reply_prefix(
+    make_adapter: Any, smtp_server: SmtpServer
+) -> None:
+    adapter = smtp_adapter(make_adapter, smtp_server)
+    await adapter.send(conversation(subject=None), agent_message(extra={"subject": "Welcome"}))
+    sent = parsed(smtp_server.handler.messages[0])
+    assert sent["Subject"] == "Welcome"
+    assert sent["In-Reply-To"] is None and sent["References"] is None
+
+
+@pytest.mark.parametrize(
+    ("where", "reply", "error", "code"),
+    [
+        ("data", "451 4.3.0 Try again later", TransientChannelError, "451"),
+        ("data", "550 5.7.1 Message rejected as spam", PermanentChannelError, "550"),
+        ("rcpt", "450 4.2.1 Mailbox busy", TransientChannelError, "450"),
+        ("rcpt", "550 5.1.1 No such user", PermanentChannelError, "550"),
+    ],
+)
+async def test_smtp_errors_are_classified(
+    make_adapter: Any,
+    smtp_server: SmtpServer,
+    where: str,
+    reply: str,
+    error: type[Exception],
+    code: str,
+) -> None:
+    setattr(smtp_server.handler, f"{where}_reply", reply)
+    adapter = smtp_adapter(make_adapter, smtp_server)
+    with pytest.raises(error) as caught:
+        await adapter.send(conversation(), agent_message())
+    assert caught.value.provider_code == code  # type: ignore[attr-defined]
+    assert reply.split(" ", 1)[1] in str(caught.value)
+
+
+async def test_unreachable_smtp_is_transient(make_adapter: Any) -> None:
+    imap = {"host": "127.0.0.1", "port": 1, "tls": "none", "username": "u", "password": "p"}
+    smtp = {"host": "127.0.0.1", "port": free_port(), "tls": "none", "password": "hunter2"}
+    adapter = make_adapter(email_config(imap, smtp))
+    with pytest.raises(TransientChannelError) as caught:
+        await adapter.send(conversation(), agent_message())
+    assert "hunter2" not in str(caught.value)
+
+
+async def test_invalid_recipient_is_permanent(make_adapter: Any, smtp_server: SmtpServer) -> None:
+    adapter = smtp_adapter(make_adapter, smtp_server)
+    bad = conversation(contact=Contact(address="ana@x.example\r\nBcc: v@example.com"))
+    with pytest.raises(PermanentChannelError):
+        await adapter.send(bad, agent_message())
+    assert smtp_server.handler.messages == []
+
+
+async def test_attachments_are_fetched_and_attached(
+    make_adapter: Any, smtp_server: SmtpServer, http: aiohttp.ClientSession
+) -> None:
+    app = web.Application()
+
+    async def invoice(_request: web.Request) -> web.Response:
+        return web.Response(body=b"%PDF-1.4 fake", content_type="application/pdf")
+
+    app.router.add_get("/files/invoice.pdf", invoice)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    try:
+        adapter = smtp_adapter(make_adapter, smtp_server, http=http)
+        attachment = Attachment(kind="document", url=f"http://127.0.0.1:{port}/files/invoice.pdf")
+        await adapter.send(conversation(), agent_message(attachments=(attachment,)))
+        missing = Attachment(kind="document", url=f"http://127.0.0.1:{port}/nope.pdf")
+        with pytest.raises(PermanentChannelError):
+            await adapter.send(conversation(), agent_message(attachments=(missing,)))
+    finally:
+        await runner.cleanup()
+    sent = parsed(smtp_server.handler.messages[0])
+    [part] = list(sent.iter_attachments())
+    assert part.get_filename() == "invoice.pdf"
+    assert part.get_content_type() == "application/pdf"
+    assert part.get_content() == b"%PDF-1.4 fake"
