@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import ssl
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -170,9 +171,16 @@ async def make_adapter(
         *,
         kv_store: MemoryKV | None = None,
         http: aiohttp.ClientSession | None = None,
+        imap_tls_context: ssl.SSLContext | None = None,
+        smtp_tls_context: ssl.SSLContext | None = None,
     ) -> EmailAdapter:
         context = channel_context(config, inbound, kv_store or kv, mail_clock, http)
-        adapter = EmailAdapter(context, backoff=Backoff(initial=0.05, cap=0.5))
+        adapter = EmailAdapter(
+            context,
+            backoff=Backoff(initial=0.05, cap=0.5),
+            imap_tls_context=imap_tls_context,
+            smtp_tls_context=smtp_tls_context,
+        )
         built.append(adapter)
         return adapter
 

@@ -37,6 +37,32 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def make_certificate(cert: Path, key: Path) -> None:
+    """Write a fresh self-signed certificate for 127.0.0.1 (valid one day) and its key."""
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+
+
 def _port_free(port: int) -> bool:
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -66,6 +92,14 @@ class Dovecot:
     root: Path
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    tls: bool = False
+    """With TLS: a fresh self-signed certificate for 127.0.0.1, STARTTLS on `port` and
+    implicit TLS on `tls_port`."""
+    tls_port: int = field(default_factory=free_port)
+
+    @property
+    def cert_path(self) -> Path:
+        return self.root / "cert.pem"
 
     @property
     def config_path(self) -> Path:
@@ -81,6 +115,13 @@ class Dovecot:
             (root / sub).mkdir(parents=True, exist_ok=True)
         (root / "passwd").write_text(f"{USER}:{{PLAIN}}{PASSWORD}::::::\n")
         (root / "passwd").chmod(0o644)
+        if self.tls:
+            make_certificate(self.cert_path, root / "key.pem")
+            ssl_settings = f"ssl = yes\nssl_cert = <{self.cert_path}\nssl_key = <{root}/key.pem\n"
+            imaps = f"address = 127.0.0.1\n    port = {self.tls_port}"
+        else:
+            ssl_settings = "ssl = no\n"
+            imaps = "port = 0"
         if os.geteuid() == 0:
             # Dovecot refuses uid 0 for mail; its package user owns the mail instead.
             internal, login = "dovecot", "dovenull"
@@ -101,8 +142,7 @@ log_path = {self.log_path}
 info_log_path = {self.log_path}
 protocols = imap
 listen = 127.0.0.1
-ssl = no
-disable_plaintext_auth = no
+{ssl_settings}disable_plaintext_auth = no
 auth_mechanisms = plain login
 default_internal_user = {internal}
 default_login_user = {login}
@@ -123,7 +163,7 @@ service imap-login {{
     port = {self.port}
   }}
   inet_listener imaps {{
-    port = 0
+    {imaps}
   }}
 {chroot}}}
 """

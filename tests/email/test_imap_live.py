@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import ssl
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
@@ -22,7 +23,7 @@ from tests.email.conftest import (
     email_config,
     fixture_files,
 )
-from tests.email.servers import Dovecot
+from tests.email.servers import Dovecot, make_dovecot_root, remove_root
 
 # A safety net so a broken test fails instead of hanging; tests never wait on time for state.
 LIMIT = 20
@@ -234,3 +235,41 @@ async def test_wrong_password_keeps_retrying_degraded(
     await until(adapter, lambda: "login refused" in adapter.health().detail)
     assert not adapter.health().ok
     assert "wrong" not in adapter.health().detail
+
+
+@pytest.mark.parametrize("mode", ["implicit", "starttls"])
+async def test_tls_modes(mode: str, inbound: RecordingInbound, make_adapter: Any) -> None:
+    """Implicit TLS and STARTTLS against Dovecot with a certificate we trust explicitly."""
+    root = make_dovecot_root()
+    server = Dovecot(root=root, tls=True)
+    server.write_config()
+    try:
+        server.start()
+        port = server.tls_port if mode == "implicit" else server.port
+        config = email_config(server.imap_settings(tls=mode, port=port))
+        context = ssl.create_default_context(cafile=str(server.cert_path))
+        adapter = make_adapter(config, imap_tls_context=context)
+        await adapter.start()
+        await until(adapter, lambda: adapter.passes >= 1)
+        await server.append(customer_mail(1))
+        await until(adapter, lambda: len(inbound.messages) == 1)
+        await adapter.stop()
+
+        untrusted = make_adapter(config)  # the system CAs do not know our certificate
+        await untrusted.start()
+        await until(untrusted, lambda: "disconnected" in untrusted.health().detail)
+        assert not untrusted.health().ok
+    finally:
+        server.stop()
+        remove_root(root)
+
+
+async def test_starttls_refused_when_server_cannot(
+    dovecot: Dovecot, inbound: RecordingInbound, make_adapter: Any
+) -> None:
+    """`tls: starttls` never falls back to clear text (and never sends the password)."""
+    adapter = make_adapter(email_config(dovecot.imap_settings(tls="starttls")))
+    await adapter.start()
+    await until(adapter, lambda: "STARTTLS" in adapter.health().detail)
+    assert not adapter.health().ok
+    assert "Login: user=" not in dovecot.log_path.read_text()

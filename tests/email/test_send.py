@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from datetime import UTC, datetime
 from email import policy
 from email.headerregistry import Address
@@ -12,6 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from aiosmtpd.controller import Controller
 
 from gateway.errors import PermanentChannelError, TransientChannelError
 from gateway.model import Attachment, Contact, Conversation, Direction, Message, State
@@ -27,7 +29,7 @@ from plugins.email.compose import (
 from plugins.email.parse import parse_email
 from plugins.email.threads import remember
 from tests.email.conftest import ADDRESS, MemoryKV, email_config
-from tests.email.servers import SmtpServer, free_port
+from tests.email.servers import RecordingHandler, SmtpServer, free_port, make_certificate
 
 NOW = datetime(2026, 11, 25, 7, 0, tzinfo=UTC)
 
@@ -300,3 +302,41 @@ async def test_attachments_are_fetched_and_attached(
     assert part.get_filename() == "invoice.pdf"
     assert part.get_content_type() == "application/pdf"
     assert part.get_content() == b"%PDF-1.4 fake"
+
+
+@pytest.mark.parametrize("mode", ["starttls", "implicit"])
+async def test_smtp_tls_modes(mode: str, make_adapter: Any, tmp_path: Any) -> None:
+    """STARTTLS and implicit TLS to an aiosmtpd server holding a self-signed certificate."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    make_certificate(cert, key)
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+    handler = RecordingHandler()
+    port = free_port()
+    if mode == "starttls":
+        controller = Controller(
+            handler,
+            hostname="127.0.0.1",
+            port=port,
+            tls_context=server_context,
+            require_starttls=True,
+        )
+    else:
+        controller = Controller(
+            handler, hostname="127.0.0.1", port=port, ssl_context=server_context
+        )
+    controller.start()
+    try:
+        imap = {"host": "127.0.0.1", "port": 1, "tls": "none", "username": "u", "password": "p"}
+        smtp = {"host": "127.0.0.1", "port": port, "tls": mode, "timeout": "5s"}
+        client_context = ssl.create_default_context(cafile=str(cert))
+        adapter = make_adapter(email_config(imap, smtp), smtp_tls_context=client_context)
+        await adapter.send(conversation(), agent_message())
+        assert len(handler.messages) == 1
+
+        untrusted = make_adapter(email_config(imap, smtp))
+        with pytest.raises((TransientChannelError, PermanentChannelError)):
+            await untrusted.send(conversation(), agent_message())
+        assert len(handler.messages) == 1
+    finally:
+        controller.stop()
