@@ -71,10 +71,15 @@ class MemoryKV:
         self.data[key] = value
 
 
-@pytest.fixture
-def dovecot() -> Iterator[Dovecot]:
+def require_dovecot() -> None:
+    """Fail (never skip) when Debian's Dovecot is not installed: these tests need it."""
     if not os.path.exists(DOVECOT):
         pytest.fail(f"{DOVECOT} is missing: install it: apt-get install -y dovecot-imapd")
+
+
+@pytest.fixture
+def dovecot() -> Iterator[Dovecot]:
+    require_dovecot()
     root = make_dovecot_root()
     server = Dovecot(root=root)
     server.write_config()

@@ -22,6 +22,7 @@ from tests.email.conftest import (
     RecordingInbound,
     email_config,
     fixture_files,
+    require_dovecot,
 )
 from tests.email.servers import Dovecot, make_dovecot_root, remove_root
 
@@ -240,6 +241,7 @@ async def test_wrong_password_keeps_retrying_degraded(
 @pytest.mark.parametrize("mode", ["implicit", "starttls"])
 async def test_tls_modes(mode: str, inbound: RecordingInbound, make_adapter: Any) -> None:
     """Implicit TLS and STARTTLS against Dovecot with a certificate we trust explicitly."""
+    require_dovecot()
     root = make_dovecot_root()
     server = Dovecot(root=root, tls=True)
     server.write_config()
