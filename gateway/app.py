@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Mapping
 import structlog
 from aiohttp import ClientSession, ClientTimeout, web
 
-from gateway.api import agent, events, ops, stream
+from gateway.api import agent, events, inbox, ops, stream
 from gateway.api.http import request_context
 from gateway.appkeys import RUNTIME
 from gateway.channels import ChannelType
@@ -45,6 +45,7 @@ def create_app(
     app.add_routes(agent.routes)
     app.add_routes(stream.routes)
     app.add_routes(events.routes)
+    app.add_routes(inbox.routes)
     app.add_routes(webhook_routes)
     mounted: set[tuple[str, str]] = set()
     for adapter in runtime.adapters.values():

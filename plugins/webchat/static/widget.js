@@ -2,9 +2,10 @@
  *   <script src="https://GATEWAY/webchat/widget.js" data-channel="site" async></script>
  * Optional attributes: data-gateway (base URL, default: where this script came from),
  * data-title, data-name (visitor display name), data-open="true" (start opened).
- * The session token is kept in localStorage, so a reload resumes the same conversation; the
- * socket reconnects by itself with ?after=<last message id> and the gateway replays what was
- * missed. Unacknowledged messages are resent with the same client_id (never duplicated).
+ * The session token (and any message not yet acknowledged) is kept in localStorage, so a reload
+ * resumes the same conversation: the first socket of a page load asks for the whole history
+ * (?after=0, lower than every message id), later reconnects for what came after the last message
+ * shown. Unacknowledged messages are resent with the same client_id (never duplicated).
  * Every customer or agent text is rendered with textContent: never as HTML.
  */
 (function () {
@@ -19,8 +20,9 @@
   var state = load();
   var ws = null;
   var retry = 0;
-  var pending = {}; // client_id -> text, until acknowledged
+  var pending = state.pending || {}; // client_id -> text, until acknowledged (survives reloads)
   var shown = {};   // message id -> element
+  var lastId = null; // the newest message shown on this page: where a reconnect resumes
   var typingTimer = null;
   var lastTyping = 0;
 
@@ -28,6 +30,8 @@
     try { return JSON.parse(localStorage.getItem(storeKey)) || {}; } catch (e) { return {}; }
   }
   function save() {
+    state.pending = pending;
+    delete state.after; // older versions kept it; the history is replayed on each page load
     try { localStorage.setItem(storeKey, JSON.stringify(state)); } catch (e) { /* private mode */ }
   }
   function uuid() {
@@ -87,6 +91,7 @@
   function mount() {
     document.body.appendChild(panel);
     document.body.appendChild(button);
+    Object.keys(pending).forEach(function (id) { render(null, id); });
     if (script.getAttribute("data-open") === "true" || state.open) toggle(true);
   }
   function toggle(open) {
@@ -100,18 +105,20 @@
 
   function render(message, clientId) {
     var key = message ? message.id : "pending:" + clientId;
-    var node = shown[key] || (clientId && shown["pending:" + clientId]);
+    var ownId = message ? message.client_id || clientId : clientId;
+    var node = shown[key] || (ownId && shown["pending:" + ownId]);
     if (!node) {
       node = el("div", "gwc-msg");
-      log.appendChild(node);
+      // Messages still being sent stay last, below whatever the gateway confirms meanwhile.
+      log.insertBefore(node, message ? log.querySelector(".gwc-unsent") : null);
     }
     if (message) {
-      delete shown["pending:" + (message.client_id || clientId)];
+      delete shown["pending:" + ownId];
       shown[message.id] = node;
       node.className = "gwc-msg " + (message.direction === "in" ? "gwc-in" : "gwc-out");
       node.textContent = message.text || "[" + message.kind + "]";
       node.setAttribute("data-id", message.id);
-      if (!state.after || message.id > state.after) { state.after = message.id; save(); }
+      if (!lastId || message.id > lastId) lastId = message.id;
     } else {
       shown[key] = node;
       node.className = "gwc-msg gwc-in gwc-unsent";
@@ -137,7 +144,7 @@
   function session() {
     var body = state.token ? {token: state.token} : {display_name: script.getAttribute("data-name") || undefined};
     return post("/webchat/" + encodeURIComponent(channel) + "/session", body).catch(function (err) {
-      if (state.token) { state.token = null; state.after = null; save(); return session(); }
+      if (state.token) { state.token = null; save(); return session(); }
       throw err;
     }).then(function (s) { state.token = s.token; state.visitor = s.visitor_id; save(); });
   }
@@ -145,7 +152,7 @@
   function connect() {
     session().then(function () {
       var url = base.replace(/^http/, "ws") + "/webchat/" + encodeURIComponent(channel) +
-        "/ws?token=" + encodeURIComponent(state.token) + (state.after ? "&after=" + encodeURIComponent(state.after) : "");
+        "/ws?token=" + encodeURIComponent(state.token) + "&after=" + encodeURIComponent(lastId || "0");
       ws = new WebSocket(url);
       ws.onopen = function () {
         retry = 0;
@@ -157,6 +164,7 @@
         try { frame = JSON.parse(e.data); } catch (err) { return; }
         if (frame.type === "ack") {
           delete pending[frame.client_id];
+          save();
           render(frame.message, frame.client_id);
         } else if (frame.type === "message") {
           render(frame.message);
@@ -193,9 +201,11 @@
     if (!text) return;
     var clientId = uuid();
     pending[clientId] = text;
+    save();
     render(null, clientId);
     transmit(clientId);
     input.value = "";
+    lastTyping = 0; // the next keystroke starts a new message: say so at once
   });
   input.addEventListener("input", function () {
     var now = Date.now();

@@ -1,0 +1,130 @@
+// The gateway's agent API as the inbox page uses it: JSON over fetch, and the live stream.
+// Nothing here touches the DOM, so the page's logic and the wire format stay apart.
+
+/** An API answer that was not 2xx, with the gateway's machine-readable error code. */
+export class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+/** A random id for Idempotency-Key; crypto.randomUUID needs a secure context, this does not. */
+export function randomId() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+export class Api {
+  constructor(token) {
+    this.token = token;
+  }
+
+  async call(method, path, body, extraHeaders) {
+    const headers = { Authorization: "Bearer " + this.token, ...(extraHeaders || {}) };
+    const init = { method, headers, cache: "no-store" };
+    if (body !== undefined) {
+      headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(body);
+    }
+    let resp;
+    try {
+      resp = await fetch(path, init);
+    } catch (err) {
+      throw new ApiError(0, "network", "The gateway cannot be reached; retrying when it is back.");
+    }
+    if (resp.status === 204) return null;
+    let data = null;
+    try {
+      data = await resp.json();
+    } catch (err) {
+      data = null;
+    }
+    if (!resp.ok) {
+      const error = (data && data.error) || {};
+      throw new ApiError(resp.status, error.code || "error", error.message || resp.statusText);
+    }
+    return data;
+  }
+
+  get(path) {
+    return this.call("GET", path);
+  }
+
+  post(path, body, headers) {
+    return this.call("POST", path, body === undefined ? {} : body, headers);
+  }
+
+  conversationPath(id, action) {
+    return "/api/v1/conversations/" + encodeURIComponent(id) + (action ? "/" + action : "");
+  }
+}
+
+/**
+ * The agent's live WebSocket (/api/v1/stream). Its open connection is the agent's presence, so
+ * it reconnects by itself with capped exponential backoff and `after=` the last cursor seen:
+ * the gateway replays what was missed, in order, before going live again.
+ */
+export class Stream {
+  constructor(token, { onEvent, onHello, onState }) {
+    this.token = token;
+    this.onEvent = onEvent;
+    this.onHello = onHello;
+    this.onState = onState;
+    this.cursor = null;
+    this.retry = 0;
+    this.ws = null;
+    this.timer = null;
+    this.stopped = true;
+  }
+
+  start() {
+    this.stopped = false;
+    this.connect();
+  }
+
+  stop() {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    if (this.ws) this.ws.close(1000, "signed out");
+    this.ws = null;
+  }
+
+  connect() {
+    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    let url = scheme + "//" + location.host + "/api/v1/stream?access_token=" +
+      encodeURIComponent(this.token);
+    if (this.cursor) url += "&after=" + encodeURIComponent(this.cursor);
+    const ws = new WebSocket(url);
+    this.ws = ws;
+    ws.onopen = () => {
+      this.retry = 0;
+      this.onState("live");
+    };
+    ws.onmessage = (e) => {
+      let frame;
+      try {
+        frame = JSON.parse(e.data);
+      } catch (err) {
+        return;
+      }
+      if (frame.type === "hello") {
+        // Only the first connection starts from "now"; later ones resume from our own cursor.
+        if (!this.cursor && frame.cursor) this.cursor = frame.cursor;
+        this.onHello();
+        return;
+      }
+      if (frame.type === "pong") return;
+      if (frame.cursor) this.cursor = frame.cursor; // typing events have none: not in the log
+      this.onEvent(frame);
+    };
+    ws.onclose = () => {
+      if (this.ws !== ws || this.stopped) return;
+      this.ws = null;
+      this.onState("reconnecting");
+      const delay = Math.min(15000, 500 * 2 ** this.retry++) * (0.5 + Math.random() / 2);
+      this.timer = setTimeout(() => this.connect(), delay);
+    };
+  }
+}

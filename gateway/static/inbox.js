@@ -1,0 +1,671 @@
+// The agent inbox page: sign-in, queues and tabs, preview, accept, the thread, reply, state
+// changes, transfer, and live updates from /api/v1/stream. It uses only the public agent API.
+//
+// State lives in `app`; every conversation the page knows sits in `app.convs` (newest version
+// wins, whether it came from a list call or the stream) and the list is always derived from it,
+// so a live event and a reload can never disagree about where a conversation is listed.
+
+import { Api, ApiError, Stream, randomId } from "./api.js";
+import {
+  channelIcon, channelLabel, clockTime, contactName, h, reasonWords, sinceText, tick,
+} from "./view.js";
+
+const TOKEN_KEY = "gw-inbox-token";
+const STATES = ["waiting", "active", "pending", "inactive", "closed"];
+const LIST_LIMIT = 200;
+const TYPING_EVERY_MS = 3000;
+const TYPING_SHOWN_MS = 6000;
+
+const $ = (selector) => document.querySelector(selector);
+const ui = {
+  signin: $("#signin"),
+  signinForm: $("#signin-form"),
+  token: $("#token"),
+  signinError: $("#signin-error"),
+  app: $("#app"),
+  conn: $("#conn"),
+  me: $("#me"),
+  signout: $("#signout"),
+  queue: $("#queue"),
+  mine: $("#mine"),
+  tabs: Array.from(document.querySelectorAll("[role=tab]")),
+  list: $("#list"),
+  listNotice: $("#list-notice"),
+  empty: $("#empty"),
+  pane: $("#pane"),
+};
+const placeholder = ui.pane.firstElementChild;
+
+const app = {
+  api: null,
+  stream: null,
+  me: null,
+  tab: "waiting",
+  queue: "",
+  mine: false,
+  convs: new Map(), // id -> conversation JSON, the newest version seen
+  notices: new Map(), // id -> a short inline notice shown on the list item
+  open: null, // the conversation shown in the pane: {id, messages, el, ...}
+  hellos: 0,
+  listSeq: 0,
+  openSeq: 0,
+  countsTimer: null,
+  clockTimer: null,
+};
+
+// ---- errors ----------------------------------------------------------------------------------
+
+const FRIENDLY = {
+  already_taken: "Taken by another agent.",
+  window_closed: "The WhatsApp window is closed: only an approved template can be sent.",
+  max_active_reached: "You already hold as many active conversations as you may; " +
+    "set one pending or close one first.",
+  not_assignee: "Another agent is attending this conversation.",
+  not_on_queue: "This conversation is not on your queues any more.",
+};
+
+function friendly(err) {
+  return FRIENDLY[err.code] || err.message || "Something went wrong.";
+}
+
+/** Await an API call; a 401 signs out, other failures become a notice and resolve to null. */
+async function guard(promise, onError) {
+  try {
+    return await promise;
+  } catch (err) {
+    if (!(err instanceof ApiError)) throw err;
+    if (err.status === 401) signOut("Your session ended: sign in again.");
+    else if (onError) onError(err);
+    else showListNotice(friendly(err));
+    return null;
+  }
+}
+
+// ---- sign-in ---------------------------------------------------------------------------------
+
+function showSignin(message) {
+  ui.app.hidden = true;
+  ui.signin.hidden = false;
+  ui.signinError.textContent = message || "";
+  ui.token.value = "";
+  ui.token.focus();
+}
+
+async function signIn(token, remembered) {
+  const api = new Api(token);
+  let me;
+  try {
+    me = await api.get("/api/v1/me");
+  } catch (err) {
+    sessionStorage.removeItem(TOKEN_KEY);
+    if (err.status === 401) {
+      showSignin(remembered ? "Your session ended: sign in again." : "That token is not valid.");
+    } else {
+      showSignin(err.message);
+    }
+    return;
+  }
+  sessionStorage.setItem(TOKEN_KEY, token);
+  Object.assign(app, { api, me, tab: "waiting", queue: "", mine: false, hellos: 0 });
+  ui.me.textContent = me.name || me.id;
+  ui.queue.replaceChildren(
+    h("option", { attrs: { value: "" }, text: "All my queues" }),
+    ...me.queues.map((q) => h("option", { attrs: { value: q }, text: q })),
+  );
+  ui.mine.checked = false;
+  ui.signin.hidden = true;
+  ui.app.hidden = false;
+  selectTab("waiting");
+  loadCounts();
+  app.stream = new Stream(token, { onEvent, onHello, onState });
+  app.stream.start();
+  app.clockTimer = setInterval(updateTimes, 10000);
+}
+
+function signOut(message) {
+  if (app.stream) app.stream.stop();
+  clearInterval(app.clockTimer);
+  sessionStorage.removeItem(TOKEN_KEY);
+  Object.assign(app, { api: null, stream: null, me: null, open: null });
+  app.convs.clear();
+  app.notices.clear();
+  ui.list.replaceChildren();
+  ui.pane.replaceChildren(placeholder);
+  ui.app.classList.remove("show-pane");
+  showSignin(message);
+}
+
+// ---- the stream ------------------------------------------------------------------------------
+
+function onState(state) {
+  ui.conn.textContent = state === "live" ? "live" : "reconnecting…";
+  ui.conn.classList.toggle("is-live", state === "live");
+}
+
+/** Each (re)connection: the first one follows the sign-in load; later ones catch up. */
+function onHello() {
+  if (app.hellos++ === 0) return;
+  loadCounts();
+  loadList();
+  if (app.open) openConversation(app.open.id);
+}
+
+function onEvent(event) {
+  const conv = event.conversation;
+  const open = app.open;
+  if (event.type === "conversation.typing") {
+    if (event.change === "visitor" && open && conv && conv.id === open.id) showTyping(conv);
+    return;
+  }
+  if (conv) upsert(conv);
+  const message = event.message;
+  if (message && open && message.conversation_id === open.id) {
+    open.messages.set(message.id, message);
+    if (message.direction === "in") hideTyping();
+    renderThread();
+  }
+  if (conv && open && conv.id === open.id) renderOpenState();
+  if (event.type.startsWith("conversation.")) scheduleCounts();
+  renderList();
+}
+
+function upsert(conv) {
+  const known = app.convs.get(conv.id);
+  if (!known || (conv.version || 0) >= (known.version || 0)) app.convs.set(conv.id, conv);
+}
+
+// ---- queues, tabs and the list ----------------------------------------------------------------
+
+function scheduleCounts() {
+  clearTimeout(app.countsTimer);
+  app.countsTimer = setTimeout(loadCounts, 150);
+}
+
+async function loadCounts() {
+  const data = await guard(app.api.get("/api/v1/queues"));
+  if (!data || !app.me) return;
+  const totals = Object.fromEntries(STATES.map((s) => [s, 0]));
+  for (const q of data.queues) {
+    if (app.queue && q.name !== app.queue) continue;
+    for (const s of STATES) totals[s] += q.counts[s] || 0;
+  }
+  for (const tab of ui.tabs) tab.querySelector(".count").textContent = totals[tab.dataset.state];
+}
+
+function selectTab(state) {
+  app.tab = state;
+  for (const tab of ui.tabs) tab.setAttribute("aria-selected", String(tab.dataset.state === state));
+  showListNotice("");
+  renderList();
+  loadList();
+}
+
+async function loadList() {
+  const seq = ++app.listSeq;
+  const tab = app.tab;
+  const query = new URLSearchParams({ state: tab, limit: String(LIST_LIMIT) });
+  if (app.queue) query.set("queue", app.queue);
+  if (app.mine) query.set("mine", "1");
+  const data = await guard(app.api.get("/api/v1/inbox?" + query));
+  if (!data || seq !== app.listSeq) return;
+  const listed = new Set(data.conversations.map((c) => c.id));
+  data.conversations.forEach(upsert);
+  if (data.conversations.length < LIST_LIMIT) {
+    // What we believed listed here but the gateway no longer lists moved on out of our sight
+    // (e.g. transferred to a queue we are not on): forget it.
+    for (const c of Array.from(app.convs.values())) {
+      if (inList(c, tab) && !listed.has(c.id)) app.convs.delete(c.id);
+    }
+  }
+  renderList();
+}
+
+function inList(c, tab) {
+  const me = app.me;
+  const visible = me.queues.includes(c.queue) || c.agent === me.id;
+  return visible && c.state === tab && (!app.queue || c.queue === app.queue) &&
+    (!app.mine || c.agent === me.id);
+}
+
+function byOrder(a, b) {
+  if (app.tab === "waiting") {
+    // Strictly oldest first: the order the queue serves them in.
+    return a.queued_at === b.queued_at ? (a.id < b.id ? -1 : 1) : (a.queued_at < b.queued_at ? -1 : 1);
+  }
+  const ta = a.last_message_at || a.updated_at || "";
+  const tb = b.last_message_at || b.updated_at || "";
+  return ta === tb ? 0 : (ta < tb ? 1 : -1);
+}
+
+function renderList() {
+  if (!app.me) return;
+  const focused = document.activeElement;
+  const focusKey = ui.list.contains(focused) && focused.dataset.focus
+    ? [focused.closest("li").dataset.id, focused.dataset.focus] : null;
+  const items = Array.from(app.convs.values()).filter((c) => inList(c, app.tab)).sort(byOrder);
+  ui.list.replaceChildren(...items.map(listItem));
+  ui.empty.hidden = items.length > 0;
+  if (focusKey) {
+    const again = ui.list.querySelector(`li[data-id="${CSS.escape(focusKey[0])}"] ` +
+      `[data-focus="${focusKey[1]}"]`);
+    if (again) again.focus();
+  }
+}
+
+function listItem(c) {
+  const name = contactName(c);
+  const waiting = c.state === "waiting";
+  const since = waiting ? c.queued_at : c.last_message_at || c.updated_at;
+  const address = c.contact.display_name ? c.contact.address : "";
+  const where = [address, app.queue ? null : c.queue].filter(Boolean).join(" · ");
+  const holder = c.agent ? (c.agent === app.me.id ? "you" : c.agent) : null;
+  const notice = app.notices.get(c.id);
+  const classes = ["conv", "is-" + c.state];
+  if (app.open && app.open.id === c.id) classes.push("is-open");
+  return h("li", { class: classes.join(" "), attrs: { "data-id": c.id, "data-state": c.state } },
+    h("button", {
+      class: "conv-open",
+      attrs: {
+        type: "button",
+        "data-focus": "open",
+        "aria-label": (waiting ? "Preview" : "Open") + " the conversation with " + name,
+      },
+      on: { click: () => openConversation(c.id) },
+    },
+    channelIcon(c.channel_type),
+    h("span", { class: "conv-body" },
+      h("span", { class: "conv-line" },
+        h("span", { class: "conv-name", text: name }),
+        h("time", {
+          class: "since",
+          attrs: { "data-since": since, "data-form": waiting ? "wait" : "ago", datetime: since },
+          text: sinceText(since, waiting ? "wait" : "ago"),
+        })),
+      where ? h("span", { class: "conv-where", text: where }) : null,
+      c.subject ? h("span", { class: "conv-subject", text: c.subject }) : null,
+      h("span", { class: "conv-preview", text: c.preview || "" }),
+      c.state === "inactive"
+        ? h("span", { class: "conv-reason", text: "Inactive: " + reasonWords(c.inactive_reason) })
+        : null,
+      holder ? h("span", { class: "conv-holder", text: "with " + holder }) : null)),
+    waiting ? h("button", {
+      class: "accept",
+      attrs: { type: "button", "data-focus": "accept", title: "Accept", "aria-label": "Accept the conversation with " + name },
+      on: { click: () => accept(c.id) },
+    }, "✓") : null,
+    notice ? h("p", { class: "inline-notice", attrs: { role: "status" }, text: notice }) : null);
+}
+
+function showListNotice(text) {
+  ui.listNotice.textContent = text;
+  ui.listNotice.hidden = !text;
+}
+
+function updateTimes() {
+  for (const node of document.querySelectorAll("[data-since]")) {
+    node.textContent = sinceText(node.dataset.since, node.dataset.form);
+  }
+}
+
+// ---- actions ---------------------------------------------------------------------------------
+
+/** Tell the agent about a refused action where they are looking: on the item and in the pane. */
+function setNotice(id, text) {
+  if (text) app.notices.set(id, text);
+  else app.notices.delete(id);
+  const c = app.convs.get(id);
+  const listed = c && inList(c, app.tab);
+  if (text && !listed) showListNotice(contactName(c || { contact: {} }) + ": " + text);
+  if (app.open && app.open.id === id) {
+    app.open.el.notice.textContent = text || "";
+    app.open.el.notice.hidden = !text;
+  }
+  renderList();
+}
+
+async function act(id, action, body) {
+  const conv = await guard(
+    app.api.post(app.api.conversationPath(id, action), body).then((d) => d.conversation),
+    (err) => setNotice(id, friendly(err)),
+  );
+  if (!conv) return null;
+  upsert(conv);
+  setNotice(id, "");
+  if (app.open && app.open.id === id) renderOpenState();
+  scheduleCounts();
+  return conv;
+}
+
+async function accept(id) {
+  const conv = await act(id, "accept");
+  if (!conv) return;
+  selectTab("active");
+  openConversation(id);
+}
+
+// ---- the open conversation -------------------------------------------------------------------
+
+async function openConversation(id) {
+  const seq = ++app.openSeq;
+  const data = await guard(app.api.get(app.api.conversationPath(id)));
+  if (!data || seq !== app.openSeq) return;
+  const { messages, ...conv } = data;
+  upsert(conv);
+  const same = app.open && app.open.id === id;
+  if (!same) {
+    app.open = { id, messages: new Map(), el: null, typingTimer: null, typingSent: 0, send: null };
+    buildPane();
+  }
+  for (const m of messages) app.open.messages.set(m.id, m);
+  renderOpenState();
+  renderThread(!same);
+  ui.app.classList.add("show-pane");
+  renderList();
+}
+
+function closePane() {
+  app.open = null;
+  ui.pane.replaceChildren(placeholder);
+  ui.app.classList.remove("show-pane");
+  renderList();
+}
+
+function buildPane() {
+  const el = {
+    head: h("header", { class: "conv-head" }),
+    banner: h("p", { class: "banner", attrs: { role: "status" } }),
+    notice: h("p", { class: "notice", attrs: { role: "alert", hidden: true } }),
+    actions: h("div", { class: "actions" }),
+    transfer: null,
+    thread: h("ol", { class: "thread", attrs: { role: "log", "aria-label": "Messages" } }),
+    typing: h("p", { class: "typing", attrs: { "aria-live": "polite" } }),
+  };
+  el.transfer = transferForm();
+  Object.assign(el, composer());
+  app.open.el = el;
+  const notice = app.notices.get(app.open.id);
+  el.notice.textContent = notice || "";
+  el.notice.hidden = !notice;
+  ui.pane.replaceChildren(el.head, el.banner, el.notice, el.actions, el.transfer, el.thread,
+    el.typing, el.composer);
+}
+
+function renderOpenState() {
+  const o = app.open;
+  const c = app.convs.get(o.id);
+  if (!c) return;
+  const el = o.el;
+  const mine = c.agent === app.me.id;
+  const name = contactName(c);
+  const sub = [c.contact.display_name ? c.contact.address : null,
+    c.channel + " (" + channelLabel(c.channel_type) + ")", "queue " + c.queue];
+  el.head.replaceChildren(
+    h("button", {
+      class: "back ghost",
+      attrs: { type: "button", "aria-label": "Back to the list" },
+      on: { click: closePane },
+    }, "←"),
+    channelIcon(c.channel_type),
+    h("div", { class: "conv-title" },
+      h("h2", { text: name }),
+      h("p", { class: "conv-sub", text: sub.filter(Boolean).join(" · ") }),
+      c.subject ? h("p", { class: "conv-sub", text: "Subject: " + c.subject }) : null),
+    h("span", { class: "badge badge-" + c.state, text: c.state }));
+  el.head.classList.toggle("is-inactive", c.state === "inactive");
+
+  el.banner.textContent = bannerText(c, mine);
+  el.banner.hidden = !el.banner.textContent;
+  el.banner.className = "banner banner-" + c.state;
+
+  const buttons = [];
+  const button = (label, aria, cls, onClick) => h("button", {
+    class: "act " + cls, attrs: { type: "button", "aria-label": aria }, on: { click: onClick },
+  }, label);
+  if (c.state === "waiting") {
+    buttons.push(button("✓ Accept", "Accept this conversation", "act-accept", () => accept(c.id)));
+  }
+  if (mine && c.state === "active") {
+    buttons.push(button("Pending", "Set this conversation pending", "", () => act(c.id, "pending")));
+  }
+  if (mine && c.state === "pending") {
+    buttons.push(button("Resume", "Resume this conversation", "", () => act(c.id, "resume")));
+  }
+  if (mine && (c.state === "active" || c.state === "pending")) {
+    buttons.push(button("Transfer", "Transfer this conversation", "", () => {
+      el.transfer.hidden = !el.transfer.hidden;
+    }));
+    buttons.push(button("Close", "Close this conversation", "act-close", () => act(c.id, "close")));
+  } else {
+    el.transfer.hidden = true;
+  }
+  el.actions.replaceChildren(...buttons);
+  el.actions.hidden = buttons.length === 0;
+  renderComposer(c, mine);
+}
+
+function bannerText(c, mine) {
+  if (c.state === "waiting") return "Preview: not accepted yet. Accept it to reply.";
+  if (c.state === "inactive") {
+    return "Inactive (" + reasonWords(c.inactive_reason) + "): it can no longer be answered. " +
+      "Contact for look-up: " + c.contact.address;
+  }
+  if (c.state === "closed") return "Closed.";
+  if (!mine) return "Attended by " + (c.agent || "nobody") + ".";
+  if (c.state === "pending") return "Pending: resume it to reply.";
+  return "";
+}
+
+function renderThread(toBottom) {
+  const thread = app.open.el.thread;
+  const nearBottom = thread.scrollHeight - thread.scrollTop - thread.clientHeight < 60;
+  const messages = Array.from(app.open.messages.values()).sort((a, b) => (a.id < b.id ? -1 : 1));
+  thread.replaceChildren(...messages.map(messageItem));
+  if (toBottom || nearBottom) thread.scrollTop = thread.scrollHeight;
+}
+
+function messageItem(m) {
+  const out = m.direction === "out";
+  const template = m.template
+    ? "Template " + m.template.name + " (" + m.template.language + ")" +
+      (m.template.params && m.template.params.length ? ": " + m.template.params.join(", ") : "")
+    : "";
+  const failed = m.status === "failed";
+  return h("li", { class: "msg msg-" + (out ? "out" : "in") + (failed ? " msg-failed" : ""), attrs: { "data-id": m.id } },
+    m.channel_type === "email" && m.subject ? h("p", { class: "msg-subject", text: m.subject }) : null,
+    h("p", { class: "msg-text", text: m.text || template || "[" + m.kind + "]" }),
+    (m.attachments || []).map((a) =>
+      h("p", { class: "msg-attachment", text: "📎 " + (a.filename || a.caption || a.kind) })),
+    h("p", { class: "msg-meta" },
+      out && m.agent && m.agent !== app.me.id ? m.agent + " · " : null,
+      h("time", { attrs: { datetime: m.sent_at }, text: clockTime(m.sent_at) }),
+      out ? " " : null,
+      out ? tick(m.status) : null),
+    failed ? h("p", {
+      class: "msg-error",
+      text: "Not delivered: " + (m.error_message || m.error_code || "the channel refused it"),
+    }) : null);
+}
+
+function showTyping(conv) {
+  const el = app.open.el;
+  el.typing.textContent = contactName(conv) + " is typing…";
+  clearTimeout(app.open.typingTimer);
+  app.open.typingTimer = setTimeout(hideTyping, TYPING_SHOWN_MS);
+}
+
+function hideTyping() {
+  if (app.open) app.open.el.typing.textContent = "";
+}
+
+// ---- reply, templates, transfer ---------------------------------------------------------------
+
+function composer() {
+  const text = h("textarea", {
+    attrs: { rows: "2", maxlength: "4096", placeholder: "Write a reply…", "aria-label": "Reply" },
+    on: { input: agentTyping, keydown: (e) => {
+      if (e.key === "Enter" && !e.shiftKey) {
+        e.preventDefault();
+        text.form.requestSubmit();
+      }
+    } },
+  });
+  const send = h("button", { class: "primary", attrs: { type: "submit", "aria-label": "Send reply" } }, "Send");
+  const why = h("p", { class: "composer-why", attrs: { "aria-live": "polite" } });
+  const form = h("form", { class: "composer-form", on: { submit: sendText } },
+    h("div", { class: "composer-row" }, text, send));
+  const tplName = h("input", { attrs: { type: "text", required: true, placeholder: "e.g. HX… (Content SID) or order_update" } });
+  const tplLang = h("input", { attrs: { type: "text", required: true, value: "es" } });
+  const tplParams = h("textarea", { attrs: { rows: "2" } });
+  const field = (label, control, cls) => h("label", { class: "field " + (cls || "") }, h("span", { text: label }), control);
+  const template = h("form", {
+    class: "template", attrs: { hidden: true, "aria-label": "Send a template" }, on: { submit: sendTemplate },
+  },
+  h("p", { class: "template-title", text: "Send an approved template" }),
+  h("div", { class: "template-row" },
+    field("Template name", tplName, "field-name"), field("Template language", tplLang, "field-lang")),
+  field("Template parameters, one per line", tplParams),
+  h("button", { class: "primary", attrs: { type: "submit", "aria-label": "Send template" } }, "Send template"));
+  return {
+    composer: h("div", { class: "composer" }, why, template, form),
+    form, text, send, why, template, tplName, tplLang, tplParams,
+  };
+}
+
+function renderComposer(c, mine) {
+  const el = app.open.el;
+  const holds = mine && (c.state === "active" || c.state === "pending");
+  const windowClosed = holds && !c.can_reply;
+  const canWrite = mine && c.state === "active" && c.can_reply;
+  el.text.disabled = !canWrite;
+  el.send.disabled = !canWrite;
+  el.template.hidden = !(windowClosed && c.channel_type === "whatsapp");
+  let why = "";
+  if (windowClosed) {
+    why = c.channel_type === "whatsapp"
+      ? "WhatsApp's 24-hour window is closed (the customer last wrote " +
+        clockTime(c.last_customer_message_at) + "): free text cannot be sent until they " +
+        "write again. You can send an approved template."
+      : "This channel does not accept free text now.";
+  } else if (!canWrite) {
+    why = {
+      waiting: "Accept the conversation to reply.",
+      pending: mine ? "Resume the conversation to reply." : "Another agent set this aside.",
+      active: "Another agent is attending this conversation.",
+      inactive: "This conversation is inactive: it can no longer be answered.",
+      closed: "This conversation is closed.",
+    }[c.state] || "";
+  }
+  el.why.textContent = why;
+  el.why.hidden = !why;
+  el.form.hidden = c.state === "inactive" || c.state === "closed";
+}
+
+function agentTyping() {
+  const o = app.open;
+  const c = o && app.convs.get(o.id);
+  if (!c || c.state !== "active" || c.agent !== app.me.id) return;
+  const now = Date.now();
+  if (now - o.typingSent < TYPING_EVERY_MS) return;
+  o.typingSent = now;
+  app.api.post(app.api.conversationPath(o.id, "typing")).catch(() => {});
+}
+
+/** Post a message; a retry of the same content reuses its Idempotency-Key (sent once). */
+async function postMessage(body) {
+  const o = app.open;
+  const id = o.id;
+  const fingerprint = JSON.stringify(body);
+  if (!o.send || o.send.fingerprint !== fingerprint) o.send = { fingerprint, key: randomId() };
+  const data = await guard(
+    app.api.post(app.api.conversationPath(id, "messages"), body, { "Idempotency-Key": o.send.key }),
+    (err) => setNotice(id, friendly(err)),
+  );
+  if (!data || !app.open || app.open.id !== id) return false;
+  o.send = null;
+  o.typingSent = 0; // the next keystroke starts a new message: say so at once
+  setNotice(id, "");
+  // The stream may already have brought a newer status for it: keep that one.
+  if (!o.messages.has(data.message.id)) o.messages.set(data.message.id, data.message);
+  renderThread(true);
+  return true;
+}
+
+async function sendText(e) {
+  e.preventDefault();
+  const el = app.open.el;
+  const text = el.text.value.trim();
+  if (!text || el.text.disabled) return;
+  el.send.disabled = true;
+  const sent = await postMessage({ text });
+  if (!app.open || app.open.el !== el) return;
+  if (sent) el.text.value = "";
+  renderOpenState();
+  el.text.focus();
+}
+
+async function sendTemplate(e) {
+  e.preventDefault();
+  const el = app.open.el;
+  const params = el.tplParams.value.split("\n").map((p) => p.trim()).filter(Boolean);
+  const template = { name: el.tplName.value.trim(), language: el.tplLang.value.trim(), params };
+  if (await postMessage({ template })) el.tplParams.value = "";
+}
+
+function transferForm() {
+  const queue = h("select", { attrs: { "aria-label": "Transfer to a queue" } },
+    h("option", { attrs: { value: "" }, text: "a queue…" }),
+    ...app.me.queues.map((q) => h("option", { attrs: { value: q }, text: q })));
+  const agent = h("input", {
+    attrs: { type: "text", placeholder: "or an agent id", "aria-label": "Transfer to an agent (id)" },
+  });
+  const form = h("form", {
+    class: "transfer",
+    attrs: { hidden: true, "aria-label": "Transfer" },
+    on: {
+      submit: async (e) => {
+        e.preventDefault();
+        const id = app.open.id;
+        const body = agent.value.trim() ? { agent: agent.value.trim() } : { queue: queue.value };
+        if (!body.agent && !body.queue) {
+          setNotice(id, "Choose a queue or type an agent id.");
+          return;
+        }
+        if (await act(id, "transfer", body)) {
+          form.hidden = true;
+          agent.value = "";
+          queue.value = "";
+        }
+      },
+    },
+  },
+  h("span", { class: "transfer-label", text: "Transfer to" }), queue, agent,
+  h("button", { class: "primary", attrs: { type: "submit", "aria-label": "Confirm the transfer" } }, "Transfer"),
+  h("button", {
+    class: "ghost", attrs: { type: "button", "aria-label": "Cancel the transfer" },
+    on: { click: () => { form.hidden = true; } },
+  }, "Cancel"));
+  return form;
+}
+
+// ---- wiring ----------------------------------------------------------------------------------
+
+ui.signinForm.addEventListener("submit", (e) => {
+  e.preventDefault();
+  const token = ui.token.value.trim();
+  if (token) signIn(token, false);
+});
+ui.signout.addEventListener("click", () => signOut(""));
+for (const tab of ui.tabs) tab.addEventListener("click", () => selectTab(tab.dataset.state));
+ui.queue.addEventListener("change", () => {
+  app.queue = ui.queue.value;
+  loadCounts();
+  selectTab(app.tab);
+});
+ui.mine.addEventListener("change", () => {
+  app.mine = ui.mine.checked;
+  selectTab(app.tab);
+});
+
+const remembered = sessionStorage.getItem(TOKEN_KEY);
+if (remembered) signIn(remembered, true);
+else showSignin("");

@@ -1,0 +1,153 @@
+"""Fixtures for the browser tests: a live gateway, headless Chromium, pages that record errors.
+
+The tests run in the session's event loop (`pytestmark` in each module) so that one Chromium
+serves them all; each test still starts its own gateway on a fresh database.
+
+Every page records uncaught exceptions and console errors (a Content-Security-Policy violation
+is reported there), and `clean` asserts there were none, so a page that "works" while throwing
+or being blocked by its own policy still fails the test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest_asyncio
+from playwright.async_api import (
+    Browser,
+    BrowserContext,
+    ConsoleMessage,
+    Locator,
+    Page,
+    Playwright,
+    ViewportSize,
+    async_playwright,
+    expect,
+)
+
+from tests.browser.harness import TOKENS, LiveGateway, launch, live_gateway, require_chromium
+
+expect.set_options(timeout=10_000)
+
+PHONE: ViewportSize = {"width": 360, "height": 740}
+DESKTOP: ViewportSize = {"width": 1280, "height": 800}
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def gw(tmp_path: Path) -> AsyncIterator[LiveGateway]:
+    async with live_gateway(tmp_path / "gw.db") as gateway:
+        yield gateway
+
+
+class Chromium:
+    """One browser for the whole run, launched on first use.
+
+    Starting Playwright's driver and Chromium costs about a second, so every test shares one
+    browser (each test still gets fresh contexts: separate storage, cookies, sockets). It is
+    launched from inside the first test that opens a page, so a missing /usr/bin/chromium is
+    a failing test with the way to fix it, never a skip.
+    """
+
+    def __init__(self) -> None:
+        self._playwright: Playwright | None = None
+        self._browser: Browser | None = None
+
+    async def get(self) -> Browser:
+        if self._browser is None:
+            require_chromium()
+            self._playwright = await async_playwright().start()
+            self._browser = await launch(self._playwright)
+        return self._browser
+
+    async def close(self) -> None:
+        if self._browser is not None:
+            await self._browser.close()
+        if self._playwright is not None:
+            await self._playwright.stop()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def chromium() -> AsyncIterator[Chromium]:
+    holder = Chromium()
+    try:
+        yield holder
+    finally:
+        await holder.close()
+
+
+# Chromium logs every 4xx answer to fetch() as a console error; the pages handle those (a lost
+# accept race is a 409 by design), so only script errors and policy violations count.
+NETWORK_LOG = "Failed to load resource: the server responded with a status of 4"
+
+
+class PageErrors:
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    def _console(self, page: Page, msg: ConsoleMessage) -> None:
+        if msg.type == "error" and not msg.text.startswith(NETWORK_LOG):
+            self.errors.append(f"{page.url}: {msg.text}")
+
+    def watch(self, page: Page) -> Page:
+        page.on("pageerror", lambda exc: self.errors.append(f"{page.url}: {exc}"))
+        page.on("console", lambda msg: self._console(page, msg))
+        return page
+
+
+NewPage = Callable[..., Awaitable[Page]]
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def new_page(chromium: Chromium, gw: LiveGateway) -> AsyncIterator[NewPage]:
+    """Open pages; each fresh browser context has its own storage: another person's browser.
+
+    It depends on `gw` so its contexts (and their sockets) close before the gateway stops.
+    """
+    contexts: list[BrowserContext] = []
+    errors = PageErrors()
+
+    async def factory(
+        viewport: ViewportSize | None = None, context: BrowserContext | None = None
+    ) -> Page:
+        """A page in a new context, or another page (tab) of `context`."""
+        if context is None:
+            browser = await chromium.get()
+            context = await browser.new_context(viewport=viewport or DESKTOP)
+            contexts.append(context)
+        return errors.watch(await context.new_page())
+
+    yield factory
+    for context in contexts:
+        await context.close()
+    assert errors.errors == [], "the pages logged errors:\n" + "\n".join(errors.errors)
+
+
+async def sign_in(page: Page, gw: LiveGateway, agent: str = "maria") -> None:
+    """Open /inbox, sign in with the agent's token and wait for the live stream."""
+    await page.goto(gw.url + "/inbox")
+    await page.get_by_label("Agent token").fill(TOKENS[agent])
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.locator("#conn")).to_have_text("live")
+
+
+async def open_widget(page: Page, gw: LiveGateway) -> None:
+    """Open the demo page; the widget starts opened there and goes online."""
+    await page.goto(gw.url + "/webchat/site/demo")
+    await expect(page.locator(".gwc-status")).to_have_text("online")
+
+
+async def widget_send(page: Page, text: str) -> None:
+    await page.get_by_label("Message").fill(text)
+    await page.get_by_role("button", name="Send").click()
+    # Acknowledged: stored by the gateway, no longer shown as being sent.
+    await expect(page.locator(".gwc-msg.gwc-in:not(.gwc-unsent)").last).to_have_text(text)
+
+
+def tab(page: Page, state: str) -> Awaitable[None]:
+    return page.locator(f"[role=tab][data-state={state}]").click()
+
+
+def item(page: Page, text: str) -> Locator:
+    """The list entry of a conversation, found by any text it shows."""
+    return page.locator("#list li", has_text=text)

@@ -1,0 +1,332 @@
+"""The agent inbox page (`/inbox`) in headless Chromium against a live gateway.
+
+Each test is a flow of issue 7 as a person does it: a visitor writes in the widget of the demo
+page, an agent in another browser context signs in, previews, accepts, replies; states change
+live through `/api/v1/stream`. The pages are only ever waited on for what they show.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+import pytest
+from playwright.async_api import Locator, Page, Route, expect
+
+from gateway.model import DeliveryState, DeliveryStatus
+from tests.browser.conftest import (
+    PHONE,
+    NewPage,
+    item,
+    open_widget,
+    sign_in,
+    tab,
+    widget_send,
+)
+from tests.browser.harness import LiveGateway
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+PREVIEW = re.compile("^Preview the conversation")
+OPEN = re.compile("^Open the conversation")
+ACCEPT = re.compile("^Accept the conversation")
+XSS = "<img src=x onerror=window.__xss=1>"
+
+
+def count(page: Page, state: str) -> Locator:
+    """The count shown on a state's tab."""
+    return page.locator(f"[role=tab][data-state={state}] .count")
+
+
+async def test_headers_of_the_page_and_its_files(gw: LiveGateway) -> None:
+    async with gw.http.get(gw.url + "/inbox") as resp:
+        assert resp.status == 200
+        assert resp.content_type == "text/html"
+        csp = resp.headers["Content-Security-Policy"]
+        assert "script-src 'self'" in csp and "style-src 'self'" in csp
+        assert "connect-src 'self' ws: wss:" in csp
+        assert resp.headers["X-Content-Type-Options"] == "nosniff"
+        etag = resp.headers["ETag"]
+    async with gw.http.get(gw.url + "/inbox", headers={"If-None-Match": etag}) as resp:
+        assert resp.status == 304
+    for name, kind in [("inbox.js", "text/javascript"), ("inbox.css", "text/css")]:
+        async with gw.http.get(f"{gw.url}/inbox/static/{name}") as resp:
+            assert resp.status == 200 and resp.content_type == kind
+            assert resp.headers["Cache-Control"] == "no-cache" and resp.headers["ETag"]
+    for bad in ["nope.js", "inbox.html", "..%2Fapi%2Finbox.py", ".hidden.js"]:
+        async with gw.http.get(f"{gw.url}/inbox/static/{bad}") as resp:
+            assert resp.status == 404, bad
+
+
+async def test_visitor_writes_agent_previews_accepts_replies_pends_resumes(
+    gw: LiveGateway, new_page: NewPage
+) -> None:
+    visitor = await new_page()
+    await open_widget(visitor, gw)
+    await widget_send(visitor, "Hola, necesito ayuda")
+
+    agent = await new_page()
+    await sign_in(agent, gw)
+    await expect(count(agent, "waiting")).to_have_text("1")
+    entry = item(agent, "Hola, necesito ayuda")
+    await expect(entry.get_by_role("img", name="Web chat")).to_be_visible()
+
+    # Preview: the messages are shown, nothing is accepted.
+    await entry.get_by_role("button", name=PREVIEW).click()
+    await expect(agent.locator(".thread .msg-text")).to_have_text(["Hola, necesito ayuda"])
+    await expect(agent.locator(".banner")).to_contain_text("not accepted yet")
+    reply = agent.get_by_label("Reply", exact=True)
+    await expect(reply).to_be_disabled()
+    (waiting,) = await gw.waiting()
+    assert waiting["state"] == "waiting" and waiting["agent"] is None
+    conv_path = f"/api/v1/conversations/{waiting['id']}"
+
+    # The green check accepts it; the page moves to the active tab with the thread open.
+    await entry.get_by_role("button", name=ACCEPT).click()
+    await expect(agent.locator(".conv-head .badge")).to_have_text("active")
+    await expect(agent.locator("[role=tab][data-state=active]")).to_have_attribute(
+        "aria-selected", "true"
+    )
+    await expect(count(agent, "active")).to_have_text("1")
+    await expect(count(agent, "waiting")).to_have_text("0")
+    assert (await gw.get("maria", conv_path))["agent"] == "maria"
+
+    # Typing both ways, then the reply reaches the visitor and is marked delivered.
+    await visitor.get_by_label("Message").fill("un momento…")
+    await expect(agent.locator(".typing")).to_contain_text("is typing")
+    await visitor.get_by_label("Message").fill("")
+    await expect(reply).to_be_enabled()
+    await reply.fill("¿En qué te ayudo?")
+    await expect(visitor.locator(".gwc-typing")).to_have_text("Agent is typing…")
+    await agent.get_by_role("button", name="Send reply").click()
+    await expect(visitor.locator(".gwc-out")).to_have_text(["¿En qué te ayudo?"])
+    await expect(reply).to_have_value("")
+    sent = agent.locator(".msg-out").last
+    await expect(sent.locator(".tick")).to_have_attribute("data-status", "delivered")
+    await expect(sent.locator(".tick")).to_have_text("✓✓")
+
+    # A read receipt (as a channel reports it) turns the ticks blue, live.
+    message_id = await sent.get_attribute("data-id")
+    assert message_id is not None
+    await gw.runtime.ingestor.status(
+        DeliveryStatus(
+            channel="site",
+            provider_message_id=message_id,
+            status=DeliveryState.READ,
+            at=gw.clock.now(),
+        )
+    )
+    read = sent.locator(".tick-read")
+    await expect(read).to_have_text("✓✓")
+    assert await read.evaluate("e => getComputedStyle(e).color") == "rgb(9, 105, 218)"
+
+    # The visitor answers; it arrives without a reload.
+    await widget_send(visitor, "Mi pedido es el 4411")
+    await expect(agent.locator(".msg-in .msg-text").last).to_have_text("Mi pedido es el 4411")
+
+    # Pending, then resume.
+    await agent.get_by_role("button", name="Set this conversation pending").click()
+    await expect(agent.locator(".conv-head .badge")).to_have_text("pending")
+    await expect(reply).to_be_disabled()
+    await expect(agent.locator(".composer-why")).to_have_text("Resume the conversation to reply.")
+    await expect(count(agent, "pending")).to_have_text("1")
+    await agent.get_by_role("button", name="Resume this conversation").click()
+    await expect(agent.locator(".conv-head .badge")).to_have_text("active")
+    await expect(reply).to_be_enabled()
+    assert (await gw.get("maria", conv_path))["state"] == "active"
+
+    # Close: the visitor is told.
+    await agent.get_by_role("button", name="Close this conversation").click()
+    await expect(agent.locator(".conv-head .badge")).to_have_text("closed")
+    await expect(visitor.locator(".gwc-note")).to_have_text("The agent closed this conversation.")
+
+
+async def test_inactive_conversations_are_grey_with_their_reason(
+    gw: LiveGateway, new_page: NewPage
+) -> None:
+    # A web chat visitor writes while no agent is online: after no_agent_timeout it is inactive.
+    await gw.visitor("Lucía", "¿Hacen envíos a Montevideo?")
+    gw.clock.advance(timedelta(minutes=6))
+    await gw.runtime.scheduler.run_once()
+
+    agent = await new_page()
+    await sign_in(agent, gw)
+    await expect(count(agent, "inactive")).to_have_text("1")
+    # A WhatsApp customer writes while the agent watches; nobody answers within 24 h.
+    await gw.whatsapp("+5511999990000", "Bruno Costa", "Oi, tudo bem?")
+    bruno = item(agent, "Bruno Costa")
+    await expect(bruno.get_by_role("img", name="WhatsApp")).to_be_visible()
+    gw.clock.advance(timedelta(hours=24, minutes=1))
+    await gw.runtime.scheduler.run_once()
+    await expect(bruno).to_have_count(0)  # it left the waiting list live
+    await expect(count(agent, "inactive")).to_have_text("2")
+
+    await tab(agent, "inactive")
+    await expect(bruno).to_contain_text("Inactive: window expired")
+    await expect(bruno).to_contain_text("+5511999990000")
+    lucia = item(agent, "Lucía")
+    await expect(lucia).to_contain_text("Inactive: no agent available")
+    for entry in (bruno, lucia):
+        await expect(entry).to_have_class(re.compile(r"\bis-inactive\b"))
+        assert await entry.evaluate("e => getComputedStyle(e).backgroundColor") == (
+            "rgb(240, 240, 240)"
+        )
+    await expect(bruno.get_by_role("button", name=ACCEPT)).to_have_count(0)
+
+    await bruno.get_by_role("button", name=OPEN).click()
+    await expect(agent.locator(".banner")).to_contain_text("window expired")
+    await expect(agent.locator(".banner")).to_contain_text("+5511999990000")
+    await expect(agent.locator(".actions")).to_be_hidden()
+    await expect(agent.locator(".composer-why")).to_contain_text("can no longer be answered")
+
+
+async def test_customer_markup_is_shown_as_text(gw: LiveGateway, new_page: NewPage) -> None:
+    visitor = await new_page()
+    await open_widget(visitor, gw)
+    await widget_send(visitor, XSS)
+    name = '<img src=x onerror="window.__xss=2">Eve'
+    await gw.visitor(name, "hi")
+    subject = '<img src=x onerror="window.__xss=3">Invoice'
+    await gw.email("mallory@example.com", "<script>window.__xss=4</script>", subject, "<b>x</b>")
+
+    agent = await new_page()
+    await sign_in(agent, gw)
+    await expect(item(agent, XSS)).to_be_visible()
+    await expect(agent.get_by_text(name, exact=True)).to_be_visible()
+    await expect(agent.get_by_text(subject, exact=True)).to_be_visible()
+    await expect(agent.get_by_text("<script>window.__xss=4</script>", exact=True)).to_be_visible()
+
+    await item(agent, XSS).get_by_role("button", name=ACCEPT).click()
+    await expect(agent.locator(".thread .msg-text")).to_have_text([XSS])
+    await agent.get_by_label("Reply", exact=True).fill(XSS)
+    await agent.get_by_role("button", name="Send reply").click()
+    await expect(visitor.locator(".gwc-out")).to_have_text([XSS])
+
+    assert await agent.locator("#app img, #app script, #app b").count() == 0
+    assert await visitor.locator(".gwc-panel img").count() == 0
+    assert await agent.evaluate("typeof window.__xss") == "undefined"
+    assert await visitor.evaluate("typeof window.__xss") == "undefined"
+
+
+async def test_a_lost_accept_race_says_taken_by_another_agent(
+    gw: LiveGateway, new_page: NewPage
+) -> None:
+    await gw.visitor("Rosa", "Hola")
+    agent = await new_page()
+    await sign_in(agent, gw)
+    await item(agent, "Rosa").get_by_role("button", name=PREVIEW).click()
+    (conversation,) = await gw.waiting()
+
+    async def jose_gets_there_first(route: Route) -> None:
+        """Hold Maria's accept until José's has won, over the same real HTTP API."""
+        status, _ = await gw.post("jose", f"/api/v1/conversations/{conversation['id']}/accept")
+        assert status == 200
+        await route.continue_()
+
+    await agent.route("**/accept", jose_gets_there_first)
+    await agent.get_by_role("button", name="Accept this conversation").click()
+    await expect(agent.locator(".notice")).to_have_text("Taken by another agent.")
+    await expect(agent.locator(".banner")).to_have_text("Attended by jose.")
+    await expect(agent.get_by_role("button", name="Accept this conversation")).to_have_count(0)
+    await expect(item(agent, "Rosa")).to_have_count(0)
+    await expect(agent.locator("#conn")).to_have_text("live")  # still the inbox, no error page
+
+
+async def test_transfer_to_an_agent_and_to_a_queue(gw: LiveGateway, new_page: NewPage) -> None:
+    await gw.visitor("Tomás", "Necesito una factura")
+    (conversation,) = await gw.waiting()
+    agent = await new_page()
+    await sign_in(agent, gw)
+    await item(agent, "Tomás").get_by_role("button", name=ACCEPT).click()
+    await expect(agent.locator(".conv-head .badge")).to_have_text("active")
+
+    await agent.get_by_role("button", name="Transfer this conversation").click()
+    await agent.get_by_label("Transfer to an agent (id)").fill("jose")
+    await agent.get_by_role("button", name="Confirm the transfer").click()
+    await expect(agent.locator(".banner")).to_have_text("Attended by jose.")
+    assert (await gw.get("jose", f"/api/v1/conversations/{conversation['id']}"))["agent"] == "jose"
+
+    # José hands it to the sales queue: it is waiting again, live on Maria's page.
+    await gw.post(
+        "jose", f"/api/v1/conversations/{conversation['id']}/transfer", {"queue": "sales"}
+    )
+    await expect(agent.locator(".conv-head .badge")).to_have_text("waiting")
+    await expect(agent.locator(".conv-sub").first).to_contain_text("queue sales")
+    await tab(agent, "waiting")
+    await expect(item(agent, "Tomás")).to_be_visible()
+
+
+async def test_whatsapp_window_closed_offers_a_template(gw: LiveGateway, new_page: NewPage) -> None:
+    await gw.whatsapp("+5511988887777", "Paulo", "Preciso de ajuda")
+    (conversation,) = await gw.waiting()
+    status, _ = await gw.post("maria", f"/api/v1/conversations/{conversation['id']}/accept")
+    assert status == 200
+    # A day passes; the scheduler has not run yet, so it is still active but cannot take text.
+    gw.clock.advance(timedelta(hours=24, minutes=5))
+
+    agent = await new_page()
+    await sign_in(agent, gw)
+    await tab(agent, "active")
+    await item(agent, "Paulo").get_by_role("button", name=OPEN).click()
+    await expect(agent.get_by_label("Reply", exact=True)).to_be_disabled()
+    await expect(agent.locator(".composer-why")).to_contain_text("24-hour window is closed")
+    await agent.get_by_label("Template name").fill("HX0123456789abcdef")
+    await agent.get_by_label("Template language").fill("pt_BR")
+    await agent.get_by_label("Template parameters, one per line").fill("Paulo\n4411")
+    await agent.get_by_role("button", name="Send template").click()
+    sent = agent.locator(".msg-out").last
+    await expect(sent.locator(".msg-text")).to_have_text(
+        "Template HX0123456789abcdef (pt_BR): Paulo, 4411"
+    )
+    # Twilio cannot be reached from a test: the send fails, and the page says so.
+    await expect(sent.locator(".tick")).to_have_attribute("data-status", "failed")
+    await expect(sent.locator(".tick")).to_have_text("✗")
+    await expect(sent.locator(".msg-error")).to_contain_text("Not delivered")
+
+
+async def no_horizontal_scroll(page: Page) -> None:
+    scroll, inner = await page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+    assert scroll <= inner, f"{page.url} scrolls sideways: {scroll} > {inner}"
+
+
+async def test_phone_width_360_has_no_horizontal_scroll(gw: LiveGateway, new_page: NewPage) -> None:
+    await gw.visitor("Ana Maria de Souza Albuquerque Figueiredo", "Uma mensagem longa " * 20)
+    await gw.email(
+        "someone.with.a.rather.long.address@support.subdomain.example.com",
+        None,
+        "A subject that goes on and on " * 4,
+        "Hello",
+    )
+    phone = await new_page(PHONE)
+    await sign_in(phone, gw)
+    await expect(phone.locator("#list li")).to_have_count(2)
+    await no_horizontal_scroll(phone)
+
+    await item(phone, "Ana Maria").get_by_role("button", name=PREVIEW).click()
+    await expect(phone.locator(".thread")).to_be_visible()
+    await expect(phone.locator("#list")).to_be_hidden()
+    await no_horizontal_scroll(phone)
+    await phone.get_by_role("button", name="Back to the list").click()
+    await expect(phone.locator("#list")).to_be_visible()
+
+    visitor = await new_page(PHONE)
+    await open_widget(visitor, gw)
+    await widget_send(visitor, "Olá " * 60)
+    await no_horizontal_scroll(visitor)
+
+
+async def test_sign_in_refuses_a_bad_token_and_signs_out(
+    gw: LiveGateway, new_page: NewPage
+) -> None:
+    page = await new_page()
+    await page.goto(gw.url + "/inbox")
+    await page.get_by_label("Agent token").fill("not-a-token")
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.get_by_role("alert")).to_have_text("That token is not valid.")
+    await sign_in(page, gw)
+    await expect(page.locator("#me")).to_have_text("Maria Malheiro")
+    await page.reload()  # the token is kept for the tab's session
+    await expect(page.locator("#conn")).to_have_text("live")
+    await page.get_by_role("button", name="Sign out").click()
+    await expect(page.get_by_label("Agent token")).to_be_visible()
+    assert await page.evaluate("sessionStorage.length") == 0

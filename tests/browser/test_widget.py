@@ -1,0 +1,111 @@
+"""The web chat widget (`/webchat/widget.js`) on the demo page, in headless Chromium.
+
+The visitor is a browser; the agent side is the real agent API over HTTP (the inbox page has its
+own tests), so these tests are about what a visitor sees across reloads and absences.
+"""
+
+from __future__ import annotations
+
+import pytest
+from playwright.async_api import WebSocketRoute, expect
+
+from tests.browser.conftest import PHONE, NewPage, open_widget, widget_send
+from tests.browser.harness import LiveGateway
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+async def test_widget_opens_sends_and_shows_replies_and_typing(
+    gw: LiveGateway, new_page: NewPage
+) -> None:
+    page = await new_page()
+    await open_widget(page, gw)
+    panel = page.get_by_role("region", name="Chat with Acme")
+    toggle = page.get_by_role("button", name="Chat with Acme")
+    await toggle.click()
+    await expect(panel).to_be_hidden()
+    await toggle.click()
+    await expect(panel).to_be_visible()
+    await expect(page.get_by_label("Message")).to_be_focused()
+
+    await widget_send(page, "¿Tienen talla 42?")
+    (conversation,) = await gw.waiting()
+    path = f"/api/v1/conversations/{conversation['id']}"
+    assert conversation["channel_type"] == "webchat"
+    await gw.post("maria", path + "/accept")
+    await gw.post("maria", path + "/typing")
+    await expect(page.locator(".gwc-typing")).to_have_text("Agent is typing…")
+    await gw.post("maria", path + "/messages", {"text": "Sí, en negro y en azul."})
+    await expect(page.locator(".gwc-out")).to_have_text(["Sí, en negro y en azul."])
+    await expect(page.locator(".gwc-typing")).to_have_text("")
+
+
+async def test_widget_survives_a_reload_and_replays_what_was_missed(
+    gw: LiveGateway, new_page: NewPage
+) -> None:
+    page = await new_page(PHONE)
+    await open_widget(page, gw)
+    await widget_send(page, "Primera pregunta")
+    (conversation,) = await gw.waiting()
+    path = f"/api/v1/conversations/{conversation['id']}"
+    await gw.post("maria", path + "/accept")
+    await gw.post("maria", path + "/messages", {"text": "Respuesta uno"})
+    await expect(page.locator(".gwc-out")).to_have_text(["Respuesta uno"])
+
+    # A reload keeps the session (token in localStorage) and shows the history in order.
+    await page.reload()
+    await expect(page.locator(".gwc-status")).to_have_text("online")
+    await expect(page.locator(".gwc-msg")).to_have_text(["Primera pregunta", "Respuesta uno"])
+
+    # The visitor leaves; the agent answers meanwhile; coming back replays it.
+    context = page.context
+    await page.close()
+    await gw.post("maria", path + "/messages", {"text": "Respuesta mientras no estabas"})
+    await gw.settle()
+    again = await new_page(context=context)
+    await open_widget(again, gw)
+    await expect(again.locator(".gwc-msg")).to_have_text(
+        ["Primera pregunta", "Respuesta uno", "Respuesta mientras no estabas"]
+    )
+    await widget_send(again, "Gracias")
+
+    # Still one visitor, one conversation, nothing duplicated.
+    thread = await gw.get("maria", path)
+    assert [m["text"] for m in thread["messages"]] == [
+        "Primera pregunta",
+        "Respuesta uno",
+        "Respuesta mientras no estabas",
+        "Gracias",
+    ]
+    assert thread["messages"][2]["status"] == "delivered"  # pushed when the visitor came back
+    assert await gw.waiting() == []
+
+
+async def test_a_message_not_yet_acknowledged_survives_a_reload(
+    gw: LiveGateway, new_page: NewPage
+) -> None:
+    page = await new_page()
+    lost = {"¿Siguen ahí?"}
+
+    def route(socket: WebSocketRoute) -> None:
+        """Between the widget and the gateway: frames carrying a `lost` text never arrive."""
+        server = socket.connect_to_server()
+        socket.on_message(
+            lambda frame: None if any(t in str(frame) for t in lost) else server.send(frame)
+        )
+
+    await page.route_web_socket("**/webchat/site/ws*", route)
+    await open_widget(page, gw)
+    await widget_send(page, "Hola")
+    await page.get_by_label("Message").fill("¿Siguen ahí?")
+    await page.get_by_role("button", name="Send").click()
+    await expect(page.locator(".gwc-unsent")).to_have_text("¿Siguen ahí?")
+
+    # Reloaded with the connection healthy again: the kept message is sent, once.
+    lost.clear()
+    await page.reload()
+    await expect(page.locator(".gwc-status")).to_have_text("online")
+    await expect(page.locator(".gwc-msg:not(.gwc-unsent)")).to_have_text(["Hola", "¿Siguen ahí?"])
+    (conversation,) = await gw.waiting()
+    thread = await gw.get("maria", f"/api/v1/conversations/{conversation['id']}")
+    assert [m["text"] for m in thread["messages"]] == ["Hola", "¿Siguen ahí?"]
