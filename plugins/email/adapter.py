@@ -258,6 +258,7 @@ class EmailAdapter(BaseAdapter):
             text=message.text or "",
             now=self.context.clock.now(),
             subject=subject,
+            verbatim_subject=isinstance(explicit, str),
             thread=thread,
             html_body=html if isinstance(html, str) else None,
             files=[await self._download(a) for a in message.attachments],

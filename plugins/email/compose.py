@@ -94,11 +94,16 @@ def compose_reply(
     text: str,
     now: datetime,
     subject: str | None = None,
+    verbatim_subject: bool = False,
     thread: Thread = Thread(),
     html_body: str | None = None,
     files: Sequence[OutboundFile] = (),
 ) -> EmailMessage:
-    """Build a reply (or a first message when `thread` is empty) ready for SMTP."""
+    """Build a reply (or a first message when `thread` is empty) ready for SMTP.
+
+    A reply's subject becomes `Re: <subject>` unless `verbatim_subject` (an agent's explicit
+    choice) says to keep it as written.
+    """
     msg = EmailMessage()
     msg["Message-ID"] = message_id
     msg["Date"] = format_datetime(now)
@@ -109,7 +114,8 @@ def compose_reply(
     references = references_for(thread)
     if references:
         msg["References"] = " ".join(references)
-    title = reply_subject(subject) if thread.in_reply_to else one_line(subject)
+    replying = thread.in_reply_to is not None and not verbatim_subject
+    title = reply_subject(subject) if replying else one_line(subject)
     if title:
         msg["Subject"] = title
     msg.set_content(text)

@@ -58,7 +58,40 @@ def parse_email(
     own_address: str | None = None,
     max_attachment_bytes: int = DEFAULT_MAX_ATTACHMENT,
 ) -> ParsedEmail:
-    """Parse `raw` into a `ParsedEmail` for `channel`; `now` stands in for a missing Date."""
+    """Parse `raw` into a `ParsedEmail` for `channel`; `now` stands in for a missing Date.
+
+    Never raises: a message that defeats the parser entirely is still stored (kind
+    `unsupported`, raw kept), because a message that cannot be stored would stop the mailbox
+    cursor on it forever.
+    """
+    try:
+        return _parse(raw, channel, now, own_address, max_attachment_bytes)
+    except Exception as exc:  # last resort; the helpers below already tolerate bad input
+        return _unparsable(raw, channel, now, exc)
+
+
+def _unparsable(raw: bytes, channel: str, now: datetime, exc: Exception) -> ParsedEmail:
+    message = InboundMessage(
+        channel=channel,
+        channel_type=CHANNEL_TYPE,
+        provider=PROVIDER,
+        provider_message_id="sha256:" + hashlib.sha256(raw).hexdigest(),
+        contact=Contact(address="unknown@invalid"),
+        sent_at=utc(now),
+        kind="unsupported",
+        raw=raw.decode(RAW_ENCODING),
+        extra={"raw_encoding": RAW_ENCODING, "parse_error": type(exc).__name__},
+    )
+    return ParsedEmail(message=message)
+
+
+def _parse(
+    raw: bytes,
+    channel: str,
+    now: datetime,
+    own_address: str | None,
+    max_attachment_bytes: int,
+) -> ParsedEmail:
     msg = BytesParser(policy=policy.default).parsebytes(raw)
     assert isinstance(msg, EmailMessage)
     extra: dict[str, Any] = {"raw_encoding": RAW_ENCODING}

@@ -299,3 +299,19 @@ def test_arbitrary_headers_never_crash(subject: str, name: str) -> None:
     message = parse_email(raw, "c", NOW).message
     orjson.dumps(to_dict(message))
     assert message.subject is None or "\n" not in message.subject
+
+
+def test_a_parser_crash_still_yields_a_storable_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A message the parser cannot handle must not block the mailbox: it is kept raw."""
+    import plugins.email.parse as parse_module
+
+    def explode(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(parse_module, "sender", explode)
+    raw = b"From: a@customer.example\r\n\r\nhi\r\n"
+    message = parse_email(raw, "c", NOW).message
+    assert message.kind == "unsupported"
+    assert message.extra["parse_error"] == "RuntimeError"
+    assert message.raw == raw.decode("latin-1")
+    assert message.provider_message_id == "sha256:" + hashlib.sha256(raw).hexdigest()

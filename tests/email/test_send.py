@@ -340,3 +340,14 @@ async def test_smtp_tls_modes(mode: str, make_adapter: Any, tmp_path: Any) -> No
         assert len(handler.messages) == 1
     finally:
         controller.stop()
+
+
+async def test_explicit_subject_is_kept_verbatim(
+    make_adapter: Any, smtp_server: SmtpServer
+) -> None:
+    adapter = smtp_adapter(make_adapter, smtp_server)
+    extra = {"in_reply_to": "<c2@customer.example>", "subject": "Your refund (case 7)"}
+    await adapter.send(conversation(), agent_message(extra=extra))
+    sent = parsed(smtp_server.handler.messages[0])
+    assert sent["Subject"] == "Your refund (case 7)"
+    assert sent["In-Reply-To"] == "<c2@customer.example>"
