@@ -122,10 +122,31 @@ def latest_reply(text: str) -> str:
     except Exception:  # the parser is heuristic; never lose a message over it
         replies = []
     if replies:
-        body = str(replies[0].body).strip()
+        body = _strip_trailing_quote(str(replies[0].body).strip())
         if body:
             return body
     return text.strip()
+
+
+def _strip_trailing_quote(text: str) -> str:
+    """Drop a `>`-quoted block at the end and the attribution line (`... wrote:`) above it.
+
+    The reply parser knows the attribution wording of a few languages only (`El ... escribió:`
+    slips through); a bottom quote after the new text is history in any language. Inline
+    answers between quoted lines are left alone.
+    """
+    lines = text.split("\n")
+    end = len(lines)
+    while end > 0 and (not lines[end - 1].strip() or lines[end - 1].lstrip().startswith(">")):
+        end -= 1
+    if not any(line.lstrip().startswith(">") for line in lines[end:]):
+        return text
+    while end > 0 and not lines[end - 1].strip():
+        end -= 1
+    if end > 0 and lines[end - 1].rstrip().endswith(":"):
+        end -= 1
+    kept = "\n".join(lines[:end]).strip()
+    return kept or text
 
 
 def _find_body(msg: EmailMessage, kind: str) -> Message | None:

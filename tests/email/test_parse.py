@@ -315,3 +315,24 @@ def test_a_parser_crash_still_yields_a_storable_message(monkeypatch: pytest.Monk
     assert message.extra["parse_error"] == "RuntimeError"
     assert message.raw == raw.decode("latin-1")
     assert message.provider_message_id == "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (
+            "Where is my order 42?\n\nBest regards,\nAna\n\n-- \nAna Souza\nACME Corp\n",
+            "Where is my order 42?",
+        ),
+        (
+            "Hola, ¿dónde está mi pedido?\n\nEl lun, 2 abr 2026 a las 10:00, Soporte "
+            "(<s@x.com>) escribió:\n> texto viejo\n>\n> más\n",
+            "Hola, ¿dónde está mi pedido?",
+        ),
+        ("> q1\nanswer 1\n> q2\nanswer 2\n", "> q1\nanswer 1\n> q2\nanswer 2"),
+    ],
+)
+def test_new_text_without_signature_or_bottom_quote(body: str, expected: str) -> None:
+    msg = _mail()
+    msg.set_content(body)
+    assert parse_email(msg.as_bytes(), "c", NOW).message.text == expected
