@@ -17,6 +17,7 @@ from aiohttp import ClientSession, ClientTimeout, web
 
 from gateway.api import agent, events, inbox, ops, stream
 from gateway.api.http import request_context
+from gateway.api.media import routes as media_routes
 from gateway.appkeys import RUNTIME
 from gateway.channels import ChannelType
 from gateway.clock import Clock
@@ -45,6 +46,7 @@ def create_app(
     app.add_routes(agent.routes)
     app.add_routes(stream.routes)
     app.add_routes(events.routes)
+    app.add_routes(media_routes)
     app.add_routes(inbox.routes)
     app.add_routes(webhook_routes)
     mounted: set[tuple[str, str]] = set()

@@ -45,7 +45,9 @@ from gateway.model import (
     DeliveryState,
     DeliveryStatus,
     Direction,
+    InactiveReason,
     Message,
+    State,
 )
 from gateway.store.base import DELIVER_KIND, Store, message_target
 
@@ -78,6 +80,24 @@ class OutboundRequest:
         if self.attachments and not self.text:
             return self.attachments[0].kind
         return "text"
+
+
+def _may_reengage(conversation: Conversation, agent: AgentInfo) -> bool:
+    """Tell whether the agent may still write to a conversation whose window lapsed.
+
+    A lapsed window leaves the conversation `inactive`, and a template is the only way to
+    reach that customer again (DESIGN section 2), so its last assignee (or, if nobody held
+    it, an agent of its queue) may still send one; the conversation stays inactive and the
+    customer's answer opens a new one. Free text is then refused as `window_closed` (with
+    the template hint), not as "accept it first", which the agent could not do.
+    """
+    if conversation.state != State.INACTIVE:
+        return False
+    if conversation.inactive_reason != InactiveReason.WINDOW_EXPIRED:
+        return False
+    if conversation.agent is not None:
+        return conversation.agent == agent.id
+    return conversation.queue in agent.queues
 
 
 def thread_headers(messages: list[Message]) -> dict[str, Any]:
@@ -160,7 +180,7 @@ class Outbound:
     def _check_allowed(
         conversation: Conversation, agent: AgentInfo, request: OutboundRequest, now: Any
     ) -> None:
-        if not is_open_for_agent(conversation, agent.id):
+        if not is_open_for_agent(conversation, agent.id) and not _may_reengage(conversation, agent):
             raise TransitionError(
                 "not_assignee", "accept or resume the conversation before replying"
             )

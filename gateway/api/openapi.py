@@ -167,6 +167,42 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
+            "/api/v1/conversations/{id}/messages/{message_id}/attachments/{index}": {
+                "get": {
+                    "summary": "Download an attachment of a message, fetched from the provider by the channel that received it (same visibility as the preview)",
+                    "parameters": [
+                        {"$ref": "#/components/parameters/ConversationId"},
+                        {
+                            "name": "message_id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        },
+                        {
+                            "name": "index",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "integer", "minimum": 0},
+                            "description": "Position in the message's `attachments`",
+                        },
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "The media bytes, with the provider's content type; untrusted content is sent as a download (`Content-Disposition: attachment`)",
+                            "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+                        },
+                        **_errors(401, 403),
+                        "404": {
+                            "description": "No such conversation, message or attachment index, or the channel cannot download media",
+                            **_json(ERROR),
+                        },
+                        "502": {
+                            "description": "The provider refused or did not answer (`media_unavailable`); the media host is not one the channel trusts",
+                            **_json(ERROR),
+                        },
+                    },
+                }
+            },
             "/api/v1/events": {
                 "get": {
                     "summary": "The ordered normalized event log, resumable by cursor",

@@ -1,0 +1,103 @@
+"""Agents download a message's attachment through the channel that received it.
+
+Attachments only reference media at the provider (a media id, or a URL that needs the
+channel's credentials and may expire), so the gateway fetches it on request through the
+adapter's optional `MediaSource` capability. The adapter owns which hosts it contacts (the
+server-side request forgery guard lives with the provider knowledge); this handler only
+checks who may see the message and shapes the answer.
+
+The bytes come from a customer through a provider, so they are served as untrusted content:
+`nosniff`, a sandboxing CSP, and `attachment` disposition for anything a browser could run
+(HTML, SVG, scripts) so the agent inbox, served from the same origin, cannot be scripted.
+"""
+
+from __future__ import annotations
+
+import re
+
+import structlog
+from aiohttp import web
+
+from gateway.api.http import error_response
+from gateway.appkeys import RUNTIME
+from gateway.channels import MediaSource
+from gateway.errors import ChannelError, NotFound
+
+log = structlog.get_logger("gateway.api.media")
+
+routes = web.RouteTableDef()
+
+FALLBACK_TYPE = "application/octet-stream"
+# `type/subtype` with optional parameters; anything else is not trusted as a content type.
+_MIME = re.compile(
+    r"^[A-Za-z0-9][\w.+-]*/[A-Za-z0-9][\w.+-]*(\s*;\s*[\w.+-]+=[\w.+\"-]+)*$", re.ASCII
+)
+# Shown inline: media types a browser renders without running anything.
+_INLINE = re.compile(
+    r"^(image/(png|jpeg|gif|webp)|audio/[\w.+-]+|video/[\w.+-]+|application/pdf)(;|$)", re.ASCII
+)
+_SAFE_NAME = re.compile(r"[^\w.+-]", re.ASCII)
+
+
+def safe_content_type(*candidates: str | None) -> str:
+    """Return the first well-formed media type given (they come from providers), else bytes."""
+    for candidate in candidates:
+        if candidate and _MIME.match(candidate.strip()):
+            return candidate.strip()
+    return FALLBACK_TYPE
+
+
+def content_disposition(content_type: str, filename: str | None, fallback: str) -> str:
+    """`inline` only for types a browser shows without running them; an ASCII-safe name."""
+    mode = "inline" if _INLINE.match(content_type.lower()) else "attachment"
+    name = _SAFE_NAME.sub("_", filename or fallback)[:128] or fallback
+    return f'{mode}; filename="{name}"'
+
+
+@routes.get("/api/v1/conversations/{id}/messages/{message_id}/attachments/{index}")
+async def attachment(request: web.Request) -> web.StreamResponse:
+    """Stream one attachment of a message to an agent allowed to preview its conversation."""
+    runtime = request.app[RUNTIME]
+    agent = runtime.auth.agent(request)
+    conversation = await runtime.actions.visible(request.match_info["id"], agent)
+    message_id = request.match_info["message_id"]
+    message = await runtime.store.get_message(message_id)
+    if message is None or message.conversation_id != conversation.id:
+        raise NotFound(f"no message {message_id} in conversation {conversation.id}")
+    raw_index = request.match_info["index"]
+    index = int(raw_index) if raw_index.isdigit() else -1
+    if not 0 <= index < len(message.attachments):
+        raise NotFound(f"message {message_id} has no attachment {raw_index}")
+    found = message.attachments[index]
+    adapter = runtime.adapters.get(message.channel)
+    if not isinstance(adapter, MediaSource):
+        raise NotFound(f"channel {message.channel} cannot download media")
+    try:
+        media = await adapter.fetch_media(found)
+    except ChannelError as exc:
+        log.warning(
+            "media.fetch_failed",
+            channel=message.channel,
+            message_id=message_id,
+            index=index,
+            error=type(exc).__name__,
+            provider_code=exc.provider_code,
+        )
+        return error_response(502, "media_unavailable", exc.message or "the provider refused")
+    content_type = safe_content_type(media.mime_type, found.mime_type)
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": content_type,
+            "Content-Length": str(len(media.data)),
+            "Content-Disposition": content_disposition(
+                content_type, found.filename, f"{message_id}-{index}"
+            ),
+            "X-Content-Type-Options": "nosniff",
+            "Content-Security-Policy": "default-src 'none'; sandbox",
+            "Cache-Control": "private, no-store",
+        }
+    )
+    await response.prepare(request)
+    await response.write(media.data)
+    await response.write_eof()
+    return response

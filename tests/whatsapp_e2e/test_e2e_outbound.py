@@ -1,0 +1,320 @@
+"""Agent replies through the real gateway to the stand-in provider APIs: what the provider
+receives, delivery statuses in any order (even before the send answered), the 24 h window on
+the provider's clock, "outside the window" refusals, retries, and a restart."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.whatsapp.fakes import Call, meta_error, twilio_error
+from tests.whatsapp.support import PUBLIC_URL
+from tests.whatsapp_e2e.conftest import (
+    META,
+    TWILIO,
+    TWILIO_NUMBER,
+    WaFactory,
+    WaGateway,
+    meta_status,
+    meta_statuses,
+    next_event,
+    twilio_callback,
+    twilio_status,
+)
+
+TEMPLATE = {"name": "HXb5b62575e6e4ff6129ad7c8efe1f983e", "language": "es", "params": ["Ana"]}
+
+
+async def post_status(
+    wa: WaGateway, channel: str, provider_id: str, status: str, *, code: str | None = None
+) -> int:
+    """The provider reports a delivery status for one of our sends."""
+    if channel == META:
+        errors = [{"code": int(code), "title": "error"}] if code else None
+        body = meta_statuses(
+            meta_status(provider_id, status, ts=int(wa.clock.now().timestamp()), errors=errors)
+        )
+        return (await wa.post_meta(body)).status
+    (call,) = [c for c in wa.twilio.calls if c.form.get("StatusCallback")][-1:]
+    (callback,) = call.form["StatusCallback"]
+    pairs = twilio_status(provider_id, status, error_code=code)
+    return (await wa.post_twilio(pairs, url=callback)).status
+
+
+def last_send(wa: WaGateway, channel: str) -> Call:
+    return wa.fake(channel).calls[-1]
+
+
+# --- what the provider receives, and statuses in any order -------------------------------------
+
+
+@pytest.mark.parametrize("channel", [META, TWILIO])
+async def test_reply_reaches_the_provider_and_statuses_only_move_forward(
+    channel: str, wa: WaGateway
+) -> None:
+    conversation_id = await wa.open_conversation(channel, pid="in-1")
+    provider_id = "wamid.OUT1" if channel == META else "SM" + "1" * 32
+    message_id = await wa.send_text(conversation_id, channel, provider_id=provider_id)
+    call = last_send(wa, channel)
+    if channel == META:
+        assert call.path == f"/v25.0/{wa.phone_number_id}/messages"
+        assert call.json["to"] == "5511999990000"
+        assert call.json["text"] == {"preview_url": False, "body": "Hello Ana"}
+        assert call.json["biz_opaque_callback_data"] == message_id
+    else:
+        assert call.form["To"] == ["whatsapp:+5511999990000"]
+        assert call.form["From"] == [TWILIO_NUMBER]
+        assert call.form["Body"] == ["Hello Ana"]
+        assert call.form["StatusCallback"] == [f"{PUBLIC_URL}/webhooks/{TWILIO}"]
+    assert (await wa.message(conversation_id, message_id))["status"] == "queued"
+    for status in ("sent", "read", "delivered"):  # a late `delivered` after `read`
+        assert await post_status(wa, channel, provider_id, status) == 200
+    await wa.gw.settle()
+    message = await wa.message(conversation_id, message_id)
+    assert message["status"] == "read"
+    moves = [
+        e["message"]["status"]
+        for e in await wa.events()
+        if e["type"] == "message.status" and e["message"]["id"] == message_id
+    ]
+    assert moves == ["sent", "read"]
+
+
+@pytest.mark.parametrize("channel", [META, TWILIO])
+async def test_status_that_arrives_before_the_send_answered(channel: str, wa: WaGateway) -> None:
+    """The provider calls our webhook while our send request is still waiting for its answer;
+    the report is kept and applied when the send returns the id."""
+    conversation_id = await wa.open_conversation(channel, pid="in-1")
+    answered: list[int] = []
+
+    async def report_first(call: Call, provider_id: str) -> None:
+        if channel == TWILIO:
+            answered.append(await twilio_callback(wa, call, provider_id, "sent"))
+            answered.append(await twilio_callback(wa, call, provider_id, "delivered"))
+        else:
+            answered.append(await post_status(wa, channel, provider_id, "delivered"))
+        # The gateway has committed the reports before the send returned the id.
+        assert wa.counts()["orphan_statuses"] == len(answered)
+
+    wa.fake(channel).before_reply = report_first
+    provider_id = "wamid.EARLY" if channel == META else "SM" + "e" * 32
+    message_id = await wa.send_text(conversation_id, channel, provider_id=provider_id)
+    assert answered and set(answered) == {200}
+    message = await wa.message(conversation_id, message_id)
+    assert message["status"] == "delivered"
+    assert wa.counts()["orphan_statuses"] == 0
+
+
+# --- the 24 h window ---------------------------------------------------------------------------
+
+
+def template_shape(channel: str, call: Call) -> None:
+    if channel == META:
+        assert call.json["type"] == "template"
+        assert call.json["template"] == {
+            "name": TEMPLATE["name"],
+            "language": {"code": "es"},
+            "components": [{"type": "body", "parameters": [{"type": "text", "text": "Ana"}]}],
+        }
+        assert "text" not in call.json
+    else:
+        assert call.form["ContentSid"] == [TEMPLATE["name"]]
+        assert orjson.loads(call.form["ContentVariables"][0]) == {"1": "Ana"}
+        assert "Body" not in call.form
+
+
+@pytest.mark.parametrize("channel", [META, TWILIO])
+async def test_window_closes_24h_after_the_customer_wrote(channel: str, wa: WaGateway) -> None:
+    start = wa.clock.now()
+    # Meta stamps the message; it was written 5 minutes before it reached us (a slow
+    # re-delivery), and the window runs from then. Twilio sends no time: receipt it is.
+    written = start - timedelta(minutes=5) if channel == META else start
+    conversation_id = await wa.open_conversation(channel, pid="in-1", ts=int(written.timestamp()))
+    conversation = await wa.conversation(conversation_id)
+    assert conversation["window_expires_at"] == (written + timedelta(hours=24)).isoformat().replace(
+        "+00:00", "Z"
+    )
+
+    wa.clock.set(written + timedelta(hours=23, minutes=59))
+    status, body = await wa.reply(conversation_id, {"text": "still in time"})
+    assert status == 202, body
+    await wa.gw.settle()
+    assert len(wa.fake(channel).calls) == 1
+
+    wa.clock.set(written + timedelta(hours=24))
+    status, body = await wa.reply(conversation_id, {"text": "too late"})
+    assert status == 409
+    assert body["error"]["code"] == "window_closed"
+    assert "template" in body["error"]["message"]
+    assert len(wa.fake(channel).calls) == 1  # nothing reached the provider
+    assert (await wa.conversation(conversation_id))["can_reply"] is False
+
+    # A template may still be sent: the only way back to this customer.
+    status, body = await wa.reply(conversation_id, {"template": TEMPLATE})
+    assert status == 202, body
+    assert body["message"]["kind"] == "template"
+    await wa.gw.settle()
+    template_shape(channel, last_send(wa, channel))
+
+    assert await wa.gw.runtime.scheduler.run_once() >= 1
+    await wa.gw.settle()
+    conversation = await wa.conversation(conversation_id)
+    assert conversation["state"] == "inactive"
+    assert conversation["inactive_reason"] == "window_expired"
+    assert conversation_id in [c["id"] for c in await wa.inbox("inactive")]
+
+    # Inactive: free text is refused as `window_closed`, a template still goes out.
+    status, body = await wa.reply(conversation_id, {"text": "hola?"})
+    assert status == 409 and body["error"]["code"] == "window_closed"
+    status, body = await wa.reply(conversation_id, {"template": TEMPLATE})
+    assert status == 202, body
+    await wa.gw.settle()
+    assert len(wa.fake(channel).calls) == 3
+    template_shape(channel, last_send(wa, channel))
+    # ... but not by an agent who never held it.
+    status, body = await wa.reply(conversation_id, {"template": TEMPLATE}, agent="jose")
+    assert status == 403
+
+
+async def test_customer_message_moves_the_window(wa: WaGateway) -> None:
+    start = wa.clock.now()
+    conversation_id = await wa.open_conversation(META, pid="in-1", ts=int(start.timestamp()))
+    wa.clock.advance(timedelta(hours=20))
+    await wa.customer_meta("in-2", "sigo aquí", ts=int(wa.clock.now().timestamp()))
+    wa.clock.set(start + timedelta(hours=24))
+    await wa.gw.runtime.scheduler.run_once()
+    conversation = await wa.conversation(conversation_id)
+    assert conversation["state"] == "active"
+    status, _ = await wa.reply(conversation_id, {"text": "sí, dime"})
+    assert status == 202
+
+
+async def test_window_timer_survives_a_restart(make_wa: WaFactory) -> None:
+    first = await make_wa(db="restart.db")
+    written = first.clock.now()
+    conversation_id = await first.open_conversation(META, pid="in-1", ts=int(written.timestamp()))
+    await first.client.close()  # the whole app shuts down: store closed, nothing in memory
+
+    second = await make_wa(db="restart.db", start=written + timedelta(hours=23, minutes=59))
+    await second.gw.runtime.scheduler.run_once()
+    assert (await second.conversation(conversation_id))["state"] == "active"
+    second.clock.set(written + timedelta(hours=24, seconds=1))
+    assert await second.gw.runtime.scheduler.run_once() >= 1
+    conversation = await second.conversation(conversation_id)
+    assert conversation["state"] == "inactive"
+    assert conversation["inactive_reason"] == "window_expired"
+
+
+# --- the provider says the window is closed ----------------------------------------------------
+
+WINDOW_REFUSALS = {
+    META: meta_error(131047, "Re-engagement message"),
+    TWILIO: twilio_error(
+        63016,
+        "Failed to send freeform message because you are outside the allowed window. "
+        "If you are using WhatsApp, please use a Message Template.",
+    ),
+}
+
+
+@pytest.mark.parametrize("channel", [META, TWILIO])
+async def test_provider_refuses_outside_the_window(channel: str, wa: WaGateway) -> None:
+    """Our clock says the window is open, the provider disagrees: it wins."""
+    conversation_id = await wa.open_conversation(channel, pid="in-1")
+    wa.fake(channel).replies.append(WINDOW_REFUSALS[channel])
+    status, body = await wa.reply(conversation_id, {"text": "hola"})
+    assert status == 202
+    await wa.gw.settle()
+    message = await wa.message(conversation_id, body["message"]["id"])
+    code = "131047" if channel == META else "63016"
+    assert (message["status"], message["error_code"]) == ("failed", code)
+    assert len(wa.fake(channel).calls) == 1  # a permanent refusal is not retried
+    conversation = await wa.conversation(conversation_id)
+    assert conversation["state"] == "inactive"
+    assert conversation["inactive_reason"] == "window_expired"
+    assert conversation["can_reply"] is False
+
+
+@pytest.mark.parametrize("channel", [META, TWILIO])
+async def test_window_closed_reported_by_status_webhook(channel: str, wa: WaGateway) -> None:
+    """The same verdict arriving later, as a failed delivery status."""
+    conversation_id = await wa.open_conversation(channel, pid="in-1")
+    provider_id = "wamid.OUT1" if channel == META else "SM" + "2" * 32
+    message_id = await wa.send_text(conversation_id, channel, provider_id=provider_id)
+    code = "131047" if channel == META else "63016"
+    assert await post_status(wa, channel, provider_id, "failed", code=code) == 200
+    await wa.gw.settle()
+    message = await wa.message(conversation_id, message_id)
+    assert (message["status"], message["error_code"]) == ("failed", code)
+    conversation = await wa.conversation(conversation_id)
+    assert (conversation["state"], conversation["inactive_reason"]) == (
+        "inactive",
+        "window_expired",
+    )
+
+
+# --- transient errors are retried ----------------------------------------------------------------
+
+
+def transient(channel: str, kind: str) -> list[tuple[int, Any]]:
+    if kind == "429":
+        if channel == META:
+            return [meta_error(130429, "Rate limit hit", 429)]
+        return [twilio_error(20429, "Too Many Requests", 429)]
+    if channel == META:
+        return [meta_error(131000, "Something went wrong", 500)]
+    return [twilio_error(20500, "Internal Server Error", 500)]
+
+
+@pytest.mark.parametrize("kind", ["429", "500", "timeout"])
+@pytest.mark.parametrize("channel", [META, TWILIO])
+async def test_transient_errors_are_retried(channel: str, kind: str, make_wa: WaFactory) -> None:
+    wa = await make_wa(request_timeout="300ms")
+    conversation_id = await wa.open_conversation(channel, pid="in-1")
+    fake = wa.fake(channel)
+    if kind == "timeout":
+        fake.hang = 2
+    else:
+        fake.replies.extend(transient(channel, kind) * 2)
+    provider_id = "wamid.OK" if channel == META else "SM" + "3" * 32
+    message_id = await wa.send_text(conversation_id, channel, provider_id=provider_id)
+    assert len(fake.calls) == 3  # two failures, then the third try (the last allowed) succeeds
+    message = await wa.message(conversation_id, message_id)
+    assert message["status"] == "queued" and message["error_code"] is None
+
+
+@pytest.mark.parametrize("kind", ["500", "timeout"])
+@pytest.mark.parametrize("channel", [META, TWILIO])
+async def test_last_try_fails_and_the_agent_sees_it(
+    channel: str, kind: str, make_wa: WaFactory
+) -> None:
+    wa = await make_wa(request_timeout="300ms")
+    conversation_id = await wa.open_conversation(channel, pid="in-1")
+    fake = wa.fake(channel)
+    if kind == "timeout":
+        fake.hang = 3
+    else:
+        fake.replies.extend(transient(channel, kind) * 3)
+    async with wa.client.ws_connect("/api/v1/stream?access_token=tok-maria") as ws:
+        await next_event(ws, lambda f: f.get("type") == "hello")
+        status, body = await wa.reply(conversation_id, {"text": "¿me lees?"})
+        assert status == 202
+        message_id = body["message"]["id"]
+        event = await next_event(
+            ws,
+            lambda f: f.get("type") == "message.status" and f["message"]["id"] == message_id,
+        )
+    assert len(fake.calls) == 3
+    seen = event["message"]
+    assert seen["status"] == "failed"
+    reason = "500" if kind == "500" else "TimeoutError"
+    assert reason in seen["error_message"]
+    assert seen["error_code"] in ("131000", "20500", "channel_unavailable")
+    await wa.gw.settle()
+    message = await wa.message(conversation_id, message_id)
+    assert (message["status"], message["error_message"]) == ("failed", seen["error_message"])
+    # A transient failure says nothing about the window: the conversation stays open.
+    assert (await wa.conversation(conversation_id))["state"] == "active"

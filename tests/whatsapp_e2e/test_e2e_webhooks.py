@@ -1,0 +1,282 @@
+"""Webhook edge cases through the real gateway: refused signatures store nothing, the Meta
+handshake, provider retries and concurrent duplicates, batches with a broken item, statuses
+for messages nobody knows."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from tests.whatsapp.support import (
+    META_APP_SECRET,
+    META_DIR,
+    META_TOKEN,
+    META_VERIFY,
+    TWILIO_DIR,
+    TWILIO_TOKEN,
+    fixture_bytes,
+    meta_sign,
+    twilio_body,
+    twilio_pairs,
+    twilio_sign,
+)
+from tests.whatsapp_e2e.conftest import (
+    META,
+    TWILIO,
+    TWILIO_URL,
+    WaFactory,
+    WaGateway,
+    meta_envelope,
+    meta_messages,
+    meta_status,
+    meta_statuses,
+    meta_text,
+    meta_value,
+    twilio_inbound,
+)
+
+SECRETS = (TWILIO_TOKEN, META_TOKEN, META_APP_SECRET, META_VERIFY)
+NOW_TS = 1795590000  # 2026-11-25 about 05:00 UTC, before the manual clock's 07:00
+
+
+def no_secrets(logs: Sequence[Mapping[str, Any]]) -> None:
+    text = repr(logs)
+    for secret in SECRETS:
+        assert secret not in text
+
+
+async def snapshot(wa: WaGateway) -> tuple[dict[str, int], list[dict[str, Any]]]:
+    return wa.counts(), await wa.events()
+
+
+# --- refused signatures ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("forgery", ["unsigned", "other_secret", "tampered", "not_hex", "sha1"])
+async def test_meta_forged_webhook_stores_nothing(forgery: str, wa: WaGateway) -> None:
+    body = fixture_bytes(META_DIR / "msg_text.json")
+    signature: str | None = {
+        "unsigned": None,
+        "other_secret": meta_sign(body, "not-the-app-secret"),
+        "tampered": meta_sign(body),
+        "not_hex": "sha256=zz",
+        "sha1": "sha1=" + meta_sign(body).removeprefix("sha256=")[:40],
+    }[forgery]
+    if forgery == "tampered":
+        body = body.replace(b"Body Text", b"Pwned Text")
+    before = await snapshot(wa)
+    with capture_logs() as logs:
+        resp = await wa.post_meta(body, signature=signature)
+    assert resp.status == 403
+    assert (await resp.json())["error"]["code"] == "invalid_signature"
+    assert await snapshot(wa) == before
+    assert [e["channel"] for e in logs if e["event"] == "webhook.signature_invalid"] == [META]
+    no_secrets(logs)
+
+
+@pytest.mark.parametrize("forgery", ["unsigned", "other_token", "tampered", "other_url"])
+async def test_twilio_forged_webhook_stores_nothing(forgery: str, wa: WaGateway) -> None:
+    path = TWILIO_DIR / "wa_inbound_text_courier.txt"
+    pairs = twilio_pairs(path)
+    body = twilio_body(path)
+    signature: str | None = {
+        "unsigned": None,
+        "other_token": twilio_sign(TWILIO_URL, pairs, "not-the-auth-token"),
+        "tampered": twilio_sign(TWILIO_URL, pairs),
+        # Signed for another channel's URL: a replay against this one must fail.
+        "other_url": twilio_sign(TWILIO_URL.replace(TWILIO, META), pairs),
+    }[forgery]
+    if forgery == "tampered":
+        body = body.replace(b"Body=Msg", b"Body=Pwned")
+    before = await snapshot(wa)
+    with capture_logs() as logs:
+        resp = await wa.post_twilio(pairs, body=body, signature=signature)
+    assert resp.status == 403
+    assert await snapshot(wa) == before
+    assert [e["channel"] for e in logs if e["event"] == "webhook.signature_invalid"] == [TWILIO]
+    no_secrets(logs)
+
+
+async def test_forged_status_does_not_move_a_message(wa: WaGateway) -> None:
+    conversation_id = await wa.open_conversation(META, pid="wamid.IN1")
+    message_id = await wa.send_text(conversation_id, META, provider_id="wamid.OUT1")
+    before = await snapshot(wa)
+    body = meta_statuses(meta_status("wamid.OUT1", "read", ts=NOW_TS))
+    resp = await wa.post_meta(body, signature=meta_sign(body, "guess"))
+    assert resp.status == 403
+    assert await snapshot(wa) == before
+    assert (await wa.message(conversation_id, message_id))["status"] == "queued"
+
+
+async def test_meta_verification_handshake(wa: WaGateway) -> None:
+    query = {
+        "hub.mode": "subscribe",
+        "hub.challenge": "1158201444",
+        "hub.verify_token": META_VERIFY,
+    }
+    resp = await wa.client.get(f"/webhooks/{META}", params=query)
+    assert resp.status == 200 and resp.content_type == "text/plain"
+    assert await resp.text() == "1158201444"
+    for bad in ({"hub.verify_token": "guess"}, {"hub.mode": "unsubscribe"}):
+        with capture_logs() as logs:
+            resp = await wa.client.get(f"/webhooks/{META}", params={**query, **bad})
+        assert resp.status == 403
+        assert "1158201444" not in await resp.text()
+        no_secrets(logs)
+    resp = await wa.client.get(f"/webhooks/{TWILIO}", params=query)
+    assert resp.status == 405
+
+
+# --- retries and duplicates ------------------------------------------------------------------
+
+
+async def test_provider_retry_is_not_a_second_message(wa: WaGateway) -> None:
+    meta_body = fixture_bytes(META_DIR / "msg_text.json")
+    twilio_path = TWILIO_DIR / "wa_inbound_text_courier.txt"
+    for _ in range(3):  # the first delivery and two re-deliveries
+        assert (await wa.post_meta(meta_body)).status == 200
+        resp = await wa.post_twilio(twilio_pairs(twilio_path), body=twilio_body(twilio_path))
+        assert resp.status == 200
+    received = await wa.received()
+    assert sorted(e["message"]["provider_message_id"] for e in received) == [
+        "SMe287d7109a5a925f182f0e07fe5b223b",
+        "wamid.xyzxyz",
+    ]
+    assert wa.counts()["messages"] == 2
+
+
+@pytest.mark.parametrize("channel", [META, TWILIO])
+async def test_concurrent_duplicates_store_one_message(channel: str, wa: WaGateway) -> None:
+    if channel == META:
+        body = meta_messages([meta_text("wamid.DUP", "Hola, una vez", ts=NOW_TS)])
+        posts = [wa.post_meta(body) for _ in range(10)]
+    else:
+        pairs = twilio_inbound("SMdup", "Hola, una vez")
+        posts = [wa.post_twilio(pairs) for _ in range(10)]
+    answers = await asyncio.gather(*posts)
+    assert [r.status for r in answers] == [200] * 10
+    events = await wa.events()
+    assert [e["type"] for e in events] == ["conversation.created", "message.received"]
+    assert wa.counts()["messages"] == 1 and wa.counts()["conversations"] == 1
+    (waiting,) = await wa.inbox("waiting")
+    assert waiting["preview"] == "Hola, una vez" and waiting["channel"] == channel
+
+
+async def test_concurrent_messages_of_one_new_contact_share_a_conversation(
+    wa: WaGateway,
+) -> None:
+    bodies = [
+        meta_messages([meta_text(f"wamid.C{i}", f"parte {i}", ts=NOW_TS + i)]) for i in range(10)
+    ]
+    answers = await asyncio.gather(*(wa.post_meta(b) for b in bodies))
+    assert [r.status for r in answers] == [200] * 10
+    conversations = {e["message"]["conversation_id"] for e in await wa.received()}
+    assert len(conversations) == 1
+    (conversation_id,) = conversations
+    conversation = await wa.conversation(conversation_id)
+    assert sorted(m["text"] for m in conversation["messages"]) == [f"parte {i}" for i in range(10)]
+
+
+# --- batches ---------------------------------------------------------------------------------
+
+
+async def test_batched_payload_with_a_broken_item(wa: WaGateway) -> None:
+    # Two agent messages already sent to Dora, so the batch's statuses have something to move.
+    dora = await wa.open_conversation(META, pid="wamid.D0", phone="+5511000000004")
+    out_a = await wa.send_text(dora, META, provider_id="wamid.OUTA")
+    out_b = await wa.send_text(dora, META, provider_id="wamid.OUTB")
+    image = {
+        "from": "5511000000002",
+        "id": "wamid.B1",
+        "timestamp": str(NOW_TS),
+        "type": "image",
+        "image": {"id": "m1", "mime_type": "image/png", "caption": "mira"},
+    }
+    broken = {"from": "5511000000001", "id": "wamid.BROKEN", "timestamp": str(NOW_TS)}
+    broken["type"] = "image"  # an image without id or url: nothing to show, skipped
+    broken["image"] = {"mime_type": "image/png"}
+    body = meta_envelope(
+        [
+            meta_value(
+                messages=[
+                    meta_text("wamid.A1", "soy Alba", phone="5511000000001", ts=NOW_TS),
+                    broken,
+                    image,
+                ],
+                statuses=[meta_status("wamid.OUTA", "delivered", ts=NOW_TS)],
+                contacts=[("5511000000001", "Alba"), ("5511000000002", "Bruno")],
+            ),
+            meta_value(
+                messages=[meta_text("wamid.C1", "soy Carla", phone="5511000000003", ts=NOW_TS)],
+                contacts=[("5511000000003", "Carla")],
+            ),
+        ],
+        [
+            meta_value(
+                statuses=[
+                    meta_status("wamid.OUTB", "read", ts=NOW_TS),
+                    meta_status("wamid.OUTA", "exploded", ts=NOW_TS),  # unknown status value
+                ]
+            ),
+            # Addressed to another business number: not this channel's to answer.
+            meta_value(
+                messages=[meta_text("wamid.X1", "wrong number", phone="5511000000009", ts=NOW_TS)],
+                phone_number_id="999",
+            ),
+        ],
+    )
+    with capture_logs() as logs:
+        resp = await wa.post_meta(body)
+    assert resp.status == 200
+    await wa.gw.settle()
+    stored = {
+        e["message"]["provider_message_id"]: e["message"]
+        for e in await wa.received()
+        if e["message"]["provider_message_id"] != "wamid.D0"
+    }
+    assert sorted(stored) == ["wamid.A1", "wamid.B1", "wamid.C1"]
+    assert stored["wamid.A1"]["contact"] == {"address": "+5511000000001", "display_name": "Alba"}
+    assert stored["wamid.B1"]["attachments"][0]["media_id"] == "m1"
+    assert stored["wamid.B1"]["text"] == "mira"
+    assert stored["wamid.C1"]["contact"]["display_name"] == "Carla"
+    assert (await wa.message(dora, out_a))["status"] == "delivered"
+    assert (await wa.message(dora, out_b))["status"] == "read"
+    skipped = [e for e in logs if e["event"] == "webhook.item_skipped"]
+    assert len(skipped) == 3, skipped
+    assert any("messages[1]" in e["where"] for e in skipped)
+    waiting = {c["contact"]["address"] for c in await wa.inbox("waiting")}
+    assert {"+5511000000001", "+5511000000002", "+5511000000003"} <= waiting
+
+
+# --- statuses nobody asked for ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("channel", [META, TWILIO])
+async def test_status_for_an_unknown_message_is_acknowledged_and_logged(
+    channel: str, wa: WaGateway
+) -> None:
+    before_messages = wa.counts()["messages"]
+    with capture_logs() as logs:
+        if channel == META:
+            resp = await wa.post_meta(meta_statuses(meta_status("wamid.NOBODY", "read", ts=NOW_TS)))
+        else:
+            path = TWILIO_DIR / "status_read_courier.txt"
+            resp = await wa.post_twilio(twilio_pairs(path), body=twilio_body(path))
+    assert resp.status == 200
+    unknown = [e for e in logs if e["event"] == "ingest.status_unknown_message"]
+    assert [e["channel"] for e in unknown] == [channel]
+    assert await wa.events() == []
+    assert wa.counts()["messages"] == before_messages
+
+
+async def test_provider_errors_without_items_are_acknowledged(make_wa: WaFactory) -> None:
+    wa = await make_wa(phone_number_id="1234567890")
+    with capture_logs() as logs:
+        resp = await wa.post_meta(fixture_bytes(META_DIR / "courier_wac_error_errors.json"))
+    assert resp.status == 200
+    assert [e["code"] for e in logs if e["event"] == "whatsapp.provider_error"] == ["0"]
+    assert await wa.events() == []
