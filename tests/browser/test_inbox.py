@@ -7,11 +7,13 @@ live through `/api/v1/stream`. The pages are only ever waited on for what they s
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 from datetime import timedelta
 
 import pytest
-from playwright.async_api import Locator, Page, Route, expect
+from playwright.async_api import Locator, Page, Route, WebSocketRoute, expect
 
 from gateway.model import DeliveryState, DeliveryStatus
 from tests.browser.conftest import (
@@ -330,3 +332,73 @@ async def test_sign_in_refuses_a_bad_token_and_signs_out(
     await page.get_by_role("button", name="Sign out").click()
     await expect(page.get_by_label("Agent token")).to_be_visible()
     assert await page.evaluate("sessionStorage.length") == 0
+
+
+async def test_the_stream_reconnects_by_itself_from_the_last_cursor(
+    gw: LiveGateway, new_page: NewPage
+) -> None:
+    sockets: list[WebSocketRoute] = []
+    cursors: list[str] = []  # every cursor the page was handed, in order
+    got_dos = asyncio.Event()
+    gap = asyncio.Event()
+
+    async def route(socket: WebSocketRoute) -> None:
+        """Pass the stream through, noting cursors; a reconnection waits for the test's change."""
+        sockets.append(socket)
+        if len(sockets) > 1:
+            await gap.wait()
+        server = socket.connect_to_server()
+
+        def forward(frame: str | bytes) -> None:
+            socket.send(frame)
+            event = json.loads(frame)
+            if event.get("cursor") and event["type"] != "hello":
+                cursors.append(event["cursor"])
+            if event["type"] == "message.received" and event["message"]["text"] == "dos":
+                got_dos.set()
+
+        server.on_message(forward)
+
+    agent = await new_page()
+    await agent.route_web_socket(re.compile(r"/api/v1/stream"), route)
+    await gw.visitor("Primero", "uno")
+    await sign_in(agent, gw)
+    await expect(item(agent, "Primero")).to_be_visible()
+    assert (await gw.runtime.store.presence())["maria"].online  # the open page is presence
+    await gw.visitor("Segundo", "dos")
+    await expect(item(agent, "Segundo")).to_be_visible()
+    await got_dos.wait()
+
+    last_seen = cursors[-1]
+    await sockets[0].close()  # the connection drops
+    await expect(agent.locator("#conn")).to_have_text("reconnecting…")
+    await gw.visitor("Tercero", "tres")  # while the page is disconnected
+    gap.set()
+    await expect(agent.locator("#conn")).to_have_text("live")
+    await expect(item(agent, "Tercero")).to_be_visible()
+    assert f"after={last_seen}" in sockets[1].url  # resumed where it was, replay first
+    assert "access_token=" in sockets[1].url
+
+
+async def test_queue_filter_and_only_mine(gw: LiveGateway, new_page: NewPage) -> None:
+    await gw.visitor("Soporte", "necesito ayuda")
+    await gw.visitor("Ventas", "¿qué precio tiene?")  # routed to sales
+    await gw.visitor("Otro", "hola")
+    for who, name in (("maria", "Soporte"), ("jose", "Otro")):
+        (conv,) = [c for c in await gw.waiting() if c["contact"]["display_name"] == name]
+        assert (await gw.post(who, f"/api/v1/conversations/{conv['id']}/accept"))[0] == 200
+
+    agent = await new_page()
+    await sign_in(agent, gw)
+    await expect(count(agent, "waiting")).to_have_text("1")
+    await expect(count(agent, "active")).to_have_text("2")
+    await agent.get_by_label("Queue").select_option("support")
+    await expect(count(agent, "waiting")).to_have_text("0")
+    await expect(agent.locator("#empty")).to_be_visible()
+    await tab(agent, "active")
+    await expect(agent.locator("#list li")).to_have_count(2)
+    await expect(item(agent, "Otro")).to_contain_text("with jose")
+    await expect(item(agent, "Soporte")).to_contain_text("with you")
+    await agent.get_by_label("only mine").check()
+    await expect(agent.locator("#list li")).to_have_count(1)
+    await expect(item(agent, "Soporte")).to_be_visible()
