@@ -446,8 +446,9 @@ function renderOpenState() {
 function bannerText(c, mine) {
   if (c.state === "waiting") return "Preview: not accepted yet. Accept it to reply.";
   if (c.state === "inactive") {
-    return "Inactive (" + reasonWords(c.inactive_reason) + "): it can no longer be answered. " +
-      "Contact for look-up: " + c.contact.address;
+    return "Inactive (" + reasonWords(c.inactive_reason) + "): it can no longer be answered" +
+      (templateAllowed(c, mine) ? " with free text" : "") +
+      ". Contact for look-up: " + c.contact.address;
   }
   if (c.state === "closed") return "Closed.";
   if (!mine) return "Attended by " + (c.agent || "nobody") + ".";
@@ -531,21 +532,35 @@ function composer() {
   };
 }
 
+/**
+ * Whether a template may still reach this customer although free text may not: the agent holds
+ * the conversation and the WhatsApp window closed, or the window expired and made it inactive
+ * (its last assignee, or anyone of its queue if nobody held it, may re-engage with a template).
+ */
+function templateAllowed(c, mine) {
+  if (c.channel_type !== "whatsapp" || c.can_reply) return false;
+  if (c.state === "active" || c.state === "pending") return mine;
+  if (c.state === "inactive" && c.inactive_reason === "window_expired") {
+    return c.agent ? mine : app.me.queues.includes(c.queue);
+  }
+  return false;
+}
+
 function renderComposer(c, mine) {
   const el = app.open.el;
-  const holds = mine && (c.state === "active" || c.state === "pending");
-  const windowClosed = holds && !c.can_reply;
   const canWrite = mine && c.state === "active" && c.can_reply;
+  const template = templateAllowed(c, mine);
   el.text.disabled = !canWrite;
   el.send.disabled = !canWrite;
-  el.template.hidden = !(windowClosed && c.channel_type === "whatsapp");
+  el.template.hidden = !template;
   let why = "";
-  if (windowClosed) {
-    why = c.channel_type === "whatsapp"
-      ? "WhatsApp's 24-hour window is closed (the customer last wrote " +
-        clockTime(c.last_customer_message_at) + "): free text cannot be sent until they " +
-        "write again. You can send an approved template."
-      : "This channel does not accept free text now.";
+  if (template) {
+    why = "WhatsApp's 24-hour window is closed (the customer last wrote " +
+      clockTime(c.last_customer_message_at) + "): free text cannot be sent until they write " +
+      "again. You can send an approved template" +
+      (c.state === "inactive" ? "; their answer starts a new conversation." : ".");
+  } else if (mine && c.state === "active" && !c.can_reply) {
+    why = "This channel does not accept free text now.";
   } else if (!canWrite) {
     why = {
       waiting: "Accept the conversation to reply.",

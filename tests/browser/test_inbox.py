@@ -175,11 +175,22 @@ async def test_inactive_conversations_are_grey_with_their_reason(
         )
     await expect(bruno.get_by_role("button", name=ACCEPT)).to_have_count(0)
 
+    # Opened, it is read-only; the contact's address is there for look-up.
+    await lucia.get_by_role("button", name=OPEN).click()
+    await expect(agent.locator(".banner")).to_contain_text("no agent available")
+    await expect(agent.locator(".actions")).to_be_hidden()
+    await expect(agent.get_by_label("Reply", exact=True)).to_be_hidden()
+    await expect(agent.locator(".composer-why")).to_contain_text("can no longer be answered")
+    await expect(agent.get_by_role("form", name="Send a template")).to_be_hidden()
+    # An expired WhatsApp window can still be re-engaged with an approved template.
     await bruno.get_by_role("button", name=OPEN).click()
     await expect(agent.locator(".banner")).to_contain_text("window expired")
     await expect(agent.locator(".banner")).to_contain_text("+5511999990000")
     await expect(agent.locator(".actions")).to_be_hidden()
-    await expect(agent.locator(".composer-why")).to_contain_text("can no longer be answered")
+    await expect(agent.locator(".composer-why")).to_contain_text("approved template")
+    await agent.get_by_label("Template name").fill("HXfeedface")
+    await agent.get_by_role("button", name="Send template").click()
+    await expect(agent.locator(".msg-out .msg-text")).to_have_text(["Template HXfeedface (es)"])
 
 
 async def test_customer_markup_is_shown_as_text(gw: LiveGateway, new_page: NewPage) -> None:
