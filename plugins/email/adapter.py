@@ -31,6 +31,7 @@ from plugins.email.compose import (
     OutboundFile,
     Thread,
     compose_reply,
+    continue_thread,
     mailbox,
     new_message_id,
     thread_from_extra,
@@ -230,7 +231,13 @@ class EmailAdapter(BaseAdapter):
     # -- sending ---------------------------------------------------------------------------
 
     async def send(self, conversation: Conversation, message: Message) -> SendResult:
-        """Send an agent's reply by SMTP, threaded on the customer's last mail."""
+        """Send an agent's reply by SMTP, threaded on the customer's last mail.
+
+        In-Reply-To is the conversation's last inbound Message-ID and References lists the
+        conversation's ids, ours included, as the core passes them in `extra["thread"]`
+        (prefixed with that mail's own References when we stored it); without them, the
+        newest mail stored from the customer's address is answered.
+        """
         if not message.text and not message.attachments:
             raise PermanentChannelError("email: nothing to send (templates are not supported)")
         try:
@@ -238,11 +245,9 @@ class EmailAdapter(BaseAdapter):
             sender = mailbox(self.config.address, self.config.from_name)
         except ValueError:
             raise PermanentChannelError("email: invalid recipient address") from None
-        thread = (
-            thread_from_extra(message.extra)
-            or await recall(self.context.kv, self.name, conversation.contact.address)
-            or Thread()
-        )
+        remembered = await recall(self.context.kv, self.name, conversation.contact.address)
+        given = thread_from_extra(message.extra)
+        thread = continue_thread(given, remembered) if given else remembered or Thread()
         explicit = message.extra.get("subject")
         subject = (
             explicit

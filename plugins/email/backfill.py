@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 
 import structlog
-from tqdm import tqdm  # type: ignore[import-untyped, unused-ignore]
+from tqdm import tqdm
 
 from gateway.channels import Inbound, KeyValue
 from gateway.clock import Clock, SystemClock

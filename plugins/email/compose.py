@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email.headerregistry import Address
@@ -133,10 +133,25 @@ def compose_reply(
     return msg
 
 
-def thread_from_extra(extra: dict[str, object]) -> Thread | None:
-    """Read the threading hints the core put into `message.extra` (see the package doc)."""
-    parent = extra.get("in_reply_to")
-    refs = extra.get("references")
+def thread_from_extra(extra: Mapping[str, object]) -> Thread | None:
+    """Read the threading facts the core put into `message.extra` (see the package doc).
+
+    The core sends them nested, `extra["thread"] = {"in_reply_to", "references", "subject"}`,
+    with `references` listing every provider id of the conversation in order (our own
+    outbound Message-IDs included); the flat keys `in_reply_to` / `references` / `subject`
+    are still read when there is no usable nested block, for callers that set them directly.
+    """
+    nested = extra.get("thread")
+    if isinstance(nested, Mapping):
+        found = _thread_from(nested)
+        if found is not None:
+            return found
+    return _thread_from(extra)
+
+
+def _thread_from(values: Mapping[str, object]) -> Thread | None:
+    parent = values.get("in_reply_to")
+    refs = values.get("references")
     parent_ids = msgid_list(parent) if isinstance(parent, str) else []
     if isinstance(refs, str):
         ref_ids = msgid_list(refs)
@@ -144,11 +159,33 @@ def thread_from_extra(extra: dict[str, object]) -> Thread | None:
         ref_ids = [i for r in refs if isinstance(r, str) for i in msgid_list(r)]
     else:
         ref_ids = []
+    # Provider ids that are not Message-IDs (a content hash for mail that had none) are not
+    # usable in a header: msgid_list dropped them; drop duplicates, keeping the first place.
+    ref_ids = list(dict.fromkeys(ref_ids))
     if not parent_ids and not ref_ids:
         return None
-    subject = extra.get("subject")
+    subject = values.get("subject")
     return Thread(
         in_reply_to=parent_ids[0] if parent_ids else ref_ids[-1],
         references=tuple(ref_ids),
         subject=subject if isinstance(subject, str) else None,
     )
+
+
+def continue_thread(thread: Thread, parent: Thread | None) -> Thread:
+    """Prefix `thread`'s references with those of the mail it answers, when we know them.
+
+    The core lists the ids of *this* conversation only; a reply that opened a new
+    conversation (its old one was closed) still carries the whole earlier chain in its own
+    References, and RFC 5322 3.6.4 builds a reply's References from the parent's. `parent`
+    is what the channel remembered of the customer's latest mail; it is used only when it is
+    the very mail `thread` answers.
+    """
+    if parent is None or parent.in_reply_to != thread.in_reply_to or not parent.references:
+        return thread
+    # The conversation's own order is authoritative; ids only the parent knew are older
+    # (an earlier conversation), so they go first.
+    known = set(thread.references)
+    older = [i for i in dict.fromkeys(parent.references) if i not in known]
+    merged = (*older, *thread.references)
+    return Thread(in_reply_to=thread.in_reply_to, references=merged, subject=thread.subject)

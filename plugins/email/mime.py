@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage, Message
 
 import html2text
-from mailparser_reply import EmailReplyParser  # type: ignore[import-untyped, unused-ignore]
+from mailparser_reply import EmailReplyParser
 
 from plugins.email.headers import header, one_line
 

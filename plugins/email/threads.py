@@ -1,8 +1,9 @@
 """Remember, per customer address, the last mail they sent, so a reply can thread on it.
 
-The core may pass the parent's ids in `message.extra` (`in_reply_to`, `references`); when it
-does not, `send` falls back to this memory: the newest customer mail from that address on this
-channel, which is the one the open conversation is answering.
+The core passes the conversation's ids in `message.extra["thread"]`; `send` adds the answered
+mail's own References from this memory (they reach back past a closed conversation), and when
+the core passes nothing, falls back to it entirely: the newest customer mail from that address
+on this channel, which is the one the open conversation is answering.
 """
 
 from __future__ import annotations

@@ -70,6 +70,12 @@ class MemoryKV:
     async def kv_set(self, key: str, value: str) -> None:
         self.data[key] = value
 
+    async def kv_compare_set(self, key: str, expected: str | None, value: str) -> bool:
+        if self.data.get(key) != expected:
+            return False
+        self.data[key] = value
+        return True
+
 
 def require_dovecot() -> None:
     """Fail (never skip) when Debian's Dovecot is not installed: these tests need it."""

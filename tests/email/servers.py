@@ -237,6 +237,25 @@ service imap-login {{
     async def append(self, raw: bytes, mailbox: str = "INBOX", date: str | None = None) -> int:
         return await asyncio.to_thread(self.append_sync, raw, mailbox, date)
 
+    def append_many_sync(
+        self, raws: list[bytes], mailbox: str = "INBOX", date: str | None = None
+    ) -> list[int]:
+        """APPEND many messages over one connection (filling a mailbox); return their UIDs."""
+        client = imaplib.IMAP4("127.0.0.1", self.port)
+        uids = []
+        try:
+            client.login(USER, PASSWORD)
+            when = f'"{date}"' if date else None
+            for raw in raws:
+                typ, data = client.append(mailbox, None, when, raw)
+                assert typ == "OK", data
+                match = _APPENDUID.search(data[0] or b"")
+                assert match, data
+                uids.append(int(match.group(2)))
+            return uids
+        finally:
+            client.logout()
+
     def flags_sync(self, uid: int) -> str:
         """Return the FLAGS of a message (to prove we never set \\Seen)."""
         client = imaplib.IMAP4("127.0.0.1", self.port)

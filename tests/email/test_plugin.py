@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from typing import Any
 
 import pluggy
@@ -9,6 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 import plugins.email as email_plugin
+from gateway import hookspecs
 from gateway.channels import ChannelAdapter
 from plugins.email.backoff import Backoff
 from plugins.email.config import EmailConfig
@@ -33,6 +35,20 @@ def test_registers_email_type_through_pluggy() -> None:
     assert channel_type.name == "email"
     assert channel_type.config_model is EmailConfig
     assert channel_type.version == email_plugin.__version__
+
+
+def test_registers_the_backfill_command_through_pluggy() -> None:
+    manager = pluggy.PluginManager("gateway")
+    manager.add_hookspecs(hookspecs)
+    manager.register(email_plugin)
+    [[command]] = manager.hook.register_commands()
+    assert command.words == ("email", "backfill")
+    parser = argparse.ArgumentParser()
+    command.configure(parser)
+    args = parser.parse_args(["--channel", "support-mail", "--since", "2026-11-01"])
+    assert (args.channel, args.since, args.no_progress) == ("support-mail", "2026-11-01", False)
+    with pytest.raises(SystemExit):  # --channel is required
+        parser.parse_args([])
 
 
 async def test_factory_builds_an_adapter(make_adapter: Any) -> None:

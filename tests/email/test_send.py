@@ -21,6 +21,7 @@ from plugins.email.compose import (
     MAX_REFERENCES,
     Thread,
     compose_reply,
+    continue_thread,
     mailbox,
     references_for,
     reply_subject,
@@ -168,6 +169,48 @@ def test_thread_from_extra_accepts_lists_and_strings() -> None:
     )
 
 
+def test_thread_from_extra_reads_the_cores_nested_block() -> None:
+    """The core's `extra["thread"]` wins over flat keys; ids that are not Message-IDs go."""
+    extra = {
+        "thread": {
+            "in_reply_to": "<c2@x>",
+            "references": ["<c1@x>", "sha256:abcd", "<r1@gw.example.com>", "<c2@x>", "<c1@x>"],
+            "subject": "Order 42",
+        },
+        "in_reply_to": "<flat@x>",
+    }
+    assert thread_from_extra(extra) == Thread(
+        in_reply_to="<c2@x>",
+        references=("<c1@x>", "<r1@gw.example.com>", "<c2@x>"),
+        subject="Order 42",
+    )
+    # an empty nested block (a conversation with no mail ids yet) falls back to flat keys
+    empty: dict[str, object] = {"thread": {"in_reply_to": None, "references": [], "subject": None}}
+    assert thread_from_extra(empty) is None
+    assert thread_from_extra({**empty, "in_reply_to": "<p@x>"}) == Thread(in_reply_to="<p@x>")
+
+
+def test_continue_thread_puts_older_ids_first() -> None:
+    # in one conversation: the customer's mail only named our reply; nothing older to add
+    conversation = Thread(in_reply_to="<c2@x>", references=("<c1@x>", "<r1@gw>", "<c2@x>"))
+    parent = Thread(in_reply_to="<c2@x>", references=("<r1@gw>",))
+    assert continue_thread(conversation, parent) == conversation
+    # a new conversation (the old one was closed): the parent's chain comes first
+    fresh = Thread(in_reply_to="<c3@x>", references=("<c3@x>",))
+    chain = Thread(in_reply_to="<c3@x>", references=("<c1@x>", "<r1@gw>", "<c2@x>", "<r2@gw>"))
+    assert continue_thread(fresh, chain).references == (
+        "<c1@x>",
+        "<r1@gw>",
+        "<c2@x>",
+        "<r2@gw>",
+        "<c3@x>",
+    )
+    # memory of another mail than the one answered is not used
+    other = Thread(in_reply_to="<zz@x>", references=("<old@x>",))
+    assert continue_thread(fresh, other) == fresh
+    assert continue_thread(fresh, None) == fresh
+
+
 # -- SMTP through the adapter -------------------------------------------------------------
 
 
@@ -198,6 +241,27 @@ async def test_send_threads_on_core_extra(make_adapter: Any, smtp_server: SmtpSe
     assert str(sent["To"]) == "Ana Souza <ana@customer.example>"
     plain = sent.get_body(("plain",))
     assert plain is not None and plain.get_content().strip() == "Hi Ana, it ships today."
+
+
+async def test_send_threads_on_the_cores_thread_block(
+    make_adapter: Any, smtp_server: SmtpServer
+) -> None:
+    """What outbound.py passes: In-Reply-To the last inbound, References all ids, ours too."""
+    adapter = smtp_adapter(make_adapter, smtp_server)
+    thread = {
+        "in_reply_to": "<c2@customer.example>",
+        "references": ["<c1@customer.example>", "<r1@gw.example.com>", "<c2@customer.example>"],
+        "subject": "Where is my order?",
+    }
+    await adapter.send(conversation(), agent_message(extra={"thread": thread}))
+    sent = parsed(smtp_server.handler.messages[0])
+    assert sent["In-Reply-To"] == "<c2@customer.example>"
+    assert str(sent["References"]).split() == [
+        "<c1@customer.example>",
+        "<r1@gw.example.com>",
+        "<c2@customer.example>",
+    ]
+    assert sent["Subject"] == "Re: Where is my order?"
 
 
 async def test_send_threads_on_remembered_inbound(

@@ -1,0 +1,271 @@
+"""A mail conversation through the real gateway: IDLE delivery, an agent's threaded replies
+received by aiosmtpd, the customer's answers joining (or, after a close, linking to) the
+conversation, bounces failing our message, auto-replies waking nobody."""
+
+from __future__ import annotations
+
+import re
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.model import DeliveryState
+from tests.email.conftest import FIXTURES
+from tests.email_e2e.conftest import ADDRESS, MailFactory, MailGateway, customer_mail
+
+C1 = "<c1.order42@customer.example>"
+C2 = "<c2.order42@customer.example>"
+C3 = "<c3.order42@customer.example>"
+
+
+def ids(value: Any) -> list[str]:
+    return re.findall(r"<[^<>]+>", str(value or ""))
+
+
+async def open_and_answer(mail: MailGateway) -> tuple[str, EmailMessage]:
+    """The customer writes; maria accepts and answers. Return the conversation and our mail."""
+    await mail.deliver(customer_mail(message_id=C1))
+    received = await mail.received(C1)
+    assert received.conversation is not None
+    conversation_id = received.conversation.id
+    await mail.act(conversation_id, "accept")
+    await mail.reply(conversation_id, "Hi Ana, it ships today.")
+    return conversation_id, mail.sent()[-1]
+
+
+async def test_idle_delivery_opens_a_waiting_conversation(make_mail: MailFactory) -> None:
+    mail = await make_mail()
+    assert mail.adapter.health().ok
+    await mail.deliver(customer_mail(message_id=C1))
+    event = await mail.received(C1)
+    assert event.conversation is not None
+
+    [summary] = await mail.inbox("waiting")
+    assert summary["id"] == event.conversation.id
+    assert summary["channel_type"] == "email" and summary["queue"] == "support"
+    assert summary["contact"] == {"address": "ana@customer.example", "display_name": "Ana Souza"}
+    assert summary["subject"] == "Where is my order?"
+    assert summary["preview"] == "Hello, where is my order 42?"
+    assert summary["can_reply"] is True
+
+
+async def test_agent_reply_is_threaded_and_the_answer_joins(make_mail: MailFactory) -> None:
+    mail = await make_mail()
+    conversation_id, first = await open_and_answer(mail)
+
+    # what aiosmtpd received: a reply mail clients thread under the customer's mail
+    [envelope] = mail.smtp.handler.messages
+    assert envelope.mail_from == ADDRESS and envelope.rcpt_tos == ["ana@customer.example"]
+    r1 = first["Message-ID"]
+    assert r1 and r1.endswith("@gw.example.com>")
+    assert first["In-Reply-To"] == C1
+    assert ids(first["References"]) == [C1]
+    assert first["Subject"] == "Re: Where is my order?"
+    assert str(first["To"]) == "Ana Souza <ana@customer.example>"
+    body = first.get_body(("plain",))
+    assert body is not None and body.get_content().strip() == "Hi Ana, it ships today."
+
+    # the store knows our Message-ID: the message is sent, under the id the customer will quote
+    conversation = await mail.conversation(conversation_id)
+    outbound = conversation["messages"][-1]
+    assert (outbound["direction"], outbound["status"]) == ("out", "sent")
+    assert outbound["provider_message_id"] == r1
+
+    # The customer answers our mail. Their client sets In-Reply-To only (no References, as
+    # some do): the answer still joins the open conversation.
+    await mail.deliver(
+        customer_mail(
+            message_id=C2, subject="Re: Where is my order?", text="Great, thanks!", in_reply_to=r1
+        )
+    )
+    answer = await mail.received(C2)
+    assert answer.conversation is not None and answer.conversation.id == conversation_id
+    conversation = await mail.conversation(conversation_id)
+    assert conversation["state"] == "active" and conversation["agent"] == "maria"
+    assert [m["provider_message_id"] for m in conversation["messages"]] == [C1, r1, C2]
+    assert await mail.inbox("waiting") == []
+
+    # The second reply answers the customer's last mail, and References carries the whole
+    # conversation, our own first reply included (the customer's mail did not list it).
+    await mail.reply(conversation_id, "You are welcome.")
+    second = mail.sent()[-1]
+    assert second["In-Reply-To"] == C2
+    assert ids(second["References"]) == [C1, r1, C2]
+    assert second["Subject"] == "Re: Where is my order?"
+    assert second["Message-ID"] not in (r1, C1, C2)
+
+
+async def test_answer_to_a_closed_conversation_opens_a_linked_one(make_mail: MailFactory) -> None:
+    mail = await make_mail()
+    first_id, first = await open_and_answer(mail)
+    r1 = first["Message-ID"]
+    await mail.act(first_id, "close")
+
+    await mail.deliver(
+        customer_mail(
+            message_id=C2,
+            subject="Re: Where is my order?",
+            text="It did not arrive.\n\nOn Tue, ACME Support wrote:\n> Hi Ana, it ships today.",
+            in_reply_to=r1,
+            references=f"{C1} {r1}",
+        )
+    )
+    event = await mail.received(C2)
+    assert event.conversation is not None
+    second_id = event.conversation.id
+    assert second_id != first_id
+
+    [waiting] = await mail.inbox("waiting")
+    assert waiting["id"] == second_id
+    assert waiting["previous_conversation_id"] == first_id
+    assert waiting["preview"] == "It did not arrive."
+    old = await mail.conversation(first_id)
+    assert old["state"] == "closed"
+    assert [m["provider_message_id"] for m in old["messages"]] == [C1, r1]
+    new = await mail.conversation(second_id)
+    [message] = new["messages"]
+    assert message["text"] == "It did not arrive."
+    assert "ships today" in message["extra"]["full_text"]
+
+    # The reply in the new conversation continues the customer's whole thread.
+    await mail.act(second_id, "accept", agent="jose")
+    await mail.reply(second_id, "Sorry, we are sending another one.", agent="jose")
+    reply = mail.sent()[-1]
+    assert reply["In-Reply-To"] == C2
+    assert ids(reply["References"]) == [C1, r1, C2]
+
+
+async def test_a_new_mail_after_close_is_a_new_unlinked_conversation(
+    make_mail: MailFactory,
+) -> None:
+    mail = await make_mail()
+    first_id, _ = await open_and_answer(mail)
+    await mail.act(first_id, "close")
+    await mail.deliver(customer_mail(message_id=C3, subject="Another question"))
+    event = await mail.received(C3)
+    assert event.conversation is not None and event.conversation.id != first_id
+    [waiting] = await mail.inbox("waiting")
+    assert waiting["previous_conversation_id"] is None
+
+
+# -- bounces ------------------------------------------------------------------------------
+
+BOUNCES = {
+    # fixture: (the Message-ID it reports as undeliverable, DSN status, diagnostic start)
+    "chatwoot_bounced_gmail_dsn.eml": (
+        "<conversation/93775311-9416-4428-964b-862001f8a8b2/messages/27855337@gmail.com>",
+        "5.1.1",
+        "550 5.1.1 The email account that you tried to reach does not exist.",
+    ),
+    "cpython_msg_16_dsn_disk_quota.eml": (
+        "<002001c144a6$8752e060$56104586@oxy.edu>",
+        "5.0.0",
+        "recipient reached disk quota",
+    ),
+    "flanker_bounce_mailbox_full_verp.eml": (
+        "<4E326A95.3010907@example.com>",
+        "5.2.2",
+        "552 5.2.2 E4.12 user MAILBOX FULL",
+    ),
+}
+
+
+@pytest.mark.parametrize("fixture", sorted(BOUNCES))
+async def test_bounce_marks_our_message_failed(fixture: str, make_mail: MailFactory) -> None:
+    """A real DSN (three servers' formats), rewritten to report our reply, fails that reply."""
+    original, status, diagnostic = BOUNCES[fixture]
+    mail = await make_mail()
+    conversation_id, ours = await open_and_answer(mail)
+    our_id = ours["Message-ID"]
+    raw = (FIXTURES / fixture).read_bytes()
+    assert original.encode() in raw
+    await mail.deliver(raw.replace(original.encode(), our_id.encode()))
+
+    failed = await mail.wait_event(
+        lambda e: (
+            e.type == "message.status"
+            and e.message is not None
+            and e.message.provider_message_id == our_id
+            and e.message.status == DeliveryState.FAILED
+        )
+    )
+    assert failed.message is not None
+    conversation = await mail.conversation(conversation_id)
+    outbound = next(m for m in conversation["messages"] if m["provider_message_id"] == our_id)
+    assert outbound["status"] == "failed"
+    assert outbound["error_code"] == status
+    assert outbound["error_message"].startswith(diagnostic)
+
+    # The report is kept with the conversation it concerns, and wakes nobody.
+    bounce = conversation["messages"][-1]
+    assert bounce["kind"] == "bounce" and bounce["direction"] == "in"
+    assert conversation["state"] == "active" and conversation["agent"] == "maria"
+    assert await mail.inbox("waiting") == []
+
+
+# -- auto-replies -------------------------------------------------------------------------
+
+
+def vacation_reply(in_reply_to: str | None, message_id: str) -> bytes:
+    return customer_mail(
+        message_id=message_id,
+        subject="Out of office: Re: Where is my order?",
+        text="I am on vacation until Monday.",
+        in_reply_to=in_reply_to,
+        references=in_reply_to,
+        headers={"Auto-Submitted": "auto-replied"},
+    )
+
+
+async def test_auto_reply_never_wakes_a_closed_conversation(make_mail: MailFactory) -> None:
+    mail = await make_mail()
+    conversation_id, ours = await open_and_answer(mail)
+    await mail.act(conversation_id, "close")
+    sent_before = len(mail.smtp.handler.messages)
+
+    # the customer's vacation responder answers our reply; a robot with no thread; a
+    # subject-only "Automatic reply" with no thread either
+    await mail.deliver(vacation_reply(ours["Message-ID"], "<ooo1@customer.example>"))
+    await mail.deliver(vacation_reply(None, "<ooo2@customer.example>"))
+    await mail.deliver((FIXTURES / "chatwoot_non_utf_encoded_autoreply.eml").read_bytes())
+    received = await mail.wait_received(4)
+    assert [e.message.kind for e in received if e.message is not None] == [
+        "email",
+        "auto_reply",
+        "auto_reply",
+        "auto_reply",
+    ]
+
+    assert await mail.inbox("waiting") == []
+    assert await mail.inbox("active") == []
+    closed = await mail.conversation(conversation_id)
+    assert closed["state"] == "closed"
+    assert closed["messages"][-1]["provider_message_id"] == "<ooo1@customer.example>"
+    assert closed["messages"][-1]["kind"] == "auto_reply"
+    # the unthreaded ones are kept, in closed conversations of their own
+    archived = {c["id"] for c in await mail.inbox("closed")} - {conversation_id}
+    assert len(archived) == 2
+    # and nothing answered any of them
+    assert len(mail.smtp.handler.messages) == sent_before
+
+
+async def test_auto_reply_in_an_open_conversation_changes_nothing(make_mail: MailFactory) -> None:
+    mail = await make_mail()
+    await mail.deliver(customer_mail(message_id=C1))
+    first = await mail.received(C1)
+    assert first.conversation is not None
+    before = await mail.conversation(first.conversation.id)
+    await mail.deliver(vacation_reply(C1, "<ooo1@customer.example>"))
+    auto = await mail.received("<ooo1@customer.example>")
+    assert auto.conversation is not None and auto.conversation.id == first.conversation.id
+    after = await mail.conversation(first.conversation.id)
+    assert after["state"] == "waiting"
+    assert after["queued_at"] == before["queued_at"]
+    assert after["last_customer_message_at"] == before["last_customer_message_at"]
+
+
+def test_bounce_fixtures_exist() -> None:
+    for name in BOUNCES:
+        assert Path(FIXTURES / name).exists()

@@ -1,0 +1,94 @@
+"""Restarts through the real gateway: the gateway itself (a new app on the same SQLite file and
+the same Dovecot) and the mail server (killed mid-IDLE, `/readyz` degraded until it is back)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import pytest
+
+from plugins.email.cursor import live_key
+from tests.email_e2e.conftest import CHANNEL, MailFactory, customer_mail
+
+
+def mail_from(n: int) -> bytes:
+    """Mail number n: two customers taking turns, so restarts cross open conversations."""
+    who = ("ana", "Ana Souza") if n % 2 == 0 else ("bruno", "Bruno Lima")
+    return customer_mail(
+        message_id=f"<m{n}@customer.example>",
+        sender=f"{who[1]} <{who[0]}@customer.example>",
+        subject=f"Question {n}",
+        text=f"This is mail {n}.",
+    )
+
+
+async def test_gateway_restart_without_duplicates_or_gaps(make_mail: MailFactory) -> None:
+    first = await make_mail()
+    for n in range(3):
+        await first.deliver(mail_from(n))
+    await first.wait_received(3)
+    await first.stop()
+
+    # mail that arrives while the gateway is down
+    for n in range(3, 6):
+        await first.deliver(mail_from(n))
+
+    second = await make_mail()  # same database file, same mailbox
+    await second.wait_received(6)
+    await second.deliver(mail_from(6))  # and live mail after the restart, through IDLE
+    received = await second.wait_received(7)
+
+    pids = [e.message.provider_message_id for e in received if e.message is not None]
+    assert pids == [f"<m{n}@customer.example>" for n in range(7)]
+    waiting = await second.inbox("waiting")
+    assert [c["contact"]["address"] for c in waiting] == [
+        "ana@customer.example",
+        "bruno@customer.example",
+    ]
+    for conversation, parity in zip(waiting, (0, 1), strict=True):
+        body = await second.conversation(conversation["id"])
+        texts = [m["text"] for m in body["messages"]]
+        assert texts == [f"This is mail {n}." for n in range(7) if n % 2 == parity]
+
+    blob = await second.gw.runtime.store.kv_get(live_key(CHANNEL))
+    assert blob is not None and orjson.loads(blob)["last_uid"] == 7
+
+
+async def readiness(mail: Any) -> dict[str, Any]:
+    response = await mail.gw.client.get("/readyz")
+    body: dict[str, Any] = await response.json()
+    assert response.status == 200, body  # the gateway stays up; the channel is what degrades
+    return body
+
+
+@pytest.mark.slow
+async def test_dovecot_restart_mid_idle(make_mail: MailFactory) -> None:
+    """Kill Dovecot while the adapter IDLEs: /readyz lists the channel degraded, the adapter
+    reconnects (capped backoff) once Dovecot is back, and no mail is lost or doubled."""
+    mail = await make_mail()
+    await mail.deliver(mail_from(0))
+    await mail.received("<m0@customer.example>")
+    ready = await readiness(mail)
+    assert ready["channels"][CHANNEL]["ok"] is True and ready["degraded"] == []
+
+    await asyncio.to_thread(mail.dovecot.stop)
+    await mail.wait_synced(lambda: not mail.adapter.health().ok)
+    ready = await readiness(mail)
+    assert ready["status"] == "ready"
+    assert ready["degraded"] == [CHANNEL]
+    assert ready["channels"][CHANNEL]["ok"] is False
+    assert "disconnected" in ready["channels"][CHANNEL]["detail"]
+
+    await asyncio.to_thread(mail.dovecot.start)
+    await mail.deliver(mail_from(1))  # arrived while the adapter was away
+    await mail.received("<m1@customer.example>")
+    await mail.wait_synced(lambda: mail.adapter.health().ok)
+    ready = await readiness(mail)
+    assert ready["degraded"] == [] and ready["channels"][CHANNEL]["ok"] is True
+
+    await mail.deliver(mail_from(2))  # and IDLE works again
+    received = await mail.wait_received(3)
+    pids = [e.message.provider_message_id for e in received if e.message is not None]
+    assert pids == [f"<m{n}@customer.example>" for n in range(3)]
