@@ -227,14 +227,14 @@ function inList(c, tab) {
     (!app.mine || c.agent === me.id);
 }
 
+const time = (iso) => (iso ? Date.parse(iso) : 0); // compared as times: ISO text varies in length
+
 function byOrder(a, b) {
   if (app.tab === "waiting") {
     // Strictly oldest first: the order the queue serves them in.
-    return a.queued_at === b.queued_at ? (a.id < b.id ? -1 : 1) : (a.queued_at < b.queued_at ? -1 : 1);
+    return time(a.queued_at) - time(b.queued_at) || (a.id < b.id ? -1 : 1);
   }
-  const ta = a.last_message_at || a.updated_at || "";
-  const tb = b.last_message_at || b.updated_at || "";
-  return ta === tb ? 0 : (ta < tb ? 1 : -1);
+  return time(b.last_message_at || b.updated_at) - time(a.last_message_at || a.updated_at);
 }
 
 function renderList() {

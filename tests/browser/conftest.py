@@ -11,6 +11,7 @@ or being blocked by its own policy still fails the test.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest_asyncio
@@ -36,7 +37,9 @@ DESKTOP: ViewportSize = {"width": 1280, "height": 800}
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def gw(tmp_path: Path) -> AsyncIterator[LiveGateway]:
-    async with live_gateway(tmp_path / "gw.db") as gateway:
+    """A gateway whose clock starts an hour ago, so what it stamps reads as past on the page."""
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    async with live_gateway(tmp_path / "gw.db", start=start) as gateway:
         yield gateway
 
 

@@ -345,6 +345,17 @@ async def test_sign_in_refuses_a_bad_token_and_signs_out(
     assert await page.evaluate("sessionStorage.length") == 0
 
 
+async def online(gw: LiveGateway, agent: str) -> None:
+    """Wait until the gateway recorded the agent online (it does so just after the upgrade)."""
+    presence = gw.runtime.presence
+    async with asyncio.timeout(10), presence.changed:
+        while True:
+            state = (await gw.runtime.store.presence()).get(agent)
+            if state is not None and state.online:
+                return
+            await presence.changed.wait()
+
+
 async def test_the_stream_reconnects_by_itself_from_the_last_cursor(
     gw: LiveGateway, new_page: NewPage
 ) -> None:
@@ -375,7 +386,7 @@ async def test_the_stream_reconnects_by_itself_from_the_last_cursor(
     await gw.visitor("Primero", "uno")
     await sign_in(agent, gw)
     await expect(item(agent, "Primero")).to_be_visible()
-    assert (await gw.runtime.store.presence())["maria"].online  # the open page is presence
+    await online(gw, "maria")  # the open page is the agent's presence
     await gw.visitor("Segundo", "dos")
     await expect(item(agent, "Segundo")).to_be_visible()
     await got_dos.wait()
@@ -389,6 +400,26 @@ async def test_the_stream_reconnects_by_itself_from_the_last_cursor(
     await expect(item(agent, "Tercero")).to_be_visible()
     assert f"after={last_seen}" in sockets[1].url  # resumed where it was, replay first
     assert "access_token=" in sockets[1].url
+
+
+async def test_waiting_is_listed_oldest_first_with_the_time_waited(
+    gw: LiveGateway, new_page: NewPage
+) -> None:
+    await gw.visitor("Alba", "primera")  # the gateway's clock started an hour ago
+    gw.clock.advance(timedelta(minutes=20))
+    await gw.whatsapp("+5511911112222", "Beto", "segunda")
+    gw.clock.advance(timedelta(minutes=15))
+    await gw.email("carmen@example.com", "Carmen", "Tercera", "tercera")
+    agent = await new_page()
+    await sign_in(agent, gw)
+    names = agent.locator("#list .conv-name")
+    await expect(names).to_have_text(["Alba", "Beto", "Carmen"])
+    await expect(agent.locator("#list .since")).to_have_text(
+        ["waiting 1 h", "waiting 40 min", "waiting 25 min"]
+    )
+    await expect(item(agent, "Carmen").get_by_role("img", name="Email")).to_be_visible()
+    await gw.visitor("Dora", "cuarta")  # arrives live, at the end
+    await expect(names).to_have_text(["Alba", "Beto", "Carmen", "Dora"])
 
 
 async def test_queue_filter_and_only_mine(gw: LiveGateway, new_page: NewPage) -> None:
