@@ -100,6 +100,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                 f"gateway: web chat demo for {channel.name!r}: {base}/webchat/{channel.name}/demo",
                 flush=True,
             )
+    print(f"gateway: agent inbox page: {base}/inbox", flush=True)
     print(f"gateway: serving on {base} (store: {config.store.backend})", flush=True)
     web.run_app(app, host=host, port=port, print=None, shutdown_timeout=30, access_log=None)
     return 0

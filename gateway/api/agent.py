@@ -91,6 +91,28 @@ async def me(request: web.Request) -> web.Response:
     )
 
 
+@routes.get("/api/v1/agents")
+async def agents(request: web.Request) -> web.Response:
+    """Agents who share a queue with the caller, with presence and load (transfer targets)."""
+    runtime = request.app[RUNTIME]
+    agent = runtime.auth.agent(request)
+    presence = await runtime.store.presence()
+    loads = await runtime.store.agent_loads()
+    body = [
+        {
+            "id": other.id,
+            "name": other.name,
+            "queues": sorted(other.queues & agent.queues),
+            "online": bool(presence.get(other.id) and presence[other.id].online),
+            "active": loads.get(other.id, 0),
+            "max_active": other.max_active,
+        }
+        for other in runtime.directory.agents.values()
+        if other.queues & agent.queues
+    ]
+    return json_response({"agents": body})
+
+
 @routes.get("/api/v1/inbox")
 async def inbox(request: web.Request) -> web.Response:
     """List conversations by state on the agent's queues; waiting strictly oldest first."""

@@ -65,6 +65,12 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {"200": {"description": "Agent"}, **_errors(401)},
                 }
             },
+            "/api/v1/agents": {
+                "get": {
+                    "summary": "Agents sharing a queue with the caller: online state and load (transfer targets)",
+                    "responses": {"200": {"description": "Agents"}, **_errors(401)},
+                }
+            },
             "/api/v1/queues": {
                 "get": {
                     "summary": "The agent's queues with counts per state",

@@ -243,3 +243,17 @@ async def test_unknown_route_is_json_404(gw: Gateway) -> None:
     assert (await resp.json())["error"]["code"] == "not_found"
     resp = await gw.client.post("/webhooks/nope", data=b"x")
     assert resp.status == 404
+
+
+async def test_agents_lists_colleagues_with_presence_and_load(gw: Gateway) -> None:
+    from tests.api.test_stream_presence import open_stream
+
+    ws = await open_stream(gw, "jose")
+    status, body = await gw.get("ana", "/api/v1/agents")
+    assert status == 200
+    by_id = {a["id"]: a for a in body["agents"]}
+    assert set(by_id) == {"maria", "jose", "ana"}  # everyone shares "sales" with ana
+    assert by_id["jose"]["online"] is True and by_id["maria"]["online"] is False
+    assert by_id["maria"]["queues"] == ["sales"]  # only the queues ana shares
+    assert by_id["ana"]["max_active"] == 1 and by_id["ana"]["active"] == 0
+    await ws.close()
