@@ -107,12 +107,21 @@ async def _adapters(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _scheduler(app: web.Application) -> AsyncIterator[None]:
+    """The background loops: the deadline scheduler and this node's presence heartbeat."""
     runtime = app[RUNTIME]
     if not runtime.options.run_scheduler:
         yield
         return
     task = asyncio.create_task(runtime.scheduler.run_forever(), name="scheduler")
+    heartbeat = asyncio.create_task(runtime.presence.run_heartbeats(), name="heartbeat")
     yield
     runtime.scheduler.stop()
+    heartbeat.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+    with contextlib.suppress(asyncio.CancelledError):
+        await heartbeat
+    try:
+        await runtime.presence.leave()
+    except Exception:  # the store may be unreachable; the other nodes reap us after the TTL
+        log.exception("presence.leave_failed")

@@ -4,6 +4,11 @@ The store keeps connections (so presence is shared by every node) and arms the
 `agent_disconnect_grace` deadline when an agent's last connection goes; the scheduler then
 sets their active conversations pending. Coming online also lets automatic distribution hand
 the agent waiting work.
+
+A node that dies cannot say its sockets closed, so every node heartbeats (`run_heartbeats`)
+and reaps nodes whose heartbeat lapsed: their connections are dropped and their agents' grace
+starts, and the deadline leases they held are released. The TTL defaults to a third of the
+grace (between 1 s and 10 s), so a crash delays an agent's grace by little.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ class Presence:
         node: str,
         grace: timedelta,
         poke: Callable[[], None],
+        heartbeat_ttl: timedelta | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -38,6 +44,9 @@ class Presence:
         self.node = node
         self.grace = grace
         self.poke = poke
+        self.heartbeat_ttl = heartbeat_ttl or default_heartbeat_ttl(grace)
+        self._live: dict[str, AgentInfo] = {}
+        """This node's open connections, to record again if the node was reaped by mistake."""
         self.changed = asyncio.Condition()
         """Notified after every recorded connect and disconnect (tests, hand-offs)."""
 
@@ -46,6 +55,7 @@ class Presence:
             self.changed.notify_all()
 
     async def connected(self, agent: AgentInfo, connection: str) -> None:
+        self._live[connection] = agent
         await self.store.presence_connect(agent.id, connection, self.node, self.clock.now())
         await self._notify()
         try:
@@ -54,6 +64,7 @@ class Presence:
             log.exception("presence.distribute_failed", agent=agent.id)
 
     async def disconnected(self, agent: AgentInfo, connection: str) -> None:
+        self._live.pop(connection, None)
         last = await self.store.presence_disconnect(
             agent.id, connection, self.clock.now(), self.grace
         )
@@ -63,7 +74,44 @@ class Presence:
         await self._notify()
 
     async def startup(self) -> list[str]:
-        agents = await self.store.presence_startup(self.node, self.clock.now(), self.grace)
+        now = self.clock.now()
+        await self.store.node_heartbeat(self.node, now, self.heartbeat_ttl)
+        agents = await self.store.presence_startup(self.node, now, self.grace)
         if agents:
             log.info("presence.recovered", agents=agents)
         return agents
+
+    async def heartbeat(self) -> list[str]:
+        """Say this node is alive, then reap dead nodes; return the agents they left offline."""
+        now = self.clock.now()
+        if not await self.store.node_heartbeat(self.node, now, self.heartbeat_ttl) and self._live:
+            # Our heartbeat lapsed (a long pause): others may have dropped our sockets.
+            log.warning("presence.heartbeat_lapsed", node=self.node, connections=len(self._live))
+            for connection, agent in tuple(self._live.items()):
+                await self.store.presence_connect(agent.id, connection, self.node, now)
+        offline = await self.store.reap_nodes(now, self.grace)
+        if offline:
+            log.info("presence.node_reaped", agents=offline)
+            self.poke()
+            await self._notify()
+        return offline
+
+    async def run_heartbeats(self) -> None:
+        """Heartbeat three times per TTL until cancelled; a failed beat is retried next time."""
+        interval = self.heartbeat_ttl.total_seconds() / 3
+        while True:
+            try:
+                await self.heartbeat()
+            except Exception:
+                log.exception("presence.heartbeat_failed", node=self.node)
+            await asyncio.sleep(interval)
+
+    async def leave(self) -> None:
+        """A clean shutdown: this node's sockets are gone now, not after the TTL."""
+        self._live.clear()
+        await self.store.presence_drop_node(self.node, self.clock.now(), self.grace)
+
+
+def default_heartbeat_ttl(grace: timedelta) -> timedelta:
+    """A third of the grace, within [1 s, 10 s]: a dead node is noticed well within the grace."""
+    return min(timedelta(seconds=10), max(timedelta(seconds=1), grace / 3))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 
 import structlog
 from aiohttp import ClientSession
@@ -55,13 +56,9 @@ def store_from(config: GatewayConfig) -> Store:
     """Open the configured backend: a SQLite file, or Redis for several processes."""
     if config.store.backend == "sqlite":
         return SqliteStore.from_url(config.store.url, synchronous=config.store.synchronous)
-    try:
-        from gateway.store.redis import RedisStore  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        raise ConfigError(
-            "store.url: the Redis store is not part of this build"
-        ) from None
-    return RedisStore.from_url(config.store.url)  # type: ignore[no-any-return]
+    from gateway.store.redis import RedisStore  # imported only by deployments that use it
+
+    return RedisStore.from_url(config.store.url)
 
 
 class _HttpHolder:
@@ -82,7 +79,10 @@ class RuntimeOptions:
     scheduler_poll: float = 1.0
     node: str | None = None
     run_scheduler: bool = True
-    """Tests with a manual clock drive `runtime.scheduler.run_once()` themselves."""
+    """Tests with a manual clock drive `runtime.scheduler.run_once()` (and
+    `runtime.presence.heartbeat()`) themselves."""
+    node_ttl: timedelta | None = None
+    """How long a node's heartbeat counts (default: see `presence.default_heartbeat_ttl`)."""
 
 
 class Runtime:
@@ -132,6 +132,7 @@ class Runtime:
             poll_interval=options.scheduler_poll,
             observe_lag=self.metrics.observe_lag,
             sweep=self.distributor.distribute_all,
+            node=self.node,
         )
         self.presence = Presence(
             self.store,
@@ -140,6 +141,7 @@ class Runtime:
             self.node,
             config.presence.agent_disconnect_grace,
             self.scheduler.poke,
+            heartbeat_ttl=options.node_ttl,
         )
         self.auth = Authenticator(
             {a.token_sha256: a.id for a in config.agents}, self.directory.agents

@@ -54,8 +54,11 @@ class Scheduler:
         poll_interval: float = 1.0,
         observe_lag: LagObserver | None = None,
         sweep: Callable[[], Awaitable[object]] | None = None,
+        node: str | None = None,
     ) -> None:
         self.store = store
+        self.node = node
+        """Leases are taken in this node's name, so they are released if the node dies."""
         self.clock = clock
         self.handler = handler
         self.lease = lease
@@ -76,7 +79,7 @@ class Scheduler:
         fired = 0
         while True:
             now = self.clock.now()
-            due = await self.store.claim_due(now, self.batch, self.lease)
+            due = await self.store.claim_due(now, self.batch, self.lease, node=self.node)
             # Handlers of one batch run side by side so their writes share group commits.
             for start in range(0, len(due), self.concurrency):
                 chunk = due[start : start + self.concurrency]

@@ -201,8 +201,15 @@ class Store(Protocol):
     async def last_cursor(self) -> str | None: ...
 
     # deadlines ---------------------------------------------------------------------------------
-    async def claim_due(self, now: datetime, limit: int, lease: timedelta) -> list[Deadline]:
-        """Lease due deadlines so concurrent schedulers do not fire the same one at once."""
+    async def claim_due(
+        self, now: datetime, limit: int, lease: timedelta, node: str | None = None
+    ) -> list[Deadline]:
+        """Lease due deadlines so concurrent schedulers do not fire the same one at once.
+
+        With `node`, the lease is recorded as that node's: when the node is found dead
+        (`reap_nodes`, `presence_drop_node`) its leases are released at once, so a deadline it
+        claimed and never handled fires after the heartbeat TTL instead of the whole lease.
+        """
         ...
 
     async def set_deadline(self, target: str, kind: str, due_at: datetime) -> None: ...
@@ -227,12 +234,33 @@ class Store(Protocol):
         ...
 
     async def presence_drop_node(self, node: str, now: datetime, grace: timedelta) -> list[str]:
-        """Forget every connection of a dead node; return the agents left offline."""
+        """Forget a node that is gone: every connection it recorded (arming the grace of the
+        agents it leaves offline), its heartbeat and its deadline leases; return those agents."""
         ...
 
     async def presence_startup(self, node: str, now: datetime, grace: timedelta) -> list[str]:
-        """Called once when a node starts: forget connections that cannot be alive any more
-        (and arm the grace of agents left with active conversations); return those agents."""
+        """Called once when a node starts (after its first `node_heartbeat`): forget connections
+        that cannot be alive any more and arm the grace of agents left offline with active
+        conversations; return those agents.
+
+        SQLite is one process, so every connection recorded before is gone. Redis is shared:
+        only connections of nodes whose heartbeat lapsed are forgotten, and an agent whose grace
+        is already armed keeps it (another node's restart does not extend it).
+        """
+        ...
+
+    async def node_heartbeat(self, node: str, now: datetime, ttl: timedelta) -> bool:
+        """Record that `node` is alive until `now + ttl` (each node calls it well within ttl).
+
+        Return False if the node was not known alive: new, or its heartbeat lapsed (it may have
+        been reaped, so it must record its live connections again).
+        """
+        ...
+
+    async def reap_nodes(self, now: datetime, grace: timedelta) -> list[str]:
+        """Forget every node whose heartbeat lapsed, as `presence_drop_node` does; return the
+        agents left offline (their grace starts now). Any node may call it; it is idempotent.
+        """
         ...
 
     async def presence(self) -> dict[str, AgentPresence]: ...

@@ -102,6 +102,7 @@ CREATE TABLE IF NOT EXISTS deadlines (
     kind TEXT NOT NULL,
     due_at INTEGER NOT NULL,
     lease_until INTEGER NOT NULL DEFAULT 0,
+    lease_node TEXT,
     PRIMARY KEY (target, kind)
 );
 CREATE INDEX IF NOT EXISTS deadlines_due ON deadlines(due_at);
@@ -111,6 +112,10 @@ CREATE TABLE IF NOT EXISTS presence (
     node TEXT NOT NULL,
     since INTEGER NOT NULL,
     PRIMARY KEY (agent, connection)
+);
+CREATE TABLE IF NOT EXISTS nodes (
+    node TEXT PRIMARY KEY,
+    alive_until INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS agent_seen (
     agent TEXT PRIMARY KEY,
@@ -178,6 +183,9 @@ class SqliteStore:
     def _connect_writer(self) -> sqlite3.Connection:
         conn = self._connect()
         conn.executescript(SCHEMA)
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(deadlines)")}
+        if "lease_node" not in columns:  # a database created before leases named their node
+            conn.execute("ALTER TABLE deadlines ADD COLUMN lease_node TEXT")
         return conn
 
     async def open(self) -> None:
@@ -496,7 +504,10 @@ class SqliteStore:
             if events or remaining <= 0:
                 return events
             try:
-                await asyncio.wait_for(changed.wait(), remaining)
+                # Not asyncio.wait_for: on 3.11 it swallows a cancellation that races with the
+                # event being set, and the event hub could then never be stopped.
+                async with asyncio.timeout(remaining):
+                    await changed.wait()
             except TimeoutError:
                 return await self.read_events(after)
 
@@ -508,7 +519,9 @@ class SqliteStore:
         return await self._read(query)
 
     # deadlines ---------------------------------------------------------------------------------
-    async def claim_due(self, now: datetime, limit: int, lease: timedelta) -> list[Deadline]:
+    async def claim_due(
+        self, now: datetime, limit: int, lease: timedelta, node: str | None = None
+    ) -> list[Deadline]:
         now_us, lease_until = micros(now), micros(now + lease)
 
         def job(conn: sqlite3.Connection) -> list[Deadline]:
@@ -518,8 +531,9 @@ class SqliteStore:
                 (now_us, now_us, limit),
             ).fetchall()
             conn.executemany(
-                "UPDATE deadlines SET lease_until = ? WHERE target = ? AND kind = ?",
-                [(lease_until, target, kind) for target, kind, _ in rows],
+                "UPDATE deadlines SET lease_until = ?, lease_node = ?"
+                " WHERE target = ? AND kind = ?",
+                [(lease_until, node, target, kind) for target, kind, _ in rows],
             )
             return [Deadline(t, k, from_micros(d)) for t, k, d in rows]
 
@@ -574,15 +588,28 @@ class SqliteStore:
         return await self._write(job)
 
     async def presence_drop_node(self, node: str, now: datetime, grace: timedelta) -> list[str]:
+        return await self._write(lambda c: _forget_nodes(c, [node], now, grace))
+
+    async def node_heartbeat(self, node: str, now: datetime, ttl: timedelta) -> bool:
+        def job(conn: sqlite3.Connection) -> bool:
+            row = conn.execute("SELECT alive_until FROM nodes WHERE node = ?", (node,)).fetchone()
+            conn.execute(
+                "INSERT OR REPLACE INTO nodes (node, alive_until) VALUES (?, ?)",
+                (node, micros(now + ttl)),
+            )
+            return row is not None and row[0] > micros(now)
+
+        return await self._write(job)
+
+    async def reap_nodes(self, now: datetime, grace: timedelta) -> list[str]:
         def job(conn: sqlite3.Connection) -> list[str]:
-            agents = [
+            dead = [
                 row[0]
                 for row in conn.execute(
-                    "SELECT DISTINCT agent FROM presence WHERE node = ?", (node,)
+                    "SELECT node FROM nodes WHERE alive_until <= ?", (micros(now),)
                 )
             ]
-            conn.execute("DELETE FROM presence WHERE node = ?", (node,))
-            return [a for a in agents if _mark_offline_if_last(conn, a, now, grace)]
+            return _forget_nodes(conn, dead, now, grace) if dead else []
 
         return await self._write(job)
 
@@ -602,6 +629,13 @@ class SqliteStore:
                 )
             }
             conn.execute("DELETE FROM presence")
+            # Leases of the previous run's schedulers: nobody is handling those any more.
+            conn.execute(
+                "UPDATE deadlines SET lease_until = 0, lease_node = NULL"
+                " WHERE lease_node IS NOT NULL AND lease_node != ?",
+                (node,),
+            )
+            conn.execute("DELETE FROM nodes WHERE node != ?", (node,))
             return [a for a in sorted(agents) if _mark_offline_if_last(conn, a, now, grace)]
 
         return await self._write(job)
@@ -767,6 +801,26 @@ def _mark_offline_if_last(
     )
     _set_deadline(conn, agent_target(agent), GRACE_KIND, now + grace)
     return True
+
+
+def _forget_nodes(
+    conn: sqlite3.Connection, nodes: list[str], now: datetime, grace: timedelta
+) -> list[str]:
+    """Drop the connections, heartbeats and leases of dead nodes; return agents left offline."""
+    marks = ",".join("?" * len(nodes))
+    agents = [
+        row[0]
+        for row in conn.execute(
+            f"SELECT DISTINCT agent FROM presence WHERE node IN ({marks}) ORDER BY agent", nodes
+        )
+    ]
+    conn.execute(f"DELETE FROM presence WHERE node IN ({marks})", nodes)
+    conn.execute(f"DELETE FROM nodes WHERE node IN ({marks})", nodes)
+    conn.execute(
+        f"UPDATE deadlines SET lease_until = 0, lease_node = NULL WHERE lease_node IN ({marks})",
+        nodes,
+    )
+    return [a for a in agents if _mark_offline_if_last(conn, a, now, grace)]
 
 
 def _insert_message(conn: sqlite3.Connection, message: Message, address: str) -> None:

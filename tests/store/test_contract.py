@@ -374,9 +374,7 @@ async def test_counts_by_state(store: Store, clock: ManualClock) -> None:
 async def test_contact_messages_span_conversations(store: Store, clock: ManualClock) -> None:
     ingest = make_ingestor(store, clock)
     first = (await ingest.message(inbound("a", pid="1"))).conversation
-    await store.update_conversation(
-        lifecycle.close(first, maria(), clock.now()), first.version
-    )
+    await store.update_conversation(lifecycle.close(first, maria(), clock.now()), first.version)
     second = await ingest.message(inbound("b", pid="2"))
     everything = await store.list_contact_messages("wa-main", "+5511999990000")
     assert [m.text for m in everything] == ["a", "b"]
@@ -438,3 +436,69 @@ async def test_cursors_order_as_strings(store: Store, clock: ManualClock) -> Non
         await ingest.message(inbound(f"m{i}", address=f"+{i}", pid=f"p{i}"))
     cursors = [e.cursor or "" for e in await store.read_events(None, limit=100)]
     assert cursors == sorted(cursors) and len(set(cursors)) == 24
+
+
+async def test_node_heartbeats_and_reaping(store: Store, clock: ManualClock) -> None:
+    now, ttl, grace = clock.now(), timedelta(seconds=10), timedelta(seconds=30)
+    assert not await store.node_heartbeat("n1", now, ttl)  # new
+    assert await store.node_heartbeat("n1", now, ttl)
+    assert not await store.node_heartbeat("n2", now, ttl)
+    await store.presence_connect("maria", "c1", "n1", now)
+    await store.presence_connect("jose", "c2", "n2", now)
+    await store.presence_connect("ana", "c3", "n1", now)
+    await store.presence_connect("ana", "c4", "n2", now)
+    assert await store.reap_nodes(now + timedelta(seconds=5), grace) == []
+    await store.node_heartbeat("n2", now + timedelta(seconds=8), ttl)
+    reaped_at = now + timedelta(seconds=11)
+    # n1 fell silent: its agents go offline unless connected elsewhere (ana is, on n2).
+    assert await store.reap_nodes(reaped_at, grace) == ["maria"]
+    presence = await store.presence()
+    assert not presence["maria"].online and presence["maria"].last_seen_at == reaped_at
+    assert presence["jose"].online and presence["ana"].online
+    assert await store.next_due() == reaped_at + grace
+    assert await store.reap_nodes(reaped_at, grace) == []  # idempotent
+    # n1 comes back: the store tells it it was given up on, so it records its sockets again.
+    assert not await store.node_heartbeat("n1", reaped_at, ttl)
+
+
+async def test_leases_of_a_dead_node_are_released(store: Store, clock: ManualClock) -> None:
+    now, ttl = clock.now(), timedelta(seconds=5)
+    await store.node_heartbeat("n1", now, ttl)
+    await store.node_heartbeat("n2", now, timedelta(hours=1))
+    await store.set_deadline("agent:x", GRACE_KIND, now)
+    await store.set_deadline("agent:y", GRACE_KIND, now)
+    claimed = await store.claim_due(now, 1, timedelta(hours=1), node="n1")
+    assert len(claimed) == 1
+    other = await store.claim_due(now, 10, timedelta(hours=1))  # anonymous: lapses by time only
+    assert len(other) == 1
+    later = now + timedelta(seconds=6)
+    assert await store.claim_due(later, 10, timedelta(seconds=30), node="n2") == []
+    await store.reap_nodes(later, timedelta(seconds=30))
+    again = await store.claim_due(later, 10, timedelta(seconds=30), node="n2")
+    assert [(d.target, d.kind, d.due_at) for d in again] == [(claimed[0].target, GRACE_KIND, now)]
+
+
+async def test_startup_forgets_connections_of_dead_nodes(store: Store, clock: ManualClock) -> None:
+    now, grace = clock.now(), timedelta(seconds=30)
+    earlier = now - timedelta(minutes=5)
+    await store.node_heartbeat("old", earlier, timedelta(seconds=10))
+    await store.presence_connect("maria", "c1", "old", earlier)
+    await store.node_heartbeat("new", now, timedelta(seconds=10))
+    assert await store.presence_startup("new", now, grace) == ["maria"]
+    presence = await store.presence()
+    assert not presence["maria"].online
+    claimed = await store.claim_due(now + grace, 10, grace)
+    assert [(d.target, d.kind) for d in claimed] == [(agent_target("maria"), GRACE_KIND)]
+
+
+async def test_startup_arms_grace_for_active_agents_without_connection(
+    store: Store, clock: ManualClock
+) -> None:
+    conv = (await make_ingestor(store, clock).message(inbound())).conversation
+    await store.update_conversation(lifecycle.accept(conv, maria(), clock.now()), conv.version)
+    grace = timedelta(seconds=30)
+    await store.node_heartbeat("n1", clock.now(), timedelta(seconds=10))
+    assert await store.presence_startup("n1", clock.now(), grace) == ["maria"]
+    assert await store.presence_drop_node("n1", clock.now(), grace) == []
+    due = await store.claim_due(clock.now() + grace, 10, grace)
+    assert (agent_target("maria"), GRACE_KIND) in [(d.target, d.kind) for d in due]

@@ -1,0 +1,779 @@
+"""The multi-node store: one Redis shared by every gateway process.
+
+Every state transition is one Lua script (`gateway.store.redis_lua`) that checks its
+preconditions (compare-and-set on the conversation's version, the dedup key, the
+one-open-conversation index, the agent's `max_active`) and then writes the record, its indexes,
+its deadlines and its event-log entries (XADD to one stream) in the same atomic step.
+
+Ingest cannot run its planner inside Redis: the planner is Python. It reads with one script
+(dedup lookup, the contact's open conversation, the conversation `thread_refs` point to), plans
+in Python and commits with a second script that re-checks what the plan depended on (the
+dedup key still absent, the open-conversation index unchanged, the expected versions) and
+answers `conflict` when something moved: the ingest is then planned again on fresh state, a
+bounded number of times. Messages of one contact arriving at one node at once are serialized
+by a per-contact lock first, so conflicts only come from other nodes.
+
+All commands go through `CommandBatcher`, which pipelines the calls of concurrent requests
+(see `gateway.store.redis_batch`); the blocking XREAD of `wait_events` uses its own client.
+Layout, hash tags and the Redis Cluster plan: `docs/redis.md`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import re
+from collections import OrderedDict
+from collections.abc import Collection, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import orjson
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from gateway.codec import decode_conversation, decode_event, decode_message, decode_status, encode
+from gateway.errors import NotFound, TransitionError, VersionConflict
+from gateway.lifecycle import Transition, deadlines_of
+from gateway.model import (
+    DELIVERY_RANK,
+    Conversation,
+    DeliveryStatus,
+    Event,
+    InboundMessage,
+    Message,
+    State,
+    status_moves_forward,
+)
+from gateway.store.base import (
+    AgentPresence,
+    Deadline,
+    IngestPlanner,
+    IngestResult,
+    OutboundResult,
+    StatusResult,
+    stamp_version,
+)
+from gateway.store.redis_batch import Arg, CommandBatcher, Script
+from gateway.store.redis_lua import SCRIPTS, source
+from gateway.store.sqlite import from_micros, micros
+
+INGEST_ATTEMPTS = 16
+"""Ingest re-plans on conflict; conflicts come only from other nodes (see module docstring)."""
+
+STATUS_ATTEMPTS = 16
+
+RECENT_EVENTS = 4096
+OPEN_CACHE = 20_000
+
+_CURSOR = re.compile(r"^(\d{15})-(\d{10})$")
+
+
+def cursor_of(stream_id: bytes | str) -> str:
+    """Turn a stream id `ms-seq` into a cursor that orders as a string the way the log does."""
+    ms, _, seq = (stream_id.decode() if isinstance(stream_id, bytes) else stream_id).partition("-")
+    return ms.zfill(15) + "-" + seq.zfill(10)
+
+
+def stream_id_of(cursor: str | None) -> str:
+    """The stream id a cursor stands for (`0-0` before the first event)."""
+    if cursor is None or cursor == "":
+        return "0-0"
+    match = _CURSOR.match(cursor)
+    if match is None:
+        raise ValueError(f"invalid cursor {cursor!r}")
+    return f"{int(match.group(1))}-{int(match.group(2))}"
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _conversation_args(
+    conversation: Conversation, expected_version: int, encoder: _Encoder
+) -> list[Arg]:
+    """The 11 arguments of a conversation write (see `read_conv` in the Lua prelude).
+
+    `conversation` already carries its stored version (expected + 1, or 1 for an insert).
+    """
+    due = " ".join(f"{kind}={micros(at)}" for kind, at in deadlines_of(conversation).items())
+    return [
+        conversation.id,
+        str(expected_version),
+        encoder(conversation),
+        str(conversation.state),
+        conversation.queue,
+        conversation.agent or "",
+        conversation.channel,
+        conversation.contact.address,
+        str(micros(conversation.queued_at)),
+        str(micros(conversation.updated_at)),
+        due,
+    ]
+
+
+class _Encoder:
+    """Encode records once per store call: the events of one transition all carry the same
+    conversation (and the message), which is also written on its own."""
+
+    def __init__(self) -> None:
+        self._done: dict[int, bytes] = {}
+
+    def __call__(self, record: Conversation | Message) -> bytes:
+        encoded = self._done.get(id(record))
+        if encoded is None:
+            encoded = self._done[id(record)] = encode(record)
+        return encoded
+
+    def events(self, events: Sequence[Event]) -> list[Arg]:
+        """The `n, event...` arguments of a script (see `append_events` in the Lua prelude)."""
+        docs: list[Arg] = [str(len(events))]
+        for event in events:
+            fields = {f.name: getattr(event, f.name) for f in dataclasses.fields(event)}
+            for name in ("conversation", "message"):
+                if fields[name] is not None:
+                    fields[name] = orjson.Fragment(self(fields[name]))
+            docs.append(encode(fields))
+        return docs
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Known:
+    """What an ingest plans on: the contact's open conversation, the threaded-to one."""
+
+    open: Conversation | None
+    thread: Conversation | None
+
+
+def _conversation_or_none(doc: bytes | None) -> Conversation | None:
+    return decode_conversation(doc) if doc else None
+
+
+class _ContactLocks:
+    """Serializes the ingests of one contact within this process, FIFO.
+
+    A plain dict of waiter queues rather than an asyncio.Lock per contact: the common case (no
+    one else busy with the contact) then costs one dict insert and one delete.
+    """
+
+    def __init__(self) -> None:
+        self._waiters: dict[tuple[str, str], collections.deque[asyncio.Future[None]]] = {}
+
+    async def acquire(self, key: tuple[str, str]) -> None:
+        waiters = self._waiters.get(key)
+        if waiters is None:
+            self._waiters[key] = collections.deque()
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters.append(future)
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.release(key)  # it was handed to us as we were cancelled: pass it on
+            else:
+                waiters.remove(future)
+            raise
+
+    def release(self, key: tuple[str, str]) -> None:
+        waiters = self._waiters[key]
+        while waiters:
+            future = waiters.popleft()
+            if not future.done():
+                future.set_result(None)
+                return
+        del self._waiters[key]
+
+
+def _split_url(url: str) -> tuple[str, str]:
+    """Take our own `prefix=` option out of the URL (redis-py refuses unknown options)."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    prefix = "gw"
+    kept = []
+    for key, value in query:
+        if key == "prefix":
+            prefix = value
+        else:
+            kept.append((key, value))
+    return urlunsplit(parts._replace(query=urlencode(kept))), prefix
+
+
+class RedisStore:
+    """The Store Protocol on Redis (see the module docstring and `docs/redis.md`)."""
+
+    def __init__(self, url: str, *, prefix: str = "gw", max_in_flight: int = 2) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.max_in_flight = max_in_flight
+        self._client: Redis | None = None
+        self._blocking: Redis | None = None
+        self._batcher: CommandBatcher | None = None
+        self._scripts = {name: Script(name, source(name)) for name in SCRIPTS}
+        self._contacts = _ContactLocks()
+        self._recent: OrderedDict[str, Event] = OrderedDict()
+        """Events this process appended, by cursor (see `_appended`)."""
+        self._open: OrderedDict[tuple[str, str], Conversation | None] = OrderedDict()
+        """The open conversation of recently seen contacts, as this process last knew it."""
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisStore:
+        """`redis://host:port/db` (any redis-py URL), plus `?prefix=NAME` for the key prefix."""
+        plain, prefix = _split_url(url)
+        return cls(plain, prefix=prefix)
+
+    # keys ----------------------------------------------------------------------------------
+    def _g(self, name: str) -> str:
+        return f"{self.prefix}:{{g}}:{name}"
+
+    def _c(self, conversation_id: str) -> str:
+        return f"{self.prefix}:{{c:{conversation_id}}}"
+
+    def _m(self, message_id: str) -> str:
+        return f"{self.prefix}:{{m:{message_id}}}"
+
+    def _ch(self, channel: str, name: str) -> str:
+        return f"{self.prefix}:{{ch:{channel}}}:{name}"
+
+    # lifecycle -------------------------------------------------------------------------------
+    async def open(self) -> None:
+        # No automatic retries: resending a write after a lost connection could apply it twice
+        # as far as the caller can tell; errors surface and the caller (or provider) retries.
+        self._client = Redis.from_url(
+            self.url, protocol=2, retry=Retry(NoBackoff(), 0), health_check_interval=0
+        )
+        self._blocking = Redis.from_url(self.url, protocol=2, socket_timeout=None)
+        self._batcher = CommandBatcher(
+            self._client, self._scripts.values(), max_in_flight=self.max_in_flight
+        )
+        await self._batcher.load_scripts()
+
+    async def close(self) -> None:
+        if self._batcher is not None:
+            await self._batcher.close()
+            self._batcher = None
+        for client in (self._client, self._blocking):
+            if client is not None:
+                await client.aclose()
+        self._client = self._blocking = None
+
+    @property
+    def batcher(self) -> CommandBatcher:
+        if self._batcher is None:
+            raise RuntimeError("store is not open")
+        return self._batcher
+
+    async def _eval(self, name: str, *args: Arg, keys: Sequence[Arg] = ()) -> Any:
+        return await self.batcher.evalsha(self._scripts[name], keys, (self.prefix, *args))
+
+    async def _cmd(self, *args: Arg) -> Any:
+        return await self.batcher.execute(*args)
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._cmd("PING") == b"PONG")
+        except Exception:
+            return False
+
+    # conversations -----------------------------------------------------------------------------
+    async def get_conversation(self, conversation_id: str) -> Conversation | None:
+        doc = await self._cmd("HGET", self._c(conversation_id), "d")
+        return None if doc is None else decode_conversation(doc)
+
+    async def find_open_conversation(self, channel: str, address: str) -> Conversation | None:
+        doc = await self._eval("find_open", channel, address)
+        return None if doc is None else decode_conversation(doc)
+
+    async def list_conversations(
+        self,
+        state: State,
+        *,
+        queues: Collection[str] | None = None,
+        agent: str | None = None,
+        limit: int = 200,
+    ) -> list[Conversation]:
+        names = [] if queues is None else list(queues)
+        if queues is not None and not names:
+            return []
+        docs = await self._eval(
+            "list_conversations",
+            str(state),
+            agent or "",
+            str(limit),
+            "1" if queues is None else "0",
+            *names,
+        )
+        return [decode_conversation(d) for d in docs if d is not None]
+
+    async def count_by_state(self) -> dict[tuple[str, str], int]:
+        raw = await self._cmd("HGETALL", self._g("count"))
+        counts: dict[tuple[str, str], int] = {}
+        for key, value in zip(raw[::2], raw[1::2], strict=True):
+            state, _, queue = _text(key).partition("\t")
+            counts[(state, queue)] = int(value)
+        return counts
+
+    async def agent_loads(self) -> dict[str, int]:
+        raw = await self._cmd("HGETALL", self._g("load"))
+        return {_text(k): int(v) for k, v in zip(raw[::2], raw[1::2], strict=True) if int(v) > 0}
+
+    async def update_conversation(
+        self,
+        transition: Transition,
+        expected_version: int,
+        *,
+        max_active: int | None = None,
+    ) -> tuple[Conversation, tuple[Event, ...]]:
+        stored = dataclasses.replace(transition.conversation, version=expected_version + 1)
+        events = stamp_version(transition.events, stored)
+        encoder = _Encoder()
+        reply = await self._eval(
+            "update",
+            "" if max_active is None else str(max_active),
+            *_conversation_args(stored, expected_version, encoder),
+            *encoder.events(events),
+        )
+        status = _text(reply[0])
+        if status == "conflict":
+            raise VersionConflict(f"conversation {stored.id} changed meanwhile")
+        if status == "max_active":
+            raise TransitionError(
+                "max_active_reached",
+                f"agent {stored.agent} already has {_text(reply[1])} active conversations",
+            )
+        self._note(stored)
+        return stored, self._appended(events, reply)
+
+    # messages ----------------------------------------------------------------------------------
+    async def ingest(self, inbound: InboundMessage, planner: IngestPlanner) -> IngestResult:
+        key = (inbound.channel, inbound.contact.address)
+        await self._contacts.acquire(key)
+        try:
+            # What this node last saw of the contact saves the read when it is still true; the
+            # commit re-checks it either way, and a conflict answers with the fresh state.
+            known: _Known | None = None
+            if not inbound.thread_refs and key in self._open:
+                self._open.move_to_end(key)
+                known = _Known(self._open[key], None)
+            for _ in range(INGEST_ATTEMPTS):
+                if known is None:
+                    read = await self._eval(
+                        "ingest_read",
+                        inbound.channel,
+                        inbound.provider_message_id,
+                        inbound.contact.address,
+                        *inbound.thread_refs,
+                    )
+                    if _text(read[0]) == "dup":
+                        message, owner = decode_message(read[1]), decode_conversation(read[2])
+                        return IngestResult(True, message, owner)
+                    known = _Known(_conversation_or_none(read[1]), _conversation_or_none(read[2]))
+                outcome = await self._commit_ingest(inbound, planner, known)
+                if isinstance(outcome, IngestResult):
+                    return outcome
+                known = outcome
+        finally:
+            self._contacts.release(key)
+        raise VersionConflict("the contact's conversation kept changing; try again")
+
+    async def _commit_ingest(
+        self, inbound: InboundMessage, planner: IngestPlanner, known: _Known
+    ) -> IngestResult | _Known | None:
+        """Plan on `known` and commit; on conflict return the fresh state to plan on (None
+        when it has to be read again: the thread lookup is not part of a conflict reply)."""
+        open_conv, thread_conv = known.open, known.thread
+        plan = planner(open_conv, thread_conv)
+        transition = plan.transition
+        conversation = transition.conversation
+        encoder = _Encoder()
+        write: list[Arg] = ["0"]
+        if transition.changed:
+            if open_conv is not None and open_conv.id == conversation.id:
+                expected = open_conv.version
+            elif thread_conv is not None and thread_conv.id == conversation.id:
+                expected = thread_conv.version
+            else:
+                expected = 0
+            conversation = dataclasses.replace(conversation, version=expected + 1)
+            write = ["1", *_conversation_args(conversation, expected, encoder)]
+        message = plan.message
+        received = Event(
+            type="message.received",
+            at=message.received_at,
+            conversation=conversation,
+            message=message,
+        )
+        events = (*stamp_version(transition.events, conversation), received)
+        reply = await self._eval(
+            "ingest_commit",
+            inbound.channel,
+            inbound.provider_message_id,
+            inbound.contact.address,
+            open_conv.id if open_conv is not None else "",
+            *write,
+            message.id,
+            message.conversation_id,
+            encoder(message),
+            *encoder.events(events),
+        )
+        status = _text(reply[0])
+        if status == "dup":  # a concurrent delivery of the same message won
+            existing = await self.find_message(inbound.channel, inbound.provider_message_id)
+            owner = await self.get_conversation(existing.conversation_id) if existing else None
+            if existing is None or owner is None:
+                raise NotFound("the duplicate's message or conversation is missing")
+            return IngestResult(True, existing, owner)
+        key = (inbound.channel, inbound.contact.address)
+        if status != "ok":
+            self._open.pop(key, None)
+            if inbound.thread_refs:
+                return None
+            return _Known(_conversation_or_none(reply[1]), None)
+        # The commit verified the open conversation was `open_conv`, then wrote `conversation`.
+        if transition.changed and conversation.is_open:
+            now_open: Conversation | None = conversation
+        elif transition.changed and open_conv is not None and open_conv.id == conversation.id:
+            now_open = None
+        else:
+            now_open = open_conv
+        self._remember_open(key, now_open)
+        return IngestResult(
+            False, message, conversation, self._appended(events, reply), transition.distribute
+        )
+
+    def _remember_open(self, key: tuple[str, str], conversation: Conversation | None) -> None:
+        self._open[key] = conversation
+        self._open.move_to_end(key)
+        while len(self._open) > OPEN_CACHE:
+            self._open.popitem(last=False)
+
+    def _note(self, conversation: Conversation) -> None:
+        """Keep what we know of a contact's open conversation true after our own changes."""
+        key = (conversation.channel, conversation.contact.address)
+        if key not in self._open:
+            return
+        cached = self._open[key]
+        if conversation.is_open:
+            self._open[key] = conversation
+        elif cached is not None and cached.id == conversation.id:
+            self._open[key] = None
+
+    async def add_outbound(
+        self,
+        transition: Transition,
+        expected_version: int,
+        message: Message,
+        idempotency_key: str | None,
+        deliver_by: datetime | None = None,
+    ) -> OutboundResult:
+        stored = dataclasses.replace(transition.conversation, version=expected_version + 1)
+        sent = Event(
+            type="message.sent", at=message.received_at, conversation=stored, message=message
+        )
+        events = (*stamp_version(transition.events, stored), sent)
+        encoder = _Encoder()
+        reply = await self._eval(
+            "add_outbound",
+            idempotency_key or "",
+            *_conversation_args(stored, expected_version, encoder),
+            message.id,
+            encoder(message),
+            message.provider_message_id or "",
+            "" if deliver_by is None else str(micros(deliver_by)),
+            *encoder.events(events),
+        )
+        status = _text(reply[0])
+        if status == "idem":
+            previous = await self.get_message(_text(reply[1]))
+            conversation = await self.get_conversation(message.conversation_id)
+            if previous is None or conversation is None:
+                raise NotFound("the idempotent message is missing")
+            return OutboundResult(previous, False, conversation)
+        if status == "conflict":
+            raise VersionConflict(f"conversation {stored.id} changed meanwhile")
+        if status == "pid_taken":
+            raise VersionConflict("another message already carries this provider message id")
+        self._note(stored)
+        return OutboundResult(message, True, stored, self._appended(events, reply))
+
+    async def find_idempotent(self, conversation_id: str, key: str) -> Message | None:
+        doc = await self._eval("find_idempotent", conversation_id, key)
+        return None if doc is None else decode_message(doc)
+
+    async def record_send(
+        self,
+        message_id: str,
+        *,
+        provider_message_id: str | None,
+        status: DeliveryStatus | None,
+    ) -> StatusResult:
+        for _ in range(STATUS_ATTEMPTS):
+            read = await self._eval("status_read", "id", message_id, provider_message_id or "")
+            if not read:
+                return StatusResult(None, False)
+            _, doc, version, conv_doc, *orphan_docs = read
+            original = decode_message(doc)
+            conversation = decode_conversation(conv_doc) if conv_doc else None
+            message = original
+            if provider_message_id and message.provider_message_id != provider_message_id:
+                message = dataclasses.replace(message, provider_message_id=provider_message_id)
+            planned = _Planned(StatusResult(message, True), [])
+            if status is not None:
+                planned = _plan_status(planned, message, status, conversation)
+            orphans = [decode_status(d) for d in orphan_docs]
+            # Reports that arrived before the send returned the provider's id.
+            for early in sorted(orphans, key=lambda s: DELIVERY_RANK[s.status]):
+                current = planned.result.message or message
+                applied = _plan_status(planned, current, early, conversation)
+                if applied.result.moved:
+                    planned = applied
+            final = planned.result.message or message
+            if final == original and not orphans:
+                return planned.result
+            reply = await self._eval(
+                "status_commit",
+                message_id,
+                _text(version),
+                encode(final),
+                provider_message_id or "",
+                str(len(orphans)) if provider_message_id else "-1",
+                str(conversation.version) if planned.events and conversation else "",
+                *_Encoder().events(planned.events),
+            )
+            outcome = _text(reply[0])
+            if outcome == "pid_taken":
+                raise VersionConflict("another message already carries this provider message id")
+            if outcome == "ok":
+                return planned.finish(self._appended(planned.events, reply))
+        raise VersionConflict(f"message {message_id} kept changing")
+
+    async def apply_status(self, status: DeliveryStatus) -> StatusResult:
+        for _ in range(STATUS_ATTEMPTS):
+            read = await self._eval(
+                "status_read", "pid", status.channel, status.provider_message_id
+            )
+            if not read:
+                # Perhaps the send has not returned its id yet: keep it for record_send.
+                kept = await self._eval(
+                    "orphan_add", status.channel, status.provider_message_id, encode(status)
+                )
+                if _text(kept[0]) == "ok":
+                    return StatusResult(None, False)
+                continue
+            message_id, doc, version, conv_doc = (_text(read[0]), read[1], read[2], read[3])
+            message = decode_message(doc)
+            conversation = decode_conversation(conv_doc) if conv_doc else None
+            planned = _plan_status(
+                _Planned(StatusResult(message, False), []), message, status, conversation
+            )
+            if not planned.result.moved:
+                return planned.result
+            final = planned.result.message or message
+            reply = await self._eval(
+                "status_commit",
+                message_id,
+                _text(version),
+                encode(final),
+                "",
+                "-1",
+                str(conversation.version) if conversation else "",
+                *_Encoder().events(planned.events),
+            )
+            if _text(reply[0]) == "ok":
+                return planned.finish(self._appended(planned.events, reply))
+        raise VersionConflict(f"status for {status.provider_message_id} kept conflicting")
+
+    async def get_message(self, message_id: str) -> Message | None:
+        doc = await self._cmd("HGET", self._m(message_id), "d")
+        return None if doc is None else decode_message(doc)
+
+    async def find_message(self, channel: str, provider_message_id: str) -> Message | None:
+        doc = await self._eval("find_message", channel, provider_message_id)
+        return None if doc is None else decode_message(doc)
+
+    async def list_messages(
+        self, conversation_id: str, *, after: str | None = None, limit: int = 1000
+    ) -> list[Message]:
+        return await self._list_messages(self._c(conversation_id) + ":msgs", after, limit)
+
+    async def list_contact_messages(
+        self, channel: str, address: str, *, after: str | None = None, limit: int = 1000
+    ) -> list[Message]:
+        return await self._list_messages(self._ch(channel, f"contact:{address}"), after, limit)
+
+    async def _list_messages(self, key: str, after: str | None, limit: int) -> list[Message]:
+        docs = await self._eval("list_messages", after or "", str(limit), keys=[key])
+        return [decode_message(d) for d in docs if d is not None]
+
+    # event log ---------------------------------------------------------------------------------
+    def _appended(self, events: Sequence[Event], reply: Sequence[Any]) -> tuple[Event, ...]:
+        """Attach the stream ids a script returned (after its 'ok') to the events it appended,
+        and remember them: this node's hub reads them back from the log, and decoding an
+        event costs more than everything else the hub does with it."""
+        stored = tuple(e.with_cursor(cursor_of(i)) for e, i in zip(events, reply[1:], strict=True))
+        recent = self._recent
+        for event in stored:
+            recent[event.cursor or ""] = event
+        while len(recent) > RECENT_EVENTS:
+            recent.popitem(last=False)
+        return stored
+
+    def _event(self, cursor: str, fields: Sequence[bytes]) -> Event:
+        """An event from a stream entry (`fields` is `[b"d", document]`)."""
+        known = self._recent.get(cursor)
+        return known if known is not None else decode_event(fields[1], cursor)
+
+    async def read_events(self, after: str | None, limit: int = 500) -> list[Event]:
+        start = "(" + stream_id_of(after) if after else "-"
+        entries = await self._cmd("XRANGE", self._g("log"), start, "+", "COUNT", str(limit))
+        return [self._event(cursor_of(sid), fields) for sid, fields in entries]
+
+    async def wait_events(self, after: str | None, timeout: float) -> list[Event]:
+        if timeout <= 0:
+            return await self.read_events(after)
+        if self._blocking is None:
+            raise RuntimeError("store is not open")
+        start = stream_id_of(after)
+        block = max(1, int(timeout * 1000))
+        pool = self._blocking.connection_pool
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            await conn.send_command(
+                "XREAD", "COUNT", "500", "BLOCK", str(block), "STREAMS", self._g("log"), start
+            )
+            reply: Any = await conn.read_response(timeout=timeout + 10)
+        except BaseException:  # cancelled or failed mid-read: the reply would desync the socket
+            await conn.disconnect()
+            raise
+        finally:
+            await pool.release(conn)
+        entries = [(cursor_of(sid), fields) for sid, fields in (reply[0][1] if reply else ())]
+        if any(cursor not in self._recent for cursor, _ in entries):
+            # Our own commits may still be on their way back: their events are in memory then.
+            await self.batcher.settled()
+        return [self._event(cursor, fields) for cursor, fields in entries]
+
+    async def last_cursor(self) -> str | None:
+        entries = await self._cmd("XREVRANGE", self._g("log"), "+", "-", "COUNT", "1")
+        return cursor_of(entries[0][0]) if entries else None
+
+    # deadlines ---------------------------------------------------------------------------------
+    async def claim_due(
+        self, now: datetime, limit: int, lease: timedelta, node: str | None = None
+    ) -> list[Deadline]:
+        reply = await self._eval(
+            "claim_due", str(micros(now)), str(limit), str(micros(now + lease)), node or ""
+        )
+        claimed = []
+        for i in range(0, len(reply), 2):
+            target, _, kind = _text(reply[i]).rpartition("\t")
+            claimed.append(Deadline(target, kind, from_micros(int(reply[i + 1]))))
+        return claimed
+
+    async def set_deadline(self, target: str, kind: str, due_at: datetime) -> None:
+        await self._eval("set_deadline", f"{target}\t{kind}", str(micros(due_at)))
+
+    async def clear_deadline(self, target: str, kind: str, due_at: datetime | None = None) -> None:
+        due = "" if due_at is None else str(micros(due_at))
+        await self._eval("clear_deadline", f"{target}\t{kind}", due)
+
+    async def next_due(self) -> datetime | None:
+        first = await self._cmd("ZRANGE", self._g("due"), "0", "0", "WITHSCORES")
+        return from_micros(int(float(first[1]))) if first else None
+
+    # presence ----------------------------------------------------------------------------------
+    async def presence_connect(self, agent: str, connection: str, node: str, now: datetime) -> None:
+        await self._eval("presence_connect", agent, connection, node)
+
+    async def presence_disconnect(
+        self, agent: str, connection: str, now: datetime, grace: timedelta
+    ) -> bool:
+        last = await self._eval(
+            "presence_disconnect", agent, connection, str(micros(now)), str(micros(now + grace))
+        )
+        return bool(last)
+
+    async def presence_drop_node(self, node: str, now: datetime, grace: timedelta) -> list[str]:
+        agents = await self._eval("drop_node", str(micros(now)), str(micros(now + grace)), node)
+        return sorted(_text(a) for a in agents)
+
+    async def presence_startup(self, node: str, now: datetime, grace: timedelta) -> list[str]:
+        """Forget connections of nodes whose heartbeat lapsed (other nodes may be alive).
+
+        Their agents, and agents with active conversations but neither a connection nor an
+        armed grace, get the grace armed now; an already armed grace is left as it is.
+        """
+        agents = await self._eval(
+            "presence_startup", node, str(micros(now)), str(micros(now + grace))
+        )
+        return sorted(_text(a) for a in agents)
+
+    async def node_heartbeat(self, node: str, now: datetime, ttl: timedelta) -> bool:
+        alive = await self._eval("node_heartbeat", node, str(micros(now)), str(micros(now + ttl)))
+        return bool(alive)
+
+    async def reap_nodes(self, now: datetime, grace: timedelta) -> list[str]:
+        agents = await self._eval("reap_nodes", str(micros(now)), str(micros(now + grace)))
+        return sorted(_text(a) for a in agents)
+
+    async def presence(self) -> dict[str, AgentPresence]:
+        reply = await self._eval("presence")
+        pairs = int(reply[0])
+        result: dict[str, AgentPresence] = {}
+        for i in range(1, 1 + 2 * pairs, 2):
+            result[_text(reply[i])] = AgentPresence(False, from_micros(int(reply[i + 1])))
+        for raw in reply[1 + 2 * pairs :]:
+            agent = _text(raw)
+            previous = result.get(agent)
+            result[agent] = AgentPresence(True, previous.last_seen_at if previous else None)
+        return result
+
+    # key-value ---------------------------------------------------------------------------------
+    async def kv_get(self, key: str) -> str | None:
+        value = await self._cmd("HGET", self._g("kv"), key)
+        return None if value is None else _text(value)
+
+    async def kv_set(self, key: str, value: str) -> None:
+        await self._cmd("HSET", self._g("kv"), key, value)
+
+    async def kv_compare_set(self, key: str, expected: str | None, value: str) -> bool:
+        done = await self._eval(
+            "kv_compare_set", key, expected or "", value, "1" if expected is None else "0"
+        )
+        return bool(done)
+
+
+@dataclasses.dataclass
+class _Planned:
+    """A delivery-status change decided in Python, before its commit assigns cursors."""
+
+    result: StatusResult
+    events: list[Event]
+    last_moved: int = -1
+
+    def finish(self, stored: tuple[Event, ...]) -> StatusResult:
+        """The result as SQLite reports it: the events of the last forward move only."""
+        if self.last_moved < 0:
+            return self.result
+        return dataclasses.replace(self.result, events=(stored[self.last_moved],))
+
+
+def _plan_status(
+    planned: _Planned, message: Message, status: DeliveryStatus, conversation: Conversation | None
+) -> _Planned:
+    """Apply a report to a message if it moves forward (same rule as the SQLite store)."""
+    if not status_moves_forward(message.status, status.status):
+        return _Planned(StatusResult(message, False), planned.events, planned.last_moved)
+    updated = dataclasses.replace(
+        message,
+        status=status.status,
+        status_at=status.at,
+        error_code=status.error_code if status.error_code else message.error_code,
+        error_message=status.error_message if status.error_message else message.error_message,
+    )
+    event = Event(type="message.status", at=status.at, conversation=conversation, message=updated)
+    events = [*planned.events, event]
+    return _Planned(StatusResult(updated, True, conversation, (event,)), events, len(events) - 1)

@@ -1,0 +1,221 @@
+"""Pipelining for the Redis store: the store calls of concurrent requests share round trips.
+
+With one redis-py call per store operation the Python client, not Redis, is the bottleneck:
+every call pays for taking a pooled connection, a socket write, waking up for the reply and
+releasing the connection. `CommandBatcher` is the Redis counterpart of SQLite's group commit:
+commands issued during one event-loop tick are sent as one pipeline (no MULTI: each command is
+a self-contained script or read), and while up to `max_in_flight` pipelines are on the wire,
+new commands queue up for the next one. Each caller's future gets its own reply or its own
+error, so one failing script never fails its neighbours.
+
+With `appendfsync always` Redis writes and fsyncs the AOF once per event-loop iteration before
+it replies, so a pipeline of writes shares one fsync, and every reply still means "durable".
+
+Scripts are called by EVALSHA. Redis forgets its script cache when it restarts; a `NOSCRIPT`
+reply means the script did not run, so the batcher loads the scripts again and resends exactly
+those commands. No other error is retried here: a connection lost mid-pipeline may or may not
+have run a write, and only the caller can decide what to do about that.
+
+The batcher keeps its own connections (one per pipeline in flight) and speaks to them directly
+rather than through redis-py's Pipeline: that path takes a pooled connection, checks it, wraps
+every reply in a timeout and runs response callbacks, which costs more Python time than the
+commands themselves. Replies are therefore raw RESP2 values (bytes, ints, lists): an HGETALL is
+a flat list, a PING is b"PONG".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import hiredis
+from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
+
+Arg = str | bytes | int | float
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    """A Lua script known by its SHA1 digest (what Redis names it in EVALSHA)."""
+
+    name: str
+    source: str
+    sha: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
+
+
+class _Call:
+    __slots__ = ("args", "future")
+
+    def __init__(self, args: tuple[Arg, ...], future: asyncio.Future[Any]) -> None:
+        self.args = args
+        self.future = future
+
+
+def _settle(future: asyncio.Future[Any], result: Any) -> None:
+    if future.done():  # the caller was cancelled; the command ran anyway
+        return
+    if isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
+
+
+class CommandBatcher:
+    """Sends the commands of one loop tick as one pipeline; see the module docstring."""
+
+    def __init__(
+        self,
+        client: Redis,
+        scripts: Iterable[Script] = (),
+        *,
+        max_in_flight: int = 2,
+        max_batch: int = 1000,
+        timeout: float = 30.0,
+    ) -> None:
+        self._client = client
+        self.timeout = timeout
+        """Longest wait for the replies of one pipeline before its connection is dropped."""
+        self._idle: list[AbstractConnection] = []
+        self._scripts = {s.sha: s for s in scripts}
+        self.max_in_flight = max_in_flight
+        self.max_batch = max_batch
+        self._pending: list[_Call] = []
+        self._in_flight = 0
+        self._scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.pipelines_sent = 0
+        """How many pipelines went out (tests and benchmarks read it)."""
+        self.commands_sent = 0
+
+    async def load_scripts(self) -> None:
+        """SCRIPT LOAD every script (once per Redis start; EVALSHA names them afterwards)."""
+        for script in self._scripts.values():
+            sha = await self._client.script_load(script.source)
+            if sha != script.sha:  # pragma: no cover - Redis always names scripts by SHA1
+                raise RuntimeError(f"Redis named script {script.name} {sha}, not {script.sha}")
+
+    def execute(self, *args: Arg) -> asyncio.Future[Any]:
+        """Queue one command for the next pipeline; the future resolves with its reply."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Call(args, future))
+        self._schedule()
+        return future
+
+    def evalsha(
+        self, script: Script, keys: Sequence[Arg] = (), args: Sequence[Arg] = ()
+    ) -> asyncio.Future[Any]:
+        """Queue an EVALSHA of `script` (which must be one of the batcher's scripts)."""
+        return self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+
+    async def drain(self) -> None:
+        """Wait until every queued command has been answered (used before closing)."""
+        while self._pending or self._tasks:
+            if self._tasks:
+                await asyncio.gather(*tuple(self._tasks), return_exceptions=True)
+            else:
+                await asyncio.sleep(0)
+
+    async def settled(self) -> None:
+        """Wait until the pipelines on the wire now have been answered and their callers
+        resumed (later pipelines are not waited for)."""
+        if self._tasks:
+            await asyncio.wait(tuple(self._tasks))
+
+    async def close(self) -> None:
+        await self.drain()
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await conn.disconnect()
+
+    def _schedule(self) -> None:
+        if not self._scheduled and self._in_flight < self.max_in_flight:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        while self._pending and self._in_flight < self.max_in_flight:
+            batch = self._pending[: self.max_batch]
+            del self._pending[: self.max_batch]
+            self._in_flight += 1
+            task = asyncio.get_running_loop().create_task(self._send(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, batch: list[_Call]) -> None:
+        try:
+            results = await self._pipeline([c.args for c in batch])
+            if any(isinstance(r, NoScriptError) for r in results):
+                results = await self._after_noscript(batch, results)
+        except BaseException as exc:  # the whole pipeline failed (connection lost, cancelled)
+            error = exc if isinstance(exc, Exception) else ConnectionError("pipeline cancelled")
+            for call in batch:
+                _settle(call.future, error)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            for call, result in zip(batch, results, strict=True):
+                _settle(call.future, result)
+        finally:
+            self._in_flight -= 1
+            if self._pending:
+                self._schedule()
+
+    @staticmethod
+    async def _stale(conn: AbstractConnection) -> bool:
+        """An idle connection with unread data or EOF (Redis restarted) must not be reused;
+        checking costs no system call."""
+        try:
+            return bool(await conn.can_read())
+        except (OSError, ConnectionError, RedisConnectionError):
+            return True
+
+    def _new_connection(self) -> AbstractConnection:
+        """A connection of our own, configured like the client's (not borrowed from its pool)."""
+        conn: AbstractConnection = self._client.connection_pool.make_connection()  # type: ignore[no-untyped-call]
+        return conn
+
+    async def _pipeline(self, commands: list[tuple[Arg, ...]]) -> list[Any]:
+        conn = self._idle.pop() if self._idle else self._new_connection()
+        self.pipelines_sent += 1
+        self.commands_sent += len(commands)
+        results: list[Any] = []
+        try:
+            if conn.is_connected and await self._stale(conn):
+                await conn.disconnect()
+            if not conn.is_connected:
+                await conn.connect()  # type: ignore[no-untyped-call]
+            async with asyncio.timeout(self.timeout):
+                packed = b"".join([hiredis.pack_command(args) for args in commands])  # type: ignore[arg-type]
+                await conn.send_packed_command(packed, check_health=False)
+                for _ in commands:
+                    try:
+                        results.append(await conn.read_response(timeout=math.inf))
+                    except ResponseError as exc:  # this command's error, the stream is intact
+                        results.append(exc)
+        except BaseException:
+            # Whatever was not read is lost with the connection: never reuse it.
+            await conn.disconnect()
+            raise
+        self._idle.append(conn)
+        return results
+
+    async def _after_noscript(self, batch: list[_Call], results: list[Any]) -> list[Any]:
+        """Redis lost its script cache (a restart): load the scripts, resend what did not run."""
+        await self.load_scripts()
+        again = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        retried = await self._pipeline([batch[i].args for i in again])
+        merged = list(results)
+        for i, result in zip(again, retried, strict=True):
+            merged[i] = result
+        return merged

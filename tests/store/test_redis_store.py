@@ -1,0 +1,230 @@
+"""What only the Redis store has: cursors from stream ids, pipelining, several stores at once.
+
+The shared behaviour is in `test_contract.py`; these tests cover the parts that exist because
+Redis is shared by several processes and talked to through a batching client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import pytest
+import redis.asyncio
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway import lifecycle
+from gateway.clock import ManualClock
+from gateway.errors import VersionConflict
+from gateway.ingest import Ingestor
+from gateway.lifecycle import AgentContext, ChannelPolicy
+from gateway.model import State
+from gateway.store.redis import RedisStore, cursor_of, stream_id_of
+from gateway.store.redis_batch import CommandBatcher, Script
+from tests.conftest import inbound
+from tests.store.redis_server import RedisServer
+
+DB = 3  # not the `store` fixture's database, which it flushes
+
+
+@pytest.fixture
+async def stores(redis_server: RedisServer) -> AsyncIterator[tuple[RedisStore, RedisStore]]:
+    """Two stores on one Redis: what two gateway processes see."""
+    redis_server.flush(DB)
+    a, b = (
+        RedisStore.from_url(redis_server.url_for(DB)),
+        RedisStore.from_url(redis_server.url_for(DB)),
+    )
+    await a.open()
+    await b.open()
+    yield a, b
+    await a.close()
+    await b.close()
+
+
+@given(
+    st.integers(0, 10**15 - 1),
+    st.integers(0, 10**10 - 1),
+    st.integers(0, 10**15 - 1),
+    st.integers(0, 10**10 - 1),
+)
+def test_cursors_sort_like_stream_ids(ms1: int, seq1: int, ms2: int, seq2: int) -> None:
+    c1, c2 = cursor_of(f"{ms1}-{seq1}"), cursor_of(f"{ms2}-{seq2}")
+    assert (c1 < c2) == ((ms1, seq1) < (ms2, seq2))
+    assert stream_id_of(c1) == f"{ms1}-{seq1}"
+
+
+def test_foreign_cursor_is_refused() -> None:
+    with pytest.raises(ValueError):
+        stream_id_of("0000000000000042")  # a SQLite cursor
+    assert stream_id_of(None) == "0-0"
+
+
+def test_url_prefix_option() -> None:
+    store = RedisStore.from_url("redis://127.0.0.1:1/2?prefix=tenant7&socket_timeout=3")
+    assert store.prefix == "tenant7"
+    assert store.url == "redis://127.0.0.1:1/2?socket_timeout=3"
+
+
+async def test_concurrent_calls_share_pipelines_and_keep_their_own_errors(
+    redis_server: RedisServer,
+) -> None:
+    client = redis.asyncio.Redis.from_url(redis_server.url_for(DB), protocol=2)
+    echo = Script("echo", "return ARGV[1]")
+    boom = Script("boom", "return redis.error_reply('boom ' .. ARGV[1])")
+    batcher = CommandBatcher(client, [echo, boom], max_in_flight=1)
+    try:
+        await batcher.load_scripts()
+        calls = [batcher.evalsha(boom if i % 10 == 3 else echo, (), (str(i),)) for i in range(200)]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        for i, result in enumerate(results):
+            if i % 10 == 3:
+                assert isinstance(result, redis.ResponseError) and f"boom {i}" in str(result)
+            else:
+                assert result == str(i).encode()
+        # 200 calls issued in one tick went out in one pipeline (max_in_flight=1).
+        assert batcher.pipelines_sent == 1 and batcher.commands_sent == 200
+    finally:
+        await client.aclose()
+
+
+async def test_scripts_are_reloaded_when_redis_forgot_them(
+    stores: tuple[RedisStore, RedisStore], clock: ManualClock
+) -> None:
+    a, _ = stores
+    ingest = Ingestor(a, clock, lambda m: "support", lambda c: ChannelPolicy())
+    await ingest.message(inbound("one", pid="1"))
+    client = redis.asyncio.Redis.from_url(a.url)
+    await client.script_flush()  # what a Redis restart does to the script cache
+    await client.aclose()
+    second = await ingest.message(inbound("two", pid="2"))
+    assert [m.text for m in await a.list_messages(second.conversation.id)] == ["one", "two"]
+
+
+async def test_two_nodes_ingesting_one_contact_share_one_conversation(
+    stores: tuple[RedisStore, RedisStore], clock: ManualClock
+) -> None:
+    """Conflicts between nodes are resolved by re-planning, never by a second conversation."""
+    a, b = stores
+    ingest_a = Ingestor(a, clock, lambda m: "support", lambda c: ChannelPolicy())
+    ingest_b = Ingestor(b, clock, lambda m: "support", lambda c: ChannelPolicy())
+    results = await asyncio.gather(
+        *(
+            (ingest_a if i % 2 else ingest_b).message(inbound(f"m{i}", pid=f"p{i}"))
+            for i in range(12)
+        )
+    )
+    assert len({r.conversation.id for r in results}) == 1
+    assert len(await a.list_messages(results[0].conversation.id)) == 12
+    stored = await a.get_conversation(results[0].conversation.id)
+    assert stored is not None and stored.version == 12
+    assert len(await b.read_events(None)) == 1 + 12 + 11  # created, received x12, updated x11
+
+
+async def test_accept_race_across_nodes(
+    stores: tuple[RedisStore, RedisStore], clock: ManualClock
+) -> None:
+    a, b = stores
+    conv = (
+        await Ingestor(a, clock, lambda m: "support", lambda c: ChannelPolicy()).message(inbound())
+    ).conversation
+
+    async def accept(store: RedisStore, agent: str) -> bool:
+        context = AgentContext(agent, frozenset({"support"}), 5)
+        try:
+            await store.update_conversation(
+                lifecycle.accept(conv, context, clock.now()), conv.version
+            )
+        except VersionConflict:
+            return False
+        return True
+
+    wins = await asyncio.gather(*(accept(a if i % 2 else b, f"agent{i}") for i in range(20)))
+    assert sum(wins) == 1
+    assert await a.agent_loads() == {f"agent{wins.index(True)}": 1}
+
+
+async def test_startup_keeps_connections_of_live_nodes(
+    stores: tuple[RedisStore, RedisStore], clock: ManualClock
+) -> None:
+    a, b = stores
+    now, ttl, grace = clock.now(), timedelta(seconds=10), timedelta(seconds=30)
+    await a.node_heartbeat("node-a", now, ttl)
+    await a.presence_connect("maria", "c1", "node-a", now)
+    await b.node_heartbeat("node-b", now, ttl)
+    assert await b.presence_startup("node-b", now, grace) == []
+    assert (await b.presence())["maria"].online
+
+
+async def test_wait_events_sees_other_nodes_writes(
+    stores: tuple[RedisStore, RedisStore], clock: ManualClock
+) -> None:
+    a, b = stores
+    cursor = await b.last_cursor()
+    # The cursor makes the order irrelevant: whether the write lands before or during the
+    # blocking read, the waiter gets it.
+    waiter = asyncio.create_task(b.wait_events(cursor, timeout=10))
+    await Ingestor(a, clock, lambda m: "support", lambda c: ChannelPolicy()).message(inbound())
+    events = await asyncio.wait_for(waiter, 10)
+    assert events[0].type == "conversation.created"
+    assert (await b.list_conversations(State.WAITING))[0].id == events[0].conversation.id  # type: ignore[union-attr]
+
+
+async def test_repeat_contact_ingests_in_one_round_trip_and_survives_stale_knowledge(
+    stores: tuple[RedisStore, RedisStore], clock: ManualClock
+) -> None:
+    """A node plans a known contact's message on what it last saw (one script call); when
+    another node moved the conversation on meanwhile, the commit refuses and hands back the
+    fresh state, and the message still lands once in the right conversation."""
+    a, b = stores
+    ingest_a = Ingestor(a, clock, lambda m: "support", lambda c: ChannelPolicy())
+    ingest_b = Ingestor(b, clock, lambda m: "support", lambda c: ChannelPolicy())
+    first = await ingest_a.message(inbound("1", pid="1"))
+    before = a.batcher.commands_sent
+    await ingest_a.message(inbound("2", pid="2"))
+    assert a.batcher.commands_sent - before == 1
+    await ingest_b.message(inbound("3", pid="3"))  # a's knowledge is now one version behind
+    fourth = await ingest_a.message(inbound("4", pid="4"))
+    assert fourth.conversation.id == first.conversation.id and fourth.conversation.version == 4
+    # b closes it; a still believes it open, yet the next message opens a new conversation.
+    closed = lifecycle.close(fourth.conversation, maria(), clock.now())
+    await b.update_conversation(closed, fourth.conversation.version)
+    fifth = await ingest_a.message(inbound("5", pid="5"))
+    assert fifth.conversation.id != first.conversation.id
+    assert fifth.conversation.state == State.WAITING
+    texts = [m.text for m in await b.list_contact_messages("wa-main", "+5511999990000")]
+    assert texts == ["1", "2", "3", "4", "5"]
+    again = await ingest_b.message(inbound("5", pid="5"))
+    assert again.duplicate and again.message.id == fifth.message.id
+
+
+def maria() -> AgentContext:
+    return AgentContext("maria", frozenset({"support"}), 5)
+
+
+async def test_contact_lock_is_fifo_and_survives_cancelled_waiters() -> None:
+    from gateway.store.redis import _ContactLocks
+
+    locks = _ContactLocks()
+    key = ("wa-main", "+1")
+    order: list[str] = []
+    await locks.acquire(key)
+
+    async def take(name: str) -> None:
+        await locks.acquire(key)
+        order.append(name)
+        locks.release(key)
+
+    first = asyncio.create_task(take("first"))
+    doomed = asyncio.create_task(take("doomed"))
+    last = asyncio.create_task(take("last"))
+    await asyncio.sleep(0)  # let the three queue up behind the holder
+    doomed.cancel()
+    locks.release(key)
+    await asyncio.gather(first, last)
+    assert doomed.cancelled() and order == ["first", "last"]
+    await locks.acquire(key)  # nobody holds it any more
+    locks.release(key)
+    assert not locks._waiters
