@@ -20,6 +20,10 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     declared = request.content_length
     if declared is not None and declared > limit:
         raise BodyTooLarge()
+    if declared is not None:
+        # Providers send Content-Length: aiohttp reads exactly that many bytes (and no
+        # more), in one call, which is much cheaper per request than iterating chunks.
+        return await request.read()
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.content.iter_chunked(64 * 1024):
@@ -41,5 +45,9 @@ def twiml_ack() -> web.Response:
 
 
 def json_ack() -> web.Response:
-    """Meta only needs a 200; an empty JSON object keeps the answer well-formed."""
-    return web.json_response({})
+    """Meta only needs a 200; an empty JSON object keeps the answer well-formed.
+
+    Built from constant bytes: `web.json_response` would run the stdlib JSON encoder on every
+    acknowledged webhook.
+    """
+    return web.Response(body=b"{}", content_type="application/json")

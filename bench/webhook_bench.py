@@ -1,0 +1,464 @@
+"""Benchmark (issue 4): signed Meta webhooks through the real gateway vs a bare aiohttp handler.
+
+Each request is a correctly signed Cloud API webhook carrying one text message, with a distinct
+wamid and a distinct contact, so every one is verified, parsed, deduplicated (a lookup that
+finds nothing), durably stored on the SQLite store (synchronous=full by default), routed into
+a new waiting conversation and acknowledged. The same requests, with the same load generator,
+go to a bare aiohttp handler that reads the body and answers 200: the ratio of the two rates is
+the cost of doing the work. Target: gateway >= 0.4 x bare.
+
+Both servers run in their own subprocess, started the way they run for real (`gateway serve`
+with a config file; the bare one with `web.run_app`), each pinned to a CPU other than the load
+generator's when the machine has more than one. The load generator is a small aiohttp client
+with N concurrent connections, bounded in request count and in time, loopback only. Each round
+warms both servers up, then measures bare and gateway back to back with fresh message ids; the
+table reports the median round. After the run the gateway is stopped and its SQLite file is
+read: every acknowledged message must be there (acknowledged means durable).
+
+    python bench/webhook_bench.py                      # defaults: 3 rounds of 4000, 32 conns
+    python bench/webhook_bench.py --requests 10000 --concurrency 64 --rounds 5
+    python bench/webhook_bench.py --profile /tmp/gw.txt   # py-spy on the gateway, one round
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import io
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, cast
+
+import aiohttp
+import orjson
+
+APP_SECRET = "bench-app-secret"
+PHONE_NUMBER_ID = "1065400000000"
+CHANNEL = "wa-bench"
+ROOT = Path(__file__).resolve().parent.parent
+
+CONFIG = """
+server: {{host: 127.0.0.1, port: {port}, public_url: "https://gw.bench.example"}}
+store: {{url: "sqlite:///{db}", synchronous: {synchronous}}}
+channels:
+  - {{name: {channel}, type: whatsapp, provider: cloud_api, phone_number_id: "{phone}",
+     access_token: ${{WA_TOKEN}}, app_secret: ${{WA_APP_SECRET}}, verify_token: ${{WA_VERIFY}}}}
+queues:
+  - {{name: support, distribution: manual}}
+routing:
+  - {{queue: support}}
+agents:
+  - {{id: maria, name: Maria, token_sha256: "{token}", queues: [support], max_active: 5}}
+"""
+
+
+# --- the requests ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    body: bytes
+    headers: dict[str, str]
+
+
+def webhook(batch: int, i: int, now: int) -> Request:
+    """One signed Cloud API webhook with one text message from a contact of its own."""
+    phone = f"55{batch:03d}{i:09d}"
+    payload = {
+        "object": "whatsapp_business_account",
+        "entry": [
+            {
+                "id": "102290129340398",
+                "changes": [
+                    {
+                        "field": "messages",
+                        "value": {
+                            "messaging_product": "whatsapp",
+                            "metadata": {
+                                "display_phone_number": "15550783881",
+                                "phone_number_id": PHONE_NUMBER_ID,
+                            },
+                            "contacts": [{"profile": {"name": f"Cliente {i}"}, "wa_id": phone}],
+                            "messages": [
+                                {
+                                    "from": phone,
+                                    "id": f"wamid.BENCH{batch:03d}{i:09d}",
+                                    "timestamp": str(now),
+                                    "type": "text",
+                                    "text": {"body": f"Hola, quería saber del pedido {i}"},
+                                }
+                            ],
+                        },
+                    }
+                ],
+            }
+        ],
+    }
+    body = orjson.dumps(payload)
+    digest = hmac.new(APP_SECRET.encode(), body, hashlib.sha256).hexdigest()
+    headers = {"Content-Type": "application/json", "X-Hub-Signature-256": f"sha256={digest}"}
+    return Request(body, headers)
+
+
+def requests_for(batch: int, count: int) -> list[Request]:
+    """`count` webhooks whose wamids and contacts no other batch uses."""
+    now = int(time.time())
+    return [webhook(batch, i, now) for i in range(count)]
+
+
+# --- the load generator ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    name: str
+    sent: int
+    ok: int
+    errors: int
+    seconds: float
+    latencies: list[float]
+    cpu_seconds: float = 0.0
+    """CPU time (all threads) the server process used during the run: unlike the rate, it
+    hardly moves when other work shares the machine, so it tells noise from regressions."""
+
+    @property
+    def cpu_ms_per_request(self) -> float:
+        return 1000 * self.cpu_seconds / self.ok if self.ok else 0.0
+
+    @property
+    def rate(self) -> float:
+        return self.ok / self.seconds if self.seconds else 0.0
+
+    def percentile(self, q: float) -> float:
+        if not self.latencies:
+            return 0.0
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+def cpu_time(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def load(
+    name: str,
+    url: str,
+    requests: list[Request],
+    concurrency: int,
+    time_limit: float,
+    pid: int | None = None,
+) -> Result:
+    """POST every request (or as many as fit in `time_limit`) over `concurrency` connections."""
+    cpu_before = cpu_time(pid) if pid else 0.0
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    timeout = aiohttp.ClientTimeout(total=30)
+    latencies: list[float] = []
+    counts = {"ok": 0, "errors": 0, "sent": 0}
+    position = iter(range(len(requests)))
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        started = time.perf_counter()
+        deadline = started + time_limit
+
+        async def worker() -> None:
+            for i in position:
+                if time.perf_counter() > deadline:
+                    return
+                request = requests[i]
+                counts["sent"] += 1
+                t0 = time.perf_counter()
+                try:
+                    async with session.post(url, data=request.body, headers=request.headers) as r:
+                        await r.read()
+                        good = r.status == 200
+                except (aiohttp.ClientError, TimeoutError):
+                    good = False
+                latencies.append(time.perf_counter() - t0)
+                counts["ok" if good else "errors"] += 1
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        seconds = time.perf_counter() - started
+    cpu = cpu_time(pid) - cpu_before if pid else 0.0
+    return Result(name, counts["sent"], counts["ok"], counts["errors"], seconds, latencies, cpu)
+
+
+# --- the servers -------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def pin(cpu: int | None) -> list[str]:
+    """A `taskset` prefix that pins a child to one CPU (nothing if not possible)."""
+    if cpu is None or shutil.which("taskset") is None:
+        return []
+    return ["taskset", "-c", str(cpu)]
+
+
+def serve_bare(port: int) -> None:
+    """The reference: a bare aiohttp app that reads the body and answers 200."""
+    from aiohttp import web
+
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        uvloop.install()  # `gateway serve` uses uvloop too: compare like with like
+
+    async def ok(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", ok)
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+
+
+async def wait_ready(url: str, process: subprocess.Popen[bytes], what: str) -> None:
+    """Poll `url` until it answers (the server is listening), or fail if the process died."""
+    async with aiohttp.ClientSession() as session:
+        for _ in range(300):
+            if process.poll() is not None:
+                raise SystemExit(f"{what} exited with {process.returncode}; see its log")
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.get(url) as resp:
+                    if resp.status < 500:
+                        return
+            await asyncio.sleep(0.1)
+    raise SystemExit(f"{what} did not start listening on {url}")
+
+
+def drain(pipe: IO[bytes], log: Path) -> None:
+    """Copy a server's output to its log file, as a log collector reading a pipe would."""
+    with log.open("wb") as out:
+        # Popen pipes are BufferedReaders: read1 returns what is there, without waiting to
+        # fill the whole buffer.
+        reader = cast(io.BufferedReader, pipe)
+        for chunk in iter(lambda: reader.read1(65536), b""):
+            out.write(chunk)
+
+
+@contextlib.contextmanager
+def running(
+    command: list[str], log: Path, env: dict[str, str], cwd: Path = ROOT
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run a server with its output on a pipe (like journald or a container runtime), not on
+    a file of the disk the SQLite store fsyncs to, which would stall every log write."""
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=cwd
+    )
+    assert process.stdout is not None
+    reader = threading.Thread(target=drain, args=(process.stdout, log), daemon=True)
+    reader.start()
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)  # graceful: finish requests, flush the store
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        reader.join(timeout=10)
+
+
+def stored_messages(db: Path) -> int:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        count: int = conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
+        return count
+    finally:
+        conn.close()
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+
+def table(rounds: list[tuple[Result, Result]]) -> str:
+    lines = [
+        f"{'round':<6}{'server':<10}{'ok':>7}{'errors':>7}{'seconds':>8}{'req/s':>8}"
+        f"{'p50 ms':>8}{'p99 ms':>8}{'cpu ms/req':>11}{'ratio':>7}"
+    ]
+    for n, (bare, gateway) in enumerate(rounds, start=1):
+        for result in (bare, gateway):
+            ratio = f"{gateway.rate / bare.rate:.2f}" if result is gateway and bare.rate else ""
+            lines.append(
+                f"{n:<6}{result.name:<10}{result.ok:>7}{result.errors:>7}{result.seconds:>8.2f}"
+                f"{result.rate:>8.0f}{result.percentile(0.5):>8.1f}"
+                f"{result.percentile(0.99):>8.1f}{result.cpu_ms_per_request:>11.3f}{ratio:>7}"
+            )
+    return "\n".join(lines)
+
+
+async def bench(args: argparse.Namespace) -> int:
+    work = Path(tempfile.mkdtemp(prefix="webhook-bench-"))
+    db = work / "gateway.db"
+    gateway_port, bare_port = free_port(), free_port()
+    config = work / "config.yaml"
+    config.write_text(
+        CONFIG.format(
+            port=gateway_port,
+            db=db,
+            synchronous=args.synchronous,
+            channel=CHANNEL,
+            phone=PHONE_NUMBER_ID,
+            token=hashlib.sha256(b"bench-agent").hexdigest(),
+        )
+    )
+    env = {
+        **os.environ,
+        "WA_TOKEN": "bench-access-token",
+        "WA_APP_SECRET": APP_SECRET,
+        "WA_VERIFY": "bench-verify",
+        "PYTHONPATH": str(args.source),
+    }
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    server_cpu = cpus[-1] if len(cpus) > 1 and not args.no_pin else None
+    if server_cpu is not None:
+        os.sched_setaffinity(0, set(cpus) - {server_cpu})
+    gateway_cmd = [
+        *pin(server_cpu),
+        sys.executable,
+        "-m",
+        "gateway.cli",
+        "serve",
+        "--config",
+        str(config),
+        "--log-level",
+        args.log_level,
+    ]
+    bare_cmd = [*pin(server_cpu), sys.executable, __file__, "--serve-bare", str(bare_port)]
+    gateway_url = f"http://127.0.0.1:{gateway_port}/webhooks/{CHANNEL}"
+    bare_url = f"http://127.0.0.1:{bare_port}/webhooks/{CHANNEL}"
+    print(
+        f"webhook bench: {args.rounds} round(s) of up to {args.requests} requests "
+        f"({args.seconds:.0f} s cap), {args.concurrency} connections, warm-up {args.warmup}, "
+        f"store synchronous={args.synchronous}, log level {args.log_level}, "
+        f"server CPU {server_cpu if server_cpu is not None else 'shared'}",
+        flush=True,
+    )
+    results: list[tuple[Result, Result]] = []
+    acknowledged = 0
+    with (
+        running(gateway_cmd, work / "gateway.log", env, args.source) as gateway,
+        running(bare_cmd, work / "bare.log", env) as bare,
+    ):
+        await wait_ready(f"http://127.0.0.1:{gateway_port}/healthz", gateway, "gateway")
+        await wait_ready(f"http://127.0.0.1:{bare_port}/", bare, "bare server")
+        for n in range(args.rounds):
+            warm = requests_for(2 * n, args.warmup)
+            await load("bare", bare_url, warm, args.concurrency, args.seconds)
+            warmed = await load("gateway", gateway_url, warm, args.concurrency, args.seconds)
+            acknowledged += warmed.ok
+            batch = requests_for(2 * n + 1, args.requests)
+            bare_result = await load(
+                "bare", bare_url, batch, args.concurrency, args.seconds, bare.pid
+            )
+            profiler = profile(args, gateway.pid, n)
+            gateway_result = await load(
+                "gateway", gateway_url, batch, args.concurrency, args.seconds, gateway.pid
+            )
+            if profiler is not None:
+                profiler.send_signal(signal.SIGINT)
+                profiler.wait()
+            acknowledged += gateway_result.ok
+            results.append((bare_result, gateway_result))
+    stored = stored_messages(db)
+    print(table(results))
+    ratios = sorted(g.rate / b.rate for b, g in results if b.rate)
+    median = statistics.median(ratios) if ratios else 0.0
+    rates = sorted(results, key=lambda r: r[1].rate / r[0].rate if r[0].rate else 0)
+    middle = rates[len(rates) // 2]
+    print(
+        f"median: gateway {middle[1].rate:.0f} req/s, bare {middle[0].rate:.0f} req/s, "
+        f"ratio {median:.2f} (target >= 0.40)"
+    )
+    cpu_ratio = middle[0].cpu_ms_per_request / middle[1].cpu_ms_per_request
+    print(
+        f"server CPU per request (median round): gateway {middle[1].cpu_ms_per_request:.3f} ms,"
+        f" bare {middle[0].cpu_ms_per_request:.3f} ms: bare/gateway {cpu_ratio:.2f}"
+    )
+    print(f"acknowledged {acknowledged}, stored {stored} (after the gateway stopped)")
+    print(f"logs and database: {work}")
+    if stored != acknowledged:
+        print("FAIL: an acknowledged webhook is missing from the store", file=sys.stderr)
+        return 1
+    if any(g.errors for _, g in results):
+        print("FAIL: the gateway refused or failed requests", file=sys.stderr)
+        return 1
+    return 0 if median >= 0.4 else 2
+
+
+def profile(args: argparse.Namespace, pid: int, round_index: int) -> subprocess.Popen[bytes] | None:
+    """Sample the gateway with py-spy during the first measured round, if asked."""
+    if not args.profile or round_index != 0:
+        return None
+    py_spy = shutil.which("py-spy")
+    if py_spy is None:
+        print("py-spy is not installed; no profile", file=sys.stderr)
+        return None
+    # Per thread, active samples only (py-spy leaves idle waits out).
+    command = [
+        py_spy,
+        "record",
+        "--pid",
+        str(pid),
+        "--threads",
+        "--format",
+        "raw",
+        "-o",
+        args.profile,
+    ]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=4000, help="requests per measured run")
+    parser.add_argument("--seconds", type=float, default=30.0, help="time cap per run")
+    parser.add_argument("--concurrency", type=int, default=32, help="concurrent connections")
+    parser.add_argument("--warmup", type=int, default=500, help="warm-up requests per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--synchronous", choices=["full", "normal"], default="full")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    parser.add_argument("--no-pin", action="store_true", help="do not pin CPUs")
+    parser.add_argument("--profile", help="write py-spy raw stacks of the gateway here")
+    parser.add_argument(
+        "--source",
+        type=Path,
+        default=ROOT,
+        help="run the gateway of this checkout (e.g. a git worktree, to compare versions)",
+    )
+    parser.add_argument("--serve-bare", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_bare:
+        serve_bare(args.serve_bare)
+        return 0
+    return asyncio.run(bench(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
