@@ -196,9 +196,14 @@ async def test_batched_payload_with_a_broken_item(wa: WaGateway) -> None:
         "type": "image",
         "image": {"id": "m1", "mime_type": "image/png", "caption": "mira"},
     }
-    broken = {"from": "5511000000001", "id": "wamid.BROKEN", "timestamp": str(NOW_TS)}
-    broken["type"] = "image"  # an image without id or url: nothing to show, skipped
-    broken["image"] = {"mime_type": "image/png"}
+    # An image without id or url: nothing to show, so it is skipped (and logged).
+    broken = {
+        "from": "5511000000001",
+        "id": "wamid.BROKEN",
+        "timestamp": str(NOW_TS),
+        "type": "image",
+        "image": {"mime_type": "image/png"},
+    }
     body = meta_envelope(
         [
             meta_value(
