@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import random
 import threading
@@ -16,12 +17,16 @@ _last_rand = 0
 _random = random.Random(os.urandom(32))
 
 
+_STANDARD = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+# base64's C base32 encoder, re-lettered to Crockford's alphabet: ids are on every hot path.
+_TO_CROCKFORD = bytes.maketrans(_STANDARD.encode(), _ALPHABET.encode())
+
+
 def _encode(value: int, length: int) -> str:
-    chars = []
-    for _ in range(length):
-        value, rem = divmod(value, 32)
-        chars.append(_ALPHABET[rem])
-    return "".join(reversed(chars))
+    """Encode `value` as `length` Crockford base32 digits (5 bits each), most significant first."""
+    pad = (-length * 5) % 40  # base32 works on 40-bit groups: left-align the value in them
+    raw = (value << pad).to_bytes((length * 5 + pad) // 8, "big")
+    return base64.b32encode(raw).translate(_TO_CROCKFORD)[:length].decode()
 
 
 def ulid(now_ms: int | None = None) -> str:
