@@ -58,10 +58,16 @@ CAS_ATTEMPTS = 5
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
+    """Backoff for transient provider errors, and when another node may take a delivery over.
+
+    `redeliver_after` must stay well above the longest retry sequence (attempts x maximum),
+    or a slow but alive delivery would be started a second time by the scheduler.
+    """
+
     attempts: int = 5
     initial: float = 0.5
     maximum: float = 30.0
-    redeliver_after: timedelta = timedelta(minutes=2)
+    redeliver_after: timedelta = timedelta(minutes=10)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +133,7 @@ class Outbound:
         self.retry = retry or RetryPolicy()
         self.observe = observe
         self._tasks: set[asyncio.Task[None]] = set()
+        self._in_flight: set[str] = set()
 
     async def submit(
         self,
@@ -231,6 +238,15 @@ class Outbound:
 
     async def deliver(self, message_id: str) -> None:
         """Send a stored message through its channel, retrying transient errors."""
+        if message_id in self._in_flight:
+            return  # this node is already delivering it (the redelivery deadline came early)
+        self._in_flight.add(message_id)
+        try:
+            await self._deliver(message_id)
+        finally:
+            self._in_flight.discard(message_id)
+
+    async def _deliver(self, message_id: str) -> None:
         message = await self.store.get_message(message_id)
         if message is None or message.status != DeliveryState.QUEUED:
             await self.store.clear_deadline(message_target(message_id), DELIVER_KIND)
