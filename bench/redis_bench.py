@@ -63,7 +63,7 @@ APP_SECRET = "bench-app-secret"
 PHONE_ID = "106540352242922"
 
 BARE_SERVER = """
-import sys
+import itertools, sys
 from aiohttp import web
 try:
     import uvloop
@@ -71,14 +71,38 @@ try:
 except ImportError:
     pass
 
+mode = sys.argv[2]
+ids = itertools.count()
+
 async def hook(request):
-    await request.read()
+    body = await request.read()
+    if mode == "one-call":  # one redis-py call per request (HSET of the body)
+        await request.app["redis"].hset("bench:bodies", str(next(ids)), body)
+    elif mode == "batched":  # the same HSET through the store's pipelining layer
+        await request.app["batcher"].execute("HSET", "bench:bodies", str(next(ids)), body)
     return web.json_response({"status": "ok"})
+
+async def redis_ctx(app):
+    if mode != "plain":
+        from redis.asyncio import Redis
+        from gateway.store.redis_batch import CommandBatcher
+        app["redis"] = Redis.from_url(sys.argv[3], protocol=2)
+        app["batcher"] = CommandBatcher(app["redis"])
+    yield
+    if mode != "plain":
+        await app["batcher"].close()
+        await app["redis"].aclose()
 
 app = web.Application()
 app.router.add_post("/webhooks/{channel}", hook)
+app.cleanup_ctx.append(redis_ctx)
 web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
 """
+BARE_MODES = {
+    "bare": "plain",
+    "bare+redis-py": "one-call",
+    "bare+batched": "batched",
+}
 
 
 def free_port() -> int:
@@ -250,31 +274,34 @@ def stop(procs: list[subprocess.Popen[bytes]]) -> None:
 async def webhooks(args: argparse.Namespace, tmp: Path) -> dict[str, LoadResult]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     redis_proc, redis_port = start_redis(tmp)
-    bare_port = free_port()
-    bare = subprocess.Popen([sys.executable, "-c", BARE_SERVER, str(bare_port)], env=env)
+    redis_url = f"redis://127.0.0.1:{redis_port}/0"
+    bare_ports = {name: free_port() for name in BARE_MODES}
+    bares = [
+        subprocess.Popen(
+            [sys.executable, "-c", BARE_SERVER, str(bare_ports[name]), mode, redis_url], env=env
+        )
+        for name, mode in BARE_MODES.items()
+    ]
     config = write_config(tmp, f"redis://127.0.0.1:{redis_port}/0")
     ports = [free_port(), free_port()]
     nodes = [start_gateway(config, port, env) for port in ports]
     results: dict[str, LoadResult] = {}
     try:
-        await wait_ready(f"http://127.0.0.1:{bare_port}/")
-        for port in ports:
+        for port in (*bare_ports.values(), *ports):
             await wait_ready(f"http://127.0.0.1:{port}/readyz")
         bases = [f"http://127.0.0.1:{p}" for p in ports]
-        bare_base = [f"http://127.0.0.1:{bare_port}"]
+        targets_by_name = {n: [f"http://127.0.0.1:{p}"] for n, p in bare_ports.items()}
+        targets_by_name.update({"one": bases[:1], "two": bases})
 
         def batch(run: str) -> list[tuple[bytes, str]]:
             return [webhook(i, args.contacts, run) for i in range(args.requests)]
 
         await load(bases, batch("warm"), args.concurrency, 2)  # connections, caches, contacts
-        await load(bare_base, batch("warm"), args.concurrency, 1)
+        for name in BARE_MODES:
+            await load(targets_by_name[name], batch("warm"), args.concurrency, 1)
         # Alternate so that drift in the machine's load hits every configuration alike.
         for round_ in range(args.rounds):
-            for name, targets in (
-                ("bare", bare_base),
-                ("one", bases[:1]),
-                ("two", bases),
-            ):
+            for name, targets in targets_by_name.items():
                 result = await load(
                     targets, batch(f"{name}{round_}"), args.concurrency, args.seconds
                 )
@@ -282,7 +309,7 @@ async def webhooks(args: argparse.Namespace, tmp: Path) -> dict[str, LoadResult]
                 if best is None or result.rate > best.rate:
                     results[name] = result
     finally:
-        stop([*nodes, bare, redis_proc])
+        stop([*nodes, *bares, redis_proc])
     return results
 
 
@@ -419,6 +446,8 @@ async def main_async(args: argparse.Namespace) -> None:
     print(f"  {'':32} {'req/s':>9} {'ratio to bare':>14} {'failed':>7}")
     for label, result in (
         ("bare aiohttp handler", bare),
+        ("bare + one redis-py HSET", hooks["bare+redis-py"]),
+        ("bare + HSET via CommandBatcher", hooks["bare+batched"]),
         ("gateway, one node", one),
         ("gateway, two nodes", two),
     ):

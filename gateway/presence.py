@@ -8,7 +8,8 @@ the agent waiting work.
 A node that dies cannot say its sockets closed, so every node heartbeats (`run_heartbeats`)
 and reaps nodes whose heartbeat lapsed: their connections are dropped and their agents' grace
 starts, and the deadline leases they held are released. The TTL defaults to a third of the
-grace (between 1 s and 10 s), so a crash delays an agent's grace by little.
+grace (between 2 s and 10 s), so a crash delays an agent's grace by little, while a node whose
+event loop stalls for a moment is not given up on.
 """
 
 from __future__ import annotations
@@ -97,8 +98,8 @@ class Presence:
         return offline
 
     async def run_heartbeats(self) -> None:
-        """Heartbeat three times per TTL until cancelled; a failed beat is retried next time."""
-        interval = self.heartbeat_ttl.total_seconds() / 3
+        """Heartbeat four times per TTL until cancelled; a failed beat is retried next time."""
+        interval = self.heartbeat_ttl.total_seconds() / 4
         while True:
             try:
                 await self.heartbeat()
@@ -113,5 +114,5 @@ class Presence:
 
 
 def default_heartbeat_ttl(grace: timedelta) -> timedelta:
-    """A third of the grace, within [1 s, 10 s]: a dead node is noticed well within the grace."""
-    return min(timedelta(seconds=10), max(timedelta(seconds=1), grace / 3))
+    """A third of the grace, within [2 s, 10 s]: a dead node is noticed well within the grace."""
+    return min(timedelta(seconds=10), max(timedelta(seconds=2), grace / 3))

@@ -66,8 +66,10 @@ INGEST_ATTEMPTS = 16
 
 STATUS_ATTEMPTS = 16
 
-RECENT_EVENTS = 4096
-OPEN_CACHE = 20_000
+RECENT_EVENTS = 2048
+"""Events kept for this node's own hub (it reads them back within milliseconds)."""
+OPEN_CACHE = 4096
+"""Contacts whose open conversation is remembered (a fresh entry saves a read per message)."""
 
 _CURSOR = re.compile(r"^(\d{15})-(\d{10})$")
 
@@ -115,6 +117,24 @@ def _conversation_args(
     ]
 
 
+_NATIVE_TIMES = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
+
+
+def _sets(value: Any) -> Any:
+    if isinstance(value, frozenset | set):
+        return list(value)
+    raise TypeError(f"cannot serialize {type(value).__name__}")
+
+
+def _dumps(value: Any) -> bytes:
+    """`gateway.codec.encode`, byte for byte for UTC times (the model's), several times faster:
+    orjson writes datetimes itself (`...Z`) instead of calling back into Python for each."""
+    return orjson.dumps(value, default=_sets, option=_NATIVE_TIMES)
+
+
+_EVENT_FIELDS = tuple(f.name for f in dataclasses.fields(Event))
+
+
 class _Encoder:
     """Encode records once per store call: the events of one transition all carry the same
     conversation (and the message), which is also written on its own."""
@@ -125,18 +145,18 @@ class _Encoder:
     def __call__(self, record: Conversation | Message) -> bytes:
         encoded = self._done.get(id(record))
         if encoded is None:
-            encoded = self._done[id(record)] = encode(record)
+            encoded = self._done[id(record)] = _dumps(record)
         return encoded
 
     def events(self, events: Sequence[Event]) -> list[Arg]:
         """The `n, event...` arguments of a script (see `append_events` in the Lua prelude)."""
         docs: list[Arg] = [str(len(events))]
         for event in events:
-            fields = {f.name: getattr(event, f.name) for f in dataclasses.fields(event)}
+            fields = {name: getattr(event, name) for name in _EVENT_FIELDS}
             for name in ("conversation", "message"):
                 if fields[name] is not None:
                     fields[name] = orjson.Fragment(self(fields[name]))
-            docs.append(encode(fields))
+            docs.append(_dumps(fields))
         return docs
 
 

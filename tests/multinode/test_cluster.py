@@ -248,7 +248,7 @@ async def test_sigkilled_node_is_reaped_and_its_agents_grace_starts(
         timeout=20,
     )
     assert changes(events, "agent_offline", {conversation_id}) == [conversation_id]
-    # Reaped after the heartbeat TTL (1 s here), then the whole grace.
+    # Reaped after the heartbeat TTL (2 s here), then the whole grace.
     assert time.monotonic() - killed_at >= GRACE_SECONDS
     await ws.close()
     # A visitor message arriving through a survivor still works, and so do deadlines: the

@@ -228,3 +228,24 @@ async def test_contact_lock_is_fifo_and_survives_cancelled_waiters() -> None:
     await locks.acquire(key)  # nobody holds it any more
     locks.release(key)
     assert not locks._waiters
+
+
+def test_store_encoding_is_the_shared_codec_byte_for_byte(clock: ManualClock) -> None:
+    """The Redis store writes JSON with orjson's own datetime encoder (much faster); it must
+    stay exactly what `gateway.codec.encode` writes, so both stores share one format."""
+    import dataclasses
+
+    from gateway.codec import encode
+    from gateway.ingest import to_message
+    from gateway.model import Event
+    from gateway.store.redis import _dumps
+
+    policy = ChannelPolicy(reply_window=timedelta(hours=24), no_agent_timeout=timedelta(minutes=5))
+    now = clock.now() + timedelta(microseconds=123456)
+    conversation = lifecycle.open_conversation("c_1", inbound(), "q", now, policy).conversation
+    message = dataclasses.replace(
+        to_message(inbound(), "m_1", conversation), raw={"a": [1, {"b": None}]}
+    )
+    event = Event("message.received", now, conversation, message, change=None)
+    for value in (conversation, message, event):
+        assert _dumps(value) == encode(value)
