@@ -38,12 +38,13 @@ from plugins.email.compose import (
 )
 from plugins.email.config import EmailConfig
 from plugins.email.cursor import Cursor, live_key, load_cursor, save_cursor
-from plugins.email.deliver import deliver
+from plugins.email.deliver import Delivered, deliver_batch
 from plugins.email.imap import ImapSession
 from plugins.email.smtp import submit
 from plugins.email.threads import recall
 
 FETCH_BATCH = 10
+STOP_GRACE = 10.0
 
 
 class EmailAdapter(BaseAdapter):
@@ -72,6 +73,7 @@ class EmailAdapter(BaseAdapter):
         self._imap_tls = imap_tls_context
         self._smtp_tls = smtp_tls_context
         self._wake = asyncio.Event()
+        self._storing = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._connected = False
         self._detail = "not started"
@@ -86,12 +88,22 @@ class EmailAdapter(BaseAdapter):
             self._task = asyncio.create_task(self._run(), name=f"email-imap:{self.name}")
 
     async def stop(self) -> None:
-        """Stop the reader loop and close its connection."""
+        """Stop the reader loop and close its connection.
+
+        Waits (up to `STOP_GRACE` seconds) for a message being stored to have its cursor
+        saved too, so a restart does not fetch it again; then cancels the loop.
+        """
         task, self._task = self._task, None
         if task is not None:
+            try:
+                await asyncio.wait_for(self._storing.acquire(), STOP_GRACE)
+            except TimeoutError:  # a store that does not answer: stop anyway
+                self._log.warning("email.imap.stop_while_storing")
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            if self._storing.locked():
+                self._storing.release()
         self._connected = False
         self._detail = "stopped"
 
@@ -179,28 +191,38 @@ class EmailAdapter(BaseAdapter):
             for u in await session.search("UID", f"{cursor.last_uid + 1}:*")
             if u > cursor.last_uid
         ]
+        key = live_key(self.name)
+        uidvalidity = cursor.uidvalidity
+        position = cursor
+
+        async def save(uid: int) -> None:
+            nonlocal position
+            position = Cursor(uidvalidity=uidvalidity, last_uid=uid)
+            await save_cursor(self.context.kv, key, position)
+
+        def stored(uid: int, delivered: Delivered) -> None:
+            self._log.info(
+                "email.imap.message_stored",
+                uid=uid,
+                provider_message_id=delivered.parsed.message.provider_message_id,
+                kind=delivered.parsed.message.kind,
+                duplicate=delivered.duplicate,
+            )
+
         for start in range(0, len(uids), FETCH_BATCH):
-            for uid, raw in await session.fetch(uids[start : start + FETCH_BATCH]):
-                if uid <= cursor.last_uid:
-                    continue
-                delivered = await deliver(
-                    raw,
-                    config=self.config,
-                    inbound=self.context.inbound,
-                    kv=self.context.kv,
-                    now=self.context.clock.now(),
-                    log=self._log,
-                )
-                self._log.info(
-                    "email.imap.message_stored",
-                    uid=uid,
-                    provider_message_id=delivered.parsed.message.provider_message_id,
-                    kind=delivered.parsed.message.kind,
-                    duplicate=delivered.duplicate,
-                )
-                cursor = Cursor(uidvalidity=cursor.uidvalidity, last_uid=uid)
-                await save_cursor(self.context.kv, live_key(self.name), cursor)
-        return cursor
+            fetched = await session.fetch(uids[start : start + FETCH_BATCH])
+            await deliver_batch(
+                [(uid, raw) for uid, raw in fetched if uid > position.last_uid],
+                config=self.config,
+                inbound=self.context.inbound,
+                kv=self.context.kv,
+                now=self.context.clock.now(),
+                save_cursor=save,
+                on_stored=stored,
+                log=self._log,
+                storing=self._storing,
+            )
+        return position
 
     async def _wait_for_mail(self, session: ImapSession) -> None:
         if session.has_idle and self.config.imap.idle:

@@ -17,7 +17,7 @@ from gateway.channels import Inbound, KeyValue
 from gateway.clock import Clock, SystemClock
 from plugins.email.config import EmailConfig
 from plugins.email.cursor import Cursor, backfill_key, load_cursor, save_cursor
-from plugins.email.deliver import deliver
+from plugins.email.deliver import Delivered, deliver_batch
 from plugins.email.imap import ImapSession
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -60,16 +60,27 @@ async def backfill(
         uids = [u for u in await session.search(*criteria) if u > resume_after]
         log.info("email.backfill.start", messages=len(uids), resume_after=resume_after)
         with tqdm(total=len(uids), disable=not progress, unit="msg", desc=config.name) as bar:
+
+            async def save(uid: int) -> None:
+                await save_cursor(kv, key, Cursor(box.uidvalidity, uid, since=since_text))
+
+            def stored(_uid: int, delivered: Delivered) -> None:
+                nonlocal imported
+                if not delivered.duplicate and not delivered.rejected:
+                    imported += 1
+                bar.update(1)
+
             for start in range(0, len(uids), BATCH):
-                for uid, raw in await session.fetch(uids[start : start + BATCH]):
-                    delivered = await deliver(
-                        raw, config=config, inbound=inbound, kv=kv, now=now(), log=log
-                    )
-                    if not delivered.duplicate and not delivered.rejected:
-                        imported += 1
-                    cursor = Cursor(box.uidvalidity, uid, since=since_text)
-                    await save_cursor(kv, key, cursor)
-                    bar.update(1)
+                await deliver_batch(
+                    await session.fetch(uids[start : start + BATCH]),
+                    config=config,
+                    inbound=inbound,
+                    kv=kv,
+                    now=now(),
+                    save_cursor=save,
+                    on_stored=stored,
+                    log=log,
+                )
         log.info("email.backfill.done", imported=imported)
         return imported
     finally:

@@ -13,7 +13,7 @@ from email import policy
 from email.message import EmailMessage, Message
 from email.parser import HeaderParser
 
-from plugins.email.headers import addresses, header, msgid_list, one_line
+from plugins.email.headers import READ_POLICY, addresses, header, msgid_list, one_line
 from plugins.email.mime import part_bytes, part_text
 
 _AUTO_SUBJECT = re.compile(
@@ -204,7 +204,7 @@ def _original_ids(msg: EmailMessage, text: str) -> list[str]:
             if isinstance(inner, list) and inner and isinstance(inner[0], Message):
                 found += msgid_list(header(inner[0], "Message-ID"))
         elif ctype == "text/rfc822-headers":
-            parsed = HeaderParser(policy=policy.default).parsestr(part_text(part))
+            parsed = HeaderParser(policy=READ_POLICY).parsestr(part_text(part))
             found += msgid_list(header(parsed, "Message-ID"))
     found += msgid_list(header(msg, "In-Reply-To"))
     found += msgid_list(header(msg, "References"))

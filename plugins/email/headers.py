@@ -8,9 +8,12 @@ raise. These helpers never raise and never return text that could break a header
 from __future__ import annotations
 
 import re
+from email import policy
 from email.header import decode_header, make_header
+from email.headerregistry import BaseHeader, HeaderRegistry
 from email.message import EmailMessage, Message
 from email.utils import getaddresses, parseaddr
+from functools import lru_cache
 
 _MSGID = re.compile(r"<([^<>\s]{1,900})>")
 _BARE_ID = re.compile(r"[^<>\s,;\"]+@[^<>\s,;\"]+")
@@ -18,6 +21,48 @@ _LINE_BREAKS = re.compile(r"[\r\n\t\x00-\x08\x0b\x0c\x0e-\x1f\x7f]+")
 _SPACES = re.compile(r" {2,}")
 _ANGLE_ADDR = re.compile(r"<([^<>\s@\"]+@[A-Za-z0-9.\[\]:-]+)>")
 _ADDR_SPEC = re.compile(r"[^@\s<>()\[\],;:\"]+@[A-Za-z0-9.-]+\.[A-Za-z0-9-]+")
+
+
+class _Registry(HeaderRegistry):
+    """The stdlib registry, minus building a new header class on every lookup."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._classes: dict[str, type[BaseHeader]] = {}
+
+    def __getitem__(self, name: str) -> type[BaseHeader]:
+        key = name.lower()
+        found = self._classes.get(key)
+        if found is None:
+            found = self._classes[key] = super().__getitem__(name)
+        return found
+
+
+_REGISTRY = _Registry()
+
+
+@lru_cache(maxsize=4096)
+def _parsed_header(name: str, value: str) -> BaseHeader:
+    return _REGISTRY(name, value)
+
+
+class _CachedHeaders:
+    """The stdlib's header registry behind a cache keyed on (name, raw value).
+
+    With `policy.default`, every `msg.get(...)` and every `get_content_type()` re-parses the
+    header from its raw text with the pure-Python RFC 5322 parser, and reading one mail asks
+    for Content-Type dozens of times (the parser itself, `get_body`, walks): that was most of
+    the time spent parsing a mail. Parsed headers are immutable and depend only on the name
+    and the raw value, so equal inputs can share one result; `lru_cache` is thread-safe
+    (parsing runs in worker threads) and bounds the memory.
+    """
+
+    def __call__(self, name: str, value: str) -> BaseHeader:
+        return _parsed_header(name, value)
+
+
+READ_POLICY = policy.default.clone(header_factory=_CachedHeaders())
+"""`policy.default` with cached header parsing: for reading mail only (see `_CachedHeaders`)."""
 
 
 def unescape(text: str) -> str:

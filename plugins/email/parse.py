@@ -29,7 +29,15 @@ from gateway.model import (
     utc,
 )
 from plugins.email.detect import Bounce, auto_reply_reason, find_bounce
-from plugins.email.headers import addresses, header, msgid_list, normalize_msgid, one_line, sender
+from plugins.email.headers import (
+    READ_POLICY,
+    addresses,
+    header,
+    msgid_list,
+    normalize_msgid,
+    one_line,
+    sender,
+)
 from plugins.email.mime import Body, PartInfo, extract, latest_reply
 
 CHANNEL_TYPE = "email"
@@ -92,7 +100,7 @@ def _parse(
     own_address: str | None,
     max_attachment_bytes: int,
 ) -> ParsedEmail:
-    msg = BytesParser(policy=policy.default).parsebytes(raw)
+    msg = BytesParser(policy=READ_POLICY).parsebytes(raw)
     assert isinstance(msg, EmailMessage)
     extra: dict[str, Any] = {"raw_encoding": RAW_ENCODING}
     try:

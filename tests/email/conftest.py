@@ -25,7 +25,10 @@ from plugins.email.backoff import Backoff
 from plugins.email.config import EmailConfig
 from tests.email.servers import (
     DOVECOT,
+    DOVECOT_LDA,
     Dovecot,
+    LdaHandler,
+    Mta,
     RecordingHandler,
     SmtpServer,
     free_port,
@@ -83,6 +86,12 @@ def require_dovecot() -> None:
         pytest.fail(f"{DOVECOT} is missing: install it: apt-get install -y dovecot-imapd")
 
 
+def require_dovecot_lda() -> None:
+    """dovecot-lda ships with Dovecot (dovecot-core, a dependency of dovecot-imapd)."""
+    if not os.path.exists(DOVECOT_LDA):
+        pytest.fail(f"{DOVECOT_LDA} is missing: install it: apt-get install -y dovecot-imapd")
+
+
 @pytest.fixture
 def dovecot() -> Iterator[Dovecot]:
     require_dovecot()
@@ -104,6 +113,19 @@ def smtp_server() -> Iterator[SmtpServer]:
     controller.start()
     try:
         yield SmtpServer(handler=handler, controller=controller)
+    finally:
+        controller.stop()
+
+
+@pytest.fixture
+def mta(dovecot: Dovecot) -> Iterator[Mta]:
+    """An SMTP server on a free port that really delivers into `dovecot` (dovecot-lda)."""
+    require_dovecot_lda()
+    handler = LdaHandler(dovecot)
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    try:
+        yield Mta(handler=handler, controller=controller)
     finally:
         controller.stop()
 

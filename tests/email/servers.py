@@ -2,7 +2,9 @@
 
 Dovecot runs in the foreground (`-F`) from a throwaway config: its own base_dir, log file,
 passwd-file user database with one plain-text user, maildir storage, no TLS, IMAP only,
-listening on 127.0.0.1 on a free port. Mail is put in by IMAP APPEND, as a delivery would.
+listening on 127.0.0.1 on a free port. Mail is put in by IMAP APPEND, as a delivery would, or
+really delivered: `LdaHandler` is a small MTA (aiosmtpd) that hands every message it accepts
+to Dovecot's own delivery agent, `dovecot-lda`, before answering 250.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 from aiosmtpd.controller import Controller
 
 DOVECOT = "/usr/sbin/dovecot"
+DOVECOT_LDA = "/usr/lib/dovecot/dovecot-lda"
 USER = "agent@example.com"
 PASSWORD = "s3cret-pass"
 _APPENDUID = re.compile(rb"APPENDUID (\d+) (\d+)")
@@ -269,6 +272,34 @@ service imap-login {{
             client.logout()
 
 
+class LdaHandler:
+    """An aiosmtpd handler that delivers every accepted message into Dovecot with
+    `dovecot-lda`, the way a local MTA hands mail over, and answers 250 only once Dovecot
+    stored it (4xx if it could not). Mail arrives as delivered mail: Dovecot writes it to
+    the maildir itself and tells IDLE-ing sessions, as in production."""
+
+    def __init__(self, dovecot: Dovecot) -> None:
+        self.dovecot = dovecot
+        self.delivered = 0
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        command = [DOVECOT_LDA, "-c", str(self.dovecot.config_path), "-d", USER]
+        if envelope.mail_from and envelope.mail_from != "<>":
+            command += ["-f", envelope.mail_from]
+        proc = await asyncio.create_subprocess_exec(
+            *command,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _out, err = await proc.communicate(envelope.original_content or envelope.content)
+        if proc.returncode != 0:
+            detail = " ".join(err.decode("utf-8", "replace").split())[:200]
+            return f"451 4.3.0 dovecot-lda exited {proc.returncode}: {detail}"
+        self.delivered += 1
+        return "250 2.0.0 Delivered to Dovecot"
+
+
 def make_dovecot_root() -> Path:
     """A private directory for one Dovecot, reachable by its unprivileged mail user.
 
@@ -325,3 +356,15 @@ class SmtpServer:
         }
         settings.update(overrides)
         return settings
+
+
+@dataclass
+class Mta:
+    """A running `LdaHandler`: SMTP in on `port`, Dovecot delivery out."""
+
+    handler: LdaHandler
+    controller: Controller
+
+    @property
+    def port(self) -> int:
+        return int(self.controller.port)

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.model import DeliveryState, to_dict
+from plugins.email.headers import _parsed_header
 from plugins.email.parse import parse_email
 from tests.email.conftest import FIXTURES, fixture_files
 
@@ -35,6 +36,24 @@ def test_every_fixture_parses_to_json_safe_message(path: Path) -> None:
     orjson.dumps(to_dict(message))
     for status in parsed.statuses:
         orjson.dumps(to_dict(status))
+
+
+def test_header_cache_shares_nothing_between_messages() -> None:
+    """Parsing reuses parsed headers across mails (READ_POLICY): results must not depend on
+    what was parsed before, or in which order."""
+    paths = fixture_files()
+
+    def parse_all(order: list[Path]) -> dict[str, bytes]:
+        return {
+            p.name: orjson.dumps(to_dict(parse_email(p.read_bytes(), "support-mail", NOW).message))
+            for p in order
+        }
+
+    _parsed_header.cache_clear()
+    forward = parse_all(paths)
+    _parsed_header.cache_clear()
+    backward = parse_all(list(reversed(paths)))
+    assert forward == backward == parse_all(paths)  # the last one with a warm cache
 
 
 @pytest.mark.parametrize(

@@ -34,7 +34,7 @@ from gateway.pluginmanager import channel_types, config_models, get_plugin_manag
 from gateway.runtime import RuntimeOptions
 from plugins.email.adapter import EmailAdapter
 from tests.api.conftest import TOKENS, Gateway, sha
-from tests.email.conftest import dovecot, smtp_server  # noqa: F401  (fixtures)
+from tests.email.conftest import dovecot, mta, smtp_server  # noqa: F401  (fixtures)
 from tests.email.servers import PASSWORD, USER, Dovecot, SmtpServer
 
 CHANNEL = "support-mail"

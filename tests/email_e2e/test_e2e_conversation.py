@@ -9,11 +9,13 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+import aiosmtplib
 import pytest
 
 from gateway.model import DeliveryState
 from tests.email.conftest import FIXTURES
-from tests.email_e2e.conftest import ADDRESS, MailFactory, MailGateway, customer_mail
+from tests.email.servers import USER, Mta
+from tests.email_e2e.conftest import ADDRESS, LIMIT, MailFactory, MailGateway, customer_mail
 
 C1 = "<c1.order42@customer.example>"
 C2 = "<c2.order42@customer.example>"
@@ -49,6 +51,26 @@ async def test_idle_delivery_opens_a_waiting_conversation(make_mail: MailFactory
     assert summary["subject"] == "Where is my order?"
     assert summary["preview"] == "Hello, where is my order 42?"
     assert summary["can_reply"] is True
+
+
+async def test_mail_delivered_over_smtp_reaches_the_inbox(make_mail: MailFactory, mta: Mta) -> None:
+    """The production path for incoming mail: an MTA accepts it over SMTP and Dovecot's
+    delivery agent stores it; the IDLE-ing adapter picks it up."""
+    mail = await make_mail()
+    raw = customer_mail(message_id=C1, text="Sent through a real delivery.")
+    await aiosmtplib.send(
+        raw,
+        hostname="127.0.0.1",
+        port=mta.port,
+        sender="ana@customer.example",
+        recipients=[USER],
+        timeout=LIMIT,
+    )
+    assert mta.handler.delivered == 1
+    event = await mail.received(C1)
+    assert event.message is not None and event.message.text == "Sent through a real delivery."
+    [waiting] = await mail.inbox("waiting")
+    assert waiting["contact"]["address"] == "ana@customer.example"
 
 
 async def test_agent_reply_is_threaded_and_the_answer_joins(make_mail: MailFactory) -> None:

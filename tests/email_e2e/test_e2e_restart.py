@@ -4,6 +4,7 @@ the same Dovecot) and the mail server (killed mid-IDLE, `/readyz` degraded until
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import orjson
@@ -37,8 +38,11 @@ async def test_gateway_restart_without_duplicates_or_gaps(make_mail: MailFactory
 
     second = await make_mail()  # same database file, same mailbox
     await second.wait_received(6)
+    passes = second.adapter.passes
     await second.deliver(mail_from(6))  # and live mail after the restart, through IDLE
     received = await second.wait_received(7)
+    # the pass that stored it has finished (its cursor saved)
+    await second.wait_synced(lambda: second.adapter.passes > passes)
 
     pids = [e.message.provider_message_id for e in received if e.message is not None]
     assert pids == [f"<m{n}@customer.example>" for n in range(7)]
@@ -54,6 +58,18 @@ async def test_gateway_restart_without_duplicates_or_gaps(make_mail: MailFactory
 
     blob = await second.gw.runtime.store.kv_get(live_key(CHANNEL))
     assert blob is not None and orjson.loads(blob)["last_uid"] == 7
+    # the restarted gateway resumed at its cursor: it fetched nothing the first one stored
+    # (the store's dedup would have hidden a re-read; its counter does not)
+    ingested = await ingest_counts(second)
+    assert ingested == {"stored": 4.0}
+
+
+async def ingest_counts(mail: Any) -> dict[str, float]:
+    """This process's `gateway_ingested_messages_total` for the channel, by outcome."""
+    response = await mail.gw.client.get("/metrics")
+    text = await response.text()
+    pattern = rf'gateway_ingested_messages_total{{channel="{CHANNEL}",outcome="(\w+)"}} (\S+)'
+    return {outcome: float(value) for outcome, value in re.findall(pattern, text)}
 
 
 async def readiness(mail: Any) -> dict[str, Any]:
