@@ -54,6 +54,7 @@ from gateway.store.base import DELIVER_KIND, Store, message_target
 log = structlog.get_logger("gateway.outbound")
 
 CAS_ATTEMPTS = 5
+NOT_ANSWERABLE_KINDS = frozenset({"bounce", "auto_reply"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,8 +109,10 @@ def _may_reengage(conversation: Conversation, agent: AgentInfo) -> bool:
 
 def thread_headers(messages: list[Message]) -> dict[str, Any]:
     """Return the threading facts channels like email need: what we answer, what came before."""
-    ids = [m.provider_message_id for m in messages if m.provider_message_id]
-    inbound = [m for m in messages if m.direction == Direction.IN and m.provider_message_id]
+    # A reply answers the customer, never a bounce or an auto-reply that landed in between.
+    thread = [m for m in messages if m.provider_message_id and m.kind not in NOT_ANSWERABLE_KINDS]
+    ids = [m.provider_message_id for m in thread]
+    inbound = [m for m in thread if m.direction == Direction.IN]
     subject = next((m.subject for m in reversed(messages) if m.subject), None)
     return {
         "in_reply_to": inbound[-1].provider_message_id if inbound else None,
