@@ -86,7 +86,7 @@ async def redis_ctx(app):
     if mode != "plain":
         from redis.asyncio import Redis
         from gateway.store.redis_batch import CommandBatcher
-        app["redis"] = Redis.from_url(sys.argv[3], protocol=2)
+        app["redis"] = Redis.from_url(sys.argv[3], protocol=2, max_connections=1000)
         app["batcher"] = CommandBatcher(app["redis"])
     yield
     if mode != "plain":

@@ -66,6 +66,9 @@ INGEST_ATTEMPTS = 16
 
 STATUS_ATTEMPTS = 16
 
+BLOCKING_READERS = 1000
+"""Connections for `wait_events` (XREAD BLOCK holds one each); redis-py's default is 100."""
+
 RECENT_EVENTS = 2048
 """Events kept for this node's own hub (it reads them back within milliseconds)."""
 OPEN_CACHE = 4096
@@ -265,7 +268,10 @@ class RedisStore:
         self._client = Redis.from_url(
             self.url, protocol=2, retry=Retry(NoBackoff(), 0), health_check_interval=0
         )
-        self._blocking = Redis.from_url(self.url, protocol=2, socket_timeout=None)
+        # One connection per blocked reader (the hub, each long-polling integrator).
+        self._blocking = Redis.from_url(
+            self.url, protocol=2, socket_timeout=None, max_connections=BLOCKING_READERS
+        )
         self._batcher = CommandBatcher(
             self._client, self._scripts.values(), max_in_flight=self.max_in_flight
         )
