@@ -9,13 +9,15 @@ Ingest cannot run its planner inside Redis: the planner is Python. It reads with
 (dedup lookup, the contact's open conversation, the conversation `thread_refs` point to), plans
 in Python and commits with a second script that re-checks what the plan depended on (the
 dedup key still absent, the open-conversation index unchanged, the expected versions) and
-answers `conflict` when something moved: the ingest is then planned again on fresh state, a
-bounded number of times. Messages of one contact arriving at one node at once are serialized
-by a per-contact lock first, so conflicts only come from other nodes.
+answers `conflict`, with the contact's open conversation as it is now, when something moved:
+the ingest is then planned again on that, a bounded number of times. Messages of one contact
+arriving at one node at once are serialized by a per-contact lock first, so conflicts only
+come from other nodes; and a contact seen recently is planned on what this node last saw of
+it, skipping the read (the commit checks exactly what the read would have returned).
 
 All commands go through `CommandBatcher`, which pipelines the calls of concurrent requests
-(see `gateway.store.redis_batch`); the blocking XREAD of `wait_events` uses its own client.
-Layout, hash tags and the Redis Cluster plan: `docs/redis.md`.
+(see `gateway.store.redis_batch`); the blocking XREAD of `wait_events` uses connections of its
+own. Layout, hash tags and the Redis Cluster plan: `docs/redis.md`.
 """
 
 from __future__ import annotations
