@@ -286,13 +286,15 @@ class Outbound:
             status=result.status,
             at=self.clock.now(),
         )
-        await self.store.record_send(
+        recorded = await self.store.record_send(
             message_id,
             provider_message_id=result.provider_message_id,
             status=status if result.status != DeliveryState.QUEUED else None,
         )
         await self.store.clear_deadline(message_target(message_id), DELIVER_KIND)
         self._count(message.channel, str(result.status))
+        if recorded.closes_window:  # a "window closed" report overtook the send's answer
+            await close_window(self.store, message.conversation_id, self.clock)
         log.info("outbound.sent", message_id=message_id, channel=message.channel)
 
     async def _failed(

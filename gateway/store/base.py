@@ -45,12 +45,17 @@ class IngestResult:
 
 @dataclass(frozen=True, slots=True)
 class StatusResult:
-    """`message` is None for an unknown provider id; `moved` is False for a stale report."""
+    """`message` is None for an unknown provider id; `moved` is False for a stale report.
+
+    `closes_window` is True when a report applied here said the provider's reply window is
+    closed (reports kept from before the send returned included): the caller closes it.
+    """
 
     message: Message | None
     moved: bool
     conversation: Conversation | None = None
     events: tuple[Event, ...] = ()
+    closes_window: bool = False
 
 
 @dataclass(frozen=True, slots=True)

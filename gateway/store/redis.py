@@ -575,7 +575,10 @@ class RedisStore:
             if outcome == "pid_taken":
                 raise VersionConflict("another message already carries this provider message id")
             if outcome == "ok":
-                return planned.finish(self._appended(planned.events, reply))
+                finished = planned.finish(self._appended(planned.events, reply))
+                if any(early.closes_window for early in orphans):
+                    finished = dataclasses.replace(finished, closes_window=True)
+                return finished
         raise VersionConflict(f"message {message_id} kept changing")
 
     async def apply_status(self, status: DeliveryStatus) -> StatusResult:

@@ -420,7 +420,10 @@ return append_events(8)
 ORPHAN_ADD = r"""
 -- ARGV: P, channel, provider id, status document: kept until a send returns that id
 if redis.call('HEXISTS', CH(ARGV[2], 'pid'), ARGV[3]) == 1 then return {'conflict'} end
-redis.call('RPUSH', CH(ARGV[2], 'orphan:' .. ARGV[3]), ARGV[4])
+local orphan_key = CH(ARGV[2], 'orphan:' .. ARGV[3])
+redis.call('RPUSH', orphan_key, ARGV[4])
+-- a report for a send that never returns its id must not be kept forever
+redis.call('EXPIRE', orphan_key, 86400)
 return {'ok'}
 """
 

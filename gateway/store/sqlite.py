@@ -134,6 +134,7 @@ CREATE TABLE IF NOT EXISTS kv (
 );
 """
 
+MAX_ORPHANS = 10_000
 OPEN_SQL = "('waiting', 'active', 'pending')"
 
 
@@ -423,10 +424,13 @@ class SqliteStore:
                 result = _apply_status(conn, message, status)
             if provider_message_id:
                 # Reports that arrived before the send returned the provider's id.
-                for early in _take_orphans(conn, message.channel, provider_message_id):
+                early_reports = _take_orphans(conn, message.channel, provider_message_id)
+                for early in early_reports:
                     applied = _apply_status(conn, result.message or message, early)
                     if applied.moved:
                         result = applied
+                if any(early.closes_window for early in early_reports):
+                    result = dataclasses.replace(result, closes_window=True)
             return result
 
         return await self._write(job)
@@ -436,10 +440,15 @@ class SqliteStore:
             message = _message_by_provider_id(conn, status.channel, status.provider_message_id)
             if message is None:
                 # Perhaps the send has not returned its id yet: keep it for record_send.
-                conn.execute(
+                cursor = conn.execute(
                     "INSERT INTO orphan_statuses (channel, provider_message_id, data)"
                     " VALUES (?, ?, ?)",
                     (status.channel, status.provider_message_id, encode(status)),
+                )
+                # Reports for sends that never return their id must not pile up forever.
+                conn.execute(
+                    "DELETE FROM orphan_statuses WHERE rowid <= ?",
+                    ((cursor.lastrowid or 0) - MAX_ORPHANS,),
                 )
                 return StatusResult(None, False)
             return _apply_status(conn, message, status)

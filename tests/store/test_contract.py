@@ -502,3 +502,24 @@ async def test_startup_arms_grace_for_active_agents_without_connection(
     assert await store.presence_drop_node("n1", clock.now(), grace) == []
     due = await store.claim_due(clock.now() + grace, 10, grace)
     assert (agent_target("maria"), GRACE_KIND) in [(d.target, d.kind) for d in due]
+
+
+async def test_early_window_closed_report_is_flagged(store: Store, clock: ManualClock) -> None:
+    conv = (await make_ingestor(store, clock).message(inbound())).conversation
+    msg = outbound(conv.id, clock)
+    await store.add_outbound(
+        lifecycle.agent_message(conv, msg, clock.now()), conv.version, msg, None
+    )
+    early = DeliveryStatus(
+        "wa-main",
+        "SM10",
+        DeliveryState.FAILED,
+        clock.now(),
+        "131047",
+        "outside window",
+        closes_window=True,
+    )
+    await store.apply_status(early)
+    result = await store.record_send(msg.id, provider_message_id="SM10", status=None)
+    assert result.closes_window
+    assert result.message is not None and result.message.error_code == "131047"

@@ -108,6 +108,31 @@ async def test_status_that_arrives_before_the_send_answered(channel: str, wa: Wa
     assert wa.counts()["orphan_statuses"] == 0
 
 
+@pytest.mark.parametrize("channel", [META, TWILIO])
+async def test_window_closed_report_before_the_send_answered(channel: str, wa: WaGateway) -> None:
+    """A failure meaning "outside the window" that overtakes the send's answer still closes
+    the conversation's window once the send returns the id."""
+    conversation_id = await wa.open_conversation(channel, pid="in-early-fail")
+    code = "131047" if channel == META else "63016"
+
+    async def fail_first(call: Call, provider_id: str) -> None:
+        if channel == TWILIO:
+            pairs = twilio_status(provider_id, "failed", error_code=code)
+            (callback,) = call.form["StatusCallback"]
+            assert (await wa.post_twilio(pairs, url=callback)).status == 200
+        else:
+            assert await post_status(wa, channel, provider_id, "failed", code=code) == 200
+
+    wa.fake(channel).before_reply = fail_first
+    provider_id = "wamid.EARLYFAIL" if channel == META else "SM" + "f" * 32
+    message_id = await wa.send_text(conversation_id, channel, provider_id=provider_id)
+    message = await wa.message(conversation_id, message_id)
+    assert message["status"] == "failed" and message["error_code"] == code
+    conversation = await wa.conversation(conversation_id)
+    assert conversation["state"] == "inactive"
+    assert conversation["inactive_reason"] == "window_expired"
+
+
 # --- the 24 h window ---------------------------------------------------------------------------
 
 
