@@ -162,7 +162,8 @@ async def sweep_rate(path: Path, m: int) -> float:
     await store.open()
     clock = ManualClock(T0 + timedelta(hours=24))
     directory = Directory(channels={"wa-main": POLICY}, queues={"support": QueueInfo("support")})
-    scheduler = Scheduler(store, clock, DeadlineHandler(store, clock, directory), batch=2000)
+    handler = DeadlineHandler(store, clock, directory)
+    scheduler = Scheduler(store, clock, handler, batch=2000, batch_handler=handler.batch)
     started = time.perf_counter()
     fired = await scheduler.run_once()
     elapsed = time.perf_counter() - started

@@ -248,16 +248,19 @@ def parse_iso(text: str | None) -> datetime | None:
 
 
 def _default(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return iso(value)
-    if isinstance(value, tuple | frozenset | set):
+    if isinstance(value, frozenset | set):
         return list(value)
     raise TypeError(f"cannot serialize {type(value).__name__}")
 
 
+# orjson writes datetimes itself (no call back into Python per field, several times faster);
+# for the model's aware UTC times the text is exactly `iso()`'s: ISO 8601 with a trailing Z.
+_OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
+
+
 def dumps(value: Any) -> bytes:
     """Serialize dataclasses (and dicts of them) with orjson; datetimes as ISO UTC."""
-    return orjson.dumps(value, default=_default, option=orjson.OPT_PASSTHROUGH_DATETIME)
+    return orjson.dumps(value, default=_default, option=_OPTIONS)
 
 
 def to_dict(value: Any) -> Any:

@@ -129,6 +129,7 @@ class Runtime:
             self.store,
             self.clock,
             self._on_deadline,
+            batch_handler=self.deadlines.batch,
             poll_interval=options.scheduler_poll,
             observe_lag=self.metrics.observe_lag,
             sweep=self.distributor.distribute_all,

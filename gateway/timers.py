@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import structlog
 
@@ -34,6 +34,8 @@ from gateway.store.base import (
 log = structlog.get_logger("gateway.timers")
 
 Handler = Callable[[Deadline], Awaitable[None]]
+BatchHandler = Callable[[list[Deadline]], Awaitable[list[Deadline]]]
+"""Fires what it can of a batch at once and returns the deadlines left to the one-by-one path."""
 LagObserver = Callable[[float], None]
 
 CAS_ATTEMPTS = 5
@@ -55,8 +57,10 @@ class Scheduler:
         observe_lag: LagObserver | None = None,
         sweep: Callable[[], Awaitable[object]] | None = None,
         node: str | None = None,
+        batch_handler: BatchHandler | None = None,
     ) -> None:
         self.store = store
+        self.batch_handler = batch_handler
         self.node = node
         """Leases are taken in this node's name, so they are released if the node dies."""
         self.clock = clock
@@ -80,17 +84,24 @@ class Scheduler:
         while True:
             now = self.clock.now()
             due = await self.store.claim_due(now, self.batch, self.lease, node=self.node)
+            if self.observe_lag is not None:
+                for deadline in due:
+                    self.observe_lag((now - deadline.due_at).total_seconds())
+            rest = due
+            if self.batch_handler is not None and due:
+                try:
+                    rest = await self.batch_handler(due)
+                except Exception:  # fall back to one by one; leases make a retry safe
+                    log.exception("timers.batch_failed", count=len(due))
             # Handlers of one batch run side by side so their writes share group commits.
-            for start in range(0, len(due), self.concurrency):
-                chunk = due[start : start + self.concurrency]
-                await asyncio.gather(*(self._fire(d, now) for d in chunk))
+            for start in range(0, len(rest), self.concurrency):
+                chunk = rest[start : start + self.concurrency]
+                await asyncio.gather(*(self._fire(d) for d in chunk))
             fired += len(due)
             if len(due) < self.batch:
                 return fired
 
-    async def _fire(self, deadline: Deadline, now: datetime) -> None:
-        if self.observe_lag is not None:
-            self.observe_lag((now - deadline.due_at).total_seconds())
+    async def _fire(self, deadline: Deadline) -> None:
         try:
             await self.handler(deadline)
         except Exception:  # the lease expires and another pass retries it
@@ -158,6 +169,67 @@ class DeadlineHandler:
         else:
             log.warning("timers.unknown_deadline", target=deadline.target, kind=deadline.kind)
             await self.store.clear_deadline(deadline.target, deadline.kind, deadline.due_at)
+
+    async def batch(self, deadlines: list[Deadline]) -> list[Deadline]:
+        """Fire a batch's conversation deadlines with one read and one write for all of them.
+
+        Returns what it did not settle (other targets, lost compare-and-set races) for the
+        one-by-one path, which re-reads and decides again.
+        """
+        mine = [d for d in deadlines if d.target.startswith(CONVERSATION_TARGET)]
+        rest = [d for d in deadlines if not d.target.startswith(CONVERSATION_TARGET)]
+        if not mine:
+            return rest
+        ids = {d.target[len(CONVERSATION_TARGET) :] for d in mine}
+        conversations = await self.store.get_conversations(ids)
+        presence = None
+        if any(d.kind == lifecycle.DEADLINE_NO_AGENT for d in mine):
+            presence = await self.store.presence()
+        now = self.clock.now()
+        updates: list[tuple[Deadline, lifecycle.Transition]] = []
+        stale: list[Deadline] = []
+        planned: set[str] = set()
+        for deadline in mine:
+            conversation_id = deadline.target[len(CONVERSATION_TARGET) :]
+            conversation = conversations.get(conversation_id)
+            if conversation is None:
+                stale.append(deadline)
+                continue
+            if conversation_id in planned:  # two kinds due at once: decide the second later
+                rest.append(deadline)
+                continue
+            queue_state = QueuePresence(online=False)
+            if presence is not None and deadline.kind == lifecycle.DEADLINE_NO_AGENT:
+                queue_state = queue_presence(self.directory, conversation.queue, presence)
+            transition = lifecycle.on_deadline(
+                conversation,
+                deadline.kind,
+                now,
+                self.directory.policy(conversation.channel),
+                queue_state,
+            )
+            if transition.changed:
+                updates.append((deadline, transition))
+                planned.add(conversation_id)
+            else:
+                stale.append(deadline)
+        results = await self.store.update_conversations(
+            [(t, conversations[t.conversation.id].version) for _, t in updates]
+        )
+        fired: list[Event] = []
+        for (deadline, _), result in zip(updates, results, strict=True):
+            if isinstance(result, VersionConflict):
+                rest.append(deadline)
+            else:
+                fired.extend(result[1])
+        await asyncio.gather(
+            *(self.store.clear_deadline(d.target, d.kind, d.due_at) for d in stale)
+        )
+        if fired:
+            log.info("timers.fired", count=len(fired))
+            if self.on_events is not None:
+                await self.on_events(fired)
+        return rest
 
     async def _conversation(self, deadline: Deadline, conversation_id: str) -> None:
         for _ in range(CAS_ATTEMPTS):

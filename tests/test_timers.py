@@ -6,6 +6,8 @@ import asyncio
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
+
 from gateway.clock import ManualClock
 from gateway.directory import AgentInfo, Directory, QueueInfo
 from gateway.ingest import Ingestor
@@ -23,8 +25,10 @@ DIRECTORY = Directory(
 )
 
 
-def scheduler(store: SqliteStore, clock: ManualClock) -> Scheduler:
-    return Scheduler(store, clock, DeadlineHandler(store, clock, DIRECTORY))
+def scheduler(store: SqliteStore, clock: ManualClock, *, batched: bool = True) -> Scheduler:
+    """The scheduler as the runtime builds it (batched), or the one-by-one path alone."""
+    handler = DeadlineHandler(store, clock, DIRECTORY)
+    return Scheduler(store, clock, handler, batch_handler=handler.batch if batched else None)
 
 
 async def test_window_expiry_survives_a_restart(tmp_path: Path, clock: ManualClock) -> None:
@@ -48,8 +52,9 @@ async def test_window_expiry_survives_a_restart(tmp_path: Path, clock: ManualClo
         await restarted.close()
 
 
+@pytest.mark.parametrize("batched", [True, False])
 async def test_racing_schedulers_fire_each_deadline_once(
-    tmp_path: Path, clock: ManualClock
+    batched: bool, tmp_path: Path, clock: ManualClock
 ) -> None:
     db = tmp_path / "gw.db"
     a, b = SqliteStore(db), SqliteStore(db)
@@ -60,7 +65,10 @@ async def test_racing_schedulers_fire_each_deadline_once(
         for i in range(50):
             await ingest.message(inbound(f"m{i}", address=f"+{i}", pid=f"p{i}"))
         clock.advance(timedelta(hours=25))
-        fired = await asyncio.gather(scheduler(a, clock).run_once(), scheduler(b, clock).run_once())
+        fired = await asyncio.gather(
+            scheduler(a, clock, batched=batched).run_once(),
+            scheduler(b, clock, batched=batched).run_once(),
+        )
         assert sum(fired) == 50  # leases split the work; nobody fires one twice
         inactive = await a.list_conversations(State.INACTIVE, limit=100)
         assert len(inactive) == 50

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
+from gateway.errors import VersionConflict
 from gateway.lifecycle import Transition
 from gateway.model import Conversation, DeliveryStatus, Event, InboundMessage, Message, State
 
@@ -97,6 +98,10 @@ class Store(Protocol):
     # conversations -------------------------------------------------------------------------
     async def get_conversation(self, conversation_id: str) -> Conversation | None: ...
 
+    async def get_conversations(self, conversation_ids: Collection[str]) -> dict[str, Conversation]:
+        """Read many conversations at once (the timer sweep); missing ids are left out."""
+        ...
+
     async def find_open_conversation(self, channel: str, address: str) -> Conversation | None: ...
 
     async def list_conversations(
@@ -129,6 +134,16 @@ class Store(Protocol):
 
         With `max_active`, an assignment is refused (TransitionError `max_active_reached`) when
         the agent already holds that many active conversations, checked in the same step.
+        """
+        ...
+
+    async def update_conversations(
+        self, items: Sequence[tuple[Transition, int]]
+    ) -> list[tuple[Conversation, tuple[Event, ...]] | VersionConflict]:
+        """Compare-and-set many transitions at once; each one is atomic on its own.
+
+        Returns, in order, the stored conversation and its events, or the VersionConflict of
+        an item that lost its race (the others are still applied).
         """
         ...
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import sqlite3
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -239,6 +239,24 @@ class SqliteStore:
     async def get_conversation(self, conversation_id: str) -> Conversation | None:
         return await self._read(lambda c: _get_conversation(c, conversation_id))
 
+    async def get_conversations(self, conversation_ids: Collection[str]) -> dict[str, Conversation]:
+        ids = list(conversation_ids)
+
+        def query(conn: sqlite3.Connection) -> dict[str, Conversation]:
+            found: dict[str, Conversation] = {}
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                rows = conn.execute(
+                    f"SELECT data FROM conversations WHERE id IN ({','.join('?' * len(chunk))})",
+                    chunk,
+                )
+                for (data,) in rows:
+                    conversation = decode_conversation(data)
+                    found[conversation.id] = conversation
+            return found
+
+        return await self._read(query)
+
     async def find_open_conversation(self, channel: str, address: str) -> Conversation | None:
         return await self._read(lambda c: _open_conversation(c, channel, address))
 
@@ -314,6 +332,28 @@ class SqliteStore:
             stored = _cas_conversation(conn, new, expected_version)
             events = _append_events(conn, stamp_version(transition.events, stored))
             return stored, events
+
+        return await self._write(job)
+
+    async def update_conversations(
+        self, items: Sequence[tuple[Transition, int]]
+    ) -> list[tuple[Conversation, tuple[Event, ...]] | VersionConflict]:
+        def job(
+            conn: sqlite3.Connection,
+        ) -> list[tuple[Conversation, tuple[Event, ...]] | VersionConflict]:
+            results: list[tuple[Conversation, tuple[Event, ...]] | VersionConflict] = []
+            for transition, expected_version in items:
+                conn.execute("SAVEPOINT item")
+                try:
+                    stored = _cas_conversation(conn, transition.conversation, expected_version)
+                    events = _append_events(conn, stamp_version(transition.events, stored))
+                except VersionConflict as conflict:
+                    conn.execute("ROLLBACK TO item")
+                    results.append(conflict)
+                else:
+                    results.append((stored, events))
+                conn.execute("RELEASE item")
+            return results
 
         return await self._write(job)
 
