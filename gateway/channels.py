@@ -152,8 +152,8 @@ class EventFeed(Protocol):
         """Subscribe to live events; `key=(channel, address)` narrows to one customer."""
         ...
 
-    def broadcast(self, event: Event) -> None:
-        """Fan out an ephemeral event (e.g. `conversation.typing`) without storing it."""
+    async def broadcast(self, event: Event) -> None:
+        """Fan out an ephemeral event (e.g. `conversation.typing`) to every node, unstored."""
         ...
 
 

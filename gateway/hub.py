@@ -80,6 +80,7 @@ class EventHub:
         self._by_key: dict[Key, set[Subscription]] = {}
         self.cursor: str | None = None
         self._task: asyncio.Task[None] | None = None
+        self._ephemeral_task: asyncio.Task[None] | None = None
         self.progress = asyncio.Condition()
 
     def subscribe(
@@ -115,24 +116,39 @@ class EventHub:
             for subscription in tuple(self._by_key[key]):
                 subscription.offer(event)
 
-    def broadcast(self, event: Event) -> None:
-        """Fan out an ephemeral event (typing indicators) to this node's subscribers.
+    async def broadcast(self, event: Event) -> None:
+        """Fan out an ephemeral event (typing indicators) to every node's subscribers.
 
         It is not stored and carries no cursor: a subscriber that misses it loses nothing
-        of the conversation.
+        of the conversation. It travels through the store, so sockets on other nodes get it.
         """
-        self._offer(event)
+        await self.store.publish_ephemeral(event)
+
+    async def _run_ephemeral(self) -> None:
+        while True:
+            try:
+                async for event in self.store.ephemeral_events():
+                    self._offer(event)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("hub.ephemeral_failed")
+            await asyncio.sleep(1.0)  # back off before re-subscribing after a lost connection
 
     async def start(self) -> None:
         self.cursor = await self.store.last_cursor()
         self._task = asyncio.create_task(self._run(), name="event-hub")
+        self._ephemeral_task = asyncio.create_task(
+            self._run_ephemeral(), name="event-hub-ephemeral"
+        )
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        for task in (self._task, self._ephemeral_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._ephemeral_task = None
 
     async def _run(self) -> None:
         while True:

@@ -213,7 +213,7 @@ async def typing(request: web.Request) -> web.Response:
     found = await runtime.actions.visible(request.match_info["id"], agent)
     if found.agent != agent.id:
         raise TransitionError("not_assignee", "only the assigned agent can type in it")
-    runtime.hub.broadcast(
+    await runtime.hub.broadcast(
         Event(
             type="conversation.typing", at=runtime.clock.now(), conversation=found, change="agent"
         )

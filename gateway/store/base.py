@@ -12,7 +12,7 @@ implementation.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -219,6 +219,18 @@ class Store(Protocol):
         ...
 
     async def last_cursor(self) -> str | None: ...
+
+    async def publish_ephemeral(self, event: Event) -> None:
+        """Hand an event that is not stored (typing indicators) to every node's hub."""
+        ...
+
+    def ephemeral_events(self) -> AsyncIterator[Event]:
+        """Events any node published with `publish_ephemeral`; one consumer per node (the hub).
+
+        Best effort: what a node misses while it reconnects is lost, which is fine for what
+        travels here (nothing of a conversation's record).
+        """
+        ...
 
     # deadlines ---------------------------------------------------------------------------------
     async def claim_due(

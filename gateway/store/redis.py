@@ -27,7 +27,7 @@ import collections
 import dataclasses
 import re
 from collections import OrderedDict
-from collections.abc import Collection, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -288,6 +288,22 @@ class RedisStore:
 
     async def _cmd(self, *args: Arg) -> Any:
         return await self.batcher.execute(*args)
+
+    async def publish_ephemeral(self, event: Event) -> None:
+        await self._cmd("PUBLISH", self._g("ephemeral"), encode(event))
+
+    async def ephemeral_events(self) -> AsyncIterator[Event]:
+        client = self._blocking
+        if client is None:
+            raise RuntimeError("store is not open")
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        await pubsub.subscribe(self._g("ephemeral"))
+        try:
+            async for item in pubsub.listen():
+                if item.get("type") == "message":
+                    yield decode_event(item["data"])
+        finally:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def ping(self) -> bool:
         try:

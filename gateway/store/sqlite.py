@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import sqlite3
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -165,6 +165,7 @@ class SqliteStore:
         self._reader: sqlite3.Connection | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._events_changed: asyncio.Event | None = None
+        self._ephemeral: asyncio.Queue[Event] = asyncio.Queue(maxsize=10_000)
 
     @classmethod
     def from_url(cls, url: str, *, synchronous: str = "full") -> SqliteStore:
@@ -559,6 +560,13 @@ class SqliteStore:
                     await changed.wait()
             except TimeoutError:
                 return await self.read_events(after)
+
+    async def publish_ephemeral(self, event: Event) -> None:
+        self._ephemeral.put_nowait(event)  # one process: its own hub is every hub
+
+    async def ephemeral_events(self) -> AsyncIterator[Event]:
+        while True:
+            yield await self._ephemeral.get()
 
     async def last_cursor(self) -> str | None:
         def query(conn: sqlite3.Connection) -> str | None:

@@ -369,7 +369,7 @@ class WebchatAdapter(BaseAdapter):
             self.name, session.visitor_id
         )
         if conversation is not None:
-            self.context.events.broadcast(
+            await self.context.events.broadcast(
                 Event(
                     type="conversation.typing",
                     at=self.context.clock.now(),

@@ -83,6 +83,21 @@ async def test_conversation_on_node_a_is_live_for_agent_on_node_b(
     await ws.close()
 
 
+async def test_typing_crosses_nodes(cluster: Cluster, http: aiohttp.ClientSession) -> None:
+    """Typing is not stored, yet an agent on node B sees a visitor typing on node A."""
+    a, b = cluster.nodes[:2]
+    ws = await open_stream(http, b, "bob")
+    visitor = await Visitor.open(http, a, "Typist")
+    await visitor.say(a, "hello")
+    chat = await http.ws_connect(f"{a.base}/webchat/site/ws?token={visitor.token}")
+    await chat.send_json({"type": "typing"})
+    typing = await receive(ws, lambda f: f["type"] == "conversation.typing")
+    assert typing["change"] == "visitor" and typing["cursor"] is None
+    assert typing["conversation"]["contact"]["display_name"] == "Typist"
+    await chat.close()
+    await ws.close()
+
+
 async def test_accept_race_across_nodes_has_one_winner(
     cluster: Cluster, http: aiohttp.ClientSession
 ) -> None:
