@@ -9,7 +9,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 if __name__ == "__main__":
-    for script in ["core_bench.py", "webchat_bench.py", "webhook_bench.py", "redis_bench.py"]:
+    for script in ["core_bench.py", "webchat_bench.py", "webhook_bench.py", "redis_bench.py", "email_bench.py"]:
         path = HERE / script
         if not path.exists():
             continue
