@@ -11,8 +11,11 @@ run beside the writer.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
+import itertools
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -135,6 +138,7 @@ CREATE TABLE IF NOT EXISTS kv (
 """
 
 MAX_ORPHANS = 10_000
+RECENT_EVENTS = 5_000
 OPEN_SQL = "('waiting', 'active', 'pending')"
 
 
@@ -165,6 +169,11 @@ class SqliteStore:
         self._reader: sqlite3.Connection | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._events_changed: asyncio.Event | None = None
+        # The newest committed events, so the hub and live streams read the log's tail without
+        # a query and without decoding (filled by the writer thread in commit order).
+        self._recent: collections.deque[Event] = collections.deque(maxlen=RECENT_EVENTS)
+        self._recent_lock = threading.Lock()
+        self._probe: sqlite3.Connection | None = None
         self._ephemeral: asyncio.Queue[Event] = asyncio.Queue(maxsize=10_000)
 
     @classmethod
@@ -172,10 +181,14 @@ class SqliteStore:
         return cls(path_from_url(url), synchronous=synchronous)
 
     # lifecycle ---------------------------------------------------------------------------------
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(
+        self, factory: type[sqlite3.Connection] = sqlite3.Connection
+    ) -> sqlite3.Connection:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, factory=factory
+        )
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={self.synchronous}")
         conn.execute("PRAGMA busy_timeout=10000")
@@ -183,7 +196,7 @@ class SqliteStore:
         return conn
 
     def _connect_writer(self) -> sqlite3.Connection:
-        conn = self._connect()
+        conn = self._connect(factory=_WriterConnection)
         conn.executescript(SCHEMA)
         columns = {row[1] for row in conn.execute("PRAGMA table_info(deadlines)")}
         if "lease_node" not in columns:  # a database created before leases named their node
@@ -197,6 +210,7 @@ class SqliteStore:
         self._events_changed = asyncio.Event()
         self._writer = GroupCommitWriter(self._connect_writer, self._committed)
         await asyncio.to_thread(self._writer.start)
+        self._probe = self._connect()
         self._reader_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-reader")
         self._reader = await self._loop.run_in_executor(self._reader_pool, self._connect)
 
@@ -204,6 +218,11 @@ class SqliteStore:
         if self._writer is not None:
             await asyncio.to_thread(self._writer.stop)
             self._writer = None
+        if self._probe is not None:
+            self._probe.close()
+            self._probe = None
+        with self._recent_lock:
+            self._recent.clear()
         if self._reader_pool is not None:
             reader = self._reader
             if reader is not None:
@@ -212,10 +231,43 @@ class SqliteStore:
             self._reader_pool = None
             self._reader = None
 
-    def _committed(self) -> None:
+    def _committed(self, conn: sqlite3.Connection, committed: bool) -> None:
+        """Writer thread, after each batch: keep the committed events in memory, wake readers."""
+        notes = getattr(conn, "notes", None)
+        if committed and notes:
+            with self._recent_lock:
+                first = notes[0]
+                if (
+                    self._recent
+                    and _cursor_seq(first.cursor) != _cursor_seq(self._recent[-1].cursor) + 1
+                ):
+                    self._recent.clear()  # another process wrote in between: trust only the file
+                self._recent.extend(notes)
         loop, changed = self._loop, self._events_changed
         if loop is not None and changed is not None and not loop.is_closed():
             loop.call_soon_threadsafe(changed.set)
+
+    def _recent_after(self, start: int, limit: int) -> list[Event] | None:
+        """Serve a read of the log's tail from memory; None when memory does not cover it.
+
+        Memory covers it when it holds every event after `start` up to the file's newest one;
+        the probe (an indexed max, microseconds) tells if another process wrote since.
+        """
+        probe = self._probe
+        if probe is None:
+            return None
+        with self._recent_lock:
+            if not self._recent:
+                return None
+            first = _cursor_seq(self._recent[0].cursor)
+            last = _cursor_seq(self._recent[-1].cursor)
+            if start < first - 1:
+                return None
+            (newest,) = probe.execute("SELECT max(seq) FROM events").fetchone()
+            if newest != last:
+                return None
+            offset = start - first + 1
+            return list(itertools.islice(self._recent, offset, offset + limit))
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._writer is None:
@@ -531,6 +583,9 @@ class SqliteStore:
     # event log ---------------------------------------------------------------------------------
     async def read_events(self, after: str | None, limit: int = 500) -> list[Event]:
         start = _cursor_seq(after)
+        recent = self._recent_after(start, limit)
+        if recent is not None:
+            return recent
 
         def query(conn: sqlite3.Connection) -> list[Event]:
             rows = conn.execute(
@@ -946,9 +1001,20 @@ def _take_orphans(
     return sorted(statuses, key=lambda s: DELIVERY_RANK[s.status])
 
 
+class _WriterConnection(sqlite3.Connection):
+    """The writer's connection: `notes` collects the events its jobs append (see _committed)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.notes: list[Event] = []
+
+
 def _append_events(conn: sqlite3.Connection, events: Iterable[Event]) -> tuple[Event, ...]:
     stored: list[Event] = []
     for event in events:
         cursor = conn.execute("INSERT INTO events (data) VALUES (?)", (encode(event),))
         stored.append(event.with_cursor(_cursor(cursor.lastrowid or 0)))
+    notes = getattr(conn, "notes", None)
+    if notes is not None:
+        notes.extend(stored)
     return tuple(stored)

@@ -47,7 +47,7 @@ class GroupCommitWriter:
     def __init__(
         self,
         connect: Callable[[], sqlite3.Connection],
-        on_commit: Callable[[], None] | None = None,
+        on_commit: Callable[[sqlite3.Connection, bool], None] | None = None,
     ) -> None:
         self._connect = connect
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -103,15 +103,21 @@ class GroupCommitWriter:
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
         outcomes: list[tuple[Any, BaseException | None]] = []
+        # What jobs note on the connection (new events) is kept only if their work commits.
+        notes: list[Any] | None = getattr(conn, "notes", None)
+        committed = True
         try:
             conn.execute("BEGIN IMMEDIATE")
             for job in batch:
+                mark = len(notes) if notes is not None else 0
                 conn.execute("SAVEPOINT job")
                 try:
                     result = job.fn(conn)
                 except BaseException as exc:
                     conn.execute("ROLLBACK TO job")
                     conn.execute("RELEASE job")
+                    if notes is not None:
+                        del notes[mark:]
                     outcomes.append((None, exc))
                 else:
                     conn.execute("RELEASE job")
@@ -121,7 +127,10 @@ class GroupCommitWriter:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             outcomes = [(None, exc) for _ in batch]
+            committed = False
         if self._on_commit is not None:
-            self._on_commit()
+            self._on_commit(conn, committed)
+        if notes is not None:
+            notes.clear()
         for job, (result, error) in zip(batch, outcomes, strict=True):
             job.loop.call_soon_threadsafe(_resolve, job.future, result, error)
