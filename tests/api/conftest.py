@@ -18,6 +18,11 @@ from gateway.config import parse_config
 from gateway.outbound import RetryPolicy
 from gateway.pluginmanager import channel_types, config_models, get_plugin_manager
 from gateway.runtime import Runtime, RuntimeOptions
+from tests.conftest import STORE_KINDS
+from tests.store.redis_server import RedisServer
+
+API_REDIS_DB = 3
+"""The Redis database these tests use (the store contract suite flushes database 0)."""
 
 TOKENS = {"maria": "tok-maria", "jose": "tok-jose", "ana": "tok-ana"}
 
@@ -90,14 +95,26 @@ class Gateway:
 GatewayFactory = Callable[..., Awaitable[Gateway]]
 
 
-@pytest.fixture
-async def make_gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
+@pytest.fixture(params=STORE_KINDS)
+async def make_gateway(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[GatewayFactory]:
+    """Gateways on each store kind: the whole agent API suite runs on SQLite and on Redis."""
     clients: list[TestClient] = []
     pm = get_plugin_manager()
     types = channel_types(pm)
+    kind = request.param
+
+    def store_url(db: str) -> str:
+        if kind == "sqlite":
+            return f"sqlite:///{tmp_path / db}"
+        server: RedisServer = request.getfixturevalue("redis_server")
+        # A key prefix per test and store name: no flush, and a restart finds its data.
+        prefix = "t" + hashlib.sha256(str(tmp_path / db).encode()).hexdigest()[:16]
+        return f"{server.url_for(API_REDIS_DB)}?prefix={prefix}"
 
     async def factory(config_text: str = BASE_CONFIG, db: str = "gw.db", **options: Any) -> Gateway:
-        text = config_text.replace("{db}", str(tmp_path / db))
+        text = config_text.replace("sqlite:///{db}", store_url(db))
         config = parse_config(text, "config.yaml", config_models(types), env={})
         clock = ManualClock()
         opts = RuntimeOptions(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
+import pytest
+
 from tests.api.conftest import Gateway
 
 
@@ -257,3 +259,11 @@ async def test_agents_lists_colleagues_with_presence_and_load(gw: Gateway) -> No
     assert by_id["maria"]["queues"] == ["sales"]  # only the queues ana shares
     assert by_id["ana"]["max_active"] == 1 and by_id["ana"]["active"] == 0
     await ws.close()
+
+
+async def test_the_gateway_runs_on_the_parametrized_store(
+    gw: Gateway, request: pytest.FixtureRequest
+) -> None:
+    kind = type(gw.runtime.store).__name__
+    assert kind in ("SqliteStore", "RedisStore")
+    assert ("[redis]" in request.node.name) == (kind == "RedisStore")
