@@ -152,9 +152,16 @@ class Outbound:
             conversation = await self.store.get_conversation(conversation_id)
             if conversation is None:
                 raise NotFound(f"no conversation {conversation_id}")
-            if conversation.channel not in self.adapters:
+            adapter = self.adapters.get(conversation.channel)
+            if adapter is None:
                 raise TransitionError(
                     "invalid_transition", f"channel {conversation.channel} is not configured"
+                )
+            limit = getattr(adapter, "max_attachments", None)
+            if limit is not None and len(request.attachments) > limit:
+                raise InvalidInput(
+                    f"channel {conversation.channel} sends at most {limit} attachment(s) per"
+                    " message: send them as separate messages"
                 )
             if idempotency_key is not None:
                 # A retried request gets its first answer, even if the window closed since.

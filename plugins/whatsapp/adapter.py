@@ -39,6 +39,8 @@ class WhatsAppAdapter(BaseAdapter):
             raise TypeError("the whatsapp adapter needs a WhatsAppConfig")
         self.config = context.config
         self.provider = self.config.provider
+        # The Cloud API carries one medium per message; Twilio up to ten MediaUrl.
+        self.max_attachments = 1 if self.config.provider == "cloud_api" else 10
         self._provider: Provider = (
             TwilioProvider(context, self.config)
             if self.config.provider == "twilio"

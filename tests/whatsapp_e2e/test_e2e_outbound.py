@@ -343,3 +343,18 @@ async def test_last_try_fails_and_the_agent_sees_it(
     assert (message["status"], message["error_message"]) == ("failed", seen["error_message"])
     # A transient failure says nothing about the window: the conversation stays open.
     assert (await wa.conversation(conversation_id))["state"] == "active"
+
+
+async def test_too_many_attachments_for_the_cloud_api_are_refused_up_front(wa: WaGateway) -> None:
+    """Meta carries one medium per message: two are a 400 before anything is stored."""
+    conversation_id = await wa.open_conversation(META, pid="in-attach")
+    before = wa.counts()["messages"]
+    files = [
+        {"kind": "image", "url": f"https://example.com/{n}.jpg", "mime_type": "image/jpeg"}
+        for n in (1, 2)
+    ]
+    status, body = await wa.reply(conversation_id, {"attachments": files})
+    assert status == 400 and "at most 1 attachment" in body["error"]["message"]
+    assert wa.counts()["messages"] == before
+    status, _ = await wa.reply(conversation_id, {"attachments": files[:1]})
+    assert status == 202
