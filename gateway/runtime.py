@@ -26,6 +26,7 @@ from gateway.errors import ConfigError
 from gateway.hub import EventHub
 from gateway.ids import new_id
 from gateway.ingest import Ingestor
+from gateway.lifecycle import Transition
 from gateway.metrics import Metrics
 from gateway.model import InboundMessage
 from gateway.outbound import Outbound, RetryPolicy
@@ -175,13 +176,13 @@ class Runtime:
     async def _distribute(self, queue: str) -> None:
         await self.distributor.distribute(queue)
 
-    async def _after_change(self, transition: object) -> None:
+    async def _after_change(self, transition: Transition) -> None:
         """Capacity may have freed up (close, pending, transfer): let distribution run."""
-        conversation = getattr(transition, "conversation", None)
-        distribute = getattr(transition, "distribute", None)
+        conversation = transition.conversation
+        distribute = transition.distribute
         if distribute:
             await self.distributor.distribute(distribute)
-        if conversation is not None and conversation.agent:
+        if conversation.agent:
             await self.distributor.on_agent_change(conversation.agent)
         self.scheduler.poke()
 
