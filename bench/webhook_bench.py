@@ -40,7 +40,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, cast
 
@@ -135,6 +135,8 @@ class Result:
     cpu_seconds: float = 0.0
     """CPU time (all threads) the server process used during the run: unlike the rate, it
     hardly moves when other work shares the machine, so it tells noise from regressions."""
+    threads: dict[int, float] = field(default_factory=dict)
+    """The same CPU time per thread (native id: event loop, SQLite writer, readers, ...)."""
 
     @property
     def cpu_ms_per_request(self) -> float:
@@ -160,6 +162,40 @@ def cpu_time(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds per thread (by native id) of a process (Linux /proc; empty elsewhere):
+    where a server's time goes, without a profiler's overhead."""
+    totals: dict[int, float] = {}
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                totals[int(task.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf(
+                    "SC_CLK_TCK"
+                )
+    return totals
+
+
+def thread_names(pid: int) -> dict[int, str]:
+    """Python thread names by native id, from `py-spy dump` (empty if it is not installed):
+    the OS only knows every thread of the process as "python"."""
+    py_spy = shutil.which("py-spy")
+    if py_spy is None:
+        return {}
+    try:
+        dump = subprocess.run(
+            [py_spy, "dump", "--json", "--pid", str(pid)], capture_output=True, timeout=30
+        )
+        threads = orjson.loads(dump.stdout)
+    except (subprocess.SubprocessError, orjson.JSONDecodeError):
+        return {}
+    return {
+        int(t["os_thread_id"]): str(t.get("thread_name") or t["os_thread_id"])
+        for t in threads
+        if t.get("os_thread_id")
+    }
+
+
 async def load(
     name: str,
     url: str,
@@ -170,6 +206,7 @@ async def load(
 ) -> Result:
     """POST every request (or as many as fit in `time_limit`) over `concurrency` connections."""
     cpu_before = cpu_time(pid) if pid else 0.0
+    threads_before = thread_cpu(pid) if pid else {}
     connector = aiohttp.TCPConnector(limit=concurrency)
     timeout = aiohttp.ClientTimeout(total=30)
     latencies: list[float] = []
@@ -198,7 +235,13 @@ async def load(
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         seconds = time.perf_counter() - started
     cpu = cpu_time(pid) - cpu_before if pid else 0.0
-    return Result(name, counts["sent"], counts["ok"], counts["errors"], seconds, latencies, cpu)
+    threads = {
+        thread: seconds - threads_before.get(thread, 0.0)
+        for thread, seconds in (thread_cpu(pid) if pid else {}).items()
+    }
+    return Result(
+        name, counts["sent"], counts["ok"], counts["errors"], seconds, latencies, cpu, threads
+    )
 
 
 # --- the servers -------------------------------------------------------------------------------
@@ -386,6 +429,7 @@ async def bench(args: argparse.Namespace) -> int:
                 profiler.wait()
             acknowledged += gateway_result.ok
             results.append((bare_result, gateway_result))
+        names = thread_names(gateway.pid)
     stored = stored_messages(db)
     print(table(results))
     ratios = sorted(g.rate / b.rate for b, g in results if b.rate)
@@ -401,6 +445,13 @@ async def bench(args: argparse.Namespace) -> int:
         f"server CPU per request (median round): gateway {middle[1].cpu_ms_per_request:.3f} ms,"
         f" bare {middle[0].cpu_ms_per_request:.3f} ms: bare/gateway {cpu_ratio:.2f}"
     )
+    if middle[1].threads and middle[1].ok:
+        per_thread = ", ".join(
+            f"{names.get(thread, thread)} {1000 * seconds / middle[1].ok:.3f}"
+            for thread, seconds in sorted(middle[1].threads.items(), key=lambda item: -item[1])
+            if seconds > 0
+        )
+        print(f"gateway CPU ms/request by thread (median round): {per_thread}")
     print(f"acknowledged {acknowledged}, stored {stored} (after the gateway stopped)")
     print(f"logs and database: {work}")
     if stored != acknowledged:
