@@ -32,13 +32,18 @@ class _Job:
         self.future: asyncio.Future[Any] = loop.create_future()
 
 
-def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
+Outcome = tuple[asyncio.Future[Any], Any, BaseException | None]
+
+
+def _resolve_all(outcomes: list[Outcome]) -> None:
+    """Event loop thread: hand each job's result or error to its caller."""
+    for future, result, error in outcomes:
+        if future.done():
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
 
 
 class GroupCommitWriter:
@@ -132,5 +137,10 @@ class GroupCommitWriter:
             self._on_commit(conn, committed)
         if notes is not None:
             notes.clear()
+        # One wake-up per event loop and batch, not per job: each call_soon_threadsafe writes
+        # to the loop's self-pipe (a syscall and a thread switch on a busy core).
+        by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
         for job, (result, error) in zip(batch, outcomes, strict=True):
-            job.loop.call_soon_threadsafe(_resolve, job.future, result, error)
+            by_loop.setdefault(job.loop, []).append((job.future, result, error))
+        for loop, resolved in by_loop.items():
+            loop.call_soon_threadsafe(_resolve_all, resolved)
