@@ -15,7 +15,6 @@ message opens a new conversation:
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -29,6 +28,7 @@ from gateway.model import (
     InboundMessage,
     Message,
     State,
+    evolve,
 )
 
 ALLOWED_EDGES: frozenset[tuple[State, State]] = frozenset(
@@ -192,11 +192,11 @@ def customer_message(
         no_agent_at = now + policy.no_agent_timeout
     contact = conversation.contact
     if message.contact.display_name and message.contact.display_name != contact.display_name:
-        contact = dataclasses.replace(contact, display_name=message.contact.display_name)
+        contact = evolve(contact, display_name=message.contact.display_name)
     last_customer = conversation.last_customer_message_at
     if last_customer is None or message.sent_at > last_customer:
         last_customer = message.sent_at
-    after = dataclasses.replace(
+    after = evolve(
         conversation,
         contact=contact,
         updated_at=now,
@@ -212,7 +212,7 @@ def customer_message(
 
 def agent_message(conversation: Conversation, message: Message, now: datetime) -> Transition:
     """Record an agent's outbound message: preview and activity time move, state does not."""
-    after = dataclasses.replace(
+    after = evolve(
         conversation,
         updated_at=now,
         last_message_at=now,
@@ -253,7 +253,7 @@ def accept(
         )
     _require_queue(conversation, agent)
     _require_capacity(agent)
-    after = dataclasses.replace(
+    after = evolve(
         conversation,
         state=State.ACTIVE,
         agent=agent.id,
@@ -286,9 +286,7 @@ def _to_pending(
     conversation: Conversation, now: datetime, queue_policy: QueuePolicy, change: str
 ) -> Transition:
     requeue_at = now + queue_policy.requeue_after if queue_policy.requeue_after else None
-    after = dataclasses.replace(
-        conversation, state=State.PENDING, updated_at=now, requeue_at=requeue_at
-    )
+    after = evolve(conversation, state=State.PENDING, updated_at=now, requeue_at=requeue_at)
     return Transition(after, _updated(conversation, after, change, now))
 
 
@@ -303,7 +301,7 @@ def resume(conversation: Conversation, agent: AgentContext, now: datetime) -> Tr
     if not can_reply(conversation, now):
         raise TransitionError("window_closed", "the channel no longer allows a reply")
     _require_capacity(agent)
-    after = dataclasses.replace(conversation, state=State.ACTIVE, updated_at=now, requeue_at=None)
+    after = evolve(conversation, state=State.ACTIVE, updated_at=now, requeue_at=None)
     return Transition(after, _updated(conversation, after, "resumed", now))
 
 
@@ -317,7 +315,7 @@ def close(conversation: Conversation, agent: AgentContext, now: datetime) -> Tra
         raise TransitionError(
             "invalid_transition", f"a {conversation.state} conversation cannot be closed"
         )
-    after = dataclasses.replace(
+    after = evolve(
         conversation,
         state=State.CLOSED,
         updated_at=now,
@@ -344,17 +342,17 @@ def transfer(
         )
     _require_assignee(conversation, agent_id)
     if to_agent is not None:
-        target = dataclasses.replace(conversation, queue=to_queue or conversation.queue)
+        target = evolve(conversation, queue=to_queue or conversation.queue)
         _require_queue(target, to_agent)
         _require_capacity(to_agent)
-        after = dataclasses.replace(
+        after = evolve(
             target, state=State.ACTIVE, agent=to_agent.id, updated_at=now, requeue_at=None
         )
         return Transition(after, _updated(conversation, after, "transferred", now))
     if to_queue is None:
         raise TransitionError("invalid_request", "transfer needs a queue or an agent")
     no_agent_timeout = policy.no_agent_timeout if policy else None
-    after = dataclasses.replace(
+    after = evolve(
         conversation,
         state=State.WAITING,
         queue=to_queue,
@@ -368,7 +366,7 @@ def transfer(
 
 
 def _inactive(conversation: Conversation, now: datetime, reason: str) -> Transition:
-    after = dataclasses.replace(
+    after = evolve(
         conversation,
         state=State.INACTIVE,
         inactive_reason=reason,
@@ -395,7 +393,7 @@ def provider_window_closed(conversation: Conversation, now: datetime) -> Transit
     """The provider refused a send as outside the window: close the window early."""
     if conversation.state not in OPEN_STATES:
         return _unchanged(conversation)
-    closed = dataclasses.replace(conversation, window_expires_at=now)
+    closed = evolve(conversation, window_expires_at=now)
     return _inactive(closed, now, InactiveReason.WINDOW_EXPIRED)
 
 
@@ -412,10 +410,10 @@ def no_agent_due(
     if conversation.state != State.WAITING or due is None or due > now or timeout is None:
         return _unchanged(conversation)
     if presence.online:
-        rearmed = dataclasses.replace(conversation, no_agent_at=now + timeout)
+        rearmed = evolve(conversation, no_agent_at=now + timeout)
         return Transition(rearmed, ())
     if presence.last_seen_at is not None and presence.last_seen_at + timeout > now:
-        rearmed = dataclasses.replace(conversation, no_agent_at=presence.last_seen_at + timeout)
+        rearmed = evolve(conversation, no_agent_at=presence.last_seen_at + timeout)
         return Transition(rearmed, ())
     return _inactive(conversation, now, InactiveReason.NO_AGENT_AVAILABLE)
 
@@ -425,7 +423,7 @@ def requeue_due(conversation: Conversation, now: datetime, policy: ChannelPolicy
     due = conversation.requeue_at
     if conversation.state != State.PENDING or due is None or due > now:
         return _unchanged(conversation)
-    after = dataclasses.replace(
+    after = evolve(
         conversation,
         state=State.WAITING,
         agent=None,
@@ -474,6 +472,6 @@ def archived_conversation(
 ) -> Transition:
     """Keep a message that must not wake anyone (an auto-reply) in a closed conversation."""
     opened = open_conversation(conversation_id, message, queue, now, ChannelPolicy())
-    after = dataclasses.replace(opened.conversation, state=State.CLOSED, closed_at=now)
+    after = evolve(opened.conversation, state=State.CLOSED, closed_at=now)
     event = Event(type="conversation.created", at=now, conversation=after)
     return Transition(after, (event,))

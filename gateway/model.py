@@ -11,7 +11,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from functools import cache
+from typing import Any, TypeVar
 
 import orjson
 
@@ -224,7 +225,36 @@ class Event:
     cursor: str | None = None
 
     def with_cursor(self, cursor: str) -> Event:
-        return dataclasses.replace(self, cursor=cursor)
+        return Event(self.type, self.at, self.conversation, self.message, self.change, cursor)
+
+
+_T = TypeVar("_T")
+
+
+@cache
+def _fields_of(cls: type) -> tuple[tuple[str, ...], dict[str, int]]:
+    names = tuple(f.name for f in dataclasses.fields(cls))
+    return names, {name: i for i, name in enumerate(names)}
+
+
+def evolve(obj: _T, **changes: Any) -> _T:
+    """`dataclasses.replace` for the model's dataclasses at about half the cost.
+
+    `replace` introspects the class on every call (13 µs for a Conversation); transitions and
+    the store's writer thread make several copies per message. This reads the field list once
+    per class and calls the constructor positionally; like `replace` it refuses unknown names.
+    (Every model field is an `__init__` field, which `replace` does not require.)
+    """
+    cls: type = type(obj)
+    names, index = _fields_of(cls)
+    values = [getattr(obj, name) for name in names]
+    for name, value in changes.items():
+        position = index.get(name)
+        if position is None:
+            raise TypeError(f"{cls.__name__} has no field {name!r}")
+        values[position] = value
+    new: _T = cls(*values)
+    return new
 
 
 def utc(dt: datetime) -> datetime:
@@ -261,6 +291,31 @@ _OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
 def dumps(value: Any) -> bytes:
     """Serialize dataclasses (and dicts of them) with orjson; datetimes as ISO UTC."""
     return orjson.dumps(value, default=_default, option=_OPTIONS)
+
+
+def dumps_event(
+    event: Event, conversation_json: bytes | None = None, message_json: bytes | None = None
+) -> bytes:
+    """`dumps(event)`, byte for byte, reusing JSON already made for its conversation and message.
+
+    A new conversation's first message is written as the conversation row, the message row and
+    two events embedding them; serializing each once saves most of the encoding work.
+    """
+    conversation: Any = event.conversation
+    if conversation is not None and conversation_json is not None:
+        conversation = orjson.Fragment(conversation_json)
+    message: Any = event.message
+    if message is not None and message_json is not None:
+        message = orjson.Fragment(message_json)
+    document = {
+        "type": event.type,
+        "at": event.at,
+        "conversation": conversation,
+        "message": message,
+        "change": event.change,
+        "cursor": event.cursor,
+    }
+    return orjson.dumps(document, default=_default, option=_OPTIONS)
 
 
 def to_dict(value: Any) -> Any:

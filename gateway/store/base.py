@@ -11,7 +11,6 @@ implementation.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -19,7 +18,15 @@ from typing import Protocol
 
 from gateway.errors import VersionConflict
 from gateway.lifecycle import Transition
-from gateway.model import Conversation, DeliveryStatus, Event, InboundMessage, Message, State
+from gateway.model import (
+    Conversation,
+    DeliveryStatus,
+    Event,
+    InboundMessage,
+    Message,
+    State,
+    evolve,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,6 +334,5 @@ def agent_target(agent: str) -> str:
 def stamp_version(events: Sequence[Event], conversation: Conversation) -> tuple[Event, ...]:
     """Make every event carry the stored conversation (with its final version)."""
     return tuple(
-        dataclasses.replace(e, conversation=conversation) if e.conversation is not None else e
-        for e in events
+        evolve(e, conversation=conversation) if e.conversation is not None else e for e in events
     )

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import dataclasses
 import itertools
 import sqlite3
 import threading
@@ -39,6 +38,8 @@ from gateway.model import (
     InboundMessage,
     Message,
     State,
+    dumps_event,
+    evolve,
     status_moves_forward,
 )
 from gateway.store.base import (
@@ -233,6 +234,9 @@ class SqliteStore:
 
     def _committed(self, conn: sqlite3.Connection, committed: bool) -> None:
         """Writer thread, after each batch: keep the committed events in memory, wake readers."""
+        encoded = getattr(conn, "encoded", None)
+        if encoded is not None:
+            encoded.clear()
         notes = getattr(conn, "notes", None)
         if committed and notes:
             with self._recent_lock:
@@ -507,7 +511,7 @@ class SqliteStore:
             if message is None:
                 return StatusResult(None, False)
             if provider_message_id and message.provider_message_id != provider_message_id:
-                message = dataclasses.replace(message, provider_message_id=provider_message_id)
+                message = evolve(message, provider_message_id=provider_message_id)
                 conn.execute(
                     "UPDATE messages SET provider_message_id = ?, data = ? WHERE id = ?",
                     (provider_message_id, encode(message), message.id),
@@ -523,7 +527,7 @@ class SqliteStore:
                     if applied.moved:
                         result = applied
                 if any(early.closes_window for early in early_reports):
-                    result = dataclasses.replace(result, closes_window=True)
+                    result = evolve(result, closes_window=True)
             return result
 
         return await self._write(job)
@@ -836,7 +840,20 @@ def _thread_conversation(
     return None if row is None else _get_conversation(conn, row[0])
 
 
-def _conversation_row(conversation: Conversation) -> tuple[Any, ...]:
+def _encoded(conn: sqlite3.Connection, value: Conversation | Message) -> bytes:
+    """JSON of a conversation or message, made once per write batch (see `_WriterConnection`)."""
+    cache: dict[int, tuple[object, bytes]] | None = getattr(conn, "encoded", None)
+    if cache is None:
+        return encode(value)
+    hit = cache.get(id(value))
+    if hit is not None and hit[0] is value:
+        return hit[1]
+    data = encode(value)
+    cache[id(value)] = (value, data)
+    return data
+
+
+def _conversation_row(conn: sqlite3.Connection, conversation: Conversation) -> tuple[Any, ...]:
     return (
         conversation.channel,
         conversation.contact.address,
@@ -846,30 +863,33 @@ def _conversation_row(conversation: Conversation) -> tuple[Any, ...]:
         conversation.version,
         micros(conversation.queued_at),
         micros(conversation.updated_at),
-        encode(conversation),
+        _encoded(conn, conversation),
     )
 
 
 def _insert_conversation(conn: sqlite3.Connection, conversation: Conversation) -> Conversation:
-    stored = dataclasses.replace(conversation, version=1)
+    stored = evolve(conversation, version=1)
     conn.execute(
         "INSERT INTO conversations (channel, address, state, queue, agent, version, queued_at,"
         " updated_at, data, id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (*_conversation_row(stored), stored.id),
+        (*_conversation_row(conn, stored), stored.id),
     )
-    _sync_deadlines(conn, stored)
+    # A new id has no deadline rows yet: write the wanted ones without looking first.
+    target = conversation_target(stored.id)
+    for kind, due in deadlines_of(stored).items():
+        _set_deadline(conn, target, kind, due)
     return stored
 
 
 def _cas_conversation(
     conn: sqlite3.Connection, conversation: Conversation, expected_version: int
 ) -> Conversation:
-    stored = dataclasses.replace(conversation, version=expected_version + 1)
+    stored = evolve(conversation, version=expected_version + 1)
     try:
         cursor = conn.execute(
             "UPDATE conversations SET channel = ?, address = ?, state = ?, queue = ?, agent = ?,"
             " version = ?, queued_at = ?, updated_at = ?, data = ? WHERE id = ? AND version = ?",
-            (*_conversation_row(stored), stored.id, expected_version),
+            (*_conversation_row(conn, stored), stored.id, expected_version),
         )
     except sqlite3.IntegrityError:
         raise VersionConflict("another open conversation exists for this contact") from None
@@ -945,7 +965,7 @@ def _insert_message(conn: sqlite3.Connection, message: Message, address: str) ->
             message.channel,
             address,
             message.provider_message_id,
-            encode(message),
+            _encoded(conn, message),
         ),
     )
 
@@ -970,7 +990,7 @@ def _apply_status(
 ) -> StatusResult:
     if not status_moves_forward(message.status, status.status):
         return StatusResult(message, False)
-    updated = dataclasses.replace(
+    updated = evolve(
         message,
         status=status.status,
         status_at=status.at,
@@ -1002,17 +1022,25 @@ def _take_orphans(
 
 
 class _WriterConnection(sqlite3.Connection):
-    """The writer's connection: `notes` collects the events its jobs append (see _committed)."""
+    """The writer's connection: `notes` collects the events its jobs append (see _committed);
+    `encoded` keeps the JSON of the conversations and messages written in the current batch,
+    keyed by object identity, so the events that embed them reuse it (cleared per batch)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.notes: list[Event] = []
+        self.encoded: dict[int, tuple[object, bytes]] = {}
 
 
 def _append_events(conn: sqlite3.Connection, events: Iterable[Event]) -> tuple[Event, ...]:
     stored: list[Event] = []
     for event in events:
-        cursor = conn.execute("INSERT INTO events (data) VALUES (?)", (encode(event),))
+        data = dumps_event(
+            event,
+            _encoded(conn, event.conversation) if event.conversation is not None else None,
+            _encoded(conn, event.message) if event.message is not None else None,
+        )
+        cursor = conn.execute("INSERT INTO events (data) VALUES (?)", (data,))
         stored.append(event.with_cursor(_cursor(cursor.lastrowid or 0)))
     notes = getattr(conn, "notes", None)
     if notes is not None:
