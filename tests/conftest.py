@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
+import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import redis.asyncio
 
 from gateway.clock import ManualClock
 from gateway.model import Contact, InboundMessage
@@ -19,6 +23,10 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED_FIXTURES = ROOT.parent / "shared" / "fixtures"
 
 STORE_KINDS = ["sqlite", "redis"]
+
+GATEWAY_REDIS_DB = 3
+"""The Redis database of the gateways test factories build (tests/api, the e2e suites). Nothing
+flushes it under them: each gateway's keys carry a prefix of its own (see `store_url`)."""
 
 
 @pytest.fixture
@@ -56,6 +64,57 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         yield s
     finally:
         await s.close()
+
+
+def store_url(request: pytest.FixtureRequest, kind: str, path: Path) -> str:
+    """The `store.url` of a gateway a test builds on store `kind`: the SQLite file `path`, or
+    the session's Redis with a key prefix derived from `path`, so a test's gateways are apart
+    from every other test's without a flush, and a restart on the same `path` finds its data."""
+    if kind == "sqlite":
+        return f"sqlite:///{path}"
+    if kind != "redis":  # pragma: no cover - a kind without a url is a bug here
+        raise AssertionError(kind)
+    server: RedisServer = request.getfixturevalue("redis_server")
+    prefix = "t" + hashlib.sha256(str(path).encode()).hexdigest()[:16]
+    return f"{server.url_for(GATEWAY_REDIS_DB)}?prefix={prefix}"
+
+
+RECORD_KINDS = ("conversations", "messages", "events", "orphan_statuses", "deadlines")
+
+
+async def record_counts(store: Store) -> dict[str, int]:
+    """How many of each of `RECORD_KINDS` `store` holds, asked each backend in its own way on a
+    connection of the test's own: SQLite rows per table; Redis records by their keys (layout:
+    docs/redis.md), the log's length, orphan reports per list, the deadlines' sorted set."""
+    if isinstance(store, SqliteStore):
+        conn = sqlite3.connect(f"file:{store.path}?mode=ro", uri=True)
+        try:
+            return {
+                kind: conn.execute(f"SELECT COUNT(*) FROM {kind}").fetchone()[0]
+                for kind in RECORD_KINDS
+            }
+        finally:
+            conn.close()
+    assert isinstance(store, RedisStore), store
+    prefix = re.sub(r"([\\*?\[\]])", r"\\\1", store.prefix)  # glob-escaped
+    client = redis.asyncio.Redis.from_url(store.url, protocol=2)
+    try:
+
+        async def keys(pattern: str) -> list[bytes]:
+            return [key async for key in client.scan_iter(match=pattern, count=10_000)]
+
+        orphans = 0
+        for key in await keys(f"{prefix}:{{ch:*}}:orphan:*"):
+            orphans += await client.llen(key)
+        return {
+            "conversations": len(await keys(f"{prefix}:{{c:*}}")),
+            "messages": len(await keys(f"{prefix}:{{m:*}}")),
+            "events": await client.xlen(f"{store.prefix}:{{g}}:log"),
+            "orphan_statuses": orphans,
+            "deadlines": await client.zcard(f"{store.prefix}:{{g}}:due"),
+        }
+    finally:
+        await client.aclose()
 
 
 def inbound(

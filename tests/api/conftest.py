@@ -18,11 +18,7 @@ from gateway.config import parse_config
 from gateway.outbound import RetryPolicy
 from gateway.pluginmanager import channel_types, config_models, get_plugin_manager
 from gateway.runtime import Runtime, RuntimeOptions
-from tests.conftest import STORE_KINDS
-from tests.store.redis_server import RedisServer
-
-API_REDIS_DB = 3
-"""The Redis database these tests use (the store contract suite flushes database 0)."""
+from tests.conftest import STORE_KINDS, store_url
 
 TOKENS = {"maria": "tok-maria", "jose": "tok-jose", "ana": "tok-ana"}
 
@@ -103,18 +99,10 @@ async def make_gateway(
     clients: list[TestClient] = []
     pm = get_plugin_manager()
     types = channel_types(pm)
-    kind = request.param
-
-    def store_url(db: str) -> str:
-        if kind == "sqlite":
-            return f"sqlite:///{tmp_path / db}"
-        server: RedisServer = request.getfixturevalue("redis_server")
-        # A key prefix per test and store name: no flush, and a restart finds its data.
-        prefix = "t" + hashlib.sha256(str(tmp_path / db).encode()).hexdigest()[:16]
-        return f"{server.url_for(API_REDIS_DB)}?prefix={prefix}"
 
     async def factory(config_text: str = BASE_CONFIG, db: str = "gw.db", **options: Any) -> Gateway:
-        text = config_text.replace("sqlite:///{db}", store_url(db))
+        url = store_url(request, request.param, tmp_path / db)
+        text = config_text.replace("sqlite:///{db}", url)
         config = parse_config(text, "config.yaml", config_models(types), env={})
         clock = ManualClock()
         opts = RuntimeOptions(

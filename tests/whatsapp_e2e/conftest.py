@@ -1,14 +1,14 @@
-"""The real gateway (real ingest, SQLite file, loopback HTTP) with a Twilio and a Meta WhatsApp
+"""The real gateway (real ingest, a real store, loopback HTTP) with a Twilio and a Meta WhatsApp
 channel whose `api_base_url` points at the stand-in provider APIs of tests/whatsapp.
 
-`make_wa` builds one; several may share a database file (restart tests). The clock is manual and
-the scheduler is driven by hand (`runtime.scheduler.run_once()`), as in tests/api.
+`make_wa` builds one, on each store kind (a SQLite file, a real Redis: every test here runs on
+both); several may share a database (restart tests). The clock is manual and the scheduler is
+driven by hand (`runtime.scheduler.run_once()`), as in tests/api.
 """
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,6 +30,7 @@ from gateway.outbound import RetryPolicy
 from gateway.pluginmanager import channel_types, config_models, get_plugin_manager
 from gateway.runtime import RuntimeOptions
 from tests.api.conftest import TOKENS, Gateway, sha
+from tests.conftest import STORE_KINDS, record_counts, store_url
 from tests.whatsapp.conftest import fake_graph, fake_twilio  # noqa: F401  (fixtures)
 from tests.whatsapp.fakes import Call, FakeGraph, FakeTwilio
 from tests.whatsapp.support import (
@@ -62,7 +63,7 @@ SIGNED = "signed"
 
 def wa_config(
     *,
-    db: Path,
+    store: str,
     twilio_base: str,
     graph_base: str,
     phone_number_id: str = META_PHONE_ID,
@@ -72,7 +73,7 @@ def wa_config(
     tests/api, secrets as `${VAR}` like ops write them."""
     return f"""
 server: {{public_url: "{PUBLIC_URL}"}}
-store: {{url: "sqlite:///{db}"}}
+store: {{url: "{store}"}}
 presence: {{agent_disconnect_grace: 30s}}
 channels:
   - {{name: {TWILIO}, type: whatsapp, provider: twilio, account_sid: "{TWILIO_SID}",
@@ -103,7 +104,6 @@ class WaGateway:
     gw: Gateway
     twilio: FakeTwilio
     graph: FakeGraph
-    db: Path
     phone_number_id: str = META_PHONE_ID
 
     @property
@@ -250,26 +250,23 @@ class WaGateway:
         (found,) = [m for m in conv["messages"] if m["id"] == message_id]
         return dict(found)
 
-    def counts(self) -> dict[str, int]:
-        """Rows per table of the SQLite file, read on a connection of the test's own."""
-        conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)
-        try:
-            tables = ("conversations", "messages", "events", "orphan_statuses", "deadlines")
-            return {t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in tables}
-        finally:
-            conn.close()
+    async def counts(self) -> dict[str, int]:
+        """Conversations, messages, events, orphan statuses and deadlines the store holds."""
+        return await record_counts(self.gw.runtime.store)
 
 
 WaFactory = Callable[..., Awaitable[WaGateway]]
 
 
-@pytest.fixture
+@pytest.fixture(params=STORE_KINDS)
 async def make_wa(
+    request: pytest.FixtureRequest,
     tmp_path: Path,
     fake_twilio: FakeTwilio,  # noqa: F811
     fake_graph: FakeGraph,  # noqa: F811
 ) -> AsyncIterator[WaFactory]:
-    """Build real gateways on loopback; `db` names the SQLite file (reuse it to restart)."""
+    """Build real gateways on loopback, on each store kind; `db` names the database (reuse it to
+    restart)."""
     clients: list[TestClient] = []
     types = channel_types(get_plugin_manager())
 
@@ -280,9 +277,8 @@ async def make_wa(
         request_timeout: str = "5s",
         start: datetime | None = None,
     ) -> WaGateway:
-        path = tmp_path / db
         text = wa_config(
-            db=path,
+            store=store_url(request, request.param, tmp_path / db),
             twilio_base=fake_twilio.base_url,
             graph_base=fake_graph.base_url,
             phone_number_id=phone_number_id,
@@ -298,7 +294,7 @@ async def make_wa(
         await client.start_server()
         clients.append(client)
         gw = Gateway(client, app[RUNTIME], clock)
-        return WaGateway(gw, fake_twilio, fake_graph, path, phone_number_id)
+        return WaGateway(gw, fake_twilio, fake_graph, phone_number_id)
 
     yield factory
     fake_twilio.release()

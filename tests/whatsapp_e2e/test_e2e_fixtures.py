@@ -286,13 +286,13 @@ async def test_meta_inbound_fixture(name: str, make_wa: WaFactory) -> None:
     received = await wa.received()
     want = META_INBOUND[name]
     if want is None:
-        assert received == [] and wa.counts()["messages"] == 0
+        assert received == [] and (await wa.counts())["messages"] == 0
         return
     (event,) = received
     assert event["message"]["channel"] == META
     assert event["message"]["provider"] == "cloud_api"
     await check_seen(wa, event, want, meta_raw_messages(path)[0])
-    assert wa.counts()["messages"] == 1
+    assert (await wa.counts())["messages"] == 1
 
 
 @pytest.mark.parametrize("name", sorted(TWILIO_INBOUND))

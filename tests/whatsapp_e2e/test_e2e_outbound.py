@@ -97,7 +97,7 @@ async def test_status_that_arrives_before_the_send_answered(channel: str, wa: Wa
         else:
             answered.append(await post_status(wa, channel, provider_id, "delivered"))
         # The gateway has committed the reports before the send returned the id.
-        assert wa.counts()["orphan_statuses"] == len(answered)
+        assert (await wa.counts())["orphan_statuses"] == len(answered)
 
     wa.fake(channel).before_reply = report_first
     provider_id = "wamid.EARLY" if channel == META else "SM" + "e" * 32
@@ -105,7 +105,7 @@ async def test_status_that_arrives_before_the_send_answered(channel: str, wa: Wa
     assert answered and set(answered) == {200}
     message = await wa.message(conversation_id, message_id)
     assert message["status"] == "delivered"
-    assert wa.counts()["orphan_statuses"] == 0
+    assert (await wa.counts())["orphan_statuses"] == 0
 
 
 @pytest.mark.parametrize("channel", [META, TWILIO])
@@ -348,13 +348,13 @@ async def test_last_try_fails_and_the_agent_sees_it(
 async def test_too_many_attachments_for_the_cloud_api_are_refused_up_front(wa: WaGateway) -> None:
     """Meta carries one medium per message: two are a 400 before anything is stored."""
     conversation_id = await wa.open_conversation(META, pid="in-attach")
-    before = wa.counts()["messages"]
+    before = (await wa.counts())["messages"]
     files = [
         {"kind": "image", "url": f"https://example.com/{n}.jpg", "mime_type": "image/jpeg"}
         for n in (1, 2)
     ]
     status, body = await wa.reply(conversation_id, {"attachments": files})
     assert status == 400 and "at most 1 attachment" in body["error"]["message"]
-    assert wa.counts()["messages"] == before
+    assert (await wa.counts())["messages"] == before
     status, _ = await wa.reply(conversation_id, {"attachments": files[:1]})
     assert status == 202

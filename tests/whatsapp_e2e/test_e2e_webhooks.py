@@ -50,7 +50,7 @@ def no_secrets(logs: Sequence[Mapping[str, Any]]) -> None:
 
 
 async def snapshot(wa: WaGateway) -> tuple[dict[str, int], list[dict[str, Any]]]:
-    return wa.counts(), await wa.events()
+    return await wa.counts(), await wa.events()
 
 
 # --- refused signatures ----------------------------------------------------------------------
@@ -146,7 +146,7 @@ async def test_provider_retry_is_not_a_second_message(wa: WaGateway) -> None:
         "SMe287d7109a5a925f182f0e07fe5b223b",
         "wamid.xyzxyz",
     ]
-    assert wa.counts()["messages"] == 2
+    assert (await wa.counts())["messages"] == 2
 
 
 @pytest.mark.parametrize("channel", [META, TWILIO])
@@ -161,7 +161,8 @@ async def test_concurrent_duplicates_store_one_message(channel: str, wa: WaGatew
     assert [r.status for r in answers] == [200] * 10
     events = await wa.events()
     assert [e["type"] for e in events] == ["conversation.created", "message.received"]
-    assert wa.counts()["messages"] == 1 and wa.counts()["conversations"] == 1
+    counts = await wa.counts()
+    assert counts["messages"] == 1 and counts["conversations"] == 1
     (waiting,) = await wa.inbox("waiting")
     assert waiting["preview"] == "Hola, una vez" and waiting["channel"] == channel
 
@@ -264,7 +265,7 @@ async def test_batched_payload_with_a_broken_item(wa: WaGateway) -> None:
 async def test_status_for_an_unknown_message_is_acknowledged_and_logged(
     channel: str, wa: WaGateway
 ) -> None:
-    before_messages = wa.counts()["messages"]
+    before_messages = (await wa.counts())["messages"]
     with capture_logs() as logs:
         if channel == META:
             resp = await wa.post_meta(meta_statuses(meta_status("wamid.NOBODY", "read", ts=NOW_TS)))
@@ -275,7 +276,7 @@ async def test_status_for_an_unknown_message_is_acknowledged_and_logged(
     unknown = [e for e in logs if e["event"] == "ingest.status_unknown_message"]
     assert [e["channel"] for e in unknown] == [channel]
     assert await wa.events() == []
-    assert wa.counts()["messages"] == before_messages
+    assert (await wa.counts())["messages"] == before_messages
 
 
 async def test_provider_errors_without_items_are_acknowledged(make_wa: WaFactory) -> None:
