@@ -77,8 +77,8 @@ CREATE UNIQUE INDEX IF NOT EXISTS conversations_one_open
     ON conversations(channel, address) WHERE state IN ('waiting', 'active', 'pending');
 CREATE INDEX IF NOT EXISTS conversations_by_state
     ON conversations(state, queue, queued_at, id);
-CREATE INDEX IF NOT EXISTS conversations_by_agent ON conversations(agent, state);
-CREATE INDEX IF NOT EXISTS conversations_by_contact ON conversations(channel, address, id);
+CREATE INDEX IF NOT EXISTS conversations_by_assigned_agent
+    ON conversations(agent, state) WHERE agent IS NOT NULL;
 CREATE TABLE IF NOT EXISTS messages (
     id TEXT PRIMARY KEY,
     conversation_id TEXT NOT NULL,
@@ -199,6 +199,10 @@ class SqliteStore:
     def _connect_writer(self) -> sqlite3.Connection:
         conn = self._connect(factory=_WriterConnection)
         conn.executescript(SCHEMA)
+        # Indexes of older databases that every insert paid for: one no query used, and one
+        # on agent that also indexed every unassigned (waiting) conversation.
+        conn.execute("DROP INDEX IF EXISTS conversations_by_contact")
+        conn.execute("DROP INDEX IF EXISTS conversations_by_agent")
         columns = {row[1] for row in conn.execute("PRAGMA table_info(deadlines)")}
         if "lease_node" not in columns:  # a database created before leases named their node
             conn.execute("ALTER TABLE deadlines ADD COLUMN lease_node TEXT")
