@@ -274,8 +274,14 @@ class SqliteStore:
             (newest,) = probe.execute("SELECT max(seq) FROM events").fetchone()
             if newest != last:
                 return None
-            offset = start - first + 1
-            return list(itertools.islice(self._recent, offset, offset + limit))
+            # The wanted events are the newest ones: walk in from the right end (a deque is
+            # indexed in linear time, so slicing from the left would cost the whole ring).
+            newer = last - start
+            if newer <= 0:
+                return []
+            tail = list(itertools.islice(reversed(self._recent), newer))
+            tail.reverse()
+            return tail[:limit]
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._writer is None:

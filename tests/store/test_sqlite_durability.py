@@ -6,8 +6,13 @@ import asyncio
 import os
 import signal
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
+from gateway.clock import ManualClock
+from gateway.ingest import Ingestor
+from gateway.lifecycle import ChannelPolicy
+from gateway.model import Contact, InboundMessage
 from gateway.store.sqlite import SqliteStore
 
 WRITER = r"""
@@ -70,3 +75,42 @@ async def test_acknowledged_messages_survive_sigkill(tmp_path: Path) -> None:
             assert await store.find_message("ch", pid) is not None, pid
     finally:
         await store.close()
+
+
+async def test_events_another_process_wrote_are_read_between_and_after_our_own(
+    tmp_path: Path,
+) -> None:
+    """Two stores on one file (the server and, say, `gateway email backfill`): the server's
+    in-memory tail of the log must never hide what the other one appended."""
+
+    def message(pid: str) -> InboundMessage:
+        return InboundMessage(
+            "ch", "test", "test", pid, Contact(f"+{pid}"), datetime.now(UTC), text=pid
+        )
+
+    db = tmp_path / "shared.db"
+    server, other = SqliteStore(db), SqliteStore(db)
+    await server.open()
+    await other.open()
+    try:
+        clock = ManualClock()
+        mine = Ingestor(server, clock, lambda m: "q", lambda c: ChannelPolicy())
+        theirs = Ingestor(other, clock, lambda m: "q", lambda c: ChannelPolicy())
+        await mine.message(message("1"))
+        ours = await server.read_events(None)
+        await theirs.message(message("2"))  # after our newest event
+        after_ours = await server.read_events(ours[-1].cursor)
+        assert [e.message.provider_message_id for e in after_ours if e.message] == ["2"]
+        await mine.message(message("3"))  # our next write follows theirs in the log
+        everything = await server.read_events(None)
+        assert [e.message.provider_message_id for e in everything if e.message] == [
+            "1",
+            "2",
+            "3",
+        ]
+        tail = await server.read_events(everything[-3].cursor)
+        assert [e.cursor for e in tail] == [e.cursor for e in everything[-2:]]
+        assert await server.read_events(everything[-1].cursor) == []
+    finally:
+        await other.close()
+        await server.close()
