@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import sys
 from collections.abc import Sequence
@@ -69,6 +70,19 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tune_gc() -> None:
+    """Make the cyclic garbage collector run less often in the long-running server.
+
+    Almost everything the gateway allocates is freed by reference counting; the collector's
+    default of a young-generation pass every 700 allocations, each also scanning the objects
+    kept in memory (the recent-events ring, caches), was a few per cent of the CPU per webhook.
+    What was loaded at start-up (modules, config) is frozen out of collection entirely.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 50)
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
@@ -92,6 +106,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except ImportError:
         pass
     app = create_app(config, types)
+    _tune_gc()
     host, port = config.server.host, config.server.port
     base = f"http://{host}:{port}"
     for channel in config.channels:
