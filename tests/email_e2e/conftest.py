@@ -1,8 +1,9 @@
-"""The real gateway (real ingest, SQLite file, loopback HTTP agent API) with one `email` channel
+"""The real gateway (real ingest, a real store, loopback HTTP agent API) with one `email` channel
 reading the test Dovecot over IMAP and sending to the test aiosmtpd.
 
 The servers are the fixtures of tests/email (imported below, not re-implemented). `make_mail`
-builds a gateway; several may share one database file and one Dovecot (restart tests). The
+builds a gateway, on each store kind (a SQLite file, a real Redis: every test here runs on
+both); several may share one database and one Dovecot (restart tests). The
 clock is manual and the scheduler is driven by hand, as in tests/api. Tests never sleep to
 wait for state: they wait on the store's event log (`wait_event`) or on the adapter's `synced`
 condition (`adapter.wait_for`), both under a time limit that only turns a hang into a failure.
@@ -34,6 +35,7 @@ from gateway.pluginmanager import channel_types, config_models, get_plugin_manag
 from gateway.runtime import RuntimeOptions
 from plugins.email.adapter import EmailAdapter
 from tests.api.conftest import TOKENS, Gateway, sha
+from tests.conftest import STORE_KINDS, store_url
 from tests.email.conftest import dovecot, mta, smtp_server  # noqa: F401  (fixtures)
 from tests.email.servers import PASSWORD, USER, Dovecot, SmtpServer
 
@@ -44,16 +46,17 @@ LIMIT = 20
 
 
 def mail_config(
-    db: Path, imap_server: Dovecot, smtp: SmtpServer, *, more_channels: str = "", **imap: Any
+    store: str, imap_server: Dovecot, smtp: SmtpServer, *, more_channels: str = "", **imap: Any
 ) -> tuple[str, dict[str, str]]:
-    """config.yaml for the gateway under test and the environment its `${VAR}`s read.
+    """config.yaml for the gateway under test (on the store at url `store`) and the
+    environment its `${VAR}`s read.
 
     `more_channels` is YAML for further channel list items (e.g. a web chat channel)."""
     settings = {"first_sync": "all", "timeout": "10s", **imap}
     extra_imap = "".join(f", {key}: {value}" for key, value in settings.items())
     text = f"""
 server: {{public_url: "http://gw.test"}}
-store: {{url: "sqlite:///{db}"}}
+store: {{url: "{store}"}}
 presence: {{agent_disconnect_grace: 30s}}
 channels:
   - name: {CHANNEL}
@@ -114,7 +117,6 @@ class MailGateway:
     gw: Gateway
     dovecot: Dovecot
     smtp: SmtpServer
-    db: Path
     closed: bool = field(default=False)
 
     @property
@@ -230,19 +232,21 @@ class MailGateway:
 MailFactory = Callable[..., Awaitable[MailGateway]]
 
 
-@pytest.fixture
+@pytest.fixture(params=STORE_KINDS)
 async def make_mail(
+    request: pytest.FixtureRequest,
     tmp_path: Path,
     dovecot: Dovecot,  # noqa: F811
     smtp_server: SmtpServer,  # noqa: F811
 ) -> AsyncIterator[MailFactory]:
-    """Build gateways on `tmp_path/<db>`; each is connected and has finished a first pass."""
+    """Build gateways on each store kind, on database `db` (reuse it to restart); each is
+    connected and has finished a first pass."""
     built: list[MailGateway] = []
     types = channel_types(get_plugin_manager())
 
     async def factory(db: str = "gw.db", **imap: Any) -> MailGateway:
-        path = tmp_path / db
-        text, env = mail_config(path, dovecot, smtp_server, **imap)
+        url = store_url(request, request.param, tmp_path / db)
+        text, env = mail_config(url, dovecot, smtp_server, **imap)
         config = parse_config(text, "config.yaml", config_models(types), env=env)
         clock = ManualClock()
         options = RuntimeOptions(
@@ -251,7 +255,7 @@ async def make_mail(
         app = create_app(config, types, clock=clock, options=options)
         client = TestClient(TestServer(app))
         await client.start_server()
-        mail = MailGateway(Gateway(client, app[RUNTIME], clock), dovecot, smtp_server, path)
+        mail = MailGateway(Gateway(client, app[RUNTIME], clock), dovecot, smtp_server)
         built.append(mail)
         await mail.wait_synced(lambda: mail.adapter.passes >= 1 and mail.adapter.health().ok)
         return mail

@@ -1,6 +1,6 @@
 """`gateway email backfill` run for real: `python -m gateway.cli` as a subprocess, reading the
-test Dovecot and writing the SQLite file a gateway would serve; the result is read back from
-that file with the store."""
+test Dovecot and writing the store a gateway would serve (a SQLite file, or a real Redis: every
+test here runs on both); the result is read back with the store itself."""
 
 from __future__ import annotations
 
@@ -16,7 +16,10 @@ from pathlib import Path
 import pytest
 
 from gateway.model import State
+from gateway.store.base import Store
+from gateway.store.redis import RedisStore
 from gateway.store.sqlite import SqliteStore
+from tests.conftest import STORE_KINDS, store_url
 from tests.email.servers import PASSWORD, Dovecot, SmtpServer
 from tests.email_e2e.conftest import CHANNEL, customer_mail, mail_config
 
@@ -25,10 +28,16 @@ OCTOBER = "01-Oct-2026 10:00:00 +0000"
 NOVEMBER = "20-Nov-2026 10:00:00 +0000"
 
 
+@pytest.fixture(params=STORE_KINDS)
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The store the command writes to, on each store kind."""
+    return store_url(request, request.param, tmp_path / "gw.db")
+
+
 @pytest.fixture
-def config_file(tmp_path: Path, dovecot: Dovecot, smtp_server: SmtpServer) -> Path:
+def config_file(url: str, tmp_path: Path, dovecot: Dovecot, smtp_server: SmtpServer) -> Path:
     text, _env = mail_config(
-        tmp_path / "gw.db",
+        url,
         dovecot,
         smtp_server,
         more_channels='  - {name: site, type: webchat, allowed_origins: ["https://shop.test"]}',
@@ -67,14 +76,19 @@ def mail(n: int, who: str) -> bytes:
 
 
 class Stored:
-    """What the gateway's SQLite file holds, read with the store itself."""
+    """What the gateway's store holds, read with the store itself (opened anew for each read,
+    the way a gateway starting on that `store.url` would)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, url: str) -> None:
+        self.url = url
 
     async def conversations(self) -> dict[str, list[str]]:
         """Map each waiting conversation's contact to the provider ids of its messages."""
-        store = SqliteStore(self.path)
+        store: Store = (
+            SqliteStore.from_url(self.url)
+            if self.url.startswith("sqlite:")
+            else RedisStore.from_url(self.url)
+        )
         await store.open()
         try:
             found: dict[str, list[str]] = {}
@@ -92,13 +106,13 @@ class Stored:
 
 
 async def test_backfill_imports_since_then_everything_idempotently(
-    config_file: Path, dovecot: Dovecot
+    url: str, config_file: Path, dovecot: Dovecot
 ) -> None:
     await dovecot.append(mail(0, "ana"), date=OCTOBER)
     await dovecot.append(mail(1, "bruno"), date=OCTOBER)
     await dovecot.append(mail(2, "ana"), date=NOVEMBER)
     await dovecot.append(mail(3, "carla"), date=NOVEMBER)
-    stored = Stored(config_file.parent / "gw.db")
+    stored = Stored(url)
 
     recent = await acli(config_file, "--channel", CHANNEL, "--since", "2026-11-01")
     assert recent.returncode == 0, recent.stderr
@@ -144,14 +158,14 @@ async def progress(proc: asyncio.subprocess.Process) -> AsyncIterator[int]:
 
 
 async def test_backfill_killed_midway_resumes_where_it_stopped(
-    config_file: Path, dovecot: Dovecot
+    url: str, config_file: Path, dovecot: Dovecot
 ) -> None:
     """SIGKILL mid-run (no clean-up at all), then run again: every mail stored exactly once."""
     total = 300
     people = ["ana", "bruno", "carla"]
     raws = [mail(n, people[n % 3]) for n in range(total)]
     await asyncio.to_thread(dovecot.append_many_sync, raws, date=OCTOBER)
-    stored = Stored(config_file.parent / "gw.db")
+    stored = Stored(url)
 
     proc = await asyncio.create_subprocess_exec(
         *[sys.executable, "-m", "gateway.cli", "email", "backfill"],

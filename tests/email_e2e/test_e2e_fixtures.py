@@ -1,5 +1,5 @@
 """Every real mail of shared/fixtures/email, APPENDed to Dovecot, read by the IMAP adapter of a
-running gateway, stored in its SQLite file and read back through the agent API.
+running gateway, stored in its store (SQLite, Redis) and read back through the agent API.
 
 The expectations are written out per fixture (read off the .eml files), not recomputed with
 the parser, so this checks the parsing as well as the trip through ingest, store and API.

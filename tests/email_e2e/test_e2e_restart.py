@@ -1,5 +1,6 @@
-"""Restarts through the real gateway: the gateway itself (a new app on the same SQLite file and
-the same Dovecot) and the mail server (killed mid-IDLE, `/readyz` degraded until it is back)."""
+"""Restarts through the real gateway: the gateway itself (a new app on the same database, SQLite
+or Redis, and the same Dovecot) and the mail server (killed mid-IDLE, `/readyz` degraded until
+it is back)."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ async def test_gateway_restart_without_duplicates_or_gaps(make_mail: MailFactory
     for n in range(3, 6):
         await first.deliver(mail_from(n))
 
-    second = await make_mail()  # same database file, same mailbox
+    second = await make_mail()  # same database, same mailbox
     await second.wait_received(6)
     passes = second.adapter.passes
     await second.deliver(mail_from(6))  # and live mail after the restart, through IDLE
