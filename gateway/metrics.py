@@ -6,6 +6,8 @@ Counters and histograms are updated where things happen; gauges that describe st
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 
@@ -58,10 +60,18 @@ class Metrics:
         self.agents_online = Gauge(
             "gateway_agents_online", "Agents with a live connection", registry=self.registry
         )
+        # Label children of the per-webhook series, found once: `labels()` validates and
+        # locks on every call, which is most of what counting costs.
+        self._webhooks: dict[tuple[str, ...], Any] = {}
+        self._ingested: dict[tuple[str, ...], Any] = {}
+        self._ingest_latency: dict[tuple[str, ...], Any] = {}
 
     def observe_ingest(self, channel: str, outcome: str, seconds: float) -> None:
-        self.ingested.labels(channel, outcome).inc()
-        self.ingest_latency.labels(channel).observe(seconds)
+        _child(self._ingested, self.ingested, channel, outcome).inc()
+        _child(self._ingest_latency, self.ingest_latency, channel).observe(seconds)
+
+    def count_webhook(self, channel: str, outcome: str) -> None:
+        _child(self._webhooks, self.webhooks, channel, outcome).inc()
 
     def observe_outbound(self, channel: str, status: str) -> None:
         self.outbound.labels(channel, status).inc()
@@ -76,3 +86,10 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _child(cache: dict[tuple[str, ...], Any], metric: Any, *labels: str) -> Any:
+    child = cache.get(labels)
+    if child is None:
+        child = cache[labels] = metric.labels(*labels)
+    return child

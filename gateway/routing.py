@@ -82,14 +82,33 @@ class Router:
         `sender` is the contact's address (E.164 phone, email, visitor id). Raises
         `ConfigError` only when the config has no queue at all.
         """
+        rule = self._match(channel, channel_type, text, sender)
+        if rule is not None:
+            description = f"routing[{rule.index}] matched: {rule.description}"
+            return RouteMatch(rule.index, rule.queue, description)
+        fallback = self._fallback_queue()
+        description = f"no rule matched; the first queue '{fallback}' is the fallback"
+        return RouteMatch(None, fallback, description)
+
+    def queue_for(
+        self, channel: str, channel_type: str, text: str | None, sender: str | None
+    ) -> str:
+        """`route(...).queue` without building the explanation (ingest needs only the queue)."""
+        rule = self._match(channel, channel_type, text, sender)
+        return rule.queue if rule is not None else self._fallback_queue()
+
+    def _match(
+        self, channel: str, channel_type: str, text: str | None, sender: str | None
+    ) -> _Rule | None:
         for rule in self._rules:
             if rule.matches(channel, channel_type, text, sender):
-                description = f"routing[{rule.index}] matched: {rule.description}"
-                return RouteMatch(rule.index, rule.queue, description)
+                return rule
+        return None
+
+    def _fallback_queue(self) -> str:
         if self._fallback is None:
             raise ConfigError("no queue is configured, so there is nowhere to route to")
-        description = f"no rule matched; the first queue '{self._fallback}' is the fallback"
-        return RouteMatch(None, self._fallback, description)
+        return self._fallback
 
 
 @dataclass(frozen=True, slots=True)

@@ -169,9 +169,9 @@ class Runtime:
             self.adapters[channel.name] = channel_type.factory(context)
 
     def _route(self, message: InboundMessage) -> str:
-        return self.router.route(
+        return self.router.queue_for(
             message.channel, message.channel_type, message.text, message.contact.address
-        ).queue
+        )
 
     async def _distribute(self, queue: str) -> None:
         await self.distributor.distribute(queue)

@@ -27,10 +27,10 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
     try:
         response = await adapter.handle_webhook(request)
     except Exception:
-        runtime.metrics.webhooks.labels(name, "error").inc()
+        runtime.metrics.count_webhook(name, "error")
         raise
     outcome = "ok" if response.status < 400 else f"http_{response.status}"
-    runtime.metrics.webhooks.labels(name, outcome).inc()
+    runtime.metrics.count_webhook(name, outcome)
     return response
 
 

@@ -133,6 +133,30 @@ def test_no_rules_at_all() -> None:
 def test_no_queue_at_all() -> None:
     with pytest.raises(ConfigError):
         Router(GatewayConfig()).route("site", "webchat", "x", None)
+    with pytest.raises(ConfigError):
+        Router(GatewayConfig()).queue_for("site", "webchat", "x", None)
+
+
+@given(
+    channel=st.sampled_from(["wa-main", "wa-br", "site", "mail"]),
+    channel_type=st.sampled_from(["whatsapp", "webchat", "email"]),
+    text=st.none() | st.sampled_from(["hola", "quiero comprar", "URGENTE", ""]),
+    sender=st.none() | st.sampled_from(["+5511999990000", "+14155238886", "ana@bigcorp.com"]),
+)
+def test_queue_for_is_the_queue_route_explains(
+    channel: str, channel_type: str, text: str | None, sender: str | None
+) -> None:
+    """Ingest asks `queue_for` (no explanation built); `gateway route` asks `route`."""
+    r = router(
+        [
+            {"if": {"text": "(?i)urgente"}, "queue": "vip"},
+            {"if": {"from": "+55*", "type": "whatsapp"}, "queue": "sales"},
+            {"if": {"channel": "mail"}, "queue": "support"},
+        ]
+    )
+    assert r.queue_for(channel, channel_type, text, sender) == (
+        r.route(channel, channel_type, text, sender).queue
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import structlog
 from structlog.testing import capture_logs
 
 from tests.api.conftest import TOKENS, Gateway
@@ -28,3 +29,18 @@ async def test_logs_have_ids_but_no_bodies_or_tokens(gw: Gateway) -> None:
     assert accepted and accepted[0]["conversation_id"] == conv_id
     refused = [e for e in logs if e["event"] == "http.refused"]
     assert refused and refused[0]["status"] == 404
+
+
+async def test_every_answer_carries_a_request_id_that_its_log_lines_share(gw: Gateway) -> None:
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        first = await gw.client.get("/api/v1/conversations/c_nope", headers=gw.auth("maria"))
+        second = await gw.client.get("/api/v1/conversations/c_nope", headers=gw.auth("maria"))
+        given = await gw.client.get(
+            "/api/v1/conversations/c_nope",
+            headers={**gw.auth("maria"), "X-Request-Id": "lb-" + "x" * 100},
+        )
+    made = [first.headers["X-Request-Id"], second.headers["X-Request-Id"]]
+    assert all(made) and made[0] != made[1]
+    assert given.headers["X-Request-Id"] == ("lb-" + "x" * 100)[:64]  # a caller's id, capped
+    refused = [e.get("request_id") for e in logs if e["event"] == "http.refused"]
+    assert refused == [*made, given.headers["X-Request-Id"]]
