@@ -5,13 +5,15 @@ test here runs on both); the result is read back with the store itself."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import re
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
@@ -144,17 +146,46 @@ async def test_backfill_imports_since_then_everything_idempotently(
     assert "/4" not in quiet.stderr
 
 
-async def progress(proc: asyncio.subprocess.Process) -> AsyncIterator[int]:
+def progress(pipe: BinaryIO) -> Iterator[int]:
     """Yield the counts tqdm reports on stderr (`12/300`) as they are written."""
-    assert proc.stderr is not None
     buffer = b""
-    while chunk := await proc.stderr.read(4096):
+    while chunk := pipe.read(4096):
         buffer += chunk
         *done, buffer = re.split(rb"[\r\n]", buffer)
         for line in done:
             match = re.search(rb"(\d+)/\d+", line)
             if match:
                 yield int(match.group(1))
+
+
+def kill_backfill_at(config: Path, count: int) -> int:
+    """Run the backfill and SIGKILL it once its progress bar reports `count`; return its exit
+    status (-SIGKILL when the kill landed, 0 when the run had already finished).
+
+    Its stderr is a pipe of one page: a backfill that runs ahead of this reader (say, while the
+    test process is not scheduled on a busy machine) blocks on its progress bar a few dozen
+    mails later instead of importing the whole mailbox before the kill."""
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)
+    command = ["gateway.cli", "email", "backfill", "--config", str(config), "--channel", CHANNEL]
+    with subprocess.Popen(
+        [sys.executable, "-m", *command],
+        cwd=ROOT,
+        env={**os.environ, "IMAP_PASSWORD": PASSWORD, "TQDM_MININTERVAL": "0"},
+        stdout=subprocess.DEVNULL,
+        stderr=write_end,
+    ) as proc:
+        os.close(write_end)
+        try:
+            with open(read_end, "rb", buffering=0) as pipe:
+                for seen in progress(pipe):
+                    if seen >= count:
+                        proc.kill()
+                        break
+        finally:
+            proc.kill()  # nothing to do if it was killed or exited already
+            proc.wait(60)
+    return proc.returncode
 
 
 async def test_backfill_killed_midway_resumes_where_it_stopped(
@@ -167,24 +198,8 @@ async def test_backfill_killed_midway_resumes_where_it_stopped(
     await asyncio.to_thread(dovecot.append_many_sync, raws, date=OCTOBER)
     stored = Stored(url)
 
-    proc = await asyncio.create_subprocess_exec(
-        *[sys.executable, "-m", "gateway.cli", "email", "backfill"],
-        *["--config", str(config_file), "--channel", CHANNEL],
-        cwd=ROOT,
-        env={**os.environ, "IMAP_PASSWORD": PASSWORD, "TQDM_MININTERVAL": "0"},
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        async for count in progress(proc):
-            if count >= 10:
-                proc.send_signal(signal.SIGKILL)
-                break
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-        await asyncio.wait_for(proc.wait(), 60)
-    assert proc.returncode == -signal.SIGKILL
+    status = await asyncio.to_thread(kill_backfill_at, config_file, 10)
+    assert status == -signal.SIGKILL
 
     before = await stored.message_count()
     assert 10 <= before < total  # it really was interrupted midway
