@@ -25,8 +25,8 @@ SHARED_FIXTURES = ROOT.parent / "shared" / "fixtures"
 STORE_KINDS = ["sqlite", "redis"]
 
 GATEWAY_REDIS_DB = 3
-"""The Redis database of the gateways test factories build (tests/api, the e2e suites). Nothing
-flushes it under them: each gateway's keys carry a prefix of its own (see `store_url`)."""
+"""The Redis database of the gateways test factories build (tests/api, the e2e suites). No test
+relies on a flush of it: each gateway's keys carry a prefix of its own (see `store_url`)."""
 
 
 @pytest.fixture
