@@ -35,7 +35,7 @@ CONVERSATION = Conversation(
     updated_at=NOW,
     queued_at=NOW,
     window_expires_at=NOW + timedelta(hours=24),
-    preview="Hola ñandú \u2028 \"quoted\"",
+    preview='Hola ñandú \u2028 "quoted"',
 )
 MESSAGE = Message(
     id="m_01",
