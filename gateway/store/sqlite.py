@@ -427,13 +427,21 @@ class SqliteStore:
     # messages ----------------------------------------------------------------------------------
     async def ingest(self, inbound: InboundMessage, planner: IngestPlanner) -> IngestResult:
         def job(conn: sqlite3.Connection) -> IngestResult:
-            existing = _message_by_provider_id(conn, inbound.channel, inbound.provider_message_id)
-            if existing is not None:
+            # The dedup lookup and the open-conversation lookup in one statement.
+            duplicate, open_data = conn.execute(
+                "SELECT (SELECT data FROM messages"
+                " WHERE channel = ?1 AND provider_message_id = ?2),"
+                " (SELECT data FROM conversations"
+                f" WHERE channel = ?1 AND address = ?3 AND state IN {OPEN_SQL})",
+                (inbound.channel, inbound.provider_message_id, inbound.contact.address),
+            ).fetchone()
+            if duplicate is not None:
+                existing = decode_message(duplicate)
                 conversation = _get_conversation(conn, existing.conversation_id)
                 if conversation is None:
                     raise NotFound("the duplicate's conversation is missing")
                 return IngestResult(True, existing, conversation)
-            open_conv = _open_conversation(conn, inbound.channel, inbound.contact.address)
+            open_conv = None if open_data is None else decode_conversation(open_data)
             thread_conv = _thread_conversation(conn, inbound.channel, inbound.thread_refs)
             plan = planner(open_conv, thread_conv)
             transition = plan.transition
@@ -1043,15 +1051,26 @@ class _WriterConnection(sqlite3.Connection):
 
 
 def _append_events(conn: sqlite3.Connection, events: Iterable[Event]) -> tuple[Event, ...]:
-    stored: list[Event] = []
-    for event in events:
-        data = dumps_event(
+    """Append events to the log in one statement and return them with their cursors.
+
+    One multi-row INSERT numbers its rows consecutively (the writer holds the only write
+    lock), so the first event's sequence number follows from the last one's.
+    """
+    batch = tuple(events)
+    if not batch:
+        return ()
+    documents = [
+        dumps_event(
             event,
             _encoded(conn, event.conversation) if event.conversation is not None else None,
             _encoded(conn, event.message) if event.message is not None else None,
         )
-        cursor = conn.execute("INSERT INTO events (data) VALUES (?)", (data,))
-        stored.append(event.with_cursor(_cursor(cursor.lastrowid or 0)))
+        for event in batch
+    ]
+    rows = ", ".join(["(?)"] * len(documents))
+    last = conn.execute(f"INSERT INTO events (data) VALUES {rows}", documents).lastrowid or 0
+    first = last - len(documents) + 1
+    stored = [event.with_cursor(_cursor(first + i)) for i, event in enumerate(batch)]
     notes = getattr(conn, "notes", None)
     if notes is not None:
         notes.extend(stored)
