@@ -32,7 +32,6 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import orjson
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -48,6 +47,8 @@ from gateway.model import (
     InboundMessage,
     Message,
     State,
+    dumps_event,
+    evolve,
     status_moves_forward,
 )
 from gateway.store.base import (
@@ -126,9 +127,6 @@ _dumps = encode
 """The shared codec's encoder (orjson with native UTC datetimes)."""
 
 
-_EVENT_FIELDS = tuple(f.name for f in dataclasses.fields(Event))
-
-
 class _Encoder:
     """Encode records once per store call: the events of one transition all carry the same
     conversation (and the message), which is also written on its own."""
@@ -146,11 +144,14 @@ class _Encoder:
         """The `n, event...` arguments of a script (see `append_events` in the Lua prelude)."""
         docs: list[Arg] = [str(len(events))]
         for event in events:
-            fields = {name: getattr(event, name) for name in _EVENT_FIELDS}
-            for name in ("conversation", "message"):
-                if fields[name] is not None:
-                    fields[name] = orjson.Fragment(self(fields[name]))
-            docs.append(_dumps(fields))
+            conversation, message = event.conversation, event.message
+            docs.append(
+                dumps_event(
+                    event,
+                    self(conversation) if conversation is not None else None,
+                    self(message) if message is not None else None,
+                )
+            )
         return docs
 
 
@@ -365,7 +366,7 @@ class RedisStore:
         *,
         max_active: int | None = None,
     ) -> tuple[Conversation, tuple[Event, ...]]:
-        stored = dataclasses.replace(transition.conversation, version=expected_version + 1)
+        stored = evolve(transition.conversation, version=expected_version + 1)
         events = stamp_version(transition.events, stored)
         encoder = _Encoder()
         reply = await self._eval(
@@ -449,7 +450,7 @@ class RedisStore:
                 expected = thread_conv.version
             else:
                 expected = 0
-            conversation = dataclasses.replace(conversation, version=expected + 1)
+            conversation = evolve(conversation, version=expected + 1)
             write = ["1", *_conversation_args(conversation, expected, encoder)]
         message = plan.message
         received = Event(
@@ -521,7 +522,7 @@ class RedisStore:
         idempotency_key: str | None,
         deliver_by: datetime | None = None,
     ) -> OutboundResult:
-        stored = dataclasses.replace(transition.conversation, version=expected_version + 1)
+        stored = evolve(transition.conversation, version=expected_version + 1)
         sent = Event(
             type="message.sent", at=message.received_at, conversation=stored, message=message
         )
@@ -571,7 +572,7 @@ class RedisStore:
             conversation = decode_conversation(conv_doc) if conv_doc else None
             message = original
             if provider_message_id and message.provider_message_id != provider_message_id:
-                message = dataclasses.replace(message, provider_message_id=provider_message_id)
+                message = evolve(message, provider_message_id=provider_message_id)
             planned = _Planned(StatusResult(message, True), [])
             if status is not None:
                 planned = _plan_status(planned, message, status, conversation)
@@ -601,7 +602,7 @@ class RedisStore:
             if outcome == "ok":
                 finished = planned.finish(self._appended(planned.events, reply))
                 if any(early.closes_window for early in orphans):
-                    finished = dataclasses.replace(finished, closes_window=True)
+                    finished = evolve(finished, closes_window=True)
                 return finished
         raise VersionConflict(f"message {message_id} kept changing")
 
@@ -813,7 +814,7 @@ class _Planned:
         """The result as SQLite reports it: the events of the last forward move only."""
         if self.last_moved < 0:
             return self.result
-        return dataclasses.replace(self.result, events=(stored[self.last_moved],))
+        return evolve(self.result, events=(stored[self.last_moved],))
 
 
 def _plan_status(
@@ -822,7 +823,7 @@ def _plan_status(
     """Apply a report to a message if it moves forward (same rule as the SQLite store)."""
     if not status_moves_forward(message.status, status.status):
         return _Planned(StatusResult(message, False), planned.events, planned.last_moved)
-    updated = dataclasses.replace(
+    updated = evolve(
         message,
         status=status.status,
         status_at=status.at,
