@@ -92,13 +92,10 @@ class Ingestor:
         now = self.clock.now()
         queue = self.route(inbound)
         policy = self.policy_for(inbound.channel)
-        conversation_id = new_id("c")
         message_id = new_id("m")
 
         def plan(open_conv: Conversation | None, thread_conv: Conversation | None) -> IngestPlan:
-            transition = self._decide(
-                inbound, open_conv, thread_conv, conversation_id, queue, now, policy
-            )
+            transition = self._decide(inbound, open_conv, thread_conv, queue, now, policy)
             # Built once with its final fields: this runs in the store's single writer thread
             # for every message, where a `dataclasses.replace` copy costs about 13 µs.
             message = to_message(inbound, message_id, transition.conversation, received_at=now)
@@ -130,21 +127,22 @@ class Ingestor:
         inbound: InboundMessage,
         open_conv: Conversation | None,
         thread_conv: Conversation | None,
-        conversation_id: str,
         queue: str,
         now: datetime,
         policy: ChannelPolicy,
     ) -> Transition:
+        """The lifecycle step for this message; a conversation id is made only when a new
+        conversation starts (most messages join an open one)."""
         if not inbound.wakes_conversation:
             target = open_conv or thread_conv
             if target is not None:
                 return Transition(target, (), changed=False)
-            return lifecycle.archived_conversation(conversation_id, inbound, queue, now)
+            return lifecycle.archived_conversation(new_id("c"), inbound, queue, now)
         if open_conv is not None:
             return lifecycle.customer_message(open_conv, inbound, now, policy)
         previous = thread_conv.id if thread_conv is not None else None
         return lifecycle.open_conversation(
-            conversation_id, inbound, queue, now, policy, previous_conversation_id=previous
+            new_id("c"), inbound, queue, now, policy, previous_conversation_id=previous
         )
 
     async def status(self, status: DeliveryStatus) -> StatusResult:
