@@ -13,8 +13,10 @@ from gateway.model import (
     Attachment,
     Contact,
     Conversation,
+    DeliveryStatus,
     Direction,
     Event,
+    InboundMessage,
     Message,
     State,
     dumps,
@@ -92,3 +94,42 @@ def test_dumps_event_with_reused_parts_is_dumps_byte_for_byte(event: Event) -> N
     message_json = dumps(event.message) if event.message else None
     assert dumps_event(event, conversation_json, message_json) == dumps(event)
     assert dumps_event(event) == dumps(event)
+
+
+RECORDS = [Contact, Attachment, InboundMessage, Message, DeliveryStatus, Conversation, Event]
+
+
+def _stock_copy(cls: type) -> type:
+    """The same fields as a plain `@dataclass(frozen=True, slots=True)`: the reference init."""
+    fields = [(f.name, f.type, f) for f in dataclasses.fields(cls)]
+    made: type = dataclasses.make_dataclass(f"Stock{cls.__name__}", fields, frozen=True, slots=True)
+    return made
+
+
+def _values(cls: type) -> dict[str, object]:
+    return {f.name: f"value-of-{f.name}" for f in dataclasses.fields(cls)}
+
+
+@pytest.mark.parametrize("cls", RECORDS, ids=lambda c: c.__name__)
+def test_fast_init_builds_what_the_dataclass_init_builds(cls: type) -> None:
+    stock = _stock_copy(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    given = _values(cls)
+    by_keyword, by_position = cls(**given), cls(*given.values())
+    for name in names:
+        assert getattr(by_keyword, name) == getattr(by_position, name) == given[name]
+    required = {
+        f.name: given[f.name]
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    }
+    ours, reference = cls(**required), stock(**required)
+    assert [getattr(ours, n) for n in names] == [getattr(reference, n) for n in names]
+    if "extra" in names:  # a default_factory makes a fresh dict per record
+        assert cls(**required).extra is not ours.extra
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ours.__setattr__(names[0], "changed")
+    with pytest.raises(TypeError):
+        cls(**required, not_a_field=1)
+    with pytest.raises(TypeError):
+        cls()  # required fields stay required
