@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
@@ -144,30 +144,87 @@ class Outbound:
         agent: AgentInfo,
         request: OutboundRequest,
         idempotency_key: str | None,
-    ) -> Message:
-        """Validate and store an agent's message (once per key), then start its delivery."""
+    ) -> list[Message]:
+        """Validate and store an agent's message (once per key), then start its delivery.
+
+        A request with more attachments than the channel carries in one message (Meta's
+        Cloud API: one) becomes several messages, sent in order: the first with the text and
+        the attachments that fit, the others with the rest. Each is stored on its own, under
+        `KEY#1`, `KEY#2`, ... when an Idempotency-Key was given, so retrying a request that was
+        cut short stores and sends only the parts that are missing.
+        """
         if not request.text and request.template is None and not request.attachments:
             raise InvalidInput("a message needs text, a template or attachments")
+        parts = self._parts(conversation_id, request, await self._limit(conversation_id))
+        if len(parts) == 1:
+            message, created = await self._submit_one(
+                conversation_id, agent, request, idempotency_key
+            )
+            if created:
+                self._spawn(message.id)
+            return [message]
+        stored: list[Message] = []
+        new: list[str] = []
+        for number, part in enumerate(parts, start=1):
+            key = None if idempotency_key is None else f"{idempotency_key}#{number}"
+            message, created = await self._submit_one(conversation_id, agent, part, key)
+            stored.append(message)
+            if created:
+                new.append(message.id)
+        if new:
+            self._spawn_in_order(new)
+        return stored
+
+    async def _limit(self, conversation_id: str) -> int | None:
+        """How many attachments one message of this conversation's channel carries."""
+        conversation = await self.store.get_conversation(conversation_id)
+        if conversation is None:
+            raise NotFound(f"no conversation {conversation_id}")
+        adapter = self.adapters.get(conversation.channel)
+        limit: int | None = getattr(adapter, "max_attachments", None)
+        return limit
+
+    @staticmethod
+    def _parts(
+        conversation_id: str, request: OutboundRequest, limit: int | None
+    ) -> list[OutboundRequest]:
+        attachments = request.attachments
+        if limit is None or len(attachments) <= limit:
+            return [request]
+        if request.template is not None or limit < 1:
+            raise InvalidInput(
+                f"this channel sends at most {limit} attachment(s) per message"
+                + (" and a template carries no further ones" if request.template else "")
+            )
+        chunks = [attachments[i : i + limit] for i in range(0, len(attachments), limit)]
+        first = replace(request, attachments=chunks[0])
+        rest = [
+            OutboundRequest(attachments=chunk, extra=dict(request.extra)) for chunk in chunks[1:]
+        ]
+        log.info("outbound.split", conversation_id=conversation_id, parts=len(chunks))
+        return [first, *rest]
+
+    async def _submit_one(
+        self,
+        conversation_id: str,
+        agent: AgentInfo,
+        request: OutboundRequest,
+        idempotency_key: str | None,
+    ) -> tuple[Message, bool]:
+        """Store one outbound message; True when it was created now (not an idempotent replay)."""
         for _ in range(CAS_ATTEMPTS):
             conversation = await self.store.get_conversation(conversation_id)
             if conversation is None:
                 raise NotFound(f"no conversation {conversation_id}")
-            adapter = self.adapters.get(conversation.channel)
-            if adapter is None:
+            if conversation.channel not in self.adapters:
                 raise TransitionError(
                     "invalid_transition", f"channel {conversation.channel} is not configured"
-                )
-            limit = getattr(adapter, "max_attachments", None)
-            if limit is not None and len(request.attachments) > limit:
-                raise InvalidInput(
-                    f"channel {conversation.channel} sends at most {limit} attachment(s) per"
-                    " message: send them as separate messages"
                 )
             if idempotency_key is not None:
                 # A retried request gets its first answer, even if the window closed since.
                 previous = await self.store.find_idempotent(conversation_id, idempotency_key)
                 if previous is not None:
-                    return previous
+                    return previous, False
             now = self.clock.now()
             self._check_allowed(conversation, agent, request, now)
             message = await self._build(conversation, agent, request)
@@ -189,8 +246,7 @@ class Outbound:
                     message_id=message.id,
                     agent=agent.id,
                 )
-                self._spawn(result.message.id)
-            return result.message
+            return result.message, result.created
         raise VersionConflict(f"conversation {conversation_id} kept changing, try again")
 
     @staticmethod
@@ -238,6 +294,18 @@ class Outbound:
 
     def _spawn(self, message_id: str) -> None:
         task = asyncio.create_task(self.deliver(message_id), name=f"deliver-{message_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _spawn_in_order(self, message_ids: list[str]) -> None:
+        """Deliver the parts of a split message one after the other, so they arrive in order
+        (each still has its own retries and its own redelivery deadline)."""
+
+        async def in_order() -> None:
+            for message_id in message_ids:
+                await self.deliver(message_id)
+
+        task = asyncio.create_task(in_order(), name=f"deliver-{message_ids[0]}+")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

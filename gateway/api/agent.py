@@ -41,7 +41,7 @@ class SendBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     text: str | None = Field(default=None, min_length=1, max_length=MAX_TEXT)
     template: TemplateBody | None = None
-    attachments: list[AttachmentBody] = Field(default_factory=list, max_length=10)
+    attachments: list[AttachmentBody] = Field(default_factory=list, max_length=30)
     html: str | None = Field(default=None, max_length=100_000)
 
 
@@ -231,7 +231,7 @@ async def send(request: web.Request) -> web.Response:
     if key is not None and not 1 <= len(key) <= 255:
         raise InvalidInput("Idempotency-Key must be 1 to 255 characters")
     extra: dict[str, Any] = {"html": body.html} if body.html else {}
-    message = await runtime.outbound.submit(
+    messages = await runtime.outbound.submit(
         request.match_info["id"],
         agent,
         OutboundRequest(
@@ -251,4 +251,9 @@ async def send(request: web.Request) -> web.Response:
         ),
         key,
     )
-    return json_response({"message": message_json(message)}, status=202)
+    # `message` is the (first) message; `messages` lists every one when the channel needed
+    # several for the attachments (each has its own id, status and delivery).
+    return json_response(
+        {"message": message_json(messages[0]), "messages": [message_json(m) for m in messages]},
+        status=202,
+    )

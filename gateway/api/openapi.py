@@ -166,8 +166,19 @@ def openapi_document() -> dict[str, Any]:
                     "requestBody": {"required": True, **_json(_ref("SendMessage"))},
                     "responses": {
                         "202": {
-                            "description": "Queued for delivery",
-                            **_json({"type": "object", "properties": {"message": _ref("Message")}}),
+                            "description": "Queued for delivery. More attachments than the"
+                            " channel carries in one message (Cloud API: 1, Twilio: 10) are"
+                            " sent as several messages, in order: `message` is the first,"
+                            " `messages` lists them all",
+                            **_json(
+                                {
+                                    "type": "object",
+                                    "properties": {
+                                        "message": _ref("Message"),
+                                        "messages": {"type": "array", "items": _ref("Message")},
+                                    },
+                                }
+                            ),
                         },
                         **_errors(400, 401, 403, 404, 409, 413),
                     },

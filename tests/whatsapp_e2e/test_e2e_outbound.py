@@ -345,16 +345,84 @@ async def test_last_try_fails_and_the_agent_sees_it(
     assert (await wa.conversation(conversation_id))["state"] == "active"
 
 
-async def test_too_many_attachments_for_the_cloud_api_are_refused_up_front(wa: WaGateway) -> None:
-    """Meta carries one medium per message: two are a 400 before anything is stored."""
+def _images(count: int) -> list[dict[str, str]]:
+    return [
+        {"kind": "image", "url": f"https://example.com/{n}.jpg", "mime_type": "image/jpeg"}
+        for n in range(1, count + 1)
+    ]
+
+
+async def test_more_media_than_the_cloud_api_carries_go_as_several_messages_in_order(
+    wa: WaGateway,
+) -> None:
+    """Meta carries one medium per message: three images and a text are three messages, the
+    text as the first one's caption, sent in order, each with its own id and status."""
     conversation_id = await wa.open_conversation(META, pid="in-attach")
     before = (await wa.counts())["messages"]
-    files = [
-        {"kind": "image", "url": f"https://example.com/{n}.jpg", "mime_type": "image/jpeg"}
-        for n in (1, 2)
+    status, body = await wa.reply(conversation_id, {"text": "Su pedido", "attachments": _images(3)})
+    assert status == 202, body
+    parts = body["messages"]
+    assert body["message"] == parts[0] and len(parts) == 3
+    assert [len(p["attachments"]) for p in parts] == [1, 1, 1]
+    assert [p["text"] for p in parts] == ["Su pedido", None, None]
+    await wa.gw.settle()
+    sent = wa.graph.calls[-3:]
+    assert [c.json["image"]["link"] for c in sent] == [
+        f"https://example.com/{n}.jpg" for n in (1, 2, 3)
     ]
-    status, body = await wa.reply(conversation_id, {"attachments": files})
+    assert sent[0].json["image"]["caption"] == "Su pedido"
+    assert all("caption" not in c.json["image"] for c in sent[1:])
+    stored = [await wa.message(conversation_id, p["id"]) for p in parts]
+    # Each part was accepted by Meta under its own wamid (statuses then arrive per wamid).
+    assert [m["provider_message_id"] for m in stored] == [f"wamid.OUT{n}" for n in (1, 2, 3)]
+    assert (await wa.counts())["messages"] == before + 3
+
+
+async def test_a_retried_split_send_stores_and_sends_each_part_once(wa: WaGateway) -> None:
+    """The same Idempotency-Key returns the same parts; a retry of a request that was cut
+    short (here: only its first part got stored) stores and sends just the missing ones."""
+    conversation_id = await wa.open_conversation(META, pid="in-attach-retry")
+    path = f"/api/v1/conversations/{conversation_id}/messages"
+    request = {"text": "Fotos", "attachments": _images(3)}
+    # As if an earlier attempt of request "k-1" stored its first part, then the node died.
+    status, first = await wa.gw.post(
+        "maria", path, {"text": "Fotos", "attachments": _images(1)},
+        headers={"Idempotency-Key": "k-1#1"},
+    )  # fmt: skip
+    assert status == 202
+    await wa.gw.settle()
+    calls_before = len(wa.graph.calls)
+    status, body = await wa.gw.post("maria", path, request, headers={"Idempotency-Key": "k-1"})
+    assert status == 202, body
+    ids = [p["id"] for p in body["messages"]]
+    assert ids[0] == first["message"]["id"] and len(set(ids)) == 3
+    await wa.gw.settle()
+    assert len(wa.graph.calls) == calls_before + 2  # only the two missing parts went out
+    status, again = await wa.gw.post("maria", path, request, headers={"Idempotency-Key": "k-1"})
+    assert status == 202 and [p["id"] for p in again["messages"]] == ids
+    await wa.gw.settle()
+    assert len(wa.graph.calls) == calls_before + 2
+
+
+async def test_twilio_carries_ten_media_per_message(wa: WaGateway) -> None:
+    conversation_id = await wa.open_conversation(TWILIO, pid="in-attach-twilio")
+    status, body = await wa.reply(conversation_id, {"text": "Catálogo", "attachments": _images(12)})
+    assert status == 202, body
+    assert [len(p["attachments"]) for p in body["messages"]] == [10, 2]
+    await wa.gw.settle()
+    first, second = wa.twilio.calls[-2:]
+    assert len(first.form["MediaUrl"]) == 10 and first.form["Body"] == ["Catálogo"]
+    assert second.form["MediaUrl"] == [f"https://example.com/{n}.jpg" for n in (11, 12)]
+
+
+async def test_a_template_with_more_media_than_one_message_carries_is_refused(
+    wa: WaGateway,
+) -> None:
+    conversation_id = await wa.open_conversation(META, pid="in-attach-template")
+    before = (await wa.counts())["messages"]
+    template = {"name": "pedido", "language": "es", "params": []}
+    status, body = await wa.reply(
+        conversation_id, {"template": template, "attachments": _images(2)}
+    )
     assert status == 400 and "at most 1 attachment" in body["error"]["message"]
     assert (await wa.counts())["messages"] == before
-    status, _ = await wa.reply(conversation_id, {"attachments": files[:1]})
-    assert status == 202
