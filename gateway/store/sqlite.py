@@ -15,6 +15,7 @@ import collections
 import itertools
 import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -139,6 +140,7 @@ CREATE TABLE IF NOT EXISTS kv (
 """
 
 MAX_ORPHANS = 10_000
+PROBE_INTERVAL = 0.1
 RECENT_EVENTS = 5_000
 OPEN_SQL = "('waiting', 'active', 'pending')"
 
@@ -162,9 +164,21 @@ def path_from_url(url: str) -> str:
 class SqliteStore:
     """The Store Protocol on one SQLite file (see module docstring)."""
 
-    def __init__(self, path: str | Path, *, synchronous: str = "full") -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        synchronous: str = "full",
+        probe_interval: float = PROBE_INTERVAL,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.path = str(path)
         self.synchronous = synchronous.upper()
+        self.probe_interval = probe_interval
+        """How long the in-memory tail of the log is trusted without asking the file whether
+        another process (a CLI command on the same file) appended since (see _recent_after)."""
+        self._monotonic = monotonic
+        self._probed_at: float | None = None
         self._writer: GroupCommitWriter | None = None
         self._reader_pool: ThreadPoolExecutor | None = None
         self._reader: sqlite3.Connection | None = None
@@ -250,6 +264,7 @@ class SqliteStore:
                     and _cursor_seq(first.cursor) != _cursor_seq(self._recent[-1].cursor) + 1
                 ):
                     self._recent.clear()  # another process wrote in between: trust only the file
+                    self._probed_at = None
                 self._recent.extend(notes)
         loop, changed = self._loop, self._events_changed
         if loop is not None and changed is not None and not loop.is_closed():
@@ -259,7 +274,8 @@ class SqliteStore:
         """Serve a read of the log's tail from memory; None when memory does not cover it.
 
         Memory covers it when it holds every event after `start` up to the file's newest one;
-        the probe (an indexed max, microseconds) tells if another process wrote since.
+        the probe (an indexed max, at most once per `probe_interval`) tells if another process
+        wrote since.
         """
         probe = self._probe
         if probe is None:
@@ -271,9 +287,19 @@ class SqliteStore:
             last = _cursor_seq(self._recent[-1].cursor)
             if start < first - 1:
                 return None
-            (newest,) = probe.execute("SELECT max(seq) FROM events").fetchone()
-            if newest != last:
-                return None
+            now = self._monotonic()
+            probed = self._probed_at
+            if probed is None or now - probed >= self.probe_interval:
+                # A read transaction on the file: tens to hundreds of microseconds on the event
+                # loop, so at most once per interval. In between, memory is still the whole
+                # log unless another process appended after our newest event; our own commits
+                # notice any append before theirs (see _committed), so at worst another
+                # process's newest events show up one interval late, never out of order.
+                (newest,) = probe.execute("SELECT max(seq) FROM events").fetchone()
+                if newest != last:
+                    self._probed_at = None
+                    return None
+                self._probed_at = now
             # The wanted events are the newest ones: walk in from the right end (a deque is
             # indexed in linear time, so slicing from the left would cost the whole ring).
             newer = last - start

@@ -77,19 +77,20 @@ async def test_acknowledged_messages_survive_sigkill(tmp_path: Path) -> None:
         await store.close()
 
 
+def message(pid: str) -> InboundMessage:
+    return InboundMessage(
+        "ch", "test", "test", pid, Contact(f"+{pid}"), datetime.now(UTC), text=pid
+    )
+
+
 async def test_events_another_process_wrote_are_read_between_and_after_our_own(
     tmp_path: Path,
 ) -> None:
     """Two stores on one file (the server and, say, `gateway email backfill`): the server's
     in-memory tail of the log must never hide what the other one appended."""
 
-    def message(pid: str) -> InboundMessage:
-        return InboundMessage(
-            "ch", "test", "test", pid, Contact(f"+{pid}"), datetime.now(UTC), text=pid
-        )
-
     db = tmp_path / "shared.db"
-    server, other = SqliteStore(db), SqliteStore(db)
+    server, other = SqliteStore(db, probe_interval=0), SqliteStore(db)
     await server.open()
     await other.open()
     try:
@@ -111,6 +112,34 @@ async def test_events_another_process_wrote_are_read_between_and_after_our_own(
         tail = await server.read_events(everything[-3].cursor)
         assert [e.cursor for e in tail] == [e.cursor for e in everything[-2:]]
         assert await server.read_events(everything[-1].cursor) == []
+    finally:
+        await other.close()
+        await server.close()
+
+
+async def test_another_processs_newest_events_show_up_within_the_probe_interval(
+    tmp_path: Path,
+) -> None:
+    """Between probes of the file the server trusts its memory: an append by another process
+    after our newest event is seen once the interval has passed, complete and in order."""
+    db = tmp_path / "shared.db"
+    ticks = [100.0]
+    server = SqliteStore(db, probe_interval=0.5, monotonic=lambda: ticks[0])
+    other = SqliteStore(db)
+    await server.open()
+    await other.open()
+    try:
+        clock = ManualClock()
+        mine = Ingestor(server, clock, lambda m: "q", lambda c: ChannelPolicy())
+        theirs = Ingestor(other, clock, lambda m: "q", lambda c: ChannelPolicy())
+        await mine.message(message("1"))
+        ours = await server.read_events(None)  # probes: memory is the whole log
+        await theirs.message(message("2"))
+        assert await server.read_events(ours[-1].cursor) == []  # within the interval
+        ticks[0] += 0.5
+        late = await server.read_events(ours[-1].cursor)
+        assert [e.message.provider_message_id for e in late if e.message] == ["2"]
+        assert [e.type for e in late] == ["conversation.created", "message.received"]
     finally:
         await other.close()
         await server.close()
