@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 from gateway.clock import ManualClock
 from gateway.ingest import Ingestor
 from gateway.lifecycle import ChannelPolicy
-from gateway.model import Contact, InboundMessage
+from gateway.model import Contact, Event, InboundMessage
 from gateway.store.sqlite import SqliteStore
 
 WRITER = r"""
@@ -23,7 +25,7 @@ from datetime import UTC, datetime
 from gateway.clock import SystemClock
 from gateway.ingest import Ingestor
 from gateway.lifecycle import ChannelPolicy
-from gateway.model import Contact, InboundMessage
+from gateway.model import Contact, Event, InboundMessage
 from gateway.store.sqlite import SqliteStore
 
 async def main() -> None:
@@ -83,38 +85,44 @@ def message(pid: str) -> InboundMessage:
     )
 
 
-async def test_events_another_process_wrote_are_read_between_and_after_our_own(
-    tmp_path: Path,
-) -> None:
-    """Two stores on one file (the server and, say, `gateway email backfill`): the server's
-    in-memory tail of the log must never hide what the other one appended."""
-
-    db = tmp_path / "shared.db"
-    server, other = SqliteStore(db, probe_interval=0), SqliteStore(db)
+@contextlib.asynccontextmanager
+async def two_processes(server: SqliteStore, db: Path) -> AsyncIterator[tuple[Ingestor, Ingestor]]:
+    """`server` and a second store on the same file (say, `gateway email backfill`), each
+    behind an ingestor: what the gateway and a CLI command writing beside it look like."""
+    other = SqliteStore(db)
     await server.open()
     await other.open()
     try:
         clock = ManualClock()
-        mine = Ingestor(server, clock, lambda m: "q", lambda c: ChannelPolicy())
-        theirs = Ingestor(other, clock, lambda m: "q", lambda c: ChannelPolicy())
-        await mine.message(message("1"))
-        ours = await server.read_events(None)
-        await theirs.message(message("2"))  # after our newest event
-        after_ours = await server.read_events(ours[-1].cursor)
-        assert [e.message.provider_message_id for e in after_ours if e.message] == ["2"]
-        await mine.message(message("3"))  # our next write follows theirs in the log
-        everything = await server.read_events(None)
-        assert [e.message.provider_message_id for e in everything if e.message] == [
-            "1",
-            "2",
-            "3",
-        ]
-        tail = await server.read_events(everything[-3].cursor)
-        assert [e.cursor for e in tail] == [e.cursor for e in everything[-2:]]
-        assert await server.read_events(everything[-1].cursor) == []
+        yield (
+            Ingestor(server, clock, lambda m: "q", lambda c: ChannelPolicy()),
+            Ingestor(other, clock, lambda m: "q", lambda c: ChannelPolicy()),
+        )
     finally:
         await other.close()
         await server.close()
+
+
+def pids(events: list[Event]) -> list[str | None]:
+    return [e.message.provider_message_id for e in events if e.message]
+
+
+async def test_events_another_process_wrote_are_read_between_and_after_our_own(
+    tmp_path: Path,
+) -> None:
+    """The server's in-memory tail of the log must never hide what another process appended."""
+    server = SqliteStore(tmp_path / "shared.db", probe_interval=0)
+    async with two_processes(server, tmp_path / "shared.db") as (mine, theirs):
+        await mine.message(message("1"))
+        ours = await server.read_events(None)
+        await theirs.message(message("2"))  # after our newest event
+        assert pids(await server.read_events(ours[-1].cursor)) == ["2"]
+        await mine.message(message("3"))  # our next write follows theirs in the log
+        everything = await server.read_events(None)
+        assert pids(everything) == ["1", "2", "3"]
+        tail = await server.read_events(everything[-3].cursor)
+        assert [e.cursor for e in tail] == [e.cursor for e in everything[-2:]]
+        assert await server.read_events(everything[-1].cursor) == []
 
 
 async def test_another_processs_newest_events_show_up_within_the_probe_interval(
@@ -122,24 +130,14 @@ async def test_another_processs_newest_events_show_up_within_the_probe_interval(
 ) -> None:
     """Between probes of the file the server trusts its memory: an append by another process
     after our newest event is seen once the interval has passed, complete and in order."""
-    db = tmp_path / "shared.db"
     ticks = [100.0]
-    server = SqliteStore(db, probe_interval=0.5, monotonic=lambda: ticks[0])
-    other = SqliteStore(db)
-    await server.open()
-    await other.open()
-    try:
-        clock = ManualClock()
-        mine = Ingestor(server, clock, lambda m: "q", lambda c: ChannelPolicy())
-        theirs = Ingestor(other, clock, lambda m: "q", lambda c: ChannelPolicy())
+    server = SqliteStore(tmp_path / "shared.db", probe_interval=0.5, monotonic=lambda: ticks[0])
+    async with two_processes(server, tmp_path / "shared.db") as (mine, theirs):
         await mine.message(message("1"))
         ours = await server.read_events(None)  # probes: memory is the whole log
         await theirs.message(message("2"))
         assert await server.read_events(ours[-1].cursor) == []  # within the interval
         ticks[0] += 0.5
         late = await server.read_events(ours[-1].cursor)
-        assert [e.message.provider_message_id for e in late if e.message] == ["2"]
+        assert pids(late) == ["2"]
         assert [e.type for e in late] == ["conversation.created", "message.received"]
-    finally:
-        await other.close()
-        await server.close()
