@@ -1,9 +1,16 @@
 """Group commit for SQLite: one writer thread runs every write job, many per transaction.
 
 A durable commit (fsync) per request caps throughput near a fifth of a bare handler. Jobs that
-arrive while a commit is in flight are run together in the next transaction, each inside its own
-SAVEPOINT so one failing job rolls back alone, and every caller is resolved only after the
-COMMIT that holds its job returned: acknowledged means durable.
+arrive while a commit is in flight are run together in the next transaction, and every caller is
+resolved only after the COMMIT that holds its job returned: acknowledged means durable.
+
+One failing job must not take its neighbours down. A SAVEPOINT per job would isolate it, but
+SQLite then copies every page a job touches into a statement journal first, which for a new
+conversation is most of the writer's I/O. So a batch first runs optimistically in one plain
+transaction; if any job raises, the transaction is rolled back and the batch runs again with a
+SAVEPOINT per job (and so do the next few batches, where failures tend to cluster, e.g. accept
+races). Jobs must therefore be functions of the connection alone, safe to run twice: nothing a
+job did is visible to anyone before its batch commits.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ T = TypeVar("T")
 
 _STOP = object()
 MAX_BATCH = 512
+CAREFUL_BATCHES = 8
+"""After a batch had a failing job, how many batches run with a SAVEPOINT per job straight away."""
 
 
 class _Job:
@@ -60,6 +69,9 @@ class GroupCommitWriter:
         self._on_commit = on_commit
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
+        self._careful = 0
+        self.fallbacks = 0
+        """How many batches had to run again with a SAVEPOINT per job (tests, diagnostics)."""
 
     def start(self) -> None:
         self._thread.start()
@@ -107,10 +119,63 @@ class GroupCommitWriter:
         conn.close()
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
-        outcomes: list[tuple[Any, BaseException | None]] = []
         # What jobs note on the connection (new events) is kept only if their work commits.
         notes: list[Any] | None = getattr(conn, "notes", None)
+        outcomes: list[tuple[Any, BaseException | None]] | None = None
         committed = True
+        if self._careful:
+            self._careful -= 1
+        else:
+            outcomes, committed = self._run_together(conn, batch, notes)
+            if outcomes is None:
+                self.fallbacks += 1
+                self._careful = CAREFUL_BATCHES
+        if outcomes is None:
+            outcomes, committed = self._run_isolated(conn, batch, notes)
+        if self._on_commit is not None:
+            self._on_commit(conn, committed)
+        if notes is not None:
+            notes.clear()
+        # One wake-up per event loop and batch, not per job: each call_soon_threadsafe writes
+        # to the loop's self-pipe (a syscall and a thread switch on a busy core).
+        by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
+        for job, (result, error) in zip(batch, outcomes, strict=True):
+            by_loop.setdefault(job.loop, []).append((job.future, result, error))
+        for loop, resolved in by_loop.items():
+            loop.call_soon_threadsafe(_resolve_all, resolved)
+
+    @staticmethod
+    def _run_together(
+        conn: sqlite3.Connection, batch: list[_Job], notes: list[Any] | None
+    ) -> tuple[list[tuple[Any, BaseException | None]] | None, bool]:
+        """Every job in one plain transaction; (None, _) when a job raised (all rolled back)."""
+        results: list[Any] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for job in batch:
+                results.append(job.fn(conn))
+        except BaseException as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if notes is not None:
+                notes.clear()
+            if len(batch) == 1:  # nobody else to protect: the error is the job's answer
+                return [(None, exc)], True
+            return None, True
+        try:
+            conn.execute("COMMIT")
+        except BaseException as exc:  # the commit itself failed: nobody's work is durable
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            return [(None, exc) for _ in batch], False
+        return [(result, None) for result in results], True
+
+    @staticmethod
+    def _run_isolated(
+        conn: sqlite3.Connection, batch: list[_Job], notes: list[Any] | None
+    ) -> tuple[list[tuple[Any, BaseException | None]], bool]:
+        """Every job in its own SAVEPOINT inside one transaction: a failing one rolls back alone."""
+        outcomes: list[tuple[Any, BaseException | None]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             for job in batch:
@@ -131,16 +196,5 @@ class GroupCommitWriter:
         except BaseException as exc:  # the commit itself failed: nobody's work is durable
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            outcomes = [(None, exc) for _ in batch]
-            committed = False
-        if self._on_commit is not None:
-            self._on_commit(conn, committed)
-        if notes is not None:
-            notes.clear()
-        # One wake-up per event loop and batch, not per job: each call_soon_threadsafe writes
-        # to the loop's self-pipe (a syscall and a thread switch on a busy core).
-        by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
-        for job, (result, error) in zip(batch, outcomes, strict=True):
-            by_loop.setdefault(job.loop, []).append((job.future, result, error))
-        for loop, resolved in by_loop.items():
-            loop.call_soon_threadsafe(_resolve_all, resolved)
+            return [(None, exc) for _ in batch], False
+        return outcomes, True

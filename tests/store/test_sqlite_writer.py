@@ -1,0 +1,128 @@
+"""Group commit: a failing job never takes its batch neighbours down, and its writes vanish."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from gateway.store.sqlite_writer import CAREFUL_BATCHES, GroupCommitWriter
+
+
+@pytest.fixture
+async def writer(tmp_path: Path) -> AsyncIterator[GroupCommitWriter]:
+    def connect() -> sqlite3.Connection:
+        conn = sqlite3.connect(tmp_path / "w.db", isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("CREATE TABLE IF NOT EXISTS rows (name TEXT PRIMARY KEY)")
+        return conn
+
+    group = GroupCommitWriter(connect)
+    await asyncio.to_thread(group.start)
+    yield group
+    await asyncio.to_thread(group.stop)
+
+
+def insert(name: str) -> Callable[[sqlite3.Connection], str]:
+    def job(conn: sqlite3.Connection) -> str:
+        conn.execute("INSERT INTO rows (name) VALUES (?)", (name,))
+        return name
+
+    return job
+
+
+def insert_then_fail(name: str) -> Callable[[sqlite3.Connection], str]:
+    def job(conn: sqlite3.Connection) -> str:
+        conn.execute("INSERT INTO rows (name) VALUES (?)", (name,))
+        raise ValueError(f"{name} refused")
+
+    return job
+
+
+async def one_batch(
+    writer: GroupCommitWriter, jobs: list[Callable[[sqlite3.Connection], str]]
+) -> list[str | BaseException]:
+    """Run `jobs` as one batch of their own: a blocker job holds the writer thread (a batch of
+    its own) until all of them are queued, so each call is exactly two batches."""
+    entered, gate = threading.Event(), threading.Event()
+
+    def blocker(conn: sqlite3.Connection) -> bool:
+        entered.set()
+        return gate.wait(10)
+
+    held = asyncio.ensure_future(writer.run(blocker))
+    assert await asyncio.to_thread(entered.wait, 10)
+    calls = [asyncio.ensure_future(writer.run(job)) for job in jobs]
+    await asyncio.sleep(0)  # every job is in the writer's queue now
+    gate.set()
+    assert await held
+    return list(await asyncio.gather(*calls, return_exceptions=True))
+
+
+async def names(writer: GroupCommitWriter) -> list[str]:
+    return await writer.run(lambda c: [r[0] for r in c.execute("SELECT name FROM rows ORDER BY 1")])
+
+
+async def test_a_failing_job_rolls_back_alone_and_its_neighbours_commit(
+    writer: GroupCommitWriter,
+) -> None:
+    outcomes = await one_batch(writer, [insert("a"), insert_then_fail("b"), insert("c")])
+    assert outcomes[0] == "a" and outcomes[2] == "c"
+    assert isinstance(outcomes[1], ValueError) and str(outcomes[1]) == "b refused"
+    assert await names(writer) == ["a", "c"]
+    assert writer.fallbacks == 1
+
+
+async def test_a_batch_without_failures_runs_once(writer: GroupCommitWriter) -> None:
+    runs: list[str] = []
+
+    def counted(name: str) -> Callable[[sqlite3.Connection], str]:
+        def job(conn: sqlite3.Connection) -> str:
+            runs.append(name)
+            return insert(name)(conn)
+
+        return job
+
+    assert await one_batch(writer, [counted("a"), counted("b")]) == ["a", "b"]
+    assert runs == ["a", "b"] and writer.fallbacks == 0
+
+
+async def test_jobs_of_a_batch_that_had_to_be_rerun_commit_once(writer: GroupCommitWriter) -> None:
+    """The contract for jobs: they may run twice before their batch commits, so they must be
+    functions of the connection alone; what commits is the second run, exactly once."""
+    runs: list[str] = []
+
+    def counted(conn: sqlite3.Connection) -> str:
+        runs.append("a")
+        return insert("a")(conn)
+
+    outcomes = await one_batch(writer, [counted, insert_then_fail("b")])
+    assert outcomes[0] == "a" and isinstance(outcomes[1], ValueError)
+    assert runs == ["a", "a"]
+    assert await names(writer) == ["a"]
+
+
+async def test_after_a_failure_the_next_batches_isolate_jobs_straight_away(
+    writer: GroupCommitWriter,
+) -> None:
+    await one_batch(writer, [insert("a"), insert_then_fail("b")])
+    for n in range(CAREFUL_BATCHES // 2):  # two batches per call
+        outcomes = await one_batch(writer, [insert(f"x{n}"), insert_then_fail(f"y{n}")])
+        assert outcomes[0] == f"x{n}" and isinstance(outcomes[1], ValueError)
+    assert writer.fallbacks == 1  # those ran with a savepoint per job from the start
+    await one_batch(writer, [insert("z"), insert_then_fail("w")])
+    assert writer.fallbacks == 2  # then optimism again
+    assert "z" in await names(writer)
+
+
+async def test_a_lone_failing_job_gets_its_error_without_a_rerun(
+    writer: GroupCommitWriter,
+) -> None:
+    with pytest.raises(ValueError, match="b refused"):
+        await writer.run(insert_then_fail("b"))
+    assert writer.fallbacks == 0
+    assert await names(writer) == []
