@@ -20,6 +20,7 @@ from gateway.channels import (
 )
 from gateway.errors import PermanentChannelError
 from gateway.model import Attachment, Conversation, Message
+from plugins.whatsapp.aliases import ContactAliases
 from plugins.whatsapp.config import WhatsAppConfig
 from plugins.whatsapp.meta_provider import MetaProvider
 from plugins.whatsapp.parsed import MalformedPayload, ParseResult
@@ -46,6 +47,7 @@ class WhatsAppAdapter(BaseAdapter):
             if self.config.provider == "twilio"
             else MetaProvider(context, self.config)
         )
+        self._aliases = ContactAliases(context.kv, self.name)
 
     async def handle_webhook(self, request: web.Request) -> web.StreamResponse:
         if request.method == "GET":
@@ -104,7 +106,7 @@ class WhatsAppAdapter(BaseAdapter):
         inbound = self.context.inbound
         for message in result.messages:
             try:
-                await inbound.message(message)
+                await inbound.message(await self._aliases.resolve(message))
             except Exception as exc:
                 ok = False
                 self._ingest_failed("message", message.provider_message_id, exc)
