@@ -8,9 +8,10 @@ One failing job must not take its neighbours down. A SAVEPOINT per job would iso
 SQLite then copies every page a job touches into a statement journal first, which for a new
 conversation is most of the writer's I/O. So a batch first runs optimistically in one plain
 transaction; if any job raises, the transaction is rolled back and the batch runs again with a
-SAVEPOINT per job (and so do the next few batches, where failures tend to cluster, e.g. accept
-races). Jobs must therefore be functions of the connection alone, safe to run twice: nothing a
-job did is visible to anyone before its batch commits.
+SAVEPOINT per job, and so do the following batches until a few in a row had no failure
+(failures cluster: an accept race refuses all but one agent). Jobs must therefore be functions
+of the connection alone, safe to run twice: nothing a job did is visible to anyone before its
+batch commits.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ T = TypeVar("T")
 _STOP = object()
 MAX_BATCH = 512
 CAREFUL_BATCHES = 8
-"""After a batch had a failing job, how many batches run with a SAVEPOINT per job straight away."""
+"""After a batch had a failing job, how many failure-free batches run with a SAVEPOINT per job
+before batches run optimistically again."""
 
 
 class _Job:
@@ -132,6 +134,8 @@ class GroupCommitWriter:
                 self._careful = CAREFUL_BATCHES
         if outcomes is None:
             outcomes, committed = self._run_isolated(conn, batch, notes)
+            if any(error is not None for _, error in outcomes):
+                self._careful = CAREFUL_BATCHES  # failures keep coming: stay careful
         if self._on_commit is not None:
             self._on_commit(conn, committed)
         if notes is not None:
