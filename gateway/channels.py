@@ -273,8 +273,8 @@ class BaseAdapter:
     channel_type = ""
     provider = ""
     max_attachments: int | None = None
-    """How many attachments one outbound message may carry (None: no limit); the gateway
-    refuses more with a 400 before storing anything, instead of failing after the agent sent."""
+    """How many attachments one outbound message may carry (None: no limit). An agent's reply
+    with more is stored and sent as several messages, in order (see `Outbound.submit`)."""
 
     def __init__(self, context: ChannelContext) -> None:
         self.context = context
