@@ -155,19 +155,19 @@ class Outbound:
         """
         if not request.text and request.template is None and not request.attachments:
             raise InvalidInput("a message needs text, a template or attachments")
-        parts = self._parts(conversation_id, request, await self._limit(conversation_id))
-        if len(parts) == 1:
-            message, created = await self._submit_one(
-                conversation_id, agent, request, idempotency_key
-            )
-            if created:
-                self._spawn(message.id)
-            return [message]
+        conversation = await self._read(conversation_id)
+        limit = getattr(self.adapters[conversation.channel], "max_attachments", None)
+        parts = self._parts(conversation_id, request, limit)
         stored: list[Message] = []
         new: list[str] = []
+        snapshot: Conversation | None = conversation
         for number, part in enumerate(parts, start=1):
-            key = None if idempotency_key is None else f"{idempotency_key}#{number}"
-            message, created = await self._submit_one(conversation_id, agent, part, key)
+            key = idempotency_key
+            if key is not None and len(parts) > 1:
+                key = f"{key}#{number}"
+            # The first part is planned on the snapshot read above; later ones on a fresh read.
+            message, created = await self._submit_one(conversation_id, snapshot, agent, part, key)
+            snapshot = None
             stored.append(message)
             if created:
                 new.append(message.id)
@@ -175,14 +175,16 @@ class Outbound:
             self._spawn_in_order(new)
         return stored
 
-    async def _limit(self, conversation_id: str) -> int | None:
-        """How many attachments one message of this conversation's channel carries."""
+    async def _read(self, conversation_id: str) -> Conversation:
+        """The conversation, if it exists and its channel is configured on this node."""
         conversation = await self.store.get_conversation(conversation_id)
         if conversation is None:
             raise NotFound(f"no conversation {conversation_id}")
-        adapter = self.adapters.get(conversation.channel)
-        limit: int | None = getattr(adapter, "max_attachments", None)
-        return limit
+        if conversation.channel not in self.adapters:
+            raise TransitionError(
+                "invalid_transition", f"channel {conversation.channel} is not configured"
+            )
+        return conversation
 
     @staticmethod
     def _parts(
@@ -207,19 +209,18 @@ class Outbound:
     async def _submit_one(
         self,
         conversation_id: str,
+        snapshot: Conversation | None,
         agent: AgentInfo,
         request: OutboundRequest,
         idempotency_key: str | None,
     ) -> tuple[Message, bool]:
-        """Store one outbound message; True when it was created now (not an idempotent replay)."""
+        """Store one outbound message; True when it was created now (not an idempotent replay).
+
+        `snapshot`, when given, is a fresh read of the conversation to plan the first attempt on.
+        """
         for _ in range(CAS_ATTEMPTS):
-            conversation = await self.store.get_conversation(conversation_id)
-            if conversation is None:
-                raise NotFound(f"no conversation {conversation_id}")
-            if conversation.channel not in self.adapters:
-                raise TransitionError(
-                    "invalid_transition", f"channel {conversation.channel} is not configured"
-                )
+            conversation = snapshot or await self._read(conversation_id)
+            snapshot = None
             if idempotency_key is not None:
                 # A retried request gets its first answer, even if the window closed since.
                 previous = await self.store.find_idempotent(conversation_id, idempotency_key)
@@ -292,14 +293,9 @@ class Outbound:
             extra=extra,
         )
 
-    def _spawn(self, message_id: str) -> None:
-        task = asyncio.create_task(self.deliver(message_id), name=f"deliver-{message_id}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
     def _spawn_in_order(self, message_ids: list[str]) -> None:
-        """Deliver the parts of a split message one after the other, so they arrive in order
-        (each still has its own retries and its own redelivery deadline)."""
+        """Deliver new messages one after the other (the parts of a split message arrive in
+        order; each still has its own retries and its own redelivery deadline)."""
 
         async def in_order() -> None:
             for message_id in message_ids:
