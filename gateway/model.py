@@ -305,6 +305,18 @@ for _record in (Contact, Attachment, InboundMessage, Message, DeliveryStatus, Co
     _fast_init(_record)
 
 
+def with_status(message: Message, status: DeliveryStatus) -> Message:
+    """The message after a delivery report (the caller checked `status_moves_forward`): the
+    new state and its time; a report without error details keeps the ones already known."""
+    return evolve(
+        message,
+        status=status.status,
+        status_at=status.at,
+        error_code=status.error_code if status.error_code else message.error_code,
+        error_message=status.error_message if status.error_message else message.error_message,
+    )
+
+
 def utc(dt: datetime) -> datetime:
     """Normalize a datetime to aware UTC (naive values are taken as UTC)."""
     if dt.tzinfo is None:

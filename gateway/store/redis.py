@@ -50,6 +50,7 @@ from gateway.model import (
     dumps_event,
     evolve,
     status_moves_forward,
+    with_status,
 )
 from gateway.store.base import (
     AgentPresence,
@@ -823,13 +824,7 @@ def _plan_status(
     """Apply a report to a message if it moves forward (same rule as the SQLite store)."""
     if not status_moves_forward(message.status, status.status):
         return _Planned(StatusResult(message, False), planned.events, planned.last_moved)
-    updated = evolve(
-        message,
-        status=status.status,
-        status_at=status.at,
-        error_code=status.error_code if status.error_code else message.error_code,
-        error_message=status.error_message if status.error_message else message.error_message,
-    )
+    updated = with_status(message, status)
     event = Event(type="message.status", at=status.at, conversation=conversation, message=updated)
     events = [*planned.events, event]
     return _Planned(StatusResult(updated, True, conversation, (event,)), events, len(events) - 1)

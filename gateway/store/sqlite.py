@@ -42,6 +42,7 @@ from gateway.model import (
     dumps_event,
     evolve,
     status_moves_forward,
+    with_status,
 )
 from gateway.store.base import (
     DELIVER_KIND,
@@ -1037,13 +1038,7 @@ def _apply_status(
 ) -> StatusResult:
     if not status_moves_forward(message.status, status.status):
         return StatusResult(message, False)
-    updated = evolve(
-        message,
-        status=status.status,
-        status_at=status.at,
-        error_code=status.error_code if status.error_code else message.error_code,
-        error_message=status.error_message if status.error_message else message.error_message,
-    )
+    updated = with_status(message, status)
     conn.execute("UPDATE messages SET data = ? WHERE id = ?", (encode(updated), updated.id))
     conversation = _get_conversation(conn, updated.conversation_id)
     event = Event(type="message.status", at=status.at, conversation=conversation, message=updated)
