@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import hashlib
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from common import free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,26 +52,6 @@ app = web.Application()
 app.router.add_get("/ws", ws)
 web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def wait_ready(url: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as http:
-        while time.monotonic() < deadline:
-            try:
-                async with http.get(url) as resp:
-                    if resp.status < 500:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.05)  # polling a process we started; not test state
-    raise RuntimeError(f"{url} did not come up")
 
 
 def percentile(values: list[float], p: float) -> float:

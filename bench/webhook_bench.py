@@ -31,7 +31,6 @@ import io
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -46,6 +45,7 @@ from typing import IO, cast
 
 import aiohttp
 import orjson
+from common import free_port
 
 APP_SECRET = "bench-app-secret"
 PHONE_NUMBER_ID = "1065400000000"
@@ -245,13 +245,6 @@ async def load(
 
 
 # --- the servers -------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def pin(cpu: int | None) -> list[str]:
