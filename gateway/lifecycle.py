@@ -29,6 +29,7 @@ from gateway.model import (
     Message,
     State,
     evolve,
+    fast_init,
 )
 
 ALLOWED_EDGES: frozenset[tuple[State, State]] = frozenset(
@@ -90,6 +91,7 @@ class QueuePresence:
     last_seen_at: datetime | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Transition:
     """The outcome of a rule: the new conversation and the events to append with it.

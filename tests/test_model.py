@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway.lifecycle import Transition
 from gateway.model import (
     Attachment,
     Contact,
@@ -23,6 +24,8 @@ from gateway.model import (
     dumps_event,
     evolve,
 )
+from gateway.store.base import IngestPlan, IngestResult, OutboundResult, StatusResult
+from plugins.whatsapp.meta_content import Content
 
 NOW = datetime(2026, 11, 26, 7, 0, 0, 123456, tzinfo=UTC)
 CONVERSATION = Conversation(
@@ -96,7 +99,22 @@ def test_dumps_event_with_reused_parts_is_dumps_byte_for_byte(event: Event) -> N
     assert dumps_event(event) == dumps(event)
 
 
-RECORDS = [Contact, Attachment, InboundMessage, Message, DeliveryStatus, Conversation, Event]
+RECORDS = [
+    Contact,
+    Attachment,
+    InboundMessage,
+    Message,
+    DeliveryStatus,
+    Conversation,
+    Event,
+    # records that every webhook builds outside the model (see `fast_init`)
+    Transition,
+    IngestPlan,
+    IngestResult,
+    StatusResult,
+    OutboundResult,
+    Content,
+]
 
 
 def _stock_copy(cls: type) -> type:

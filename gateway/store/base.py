@@ -26,9 +26,11 @@ from gateway.model import (
     Message,
     State,
     evolve,
+    fast_init,
 )
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class IngestPlan:
     """What ingest decided for one inbound message: the conversation change and the message."""
@@ -42,6 +44,7 @@ IngestPlanner = Callable[[Conversation | None, Conversation | None], IngestPlan]
 conversation that `thread_refs` point to); must be pure and fast."""
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class IngestResult:
     duplicate: bool
@@ -51,6 +54,7 @@ class IngestResult:
     distribute: str | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class StatusResult:
     """`message` is None for an unknown provider id; `moved` is False for a stale report.
@@ -66,6 +70,7 @@ class StatusResult:
     closes_window: bool = False
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class OutboundResult:
     message: Message
@@ -334,5 +339,8 @@ def agent_target(agent: str) -> str:
 def stamp_version(events: Sequence[Event], conversation: Conversation) -> tuple[Event, ...]:
     """Make every event carry the stored conversation (with its final version)."""
     return tuple(
-        evolve(e, conversation=conversation) if e.conversation is not None else e for e in events
+        e
+        if e.conversation is None or e.conversation is conversation
+        else evolve(e, conversation=conversation)
+        for e in events
     )

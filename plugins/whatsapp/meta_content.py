@@ -14,12 +14,13 @@ from typing import Any
 
 import orjson
 
-from gateway.model import Attachment
+from gateway.model import Attachment, fast_init
 from plugins.whatsapp.parsed import e164
 
 MEDIA_TYPES = ("image", "video", "audio", "document", "sticker")
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Content:
     """The type-specific part of an inbound message."""
