@@ -916,7 +916,9 @@ def _conversation_row(conn: sqlite3.Connection, conversation: Conversation) -> t
 
 
 def _insert_conversation(conn: sqlite3.Connection, conversation: Conversation) -> Conversation:
-    stored = evolve(conversation, version=1)
+    # A planned conversation already carries version 1 (the model's default): keep the same
+    # object, so the events that embed it need no copy either (see `stamp_version`).
+    stored = conversation if conversation.version == 1 else evolve(conversation, version=1)
     conn.execute(
         "INSERT INTO conversations (channel, address, state, queue, agent, version, queued_at,"
         " updated_at, data, id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
