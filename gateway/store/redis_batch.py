@@ -19,7 +19,10 @@ have run a write, and only the caller can decide what to do about that.
 The batcher keeps its own connections (one per pipeline in flight) and speaks to them directly
 rather than through redis-py's Pipeline: that path takes a pooled connection, checks it, wraps
 every reply in a timeout and runs response callbacks, which costs more Python time than the
-commands themselves. Replies are therefore raw RESP2 values (bytes, ints, lists): an HGETALL is
+commands themselves. redis-py sets the connection up (AUTH, SELECT, TLS); the replies of a
+pipeline are then parsed by a hiredis reader of the batcher's own, fed whatever the socket
+holds, so reading a whole pipeline takes one await per socket read rather than several Python
+calls and an await per reply. Replies are raw RESP2 values (bytes, ints, lists): an HGETALL is
 a flat list, a PING is b"PONG".
 """
 
@@ -27,16 +30,16 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import hiredis
+from redis._parsers import BaseParser
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import InvalidResponse, NoScriptError
 
 Arg = str | bytes | int | float
 
@@ -51,6 +54,58 @@ class Script:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
+
+
+_pack = hiredis.pack_command
+_NOT_ENOUGH_DATA: Any = object()
+_READ_SIZE = 65536
+
+
+def _new_reader() -> hiredis.Reader:
+    return hiredis.Reader(
+        protocolError=InvalidResponse,
+        replyError=BaseParser.parse_error,
+        notEnoughData=_NOT_ENOUGH_DATA,
+    )
+
+
+async def _read_replies(conn: AbstractConnection, reader: hiredis.Reader, count: int) -> list[Any]:
+    """Read `count` replies from `conn` with `reader`, its own parser (see `_Link`): an error
+    reply is its exception object, in its place."""
+    stream: asyncio.StreamReader | None = conn._reader
+    if stream is None:
+        raise RedisConnectionError("connection closed")
+    results: list[Any] = []
+    append = results.append
+    gets = reader.gets
+    while True:
+        reply = gets()
+        while reply is not _NOT_ENOUGH_DATA:
+            if isinstance(reply, RedisConnectionError):  # LOADING and the like: as redis-py
+                raise reply
+            append(reply)
+            if len(results) == count:
+                return results
+            reply = gets()
+        data = await stream.read(_READ_SIZE)
+        if not data:
+            raise RedisConnectionError("Connection closed by server.")
+        reader.feed(data)
+
+
+class _Link:
+    """One of the batcher's connections and the hiredis reader that parses its replies.
+
+    redis-py's `read_response` costs several Python calls and an await per reply; a pipeline
+    instead feeds what the socket has to its own hiredis reader and takes every complete reply.
+    Error replies come back as redis-py's exception classes (`NoScriptError` for NOSCRIPT).
+    """
+
+    __slots__ = ("conn", "reader")
+
+    def __init__(self, conn: AbstractConnection) -> None:
+        self.conn = conn
+        self.reader = _new_reader()
 
 
 class _Call:
@@ -85,7 +140,7 @@ class CommandBatcher:
         self._client = client
         self.timeout = timeout
         """Longest wait for the replies of one pipeline before its connection is dropped."""
-        self._idle: list[AbstractConnection] = []
+        self._idle: list[_Link] = []
         self._scripts = {s.sha: s for s in scripts}
         self.max_in_flight = max_in_flight
         self.max_batch = max_batch
@@ -134,8 +189,8 @@ class CommandBatcher:
     async def close(self) -> None:
         await self.drain()
         idle, self._idle = self._idle, []
-        for conn in idle:
-            await conn.disconnect()
+        for link in idle:
+            await link.conn.disconnect()
 
     def _schedule(self) -> None:
         if not self._scheduled and self._in_flight < self.max_in_flight:
@@ -172,11 +227,11 @@ class CommandBatcher:
                 self._schedule()
 
     @staticmethod
-    async def _stale(conn: AbstractConnection) -> bool:
+    async def _stale(link: _Link) -> bool:
         """An idle connection with unread data or EOF (Redis restarted) must not be reused;
         checking costs no system call."""
         try:
-            return bool(await conn.can_read())
+            return bool(await link.conn.can_read()) or bool(link.reader.has_data())
         except (OSError, ConnectionError, RedisConnectionError):
             return True
 
@@ -186,28 +241,25 @@ class CommandBatcher:
         return conn
 
     async def _pipeline(self, commands: list[tuple[Arg, ...]]) -> list[Any]:
-        conn = self._idle.pop() if self._idle else self._new_connection()
+        link = self._idle.pop() if self._idle else _Link(self._new_connection())
+        conn = link.conn
         self.pipelines_sent += 1
         self.commands_sent += len(commands)
-        results: list[Any] = []
         try:
-            if conn.is_connected and await self._stale(conn):
+            if conn.is_connected and await self._stale(link):
                 await conn.disconnect()
             if not conn.is_connected:
                 await conn.connect()  # type: ignore[no-untyped-call]
+                link.reader = _new_reader()
             async with asyncio.timeout(self.timeout):
-                packed = b"".join([hiredis.pack_command(args) for args in commands])  # type: ignore[arg-type]
+                packed = b"".join([_pack(args) for args in commands])  # type: ignore[arg-type]
                 await conn.send_packed_command(packed, check_health=False)
-                for _ in commands:
-                    try:
-                        results.append(await conn.read_response(timeout=math.inf))
-                    except ResponseError as exc:  # this command's error, the stream is intact
-                        results.append(exc)
+                results = await _read_replies(conn, link.reader, len(commands))
         except BaseException:
             # Whatever was not read is lost with the connection: never reuse it.
             await conn.disconnect()
             raise
-        self._idle.append(conn)
+        self._idle.append(link)
         return results
 
     async def _after_noscript(self, batch: list[_Call], results: list[Any]) -> list[Any]:
