@@ -8,7 +8,8 @@ Redis and every rule is testable without sleeping.
 Allowed edges (DESIGN section 1); `inactive` and `closed` are terminal, a later customer
 message opens a new conversation:
 
-    waiting -> active (accept/assign) | inactive (window, no agent) | closed
+    waiting -> active (accept/assign) | inactive (window, no agent)
+               | closed (only a message that opens nothing: `archived_conversation`)
     active  -> pending | closed | inactive (window) | waiting (transfer to a queue) | active
     pending -> active (resume) | waiting (requeue) | inactive (window) | closed
 """
@@ -308,15 +309,22 @@ def resume(conversation: Conversation, agent: AgentContext, now: datetime) -> Tr
 
 
 def close(conversation: Conversation, agent: AgentContext, now: datetime) -> Transition:
-    """Finish a conversation: the assignee closes active/pending, a queue member closes waiting."""
+    """Finish a conversation: only its assignee closes it, from active or pending.
+
+    A waiting conversation leaves the queue only by being accepted or assigned, or by channel
+    expiry (DESIGN.md section 1), so an agent accepts it before closing it: every closed
+    conversation names who finished it.
+    """
     if conversation.state == State.WAITING:
-        _require_queue(conversation, agent)
-    elif conversation.state in (State.ACTIVE, State.PENDING):
-        _require_assignee(conversation, agent.id)
-    else:
+        raise TransitionError(
+            "invalid_transition",
+            "a waiting conversation leaves the queue only by being accepted: accept it, then close",
+        )
+    if conversation.state not in (State.ACTIVE, State.PENDING):
         raise TransitionError(
             "invalid_transition", f"a {conversation.state} conversation cannot be closed"
         )
+    _require_assignee(conversation, agent.id)
     after = evolve(
         conversation,
         state=State.CLOSED,

@@ -128,8 +128,15 @@ async def test_lifecycle_over_http(gw: Gateway) -> None:
     assert body["conversation"]["state"] == "waiting" and body["conversation"]["queue"] == "sales"
     status, body = await gw.post("jose", f"{base}/transfer", {})
     assert status in (400, 409)
+    # Waiting leaves the queue only by being accepted (DESIGN.md section 1): no closing it.
+    status, body = await gw.post("ana", f"{base}/close")
+    assert status == 409 and body["error"]["code"] == "invalid_transition"
+    _, body = await gw.get("ana", base)
+    assert body["state"] == "waiting" and body["agent"] is None
+    assert (await gw.post("ana", f"{base}/accept"))[0] == 200
     status, body = await gw.post("ana", f"{base}/close")
     assert status == 200 and body["conversation"]["state"] == "closed"
+    assert body["conversation"]["agent"] == "ana"
     status, body = await gw.post("ana", f"{base}/accept")
     assert status == 409
     # Nothing changed by the refused calls.
