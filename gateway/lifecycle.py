@@ -144,11 +144,13 @@ def _updated(
 
 
 def _window_end(
-    current: datetime | None, sent_at: datetime, policy: ChannelPolicy
+    current: datetime | None, sent_at: datetime, policy: ChannelPolicy, now: datetime
 ) -> datetime | None:
+    """The window runs from the provider's timestamp, but never from the future: a clock
+    that runs ahead (or a forged timestamp) must not keep a conversation answerable longer."""
     if policy.reply_window is None:
         return None
-    end = sent_at + policy.reply_window
+    end = min(sent_at, now) + policy.reply_window
     return end if current is None or end > current else current
 
 
@@ -174,7 +176,7 @@ def open_conversation(
         queued_at=now,
         last_message_at=now,
         last_customer_message_at=message.sent_at,
-        window_expires_at=_window_end(None, message.sent_at, policy),
+        window_expires_at=_window_end(None, message.sent_at, policy, now),
         no_agent_at=now + policy.no_agent_timeout if policy.no_agent_timeout else None,
         preview=preview_of(message.text, message.kind),
         subject=message.subject,
@@ -205,7 +207,9 @@ def customer_message(
         updated_at=now,
         last_message_at=now,
         last_customer_message_at=last_customer,
-        window_expires_at=_window_end(conversation.window_expires_at, message.sent_at, policy),
+        window_expires_at=_window_end(
+            conversation.window_expires_at, message.sent_at, policy, now
+        ),
         no_agent_at=no_agent_at,
         preview=preview_of(message.text, message.kind),
     )

@@ -59,6 +59,16 @@ def test_window_runs_from_provider_timestamp() -> None:
     assert later.conversation.window_expires_at == c.window_expires_at
 
 
+def test_window_never_starts_in_the_future() -> None:
+    """A provider timestamp ahead of our clock (skew, or a forged payload) counts as now."""
+    ahead = T0 + timedelta(days=10)
+    c = lifecycle.open_conversation("c", inbound(sent_at=ahead), "q", T0, WA).conversation
+    assert c.window_expires_at == T0 + timedelta(hours=24)
+    assert c.last_customer_message_at == ahead  # the provider's time is still recorded
+    later = lifecycle.customer_message(c, inbound(sent_at=ahead), T0 + timedelta(hours=1), WA)
+    assert later.conversation.window_expires_at == T0 + timedelta(hours=25)
+
+
 def test_accept_requires_queue_and_capacity() -> None:
     c = opened()
     outsider = AgentContext("x", frozenset({"sales"}), 5)
