@@ -802,6 +802,13 @@ class RedisStore:
         )
         return bool(done)
 
+    async def cursor_issued(self, cursor: str) -> bool:
+        """See `Store.cursor_issued`: ASCII `ms-seq` digits past `0-0`, up to the newest entry."""
+        if not cursor.isascii() or _CURSOR.fullmatch(cursor) is None or not cursor.strip("0-"):
+            return False
+        newest = await self.last_cursor()
+        return newest is not None and cursor <= newest  # fixed width: string order is log order
+
 
 @dataclasses.dataclass
 class _Planned:
