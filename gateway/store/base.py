@@ -232,6 +232,12 @@ class Store(Protocol):
 
     async def last_cursor(self) -> str | None: ...
 
+    async def cursor_issued(self, cursor: str) -> bool:
+        """Whether `cursor` is one this log could have handed out: well formed in this store's
+        format and at or before the newest event. An empty log has issued none; the start of
+        the log is "no cursor" (None or ""), never a made-up number."""
+        ...
+
     async def publish_ephemeral(self, event: Event) -> None:
         """Hand an event that is not stored (typing indicators) to every node's hub."""
         ...

@@ -682,6 +682,15 @@ class SqliteStore:
 
         return await self._read(query)
 
+    async def cursor_issued(self, cursor: str) -> bool:
+        try:
+            if len(cursor) != CURSOR_DIGITS or _cursor_seq(cursor) < 1:  # the log starts at 1
+                return False
+        except ValueError:
+            return False
+        newest = await self.last_cursor()
+        return newest is not None and cursor <= newest  # same width: string order is log order
+
     # deadlines ---------------------------------------------------------------------------------
     async def claim_due(
         self, now: datetime, limit: int, lease: timedelta, node: str | None = None
@@ -846,18 +855,21 @@ class SqliteStore:
 # helpers run inside the reader or writer thread -------------------------------------------------
 
 
+CURSOR_DIGITS = 16
+
+
 def _cursor(seq: int) -> str:
-    """Cursors are zero-padded so that they order as strings the way the log does."""
+    """Cursors are zero-padded (CURSOR_DIGITS) so that they order as strings like the log."""
     return f"{seq:016d}"
 
 
 def _cursor_seq(cursor: str | None) -> int:
+    """The sequence number of a cursor; ASCII digits only (`int` would take "-1", " 5", "1_0")."""
     if cursor is None or cursor == "":
         return 0
-    try:
-        return int(cursor)
-    except ValueError:
-        raise ValueError(f"invalid cursor {cursor!r}") from None
+    if not (cursor.isascii() and cursor.isdigit()):
+        raise ValueError(f"invalid cursor {cursor!r}")
+    return int(cursor)
 
 
 def _get_conversation(conn: sqlite3.Connection, conversation_id: str) -> Conversation | None:

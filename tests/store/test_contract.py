@@ -206,6 +206,31 @@ async def test_event_log_cursor_never_repeats_or_skips(store: Store, clock: Manu
     assert await store.last_cursor() == seen[-1]
 
 
+async def test_only_issued_cursors_are_issued(store: Store, clock: ManualClock) -> None:
+    assert not await store.cursor_issued("garbage")  # an empty log has issued no cursor at all
+    ingest = make_ingestor(store, clock)
+    for i in range(3):
+        await ingest.message(inbound(f"m{i}", pid=f"p{i}"))
+    issued = [e.cursor or "" for e in await store.read_events(None)]
+    newest = await store.last_cursor()
+    assert newest == issued[-1]
+    for cursor in issued:
+        assert await store.cursor_issued(cursor)
+    numbers = [c for c in issued[-1] if c.isdigit()]
+    past = issued[-1][:-1] + str(int(numbers[-1]) + 1)  # the next one, not issued yet
+    zero = "".join("0" if c.isdigit() else c for c in issued[-1])  # "before the first event"
+    huge = "".join("9" if c.isdigit() else c for c in issued[-1])
+    arabic = "".join(chr(0x660 + int(c)) if c.isdigit() else c for c in issued[0])
+    never = [past, zero, huge, arabic, "-1", "9999999999999999", "0", "", " " + issued[0]]
+    never += [issued[0] + "\n", "+" + issued[0][1:], issued[0][:-1], issued[0] + "0", "x"]
+    for cursor in never:
+        assert not await store.cursor_issued(cursor), cursor
+    # A malformed cursor is refused by the reads too, rather than read as the start.
+    for cursor in ["-1", "garbage"]:
+        with pytest.raises(ValueError):
+            await store.read_events(cursor)
+
+
 async def test_wait_events_wakes_on_new_event(store: Store, clock: ManualClock) -> None:
     cursor = await store.last_cursor()
     waiter = asyncio.create_task(store.wait_events(cursor, timeout=10))
