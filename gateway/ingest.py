@@ -156,6 +156,14 @@ class Ingestor:
                 status=str(status.status),
             )
             return result
+        if result.message.direction == Direction.IN:
+            log.warning(
+                "ingest.status_for_inbound_message",
+                channel=status.channel,
+                message_id=result.message.id,
+                status=str(status.status),
+            )
+            return result
         if not result.moved:
             log.info(
                 "ingest.status_stale",

@@ -66,9 +66,14 @@ DELIVERY_RANK: dict[DeliveryState, int] = {
 
 
 def status_moves_forward(current: DeliveryState | None, new: DeliveryState) -> bool:
-    """Tell whether a delivery report `new` may replace `current`."""
+    """Tell whether a delivery report `new` may replace `current`.
+
+    Only outbound messages have a delivery state (from `queued` on); a message without one is
+    a customer's, and a report naming its provider id (an id collision, or a confused
+    provider) must not give it one.
+    """
     if current is None:
-        return True
+        return False
     if current == DeliveryState.FAILED:
         return False
     return DELIVERY_RANK[new] > DELIVERY_RANK[current]
