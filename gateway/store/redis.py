@@ -102,17 +102,18 @@ def _text(value: bytes | str) -> str:
 
 
 def _conversation_args(
-    conversation: Conversation, expected_version: int, encoder: _Encoder
+    conversation: Conversation, expected_version: int, document: bytes
 ) -> list[Arg]:
     """The 11 arguments of a conversation write (see `read_conv` in the Lua prelude).
 
-    `conversation` already carries its stored version (expected + 1, or 1 for an insert).
+    `conversation` already carries its stored version (expected + 1, or 1 for an insert);
+    `document` is its encoding.
     """
-    due = " ".join(f"{kind}={micros(at)}" for kind, at in deadlines_of(conversation).items())
+    due = " ".join([f"{kind}={micros(at)}" for kind, at in deadlines_of(conversation).items()])
     return [
         conversation.id,
         str(expected_version),
-        encoder(conversation),
+        document,
         str(conversation.state),
         conversation.queue,
         conversation.agent or "",
@@ -230,8 +231,8 @@ class RedisStore:
         self._batcher: CommandBatcher | None = None
         self._scripts = {name: Script(name, source(name)) for name in SCRIPTS}
         self._contacts = _ContactLocks()
-        self._recent: OrderedDict[str, Event] = OrderedDict()
-        """Events this process appended, by cursor (see `_appended`)."""
+        self._recent: OrderedDict[bytes, Event] = OrderedDict()
+        """Events this process appended, by stream id as Redis returns it (see `_appended`)."""
         self._open: OrderedDict[tuple[str, str], Conversation | None] = OrderedDict()
         """The open conversation of recently seen contacts, as this process last knew it."""
 
@@ -373,7 +374,7 @@ class RedisStore:
         reply = await self._eval(
             "update",
             "" if max_active is None else str(max_active),
-            *_conversation_args(stored, expected_version, encoder),
+            *_conversation_args(stored, expected_version, encoder(stored)),
             *encoder.events(events),
         )
         status = _text(reply[0])
@@ -442,8 +443,9 @@ class RedisStore:
         plan = planner(open_conv, thread_conv)
         transition = plan.transition
         conversation = transition.conversation
-        encoder = _Encoder()
+        message = plan.message
         write: list[Arg] = ["0"]
+        conversation_doc: bytes | None = None
         if transition.changed:
             if open_conv is not None and open_conv.id == conversation.id:
                 expected = open_conv.version
@@ -451,16 +453,31 @@ class RedisStore:
                 expected = thread_conv.version
             else:
                 expected = 0
-            conversation = evolve(conversation, version=expected + 1)
-            write = ["1", *_conversation_args(conversation, expected, encoder)]
-        message = plan.message
+            if conversation.version != expected + 1:
+                conversation = evolve(conversation, version=expected + 1)
+            conversation_doc = _dumps(conversation)
+            write = ["1", *_conversation_args(conversation, expected, conversation_doc)]
+        message_doc = _dumps(message)
         received = Event(
             type="message.received",
             at=message.received_at,
             conversation=conversation,
             message=message,
         )
-        events = (*stamp_version(transition.events, conversation), received)
+        # The events carry the stored conversation (what `stamp_version` makes): their documents
+        # embed its encoding, and the stored events are made once their cursors are known.
+        events = (*transition.events, received)
+        if conversation_doc is None and any(e.conversation is not None for e in events):
+            conversation_doc = _dumps(conversation)
+        docs: list[Arg] = [str(len(events))]
+        for event in events:
+            docs.append(
+                dumps_event(
+                    event,
+                    conversation_doc if event.conversation is not None else None,
+                    message_doc if event.message is message else None,
+                )
+            )
         reply = await self._eval(
             "ingest_commit",
             inbound.channel,
@@ -470,8 +487,8 @@ class RedisStore:
             *write,
             message.id,
             message.conversation_id,
-            encoder(message),
-            *encoder.events(events),
+            message_doc,
+            *docs,
         )
         status = _text(reply[0])
         if status == "dup":  # a concurrent delivery of the same message won
@@ -494,9 +511,8 @@ class RedisStore:
         else:
             now_open = open_conv
         self._remember_open(key, now_open)
-        return IngestResult(
-            False, message, conversation, self._appended(events, reply), transition.distribute
-        )
+        stored = self._appended(events, reply, conversation)
+        return IngestResult(False, message, conversation, stored, transition.distribute)
 
     def _remember_open(self, key: tuple[str, str], conversation: Conversation | None) -> None:
         self._open[key] = conversation
@@ -532,7 +548,7 @@ class RedisStore:
         reply = await self._eval(
             "add_outbound",
             idempotency_key or "",
-            *_conversation_args(stored, expected_version, encoder),
+            *_conversation_args(stored, expected_version, encoder(stored)),
             message.id,
             encoder(message),
             message.provider_message_id or "",
@@ -666,27 +682,43 @@ class RedisStore:
         return [decode_message(d) for d in docs if d is not None]
 
     # event log ---------------------------------------------------------------------------------
-    def _appended(self, events: Sequence[Event], reply: Sequence[Any]) -> tuple[Event, ...]:
+    def _appended(
+        self,
+        events: Sequence[Event],
+        reply: Sequence[Any],
+        conversation: Conversation | None = None,
+    ) -> tuple[Event, ...]:
         """Attach the stream ids a script returned (after its 'ok') to the events it appended,
         and remember them: this node's hub reads them back from the log, and decoding an
-        event costs more than everything else the hub does with it."""
-        stored = tuple(e.with_cursor(cursor_of(i)) for e, i in zip(events, reply[1:], strict=True))
+        event costs more than everything else the hub does with it.
+
+        With `conversation`, every event that carries a conversation carries that one (what
+        `stamp_version` does, without the intermediate copies).
+        """
         recent = self._recent
-        for event in stored:
-            recent[event.cursor or ""] = event
+        stored = []
+        for event, stream_id in zip(events, reply[1:], strict=True):
+            carried = event.conversation
+            if conversation is not None and carried is not None:
+                carried = conversation
+            made = Event(
+                event.type, event.at, carried, event.message, event.change, cursor_of(stream_id)
+            )
+            recent[stream_id] = made
+            stored.append(made)
         while len(recent) > RECENT_EVENTS:
             recent.popitem(last=False)
-        return stored
+        return tuple(stored)
 
-    def _event(self, cursor: str, fields: Sequence[bytes]) -> Event:
+    def _event(self, stream_id: bytes, fields: Sequence[bytes]) -> Event:
         """An event from a stream entry (`fields` is `[b"d", document]`)."""
-        known = self._recent.get(cursor)
-        return known if known is not None else decode_event(fields[1], cursor)
+        known = self._recent.get(stream_id)
+        return known if known is not None else decode_event(fields[1], cursor_of(stream_id))
 
     async def read_events(self, after: str | None, limit: int = 500) -> list[Event]:
         start = "(" + stream_id_of(after) if after else "-"
         entries = await self._cmd("XRANGE", self._g("log"), start, "+", "COUNT", str(limit))
-        return [self._event(cursor_of(sid), fields) for sid, fields in entries]
+        return [self._event(sid, fields) for sid, fields in entries]
 
     async def wait_events(self, after: str | None, timeout: float) -> list[Event]:
         if timeout <= 0:
@@ -707,11 +739,12 @@ class RedisStore:
             raise
         finally:
             await pool.release(conn)
-        entries = [(cursor_of(sid), fields) for sid, fields in (reply[0][1] if reply else ())]
-        if any(cursor not in self._recent for cursor, _ in entries):
+        entries = reply[0][1] if reply else ()
+        recent = self._recent
+        if any(sid not in recent for sid, _ in entries):
             # Our own commits may still be on their way back: their events are in memory then.
             await self.batcher.settled()
-        return [self._event(cursor, fields) for cursor, fields in entries]
+        return [self._event(sid, fields) for sid, fields in entries]
 
     async def last_cursor(self) -> str | None:
         entries = await self._cmd("XREVRANGE", self._g("log"), "+", "-", "COUNT", "1")
