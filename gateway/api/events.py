@@ -13,8 +13,21 @@ from gateway.api.http import json_response
 from gateway.api.serialize import event_json
 from gateway.appkeys import RUNTIME
 from gateway.errors import InvalidInput
+from gateway.store.base import Store
 
 routes = web.RouteTableDef()
+
+NOT_ISSUED = "after is not a cursor this gateway issued"
+
+
+async def after_cursor(request: web.Request, store: Store) -> str | None:
+    """The `after` query parameter: absent or empty is the start of the log; anything else must
+    be a cursor the log handed out (a made-up one past the newest event would be echoed back
+    and silently skip every later event), else a 400."""
+    after = request.query.get("after") or None
+    if after is not None and not await store.cursor_issued(after):
+        raise InvalidInput(NOT_ISSUED)
+    return after
 
 
 def _number(request: web.Request, name: str, default: int, low: int, high: int) -> int:
@@ -28,16 +41,16 @@ def _number(request: web.Request, name: str, default: int, low: int, high: int) 
 async def events(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     runtime.auth.agent(request)
-    after = request.query.get("after") or None
     limit = _number(request, "limit", 500, 1, 1000)
     wait = _number(request, "wait", 0, 0, 60)
+    after = await after_cursor(request, runtime.store)
     try:
         if wait:
             page = (await runtime.store.wait_events(after, float(wait)))[:limit]
         else:
             page = await runtime.store.read_events(after, limit)
     except ValueError:
-        raise InvalidInput("after is not a cursor this gateway issued") from None
+        raise InvalidInput(NOT_ISSUED) from None
     now = runtime.clock.now()
     body = [event_json(e, now) for e in page]
     next_cursor = page[-1].cursor if page else after

@@ -20,6 +20,7 @@ import orjson
 import structlog
 from aiohttp import WSMsgType, web
 
+from gateway.api.events import after_cursor
 from gateway.api.serialize import event_json
 from gateway.appkeys import RUNTIME
 from gateway.directory import AgentInfo
@@ -57,7 +58,7 @@ async def _send(ws: web.WebSocketResponse, body: Any) -> None:
 async def stream(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
     agent = runtime.auth.agent(request, allow_query=True)
-    after = request.query.get("after") or None
+    after = await after_cursor(request, runtime.store)  # refused before the upgrade
     ws = web.WebSocketResponse(heartbeat=HEARTBEAT)
     await ws.prepare(request)
     connection = new_id("ws")

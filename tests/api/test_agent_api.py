@@ -226,6 +226,52 @@ async def test_events_are_resumable_by_cursor(gw: Gateway) -> None:
     assert status == 400
 
 
+def one_past(cursor: str) -> str:
+    """The cursor right after `cursor` in either store's format (the last run of digits + 1)."""
+    head = cursor.rstrip("0123456789")
+    digits = cursor[len(head) :]
+    return head + str(int(digits) + 1).zfill(len(digits))
+
+
+async def test_events_refuse_cursors_the_gateway_never_issued(gw: Gateway) -> None:
+    async def refused(after: str) -> None:
+        status, body = await gw.get("maria", "/api/v1/events", params={"after": after})
+        assert status == 400, (after, body)
+        assert body["error"] == {
+            "code": "invalid_request",
+            "message": "after is not a cursor this gateway issued",
+        }
+
+    # An empty log has issued no cursor: only "no cursor" (absent or empty) is the start.
+    status, empty = await gw.get("maria", "/api/v1/events")
+    assert status == 200 and empty == {"events": [], "cursor": None}
+    status, empty = await gw.get("maria", "/api/v1/events?after=")
+    assert status == 200 and empty == {"events": [], "cursor": None}
+    for after in ["0000000000000001", "000001700000000000-0000000000", "0", "-1"]:
+        await refused(after)
+    for i in range(2):
+        await waiting_conversation(gw, "hi", f"n{i}")
+    status, page = await gw.get("maria", "/api/v1/events")
+    cursors = [e["cursor"] for e in page["events"]]
+    newest = await gw.runtime.store.last_cursor()
+    assert newest is not None and page["cursor"] == cursors[-1] == newest
+    zero = "".join("0" if c.isdigit() else c for c in newest)
+    nines = "".join("9" if c.isdigit() else c for c in newest)
+    for after in [one_past(newest), nines, zero, "9999999999999999", "-1", "-" + newest[1:]]:
+        await refused(after)
+    for after in [" " + newest, newest + " ", "+" + newest[1:], newest[:-1], newest + "0"]:
+        await refused(after)
+    await refused(newest.replace("0", "\u0660"))  # an Arabic-Indic zero is a digit to int()
+    status, _ = await gw.get("maria", f"/api/v1/events?after={one_past(newest)}&wait=5")
+    assert status == 400  # refused at once, not after a long poll
+    # Every issued cursor resumes, the newest one with an empty page that echoes it.
+    for i, cursor in enumerate(cursors):
+        status, rest = await gw.get("maria", "/api/v1/events", params={"after": cursor})
+        assert status == 200 and [e["cursor"] for e in rest["events"]] == cursors[i + 1 :]
+    status, rest = await gw.get("maria", "/api/v1/events", params={"after": newest})
+    assert rest == {"events": [], "cursor": newest}
+
+
 async def test_ops_endpoints(gw: Gateway) -> None:
     await waiting_conversation(gw)
     resp = await gw.client.get("/healthz")

@@ -7,9 +7,11 @@ import json
 from datetime import timedelta
 from typing import Any
 
-from aiohttp import ClientWebSocketResponse
+import pytest
+from aiohttp import ClientWebSocketResponse, WSServerHandshakeError
 
 from tests.api.conftest import TOKENS, Gateway
+from tests.api.test_agent_api import one_past
 
 
 async def receive(ws: ClientWebSocketResponse, *, type_: str, timeout: float = 5) -> dict[str, Any]:
@@ -70,6 +72,29 @@ async def test_replay_after_cursor_then_live(gw: Gateway) -> None:
     assert texts == ["two", "three"]
     await gw.visitor_says(v["token"], "four", "c4")
     assert (await receive(ws, type_="message.received"))["message"]["text"] == "four"
+    await ws.close()
+
+
+async def test_stream_refuses_a_cursor_never_issued_before_the_upgrade(gw: Gateway) -> None:
+    v = await gw.visitor("C")
+    await gw.visitor_says(v["token"], "one", "c1")
+    newest = await gw.runtime.store.last_cursor()
+    assert newest is not None
+    nines = "".join("9" if c.isdigit() else c for c in newest)
+    for after in ["zzz", "-1", nines, one_past(newest)]:
+        query = f"?access_token={TOKENS['maria']}&after={after}"
+        resp = await gw.client.get(f"/api/v1/stream{query}")  # a plain GET: the JSON error
+        assert resp.status == 400
+        assert (await resp.json())["error"] == {
+            "code": "invalid_request",
+            "message": "after is not a cursor this gateway issued",
+        }
+        with pytest.raises(WSServerHandshakeError) as refused:
+            await gw.client.ws_connect(f"/api/v1/stream{query}")
+        assert refused.value.status == 400
+    ws = await open_stream(gw, "maria", after=newest)  # an issued cursor still resumes
+    await gw.visitor_says(v["token"], "two", "c2")
+    assert (await receive(ws, type_="message.received"))["message"]["text"] == "two"
     await ws.close()
 
 
