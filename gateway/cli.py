@@ -51,12 +51,13 @@ def _cmd_route(args: argparse.Namespace) -> int:
     try:
         channel = config.channel(args.channel)
     except KeyError:
+        # The configuration is fine; the command line named a channel it does not have.
         known = ", ".join(c.name for c in config.channels) or "none"
-        raise ConfigError(f"no channel named {args.channel!r} (known: {known})") from None
+        print(f"gateway route: no channel named {args.channel!r} (known: {known})", file=sys.stderr)
+        return 2
     match = Router(config).route(channel.name, channel.type, args.text, args.sender)
-    rule = "no rule matched" if match.rule_index is None else f"routing[{match.rule_index}]"
     print(f"channel: {channel.name} ({channel.type})")
-    print(f"rule:    {rule}: {match.description}")
+    print(f"rule:    {match.description}")
     print(f"queue:   {match.queue}")
     return 0
 

@@ -114,8 +114,11 @@ def test_route_dry_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert main(["route", "--config", path, "--channel", "site", "--text", "hi"]) == 0
     out = capsys.readouterr().out
     assert "routing[2]" in out and "queue:   support" in out
-    assert main(["route", "--config", path, "--channel", "nope"]) == 1
-    assert "no channel named 'nope'" in capsys.readouterr().err
+    assert "rule:    routing[2] matched" in out and "routing[2]: routing[2]" not in out
+    # A channel the (valid) config lacks is a usage error, not an invalid configuration.
+    assert main(["route", "--config", path, "--channel", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "no channel named 'nope' (known: site)" in err and "invalid configuration" not in err
 
 
 def test_empty_channels_is_valid(tmp_path: Path) -> None:
