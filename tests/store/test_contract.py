@@ -213,11 +213,12 @@ async def test_only_issued_cursors_are_issued(store: Store, clock: ManualClock) 
         await ingest.message(inbound(f"m{i}", pid=f"p{i}"))
     issued = [e.cursor or "" for e in await store.read_events(None)]
     newest = await store.last_cursor()
-    assert newest == issued[-1]
+    assert newest is not None and newest == issued[-1]
     for cursor in issued:
         assert await store.cursor_issued(cursor)
-    numbers = [c for c in issued[-1] if c.isdigit()]
-    past = issued[-1][:-1] + str(int(numbers[-1]) + 1)  # the next one, not issued yet
+    head = newest.rstrip("0123456789")
+    tail = newest[len(head) :]
+    past = head + str(int(tail) + 1).zfill(len(tail))  # the next one, not issued yet
     zero = "".join("0" if c.isdigit() else c for c in issued[-1])  # "before the first event"
     huge = "".join("9" if c.isdigit() else c for c in issued[-1])
     arabic = "".join(chr(0x660 + int(c)) if c.isdigit() else c for c in issued[0])
