@@ -299,7 +299,10 @@ class Outbound:
 
         async def in_order() -> None:
             for message_id in message_ids:
-                await self.deliver(message_id)
+                try:
+                    await self.deliver(message_id)
+                except Exception:  # the next parts still go; the deadline retries this one
+                    log.exception("outbound.delivery_crashed", message_id=message_id)
 
         task = asyncio.create_task(in_order(), name=f"deliver-{message_ids[0]}+")
         self._tasks.add(task)
@@ -357,11 +360,26 @@ class Outbound:
             status=result.status,
             at=self.clock.now(),
         )
-        recorded = await self.store.record_send(
-            message_id,
-            provider_message_id=result.provider_message_id,
-            status=status if result.status != DeliveryState.QUEUED else None,
-        )
+        try:
+            recorded = await self.store.record_send(
+                message_id,
+                provider_message_id=result.provider_message_id,
+                status=status if result.status != DeliveryState.QUEUED else None,
+            )
+        except Exception as exc:  # e.g. the provider answered an id another message carries
+            log.exception(
+                "outbound.record_crashed",
+                message_id=message_id,
+                provider_message_id=result.provider_message_id,
+            )
+            # Nothing may stay `queued` forever: the agent sees it failed, and why.
+            await self._failed(
+                message,
+                "internal_error",
+                f"the provider accepted the send (id {result.provider_message_id}) but its"
+                f" outcome could not be recorded: {type(exc).__name__}",
+            )
+            return
         await self.store.clear_deadline(message_target(message_id), DELIVER_KIND)
         self._count(message.channel, str(result.status))
         if recorded.closes_window:  # a "window closed" report overtook the send's answer

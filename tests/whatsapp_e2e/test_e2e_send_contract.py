@@ -1,0 +1,62 @@
+"""The agent send path against the stand-in provider APIs: a body with both text and a template,
+an Idempotency-Key reused for a different split request, and a send whose outcome cannot be
+recorded (the provider answers an id another message already carries)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from structlog.testing import capture_logs
+
+from tests.whatsapp_e2e.conftest import META, WaGateway, next_event
+
+TEMPLATE = {"name": "HXb5b62575e6e4ff6129ad7c8efe1f983e", "language": "es", "params": ["Ana"]}
+
+
+def images(*numbers: int) -> list[dict[str, str]]:
+    return [
+        {"kind": "image", "url": f"https://example.com/{n}.jpg", "mime_type": "image/jpeg"}
+        for n in numbers
+    ]
+
+
+async def test_an_outcome_that_cannot_be_recorded_fails_the_message_not_the_delivery(
+    wa: WaGateway,
+) -> None:
+    """The provider answers the same message id for two sends: the second cannot be stored
+    under it. That message ends `failed` (the agent sees why), the error is logged with its
+    traceback, and the next part of the split message is still delivered."""
+    conversation_id = await wa.open_conversation(META, pid="in-1")
+    wa.graph.next_ids.extend(["wamid.SAME", "wamid.SAME", "wamid.THIRD"])
+    async with wa.client.ws_connect("/api/v1/stream?access_token=tok-maria") as ws:
+        await next_event(ws, lambda f: f.get("type") == "hello")
+        with capture_logs() as logs:
+            status, body = await wa.reply(
+                conversation_id, {"text": "Fotos", "attachments": images(1, 2, 3)}
+            )
+            assert status == 202, body
+            first, second, third = [p["id"] for p in body["messages"]]
+            event = await next_event(
+                ws,
+                lambda f: f.get("type") == "message.status" and f["message"]["id"] == second,
+            )
+            await wa.gw.settle()
+    seen = event["message"]
+    assert (seen["status"], seen["error_code"]) == ("failed", "internal_error")
+    assert "wamid.SAME" in seen["error_message"]
+    assert len(wa.graph.calls) == 3  # the third part went out after the second failed
+    stored = {m["id"]: m for m in (await wa.conversation(conversation_id))["messages"]}
+    assert stored[first]["provider_message_id"] == "wamid.SAME"
+    assert stored[first]["status"] == "queued"  # accepted by Meta; statuses come by webhook
+    assert (stored[second]["status"], stored[second]["error_code"]) == ("failed", "internal_error")
+    assert stored[second]["provider_message_id"] != "wamid.SAME"
+    assert stored[third]["provider_message_id"] == "wamid.THIRD"
+    assert stored[third]["status"] == "queued"
+    crashed = [e for e in logs if e["event"] == "outbound.record_crashed"]
+    assert len(crashed) == 1 and crashed[0]["message_id"] == second
+    assert crashed[0]["log_level"] == "error" and crashed[0]["exc_info"]
+    # Nothing is left for the scheduler to redeliver once the redelivery deadline passes.
+    wa.clock.advance(timedelta(minutes=11))
+    await wa.gw.runtime.scheduler.run_once()
+    await wa.gw.settle()
+    assert len(wa.graph.calls) == 3
