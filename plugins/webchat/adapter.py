@@ -7,7 +7,8 @@ Wire protocol (DESIGN section 5):
 - `GET /webchat/{channel}/ws?token=...[&after=MESSAGE_ID]`; the visitor sends
   `{"type": "message", "text", "client_id"}` and gets `{"type": "ack", "client_id", "message"}`;
   agent replies arrive as `{"type": "message", "message"}`. With `after`, everything since that
-  message is replayed first, in order.
+  message is replayed first, in order (`after=0`: the whole history); an `after` that is not
+  one of the visitor's own message ids is a 400 before the upgrade.
 
 A visitor message's provider id is `visitor_id:client_id`, so a resend after a lost ack is the
 same message (the store deduplicates it). Agent replies reach the visitor through the event
@@ -48,6 +49,8 @@ from plugins.webchat.tokens import InvalidToken, TokenSigner, VisitorSession
 HEARTBEAT = 25.0
 MAX_NAME = 80
 MAX_CLIENT_ID = 100
+WHOLE_HISTORY = "0"
+"""`after=0`: every message of the visitor (lower than every message id)."""
 
 
 def visitor_message_json(message: Message) -> dict[str, Any]:
@@ -223,10 +226,31 @@ class WebchatAdapter(BaseAdapter):
             session = self._bearer_session(request)
         except InvalidToken as exc:
             return _error(401, "invalid_token", str(exc))
+        try:
+            after = await self._after(request, session)
+        except InvalidInput as exc:
+            return self._cors(request, _error(400, "invalid_request", str(exc)))
         history = await self.context.history.list_contact_messages(
-            self.name, session.visitor_id, after=request.query.get("after") or None
+            self.name, session.visitor_id, after=after
         )
         return self._cors(request, _json({"messages": [visitor_message_json(m) for m in history]}))
+
+    async def _after(self, request: web.Request, session: VisitorSession) -> str | None:
+        """The `after` query parameter: absent or empty is none, `0` is the whole history (lower
+        than every id, what the widget asks on a page load), anything else must be the id of one
+        of this visitor's own messages."""
+        after = request.query.get("after") or None
+        if after is None or after == WHOLE_HISTORY:
+            return after
+        message = await self.context.history.get_message(after)
+        if (
+            message is None
+            or message.channel != self.name
+            or message.contact is None
+            or message.contact.address != session.visitor_id
+        ):
+            raise InvalidInput("after is not the id of one of this visitor's messages")
+        return after
 
     # socket ------------------------------------------------------------------------------------
     async def socket(self, request: web.Request) -> web.StreamResponse:
@@ -237,7 +261,10 @@ class WebchatAdapter(BaseAdapter):
             session = self.signer.verify(request.query.get("token", ""))
         except InvalidToken as exc:
             return _error(401, "invalid_token", str(exc))
-        after = request.query.get("after") or None
+        try:
+            after = await self._after(request, session)  # refused before the upgrade
+        except InvalidInput as exc:
+            return _error(400, "invalid_request", str(exc))
         ws = web.WebSocketResponse(heartbeat=HEARTBEAT, max_msg_size=64 * 1024)
         await ws.prepare(request)
         self._sockets.add(ws)

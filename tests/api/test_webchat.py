@@ -7,6 +7,7 @@ import json
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from aiohttp import ClientWebSocketResponse, WSServerHandshakeError
 
 from tests.api.conftest import Gateway
@@ -114,7 +115,7 @@ async def test_tokens_are_scoped_to_their_visitor(gw: Gateway) -> None:
         "/webchat/site/messages", headers={"Authorization": f"Bearer {bob['token']}"}
     )
     assert (await resp.json())["messages"] == []
-    ws = await visitor_socket(gw, bob["token"], after="m_0")
+    ws = await visitor_socket(gw, bob["token"], after="0")  # all of Bob's history: nothing
     await ws.send_json({"type": "message", "text": "bob here", "client_id": "b1"})
     ack = await frame(ws, "ack")
     assert ack["message"]["text"] == "bob here"  # and nothing of Ana's was replayed first
@@ -124,6 +125,38 @@ async def test_tokens_are_scoped_to_their_visitor(gw: Gateway) -> None:
         raise AssertionError("a forged token opened a socket")
     except WSServerHandshakeError as exc:
         assert exc.status == 401
+
+
+async def test_after_must_be_one_of_the_visitors_own_messages(gw: Gateway) -> None:
+    ana = await gw.visitor("Ana")
+    bob = await gw.visitor("Bob")
+    anas = (await gw.visitor_says(ana["token"], "secret of ana", "a1"))["message"]["id"]
+    bobs = (await gw.visitor_says(bob["token"], "bob here", "b1"))["message"]["id"]
+    bearer = {"Authorization": f"Bearer {bob['token']}"}
+    for after in ["m_bogus", anas, "m_0", bobs + "x"]:
+        url = f"/webchat/site/ws?token={bob['token']}&after={after}"
+        resp = await gw.client.get(url)  # a plain GET shows the refusal's body
+        assert resp.status == 400, after
+        error = (await resp.json())["error"]
+        assert error["code"] == "invalid_request" and "after" in error["message"]
+        with pytest.raises(WSServerHandshakeError) as refused:
+            await gw.client.ws_connect(url)
+        assert refused.value.status == 400
+        resp = await gw.client.get(f"/webchat/site/messages?after={after}", headers=bearer)
+        assert resp.status == 400 and "after" in (await resp.json())["error"]["message"]
+    # Bob's own message, the whole history (0) and no `after` at all still open the socket.
+    await gw.visitor_says(bob["token"], "again", "b2")
+    ws = await visitor_socket(gw, bob["token"], after=bobs)
+    assert (await frame(ws, "message"))["message"]["text"] == "again"
+    await ws.close()
+    ws = await visitor_socket(gw, bob["token"], after="0")
+    assert [(await frame(ws, "message"))["message"]["text"] for _ in range(2)] == [
+        "bob here",
+        "again",
+    ]
+    await ws.close()
+    ws = await visitor_socket(gw, bob["token"])
+    await ws.close()
 
 
 async def test_allowed_origins_are_enforced(gw: Gateway) -> None:

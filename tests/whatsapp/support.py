@@ -125,6 +125,9 @@ class _NoHistory:
     async def find_open_conversation(self, channel: str, address: str) -> Conversation | None:
         return None
 
+    async def get_message(self, message_id: str) -> Message | None:
+        return None
+
     async def list_contact_messages(
         self, channel: str, address: str, *, after: str | None = None, limit: int = 1000
     ) -> list[Message]:
