@@ -155,6 +155,8 @@ class Outbound:
         """
         if not request.text and request.template is None and not request.attachments:
             raise InvalidInput("a message needs text, a template or attachments")
+        if request.text and request.template is not None:
+            raise InvalidInput('send either "text" or "template", not both')
         conversation = await self._read(conversation_id)
         limit = getattr(self.adapters[conversation.channel], "max_attachments", None)
         parts = self._parts(conversation_id, request, limit)

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 from structlog.testing import capture_logs
 
-from tests.whatsapp_e2e.conftest import META, WaGateway, next_event
+from tests.whatsapp_e2e.conftest import META, TWILIO, WaGateway, next_event
 
 TEMPLATE = {"name": "HXb5b62575e6e4ff6129ad7c8efe1f983e", "language": "es", "params": ["Ana"]}
 
@@ -18,6 +19,23 @@ def images(*numbers: int) -> list[dict[str, str]]:
         {"kind": "image", "url": f"https://example.com/{n}.jpg", "mime_type": "image/jpeg"}
         for n in numbers
     ]
+
+
+@pytest.mark.parametrize("channel", [META, TWILIO])
+async def test_text_and_template_together_are_refused(channel: str, wa: WaGateway) -> None:
+    conversation_id = await wa.open_conversation(channel, pid="in-1")
+    before = await wa.counts()
+    status, body = await wa.reply(conversation_id, {"text": "Hola", "template": TEMPLATE})
+    assert status == 400, body
+    assert body["error"]["code"] == "invalid_request"
+    assert '"text"' in body["error"]["message"] and '"template"' in body["error"]["message"]
+    await wa.gw.settle()
+    assert await wa.counts() == before and wa.fake(channel).calls == []
+    # Each alone is fine, and a template may still carry what one message holds.
+    status, body = await wa.reply(conversation_id, {"template": TEMPLATE, "attachments": images(1)})
+    assert status == 202 and body["message"]["kind"] == "template", body
+    status, body = await wa.reply(conversation_id, {"text": "Hola", "attachments": images(1)})
+    assert status == 202 and body["message"]["text"] == "Hola", body
 
 
 async def test_an_outcome_that_cannot_be_recorded_fails_the_message_not_the_delivery(
