@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import html
 import secrets
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit
@@ -46,9 +46,12 @@ from gateway.model import (
 from plugins.webchat.config import WebchatConfig
 from plugins.webchat.tokens import InvalidToken, TokenSigner, VisitorSession
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
 HEARTBEAT = 25.0
 MAX_NAME = 80
 MAX_CLIENT_ID = 100
+CORS_HEADERS = "Authorization, Content-Type"
 WHOLE_HISTORY = "0"
 """`after=0`: every message of the visitor (lower than every message id)."""
 
@@ -120,10 +123,11 @@ class WebchatAdapter(BaseAdapter):
         base = f"/webchat/{self.name}"
         return [
             web.post(f"{base}/session", self.session),
-            web.options(f"{base}/session", self.preflight),
-            web.get(f"{base}/ws", self.socket),
+            web.options(f"{base}/session", self._preflight("POST")),
+            web.get(f"{base}/ws", self.socket),  # WebSockets have no preflight: Origin is checked
             web.post(f"{base}/messages", self.post_message),
             web.get(f"{base}/messages", self.get_messages),
+            web.options(f"{base}/messages", self._preflight("GET, POST")),
             web.get(f"{base}/demo", self.demo),
             web.get("/webchat/widget.js", self.widget),
         ]
@@ -138,18 +142,28 @@ class WebchatAdapter(BaseAdapter):
         return origin in own or "*" in allowed or origin in allowed
 
     def _cors(self, request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+        """Let an allowed page read the response (errors too, so it can tell a 401 from a 400)."""
         origin = request.headers.get("Origin")
         if origin and self._origin_allowed(request):
             response.headers["Access-Control-Allow-Origin"] = origin
             response.headers["Vary"] = "Origin"
-            response.headers["Access-Control-Allow-Headers"] = "Content-Type"
-            response.headers["Access-Control-Allow-Methods"] = "POST, OPTIONS"
         return response
 
-    async def preflight(self, request: web.Request) -> web.StreamResponse:
-        if not self._origin_allowed(request):
-            return _error(403, "origin_not_allowed", "this site may not use this chat")
-        return self._cors(request, web.Response(status=204))
+    def _preflight(self, methods: str) -> Handler:
+        """The CORS preflight of an endpoint a page calls with `methods`: the visitor token
+        travels as `Authorization: Bearer`, bodies as JSON (`Content-Type`)."""
+
+        async def preflight(request: web.Request) -> web.StreamResponse:
+            if not self._origin_allowed(request):
+                return _error(403, "origin_not_allowed", "this site may not use this chat")
+            response = self._cors(request, web.Response(status=204))
+            if request.headers.get("Origin"):
+                response.headers["Access-Control-Allow-Methods"] = f"{methods}, OPTIONS"
+                response.headers["Access-Control-Allow-Headers"] = CORS_HEADERS
+                response.headers["Access-Control-Max-Age"] = "600"
+            return response
+
+        return preflight
 
     # session -----------------------------------------------------------------------------------
     async def session(self, request: web.Request) -> web.StreamResponse:
@@ -198,18 +212,18 @@ class WebchatAdapter(BaseAdapter):
         try:
             session = self._bearer_session(request)
         except InvalidToken as exc:
-            return _error(401, "invalid_token", str(exc))
+            return self._cors(request, _error(401, "invalid_token", str(exc)))
         try:
             frame = orjson.loads(await request.read() or b"{}")
             if isinstance(frame, dict):
                 frame.setdefault("type", "message")
             message = self._parse_frame(frame, session)
         except orjson.JSONDecodeError:
-            return _error(400, "invalid_json", "the body is not valid JSON")
+            return self._cors(request, _error(400, "invalid_json", "the body is not valid JSON"))
         except InvalidInput as exc:
-            return _error(400, "invalid_request", str(exc))
+            return self._cors(request, _error(400, "invalid_request", str(exc)))
         if message is None:
-            return _error(400, "invalid_request", "type must be 'message'")
+            return self._cors(request, _error(400, "invalid_request", "type must be 'message'"))
         result = await self.context.inbound.message(message)
         body = {
             "type": "ack",
@@ -225,7 +239,7 @@ class WebchatAdapter(BaseAdapter):
         try:
             session = self._bearer_session(request)
         except InvalidToken as exc:
-            return _error(401, "invalid_token", str(exc))
+            return self._cors(request, _error(401, "invalid_token", str(exc)))
         try:
             after = await self._after(request, session)
         except InvalidInput as exc:

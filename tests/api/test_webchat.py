@@ -177,6 +177,66 @@ async def test_allowed_origins_are_enforced(gw: Gateway) -> None:
     await ws.close()
 
 
+def preflight_headers(origin: str, method: str) -> dict[str, str]:
+    """What a browser sends before a cross-origin call with the visitor token and a JSON body."""
+    return {
+        "Origin": origin,
+        "Access-Control-Request-Method": method,
+        "Access-Control-Request-Headers": "authorization,content-type",
+    }
+
+
+async def test_cors_preflight_lets_allowed_sites_call_every_http_endpoint(gw: Gateway) -> None:
+    good, evil = "https://shop.example.com", "https://evil.example"
+    calls = [("session", "POST"), ("messages", "POST"), ("messages", "GET")]
+    for path, method in calls:
+        resp = await gw.client.options(
+            f"/webchat/site/{path}", headers=preflight_headers(good, method)
+        )
+        assert resp.status == 204, (path, method)
+        assert resp.headers["Access-Control-Allow-Origin"] == good
+        assert "Origin" in resp.headers["Vary"]
+        allowed_methods = {
+            m.strip() for m in resp.headers["Access-Control-Allow-Methods"].split(",")
+        }
+        assert method in allowed_methods
+        allowed_headers = {
+            h.strip().lower() for h in resp.headers["Access-Control-Allow-Headers"].split(",")
+        }
+        assert {"authorization", "content-type"} <= allowed_headers
+        resp = await gw.client.options(
+            f"/webchat/site/{path}", headers=preflight_headers(evil, method)
+        )
+        assert resp.status == 403 and "Access-Control-Allow-Origin" not in resp.headers
+        assert (await resp.json())["error"]["code"] == "origin_not_allowed"
+    resp = await gw.client.options(
+        "/webchat/site/messages", headers=preflight_headers(good, "POST")
+    )
+    assert "GET" in resp.headers["Access-Control-Allow-Methods"]
+    resp = await gw.client.options("/webchat/site/session", headers=preflight_headers(good, "POST"))
+    assert "GET" not in resp.headers["Access-Control-Allow-Methods"]  # session is POST only
+
+    # The calls themselves: the page can read the answers, refusals included.
+    resp = await gw.client.post("/webchat/site/session", json={}, headers={"Origin": good})
+    token = (await resp.json())["token"]
+    page = {"Origin": good, "Authorization": f"Bearer {token}"}
+    resp = await gw.client.post(
+        "/webchat/site/messages", json={"text": "from a page", "client_id": "p1"}, headers=page
+    )
+    assert resp.status == 201 and resp.headers["Access-Control-Allow-Origin"] == good
+    resp = await gw.client.get("/webchat/site/messages", headers=page)
+    assert resp.status == 200 and resp.headers["Access-Control-Allow-Origin"] == good
+    assert [m["text"] for m in (await resp.json())["messages"]] == ["from a page"]
+    expired = {"Origin": good, "Authorization": "Bearer forged"}
+    resp = await gw.client.get("/webchat/site/messages", headers=expired)
+    assert resp.status == 401 and resp.headers["Access-Control-Allow-Origin"] == good
+    resp = await gw.client.post("/webchat/site/messages", data=b"{oops", headers=page)
+    assert resp.status == 400 and resp.headers["Access-Control-Allow-Origin"] == good
+    evil_page = {"Origin": evil, "Authorization": f"Bearer {token}"}
+    resp = await gw.client.get("/webchat/site/messages", headers=evil_page)
+    assert resp.status == 403 and "Access-Control-Allow-Origin" not in resp.headers
+
+
 async def test_no_agent_timeout_makes_inactive_and_next_message_opens_new(gw: Gateway) -> None:
     v = await gw.visitor()
     first = await gw.visitor_says(v["token"], "anyone?", "c1")
