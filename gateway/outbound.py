@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -105,6 +105,44 @@ def _may_reengage(conversation: Conversation, agent: AgentInfo) -> bool:
     if conversation.agent is not None:
         return conversation.agent == agent.id
     return conversation.queue in agent.queues
+
+
+def _authorize(conversation: Conversation, agent: AgentInfo) -> None:
+    """Refuse an agent who may not send on this conversation now (before anything else)."""
+    if is_open_for_agent(conversation, agent.id) or _may_reengage(conversation, agent):
+        return
+    visible = conversation.queue in agent.queues or conversation.agent == agent.id
+    reengageable = (
+        conversation.state == State.INACTIVE
+        and conversation.inactive_reason == InactiveReason.WINDOW_EXPIRED
+    )
+    if visible and conversation.state == State.CLOSED:
+        raise TransitionError(
+            "invalid_transition",
+            "the conversation is closed and takes no replies; a new message from the customer"
+            " starts a new conversation",
+        )
+    if visible and conversation.state == State.INACTIVE and not reengageable:
+        raise TransitionError(
+            "invalid_transition",
+            f"the conversation is inactive ({conversation.inactive_reason}) and takes no"
+            " replies; a new message from the customer starts a new conversation",
+        )
+    if reengageable and visible:
+        raise TransitionError(
+            "not_assignee",
+            "the conversation is inactive: only the agent who held it may send it a template",
+        )
+    raise TransitionError("not_assignee", "accept or resume the conversation before replying")
+
+
+def _check_window(conversation: Conversation, request: OutboundRequest, now: datetime) -> None:
+    if request.template is None and not lifecycle.can_reply(conversation, now):
+        raise TransitionError(
+            "window_closed",
+            "the customer-service window is closed: only an approved template can be sent"
+            ' now, e.g. {"template": {"name": "...", "language": "es", "params": []}}',
+        )
 
 
 def thread_headers(messages: list[Message]) -> dict[str, Any]:
@@ -229,7 +267,8 @@ class Outbound:
                 if previous is not None:
                     return previous, False
             now = self.clock.now()
-            self._check_allowed(conversation, agent, request, now)
+            _authorize(conversation, agent)
+            _check_window(conversation, request, now)
             message = await self._build(conversation, agent, request)
             transition = lifecycle.agent_message(conversation, message, now)
             try:
@@ -251,21 +290,6 @@ class Outbound:
                 )
             return result.message, result.created
         raise VersionConflict(f"conversation {conversation_id} kept changing, try again")
-
-    @staticmethod
-    def _check_allowed(
-        conversation: Conversation, agent: AgentInfo, request: OutboundRequest, now: Any
-    ) -> None:
-        if not is_open_for_agent(conversation, agent.id) and not _may_reengage(conversation, agent):
-            raise TransitionError(
-                "not_assignee", "accept or resume the conversation before replying"
-            )
-        if request.template is None and not lifecycle.can_reply(conversation, now):
-            raise TransitionError(
-                "window_closed",
-                "the customer-service window is closed: only an approved template can be sent"
-                ' now, e.g. {"template": {"name": "...", "language": "es", "params": []}}',
-            )
 
     async def _build(
         self, conversation: Conversation, agent: AgentInfo, request: OutboundRequest
