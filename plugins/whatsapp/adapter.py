@@ -18,7 +18,7 @@ from gateway.channels import (
     MediaContent,
     SendResult,
 )
-from gateway.errors import PermanentChannelError
+from gateway.errors import PermanentChannelError, TransientChannelError
 from gateway.model import Attachment, Conversation, Message
 from plugins.whatsapp.aliases import ContactAliases
 from plugins.whatsapp.config import WhatsAppConfig
@@ -27,6 +27,10 @@ from plugins.whatsapp.parsed import MalformedPayload, ParseResult
 from plugins.whatsapp.provider import Provider
 from plugins.whatsapp.twilio_provider import TwilioProvider
 from plugins.whatsapp.webhook_http import BodyTooLarge, json_error, read_body
+
+UNREACHABLE_AFTER = 3
+"""Consecutive transient send failures after which /readyz lists the channel as degraded
+(one message's retries count: three tries that all failed mean nothing gets through)."""
 
 
 class WhatsAppAdapter(BaseAdapter):
@@ -48,6 +52,8 @@ class WhatsAppAdapter(BaseAdapter):
             else MetaProvider(context, self.config)
         )
         self._aliases = ContactAliases(context.kv, self.name)
+        self._transient_failures = 0
+        self._last_transient = ""
 
     async def handle_webhook(self, request: web.Request) -> web.StreamResponse:
         if request.method == "GET":
@@ -130,8 +136,23 @@ class WhatsAppAdapter(BaseAdapter):
         )
 
     async def send(self, conversation: Conversation, message: Message) -> SendResult:
-        """Deliver an agent message; raises Transient/PermanentChannelError (core retries)."""
-        return await self._provider.send(conversation, message)
+        """Deliver an agent message; raises Transient/PermanentChannelError (core retries).
+
+        Consecutive transient failures (provider unreachable, 5xx, 429, time-outs) are counted
+        so that /readyz shows the channel degraded while nothing gets through; any answer
+        that is not transient (a send, or a refusal of this one message) clears it.
+        """
+        try:
+            result = await self._provider.send(conversation, message)
+        except TransientChannelError as exc:
+            self._transient_failures += 1
+            self._last_transient = str(exc)
+            raise
+        except PermanentChannelError:
+            self._transient_failures = 0
+            raise
+        self._transient_failures = 0
+        return result
 
     async def fetch_media(self, attachment: Attachment) -> MediaContent:
         """Download an inbound attachment from the provider's hosts (`MediaSource`).
@@ -148,6 +169,12 @@ class WhatsAppAdapter(BaseAdapter):
     def health(self) -> ChannelHealth:
         if self._provider.auth_problem:
             return ChannelHealth(ok=False, detail=self._provider.auth_problem)
+        if self._transient_failures >= UNREACHABLE_AFTER:
+            detail = (
+                f"the last {self._transient_failures} sends failed transiently"
+                f" ({self._last_transient})"
+            )
+            return ChannelHealth(ok=False, detail=detail)
         return ChannelHealth(ok=True)
 
 

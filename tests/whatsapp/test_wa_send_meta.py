@@ -189,3 +189,30 @@ async def test_connection_refused_is_transient(http_session: aiohttp.ClientSessi
     adapter = _adapter(http_session, f"http://127.0.0.1:{port}")
     with pytest.raises(TransientChannelError):
         await adapter.send(conversation(), agent_message())
+
+
+async def test_unreachable_provider_degrades_health_until_a_send_succeeds(
+    fake_graph: FakeGraph, http_session: aiohttp.ClientSession
+) -> None:
+    """/readyz must not call a channel healthy while every send fails: three transient
+    failures in a row (one message's retries, or several messages) mark it degraded."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    dead = _adapter(http_session, f"http://127.0.0.1:{port}")
+    for attempt in range(3):
+        assert dead.health().ok, attempt
+        with pytest.raises(TransientChannelError):
+            await dead.send(conversation(), agent_message())
+    health = dead.health()
+    assert not health.ok and "last 3 sends failed" in health.detail
+    assert "graph API unreachable" in health.detail and META_TOKEN not in health.detail
+
+    adapter = _adapter(http_session, fake_graph.base_url)
+    for _ in range(3):
+        fake_graph.replies.append(meta_error(1, "An unknown error occurred", 500))
+        with pytest.raises(TransientChannelError):
+            await adapter.send(conversation(), agent_message())
+    assert not adapter.health().ok
+    await adapter.send(conversation(), agent_message())  # the provider answers again
+    assert adapter.health().ok
