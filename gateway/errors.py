@@ -95,4 +95,5 @@ HTTP_STATUS: dict[str, int] = {
     "unsupported_media_type": 415,
     "channel_unavailable": 502,
     "channel_rejected": 422,
+    "idempotency_key_reused": 422,
 }

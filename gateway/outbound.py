@@ -145,6 +145,41 @@ def _check_window(conversation: Conversation, request: OutboundRequest, now: dat
         )
 
 
+def _part_keys(idempotency_key: str | None, count: int) -> list[str | None]:
+    """The Idempotency-Key each part is stored under: the key itself, or KEY#1, KEY#2, ..."""
+    if idempotency_key is None or count == 1:
+        return [idempotency_key] * count
+    return [f"{idempotency_key}#{number}" for number in range(1, count + 1)]
+
+
+def _key_reused() -> InvalidInput:
+    return InvalidInput(
+        "this Idempotency-Key was already used for a different request",
+        code="idempotency_key_reused",
+    )
+
+
+def _sent_as(attachment: Attachment) -> tuple[str, str | None, str | None, str | None, str | None]:
+    """What an agent's request says about an attachment (the store may add size, media id)."""
+    a = attachment
+    return (a.kind, a.url, a.mime_type, a.caption, a.filename)
+
+
+def _require_same_request(previous: Message, request: OutboundRequest) -> None:
+    """Refuse a request that reuses an Idempotency-Key for other text, template or files."""
+    # Parts stored before they carried their place (extra "part") match any place.
+    placed = "part" not in previous.extra or previous.extra["part"] == request.extra.get("part")
+    same = (
+        previous.text == request.text
+        and previous.template == request.template
+        and [_sent_as(a) for a in previous.attachments]
+        == [_sent_as(a) for a in request.attachments]
+        and placed
+    )
+    if not same:
+        raise _key_reused()
+
+
 def thread_headers(messages: list[Message]) -> dict[str, Any]:
     """Return the threading facts channels like email need: what we answer, what came before."""
     # A reply answers the customer, never a bounce or an auto-reply that landed in between.
@@ -196,15 +231,17 @@ class Outbound:
         if request.text and request.template is not None:
             raise InvalidInput('send either "text" or "template", not both')
         conversation = await self._read(conversation_id)
+        # Who may send comes first: an idempotent replay answers only a caller who passes it.
+        _authorize(conversation, agent)
         limit = getattr(self.adapters[conversation.channel], "max_attachments", None)
         parts = self._parts(conversation_id, request, limit)
+        keys = _part_keys(idempotency_key, len(parts))
+        if idempotency_key is not None:
+            await self._refuse_reused_key(conversation_id, idempotency_key, parts, keys)
         stored: list[Message] = []
         new: list[str] = []
         snapshot: Conversation | None = conversation
-        for number, part in enumerate(parts, start=1):
-            key = idempotency_key
-            if key is not None and len(parts) > 1:
-                key = f"{key}#{number}"
+        for part, key in zip(parts, keys, strict=True):
             # The first part is planned on the snapshot read above; later ones on a fresh read.
             message, created = await self._submit_one(conversation_id, snapshot, agent, part, key)
             snapshot = None
@@ -214,6 +251,31 @@ class Outbound:
         if new:
             self._spawn_in_order(new)
         return stored
+
+    async def _refuse_reused_key(
+        self,
+        conversation_id: str,
+        idempotency_key: str,
+        parts: list[OutboundRequest],
+        keys: list[str | None],
+    ) -> None:
+        """Refuse (and store nothing) when the key already stands for a different request.
+
+        Each part is compared with the message stored under its key; a request split another
+        way (one message where the first had several, or fewer parts) is different too.
+        """
+        for part, key in zip(parts, keys, strict=True):
+            assert key is not None
+            previous = await self.store.find_idempotent(conversation_id, key)
+            if previous is not None:
+                _require_same_request(previous, part)
+        if len(parts) == 1:
+            others = [f"{idempotency_key}#1"]
+        else:
+            others = [idempotency_key, f"{idempotency_key}#{len(parts) + 1}"]
+        for other in others:
+            if await self.store.find_idempotent(conversation_id, other) is not None:
+                raise _key_reused()
 
     async def _read(self, conversation_id: str) -> Conversation:
         """The conversation, if it exists and its channel is configured on this node."""
@@ -244,7 +306,11 @@ class Outbound:
             OutboundRequest(attachments=chunk, extra=dict(request.extra)) for chunk in chunks[1:]
         ]
         log.info("outbound.split", conversation_id=conversation_id, parts=len(chunks))
-        return [first, *rest]
+        # Each part says where it stands, so a request split another way is told apart.
+        return [
+            replace(part, extra={**part.extra, "part": {"number": number, "of": len(chunks)}})
+            for number, part in enumerate([first, *rest], start=1)
+        ]
 
     async def _submit_one(
         self,
@@ -261,13 +327,14 @@ class Outbound:
         for _ in range(CAS_ATTEMPTS):
             conversation = snapshot or await self._read(conversation_id)
             snapshot = None
+            _authorize(conversation, agent)
             if idempotency_key is not None:
                 # A retried request gets its first answer, even if the window closed since.
                 previous = await self.store.find_idempotent(conversation_id, idempotency_key)
                 if previous is not None:
+                    _require_same_request(previous, request)
                     return previous, False
             now = self.clock.now()
-            _authorize(conversation, agent)
             _check_window(conversation, request, now)
             message = await self._build(conversation, agent, request)
             transition = lifecycle.agent_message(conversation, message, now)
@@ -281,6 +348,8 @@ class Outbound:
                 )
             except VersionConflict:
                 continue
+            if not result.created:  # a concurrent request with the same key stored it first
+                _require_same_request(result.message, request)
             if result.created:
                 log.info(
                     "outbound.queued",

@@ -30,6 +30,63 @@ async def outbound(gw: Gateway, conv_id: str) -> list[dict[str, Any]]:
     return [m for m in body["messages"] if m["direction"] == "out"]
 
 
+async def test_a_replay_answers_only_a_caller_who_may_send(gw: Gateway) -> None:
+    conv_id = await accepted_conversation(gw)
+    status, first = await send(gw, "maria", conv_id, {"text": "Hola!"}, key="k1")
+    assert status == 202, first
+    await gw.settle()
+    _, before = await gw.get("maria", f"/api/v1/conversations/{conv_id}")
+    # Jose is on the queue but does not hold the conversation: the same answer as a new send.
+    for key in ("k1", "fresh"):
+        status, body = await send(gw, "jose", conv_id, {"text": "Hola!"}, key=key)
+        assert status == 403, body
+        assert body["error"]["code"] == "not_assignee"
+        assert first["message"]["id"] not in str(body)
+    # Ana is not even on the queue.
+    status, body = await send(gw, "ana", conv_id, {"text": "Hola!"}, key="k1")
+    assert status == 403 and first["message"]["id"] not in str(body)
+    # The assignee's retry still gets the first answer.
+    status, again = await send(gw, "maria", conv_id, {"text": "Hola!"}, key="k1")
+    assert status == 202 and again["message"]["id"] == first["message"]["id"]
+    _, after = await gw.get("maria", f"/api/v1/conversations/{conv_id}")
+    assert after == before
+
+
+async def test_a_key_reused_for_a_different_request_is_refused(gw: Gateway) -> None:
+    conv_id = await accepted_conversation(gw)
+    image = {"kind": "image", "url": "https://example.com/1.jpg", "mime_type": "image/jpeg"}
+    status, first = await send(
+        gw, "maria", conv_id, {"text": "Hola!", "attachments": [image]}, key="k1"
+    )
+    assert status == 202, first
+    await gw.settle()
+    _, before = await gw.get("maria", f"/api/v1/conversations/{conv_id}")
+    other_image = {**image, "url": "https://example.com/2.jpg"}
+    different = [
+        {"text": "Adiós", "attachments": [image]},
+        {"text": "Hola!"},
+        {"text": "Hola!", "attachments": [other_image]},
+        {"text": "Hola!", "attachments": [{**image, "caption": "mira"}]},
+        {"text": "Hola!", "attachments": [image, other_image]},
+        {"attachments": [image]},
+    ]
+    for body in different:
+        status, answer = await send(gw, "maria", conv_id, body, key="k1")
+        assert status == 422, (body, answer)
+        assert answer["error"]["code"] == "idempotency_key_reused"
+        assert "different request" in answer["error"]["message"]
+    _, after = await gw.get("maria", f"/api/v1/conversations/{conv_id}")
+    assert after == before  # nothing stored, nothing changed
+    # The identical request is still a replay, and the key is free on another conversation.
+    status, again = await send(
+        gw, "maria", conv_id, {"text": "Hola!", "attachments": [image]}, key="k1"
+    )
+    assert status == 202 and again["message"]["id"] == first["message"]["id"]
+    other = await accepted_conversation(gw, name="Bea")
+    status, body = await send(gw, "maria", other, {"text": "Otra"}, key="k1")
+    assert status == 202 and body["message"]["id"] != first["message"]["id"]
+
+
 async def test_replying_on_a_closed_conversation_says_it_is_closed(gw: Gateway) -> None:
     conv_id = await accepted_conversation(gw)
     status, body = await gw.post("maria", f"/api/v1/conversations/{conv_id}/close")
@@ -59,3 +116,13 @@ async def test_replying_on_an_inactive_conversation_says_it_is_inactive(gw: Gate
     assert "inactive" in body["error"]["message"]
     assert "new conversation" in body["error"]["message"]
     assert await outbound(gw, conv_id) == []
+
+
+async def test_a_replay_on_a_closed_conversation_is_refused_like_a_new_send(gw: Gateway) -> None:
+    conv_id = await accepted_conversation(gw)
+    status, _ = await send(gw, "maria", conv_id, {"text": "Hola!"}, key="k1")
+    assert status == 202
+    await gw.settle()
+    assert (await gw.post("maria", f"/api/v1/conversations/{conv_id}/close"))[0] == 200
+    status, body = await send(gw, "maria", conv_id, {"text": "Hola!"}, key="k1")
+    assert status == 409 and body["error"]["code"] == "invalid_transition"

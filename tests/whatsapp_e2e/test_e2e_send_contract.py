@@ -5,6 +5,7 @@ recorded (the provider answers an id another message already carries)."""
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -36,6 +37,39 @@ async def test_text_and_template_together_are_refused(channel: str, wa: WaGatewa
     assert status == 202 and body["message"]["kind"] == "template", body
     status, body = await wa.reply(conversation_id, {"text": "Hola", "attachments": images(1)})
     assert status == 202 and body["message"]["text"] == "Hola", body
+
+
+async def test_a_split_request_replays_only_when_identical(wa: WaGateway) -> None:
+    """Meta carries one medium per message: the parts are stored under KEY#1, KEY#2, ... and a
+    request reusing the key must match every part, and be split the same way."""
+    conversation_id = await wa.open_conversation(META, pid="in-1")
+    path = f"/api/v1/conversations/{conversation_id}/messages"
+    headers = {"Idempotency-Key": "k1"}
+    request = {"text": "Fotos", "attachments": images(1, 2, 3)}
+    status, first = await wa.gw.post("maria", path, request, headers=headers)
+    assert status == 202 and len(first["messages"]) == 3, first
+    assert [m["extra"]["part"] for m in first["messages"]] == [
+        {"number": n, "of": 3} for n in (1, 2, 3)
+    ]
+    await wa.gw.settle()
+    before, calls = await wa.counts(), len(wa.graph.calls)
+    status, again = await wa.gw.post("maria", path, request, headers=headers)
+    assert status == 202
+    assert [m["id"] for m in again["messages"]] == [m["id"] for m in first["messages"]]
+    different: list[dict[str, Any]] = [
+        {"text": "Fotos", "attachments": images(1, 2, 4)},  # only the last part differs
+        {"text": "Otras", "attachments": images(1, 2, 3)},  # only the first part differs
+        {"text": "Fotos", "attachments": images(1, 2)},  # fewer parts
+        {"text": "Fotos", "attachments": images(1, 2, 3, 4)},  # more parts
+        {"text": "Fotos", "attachments": images(1)},  # one message, not split
+        {"text": "Fotos"},
+    ]
+    for body in different:
+        status, answer = await wa.gw.post("maria", path, body, headers=headers)
+        assert status == 422, (body, answer)
+        assert answer["error"]["code"] == "idempotency_key_reused"
+    await wa.gw.settle()
+    assert await wa.counts() == before and len(wa.graph.calls) == calls
 
 
 async def test_an_outcome_that_cannot_be_recorded_fails_the_message_not_the_delivery(
