@@ -195,6 +195,18 @@ class AgentConfig(_Section):
     max_active: int = Field(default=5, ge=1)
 
 
+class IntegratorConfig(_Section):
+    """A system that reads the whole event log (`GET /api/v1/events`) and nothing else.
+
+    Agents read the log too, but only the events of conversations they may see (their queues,
+    or assigned to them); an integrator (a CRM sync, a data warehouse) sees every event. Like
+    an agent it presents a bearer token whose SHA-256 is stored here.
+    """
+
+    name: str = Field(pattern=_NAME_PATTERN)
+    token_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
 class GatewayConfig(_Section):
     """The whole config.yaml, validated and cross-checked; build it with `load_config`.
 
@@ -209,6 +221,7 @@ class GatewayConfig(_Section):
     queues: list[QueueConfig] = Field(default_factory=list)
     routing: list[RouteConfig] = Field(default_factory=list)
     agents: list[AgentConfig] = Field(default_factory=list)
+    integrators: list[IntegratorConfig] = Field(default_factory=list)
 
     _channels_by_name: dict[str, ChannelConfig] = PrivateAttr(default_factory=dict)
     _queues_by_name: dict[str, QueueConfig] = PrivateAttr(default_factory=dict)
@@ -220,6 +233,7 @@ class GatewayConfig(_Section):
             [q.name for q in self.queues],
             self.routing,
             self.agents,
+            self.integrators,
         )
         if problems:
             raise ValueError("; ".join(p.render() for p in problems))
@@ -284,6 +298,9 @@ def _describe_lines(config: GatewayConfig) -> Iterator[str]:
         name = f" ({agent.name})" if agent.name else ""
         queues = ", ".join(agent.queues)
         yield f"  {agent.id}{name}: queues {queues}; max_active {agent.max_active}"
+    if config.integrators:
+        names = ", ".join(i.name for i in config.integrators)
+        yield f"integrators ({len(config.integrators)}): {names} (read every event)"
 
 
 def _describe_policy(channel: ChannelConfig) -> str:
@@ -347,6 +364,7 @@ def _reference_problems(
     queue_names: Sequence[str | None] | None,
     routing: Sequence[RouteConfig | None] | None,
     agents: Sequence[AgentConfig | None] | None,
+    integrators: Sequence[IntegratorConfig | None] | None = None,
 ) -> list[_Problem]:
     """Check names across sections.
 
@@ -365,6 +383,12 @@ def _reference_problems(
         problems += _route_problems(routing, queue_names, channel_names)
     if agents is not None:
         problems += _agent_problems(agents, queue_names)
+    if integrators is not None:
+        names = [i.name if i is not None else None for i in integrators]
+        problems += _duplicates("integrators", "name", "integrator name", names)
+    problems += _shared_tokens(
+        [("agents", a) for a in agents or ()] + [("integrators", i) for i in integrators or ()]
+    )
     return problems
 
 
@@ -373,7 +397,6 @@ def _agent_problems(
 ) -> list[_Problem]:
     ids = [agent.id if agent is not None else None for agent in agents]
     problems = _duplicates("agents", "id", "agent id", ids)
-    problems += _shared_tokens(agents)
     if queue_names is not None:
         problems += _agent_queue_problems(agents, [n for n in queue_names if n is not None])
     return problems
@@ -395,17 +418,23 @@ def _duplicates(section: str, key: str, what: str, names: Sequence[str | None]) 
     return problems
 
 
-def _shared_tokens(agents: Sequence[AgentConfig | None]) -> list[_Problem]:
-    """Two agents with one token could not be told apart; say so without showing the hash."""
-    first_seen: dict[str, int] = {}
+def _shared_tokens(
+    holders: Sequence[tuple[str, AgentConfig | IntegratorConfig | None]],
+) -> list[_Problem]:
+    """Two token holders (agents, integrators) with one token could not be told apart; say
+    so without showing the hash."""
+    first_seen: dict[str, str] = {}
     problems = []
-    for index, agent in enumerate(agents):
-        if agent is None:
+    index_in: dict[str, int] = {}
+    for section, holder in holders:
+        index = index_in[section] = index_in.get(section, -1) + 1
+        if holder is None:
             continue
-        other = first_seen.setdefault(agent.token_sha256, index)
-        if other != index:
-            message = f"same token as {_path('agents', other)}; each agent needs its own token"
-            problems.append(_Problem(_path("agents", index, "token_sha256"), message))
+        here = _path(section, index)
+        other = first_seen.setdefault(holder.token_sha256, here)
+        if other != here:
+            message = f"same token as {other}; each agent and integrator needs its own token"
+            problems.append(_Problem(_path(section, index, "token_sha256"), message))
     return problems
 
 
@@ -666,7 +695,7 @@ _T = typing.TypeVar("_T")
 _PATH_HEAD = re.compile(r"([^.\[]*)(?:\[(\d+)\])?")
 """The section and first index of a key path: `channels[1].imap.host` -> channels, 1."""
 
-_CORE_SECTIONS = ("server", "store", "presence", "queues", "routing", "agents")
+_CORE_SECTIONS = ("server", "store", "presence", "queues", "routing", "agents", "integrators")
 
 
 class _Loader:
@@ -801,6 +830,7 @@ class _Loader:
             _names(raw.get("queues", []), "name"),
             routing,
             sections.get("agents", []),
+            sections.get("integrators", []),
         )
         if routing is not None:
             self.problems += _route_type_problems(routing, self.channel_types)

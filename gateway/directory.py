@@ -25,6 +25,13 @@ class AgentInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class IntegratorInfo:
+    """A system reading the whole event log (config `integrators`): no queues, no inbox."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
 class QueueInfo:
     name: str
     distribution: str = "manual"

@@ -146,7 +146,9 @@ class Runtime:
             heartbeat_ttl=options.node_ttl,
         )
         self.auth = Authenticator(
-            {a.token_sha256: a.id for a in config.agents}, self.directory.agents
+            {a.token_sha256: a.id for a in config.agents},
+            self.directory.agents,
+            {i.token_sha256: i.name for i in config.integrators},
         )
         self.started = False
         for channel in config.channels:

@@ -361,6 +361,32 @@ agents:
     assert MARIA_SHA not in line
 
 
+def test_integrators_load_and_are_checked_with_the_agents(tmp_path: Path) -> None:
+    ok = f"""
+queues: [{{name: sales}}]
+agents: [{{id: ana, token_sha256: "{"a" * 64}", queues: [sales]}}]
+integrators: [{{name: crm, token_sha256: "{"b" * 64}"}}]
+"""
+    config = load(tmp_path, ok)
+    assert [(i.name, i.token_sha256) for i in config.integrators] == [("crm", "b" * 64)]
+    assert "integrators (1): crm" in config.describe()
+
+    bad = f"""
+queues: [{{name: sales}}]
+agents: [{{id: ana, token_sha256: "{MARIA_SHA}", queues: [sales]}}]
+integrators:
+  - {{name: crm, token_sha256: "{MARIA_SHA}"}}
+  - {{name: crm, token_sha256: "{"c" * 64}"}}
+  - {{name: bi, token_sha256: "not-a-hash", queues: [sales]}}
+"""
+    lines = problems(tmp_path, bad)
+    shared = problem_at(lines, "integrators[0].token_sha256")
+    assert "same token as agents[0]" in shared and MARIA_SHA not in shared
+    assert "duplicate integrator name 'crm'" in problem_at(lines, "integrators[1].name")
+    assert "should match pattern" in problem_at(lines, "integrators[2].token_sha256")
+    assert "unknown key (allowed: name, token_sha256)" in problem_at(lines, "integrators[2].queues")
+
+
 def test_route_to_unknown_queue(tmp_path: Path) -> None:
     text = MINIMAL_QUEUES + "routing: [{queue: salez}]\n"
 

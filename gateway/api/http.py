@@ -17,7 +17,7 @@ import orjson
 import structlog
 from aiohttp import web
 
-from gateway.directory import AgentInfo
+from gateway.directory import AgentInfo, IntegratorInfo
 from gateway.errors import HTTP_STATUS, GatewayError, InvalidInput
 
 log = structlog.get_logger("gateway.http")
@@ -102,13 +102,38 @@ def token_digest(token: str) -> str:
 
 
 class Authenticator:
-    """Maps presented bearer tokens to agents by their SHA-256 (the config stores only that)."""
+    """Maps presented bearer tokens to agents (or integrators) by their SHA-256: the config
+    stores only that. Integrator tokens open the event log and nothing else."""
 
-    def __init__(self, digests: Mapping[str, str], agents: Mapping[str, AgentInfo]) -> None:
+    def __init__(
+        self,
+        digests: Mapping[str, str],
+        agents: Mapping[str, AgentInfo],
+        integrators: Mapping[str, str] | None = None,
+    ) -> None:
         self._by_digest = dict(digests)
         self._agents = agents
+        self._integrators = dict(integrators or {})
 
     def agent(self, request: web.Request, *, allow_query: bool = False) -> AgentInfo:
+        digest = token_digest(self._token(request, allow_query))
+        agent_id = self._by_digest.get(digest)
+        agent = self._agents.get(agent_id) if agent_id else None
+        if agent is None:
+            raise GatewayError("the token is not valid", code="unauthorized")
+        structlog.contextvars.bind_contextvars(agent=agent.id)
+        return agent
+
+    def reader(self, request: web.Request) -> AgentInfo | IntegratorInfo:
+        """Who reads the event log: an integrator (every event) or an agent (their own)."""
+        name = self._integrators.get(token_digest(self._token(request, False)))
+        if name is None:
+            return self.agent(request)
+        structlog.contextvars.bind_contextvars(integrator=name)
+        return IntegratorInfo(name)
+
+    @staticmethod
+    def _token(request: web.Request, allow_query: bool) -> str:
         token = None
         header = request.headers.get("Authorization", "")
         if header.lower().startswith("bearer "):
@@ -117,9 +142,4 @@ class Authenticator:
             token = request.query.get("access_token")
         if not token:
             raise GatewayError("a bearer token is required", code="unauthorized")
-        agent_id = self._by_digest.get(token_digest(token))
-        agent = self._agents.get(agent_id) if agent_id else None
-        if agent is None:
-            raise GatewayError("the token is not valid", code="unauthorized")
-        structlog.contextvars.bind_contextvars(agent=agent.id)
-        return agent
+        return token
