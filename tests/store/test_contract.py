@@ -14,7 +14,7 @@ from gateway.errors import TransitionError, VersionConflict
 from gateway.ids import new_id
 from gateway.ingest import Ingestor
 from gateway.lifecycle import AgentContext, ChannelPolicy, QueuePolicy
-from gateway.model import DeliveryState, DeliveryStatus, Direction, Message, State
+from gateway.model import Conversation, DeliveryState, DeliveryStatus, Direction, Message, State
 from gateway.store.base import GRACE_KIND, Store, agent_target, conversation_target
 from tests.conftest import inbound
 
@@ -397,10 +397,20 @@ async def test_counts_by_state(store: Store, clock: ManualClock) -> None:
     assert await store.count_by_state() == {("waiting", "support"): 3}
 
 
+async def close_waiting(store: Store, conversation: Conversation, clock: ManualClock) -> None:
+    """Accept, then close: a waiting conversation leaves the queue only by being accepted."""
+    accepted, _ = await store.update_conversation(
+        lifecycle.accept(conversation, maria(), clock.now()), conversation.version
+    )
+    await store.update_conversation(
+        lifecycle.close(accepted, maria(), clock.now()), accepted.version
+    )
+
+
 async def test_contact_messages_span_conversations(store: Store, clock: ManualClock) -> None:
     ingest = make_ingestor(store, clock)
     first = (await ingest.message(inbound("a", pid="1"))).conversation
-    await store.update_conversation(lifecycle.close(first, maria(), clock.now()), first.version)
+    await close_waiting(store, first, clock)
     second = await ingest.message(inbound("b", pid="2"))
     everything = await store.list_contact_messages("wa-main", "+5511999990000")
     assert [m.text for m in everything] == ["a", "b"]
@@ -411,7 +421,7 @@ async def test_contact_messages_span_conversations(store: Store, clock: ManualCl
 async def test_thread_refs_link_a_new_conversation(store: Store, clock: ManualClock) -> None:
     ingest = make_ingestor(store, clock)
     first = (await ingest.message(inbound("a", pid="<m1@x>"))).conversation
-    await store.update_conversation(lifecycle.close(first, maria(), clock.now()), first.version)
+    await close_waiting(store, first, clock)
     reply = dataclasses.replace(inbound("re: a", pid="<m2@x>"), thread_refs=("<m1@x>",))
     second = (await ingest.message(reply)).conversation
     assert second.id != first.id
@@ -421,7 +431,7 @@ async def test_thread_refs_link_a_new_conversation(store: Store, clock: ManualCl
 async def test_non_waking_message_leaves_state_alone(store: Store, clock: ManualClock) -> None:
     ingest = make_ingestor(store, clock)
     first = (await ingest.message(inbound("a", pid="1"))).conversation
-    await store.update_conversation(lifecycle.close(first, maria(), clock.now()), first.version)
+    await close_waiting(store, first, clock)
     auto = dataclasses.replace(
         inbound("I am away", pid="2"), wakes_conversation=False, thread_refs=("1",)
     )

@@ -189,8 +189,10 @@ async def test_repeat_contact_ingests_in_one_round_trip_and_survives_stale_knowl
     fourth = await ingest_a.message(inbound("4", pid="4"))
     assert fourth.conversation.id == first.conversation.id and fourth.conversation.version == 4
     # b closes it; a still believes it open, yet the next message opens a new conversation.
-    closed = lifecycle.close(fourth.conversation, maria(), clock.now())
-    await b.update_conversation(closed, fourth.conversation.version)
+    accepted, _ = await b.update_conversation(
+        lifecycle.accept(fourth.conversation, maria(), clock.now()), fourth.conversation.version
+    )
+    await b.update_conversation(lifecycle.close(accepted, maria(), clock.now()), accepted.version)
     fifth = await ingest_a.message(inbound("5", pid="5"))
     assert fifth.conversation.id != first.conversation.id
     assert fifth.conversation.state == State.WAITING
