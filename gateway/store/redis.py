@@ -230,6 +230,10 @@ class RedisStore:
         self._blocking: Redis | None = None
         self._batcher: CommandBatcher | None = None
         self._scripts = {name: Script(name, source(name)) for name in SCRIPTS}
+        self._heads: dict[str, tuple[Arg, ...]] = {
+            name: ("EVALSHA", script.sha, 0, prefix) for name, script in self._scripts.items()
+        }
+        """The start of each script's EVALSHA command when it declares no keys."""
         self._contacts = _ContactLocks()
         self._recent: OrderedDict[bytes, Event] = OrderedDict()
         """Events this process appended, by stream id as Redis returns it (see `_appended`)."""
@@ -287,10 +291,13 @@ class RedisStore:
         return self._batcher
 
     async def _eval(self, name: str, *args: Arg, keys: Sequence[Arg] = ()) -> Any:
-        return await self.batcher.evalsha(self._scripts[name], keys, (self.prefix, *args))
+        if keys:
+            return await self.batcher.evalsha(self._scripts[name], keys, (self.prefix, *args))
+        # The common case: one tuple, the script's prepared head and the arguments.
+        return await self.batcher.send((*self._heads[name], *args))
 
     async def _cmd(self, *args: Arg) -> Any:
-        return await self.batcher.execute(*args)
+        return await self.batcher.send(args)
 
     async def publish_ephemeral(self, event: Event) -> None:
         await self._cmd("PUBLISH", self._g("ephemeral"), encode(event))

@@ -108,14 +108,6 @@ class _Link:
         self.reader = _new_reader()
 
 
-class _Call:
-    __slots__ = ("args", "future")
-
-    def __init__(self, args: tuple[Arg, ...], future: asyncio.Future[Any]) -> None:
-        self.args = args
-        self.future = future
-
-
 def _settle(future: asyncio.Future[Any], result: Any) -> None:
     if future.done():  # the caller was cancelled; the command ran anyway
         return
@@ -144,7 +136,9 @@ class CommandBatcher:
         self._scripts = {s.sha: s for s in scripts}
         self.max_in_flight = max_in_flight
         self.max_batch = max_batch
-        self._pending: list[_Call] = []
+        self._pending: list[tuple[Arg, ...]] = []
+        self._waiting: list[asyncio.Future[Any]] = []
+        """The futures of the `_pending` commands, in the same order."""
         self._in_flight = 0
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -161,16 +155,22 @@ class CommandBatcher:
 
     def execute(self, *args: Arg) -> asyncio.Future[Any]:
         """Queue one command for the next pipeline; the future resolves with its reply."""
+        return self.send(args)
+
+    def send(self, command: tuple[Arg, ...]) -> asyncio.Future[Any]:
+        """`execute` for a command already made as one tuple (what the store's hot paths do)."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Call(args, future))
-        self._schedule()
+        self._pending.append(command)
+        self._waiting.append(future)
+        if not self._scheduled:
+            self._schedule()
         return future
 
     def evalsha(
         self, script: Script, keys: Sequence[Arg] = (), args: Sequence[Arg] = ()
     ) -> asyncio.Future[Any]:
         """Queue an EVALSHA of `script` (which must be one of the batcher's scripts)."""
-        return self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+        return self.send(("EVALSHA", script.sha, len(keys), *keys, *args))
 
     async def drain(self) -> None:
         """Wait until every queued command has been answered (used before closing)."""
@@ -200,27 +200,34 @@ class CommandBatcher:
     def _flush(self) -> None:
         self._scheduled = False
         while self._pending and self._in_flight < self.max_in_flight:
-            batch = self._pending[: self.max_batch]
-            del self._pending[: self.max_batch]
+            size = self.max_batch
+            if len(self._pending) <= size:
+                commands, futures = self._pending, self._waiting
+                self._pending, self._waiting = [], []
+            else:
+                commands, futures = self._pending[:size], self._waiting[:size]
+                del self._pending[:size], self._waiting[:size]
             self._in_flight += 1
-            task = asyncio.get_running_loop().create_task(self._send(batch))
+            task = asyncio.get_running_loop().create_task(self._send(commands, futures))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _send(self, batch: list[_Call]) -> None:
+    async def _send(
+        self, commands: list[tuple[Arg, ...]], futures: list[asyncio.Future[Any]]
+    ) -> None:
         try:
-            results = await self._pipeline([c.args for c in batch])
-            if any(isinstance(r, NoScriptError) for r in results):
-                results = await self._after_noscript(batch, results)
+            results = await self._pipeline(commands)
+            if NoScriptError in map(type, results):
+                results = await self._after_noscript(commands, results)
         except BaseException as exc:  # the whole pipeline failed (connection lost, cancelled)
             error = exc if isinstance(exc, Exception) else ConnectionError("pipeline cancelled")
-            for call in batch:
-                _settle(call.future, error)
+            for future in futures:
+                _settle(future, error)
             if not isinstance(exc, Exception):
                 raise
         else:
-            for call, result in zip(batch, results, strict=True):
-                _settle(call.future, result)
+            for future, result in zip(futures, results, strict=True):
+                _settle(future, result)
         finally:
             self._in_flight -= 1
             if self._pending:
@@ -262,11 +269,13 @@ class CommandBatcher:
         self._idle.append(link)
         return results
 
-    async def _after_noscript(self, batch: list[_Call], results: list[Any]) -> list[Any]:
+    async def _after_noscript(
+        self, commands: list[tuple[Arg, ...]], results: list[Any]
+    ) -> list[Any]:
         """Redis lost its script cache (a restart): load the scripts, resend what did not run."""
         await self.load_scripts()
         again = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
-        retried = await self._pipeline([batch[i].args for i in again])
+        retried = await self._pipeline([commands[i] for i in again])
         merged = list(results)
         for i, result in zip(again, retried, strict=True):
             merged[i] = result
