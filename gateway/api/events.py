@@ -3,16 +3,28 @@
 Integrators page through the log with the cursor of the last event they processed; `wait=N`
 long-polls up to N seconds for the first new event. A cursor never repeats or skips an event
 because the log is append-only and cursors follow commit order.
+
+Who sees what: an integrator token (config `integrators`) reads every event; an agent token
+reads only the events of conversations the agent may see (their queues, or assigned to them:
+the same rule as their live stream), so the log is no way around the queue restriction. The
+cursor returned is that of the last event *scanned*, so an agent's next page never rescans
+events that were not theirs.
 """
 
 from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
 
 from aiohttp import web
 
 from gateway.api.http import json_response
 from gateway.api.serialize import event_json
+from gateway.api.visibility import visible_to
 from gateway.appkeys import RUNTIME
+from gateway.directory import AgentInfo
 from gateway.errors import InvalidInput
+from gateway.model import Event
 from gateway.store.base import Store
 
 routes = web.RouteTableDef()
@@ -40,18 +52,42 @@ def _number(request: web.Request, name: str, default: int, low: int, high: int) 
 @routes.get("/api/v1/events")
 async def events(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
-    runtime.auth.agent(request)
+    reader = runtime.auth.reader(request)
     limit = _number(request, "limit", 500, 1, 1000)
     wait = _number(request, "wait", 0, 0, 60)
     after = await after_cursor(request, runtime.store)
+    accept = visible_to(reader) if isinstance(reader, AgentInfo) else None
     try:
-        if wait:
-            page = (await runtime.store.wait_events(after, float(wait)))[:limit]
-        else:
-            page = await runtime.store.read_events(after, limit)
+        page, cursor = await _page(runtime.store, after, limit, float(wait), accept)
     except ValueError:
         raise InvalidInput(NOT_ISSUED) from None
     now = runtime.clock.now()
     body = [event_json(e, now) for e in page]
-    next_cursor = page[-1].cursor if page else after
-    return json_response({"events": body, "cursor": next_cursor})
+    return json_response({"events": body, "cursor": cursor})
+
+
+async def _page(
+    store: Store,
+    after: str | None,
+    limit: int,
+    wait: float,
+    accept: Callable[[Event], bool] | None,
+) -> tuple[list[Event], str | None]:
+    """Up to `limit` events after `after` that `accept` lets through, and the cursor of the
+    last event scanned. Long-polling keeps waiting (up to `wait` seconds in all) while only
+    events the reader may not see arrive."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    cursor = after
+    while True:
+        if wait:
+            scanned = (await store.wait_events(cursor, max(0.0, deadline - loop.time())))[:limit]
+        else:
+            scanned = await store.read_events(cursor, limit)
+        if scanned:
+            cursor = scanned[-1].cursor
+        page = scanned if accept is None else [e for e in scanned if accept(e)]
+        if page or not scanned:
+            return page, cursor
+        if not wait or loop.time() >= deadline:
+            return page, cursor

@@ -222,7 +222,8 @@ def openapi_document() -> dict[str, Any]:
             },
             "/api/v1/events": {
                 "get": {
-                    "summary": "The ordered normalized event log, resumable by cursor",
+                    "summary": "The ordered normalized event log, resumable by cursor: every event for an"
+                    " integrator's token, an agent's own conversations for an agent's token",
                     "parameters": [
                         {"name": "after", "in": "query", "schema": {"type": "string"}},
                         {

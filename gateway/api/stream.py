@@ -22,6 +22,7 @@ from aiohttp import WSMsgType, web
 
 from gateway.api.events import after_cursor
 from gateway.api.serialize import event_json
+from gateway.api.visibility import visible_to
 from gateway.appkeys import RUNTIME
 from gateway.directory import AgentInfo
 from gateway.hub import Overflow, Subscription
@@ -36,18 +37,6 @@ log = structlog.get_logger("gateway.stream")
 routes = web.RouteTableDef()
 
 HEARTBEAT = 20.0
-
-
-def visible_to(agent: AgentInfo) -> Callable[[Event], bool]:
-    """Agents see events of conversations on their queues or assigned to them."""
-
-    def accept(event: Event) -> bool:
-        conversation = event.conversation
-        if conversation is None:
-            return False
-        return conversation.queue in agent.queues or conversation.agent == agent.id
-
-    return accept
 
 
 async def _send(ws: web.WebSocketResponse, body: Any) -> None:

@@ -20,7 +20,8 @@ from gateway.pluginmanager import channel_types, config_models, get_plugin_manag
 from gateway.runtime import Runtime, RuntimeOptions
 from tests.conftest import STORE_KINDS, store_url
 
-TOKENS = {"maria": "tok-maria", "jose": "tok-jose", "ana": "tok-ana"}
+TOKENS = {"maria": "tok-maria", "jose": "tok-jose", "ana": "tok-ana", "crm": "tok-crm"}
+"""Agents' bearer tokens, and `crm`: an integrator's (reads the whole event log)."""
 
 
 def sha(token: str) -> str:
@@ -45,6 +46,8 @@ agents:
   - {{id: jose, name: Jose, token_sha256: "{sha(TOKENS["jose"])}",
       queues: [support, sales], max_active: 2}}
   - {{id: ana, name: Ana, token_sha256: "{sha(TOKENS["ana"])}", queues: [sales], max_active: 1}}
+integrators:
+  - {{name: crm, token_sha256: "{sha(TOKENS["crm"])}"}}
 """
 
 

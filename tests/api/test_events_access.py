@@ -1,0 +1,76 @@
+"""Who reads what of `GET /api/v1/events`: integrators everything, agents their own.
+
+DESIGN.md section 1: an agent previews only conversations of their queues; the event log must
+not be a way around that. Integrators (config `integrators`) read every event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from tests.api.conftest import Gateway
+
+
+async def conversation_of(gw: Gateway, name: str, text: str) -> tuple[str, str]:
+    """A visitor writes; return (visitor id, conversation id) from the integrator's log."""
+    visitor = await gw.visitor(name)
+    await gw.visitor_says(visitor["token"], text, f"c-{name}-{text}")
+    _, page = await gw.get("crm", "/api/v1/events?limit=1000")
+    ids = {
+        e["conversation"]["id"]
+        for e in page["events"]
+        if e["conversation"]["contact"]["address"] == visitor["visitor_id"]
+    }
+    assert len(ids) == 1
+    return visitor["visitor_id"], ids.pop()
+
+
+def conversations_in(events: list[dict[str, Any]]) -> set[str]:
+    return {e["conversation"]["id"] for e in events}
+
+
+async def test_agents_read_only_their_conversations_integrators_read_all(gw: Gateway) -> None:
+    _, support = await conversation_of(gw, "Bea", "Hola")  # routed to support
+    _, sales = await conversation_of(gw, "Caio", "price?")  # routed to sales
+    status, everything = await gw.get("crm", "/api/v1/events")
+    assert status == 200 and conversations_in(everything["events"]) == {support, sales}
+    status, maria = await gw.get("maria", "/api/v1/events")  # on support and sales
+    assert status == 200 and maria == everything
+    status, ana = await gw.get("ana", "/api/v1/events")  # on sales only
+    assert status == 200 and conversations_in(ana["events"]) == {sales}
+    # The cursor is the last event scanned: Ana resumes after the log's end, not before it.
+    assert ana["cursor"] == everything["cursor"]
+    # Page by page, Ana never gets a support event and always moves forward.
+    cursor, seen = "", []
+    while True:
+        _, page = await gw.get("ana", "/api/v1/events", params={"after": cursor, "limit": 1})
+        if page["cursor"] == (cursor or None):
+            break
+        seen += page["events"]
+        cursor = page["cursor"]
+    assert conversations_in(seen) == {sales} and cursor == everything["cursor"]
+    # The preview rule and the log agree.
+    status, _ = await gw.get("ana", f"/api/v1/conversations/{support}")
+    assert status == 403
+
+
+async def test_a_long_poll_waits_past_events_the_agent_may_not_see(gw: Gateway) -> None:
+    await conversation_of(gw, "Bea", "Hola")
+    _, start = await gw.get("crm", "/api/v1/events")
+    await conversation_of(gw, "Dora", "Hola")  # support: not Ana's
+    # Ana's poll first finds only Dora's events: it must keep waiting, not answer empty.
+    poll = asyncio.create_task(
+        gw.get("ana", "/api/v1/events", params={"after": start["cursor"], "wait": 30})
+    )
+    _, sales = await conversation_of(gw, "Eva", "precio?")
+    status, page = await poll
+    assert status == 200 and conversations_in(page["events"]) == {sales}
+
+
+async def test_an_integrator_token_opens_only_the_event_log(gw: Gateway) -> None:
+    for path in ["/api/v1/inbox?state=waiting", "/api/v1/me"]:
+        status, body = await gw.get("crm", path)
+        assert status == 401 and body["error"]["code"] == "unauthorized", path
+    status, _ = await gw.get("crm", "/api/v1/events")
+    assert status == 200
