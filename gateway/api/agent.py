@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from gateway.api.http import json_response, read_json
 from gateway.api.serialize import conversation_json, message_json
 from gateway.appkeys import RUNTIME
-from gateway.errors import InvalidInput, TransitionError
+from gateway.errors import InvalidInput, NotFound, TransitionError
 from gateway.model import Attachment, Event, State
 from gateway.outbound import OutboundRequest
 
@@ -122,6 +122,8 @@ async def inbox(request: web.Request) -> web.Response:
     queues = set(agent.queues)
     if "queue" in request.query:
         wanted = request.query["queue"]
+        if wanted not in runtime.directory.queues:
+            raise NotFound(f"no queue named {wanted!r}")
         if wanted not in agent.queues:
             raise InvalidInput(f"agent {agent.id} is not on queue {wanted!r}", code="not_on_queue")
         queues = {wanted}

@@ -67,6 +67,11 @@ async def test_bad_state_and_queue(gw: Gateway) -> None:
     assert status == 400 and "state must be one of" in body["error"]["message"]
     status, body = await gw.get("ana", "/api/v1/inbox?queue=support")
     assert status == 403 and body["error"]["code"] == "not_on_queue"
+    status, body = await gw.get("ana", "/api/v1/inbox?queue=nosuch")  # not a queue at all
+    assert status == 404 and body["error"] == {
+        "code": "not_found",
+        "message": "no queue named 'nosuch'",
+    }
 
 
 async def test_routing_sends_price_questions_to_sales(gw: Gateway) -> None:
