@@ -231,11 +231,13 @@ class Outbound:
         if request.text and request.template is not None:
             raise InvalidInput('send either "text" or "template", not both')
         conversation = await self._read(conversation_id)
-        # Who may send comes first: an idempotent replay answers only a caller who passes it.
-        _authorize(conversation, agent)
         limit = getattr(self.adapters[conversation.channel], "max_attachments", None)
         parts = self._parts(conversation_id, request, limit)
         keys = _part_keys(idempotency_key, len(parts))
+        # Who may send comes first: an idempotent replay answers only a caller who passes it,
+        # or the agent who sent it (a retry gets its first answer whatever happened since).
+        if not await self._own_retry(conversation_id, agent, keys[0]):
+            _authorize(conversation, agent)
         if idempotency_key is not None:
             await self._refuse_reused_key(conversation_id, idempotency_key, parts, keys)
         stored: list[Message] = []
@@ -251,6 +253,13 @@ class Outbound:
         if new:
             self._spawn_in_order(new)
         return stored
+
+    async def _own_retry(self, conversation_id: str, agent: AgentInfo, key: str | None) -> bool:
+        """True when `agent` already sent a message under this Idempotency-Key."""
+        if key is None:
+            return False
+        previous = await self.store.find_idempotent(conversation_id, key)
+        return previous is not None and previous.agent == agent.id
 
     async def _refuse_reused_key(
         self,
@@ -327,13 +336,16 @@ class Outbound:
         for _ in range(CAS_ATTEMPTS):
             conversation = snapshot or await self._read(conversation_id)
             snapshot = None
-            _authorize(conversation, agent)
+            previous = None
             if idempotency_key is not None:
-                # A retried request gets its first answer, even if the window closed since.
                 previous = await self.store.find_idempotent(conversation_id, idempotency_key)
-                if previous is not None:
-                    _require_same_request(previous, request)
-                    return previous, False
+            # The agent's own retry gets its first answer, even if the conversation closed or
+            # the window lapsed since; anyone else must first be allowed to send.
+            if previous is None or previous.agent != agent.id:
+                _authorize(conversation, agent)
+            if previous is not None:
+                _require_same_request(previous, request)
+                return previous, False
             now = self.clock.now()
             _check_window(conversation, request, now)
             message = await self._build(conversation, agent, request)

@@ -118,11 +118,17 @@ async def test_replying_on_an_inactive_conversation_says_it_is_inactive(gw: Gate
     assert await outbound(gw, conv_id) == []
 
 
-async def test_a_replay_on_a_closed_conversation_is_refused_like_a_new_send(gw: Gateway) -> None:
+async def test_the_senders_retry_gets_its_first_answer_after_a_close(gw: Gateway) -> None:
+    """Idempotency: the agent who sent under a key gets the same answer on a retry, even if the
+    conversation closed meanwhile; a new key (a new send) is refused as closed."""
     conv_id = await accepted_conversation(gw)
-    status, _ = await send(gw, "maria", conv_id, {"text": "Hola!"}, key="k1")
+    status, first = await send(gw, "maria", conv_id, {"text": "Hola!"}, key="k1")
     assert status == 202
     await gw.settle()
     assert (await gw.post("maria", f"/api/v1/conversations/{conv_id}/close"))[0] == 200
-    status, body = await send(gw, "maria", conv_id, {"text": "Hola!"}, key="k1")
+    status, again = await send(gw, "maria", conv_id, {"text": "Hola!"}, key="k1")
+    assert status == 202 and again["message"]["id"] == first["message"]["id"]
+    status, body = await send(gw, "maria", conv_id, {"text": "Hola!"}, key="k2")
     assert status == 409 and body["error"]["code"] == "invalid_transition"
+    status, body = await send(gw, "maria", conv_id, {"text": "Other"}, key="k1")
+    assert status == 422 and body["error"]["code"] == "idempotency_key_reused"
