@@ -75,6 +75,8 @@ routing:
   - {{queue: support}}
 agents:
 {agents}
+integrators:
+  - {{name: audit, token_sha256: "{hashlib.sha256(token("audit").encode()).hexdigest()}"}}
 """
 
 
@@ -175,6 +177,7 @@ def cluster(
 
 
 def auth(agent: str) -> dict[str, str]:
+    """Bearer headers of an agent, or of `audit`: the integrator that reads every event."""
     return {"Authorization": f"Bearer {token(agent)}"}
 
 
@@ -215,7 +218,7 @@ async def end_cursor(http: aiohttp.ClientSession, node: Node) -> str | None:
     cursor = None
     while True:
         query = f"?limit=1000&after={cursor}" if cursor else "?limit=1000"
-        async with http.get(f"{node.base}/api/v1/events{query}", headers=auth("maria")) as resp:
+        async with http.get(f"{node.base}/api/v1/events{query}", headers=auth("audit")) as resp:
             body = await resp.json()
         if not body["events"]:
             return cursor
@@ -240,7 +243,7 @@ async def collect_events(
             break
         wait = max(1, min(5, int(remaining)))
         query = f"?wait={wait}&limit=1000" + (f"&after={cursor}" if cursor else "")
-        async with http.get(f"{node.base}/api/v1/events{query}", headers=auth("maria")) as resp:
+        async with http.get(f"{node.base}/api/v1/events{query}", headers=auth("audit")) as resp:
             assert resp.status == 200, await resp.text()
             body = await resp.json()
         events.extend(body["events"])
