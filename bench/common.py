@@ -1,12 +1,16 @@
-"""Pieces every benchmark script shares: a free loopback port, and waiting for a server it started."""
+"""Pieces every benchmark script shares: a free loopback port, waiting for a server it started,
+and a signed Meta Cloud API webhook carrying one text message."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import socket
 import time
 
 import aiohttp
+import orjson
 
 
 def free_port() -> int:
@@ -28,3 +32,50 @@ async def wait_ready(url: str, timeout: float = 60) -> None:
                 pass
             await asyncio.sleep(0.05)  # polling a process we started; not test state
     raise RuntimeError(f"{url} did not come up")
+
+
+def signed_meta_text(
+    *,
+    app_secret: str,
+    waba_id: str,
+    phone_number_id: str,
+    phone: str,
+    name: str,
+    wamid: str,
+    text: str,
+    timestamp: int,
+) -> tuple[bytes, str]:
+    """A Cloud API webhook body with one text message, and its `X-Hub-Signature-256` value."""
+    payload = {
+        "object": "whatsapp_business_account",
+        "entry": [
+            {
+                "id": waba_id,
+                "changes": [
+                    {
+                        "field": "messages",
+                        "value": {
+                            "messaging_product": "whatsapp",
+                            "metadata": {
+                                "display_phone_number": "15550783881",
+                                "phone_number_id": phone_number_id,
+                            },
+                            "contacts": [{"profile": {"name": name}, "wa_id": phone}],
+                            "messages": [
+                                {
+                                    "from": phone,
+                                    "id": wamid,
+                                    "timestamp": str(timestamp),
+                                    "type": "text",
+                                    "text": {"body": text},
+                                }
+                            ],
+                        },
+                    }
+                ],
+            }
+        ],
+    }
+    body = orjson.dumps(payload)
+    digest = hmac.new(app_secret.encode(), body, hashlib.sha256).hexdigest()
+    return body, f"sha256={digest}"

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import hmac
 import os
 import shutil
 import subprocess
@@ -40,9 +39,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
-import orjson
 import structlog
-from common import free_port, wait_ready
+from common import free_port, signed_meta_text, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -110,43 +108,16 @@ BARE_MODES = {
 
 def webhook(i: int, contacts: int, run: str) -> tuple[bytes, str]:
     """One signed Meta webhook with one text message (unique id) from contact i % K."""
-    wa_id = f"1555{i % contacts:07d}"
-    body = orjson.dumps(
-        {
-            "object": "whatsapp_business_account",
-            "entry": [
-                {
-                    "id": "WABA1",
-                    "changes": [
-                        {
-                            "field": "messages",
-                            "value": {
-                                "messaging_product": "whatsapp",
-                                "metadata": {
-                                    "display_phone_number": "15550783881",
-                                    "phone_number_id": PHONE_ID,
-                                },
-                                "contacts": [
-                                    {"profile": {"name": f"C{i % contacts}"}, "wa_id": wa_id}
-                                ],
-                                "messages": [
-                                    {
-                                        "from": wa_id,
-                                        "id": f"wamid.{run}.{i}",
-                                        "timestamp": str(int(time.time())),
-                                        "type": "text",
-                                        "text": {"body": f"hola {i}"},
-                                    }
-                                ],
-                            },
-                        }
-                    ],
-                }
-            ],
-        }
+    return signed_meta_text(
+        app_secret=APP_SECRET,
+        waba_id="WABA1",
+        phone_number_id=PHONE_ID,
+        phone=f"1555{i % contacts:07d}",
+        name=f"C{i % contacts}",
+        wamid=f"wamid.{run}.{i}",
+        text=f"hola {i}",
+        timestamp=int(time.time()),
     )
-    digest = hmac.new(APP_SECRET.encode(), body, hashlib.sha256).hexdigest()
-    return body, f"sha256={digest}"
 
 
 @dataclass

@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
-import hmac
 import io
 import os
 import shutil
@@ -45,7 +44,7 @@ from typing import IO, cast
 
 import aiohttp
 import orjson
-from common import free_port
+from common import free_port, signed_meta_text
 
 APP_SECRET = "bench-app-secret"
 PHONE_NUMBER_ID = "1065400000000"
@@ -79,39 +78,17 @@ class Request:
 def webhook(batch: int, i: int, now: int) -> Request:
     """One signed Cloud API webhook with one text message from a contact of its own."""
     phone = f"55{batch:03d}{i:09d}"
-    payload = {
-        "object": "whatsapp_business_account",
-        "entry": [
-            {
-                "id": "102290129340398",
-                "changes": [
-                    {
-                        "field": "messages",
-                        "value": {
-                            "messaging_product": "whatsapp",
-                            "metadata": {
-                                "display_phone_number": "15550783881",
-                                "phone_number_id": PHONE_NUMBER_ID,
-                            },
-                            "contacts": [{"profile": {"name": f"Cliente {i}"}, "wa_id": phone}],
-                            "messages": [
-                                {
-                                    "from": phone,
-                                    "id": f"wamid.BENCH{batch:03d}{i:09d}",
-                                    "timestamp": str(now),
-                                    "type": "text",
-                                    "text": {"body": f"Hola, quería saber del pedido {i}"},
-                                }
-                            ],
-                        },
-                    }
-                ],
-            }
-        ],
-    }
-    body = orjson.dumps(payload)
-    digest = hmac.new(APP_SECRET.encode(), body, hashlib.sha256).hexdigest()
-    headers = {"Content-Type": "application/json", "X-Hub-Signature-256": f"sha256={digest}"}
+    body, signature = signed_meta_text(
+        app_secret=APP_SECRET,
+        waba_id="102290129340398",
+        phone_number_id=PHONE_NUMBER_ID,
+        phone=phone,
+        name=f"Cliente {i}",
+        wamid=f"wamid.BENCH{batch:03d}{i:09d}",
+        text=f"Hola, quería saber del pedido {i}",
+        timestamp=now,
+    )
+    headers = {"Content-Type": "application/json", "X-Hub-Signature-256": signature}
     return Request(body, headers)
 
 
