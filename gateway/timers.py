@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import structlog
 
@@ -21,7 +21,7 @@ from gateway.clock import Clock
 from gateway.directory import Directory
 from gateway.errors import VersionConflict
 from gateway.lifecycle import QueuePresence
-from gateway.model import Event, State
+from gateway.model import Conversation, Event, State
 from gateway.store.base import (
     AGENT_TARGET,
     CONVERSATION_TARGET,
@@ -198,16 +198,7 @@ class DeadlineHandler:
             if conversation_id in planned:  # two kinds due at once: decide the second later
                 rest.append(deadline)
                 continue
-            queue_state = QueuePresence(online=False)
-            if presence is not None and deadline.kind == lifecycle.DEADLINE_NO_AGENT:
-                queue_state = queue_presence(self.directory, conversation.queue, presence)
-            transition = lifecycle.on_deadline(
-                conversation,
-                deadline.kind,
-                now,
-                self.directory.policy(conversation.channel),
-                queue_state,
-            )
+            transition = self._decide(conversation, deadline.kind, now, presence)
             if transition.changed:
                 updates.append((deadline, transition))
                 planned.add(conversation_id)
@@ -231,6 +222,22 @@ class DeadlineHandler:
                 await self.on_events(fired)
         return rest
 
+    def _decide(
+        self,
+        conversation: Conversation,
+        kind: str,
+        now: datetime,
+        presence: dict[str, AgentPresence] | None,
+    ) -> lifecycle.Transition:
+        """The lifecycle's verdict on a due deadline. Only the no-agent timeout looks at who is
+        online (`presence`, read by the caller once for all the deadlines it decides)."""
+        queue_state = QueuePresence(online=False)
+        if presence is not None and kind == lifecycle.DEADLINE_NO_AGENT:
+            queue_state = queue_presence(self.directory, conversation.queue, presence)
+        return lifecycle.on_deadline(
+            conversation, kind, now, self.directory.policy(conversation.channel), queue_state
+        )
+
     async def _conversation(self, deadline: Deadline, conversation_id: str) -> None:
         for _ in range(CAS_ATTEMPTS):
             conversation = await self.store.get_conversation(conversation_id)
@@ -238,18 +245,10 @@ class DeadlineHandler:
                 await self.store.clear_deadline(deadline.target, deadline.kind, deadline.due_at)
                 return
             now = self.clock.now()
-            presence = QueuePresence(online=False)
+            presence = None
             if deadline.kind == lifecycle.DEADLINE_NO_AGENT:
-                presence = queue_presence(
-                    self.directory, conversation.queue, await self.store.presence()
-                )
-            transition = lifecycle.on_deadline(
-                conversation,
-                deadline.kind,
-                now,
-                self.directory.policy(conversation.channel),
-                presence,
-            )
+                presence = await self.store.presence()
+            transition = self._decide(conversation, deadline.kind, now, presence)
             if not transition.changed:
                 await self.store.clear_deadline(deadline.target, deadline.kind, deadline.due_at)
                 return
