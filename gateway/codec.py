@@ -6,6 +6,7 @@ one encoding and a record read back compares equal to the one written.
 
 from __future__ import annotations
 
+import threading
 from datetime import datetime
 from typing import Any
 
@@ -117,8 +118,44 @@ def event_from(data: dict[str, Any], cursor: str | None = None) -> Event:
     )
 
 
+class _DecodedConversations:
+    """Conversations by the exact JSON they were stored as, so decoding one again is a lookup.
+
+    Every customer message reads its open conversation back from the store, and decoding that
+    document (a dozen timestamps) was the largest Python cost of a follow-up message. The bytes
+    are the key, so a hit can never be stale: the same document always decodes to an equal
+    (frozen) Conversation. Writers prime it with what they just encoded, which is exactly what
+    the next message reads. Bounded; the oldest entries go first.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._items: dict[bytes | str, Conversation] = {}
+        self._lock = threading.Lock()  # the writer and the reader threads both decode
+
+    def decode(self, blob: bytes | str) -> Conversation:
+        hit = self._items.get(blob)
+        if hit is not None:
+            return hit
+        conversation = conversation_from(orjson.loads(blob))
+        self.remember(blob, conversation)
+        return conversation
+
+    def remember(self, blob: bytes | str, conversation: Conversation) -> None:
+        """Record that `blob` is the stored JSON of `conversation` (what `encode` made of it)."""
+        with self._lock:
+            items = self._items
+            items[blob] = conversation
+            if len(items) > self._size:
+                del items[next(iter(items))]
+
+
+_decoded_conversations = _DecodedConversations(4096)
+remember_conversation = _decoded_conversations.remember
+
+
 def decode_conversation(blob: bytes | str) -> Conversation:
-    return conversation_from(orjson.loads(blob))
+    return _decoded_conversations.decode(blob)
 
 
 def decode_message(blob: bytes | str) -> Message:

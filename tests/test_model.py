@@ -151,3 +151,37 @@ def test_fast_init_builds_what_the_dataclass_init_builds(cls: type) -> None:
         cls(**required, not_a_field=1)
     with pytest.raises(TypeError):
         cls()  # required fields stay required
+
+
+def test_decoding_a_stored_conversation_again_is_a_lookup_that_cannot_go_stale() -> None:
+    """The memo is keyed by the stored bytes: equal bytes give the one object, and any change
+    to the document (a new version, another preview) decodes afresh."""
+    from gateway.codec import decode_conversation, remember_conversation
+
+    blob = dumps(evolve(CONVERSATION, id="c_memo", preview="first"))
+    first = decode_conversation(blob)
+    assert decode_conversation(bytes(bytearray(blob))) is first  # same bytes, another object
+
+    changed = dumps(evolve(CONVERSATION, id="c_memo", preview="second", version=2))
+    second = decode_conversation(changed)
+    assert (second.preview, second.version) == ("second", 2)
+    assert decode_conversation(blob) is first
+
+    # A writer primes it with what it stored; the primed object is what a read returns.
+    written = evolve(CONVERSATION, id="c_primed", version=7)
+    written_blob = dumps(written)
+    remember_conversation(written_blob, written)
+    assert decode_conversation(bytes(bytearray(written_blob))) is written
+    assert decode_conversation(written_blob) == written
+
+
+def test_the_conversation_memo_is_bounded() -> None:
+    from gateway.codec import _DecodedConversations
+
+    memo = _DecodedConversations(3)
+    blobs = [dumps(evolve(CONVERSATION, id=f"c_{i}")) for i in range(5)]
+    decoded = [memo.decode(blob) for blob in blobs]
+    assert len(memo._items) == 3
+    assert memo.decode(blobs[4]) is decoded[4]  # kept: among the newest
+    assert memo.decode(blobs[0]) is not decoded[0]  # evicted: decoded afresh, still equal
+    assert memo.decode(blobs[0]) == decoded[0]

@@ -28,6 +28,7 @@ from gateway.codec import (
     decode_message,
     decode_status,
     encode,
+    remember_conversation,
 )
 from gateway.errors import NotFound, TransitionError, VersionConflict
 from gateway.lifecycle import Transition, deadlines_of
@@ -914,6 +915,10 @@ def _encoded(conn: sqlite3.Connection, value: Conversation | Message) -> bytes:
 
 
 def _conversation_row(conn: sqlite3.Connection, conversation: Conversation) -> tuple[Any, ...]:
+    data = _encoded(conn, conversation)
+    # The next message of this contact reads exactly these bytes back: decoding them is then
+    # a lookup (harmless if this write rolls back: the bytes still mean this conversation).
+    remember_conversation(data, conversation)
     return (
         conversation.channel,
         conversation.contact.address,
@@ -923,7 +928,7 @@ def _conversation_row(conn: sqlite3.Connection, conversation: Conversation) -> t
         conversation.version,
         micros(conversation.queued_at),
         micros(conversation.updated_at),
-        _encoded(conn, conversation),
+        data,
     )
 
 
