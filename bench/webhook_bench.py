@@ -18,6 +18,7 @@ read: every acknowledged message must be there (acknowledged means durable).
     python bench/webhook_bench.py                      # defaults: 3 rounds of 4000, 32 conns
     python bench/webhook_bench.py --requests 10000 --concurrency 64 --rounds 5
     python bench/webhook_bench.py --profile /tmp/gw.txt   # py-spy on the gateway, one round
+    python bench/webhook_bench.py --contacts 400      # follow-ups: ~10 messages per conversation
 """
 
 from __future__ import annotations
@@ -75,9 +76,10 @@ class Request:
     headers: dict[str, str]
 
 
-def webhook(batch: int, i: int, now: int) -> Request:
-    """One signed Cloud API webhook with one text message from a contact of its own."""
-    phone = f"55{batch:03d}{i:09d}"
+def webhook(batch: int, i: int, now: int, contacts: int = 0) -> Request:
+    """One signed Cloud API webhook with one text message: from a contact of its own, or with
+    `contacts` set, from one of that many (follow-ups on their open conversations)."""
+    phone = f"55{batch:03d}{i % contacts if contacts else i:09d}"
     body, signature = signed_meta_text(
         app_secret=APP_SECRET,
         waba_id="102290129340398",
@@ -92,10 +94,10 @@ def webhook(batch: int, i: int, now: int) -> Request:
     return Request(body, headers)
 
 
-def requests_for(batch: int, count: int) -> list[Request]:
+def requests_for(batch: int, count: int, contacts: int = 0) -> list[Request]:
     """`count` webhooks whose wamids and contacts no other batch uses."""
     now = int(time.time())
-    return [webhook(batch, i, now) for i in range(count)]
+    return [webhook(batch, i, now, contacts) for i in range(count)]
 
 
 # --- the load generator ------------------------------------------------------------------------
@@ -370,6 +372,7 @@ async def bench(args: argparse.Namespace) -> int:
         f"webhook bench: {args.rounds} round(s) of up to {args.requests} requests "
         f"({args.seconds:.0f} s cap), {args.concurrency} connections, warm-up {args.warmup}, "
         f"store synchronous={args.synchronous}, log level {args.log_level}, "
+        f"{f'{args.contacts} contacts' if args.contacts else 'a new contact per message'}, "
         f"server CPU {server_cpu if server_cpu is not None else 'shared'}",
         flush=True,
     )
@@ -382,11 +385,11 @@ async def bench(args: argparse.Namespace) -> int:
         await wait_ready(f"http://127.0.0.1:{gateway_port}/healthz", gateway, "gateway")
         await wait_ready(f"http://127.0.0.1:{bare_port}/", bare, "bare server")
         for n in range(args.rounds):
-            warm = requests_for(2 * n, args.warmup)
+            warm = requests_for(2 * n, args.warmup, args.contacts)
             await load("bare", bare_url, warm, args.concurrency, args.seconds)
             warmed = await load("gateway", gateway_url, warm, args.concurrency, args.seconds)
             acknowledged += warmed.ok
-            batch = requests_for(2 * n + 1, args.requests)
+            batch = requests_for(2 * n + 1, args.requests, args.contacts)
             bare_result = await load(
                 "bare", bare_url, batch, args.concurrency, args.seconds, bare.pid
             )
@@ -463,6 +466,13 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=32, help="concurrent connections")
     parser.add_argument("--warmup", type=int, default=500, help="warm-up requests per round")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--contacts",
+        type=int,
+        default=0,
+        help="spread messages over this many contacts (follow-ups on open conversations);"
+        " 0, the default: every message from a new contact, opening a conversation",
+    )
     parser.add_argument("--synchronous", choices=["full", "normal"], default="full")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     parser.add_argument("--no-pin", action="store_true", help="do not pin CPUs")
