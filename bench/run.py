@@ -9,7 +9,14 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 if __name__ == "__main__":
-    for script in ["core_bench.py", "webchat_bench.py", "webhook_bench.py", "redis_bench.py", "email_bench.py"]:
+    scripts = [
+        "core_bench.py",
+        "webchat_bench.py",
+        "webhook_bench.py",
+        "redis_bench.py",
+        "email_bench.py",
+    ]
+    for script in scripts:
         path = HERE / script
         if not path.exists():
             continue
