@@ -7,6 +7,8 @@
     ├── VersionConflict          someone else changed the conversation first: reload, retry
     ├── InvalidInput             a request or payload is malformed: report 4xx, store nothing
     ├── SignatureError           a webhook is not signed by the provider: report 403
+    ├── StoreUnavailable         the store cannot be reached or did not answer in time: 503,
+    │                            nothing was acknowledged; the caller (or provider) retries
     └── ChannelError             a provider call failed
         ├── TransientChannelError    retry later (429, 5xx, time-outs)
         └── PermanentChannelError    give up, mark the message failed with the reason
@@ -58,6 +60,13 @@ class SignatureError(GatewayError):
     code = "invalid_signature"
 
 
+class StoreUnavailable(GatewayError):
+    """The store is unreachable or too slow right now (a Redis outage or hang): nothing was
+    acknowledged, so the caller may retry; a 503, not a 500, because nothing is broken here."""
+
+    code = "store_unavailable"
+
+
 class ChannelError(GatewayError):
     code = "channel_error"
 
@@ -93,6 +102,7 @@ HTTP_STATUS: dict[str, int] = {
     "max_active_reached": 409,
     "payload_too_large": 413,
     "unsupported_media_type": 415,
+    "store_unavailable": 503,
     "channel_unavailable": 502,
     "channel_rejected": 422,
     "idempotency_key_reused": 422,
