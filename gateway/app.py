@@ -18,7 +18,7 @@ from aiohttp import ClientSession, ClientTimeout, web
 from gateway.api import agent, events, inbox, ops, stream
 from gateway.api.http import request_context
 from gateway.api.media import routes as media_routes
-from gateway.appkeys import RUNTIME
+from gateway.appkeys import AGENT_SOCKETS, RUNTIME
 from gateway.channels import ChannelType
 from gateway.clock import Clock
 from gateway.config import GatewayConfig
@@ -58,6 +58,8 @@ def create_app(
                 continue
             mounted.add(key)
             route.register(app.router)
+    app[AGENT_SOCKETS] = set()
+    app.on_shutdown.append(stream.close_agent_sockets)
     app.cleanup_ctx.extend([_store, _http, _hub, _adapters, _scheduler])
     return app
 

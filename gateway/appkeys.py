@@ -10,3 +10,6 @@ if TYPE_CHECKING:
     from gateway.runtime import Runtime
 
 RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime")
+
+AGENT_SOCKETS: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("agent_sockets")
+"""The agents' open stream sockets on this node, closed with 1001 when the node shuts down."""

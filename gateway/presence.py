@@ -10,13 +10,20 @@ and reaps nodes whose heartbeat lapsed: their connections are dropped and their 
 starts, and the deadline leases they held are released. The TTL defaults to a third of the
 grace (between 2 s and 10 s), so a crash delays an agent's grace by little, while a node whose
 event loop stalls for a moment is not given up on.
+
+The store can be out of reach when a socket opens or closes (a Redis restart or failover). A
+connection the store could not record is refused (the socket is not opened), and a close the
+store could not record is kept here and settled by the next heartbeat that reaches the store,
+with the time it really happened: otherwise the store would keep an agent with no socket
+online for as long as this node lives, and their conversations would never go pending.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 import structlog
 
@@ -26,6 +33,14 @@ from gateway.distribution import Distributor
 from gateway.store.base import Store
 
 log = structlog.get_logger("gateway.presence")
+
+
+@dataclass(frozen=True, slots=True)
+class _Unsettled:
+    """A connection that is gone here but may still be recorded in the store."""
+
+    agent: str
+    at: datetime
 
 
 class Presence:
@@ -48,16 +63,29 @@ class Presence:
         self.heartbeat_ttl = heartbeat_ttl or default_heartbeat_ttl(grace)
         self._live: dict[str, AgentInfo] = {}
         """This node's open connections, to record again if the node was reaped by mistake."""
+        self._unsettled: dict[str, _Unsettled] = {}
+        """Connections gone here whose removal the store has not confirmed (it was down)."""
         self.changed = asyncio.Condition()
         """Notified after every recorded connect and disconnect (tests, hand-offs)."""
+
+    @property
+    def unrecorded(self) -> int:
+        """How many closed sockets the store has not been told about yet (it was down)."""
+        return len(self._unsettled)
 
     async def _notify(self) -> None:
         async with self.changed:
             self.changed.notify_all()
 
     async def connected(self, agent: AgentInfo, connection: str) -> None:
+        """Record a new socket; raises if the store could not (the caller refuses the socket)."""
+        try:
+            await self.store.presence_connect(agent.id, connection, self.node, self.clock.now())
+        except BaseException:
+            # The write may have landed before the error: take it back once the store answers.
+            self._unsettled[connection] = _Unsettled(agent.id, self.clock.now())
+            raise
         self._live[connection] = agent
-        await self.store.presence_connect(agent.id, connection, self.node, self.clock.now())
         await self._notify()
         try:
             await self.distributor.on_agent_change(agent.id)
@@ -65,14 +93,43 @@ class Presence:
             log.exception("presence.distribute_failed", agent=agent.id)
 
     async def disconnected(self, agent: AgentInfo, connection: str) -> None:
-        self._live.pop(connection, None)
-        last = await self.store.presence_disconnect(
-            agent.id, connection, self.clock.now(), self.grace
-        )
-        if last:
-            log.info("presence.offline", agent=agent.id)
-            self.poke()
+        """Forget a closed socket; if the store cannot be told now, the heartbeat tells it."""
+        if self._live.pop(connection, None) is None and connection not in self._unsettled:
+            return  # never recorded (refused at connect), or settled already
+        gone = _Unsettled(agent.id, self.clock.now())
+        try:
+            await self._settle(connection, gone)
+        except Exception as exc:
+            self._unsettled[connection] = gone
+            log.warning(
+                "presence.disconnect_unrecorded",
+                agent=agent.id,
+                connection=connection,
+                error=f"{type(exc).__name__}: {exc}",
+            )
         await self._notify()
+
+    async def _settle(self, connection: str, gone: _Unsettled) -> None:
+        """Tell the store a connection is gone, as of when it went (the grace starts then)."""
+        last = await self.store.presence_disconnect(gone.agent, connection, gone.at, self.grace)
+        self._unsettled.pop(connection, None)
+        if last:
+            log.info("presence.offline", agent=gone.agent)
+            self.poke()
+
+    async def settle_unrecorded(self) -> int:
+        """Record the closes the store missed while it was down; return how many."""
+        settled = 0
+        for connection, gone in tuple(self._unsettled.items()):
+            if connection in self._live:  # the same id cannot reopen, but never drop a live one
+                self._unsettled.pop(connection, None)
+                continue
+            await self._settle(connection, gone)
+            settled += 1
+        if settled:
+            log.info("presence.disconnects_settled", count=settled)
+            await self._notify()
+        return settled
 
     async def startup(self) -> list[str]:
         now = self.clock.now()
@@ -83,13 +140,16 @@ class Presence:
         return agents
 
     async def heartbeat(self) -> list[str]:
-        """Say this node is alive, then reap dead nodes; return the agents they left offline."""
+        """Say this node is alive, record what the store missed while it was out of reach
+        (closed sockets; after a lapse, the open ones too), then reap dead nodes; return the
+        agents they left offline."""
         now = self.clock.now()
         if not await self.store.node_heartbeat(self.node, now, self.heartbeat_ttl) and self._live:
             # Our heartbeat lapsed (a long pause): others may have dropped our sockets.
             log.warning("presence.heartbeat_lapsed", node=self.node, connections=len(self._live))
             for connection, agent in tuple(self._live.items()):
                 await self.store.presence_connect(agent.id, connection, self.node, now)
+        await self.settle_unrecorded()
         offline = await self.store.reap_nodes(now, self.grace)
         if offline:
             log.info("presence.node_reaped", agents=offline)
@@ -110,6 +170,7 @@ class Presence:
     async def leave(self) -> None:
         """A clean shutdown: this node's sockets are gone now, not after the TTL."""
         self._live.clear()
+        self._unsettled.clear()  # dropping the node drops every connection it recorded
         await self.store.presence_drop_node(self.node, self.clock.now(), self.grace)
 
 

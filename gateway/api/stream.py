@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 import structlog
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from gateway.api.events import after_cursor
 from gateway.api.serialize import event_json
 from gateway.api.visibility import visible_to
-from gateway.appkeys import RUNTIME
+from gateway.appkeys import AGENT_SOCKETS, RUNTIME
 from gateway.directory import AgentInfo
 from gateway.hub import Overflow, Subscription
 from gateway.ids import new_id
@@ -48,27 +48,51 @@ async def stream(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
     agent = runtime.auth.agent(request, allow_query=True)
     after = await after_cursor(request, runtime.store)  # refused before the upgrade
-    ws = web.WebSocketResponse(heartbeat=HEARTBEAT)
-    await ws.prepare(request)
     connection = new_id("ws")
     accept = visible_to(agent)
+    # Subscribed before the agent is online, so nothing handed to them in between is missed.
     subscription = runtime.hub.subscribe(accept)
-    await runtime.presence.connected(agent, connection)
-    log.info("stream.connected", agent=agent.id, connection=connection)
-    pump = asyncio.create_task(_pump(ws, runtime, subscription, accept, after, agent))
     try:
+        # Before the upgrade: if the store cannot record the agent online, the client gets a
+        # plain HTTP error (503 while the store is down) and retries, instead of a socket
+        # that is open while the cluster believes the agent is not there (or the reverse).
+        await runtime.presence.connected(agent, connection)
+    except BaseException:
+        subscription.close()
+        raise
+    sockets = request.app[AGENT_SOCKETS]
+    ws = web.WebSocketResponse(heartbeat=HEARTBEAT)
+    pump: asyncio.Task[None] | None = None
+    try:
+        await ws.prepare(request)
+        sockets.add(ws)
+        log.info("stream.connected", agent=agent.id, connection=connection)
+        pump = asyncio.create_task(_pump(ws, runtime, subscription, accept, after, agent))
         async for msg in ws:
             if msg.type == WSMsgType.TEXT and msg.data == "ping":
                 await _send(ws, {"type": "pong"})
             elif msg.type == WSMsgType.ERROR:
                 break
     finally:
-        pump.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await pump
+        sockets.discard(ws)
+        if pump is not None:
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pump
+        subscription.close()
         await runtime.presence.disconnected(agent, connection)
         log.info("stream.disconnected", agent=agent.id, connection=connection)
     return ws
+
+
+async def close_agent_sockets(app: web.Application) -> None:
+    """On shutdown, before aiohttp waits for open requests: close every agent stream with 1001
+    (going away), so clients reconnect to another node at once instead of after the shutdown
+    timeout, and their presence moves with them."""
+    sockets: set[web.WebSocketResponse] = app[AGENT_SOCKETS]
+    for ws in tuple(sockets):
+        with contextlib.suppress(Exception):
+            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"node shutting down")
 
 
 async def _pump(

@@ -1,0 +1,138 @@
+"""Agent presence across a Redis outage: what the store missed is settled once it is back.
+
+A socket that closes while Redis is down must still take the agent offline (and start their
+grace, from when it closed) once Redis answers again; a socket opened while Redis is down is
+refused before the upgrade and leaves no agent online. Found by an outside audit: before, the
+first case left the agent online for as long as the node lived, and the second made an agent
+with no socket online (and gave them conversations).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from aiohttp import WSCloseCode, WSMsgType, WSServerHandshakeError
+from aiohttp.test_utils import TestClient, TestServer
+
+from gateway.app import create_app
+from gateway.appkeys import RUNTIME
+from gateway.clock import ManualClock
+from gateway.config import parse_config
+from gateway.outbound import RetryPolicy
+from gateway.pluginmanager import channel_types, config_models, get_plugin_manager
+from gateway.runtime import RuntimeOptions
+from tests.api.conftest import BASE_CONFIG, TOKENS, Gateway
+from tests.api.test_stream_presence import accepted_by_maria, open_stream
+from tests.store.redis_server import RedisServer
+
+Build = Callable[[], Awaitable[Gateway]]
+
+
+@pytest.fixture
+def redis_alone(tmp_path: Path) -> AsyncIterator[RedisServer]:
+    """A redis-server of this test's own (AOF, appendfsync always), so it can be killed."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def build(redis_alone: RedisServer) -> AsyncIterator[Build]:
+    clients: list[TestClient] = []
+
+    async def factory() -> Gateway:
+        types = channel_types(get_plugin_manager())
+        text = BASE_CONFIG.replace("sqlite:///{db}", redis_alone.url)
+        config = parse_config(text, "config.yaml", config_models(types), env={})
+        clock = ManualClock()
+        options = RuntimeOptions(
+            retry=RetryPolicy(attempts=3, initial=0.001, maximum=0.002), run_scheduler=False
+        )
+        app = create_app(config, types, clock=clock, options=options)
+        client = TestClient(TestServer(app))
+        await client.start_server()
+        clients.append(client)
+        return Gateway(client, app[RUNTIME], clock)
+
+    yield factory
+    for client in clients:
+        await client.close()
+
+
+async def wait_for(gw: Gateway, done: Callable[[], bool]) -> None:
+    """Wait until presence reports a change after which `done()` holds."""
+    presence = gw.runtime.presence
+    async with asyncio.timeout(10):
+        async with presence.changed:
+            await presence.changed.wait_for(done)
+
+
+async def online(gw: Gateway, agent: str) -> bool:
+    state = (await gw.runtime.store.presence()).get(agent)
+    return state is not None and state.online
+
+
+async def test_a_socket_closed_during_an_outage_goes_offline_once_redis_is_back(
+    build: Build, redis_alone: RedisServer
+) -> None:
+    gw = await build()
+    ws = await open_stream(gw, "maria")
+    conversation = await accepted_by_maria(gw)
+    closed_at = gw.clock.now()
+
+    redis_alone.kill()
+    await ws.close()
+    await wait_for(gw, lambda: gw.runtime.presence.unrecorded == 1)
+    redis_alone.start()  # the AOF still says maria's socket is open
+    assert await online(gw, "maria")
+
+    gw.clock.advance(timedelta(seconds=20))
+    await gw.runtime.presence.heartbeat()  # settles what the store missed
+    assert gw.runtime.presence.unrecorded == 0
+    assert not await online(gw, "maria")
+
+    # The grace (30 s) runs from when the socket closed, not from when Redis came back.
+    gw.clock.advance(timedelta(seconds=9))
+    await gw.runtime.scheduler.run_once()
+    assert (await gw.get("maria", f"/api/v1/conversations/{conversation}"))[1]["state"] == "active"
+    gw.clock.advance(timedelta(seconds=2))
+    assert gw.clock.now() - closed_at > timedelta(seconds=30)
+    await gw.runtime.scheduler.run_once()
+    _, body = await gw.get("maria", f"/api/v1/conversations/{conversation}")
+    assert (body["state"], body["agent"]) == ("pending", "maria")
+
+
+async def test_a_socket_opened_during_an_outage_is_refused_and_leaves_nobody_online(
+    build: Build, redis_alone: RedisServer
+) -> None:
+    gw = await build()
+    redis_alone.kill()
+    with pytest.raises(WSServerHandshakeError) as refused:
+        await gw.client.ws_connect(f"/api/v1/stream?access_token={TOKENS['ana']}")
+    assert refused.value.status >= 500  # a plain HTTP answer, never a half-open socket
+    redis_alone.start()
+
+    await gw.runtime.presence.heartbeat()  # takes back a connect that may have landed
+    assert gw.runtime.presence.unrecorded == 0
+    assert not await online(gw, "ana")
+    # Ana is on the automatic sales queue: nothing may be assigned to an agent who is absent.
+    visitor = await gw.visitor("Prices")
+    await gw.visitor_says(visitor["token"], "price please", "c1")
+    _, waiting = await gw.get("ana", "/api/v1/inbox?state=waiting&queue=sales")
+    assert len(waiting["conversations"]) == 1
+
+
+async def test_shutdown_closes_agent_streams_with_going_away(build: Build) -> None:
+    gw = await build()
+    ws = await open_stream(gw, "maria")
+    closing = asyncio.create_task(gw.client.server.close())  # the node shuts down
+    async with asyncio.timeout(5):  # not after aiohttp's shutdown timeout
+        frame = await ws.receive()
+    assert frame.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED)
+    assert ws.close_code == WSCloseCode.GOING_AWAY
+    await closing
