@@ -30,6 +30,7 @@ import structlog
 from gateway.clock import Clock
 from gateway.directory import AgentInfo
 from gateway.distribution import Distributor
+from gateway.errors import StoreUnavailable
 from gateway.store.base import Store
 
 log = structlog.get_logger("gateway.presence")
@@ -163,6 +164,8 @@ class Presence:
         while True:
             try:
                 await self.heartbeat()
+            except StoreUnavailable as exc:  # an outage: one line per beat, not a traceback
+                log.warning("presence.heartbeat_failed", node=self.node, error=str(exc))
             except Exception:
                 log.exception("presence.heartbeat_failed", node=self.node)
             await asyncio.sleep(interval)
