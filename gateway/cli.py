@@ -10,15 +10,17 @@ import argparse
 import asyncio
 import gc
 import os
+import sqlite3
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pluggy
 
 from gateway.channels import ChannelType, Command, CommandContext
-from gateway.config import GatewayConfig, load_config
-from gateway.errors import ConfigError
+from gateway.config import GatewayConfig, _without_userinfo, load_config
+from gateway.errors import ConfigError, StoreUnavailable
 from gateway.pluginmanager import (
     channel_types,
     config_models,
@@ -84,6 +86,95 @@ def _tune_gc() -> None:
     gc.set_threshold(20_000, 20, 50)
 
 
+class StartupError(Exception):
+    """`gateway serve` could not start for a reason of its environment (the store cannot be
+    opened, the port cannot be bound): one line for the user, not a traceback."""
+
+
+def _environment_errors() -> tuple[type[BaseException], ...]:
+    """What a store or a socket raises when the machine, the network or a server is the problem
+    (refused, unreachable, a wrong password, an unwritable path), as opposed to a bug."""
+    from redis.exceptions import RedisError
+
+    return (OSError, sqlite3.Error, RedisError, StoreUnavailable)
+
+
+def _reason(exc: BaseException, secret: str | None) -> str:
+    """The cause of a start-up failure in a few lowercase words: the OS's wording for an errno
+    (`connection refused`, `address already in use`, `permission denied: /path`) wherever it
+    is in the chain of causes, else the exception's own message; `secret` never appears."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, FileExistsError):  # creating a directory where a file is
+            text = f"not a directory: {cause.filename}"
+            break
+        if isinstance(cause, OSError) and cause.errno:
+            text = os.strerror(cause.errno).lower()
+            if cause.filename is not None:
+                text += f": {cause.filename}"
+            break
+        cause = cause.__cause__ or cause.__context__
+    else:
+        text = (str(exc) or type(exc).__name__).strip().rstrip(".")
+        if type(exc).__name__ == "AuthenticationError":  # redis: WRONGPASS, NOAUTH
+            text = f"authentication failed ({text})"
+    if secret:
+        text = text.replace(secret, "***")
+    return text
+
+
+class _Startup:
+    """Where `gateway serve` is in its start-up, so a failure can say what failed.
+
+    The phases: opening the store (the app's first cleanup context, see gateway/app.py), then
+    starting the rest, then binding the listening socket; `serving` once the socket is open.
+    """
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.phase = "store"
+
+    async def store_opened(self, app: object) -> AsyncIterator[None]:
+        self.phase = "start"
+        yield
+
+    async def started(self, app: object) -> None:
+        self.phase = "listen"
+
+    def serving(self, _banner: str) -> None:
+        """aiohttp's `print`: called once every socket listens; only now do we say so."""
+        self.phase = "serving"
+        config = self.config
+        base = f"http://{config.server.host}:{config.server.port}"
+        for channel in config.channels:
+            if channel.type == "webchat":
+                print(
+                    f"gateway: web chat demo for {channel.name!r}: "
+                    f"{base}/webchat/{channel.name}/demo",
+                    flush=True,
+                )
+        print(f"gateway: agent inbox page: {base}/inbox", flush=True)
+        print(f"gateway: serving on {base} (store: {config.store.backend})", flush=True)
+
+    def failure(self, exc: BaseException) -> StartupError | None:
+        """The one-line error for `exc` raised in the current phase, or None when `exc` is not
+        an environment problem of that phase (a bug: let its traceback show)."""
+        if not isinstance(exc, _environment_errors()):
+            return None
+        if self.phase == "store":
+            store = self.config.store.url
+            reason = _reason(exc, urlsplit(store).password)
+            return StartupError(f"cannot open the store {_without_userinfo(store)}: {reason}")
+        if self.phase == "listen" and isinstance(exc, OSError):
+            server = self.config.server
+            return StartupError(
+                f"cannot listen on {server.host}:{server.port}: {_reason(exc, None)}"
+            )
+        return None
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
@@ -107,18 +198,26 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except ImportError:
         pass
     app = create_app(config, types)
+    startup = _Startup(config)
+    # gateway/app.py opens the store in its first cleanup context; what follows it is the rest.
+    app.cleanup_ctx.insert(1, startup.store_opened)
+    app.on_startup.append(startup.started)  # after every cleanup context has started
     _tune_gc()
     host, port = config.server.host, config.server.port
-    base = f"http://{host}:{port}"
-    for channel in config.channels:
-        if channel.type == "webchat":
-            print(
-                f"gateway: web chat demo for {channel.name!r}: {base}/webchat/{channel.name}/demo",
-                flush=True,
-            )
-    print(f"gateway: agent inbox page: {base}/inbox", flush=True)
-    print(f"gateway: serving on {base} (store: {config.store.backend})", flush=True)
-    web.run_app(app, host=host, port=port, print=None, shutdown_timeout=30, access_log=None)
+    try:
+        web.run_app(
+            app,
+            host=host,
+            port=port,
+            print=startup.serving,
+            shutdown_timeout=30,
+            access_log=None,
+        )
+    except Exception as exc:
+        failure = startup.failure(exc)
+        if failure is None:
+            raise
+        raise failure from exc
     return 0
 
 
@@ -200,6 +299,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(args)
     except ConfigError as exc:
         print(f"gateway: invalid configuration:\n{exc.message}", file=sys.stderr)
+        return 1
+    except StartupError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
