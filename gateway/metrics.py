@@ -6,9 +6,12 @@ Counters and histograms are updated where things happen; gauges that describe st
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from gateway.model import State
 
 
 class Metrics:
@@ -79,10 +82,21 @@ class Metrics:
     def observe_lag(self, seconds: float) -> None:
         self.timer_lag.observe(max(0.0, seconds))
 
-    def set_conversations(self, counts: dict[tuple[str, str], int]) -> None:
+    def set_conversations(
+        self, counts: Mapping[tuple[str, str], int], queues: Iterable[str]
+    ) -> None:
+        """Set `gateway_conversations` from the store's counts by (state, queue).
+
+        Every state of every configured queue has a series, 0 when nothing is there: a series
+        that vanished when its queue emptied reads as "no data" on a dashboard, not as 0. A
+        queue no longer configured keeps its series only while it still counts conversations.
+        """
         self.conversations.clear()
-        for (state, queue), count in counts.items():
-            self.conversations.labels(state, queue).set(count)
+        for queue in queues:
+            for state in State:
+                self.conversations.labels(state.value, queue).set(0)
+        for (state_name, queue), count in counts.items():
+            self.conversations.labels(state_name, queue).set(count)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -41,7 +41,9 @@ async def readyz(request: web.Request) -> web.Response:
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
-    runtime.metrics.set_conversations(await runtime.store.count_by_state())
+    runtime.metrics.set_conversations(
+        await runtime.store.count_by_state(), (queue.name for queue in runtime.config.queues)
+    )
     presence = await runtime.store.presence()
     runtime.metrics.agents_online.set(sum(1 for p in presence.values() if p.online))
     for name, adapter in runtime.adapters.items():
