@@ -115,14 +115,19 @@ def _reason(exc: BaseException, secret: str | None) -> str:
             if cause.filename is not None:
                 text += f": {cause.filename}"
             break
+        if type(cause).__name__ == "AuthenticationError":  # redis: WRONGPASS, NOAUTH
+            text = f"authentication failed ({_message(cause)})"
+            break
         cause = cause.__cause__ or cause.__context__
     else:
-        text = (str(exc) or type(exc).__name__).strip().rstrip(".")
-        if type(exc).__name__ == "AuthenticationError":  # redis: WRONGPASS, NOAUTH
-            text = f"authentication failed ({text})"
+        text = _message(exc)
     if secret:
         text = text.replace(secret, "***")
     return text
+
+
+def _message(exc: BaseException) -> str:
+    return (str(exc) or type(exc).__name__).strip().rstrip(".")
 
 
 class _Startup:
