@@ -18,6 +18,12 @@ it, skipping the read (the commit checks exactly what the read would have return
 All commands go through `CommandBatcher`, which pipelines the calls of concurrent requests
 (see `gateway.store.redis_batch`); the blocking XREAD of `wait_events` uses connections of its
 own. Layout, hash tags and the Redis Cluster plan: `docs/redis.md`.
+
+When Redis is down or hangs, every call raises `StoreUnavailable` (the redis-py error chained)
+instead of waiting: a command is given `STORE_TIMEOUT` (or the URL's `?socket_timeout=`) from
+when it was queued, connecting included; an ingest, which may wait for the contact's lock and
+then makes several round trips, is given that much in all; a blocking read is given its block
+time plus that much.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import math
 import re
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Collection, Sequence
@@ -37,7 +44,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from gateway.codec import decode_conversation, decode_event, decode_message, decode_status, encode
-from gateway.errors import NotFound, TransitionError, VersionConflict
+from gateway.errors import NotFound, StoreUnavailable, TransitionError, VersionConflict
 from gateway.lifecycle import Transition, deadlines_of
 from gateway.model import (
     DELIVERY_RANK,
@@ -61,7 +68,14 @@ from gateway.store.base import (
     StatusResult,
     stamp_version,
 )
-from gateway.store.redis_batch import Arg, CommandBatcher, Script
+from gateway.store.redis_batch import (
+    OUTAGE_ERRORS,
+    STORE_TIMEOUT,
+    Arg,
+    CommandBatcher,
+    Script,
+    unavailable,
+)
 from gateway.store.redis_lua import SCRIPTS, source
 from gateway.store.sqlite import from_micros, micros
 
@@ -191,7 +205,7 @@ class _ContactLocks:
         except asyncio.CancelledError:
             if future.done() and not future.cancelled():
                 self.release(key)  # it was handed to us as we were cancelled: pass it on
-            else:
+            elif future in waiters:  # `release` may have dropped it already, as cancelled
                 waiters.remove(future)
             raise
 
@@ -226,6 +240,9 @@ class RedisStore:
         self.url = url
         self.prefix = prefix
         self.max_in_flight = max_in_flight
+        self.timeout = STORE_TIMEOUT
+        """How long a store call may wait for Redis (see the module docstring); `open` takes
+        it from the URL's `?socket_timeout=` when there is one."""
         self._client: Redis | None = None
         self._blocking: Redis | None = None
         self._batcher: CommandBatcher | None = None
@@ -263,15 +280,29 @@ class RedisStore:
     async def open(self) -> None:
         # No automatic retries: resending a write after a lost connection could apply it twice
         # as far as the caller can tell; errors surface and the caller (or provider) retries.
-        self._client = Redis.from_url(
-            self.url, protocol=2, retry=Retry(NoBackoff(), 0), health_check_interval=0
+        # redis-py's socket timeouts bound connecting (its handshake included) and every reply
+        # read through redis-py; the URL's own `socket_timeout` wins over ours, and the connect
+        # timeout follows it unless the URL names one too.
+        bounded: dict[str, Any] = {
+            "protocol": 2,
+            "retry": Retry(NoBackoff(), 0),
+            "health_check_interval": 0,
+            "socket_timeout": STORE_TIMEOUT,
+            "socket_connect_timeout": None,
+        }
+        self._client = Redis.from_url(self.url, **bounded)
+        self.timeout = float(
+            self._client.connection_pool.connection_kwargs.get("socket_timeout") or STORE_TIMEOUT
         )
-        # One connection per blocked reader (the hub, each long-polling integrator).
-        self._blocking = Redis.from_url(
-            self.url, protocol=2, socket_timeout=None, max_connections=BLOCKING_READERS
-        )
+        # One connection per blocked reader (the hub, each long-polling integrator). Their
+        # reads pass a timeout of their own (a blocking XREAD outlasts any socket timeout);
+        # the pub/sub listener blocks without one (redis-py reads it with `math.inf`).
+        self._blocking = Redis.from_url(self.url, **bounded, max_connections=BLOCKING_READERS)
         self._batcher = CommandBatcher(
-            self._client, self._scripts.values(), max_in_flight=self.max_in_flight
+            self._client,
+            self._scripts.values(),
+            max_in_flight=self.max_in_flight,
+            timeout=self.timeout,
         )
         await self._batcher.load_scripts()
 
@@ -307,11 +338,13 @@ class RedisStore:
         if client is None:
             raise RuntimeError("store is not open")
         pubsub = client.pubsub(ignore_subscribe_messages=True)
-        await pubsub.subscribe(self._g("ephemeral"))
         try:
+            await pubsub.subscribe(self._g("ephemeral"))
             async for item in pubsub.listen():
                 if item.get("type") == "message":
                     yield decode_event(item["data"])
+        except OUTAGE_ERRORS as exc:
+            raise unavailable(exc) from exc
         finally:
             await pubsub.aclose()  # type: ignore[no-untyped-call]
 
@@ -411,6 +444,17 @@ class RedisStore:
 
     # messages ----------------------------------------------------------------------------------
     async def ingest(self, inbound: InboundMessage, planner: IngestPlanner) -> IngestResult:
+        # Bounded in all, not per round trip: when Redis hangs, the ingests of one contact
+        # queued on its lock would otherwise each wait for the ones before them to time out.
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await self._ingest(inbound, planner)
+        except TimeoutError as exc:
+            raise StoreUnavailable(
+                f"the Redis store did not store the message within {self.timeout:g} s"
+            ) from exc
+
+    async def _ingest(self, inbound: InboundMessage, planner: IngestPlanner) -> IngestResult:
         key = (inbound.channel, inbound.contact.address)
         await self._contacts.acquire(key)
         try:
@@ -735,14 +779,22 @@ class RedisStore:
         start = stream_id_of(after)
         block = max(1, int(timeout * 1000))
         pool = self._blocking.connection_pool
-        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        except OUTAGE_ERRORS as exc:
+            raise unavailable(exc) from exc
         try:
             await conn.send_command(
                 "XREAD", "COUNT", "500", "BLOCK", str(block), "STREAMS", self._g("log"), start
             )
-            reply: Any = await conn.read_response(timeout=timeout + 10)
-        except BaseException:  # cancelled or failed mid-read: the reply would desync the socket
-            await conn.disconnect()
+            # Redis answers when the block time is up; past that and `self.timeout` more, it
+            # hangs. (redis-py's own read timeout would return None, as XREAD's "nothing" does.)
+            async with asyncio.timeout(block / 1000 + self.timeout):
+                reply: Any = await conn.read_response(timeout=math.inf)
+        except BaseException as exc:  # cancelled or failed mid-read: the reply would desync
+            await conn.disconnect(nowait=True)
+            if isinstance(exc, OUTAGE_ERRORS):
+                raise unavailable(exc) from exc
             raise
         finally:
             await pool.release(conn)

@@ -16,6 +16,13 @@ reply means the script did not run, so the batcher loads the scripts again and r
 those commands. No other error is retried here: a connection lost mid-pipeline may or may not
 have run a write, and only the caller can decide what to do about that.
 
+A lost or refused connection and a pipeline that is not answered in time fail its callers with
+`StoreUnavailable` (the redis-py error chained as its cause); error replies of single commands
+(a script's error, a wrong type) stay what they are: those are bugs, not outages. A command's
+wait is bounded from the moment it was queued, not from when its pipeline left: when Redis
+hangs, the commands queued behind the pipelines on the wire fail at their own deadline rather
+than each waiting for a full timeout of their own pipeline after those failed.
+
 The batcher keeps its own connections (one per pipeline in flight) and speaks to them directly
 rather than through redis-py's Pipeline: that path takes a pooled connection, checks it, wraps
 every reply in a timeout and runs response callbacks, which costs more Python time than the
@@ -40,8 +47,36 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import InvalidResponse, NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from gateway.errors import StoreUnavailable
 
 Arg = str | bytes | int | float
+
+STORE_TIMEOUT = 5.0
+"""Longest wait, in seconds, for Redis to answer one command (and to connect), unless the store
+URL says otherwise with redis-py's own `?socket_timeout=` (see `RedisStore.open`).
+
+Why 5 s: a healthy Redis answers in milliseconds (an `appendfsync always` write included), so
+5 s only ever expires when Redis hangs, and a webhook then still gets its 503 well inside what
+providers wait for (Twilio gives up after 15 s and retries only refused connections, so a
+webhook must be answered before that). It is also redis-py's default socket timeout and what
+/readyz waited before. A timed-out write may still have been applied: nothing is acknowledged
+to the caller, the provider retries, and the dedup keys make the retry a duplicate."""
+
+OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
+    RedisConnectionError,  # refused, reset, closed, LOADING, a failed AUTH
+    RedisTimeoutError,
+    OSError,
+    TimeoutError,
+)
+"""What a Redis that is down, restarting or hung raises (redis-py's and the socket's own)."""
+
+
+def unavailable(exc: BaseException) -> StoreUnavailable:
+    """The `StoreUnavailable` standing for an outage error (raise it `from exc`)."""
+    detail = str(exc) or f"no answer in time ({type(exc).__name__})"
+    return StoreUnavailable(f"the Redis store is unavailable: {detail}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,11 +162,12 @@ class CommandBatcher:
         *,
         max_in_flight: int = 2,
         max_batch: int = 1000,
-        timeout: float = 30.0,
+        timeout: float = STORE_TIMEOUT,
     ) -> None:
         self._client = client
         self.timeout = timeout
-        """Longest wait for the replies of one pipeline before its connection is dropped."""
+        """Longest wait for a command's reply, from when it was queued (connecting included);
+        past it the pipeline's connection is dropped and its callers get `StoreUnavailable`."""
         self._idle: list[_Link] = []
         self._scripts = {s.sha: s for s in scripts}
         self.max_in_flight = max_in_flight
@@ -139,6 +175,8 @@ class CommandBatcher:
         self._pending: list[tuple[Arg, ...]] = []
         self._waiting: list[asyncio.Future[Any]] = []
         """The futures of the `_pending` commands, in the same order."""
+        self._pending_since = 0.0
+        """When the oldest of the `_pending` commands was queued (loop time)."""
         self._in_flight = 0
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -149,7 +187,10 @@ class CommandBatcher:
     async def load_scripts(self) -> None:
         """SCRIPT LOAD every script (once per Redis start; EVALSHA names them afterwards)."""
         for script in self._scripts.values():
-            sha = await self._client.script_load(script.source)
+            try:
+                sha = await self._client.script_load(script.source)
+            except OUTAGE_ERRORS as exc:
+                raise unavailable(exc) from exc
             if sha != script.sha:  # pragma: no cover - Redis always names scripts by SHA1
                 raise RuntimeError(f"Redis named script {script.name} {sha}, not {script.sha}")
 
@@ -159,7 +200,10 @@ class CommandBatcher:
 
     def send(self, command: tuple[Arg, ...]) -> asyncio.Future[Any]:
         """`execute` for a command already made as one tuple (what the store's hot paths do)."""
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        if not self._pending:
+            self._pending_since = loop.time()
         self._pending.append(command)
         self._waiting.append(future)
         if not self._scheduled:
@@ -200,6 +244,10 @@ class CommandBatcher:
     def _flush(self) -> None:
         self._scheduled = False
         while self._pending and self._in_flight < self.max_in_flight:
+            # The oldest command's deadline. A remainder left for the next pipeline (more than
+            # `max_batch` queued) keeps the same start: that may shorten its wait, never
+            # lengthen it.
+            deadline = self._pending_since + self.timeout
             size = self.max_batch
             if len(self._pending) <= size:
                 commands, futures = self._pending, self._waiting
@@ -208,19 +256,27 @@ class CommandBatcher:
                 commands, futures = self._pending[:size], self._waiting[:size]
                 del self._pending[:size], self._waiting[:size]
             self._in_flight += 1
-            task = asyncio.get_running_loop().create_task(self._send(commands, futures))
+            task = asyncio.get_running_loop().create_task(self._send(commands, futures, deadline))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
     async def _send(
-        self, commands: list[tuple[Arg, ...]], futures: list[asyncio.Future[Any]]
+        self,
+        commands: list[tuple[Arg, ...]],
+        futures: list[asyncio.Future[Any]],
+        deadline: float,
     ) -> None:
         try:
-            results = await self._pipeline(commands)
+            results = await self._pipeline(commands, deadline)
             if NoScriptError in map(type, results):
                 results = await self._after_noscript(commands, results)
         except BaseException as exc:  # the whole pipeline failed (connection lost, cancelled)
-            error = exc if isinstance(exc, Exception) else ConnectionError("pipeline cancelled")
+            error: BaseException = (
+                exc if isinstance(exc, Exception) else ConnectionError("pipeline cancelled")
+            )
+            if isinstance(error, OUTAGE_ERRORS):
+                cause, error = error, unavailable(error)
+                error.__cause__ = cause
             for future in futures:
                 _settle(future, error)
             if not isinstance(exc, Exception):
@@ -247,24 +303,32 @@ class CommandBatcher:
         conn: AbstractConnection = self._client.connection_pool.make_connection()  # type: ignore[no-untyped-call]
         return conn
 
-    async def _pipeline(self, commands: list[tuple[Arg, ...]]) -> list[Any]:
+    async def _pipeline(self, commands: list[tuple[Arg, ...]], deadline: float) -> list[Any]:
+        if asyncio.get_running_loop().time() >= deadline:
+            # Queued behind pipelines that were not answered in time: nobody waits any more
+            # for these, so they are not sent at all.
+            raise TimeoutError(f"Redis did not answer within {self.timeout:g} s")
         link = self._idle.pop() if self._idle else _Link(self._new_connection())
         conn = link.conn
         self.pipelines_sent += 1
         self.commands_sent += len(commands)
         try:
-            if conn.is_connected and await self._stale(link):
-                await conn.disconnect()
-            if not conn.is_connected:
-                await conn.connect()  # type: ignore[no-untyped-call]
-                link.reader = _new_reader()
-            async with asyncio.timeout(self.timeout):
+            async with asyncio.timeout_at(deadline):
+                if conn.is_connected and await self._stale(link):
+                    await conn.disconnect(nowait=True)
+                if not conn.is_connected:
+                    await conn.connect()  # type: ignore[no-untyped-call]
+                    link.reader = _new_reader()
                 packed = b"".join([_pack(args) for args in commands])  # type: ignore[arg-type]
                 await conn.send_packed_command(packed, check_health=False)
                 results = await _read_replies(conn, link.reader, len(commands))
+        except TimeoutError as exc:
+            await conn.disconnect(nowait=True)
+            raise TimeoutError(f"Redis did not answer within {self.timeout:g} s") from exc
         except BaseException:
-            # Whatever was not read is lost with the connection: never reuse it.
-            await conn.disconnect()
+            # Whatever was not read is lost with the connection: never reuse it (and do not
+            # wait for a hung peer to acknowledge the close).
+            await conn.disconnect(nowait=True)
             raise
         self._idle.append(link)
         return results
@@ -275,7 +339,8 @@ class CommandBatcher:
         """Redis lost its script cache (a restart): load the scripts, resend what did not run."""
         await self.load_scripts()
         again = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
-        retried = await self._pipeline([commands[i] for i in again])
+        deadline = asyncio.get_running_loop().time() + self.timeout
+        retried = await self._pipeline([commands[i] for i in again], deadline)
         merged = list(results)
         for i, result in zip(again, retried, strict=True):
             merged[i] = result

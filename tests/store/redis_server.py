@@ -7,6 +7,7 @@ problem to fix, so callers fail loudly rather than skip.
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -101,8 +102,19 @@ class RedisServer:
         self.kill()
         self.start()
 
+    def pause(self) -> None:
+        """SIGSTOP: the server hangs; the kernel still accepts connections and buffers data."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after `pause`: the server goes on with whatever it was sent meanwhile."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         if self.proc is not None:
+            self.proc.send_signal(signal.SIGCONT)  # a paused server cannot handle SIGTERM
             self.proc.terminate()
             try:
                 self.proc.wait(10)
