@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 
 import structlog
 
+from gateway.errors import StoreUnavailable
 from gateway.model import Event
 from gateway.store.base import Store
 
@@ -131,6 +132,8 @@ class EventHub:
                     self._offer(event)
             except asyncio.CancelledError:
                 raise
+            except StoreUnavailable as exc:
+                log.warning("hub.store_unavailable", task="ephemeral", error=str(exc))
             except Exception:
                 log.exception("hub.ephemeral_failed")
             await asyncio.sleep(1.0)  # back off before re-subscribing after a lost connection
@@ -156,6 +159,10 @@ class EventHub:
                 events = await self.store.wait_events(self.cursor, self.poll_timeout)
             except asyncio.CancelledError:
                 raise
+            except StoreUnavailable as exc:  # an outage, not a bug: one line, no traceback
+                log.warning("hub.store_unavailable", task="read", error=str(exc))
+                await asyncio.sleep(1.0)
+                continue
             except Exception:
                 log.exception("hub.read_failed")
                 await asyncio.sleep(1.0)

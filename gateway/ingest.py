@@ -17,7 +17,7 @@ import structlog
 
 from gateway import lifecycle
 from gateway.clock import Clock
-from gateway.errors import VersionConflict
+from gateway.errors import StoreUnavailable, VersionConflict
 from gateway.ids import new_id
 from gateway.lifecycle import ChannelPolicy, Transition
 from gateway.model import Conversation, DeliveryStatus, Direction, InboundMessage, Message
@@ -118,6 +118,8 @@ class Ingestor:
         if result.distribute and self.after_commit is not None:
             try:
                 await self.after_commit(result.distribute)
+            except StoreUnavailable as exc:  # the same, without a traceback for an outage
+                log.warning("ingest.distribute_failed", queue=result.distribute, error=str(exc))
             except Exception:  # retried by the scheduler's sweep from stored state
                 log.exception("ingest.distribute_failed", queue=result.distribute)
         return result

@@ -33,6 +33,7 @@ from gateway.errors import (
     InvalidInput,
     NotFound,
     PermanentChannelError,
+    StoreUnavailable,
     TransientChannelError,
     TransitionError,
     VersionConflict,
@@ -408,6 +409,8 @@ class Outbound:
             for message_id in message_ids:
                 try:
                     await self.deliver(message_id)
+                except StoreUnavailable as exc:  # the deadline retries it once the store is back
+                    log.warning("outbound.store_unavailable", message_id=message_id, error=str(exc))
                 except Exception:  # the next parts still go; the deadline retries this one
                     log.exception("outbound.delivery_crashed", message_id=message_id)
 
@@ -474,11 +477,19 @@ class Outbound:
                 status=status if result.status != DeliveryState.QUEUED else None,
             )
         except Exception as exc:  # e.g. the provider answered an id another message carries
-            log.exception(
-                "outbound.record_crashed",
-                message_id=message_id,
-                provider_message_id=result.provider_message_id,
-            )
+            if isinstance(exc, StoreUnavailable):  # an outage, not a bug: no traceback
+                log.warning(
+                    "outbound.record_crashed",
+                    message_id=message_id,
+                    provider_message_id=result.provider_message_id,
+                    error=str(exc),
+                )
+            else:
+                log.exception(
+                    "outbound.record_crashed",
+                    message_id=message_id,
+                    provider_message_id=result.provider_message_id,
+                )
             # Nothing may stay `queued` forever: the agent sees it failed, and why.
             await self._failed(
                 message,

@@ -19,7 +19,7 @@ import structlog
 from gateway import lifecycle
 from gateway.clock import Clock
 from gateway.directory import Directory
-from gateway.errors import VersionConflict
+from gateway.errors import StoreUnavailable, VersionConflict
 from gateway.lifecycle import QueuePresence
 from gateway.model import Conversation, Event, State
 from gateway.store.base import (
@@ -91,6 +91,8 @@ class Scheduler:
             if self.batch_handler is not None and due:
                 try:
                     rest = await self.batch_handler(due)
+                except StoreUnavailable:  # one by one would fail the same way: end the pass
+                    raise
                 except Exception:  # fall back to one by one; leases make a retry safe
                     log.exception("timers.batch_failed", count=len(due))
             # Handlers of one batch run side by side so their writes share group commits.
@@ -104,6 +106,13 @@ class Scheduler:
     async def _fire(self, deadline: Deadline) -> None:
         try:
             await self.handler(deadline)
+        except StoreUnavailable as exc:  # an outage, not a bug: one line, no traceback
+            log.warning(
+                "timers.store_unavailable",
+                target=deadline.target,
+                kind=deadline.kind,
+                error=str(exc),
+            )
         except Exception:  # the lease expires and another pass retries it
             log.exception("timers.handler_failed", target=deadline.target, kind=deadline.kind)
 
@@ -115,6 +124,9 @@ class Scheduler:
                 if self.sweep is not None:
                     await self.sweep()
                 next_due = await self.store.next_due()
+            except StoreUnavailable as exc:  # an outage, not a bug: one line, no traceback
+                log.warning("timers.store_unavailable", error=str(exc))
+                next_due = None
             except Exception:
                 log.exception("timers.pass_failed")
                 next_due = None
