@@ -3,12 +3,16 @@ and the OpenAPI document of the agent API."""
 
 from __future__ import annotations
 
+import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway.api.http import json_response
 from gateway.api.openapi import openapi_document
 from gateway.appkeys import RUNTIME
+from gateway.errors import StoreUnavailable
+
+log = structlog.get_logger("gateway.ops")
 
 routes = web.RouteTableDef()
 
@@ -40,12 +44,24 @@ async def readyz(request: web.Request) -> web.Response:
 
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
+    """The process's own counters always; the gauges read from the store only while it answers.
+
+    During a store outage those gauges are left out (no `gateway_conversations` series;
+    `gateway_agents_online` is NaN) rather than repeating their last values: a dashboard shows
+    "no data" for what nobody can know, and the counters, which tell what happened during the
+    outage, are still scraped.
+    """
     runtime = request.app[RUNTIME]
-    runtime.metrics.set_conversations(
-        await runtime.store.count_by_state(), (queue.name for queue in runtime.config.queues)
-    )
-    presence = await runtime.store.presence()
-    runtime.metrics.agents_online.set(sum(1 for p in presence.values() if p.online))
+    try:
+        counts = await runtime.store.count_by_state()
+        presence = await runtime.store.presence()
+    except StoreUnavailable as exc:
+        log.warning("metrics.store_unavailable", error=str(exc))
+        runtime.metrics.conversations.clear()
+        runtime.metrics.agents_online.set(float("nan"))
+    else:
+        runtime.metrics.set_conversations(counts, (queue.name for queue in runtime.config.queues))
+        runtime.metrics.agents_online.set(sum(1 for p in presence.values() if p.online))
     for name, adapter in runtime.adapters.items():
         runtime.metrics.channel_up.labels(name).set(1 if adapter.health().ok else 0)
     return web.Response(

@@ -30,7 +30,7 @@ import orjson
 from aiohttp import WSMsgType, web
 
 from gateway.channels import BaseAdapter, ChannelContext, SendResult
-from gateway.errors import InvalidInput, PermanentChannelError
+from gateway.errors import InvalidInput, PermanentChannelError, StoreUnavailable
 from gateway.ids import new_id
 from gateway.model import (
     Contact,
@@ -53,6 +53,9 @@ MAX_NAME = 80
 MAX_CLIENT_ID = 100
 CORS_HEADERS = "Authorization, Content-Type"
 WHOLE_HISTORY = "0"
+TRY_AGAIN_LATER = 1013
+"""WebSocket close code for a message the store could not take: the widget reconnects with
+backoff and resends what was not acknowledged, under the same client_id."""
 """`after=0`: every message of the visitor (lower than every message id)."""
 
 
@@ -79,6 +82,9 @@ def _json(body: Any, status: int = 200) -> web.Response:
 
 def _error(status: int, code: str, message: str) -> web.Response:
     return _json({"error": {"code": code, "message": message}}, status)
+
+
+UNAVAILABLE_MESSAGE = "the store is unavailable; retry (with the same client_id)"
 
 
 def _static(name: str) -> bytes:
@@ -224,7 +230,10 @@ class WebchatAdapter(BaseAdapter):
             return self._cors(request, _error(400, "invalid_request", str(exc)))
         if message is None:
             return self._cors(request, _error(400, "invalid_request", "type must be 'message'"))
-        result = await self.context.inbound.message(message)
+        try:
+            result = await self.context.inbound.message(message)
+        except StoreUnavailable as exc:
+            return self._cors(request, self._unavailable(exc))
         body = {
             "type": "ack",
             "client_id": message.extra["client_id"],
@@ -242,12 +251,19 @@ class WebchatAdapter(BaseAdapter):
             return self._cors(request, _error(401, "invalid_token", str(exc)))
         try:
             after = await self._after(request, session)
+            history = await self.context.history.list_contact_messages(
+                self.name, session.visitor_id, after=after
+            )
         except InvalidInput as exc:
             return self._cors(request, _error(400, "invalid_request", str(exc)))
-        history = await self.context.history.list_contact_messages(
-            self.name, session.visitor_id, after=after
-        )
+        except StoreUnavailable as exc:
+            return self._cors(request, self._unavailable(exc))
         return self._cors(request, _json({"messages": [visitor_message_json(m) for m in history]}))
+
+    def _unavailable(self, exc: StoreUnavailable) -> web.Response:
+        """503 for a request the store could not serve (one log line, no traceback)."""
+        self.context.log.warning("webchat.store_unavailable", channel=self.name, error=str(exc))
+        return _error(503, "store_unavailable", UNAVAILABLE_MESSAGE)
 
     async def _after(self, request: web.Request, session: VisitorSession) -> str | None:
         """The `after` query parameter: absent or empty is none, `0` is the whole history (lower
@@ -390,11 +406,30 @@ class WebchatAdapter(BaseAdapter):
                 orjson.dumps({"type": "error", "code": "invalid_request", "message": text}).decode()
             )
             return
-        if message is None:
-            if isinstance(frame, dict) and frame.get("type") == "typing":
-                await self._visitor_typing(session)
+        try:
+            if message is None:
+                if isinstance(frame, dict) and frame.get("type") == "typing":
+                    await self._visitor_typing(session)
+                return
+            result = await self.context.inbound.message(message)
+        except StoreUnavailable as exc:
+            self.context.log.warning("webchat.store_unavailable", channel=self.name, error=str(exc))
+            if message is None:  # a typing indicator lost: nothing to retry
+                return
+            # The socket's answer to a 503: say why, then close so that the widget reconnects
+            # (with backoff) and resends what was not acknowledged.
+            await ws.send_str(
+                orjson.dumps(
+                    {
+                        "type": "error",
+                        "code": "store_unavailable",
+                        "client_id": message.extra["client_id"],
+                        "message": UNAVAILABLE_MESSAGE,
+                    }
+                ).decode()
+            )
+            await ws.close(code=TRY_AGAIN_LATER, message=b"store unavailable")
             return
-        result = await self.context.inbound.message(message)
         await ws.send_str(
             orjson.dumps(
                 {

@@ -4,7 +4,10 @@ The webhook flow is the same for both providers and lives here, in the order the
 protocol demands: cap the body, verify the signature before believing anything, parse, hand
 every item to ingest (which returns after a durable commit), and only then acknowledge. If any
 item failed to ingest the answer is 500 so the provider re-delivers; ingest deduplicates on the
-provider message id, so the items that did get stored are not stored twice.
+provider message id, so the items that did get stored are not stored twice. When the store is
+unavailable (down, or not answering in time) the answer is 503 `store_unavailable` at once,
+without trying the items after it (each would wait for the store again, and the provider stops
+waiting after a few seconds: Twilio after 15 s in all).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from gateway.channels import (
     MediaContent,
     SendResult,
 )
-from gateway.errors import PermanentChannelError, TransientChannelError
+from gateway.errors import PermanentChannelError, StoreUnavailable, TransientChannelError
 from gateway.model import Attachment, Conversation, Message
 from plugins.whatsapp.aliases import ContactAliases
 from plugins.whatsapp.config import WhatsAppConfig
@@ -82,7 +85,17 @@ class WhatsAppAdapter(BaseAdapter):
             )
             return json_error(400, "invalid_request", f"unreadable webhook payload: {exc}")
         self._log_result(result)
-        if not await self._deliver(result):
+        try:
+            stored = await self._deliver(result)
+        except StoreUnavailable as exc:
+            log.warning(
+                "webhook.store_unavailable",
+                channel=self.name,
+                provider=self.provider,
+                error=str(exc),
+            )
+            return json_error(503, "store_unavailable", "the store is unavailable; retry")
+        if not stored:
             return json_error(500, "ingest_failed", "could not store every item; retry")
         return self._provider.ack()
 
@@ -107,18 +120,26 @@ class WhatsAppAdapter(BaseAdapter):
             )
 
     async def _deliver(self, result: ParseResult) -> bool:
-        """Hand every item to ingest, even after one fails; True when all were stored."""
+        """Hand every item to ingest, even after one fails; True when all were stored.
+
+        `StoreUnavailable` is raised at once instead: the items after it would only wait for
+        the store too, and the provider re-delivers the whole webhook anyway.
+        """
         ok = True
         inbound = self.context.inbound
         for message in result.messages:
             try:
                 await inbound.message(await self._aliases.resolve(message))
+            except StoreUnavailable:
+                raise
             except Exception as exc:
                 ok = False
                 self._ingest_failed("message", message.provider_message_id, exc)
         for status in result.statuses:
             try:
                 await inbound.status(status)
+            except StoreUnavailable:
+                raise
             except Exception as exc:
                 ok = False
                 self._ingest_failed("status", status.provider_message_id, exc)

@@ -15,6 +15,7 @@ from collections import OrderedDict
 import structlog
 
 from gateway.channels import KeyValue
+from gateway.errors import StoreUnavailable
 from gateway.model import Contact, InboundMessage, evolve
 
 log = structlog.get_logger("gateway.whatsapp.aliases")
@@ -37,7 +38,10 @@ class ContactAliases:
         A message that carries both records the pair (once per node while it holds); one that
         carries only the BSUID gets the recorded phone as its address, the BSUID staying in
         `extra["user_id"]`. A store failure here never loses the message: it keeps the address
-        it came with.
+        it came with. An unavailable store (down or hung) raises `StoreUnavailable` instead:
+        ingest would wait for the same store, and a BSUID-only message must not be keyed on
+        the BSUID just because the pair could not be read; the webhook is answered 503 and
+        re-delivered.
         """
         user_id = message.extra.get("user_id")
         if not isinstance(user_id, str) or not user_id:
@@ -50,6 +54,8 @@ class ContactAliases:
                     self._remember(user_id, address)
                 return message
             phone = self._known.get(user_id) or await self._kv.kv_get(self._prefix + user_id)
+        except StoreUnavailable:  # the webhook is refused and re-delivered: nothing is lost
+            raise
         except Exception as exc:  # the store hiccuped: ingest decides what that means
             log.warning("whatsapp.alias_unavailable", channel=message.channel, error=str(exc))
             return message
