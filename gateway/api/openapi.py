@@ -23,6 +23,8 @@ def _errors(*codes: int) -> dict[str, Any]:
         404: "No such conversation",
         409: "Conflict: already taken, window closed, max_active reached or forbidden transition",
         413: "Body too large",
+        503: "The store is down or did not answer in time (`store_unavailable`); nothing was"
+        " changed or acknowledged: retry later",
     }
     return {str(c): {"description": meaning[c], **_json(ERROR)} for c in codes}
 
@@ -36,7 +38,7 @@ def _action(summary: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
                 "description": "The conversation after the change",
                 **_json({"type": "object", "properties": {"conversation": _ref("Conversation")}}),
             },
-            **_errors(400, 401, 403, 404, 409),
+            **_errors(400, 401, 403, 404, 409, 503),
         },
     }
     if body is not None:
@@ -68,13 +70,13 @@ def openapi_document() -> dict[str, Any]:
             "/api/v1/agents": {
                 "get": {
                     "summary": "Agents sharing a queue with the caller: online state and load (transfer targets)",
-                    "responses": {"200": {"description": "Agents"}, **_errors(401)},
+                    "responses": {"200": {"description": "Agents"}, **_errors(401, 503)},
                 }
             },
             "/api/v1/queues": {
                 "get": {
                     "summary": "The agent's queues with counts per state",
-                    "responses": {"200": {"description": "Queues"}, **_errors(401)},
+                    "responses": {"200": {"description": "Queues"}, **_errors(401, 503)},
                 }
             },
             "/api/v1/inbox": {
@@ -105,7 +107,7 @@ def openapi_document() -> dict[str, Any]:
                                 }
                             ),
                         },
-                        **_errors(400, 401, 403),
+                        **_errors(400, 401, 403, 503),
                     },
                 }
             },
@@ -118,7 +120,7 @@ def openapi_document() -> dict[str, Any]:
                             "description": "Conversation",
                             **_json(_ref("ConversationWithMessages")),
                         },
-                        **_errors(401, 403, 404),
+                        **_errors(401, 403, 404, 503),
                     },
                 }
             },
@@ -148,7 +150,10 @@ def openapi_document() -> dict[str, Any]:
                 "post": {
                     "summary": "Show the customer that the assigned agent is typing (web chat); nothing is stored",
                     "parameters": [{"$ref": "#/components/parameters/ConversationId"}],
-                    "responses": {"204": {"description": "Signalled"}, **_errors(401, 403, 404)},
+                    "responses": {
+                        "204": {"description": "Signalled"},
+                        **_errors(401, 403, 404, 503),
+                    },
                 }
             },
             "/api/v1/conversations/{id}/messages": {
@@ -180,7 +185,7 @@ def openapi_document() -> dict[str, Any]:
                                 }
                             ),
                         },
-                        **_errors(400, 401, 403, 404, 409, 413),
+                        **_errors(400, 401, 403, 404, 409, 413, 503),
                     },
                 }
             },
@@ -208,7 +213,7 @@ def openapi_document() -> dict[str, Any]:
                             "description": "The media bytes, with the provider's content type; untrusted content is sent as a download (`Content-Disposition: attachment`)",
                             "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
                         },
-                        **_errors(401, 403),
+                        **_errors(401, 403, 503),
                         "404": {
                             "description": "No such conversation, message or attachment index, or the channel cannot download media",
                             **_json(ERROR),
@@ -251,7 +256,7 @@ def openapi_document() -> dict[str, Any]:
                                 }
                             ),
                         },
-                        **_errors(400, 401),
+                        **_errors(400, 401, 503),
                     },
                 }
             },
