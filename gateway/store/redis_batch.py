@@ -46,7 +46,13 @@ from redis._parsers import BaseParser
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import InvalidResponse, NoScriptError
+from redis.exceptions import (
+    InvalidResponse,
+    MasterDownError,
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+)
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.errors import StoreUnavailable
@@ -71,6 +77,24 @@ OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
     TimeoutError,
 )
 """What a Redis that is down, restarting or hung raises (redis-py's and the socket's own)."""
+
+
+REFUSING_CLASSES: tuple[type[BaseException], ...] = (
+    OutOfMemoryError,
+    ReadOnlyError,
+    MasterDownError,
+)
+REFUSING_PREFIXES = ("OOM ", "READONLY ", "MISCONF ", "NOREPLICAS ", "MASTERDOWN ")
+"""Error replies of a Redis that is up but takes no writes for now: out of memory, a replica
+after a failover, a failing disk (`stop-writes-on-bgsave-error`), too few replicas. Like an
+outage, they pass (or are fixed by an operator) and the caller should retry: StoreUnavailable,
+not an internal error. redis-py gives some their own class (without the code in the text); the
+rest, and refusals inside a script, are told by the code the text starts with."""
+
+
+def refusing_writes(reply: BaseException) -> bool:
+    """Whether an error reply means "Redis cannot take writes right now" (see above)."""
+    return isinstance(reply, REFUSING_CLASSES) or str(reply).startswith(REFUSING_PREFIXES)
 
 
 def unavailable(exc: BaseException) -> StoreUnavailable:
@@ -147,6 +171,10 @@ def _settle(future: asyncio.Future[Any], result: Any) -> None:
     if future.done():  # the caller was cancelled; the command ran anyway
         return
     if isinstance(result, BaseException):
+        if refusing_writes(result):
+            error = unavailable(result)
+            error.__cause__ = result
+            result = error
         future.set_exception(result)
     else:
         future.set_result(result)

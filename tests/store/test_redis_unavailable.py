@@ -159,3 +159,24 @@ async def test_error_replies_are_not_outages(store: RedisStore) -> None:
         await store.batcher.execute("HGET", f"{store.prefix}:plain", "d")
     with pytest.raises(redis.ResponseError, match="boom"):
         await store.batcher.execute("EVAL", "return redis.error_reply('boom')", 0)
+
+
+async def test_a_redis_that_refuses_writes_is_unavailable_too(
+    server: RedisServer, store: RedisStore, clock: ManualClock
+) -> None:
+    """Out of memory (or a replica after a failover, a failing disk): Redis answers, but every
+    write is refused until an operator or the failover fixes it. The caller should retry, as
+    in an outage; once Redis takes writes again the message is stored once."""
+    ingest = make_ingestor(store, clock)
+    admin = redis.Redis(host="127.0.0.1", port=server.port)
+    try:
+        admin.config_set("maxmemory", 1)  # noeviction, the default policy: writes fail with OOM
+        outcome, _ = await timed(ingest.message(inbound("Hola", pid="wamid.oom")))
+        assert_unavailable(outcome)
+        assert "OOM" in str(outcome) or "memory" in str(outcome)
+        admin.config_set("maxmemory", 0)
+        stored = await ingest.message(inbound("Hola", pid="wamid.oom"))
+        again = await ingest.message(inbound("Hola", pid="wamid.oom"))
+        assert not stored.duplicate and again.duplicate
+    finally:
+        admin.close()
