@@ -19,7 +19,7 @@ from gateway.api import agent, events, inbox, ops, stream
 from gateway.api.http import request_context
 from gateway.api.media import routes as media_routes
 from gateway.appkeys import AGENT_SOCKETS, RUNTIME
-from gateway.channels import ChannelType
+from gateway.channels import ChannelType, ClosesConnections
 from gateway.clock import Clock
 from gateway.config import GatewayConfig
 from gateway.runtime import Runtime, RuntimeOptions
@@ -60,8 +60,19 @@ def create_app(
             route.register(app.router)
     app[AGENT_SOCKETS] = set()
     app.on_shutdown.append(stream.close_agent_sockets)
+    app.on_shutdown.append(_close_channel_connections)
     app.cleanup_ctx.extend([_store, _http, _hub, _adapters, _scheduler])
     return app
+
+
+async def _close_channel_connections(app: web.Application) -> None:
+    """Shutdown, before aiohttp waits for open requests: channels close their sockets (1001)."""
+    for adapter in app[RUNTIME].adapters.values():
+        if isinstance(adapter, ClosesConnections):
+            try:
+                await adapter.close_connections()
+            except Exception:
+                log.exception("channel.close_connections_failed", channel=adapter.name)
 
 
 async def _store(app: web.Application) -> AsyncIterator[None]:

@@ -43,6 +43,8 @@ Optional capabilities an adapter may add, found by `isinstance` on the running a
 
 - `MediaSource`: download the media of an inbound attachment on an agent's request
   (`GET /api/v1/conversations/{id}/messages/{message_id}/attachments/{index}`).
+- `ClosesConnections`: close long-lived client connections (sockets) as soon as the node
+  starts shutting down, before it waits for open requests to finish.
 """
 
 from __future__ import annotations
@@ -252,6 +254,21 @@ class MediaSource(Protocol):
 
     async def fetch_media(self, attachment: Attachment) -> MediaContent:
         """Download the media `attachment` refers to."""
+        ...
+
+
+@runtime_checkable
+class ClosesConnections(Protocol):
+    """An adapter that holds client connections open (web chat visitors' sockets).
+
+    On shutdown the server stops accepting, then waits (up to its shutdown timeout) for open
+    requests, and an open socket is one; `stop()` only runs after that. `close_connections`
+    runs first: close each socket with 1001 (going away) so clients reconnect to another node
+    at once. Keep serving requests already in flight; this is not `stop()`.
+    """
+
+    async def close_connections(self) -> None:
+        """Close every long-lived client connection of this channel (with 1001)."""
         ...
 
 

@@ -27,7 +27,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from gateway.channels import BaseAdapter, ChannelContext, SendResult
 from gateway.errors import InvalidInput, PermanentChannelError, StoreUnavailable
@@ -115,9 +115,15 @@ class WebchatAdapter(BaseAdapter):
             assert secret is not None
         self._signer = TokenSigner(secret, self.name, self.config.token_ttl)
 
-    async def stop(self) -> None:
+    async def close_connections(self) -> None:
+        """The node is shutting down: close every visitor socket with 1001 (going away) now,
+        so widgets reconnect to another node at once instead of after the shutdown timeout."""
         for ws in tuple(self._sockets):
-            await ws.close(code=1001, message=b"server shutdown")
+            with contextlib.suppress(Exception):
+                await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
+
+    async def stop(self) -> None:
+        await self.close_connections()
 
     @property
     def signer(self) -> TokenSigner:
@@ -342,6 +348,24 @@ class WebchatAdapter(BaseAdapter):
         return ws
 
     async def _pump(
+        self,
+        ws: web.WebSocketResponse,
+        subscription: Any,
+        session: VisitorSession,
+        after: str | None,
+    ) -> None:
+        """Push to the visitor until the socket ends. If the store fails meanwhile (replaying
+        history, recording a delivery), close with 1013 (try again later): a socket that stays
+        open but pushes nothing would look healthy to the widget; reconnecting replays."""
+        try:
+            await self._forward(ws, subscription, session, after)
+        except StoreUnavailable as exc:
+            self.context.log.warning(
+                "webchat.store_unavailable", channel=self.name, error=str(exc), during="push"
+            )
+            await ws.close(code=TRY_AGAIN_LATER, message=b"store unavailable")
+
+    async def _forward(
         self,
         ws: web.WebSocketResponse,
         subscription: Any,

@@ -27,9 +27,11 @@ from gateway.pluginmanager import channel_types, config_models, get_plugin_manag
 from gateway.runtime import RuntimeOptions
 from tests.api.conftest import BASE_CONFIG, TOKENS, Gateway
 from tests.api.test_stream_presence import accepted_by_maria, open_stream
+from tests.api.test_webchat import visitor_socket
 from tests.store.redis_server import RedisServer
 
 Build = Callable[[], Awaitable[Gateway]]
+CLOSED = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED)
 
 
 @pytest.fixture
@@ -127,12 +129,38 @@ async def test_a_socket_opened_during_an_outage_is_refused_and_leaves_nobody_onl
     assert len(waiting["conversations"]) == 1
 
 
-async def test_shutdown_closes_agent_streams_with_going_away(build: Build) -> None:
+async def test_shutdown_closes_agent_and_visitor_sockets_with_going_away(build: Build) -> None:
     gw = await build()
-    ws = await open_stream(gw, "maria")
+    agent = await open_stream(gw, "maria")
+    visitor = await visitor_socket(gw, (await gw.visitor("Bye"))["token"])
     closing = asyncio.create_task(gw.client.server.close())  # the node shuts down
-    async with asyncio.timeout(5):  # not after aiohttp's shutdown timeout
-        frame = await ws.receive()
-    assert frame.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED)
-    assert ws.close_code == WSCloseCode.GOING_AWAY
+    for ws in (agent, visitor):
+        async with asyncio.timeout(5):  # not after aiohttp's shutdown timeout (30 s)
+            while (await ws.receive()).type not in CLOSED:
+                pass
+        assert ws.close_code == WSCloseCode.GOING_AWAY
     await closing
+
+
+async def test_a_visitor_socket_whose_replay_hits_an_outage_says_try_again_later(
+    build: Build, redis_alone: RedisServer
+) -> None:
+    """A socket that stayed open but pushed nothing would look healthy to the widget."""
+    gw = await build()
+    token = (await gw.visitor("Replay"))["token"]
+    await gw.visitor_says(token, "hola", "c1")
+    redis_alone.kill()
+    ws = await visitor_socket(gw, token, after="0")  # the whole history: read after the upgrade
+    async with asyncio.timeout(10):
+        while (await ws.receive()).type not in CLOSED:
+            pass
+    assert ws.close_code == 1013  # try again later: the widget reconnects and replays
+    redis_alone.start()
+    ws = await visitor_socket(gw, token, after="0")
+    async with asyncio.timeout(10):
+        while True:
+            frame = await ws.receive_json()
+            if frame["type"] == "message":
+                break
+    assert frame["message"]["text"] == "hola"
+    await ws.close()
