@@ -22,6 +22,7 @@ from gateway.appkeys import AGENT_SOCKETS, RUNTIME
 from gateway.channels import ChannelType, ClosesConnections
 from gateway.clock import Clock
 from gateway.config import GatewayConfig
+from gateway.errors import StoreUnavailable
 from gateway.runtime import Runtime, RuntimeOptions
 from gateway.store.base import Store
 from gateway.webhooks import routes as webhook_routes
@@ -136,5 +137,7 @@ async def _scheduler(app: web.Application) -> AsyncIterator[None]:
         await heartbeat
     try:
         await runtime.presence.leave()
-    except Exception:  # the store may be unreachable; the other nodes reap us after the TTL
+    except StoreUnavailable as exc:  # the other nodes reap us after the heartbeat TTL
+        log.warning("presence.leave_failed", error=str(exc))
+    except Exception:
         log.exception("presence.leave_failed")
