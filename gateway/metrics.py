@@ -63,6 +63,11 @@ class Metrics:
         self.agents_online = Gauge(
             "gateway_agents_online", "Agents with a live connection", registry=self.registry
         )
+        self.store_up = Gauge(
+            "gateway_store_up",
+            "1 when the store answered this scrape, 0 when it was unreachable or too slow",
+            registry=self.registry,
+        )
         # Label children of the per-webhook series, found once: `labels()` validates and
         # locks on every call, which is most of what counting costs.
         self._webhooks: dict[tuple[str, ...], Any] = {}

@@ -49,7 +49,7 @@ async def metrics(request: web.Request) -> web.Response:
     During a store outage those gauges are left out (no `gateway_conversations` series;
     `gateway_agents_online` is NaN) rather than repeating their last values: a dashboard shows
     "no data" for what nobody can know, and the counters, which tell what happened during the
-    outage, are still scraped.
+    outage, are still scraped. `gateway_store_up` says which case a scrape is (alert on 0).
     """
     runtime = request.app[RUNTIME]
     try:
@@ -59,9 +59,11 @@ async def metrics(request: web.Request) -> web.Response:
         log.warning("metrics.store_unavailable", error=str(exc))
         runtime.metrics.conversations.clear()
         runtime.metrics.agents_online.set(float("nan"))
+        runtime.metrics.store_up.set(0)
     else:
         runtime.metrics.set_conversations(counts, (queue.name for queue in runtime.config.queues))
         runtime.metrics.agents_online.set(sum(1 for p in presence.values() if p.online))
+        runtime.metrics.store_up.set(1)
     for name, adapter in runtime.adapters.items():
         runtime.metrics.channel_up.labels(name).set(1 if adapter.health().ok else 0)
     return web.Response(

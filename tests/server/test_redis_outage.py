@@ -148,6 +148,7 @@ async def test_during_an_outage_the_api_answers_503_and_a_retry_is_stored_once(
     assert metrics.status == 200
     assert 'gateway_webhooks_total{channel="wa-cloud",outcome="http_503"} 1.0' in text
     assert "gateway_agents_online NaN" in text
+    assert "gateway_store_up 0.0" in text
     assert "gateway_conversations{" not in text
     assert ready.status == 503
 
@@ -168,6 +169,7 @@ async def test_during_an_outage_the_api_answers_503_and_a_retry_is_stored_once(
         assert status == 200, answer
     assert await received(gw, "wamid.during") == 1
     assert await received(gw, "wamid.first") == 1
+    assert "gateway_store_up 1.0" in await (await gw.client.get("/metrics")).text()
 
 
 @pytest.mark.slow
