@@ -30,7 +30,7 @@ from gateway.codec import (
     encode,
     remember_conversation,
 )
-from gateway.errors import NotFound, TransitionError, VersionConflict
+from gateway.errors import NotFound, StoreUnavailable, TransitionError, VersionConflict
 from gateway.lifecycle import Transition, deadlines_of
 from gateway.model import (
     DELIVERY_RANK,
@@ -317,15 +317,27 @@ class SqliteStore:
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._writer is None:
             raise RuntimeError("store is not open")
-        return await self._writer.run(fn)
+        try:
+            return await self._writer.run(fn)
+        except sqlite3.OperationalError as exc:
+            unavailable = _unavailable(exc)
+            if unavailable is None:
+                raise
+            raise unavailable from exc
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._reader_pool is None or self._reader is None:
             raise RuntimeError("store is not open")
         reader = self._reader
-        return await asyncio.get_running_loop().run_in_executor(
-            self._reader_pool, lambda: fn(reader)
-        )
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._reader_pool, lambda: fn(reader)
+            )
+        except sqlite3.OperationalError as exc:
+            unavailable = _unavailable(exc)
+            if unavailable is None:
+                raise
+            raise unavailable from exc
 
     async def ping(self) -> bool:
         try:
@@ -851,6 +863,29 @@ class SqliteStore:
             return True
 
         return await self._write(job)
+
+
+# SQLite's primary result codes for a database that cannot be used right now, as opposed to a
+# bug (a bad statement): the disk is full or failing, the file went away or turned read-only,
+# memory ran out, or another process held the write lock past busy_timeout (a backup, say).
+_UNAVAILABLE_CODES = {
+    sqlite3.SQLITE_BUSY,
+    sqlite3.SQLITE_LOCKED,
+    sqlite3.SQLITE_NOMEM,
+    sqlite3.SQLITE_READONLY,
+    sqlite3.SQLITE_IOERR,
+    sqlite3.SQLITE_FULL,
+    sqlite3.SQLITE_CANTOPEN,
+}
+
+
+def _unavailable(exc: sqlite3.OperationalError) -> StoreUnavailable | None:
+    """The StoreUnavailable an operational error stands for (503: nothing acknowledged, retry
+    later), or None when it is not about the database's availability."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None or code & 0xFF not in _UNAVAILABLE_CODES:  # extended codes keep the primary
+        return None
+    return StoreUnavailable(f"the SQLite store is unavailable: {exc}")
 
 
 # helpers run inside the reader or writer thread -------------------------------------------------

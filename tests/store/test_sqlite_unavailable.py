@@ -1,0 +1,78 @@
+"""The SQLite store when its database cannot be used right now: StoreUnavailable, not a 500.
+
+A full disk, or another process holding the write lock past `busy_timeout` (a backup, a CLI
+command), is an outage like a Redis one: nothing is acknowledged and the caller retries, and
+once the database takes writes again the retried message is stored exactly once. A bad
+statement (a bug) stays what it is. The full disk is SQLite's own `max_page_count` limit on the
+writer's connection, which fails exactly as a full file system does (SQLITE_FULL).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from gateway.clock import ManualClock
+from gateway.errors import StoreUnavailable
+from gateway.store.sqlite import SqliteStore
+from tests.conftest import inbound
+from tests.store.test_contract import make_ingestor
+
+
+@pytest.fixture
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    store = SqliteStore(tmp_path / "gateway.db")
+    await store.open()
+    yield store
+    await store.close()
+
+
+async def test_a_full_disk_is_store_unavailable_and_the_retry_is_stored_once(
+    sqlite_store: SqliteStore, clock: ManualClock
+) -> None:
+    ingest = make_ingestor(sqlite_store, clock)
+    await ingest.message(inbound("first", pid="wamid.first"))
+    pages = await sqlite_store._write(lambda c: c.execute("PRAGMA page_count").fetchone()[0])
+    await sqlite_store._write(lambda c: c.execute(f"PRAGMA max_page_count = {pages}"))
+
+    refused = None
+    for i in range(200):  # the file is full once the pages it has are used up
+        try:
+            await ingest.message(inbound("x" * 2000, pid=f"wamid.{i}", address=f"+55{i:09d}"))
+        except StoreUnavailable as exc:
+            refused = (i, exc)
+            break
+    assert refused is not None, "the database never filled up"
+    i, exc = refused
+    assert exc.code == "store_unavailable" and "full" in str(exc)
+    assert isinstance(exc.__cause__, sqlite3.OperationalError)
+
+    await sqlite_store._write(lambda c: c.execute("PRAGMA max_page_count = 1073741823"))
+    retry = inbound("x" * 2000, pid=f"wamid.{i}", address=f"+55{i:09d}")
+    assert not (await ingest.message(retry)).duplicate
+    assert (await ingest.message(retry)).duplicate
+
+
+async def test_a_write_lock_held_past_busy_timeout_is_store_unavailable(
+    sqlite_store: SqliteStore, clock: ManualClock
+) -> None:
+    ingest = make_ingestor(sqlite_store, clock)
+    await sqlite_store._write(lambda c: c.execute("PRAGMA busy_timeout = 50"))
+    other = sqlite3.connect(sqlite_store.path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # another process writing (a backup, a CLI command)
+        with pytest.raises(StoreUnavailable) as refused:
+            await ingest.message(inbound("Hola", pid="wamid.locked"))
+        assert "locked" in str(refused.value)
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+    assert not (await ingest.message(inbound("Hola", pid="wamid.locked"))).duplicate
+
+
+async def test_a_bad_statement_is_not_an_outage(sqlite_store: SqliteStore) -> None:
+    with pytest.raises(sqlite3.OperationalError, match="no such table"):
+        await sqlite_store._read(lambda c: c.execute("SELECT * FROM no_such_table").fetchall())
