@@ -15,8 +15,10 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from email.headerregistry import Address
+from email import policy as email_policy
+from email.headerregistry import Address, HeaderRegistry, UnstructuredHeader
 from email.message import EmailMessage
+from email.policy import Policy
 from email.utils import format_datetime, make_msgid
 
 from plugins.email.headers import is_msgid, msgid_list, one_line
@@ -28,6 +30,36 @@ _REPLY_PREFIX = re.compile(
 # Clients cap References (a long thread would make a huge header): keep the root and the most
 # recent ids, which is what threading needs (RFC 5322 3.6.4 allows trimming the middle).
 MAX_REFERENCES = 30
+
+
+class _MsgIdListHeader(UnstructuredHeader):
+    """In-Reply-To and References: a list of `<id>`s, folded only between ids.
+
+    The default policy treats them as unstructured text, and a word longer than a line (our
+    own Message-IDs are about 95 characters) is then folded as RFC 2047 encoded words, which
+    RFC 5322 forbids in msg-id fields: mail clients drop the mangled id and the thread breaks.
+    Every id was checked by `is_msgid` (ASCII, no whitespace), so plain folding is exact.
+    """
+
+    def fold(self, *, policy: Policy) -> str:
+        limit = policy.max_line_length or 998
+        head = f"{self.name}:"
+        lines: list[str] = []
+        line = head
+        for msgid in str(self).split():
+            if line != head and len(line) + 1 + len(msgid) > limit:
+                lines.append(line)
+                line = ""
+            line += f" {msgid}"
+        lines.append(line)
+        return policy.linesep.join(lines) + policy.linesep
+
+
+_HEADERS = HeaderRegistry()
+_HEADERS.map_to_type("in-reply-to", _MsgIdListHeader)
+_HEADERS.map_to_type("references", _MsgIdListHeader)
+_POLICY = email_policy.default.clone(header_factory=_HEADERS)
+"""`policy.default` (which refuses line breaks in header values) with exact msg-id folding."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +136,7 @@ def compose_reply(
     A reply's subject becomes `Re: <subject>` unless `verbatim_subject` (an agent's explicit
     choice) says to keep it as written.
     """
-    msg = EmailMessage()
+    msg = EmailMessage(policy=_POLICY)
     msg["Message-ID"] = message_id
     msg["Date"] = format_datetime(now)
     msg["From"] = sender

@@ -115,6 +115,13 @@ async def test_agent_reply_is_threaded_and_the_answer_joins(make_mail: MailFacto
     second = mail.sent()[-1]
     assert second["In-Reply-To"] == C2
     assert ids(second["References"]) == [C1, r1, C2]
+    # On the wire, not only once parsed: our own long Message-ID must go out as written, not
+    # as RFC 2047 encoded words (which a parser decodes back, but mail clients do not).
+    wire = mail.smtp.handler.messages[-1].content
+    head = wire.replace(b"\r\n", b"\n").split(b"\n\n", 1)[0]
+    assert r1.encode() in head
+    assert b"=?" not in head.split(b"\nReferences:", 1)[1].split(b"\n", 1)[0]
+    assert all(b"=?" not in line for line in head.split(b"\n") if line.startswith(b" <"))
     assert second["Subject"] == "Re: Where is my order?"
     assert second["Message-ID"] not in (r1, C1, C2)
 
