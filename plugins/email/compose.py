@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email import policy as email_policy
-from email.headerregistry import Address, HeaderRegistry, UnstructuredHeader
+from email.headerregistry import Address, BaseHeader, HeaderRegistry, UnstructuredHeader
 from email.message import EmailMessage
 from email.policy import Policy
 from email.utils import format_datetime, make_msgid
@@ -32,7 +32,7 @@ _REPLY_PREFIX = re.compile(
 MAX_REFERENCES = 30
 
 
-class _MsgIdListHeader(UnstructuredHeader):
+class _MsgIdListHeader(UnstructuredHeader, BaseHeader):
     """In-Reply-To and References: a list of `<id>`s, folded only between ids.
 
     The default policy treats them as unstructured text, and a word longer than a line (our
