@@ -64,6 +64,8 @@ class Actions:
             conversation = await self.visible(conversation_id, agent)
             loads = await self.store.agent_loads()
             transition = decide(conversation, loads)
+            if not transition.changed:  # nothing to write (an idempotent retry)
+                return conversation, ()
             try:
                 stored, events = await self.store.update_conversation(
                     transition, conversation.version, max_active=max_active

@@ -207,9 +207,7 @@ def customer_message(
         updated_at=now,
         last_message_at=now,
         last_customer_message_at=last_customer,
-        window_expires_at=_window_end(
-            conversation.window_expires_at, message.sent_at, policy, now
-        ),
+        window_expires_at=_window_end(conversation.window_expires_at, message.sent_at, policy, now),
         no_agent_at=no_agent_at,
         preview=preview_of(message.text, message.kind),
     )
@@ -251,9 +249,19 @@ def _require_assignee(conversation: Conversation, agent_id: str) -> None:
 def accept(
     conversation: Conversation, agent: AgentContext, now: datetime, change: str = "accepted"
 ) -> Transition:
-    """Give a waiting conversation to an agent of its queue who has capacity left."""
+    """Give a waiting conversation to an agent of its queue who has capacity left.
+
+    The agent who already holds it active accepting again (a retried request) changes
+    nothing and succeeds: still exactly one winner, and a retry is not told it lost.
+    """
     if conversation.state != State.WAITING:
+        if conversation.state == State.ACTIVE and conversation.agent == agent.id:
+            return Transition(conversation, (), changed=False)
         if conversation.state in (State.ACTIVE, State.PENDING):
+            if conversation.agent == agent.id:  # pending: set aside by this very agent
+                raise TransitionError(
+                    "already_taken", "you set this conversation aside; resume it instead"
+                )
             raise TransitionError("already_taken", "the conversation was taken by another agent")
         raise TransitionError(
             "invalid_transition", f"a {conversation.state} conversation cannot be accepted"

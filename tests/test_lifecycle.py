@@ -84,6 +84,9 @@ def test_accept_requires_queue_and_capacity() -> None:
     with pytest.raises(TransitionError) as err:
         lifecycle.accept(taken, JOSE, T0)
     assert err.value.code == "already_taken"
+    assert "another agent" in err.value.message
+    again = lifecycle.accept(taken, MARIA, T0)  # maria's retry: nothing changes, no error
+    assert not again.changed and again.conversation is taken and again.events == ()
 
 
 def test_pending_resume_close() -> None:

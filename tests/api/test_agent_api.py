@@ -112,6 +112,13 @@ async def test_two_agents_race_to_accept(gw: Gateway) -> None:
     assert winner["conversation"]["state"] == "active"
     _, body = await gw.get("maria", f"/api/v1/conversations/{conv_id}")
     assert body["agent"] == winner["conversation"]["agent"]
+    # The winner's retry (a lost response) succeeds without a change; the loser still loses.
+    holder = winner["conversation"]["agent"]
+    other = "jose" if holder == "maria" else "maria"
+    status, again = await gw.post(holder, f"/api/v1/conversations/{conv_id}/accept")
+    assert status == 200 and again["conversation"]["version"] == body["version"]
+    status, lost = await gw.post(other, f"/api/v1/conversations/{conv_id}/accept")
+    assert (status, lost["error"]["code"]) == (409, "already_taken")
 
 
 async def test_lifecycle_over_http(gw: Gateway) -> None:
