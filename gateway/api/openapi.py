@@ -1,4 +1,11 @@
-"""The OpenAPI 3.1 description of the agent and integrator API (served at /api/openapi.json)."""
+"""The OpenAPI 3.1 description of the gateway's HTTP surface (served at /api/openapi.json).
+
+It describes what the server really returns: every status a handler answers and every field
+the serializers (`gateway/api/serialize.py`, the web chat's `visitor_message_json`) write.
+tests/api/test_openapi_matches.py drives a real gateway through these endpoints and fails on
+a status or a JSON key the document does not list, so a field or status added to the code
+needs its line here.
+"""
 
 from __future__ import annotations
 
@@ -15,18 +22,36 @@ def _json(schema: dict[str, Any]) -> dict[str, Any]:
     return {"content": {"application/json": {"schema": schema}}}
 
 
-def _errors(*codes: int) -> dict[str, Any]:
-    meaning = {
-        400: "Malformed request",
-        401: "Missing or invalid bearer token",
-        403: "Agent not on the conversation's queue or not its assignee",
-        404: "No such conversation",
-        409: "Conflict: already taken, window closed, max_active reached or forbidden transition",
-        413: "Body too large",
-        503: "The store is down or did not answer in time (`store_unavailable`); nothing was"
-        " changed or acknowledged: retry later",
+def _object(properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+    """A JSON object with exactly these properties (fields may be added, never removed)."""
+    schema: dict[str, Any] = {"type": "object", "properties": properties}
+    if required:
+        schema["required"] = required
+    return schema
+
+
+MEANING = {
+    400: "Malformed request (`invalid_request`, `invalid_json`)",
+    401: "Missing or invalid bearer token (`unauthorized`)",
+    403: "Agent not on the conversation's queue or not its assignee (`forbidden`,"
+    " `not_on_queue`, `not_assignee`)",
+    404: "No such conversation (`not_found`)",
+    409: "Conflict: already taken, window closed, max_active reached or forbidden transition"
+    " (`already_taken`, `window_closed`, `max_active_reached`, `invalid_transition`, `conflict`)",
+    413: "Body too large (`payload_too_large`)",
+    422: "The same Idempotency-Key was used with a different text, template or attachments"
+    " (`idempotency_key_reused`); nothing was sent",
+    503: "The store is down or did not answer in time (`store_unavailable`); nothing was"
+    " changed or acknowledged: retry later",
+}
+
+
+def _errors(*codes: int, **descriptions: str) -> dict[str, Any]:
+    """Error responses by status; `s404="..."` overrides the usual meaning of a status."""
+    return {
+        str(c): {"description": descriptions.get(f"s{c}", MEANING[c]), **_json(ERROR)}
+        for c in codes
     }
-    return {str(c): {"description": meaning[c], **_json(ERROR)} for c in codes}
 
 
 def _action(summary: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -36,239 +61,944 @@ def _action(summary: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         "responses": {
             "200": {
                 "description": "The conversation after the change",
-                **_json({"type": "object", "properties": {"conversation": _ref("Conversation")}}),
+                **_json(_object({"conversation": _ref("Conversation")}, ["conversation"])),
             },
             **_errors(400, 401, 403, 404, 409, 503),
         },
     }
     if body is not None:
         op["requestBody"] = {"required": True, **_json(body)}
+        op["responses"].update(_errors(413))
     return op
 
 
 STATE = {"type": "string", "enum": ["waiting", "active", "pending", "inactive", "closed"]}
 TIME = {"type": ["string", "null"], "format": "date-time"}
+NULLABLE_STRING = {"type": ["string", "null"]}
+ANY_OBJECT = {"type": "object", "additionalProperties": True}
+UNAUTHENTICATED: list[dict[str, list[str]]] = []
+CHANNEL = {
+    "name": "channel",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "The name of a `webchat` channel in the config (another name is a 404)",
+}
+ORIGIN_403 = "The page's `Origin` is not in the channel's `allowed_origins` (`origin_not_allowed`)"
+VISITOR_401 = "Missing, forged or expired visitor token (`invalid_token`)"
+WEBCHAT_503 = (
+    "The store is down or did not answer in time (`store_unavailable`); nothing was"
+    " acknowledged: retry with the same `client_id`"
+)
+
+
+def _preflight(methods: str) -> dict[str, Any]:
+    return {
+        "summary": f"CORS preflight for {methods} from a page on an allowed origin",
+        "security": UNAUTHENTICATED,
+        "parameters": [CHANNEL],
+        "responses": {
+            "204": {"description": "Allowed (with `Access-Control-Allow-*` headers)"},
+            "403": {"description": ORIGIN_403, **_json(ERROR)},
+        },
+    }
+
+
+def _agent_paths() -> dict[str, Any]:
+    return {
+        "/api/v1/me": {
+            "get": {
+                "summary": "The authenticated agent",
+                "responses": {
+                    "200": {"description": "Agent", **_json(_ref("Me"))},
+                    **_errors(401),
+                },
+            }
+        },
+        "/api/v1/agents": {
+            "get": {
+                "summary": "Agents sharing a queue with the caller: online state and load (transfer targets)",
+                "responses": {
+                    "200": {
+                        "description": "Agents",
+                        **_json(
+                            _object(
+                                {"agents": {"type": "array", "items": _ref("Colleague")}},
+                                ["agents"],
+                            )
+                        ),
+                    },
+                    **_errors(401, 503),
+                },
+            }
+        },
+        "/api/v1/queues": {
+            "get": {
+                "summary": "The agent's queues with counts per state",
+                "responses": {
+                    "200": {
+                        "description": "Queues",
+                        **_json(
+                            _object(
+                                {"queues": {"type": "array", "items": _ref("Queue")}}, ["queues"]
+                            )
+                        ),
+                    },
+                    **_errors(401, 503),
+                },
+            }
+        },
+        "/api/v1/inbox": {
+            "get": {
+                "summary": "Conversations by state on the agent's queues (waiting: oldest queued first)",
+                "parameters": [
+                    {"name": "state", "in": "query", "schema": {**STATE, "default": "waiting"}},
+                    {"name": "queue", "in": "query", "schema": {"type": "string"}},
+                    {
+                        "name": "mine",
+                        "in": "query",
+                        "schema": {"type": "string"},
+                        "description": "`1`, `true` or `yes`: only conversations assigned to the caller",
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": 1000,
+                            "default": 200,
+                        },
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": "Conversations",
+                        **_json(
+                            _object(
+                                {
+                                    "conversations": {
+                                        "type": "array",
+                                        "items": _ref("Conversation"),
+                                    }
+                                },
+                                ["conversations"],
+                            )
+                        ),
+                    },
+                    **_errors(
+                        400,
+                        401,
+                        403,
+                        404,
+                        503,
+                        s400="Bad `state` or `limit` (`invalid_request`)",
+                        s403="The agent is not on that `queue` (`not_on_queue`)",
+                        s404="No queue by that name (`not_found`)",
+                    ),
+                },
+            }
+        },
+        "/api/v1/conversations/{id}": {
+            "get": {
+                "summary": "A conversation with its messages (preview without accepting)",
+                "parameters": [{"$ref": "#/components/parameters/ConversationId"}],
+                "responses": {
+                    "200": {
+                        "description": "Conversation",
+                        **_json(_ref("ConversationWithMessages")),
+                    },
+                    **_errors(401, 403, 404, 503),
+                },
+            }
+        },
+        "/api/v1/conversations/{id}/accept": {
+            "post": _action(
+                "Accept a waiting conversation (exactly one agent wins; the others get 409)"
+            )
+        },
+        "/api/v1/conversations/{id}/pending": {"post": _action("Set an active conversation aside")},
+        "/api/v1/conversations/{id}/resume": {
+            "post": _action("Resume a pending conversation while the channel allows replies")
+        },
+        "/api/v1/conversations/{id}/close": {"post": _action("Close a conversation")},
+        "/api/v1/conversations/{id}/transfer": {
+            "post": _action(
+                "Transfer to another queue (back to waiting) or another agent",
+                {
+                    "type": "object",
+                    "properties": {"queue": {"type": "string"}, "agent": {"type": "string"}},
+                    "additionalProperties": False,
+                },
+            )
+        },
+        "/api/v1/conversations/{id}/typing": {
+            "post": {
+                "summary": "Show the customer that the assigned agent is typing (web chat); nothing is stored",
+                "parameters": [{"$ref": "#/components/parameters/ConversationId"}],
+                "responses": {
+                    "204": {"description": "Signalled"},
+                    **_errors(401, 403, 404, 503),
+                },
+            }
+        },
+        "/api/v1/conversations/{id}/messages": {
+            "post": {
+                "summary": "Send a reply: free text inside the window, a template any time",
+                "parameters": [
+                    {"$ref": "#/components/parameters/ConversationId"},
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                        "description": "A retry with the same key and the same content sends once"
+                        " and returns the first answer; the same key with a different text,"
+                        " template or attachments is a 422",
+                    },
+                ],
+                "requestBody": {"required": True, **_json(_ref("SendMessage"))},
+                "responses": {
+                    "202": {
+                        "description": "Queued for delivery. More attachments than the"
+                        " channel carries in one message (Cloud API: 1, Twilio: 10) are"
+                        " sent as several messages, in order: `message` is the first,"
+                        " `messages` lists them all",
+                        **_json(
+                            _object(
+                                {
+                                    "message": _ref("Message"),
+                                    "messages": {"type": "array", "items": _ref("Message")},
+                                },
+                                ["message", "messages"],
+                            )
+                        ),
+                    },
+                    **_errors(400, 401, 403, 404, 409, 413, 422, 503),
+                },
+            }
+        },
+        "/api/v1/conversations/{id}/messages/{message_id}/attachments/{index}": {
+            "get": {
+                "summary": "Download an attachment of a message, fetched from the provider by the channel that received it (same visibility as the preview)",
+                "parameters": [
+                    {"$ref": "#/components/parameters/ConversationId"},
+                    {
+                        "name": "message_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    },
+                    {
+                        "name": "index",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "integer", "minimum": 0},
+                        "description": "Position in the message's `attachments`",
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The media bytes, with the provider's content type; untrusted content is sent as a download (`Content-Disposition: attachment`)",
+                        "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+                    },
+                    **_errors(
+                        401,
+                        403,
+                        404,
+                        503,
+                        s404="No such conversation, message or attachment index, or the channel"
+                        " cannot download media (`not_found`)",
+                    ),
+                    "502": {
+                        "description": "The provider refused or did not answer (`media_unavailable`); the media host is not one the channel trusts",
+                        **_json(ERROR),
+                    },
+                },
+            }
+        },
+        "/api/v1/events": {
+            "get": {
+                "summary": "The ordered normalized event log, resumable by cursor: every event for an"
+                " integrator's token, an agent's own conversations for an agent's token",
+                "parameters": [
+                    {
+                        "name": "after",
+                        "in": "query",
+                        "schema": {"type": "string"},
+                        "description": "A cursor this log issued (empty or absent: from the start);"
+                        " a malformed one, or one past the newest event, is a 400",
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": 1000,
+                            "default": 500,
+                        },
+                    },
+                    {
+                        "name": "wait",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 0, "maximum": 60, "default": 0},
+                        "description": "Long-poll seconds",
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": "Events; `cursor` is that of the last event scanned (resume from it)",
+                        **_json(
+                            _object(
+                                {
+                                    "events": {"type": "array", "items": _ref("Event")},
+                                    "cursor": NULLABLE_STRING,
+                                },
+                                ["events", "cursor"],
+                            )
+                        ),
+                    },
+                    **_errors(400, 401, 503, s400="Bad `after`, `limit` or `wait`"),
+                },
+            }
+        },
+        "/api/v1/stream": {
+            "get": {
+                "summary": "WebSocket of live events for the agent; its open connection is the"
+                " agent's presence (?access_token= accepted, ?after=CURSOR replays first)",
+                "description": "Every frame is a JSON text frame: first a `StreamHello`, then"
+                " `Event`s (including `conversation.typing`, which has no cursor and is not in"
+                " the log); the text `ping` is answered with a `StreamPong`. The frames are"
+                " listed in `x-frames`.",
+                "parameters": [
+                    {"name": "access_token", "in": "query", "schema": {"type": "string"}},
+                    {
+                        "name": "after",
+                        "in": "query",
+                        "schema": {"type": "string"},
+                        "description": "As for `/api/v1/events`; a bad one is a 400 before the upgrade",
+                    },
+                ],
+                "x-frames": {"oneOf": [_ref("StreamHello"), _ref("StreamPong"), _ref("Event")]},
+                "responses": {
+                    "101": {"description": "Switching protocols"},
+                    **_errors(
+                        400,
+                        401,
+                        503,
+                        s400="Not a WebSocket upgrade request, or a bad `after` (`invalid_request`)",
+                        s503="The store cannot record the agent online right now"
+                        " (`store_unavailable`): refused before the upgrade, retry later",
+                    ),
+                },
+            }
+        },
+    }
+
+
+def _webchat_paths() -> dict[str, Any]:
+    visitor_messages = {
+        "type": "array",
+        "items": _ref("VisitorMessage"),
+    }
+    return {
+        "/webchat/widget.js": {
+            "get": {
+                "summary": "The embeddable chat widget",
+                "security": UNAUTHENTICATED,
+                "responses": {
+                    "200": {
+                        "description": "JavaScript",
+                        "content": {"application/javascript": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+        "/webchat/{channel}/demo": {
+            "get": {
+                "summary": "A demo page with the widget for this channel",
+                "security": UNAUTHENTICATED,
+                "parameters": [CHANNEL],
+                "responses": {
+                    "200": {
+                        "description": "HTML",
+                        "content": {"text/html": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+        "/webchat/{channel}/session": {
+            "post": {
+                "summary": "Open a visitor session (`display_name`) or resume one (`token`):"
+                " a new token for the same visitor",
+                "security": UNAUTHENTICATED,
+                "parameters": [CHANNEL],
+                "requestBody": {
+                    "required": False,
+                    **_json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "display_name": {"type": "string", "maxLength": 80},
+                                "token": {"type": "string"},
+                            },
+                        }
+                    ),
+                },
+                "responses": {
+                    "201": {
+                        "description": "A signed token for this visitor's own conversation",
+                        **_json(
+                            _object(
+                                {"token": {"type": "string"}, "visitor_id": {"type": "string"}},
+                                ["token", "visitor_id"],
+                            )
+                        ),
+                    },
+                    **_errors(
+                        400,
+                        401,
+                        403,
+                        413,
+                        s400="The body is not a JSON object, or a bad `display_name` or `token`"
+                        " (`invalid_request`, `invalid_json`)",
+                        s401=VISITOR_401,
+                        s403=ORIGIN_403,
+                    ),
+                },
+            },
+            "options": _preflight("POST"),
+        },
+        "/webchat/{channel}/messages": {
+            "post": {
+                "summary": "Send a visitor message over plain HTTP (as the socket's `message`"
+                " frame); a resend with the same `client_id` is not a new message",
+                "security": [{"visitor": []}],
+                "parameters": [CHANNEL],
+                "requestBody": {"required": True, **_json(_ref("VisitorSend"))},
+                "responses": {
+                    "201": {"description": "Acknowledged", **_json(_ref("VisitorAck"))},
+                    **_errors(
+                        400,
+                        401,
+                        403,
+                        413,
+                        503,
+                        s400="Bad frame: no `text` or `client_id`, text too long, not JSON",
+                        s401=VISITOR_401,
+                        s403=ORIGIN_403,
+                        s503=WEBCHAT_503,
+                    ),
+                },
+            },
+            "get": {
+                "summary": "The visitor's messages in order (`after`: only those after that"
+                " message of theirs; `0`: the whole history)",
+                "security": [{"visitor": []}],
+                "parameters": [
+                    CHANNEL,
+                    {"name": "after", "in": "query", "schema": {"type": "string"}},
+                ],
+                "responses": {
+                    "200": {
+                        "description": "Messages",
+                        **_json(_object({"messages": visitor_messages}, ["messages"])),
+                    },
+                    **_errors(
+                        400,
+                        401,
+                        403,
+                        503,
+                        s400="`after` is not the id of one of this visitor's messages",
+                        s401=VISITOR_401,
+                        s403=ORIGIN_403,
+                        s503=WEBCHAT_503,
+                    ),
+                },
+            },
+            "options": _preflight("GET, POST"),
+        },
+        "/webchat/{channel}/ws": {
+            "get": {
+                "summary": "The visitor's WebSocket: send `message` and `typing` frames, get"
+                " `ack`, `message`, `typing`, `conversation` and `error` frames",
+                "description": "With `after`, every message the visitor missed since that one is"
+                " replayed first, in order. When the store cannot take a message the socket"
+                " sends an `error` frame (`store_unavailable`) and closes with 1013 (try again"
+                " later); on shutdown it closes with 1001. Frames are listed in `x-frames`"
+                " (server to visitor) and `x-client-frames` (visitor to server).",
+                "security": UNAUTHENTICATED,
+                "parameters": [
+                    CHANNEL,
+                    {
+                        "name": "token",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    },
+                    {"name": "after", "in": "query", "schema": {"type": "string"}},
+                ],
+                "x-frames": {
+                    "oneOf": [
+                        _ref("VisitorAck"),
+                        _ref("VisitorPush"),
+                        _ref("VisitorTyping"),
+                        _ref("VisitorConversation"),
+                        _ref("VisitorError"),
+                    ]
+                },
+                "x-client-frames": {
+                    "oneOf": [
+                        _ref("VisitorSend"),
+                        _object({"type": {"const": "typing"}}, ["type"]),
+                    ]
+                },
+                "responses": {
+                    "101": {"description": "Switching protocols"},
+                    **_errors(
+                        400,
+                        401,
+                        403,
+                        503,
+                        s400="Not a WebSocket upgrade request, or a bad `after`",
+                        s401=VISITOR_401,
+                        s403=ORIGIN_403,
+                        s503="The store cannot replay `after` right now (`store_unavailable`)",
+                    ),
+                },
+            }
+        },
+    }
+
+
+def _ops_paths() -> dict[str, Any]:
+    return {
+        "/healthz": {
+            "get": {
+                "summary": "Liveness: the process answers",
+                "security": UNAUTHENTICATED,
+                "responses": {
+                    "200": {
+                        "description": "Alive",
+                        **_json(_object({"status": {"const": "ok"}}, ["status"])),
+                    }
+                },
+            }
+        },
+        "/readyz": {
+            "get": {
+                "summary": "Readiness: the store answers and every adapter started; degraded"
+                " channels are listed (a degraded channel does not make the node unready)",
+                "security": UNAUTHENTICATED,
+                "responses": {
+                    "200": {"description": "Ready", **_json(_ref("Readiness"))},
+                    "503": {
+                        "description": "Not ready: the store is unreachable or adapters have not started",
+                        **_json(_ref("Readiness")),
+                    },
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics; served during a store outage too"
+                " (`gateway_store_up 0`, store-read gauges left out)",
+                "security": UNAUTHENTICATED,
+                "responses": {
+                    "200": {
+                        "description": "Prometheus text exposition format",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+        "/api/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "security": UNAUTHENTICATED,
+                "responses": {
+                    "200": {
+                        "description": "OpenAPI 3.1",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    }
+                },
+            }
+        },
+    }
+
+
+def _schemas() -> dict[str, Any]:
+    message_properties: dict[str, Any] = {
+        "id": {"type": "string"},
+        "conversation_id": {"type": "string"},
+        "channel": {"type": "string"},
+        "channel_type": {"type": "string"},
+        "provider": {"type": "string"},
+        "direction": {"type": "string", "enum": ["in", "out"]},
+        "kind": {"type": "string"},
+        "text": NULLABLE_STRING,
+        "sent_at": TIME,
+        "received_at": TIME,
+        "provider_message_id": NULLABLE_STRING,
+        "status": {
+            "type": ["string", "null"],
+            "enum": ["queued", "sent", "delivered", "read", "failed", None],
+            "description": "Outbound delivery state; null on inbound messages",
+        },
+        "status_at": TIME,
+        "error_code": {
+            **NULLABLE_STRING,
+            "description": "Why delivery failed: the provider's code",
+        },
+        "error_message": {
+            **NULLABLE_STRING,
+            "description": "Why delivery failed: the provider's (or the gateway's) explanation",
+        },
+        "attachments": {"type": "array", "items": _ref("Attachment")},
+        "reply_to": {**NULLABLE_STRING, "description": "Provider id of the message answered"},
+        "updates": {
+            **NULLABLE_STRING,
+            "description": "Provider id of the message this one modifies (reaction, edit, revoke)",
+        },
+        "subject": {**NULLABLE_STRING, "description": "Email subject"},
+        "agent": {**NULLABLE_STRING, "description": "The agent who sent an outbound message"},
+        "client_id": {**NULLABLE_STRING, "description": "The web chat client's message id"},
+        "template": {
+            "type": ["object", "null"],
+            "additionalProperties": True,
+            "description": "The template an outbound message was sent with (`name`, `language`, `params`)",
+        },
+        "contact": {"oneOf": [_ref("Contact"), {"type": "null"}]},
+        "extra": {
+            **ANY_OBJECT,
+            "description": "Channel-specific details (e.g. `html` of an email reply)",
+        },
+    }
+    return {
+        "Error": _object(
+            {
+                "error": _object(
+                    {"code": {"type": "string"}, "message": {"type": "string"}},
+                    ["code", "message"],
+                )
+            },
+            ["error"],
+        ),
+        "Me": _object(
+            {
+                "id": {"type": "string"},
+                "name": {"type": "string"},
+                "queues": {"type": "array", "items": {"type": "string"}},
+                "max_active": {"type": "integer"},
+            },
+            ["id", "name", "queues", "max_active"],
+        ),
+        "Colleague": _object(
+            {
+                "id": {"type": "string"},
+                "name": {"type": "string"},
+                "queues": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "The queues shared with the caller",
+                },
+                "online": {"type": "boolean"},
+                "active": {"type": "integer", "description": "Active conversations assigned"},
+                "max_active": {"type": "integer"},
+            },
+            ["id", "name", "queues", "online", "active", "max_active"],
+        ),
+        "Queue": _object(
+            {
+                "name": {"type": "string"},
+                "distribution": {"type": "string", "enum": ["manual", "automatic"]},
+                "counts": _object(
+                    {s: {"type": "integer"} for s in STATE["enum"]}, list(STATE["enum"])
+                ),
+            },
+            ["name", "distribution", "counts"],
+        ),
+        "Contact": _object(
+            {"address": {"type": "string"}, "display_name": NULLABLE_STRING}, ["address"]
+        ),
+        "Conversation": _object(
+            {
+                "id": {"type": "string"},
+                "state": STATE,
+                "channel": {"type": "string"},
+                "channel_type": {"type": "string"},
+                "provider": {"type": "string"},
+                "queue": {"type": "string"},
+                "agent": NULLABLE_STRING,
+                "contact": _ref("Contact"),
+                "queued_at": TIME,
+                "created_at": TIME,
+                "updated_at": TIME,
+                "last_message_at": TIME,
+                "last_customer_message_at": TIME,
+                "window_expires_at": TIME,
+                "can_reply": {"type": "boolean"},
+                "inactive_reason": {
+                    **NULLABLE_STRING,
+                    "description": "`window_expired` or `no_agent_available` (plugins may add their own)",
+                },
+                "preview": NULLABLE_STRING,
+                "subject": {**NULLABLE_STRING, "description": "Email subject"},
+                "closed_at": TIME,
+                "previous_conversation_id": {
+                    **NULLABLE_STRING,
+                    "description": "The conversation this one continues (e.g. an email reply to a closed one)",
+                },
+                "version": {
+                    "type": "integer",
+                    "description": "Increases by one on every stored change",
+                },
+            },
+            [
+                "id",
+                "state",
+                "channel",
+                "channel_type",
+                "queue",
+                "contact",
+                "queued_at",
+                "can_reply",
+            ],
+        ),
+        "ConversationWithMessages": {
+            "allOf": [
+                _ref("Conversation"),
+                _object({"messages": {"type": "array", "items": _ref("Message")}}, ["messages"]),
+            ]
+        },
+        "Attachment": _object(
+            {
+                "kind": {"type": "string"},
+                "url": NULLABLE_STRING,
+                "media_id": NULLABLE_STRING,
+                "mime_type": NULLABLE_STRING,
+                "caption": NULLABLE_STRING,
+                "filename": NULLABLE_STRING,
+                "size": {"type": ["integer", "null"]},
+            },
+            ["kind"],
+        ),
+        "Message": _object(
+            message_properties,
+            ["id", "conversation_id", "direction", "kind", "sent_at", "received_at"],
+        ),
+        "EventMessage": _object(
+            {
+                **message_properties,
+                "raw": {"description": "The provider's payload as received (any JSON)"},
+            },
+            ["id", "conversation_id", "direction", "kind", "sent_at", "received_at"],
+        ),
+        "SendAttachment": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["url"],
+            "properties": {
+                "kind": {
+                    "type": "string",
+                    "enum": ["image", "audio", "video", "document", "sticker", "file"],
+                    "default": "document",
+                },
+                "url": {"type": "string", "minLength": 1, "maxLength": 2048},
+                "mime_type": NULLABLE_STRING,
+                "caption": {"type": ["string", "null"], "maxLength": 1024},
+                "filename": {"type": ["string", "null"], "maxLength": 255},
+            },
+        },
+        "SendMessage": {
+            "type": "object",
+            "additionalProperties": False,
+            "description": "`text` or `template` (not both), and/or `attachments`",
+            "properties": {
+                "text": {"type": "string", "minLength": 1, "maxLength": 4096},
+                "template": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["name", "language"],
+                    "properties": {
+                        "name": {"type": "string", "minLength": 1, "maxLength": 512},
+                        "language": {"type": "string", "minLength": 1, "maxLength": 32},
+                        "params": {
+                            "type": "array",
+                            "items": {"type": "string"},
+                            "maxItems": 50,
+                        },
+                    },
+                },
+                "attachments": {
+                    "type": "array",
+                    "items": _ref("SendAttachment"),
+                    "maxItems": 30,
+                },
+                "html": {
+                    "type": "string",
+                    "maxLength": 100_000,
+                    "description": "An HTML body for channels that carry one (email)",
+                },
+            },
+        },
+        "Event": _object(
+            {
+                "cursor": {
+                    **NULLABLE_STRING,
+                    "description": "Position in the log; null on `conversation.typing`,"
+                    " which is only sent live and never stored",
+                },
+                "type": {
+                    "type": "string",
+                    "enum": [
+                        "message.received",
+                        "message.sent",
+                        "message.status",
+                        "conversation.created",
+                        "conversation.updated",
+                        "conversation.typing",
+                    ],
+                    "description": "`conversation.typing` is only on `/api/v1/stream`",
+                },
+                "change": {
+                    "type": "string",
+                    "description": "What changed, on `conversation.updated` (accepted, pending,"
+                    " resumed, closed, inactive, message, ...) and who types on"
+                    " `conversation.typing` (`agent` or `visitor`)",
+                },
+                "at": TIME,
+                "conversation": _ref("Conversation"),
+                "message": _ref("EventMessage"),
+            },
+            ["cursor", "type", "at"],
+        ),
+        "StreamHello": _object(
+            {
+                "type": {"const": "hello"},
+                "agent": {"type": "string"},
+                "cursor": {
+                    **NULLABLE_STRING,
+                    "description": "The newest event this node had fanned out when the socket opened",
+                },
+            },
+            ["type", "agent", "cursor"],
+        ),
+        "StreamPong": _object({"type": {"const": "pong"}}, ["type"]),
+        "Readiness": _object(
+            {
+                "status": {"type": "string", "enum": ["ready", "not_ready"]},
+                "store": {"type": "string", "enum": ["ok", "unreachable"]},
+                "adapters_started": {"type": "boolean"},
+                "channels": {
+                    "type": "object",
+                    "additionalProperties": _object(
+                        {"ok": {"type": "boolean"}, "detail": {"type": "string"}}, ["ok"]
+                    ),
+                },
+                "degraded": {"type": "array", "items": {"type": "string"}},
+            },
+            ["status", "store", "adapters_started", "channels", "degraded"],
+        ),
+        "VisitorMessage": _object(
+            {
+                "id": {"type": "string"},
+                "direction": {"type": "string", "enum": ["in", "out"]},
+                "kind": {"type": "string"},
+                "text": NULLABLE_STRING,
+                "sent_at": TIME,
+                "client_id": NULLABLE_STRING,
+                "status": {
+                    "type": ["string", "null"],
+                    "enum": ["queued", "sent", "delivered", "read", "failed", None],
+                },
+                "attachments": {
+                    "type": "array",
+                    "items": _object(
+                        {
+                            "kind": {"type": "string"},
+                            "url": NULLABLE_STRING,
+                            "mime_type": NULLABLE_STRING,
+                            "filename": NULLABLE_STRING,
+                        }
+                    ),
+                },
+            },
+            ["id", "direction", "kind", "sent_at"],
+        ),
+        "VisitorSend": {
+            "type": "object",
+            "required": ["text", "client_id"],
+            "properties": {
+                "type": {"const": "message", "description": "Optional over HTTP"},
+                "text": {"type": "string"},
+                "client_id": {"type": "string", "description": "Unique per message, e.g. a UUID"},
+            },
+        },
+        "VisitorAck": _object(
+            {
+                "type": {"const": "ack"},
+                "client_id": {"type": "string"},
+                "message": _ref("VisitorMessage"),
+            },
+            ["type", "client_id", "message"],
+        ),
+        "VisitorPush": _object(
+            {"type": {"const": "message"}, "message": _ref("VisitorMessage")},
+            ["type", "message"],
+        ),
+        "VisitorTyping": _object(
+            {"type": {"const": "typing"}, "active": {"type": "boolean"}}, ["type", "active"]
+        ),
+        "VisitorConversation": _object(
+            {"type": {"const": "conversation"}, "state": STATE, "change": NULLABLE_STRING},
+            ["type", "state"],
+        ),
+        "VisitorError": _object(
+            {
+                "type": {"const": "error"},
+                "code": {"type": "string"},
+                "message": {"type": "string"},
+                "client_id": {"type": "string"},
+            },
+            ["type", "code", "message"],
+        ),
+    }
 
 
 def openapi_document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {
-            "title": "Channel gateway agent API",
+            "title": "Channel gateway API",
             "version": "1",
-            "description": "Inbox, preview, accept, reply, pending, resume, close, transfer; "
-            "live stream over WebSocket; the integrators' event log.",
+            "description": "The agent API (inbox, preview, accept, reply, pending, resume,"
+            " close, transfer, typing, attachments; the live stream over WebSocket), the"
+            " integrators' event log, the web chat visitor endpoints and the ops endpoints."
+            " Not described: the provider webhooks `POST|GET /webhooks/{channel}`, whose"
+            " requests and answers are each provider's own protocol (an unknown channel is a"
+            " 404; while the store is down a webhook is answered 503 so the provider retries),"
+            " and the agent inbox page"
+            ' `/inbox`. Every error is `{"error": {"code", "message"}}`; an unknown path'
+            " is a 404 and a wrong method a 405 on every route. Objects may gain fields,"
+            " never lose or rename them.",
         },
         "security": [{"bearer": []}],
-        "paths": {
-            "/api/v1/me": {
-                "get": {
-                    "summary": "The authenticated agent",
-                    "responses": {"200": {"description": "Agent"}, **_errors(401)},
-                }
-            },
-            "/api/v1/agents": {
-                "get": {
-                    "summary": "Agents sharing a queue with the caller: online state and load (transfer targets)",
-                    "responses": {"200": {"description": "Agents"}, **_errors(401, 503)},
-                }
-            },
-            "/api/v1/queues": {
-                "get": {
-                    "summary": "The agent's queues with counts per state",
-                    "responses": {"200": {"description": "Queues"}, **_errors(401, 503)},
-                }
-            },
-            "/api/v1/inbox": {
-                "get": {
-                    "summary": "Conversations by state on the agent's queues (waiting: oldest queued first)",
-                    "parameters": [
-                        {"name": "state", "in": "query", "schema": STATE},
-                        {"name": "queue", "in": "query", "schema": {"type": "string"}},
-                        {"name": "mine", "in": "query", "schema": {"type": "boolean"}},
-                        {
-                            "name": "limit",
-                            "in": "query",
-                            "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
-                        },
-                    ],
-                    "responses": {
-                        "200": {
-                            "description": "Conversations",
-                            **_json(
-                                {
-                                    "type": "object",
-                                    "properties": {
-                                        "conversations": {
-                                            "type": "array",
-                                            "items": _ref("Conversation"),
-                                        }
-                                    },
-                                }
-                            ),
-                        },
-                        **_errors(400, 401, 403, 503),
-                    },
-                }
-            },
-            "/api/v1/conversations/{id}": {
-                "get": {
-                    "summary": "A conversation with its messages (preview without accepting)",
-                    "parameters": [{"$ref": "#/components/parameters/ConversationId"}],
-                    "responses": {
-                        "200": {
-                            "description": "Conversation",
-                            **_json(_ref("ConversationWithMessages")),
-                        },
-                        **_errors(401, 403, 404, 503),
-                    },
-                }
-            },
-            "/api/v1/conversations/{id}/accept": {
-                "post": _action(
-                    "Accept a waiting conversation (exactly one agent wins; the others get 409)"
-                )
-            },
-            "/api/v1/conversations/{id}/pending": {
-                "post": _action("Set an active conversation aside")
-            },
-            "/api/v1/conversations/{id}/resume": {
-                "post": _action("Resume a pending conversation while the channel allows replies")
-            },
-            "/api/v1/conversations/{id}/close": {"post": _action("Close a conversation")},
-            "/api/v1/conversations/{id}/transfer": {
-                "post": _action(
-                    "Transfer to another queue (back to waiting) or another agent",
-                    {
-                        "type": "object",
-                        "properties": {"queue": {"type": "string"}, "agent": {"type": "string"}},
-                        "additionalProperties": False,
-                    },
-                )
-            },
-            "/api/v1/conversations/{id}/typing": {
-                "post": {
-                    "summary": "Show the customer that the assigned agent is typing (web chat); nothing is stored",
-                    "parameters": [{"$ref": "#/components/parameters/ConversationId"}],
-                    "responses": {
-                        "204": {"description": "Signalled"},
-                        **_errors(401, 403, 404, 503),
-                    },
-                }
-            },
-            "/api/v1/conversations/{id}/messages": {
-                "post": {
-                    "summary": "Send a reply: free text inside the window, a template any time",
-                    "parameters": [
-                        {"$ref": "#/components/parameters/ConversationId"},
-                        {
-                            "name": "Idempotency-Key",
-                            "in": "header",
-                            "schema": {"type": "string", "maxLength": 255},
-                            "description": "A retry with the same key sends once and returns the first answer",
-                        },
-                    ],
-                    "requestBody": {"required": True, **_json(_ref("SendMessage"))},
-                    "responses": {
-                        "202": {
-                            "description": "Queued for delivery. More attachments than the"
-                            " channel carries in one message (Cloud API: 1, Twilio: 10) are"
-                            " sent as several messages, in order: `message` is the first,"
-                            " `messages` lists them all",
-                            **_json(
-                                {
-                                    "type": "object",
-                                    "properties": {
-                                        "message": _ref("Message"),
-                                        "messages": {"type": "array", "items": _ref("Message")},
-                                    },
-                                }
-                            ),
-                        },
-                        **_errors(400, 401, 403, 404, 409, 413, 503),
-                    },
-                }
-            },
-            "/api/v1/conversations/{id}/messages/{message_id}/attachments/{index}": {
-                "get": {
-                    "summary": "Download an attachment of a message, fetched from the provider by the channel that received it (same visibility as the preview)",
-                    "parameters": [
-                        {"$ref": "#/components/parameters/ConversationId"},
-                        {
-                            "name": "message_id",
-                            "in": "path",
-                            "required": True,
-                            "schema": {"type": "string"},
-                        },
-                        {
-                            "name": "index",
-                            "in": "path",
-                            "required": True,
-                            "schema": {"type": "integer", "minimum": 0},
-                            "description": "Position in the message's `attachments`",
-                        },
-                    ],
-                    "responses": {
-                        "200": {
-                            "description": "The media bytes, with the provider's content type; untrusted content is sent as a download (`Content-Disposition: attachment`)",
-                            "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
-                        },
-                        **_errors(401, 403, 503),
-                        "404": {
-                            "description": "No such conversation, message or attachment index, or the channel cannot download media",
-                            **_json(ERROR),
-                        },
-                        "502": {
-                            "description": "The provider refused or did not answer (`media_unavailable`); the media host is not one the channel trusts",
-                            **_json(ERROR),
-                        },
-                    },
-                }
-            },
-            "/api/v1/events": {
-                "get": {
-                    "summary": "The ordered normalized event log, resumable by cursor: every event for an"
-                    " integrator's token, an agent's own conversations for an agent's token",
-                    "parameters": [
-                        {"name": "after", "in": "query", "schema": {"type": "string"}},
-                        {
-                            "name": "limit",
-                            "in": "query",
-                            "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
-                        },
-                        {
-                            "name": "wait",
-                            "in": "query",
-                            "schema": {"type": "integer", "minimum": 0, "maximum": 60},
-                            "description": "Long-poll seconds",
-                        },
-                    ],
-                    "responses": {
-                        "200": {
-                            "description": "Events",
-                            **_json(
-                                {
-                                    "type": "object",
-                                    "properties": {
-                                        "events": {"type": "array", "items": _ref("Event")},
-                                        "cursor": {"type": ["string", "null"]},
-                                    },
-                                }
-                            ),
-                        },
-                        **_errors(400, 401, 503),
-                    },
-                }
-            },
-            "/api/v1/stream": {
-                "get": {
-                    "summary": "WebSocket of live events for the agent; its open connection is the agent's presence (?access_token= accepted, ?after=CURSOR replays)",
-                    "responses": {"101": {"description": "Switching protocols"}, **_errors(401)},
-                }
-            },
-        },
+        "paths": {**_agent_paths(), **_webchat_paths(), **_ops_paths()},
         "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "An agent's token"
+                    " (or, on `/api/v1/events`, an integrator's); `?access_token=` on the stream",
+                },
+                "visitor": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "A web chat visitor token from `/webchat/{channel}/session`",
+                },
+            },
             "parameters": {
                 "ConversationId": {
                     "name": "id",
@@ -277,138 +1007,6 @@ def openapi_document() -> dict[str, Any]:
                     "schema": {"type": "string"},
                 }
             },
-            "schemas": {
-                "Error": {
-                    "type": "object",
-                    "required": ["error"],
-                    "properties": {
-                        "error": {
-                            "type": "object",
-                            "required": ["code", "message"],
-                            "properties": {
-                                "code": {"type": "string"},
-                                "message": {"type": "string"},
-                            },
-                        }
-                    },
-                },
-                "Contact": {
-                    "type": "object",
-                    "properties": {
-                        "address": {"type": "string"},
-                        "display_name": {"type": ["string", "null"]},
-                    },
-                },
-                "Conversation": {
-                    "type": "object",
-                    "required": [
-                        "id",
-                        "state",
-                        "channel",
-                        "channel_type",
-                        "queue",
-                        "contact",
-                        "queued_at",
-                        "can_reply",
-                    ],
-                    "properties": {
-                        "id": {"type": "string"},
-                        "state": STATE,
-                        "channel": {"type": "string"},
-                        "channel_type": {"type": "string"},
-                        "queue": {"type": "string"},
-                        "agent": {"type": ["string", "null"]},
-                        "contact": _ref("Contact"),
-                        "queued_at": TIME,
-                        "last_message_at": TIME,
-                        "window_expires_at": TIME,
-                        "can_reply": {"type": "boolean"},
-                        "inactive_reason": {
-                            "type": ["string", "null"],
-                            "enum": ["window_expired", "no_agent_available", None],
-                        },
-                        "preview": {"type": ["string", "null"]},
-                    },
-                },
-                "ConversationWithMessages": {
-                    "allOf": [
-                        _ref("Conversation"),
-                        {
-                            "type": "object",
-                            "properties": {"messages": {"type": "array", "items": _ref("Message")}},
-                        },
-                    ]
-                },
-                "Attachment": {
-                    "type": "object",
-                    "properties": {
-                        "kind": {"type": "string"},
-                        "url": {"type": ["string", "null"]},
-                        "media_id": {"type": ["string", "null"]},
-                        "mime_type": {"type": ["string", "null"]},
-                        "caption": {"type": ["string", "null"]},
-                        "filename": {"type": ["string", "null"]},
-                        "size": {"type": ["integer", "null"]},
-                    },
-                },
-                "Message": {
-                    "type": "object",
-                    "required": ["id", "direction", "kind", "sent_at", "received_at"],
-                    "properties": {
-                        "id": {"type": "string"},
-                        "direction": {"type": "string", "enum": ["in", "out"]},
-                        "kind": {"type": "string"},
-                        "text": {"type": ["string", "null"]},
-                        "sent_at": TIME,
-                        "received_at": TIME,
-                        "provider_message_id": {"type": ["string", "null"]},
-                        "status": {
-                            "type": ["string", "null"],
-                            "enum": ["queued", "sent", "delivered", "read", "failed", None],
-                        },
-                        "error_code": {"type": ["string", "null"]},
-                        "attachments": {"type": "array", "items": _ref("Attachment")},
-                    },
-                },
-                "SendMessage": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "properties": {
-                        "text": {"type": "string", "maxLength": 4096},
-                        "template": {
-                            "type": "object",
-                            "required": ["name", "language"],
-                            "properties": {
-                                "name": {"type": "string"},
-                                "language": {"type": "string"},
-                                "params": {"type": "array", "items": {"type": "string"}},
-                            },
-                        },
-                        "attachments": {"type": "array", "items": _ref("Attachment")},
-                        "html": {"type": "string"},
-                    },
-                },
-                "Event": {
-                    "type": "object",
-                    "required": ["cursor", "type", "at"],
-                    "properties": {
-                        "cursor": {"type": "string"},
-                        "type": {
-                            "type": "string",
-                            "enum": [
-                                "message.received",
-                                "message.sent",
-                                "message.status",
-                                "conversation.created",
-                                "conversation.updated",
-                            ],
-                        },
-                        "change": {"type": "string"},
-                        "at": TIME,
-                        "conversation": _ref("Conversation"),
-                        "message": _ref("Message"),
-                    },
-                },
-            },
+            "schemas": _schemas(),
         },
     }
