@@ -64,8 +64,11 @@ class ImapSettings(_Section):
     idle: bool = True
     """Use IMAP IDLE when the server offers it; `false` polls every `poll_interval` instead."""
     poll_interval: Duration = timedelta(seconds=60)
-    # Servers drop an IDLE after 30 minutes (RFC 2177 says re-issue before 29): stay below it.
-    idle_timeout: Duration = timedelta(minutes=25)
+    # Servers drop an IDLE after 30 minutes (RFC 2177 says re-issue before 29), and a session
+    # that stopped answering (a frozen server process, a half-open connection) is only noticed
+    # when the IDLE ends and its DONE gets no answer within `timeout`: 5 minutes bounds how
+    # late mail can be after such a failure, for one extra command per 5 minutes.
+    idle_timeout: Duration = timedelta(minutes=5)
     timeout: Duration = timedelta(seconds=30)
     first_sync: Literal["new", "all"] = "new"
     """With no cursor yet: `new` starts after the newest message present (older mail is

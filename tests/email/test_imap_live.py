@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
 import ssl
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -226,6 +228,31 @@ async def test_idle_is_reissued_after_idle_timeout(
     assert adapter.health().ok
     await dovecot.append(customer_mail(3))
     await until(adapter, lambda: len(inbound.messages) == 1)
+
+
+async def test_a_session_that_stops_answering_is_replaced(
+    dovecot: Dovecot, inbound: RecordingInbound, make_adapter: Any
+) -> None:
+    """The server process of our session freezes (the connection stays open, nothing answers):
+    when the IDLE ends, DONE gets no answer within `timeout`, and a new session picks the mail
+    up. Found by an outside audit, with the old 25-minute default in the way."""
+    settings = dovecot.imap_settings(idle_timeout="300ms", timeout="500ms")
+    adapter = make_adapter(email_config(settings))
+    await adapter.start()
+    await until(adapter, lambda: adapter.passes >= 1 and adapter.health().ok)
+    assert dovecot.proc is not None
+    pgrep = await asyncio.create_subprocess_exec(
+        "pgrep", "-g", str(dovecot.proc.pid), "-x", "imap", stdout=asyncio.subprocess.PIPE
+    )
+    sessions = (await pgrep.communicate())[0].decode().split()
+    assert len(sessions) == 1, sessions  # only the adapter is connected
+    os.kill(int(sessions[0]), signal.SIGSTOP)
+    try:
+        await dovecot.append(customer_mail(4))  # through a session of its own
+        await until(adapter, lambda: len(inbound.messages) == 1)
+    finally:
+        os.kill(int(sessions[0]), signal.SIGCONT)
+    assert inbound.duplicates == 0
 
 
 async def test_wrong_password_keeps_retrying_degraded(

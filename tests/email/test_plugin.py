@@ -68,7 +68,7 @@ def test_config_defaults() -> None:
     assert config.imap.tls == "implicit" and config.imap.port == 993
     assert config.imap.mailbox == "INBOX"
     assert config.imap.poll_interval.total_seconds() == 60
-    assert config.imap.idle_timeout.total_seconds() == 25 * 60
+    assert config.imap.idle_timeout.total_seconds() == 5 * 60
     assert config.smtp.tls == "starttls"
     assert config.max_attachment_bytes == 25 * 1024 * 1024
     assert config.domain == "gw.example.com"
