@@ -87,9 +87,17 @@ NETWORK_LOG = "Failed to load resource: the server responded with a status of 4"
 class PageErrors:
     def __init__(self) -> None:
         self.errors: list[str] = []
+        self.tolerated: tuple[str, ...] = ()
+
+    def tolerate(self, *fragments: str) -> None:
+        """Also let console errors containing one of `fragments` pass: a test that takes the
+        gateway down expects the browser to report the refused connections meanwhile."""
+        self.tolerated += fragments
 
     def _console(self, page: Page, msg: ConsoleMessage) -> None:
-        if msg.type == "error" and not msg.text.startswith(NETWORK_LOG):
+        if msg.type != "error" or msg.text.startswith(NETWORK_LOG):
+            return
+        if not any(fragment in msg.text for fragment in self.tolerated):
             self.errors.append(f"{page.url}: {msg.text}")
 
     def watch(self, page: Page) -> Page:
@@ -102,13 +110,21 @@ NewPage = Callable[..., Awaitable[Page]]
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def new_page(chromium: Chromium, gw: LiveGateway) -> AsyncIterator[NewPage]:
+async def page_errors() -> PageErrors:
+    """What the test's pages logged; `new_page` asserts at the end that it is empty."""
+    return PageErrors()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def new_page(
+    chromium: Chromium, gw: LiveGateway, page_errors: PageErrors
+) -> AsyncIterator[NewPage]:
     """Open pages; each fresh browser context has its own storage: another person's browser.
 
     It depends on `gw` so its contexts (and their sockets) close before the gateway stops.
     """
     contexts: list[BrowserContext] = []
-    errors = PageErrors()
+    errors = page_errors
 
     async def factory(
         viewport: ViewportSize | None = None, context: BrowserContext | None = None

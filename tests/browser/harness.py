@@ -173,10 +173,11 @@ class LiveGateway:
 
 @asynccontextmanager
 async def live_gateway(
-    db: Path, config: str = CONFIG, start: datetime | None = None
+    db: Path, config: str = CONFIG, start: datetime | None = None, port: int = 0
 ) -> AsyncIterator[LiveGateway]:
-    """Serve the gateway on 127.0.0.1 on a free port until the block ends; the clock starts at
-    `start` (default: now)."""
+    """Serve the gateway on 127.0.0.1 on a free port (or on `port`: a restart of a gateway that
+    served there, on the same `db`) until the block ends; the clock starts at `start` (default:
+    now). Leaving the block is a node's shutdown: sockets close with 1001 (going away)."""
     types = channel_types(get_plugin_manager())
     parsed = parse_config(config.replace("{db}", str(db)), "config.yaml", config_models(types))
     clock = ManualClock(start or datetime.now(UTC).replace(microsecond=0))
@@ -186,7 +187,7 @@ async def live_gateway(
     app = create_app(parsed, types, clock=clock, options=options)
     runner = web.AppRunner(app, shutdown_timeout=2)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
     host, port = runner.addresses[0][:2]
     try:
