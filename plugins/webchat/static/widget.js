@@ -6,6 +6,9 @@
  * resumes the same conversation: the first socket of a page load asks for the whole history
  * (?after=0, lower than every message id), later reconnects for what came after the last message
  * shown. Unacknowledged messages are resent with the same client_id (never duplicated).
+ * The token survives network failures and gateway restarts (reconnects back off, and resume after
+ * the last message shown); only a 401 `invalid_token` from the session endpoint ends the visitor:
+ * then a new session starts with nothing of the old one (no message id of another visitor).
  * Every customer or agent text is rendered with textContent: never as HTML.
  */
 (function () {
@@ -23,6 +26,7 @@
   var pending = state.pending || {}; // client_id -> text, until acknowledged (survives reloads)
   var shown = {};   // message id -> element
   var lastId = null; // the newest message shown on this page: where a reconnect resumes
+  var replayAll = false; // the gateway refused `after=lastId`: ask for the whole history once
   var typingTimer = null;
   var lastTyping = 0;
 
@@ -137,29 +141,68 @@
       headers: {"Content-Type": "application/json"},
       body: JSON.stringify(body)
     }).then(function (r) {
-      if (!r.ok) throw new Error("session refused: " + r.status);
-      return r.json();
+      if (r.ok) return r.json();
+      return r.json().catch(function () { return {}; }).then(function (body) {
+        var err = new Error("session refused: " + r.status);
+        err.status = r.status;
+        err.code = body && body.error && body.error.code;
+        throw err;
+      });
     });
   }
   function session() {
-    var body = state.token ? {token: state.token} : {display_name: script.getAttribute("data-name") || undefined};
-    return post("/webchat/" + encodeURIComponent(channel) + "/session", body).catch(function (err) {
-      if (state.token) { state.token = null; save(); return session(); }
+    var resuming = !!state.token;
+    var body = resuming ? {token: state.token} : {display_name: script.getAttribute("data-name") || undefined};
+    return post("/webchat/" + encodeURIComponent(channel) + "/session", body).then(function (s) {
+      if (state.visitor && s.visitor_id !== state.visitor) forget();
+      state.token = s.token;
+      state.visitor = s.visitor_id;
+      save();
+    }, function (err) {
+      // A refused connection, a restarting gateway or a 5xx keeps the token: connect() backs
+      // off and resumes the same visitor. Only the token itself being refused ends the visitor.
+      if (resuming && err.status === 401 && err.code === "invalid_token") {
+        forget();
+        return session();
+      }
       throw err;
-    }).then(function (s) { state.token = s.token; state.visitor = s.visitor_id; save(); });
+    });
+  }
+  // A new visitor starts: nothing of the old one (its messages, or the id a reconnect resumes
+  // after, which the new visitor's socket may not ask for) carries over. Unsent text does.
+  function forget() {
+    var hadHistory = lastId !== null;
+    state.token = null;
+    state.visitor = null;
+    save();
+    lastId = null;
+    replayAll = false;
+    shown = {};
+    log.textContent = "";
+    typing.textContent = "";
+    if (hadHistory) note("Your chat session expired. Write to start a new conversation.");
+    Object.keys(pending).forEach(function (id) { render(null, id); });
   }
 
   function connect() {
     session().then(function () {
+      var after = replayAll ? "0" : lastId || "0";
       var url = base.replace(/^http/, "ws") + "/webchat/" + encodeURIComponent(channel) +
-        "/ws?token=" + encodeURIComponent(state.token) + "&after=" + encodeURIComponent(lastId || "0");
-      ws = new WebSocket(url);
-      ws.onopen = function () {
-        retry = 0;
+        "/ws?token=" + encodeURIComponent(state.token) + "&after=" + encodeURIComponent(after);
+      var socket = new WebSocket(url);
+      var opened = false;
+      var healthy = null;
+      ws = socket;
+      socket.onopen = function () {
+        opened = true;
+        replayAll = false;
+        // The backoff starts over once the socket proved itself: one the gateway closes at
+        // once (1013 while its store is down) keeps backing off.
+        healthy = setTimeout(function () { retry = 0; }, 5000);
         status.textContent = "online";
         Object.keys(pending).forEach(function (id) { transmit(id); });
       };
-      ws.onmessage = function (e) {
+      socket.onmessage = function (e) {
         var frame;
         try { frame = JSON.parse(e.data); } catch (err) { return; }
         if (frame.type === "ack") {
@@ -181,7 +224,16 @@
           note(frame.message);
         }
       };
-      ws.onclose = reconnect;
+      socket.onclose = function (e) {
+        clearTimeout(healthy);
+        // Refused before the upgrade after a session the gateway granted: most likely the 400
+        // for an `after` it does not know (a browser does not tell the status). Ask for the
+        // whole history next; messages already shown are not shown twice.
+        if (!opened && after !== "0") replayAll = true;
+        // Going away: this node shuts down, another one (or it, restarted) takes over.
+        if (e.code === 1001) retry = 0;
+        reconnect();
+      };
     }).catch(reconnect);
   }
   function reconnect() {
