@@ -43,6 +43,8 @@ Optional capabilities an adapter may add, found by `isinstance` on the running a
 
 - `MediaSource`: download the media of an inbound attachment on an agent's request
   (`GET /api/v1/conversations/{id}/messages/{message_id}/attachments/{index}`).
+- `MessageMediaSource`: the same for channels whose media travels inside the stored message
+  itself (an email's MIME parts): the adapter gets the message too.
 - `ClosesConnections`: close long-lived client connections (sockets) as soon as the node
   starts shutting down, before it waits for open requests to finish.
 """
@@ -254,6 +256,20 @@ class MediaSource(Protocol):
 
     async def fetch_media(self, attachment: Attachment) -> MediaContent:
         """Download the media `attachment` refers to."""
+        ...
+
+
+@runtime_checkable
+class MessageMediaSource(Protocol):
+    """An adapter whose attachments are part of the message it stored (an email keeps its MIME
+    parts in `raw`), so fetching one needs the message, not a call to the provider.
+
+    Raise `PermanentChannelError` when the content was not kept (too large) or cannot be
+    found; the API answers 502 with the error's message.
+    """
+
+    async def fetch_message_media(self, message: Message, attachment: Attachment) -> MediaContent:
+        """Return the content of `attachment`, one of `message.attachments`."""
         ...
 
 

@@ -2,9 +2,10 @@
 
 Attachments only reference media at the provider (a media id, or a URL that needs the
 channel's credentials and may expire), so the gateway fetches it on request through the
-adapter's optional `MediaSource` capability. The adapter owns which hosts it contacts (the
-server-side request forgery guard lives with the provider knowledge); this handler only
-checks who may see the message and shapes the answer.
+adapter's optional `MediaSource` capability (or `MessageMediaSource`, for channels such as
+email whose attachments are inside the stored message). The adapter owns which hosts it
+contacts (the server-side request forgery guard lives with the provider knowledge); this
+handler only checks who may see the message and shapes the answer.
 
 The bytes come from a customer through a provider, so they are served as untrusted content:
 `nosniff`, a sandboxing CSP, and `attachment` disposition for anything a browser could run
@@ -20,7 +21,7 @@ from aiohttp import web
 
 from gateway.api.http import error_response
 from gateway.appkeys import RUNTIME
-from gateway.channels import MediaSource
+from gateway.channels import MediaSource, MessageMediaSource
 from gateway.errors import ChannelError, NotFound
 
 log = structlog.get_logger("gateway.api.media")
@@ -70,10 +71,13 @@ async def attachment(request: web.Request) -> web.StreamResponse:
         raise NotFound(f"message {message_id} has no attachment {raw_index}")
     found = message.attachments[index]
     adapter = runtime.adapters.get(message.channel)
-    if not isinstance(adapter, MediaSource):
+    if not isinstance(adapter, MessageMediaSource | MediaSource):
         raise NotFound(f"channel {message.channel} cannot download media")
     try:
-        media = await adapter.fetch_media(found)
+        if isinstance(adapter, MessageMediaSource):
+            media = await adapter.fetch_message_media(message, found)
+        else:
+            media = await adapter.fetch_media(found)
     except ChannelError as exc:
         log.warning(
             "media.fetch_failed",

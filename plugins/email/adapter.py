@@ -23,9 +23,16 @@ from urllib.parse import urlparse
 import aiohttp
 from tenacity import RetryCallState
 
-from gateway.channels import BaseAdapter, ChannelContext, ChannelHealth, SendResult
+from gateway.channels import (
+    BaseAdapter,
+    ChannelContext,
+    ChannelHealth,
+    MediaContent,
+    SendResult,
+)
 from gateway.errors import PermanentChannelError, TransientChannelError
 from gateway.model import Attachment, Conversation, Message
+from plugins.email.attachments import attachment_content
 from plugins.email.backoff import Backoff, Sleep, reconnecting
 from plugins.email.compose import (
     OutboundFile,
@@ -110,6 +117,11 @@ class EmailAdapter(BaseAdapter):
     def trigger(self) -> None:
         """Start a fetch pass now (stops waiting in IDLE or between polls)."""
         self._wake.set()
+
+    async def fetch_message_media(self, message: Message, attachment: Attachment) -> MediaContent:
+        """An attachment of an inbound mail, read back from the stored message (a big mail
+        is parsed off the event loop)."""
+        return await asyncio.to_thread(attachment_content, message, attachment)
 
     def health(self) -> ChannelHealth:
         return ChannelHealth(ok=self._connected, detail=self._detail)

@@ -195,6 +195,16 @@ class MailGateway:
         body: dict[str, Any] = await self.get(f"/api/v1/conversations/{conversation_id}", agent)
         return body
 
+    async def download(
+        self, conversation_id: str, message_id: str, index: int, agent: str = "maria"
+    ) -> tuple[int, bytes, str]:
+        """An attachment through the agent API: status, body, Content-Type."""
+        resp = await self.gw.client.get(
+            f"/api/v1/conversations/{conversation_id}/messages/{message_id}/attachments/{index}",
+            headers=self.gw.auth(agent),
+        )
+        return resp.status, await resp.read(), resp.headers.get("Content-Type", "")
+
     async def act(self, conversation_id: str, action: str, agent: str = "maria") -> Any:
         status, body = await self.gw.post(
             agent, f"/api/v1/conversations/{conversation_id}/{action}"

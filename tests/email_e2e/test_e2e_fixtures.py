@@ -7,6 +7,7 @@ the parser, so this checks the parsing as well as the trip through ingest, store
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -181,6 +182,15 @@ async def test_fixture_through_the_real_gateway(path: Path, make_mail: MailFacto
     assert expected.full_text in message["extra"]["full_text"]
     assert message["contact"]["address"] == expected.address
     assert [_attachment(a) for a in message["attachments"]] == list(expected.attachments)
+    # The agent can open each one: the exact bytes that arrived (size and hash from ingest).
+    stored = await mail.gw.runtime.store.get_message(message["id"])
+    assert stored is not None
+    for index, attachment in enumerate(stored.attachments):
+        status, data, content_type = await mail.download(conversation_id, message["id"], index)
+        assert status == 200, data[:200]
+        assert len(data) == attachment.size
+        assert hashlib.sha256(data).hexdigest() == attachment.sha256
+        assert content_type.split(";")[0] == attachment.mime_type
     if expected.kind == "email":  # the inbox previews what the customer newly wrote
         assert body["preview"] == " ".join(message["text"].split())[:120]
 
