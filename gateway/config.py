@@ -116,6 +116,31 @@ class PresenceConfig(_Section):
     agent_disconnect_grace: Duration = timedelta(seconds=30)
 
 
+class OutboundConfig(_Section):
+    """How an agent message is retried when its provider fails transiently (429, 5xx, time-outs,
+    an SMTP 4xx), before it ends `failed` with the reason. Waits grow exponentially from
+    `retry_initial` up to `retry_max_delay`, randomized ("full jitter"). The defaults give up
+    after seconds; behind an SMTP relay that greylists or restarts, allow minutes."""
+
+    retry_attempts: int = Field(default=5, ge=1, le=50)
+    retry_initial: Duration = timedelta(milliseconds=500)
+    retry_max_delay: Duration = timedelta(seconds=30)
+
+    @model_validator(mode="after")
+    def _initial_below_max(self) -> Self:
+        if self.retry_initial <= timedelta(0) or self.retry_initial > self.retry_max_delay:
+            raise ValueError("retry_initial must be above 0 and at most retry_max_delay")
+        return self
+
+    def longest(self) -> timedelta:
+        """The longest a delivery can spend retrying: every wait at its cap."""
+        total, wait = timedelta(0), self.retry_initial
+        for _ in range(self.retry_attempts - 1):
+            total += min(wait, self.retry_max_delay)
+            wait *= 2
+        return total
+
+
 class QueueConfig(_Section):
     """A queue conversations wait in; `automatic` assigns them to agents with `strategy`."""
 
@@ -217,6 +242,7 @@ class GatewayConfig(_Section):
     server: ServerConfig = Field(default_factory=ServerConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     presence: PresenceConfig = Field(default_factory=PresenceConfig)
+    outbound: OutboundConfig = Field(default_factory=OutboundConfig)
     channels: list[ChannelConfig] = Field(default_factory=list)
     queues: list[QueueConfig] = Field(default_factory=list)
     routing: list[RouteConfig] = Field(default_factory=list)
@@ -282,6 +308,12 @@ def _describe_lines(config: GatewayConfig) -> Iterator[str]:
     yield f"store: {_without_userinfo(store.url)} (synchronous {store.synchronous})"
     grace = format_duration(config.presence.agent_disconnect_grace)
     yield f"presence: agent_disconnect_grace {grace}"
+    out = config.outbound
+    yield (
+        f"outbound: {out.retry_attempts} attempts, waits from"
+        f" {format_duration(out.retry_initial)} up to {format_duration(out.retry_max_delay)}"
+        f" (at most {format_duration(out.longest())} retrying)"
+    )
     yield f"channels ({len(config.channels)}):"
     for channel in config.channels:
         yield f"  {channel.name}: type {channel.type}{_describe_policy(channel)}"
@@ -695,7 +727,16 @@ _T = typing.TypeVar("_T")
 _PATH_HEAD = re.compile(r"([^.\[]*)(?:\[(\d+)\])?")
 """The section and first index of a key path: `channels[1].imap.host` -> channels, 1."""
 
-_CORE_SECTIONS = ("server", "store", "presence", "queues", "routing", "agents", "integrators")
+_CORE_SECTIONS = (
+    "server",
+    "store",
+    "presence",
+    "outbound",
+    "queues",
+    "routing",
+    "agents",
+    "integrators",
+)
 
 
 class _Loader:

@@ -122,7 +122,7 @@ class Runtime:
             self.store,
             self.clock,
             self.adapters,
-            retry=options.retry,
+            retry=options.retry or retry_policy(config),
             observe=self.metrics.observe_outbound,
         )
         self.deadlines = DeadlineHandler(self.store, self.clock, self.directory)
@@ -193,3 +193,15 @@ class Runtime:
             await self.outbound.deliver(deadline.target[len(MESSAGE_TARGET) :])
             return
         await self.deadlines(deadline)
+
+
+def retry_policy(config: GatewayConfig) -> RetryPolicy:
+    """The outbound retry policy config.yaml asks for. Another node takes a delivery over only
+    well after its retries could still be running (10 minutes, or twice the longest sequence)."""
+    outbound = config.outbound
+    return RetryPolicy(
+        attempts=outbound.retry_attempts,
+        initial=outbound.retry_initial.total_seconds(),
+        maximum=outbound.retry_max_delay.total_seconds(),
+        redeliver_after=max(RetryPolicy().redeliver_after, 2 * outbound.longest()),
+    )

@@ -179,6 +179,35 @@ def test_queue_requeue_after_is_a_duration(tmp_path: Path) -> None:
     assert config.queue("sales").requeue_after == timedelta(minutes=10)
 
 
+def test_outbound_retries_are_configurable_and_bound_the_takeover(tmp_path: Path) -> None:
+    """Behind an SMTP relay that greylists, agent replies should retry for minutes, not
+    seconds; another node must not take a delivery over while it may still be retrying."""
+    from gateway.outbound import RetryPolicy
+    from gateway.runtime import retry_policy
+
+    default = retry_policy(load(tmp_path, ""))
+    assert (default.attempts, default.initial, default.maximum) == (5, 0.5, 30.0)
+    assert default.redeliver_after == RetryPolicy().redeliver_after
+
+    text = "outbound: {retry_attempts: 8, retry_initial: 30s, retry_max_delay: 5m}"
+    config = load(tmp_path, text)
+    assert config.outbound.longest() == timedelta(seconds=30 + 60 + 120 + 240 + 300 * 3)
+    policy = retry_policy(config)
+    assert (policy.attempts, policy.initial, policy.maximum) == (8, 30.0, 300.0)
+    assert policy.redeliver_after == 2 * config.outbound.longest() > timedelta(minutes=10)
+
+    from gateway.runtime import Runtime, RuntimeOptions
+
+    store = f"store: {{url: 'sqlite:///{tmp_path / 'g.db'}'}}\n"
+    runtime = Runtime(load(tmp_path, store + text), {}, options=RuntimeOptions())
+    assert runtime.outbound.retry == policy  # what serve runs with
+
+    with pytest.raises(ConfigError, match=r"outbound\.retry_attempts"):
+        load(tmp_path, "outbound: {retry_attempts: 0}")
+    with pytest.raises(ConfigError, match="outbound: retry_initial must be above 0"):
+        load(tmp_path, "outbound: {retry_initial: 1m, retry_max_delay: 5s}")
+
+
 @pytest.mark.parametrize("text", ["", "# nothing yet\n", "channels: []\n", "agents:\n"])
 def test_minimal_files_load_with_defaults(tmp_path: Path, text: str) -> None:
     config = load(tmp_path, text)
