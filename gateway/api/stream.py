@@ -25,6 +25,7 @@ from gateway.api.serialize import event_json
 from gateway.api.visibility import visible_to
 from gateway.appkeys import AGENT_SOCKETS, RUNTIME
 from gateway.directory import AgentInfo
+from gateway.errors import InvalidInput
 from gateway.hub import Overflow, Subscription
 from gateway.ids import new_id
 from gateway.model import Event
@@ -48,6 +49,9 @@ async def stream(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
     agent = runtime.auth.agent(request, allow_query=True)
     after = await after_cursor(request, runtime.store)  # refused before the upgrade
+    ws = web.WebSocketResponse(heartbeat=HEARTBEAT)
+    if not ws.can_prepare(request).ok:  # not a WebSocket handshake: no presence change at all
+        raise InvalidInput("this endpoint is a WebSocket (send an Upgrade: websocket request)")
     connection = new_id("ws")
     accept = visible_to(agent)
     # Subscribed before the agent is online, so nothing handed to them in between is missed.
@@ -61,7 +65,6 @@ async def stream(request: web.Request) -> web.StreamResponse:
         subscription.close()
         raise
     sockets = request.app[AGENT_SOCKETS]
-    ws = web.WebSocketResponse(heartbeat=HEARTBEAT)
     pump: asyncio.Task[None] | None = None
     try:
         await ws.prepare(request)

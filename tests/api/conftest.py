@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from gateway.outbound import RetryPolicy
 from gateway.pluginmanager import channel_types, config_models, get_plugin_manager
 from gateway.runtime import Runtime, RuntimeOptions
 from tests.conftest import STORE_KINDS, store_url
+from tests.store.redis_server import RedisServer
 
 TOKENS = {"maria": "tok-maria", "jose": "tok-jose", "ana": "tok-ana", "crm": "tok-crm"}
 """Agents' bearer tokens, and `crm`: an integrator's (reads the whole event log)."""
@@ -127,3 +128,40 @@ async def make_gateway(
 @pytest.fixture
 async def gw(make_gateway: GatewayFactory) -> Gateway:
     return await make_gateway()
+
+
+Build = Callable[[], Awaitable[Gateway]]
+"""Builds a gateway on `redis_alone` (BASE_CONFIG, manual clock, no scheduler)."""
+
+
+@pytest.fixture
+def redis_alone(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own (AOF, appendfsync always), so it can be killed."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def build(redis_alone: RedisServer) -> AsyncIterator[Build]:
+    """Gateways on a redis-server of the test's own: outages are real (kill it), not faked."""
+    clients: list[TestClient] = []
+
+    async def factory() -> Gateway:
+        types = channel_types(get_plugin_manager())
+        text = BASE_CONFIG.replace("sqlite:///{db}", redis_alone.url)
+        config = parse_config(text, "config.yaml", config_models(types), env={})
+        clock = ManualClock()
+        options = RuntimeOptions(
+            retry=RetryPolicy(attempts=3, initial=0.001, maximum=0.002), run_scheduler=False
+        )
+        app = create_app(config, types, clock=clock, options=options)
+        client = TestClient(TestServer(app))
+        await client.start_server()
+        clients.append(client)
+        return Gateway(client, app[RUNTIME], clock)
+
+    yield factory
+    for client in clients:
+        await client.close()

@@ -10,60 +10,18 @@ with no socket online (and gave them conversations).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from aiohttp import WSCloseCode, WSMsgType, WSServerHandshakeError
-from aiohttp.test_utils import TestClient, TestServer
 
-from gateway.app import create_app
-from gateway.appkeys import RUNTIME
-from gateway.clock import ManualClock
-from gateway.config import parse_config
-from gateway.outbound import RetryPolicy
-from gateway.pluginmanager import channel_types, config_models, get_plugin_manager
-from gateway.runtime import RuntimeOptions
-from tests.api.conftest import BASE_CONFIG, TOKENS, Gateway
+from tests.api.conftest import TOKENS, Build, Gateway
 from tests.api.test_stream_presence import accepted_by_maria, open_stream
 from tests.api.test_webchat import visitor_socket
 from tests.store.redis_server import RedisServer
 
-Build = Callable[[], Awaitable[Gateway]]
 CLOSED = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED)
-
-
-@pytest.fixture
-def redis_alone(tmp_path: Path) -> AsyncIterator[RedisServer]:
-    """A redis-server of this test's own (AOF, appendfsync always), so it can be killed."""
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-async def build(redis_alone: RedisServer) -> AsyncIterator[Build]:
-    clients: list[TestClient] = []
-
-    async def factory() -> Gateway:
-        types = channel_types(get_plugin_manager())
-        text = BASE_CONFIG.replace("sqlite:///{db}", redis_alone.url)
-        config = parse_config(text, "config.yaml", config_models(types), env={})
-        clock = ManualClock()
-        options = RuntimeOptions(
-            retry=RetryPolicy(attempts=3, initial=0.001, maximum=0.002), run_scheduler=False
-        )
-        app = create_app(config, types, clock=clock, options=options)
-        client = TestClient(TestServer(app))
-        await client.start_server()
-        clients.append(client)
-        return Gateway(client, app[RUNTIME], clock)
-
-    yield factory
-    for client in clients:
-        await client.close()
 
 
 async def wait_for(gw: Gateway, done: Callable[[], bool]) -> None:
@@ -164,3 +122,15 @@ async def test_a_visitor_socket_whose_replay_hits_an_outage_says_try_again_later
                 break
     assert frame["message"]["text"] == "hola"
     await ws.close()
+
+
+async def test_a_plain_get_of_the_stream_is_refused_without_touching_presence(
+    build: Build,
+) -> None:
+    """Not a WebSocket handshake: a 400 before the agent is ever recorded online (which would
+    also start their grace, and could hand them work from an automatic queue)."""
+    gw = await build()
+    resp = await gw.client.get(f"/api/v1/stream?access_token={TOKENS['ana']}")
+    assert resp.status == 400
+    assert (await resp.json())["error"]["code"] == "invalid_request"
+    assert "ana" not in await gw.runtime.store.presence()
