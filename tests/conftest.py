@@ -137,3 +137,13 @@ def inbound(
         sent_at=sent_at or datetime(2026, 11, 25, 7, 0, tzinfo=UTC),
         text=text,
     )
+
+
+@pytest.fixture
+def redis_alone(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own (AOF, appendfsync always), so it can be killed,
+    paused or restarted (the session's shared one must not be)."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()

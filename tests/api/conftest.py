@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,30 +95,40 @@ class Gateway:
 GatewayFactory = Callable[..., Awaitable[Gateway]]
 
 
+async def start_gateway(
+    config_text: str,
+    clients: list[TestClient],
+    *,
+    env: Mapping[str, str] | None = None,
+    **options: Any,
+) -> Gateway:
+    """A real gateway app for `config_text` on loopback HTTP, with a manual clock, fast outbound
+    retries and (unless `run_scheduler=True`) no background scheduler; its client is appended
+    to `clients` for the fixture to close."""
+    types = channel_types(get_plugin_manager())
+    config = parse_config(config_text, "config.yaml", config_models(types), env=dict(env or {}))
+    clock = ManualClock()
+    opts = RuntimeOptions(
+        retry=RetryPolicy(attempts=3, initial=0.001, maximum=0.002),
+        **{"run_scheduler": False, **options},
+    )
+    app = create_app(config, types, clock=clock, options=opts)
+    client = TestClient(TestServer(app))
+    await client.start_server()
+    clients.append(client)
+    return Gateway(client, app[RUNTIME], clock)
+
+
 @pytest.fixture(params=STORE_KINDS)
 async def make_gateway(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[GatewayFactory]:
     """Gateways on each store kind: the whole agent API suite runs on SQLite and on Redis."""
     clients: list[TestClient] = []
-    pm = get_plugin_manager()
-    types = channel_types(pm)
 
     async def factory(config_text: str = BASE_CONFIG, db: str = "gw.db", **options: Any) -> Gateway:
         url = store_url(request, request.param, tmp_path / db)
-        text = config_text.replace("sqlite:///{db}", url)
-        config = parse_config(text, "config.yaml", config_models(types), env={})
-        clock = ManualClock()
-        opts = RuntimeOptions(
-            retry=RetryPolicy(attempts=3, initial=0.001, maximum=0.002),
-            run_scheduler=False,
-            **options,
-        )
-        app = create_app(config, types, clock=clock, options=opts)
-        client = TestClient(TestServer(app))
-        await client.start_server()
-        clients.append(client)
-        return Gateway(client, app[RUNTIME], clock)
+        return await start_gateway(config_text.replace("sqlite:///{db}", url), clients, **options)
 
     yield factory
     for client in clients:
@@ -135,32 +145,12 @@ Build = Callable[[], Awaitable[Gateway]]
 
 
 @pytest.fixture
-def redis_alone(tmp_path: Path) -> Iterator[RedisServer]:
-    """A redis-server of this test's own (AOF, appendfsync always), so it can be killed."""
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 async def build(redis_alone: RedisServer) -> AsyncIterator[Build]:
     """Gateways on a redis-server of the test's own: outages are real (kill it), not faked."""
     clients: list[TestClient] = []
 
     async def factory() -> Gateway:
-        types = channel_types(get_plugin_manager())
-        text = BASE_CONFIG.replace("sqlite:///{db}", redis_alone.url)
-        config = parse_config(text, "config.yaml", config_models(types), env={})
-        clock = ManualClock()
-        options = RuntimeOptions(
-            retry=RetryPolicy(attempts=3, initial=0.001, maximum=0.002), run_scheduler=False
-        )
-        app = create_app(config, types, clock=clock, options=options)
-        client = TestClient(TestServer(app))
-        await client.start_server()
-        clients.append(client)
-        return Gateway(client, app[RUNTIME], clock)
+        return await start_gateway(BASE_CONFIG.replace("sqlite:///{db}", redis_alone.url), clients)
 
     yield factory
     for client in clients:

@@ -9,23 +9,15 @@ structlog's `capture_logs`, as tests/api/test_logging.py does.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
-from pathlib import Path
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from structlog.testing import capture_logs
 
-from gateway.app import create_app
-from gateway.appkeys import RUNTIME
-from gateway.clock import ManualClock
-from gateway.config import parse_config
-from gateway.outbound import RetryPolicy
-from gateway.pluginmanager import channel_types, config_models, get_plugin_manager
-from gateway.runtime import RuntimeOptions
 from gateway.store.redis_batch import STORE_TIMEOUT
-from tests.api.conftest import Gateway
+from tests.api.conftest import Gateway, start_gateway
 from tests.store.redis_server import RedisServer
 from tests.whatsapp.support import meta_sign
 from tests.whatsapp_e2e.conftest import ENV, META, meta_messages, meta_text, wa_config
@@ -42,12 +34,9 @@ Logs = list[MutableMapping[str, Any]]
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServer]:
+def server(redis_alone: RedisServer) -> RedisServer:
     """A redis-server of this test's own, which the test may kill or pause."""
-    own = RedisServer(tmp_path / "redis")
-    own.start()
-    yield own
-    own.stop()
+    return redis_alone
 
 
 GatewayFactory = Callable[..., Awaitable[Gateway]]
@@ -56,22 +45,11 @@ GatewayFactory = Callable[..., Awaitable[Gateway]]
 @pytest.fixture
 async def make_gateway(server: RedisServer) -> AsyncIterator[GatewayFactory]:
     clients: list[TestClient] = []
-    types = channel_types(get_plugin_manager())
 
     async def factory(*, run_scheduler: bool = False) -> Gateway:
         text = wa_config(store=server.url, twilio_base=UNREACHABLE, graph_base=UNREACHABLE)
         text = text.replace("channels:\n", f"channels:\n  - {WEBCHAT}\n", 1)
-        config = parse_config(text, "config.yaml", config_models(types), env=ENV)
-        clock = ManualClock()
-        options = RuntimeOptions(
-            retry=RetryPolicy(attempts=3, initial=0.001, maximum=0.002),
-            run_scheduler=run_scheduler,
-        )
-        app = create_app(config, types, clock=clock, options=options)
-        client = TestClient(TestServer(app))
-        await client.start_server()
-        clients.append(client)
-        return Gateway(client, app[RUNTIME], clock)
+        return await start_gateway(text, clients, env=ENV, run_scheduler=run_scheduler)
 
     yield factory
     for client in clients:

@@ -9,9 +9,8 @@ through the URL's `?socket_timeout=`, so they take about that long.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,12 +32,9 @@ SLACK = 1.5
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServer]:
+def server(redis_alone: RedisServer) -> RedisServer:
     """A redis-server of this test's own, which the test may kill or pause."""
-    own = RedisServer(tmp_path / "redis")
-    own.start()
-    yield own
-    own.stop()
+    return redis_alone
 
 
 @pytest.fixture
