@@ -56,6 +56,29 @@ export class Api {
     return this.call("POST", path, body === undefined ? {} : body, headers);
   }
 
+  /** An attachment's bytes (a Blob, with the type the gateway served), fetched with the token:
+   * a plain link cannot carry the Authorization header. */
+  async attachment(conversationId, messageId, index) {
+    const path = this.conversationPath(conversationId, "messages") + "/" +
+      encodeURIComponent(messageId) + "/attachments/" + index;
+    let resp;
+    try {
+      resp = await fetch(path, { headers: { Authorization: "Bearer " + this.token }, cache: "no-store" });
+    } catch (err) {
+      throw new ApiError(0, "network", "The gateway cannot be reached; retrying when it is back.");
+    }
+    if (!resp.ok) {
+      let error = {};
+      try {
+        error = ((await resp.json()) || {}).error || {};
+      } catch (err) {
+        error = {};
+      }
+      throw new ApiError(resp.status, error.code || "error", error.message || resp.statusText);
+    }
+    return resp.blob();
+  }
+
   conversationPath(id, action) {
     return "/api/v1/conversations/" + encodeURIComponent(id) + (action ? "/" + action : "");
   }

@@ -474,8 +474,15 @@ function messageItem(m) {
   return h("li", { class: "msg msg-" + (out ? "out" : "in") + (failed ? " msg-failed" : ""), attrs: { "data-id": m.id } },
     m.channel_type === "email" && m.subject ? h("p", { class: "msg-subject", text: m.subject }) : null,
     h("p", { class: "msg-text", text: m.text || template || "[" + m.kind + "]" }),
-    (m.attachments || []).map((a) =>
-      h("p", { class: "msg-attachment", text: "📎 " + (a.filename || a.caption || a.kind) })),
+    (m.attachments || []).map((a, index) =>
+      h("p", { class: "msg-attachment" },
+        h("button", {
+          class: "link",
+          type: "button",
+          attrs: { "aria-label": "Download " + (a.filename || a.kind) },
+          text: "📎 " + (a.filename || a.caption || a.kind),
+          on: { click: () => downloadAttachment(m, index, a) },
+        }))),
     h("p", { class: "msg-meta" },
       out && m.agent && m.agent !== app.me.id ? m.agent + " · " : null,
       h("time", { attrs: { datetime: m.sent_at }, text: clockTime(m.sent_at) }),
@@ -485,6 +492,20 @@ function messageItem(m) {
       class: "msg-error",
       text: "Not delivered: " + (m.error_message || m.error_code || "the channel refused it"),
     }) : null);
+}
+
+/** Save an attachment: fetched with the agent's token (a link could not send it), then handed
+ * to the browser as a download under its own name. Failures show as a notice, never a crash. */
+async function downloadAttachment(m, index, a) {
+  const blob = await guard(app.api.attachment(m.conversation_id, m.id, index), (err) =>
+    setNotice(m.conversation_id, "The attachment could not be downloaded: " + friendly(err)));
+  if (!blob) return;
+  const url = URL.createObjectURL(blob);
+  const link = h("a", { attrs: { href: url, download: a.filename || a.kind || "attachment" } });
+  document.body.appendChild(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60000);
 }
 
 function showTyping(conv) {

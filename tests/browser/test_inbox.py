@@ -8,14 +8,17 @@ live through `/api/v1/stream`. The pages are only ever waited on for what they s
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import re
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from playwright.async_api import Locator, Page, Route, WebSocketRoute, expect
 
 from gateway.model import DeliveryState, DeliveryStatus
+from plugins.email.parse import parse_email
 from tests.browser.conftest import (
     PHONE,
     NewPage,
@@ -33,6 +36,7 @@ PREVIEW = re.compile("^Preview the conversation")
 OPEN = re.compile("^Open the conversation")
 ACCEPT = re.compile("^Accept the conversation")
 XSS = "<img src=x onerror=window.__xss=1>"
+FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "email"
 
 
 def count(page: Page, state: str) -> Locator:
@@ -444,3 +448,26 @@ async def test_queue_filter_and_only_mine(gw: LiveGateway, new_page: NewPage) ->
     await agent.get_by_label("only mine").check()
     await expect(agent.locator("#list li")).to_have_count(1)
     await expect(item(agent, "Soporte")).to_be_visible()
+
+
+async def test_an_email_attachment_downloads_from_the_thread(
+    gw: LiveGateway, new_page: NewPage
+) -> None:
+    """The page fetches it with the agent's token (a link could not) and saves it by its name:
+    exactly the bytes that arrived."""
+    raw = (FIXTURES / "cpython_msg_07_multipart_gif_attachments.eml").read_bytes()
+    parsed = parse_email(raw, "support-mail", gw.clock.now())
+    stored = await gw.runtime.ingestor.message(parsed.message)
+    [gif] = stored.message.attachments
+
+    agent = await new_page()
+    await sign_in(agent, gw)
+    entry = item(agent, "dingus fish")
+    await entry.get_by_role("button", name=PREVIEW).click()
+    button = agent.get_by_role("button", name="Download dingusfish.gif")
+    async with agent.expect_download() as started:
+        await button.click()
+    download = await started.value
+    assert download.suggested_filename == "dingusfish.gif"
+    data = Path(await download.path()).read_bytes()
+    assert len(data) == gif.size and hashlib.sha256(data).hexdigest() == gif.sha256
