@@ -95,8 +95,8 @@ class Presence:
 
     async def disconnected(self, agent: AgentInfo, connection: str) -> None:
         """Forget a closed socket; if the store cannot be told now, the heartbeat tells it."""
-        if self._live.pop(connection, None) is None and connection not in self._unsettled:
-            return  # never recorded (refused at connect), or settled already
+        if self._live.pop(connection, None) is None:
+            return  # never recorded: refused at connect (kept to settle if it landed after all)
         gone = _Unsettled(agent.id, self.clock.now())
         try:
             await self._settle(connection, gone)
@@ -118,19 +118,15 @@ class Presence:
             log.info("presence.offline", agent=gone.agent)
             self.poke()
 
-    async def settle_unrecorded(self) -> int:
-        """Record the closes the store missed while it was down; return how many."""
-        settled = 0
-        for connection, gone in tuple(self._unsettled.items()):
-            if connection in self._live:  # the same id cannot reopen, but never drop a live one
-                self._unsettled.pop(connection, None)
-                continue
+    async def _settle_unrecorded(self) -> None:
+        """Record the closes the store missed while it was down (connection ids are never
+        reused, so none of them can be live again)."""
+        unsettled = tuple(self._unsettled.items())
+        for connection, gone in unsettled:
             await self._settle(connection, gone)
-            settled += 1
-        if settled:
-            log.info("presence.disconnects_settled", count=settled)
+        if unsettled:
+            log.info("presence.disconnects_settled", count=len(unsettled))
             await self._notify()
-        return settled
 
     async def startup(self) -> list[str]:
         now = self.clock.now()
@@ -150,7 +146,7 @@ class Presence:
             log.warning("presence.heartbeat_lapsed", node=self.node, connections=len(self._live))
             for connection, agent in tuple(self._live.items()):
                 await self.store.presence_connect(agent.id, connection, self.node, now)
-        await self.settle_unrecorded()
+        await self._settle_unrecorded()
         offline = await self.store.reap_nodes(now, self.grace)
         if offline:
             log.info("presence.node_reaped", agents=offline)
