@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import pluggy
 
 from gateway.channels import ChannelType, Command, CommandContext
-from gateway.config import GatewayConfig, _without_userinfo, load_config
+from gateway.config import GatewayConfig, load_config, without_userinfo
 from gateway.errors import ConfigError, StoreUnavailable
 from gateway.pluginmanager import (
     channel_types,
@@ -171,7 +171,7 @@ class _Startup:
         if self.phase == "store":
             store = self.config.store.url
             reason = _reason(exc, urlsplit(store).password)
-            return StartupError(f"cannot open the store {_without_userinfo(store)}: {reason}")
+            return StartupError(f"cannot open the store {without_userinfo(store)}: {reason}")
         if self.phase == "listen" and isinstance(exc, OSError):
             server = self.config.server
             return StartupError(

@@ -304,8 +304,8 @@ class GatewayConfig(_Section):
 
 def _describe_lines(config: GatewayConfig) -> Iterator[str]:
     server, store = config.server, config.store
-    yield f"server: {server.host}:{server.port} (public URL {_without_userinfo(server.public_url)})"
-    yield f"store: {_without_userinfo(store.url)} (synchronous {store.synchronous})"
+    yield f"server: {server.host}:{server.port} (public URL {without_userinfo(server.public_url)})"
+    yield f"store: {without_userinfo(store.url)} (synchronous {store.synchronous})"
     grace = format_duration(config.presence.agent_disconnect_grace)
     yield f"presence: agent_disconnect_grace {grace}"
     out = config.outbound
@@ -353,7 +353,7 @@ def _describe_queue(queue: QueueConfig) -> str:
     return text
 
 
-def _without_userinfo(url: str) -> str:
+def without_userinfo(url: str) -> str:
     """Drop `user:password@` from a URL: a Redis URL commonly carries its password there."""
     parts = urlsplit(url)
     if "@" not in parts.netloc:
