@@ -53,9 +53,6 @@ MAX_NAME = 80
 MAX_CLIENT_ID = 100
 CORS_HEADERS = "Authorization, Content-Type"
 WHOLE_HISTORY = "0"
-TRY_AGAIN_LATER = 1013
-"""WebSocket close code for a message the store could not take: the widget reconnects with
-backoff and resends what was not acknowledged, under the same client_id."""
 """`after=0`: every message of the visitor (lower than every message id)."""
 
 
@@ -363,7 +360,7 @@ class WebchatAdapter(BaseAdapter):
             self.context.log.warning(
                 "webchat.store_unavailable", channel=self.name, error=str(exc), during="push"
             )
-            await ws.close(code=TRY_AGAIN_LATER, message=b"store unavailable")
+            await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"store unavailable")
 
     async def _forward(
         self,
@@ -452,7 +449,7 @@ class WebchatAdapter(BaseAdapter):
                     }
                 ).decode()
             )
-            await ws.close(code=TRY_AGAIN_LATER, message=b"store unavailable")
+            await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"store unavailable")
             return
         await ws.send_str(
             orjson.dumps(
