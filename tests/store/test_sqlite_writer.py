@@ -129,3 +129,78 @@ async def test_a_lone_failing_job_gets_its_error_without_a_rerun(
         await writer.run(insert_then_fail("b"))
     assert writer.fallbacks == 0
     assert await names(writer) == []
+
+
+# lingering under load ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def patient_writer(tmp_path: Path) -> AsyncIterator[GroupCommitWriter]:
+    """A writer whose linger is far longer than any test: a batch that lingers when it should
+    not makes the test time out instead of passing by luck."""
+
+    def connect() -> sqlite3.Connection:
+        conn = sqlite3.connect(tmp_path / "p.db", isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("CREATE TABLE IF NOT EXISTS rows (name TEXT PRIMARY KEY)")
+        return conn
+
+    group = GroupCommitWriter(connect, linger=60.0)
+    await asyncio.to_thread(group.start)
+    yield group
+    await asyncio.to_thread(group.stop)
+
+
+async def test_a_lone_job_after_a_lone_job_does_not_linger(
+    patient_writer: GroupCommitWriter,
+) -> None:
+    async with asyncio.timeout(10):
+        for name in ("a", "b", "c"):
+            assert await patient_writer.run(insert(name)) == name
+    assert patient_writer.batches == 3
+
+
+async def test_under_load_a_batch_waits_for_as_many_jobs_as_the_previous_one_held(
+    patient_writer: GroupCommitWriter,
+) -> None:
+    assert await one_batch(patient_writer, [insert("a"), insert("b"), insert("c")]) == [
+        "a",
+        "b",
+        "c",
+    ]
+    before = patient_writer.batches
+    # Three jobs handed in one at a time, each after the writer could have run the ones before.
+    first = asyncio.ensure_future(patient_writer.run(insert("d")))
+    await asyncio.sleep(0.05)  # not a wait for state: room for a (wrong) early commit of "d"
+    assert not first.done()
+    rest = [asyncio.ensure_future(patient_writer.run(insert(n))) for n in ("e", "f")]
+    async with asyncio.timeout(10):
+        assert await asyncio.gather(first, *rest) == ["d", "e", "f"]
+    assert patient_writer.batches == before + 1
+
+
+async def test_a_lingering_batch_commits_what_came_when_the_linger_ends(tmp_path: Path) -> None:
+    def connect() -> sqlite3.Connection:
+        conn = sqlite3.connect(tmp_path / "l.db", isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("CREATE TABLE IF NOT EXISTS rows (name TEXT PRIMARY KEY)")
+        return conn
+
+    writer = GroupCommitWriter(connect, linger=0.05)
+    await asyncio.to_thread(writer.start)
+    try:
+        await one_batch(writer, [insert("a"), insert("b")])
+        async with asyncio.timeout(10):  # fewer jobs than the last batch: the linger ends it
+            assert await writer.run(insert("c")) == "c"
+        assert await names(writer) == ["a", "b", "c"]
+    finally:
+        await asyncio.to_thread(writer.stop)
+
+
+async def test_stopping_commits_a_lingering_batch(patient_writer: GroupCommitWriter) -> None:
+    await one_batch(patient_writer, [insert("a"), insert("b")])
+    waiting = asyncio.ensure_future(patient_writer.run(insert("c")))
+    await asyncio.sleep(0)  # "c" is queued; the writer lingers for a second job
+    async with asyncio.timeout(10):
+        await asyncio.to_thread(patient_writer.stop)
+        assert await waiting == "c"
