@@ -13,15 +13,21 @@ import pytest
 from gateway.store.sqlite_writer import CAREFUL_BATCHES, GroupCommitWriter
 
 
-@pytest.fixture
-async def writer(tmp_path: Path) -> AsyncIterator[GroupCommitWriter]:
+def connector(path: Path) -> Callable[[], sqlite3.Connection]:
+    """How the writer opens its connection: a WAL file with one table of names."""
+
     def connect() -> sqlite3.Connection:
-        conn = sqlite3.connect(tmp_path / "w.db", isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("CREATE TABLE IF NOT EXISTS rows (name TEXT PRIMARY KEY)")
         return conn
 
-    group = GroupCommitWriter(connect)
+    return connect
+
+
+@pytest.fixture
+async def writer(tmp_path: Path) -> AsyncIterator[GroupCommitWriter]:
+    group = GroupCommitWriter(connector(tmp_path / "w.db"))
     await asyncio.to_thread(group.start)
     yield group
     await asyncio.to_thread(group.stop)
@@ -138,14 +144,7 @@ async def test_a_lone_failing_job_gets_its_error_without_a_rerun(
 async def patient_writer(tmp_path: Path) -> AsyncIterator[GroupCommitWriter]:
     """A writer whose linger is far longer than any test: a batch that lingers when it should
     not makes the test time out instead of passing by luck."""
-
-    def connect() -> sqlite3.Connection:
-        conn = sqlite3.connect(tmp_path / "p.db", isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("CREATE TABLE IF NOT EXISTS rows (name TEXT PRIMARY KEY)")
-        return conn
-
-    group = GroupCommitWriter(connect, linger=60.0)
+    group = GroupCommitWriter(connector(tmp_path / "p.db"), linger=60.0)
     await asyncio.to_thread(group.start)
     yield group
     await asyncio.to_thread(group.stop)
@@ -180,13 +179,7 @@ async def test_under_load_a_batch_waits_for_as_many_jobs_as_the_previous_one_hel
 
 
 async def test_a_lingering_batch_commits_what_came_when_the_linger_ends(tmp_path: Path) -> None:
-    def connect() -> sqlite3.Connection:
-        conn = sqlite3.connect(tmp_path / "l.db", isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("CREATE TABLE IF NOT EXISTS rows (name TEXT PRIMARY KEY)")
-        return conn
-
-    writer = GroupCommitWriter(connect, linger=0.05)
+    writer = GroupCommitWriter(connector(tmp_path / "l.db"), linger=0.05)
     await asyncio.to_thread(writer.start)
     try:
         await one_batch(writer, [insert("a"), insert("b")])
