@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from tests.server.conftest import serve_command
 from tests.store.redis_server import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,19 +38,6 @@ def config_file(tmp_path: Path, store_url: str) -> Path:
         )
     )
     return path
-
-
-def serve_command(config: Path, port: int) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "gateway.cli",
-        "serve",
-        "--config",
-        str(config),
-        "--port",
-        str(port),
-    ]
 
 
 def serve(config: Path, port: int) -> subprocess.CompletedProcess[str]:

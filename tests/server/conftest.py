@@ -48,8 +48,9 @@ class ServeProcess:
                     await asyncio.sleep(0.05)  # the socket opens right after the banner
 
 
-async def start_serve(config: Path, cwd: Path, port: int) -> ServeProcess:
-    proc = await asyncio.create_subprocess_exec(
+def serve_command(config: Path, port: int) -> list[str]:
+    """`gateway serve` on `config` and `port`, as a user runs it (with this interpreter)."""
+    return [
         sys.executable,
         "-m",
         "gateway.cli",
@@ -58,6 +59,12 @@ async def start_serve(config: Path, cwd: Path, port: int) -> ServeProcess:
         str(config),
         "--port",
         str(port),
+    ]
+
+
+async def start_serve(config: Path, cwd: Path, port: int) -> ServeProcess:
+    proc = await asyncio.create_subprocess_exec(
+        *serve_command(config, port),
         cwd=cwd,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
