@@ -217,7 +217,9 @@ def write_config(tmp: Path, port: int) -> Path:
         textwrap.dedent(f"""
         server: {{host: 127.0.0.1, port: {port}, public_url: "http://127.0.0.1:{port}"}}
         store: {{url: "sqlite:///{tmp}/bench.db"}}
-        channels: [{{name: site, type: webchat, no_agent_timeout: 5m}}]
+        # A load test is a flood from one address by design: no rate limits.
+        channels: [{{name: site, type: webchat, no_agent_timeout: 5m,
+                     session_rate_limit: null, message_rate_limit: null}}]
         queues: [{{name: support}}]
         routing: [{{queue: support}}]
         agents: [{{id: bench, token_sha256: "{digest}", queues: [support], max_active: 5}}]

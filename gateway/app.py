@@ -82,6 +82,7 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
     await runtime.presence.startup()
     yield
     await runtime.store.close()
+    await runtime.limiter.close()
 
 
 async def _http(app: web.Application) -> AsyncIterator[None]:

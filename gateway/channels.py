@@ -59,6 +59,7 @@ import structlog
 from aiohttp import ClientSession, web
 from pydantic import BaseModel, ConfigDict, Field
 
+from gateway.clientaddr import Network, client_address
 from gateway.clock import Clock
 from gateway.durations import Duration
 from gateway.lifecycle import ChannelPolicy
@@ -71,6 +72,7 @@ from gateway.model import (
     InboundMessage,
     Message,
 )
+from gateway.ratelimit import RateLimiter
 
 
 class ChannelConfig(BaseModel):
@@ -181,10 +183,18 @@ class ChannelContext:
     events: EventFeed
     http_provider: Callable[[], ClientSession]
     settings: dict[str, Any] = field(default_factory=dict)
+    limiter: RateLimiter = field(default_factory=RateLimiter.in_memory)
+    """Rate limits for public endpoints, shared by every node on the Redis store."""
+    trusted_proxies: Sequence[Network] = ()
+    """`server.trusted_proxies`: see `client_address`."""
 
     @property
     def name(self) -> str:
         return self.config.name
+
+    def client_address(self, request: web.Request) -> str:
+        """The caller's IP address, through trusted load balancers (for per-client limits)."""
+        return client_address(request, self.trusted_proxies)
 
     @property
     def http(self) -> ClientSession:

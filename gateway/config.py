@@ -46,6 +46,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    IPvAnyNetwork,
     PrivateAttr,
     TypeAdapter,
     ValidationError,
@@ -78,6 +79,9 @@ class ServerConfig(_Section):
     port: int = Field(default=8080, ge=0, le=65535)
     public_url: str = Field(default="http://127.0.0.1:8080", pattern=r"^https?://[^\s/]+")
     max_body_bytes: int = Field(default=1_048_576, ge=1)
+    trusted_proxies: list[IPvAnyNetwork] = Field(default_factory=list)
+    """Load balancers whose `X-Forwarded-For` names the client (CIDR ranges, e.g.
+    `10.0.0.0/8`); empty: the TCP peer is the client (see gateway.clientaddr)."""
 
 
 def _check_store_url(url: str) -> str:

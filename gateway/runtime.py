@@ -31,6 +31,7 @@ from gateway.metrics import Metrics
 from gateway.model import InboundMessage
 from gateway.outbound import Outbound, RetryPolicy
 from gateway.presence import Presence
+from gateway.ratelimit import RateLimiter
 from gateway.routing import Router
 from gateway.store.base import MESSAGE_TARGET, Deadline, Store
 from gateway.store.sqlite import SqliteStore
@@ -118,6 +119,7 @@ class Runtime:
         )
         self.actions = Actions(self.store, self.clock, self.directory, self._after_change)
         self.adapters: dict[str, ChannelAdapter] = {}
+        self.limiter = RateLimiter.for_store(config.store.url)
         self.outbound = Outbound(
             self.store,
             self.clock,
@@ -167,6 +169,8 @@ class Runtime:
                 history=self.store,
                 events=self.hub,
                 http_provider=self.http,
+                limiter=self.limiter,
+                trusted_proxies=tuple(config.server.trusted_proxies),
             )
             self.adapters[channel.name] = channel_type.factory(context)
 

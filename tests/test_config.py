@@ -320,6 +320,17 @@ def test_unknown_key_in_channel_uses_channel_model(tmp_path: Path) -> None:
     assert "allowed_origins" in line
 
 
+def test_trusted_proxies_are_networks(tmp_path: Path) -> None:
+    config = load(tmp_path, "server: {trusted_proxies: [10.0.0.0/8, 'fd00::/8']}")
+    assert [str(n) for n in config.server.trusted_proxies] == ["10.0.0.0/8", "fd00::/8"]
+
+    line = problem_at(
+        problems(tmp_path, "server: {trusted_proxies: [the-balancer]}"), "server.trusted_proxies[0]"
+    )
+
+    assert "network" in line
+
+
 def test_wrong_type(tmp_path: Path) -> None:
     line = problem_at(problems(tmp_path, "server: {port: eighty}"), "server.port")
 

@@ -39,6 +39,8 @@ MEANING = {
     409: "Conflict: already taken, window closed, max_active reached or forbidden transition"
     " (`already_taken`, `window_closed`, `max_active_reached`, `invalid_transition`, `conflict`)",
     413: "Body too large (`payload_too_large`)",
+    429: "Over the channel's rate limit (`rate_limited`); `Retry-After` says how many seconds"
+    " to wait. Nothing was stored",
     422: "The same Idempotency-Key was used with a different text, template or attachments"
     " (`idempotency_key_reused`); nothing was sent",
     503: "The store is down or did not answer in time (`store_unavailable`); nothing was"
@@ -460,6 +462,7 @@ def _webchat_paths() -> dict[str, Any]:
                         401,
                         403,
                         413,
+                        429,
                         s400="The body is not a JSON object, or a bad `display_name` or `token`"
                         " (`invalid_request`, `invalid_json`)",
                         s401=VISITOR_401,
@@ -483,6 +486,7 @@ def _webchat_paths() -> dict[str, Any]:
                         401,
                         403,
                         413,
+                        429,
                         503,
                         s400="Bad frame: no `text` or `client_id`, text too long, not JSON",
                         s401=VISITOR_401,
@@ -526,7 +530,9 @@ def _webchat_paths() -> dict[str, Any]:
                 " replayed first, in order. When the store cannot take a message the socket"
                 " sends an `error` frame (`store_unavailable`) and closes with 1013 (try again"
                 " later); on shutdown it closes with 1001. Frames are listed in `x-frames`"
-                " (server to visitor) and `x-client-frames` (visitor to server).",
+                " (server to visitor) and `x-client-frames` (visitor to server). A message over"
+                " the rate limit gets an `error` frame (`rate_limited`, with `retry_after`) and"
+                " is not stored; the socket stays open.",
                 "security": UNAUTHENTICATED,
                 "parameters": [
                     CHANNEL,
@@ -960,6 +966,10 @@ def _schemas() -> dict[str, Any]:
                 "code": {"type": "string"},
                 "message": {"type": "string"},
                 "client_id": {"type": "string"},
+                "retry_after": {
+                    "type": "number",
+                    "description": "`rate_limited`: seconds until the message may be resent",
+                },
             },
             ["type", "code", "message"],
         ),

@@ -219,7 +219,7 @@ class _ContactLocks:
         del self._waiters[key]
 
 
-def _split_url(url: str) -> tuple[str, str]:
+def split_url(url: str) -> tuple[str, str]:
     """Take our own `prefix=` option out of the URL (redis-py refuses unknown options)."""
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
@@ -260,7 +260,7 @@ class RedisStore:
     @classmethod
     def from_url(cls, url: str) -> RedisStore:
         """`redis://host:port/db` (any redis-py URL), plus `?prefix=NAME` for the key prefix."""
-        plain, prefix = _split_url(url)
+        plain, prefix = split_url(url)
         return cls(plain, prefix=prefix)
 
     # keys ----------------------------------------------------------------------------------

@@ -52,6 +52,8 @@ HEARTBEAT = 25.0
 MAX_NAME = 80
 MAX_CLIENT_ID = 100
 CORS_HEADERS = "Authorization, Content-Type"
+TYPING_RATE = "20/minute"
+"""Typing indicators a visitor may send (more are dropped silently: nothing is lost)."""
 WHOLE_HISTORY = "0"
 """`after=0`: every message of the visitor (lower than every message id)."""
 
@@ -82,6 +84,13 @@ def _error(status: int, code: str, message: str) -> web.Response:
 
 
 UNAVAILABLE_MESSAGE = "the store is unavailable; retry (with the same client_id)"
+
+
+def _rate_limited(retry_after: float) -> web.Response:
+    """429 with the wait in `Retry-After` (seconds) and in the message."""
+    response = _error(429, "rate_limited", f"too many requests; retry in {retry_after:.0f} s")
+    response.headers["Retry-After"] = f"{retry_after:.0f}"
+    return response
 
 
 def _static(name: str) -> bytes:
@@ -180,6 +189,15 @@ class WebchatAdapter(BaseAdapter):
         if not self._origin_allowed(request):
             self.context.log.info("webchat.origin_refused", origin=request.headers.get("Origin"))
             return _error(403, "origin_not_allowed", "this site may not use this chat")
+        address = self.context.client_address(request)
+        retry_after = await self.context.limiter.hit(
+            self.config.session_rate_limit, f"webchat:{self.name}:session", address
+        )
+        if retry_after is not None:
+            self.context.log.info(
+                "webchat.rate_limited", limit="session", client=address, retry_after=retry_after
+            )
+            return self._cors(request, _rate_limited(retry_after))
         try:
             body = orjson.loads(await request.read() or b"{}")
         except orjson.JSONDecodeError:
@@ -233,6 +251,9 @@ class WebchatAdapter(BaseAdapter):
             return self._cors(request, _error(400, "invalid_request", str(exc)))
         if message is None:
             return self._cors(request, _error(400, "invalid_request", "type must be 'message'"))
+        retry_after = await self._message_limit(session)
+        if retry_after is not None:
+            return self._cors(request, _rate_limited(retry_after))
         try:
             result = await self.context.inbound.message(message)
         except StoreUnavailable as exc:
@@ -262,6 +283,20 @@ class WebchatAdapter(BaseAdapter):
         except StoreUnavailable as exc:
             return self._cors(request, self._unavailable(exc))
         return self._cors(request, _json({"messages": [visitor_message_json(m) for m in history]}))
+
+    async def _message_limit(self, session: VisitorSession) -> float | None:
+        """Count a visitor message against `message_rate_limit`: the wait if over it."""
+        retry_after = await self.context.limiter.hit(
+            self.config.message_rate_limit, f"webchat:{self.name}:message", session.visitor_id
+        )
+        if retry_after is not None:
+            self.context.log.info(
+                "webchat.rate_limited",
+                limit="message",
+                visitor=session.visitor_id,
+                retry_after=retry_after,
+            )
+        return retry_after
 
     def _unavailable(self, exc: StoreUnavailable) -> web.Response:
         """503 for a request the store could not serve (one log line, no traceback)."""
@@ -427,6 +462,22 @@ class WebchatAdapter(BaseAdapter):
                 orjson.dumps({"type": "error", "code": "invalid_request", "message": text}).decode()
             )
             return
+        if message is not None:
+            retry_after = await self._message_limit(session)
+            if retry_after is not None:
+                # Not stored: the visitor resends it (same client_id) after the wait.
+                await ws.send_str(
+                    orjson.dumps(
+                        {
+                            "type": "error",
+                            "code": "rate_limited",
+                            "client_id": message.extra["client_id"],
+                            "retry_after": retry_after,
+                            "message": f"too many messages; retry in {retry_after:.0f} s",
+                        }
+                    ).decode()
+                )
+                return
         try:
             if message is None:
                 if isinstance(frame, dict) and frame.get("type") == "typing":
@@ -462,6 +513,13 @@ class WebchatAdapter(BaseAdapter):
         )
 
     async def _visitor_typing(self, session: VisitorSession) -> None:
+        """Tell the agents the visitor is typing: a store read and a fan-out to every node, so
+        beyond TYPING_RATE a visitor's typing frames are dropped (the indicator lasts seconds)."""
+        over = await self.context.limiter.hit(
+            TYPING_RATE, f"webchat:{self.name}:typing", session.visitor_id
+        )
+        if over is not None:
+            return
         conversation = await self.context.history.find_open_conversation(
             self.name, session.visitor_id
         )

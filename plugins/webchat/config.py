@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr
 
 from gateway.channels import ChannelConfig
 from gateway.durations import Duration
+from gateway.ratelimit import Rate
 
 
 class WebchatConfig(ChannelConfig):
@@ -18,6 +19,12 @@ class WebchatConfig(ChannelConfig):
     `scheme://host[:port]`, or `"*"`); the gateway's own pages are always allowed. `secret`
     signs visitor tokens; without it a random secret is generated once and kept in the store,
     so tokens stay valid across restarts and nodes.
+
+    Anyone can call a public chat, so two rates bound what one client can make it do (`null`
+    turns one off): `session_rate_limit` per client address on opening or resuming sessions
+    (generous: visitors behind one office NAT share an address; set `server.trusted_proxies`
+    behind a load balancer), `message_rate_limit` per visitor on messages. On the Redis store
+    they hold for the whole cluster.
     """
 
     type: Literal["webchat"] = "webchat"
@@ -27,3 +34,5 @@ class WebchatConfig(ChannelConfig):
     token_ttl: Duration = timedelta(days=30)
     max_text: int = Field(default=4096, ge=1, le=65536)
     title: str = "Chat with us"
+    session_rate_limit: Rate | None = "60/minute"
+    message_rate_limit: Rate | None = "30/minute"

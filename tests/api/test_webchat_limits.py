@@ -1,0 +1,183 @@
+"""Rate limits of the public web chat, over real HTTP and WebSockets, on both stores.
+
+Sessions are counted per client address (through trusted load balancers only), messages per
+visitor; over the rate a request gets 429 with `Retry-After` (a socket frame: an error naming
+the client_id, the socket stays open) and nothing is stored. On Redis the counters are shared:
+two gateways on one Redis enforce one limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from aiohttp import ClientWebSocketResponse
+from structlog.testing import capture_logs
+
+from gateway.config import parse_config
+from gateway.errors import ConfigError
+from gateway.pluginmanager import channel_types, config_models, get_plugin_manager
+from plugins.webchat.config import WebchatConfig
+from tests.api.conftest import BASE_CONFIG, Build, Gateway, GatewayFactory
+from tests.store.redis_server import RedisServer
+
+SITE = '{name: site, type: webchat, no_agent_timeout: 5m, allowed_origins: ["https://shop.example.com"]}'
+
+
+def limited(session: str | None = None, message: str | None = None, proxies: str = "") -> str:
+    """BASE_CONFIG with the web chat's rates (None: the key is left out, the default holds)."""
+    keys = "".join(
+        f", {key}: {value}"
+        for key, value in (("session_rate_limit", session), ("message_rate_limit", message))
+        if value is not None
+    )
+    config = BASE_CONFIG.replace(SITE, SITE[:-1] + keys + "}")
+    assert config != BASE_CONFIG or not keys
+    if proxies:
+        config = config.replace(
+            'server: {public_url: "http://gw.test"}',
+            f'server: {{public_url: "http://gw.test", trusted_proxies: {proxies}}}',
+        )
+    return config
+
+
+async def open_session(gw: Gateway, forwarded_for: str | None = None, **body: Any) -> Any:
+    headers = {"X-Forwarded-For": forwarded_for} if forwarded_for else {}
+    resp = await gw.client.post("/webchat/site/session", json=body, headers=headers)
+    return resp
+
+
+async def next_frame(ws: ClientWebSocketResponse) -> dict[str, Any]:
+    """The next ack or error frame (state updates of the conversation pass by meanwhile)."""
+    async with asyncio.timeout(5):
+        while True:
+            data: dict[str, Any] = json.loads((await ws.receive()).data)
+            if data["type"] in ("ack", "error"):
+                return data
+
+
+async def test_sessions_past_the_rate_get_429_with_retry_after(
+    make_gateway: GatewayFactory,
+) -> None:
+    gw = await make_gateway(limited(session="3/hour"))
+    tokens = []
+    for _ in range(3):
+        resp = await open_session(gw, display_name="Ana")
+        assert resp.status == 201
+        tokens.append((await resp.json())["token"])
+    with capture_logs() as logs:
+        refused = await open_session(gw, display_name="Ana")
+        resumed = await open_session(gw, token=tokens[0])  # resuming counts too
+    for resp in (refused, resumed):
+        assert resp.status == 429
+        body = await resp.json()
+        assert body["error"]["code"] == "rate_limited"
+        assert 1 <= int(resp.headers["Retry-After"]) <= 3600
+    lines = [e for e in logs if e["event"] == "webchat.rate_limited"]
+    assert [(e["limit"], e["client"]) for e in lines] == [("session", "127.0.0.1")] * 2
+
+
+async def test_an_untrusted_peer_cannot_choose_its_address(make_gateway: GatewayFactory) -> None:
+    gw = await make_gateway(limited(session="2/hour"))
+    statuses = [(await open_session(gw, forwarded_for=f"198.51.100.{i}")).status for i in range(3)]
+    assert statuses == [201, 201, 429]
+
+
+async def test_behind_a_trusted_proxy_each_client_has_its_own_count(
+    make_gateway: GatewayFactory,
+) -> None:
+    gw = await make_gateway(limited(session="2/hour", proxies='["127.0.0.0/8"]'))
+    assert (await open_session(gw, forwarded_for="203.0.113.5")).status == 201
+    # What the client wrote left of the address our proxy saw is not believed.
+    assert (await open_session(gw, forwarded_for="10.9.9.9, 203.0.113.5")).status == 201
+    assert (await open_session(gw, forwarded_for="203.0.113.5")).status == 429
+    assert (await open_session(gw, forwarded_for="192.0.2.77, 203.0.113.5")).status == 429
+    assert (await open_session(gw, forwarded_for="203.0.113.6")).status == 201
+    # A chain through two of our proxies still counts the client before them.
+    assert (await open_session(gw, forwarded_for="203.0.113.6, 127.0.0.9")).status == 201
+    assert (await open_session(gw, forwarded_for="203.0.113.6, 127.0.0.9")).status == 429
+
+
+async def test_messages_past_the_rate_are_refused_and_not_stored(
+    make_gateway: GatewayFactory,
+) -> None:
+    gw = await make_gateway(limited(message="2/hour"))
+    visitor = await gw.visitor("Ana")
+    ws = await gw.client.ws_connect(f"/webchat/site/ws?token={visitor['token']}")
+    for n in (1, 2):
+        await ws.send_json({"type": "message", "text": f"hola {n}", "client_id": f"c{n}"})
+        assert (await next_frame(ws))["type"] == "ack"
+    await ws.send_json({"type": "message", "text": "hola 3", "client_id": "c3"})
+    refused = await next_frame(ws)
+    assert refused["type"] == "error" and refused["code"] == "rate_limited"
+    assert refused["client_id"] == "c3" and refused["retry_after"] >= 1
+    await ws.send_str("{not json")  # the socket is still open and answering
+    assert (await next_frame(ws))["code"] == "invalid_request"
+    resp = await gw.client.post(
+        "/webchat/site/messages",
+        json={"text": "hola 4", "client_id": "c4"},
+        headers={"Authorization": f"Bearer {visitor['token']}"},
+    )
+    assert resp.status == 429 and int(resp.headers["Retry-After"]) >= 1
+    assert (await resp.json())["error"]["code"] == "rate_limited"
+    _, inbox = await gw.get("maria", "/api/v1/inbox?state=waiting")
+    _, conversation = await gw.get(
+        "maria", f"/api/v1/conversations/{inbox['conversations'][0]['id']}"
+    )
+    assert [m["text"] for m in conversation["messages"]] == ["hola 1", "hola 2"]
+    other = await gw.visitor("Bea")  # another visitor has a count of their own
+    await gw.visitor_says(other["token"], "hola", "b1")
+    await ws.close()
+
+
+async def test_null_turns_a_limit_off(make_gateway: GatewayFactory) -> None:
+    gw = await make_gateway(limited(session="null", message="null"))
+    statuses = {(await open_session(gw)).status for _ in range(70)}  # above the default 60
+    assert statuses == {201}
+
+
+async def test_two_gateways_on_one_redis_share_the_count(redis_alone: RedisServer) -> None:
+    from aiohttp.test_utils import TestClient
+
+    from tests.api.conftest import start_gateway
+
+    clients: list[TestClient] = []
+    config = limited(session="2/hour").replace("sqlite:///{db}", redis_alone.url)
+    try:
+        node_a = await start_gateway(config, clients)
+        node_b = await start_gateway(config, clients)
+        assert (await open_session(node_a)).status == 201
+        assert (await open_session(node_b)).status == 201
+        assert (await open_session(node_a)).status == 429
+        assert (await open_session(node_b)).status == 429
+    finally:
+        for client in clients:
+            await client.close()
+
+
+async def test_an_unreachable_limiter_lets_visitors_in_and_says_so(
+    build: Build, redis_alone: RedisServer
+) -> None:
+    gw = await build()
+    assert (await open_session(gw)).status == 201
+    redis_alone.kill()
+    with capture_logs() as logs:
+        resp = await open_session(gw, display_name="Ana")
+    assert resp.status == 201  # a session needs no store; a limit must not turn into an outage
+    assert [e["scope"] for e in logs if e["event"] == "ratelimit.storage_unavailable"] == [
+        "webchat:site:session"
+    ]
+
+
+def test_rates_are_config_values_and_a_wrong_one_says_what_is_expected() -> None:
+    models = config_models(channel_types(get_plugin_manager()))
+    text = limited(session='"5 per second"', message="null").replace("{db}", "gw.db")
+    site = parse_config(text, "config.yaml", models, env={}).channels[0]
+    assert isinstance(site, WebchatConfig)
+    assert (site.session_rate_limit, site.message_rate_limit) == ("5 per second", None)
+    with pytest.raises(ConfigError) as caught:
+        parse_config(limited(session="lots"), "config.yaml", models, env={})
+    assert "config.yaml: channels[0].session_rate_limit: " in str(caught.value)
+    assert "expected a rate such as '30/minute'" in str(caught.value)
