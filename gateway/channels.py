@@ -320,6 +320,9 @@ class BaseAdapter:
     max_attachments: int | None = None
     """How many attachments one outbound message may carry (None: no limit). An agent's reply
     with more is stored and sent as several messages, in order (see `Outbound.submit`)."""
+    supports_templates: bool = True
+    """Whether `send` can deliver a `template` (WhatsApp's approved templates); where it
+    cannot, an agent's template is refused with 400 before anything is stored."""
 
     def __init__(self, context: ChannelContext) -> None:
         self.context = context

@@ -232,7 +232,12 @@ class Outbound:
         if request.text and request.template is not None:
             raise InvalidInput('send either "text" or "template", not both')
         conversation = await self._read(conversation_id)
-        limit = getattr(self.adapters[conversation.channel], "max_attachments", None)
+        adapter = self.adapters[conversation.channel]
+        if request.template is not None and not getattr(adapter, "supports_templates", True):
+            raise InvalidInput(
+                f"the {adapter.channel_type} channel has no templates: send text instead"
+            )
+        limit = getattr(adapter, "max_attachments", None)
         parts = self._parts(conversation_id, request, limit)
         keys = _part_keys(idempotency_key, len(parts))
         # Who may send comes first: an idempotent replay answers only a caller who passes it,

@@ -59,6 +59,7 @@ class EmailAdapter(BaseAdapter):
 
     channel_type = "email"
     provider = "imap"
+    supports_templates = False
 
     def __init__(
         self,

@@ -100,6 +100,7 @@ def _static(name: str) -> bytes:
 class WebchatAdapter(BaseAdapter):
     channel_type = "webchat"
     provider = "webchat"
+    supports_templates = False
 
     def __init__(self, context: ChannelContext) -> None:
         super().__init__(context)

@@ -132,3 +132,16 @@ async def test_the_senders_retry_gets_its_first_answer_after_a_close(gw: Gateway
     assert status == 409 and body["error"]["code"] == "invalid_transition"
     status, body = await send(gw, "maria", conv_id, {"text": "Other"}, key="k1")
     assert status == 422 and body["error"]["code"] == "idempotency_key_reused"
+
+
+async def test_a_template_on_a_channel_without_templates_is_refused_before_storing(
+    gw: Gateway,
+) -> None:
+    """The web chat (like email) has no templates: a 400 now, not a 202 that fails later."""
+    conv_id = await accepted_conversation(gw)
+    template = {"template": {"name": "hello", "language": "es", "params": ["Ana"]}}
+    status, body = await send(gw, "maria", conv_id, template, key="t1")
+    assert status == 400, body
+    assert body["error"]["code"] == "invalid_request"
+    assert "webchat channel has no templates" in body["error"]["message"]
+    assert await outbound(gw, conv_id) == []
