@@ -552,10 +552,17 @@ class _Redactor:
         if isinstance(value, str) and value:
             message = message.replace(repr(value), "<value hidden>")
             if len(value) >= self._MIN_VALUE:
-                message = message.replace(value, "<value hidden>")
+                message = self._hide(message, value)
         for secret in self._expanded:
-            message = message.replace(secret, "<value hidden>")
+            message = self._hide(message, secret)
         return message
+
+    @staticmethod
+    def _hide(message: str, value: str) -> str:
+        """Hide `value` where it stands as a word of its own: a wrong `least` must not turn
+        the expected `'least_busy'` into `'<value hidden>_busy'`."""
+        pattern = rf"(?<![\w]){re.escape(value)}(?![\w])"
+        return re.sub(pattern, "<value hidden>", message)
 
 
 def _pydantic_problems(

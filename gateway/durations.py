@@ -12,6 +12,12 @@ _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
+MAX_DAYS = 36_500
+"""The longest duration a config may hold (100 years): past it a timedelta overflows, and no
+timer of ours means anything longer."""
+TOO_LONG = f"a duration can be at most {MAX_DAYS} days"
+
+
 def parse_duration(value: Any) -> timedelta:
     """Parse `30s`, `5m`, `24h`, `1h30m` (or a number of seconds) into a timedelta."""
     if isinstance(value, timedelta):
@@ -21,7 +27,7 @@ def parse_duration(value: Any) -> timedelta:
     if isinstance(value, int | float):
         if value < 0:
             raise ValueError("a duration cannot be negative")
-        return timedelta(seconds=value)
+        return _bounded(float(value))
     if not isinstance(value, str):
         raise ValueError("expected a duration such as 30s, 5m or 24h")
     text = value.strip().lower()
@@ -34,7 +40,14 @@ def parse_duration(value: Any) -> timedelta:
         pos = match.end()
     if pos != len(text) or not text:
         raise ValueError(f"expected a duration such as 30s, 5m or 24h, got {value!r}")
-    return timedelta(seconds=total)
+    return _bounded(total)
+
+
+def _bounded(seconds: float) -> timedelta:
+    # `not <=` also catches NaN (YAML's .nan), which compares false to everything.
+    if not seconds <= MAX_DAYS * 86400:
+        raise ValueError(TOO_LONG)
+    return timedelta(seconds=seconds)
 
 
 def format_duration(value: timedelta) -> str:

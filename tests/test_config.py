@@ -346,6 +346,15 @@ def test_wrong_literal_says_what_is_allowed(tmp_path: Path) -> None:
     assert "'least_busy' or 'round_robin'" in line
 
 
+def test_a_wrong_value_that_is_part_of_an_allowed_one_leaves_it_readable(tmp_path: Path) -> None:
+    """The wrong value is hidden (it may be a secret), but only where it stands on its own."""
+    line = problem_at(
+        problems(tmp_path, "queues: [{name: q, strategy: least}]"), "queues[0].strategy"
+    )
+
+    assert "'least_busy' or 'round_robin'" in line
+
+
 def test_missing_channel_field(tmp_path: Path) -> None:
     text = "channels: [{name: wa, type: whatsapp}]\n" + MINIMAL_QUEUES
 
@@ -359,6 +368,16 @@ def test_bad_duration(tmp_path: Path) -> None:
     )
 
     assert "30s, 5m or 24h" in line
+
+
+@pytest.mark.parametrize("value", ["99999999999999d", ".inf", ".nan", "1.0e+300"])
+def test_a_duration_past_a_century_is_a_problem_not_a_crash(tmp_path: Path, value: str) -> None:
+    line = problem_at(
+        problems(tmp_path, f"presence: {{agent_disconnect_grace: {value}}}"),
+        "presence.agent_disconnect_grace",
+    )
+
+    assert "at most 36500 days" in line
 
 
 def test_store_scheme_refused(tmp_path: Path) -> None:
