@@ -264,7 +264,7 @@ def accept(
                 )
             raise TransitionError("already_taken", "the conversation was taken by another agent")
         raise TransitionError(
-            "invalid_transition", f"a {conversation.state} conversation cannot be accepted"
+            "invalid_transition", f"{_a(conversation.state)} conversation cannot be accepted"
         )
     _require_queue(conversation, agent)
     _require_capacity(agent)
@@ -334,7 +334,7 @@ def close(conversation: Conversation, agent: AgentContext, now: datetime) -> Tra
         )
     if conversation.state not in (State.ACTIVE, State.PENDING):
         raise TransitionError(
-            "invalid_transition", f"a {conversation.state} conversation cannot be closed"
+            "invalid_transition", f"{_a(conversation.state)} conversation cannot be closed"
         )
     _require_assignee(conversation, agent.id)
     after = evolve(
@@ -360,7 +360,7 @@ def transfer(
     """Hand an active or pending conversation to another queue (waiting) or another agent."""
     if conversation.state not in (State.ACTIVE, State.PENDING):
         raise TransitionError(
-            "invalid_transition", f"a {conversation.state} conversation cannot be transferred"
+            "invalid_transition", f"{_a(conversation.state)} conversation cannot be transferred"
         )
     _require_assignee(conversation, agent_id)
     if to_agent is not None:
@@ -497,3 +497,8 @@ def archived_conversation(
     after = evolve(opened.conversation, state=State.CLOSED, closed_at=now)
     event = Event(type="conversation.created", at=now, conversation=after)
     return Transition(after, (event,))
+
+
+def _a(word: str) -> str:
+    """`a waiting`, `an active`: error messages are read by people."""
+    return f"an {word}" if word[:1] in "aeiou" else f"a {word}"

@@ -4,10 +4,10 @@ transfer. Handlers stay thin: parse, authenticate, call `Actions`/`Outbound`, sh
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from gateway.api.http import json_response, read_json
 from gateway.api.serialize import conversation_json, message_json
@@ -37,9 +37,22 @@ class AttachmentBody(BaseModel):
     filename: str | None = Field(default=None, max_length=255)
 
 
+def _readable_text(text: str | None) -> str | None:
+    """A reply a customer can read: not only blanks, and no NUL (which providers refuse and
+    some clients cut the message at)."""
+    if text is not None:
+        if not text.strip():
+            raise ValueError("text is only whitespace")
+        if "\x00" in text:
+            raise ValueError("text contains a NUL character")
+    return text
+
+
 class SendBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    text: str | None = Field(default=None, min_length=1, max_length=MAX_TEXT)
+    text: Annotated[
+        str | None, Field(min_length=1, max_length=MAX_TEXT), AfterValidator(_readable_text)
+    ] = None
     template: TemplateBody | None = None
     attachments: list[AttachmentBody] = Field(default_factory=list, max_length=30)
     html: str | None = Field(default=None, max_length=100_000)

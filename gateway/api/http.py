@@ -120,6 +120,10 @@ class Authenticator:
         agent_id = self._by_digest.get(digest)
         agent = self._agents.get(agent_id) if agent_id else None
         if agent is None:
+            if digest in self._integrators:  # a valid token, of the wrong kind
+                raise GatewayError(
+                    "an integrator token reads GET /api/v1/events only", code="forbidden"
+                )
             raise GatewayError("the token is not valid", code="unauthorized")
         structlog.contextvars.bind_contextvars(agent=agent.id)
         return agent

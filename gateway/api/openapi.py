@@ -976,6 +976,30 @@ def _schemas() -> dict[str, Any]:
     }
 
 
+INTEGRATOR_403 = "An integrator's token: it reads `GET /api/v1/events` only (`forbidden`)"
+
+
+def _integrators_refused(paths: dict[str, Any]) -> dict[str, Any]:
+    """Every agent operation answers an integrator's (valid) token with 403; the event log,
+    which integrators read, is the exception."""
+    for path, operations in paths.items():
+        if path == "/api/v1/events":
+            continue
+        for operation in operations.values():
+            responses = operation["responses"]
+            if "401" not in responses:
+                continue
+            if "403" in responses:
+                described = responses["403"]["description"]
+                responses["403"] = {
+                    **responses["403"],
+                    "description": f"{described}; or: {INTEGRATOR_403}",
+                }
+            else:
+                responses["403"] = {"description": INTEGRATOR_403, **_json(ERROR)}
+    return paths
+
+
 def openapi_document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
@@ -994,7 +1018,7 @@ def openapi_document() -> dict[str, Any]:
             " never lose or rename them.",
         },
         "security": [{"bearer": []}],
-        "paths": {**_agent_paths(), **_webchat_paths(), **_ops_paths()},
+        "paths": {**_integrators_refused(_agent_paths()), **_webchat_paths(), **_ops_paths()},
         "components": {
             "securitySchemes": {
                 "bearer": {

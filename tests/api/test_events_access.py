@@ -69,8 +69,10 @@ async def test_a_long_poll_waits_past_events_the_agent_may_not_see(gw: Gateway) 
 
 
 async def test_an_integrator_token_opens_only_the_event_log(gw: Gateway) -> None:
-    for path in ["/api/v1/inbox?state=waiting", "/api/v1/me"]:
+    # A valid token of the wrong kind: 403 (401 would tell the integrator its token is bad).
+    for path in ["/api/v1/inbox?state=waiting", "/api/v1/me", "/api/v1/stream"]:
         status, body = await gw.get("crm", path)
-        assert status == 401 and body["error"]["code"] == "unauthorized", path
+        assert status == 403 and body["error"]["code"] == "forbidden", path
+        assert "GET /api/v1/events only" in body["error"]["message"]
     status, _ = await gw.get("crm", "/api/v1/events")
     assert status == 200

@@ -116,6 +116,9 @@ async def test_replying_on_an_inactive_conversation_says_it_is_inactive(gw: Gate
     assert "inactive" in body["error"]["message"]
     assert "new conversation" in body["error"]["message"]
     assert await outbound(gw, conv_id) == []
+    status, body = await gw.post("maria", f"/api/v1/conversations/{conv_id}/accept")
+    assert status == 409
+    assert body["error"]["message"] == "an inactive conversation cannot be accepted"
 
 
 async def test_the_senders_retry_gets_its_first_answer_after_a_close(gw: Gateway) -> None:
@@ -144,4 +147,13 @@ async def test_a_template_on_a_channel_without_templates_is_refused_before_stori
     assert status == 400, body
     assert body["error"]["code"] == "invalid_request"
     assert "webchat channel has no templates" in body["error"]["message"]
+    assert await outbound(gw, conv_id) == []
+
+
+async def test_a_reply_of_only_blanks_or_with_a_nul_is_refused(gw: Gateway) -> None:
+    conv_id = await accepted_conversation(gw)
+    for text, reason in (("   \n\t", "only whitespace"), ("a\x00b", "NUL character")):
+        status, body = await send(gw, "maria", conv_id, {"text": text})
+        assert status == 400, body
+        assert reason in body["error"]["message"]
     assert await outbound(gw, conv_id) == []
