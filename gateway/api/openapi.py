@@ -913,6 +913,8 @@ def _schemas() -> dict[str, Any]:
                 "kind": {"type": "string"},
                 "text": NULLABLE_STRING,
                 "sent_at": TIME,
+                "received_at": TIME,
+                "provider_message_id": NULLABLE_STRING,
                 "client_id": NULLABLE_STRING,
                 "status": {
                     "type": ["string", "null"],
@@ -930,7 +932,7 @@ def _schemas() -> dict[str, Any]:
                     ),
                 },
             },
-            ["id", "direction", "kind", "sent_at"],
+            ["id", "direction", "kind", "sent_at", "received_at"],
         ),
         "VisitorSend": {
             "type": "object",

@@ -52,6 +52,9 @@ HEARTBEAT = 25.0
 MAX_NAME = 80
 MAX_CLIENT_ID = 100
 CORS_HEADERS = "Authorization, Content-Type"
+BINARY_REFUSED = orjson.dumps(
+    {"type": "error", "code": "invalid_request", "message": "frames are JSON text, not binary"}
+).decode()
 TYPING_RATE = "20/minute"
 """Typing indicators a visitor may send (more are dropped silently: nothing is lost)."""
 WHOLE_HISTORY = "0"
@@ -66,6 +69,8 @@ def visitor_message_json(message: Message) -> dict[str, Any]:
         "kind": message.kind,
         "text": message.text,
         "sent_at": iso(message.sent_at),
+        "received_at": iso(message.received_at),
+        "provider_message_id": message.provider_message_id,
         "client_id": message.client_id,
         "status": str(message.status) if message.status else None,
         "attachments": [
@@ -219,7 +224,9 @@ class WebchatAdapter(BaseAdapter):
                 return self._cors(
                     request,
                     _error(
-                        400, "invalid_request", f"display_name must be text of at most {MAX_NAME}"
+                        400,
+                        "invalid_request",
+                        f"display_name must be text of at most {MAX_NAME} characters",
                     ),
                 )
             session = VisitorSession(self.name, new_id("v"), (name or "").strip() or None)
@@ -370,6 +377,9 @@ class WebchatAdapter(BaseAdapter):
             async for msg in ws:
                 if msg.type == WSMsgType.TEXT:
                     await self._on_text(ws, session, msg.data)
+                elif msg.type == WSMsgType.BINARY:
+                    self.context.log.info("webchat.bad_frame", visitor=session.visitor_id)
+                    await ws.send_str(BINARY_REFUSED)
                 elif msg.type == WSMsgType.ERROR:
                     break
         finally:

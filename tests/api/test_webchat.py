@@ -47,6 +47,9 @@ async def test_message_ack_and_resend_is_not_a_new_message(gw: Gateway) -> None:
     await ws.send_json({"type": "message", "text": "Hola", "client_id": "u-1"})
     ack = await frame(ws, "ack")
     assert ack["client_id"] == "u-1" and ack["message"]["text"] == "Hola"
+    # The message shape of DESIGN section 5, less what only agents see (agent, raw payload).
+    assert ack["message"]["provider_message_id"] == f"{v['visitor_id']}:u-1"
+    assert ack["message"]["received_at"].endswith("Z")
     await ws.send_json({"type": "message", "text": "Hola", "client_id": "u-1"})
     again = await frame(ws, "ack")
     assert again["message"]["id"] == ack["message"]["id"]
@@ -59,6 +62,12 @@ async def test_message_ack_and_resend_is_not_a_new_message(gw: Gateway) -> None:
     assert error["code"] == "invalid_request"
     await ws.send_json({"type": "message", "text": "no id"})
     assert (await frame(ws, "error"))["code"] == "invalid_request"
+    await ws.send_bytes(b"\x00binary")
+    binary = await frame(ws, "error")
+    assert (binary["code"], binary["message"]) == (
+        "invalid_request",
+        "frames are JSON text, not binary",
+    )
     await ws.close()
 
 
