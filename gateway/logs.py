@@ -11,6 +11,22 @@ import sys
 
 import orjson
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
+
+
+class MalformedRequests(logging.Filter):
+    """aiohttp logs a request it cannot even parse (a bad header, a broken chunk, a request
+    line of garbage) as an error with a traceback, as if it were our bug. It is the client's:
+    one warning line naming the reason, no traceback (aiohttp has already answered 400)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError):
+            record.msg, record.args = "http.malformed_request", ()
+            record.reason = error.message or type(error).__name__
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
 
 
 def configure(level: str = "info", *, json: bool = True) -> None:
@@ -23,11 +39,13 @@ def configure(level: str = "info", *, json: bool = True) -> None:
         structlog.processors.format_exc_info,
     ]
     renderer: structlog.typing.Processor
+    foreign: structlog.typing.Processor
     if json:
         renderer = structlog.processors.JSONRenderer(serializer=orjson.dumps)
+        foreign = structlog.processors.JSONRenderer(serializer=_json_text)
         factory: structlog.typing.WrappedLogger = structlog.BytesLoggerFactory(sys.stderr.buffer)
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=False)
+        renderer = foreign = structlog.dev.ConsoleRenderer(colors=False)
         factory = structlog.PrintLoggerFactory(sys.stderr)
     structlog.configure(
         processors=[*processors, renderer],
@@ -35,6 +53,22 @@ def configure(level: str = "info", *, json: bool = True) -> None:
         logger_factory=factory,
         cache_logger_on_first_use=True,
     )
-    logging.basicConfig(
-        stream=sys.stderr, level=max(numeric, logging.WARNING), format="%(message)s"
+    # Libraries log through the stdlib (aiohttp, redis-py): the same JSON lines as ours, with
+    # the logger's name and any traceback inside the line, so a log collector parses them all.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, foreign],
+            foreign_pre_chain=[
+                structlog.stdlib.add_logger_name,
+                structlog.stdlib.ExtraAdder(),
+                *processors,
+            ],
+        )
     )
+    handler.addFilter(MalformedRequests())
+    logging.basicConfig(handlers=[handler], level=max(numeric, logging.WARNING))
+
+
+def _json_text(value: object, **_: object) -> str:
+    return orjson.dumps(value).decode()

@@ -1,0 +1,46 @@
+"""Requests aiohttp cannot even parse: a 400 and one JSON log line, never a traceback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+
+from tests.server.conftest import ServeProcess
+
+GARBAGE = [
+    b"GARBAGE\r\n\r\n",
+    b"POST /webhooks/site HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+    b"POST /webhooks/site HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n",
+]
+
+
+async def raw_request(base: str, data: bytes) -> bytes:
+    host, port = base.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(data)
+    await writer.drain()
+    async with asyncio.timeout(10):
+        answer = await reader.read(200)
+    writer.close()
+    return answer
+
+
+async def test_unparseable_requests_get_400_and_a_log_line_without_traceback(
+    shipped_gateway: ServeProcess,
+) -> None:
+    for data in GARBAGE:
+        answer = await raw_request(shipped_gateway.base, data)
+        assert answer.split(b" ", 2)[1] == b"400", answer
+    shipped_gateway.proc.send_signal(signal.SIGTERM)
+    assert shipped_gateway.proc.stderr is not None
+    _, err = await asyncio.wait_for(shipped_gateway.proc.communicate(), 30)
+    lines = err.decode().splitlines()
+    assert "Traceback" not in err.decode()
+    records = [json.loads(line) for line in lines]  # every line is one JSON object
+    malformed = [r for r in records if r["event"] == "http.malformed_request"]
+    # aiohttp does not log a request line of garbage at all (scanners, TLS on a plain port).
+    assert len(malformed) == len(GARBAGE) - 1, records
+    assert {r["level"] for r in malformed} == {"warning"}
+    assert all(r["logger"] == "aiohttp.server" and r["reason"] for r in malformed)
