@@ -486,9 +486,12 @@ def _webchat_paths() -> dict[str, Any]:
                         401,
                         403,
                         413,
+                        422,
                         429,
                         503,
                         s400="Bad frame: no `text` or `client_id`, text too long, not JSON",
+                        s422="The `client_id` already stands for a message with another text"
+                        " (`client_id_reused`); nothing was stored",
                         s401=VISITOR_401,
                         s403=ORIGIN_403,
                         s503=WEBCHAT_503,
@@ -532,7 +535,8 @@ def _webchat_paths() -> dict[str, Any]:
                 " later); on shutdown it closes with 1001. Frames are listed in `x-frames`"
                 " (server to visitor) and `x-client-frames` (visitor to server). A message over"
                 " the rate limit gets an `error` frame (`rate_limited`, with `retry_after`) and"
-                " is not stored; the socket stays open.",
+                " is not stored; the socket stays open. So does a used `client_id` with another"
+                " text (`client_id_reused`).",
                 "security": UNAUTHENTICATED,
                 "parameters": [
                     CHANNEL,

@@ -91,6 +91,15 @@ def _error(status: int, code: str, message: str) -> web.Response:
 UNAVAILABLE_MESSAGE = "the store is unavailable; retry (with the same client_id)"
 
 
+CLIENT_ID_REUSED = "this client_id already stands for another message: give each message its own"
+
+
+def _reused(duplicate: bool, stored: Message, sent: InboundMessage) -> bool:
+    """A resend (same client_id) with another text is not a resend but a different message
+    under a used id: it must not be acknowledged as if it had been stored."""
+    return duplicate and stored.text != sent.text
+
+
 def _rate_limited(retry_after: float) -> web.Response:
     """429 with the wait in `Retry-After` (seconds) and in the message."""
     response = _error(429, "rate_limited", f"too many requests; retry in {retry_after:.0f} s")
@@ -266,6 +275,8 @@ class WebchatAdapter(BaseAdapter):
             result = await self.context.inbound.message(message)
         except StoreUnavailable as exc:
             return self._cors(request, self._unavailable(exc))
+        if _reused(result.duplicate, result.message, message):
+            return self._cors(request, _error(422, "client_id_reused", CLIENT_ID_REUSED))
         body = {
             "type": "ack",
             "client_id": message.extra["client_id"],
@@ -513,15 +524,20 @@ class WebchatAdapter(BaseAdapter):
             )
             await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"store unavailable")
             return
-        await ws.send_str(
-            orjson.dumps(
-                {
-                    "type": "ack",
-                    "client_id": message.extra["client_id"],
-                    "message": visitor_message_json(result.message),
-                }
-            ).decode()
-        )
+        if _reused(result.duplicate, result.message, message):
+            answer = {
+                "type": "error",
+                "code": "client_id_reused",
+                "client_id": message.extra["client_id"],
+                "message": CLIENT_ID_REUSED,
+            }
+        else:
+            answer = {
+                "type": "ack",
+                "client_id": message.extra["client_id"],
+                "message": visitor_message_json(result.message),
+            }
+        await ws.send_str(orjson.dumps(answer).decode())
 
     async def _visitor_typing(self, session: VisitorSession) -> None:
         """Tell the agents the visitor is typing: a store read and a fan-out to every node, so

@@ -57,6 +57,18 @@ async def test_message_ack_and_resend_is_not_a_new_message(gw: Gateway) -> None:
     conv_id = inbox["conversations"][0]["id"]
     _, conv = await gw.get("maria", f"/api/v1/conversations/{conv_id}")
     assert [m["text"] for m in conv["messages"]] == ["Hola"]
+    # The same client_id with another text is not a resend: refused, not acked as stored.
+    await ws.send_json({"type": "message", "text": "Adiós", "client_id": "u-1"})
+    reused = await frame(ws, "error")
+    assert (reused["code"], reused["client_id"]) == ("client_id_reused", "u-1")
+    resp = await gw.client.post(
+        "/webchat/site/messages",
+        json={"text": "Adiós", "client_id": "u-1"},
+        headers={"Authorization": f"Bearer {v['token']}"},
+    )
+    assert resp.status == 422 and (await resp.json())["error"]["code"] == "client_id_reused"
+    _, conv = await gw.get("maria", f"/api/v1/conversations/{conv_id}")
+    assert [m["text"] for m in conv["messages"]] == ["Hola"]
     await ws.send_str("{broken")
     error = await frame(ws, "error")
     assert error["code"] == "invalid_request"
