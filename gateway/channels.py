@@ -51,13 +51,14 @@ Optional capabilities an adapter may add, found by `isinstance` on the running a
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import structlog
 from aiohttp import ClientSession, web
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from gateway.clientaddr import Network, client_address
 from gateway.clock import Clock
@@ -75,10 +76,26 @@ from gateway.model import (
 from gateway.ratelimit import RateLimiter
 
 
+def refuse_boolean_number(model: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
+    """pydantic reads `true` as 1 for a number, so `port: true` would listen on port 1; in a
+    config file that is a mistake. Config models call this for every field (mode="before")."""
+    if isinstance(value, bool) and info.field_name is not None:
+        annotation = model.model_fields[info.field_name].annotation
+        kinds = typing.get_args(annotation) or (annotation,)
+        if bool not in kinds and any(kind in (int, float) for kind in kinds):
+            raise ValueError("expected a number, not true or false")
+    return value
+
+
 class ChannelConfig(BaseModel):
     """Fields every channel instance has; a channel type subclasses it with its own fields."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def refuse_boolean_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        return refuse_boolean_number(cls, value, info)
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)
     type: str

@@ -50,11 +50,13 @@ from pydantic import (
     PrivateAttr,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 from pydantic_core import ErrorDetails
 
-from gateway.channels import ChannelConfig
+from gateway.channels import ChannelConfig, refuse_boolean_number
 from gateway.durations import Duration, format_duration
 from gateway.errors import ConfigError
 
@@ -70,6 +72,11 @@ class _Section(BaseModel):
     """Base of every core model: typos are refused and a loaded config cannot change."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def refuse_boolean_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        return refuse_boolean_number(cls, value, info)
 
 
 class ServerConfig(_Section):

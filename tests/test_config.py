@@ -331,6 +331,15 @@ def test_trusted_proxies_are_networks(tmp_path: Path) -> None:
     assert "network" in line
 
 
+def test_true_or_false_for_a_number_is_refused(tmp_path: Path) -> None:
+    """pydantic alone would read `port: true` as port 1."""
+    line = problem_at(problems(tmp_path, "server: {port: true}"), "server.port")
+    assert "expected a number, not true or false" in line
+    text = "agents: [{id: a, token_sha256: '" + "0" * 64 + "', queues: [q], max_active: true}]"
+    line = problem_at(problems(tmp_path, text + "\nqueues: [{name: q}]"), "agents[0].max_active")
+    assert "expected a number, not true or false" in line
+
+
 def test_wrong_type(tmp_path: Path) -> None:
     line = problem_at(problems(tmp_path, "server: {port: eighty}"), "server.port")
 
