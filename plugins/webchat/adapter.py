@@ -457,13 +457,17 @@ class WebchatAdapter(BaseAdapter):
             await self._push(ws, message)
 
     async def _push(self, ws: web.WebSocketResponse, message: Message) -> None:
-        await ws.send_str(
-            orjson.dumps({"type": "message", "message": visitor_message_json(message)}).decode()
-        )
-        if message.direction == Direction.OUT and message.status in (
+        """Push a message; an agent reply reaching the visitor's socket is its delivery, so the
+        visitor sees it `delivered` (as the agent will), not the `queued` it was stored as."""
+        delivering = message.direction == Direction.OUT and message.status in (
             DeliveryState.QUEUED,
             DeliveryState.SENT,
-        ):
+        )
+        shown = visitor_message_json(message)
+        if delivering:
+            shown["status"] = str(DeliveryState.DELIVERED)
+        await ws.send_str(orjson.dumps({"type": "message", "message": shown}).decode())
+        if delivering:
             await self.context.inbound.status(
                 DeliveryStatus(
                     channel=self.name,

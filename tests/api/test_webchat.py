@@ -98,6 +98,7 @@ async def test_agent_reply_is_pushed_live_and_marked_delivered(gw: Gateway) -> N
     assert pushed["message"]["direction"] == "out"
     assert pushed["message"]["text"] == "¿En qué te ayudo?"
     assert "agent" not in pushed["message"] and "raw" not in pushed["message"]
+    assert pushed["message"]["status"] == "delivered"  # the push is the delivery
     await gw.settle()
     _, conv = await gw.get("maria", f"/api/v1/conversations/{conv_id}")
     assert conv["messages"][-1]["status"] == "delivered"
