@@ -83,8 +83,24 @@ def _state(value: str | None) -> State:
         raise InvalidInput(f"state must be one of {allowed}") from None
 
 
+def _once(request: web.Request, name: str) -> str | None:
+    """A query parameter given at most once: `state=waiting&state=active` is ambiguous, and
+    answering for the first would silently drop the second."""
+    values = request.query.getall(name, [])
+    if len(values) > 1:
+        raise InvalidInput(f"give {name} once")
+    return values[0] if values else None
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    value = (_once(request, name) or "false").lower()
+    if value not in ("1", "true", "yes", "0", "false", "no"):
+        raise InvalidInput(f"{name} must be true or false")
+    return value in ("1", "true", "yes")
+
+
 def _limit(request: web.Request) -> int:
-    raw = request.query.get("limit", "200")
+    raw = _once(request, "limit") or "200"
     if not raw.isdigit() or not 1 <= int(raw) <= 1000:
         raise InvalidInput("limit must be a number between 1 and 1000")
     return int(raw)
@@ -131,16 +147,16 @@ async def inbox(request: web.Request) -> web.Response:
     """List conversations by state on the agent's queues; waiting strictly oldest first."""
     runtime = request.app[RUNTIME]
     agent = runtime.auth.agent(request)
-    state = _state(request.query.get("state"))
+    state = _state(_once(request, "state"))
     queues = set(agent.queues)
-    if "queue" in request.query:
-        wanted = request.query["queue"]
+    wanted = _once(request, "queue")
+    if wanted is not None:
         if wanted not in runtime.directory.queues:
             raise NotFound(f"no queue named {wanted!r}")
         if wanted not in agent.queues:
             raise InvalidInput(f"agent {agent.id} is not on queue {wanted!r}", code="not_on_queue")
         queues = {wanted}
-    mine = request.query.get("mine", "").lower() in ("1", "true", "yes")
+    mine = _flag(request, "mine")
     conversations = await runtime.store.list_conversations(
         state, queues=queues, agent=agent.id if mine else None, limit=_limit(request)
     )

@@ -72,6 +72,16 @@ async def test_bad_state_and_queue(gw: Gateway) -> None:
         "code": "not_found",
         "message": "no queue named 'nosuch'",
     }
+    # Ambiguous or unreadable parameters are refused, not read as something else.
+    for query, reason in (
+        ("state=waiting&state=active", "give state once"),
+        ("mine=perhaps", "mine must be true or false"),
+        ("limit=5&limit=6", "give limit once"),
+    ):
+        status, body = await gw.get("maria", f"/api/v1/inbox?{query}")
+        assert status == 400 and body["error"]["message"] == reason, query
+    status, _ = await gw.get("maria", "/api/v1/inbox?mine=false")
+    assert status == 200
 
 
 async def test_routing_sends_price_questions_to_sales(gw: Gateway) -> None:
