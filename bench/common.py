@@ -3,9 +3,11 @@ and a signed Meta Cloud API webhook carrying one text message."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import hashlib
 import hmac
+import shutil
 import socket
 import time
 
@@ -79,3 +81,22 @@ def signed_meta_text(
     body = orjson.dumps(payload)
     digest = hmac.new(app_secret.encode(), body, hashlib.sha256).hexdigest()
     return body, f"sha256={digest}"
+
+
+def add_load_argument(parser: argparse.ArgumentParser) -> None:
+    """`--load auto|wrk|python`: which load generator drives the measured runs (see README)."""
+    parser.add_argument(
+        "--load",
+        choices=["auto", "wrk", "python"],
+        default="auto",
+        help="load generator for the measured runs: wrk (if installed, the default) or our"
+        " Python client, which caps the bare handler and so flatters every ratio",
+    )
+
+
+def resolve_load(args: argparse.Namespace) -> None:
+    """Turn `--load auto` into wrk when it is installed, else the Python client (said so)."""
+    if args.load == "auto":
+        args.load = "wrk" if shutil.which("wrk") else "python"
+        if args.load == "python":
+            print("wrk not found (apt-get install wrk): using the Python load generator")

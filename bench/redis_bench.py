@@ -43,7 +43,7 @@ from pathlib import Path
 
 import aiohttp
 import structlog
-from common import free_port, signed_meta_text, wait_ready
+from common import add_load_argument, free_port, resolve_load, signed_meta_text, wait_ready
 from webhook_bench import Request, load_wrk
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -469,16 +469,9 @@ def main() -> None:
     parser.add_argument("--races", type=int, default=1000)
     parser.add_argument("--racers", type=int, default=4)
     parser.add_argument("--deadlines", type=int, default=10000)
-    parser.add_argument(
-        "--load",
-        choices=["auto", "wrk", "python"],
-        default="auto",
-        help="load generator for the webhook runs: wrk if installed (the default), or our"
-        " Python client, which caps the bare handler and flatters every ratio",
-    )
+    add_load_argument(parser)
     args = parser.parse_args()
-    if args.load == "auto":
-        args.load = "wrk" if shutil.which("wrk") else "python"
+    resolve_load(args)
     if args.load == "wrk":
         args.requests = max(args.requests, int(6000 * args.seconds))
     asyncio.run(main_async(args))

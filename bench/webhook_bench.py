@@ -49,7 +49,7 @@ from typing import IO, cast
 
 import aiohttp
 import orjson
-from common import free_port, signed_meta_text
+from common import add_load_argument, free_port, resolve_load, signed_meta_text
 
 APP_SECRET = "bench-app-secret"
 PHONE_NUMBER_ID = "1065400000000"
@@ -606,22 +606,13 @@ def main() -> int:
         default=ROOT,
         help="run the gateway of this checkout (e.g. a git worktree, to compare versions)",
     )
-    parser.add_argument(
-        "--load",
-        choices=["auto", "wrk", "python"],
-        default="auto",
-        help="load generator for the measured runs: wrk (if installed, the default) or our"
-        " Python client, which caps the bare handler and so flatters the ratio",
-    )
+    add_load_argument(parser)
     parser.add_argument(
         "--wrk-seconds", type=int, default=3, help="length of each measured wrk run"
     )
     parser.add_argument("--serve-bare", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.load == "auto":
-        args.load = "wrk" if shutil.which("wrk") else "python"
-        if args.load == "python":
-            print("wrk not found (apt-get install wrk): using the Python load generator")
+    resolve_load(args)
     if args.serve_bare:
         serve_bare(args.serve_bare)
         return 0

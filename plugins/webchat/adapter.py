@@ -52,9 +52,6 @@ HEARTBEAT = 25.0
 MAX_NAME = 80
 MAX_CLIENT_ID = 100
 CORS_HEADERS = "Authorization, Content-Type"
-BINARY_REFUSED = orjson.dumps(
-    {"type": "error", "code": "invalid_request", "message": "frames are JSON text, not binary"}
-).decode()
 TYPING_RATE = "20/minute"
 """Typing indicators a visitor may send (more are dropped silently: nothing is lost)."""
 WHOLE_HISTORY = "0"
@@ -98,6 +95,20 @@ def _reused(duplicate: bool, stored: Message, sent: InboundMessage) -> bool:
     """A resend (same client_id) with another text is not a resend but a different message
     under a used id: it must not be acknowledged as if it had been stored."""
     return duplicate and stored.text != sent.text
+
+
+async def _send_error(
+    ws: web.WebSocketResponse,
+    code: str,
+    message: str,
+    client_id: str | None = None,
+    **details: Any,
+) -> None:
+    """An `error` frame: the code, a sentence for people, and the client_id it is about."""
+    frame: dict[str, Any] = {"type": "error", "code": code, "message": message}
+    if client_id is not None:
+        frame["client_id"] = client_id
+    await ws.send_str(orjson.dumps({**frame, **details}).decode())
 
 
 def _rate_limited(retry_after: float) -> web.Response:
@@ -390,7 +401,7 @@ class WebchatAdapter(BaseAdapter):
                     await self._on_text(ws, session, msg.data)
                 elif msg.type == WSMsgType.BINARY:
                     self.context.log.info("webchat.bad_frame", visitor=session.visitor_id)
-                    await ws.send_str(BINARY_REFUSED)
+                    await _send_error(ws, "invalid_request", "frames are JSON text, not binary")
                 elif msg.type == WSMsgType.ERROR:
                     break
         finally:
@@ -484,64 +495,40 @@ class WebchatAdapter(BaseAdapter):
         except (orjson.JSONDecodeError, InvalidInput) as exc:
             text = str(exc) if isinstance(exc, InvalidInput) else "the frame is not valid JSON"
             self.context.log.info("webchat.bad_frame", visitor=session.visitor_id)
-            await ws.send_str(
-                orjson.dumps({"type": "error", "code": "invalid_request", "message": text}).decode()
-            )
+            await _send_error(ws, "invalid_request", text)
             return
-        if message is not None:
-            retry_after = await self._message_limit(session)
-            if retry_after is not None:
-                # Not stored: the visitor resends it (same client_id) after the wait.
-                await ws.send_str(
-                    orjson.dumps(
-                        {
-                            "type": "error",
-                            "code": "rate_limited",
-                            "client_id": message.extra["client_id"],
-                            "retry_after": retry_after,
-                            "message": f"too many messages; retry in {retry_after:.0f} s",
-                        }
-                    ).decode()
-                )
-                return
-        try:
-            if message is None:
-                if isinstance(frame, dict) and frame.get("type") == "typing":
+        if message is None:
+            if isinstance(frame, dict) and frame.get("type") == "typing":
+                try:
                     await self._visitor_typing(session)
-                return
+                except StoreUnavailable as exc:  # a typing indicator lost: nothing to retry
+                    self.context.log.warning(
+                        "webchat.store_unavailable", channel=self.name, error=str(exc)
+                    )
+            return
+        client_id = message.extra["client_id"]
+        retry_after = await self._message_limit(session)
+        if retry_after is not None:
+            # Not stored: the visitor resends it (same client_id) after the wait.
+            text = f"too many messages; retry in {retry_after:.0f} s"
+            await _send_error(ws, "rate_limited", text, client_id, retry_after=retry_after)
+            return
+        try:
             result = await self.context.inbound.message(message)
         except StoreUnavailable as exc:
             self.context.log.warning("webchat.store_unavailable", channel=self.name, error=str(exc))
-            if message is None:  # a typing indicator lost: nothing to retry
-                return
             # The socket's answer to a 503: say why, then close so that the widget reconnects
             # (with backoff) and resends what was not acknowledged.
-            await ws.send_str(
-                orjson.dumps(
-                    {
-                        "type": "error",
-                        "code": "store_unavailable",
-                        "client_id": message.extra["client_id"],
-                        "message": UNAVAILABLE_MESSAGE,
-                    }
-                ).decode()
-            )
+            await _send_error(ws, "store_unavailable", UNAVAILABLE_MESSAGE, client_id)
             await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"store unavailable")
             return
         if _reused(result.duplicate, result.message, message):
-            answer = {
-                "type": "error",
-                "code": "client_id_reused",
-                "client_id": message.extra["client_id"],
-                "message": CLIENT_ID_REUSED,
-            }
-        else:
-            answer = {
-                "type": "ack",
-                "client_id": message.extra["client_id"],
-                "message": visitor_message_json(result.message),
-            }
-        await ws.send_str(orjson.dumps(answer).decode())
+            await _send_error(ws, "client_id_reused", CLIENT_ID_REUSED, client_id)
+            return
+        shown = visitor_message_json(result.message)
+        await ws.send_str(
+            orjson.dumps({"type": "ack", "client_id": client_id, "message": shown}).decode()
+        )
 
     async def _visitor_typing(self, session: VisitorSession) -> None:
         """Tell the agents the visitor is typing: a store read and a fan-out to every node, so
