@@ -69,6 +69,18 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
             "http.refused", method=request.method, path=request.path, status=status, code=exc.code
         )
         response = error_response(status, exc.code, exc.message or exc.code)
+    except web.RequestPayloadError as exc:
+        # The body could not be read as sent: a Content-Encoding that does not decode, a
+        # chunked body cut short. The client's fault, and nothing was read, so nothing stored.
+        log.info(
+            "http.refused", method=request.method, path=request.path, status=400, reason=str(exc)
+        )
+        response = error_response(400, "invalid_request", f"the body could not be read: {exc}")
+        # Nothing more of it can be read: say so, or aiohttp tries to drain the rest after our
+        # answer, fails the same way and logs that as an unhandled exception. The connection
+        # cannot carry another request either (where would it start?): close it.
+        request.content.feed_eof()
+        response.force_close()
     except web.HTTPException as exc:
         if exc.status < 400 or exc.content_type == "application/json":
             raise

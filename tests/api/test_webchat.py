@@ -322,3 +322,17 @@ async def test_typing_flows_both_ways(gw: Gateway) -> None:
     assert (await frame(ws, "typing"))["active"] is True
     await ws.close()
     await agent_ws.close()
+
+
+async def test_a_body_whose_content_encoding_does_not_decode_is_a_400(gw: Gateway) -> None:
+    """aiohttp fails reading it; that is the client's mistake, not a 500."""
+    for encoding in ("gzip", "deflate"):
+        resp = await gw.client.post(
+            "/webchat/site/session",
+            data=b"not compressed at all",
+            headers={"Content-Type": "application/json", "Content-Encoding": encoding},
+        )
+        assert resp.status == 400, await resp.text()
+        body = await resp.json()
+        assert body["error"]["code"] == "invalid_request"
+        assert "body could not be read" in body["error"]["message"]
