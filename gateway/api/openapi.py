@@ -889,7 +889,9 @@ def _schemas() -> dict[str, Any]:
                 "agent": {"type": "string"},
                 "cursor": {
                     **NULLABLE_STRING,
-                    "description": "The newest event this node had fanned out when the socket opened",
+                    "description": "Where this stream starts: every event after it follows"
+                    " (the `after` given, else the newest event this node had fanned out when"
+                    " the socket opened)",
                 },
             },
             ["type", "agent", "cursor"],

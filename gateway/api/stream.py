@@ -109,7 +109,10 @@ async def _pump(
     """Replay from `after`, then forward live events; on overflow re-read from the store."""
     cursor = after
     try:
-        await _send(ws, {"type": "hello", "agent": agent.id, "cursor": runtime.hub.cursor})
+        # The position the stream starts from: every event after it follows, replayed or
+        # live. (The newest cursor here would tell a client that records it to skip a replay.)
+        start = after if after is not None else runtime.hub.cursor
+        await _send(ws, {"type": "hello", "agent": agent.id, "cursor": start})
         while True:
             if cursor is not None:
                 cursor = await _replay(ws, runtime, accept, cursor)
