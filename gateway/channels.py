@@ -152,6 +152,10 @@ class MessageHistory(Protocol):
 
     async def get_message(self, message_id: str) -> Message | None: ...
 
+    async def find_message(self, channel: str, provider_message_id: str) -> Message | None:
+        """The message stored under a provider's id on a channel (a resend's original)."""
+        ...
+
     async def list_contact_messages(
         self, channel: str, address: str, *, after: str | None = None, limit: int = 1000
     ) -> list[Message]: ...
@@ -339,7 +343,9 @@ class BaseAdapter:
     with more is stored and sent as several messages, in order (see `Outbound.submit`)."""
     supports_templates: bool = True
     """Whether `send` can deliver a `template` (WhatsApp's approved templates); where it
-    cannot, an agent's template is refused with 400 before anything is stored."""
+    cannot, an agent's template is refused with 400 before anything is stored. An adapter may
+    also define `check_template(template)`, raising InvalidInput for one it cannot send (a
+    Twilio template's name must be a Content SID), checked at the same point."""
 
     def __init__(self, context: ChannelContext) -> None:
         self.context = context

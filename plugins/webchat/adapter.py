@@ -279,7 +279,7 @@ class WebchatAdapter(BaseAdapter):
             return self._cors(request, _error(400, "invalid_request", str(exc)))
         if message is None:
             return self._cors(request, _error(400, "invalid_request", "type must be 'message'"))
-        retry_after = await self._message_limit(session)
+        retry_after = await self._message_limit(session, message)
         if retry_after is not None:
             return self._cors(request, _rate_limited(retry_after))
         try:
@@ -314,11 +314,17 @@ class WebchatAdapter(BaseAdapter):
             return self._cors(request, self._unavailable(exc))
         return self._cors(request, _json({"messages": [visitor_message_json(m) for m in history]}))
 
-    async def _message_limit(self, session: VisitorSession) -> float | None:
-        """Count a visitor message against `message_rate_limit`: the wait if over it."""
+    async def _message_limit(
+        self, session: VisitorSession, message: InboundMessage
+    ) -> float | None:
+        """Count a visitor message against `message_rate_limit`: the wait if over it. A resend
+        of a message already stored is let through (it stores nothing, and its ack may be
+        what the visitor lost), so a visitor over the rate still gets that confirmation."""
         retry_after = await self.context.limiter.hit(
             self.config.message_rate_limit, f"webchat:{self.name}:message", session.visitor_id
         )
+        if retry_after is not None and await self._stored(message):
+            return None
         if retry_after is not None:
             self.context.log.info(
                 "webchat.rate_limited",
@@ -327,6 +333,15 @@ class WebchatAdapter(BaseAdapter):
                 retry_after=retry_after,
             )
         return retry_after
+
+    async def _stored(self, message: InboundMessage) -> bool:
+        """Whether this visitor message is stored already (a resend); no on a store outage,
+        where the limit then answers as for a new message."""
+        try:
+            found = await self.context.history.find_message(self.name, message.provider_message_id)
+        except StoreUnavailable:
+            return False
+        return found is not None
 
     def _unavailable(self, exc: StoreUnavailable) -> web.Response:
         """503 for a request the store could not serve (one log line, no traceback)."""
@@ -507,7 +522,7 @@ class WebchatAdapter(BaseAdapter):
                     )
             return
         client_id = message.extra["client_id"]
-        retry_after = await self._message_limit(session)
+        retry_after = await self._message_limit(session, message)
         if retry_after is not None:
             # Not stored: the visitor resends it (same client_id) after the wait.
             text = f"too many messages; retry in {retry_after:.0f} s"
