@@ -12,6 +12,9 @@ waiting after a few seconds: Twilio after 15 s in all).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from aiohttp import web
 
 from gateway.channels import (
@@ -28,7 +31,7 @@ from plugins.whatsapp.config import WhatsAppConfig
 from plugins.whatsapp.meta_provider import MetaProvider
 from plugins.whatsapp.parsed import MalformedPayload, ParseResult
 from plugins.whatsapp.provider import Provider
-from plugins.whatsapp.twilio_provider import TwilioProvider
+from plugins.whatsapp.twilio_provider import TwilioProvider, check_content_sid
 from plugins.whatsapp.webhook_http import BodyTooLarge, json_error, read_body
 
 UNREACHABLE_AFTER = 3
@@ -57,6 +60,11 @@ class WhatsAppAdapter(BaseAdapter):
         self._aliases = ContactAliases(context.kv, self.name)
         self._transient_failures = 0
         self._last_transient = ""
+
+    def check_template(self, template: Mapping[str, Any]) -> None:
+        """Refuse (InvalidInput: a 400 to the agent) a template this provider cannot send."""
+        if self.config.provider == "twilio":
+            check_content_sid(template)
 
     async def handle_webhook(self, request: web.Request) -> web.StreamResponse:
         if request.method == "GET":

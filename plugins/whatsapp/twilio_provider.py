@@ -8,6 +8,8 @@ its HTTP client runs on the gateway's shared aiohttp session (twilio_http.py), a
 from __future__ import annotations
 
 import asyncio
+import re
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl
@@ -20,7 +22,7 @@ from twilio.rest import Client
 from yarl import URL
 
 from gateway.channels import ChannelContext, SendResult
-from gateway.errors import PermanentChannelError, TransientChannelError
+from gateway.errors import InvalidInput, PermanentChannelError, TransientChannelError
 from gateway.model import Conversation, DeliveryState, Message
 from plugins.whatsapp.config import WhatsAppConfig
 from plugins.whatsapp.media import TWILIO_MEDIA_HOSTS, HostPolicy, Media, download
@@ -56,6 +58,19 @@ def content_variables(params: Any) -> str | None:
     else:
         raise PermanentChannelError("template params must be a list or an object")
     return orjson.dumps(mapping).decode()
+
+
+CONTENT_SID = re.compile(r"HX[0-9a-fA-F]{32}")
+
+
+def check_content_sid(template: Mapping[str, Any]) -> None:
+    """Twilio sends a WhatsApp template by its Content SID: refuse anything else at once
+    (400 to the agent), not after a round trip to Twilio that can only fail."""
+    name = template.get("name")
+    if not isinstance(name, str) or not CONTENT_SID.fullmatch(name):
+        raise InvalidInput(
+            "on Twilio a template's name is its Content SID: HX followed by 32 hex digits"
+        )
 
 
 def twilio_send_params(

@@ -39,6 +39,25 @@ async def test_text_and_template_together_are_refused(channel: str, wa: WaGatewa
     assert status == 202 and body["message"]["text"] == "Hola", body
 
 
+async def test_a_twilio_template_named_other_than_a_content_sid_is_refused_at_once(
+    wa: WaGateway,
+) -> None:
+    """Twilio sends a WhatsApp template by Content SID (HX...): a name it cannot know is a 400
+    to the agent, with nothing stored or sent, not a 202 that Twilio would fail later."""
+    conversation_id = await wa.open_conversation(TWILIO, pid="in-1")
+    before = await wa.counts()
+    named = {**TEMPLATE, "name": "order_update"}
+    status, body = await wa.reply(conversation_id, {"template": named})
+    assert status == 400, body
+    assert "Content SID" in body["error"]["message"]
+    await wa.gw.settle()
+    assert await wa.counts() == before and wa.fake(TWILIO).calls == []
+    # The Cloud API names templates; the same name is fine there.
+    meta_conversation = await wa.open_conversation(META, pid="in-2")
+    status, body = await wa.reply(meta_conversation, {"template": named})
+    assert status == 202, body
+
+
 async def test_a_split_request_replays_only_when_identical(wa: WaGateway) -> None:
     """Meta carries one medium per message: the parts are stored under KEY#1, KEY#2, ... and a
     request reusing the key must match every part, and be split the same way."""
