@@ -151,11 +151,15 @@ def _message(
     message_id = msg.get("id")
     if not message_id:
         raise ValueError("message without id")
-    phone = _opt_str(msg.get("from"))
-    user_id = _opt_str(msg.get("from_user_id"))
+    phone = _identifier(msg, "from")
+    user_id = _identifier(msg, "from_user_id")
     contact = _find_contact(contacts, phone, user_id)
     address = _address(phone, user_id, contact)
-    profile = obj(contact, "profile")
+    # A broken `contacts[]` entry costs the display name, not the message: the sender is
+    # known from the message's own `from`.
+    profile = contact.get("profile")
+    if not isinstance(profile, dict):
+        profile = {}
     content = content_of(msg)
     extra = {**content.extra, **_identity(contact, msg, profile)}
     if msg.get("errors"):
@@ -186,7 +190,7 @@ def _inbound(
         channel_type="whatsapp",
         provider=PROVIDER,
         provider_message_id=message_id,
-        contact=Contact(address=address, display_name=_opt_str(profile.get("name")) or None),
+        contact=Contact(address=address, display_name=_display_name(profile)),
         sent_at=from_unix(msg.get("timestamp"), now),
         kind=content.kind,
         text=content.text,
@@ -212,8 +216,22 @@ def _address(phone: str | None, user_id: str | None, contact: dict[str, Any]) ->
     raise ValueError("message without sender (`from` / `from_user_id`)")
 
 
-def _opt_str(value: Any) -> str | None:
-    return str(value) if value not in (None, "") else None
+def _identifier(msg: dict[str, Any], key: str) -> str | None:
+    """A sender id (`from`, `from_user_id`): text (a number is taken as its digits); anything
+    else makes the item malformed rather than an address like "{'x': 1}"."""
+    value = msg.get(key)
+    if value is None or value == "":
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        raise ValueError(f"`{key}` is not a string")
+    return value
+
+
+def _display_name(profile: dict[str, Any]) -> str | None:
+    name = profile.get("name")
+    return name if isinstance(name, str) and name else None
 
 
 def _identity(

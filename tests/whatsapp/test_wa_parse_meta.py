@@ -389,6 +389,29 @@ def test_batch_with_bad_items_keeps_the_rest() -> None:
     ]
 
 
+def test_a_broken_contact_entry_costs_the_name_not_the_message() -> None:
+    payload = json.loads((META_DIR / "msg_text.json").read_bytes())
+    value = payload["entry"][0]["changes"][0]["value"]
+    message = value["messages"][0]
+    value["contacts"] = [{"profile": "x", "wa_id": message["from"]}]
+    result = parse_meta_payload(payload, channel="c", now=NOW)
+    assert [m.provider_message_id for m in result.messages] == [message["id"]]
+    assert result.messages[0].contact.address == "+" + message["from"]
+    assert result.messages[0].contact.display_name is None
+    assert result.problems == []
+
+
+def test_a_sender_that_is_not_text_is_a_malformed_item() -> None:
+    payload = json.loads((META_DIR / "msg_text.json").read_bytes())
+    value = payload["entry"][0]["changes"][0]["value"]
+    good = value["messages"][0]
+    value["messages"] = [good | {"id": "wamid.obj", "from": {"x": 1}}, good]
+    result = parse_meta_payload(payload, channel="c", now=NOW)
+    assert [m.provider_message_id for m in result.messages] == [good["id"]]
+    assert [p.where for p in result.problems] == ["entry[0].changes[0].messages[0]"]
+    assert "`from` is not a string" in result.problems[0].reason
+
+
 def test_foreign_phone_number_is_skipped() -> None:
     path = META_DIR / "msg_text.json"
     mine = parse_meta_body(path.read_bytes(), channel="c", now=NOW, phone_number_id="1122334455667")
