@@ -5,6 +5,7 @@ transfer. Handlers stay thin: parse, authenticate, call `Actions`/`Outbound`, sh
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
@@ -28,13 +29,40 @@ class TemplateBody(BaseModel):
     params: list[str] = Field(default_factory=list, max_length=50)
 
 
+AttachmentKind = Literal["image", "audio", "video", "document", "sticker", "file"]
+
+
+def _public_url(url: str) -> str:
+    """Providers fetch an outbound attachment by its URL (and the email channel downloads it):
+    only an absolute http(s) URL means anything to them; `file:` or a bare path never can."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("an attachment url is an absolute http:// or https:// URL")
+    return url
+
+
 class AttachmentBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    kind: Literal["image", "audio", "video", "document", "sticker", "file"] = "document"
-    url: str = Field(min_length=1, max_length=2048)
-    mime_type: str | None = None
+    kind: AttachmentKind | None = None
+    url: Annotated[str, Field(min_length=1, max_length=2048), AfterValidator(_public_url)]
+    mime_type: str | None = Field(default=None, max_length=255)
     caption: str | None = Field(default=None, max_length=1024)
     filename: str | None = Field(default=None, max_length=255)
+
+    @property
+    def resolved_kind(self) -> AttachmentKind:
+        """The kind given, else the one its MIME type says (an `image/jpeg` is an image, not
+        a file to download), else `document`."""
+        if self.kind is not None:
+            return self.kind
+        family = (self.mime_type or "").partition("/")[0].lower()
+        if family == "image":
+            return "image"
+        if family == "audio":
+            return "audio"
+        if family == "video":
+            return "video"
+        return "document"
 
 
 def _readable_text(text: str | None) -> str | None:
@@ -270,7 +298,7 @@ async def send(request: web.Request) -> web.Response:
             template=body.template.model_dump() if body.template else None,
             attachments=tuple(
                 Attachment(
-                    kind=a.kind,
+                    kind=a.resolved_kind,
                     url=a.url,
                     mime_type=a.mime_type,
                     caption=a.caption,

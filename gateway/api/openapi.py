@@ -812,9 +812,15 @@ def _schemas() -> dict[str, Any]:
                 "kind": {
                     "type": "string",
                     "enum": ["image", "audio", "video", "document", "sticker", "file"],
-                    "default": "document",
+                    "description": "Absent: what `mime_type` says (image/*, audio/*, video/*),"
+                    " else `document`",
                 },
-                "url": {"type": "string", "minLength": 1, "maxLength": 2048},
+                "url": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": 2048,
+                    "description": "Absolute http:// or https:// URL the provider can fetch",
+                },
                 "mime_type": NULLABLE_STRING,
                 "caption": {"type": ["string", "null"], "maxLength": 1024},
                 "filename": {"type": ["string", "null"], "maxLength": 255},

@@ -157,3 +157,25 @@ async def test_a_reply_of_only_blanks_or_with_a_nul_is_refused(gw: Gateway) -> N
         assert status == 400, body
         assert reason in body["error"]["message"]
     assert await outbound(gw, conv_id) == []
+
+
+async def test_attachment_urls_must_be_public_http_and_kinds_follow_the_mime_type(
+    gw: Gateway,
+) -> None:
+    conv_id = await accepted_conversation(gw)
+    for url in ("file:///etc/passwd", "not a url", "/media/x.jpg", "ftp://example.com/x"):
+        status, body = await send(gw, "maria", conv_id, {"attachments": [{"url": url}]})
+        assert status == 400, (url, body)
+        assert "absolute http:// or https:// URL" in body["error"]["message"]
+    assert await outbound(gw, conv_id) == []
+    files = [
+        {"url": "https://example.com/a.jpg", "mime_type": "image/jpeg"},
+        {"url": "https://example.com/a.ogg", "mime_type": "audio/ogg"},
+        {"url": "https://example.com/a.pdf", "mime_type": "application/pdf"},
+        {"url": "https://example.com/a.bin"},
+        {"url": "https://example.com/b.jpg", "mime_type": "image/jpeg", "kind": "document"},
+    ]
+    status, body = await send(gw, "maria", conv_id, {"text": "files", "attachments": files})
+    assert status == 202, body
+    kinds = [a["kind"] for a in body["message"]["attachments"]]
+    assert kinds == ["image", "audio", "document", "document", "document"]
