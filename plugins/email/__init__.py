@@ -15,7 +15,8 @@ What the core gives `send(conversation, message)` (all optional):
 - `message.extra["subject"]`: an explicit subject, kept verbatim (else
   `Re: <conversation.subject>`);
 - `message.extra["html"]`: an HTML body (else one is rendered from `message.text`);
-- `message.attachments[*].url`: where to download each outbound file (via `context.http`).
+- `message.attachments[*].url`: where to download each outbound file: a host in the channel's
+  `attachment_hosts`, or one with public addresses only (see `plugins.email.fetch`).
 
 Without any of these threading facts, the adapter threads on the newest mail it stored from
 that address.

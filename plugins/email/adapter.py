@@ -46,6 +46,7 @@ from plugins.email.compose import (
 from plugins.email.config import EmailConfig
 from plugins.email.cursor import Cursor, live_key, load_cursor, save_cursor
 from plugins.email.deliver import Delivered, deliver_batch
+from plugins.email.fetch import AttachmentFetcher
 from plugins.email.imap import ImapSession
 from plugins.email.smtp import submit
 from plugins.email.threads import recall
@@ -86,6 +87,7 @@ class EmailAdapter(BaseAdapter):
         self._connected = False
         self._detail = "not started"
         self._log = context.log.bind(channel=self.name, channel_type="email")
+        self._fetcher = AttachmentFetcher(self.config.attachment_hosts, lambda: context.http)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -112,6 +114,7 @@ class EmailAdapter(BaseAdapter):
                 await task
             if self._storing.locked():
                 self._storing.release()
+        await self._fetcher.close()
         self._connected = False
         self._detail = "stopped"
 
@@ -321,7 +324,7 @@ class EmailAdapter(BaseAdapter):
             raise PermanentChannelError("email: attachment has no url to fetch it from")
         limit = self.config.max_attachment_bytes
         try:
-            async with self.context.http.get(attachment.url) as response:
+            async with await self._fetcher.open(attachment.url) as response:
                 if response.status >= 500 or response.status == 429:
                     raise TransientChannelError(f"email: attachment fetch: HTTP {response.status}")
                 if response.status >= 400:

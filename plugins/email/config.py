@@ -95,6 +95,10 @@ class EmailConfig(ChannelConfig):
     imap: ImapSettings
     smtp: SmtpSettings
     max_attachment_bytes: int = Field(default=25 * 1024 * 1024, ge=0)
+    attachment_hosts: list[str] = Field(default_factory=list)
+    """Hosts an agent's outbound attachment may be fetched from even at a private address
+    (your own file server: `files.internal`, or `.internal` for its subdomains). Any other
+    host must resolve to public addresses only (see plugins.email.fetch)."""
 
     @property
     def domain(self) -> str:

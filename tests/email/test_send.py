@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from email import policy
 from email.headerregistry import Address
@@ -214,9 +215,19 @@ def test_continue_thread_puts_older_ids_first() -> None:
 # -- SMTP through the adapter -------------------------------------------------------------
 
 
-def smtp_adapter(make_adapter: Any, smtp_server: SmtpServer, **kwargs: Any) -> Any:
+def smtp_adapter(
+    make_adapter: Any,
+    smtp_server: SmtpServer,
+    attachment_hosts: list[str] | None = None,
+    **kwargs: Any,
+) -> Any:
     imap = {"host": "127.0.0.1", "port": 1, "tls": "none", "username": "u", "password": "p"}
-    config = email_config(imap, smtp_server.smtp_settings(), from_name="ACME Support")
+    config = email_config(
+        imap,
+        smtp_server.smtp_settings(),
+        from_name="ACME Support",
+        attachment_hosts=attachment_hosts or [],
+    )
     return make_adapter(config, **kwargs)
 
 
@@ -338,29 +349,62 @@ async def test_invalid_recipient_is_permanent(make_adapter: Any, smtp_server: Sm
     assert smtp_server.handler.messages == []
 
 
-async def test_attachments_are_fetched_and_attached(
-    make_adapter: Any, smtp_server: SmtpServer, http: aiohttp.ClientSession
-) -> None:
+@pytest.fixture
+async def file_server() -> AsyncIterator[int]:
+    """A file server on 127.0.0.1 (a private address, as an internal file server would be):
+    `/files/invoice.pdf`, and `/moved` redirecting to it by the name `localhost`."""
     app = web.Application()
 
     async def invoice(_request: web.Request) -> web.Response:
         return web.Response(body=b"%PDF-1.4 fake", content_type="application/pdf")
 
+    port = free_port()
+
+    async def moved(_request: web.Request) -> web.Response:
+        raise web.HTTPFound(f"http://localhost:{port}/files/invoice.pdf")
+
     app.router.add_get("/files/invoice.pdf", invoice)
+    app.router.add_get("/moved", moved)
     runner = web.AppRunner(app)
     await runner.setup()
-    port = free_port()
-    site = web.TCPSite(runner, "127.0.0.1", port)
-    await site.start()
-    try:
-        adapter = smtp_adapter(make_adapter, smtp_server, http=http)
-        attachment = Attachment(kind="document", url=f"http://127.0.0.1:{port}/files/invoice.pdf")
-        await adapter.send(conversation(), agent_message(attachments=(attachment,)))
-        missing = Attachment(kind="document", url=f"http://127.0.0.1:{port}/nope.pdf")
-        with pytest.raises(PermanentChannelError):
-            await adapter.send(conversation(), agent_message(attachments=(missing,)))
-    finally:
-        await runner.cleanup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    yield port
+    await runner.cleanup()
+
+
+async def test_attachments_from_a_private_address_need_the_host_listed(
+    make_adapter: Any, smtp_server: SmtpServer, http: aiohttp.ClientSession, file_server: int
+) -> None:
+    """An agent's attachment URL must not make the gateway a way into its own network."""
+    adapter = smtp_adapter(make_adapter, smtp_server, http=http)
+    for url, reason in (
+        (f"http://127.0.0.1:{file_server}/files/invoice.pdf", "private address 127.0.0.1"),
+        (f"http://localhost:{file_server}/files/invoice.pdf", "localhost: it has no public"),
+        ("http://[::1]:9/x.pdf", "private address ::1"),
+        ("http://169.254.169.254/latest/meta-data/", "private address 169.254.169.254"),
+    ):
+        attachment = Attachment(kind="document", url=url)
+        with pytest.raises(PermanentChannelError) as caught:
+            await adapter.send(conversation(), agent_message(attachments=(attachment,)))
+        assert reason in str(caught.value), url
+    # Listed, the host is fetched; a redirect from it to a host not listed is checked again.
+    listed = smtp_adapter(make_adapter, smtp_server, ["127.0.0.1"], http=http)
+    moved = Attachment(kind="document", url=f"http://127.0.0.1:{file_server}/moved")
+    with pytest.raises(PermanentChannelError, match="localhost: it has no public address"):
+        await listed.send(conversation(), agent_message(attachments=(moved,)))
+    assert smtp_server.handler.messages == []
+
+
+async def test_attachments_are_fetched_and_attached(
+    make_adapter: Any, smtp_server: SmtpServer, http: aiohttp.ClientSession, file_server: int
+) -> None:
+    port = file_server
+    adapter = smtp_adapter(make_adapter, smtp_server, ["127.0.0.1"], http=http)
+    attachment = Attachment(kind="document", url=f"http://127.0.0.1:{port}/files/invoice.pdf")
+    await adapter.send(conversation(), agent_message(attachments=(attachment,)))
+    missing = Attachment(kind="document", url=f"http://127.0.0.1:{port}/nope.pdf")
+    with pytest.raises(PermanentChannelError):
+        await adapter.send(conversation(), agent_message(attachments=(missing,)))
     sent = parsed(smtp_server.handler.messages[0])
     [part] = list(sent.iter_attachments())
     assert part.get_filename() == "invoice.pdf"
