@@ -192,9 +192,10 @@ async def test_inactive_conversations_are_grey_with_their_reason(
     await expect(agent.locator(".banner")).to_contain_text("+5511999990000")
     await expect(agent.locator(".actions")).to_be_hidden()
     await expect(agent.locator(".composer-why")).to_contain_text("approved template")
-    await agent.get_by_label("Template name").fill("HXfeedface")
+    sid = "HX" + "feedface" * 4  # a Twilio Content SID: HX and 32 hex digits
+    await agent.get_by_label("Template name").fill(sid)
     await agent.get_by_role("button", name="Send template").click()
-    await expect(agent.locator(".msg-out .msg-text")).to_have_text(["Template HXfeedface (es)"])
+    await expect(agent.locator(".msg-out .msg-text")).to_have_text([f"Template {sid} (es)"])
 
 
 async def test_customer_markup_is_shown_as_text(gw: LiveGateway, new_page: NewPage) -> None:
@@ -287,13 +288,13 @@ async def test_whatsapp_window_closed_offers_a_template(gw: LiveGateway, new_pag
     await item(agent, "Paulo").get_by_role("button", name=OPEN).click()
     await expect(agent.get_by_label("Reply", exact=True)).to_be_disabled()
     await expect(agent.locator(".composer-why")).to_contain_text("24-hour window is closed")
-    await agent.get_by_label("Template name").fill("HX0123456789abcdef")
+    await agent.get_by_label("Template name").fill("HX0123456789abcdef0123456789abcdef")
     await agent.get_by_label("Template language").fill("pt_BR")
     await agent.get_by_label("Template parameters, one per line").fill("Paulo\n4411")
     await agent.get_by_role("button", name="Send template").click()
     sent = agent.locator(".msg-out").last
     await expect(sent.locator(".msg-text")).to_have_text(
-        "Template HX0123456789abcdef (pt_BR): Paulo, 4411"
+        "Template HX0123456789abcdef0123456789abcdef (pt_BR): Paulo, 4411"
     )
     # Twilio cannot be reached from a test: the send fails, and the page says so.
     await expect(sent.locator(".tick")).to_have_attribute("data-status", "failed")
