@@ -21,6 +21,7 @@ from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 from pydantic import AfterValidator
+from redis.exceptions import RedisError
 
 if typing.TYPE_CHECKING:
     from redis.asyncio import ConnectionPool
@@ -47,7 +48,6 @@ class RateLimiter:
     """Counts hits per (scope, key) and says how long a caller over its rate must wait."""
 
     def __init__(self, storage: Storage, pool: ConnectionPool | None = None) -> None:
-        self._storage = storage
         self._pool = pool
         self._strategy = MovingWindowRateLimiter(storage)
         self._rates: dict[str, RateLimitItem] = {}
@@ -106,7 +106,7 @@ class RateLimiter:
             if await self._strategy.hit(item, scope, key):
                 return None
             stats = await self._strategy.get_window_stats(item, scope, key)
-        except Exception as exc:  # storage unreachable: let the request through (see above)
+        except (OSError, TimeoutError, RedisError) as exc:  # unreachable: let it through
             log.warning("ratelimit.storage_unavailable", scope=scope, error=str(exc))
             return None
         return float(max(1, math.ceil(stats.reset_time - time.time())))
