@@ -185,3 +185,35 @@ def test_rates_are_config_values_and_a_wrong_one_says_what_is_expected() -> None
         parse_config(limited(session="lots"), "config.yaml", models, env={})
     assert "config.yaml: channels[0].session_rate_limit: " in str(caught.value)
     assert "expected a rate such as '30/minute'" in str(caught.value)
+
+
+async def test_typing_frames_past_their_rate_are_dropped(gw: Gateway) -> None:
+    """Each typing frame is a store read and a fan-out to every node: 20 a minute reach the
+    agents, the rest are dropped without a word (the indicator only lasts seconds)."""
+    from tests.api.test_stream_presence import open_stream
+
+    sockets = {}
+    for name in ("Ana", "Bea"):
+        visitor = await gw.visitor(name)
+        ws = await gw.client.ws_connect(f"/webchat/site/ws?token={visitor['token']}")
+        await ws.send_json({"type": "message", "text": "hola", "client_id": "c1"})
+        assert (await next_frame(ws))["type"] == "ack"
+        sockets[name] = ws
+    agent = await open_stream(gw, "maria")
+    for _ in range(25):
+        await sockets["Ana"].send_json({"type": "typing"})
+    await sockets["Ana"].send_json({"type": "message", "text": "sigo", "client_id": "c2"})
+    assert (await next_frame(sockets["Ana"]))["type"] == "ack"  # her typing frames are handled
+    await sockets["Bea"].send_json({"type": "typing"})  # fanned out after all of Ana's
+    seen = 0
+    async with asyncio.timeout(5):
+        while True:
+            event = json.loads((await agent.receive()).data)
+            if event["type"] != "conversation.typing":
+                continue
+            if event["conversation"]["contact"]["display_name"] == "Bea":
+                break
+            seen += 1
+    assert seen == 20
+    for ws in (*sockets.values(), agent):
+        await ws.close()
