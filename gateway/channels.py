@@ -344,8 +344,9 @@ class BaseAdapter:
     supports_templates: bool = True
     """Whether `send` can deliver a `template` (WhatsApp's approved templates); where it
     cannot, an agent's template is refused with 400 before anything is stored. An adapter may
-    also define `check_template(template)`, raising InvalidInput for one it cannot send (a
-    Twilio template's name must be a Content SID), checked at the same point."""
+    also define `check_outbound(request)` (a `gateway.outbound.OutboundRequest`), raising
+    InvalidInput for what its provider can only refuse (a Twilio template not named by its
+    Content SID), checked at the same point."""
 
     def __init__(self, context: ChannelContext) -> None:
         self.context = context

@@ -233,14 +233,13 @@ class Outbound:
             raise InvalidInput('send either "text" or "template", not both')
         conversation = await self._read(conversation_id)
         adapter = self.adapters[conversation.channel]
-        if request.template is not None:
-            if not getattr(adapter, "supports_templates", True):
-                raise InvalidInput(
-                    f"the {adapter.channel_type} channel has no templates: send text instead"
-                )
-            check_template = getattr(adapter, "check_template", None)
-            if check_template is not None:
-                check_template(request.template)  # InvalidInput: what the provider cannot send
+        if request.template is not None and not getattr(adapter, "supports_templates", True):
+            raise InvalidInput(
+                f"the {adapter.channel_type} channel has no templates: send text instead"
+            )
+        check_outbound = getattr(adapter, "check_outbound", None)
+        if check_outbound is not None:
+            check_outbound(request)  # InvalidInput: what this provider can only refuse
         limit = getattr(adapter, "max_attachments", None)
         parts = self._parts(conversation_id, request, limit)
         keys = _part_keys(idempotency_key, len(parts))

@@ -12,9 +12,6 @@ waiting after a few seconds: Twilio after 15 s in all).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from aiohttp import web
 
 from gateway.channels import (
@@ -24,11 +21,17 @@ from gateway.channels import (
     MediaContent,
     SendResult,
 )
-from gateway.errors import PermanentChannelError, StoreUnavailable, TransientChannelError
+from gateway.errors import (
+    InvalidInput,
+    PermanentChannelError,
+    StoreUnavailable,
+    TransientChannelError,
+)
 from gateway.model import Attachment, Conversation, Message
+from gateway.outbound import OutboundRequest
 from plugins.whatsapp.aliases import ContactAliases
 from plugins.whatsapp.config import WhatsAppConfig
-from plugins.whatsapp.meta_provider import MetaProvider
+from plugins.whatsapp.meta_provider import CAPTIONED, MetaProvider, media_kind
 from plugins.whatsapp.parsed import MalformedPayload, ParseResult
 from plugins.whatsapp.provider import Provider
 from plugins.whatsapp.twilio_provider import TwilioProvider, check_content_sid
@@ -61,10 +64,21 @@ class WhatsAppAdapter(BaseAdapter):
         self._transient_failures = 0
         self._last_transient = ""
 
-    def check_template(self, template: Mapping[str, Any]) -> None:
-        """Refuse (InvalidInput: a 400 to the agent) a template this provider cannot send."""
+    def check_outbound(self, request: OutboundRequest) -> None:
+        """Refuse (InvalidInput: a 400 to the agent, nothing stored) what this provider can
+        only refuse: a Twilio template not named by Content SID; on the Cloud API, text with
+        an audio or sticker first attachment, which carry no caption (the text goes with the
+        first attachment; send it on its own, then the file)."""
         if self.config.provider == "twilio":
-            check_content_sid(template)
+            if request.template is not None:
+                check_content_sid(request.template)
+            return
+        if request.text and request.attachments:
+            kind = media_kind(request.attachments[0])
+            if kind not in CAPTIONED:
+                raise InvalidInput(
+                    f"WhatsApp {kind} messages carry no text: send the text on its own first"
+                )
 
     async def handle_webhook(self, request: web.Request) -> web.StreamResponse:
         if request.method == "GET":

@@ -39,7 +39,8 @@ def recipient(address: str) -> str:
     return address[1:] if address.startswith("+") else address
 
 
-def _media_kind(attachment: Attachment) -> str:
+def media_kind(attachment: Attachment) -> str:
+    """The Cloud API media type an attachment goes out as."""
     if attachment.kind in MEDIA_KINDS:
         return attachment.kind
     major = (attachment.mime_type or "").split("/", 1)[0]
@@ -85,7 +86,7 @@ def meta_send_payload(address: str, message: Message) -> dict[str, Any]:
         if len(message.attachments) > 1:
             raise PermanentChannelError("the Cloud API sends one attachment per message")
         attachment = message.attachments[0]
-        kind = _media_kind(attachment)
+        kind = media_kind(attachment)
         media: dict[str, Any] = {}
         if attachment.media_id:
             media["id"] = attachment.media_id

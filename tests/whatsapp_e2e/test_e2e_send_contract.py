@@ -58,6 +58,24 @@ async def test_a_twilio_template_named_other_than_a_content_sid_is_refused_at_on
     assert status == 202, body
 
 
+async def test_text_with_an_audio_first_attachment_is_refused_on_the_cloud_api(
+    wa: WaGateway,
+) -> None:
+    """The text goes out as the first attachment's caption, and audio and stickers take none:
+    a 400 now, not a 202 whose message could only fail."""
+    conversation_id = await wa.open_conversation(META, pid="in-1")
+    audio = {"url": "https://example.com/voice.ogg", "mime_type": "audio/ogg"}
+    status, body = await wa.reply(conversation_id, {"text": "escucha", "attachments": [audio]})
+    assert status == 400, body
+    assert "WhatsApp audio messages carry no text" in body["error"]["message"]
+    await wa.gw.settle()
+    assert wa.fake(META).calls == []
+    status, body = await wa.reply(conversation_id, {"attachments": [audio]})
+    assert status == 202 and body["message"]["attachments"][0]["kind"] == "audio", body
+    status, body = await wa.reply(conversation_id, {"text": "mira", "attachments": images(1)})
+    assert status == 202, body
+
+
 async def test_a_split_request_replays_only_when_identical(wa: WaGateway) -> None:
     """Meta carries one medium per message: the parts are stored under KEY#1, KEY#2, ... and a
     request reusing the key must match every part, and be split the same way."""
