@@ -30,6 +30,11 @@ class TemplateBody(BaseModel):
 
 
 AttachmentKind = Literal["image", "audio", "video", "document", "sticker", "file"]
+_KIND_OF_MIME_FAMILY: dict[str, AttachmentKind] = {
+    "image": "image",
+    "audio": "audio",
+    "video": "video",
+}
 
 
 def _public_url(url: str) -> str:
@@ -56,13 +61,7 @@ class AttachmentBody(BaseModel):
         if self.kind is not None:
             return self.kind
         family = (self.mime_type or "").partition("/")[0].lower()
-        if family == "image":
-            return "image"
-        if family == "audio":
-            return "audio"
-        if family == "video":
-            return "video"
-        return "document"
+        return _KIND_OF_MIME_FAMILY.get(family, "document")
 
 
 def _readable_text(text: str | None) -> str | None:
