@@ -27,7 +27,8 @@ _AUTO_SUBJECT = re.compile(
 )
 _BOUNCE_SUBJECT = re.compile(
     r"undeliver|delivery status notification|delivery (?:has )?fail|failure notice"
-    r"|returned mail|mail delivery failed|delivery notification|non[- ]?delivery",
+    r"|returned mail|mail delivery failed|delivery notification|non[- ]?delivery"
+    r"|(?:not|n't) (?:be )?delivered",
     re.IGNORECASE,
 )
 _BOUNCE_SENDERS = ("mailer-daemon", "postmaster", "mail-daemon")
@@ -50,8 +51,12 @@ def auto_reply_reason(msg: Message) -> str | None:
     precedence = (header(msg, "Precedence") or "").strip().lower()
     if precedence in {"bulk", "junk", "auto_reply"}:
         return f"precedence: {precedence}"
+    # A subject alone is weak evidence: "Out of office hours: can I call you?" is a customer.
+    # It counts on a reply only, as every auto-reply is (RFC 3834 3.1.5: In-Reply-To and
+    # References name what it answers); a customer's first mail is never hidden by its words.
     subject = one_line(header(msg, "Subject")) or ""
-    if _AUTO_SUBJECT.search(subject):
+    replying = header(msg, "In-Reply-To") is not None or header(msg, "References") is not None
+    if replying and _AUTO_SUBJECT.search(subject):
         return "subject"
     return None
 
@@ -111,11 +116,16 @@ def find_bounce(msg: EmailMessage, text: str) -> Bounce | None:
 
 
 def _looks_like_bounce(msg: Message) -> bool:
+    """A bounce that is not a DSN report: a delivery-failure subject from a mail system (its
+    sender, an X-Failed-Recipients header, or the null return path every bounce carries,
+    RFC 5321 4.5.5), or any mail from MAILER-DAEMON/postmaster with that null return path."""
     subject = one_line(header(msg, "Subject")) or ""
     from_addr = next(iter(addresses(msg, "From")), ("", ""))[1]
-    from_robot = from_addr.split("@")[0] in _BOUNCE_SENDERS
+    from_robot = from_addr.split("@")[0].lower() in _BOUNCE_SENDERS
     failed_header = header(msg, "X-Failed-Recipients") is not None
-    return bool(_BOUNCE_SUBJECT.search(subject)) and (from_robot or failed_header)
+    null_path = (header(msg, "Return-Path") or "").strip() == "<>"
+    said = bool(_BOUNCE_SUBJECT.search(subject))
+    return (said and (from_robot or failed_header or null_path)) or (from_robot and null_path)
 
 
 def _delivery_status_part(msg: EmailMessage) -> Message | None:

@@ -179,6 +179,10 @@ def _decode_phrase(phrase: str) -> str:
     return one_line(text.strip('"')) or ""
 
 
+UNKNOWN_SENDER = "unknown@invalid"
+"""What `sender` answers for a mail with no usable From, Sender, Reply-To or Return-Path."""
+
+
 def sender(msg: Message) -> tuple[str, str | None]:
     """Return the author's `(address, display name)`; falls back to Sender/Return-Path.
 
@@ -193,4 +197,4 @@ def sender(msg: Message) -> tuple[str, str | None]:
                 raw = _raw_header(msg, name) or ""
                 display = unescape(parseaddr(raw)[0])
             return address, one_line(display)
-    return "unknown@invalid", None
+    return UNKNOWN_SENDER, None

@@ -31,6 +31,7 @@ from gateway.model import (
 from plugins.email.detect import Bounce, auto_reply_reason, find_bounce
 from plugins.email.headers import (
     READ_POLICY,
+    UNKNOWN_SENDER,
     addresses,
     header,
     msgid_list,
@@ -78,13 +79,20 @@ def parse_email(
         return _unparsable(raw, channel, now, exc)
 
 
+def _nobody(key: str) -> str:
+    """The contact of a mail without a usable sender: one of its own (`.invalid` never
+    resolves), so unrelated senders are not merged into one thread someone might answer."""
+    return f"unknown-{hashlib.sha256(key.encode()).hexdigest()[:16]}@invalid"
+
+
 def _unparsable(raw: bytes, channel: str, now: datetime, exc: Exception) -> ParsedEmail:
+    key = "sha256:" + hashlib.sha256(raw).hexdigest()
     message = InboundMessage(
         channel=channel,
         channel_type=CHANNEL_TYPE,
         provider=PROVIDER,
-        provider_message_id="sha256:" + hashlib.sha256(raw).hexdigest(),
-        contact=Contact(address="unknown@invalid"),
+        provider_message_id=key,
+        contact=Contact(address=_nobody(key)),
         sent_at=utc(now),
         kind="unsupported",
         raw=raw.decode(RAW_ENCODING),
@@ -131,6 +139,11 @@ def _parse(
     elif auto is not None:
         kind, wakes = "auto_reply", False
         extra["auto_reply"] = auto
+    key = message_id or "sha256:" + hashlib.sha256(raw).hexdigest()
+    if address == UNKNOWN_SENDER:
+        # Nobody to answer: kept for the record in a closed conversation of its own.
+        address, wakes = _nobody(key), False
+        extra["no_sender"] = True
 
     text = body.text if kind != "email" else latest_reply(body.text)
     extra.update(
@@ -153,7 +166,7 @@ def _parse(
         channel=channel,
         channel_type=CHANNEL_TYPE,
         provider=PROVIDER,
-        provider_message_id=message_id or "sha256:" + hashlib.sha256(raw).hexdigest(),
+        provider_message_id=key,
         contact=Contact(address=address, display_name=display_name),
         sent_at=sent_at,
         kind=kind,

@@ -193,6 +193,9 @@ def test_verp_and_recipient_of_bounce() -> None:
     assert gmail["recipient"] == "alex.jones@fictionalcorp.com"
 
 
+REPLYING = "<m_01J0000000000000000000000@gw.example.com>"
+
+
 def _mail(**headers: str) -> EmailMessage:
     msg = EmailMessage()
     msg["From"] = headers.pop("From", "Ana <ana@customer.example>")
@@ -210,9 +213,9 @@ def _mail(**headers: str) -> EmailMessage:
         ({"X_Autorespond": "yes"}, "x-autorespond"),
         ({"Precedence": "junk"}, "precedence: junk"),
         ({"Precedence": "auto_reply"}, "precedence: auto_reply"),
-        ({"Subject": "Out of Office: Re: order 42"}, "subject"),
-        ({"Subject": "Automatic reply: order 42"}, "subject"),
-        ({"Subject": "Abwesenheitsnotiz"}, "subject"),
+        ({"Subject": "Out of Office: Re: order 42", "In_Reply_To": REPLYING}, "subject"),
+        ({"Subject": "Automatic reply: order 42", "References": REPLYING}, "subject"),
+        ({"Subject": "Abwesenheitsnotiz", "In_Reply_To": REPLYING}, "subject"),
     ],
 )
 def test_auto_reply_markers(headers: dict[str, str], reason: str) -> None:
@@ -225,6 +228,45 @@ def test_human_mail_wakes_and_auto_submitted_no_is_human() -> None:
     for headers in ({}, {"Auto_Submitted": "no"}, {"Subject": "Question about my vacation"}):
         message = parse_email(_mail(**headers).as_bytes(), "c", NOW).message
         assert message.kind == "email" and message.wakes_conversation
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "Out of office hours: can I call you?",
+        "Absence of refund after 3 weeks",
+        "Automatic response from your app is wrong",
+        "Vacation notice: will your store be open?",
+    ],
+)
+def test_a_customers_first_mail_is_never_hidden_by_its_subject(subject: str) -> None:
+    """Auto-replies answer a mail (In-Reply-To/References); a new mail with such words is a
+    customer writing, and must reach the queue."""
+    message = parse_email(_mail(Subject=subject).as_bytes(), "c", NOW).message
+    assert message.kind == "email" and message.wakes_conversation
+
+
+@pytest.mark.parametrize(
+    ("sender", "subject"),
+    [
+        ("postmaster@mx2.example", "Message not delivered"),
+        ("mailer-daemon@mx3.example", "Mail could not be delivered"),
+        ("MAILER-DAEMON@mx4.example", "About your message"),
+    ],
+)
+def test_plain_text_bounces_with_a_null_return_path_do_not_wake(sender: str, subject: str) -> None:
+    mail = _mail(From=sender, Subject=subject, Return_Path="<>")
+    mail.set_content(
+        "I wasn't able to deliver your message to ana@customer.example.\n550 5.1.1 user unknown\n"
+    )
+    message = parse_email(mail.as_bytes(), "c", NOW).message
+    assert message.kind == "bounce" and not message.wakes_conversation
+
+
+def test_a_person_at_postmaster_with_a_return_path_is_a_person() -> None:
+    mail = _mail(From="postmaster@partner.example", Subject="About your message")
+    message = parse_email(mail.as_bytes(), "c", NOW).message
+    assert message.kind == "email" and message.wakes_conversation
 
 
 def test_mail_from_our_own_address_does_not_wake() -> None:
@@ -355,3 +397,20 @@ def test_new_text_without_signature_or_bottom_quote(body: str, expected: str) ->
     msg = _mail()
     msg.set_content(body)
     assert parse_email(msg.as_bytes(), "c", NOW).message.text == expected
+
+
+@pytest.mark.parametrize("sender", [None, "not an address at all", "Undisclosed recipients:;"])
+def test_a_mail_without_a_usable_sender_is_kept_apart_and_wakes_nobody(sender: str | None) -> None:
+    """Nobody can be answered, so no agent is asked to; and two such mails from unrelated
+    people never share a contact (or a reply would thread them together)."""
+    first, second = EmailMessage(), EmailMessage()
+    for n, mail in enumerate((first, second)):
+        if sender is not None:
+            mail["From"] = sender
+        mail["To"] = "support@gw.example.com"
+        mail["Message-ID"] = f"<nosender-{n}@example.com>"
+        mail.set_content("hello")
+    parsed = [parse_email(m.as_bytes(), "c", NOW).message for m in (first, second)]
+    assert all(not m.wakes_conversation and m.extra["no_sender"] for m in parsed)
+    assert all(m.contact.address.endswith("@invalid") for m in parsed)
+    assert parsed[0].contact.address != parsed[1].contact.address
