@@ -8,6 +8,7 @@ Latin-1 (which cannot fail), so a message is always stored with the best text we
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage, Message
@@ -111,6 +112,13 @@ def html_to_text(html: str) -> str:
         return html.strip()
 
 
+_FORWARD_MARK = re.compile(
+    r"^\s*(?:-{2,}\s*forwarded message\s*-{2,}|begin forwarded message:)\s*$",
+    re.IGNORECASE | re.MULTILINE,
+)
+"""Gmail's and Apple Mail's forward marks (Outlook's "Original Message" heads replies too)."""
+
+
 def latest_reply(text: str) -> str:
     """Return what the sender newly wrote: quoted history and signature removed.
 
@@ -123,6 +131,10 @@ def latest_reply(text: str) -> str:
         replies = []
     if replies:
         body = _strip_trailing_quote(str(replies[0].body).strip())
+        if _FORWARD_MARK.search(body):
+            # A forward is the message: what follows the mark is what the customer sends us,
+            # not history to drop (the parser cuts there, leaving "FYI" or the mark alone).
+            return text.strip()
         if body:
             return body
     return text.strip()

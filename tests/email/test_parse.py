@@ -414,3 +414,27 @@ def test_a_mail_without_a_usable_sender_is_kept_apart_and_wakes_nobody(sender: s
     assert all(not m.wakes_conversation and m.extra["no_sender"] for m in parsed)
     assert all(m.contact.address.endswith("@invalid") for m in parsed)
     assert parsed[0].contact.address != parsed[1].contact.address
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "---------- Forwarded message ---------\nFrom: Bob <bob@x.example>\n"
+        "Subject: order 42\n\nMy order 42 never came.\n",
+        "FYI\n\n---------- Forwarded message ---------\nFrom: Bob <bob@x.example>\n\n"
+        "My order 42 never came.\n",
+        "Begin forwarded message:\n\nFrom: Bob <bob@x.example>\n\nMy order 42 never came.\n",
+    ],
+)
+def test_a_forward_keeps_what_it_forwards(body: str) -> None:
+    """A forward's content is the message, not quoted history to drop."""
+    mail = _mail(Subject="Fwd: order 42")
+    mail.set_content(body)
+    message = parse_email(mail.as_bytes(), "c", NOW).message
+    assert message.text is not None and "My order 42 never came." in message.text
+
+
+def test_a_reply_above_outlook_history_keeps_only_the_reply() -> None:
+    mail = _mail(Subject="RE: order 42")
+    mail.set_content("See my answer\n\n-----Original Message-----\nFrom: a\n\nold text\n")
+    assert parse_email(mail.as_bytes(), "c", NOW).message.text == "See my answer"
