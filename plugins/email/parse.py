@@ -152,10 +152,11 @@ def _parse(
         references=references,
         to=[a for _n, a in addresses(msg, "To")],
         cc=[a for _n, a in addresses(msg, "Cc")],
-        full_text=body.text,
+        full_text=_bounded(body.text, "full_text", extra),
     )
+    text = _bounded(text, "text", extra)
     if body.html is not None:
-        extra["html"] = body.html
+        extra["html"] = _bounded(body.html, "html", extra)
     oversize = [p.path for p in body.attachments if p.oversize]
     if oversize:
         extra["oversize_attachments"] = oversize
@@ -180,6 +181,19 @@ def _parse(
         extra=extra,
     )
     return ParsedEmail(message=inbound, statuses=statuses, message_id=message_id)
+
+
+MAX_TEXT_CHARS = 1_000_000
+"""The most of a mail's text, full text or HTML kept on the message (each): a 20 MB mail body
+would otherwise travel whole in every event and live agent frame. The raw mail is kept whole
+(its attachments are read from it); what was cut is listed in `extra["truncated"]`."""
+
+
+def _bounded(value: str, name: str, extra: dict[str, Any]) -> str:
+    if len(value) <= MAX_TEXT_CHARS:
+        return value
+    extra.setdefault("truncated", []).append(name)
+    return value[:MAX_TEXT_CHARS]
 
 
 def _sent_at(msg: EmailMessage, now: datetime, extra: dict[str, Any]) -> datetime:

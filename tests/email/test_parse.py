@@ -438,3 +438,16 @@ def test_a_reply_above_outlook_history_keeps_only_the_reply() -> None:
     mail = _mail(Subject="RE: order 42")
     mail.set_content("See my answer\n\n-----Original Message-----\nFrom: a\n\nold text\n")
     assert parse_email(mail.as_bytes(), "c", NOW).message.text == "See my answer"
+
+
+def test_a_huge_body_is_cut_on_the_message_and_says_so() -> None:
+    """The raw mail is kept whole; the text fields that travel in every event are bounded."""
+    from plugins.email.parse import MAX_TEXT_CHARS
+
+    mail = _mail(Subject="long")
+    mail.set_content("x" * (MAX_TEXT_CHARS + 5000) + "\n")
+    message = parse_email(mail.as_bytes(), "c", NOW).message
+    assert message.text is not None and len(message.text) <= MAX_TEXT_CHARS
+    assert len(message.extra["full_text"]) == MAX_TEXT_CHARS
+    assert "full_text" in message.extra["truncated"]
+    assert len(message.raw) > MAX_TEXT_CHARS
