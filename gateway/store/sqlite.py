@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -317,27 +318,17 @@ class SqliteStore:
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._writer is None:
             raise RuntimeError("store is not open")
-        try:
+        with _unavailable_as_store_error():
             return await self._writer.run(fn)
-        except sqlite3.OperationalError as exc:
-            unavailable = _unavailable(exc)
-            if unavailable is None:
-                raise
-            raise unavailable from exc
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._reader_pool is None or self._reader is None:
             raise RuntimeError("store is not open")
         reader = self._reader
-        try:
+        with _unavailable_as_store_error():
             return await asyncio.get_running_loop().run_in_executor(
                 self._reader_pool, lambda: fn(reader)
             )
-        except sqlite3.OperationalError as exc:
-            unavailable = _unavailable(exc)
-            if unavailable is None:
-                raise
-            raise unavailable from exc
 
     async def ping(self) -> bool:
         try:
@@ -877,6 +868,19 @@ _UNAVAILABLE_CODES = {
     sqlite3.SQLITE_FULL,
     sqlite3.SQLITE_CANTOPEN,
 }
+
+
+@contextlib.contextmanager
+def _unavailable_as_store_error() -> Iterator[None]:
+    """Raise StoreUnavailable for an operational error about the database's availability (the
+    reads and the writes alike); any other error goes on as it is."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        unavailable = _unavailable(exc)
+        if unavailable is None:
+            raise
+        raise unavailable from exc
 
 
 def _unavailable(exc: sqlite3.OperationalError) -> StoreUnavailable | None:
