@@ -13,9 +13,11 @@ generator's when the machine has more than one. The load generator is wrk when i
 (`apt-get install wrk`): N connections for a few seconds per run, posting pre-signed webhooks
 from a file. Without wrk it is a small aiohttp client, bounded in request count and in time; it
 spends more CPU per request than the bare handler does, so it caps the baseline and flatters
-the ratio (about 0.33 where wrk measures 0.19; `--load python` to compare). Each round warms
-both servers up, then measures bare and gateway back to back with fresh message ids; the table
-reports the median round. After the run the gateway is stopped and its SQLite file is read:
+the ratio (about 0.33 where wrk measures 0.19; `--load python` to compare). Two more reference
+servers show where the cost lies (`serve_reference`): `verify` adds the signature check and the
+JSON parse to the bare handler, `commit` adds a durable group-committed row per message. Each
+round warms every server up, then measures them back to back with fresh message ids; the table
+reports every round and the median gateway ratio. After the run the gateway is stopped and its SQLite file is read:
 every acknowledged message must be there (acknowledged means durable).
 
     python bench/webhook_bench.py                      # defaults: 3 rounds, 32 conns, wrk
@@ -337,8 +339,24 @@ def pin(cpu: int | None) -> list[str]:
     return ["taskset", "-c", str(cpu)]
 
 
-def serve_bare(port: int) -> None:
-    """The reference: a bare aiohttp app that reads the body and answers 200."""
+REFERENCES = ("bare", "verify", "commit")
+"""The reference servers, each doing a little more of a webhook's work (see serve_reference)."""
+
+
+def serve_reference(kind: str, port: int, work: Path) -> None:
+    """A reference server, run the way the gateway runs (own process, uvloop, no access log).
+
+    - `bare` reads the body and answers 200: the baseline every ratio is taken against.
+    - `verify` also checks the signature (HMAC-SHA256, constant time), parses the JSON, picks
+      the message out and answers with a JSON ack: what a webhook costs before any storage.
+    - `commit` also writes the message as one deduplicated row through the gateway's own
+      group-commit writer (WAL, synchronous=full) and answers after the commit holding it:
+      the floor of a durable webhook on SQLite, with none of the inbox's work (no conversation,
+      routing, events or deadlines).
+    """
+    import hmac
+    import sqlite3
+
     from aiohttp import web
 
     with contextlib.suppress(ImportError):
@@ -346,9 +364,43 @@ def serve_bare(port: int) -> None:
 
         uvloop.install()  # `gateway serve` uses uvloop too: compare like with like
 
+    secret = APP_SECRET.encode()
+    writer = None
+    if kind == "commit":
+        from gateway.store.sqlite_writer import GroupCommitWriter
+
+        def connect() -> sqlite3.Connection:
+            conn = sqlite3.connect(
+                work / "reference.db", isolation_level=None, check_same_thread=False
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS messages"
+                " (id INTEGER PRIMARY KEY, wamid TEXT UNIQUE, body BLOB)"
+            )
+            return conn
+
+        writer = GroupCommitWriter(connect)
+        writer.start()
+
     async def ok(request: web.Request) -> web.Response:
-        await request.read()
-        return web.Response(status=200)
+        body = await request.read()
+        if kind == "bare":
+            return web.Response(status=200)
+        expected = "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(request.headers.get("X-Hub-Signature-256", ""), expected):
+            return web.Response(status=403)
+        document = orjson.loads(body)
+        wamid = document["entry"][0]["changes"][0]["value"]["messages"][0]["id"]
+        if writer is not None:
+            await writer.run(
+                lambda conn: conn.execute(
+                    "INSERT INTO messages (wamid, body) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                    (wamid, body),
+                )
+            )
+        return web.Response(body=b'{"ok":true}', content_type="application/json")
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", ok)
@@ -416,14 +468,16 @@ def stored_messages(db: Path) -> int:
 # --- the run -----------------------------------------------------------------------------------
 
 
-def table(rounds: list[tuple[Result, Result]]) -> str:
+def table(rounds: list[dict[str, Result]]) -> str:
+    """One row per server and round; ratios are to that round's bare handler."""
     lines = [
         f"{'round':<6}{'server':<10}{'ok':>7}{'errors':>7}{'seconds':>8}{'req/s':>8}"
         f"{'p50 ms':>8}{'p99 ms':>8}{'cpu ms/req':>11}{'ratio':>7}"
     ]
-    for n, (bare, gateway) in enumerate(rounds, start=1):
-        for result in (bare, gateway):
-            ratio = f"{gateway.rate / bare.rate:.2f}" if result is gateway and bare.rate else ""
+    for n, results in enumerate(rounds, start=1):
+        bare = results["bare"]
+        for result in results.values():
+            ratio = f"{result.rate / bare.rate:.2f}" if result is not bare and bare.rate else ""
             lines.append(
                 f"{n:<6}{result.name:<10}{result.ok:>7}{result.errors:>7}{result.seconds:>8.2f}"
                 f"{result.rate:>8.0f}{result.percentile(0.5):>8.1f}"
@@ -432,10 +486,15 @@ def table(rounds: list[tuple[Result, Result]]) -> str:
     return "\n".join(lines)
 
 
+def ratio(results: dict[str, Result], name: str) -> float:
+    bare = results["bare"].rate
+    return results[name].rate / bare if bare else 0.0
+
+
 async def bench(args: argparse.Namespace) -> int:
     work = Path(tempfile.mkdtemp(prefix="webhook-bench-"))
     db = work / "gateway.db"
-    gateway_port, bare_port = free_port(), free_port()
+    gateway_port = free_port()
     config = work / "config.yaml"
     config.write_text(
         CONFIG.format(
@@ -469,9 +528,10 @@ async def bench(args: argparse.Namespace) -> int:
         "--log-level",
         args.log_level,
     ]
-    bare_cmd = [*pin(server_cpu), sys.executable, __file__, "--serve-bare", str(bare_port)]
+    references = ["bare"] if args.no_references else list(REFERENCES)
+    ports = {kind: free_port() for kind in references}
     gateway_url = f"http://127.0.0.1:{gateway_port}/webhooks/{CHANNEL}"
-    bare_url = f"http://127.0.0.1:{bare_port}/webhooks/{CHANNEL}"
+    urls = {kind: f"http://127.0.0.1:{port}/webhooks/{CHANNEL}" for kind, port in ports.items()}
     print(
         f"webhook bench: {args.rounds} round(s) of up to {args.requests} requests "
         f"({args.seconds:.0f} s cap), {args.concurrency} connections, warm-up {args.warmup}, "
@@ -481,48 +541,62 @@ async def bench(args: argparse.Namespace) -> int:
         + (f"wrk ({args.wrk_seconds} s per run)" if args.load == "wrk" else "Python"),
         flush=True,
     )
-    results: list[tuple[Result, Result]] = []
+    results: list[dict[str, Result]] = []
     acknowledged = 0
-    with (
-        running(gateway_cmd, work / "gateway.log", env, args.source) as gateway,
-        running(bare_cmd, work / "bare.log", env) as bare,
-    ):
+    with contextlib.ExitStack() as stack:
+        gateway = stack.enter_context(running(gateway_cmd, work / "gateway.log", env, args.source))
+        servers: dict[str, subprocess.Popen[bytes]] = {}
+        for kind, port in ports.items():
+            command = [*pin(server_cpu), sys.executable, __file__, "--serve", kind, str(port)]
+            servers[kind] = stack.enter_context(
+                running([*command, str(work)], work / f"{kind}.log", env)
+            )
         await wait_ready(f"http://127.0.0.1:{gateway_port}/healthz", gateway, "gateway")
-        await wait_ready(f"http://127.0.0.1:{bare_port}/", bare, "bare server")
+        for kind, server in servers.items():
+            await wait_ready(f"http://127.0.0.1:{ports[kind]}/", server, f"{kind} server")
         for n in range(args.rounds):
             warm = requests_for(2 * n, args.warmup, args.contacts)
-            await load("bare", bare_url, warm, args.concurrency, args.seconds)
+            for kind in servers:
+                await load(kind, urls[kind], warm, args.concurrency, args.seconds)
             warmed = await load("gateway", gateway_url, warm, args.concurrency, args.seconds)
             acknowledged += warmed.ok
             batch = requests_for(2 * n + 1, measured_requests(args), args.contacts)
-            bare_result = await measure(args, "bare", bare_url, batch, work, bare.pid)
+            measured = {
+                kind: await measure(args, kind, urls[kind], batch, work, server.pid)
+                for kind, server in servers.items()
+            }
             profiler = profile(args, gateway.pid, n)
             gateway_result = await measure(args, "gateway", gateway_url, batch, work, gateway.pid)
             if profiler is not None:
                 profiler.send_signal(signal.SIGINT)
                 profiler.wait()
             acknowledged += gateway_result.ok
-            results.append((bare_result, gateway_result))
+            results.append({**measured, "gateway": gateway_result})
         names = thread_names(gateway.pid)
     stored = stored_messages(db)
     print(table(results))
-    ratios = sorted(g.rate / b.rate for b, g in results if b.rate)
-    median = statistics.median(ratios) if ratios else 0.0
-    rates = sorted(results, key=lambda r: r[1].rate / r[0].rate if r[0].rate else 0)
-    middle = rates[len(rates) // 2]
+    by_ratio = sorted(results, key=lambda round_: ratio(round_, "gateway"))
+    middle = by_ratio[len(by_ratio) // 2]
+    median = ratio(middle, "gateway")
+    bare, gateway_median = middle["bare"], middle["gateway"]
     print(
-        f"median: gateway {middle[1].rate:.0f} req/s, bare {middle[0].rate:.0f} req/s, "
+        f"median: gateway {gateway_median.rate:.0f} req/s, bare {bare.rate:.0f} req/s, "
         f"ratio {median:.2f} (target >= 0.40)"
     )
-    cpu_ratio = middle[0].cpu_ms_per_request / middle[1].cpu_ms_per_request
+    for kind in references[1:]:
+        print(
+            f"reference {kind}: median ratio "
+            f"{statistics.median(ratio(round_, kind) for round_ in results):.2f}"
+        )
+    cpu_ratio = bare.cpu_ms_per_request / gateway_median.cpu_ms_per_request
     print(
-        f"server CPU per request (median round): gateway {middle[1].cpu_ms_per_request:.3f} ms,"
-        f" bare {middle[0].cpu_ms_per_request:.3f} ms: bare/gateway {cpu_ratio:.2f}"
+        f"server CPU per request (median round): gateway {gateway_median.cpu_ms_per_request:.3f}"
+        f" ms, bare {bare.cpu_ms_per_request:.3f} ms: bare/gateway {cpu_ratio:.2f}"
     )
-    if middle[1].threads and middle[1].ok:
+    if gateway_median.threads and gateway_median.ok:
         per_thread = ", ".join(
-            f"{names.get(thread, thread)} {1000 * seconds / middle[1].ok:.3f}"
-            for thread, seconds in sorted(middle[1].threads.items(), key=lambda item: -item[1])
+            f"{names.get(thread, thread)} {1000 * seconds / gateway_median.ok:.3f}"
+            for thread, seconds in sorted(gateway_median.threads.items(), key=lambda item: -item[1])
             if seconds > 0
         )
         print(f"gateway CPU ms/request by thread (median round): {per_thread}")
@@ -534,10 +608,10 @@ async def bench(args: argparse.Namespace) -> int:
     if not acknowledged <= stored <= acknowledged + in_flight:
         print("FAIL: an acknowledged webhook is missing from the store", file=sys.stderr)
         return 1
-    if any(g.wrapped for _, g in results):
+    if any(round_["gateway"].wrapped for round_ in results):
         print("FAIL: wrk ran out of distinct webhooks: raise --requests", file=sys.stderr)
         return 1
-    if any(g.errors for _, g in results):
+    if any(round_["gateway"].errors for round_ in results):
         print("FAIL: the gateway refused or failed requests", file=sys.stderr)
         return 1
     return 0 if median >= 0.4 else 2
@@ -610,12 +684,18 @@ def main() -> int:
     parser.add_argument(
         "--wrk-seconds", type=int, default=3, help="length of each measured wrk run"
     )
-    parser.add_argument("--serve-bare", type=int, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--no-references",
+        action="store_true",
+        help="measure only bare and gateway, not the verify and commit references",
+    )
+    parser.add_argument("--serve", nargs=3, help=argparse.SUPPRESS)  # KIND PORT WORKDIR
     args = parser.parse_args()
-    resolve_load(args)
-    if args.serve_bare:
-        serve_bare(args.serve_bare)
+    if args.serve:
+        kind, port, work = args.serve
+        serve_reference(kind, int(port), Path(work))
         return 0
+    resolve_load(args)
     return asyncio.run(bench(args))
 
 
