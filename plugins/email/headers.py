@@ -180,21 +180,48 @@ def _decode_phrase(phrase: str) -> str:
 
 
 UNKNOWN_SENDER = "unknown@invalid"
-"""What `sender` answers for a mail with no usable From, Sender, Reply-To or Return-Path."""
+"""What `sender` answers for a mail with no usable Reply-To, From, Sender or Return-Path."""
 
 
-def sender(msg: Message) -> tuple[str, str | None]:
-    """Return the author's `(address, display name)`; falls back to Sender/Return-Path.
+def sender(msg: Message, own_address: str | None = None) -> tuple[str, str | None]:
+    """Return the contact's `(address, display name)`: whom a reply to this mail goes to.
 
-    A comment-style name (`MAILER-DAEMON@AOL.com (Mail Delivery System)`) is used as the
-    display name when there is no phrase.
+    Reply-To comes first (RFC 5322 3.6.2: where the author wants replies). A website's contact
+    form sends every visitor's mail from one address of its own with the visitor in Reply-To:
+    read From first and all those visitors become one contact, their requests one conversation,
+    and every answer goes to the form's no-reply address. Chatwoot decided the same (its PR
+    3837). A Reply-To naming the channel's own address is ignored (it would make a customer's
+    mail look like our own). Its display name is Reply-To's, else From's when both addresses
+    share a domain (the same person or company), else none: the form's name is not the
+    visitor's. Without a usable Reply-To: From, then Sender, then Return-Path. A comment-style
+    name (`MAILER-DAEMON@AOL.com (Mail Delivery System)`) counts as a display name.
     """
-    for name in ("From", "Sender", "Reply-To", "Return-Path"):
+    own = own_address.lower() if own_address else None
+    reply_to = _author(msg, ("Reply-To",), skip=own)
+    if reply_to is not None:
+        address, display = reply_to
+        if display is None:
+            author = _author(msg, ("From",))
+            if author is not None and _domain(author[0]) == _domain(address):
+                display = author[1]
+        return address, display
+    return _author(msg, ("From", "Sender", "Reply-To", "Return-Path")) or (UNKNOWN_SENDER, None)
+
+
+def _author(
+    msg: Message, names: tuple[str, ...], skip: str | None = None
+) -> tuple[str, str | None] | None:
+    """The first usable address of these headers (not `skip`), with its display name."""
+    for name in names:
         found = addresses(msg, name)
-        if found:
-            display, address = found[0]
-            if not display:
-                raw = _raw_header(msg, name) or ""
-                display = unescape(parseaddr(raw)[0])
+        usable = [item for item in found if item[1] != skip]
+        if usable:
+            display, address = usable[0]
+            if not display and usable[0] is found[0]:
+                display = unescape(parseaddr(_raw_header(msg, name) or "")[0])
             return address, one_line(display)
-    return UNKNOWN_SENDER, None
+    return None
+
+
+def _domain(address: str) -> str:
+    return address.rpartition("@")[2]

@@ -119,7 +119,7 @@ def _parse(
     message_id = normalize_msgid(header(msg, "Message-ID"))
     in_reply_to = msgid_list(header(msg, "In-Reply-To"))
     references = msgid_list(header(msg, "References"))
-    address, display_name = sender(msg)
+    address, display_name = sender(msg, own_address)
     subject = one_line(header(msg, "Subject"))
     sent_at = _sent_at(msg, now, extra)
 

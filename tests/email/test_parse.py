@@ -451,3 +451,46 @@ def test_a_huge_body_is_cut_on_the_message_and_says_so() -> None:
     assert len(message.extra["full_text"]) == MAX_TEXT_CHARS
     assert "full_text" in message.extra["truncated"]
     assert len(message.raw) > MAX_TEXT_CHARS
+
+
+def _form_mail(n: int, reply_to: str, sender: str = "Website <noreply@shop.example>") -> bytes:
+    mail = _mail(From=sender, Reply_To=reply_to, Message_ID=f"<form-{n}@shop.example>")
+    return mail.as_bytes()
+
+
+def test_contact_form_mail_belongs_to_the_visitor_in_reply_to() -> None:
+    """A website's form sends every visitor's request from one address of its own: read From
+    and all of them become one contact whose replies go to a no-reply address."""
+    first = parse_email(_form_mail(1, "Ana Souza <ana@customer.example>"), "c", NOW).message
+    second = parse_email(_form_mail(2, "bob@other.example"), "c", NOW).message
+    assert (first.contact.address, first.contact.display_name) == (
+        "ana@customer.example",
+        "Ana Souza",
+    )
+    # no name of its own, and From is the form's (another domain): no name, not "Website"
+    assert (second.contact.address, second.contact.display_name) == ("bob@other.example", None)
+    assert first.wakes_conversation and second.wakes_conversation
+
+
+def test_reply_to_without_a_name_keeps_the_authors_name_on_the_same_domain() -> None:
+    raw = _form_mail(3, "ana.home@customer.example", sender="Ana Souza <ana@customer.example>")
+    contact = parse_email(raw, "c", NOW).message.contact
+    assert (contact.address, contact.display_name) == ("ana.home@customer.example", "Ana Souza")
+
+
+def test_a_reply_to_naming_our_own_address_is_ignored() -> None:
+    """Some clients point Reply-To at the address they write to: the author stays the
+    contact, and the mail is not mistaken for our own."""
+    raw = _form_mail(4, "Support <support@gw.example.com>", sender="Ana <ana@customer.example>")
+    message = parse_email(raw, "c", NOW, own_address="support@gw.example.com").message
+    assert message.contact.address == "ana@customer.example"
+    assert message.wakes_conversation
+
+
+def test_a_form_sending_from_our_own_address_still_reaches_an_agent() -> None:
+    """Forms are often set up to send from the support address itself, with the visitor in
+    Reply-To: that is a customer's request, not our own mail coming back."""
+    raw = _form_mail(5, "Ana <ana@customer.example>", sender="Support <support@gw.example.com>")
+    message = parse_email(raw, "c", NOW, own_address="support@gw.example.com").message
+    assert message.contact.address == "ana@customer.example"
+    assert message.kind == "email" and message.wakes_conversation

@@ -53,6 +53,33 @@ async def test_idle_delivery_opens_a_waiting_conversation(make_mail: MailFactory
     assert summary["can_reply"] is True
 
 
+async def test_contact_form_requests_are_separate_and_answered_to_the_visitor(
+    make_mail: MailFactory,
+) -> None:
+    """Two visitors use a website's form, which mails from one no-reply address with the
+    visitor in Reply-To: two conversations, and the answer reaches the visitor."""
+    mail = await make_mail()
+    form = "Shop website <noreply@shop.example>"
+    forms = [
+        ("<form1@shop.example>", "Ana Souza <ana@customer.example>"),
+        ("<form2@shop.example>", "Bob <bob@other.example>"),
+    ]
+    for message_id, visitor in forms:
+        raw = customer_mail(message_id=message_id, sender=form, headers={"Reply-To": visitor})
+        await mail.deliver(raw)
+        await mail.received(message_id)
+    waiting = await mail.inbox("waiting")
+    assert [c["contact"]["address"] for c in waiting] == [
+        "ana@customer.example",
+        "bob@other.example",
+    ]
+    await mail.act(waiting[0]["id"], "accept")
+    await mail.reply(waiting[0]["id"], "Hi Ana, it ships today.")
+    [envelope] = mail.smtp.handler.messages
+    assert envelope.rcpt_tos == ["ana@customer.example"]
+    assert str(mail.sent()[-1]["To"]) == "Ana Souza <ana@customer.example>"
+
+
 async def test_mail_delivered_over_smtp_reaches_the_inbox(make_mail: MailFactory, mta: Mta) -> None:
     """The production path for incoming mail: an MTA accepts it over SMTP and Dovecot's
     delivery agent stores it; the IDLE-ing adapter picks it up."""
