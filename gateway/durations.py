@@ -50,13 +50,21 @@ def _bounded(seconds: float) -> timedelta:
     return timedelta(seconds=seconds)
 
 
+UNDER_TWO_DAYS = (("h", 3600), ("m", 60))
+
+
 def format_duration(value: timedelta) -> str:
-    """Render a timedelta back in the config's notation (`90s` -> `1m30s`)."""
+    """Render a timedelta back in the config's notation (`90s` -> `1m30s`).
+
+    Days are used from two days on: WhatsApp's window reads `24h`, as everyone writes it,
+    not `1d`, and `36h` stays `36h`; a week is `7d`.
+    """
     seconds = value.total_seconds()
     if seconds == 0:
         return "0s"
     parts = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+    units = (("d", 86400), ("h", 3600), ("m", 60)) if seconds >= 2 * 86400 else UNDER_TWO_DAYS
+    for unit, size in units:
         count, seconds = divmod(seconds, size)
         if count:
             parts.append(f"{int(count)}{unit}")

@@ -173,6 +173,30 @@ def test_durations_are_read_in_ops_notation(tmp_path: Path) -> None:
     assert config.channel("wa-main").policy().reply_window == timedelta(hours=24)
 
 
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("90s", "1m30s"),
+        ("24h", "24h"),
+        ("36h", "36h"),
+        ("1d", "24h"),
+        ("2d", "2d"),
+        ("7d12h", "7d12h"),
+        ("0.5s", "0.5s"),
+        ("0s", "0s"),
+    ],
+)
+def test_durations_are_shown_as_ops_write_them(text: str, shown: str) -> None:
+    """`gateway check` prints durations back: WhatsApp's window as `24h`, not `1d`."""
+    from gateway.durations import format_duration, parse_duration
+
+    assert format_duration(parse_duration(text)) == shown
+
+
+def test_describe_shows_the_whatsapp_window_in_hours(tmp_path: Path) -> None:
+    assert "reply_window 24h" in load(tmp_path, DESIGN_EXAMPLE).describe()
+
+
 def test_queue_requeue_after_is_a_duration(tmp_path: Path) -> None:
     config = load(tmp_path, "queues: [{name: sales, requeue_after: 10m}]")
 
