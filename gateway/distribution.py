@@ -68,9 +68,13 @@ class Distributor:
                 return events
             presence = await self.store.presence()
             loads = await self.store.agent_loads()
+            # Each agent's place in the queue's config order is the round-robin order, kept
+            # for the online ones only, so the rotation survives an agent going offline.
+            on_queue = self.directory.agents_on(queue)
+            rotation = [a.id for a in on_queue]
             agents = {
-                a.id: a
-                for a in self.directory.agents_on(queue)
+                a.id: (order, a)
+                for order, a in enumerate(on_queue)
                 if presence.get(a.id) is not None and presence[a.id].online
             }
             last = await self.store.kv_get(rr_key)
@@ -78,12 +82,12 @@ class Distributor:
             for conversation in waiting:
                 candidates = [
                     AgentCandidate(a.id, loads.get(a.id, 0), a.max_active, order)
-                    for order, a in enumerate(agents.values())
+                    for order, a in agents.values()
                 ]
-                chosen = choose_agent(strategy, candidates, last)
+                chosen = choose_agent(strategy, candidates, last, rotation)
                 if chosen is None:
                     return events
-                agent = agents[chosen]
+                agent = agents[chosen][1]
                 now = self.clock.now()
                 try:
                     transition = lifecycle.assign(

@@ -128,15 +128,21 @@ STRATEGIES = ("least_busy", "round_robin")
 
 
 def choose_agent(
-    strategy: str, candidates: Sequence[AgentCandidate], last_assigned: str | None
+    strategy: str,
+    candidates: Sequence[AgentCandidate],
+    last_assigned: str | None,
+    rotation: Sequence[str] = (),
 ) -> str | None:
     """Pick the agent to assign the next conversation to, or None if everyone is at capacity.
 
     Only agents below `max_active` are eligible. `round_robin` takes the next eligible agent
     after `last_assigned` in config order, wrapping around. `least_busy` takes the agent with
     the fewest active conversations; among equals it rotates the same way, so a tie does not
-    always favor the agent listed first. When `last_assigned` is None or not a candidate (they
-    went offline), the rotation starts from the top.
+    always favor the agent listed first. `rotation` is every agent of the queue in config order
+    (candidates' `order` is their place in it): when `last_assigned` is no candidate any more
+    (they went offline), the turn still passes to whoever comes after their place, not back to
+    the top, which would hand the first agents listed more than their share. Without
+    `rotation`, or with no `last_assigned`, the rotation starts from the top.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown distribution strategy {strategy!r} (known: {STRATEGIES})")
@@ -146,7 +152,10 @@ def choose_agent(
     if strategy == "least_busy" and eligible:
         fewest = min(c.active_count for c in eligible)
         eligible = [c for c in eligible if c.active_count == fewest]
-    after = _order_of(candidates, last_assigned)
+    if last_assigned is not None and last_assigned in rotation:
+        after: int | None = list(rotation).index(last_assigned)
+    else:
+        after = _order_of(candidates, last_assigned)
     return _next_after(eligible, after)
 
 

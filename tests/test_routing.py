@@ -272,3 +272,14 @@ def test_equal_agents_each_get_one_per_cycle(size: int, strategy: str) -> None:
         chosen.append(last)
 
     assert sorted(chosen) == sorted(c.id for c in candidates)
+
+
+def test_round_robin_continues_after_the_place_of_an_agent_who_went_offline() -> None:
+    """Rotation a, b, c: b had the last turn and went offline; c is next, not a."""
+    online = [AgentCandidate("a", 0, 5, order=0), AgentCandidate("c", 0, 5, order=2)]
+
+    assert choose_agent("round_robin", online, "b", rotation=["a", "b", "c"]) == "c"
+    assert choose_agent("round_robin", online, "c", rotation=["a", "b", "c"]) == "a"
+    assert choose_agent("least_busy", online, "b", rotation=["a", "b", "c"]) == "c"
+    # someone no longer on the queue at all: from the top
+    assert choose_agent("round_robin", online, "gone", rotation=["a", "b", "c"]) == "a"

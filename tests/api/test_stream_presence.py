@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from aiohttp import ClientWebSocketResponse, WSServerHandshakeError
 
-from tests.api.conftest import TOKENS, Gateway
+from tests.api.conftest import BASE_CONFIG, TOKENS, Gateway, GatewayFactory
 from tests.api.test_agent_api import one_past
 
 
@@ -182,3 +182,34 @@ async def test_automatic_distribution_assigns_online_agents(gw: Gateway) -> None
     _, active = await gw.get("ana", "/api/v1/inbox?state=active&queue=sales")
     assert [c["contact"]["display_name"] for c in active["conversations"]] == ["Auto2"]
     await ws.close()
+
+
+ROUND_ROBIN = BASE_CONFIG.replace(
+    "{name: sales, distribution: automatic, strategy: least_busy}",
+    "{name: sales, distribution: automatic, strategy: round_robin}",
+)
+
+
+async def test_round_robin_continues_past_an_agent_who_went_offline(
+    make_gateway: GatewayFactory,
+) -> None:
+    """maria, jose, ana in config order: after jose's turn jose leaves, and the next
+    conversation is ana's, not maria's again (which would give the first listed more)."""
+    gw = await make_gateway(ROUND_ROBIN)
+    streams = {agent: await open_stream(gw, agent) for agent in ("maria", "jose", "ana")}
+    assigned_to = []
+    for n in range(2):
+        visitor = await gw.visitor(f"V{n}")
+        await gw.visitor_says(visitor["token"], "price?", f"c{n}")
+        _, body = await gw.get("maria", "/api/v1/inbox?state=active&queue=sales")
+        assigned_to = [c["agent"] for c in body["conversations"]]
+    assert sorted(assigned_to) == ["jose", "maria"]
+    await streams.pop("jose").close()
+    await wait_offline(gw, "jose")
+    visitor = await gw.visitor("V2")
+    await gw.visitor_says(visitor["token"], "price?", "c2")
+    _, body = await gw.get("maria", "/api/v1/inbox?state=active&queue=sales")
+    latest = max(body["conversations"], key=lambda c: c["queued_at"])
+    assert latest["agent"] == "ana"
+    for ws in streams.values():
+        await ws.close()
