@@ -162,7 +162,14 @@ def open_conversation(
     policy: ChannelPolicy,
     previous_conversation_id: str | None = None,
 ) -> Transition:
-    """Start a waiting conversation for a customer who has no open one on this channel."""
+    """Start a waiting conversation for a customer who has no open one on this channel.
+
+    A message whose reply window had already lapsed when it reached us (a provider delivering
+    a day late: the window runs from the provider's timestamp) opens the conversation
+    `inactive` (`window_expired`) at once: nobody could answer it in free text, so it must
+    not wait in a queue, be handed to an agent or take a place of their `max_active`, only to
+    turn inactive a moment later. An agent still finds it and may send a template.
+    """
     conversation = Conversation(
         id=conversation_id,
         channel=message.channel,
@@ -182,6 +189,16 @@ def open_conversation(
         subject=message.subject,
         previous_conversation_id=previous_conversation_id,
     )
+    expires = conversation.window_expires_at
+    if expires is not None and expires <= now:
+        conversation = evolve(
+            conversation,
+            state=State.INACTIVE,
+            inactive_reason=InactiveReason.WINDOW_EXPIRED,
+            no_agent_at=None,
+        )
+        event = Event(type="conversation.created", at=now, conversation=conversation)
+        return Transition(conversation, (event,))
     event = Event(type="conversation.created", at=now, conversation=conversation)
     return Transition(conversation, (event,), distribute=queue)
 

@@ -59,6 +59,22 @@ def test_window_runs_from_provider_timestamp() -> None:
     assert later.conversation.window_expires_at == c.window_expires_at
 
 
+@pytest.mark.parametrize("late_by", [timedelta(hours=24), timedelta(days=3)])
+def test_a_message_arriving_after_its_window_opens_inactive(late_by: timedelta) -> None:
+    """Nobody may answer it in free text: not queued, not distributed, no timers."""
+    t = lifecycle.open_conversation("c", inbound(sent_at=T0 - late_by), "q", T0, WA)
+    c = t.conversation
+    assert (c.state, c.inactive_reason) == (State.INACTIVE, "window_expired")
+    assert c.agent is None and c.no_agent_at is None
+    assert t.distribute is None and lifecycle.deadlines_of(c) == {}
+    assert [e.type for e in t.events] == ["conversation.created"]
+    # a second inside the window: an ordinary waiting conversation
+    fresh = lifecycle.open_conversation(
+        "c", inbound(sent_at=T0 - timedelta(hours=24) + timedelta(seconds=1)), "q", T0, WA
+    )
+    assert fresh.conversation.state == State.WAITING and fresh.distribute == "q"
+
+
 def test_window_never_starts_in_the_future() -> None:
     """A provider timestamp ahead of our clock (skew, or a forged payload) counts as now."""
     ahead = T0 + timedelta(days=10)

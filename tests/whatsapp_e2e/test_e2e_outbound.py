@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
+from tests.api.test_stream_presence import open_stream, receive
 from tests.whatsapp.fakes import Call, meta_error, twilio_error
 from tests.whatsapp.support import PUBLIC_URL
 from tests.whatsapp_e2e.conftest import (
@@ -426,3 +427,32 @@ async def test_a_template_with_more_media_than_one_message_carries_is_refused(
     )
     assert status == 400 and "at most 1 attachment" in body["error"]["message"]
     assert (await wa.counts())["messages"] == before
+
+
+async def test_a_message_whose_window_lapsed_before_it_arrived_opens_inactive(
+    wa: WaGateway,
+) -> None:
+    """Meta re-delivers a message written 25 hours ago to an automatic queue with an agent
+    online: nobody may answer it in free text, so it is neither queued nor assigned (it would
+    take a place of maria's max_active only to turn inactive a moment later)."""
+    stream = await open_stream(wa.gw, "maria")
+    written = wa.clock.now() - timedelta(hours=25)
+    await wa.customer_meta("late-1", "price of the blue one?", ts=int(written.timestamp()))
+    conversation_id = await wa.conversation_of(META, "+5511999990000")
+    created = await receive(stream, type_="conversation.created")
+    assert created["conversation"]["state"] == "inactive"
+    conversation = await wa.conversation(conversation_id)
+    assert conversation["state"] == "inactive"
+    assert conversation["inactive_reason"] == "window_expired"
+    assert conversation["agent"] is None and conversation["can_reply"] is False
+    assert [m["text"] for m in conversation["messages"]] == ["price of the blue one?"]
+    assert await wa.inbox("waiting") == [] and await wa.inbox("active") == []
+    assert [c["id"] for c in await wa.inbox("inactive")] == [conversation_id]
+    # free text is refused with the hint; an agent of its queue may send a template
+    status, body = await wa.reply(conversation_id, {"text": "hola"})
+    assert status == 409 and body["error"]["code"] == "window_closed"
+    status, body = await wa.reply(conversation_id, {"template": TEMPLATE})
+    assert status == 202, body
+    # nothing was left for the timers either
+    assert await wa.gw.runtime.scheduler.run_once() == 0
+    await stream.close()
