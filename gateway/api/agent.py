@@ -128,7 +128,7 @@ def _flag(request: web.Request, name: str) -> bool:
 
 def _limit(request: web.Request) -> int:
     raw = _once(request, "limit") or "200"
-    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 1000:
         raise InvalidInput("limit must be a number between 1 and 1000")
     return int(raw)
 

@@ -44,7 +44,7 @@ async def after_cursor(request: web.Request, store: Store) -> str | None:
 
 def _number(request: web.Request, name: str, default: int, low: int, high: int) -> int:
     raw = request.query.get(name, str(default))
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
         raise InvalidInput(f"{name} must be a number between {low} and {high}")
     return int(raw)
 

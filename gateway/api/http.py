@@ -110,7 +110,9 @@ async def read_json(request: web.Request) -> dict[str, Any]:
 
 
 def token_digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+    # A header that was not UTF-8 arrives with lone surrogates in it: hash what was sent
+    # (it matches no token) rather than fail to encode it.
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class Authenticator:

@@ -66,7 +66,7 @@ async def attachment(request: web.Request) -> web.StreamResponse:
     if message is None or message.conversation_id != conversation.id:
         raise NotFound(f"no message {message_id} in conversation {conversation.id}")
     raw_index = request.match_info["index"]
-    index = int(raw_index) if raw_index.isdigit() else -1
+    index = int(raw_index) if raw_index.isascii() and raw_index.isdigit() else -1
     if not 0 <= index < len(message.attachments):
         raise NotFound(f"message {message_id} has no attachment {raw_index}")
     found = message.attachments[index]

@@ -56,7 +56,9 @@ def _part_at(tree: MimePart, path: str) -> MimePart | None:
     part = tree
     for step in path.split("."):
         children = _branches(part)
-        if children is None or not step.isdigit() or not 0 < int(step) <= len(children):
+        if children is None or not (step.isascii() and step.isdigit()):
+            return None
+        if not 0 < int(step) <= len(children):
             return None
         part = children[int(step) - 1]
     return None if _branches(part) is not None else part

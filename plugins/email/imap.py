@@ -228,7 +228,7 @@ def parse_search(lines: list[Any]) -> list[int]:
         tokens = bytes(line).split()
         if tokens and tokens[0].upper() == b"SEARCH":
             tokens = tokens[1:]
-        uids.update(int(tok) for tok in tokens if tok.isdigit())
+        uids.update(int(tok) for tok in tokens if tok.isascii() and tok.isdigit())
     return sorted(uids)
 
 

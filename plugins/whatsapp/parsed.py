@@ -49,7 +49,7 @@ class ParseResult:
 def e164(value: str) -> str:
     """Return `+digits` for a bare phone number; anything else (a BSUID, a name) unchanged."""
     stripped = value.strip()
-    if stripped.isdigit():
+    if stripped.isascii() and stripped.isdigit():
         return f"+{stripped}"
     return stripped
 

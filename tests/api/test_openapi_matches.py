@@ -246,6 +246,7 @@ async def _agents(gw: Gateway, doc: Document, visitor_id: str) -> str:
         ("maria", "?state=active&mine=1&limit=5", 200),
         ("maria", "?state=bogus", 400),
         ("maria", "?limit=0", 400),
+        ("maria", "?limit=%C2%B2", 400),  # superscript two: a digit to isdigit, not to int
         ("maria", "?queue=nope", 404),
         ("ana", "?queue=support", 403),
     ]:
@@ -308,9 +309,11 @@ async def _agents(gw: Gateway, doc: Document, visitor_id: str) -> str:
 
     detail = await (await c.get(path, headers=gw.auth("maria"))).json()
     message_id = detail["messages"][0]["id"]
-    resp = await c.get(f"{path}/messages/{message_id}/attachments/0", headers=gw.auth("maria"))
-    assert resp.status == 404
-    await doc.check(resp, "GET", CONV + "/messages/{message_id}/attachments/{index}")
+    for index in ("0", "%C2%B2"):
+        attachment = f"{path}/messages/{message_id}/attachments/{index}"
+        resp = await c.get(attachment, headers=gw.auth("maria"))
+        assert resp.status == 404
+        await doc.check(resp, "GET", CONV + "/messages/{message_id}/attachments/{index}")
     return conv_id
 
 
@@ -323,6 +326,8 @@ async def _events(gw: Gateway, doc: Document) -> None:
         ("maria", "?limit=2", 200),
         ("crm", "?after=bogus", 400),
         ("crm", "?wait=61", 400),
+        ("crm", "?wait=%E2%91%A0", 400),  # circled one
+        ("crm", "?limit=%D9%A1", 400),  # Arabic-Indic one
         (None, "", 401),
     ]:
         headers = {"Authorization": f"Bearer {TOKENS[token]}"} if token else {}

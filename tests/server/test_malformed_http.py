@@ -44,3 +44,12 @@ async def test_unparseable_requests_get_400_and_a_log_line_without_traceback(
     assert len(malformed) == len(GARBAGE) - 1, records
     assert {r["level"] for r in malformed} == {"warning"}
     assert all(r["logger"] == "aiohttp.server" and r["reason"] for r in malformed)
+
+
+async def test_a_token_that_is_not_utf8_is_unauthorized_not_an_error(
+    shipped_gateway: ServeProcess,
+) -> None:
+    for path in (b"/api/v1/events", b"/api/v1/inbox", b"/api/v1/stream"):
+        data = b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\r\n\r\n"
+        answer = await raw_request(shipped_gateway.base, data)
+        assert answer.split(b" ", 2)[1] == b"401", answer

@@ -446,3 +446,13 @@ def test_unknown_type_is_kept_as_unsupported() -> None:
     result = parse_meta_payload(payload, channel="c", now=NOW)
     assert result.messages[0].kind == "unsupported"
     assert result.messages[0].extra["declared_type"] == "hologram"
+
+
+def test_only_ascii_digits_make_a_phone_number() -> None:
+    """`str.isdigit` also says yes to superscripts and Arabic-Indic digits: not phone numbers."""
+    from plugins.whatsapp.parsed import e164
+
+    assert e164(" 5511999990000 ") == "+5511999990000"
+    assert e164("55²") == "55²"
+    assert e164("١٢٣") == "١٢٣"
+    assert e164("BR.1234abcd") == "BR.1234abcd"
