@@ -21,6 +21,7 @@ from gateway.model import (
     Direction,
     Event,
     Message,
+    Placement,
     State,
     dumps,
     parse_iso,
@@ -115,7 +116,12 @@ def event_from(data: dict[str, Any], cursor: str | None = None) -> Event:
         message=message_from(message) if message else None,
         change=data.get("change"),
         cursor=cursor if cursor is not None else data.get("cursor"),
+        moved_from=_placement(data.get("moved_from")),
     )
+
+
+def _placement(data: dict[str, Any] | None) -> Placement | None:
+    return None if data is None else Placement(queue=data["queue"], agent=data.get("agent"))
 
 
 class _DecodedConversations:

@@ -28,6 +28,7 @@ from gateway.model import (
     InactiveReason,
     InboundMessage,
     Message,
+    Placement,
     State,
     evolve,
     fast_init,
@@ -140,7 +141,11 @@ def _updated(
 ) -> tuple[Event, ...]:
     if (before.state, after.state) not in ALLOWED_EDGES:
         raise AssertionError(f"lifecycle bug: {before.state} -> {after.state}")
-    return (Event(type="conversation.updated", at=now, conversation=after, change=change),)
+    moved = before.queue != after.queue or (
+        before.agent is not None and before.agent != after.agent
+    )
+    moved_from = Placement(before.queue, before.agent) if moved else None
+    return (Event("conversation.updated", now, after, change=change, moved_from=moved_from),)
 
 
 def _window_end(

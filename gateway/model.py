@@ -221,7 +221,8 @@ class Event:
     `type` is one of `message.received`, `message.sent`, `message.status`,
     `conversation.created`, `conversation.updated`; `change` says what changed for
     `conversation.updated` (accepted, pending, resumed, closed, inactive, ...).
-    `cursor` is assigned by the store when the event is appended.
+    `cursor` is assigned by the store when the event is appended. `moved_from` is where the
+    conversation was when this change took it from a queue or an agent (see `Placement`).
     """
 
     type: str
@@ -230,9 +231,31 @@ class Event:
     message: Message | None = None
     change: str | None = None
     cursor: str | None = None
+    moved_from: Placement | None = None
 
     def with_cursor(self, cursor: str) -> Event:
-        return Event(self.type, self.at, self.conversation, self.message, self.change, cursor)
+        return Event(
+            self.type,
+            self.at,
+            self.conversation,
+            self.message,
+            self.change,
+            cursor,
+            self.moved_from,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """A conversation's queue and agent before a change that moved it elsewhere.
+
+    Agents see a conversation's events while it is on one of their queues or theirs; the
+    event that moves it away (a transfer to another queue, say) must still reach those who
+    saw it until then, or their inbox keeps showing it where it no longer is.
+    """
+
+    queue: str
+    agent: str | None = None
 
 
 _T = TypeVar("_T")
@@ -384,6 +407,7 @@ def dumps_event(
         "message": message,
         "change": event.change,
         "cursor": event.cursor,
+        "moved_from": event.moved_from,
     }
     return orjson.dumps(document, default=_default, option=_OPTIONS)
 

@@ -886,6 +886,15 @@ def _schemas() -> dict[str, Any]:
                 "at": TIME,
                 "conversation": _ref("Conversation"),
                 "message": _ref("EventMessage"),
+                "moved_from": {
+                    **_object(
+                        {"queue": {"type": "string"}, "agent": NULLABLE_STRING},
+                        ["queue", "agent"],
+                    ),
+                    "description": "Where the conversation was before this change took it from"
+                    " a queue or an agent (a transfer, a requeue): agents who saw it there get"
+                    " this event too, so they can drop it from their view",
+                },
             },
             ["cursor", "type", "at"],
         ),

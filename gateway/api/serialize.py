@@ -93,6 +93,8 @@ def event_json(event: Event, now: datetime) -> dict[str, Any]:
     body: dict[str, Any] = {"cursor": event.cursor, "type": event.type, "at": iso(event.at)}
     if event.change is not None:
         body["change"] = event.change
+    if event.moved_from is not None:
+        body["moved_from"] = {"queue": event.moved_from.queue, "agent": event.moved_from.agent}
     if event.conversation is not None:
         body["conversation"] = conversation_json(event.conversation, now)
     if event.message is not None:

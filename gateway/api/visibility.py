@@ -19,6 +19,10 @@ def visible_to(agent: AgentInfo) -> Callable[[Event], bool]:
         conversation = event.conversation
         if conversation is None:
             return False
-        return conversation.queue in agent.queues or conversation.agent == agent.id
+        if conversation.queue in agent.queues or conversation.agent == agent.id:
+            return True
+        # The change that took it out of their sight: they must learn it is gone.
+        before = event.moved_from
+        return before is not None and (before.queue in agent.queues or before.agent == agent.id)
 
     return accept

@@ -753,7 +753,13 @@ class RedisStore:
             if conversation is not None and carried is not None:
                 carried = conversation
             made = Event(
-                event.type, event.at, carried, event.message, event.change, cursor_of(stream_id)
+                event.type,
+                event.at,
+                carried,
+                event.message,
+                event.change,
+                cursor_of(stream_id),
+                event.moved_from,
             )
             recent[stream_id] = made
             stored.append(made)

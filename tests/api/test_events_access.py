@@ -76,3 +76,34 @@ async def test_an_integrator_token_opens_only_the_event_log(gw: Gateway) -> None
         assert "GET /api/v1/events only" in body["error"]["message"]
     status, _ = await gw.get("crm", "/api/v1/events")
     assert status == 200
+
+
+async def test_the_change_that_takes_a_conversation_away_reaches_who_saw_it(
+    gw: Gateway,
+) -> None:
+    """Ana (sales only) gets a sales conversation assigned, then hands it to support: she
+    gets that event, saying where it was (`moved_from`), and nothing of it afterwards."""
+    from tests.api.test_stream_presence import open_stream, receive
+
+    stream = await open_stream(gw, "ana")
+    _, sales = await conversation_of(gw, "Caio", "price?")
+    assigned = await receive(stream, type_="conversation.updated")
+    assert assigned["change"] == "assigned" and "moved_from" not in assigned
+    path = f"/api/v1/conversations/{sales}"
+    status, body = await gw.post("ana", f"{path}/transfer", {"queue": "support"})
+    assert status == 200, body
+
+    event = await receive(stream, type_="conversation.updated")
+    assert event["change"] == "transferred"
+    assert event["conversation"]["queue"] == "support"
+    assert event["moved_from"] == {"queue": "sales", "agent": "ana"}
+    _, page = await gw.get("ana", "/api/v1/events")
+    moved = [e for e in page["events"] if e.get("change") == "transferred"]
+    assert [e["moved_from"] for e in moved] == [{"queue": "sales", "agent": "ana"}]
+    # From then on the conversation is out of her sight.
+    assert (await gw.post("jose", f"{path}/accept"))[0] == 200
+    _, later = await gw.get("ana", f"/api/v1/events?after={page['cursor']}")
+    assert later["events"] == []
+    _, everything = await gw.get("crm", "/api/v1/events")
+    assert [e["change"] for e in everything["events"] if e.get("change")][-1] == "accepted"
+    await stream.close()

@@ -44,7 +44,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-TOKENS = {"maria": "tok-maria", "jose": "tok-jose"}
+TOKENS = {"maria": "tok-maria", "jose": "tok-jose", "ana": "tok-ana"}
 
 
 def _sha(token: str) -> str:
@@ -76,6 +76,7 @@ agents:
       queues: [support, sales], max_active: 5}}
   - {{id: jose, name: José, token_sha256: "{_sha(TOKENS["jose"])}",
       queues: [support, sales], max_active: 5}}
+  - {{id: ana, name: Ana, token_sha256: "{_sha(TOKENS["ana"])}", queues: [support], max_active: 5}}
 """
 
 

@@ -274,6 +274,29 @@ async def test_transfer_to_an_agent_and_to_a_queue(gw: LiveGateway, new_page: Ne
     await expect(item(agent, "Tomás")).to_be_visible()
 
 
+async def test_a_conversation_transferred_out_of_my_queues_leaves_my_page_live(
+    gw: LiveGateway, new_page: NewPage
+) -> None:
+    """Ana is on support only. Maria moves a support conversation to sales: Ana's page must
+    drop it at once, not keep showing it where it no longer is until she switches tabs."""
+    await gw.visitor("Ramón", "Una consulta")
+    (conversation,) = await gw.waiting()
+    ana = await new_page()
+    await sign_in(ana, gw, "ana")
+    await gw.post("maria", f"/api/v1/conversations/{conversation['id']}/accept")
+    await tab(ana, "active")
+    await expect(item(ana, "Ramón")).to_be_visible()
+    await expect(count(ana, "active")).to_have_text("1")
+
+    await gw.post(
+        "maria", f"/api/v1/conversations/{conversation['id']}/transfer", {"queue": "sales"}
+    )
+    await expect(item(ana, "Ramón")).to_have_count(0)
+    await expect(count(ana, "active")).to_have_text("0")
+    await tab(ana, "waiting")
+    await expect(item(ana, "Ramón")).to_have_count(0)
+
+
 async def test_whatsapp_window_closed_offers_a_template(gw: LiveGateway, new_page: NewPage) -> None:
     await gw.whatsapp("+5511988887777", "Paulo", "Preciso de ajuda")
     (conversation,) = await gw.waiting()
