@@ -120,8 +120,11 @@ export class Stream {
       encodeURIComponent(this.token);
     if (this.cursor) url += "&after=" + encodeURIComponent(this.cursor);
     const ws = new WebSocket(url);
+    const resumeFrom = this.cursor;
+    let opened = false;
     this.ws = ws;
     ws.onopen = () => {
+      opened = true;
       this.retry = 0;
       this.onState("live");
     };
@@ -142,12 +145,33 @@ export class Stream {
       if (frame.cursor) this.cursor = frame.cursor; // typing events have none: not in the log
       this.onEvent(frame);
     };
-    ws.onclose = () => {
+    ws.onclose = async () => {
       if (this.ws !== ws || this.stopped) return;
       this.ws = null;
       this.onState("reconnecting");
+      // Refused before the upgrade while resuming: a browser does not say why. If the gateway
+      // no longer knows our cursor (its store was replaced), resuming from it would be
+      // refused forever, and the agent would be offline the whole time: start from now (the
+      // page reloads its lists on every hello, so nothing is missed).
+      if (!opened && resumeFrom && (await this.cursorRefused(resumeFrom))) {
+        if (this.cursor === resumeFrom) this.cursor = null;
+      }
+      if (this.stopped) return;
       const delay = Math.min(15000, 500 * 2 ** this.retry++) * (0.5 + Math.random() / 2);
       this.timer = setTimeout(() => this.connect(), delay);
     };
+  }
+
+  /** Whether the gateway answers 400 for this cursor (one it never issued), by the event log,
+   * which checks a cursor the same way the stream does. False when it cannot be asked. */
+  async cursorRefused(cursor) {
+    try {
+      const resp = await fetch("/api/v1/events?limit=1&after=" + encodeURIComponent(cursor), {
+        headers: { Authorization: "Bearer " + this.token },
+      });
+      return resp.status === 400;
+    } catch (err) {
+      return false; // the gateway is unreachable: keep the cursor and retry
+    }
   }
 }

@@ -227,3 +227,31 @@ async def test_a_refused_after_falls_back_to_the_whole_history(
         (conversation,) = await gw.waiting()
         assert conversation["contact"]["address"] == before["visitor"]
         await page.context.close()
+
+
+async def test_the_inbox_page_comes_back_after_its_gateway_lost_the_stream_cursor(
+    tmp_path: Path, new_page: NewPage, page_errors: PageErrors
+) -> None:
+    """The gateway comes back on a fresh store (as when moving to a new Redis): the page's
+    cursor means nothing there and resuming from it is refused. The page must start from
+    now, not retry that cursor forever (offline for good: its open page is the presence)."""
+    from tests.browser.conftest import item, sign_in
+
+    page_errors.tolerate(*GATEWAY_DOWN, "Unexpected response code: 400", "400 (Bad Request)")
+    async with restartable() as node:
+        first = await node.start(tmp_path / "old.db")
+        agent = await new_page()
+        await sign_in(agent, first)
+        await first.visitor("Antes", "hola")
+        await expect(item(agent, "Antes")).to_be_visible()  # the page holds a cursor now
+        await node.stop()
+        await expect(agent.locator("#conn")).to_have_text("reconnecting…")
+
+        gw = await node.start(tmp_path / "fresh.db")
+        await expect(agent.locator("#conn")).to_have_text("live", timeout=RECONNECTED)
+        await gw.visitor("Después", "hola otra vez")
+        await expect(item(agent, "Después")).to_be_visible()
+        await expect(item(agent, "Antes")).to_have_count(0)  # the lists were reloaded
+        presence = await gw.get("maria", "/api/v1/agents")
+        assert [a["online"] for a in presence["agents"] if a["id"] == "maria"] == [True]
+        await agent.context.close()
