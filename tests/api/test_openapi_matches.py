@@ -18,7 +18,16 @@ from aiohttp import ClientResponse, ClientWebSocketResponse, WSMsgType
 
 from gateway.api.openapi import openapi_document
 from gateway.api.serialize import conversation_json, event_json, message_json
-from gateway.model import Attachment, Contact, Conversation, Direction, Event, Message, State
+from gateway.model import (
+    Attachment,
+    Contact,
+    Conversation,
+    Direction,
+    Event,
+    Message,
+    Placement,
+    State,
+)
 from plugins.webchat.adapter import visitor_message_json
 from tests.api.conftest import TOKENS, Build, Gateway
 from tests.store.redis_server import RedisServer
@@ -465,5 +474,5 @@ def test_schemas_list_exactly_what_the_serializers_write() -> None:
     assert set(message_json(message, raw=True)) == _fields("EventMessage")
     assert set(message_json(message)["attachments"][0]) == _fields("Attachment")
     assert set(visitor_message_json(message)) == _fields("VisitorMessage")
-    event = Event("message.received", now, conversation, message, "x", "1")
+    event = Event("message.received", now, conversation, message, "x", "1", Placement("s", "a"))
     assert set(event_json(event, now)) == _fields("Event")
