@@ -62,7 +62,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from gateway.clientaddr import Network, client_address
 from gateway.clock import Clock
-from gateway.durations import Duration
+from gateway.durations import Duration, TimerDuration
 from gateway.lifecycle import ChannelPolicy
 from gateway.model import (
     Attachment,
@@ -100,7 +100,7 @@ class ChannelConfig(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)
     type: str
     reply_window: Duration | None = None
-    no_agent_timeout: Duration | None = None
+    no_agent_timeout: TimerDuration | None = None
 
     def policy(self) -> ChannelPolicy:
         """Return the session rules the lifecycle applies to this channel's conversations."""

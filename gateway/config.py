@@ -57,7 +57,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from gateway.channels import ChannelConfig, refuse_boolean_number
-from gateway.durations import Duration, format_duration
+from gateway.durations import Duration, PositiveDuration, TimerDuration, format_duration
 from gateway.errors import ConfigError
 
 # --------------------------------------------------------------------------------------------
@@ -135,7 +135,7 @@ class OutboundConfig(_Section):
 
     retry_attempts: int = Field(default=5, ge=1, le=50)
     retry_initial: Duration = timedelta(milliseconds=500)
-    retry_max_delay: Duration = timedelta(seconds=30)
+    retry_max_delay: PositiveDuration = timedelta(seconds=30)
 
     @model_validator(mode="after")
     def _initial_below_max(self) -> Self:
@@ -158,7 +158,7 @@ class QueueConfig(_Section):
     name: str = Field(pattern=_NAME_PATTERN)
     distribution: Literal["manual", "automatic"] = "manual"
     strategy: Literal["least_busy", "round_robin"] = "least_busy"
-    requeue_after: Duration | None = None
+    requeue_after: TimerDuration | None = None
 
 
 def _check_regex(pattern: str) -> str:

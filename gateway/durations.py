@@ -6,7 +6,7 @@ import re
 from datetime import timedelta
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, PlainSerializer
+from pydantic import AfterValidator, BeforeValidator, PlainSerializer
 
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -78,3 +78,24 @@ Duration = Annotated[
     BeforeValidator(parse_duration),
     PlainSerializer(format_duration, return_type=str),
 ]
+
+
+def _positive(value: timedelta) -> timedelta:
+    if value <= timedelta(0):
+        raise ValueError("must be longer than 0s")
+    return value
+
+
+def _positive_timer(value: timedelta) -> timedelta:
+    if value <= timedelta(0):
+        raise ValueError("must be longer than 0s; null turns this timer off")
+    return value
+
+
+PositiveDuration = Annotated[Duration, AfterValidator(_positive)]
+"""A duration that must be above zero: a timeout, an interval, a time-to-live. A zero poll
+interval or timeout is a mistake, not a wish: refused at load with its key path."""
+
+TimerDuration = Annotated[Duration, AfterValidator(_positive_timer)]
+"""An optional timer's delay (`no_agent_timeout`, `requeue_after`): null turns it off, and zero
+is refused rather than read as off too (a falsy timedelta), which nobody writing `0s` means."""

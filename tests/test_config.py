@@ -197,6 +197,41 @@ def test_describe_shows_the_whatsapp_window_in_hours(tmp_path: Path) -> None:
     assert "reply_window 24h" in load(tmp_path, DESIGN_EXAMPLE).describe()
 
 
+@pytest.mark.parametrize(
+    ("text", "key_path", "timer"),
+    [
+        (
+            "channels: [{name: site, type: webchat, no_agent_timeout: 0s}]",
+            "channels[0].no_agent_timeout",
+            True,
+        ),
+        ("queues: [{name: sales, requeue_after: 0s}]", "queues[0].requeue_after", True),
+        ("outbound: {retry_max_delay: 0s}", "outbound.retry_max_delay", False),
+    ],
+)
+def test_zero_is_refused_where_it_cannot_mean_anything(
+    tmp_path: Path, text: str, key_path: str, timer: bool
+) -> None:
+    """`0s` silently turned these timers off (a zero timedelta reads as none): refused now,
+    naming the key, and saying how to turn a timer off."""
+    line = problem_at(problems(tmp_path, text), key_path)
+    assert "must be longer than 0s" in line
+    assert ("null turns this timer off" in line) is timer
+
+
+def test_zero_still_means_at_once_where_it_can(tmp_path: Path) -> None:
+    """A zero grace sets pending at once; a zero window allows templates only."""
+    config = load(
+        tmp_path,
+        "presence: {agent_disconnect_grace: 0s}\n"
+        "channels: [{name: wa, type: whatsapp, provider: twilio, account_sid: AC1,"
+        " auth_token: x, from: '+14155238886', reply_window: 0s}]\n"
+        "queues: [{name: q}]\nrouting: [{queue: q}]",
+    )
+    assert config.presence.agent_disconnect_grace == timedelta(0)
+    assert config.channel("wa").reply_window == timedelta(0)
+
+
 def test_queue_requeue_after_is_a_duration(tmp_path: Path) -> None:
     config = load(tmp_path, "queues: [{name: sales, requeue_after: 10m}]")
 

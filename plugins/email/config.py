@@ -20,7 +20,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr
 
 from gateway.channels import ChannelConfig
-from gateway.durations import Duration
+from gateway.durations import PositiveDuration
 
 TlsMode = Literal["implicit", "starttls", "none"]
 """`implicit`: TLS from the first byte (IMAPS 993, SMTPS 465); `starttls`: upgrade a plain
@@ -63,13 +63,13 @@ class ImapSettings(_Section):
     mailbox: str = "INBOX"
     idle: bool = True
     """Use IMAP IDLE when the server offers it; `false` polls every `poll_interval` instead."""
-    poll_interval: Duration = timedelta(seconds=60)
+    poll_interval: PositiveDuration = timedelta(seconds=60)
     # Servers drop an IDLE after 30 minutes (RFC 2177 says re-issue before 29), and a session
     # that stopped answering (a frozen server process, a half-open connection) is only noticed
     # when the IDLE ends and its DONE gets no answer within `timeout`: 5 minutes bounds how
     # late mail can be after such a failure, for one extra command per 5 minutes.
-    idle_timeout: Duration = timedelta(minutes=5)
-    timeout: Duration = timedelta(seconds=30)
+    idle_timeout: PositiveDuration = timedelta(minutes=5)
+    timeout: PositiveDuration = timedelta(seconds=30)
     first_sync: Literal["new", "all"] = "new"
     """With no cursor yet: `new` starts after the newest message present (older mail is
     imported on purpose with `gateway email backfill`); `all` imports the whole mailbox."""
@@ -83,7 +83,7 @@ class SmtpSettings(_Section):
     tls: TlsMode = "starttls"
     username: str | None = None
     password: SecretStr | None = None
-    timeout: Duration = timedelta(seconds=30)
+    timeout: PositiveDuration = timedelta(seconds=30)
 
 
 class EmailConfig(ChannelConfig):

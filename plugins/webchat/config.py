@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 
 from gateway.channels import ChannelConfig
-from gateway.durations import Duration
+from gateway.durations import PositiveDuration, TimerDuration
 from gateway.ratelimit import Rate
 
 
@@ -28,10 +28,10 @@ class WebchatConfig(ChannelConfig):
     """
 
     type: Literal["webchat"] = "webchat"
-    no_agent_timeout: Duration | None = timedelta(minutes=5)
+    no_agent_timeout: TimerDuration | None = timedelta(minutes=5)
     allowed_origins: list[str] = Field(default_factory=list)
     secret: SecretStr | None = None
-    token_ttl: Duration = timedelta(days=30)
+    token_ttl: PositiveDuration = timedelta(days=30)
     max_text: int = Field(default=4096, ge=1, le=65536)
     title: str = "Chat with us"
     session_rate_limit: Rate | None = "60/minute"

@@ -16,7 +16,7 @@ from pydantic import ConfigDict, Field, SecretStr, ValidationError, field_valida
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from gateway.channels import ChannelConfig
-from gateway.durations import Duration
+from gateway.durations import Duration, PositiveDuration
 
 DEFAULT_API_BASE = {
     "twilio": "https://api.twilio.com",
@@ -67,7 +67,7 @@ class WhatsAppConfig(ChannelConfig):
 
     # Both: where the provider's REST API lives (tests point it at a stand-in server).
     api_base_url: str | None = None
-    request_timeout: Duration = timedelta(seconds=15)
+    request_timeout: PositiveDuration = timedelta(seconds=15)
     max_webhook_bytes: int = Field(default=1024 * 1024, gt=0)
 
     @model_validator(mode="before")

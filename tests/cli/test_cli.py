@@ -50,6 +50,27 @@ BAD_CONFIGS = {
         "NOPE_TOKEN",
     ),
     "bad duration": ("presence: {agent_disconnect_grace: soon}", "presence.agent_disconnect_grace"),
+    # Zero where it cannot mean anything, in each real plugin's own config model.
+    "zero web chat token lifetime": (
+        "channels: [{name: s, type: webchat, token_ttl: 0s}]\nqueues: [{name: q}]",
+        "channels[0].token_ttl: must be longer than 0s",
+    ),
+    "zero web chat no-agent timeout": (
+        "channels: [{name: s, type: webchat, no_agent_timeout: 0s}]\nqueues: [{name: q}]",
+        "channels[0].no_agent_timeout: must be longer than 0s; null turns this timer off",
+    ),
+    "zero provider timeout": (
+        "channels: [{name: w, type: whatsapp, provider: cloud_api, phone_number_id: '1',"
+        " access_token: a, app_secret: s, verify_token: v, request_timeout: 0s}]"
+        "\nqueues: [{name: q}]",
+        "channels[0].request_timeout: must be longer than 0s",
+    ),
+    "zero mail poll interval": (
+        "channels: [{name: m, type: email, address: s@example.com,"
+        " imap: {host: h, username: u, password: p, poll_interval: 0s},"
+        " smtp: {host: h}}]\nqueues: [{name: q}]",
+        "channels[0].imap.poll_interval: must be longer than 0s",
+    ),
 }
 
 
