@@ -148,6 +148,7 @@ class Actions:
             target = self.directory.agents.get(to_agent)
             if target is None:
                 raise TransitionError("invalid_request", f"unknown agent {to_agent!r}")
+            await self._require_online(target.id, agent.id)
 
         def decide(c: Conversation, loads: dict[str, int]) -> Transition:
             return lifecycle.transfer(
@@ -166,6 +167,20 @@ class Actions:
             max_active=target.max_active if target else None,
             action="transferred",
         )
+
+    async def _require_online(self, target: str, caller: str) -> None:
+        """Refuse handing a conversation to an agent who went offline: nobody would answer it,
+        and with no connection of theirs left to close, no grace would ever set it pending.
+        An agent who never opened a stream (working over REST alone) has no presence to judge
+        by, so they may still receive one (README: their conversations stay theirs)."""
+        if target == caller:
+            return
+        presence = (await self.store.presence()).get(target)
+        if presence is not None and not presence.online:
+            raise TransitionError(
+                "agent_offline",
+                f"agent {target} is offline: transfer to their queue, or to an agent online",
+            )
 
 
 def is_open_for_agent(conversation: Conversation, agent_id: str) -> bool:

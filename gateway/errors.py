@@ -100,6 +100,7 @@ HTTP_STATUS: dict[str, int] = {
     "invalid_transition": 409,
     "window_closed": 409,
     "max_active_reached": 409,
+    "agent_offline": 409,
     "payload_too_large": 413,
     "unsupported_media_type": 415,
     "store_unavailable": 503,

@@ -37,7 +37,8 @@ MEANING = {
     " `not_on_queue`, `not_assignee`)",
     404: "No such conversation (`not_found`)",
     409: "Conflict: already taken, window closed, max_active reached or forbidden transition"
-    " (`already_taken`, `window_closed`, `max_active_reached`, `invalid_transition`, `conflict`)",
+    " (`already_taken`, `window_closed`, `max_active_reached`, `agent_offline`,"
+    " `invalid_transition`, `conflict`)",
     413: "Body too large (`payload_too_large`)",
     429: "Over the channel's rate limit (`rate_limited`); `Retry-After` says how many seconds"
     " to wait. Nothing was stored",
@@ -226,7 +227,8 @@ def _agent_paths() -> dict[str, Any]:
         "/api/v1/conversations/{id}/close": {"post": _action("Close a conversation")},
         "/api/v1/conversations/{id}/transfer": {
             "post": _action(
-                "Transfer to another queue (back to waiting) or another agent",
+                "Transfer to another queue (back to waiting) or another agent (409"
+                " `agent_offline` if that agent's stream is gone)",
                 {
                     "type": "object",
                     "properties": {"queue": {"type": "string"}, "agent": {"type": "string"}},

@@ -213,3 +213,31 @@ async def test_round_robin_continues_past_an_agent_who_went_offline(
     assert latest["agent"] == "ana"
     for ws in streams.values():
         await ws.close()
+
+
+async def test_no_transfer_to_an_agent_whose_stream_is_gone(gw: Gateway) -> None:
+    """Jose went offline: a conversation handed to him would stay active with nobody there,
+    and no grace would ever start (he has no connection left to close)."""
+    jose = await open_stream(gw, "jose")
+    await jose.close()
+    await wait_offline(gw, "jose")
+    conv_id = await accepted_by_maria(gw)
+    path = f"/api/v1/conversations/{conv_id}"
+    status, body = await gw.post("maria", f"{path}/transfer", {"agent": "jose"})
+    assert status == 409 and body["error"]["code"] == "agent_offline"
+    _, conversation = await gw.get("maria", path)
+    assert (conversation["state"], conversation["agent"]) == ("active", "maria")
+    # Back online: the transfer goes through.
+    jose = await open_stream(gw, "jose")
+    status, body = await gw.post("maria", f"{path}/transfer", {"agent": "jose"})
+    assert status == 200, body
+    await jose.close()
+
+
+async def test_an_agent_who_never_connected_may_still_be_handed_one(gw: Gateway) -> None:
+    """No presence to judge by (an agent working over REST alone): as before, allowed."""
+    conv_id = await accepted_by_maria(gw)
+    status, body = await gw.post(
+        "maria", f"/api/v1/conversations/{conv_id}/transfer", {"agent": "jose"}
+    )
+    assert status == 200, body
