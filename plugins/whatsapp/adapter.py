@@ -29,6 +29,7 @@ from gateway.errors import (
 )
 from gateway.model import Attachment, Conversation, Message
 from gateway.outbound import OutboundRequest
+from plugins.whatsapp import numbers
 from plugins.whatsapp.aliases import ContactAliases
 from plugins.whatsapp.config import WhatsAppConfig
 from plugins.whatsapp.meta_provider import CAPTIONED, MetaProvider, media_kind
@@ -58,11 +59,30 @@ class WhatsAppAdapter(BaseAdapter):
         self._provider: Provider = (
             TwilioProvider(context, self.config)
             if self.config.provider == "twilio"
-            else MetaProvider(context, self.config)
+            else MetaProvider(context, self.config, self._sibling_channels)
         )
         self._aliases = ContactAliases(context.kv, self.name)
         self._transient_failures = 0
         self._last_transient = ""
+
+    async def start(self) -> None:
+        if self.config.provider == "cloud_api" and self.config.phone_number_id:
+            numbers.register(self.context.inbound, self.config.phone_number_id, self)
+
+    async def stop(self) -> None:
+        if self.config.provider == "cloud_api" and self.config.phone_number_id:
+            numbers.unregister(self.context.inbound, self.config.phone_number_id, self)
+
+    def app_secret(self) -> str:
+        return self.config.secret("app_secret")
+
+    def _siblings(self) -> dict[str, WhatsAppAdapter]:
+        """This gateway's other Cloud API channels of the same Meta app, by number."""
+        found = numbers.siblings(self.context.inbound, self)
+        return {number: c for number, c in found.items() if isinstance(c, WhatsAppAdapter)}
+
+    def _sibling_channels(self) -> dict[str, str]:
+        return {number: channel.name for number, channel in self._siblings().items()}
 
     def check_outbound(self, request: OutboundRequest) -> None:
         """Refuse (InvalidInput: a 400 to the agent, nothing stored) what this provider can
@@ -149,9 +169,14 @@ class WhatsAppAdapter(BaseAdapter):
         """
         ok = True
         inbound = self.context.inbound
+        owners = {self.name: self}
+        if any(message.channel != self.name for message in result.messages):
+            owners.update((c.name, c) for c in self._siblings().values())
         for message in result.messages:
             try:
-                await inbound.message(await self._aliases.resolve(message))
+                # Another number's message (see `numbers`) with that channel's contacts.
+                owner = owners[message.channel]
+                await inbound.message(await owner._aliases.resolve(message))
             except StoreUnavailable:
                 raise
             except Exception as exc:

@@ -7,6 +7,7 @@ an unreadable envelope (not JSON, no `entry` list) raises `MalformedPayload`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -37,23 +38,37 @@ STATUS_MAP = {
 
 
 def parse_meta_body(
-    body: bytes, *, channel: str, now: datetime, phone_number_id: str | None = None
+    body: bytes,
+    *,
+    channel: str,
+    now: datetime,
+    phone_number_id: str | None = None,
+    siblings: Mapping[str, str] | None = None,
 ) -> ParseResult:
     """Parse a raw webhook body (already signature-checked) into a `ParseResult`."""
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise MalformedPayload(f"body is not JSON: {exc}") from None
-    return parse_meta_payload(payload, channel=channel, now=now, phone_number_id=phone_number_id)
+    return parse_meta_payload(
+        payload, channel=channel, now=now, phone_number_id=phone_number_id, siblings=siblings
+    )
 
 
 def parse_meta_payload(
-    payload: Any, *, channel: str, now: datetime, phone_number_id: str | None = None
+    payload: Any,
+    *,
+    channel: str,
+    now: datetime,
+    phone_number_id: str | None = None,
+    siblings: Mapping[str, str] | None = None,
 ) -> ParseResult:
     """Parse a decoded webhook payload.
 
-    With `phone_number_id` set, changes addressed to another business number are skipped (as
-    problems): a reply to them from this channel would come from the wrong number.
+    With `phone_number_id` set, changes addressed to another business number belong to the
+    channel `siblings` names for that number (another number of the same Meta app, whose
+    webhooks come to one URL: see `numbers`), or are skipped (as problems) when there is none:
+    a reply to them from this channel would come from the wrong number.
     """
     if not isinstance(payload, dict):
         raise MalformedPayload("body is not a JSON object")
@@ -80,7 +95,7 @@ def parse_meta_payload(
                 result.problems.append(ItemProblem(where, f"field {change.get('field')!r} ignored"))
                 continue
             try:
-                _value(change["value"], where, result, channel, now, phone_number_id)
+                _value(change["value"], where, result, channel, now, phone_number_id, siblings)
             except ValueError as exc:
                 result.problems.append(ItemProblem(where, str(exc)))
     return result
@@ -93,12 +108,16 @@ def _value(
     channel: str,
     now: datetime,
     phone_number_id: str | None,
+    siblings: Mapping[str, str] | None = None,
 ) -> None:
     metadata = obj(value, "metadata")
     target = metadata.get("phone_number_id")
     if phone_number_id is not None and target is not None and str(target) != phone_number_id:
-        result.problems.append(ItemProblem(where, f"addressed to phone_number_id {target}"))
-        return
+        sibling = (siblings or {}).get(str(target))
+        if sibling is None:
+            result.problems.append(ItemProblem(where, f"addressed to phone_number_id {target}"))
+            return
+        channel = sibling
     errors = [_provider_error(e) for e in _list(value, "errors") if isinstance(e, dict)]
     result.errors.extend(errors)
     contacts = [c for c in _list(value, "contacts") if isinstance(c, dict)]

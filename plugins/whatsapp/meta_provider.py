@@ -7,6 +7,7 @@ the token never appears in URLs, logs or error messages.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -117,9 +118,17 @@ class MetaProvider:
 
     name = NAME
 
-    def __init__(self, context: ChannelContext, config: WhatsAppConfig) -> None:
+    def __init__(
+        self,
+        context: ChannelContext,
+        config: WhatsAppConfig,
+        siblings: Callable[[], Mapping[str, str]] | None = None,
+    ) -> None:
         self._context = context
         self._config = config
+        self._siblings = siblings
+        """This gateway's other numbers of the same Meta app, by phone number id: their items
+        may arrive here (one webhook URL per app) and belong to their channels."""
         self.auth_problem: str | None = None
 
     @property
@@ -138,7 +147,11 @@ class MetaProvider:
 
     def parse(self, body: bytes, now: datetime) -> ParseResult:
         return parse_meta_body(
-            body, channel=self._context.name, now=now, phone_number_id=self._config.phone_number_id
+            body,
+            channel=self._context.name,
+            now=now,
+            phone_number_id=self._config.phone_number_id,
+            siblings=self._siblings() if self._siblings is not None else None,
         )
 
     def ack(self) -> web.Response:

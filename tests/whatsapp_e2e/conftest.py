@@ -68,9 +68,12 @@ def wa_config(
     graph_base: str,
     phone_number_id: str = META_PHONE_ID,
     request_timeout: str = "5s",
+    extra_channels: str = "",
 ) -> str:
     """config.yaml for the gateway under test: both providers, the queues and agents of
-    tests/api, secrets as `${VAR}` like ops write them."""
+    tests/api, secrets as `${VAR}` like ops write them. `extra_channels` are more channel
+    lines; `@GRAPH_BASE@` in them is the stand-in Graph API's URL."""
+    extra_channels = extra_channels.replace("@GRAPH_BASE@", graph_base)
     return f"""
 server: {{public_url: "{PUBLIC_URL}"}}
 store: {{url: "{store}"}}
@@ -82,6 +85,7 @@ channels:
   - {{name: {META}, type: whatsapp, provider: cloud_api, phone_number_id: "{phone_number_id}",
      access_token: ${{WA_TOKEN}}, app_secret: ${{WA_APP_SECRET}}, verify_token: ${{WA_VERIFY}},
      api_base_url: "{graph_base}", request_timeout: {request_timeout}}}
+{extra_channels}
 queues:
   - {{name: support, distribution: manual}}
   - {{name: sales, distribution: automatic, strategy: least_busy}}
@@ -276,6 +280,7 @@ async def make_wa(
         phone_number_id: str = META_PHONE_ID,
         request_timeout: str = "5s",
         start: datetime | None = None,
+        extra_channels: str = "",
     ) -> WaGateway:
         text = wa_config(
             store=store_url(request, request.param, tmp_path / db),
@@ -283,6 +288,7 @@ async def make_wa(
             graph_base=fake_graph.base_url,
             phone_number_id=phone_number_id,
             request_timeout=request_timeout,
+            extra_channels=extra_channels,
         )
         config = parse_config(text, "config.yaml", config_models(types), env=ENV)
         clock = ManualClock(start)

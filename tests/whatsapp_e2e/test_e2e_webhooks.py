@@ -286,3 +286,74 @@ async def test_provider_errors_without_items_are_acknowledged(make_wa: WaFactory
     assert resp.status == 200
     assert [e["code"] for e in logs if e["event"] == "whatsapp.provider_error"] == ["0"]
     assert await wa.events() == []
+
+
+# --- several numbers of one Meta app ------------------------------------------------------------
+
+SECOND_NUMBER = "2233445566778"
+OTHER_APP_NUMBER = "3344556677889"
+TWO_NUMBERS = f"""
+  - {{name: wa-cloud-2, type: whatsapp, provider: cloud_api, phone_number_id: "{SECOND_NUMBER}",
+     access_token: ${{WA_TOKEN}}, app_secret: ${{WA_APP_SECRET}}, verify_token: ${{WA_VERIFY}},
+     api_base_url: "@GRAPH_BASE@"}}
+  - {{name: wa-other-app, type: whatsapp, provider: cloud_api,
+     phone_number_id: "{OTHER_APP_NUMBER}", access_token: x, app_secret: another-apps-secret,
+     verify_token: y}}"""
+
+
+async def test_one_app_url_serves_every_number_of_the_app(make_wa: WaFactory) -> None:
+    """A Meta app has one webhook URL: the second number's messages and statuses arrive at the
+    first number's channel (even in one batch with its own) and must reach the second
+    channel, not be acknowledged and dropped. A number of another app (its own secret) or one
+    this gateway does not know is still skipped."""
+    wa = await make_wa(extra_channels=TWO_NUMBERS)
+    body = meta_envelope(
+        [
+            meta_value(
+                messages=[meta_text("wamid.N1", "al primero", phone="5511000000001", ts=NOW_TS)]
+            ),
+            meta_value(
+                messages=[meta_text("wamid.N2", "al segundo", phone="5511000000002", ts=NOW_TS)],
+                contacts=[("5511000000002", "Beto")],
+                phone_number_id=SECOND_NUMBER,
+            ),
+            meta_value(
+                messages=[meta_text("wamid.N3", "otra app", phone="5511000000003", ts=NOW_TS)],
+                phone_number_id=OTHER_APP_NUMBER,
+            ),
+            meta_value(
+                messages=[meta_text("wamid.N4", "nadie", phone="5511000000004", ts=NOW_TS)],
+                phone_number_id="999",
+            ),
+        ]
+    )
+    with capture_logs() as logs:
+        resp = await wa.post_meta(body)
+    assert resp.status == 200
+    stored = {e["message"]["provider_message_id"]: e["conversation"] for e in await wa.received()}
+    assert sorted(stored) == ["wamid.N1", "wamid.N2"]
+    assert stored["wamid.N1"]["channel"] == META
+    assert stored["wamid.N2"]["channel"] == "wa-cloud-2"
+    assert stored["wamid.N2"]["contact"] == {"address": "+5511000000002", "display_name": "Beto"}
+    skipped = [e["reason"] for e in logs if e["event"] == "webhook.item_skipped"]
+    assert sorted(skipped) == [
+        f"addressed to phone_number_id {OTHER_APP_NUMBER}",
+        "addressed to phone_number_id 999",
+    ]
+
+    # The second number's reply goes out from the second number; its status report comes
+    # back through the first number's URL and still moves it.
+    second = stored["wamid.N2"]["id"]
+    await wa.accept(second)
+    sent = await wa.send_text(second, "wa-cloud-2", provider_id="wamid.OUT2")
+    assert wa.graph.calls[-1].path.endswith(f"/{SECOND_NUMBER}/messages")
+    statuses = meta_envelope(
+        [
+            meta_value(
+                statuses=[meta_status("wamid.OUT2", "read", ts=NOW_TS)],
+                phone_number_id=SECOND_NUMBER,
+            )
+        ]
+    )
+    assert (await wa.post_meta(statuses)).status == 200
+    assert (await wa.message(second, sent))["status"] == "read"
