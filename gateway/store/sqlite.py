@@ -60,7 +60,7 @@ from gateway.store.base import (
     message_target,
     stamp_version,
 )
-from gateway.store.sqlite_writer import GroupCommitWriter
+from gateway.store.sqlite_writer import LOCK_WAIT, GroupCommitWriter
 
 T = TypeVar("T")
 
@@ -209,7 +209,7 @@ class SqliteStore:
         )
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={self.synchronous}")
-        conn.execute("PRAGMA busy_timeout=10000")
+        conn.execute(f"PRAGMA busy_timeout={int(LOCK_WAIT * 1000)}")
         # Statement journals (what a SAVEPOINT or a failing statement rolls back to) and sort
         # scratch space in memory: on disk they were several times the WAL's own writes.
         conn.execute("PRAGMA temp_store=MEMORY")
@@ -233,7 +233,7 @@ class SqliteStore:
             raise ValueError("the SQLite store needs a file (WAL does not work in memory)")
         self._loop = asyncio.get_running_loop()
         self._events_changed = asyncio.Event()
-        self._writer = GroupCommitWriter(self._connect_writer, self._committed)
+        self._writer = GroupCommitWriter(self._connect_writer, self._committed, lock_wait=LOCK_WAIT)
         await asyncio.to_thread(self._writer.start)
         self._probe = self._connect()
         self._reader_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-reader")

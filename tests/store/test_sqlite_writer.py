@@ -197,3 +197,54 @@ async def test_stopping_commits_a_lingering_batch(patient_writer: GroupCommitWri
     async with asyncio.timeout(10):
         await asyncio.to_thread(patient_writer.stop)
         assert await waiting == "c"
+
+
+LOCK_WAIT = 1.0
+
+
+async def test_another_processes_lock_is_waited_for_once_per_job_not_per_batch(
+    tmp_path: Path,
+) -> None:
+    """Another process holds the write lock. A batch that cannot begin is refused at once
+    (not run again job by job, waiting for the lock a second time), and a job queued behind
+    it waits only what is left of its own `lock_wait`: every job gets its answer about
+    `lock_wait` after it was queued, never two or three times that."""
+
+    def connect() -> sqlite3.Connection:
+        conn = connector(tmp_path / "w.db")()
+        conn.execute(f"PRAGMA busy_timeout={int(LOCK_WAIT * 1000)}")
+        return conn
+
+    group = GroupCommitWriter(connect, lock_wait=LOCK_WAIT)
+    await asyncio.to_thread(group.start)
+    other = sqlite3.connect(tmp_path / "w.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    loop = asyncio.get_running_loop()
+
+    async def timed(name: str) -> tuple[BaseException | str, float]:
+        queued = loop.time()
+        try:
+            outcome: BaseException | str = await group.run(insert(name))
+        except sqlite3.OperationalError as exc:
+            outcome = exc
+        return outcome, loop.time() - queued
+
+    try:
+        first = asyncio.create_task(timed("a"))
+        second = asyncio.create_task(timed("b"))
+        await asyncio.sleep(0)  # both queued: a batch of two
+        # Halfway through that batch's wait (a point in time, not a state): a third job,
+        # which runs as a batch of its own once the first one gave up.
+        await asyncio.sleep(LOCK_WAIT / 2)
+        late = asyncio.create_task(timed("c"))
+        results = [await first, await second, await late]
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    for outcome, took in results:
+        assert isinstance(outcome, sqlite3.OperationalError) and "locked" in str(outcome)
+        assert outcome.sqlite_errorcode == sqlite3.SQLITE_BUSY
+        assert LOCK_WAIT * 0.8 <= took < LOCK_WAIT * 1.6, took
+    assert group.fallbacks == 0
+    assert await group.run(insert("d")) == "d"  # the lock is gone: writes go through
+    await asyncio.to_thread(group.stop)
