@@ -53,3 +53,44 @@ async def test_a_token_that_is_not_utf8_is_unauthorized_not_an_error(
         data = b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\r\n\r\n"
         answer = await raw_request(shipped_gateway.base, data)
         assert answer.split(b" ", 2)[1] == b"401", answer
+
+
+SECRET = "agent-secret-token-1234"
+OVERSIZED_WITH_SECRETS = [
+    # an over-long URL carrying an agent's token, and Meta's verify token
+    b"GET /api/v1/stream?access_token="
+    + SECRET.encode()
+    + b"&pad="
+    + b"a" * 9000
+    + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /webhooks/wa?hub.mode=subscribe&hub.verify_token="
+    + SECRET.encode()
+    + b"&p="
+    + b"a" * 9000
+    + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+    # an over-long Authorization header
+    b"GET /api/v1/inbox HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+    + SECRET.encode()
+    + b"a" * 9000
+    + b"\r\n\r\n",
+    # a malformed header that starts with the secret
+    b"GET /api/v1/inbox HTTP/1.1\r\nHost: x\r\nBearer " + SECRET.encode() + b"\r\n\r\n",
+]
+
+
+async def test_a_malformed_request_is_logged_without_quoting_it(
+    shipped_gateway: ServeProcess,
+) -> None:
+    """aiohttp's messages quote the line they refused: the log says what was wrong only."""
+    for data in OVERSIZED_WITH_SECRETS:
+        answer = await raw_request(shipped_gateway.base, data)
+        assert answer.split(b" ", 2)[1] == b"400", answer
+    shipped_gateway.proc.send_signal(signal.SIGTERM)
+    assert shipped_gateway.proc.stderr is not None
+    _, err = await asyncio.wait_for(shipped_gateway.proc.communicate(), 30)
+    text = err.decode()
+    assert SECRET not in text
+    records = [json.loads(line) for line in text.splitlines()]
+    malformed = [r for r in records if r["event"] == "http.malformed_request"]
+    assert len(malformed) == len(OVERSIZED_WITH_SECRETS), records
+    assert all(r["reason"] and r["error"] for r in malformed)
