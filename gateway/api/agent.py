@@ -4,6 +4,7 @@ transfer. Handlers stay thin: parse, authenticate, call `Actions`/`Outbound`, sh
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -110,6 +111,12 @@ def _state(value: str | None) -> State:
         raise InvalidInput(f"state must be one of {allowed}") from None
 
 
+MESSAGES_PER_PAGE = 1000
+"""A conversation's messages come newest first in pages of this many (at most), each page in
+order; `?before=` the first of a page reads the one before it."""
+MESSAGE_ID = re.compile(r"m_[0-9A-Za-z]{1,64}")
+
+
 def _once(request: web.Request, name: str) -> str | None:
     """A query parameter given at most once: `state=waiting&state=active` is ambiguous, and
     answering for the first would silently drop the second."""
@@ -126,8 +133,8 @@ def _flag(request: web.Request, name: str) -> bool:
     return value in ("1", "true", "yes")
 
 
-def _limit(request: web.Request) -> int:
-    raw = _once(request, "limit") or "200"
+def _limit(request: web.Request, default: int = 200) -> int:
+    raw = _once(request, "limit") or str(default)
     if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 1000:
         raise InvalidInput("limit must be a number between 1 and 1000")
     return int(raw)
@@ -215,10 +222,17 @@ async def conversation(request: web.Request) -> web.Response:
     """Preview: any agent of the queue may read a conversation without accepting it."""
     runtime = request.app[RUNTIME]
     agent = runtime.auth.agent(request)
+    limit = _limit(request, default=MESSAGES_PER_PAGE)
+    before = _once(request, "before")
+    if before is not None and not MESSAGE_ID.fullmatch(before):
+        raise InvalidInput("before must be a message id (m_...)")
     found = await runtime.actions.visible(request.match_info["id"], agent)
-    messages = await runtime.store.list_messages(found.id)
+    # One more than asked tells whether there is an earlier page.
+    messages = await runtime.store.list_recent_messages(found.id, before=before, limit=limit + 1)
+    earlier = len(messages) > limit
     body = conversation_json(found, runtime.clock.now())
-    body["messages"] = [message_json(m) for m in messages]
+    body["messages"] = [message_json(m) for m in messages[-limit:]]
+    body["has_earlier"] = earlier
     return json_response(body)
 
 

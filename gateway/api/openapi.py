@@ -205,7 +205,28 @@ def _agent_paths() -> dict[str, Any]:
         "/api/v1/conversations/{id}": {
             "get": {
                 "summary": "A conversation with its messages (preview without accepting)",
-                "parameters": [{"$ref": "#/components/parameters/ConversationId"}],
+                "description": "Messages come newest first in pages, each page oldest first:"
+                " the newest `limit` of them, and `has_earlier` says whether older ones"
+                " remain; `?before=` the first message of a page reads the page before it.",
+                "parameters": [
+                    {"$ref": "#/components/parameters/ConversationId"},
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": 1000,
+                            "default": 1000,
+                        },
+                    },
+                    {
+                        "name": "before",
+                        "in": "query",
+                        "description": "A message id: only messages older than it",
+                        "schema": {"type": "string"},
+                    },
+                ],
                 "responses": {
                     "200": {
                         "description": "Conversation",
@@ -502,7 +523,8 @@ def _webchat_paths() -> dict[str, Any]:
             },
             "get": {
                 "summary": "The visitor's messages in order (`after`: only those after that"
-                " message of theirs; `0`: the whole history)",
+                " message of theirs; `0`: the whole history), at most 1000 at a time:"
+                " `has_more` says to ask again with `after` the last of them",
                 "security": [{"visitor": []}],
                 "parameters": [
                     CHANNEL,
@@ -511,7 +533,12 @@ def _webchat_paths() -> dict[str, Any]:
                 "responses": {
                     "200": {
                         "description": "Messages",
-                        **_json(_object({"messages": visitor_messages}, ["messages"])),
+                        **_json(
+                            _object(
+                                {"messages": visitor_messages, "has_more": {"type": "boolean"}},
+                                ["messages", "has_more"],
+                            )
+                        ),
                     },
                     **_errors(
                         400,
@@ -780,7 +807,17 @@ def _schemas() -> dict[str, Any]:
         "ConversationWithMessages": {
             "allOf": [
                 _ref("Conversation"),
-                _object({"messages": {"type": "array", "items": _ref("Message")}}, ["messages"]),
+                _object(
+                    {
+                        "messages": {"type": "array", "items": _ref("Message")},
+                        "has_earlier": {
+                            "type": "boolean",
+                            "description": "Older messages remain: read them with `?before=`"
+                            " the first of these",
+                        },
+                    },
+                    ["messages", "has_earlier"],
+                ),
             ]
         },
         "Attachment": _object(

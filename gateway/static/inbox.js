@@ -13,6 +13,7 @@ import {
 const TOKEN_KEY = "gw-inbox-token";
 const STATES = ["waiting", "active", "pending", "inactive", "closed"];
 const LIST_LIMIT = 200;
+const EARLIER_PAGE = 200; // messages per "Show earlier messages"
 const TYPING_EVERY_MS = 3000;
 const TYPING_SHOWN_MS = 6000;
 
@@ -349,11 +350,12 @@ async function openConversation(id) {
   const seq = ++app.openSeq;
   const data = await guard(app.api.get(app.api.conversationPath(id)));
   if (!data || seq !== app.openSeq) return;
-  const { messages, ...conv } = data;
+  const { messages, has_earlier: hasEarlier, ...conv } = data;
   upsert(conv);
   const same = app.open && app.open.id === id;
   if (!same) {
     app.open = { id, messages: new Map(), el: null, typingTimer: null, typingSent: 0, send: null };
+    app.open.hasEarlier = hasEarlier;
     buildPane();
   }
   for (const m of messages) app.open.messages.set(m.id, m);
@@ -460,8 +462,29 @@ function renderThread(toBottom) {
   const thread = app.open.el.thread;
   const nearBottom = thread.scrollHeight - thread.scrollTop - thread.clientHeight < 60;
   const messages = Array.from(app.open.messages.values()).sort((a, b) => (a.id < b.id ? -1 : 1));
-  thread.replaceChildren(...messages.map(messageItem));
+  const earlier = app.open.hasEarlier
+    ? h("li", { class: "earlier" },
+      h("button", { class: "link", type: "button", text: "Show earlier messages",
+        on: { click: loadEarlier } }))
+    : null;
+  thread.replaceChildren(...(earlier ? [earlier] : []), ...messages.map(messageItem));
   if (toBottom || nearBottom) thread.scrollTop = thread.scrollHeight;
+}
+
+/** A long conversation opens at its newest messages; this reads the page before the oldest
+ * shown, keeping what the agent was looking at in place. */
+async function loadEarlier() {
+  const open = app.open;
+  const oldest = Array.from(open.messages.keys()).sort()[0];
+  const query = "?limit=" + EARLIER_PAGE + (oldest ? "&before=" + encodeURIComponent(oldest) : "");
+  const data = await guard(app.api.get(app.api.conversationPath(open.id) + query));
+  if (!data || app.open !== open) return;
+  const thread = open.el.thread;
+  const fromBottom = thread.scrollHeight - thread.scrollTop;
+  for (const m of data.messages) open.messages.set(m.id, m);
+  open.hasEarlier = data.has_earlier;
+  renderThread(false);
+  thread.scrollTop = thread.scrollHeight - fromBottom;
 }
 
 function messageItem(m) {

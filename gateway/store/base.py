@@ -211,6 +211,13 @@ class Store(Protocol):
         """Messages of a conversation in order, optionally only those after a message id."""
         ...
 
+    async def list_recent_messages(
+        self, conversation_id: str, *, before: str | None = None, limit: int = 1000
+    ) -> list[Message]:
+        """The newest `limit` messages of a conversation, oldest of them first; with `before`
+        (a message id), only those older than it: pages back through a long conversation."""
+        ...
+
     async def list_contact_messages(
         self, channel: str, address: str, *, after: str | None = None, limit: int = 1000
     ) -> list[Message]:

@@ -723,6 +723,13 @@ class RedisStore:
     ) -> list[Message]:
         return await self._list_messages(self._c(conversation_id) + ":msgs", after, limit)
 
+    async def list_recent_messages(
+        self, conversation_id: str, *, before: str | None = None, limit: int = 1000
+    ) -> list[Message]:
+        key = self._c(conversation_id) + ":msgs"
+        docs = await self._eval("list_recent_messages", before or "", str(limit), keys=[key])
+        return [decode_message(d) for d in docs if d is not None]
+
     async def list_contact_messages(
         self, channel: str, address: str, *, after: str | None = None, limit: int = 1000
     ) -> list[Message]:

@@ -371,6 +371,19 @@ end
 return out
 """
 
+LIST_RECENT_MESSAGES = r"""
+-- KEYS: the sorted set of message ids; ARGV: P, before ('' the newest), limit
+-- -> the newest `limit` messages older than `before`, oldest of them first
+local high = '+'
+if ARGV[2] ~= '' then high = '(' .. ARGV[2] end
+local ids = redis.call('ZREVRANGEBYLEX', KEYS[1], high, '-', 'LIMIT', 0, ARGV[3])
+local out = {}
+for i = #ids, 1, -1 do
+  out[#out + 1] = redis.call('HGET', MK(ids[i]), 'd')
+end
+return out
+"""
+
 STATUS_READ = r"""
 -- ARGV: P, mode ('id'|'pid'), message id or (channel, provider id), [provider id for orphans]
 -- -> {} unknown | {message id, message, version, conversation or '', orphan statuses...}
@@ -574,6 +587,7 @@ SCRIPTS: dict[str, str] = {
     "find_idempotent": FIND_IDEMPOTENT,
     "find_message": FIND_MESSAGE,
     "list_messages": LIST_MESSAGES,
+    "list_recent_messages": LIST_RECENT_MESSAGES,
     "status_read": STATUS_READ,
     "status_commit": STATUS_COMMIT,
     "orphan_add": ORPHAN_ADD,

@@ -623,6 +623,25 @@ class SqliteStore:
 
         return await self._read(query)
 
+    async def list_recent_messages(
+        self, conversation_id: str, *, before: str | None = None, limit: int = 1000
+    ) -> list[Message]:
+        def query(conn: sqlite3.Connection) -> list[Message]:
+            if before is None:
+                rows = conn.execute(
+                    "SELECT data FROM messages WHERE conversation_id = ? ORDER BY id DESC LIMIT ?",
+                    (conversation_id, limit),
+                )
+            else:
+                rows = conn.execute(
+                    "SELECT data FROM messages WHERE conversation_id = ? AND id < ?"
+                    " ORDER BY id DESC LIMIT ?",
+                    (conversation_id, before, limit),
+                )
+            return [decode_message(row[0]) for row in reversed(rows.fetchall())]
+
+        return await self._read(query)
+
     async def list_contact_messages(
         self, channel: str, address: str, *, after: str | None = None, limit: int = 1000
     ) -> list[Message]:

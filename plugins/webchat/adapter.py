@@ -56,6 +56,8 @@ TYPING_RATE = "20/minute"
 """Typing indicators a visitor may send (more are dropped silently: nothing is lost)."""
 WHOLE_HISTORY = "0"
 """`after=0`: every message of the visitor (lower than every message id)."""
+REPLAY_PAGE = 1000
+"""Messages read per store call when replaying a visitor's history (all pages are sent)."""
 
 
 def visitor_message_json(message: Message) -> dict[str, Any]:
@@ -306,13 +308,18 @@ class WebchatAdapter(BaseAdapter):
         try:
             after = await self._after(request, session)
             history = await self.context.history.list_contact_messages(
-                self.name, session.visitor_id, after=after
+                self.name, session.visitor_id, after=after, limit=REPLAY_PAGE + 1
             )
         except InvalidInput as exc:
             return self._cors(request, _error(400, "invalid_request", str(exc)))
         except StoreUnavailable as exc:
             return self._cors(request, self._unavailable(exc))
-        return self._cors(request, _json({"messages": [visitor_message_json(m) for m in history]}))
+        body = {
+            "messages": [visitor_message_json(m) for m in history[:REPLAY_PAGE]],
+            # More after these: ask again with `after=` the last of them.
+            "has_more": len(history) > REPLAY_PAGE,
+        }
+        return self._cors(request, _json(body))
 
     async def _message_limit(
         self, session: VisitorSession, message: InboundMessage
@@ -454,13 +461,14 @@ class WebchatAdapter(BaseAdapter):
     ) -> None:
         """Replay what the visitor missed, then push agent replies and state changes live."""
         sent_ids: set[str] = set()
-        if after is not None:
+        while after is not None:  # everything missed, however long: page after page
             history = await self.context.history.list_contact_messages(
-                self.name, session.visitor_id, after=after
+                self.name, session.visitor_id, after=after, limit=REPLAY_PAGE
             )
             for message in history:
                 await self._push(ws, message)
                 sent_ids.add(message.id)
+            after = history[-1].id if len(history) == REPLAY_PAGE else None
         while True:
             event = await subscription.get()
             if event.type == "conversation.typing":

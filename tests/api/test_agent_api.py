@@ -342,3 +342,26 @@ async def test_the_gateway_runs_on_the_parametrized_store(
     kind = type(gw.runtime.store).__name__
     assert kind in ("SqliteStore", "RedisStore")
     assert ("[redis]" in request.node.name) == (kind == "RedisStore")
+
+
+async def test_a_long_conversation_opens_at_its_newest_messages_and_pages_back(
+    gw: Gateway,
+) -> None:
+    v = await gw.visitor("Larga")
+    for i in range(5):
+        await gw.visitor_says(v["token"], f"m{i}", f"c-{i}")
+    _, inbox = await gw.get("maria", "/api/v1/inbox?state=waiting")
+    path = f"/api/v1/conversations/{inbox['conversations'][0]['id']}"
+
+    _, whole = await gw.get("maria", path)
+    assert [m["text"] for m in whole["messages"]] == ["m0", "m1", "m2", "m3", "m4"]
+    assert whole["has_earlier"] is False
+    _, newest = await gw.get("maria", f"{path}?limit=2")
+    assert [m["text"] for m in newest["messages"]] == ["m3", "m4"] and newest["has_earlier"]
+    _, before = await gw.get("maria", f"{path}?limit=2&before={newest['messages'][0]['id']}")
+    assert [m["text"] for m in before["messages"]] == ["m1", "m2"] and before["has_earlier"]
+    _, first = await gw.get("maria", f"{path}?limit=2&before={before['messages'][0]['id']}")
+    assert [m["text"] for m in first["messages"]] == ["m0"] and not first["has_earlier"]
+    for query in ("?before=nope", "?limit=0", "?limit=1001", "?before=m_1&before=m_2"):
+        status, body = await gw.get("maria", path + query)
+        assert status == 400 and body["error"]["code"] == "invalid_request", query

@@ -336,3 +336,38 @@ async def test_a_body_whose_content_encoding_does_not_decode_is_a_400(gw: Gatewa
         body = await resp.json()
         assert body["error"]["code"] == "invalid_request"
         assert "body could not be read" in body["error"]["message"]
+
+
+async def test_a_long_history_is_replayed_whole_and_read_in_pages(
+    gw: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More missed messages than one store read holds: the socket replays them all, in
+    order; over HTTP they come a page at a time, `has_more` saying to ask again. (The page
+    is made small here; the store reads a thousand at a time.)"""
+    import plugins.webchat.adapter as webchat
+
+    monkeypatch.setattr(webchat, "REPLAY_PAGE", 3)
+    v = await gw.visitor()
+    first = await gw.visitor_says(v["token"], "hola", "c-0")
+    _, inbox = await gw.get("maria", "/api/v1/inbox?state=waiting")
+    conv_id = inbox["conversations"][0]["id"]
+    await gw.post("maria", f"/api/v1/conversations/{conv_id}/accept")
+    texts = [f"answer {i}" for i in range(7)]
+    for text in texts:
+        await gw.post("maria", f"/api/v1/conversations/{conv_id}/messages", {"text": text})
+    await gw.settle()
+
+    ws = await visitor_socket(gw, v["token"], after=first["message"]["id"])
+    assert [(await frame(ws, "message"))["message"]["text"] for _ in texts] == texts
+    await ws.close()
+
+    pages, after, more = [], first["message"]["id"], True
+    while more:
+        resp = await gw.client.get(
+            f"/webchat/site/messages?after={after}",
+            headers={"Authorization": f"Bearer {v['token']}"},
+        )
+        body = await resp.json()
+        pages.append([m["text"] for m in body["messages"]])
+        after, more = body["messages"][-1]["id"], body["has_more"]
+    assert pages == [texts[0:3], texts[3:6], texts[6:7]]

@@ -297,6 +297,26 @@ async def test_a_conversation_transferred_out_of_my_queues_leaves_my_page_live(
     await expect(item(ana, "Ramón")).to_have_count(0)
 
 
+async def test_a_long_conversation_opens_at_its_newest_messages(
+    gw: LiveGateway, new_page: NewPage
+) -> None:
+    """1,005 messages: the thread shows the newest thousand, and "Show earlier messages"
+    brings the rest, oldest first, without losing the agent's place."""
+    for n in range(1005):
+        await gw.whatsapp("+5511988887777", "Larga Conversa", f"mensaje {n}")
+    agent = await new_page()
+    await sign_in(agent, gw)
+    await item(agent, "Larga Conversa").get_by_role("button", name=PREVIEW).click()
+    texts = agent.locator(".thread .msg-text")
+    await expect(texts).to_have_count(1000)
+    await expect(texts.first).to_have_text("mensaje 5")
+    await expect(texts.last).to_have_text("mensaje 1004")
+    await agent.get_by_role("button", name="Show earlier messages").click()
+    await expect(texts).to_have_count(1005)
+    await expect(texts.first).to_have_text("mensaje 0")
+    await expect(agent.get_by_role("button", name="Show earlier messages")).to_have_count(0)
+
+
 async def test_whatsapp_window_closed_offers_a_template(gw: LiveGateway, new_page: NewPage) -> None:
     await gw.whatsapp("+5511988887777", "Paulo", "Preciso de ajuda")
     (conversation,) = await gw.waiting()

@@ -89,6 +89,25 @@ async def test_concurrent_first_messages_share_one_conversation(
     assert len(await store.list_messages(results[0].conversation.id)) == 10
 
 
+async def test_recent_messages_page_back_from_the_newest(store: Store, clock: ManualClock) -> None:
+    """A long conversation is read newest first, a page at a time, each page in order."""
+    ingest = make_ingestor(store, clock)
+    conversation_id = ""
+    for i in range(7):
+        result = await ingest.message(inbound(f"m{i}", pid=f"p{i}"))
+        conversation_id = result.conversation.id
+    texts = [m.text for m in await store.list_recent_messages(conversation_id, limit=3)]
+    assert texts == ["m4", "m5", "m6"]
+    page = await store.list_recent_messages(conversation_id, limit=3)
+    older = await store.list_recent_messages(conversation_id, before=page[0].id, limit=3)
+    assert [m.text for m in older] == ["m1", "m2", "m3"]
+    oldest = await store.list_recent_messages(conversation_id, before=older[0].id, limit=3)
+    assert [m.text for m in oldest] == ["m0"]
+    assert await store.list_recent_messages(conversation_id, before=oldest[0].id) == []
+    everything = await store.list_recent_messages(conversation_id)
+    assert [m.text for m in everything] == [f"m{i}" for i in range(7)]
+
+
 async def test_closed_conversation_gets_a_new_one(store: Store, clock: ManualClock) -> None:
     ingest = make_ingestor(store, clock)
     first = (await ingest.message(inbound("a", pid="1"))).conversation
