@@ -387,7 +387,9 @@ class Outbound:
         now = self.clock.now()
         extra = dict(request.extra)
         if conversation.channel_type == "email":
-            extra["thread"] = thread_headers(await self.store.list_messages(conversation.id))
+            # The newest messages: what a reply answers is at the end of a long thread.
+            recent = await self.store.list_recent_messages(conversation.id)
+            extra["thread"] = thread_headers(recent)
         return Message(
             id=new_id("m"),
             conversation_id=conversation.id,

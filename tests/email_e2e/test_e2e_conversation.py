@@ -325,3 +325,36 @@ async def test_auto_reply_in_an_open_conversation_changes_nothing(make_mail: Mai
 def test_bounce_fixtures_exist() -> None:
     for name in BOUNCES:
         assert Path(FIXTURES / name).exists()
+
+
+async def test_a_reply_in_a_very_long_thread_answers_its_latest_mail(
+    make_mail: MailFactory,
+) -> None:
+    """Over a thousand mails in one conversation: the reply still answers the last one (it
+    was threaded under the thousandth, the last of the oldest thousand read)."""
+    from email.utils import make_msgid
+
+    from gateway.model import Contact, InboundMessage
+
+    mail = await make_mail()
+    ingest = mail.gw.runtime.ingestor
+    mail_ids = [make_msgid(domain="customer.example") for _ in range(1003)]
+    for n, message_id in enumerate(mail_ids):
+        result = await ingest.message(
+            InboundMessage(
+                channel="support-mail",
+                channel_type="email",
+                provider="imap",
+                provider_message_id=message_id,
+                contact=Contact("ana@customer.example", "Ana Souza"),
+                sent_at=mail.gw.clock.now(),
+                text=f"mail {n}",
+                subject="Where is my order?",
+            )
+        )
+    conversation_id = result.conversation.id
+    await mail.act(conversation_id, "accept")
+    await mail.reply(conversation_id, "Answering your latest mail.")
+    sent = mail.sent()[-1]
+    assert sent["In-Reply-To"] == mail_ids[-1]
+    assert ids(sent["References"])[-1] == mail_ids[-1]
