@@ -270,8 +270,15 @@ def _identity(
 
 
 def _context(msg: dict[str, Any], extra: dict[str, Any]) -> str | None:
-    """Return the quoted message id and record forwarding/product context in `extra`."""
-    context = obj(msg, "context")
+    """Return the quoted message id and record forwarding/product context in `extra`.
+
+    The context only says what a message answers: a broken one costs that, not the message
+    (kept, with the problem noted in `extra`)."""
+    try:
+        context = obj(msg, "context")
+    except ValueError as exc:
+        extra["context_error"] = str(exc)
+        return None
     for flag in ("forwarded", "frequently_forwarded"):
         if context.get(flag):
             extra[flag] = True

@@ -130,9 +130,11 @@ def _message(
     sid = flat.get("MessageSid") or flat.get("SmsMessageSid") or flat.get("SmsSid")
     if not sid:
         raise MalformedPayload("message without MessageSid")
-    sender = flat.get("From")
+    # `whatsapp:` with nothing after it is no sender either: every such message would share
+    # one contact with the empty address, and answers to it would go nowhere.
+    sender = strip_channel(flat.get("From") or "").strip()
     if not sender:
-        raise MalformedPayload("message without From")
+        raise MalformedPayload("message without a sender (From)")
     attachments = _attachments(flat)
     extra = _extra(flat)
     kind, text = _kind_and_text(flat, attachments, extra)
@@ -141,9 +143,7 @@ def _message(
         channel_type="whatsapp",
         provider=PROVIDER,
         provider_message_id=sid,
-        contact=Contact(
-            address=strip_channel(sender), display_name=flat.get("ProfileName") or None
-        ),
+        contact=Contact(address=sender, display_name=flat.get("ProfileName") or None),
         sent_at=now,
         kind=kind,
         text=text,

@@ -412,6 +412,18 @@ def test_a_sender_that_is_not_text_is_a_malformed_item() -> None:
     assert "`from` is not a string" in result.problems[0].reason
 
 
+@pytest.mark.parametrize("context", ["not an object", ["a", "list"], 42])
+def test_a_broken_context_costs_the_quote_not_the_message(context: object) -> None:
+    payload = json.loads((META_DIR / "msg_text.json").read_bytes())
+    message = payload["entry"][0]["changes"][0]["value"]["messages"][0]
+    message["context"] = context
+    result = parse_meta_payload(payload, channel="c", now=NOW)
+    [kept] = result.messages
+    assert kept.text == message["text"]["body"] and kept.reply_to is None
+    assert "context" in kept.extra["context_error"]
+    assert result.problems == []
+
+
 def test_foreign_phone_number_is_skipped() -> None:
     path = META_DIR / "msg_text.json"
     mine = parse_meta_body(path.read_bytes(), channel="c", now=NOW, phone_number_id="1122334455667")

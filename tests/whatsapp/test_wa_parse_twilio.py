@@ -215,6 +215,10 @@ def test_unknown_status_is_a_problem_not_an_error() -> None:
         [("From", "whatsapp:+1"), ("Body", "x")],
         [("MessageSid", "SM6")],
         [("MessageStatus", "read")],
+        # no sender after the channel prefix: every such message would share one contact
+        [("MessageSid", "SM7"), ("From", "whatsapp:"), ("Body", "x")],
+        [("MessageSid", "SM8"), ("From", "whatsapp:   "), ("Body", "x")],
+        [("MessageSid", "SM9"), ("From", ""), ("Body", "x")],
     ],
 )
 def test_malformed(pairs: list[tuple[str, str]]) -> None:
