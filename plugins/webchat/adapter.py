@@ -87,6 +87,18 @@ def _error(status: int, code: str, message: str) -> web.Response:
     return _json({"error": {"code": code, "message": message}}, status)
 
 
+def _error_code(response: web.StreamResponse) -> str | None:
+    """The `error.code` of one of our JSON error answers (None for anything else)."""
+    body = getattr(response, "body", None)
+    if not isinstance(body, bytes):
+        return None
+    try:
+        code = orjson.loads(body)["error"]["code"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+    return code if isinstance(code, str) else None
+
+
 UNAVAILABLE_MESSAGE = "the store is unavailable; retry (with the same client_id)"
 
 
@@ -167,16 +179,41 @@ class WebchatAdapter(BaseAdapter):
 
     def routes(self) -> Sequence[web.RouteDef]:
         base = f"/webchat/{self.name}"
+        logged = self._logged
         return [
-            web.post(f"{base}/session", self.session),
+            web.post(f"{base}/session", logged(self.session)),
             web.options(f"{base}/session", self._preflight("POST")),
-            web.get(f"{base}/ws", self.socket),  # WebSockets have no preflight: Origin is checked
-            web.post(f"{base}/messages", self.post_message),
-            web.get(f"{base}/messages", self.get_messages),
+            # WebSockets have no preflight: Origin is checked
+            web.get(f"{base}/ws", logged(self.socket)),
+            web.post(f"{base}/messages", logged(self.post_message)),
+            web.get(f"{base}/messages", logged(self.get_messages)),
             web.options(f"{base}/messages", self._preflight("GET, POST")),
             web.get(f"{base}/demo", self.demo),
             web.get("/webchat/widget.js", self.widget),
         ]
+
+    def _logged(
+        self, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        """One log line for every refusal (what the agent API does with `http.refused`). Rate
+        limits and store outages have lines of their own; the query (a visitor token on the
+        socket) is never logged."""
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            response = await handler(request)
+            if response.status >= 400 and response.status not in (429, 503):
+                self.context.log.info(
+                    "webchat.refused",
+                    channel=self.name,
+                    method=request.method,
+                    path=request.path,
+                    status=response.status,
+                    code=_error_code(response),
+                    peer=self.context.client_address(request),
+                )
+            return response
+
+        return handle
 
     # origins -----------------------------------------------------------------------------------
     def _origin_allowed(self, request: web.Request) -> bool:

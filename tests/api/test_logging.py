@@ -44,3 +44,25 @@ async def test_every_answer_carries_a_request_id_that_its_log_lines_share(gw: Ga
     assert given.headers["X-Request-Id"] == ("lb-" + "x" * 100)[:64]  # a caller's id, capped
     refused = [e.get("request_id") for e in logs if e["event"] == "http.refused"]
     assert refused == [*made, given.headers["X-Request-Id"]]
+
+
+async def test_refused_web_chat_requests_leave_one_line_without_the_token(gw: Gateway) -> None:
+    v = await gw.visitor("Ana")
+    forged = v["token"][:-4] + "AAAA"
+    with capture_logs() as logs:
+        bad_json = await gw.client.post("/webchat/site/session", data=b"{nope")
+        bad_token = await gw.client.post(
+            "/webchat/site/messages",
+            json={"text": "hola", "client_id": "c1"},
+            headers={"Authorization": f"Bearer {forged}"},
+        )
+        bad_socket = await gw.client.get(f"/webchat/site/ws?token={forged}")
+    assert (bad_json.status, bad_token.status, bad_socket.status) == (400, 401, 401)
+    refused = [e for e in logs if e["event"] == "webchat.refused"]
+    assert [(e["status"], e["code"]) for e in refused] == [
+        (400, "invalid_json"),
+        (401, "invalid_token"),
+        (401, "invalid_token"),
+    ]
+    assert all(e["path"].startswith("/webchat/site/") and "?" not in e["path"] for e in refused)
+    assert forged not in repr(logs) and v["token"] not in repr(logs)
