@@ -101,6 +101,7 @@ HTTP_STATUS: dict[str, int] = {
     "window_closed": 409,
     "max_active_reached": 409,
     "agent_offline": 409,
+    "request_timeout": 408,
     "payload_too_large": 413,
     "unsupported_media_type": 415,
     "store_unavailable": 503,

@@ -17,6 +17,7 @@ import orjson
 import structlog
 from aiohttp import web
 
+from gateway.bodies import BodyTimeout, read_within
 from gateway.directory import AgentInfo, IntegratorInfo
 from gateway.errors import HTTP_STATUS, GatewayError, InvalidInput
 
@@ -69,6 +70,8 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
             "http.refused", method=request.method, path=request.path, status=status, code=exc.code
         )
         response = error_response(status, exc.code, exc.message or exc.code)
+        if isinstance(exc, BodyTimeout):
+            response.force_close()  # the rest of the body may still come: end the connection
     except web.RequestPayloadError as exc:
         # The body could not be read as sent: a Content-Encoding that does not decode, a
         # chunked body cut short. The client's fault, and nothing was read, so nothing stored.
@@ -80,6 +83,12 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         # answer, fails the same way and logs that as an unhandled exception. The connection
         # cannot carry another request either (where would it start?): close it.
         request.content.feed_eof()
+        response.force_close()
+    except ConnectionResetError:
+        # The client went away while its body was being read: nobody to answer, nothing was
+        # stored. Its fault or the network's, not ours: one line, no traceback.
+        log.info("http.client_disconnected", method=request.method, path=request.path)
+        response = error_response(400, "invalid_request", "the connection was lost")
         response.force_close()
     except web.HTTPException as exc:
         if exc.status < 400 or exc.content_type == "application/json":
@@ -97,7 +106,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
 
 async def read_json(request: web.Request) -> dict[str, Any]:
     """Parse a JSON object body; anything else is a 400 that names the problem."""
-    body = await request.read()
+    body = await read_within(request, request.read())
     if not body:
         return {}
     try:

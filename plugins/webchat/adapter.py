@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from gateway.bodies import read_within
 from gateway.channels import BaseAdapter, ChannelContext, SendResult
 from gateway.errors import InvalidInput, PermanentChannelError, StoreUnavailable
 from gateway.ids import new_id
@@ -264,7 +265,7 @@ class WebchatAdapter(BaseAdapter):
             )
             return self._cors(request, _rate_limited(retry_after))
         try:
-            body = orjson.loads(await request.read() or b"{}")
+            body = orjson.loads(await read_within(request, request.read()) or b"{}")
         except orjson.JSONDecodeError:
             return self._cors(request, _error(400, "invalid_json", "the body is not valid JSON"))
         if not isinstance(body, dict):
@@ -308,7 +309,7 @@ class WebchatAdapter(BaseAdapter):
         except InvalidToken as exc:
             return self._cors(request, _error(401, "invalid_token", str(exc)))
         try:
-            frame = orjson.loads(await request.read() or b"{}")
+            frame = orjson.loads(await read_within(request, request.read()) or b"{}")
             if isinstance(frame, dict):
                 frame.setdefault("type", "message")
             message = self._parse_frame(frame, session)

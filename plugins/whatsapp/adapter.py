@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from gateway.bodies import BodyTimeout, read_within
 from gateway.channels import (
     BaseAdapter,
     ChannelContext,
@@ -107,10 +108,15 @@ class WhatsAppAdapter(BaseAdapter):
             return json_error(405, "method_not_allowed", "webhooks are POST (GET for Meta's check)")
         log = self.context.log
         try:
-            body = await read_body(request, self.config.max_webhook_bytes)
+            body = await read_within(request, read_body(request, self.config.max_webhook_bytes))
         except BodyTooLarge:
             log.warning("webhook.too_large", channel=self.name, provider=self.provider)
             return json_error(413, "payload_too_large", "webhook body is too large")
+        except BodyTimeout as exc:
+            log.warning("webhook.body_timeout", channel=self.name, provider=self.provider)
+            response = json_error(408, "request_timeout", exc.message)
+            response.force_close()
+            return response
         if not self._provider.signature_ok(request, body):
             log.warning(
                 "webhook.signature_invalid",

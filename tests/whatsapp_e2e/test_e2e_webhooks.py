@@ -357,3 +357,19 @@ async def test_one_app_url_serves_every_number_of_the_app(make_wa: WaFactory) ->
     )
     assert (await wa.post_meta(statuses)).status == 200
     assert (await wa.message(second, sent))["status"] == "read"
+
+
+async def test_a_stalled_webhook_body_is_a_408(
+    wa: WaGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A body that never finishes arriving: 408 and the connection closed (the limit is made
+    short here; it is 30 s in production)."""
+    import gateway.bodies
+    from tests.api.test_slow_bodies import LIMIT, stalled
+
+    monkeypatch.setattr(gateway.bodies, "BODY_TIMEOUT", LIMIT)
+    server = wa.client.server
+    head = b"POST /webhooks/wa-cloud HTTP/1.1\r\nHost: x\r\nX-Hub-Signature-256: sha256=00\r\n"
+    answer, closed = await stalled(str(server.host), int(server.port or 0), head)
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert b'"request_timeout"' in answer and closed
