@@ -57,6 +57,12 @@ def _errors(*codes: int, **descriptions: str) -> dict[str, Any]:
     }
 
 
+def _limit_param(default: int) -> dict[str, Any]:
+    """The `limit` query parameter of a list: 1 to 1000 items."""
+    schema = {"type": "integer", "minimum": 1, "maximum": 1000, "default": default}
+    return {"name": "limit", "in": "query", "schema": schema}
+
+
 def _action(summary: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
     op: dict[str, Any] = {
         "summary": summary,
@@ -163,16 +169,7 @@ def _agent_paths() -> dict[str, Any]:
                         "schema": {"type": "string"},
                         "description": "`1`, `true` or `yes`: only conversations assigned to the caller",
                     },
-                    {
-                        "name": "limit",
-                        "in": "query",
-                        "schema": {
-                            "type": "integer",
-                            "minimum": 1,
-                            "maximum": 1000,
-                            "default": 200,
-                        },
-                    },
+                    _limit_param(200),
                 ],
                 "responses": {
                     "200": {
@@ -210,16 +207,7 @@ def _agent_paths() -> dict[str, Any]:
                 " remain; `?before=` the first message of a page reads the page before it.",
                 "parameters": [
                     {"$ref": "#/components/parameters/ConversationId"},
-                    {
-                        "name": "limit",
-                        "in": "query",
-                        "schema": {
-                            "type": "integer",
-                            "minimum": 1,
-                            "maximum": 1000,
-                            "default": 1000,
-                        },
-                    },
+                    _limit_param(1000),
                     {
                         "name": "before",
                         "in": "query",
@@ -353,16 +341,7 @@ def _agent_paths() -> dict[str, Any]:
                         "description": "A cursor this log issued (empty or absent: from the start);"
                         " a malformed one, or one past the newest event, is a 400",
                     },
-                    {
-                        "name": "limit",
-                        "in": "query",
-                        "schema": {
-                            "type": "integer",
-                            "minimum": 1,
-                            "maximum": 1000,
-                            "default": 500,
-                        },
-                    },
+                    _limit_param(500),
                     {
                         "name": "wait",
                         "in": "query",

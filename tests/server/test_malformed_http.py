@@ -27,17 +27,23 @@ async def raw_request(base: str, data: bytes) -> bytes:
     return answer
 
 
+async def refused_then_stopped(gateway: ServeProcess, requests: list[bytes]) -> str:
+    """Send each raw request (each must get a 400), stop the gateway, return its log."""
+    for data in requests:
+        answer = await raw_request(gateway.base, data)
+        assert answer.split(b" ", 2)[1] == b"400", answer
+    gateway.proc.send_signal(signal.SIGTERM)
+    assert gateway.proc.stderr is not None
+    _, err = await asyncio.wait_for(gateway.proc.communicate(), 30)
+    return err.decode()
+
+
 async def test_unparseable_requests_get_400_and_a_log_line_without_traceback(
     shipped_gateway: ServeProcess,
 ) -> None:
-    for data in GARBAGE:
-        answer = await raw_request(shipped_gateway.base, data)
-        assert answer.split(b" ", 2)[1] == b"400", answer
-    shipped_gateway.proc.send_signal(signal.SIGTERM)
-    assert shipped_gateway.proc.stderr is not None
-    _, err = await asyncio.wait_for(shipped_gateway.proc.communicate(), 30)
-    lines = err.decode().splitlines()
-    assert "Traceback" not in err.decode()
+    text = await refused_then_stopped(shipped_gateway, GARBAGE)
+    lines = text.splitlines()
+    assert "Traceback" not in text
     records = [json.loads(line) for line in lines]  # every line is one JSON object
     malformed = [r for r in records if r["event"] == "http.malformed_request"]
     # aiohttp does not log a request line of garbage at all (scanners, TLS on a plain port).
@@ -82,13 +88,7 @@ async def test_a_malformed_request_is_logged_without_quoting_it(
     shipped_gateway: ServeProcess,
 ) -> None:
     """aiohttp's messages quote the line they refused: the log says what was wrong only."""
-    for data in OVERSIZED_WITH_SECRETS:
-        answer = await raw_request(shipped_gateway.base, data)
-        assert answer.split(b" ", 2)[1] == b"400", answer
-    shipped_gateway.proc.send_signal(signal.SIGTERM)
-    assert shipped_gateway.proc.stderr is not None
-    _, err = await asyncio.wait_for(shipped_gateway.proc.communicate(), 30)
-    text = err.decode()
+    text = await refused_then_stopped(shipped_gateway, OVERSIZED_WITH_SECRETS)
     assert SECRET not in text
     records = [json.loads(line) for line in text.splitlines()]
     malformed = [r for r in records if r["event"] == "http.malformed_request"]
