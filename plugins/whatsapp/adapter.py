@@ -60,7 +60,7 @@ class WhatsAppAdapter(BaseAdapter):
         self._provider: Provider = (
             TwilioProvider(context, self.config)
             if self.config.provider == "twilio"
-            else MetaProvider(context, self.config, self._sibling_channels)
+            else MetaProvider(context, self.config, self._sibling_channel)
         )
         self._aliases = ContactAliases(context.kv, self.name)
         self._transient_failures = 0
@@ -82,8 +82,10 @@ class WhatsAppAdapter(BaseAdapter):
         found = numbers.siblings(self.context.inbound, self)
         return {number: c for number, c in found.items() if isinstance(c, WhatsAppAdapter)}
 
-    def _sibling_channels(self) -> dict[str, str]:
-        return {number: channel.name for number, channel in self._siblings().items()}
+    def _sibling_channel(self, phone_number_id: str) -> str | None:
+        """The channel of another number of this gateway's same Meta app, if one has it."""
+        sibling = self._siblings().get(phone_number_id)
+        return sibling.name if sibling is not None else None
 
     def check_outbound(self, request: OutboundRequest) -> None:
         """Refuse (InvalidInput: a 400 to the agent, nothing stored) what this provider can

@@ -7,7 +7,7 @@ an unreadable envelope (not JSON, no `entry` list) raises `MalformedPayload`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -43,7 +43,7 @@ def parse_meta_body(
     channel: str,
     now: datetime,
     phone_number_id: str | None = None,
-    siblings: Mapping[str, str] | None = None,
+    siblings: Callable[[str], str | None] | None = None,
 ) -> ParseResult:
     """Parse a raw webhook body (already signature-checked) into a `ParseResult`."""
     try:
@@ -61,14 +61,15 @@ def parse_meta_payload(
     channel: str,
     now: datetime,
     phone_number_id: str | None = None,
-    siblings: Mapping[str, str] | None = None,
+    siblings: Callable[[str], str | None] | None = None,
 ) -> ParseResult:
     """Parse a decoded webhook payload.
 
     With `phone_number_id` set, changes addressed to another business number belong to the
     channel `siblings` names for that number (another number of the same Meta app, whose
-    webhooks come to one URL: see `numbers`), or are skipped (as problems) when there is none:
-    a reply to them from this channel would come from the wrong number.
+    webhooks come to one URL: see `numbers`), or are skipped (as problems) when it names none:
+    a reply to them from this channel would come from the wrong number. It is asked only for
+    such changes, which are rare.
     """
     if not isinstance(payload, dict):
         raise MalformedPayload("body is not a JSON object")
@@ -108,12 +109,12 @@ def _value(
     channel: str,
     now: datetime,
     phone_number_id: str | None,
-    siblings: Mapping[str, str] | None = None,
+    siblings: Callable[[str], str | None] | None = None,
 ) -> None:
     metadata = obj(value, "metadata")
     target = metadata.get("phone_number_id")
     if phone_number_id is not None and target is not None and str(target) != phone_number_id:
-        sibling = (siblings or {}).get(str(target))
+        sibling = siblings(str(target)) if siblings is not None else None
         if sibling is None:
             result.problems.append(ItemProblem(where, f"addressed to phone_number_id {target}"))
             return

@@ -7,7 +7,7 @@ the token never appears in URLs, logs or error messages.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -122,13 +122,13 @@ class MetaProvider:
         self,
         context: ChannelContext,
         config: WhatsAppConfig,
-        siblings: Callable[[], Mapping[str, str]] | None = None,
+        siblings: Callable[[str], str | None] | None = None,
     ) -> None:
         self._context = context
         self._config = config
         self._siblings = siblings
-        """This gateway's other numbers of the same Meta app, by phone number id: their items
-        may arrive here (one webhook URL per app) and belong to their channels."""
+        """The channel of another number of the same Meta app in this gateway, by phone number
+        id: its items may arrive here (one webhook URL per app) and belong to it."""
         self.auth_problem: str | None = None
 
     @property
@@ -151,7 +151,7 @@ class MetaProvider:
             channel=self._context.name,
             now=now,
             phone_number_id=self._config.phone_number_id,
-            siblings=self._siblings() if self._siblings is not None else None,
+            siblings=self._siblings,
         )
 
     def ack(self) -> web.Response:
