@@ -59,6 +59,7 @@ from pydantic_core import ErrorDetails
 from gateway.channels import ChannelConfig, refuse_boolean_number
 from gateway.durations import Duration, PositiveDuration, TimerDuration, format_duration
 from gateway.errors import ConfigError
+from gateway.store.redis_url import check_url
 
 # --------------------------------------------------------------------------------------------
 # Models
@@ -97,6 +98,7 @@ def _check_store_url(url: str) -> str:
     if scheme == "sqlite" and sep and rest.startswith("/") and len(rest) > 1:
         return url
     if scheme in ("redis", "rediss") and sep and rest:
+        check_url(url)
         return url
     raise ValueError(
         "expected sqlite:///relative/path, sqlite:////absolute/path, redis://... or rediss://..."
@@ -316,7 +318,8 @@ class GatewayConfig(_Section):
 def _describe_lines(config: GatewayConfig) -> Iterator[str]:
     server, store = config.server, config.store
     yield f"server: {server.host}:{server.port} (public URL {without_userinfo(server.public_url)})"
-    yield f"store: {without_userinfo(store.url)} (synchronous {store.synchronous})"
+    durability = f" (synchronous {store.synchronous})" if store.backend == "sqlite" else ""
+    yield f"store: {without_userinfo(store.url)}{durability}"
     grace = format_duration(config.presence.agent_disconnect_grace)
     yield f"presence: agent_disconnect_grace {grace}"
     out = config.outbound

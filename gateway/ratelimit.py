@@ -63,8 +63,8 @@ class RateLimiter:
         # Only deployments on Redis import it.
         from redis.asyncio import ConnectionPool
 
-        from gateway.store.redis import split_url
         from gateway.store.redis_batch import STORE_TIMEOUT
+        from gateway.store.redis_url import split_url
 
         plain, prefix = split_url(store_url)
         # Our own pool (not one `limits` makes from the URL), so that shutdown can close it,

@@ -747,3 +747,27 @@ def test_secret_quoted_by_a_plugin_validator_is_hidden() -> None:
 
     assert SECRET not in str(caught.value)
     assert "channels[0]: key <value hidden> is not accepted" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("query", "problem"),
+    [
+        ("?prefx=gw2", "unknown Redis URL option 'prefx'"),
+        ("?socket_timeout=abc", "invalid Redis URL: Invalid value for 'socket_timeout'"),
+        ("?prefix=a{b}", "prefix= must be"),
+        ("?prefix=", "prefix= must be"),
+    ],
+)
+def test_redis_url_options_are_checked_at_load(tmp_path: Path, query: str, problem: str) -> None:
+    """redis-py only refuses a bad option when it first connects: `check` called such a config
+    valid and `serve` died with a traceback. The password never shows in the problem."""
+    text = f'store: {{url: "redis://:{SECRET}@cache:6379/0{query}"}}'
+    line = problem_at(problems(tmp_path, text), "store.url")
+    assert problem in line and SECRET not in line
+
+
+def test_redis_url_options_redis_py_knows_are_accepted(tmp_path: Path) -> None:
+    url = "rediss://cache:6380/2?socket_timeout=2&health_check_interval=5&ssl_cert_reqs=none"
+    config = load(tmp_path, f'store: {{url: "{url}&prefix=app:gw"}}')
+    assert config.store.backend == "redis"
+    assert "synchronous" not in config.describe()  # a SQLite setting

@@ -37,7 +37,6 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Collection, Sequence
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -77,6 +76,7 @@ from gateway.store.redis_batch import (
     unavailable,
 )
 from gateway.store.redis_lua import SCRIPTS, source
+from gateway.store.redis_url import split_url
 from gateway.store.sqlite import from_micros, micros
 
 INGEST_ATTEMPTS = 16
@@ -217,20 +217,6 @@ class _ContactLocks:
                 future.set_result(None)
                 return
         del self._waiters[key]
-
-
-def split_url(url: str) -> tuple[str, str]:
-    """Take our own `prefix=` option out of the URL (redis-py refuses unknown options)."""
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    prefix = "gw"
-    kept = []
-    for key, value in query:
-        if key == "prefix":
-            prefix = value
-        else:
-            kept.append((key, value))
-    return urlunsplit(parts._replace(query=urlencode(kept))), prefix
 
 
 class RedisStore:
