@@ -341,9 +341,10 @@ class BaseAdapter:
     max_attachments: int | None = None
     """How many attachments one outbound message may carry (None: no limit). An agent's reply
     with more is stored and sent as several messages, in order (see `Outbound.submit`)."""
-    supports_templates: bool = True
+    supports_templates: bool = False
     """Whether `send` can deliver a `template` (WhatsApp's approved templates); where it
-    cannot, an agent's template is refused with 400 before anything is stored. An adapter may
+    cannot (the default: templates are a provider's feature a channel opts into), an agent's
+    template is refused with 400 before anything is stored. An adapter may
     also define `check_outbound(request)` (a `gateway.outbound.OutboundRequest`), raising
     InvalidInput for what its provider can only refuse (a Twilio template not named by its
     Content SID), checked at the same point."""

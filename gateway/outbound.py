@@ -233,7 +233,7 @@ class Outbound:
             raise InvalidInput('send either "text" or "template", not both')
         conversation = await self._read(conversation_id)
         adapter = self.adapters[conversation.channel]
-        if request.template is not None and not getattr(adapter, "supports_templates", True):
+        if request.template is not None and not getattr(adapter, "supports_templates", False):
             raise InvalidInput(
                 f"the {adapter.channel_type} channel has no templates: send text instead"
             )

@@ -48,6 +48,7 @@ class WhatsAppAdapter(BaseAdapter):
     """A running WhatsApp channel instance (see `gateway.channels` for the protocol)."""
 
     channel_type = "whatsapp"
+    supports_templates = True
 
     def __init__(self, context: ChannelContext) -> None:
         super().__init__(context)
