@@ -176,6 +176,10 @@ class TwilioProvider:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise TransientChannelError(f"twilio unreachable: {type(exc).__name__}") from None
         self.auth_problem = None
+        if not created.sid:
+            # Without its SID no status report can ever be matched to it: it would stay
+            # queued for good. Twilio always answers with one; a stand-in or proxy may not.
+            raise PermanentChannelError("twilio accepted the message but returned no sid")
         status = STATUS_MAP.get(str(created.status), DeliveryState.QUEUED)
         return SendResult(provider_message_id=created.sid, status=status)
 

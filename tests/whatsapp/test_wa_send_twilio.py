@@ -105,6 +105,16 @@ async def test_errors_are_classified(
     assert TWILIO_TOKEN not in str(exc)
 
 
+async def test_an_answer_without_a_sid_fails_the_message(
+    fake_twilio: FakeTwilio, http_session: aiohttp.ClientSession
+) -> None:
+    """No status report could ever be matched to it: failed, not queued for good."""
+    fake_twilio.replies.append((201, {"status": "queued", "body": "hola"}))
+    adapter = _adapter(http_session, fake_twilio.base_url)
+    with pytest.raises(PermanentChannelError, match="no sid"):
+        await adapter.send(conversation(), agent_message())
+
+
 async def test_bad_credentials(
     fake_twilio: FakeTwilio, http_session: aiohttp.ClientSession
 ) -> None:
