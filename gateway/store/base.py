@@ -297,8 +297,9 @@ class Store(Protocol):
 
     async def presence_startup(self, node: str, now: datetime, grace: timedelta) -> list[str]:
         """Called once when a node starts (after its first `node_heartbeat`): forget connections
-        that cannot be alive any more and arm the grace of agents left offline with active
-        conversations; return those agents.
+        that cannot be alive any more and arm the grace of the agents they leave offline with
+        active conversations; return those agents. An agent who had no connection (one working
+        over REST alone) is left alone.
 
         SQLite is one process, so every connection recorded before is gone. Redis is shared:
         only connections of nodes whose heartbeat lapsed are forgotten, and an agent whose grace

@@ -545,12 +545,8 @@ end
 for _, agent in ipairs(agents) do
   if mark_offline_if_last(agent, now, ARGV[4]) then out[#out + 1] = agent end
 end
-for _, agent in ipairs(redis.call('HKEYS', G('load'))) do
-  if not seen[agent] and redis.call('HLEN', G('conn:' .. agent)) == 0
-     and redis.call('HEXISTS', G('duetime'), grace_member(agent)) == 0 then
-    if mark_offline_if_last(agent, now, ARGV[4]) then out[#out + 1] = agent end
-  end
-end
+-- Only agents who had a connection on a dead node: one who works over REST alone never had
+-- one, and a restart must not set their conversations pending when nothing else ever would.
 return out
 """
 

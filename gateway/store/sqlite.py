@@ -812,18 +812,13 @@ class SqliteStore:
     async def presence_startup(self, node: str, now: datetime, grace: timedelta) -> list[str]:
         """Embedded store: one process, so every connection recorded before it started is gone.
 
-        Agents left with active conversations but no connection get the grace deadline too.
+        Only agents who had a connection then get the grace deadline: an agent who works over
+        REST alone never had one, and a restart must not set their conversations pending when
+        nothing else ever would (README).
         """
 
         def job(conn: sqlite3.Connection) -> list[str]:
             agents = {row[0] for row in conn.execute("SELECT DISTINCT agent FROM presence")}
-            agents |= {
-                row[0]
-                for row in conn.execute(
-                    "SELECT DISTINCT agent FROM conversations"
-                    " WHERE state = 'active' AND agent IS NOT NULL"
-                )
-            }
             conn.execute("DELETE FROM presence")
             # Leases of the previous run's schedulers: nobody is handling those any more.
             conn.execute(

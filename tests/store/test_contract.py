@@ -546,17 +546,18 @@ async def test_startup_forgets_connections_of_dead_nodes(store: Store, clock: Ma
     assert [(d.target, d.kind) for d in claimed] == [(agent_target("maria"), GRACE_KIND)]
 
 
-async def test_startup_arms_grace_for_active_agents_without_connection(
+async def test_startup_leaves_an_agent_who_never_connected_alone(
     store: Store, clock: ManualClock
 ) -> None:
+    """Maria works over REST alone (no stream ever): a restart must not set her conversation
+    pending when nothing else ever would (README); without a restart nothing does either."""
     conv = (await make_ingestor(store, clock).message(inbound())).conversation
     await store.update_conversation(lifecycle.accept(conv, maria(), clock.now()), conv.version)
     grace = timedelta(seconds=30)
     await store.node_heartbeat("n1", clock.now(), timedelta(seconds=10))
-    assert await store.presence_startup("n1", clock.now(), grace) == ["maria"]
-    assert await store.presence_drop_node("n1", clock.now(), grace) == []
+    assert await store.presence_startup("n1", clock.now(), grace) == []
     due = await store.claim_due(clock.now() + grace, 10, grace)
-    assert (agent_target("maria"), GRACE_KIND) in [(d.target, d.kind) for d in due]
+    assert (agent_target("maria"), GRACE_KIND) not in [(d.target, d.kind) for d in due]
 
 
 async def test_early_window_closed_report_is_flagged(store: Store, clock: ManualClock) -> None:
