@@ -183,4 +183,5 @@ def decode_status(blob: bytes | str) -> DeliveryStatus:
         error_message=data.get("error_message"),
         closes_window=bool(data.get("closes_window")),
         raw=data.get("raw"),
+        message_id=data.get("message_id"),
     )

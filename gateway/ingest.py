@@ -150,6 +150,8 @@ class Ingestor:
     async def status(self, status: DeliveryStatus) -> StatusResult:
         """Apply a delivery report; a 'window closed' error also closes the window."""
         result = await self.store.apply_status(status)
+        if result.message is None and status.message_id:
+            result = await self._correlate(status) or result
         if result.message is None:
             log.warning(
                 "ingest.status_unknown_message",
@@ -176,6 +178,32 @@ class Ingestor:
         if status.closes_window:
             await close_window(self.store, result.message.conversation_id, self.clock)
         return result
+
+    async def _correlate(self, status: DeliveryStatus) -> StatusResult | None:
+        """A report for a send whose answer was never recorded: the gateway died while the
+        provider was answering, or the answer came too late. The report names our message
+        (`DeliveryStatus.message_id`), so record its provider id now: that applies this
+        report, kept as early by `apply_status`, and any kept before it; and the message is
+        no longer `queued`, so its redelivery does not send it a second time."""
+        assert status.message_id is not None
+        message = await self.store.get_message(status.message_id)
+        if (
+            message is None
+            or message.channel != status.channel
+            or message.direction != Direction.OUT
+            or message.provider_message_id is not None  # it went out under another id
+        ):
+            return None
+        recorded = await self.store.record_send(
+            message.id, provider_message_id=status.provider_message_id, status=None
+        )
+        log.info(
+            "ingest.status_correlated",
+            channel=status.channel,
+            message_id=message.id,
+            provider_message_id=status.provider_message_id,
+        )
+        return recorded
 
 
 async def close_window(store: Store, conversation_id: str, clock: Clock) -> Conversation | None:

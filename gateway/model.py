@@ -174,6 +174,10 @@ class DeliveryStatus:
     error_message: str | None = None
     closes_window: bool = False
     raw: Any = None
+    message_id: str | None = None
+    """Our id of the message, when the provider echoes it back (Meta's
+    `biz_opaque_callback_data`, the query of our Twilio StatusCallback): lets a report find
+    its message before the send's answer recorded the provider id, e.g. after a crash."""
 
 
 @dataclass(frozen=True, slots=True)

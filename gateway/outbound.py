@@ -459,11 +459,17 @@ class Outbound:
             wait=wait_random_exponential(multiplier=self.retry.initial, max=self.retry.maximum),
             reraise=True,
         )
+        reported = False
         try:
             result: SendResult | None = None
             async for attempt in retrying:
                 with attempt:
-                    result = await adapter.send(conversation, message)
+                    # A send that timed out may have gone out all the same: if its report came
+                    # meanwhile (it names our id), sending again would deliver it twice.
+                    if attempt.retry_state.attempt_number > 1 and await self._reported(message_id):
+                        reported = True
+                    else:
+                        result = await adapter.send(conversation, message)
         except ChannelError as exc:
             await self._failed(
                 message, exc.provider_code or exc.code, exc.message or str(exc), exc.closes_window
@@ -472,6 +478,10 @@ class Outbound:
         except Exception as exc:  # an adapter bug must not leave the message queued forever
             log.exception("outbound.adapter_crashed", message_id=message_id)
             await self._failed(message, "adapter_error", type(exc).__name__)
+            return
+        if reported:
+            await self.store.clear_deadline(message_target(message_id), DELIVER_KIND)
+            log.info("outbound.settled_by_report", message_id=message_id, channel=message.channel)
             return
         assert result is not None
         status = DeliveryStatus(
@@ -513,6 +523,15 @@ class Outbound:
         if recorded.closes_window:  # a "window closed" report overtook the send's answer
             await close_window(self.store, message.conversation_id, self.clock)
         log.info("outbound.sent", message_id=message_id, channel=message.channel)
+
+    async def _reported(self, message_id: str) -> bool:
+        """Whether a provider report already settled this message (see `Ingestor._correlate`)."""
+        message = await self.store.get_message(message_id)
+        return (
+            message is None
+            or message.status != DeliveryState.QUEUED
+            or message.provider_message_id is not None
+        )
 
     async def _failed(
         self, message: Message, code: str, reason: str, closes_window: bool = False

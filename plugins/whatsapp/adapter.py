@@ -129,7 +129,7 @@ class WhatsAppAdapter(BaseAdapter):
             )
             return json_error(403, "invalid_signature", "missing or invalid webhook signature")
         try:
-            result = self._provider.parse(body, self.context.clock.now())
+            result = self._provider.parse(body, self.context.clock.now(), request.query)
         except MalformedPayload as exc:
             log.warning(
                 "webhook.malformed", channel=self.name, provider=self.provider, reason=str(exc)

@@ -316,4 +316,11 @@ def _status(item: Any, channel: str, now: datetime) -> DeliveryStatus:
         error_message=message,
         closes_window=code == WINDOW_CLOSED_CODE,
         raw=item,
+        # What our send put in `biz_opaque_callback_data`: our message id (see `numbers`).
+        message_id=_callback_data(item),
     )
+
+
+def _callback_data(item: dict[str, Any]) -> str | None:
+    value = item.get("biz_opaque_callback_data")
+    return value if isinstance(value, str) and value else None

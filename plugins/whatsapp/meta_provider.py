@@ -7,7 +7,7 @@ the token never appears in URLs, logs or error messages.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -145,7 +145,7 @@ class MetaProvider:
         header = request.headers.get("X-Hub-Signature-256")
         return meta_signature_valid(self._config.secret("app_secret"), body, header)
 
-    def parse(self, body: bytes, now: datetime) -> ParseResult:
+    def parse(self, body: bytes, now: datetime, query: Mapping[str, str]) -> ParseResult:
         return parse_meta_body(
             body,
             channel=self._context.name,

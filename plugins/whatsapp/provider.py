@@ -6,7 +6,7 @@ ingest, acknowledge); a provider only knows its own wire format, signature and R
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Protocol
 
@@ -27,7 +27,7 @@ class Provider(Protocol):
         """Tell whether the request is signed by the provider (constant-time)."""
         ...
 
-    def parse(self, body: bytes, now: datetime) -> ParseResult:
+    def parse(self, body: bytes, now: datetime, query: Mapping[str, str]) -> ParseResult:
         """Normalize a signature-checked body; MalformedPayload if it is not readable."""
         ...
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 import aiohttp
 import orjson
@@ -63,6 +64,10 @@ def content_variables(params: Any) -> str | None:
 CONTENT_SID = re.compile(r"HX[0-9a-fA-F]{32}")
 
 
+CALLBACK_MESSAGE = "gw_message"
+"""The StatusCallback query parameter that carries our message id."""
+
+
 def check_content_sid(template: Mapping[str, Any]) -> None:
     """Twilio sends a WhatsApp template by its Content SID: refuse anything else at once
     (400 to the agent), not after a round trip to Twilio that can only fail."""
@@ -81,7 +86,10 @@ def twilio_send_params(
     Templates go as ContentSid (+ ContentVariables) without Body, which Twilio requires for
     WhatsApp templates since 2025-04 (PROTOCOLS.md 1.2); `template.name` is the Content SID.
     """
-    params: dict[str, Any] = {"to": to_address(address), "status_callback": status_callback}
+    # Our message id rides in the callback's query (Twilio signs the whole URL): a report then
+    # finds its message even if the send's answer, with the SID, never got recorded.
+    callback = f"{status_callback}?{urlencode({CALLBACK_MESSAGE: message.id})}"
+    params: dict[str, Any] = {"to": to_address(address), "status_callback": callback}
     if config.from_:
         params["from_"] = config.from_
     if config.messaging_service_sid:
@@ -137,8 +145,12 @@ class TwilioProvider:
             self._token, self._url(request), _pairs(body), signature, body
         )
 
-    def parse(self, body: bytes, now: datetime) -> ParseResult:
-        return parse_twilio_form(form_params(_pairs(body)), channel=self._context.name, now=now)
+    def parse(self, body: bytes, now: datetime, query: Mapping[str, str]) -> ParseResult:
+        result = parse_twilio_form(form_params(_pairs(body)), channel=self._context.name, now=now)
+        ours = query.get(CALLBACK_MESSAGE)
+        if ours:
+            result.statuses = [replace(s, message_id=ours) for s in result.statuses]
+        return result
 
     def ack(self) -> web.Response:
         return twiml_ack()

@@ -579,3 +579,34 @@ async def test_early_window_closed_report_is_flagged(store: Store, clock: Manual
     result = await store.record_send(msg.id, provider_message_id="SM10", status=None)
     assert result.closes_window
     assert result.message is not None and result.message.error_code == "131047"
+
+
+async def test_a_report_naming_our_message_settles_a_send_never_recorded(
+    store: Store, clock: ManualClock
+) -> None:
+    """The gateway died before the send's answer was stored: the provider's report names
+    our id, so it finds the message, records the provider id, and applies (with any report
+    kept before it). One naming a message of another channel, or one already sent under
+    another id, is kept as unknown and changes nothing."""
+    ingest = make_ingestor(store, clock)
+    conv = (await ingest.message(inbound())).conversation
+    msg = outbound(conv.id, clock)
+    await store.add_outbound(
+        lifecycle.agent_message(conv, msg, clock.now()), conv.version, msg, None
+    )
+
+    def report(pid: str, state: DeliveryState, channel: str = "wa-main") -> DeliveryStatus:
+        return DeliveryStatus(channel, pid, state, clock.now(), message_id=msg.id)
+
+    foreign = await ingest.status(report("SMX", DeliveryState.SENT, channel="wa-other"))
+    assert foreign.message is None
+    sent = await ingest.status(report("SM20", DeliveryState.SENT))
+    assert sent.message is not None and sent.message.id == msg.id
+    stored = await store.get_message(msg.id)
+    assert stored is not None
+    assert (stored.provider_message_id, stored.status) == ("SM20", DeliveryState.SENT)
+    # A copy that went out under another id (a retry) does not take the message over.
+    other = await ingest.status(report("SM21", DeliveryState.DELIVERED))
+    assert other.message is None
+    stored = await store.get_message(msg.id)
+    assert stored is not None and stored.provider_message_id == "SM20"

@@ -47,6 +47,8 @@ class _Knobs:
         self.next_ids: list[str] = []
         self.before_reply: BeforeReply | None = None
         self.base_url = ""
+        self.arrived = asyncio.Event()
+        """Set when a send has arrived (and was recorded in `calls`), before it is answered."""
         self._released = asyncio.Event()
 
     def release(self) -> None:
@@ -55,6 +57,7 @@ class _Knobs:
 
     async def _scripted(self) -> web.Response | None:
         """Wait as told, then return the next scripted answer (None: answer normally)."""
+        self.arrived.set()
         if self.hang > 0:
             self.hang -= 1
             await self._released.wait()

@@ -468,3 +468,16 @@ def test_only_ascii_digits_make_a_phone_number() -> None:
     assert e164("55²") == "55²"
     assert e164("١٢٣") == "١٢٣"
     assert e164("BR.1234abcd") == "BR.1234abcd"
+
+
+def test_a_status_carries_the_callback_data_our_send_put_there() -> None:
+    """Meta echoes `biz_opaque_callback_data` in the status (the real payload): our sends put
+    our message id there, so the report can find its message (see Ingestor._correlate)."""
+    payload = json.loads((META_DIR / "status_sent_biz_opaque_callback_data.json").read_bytes())
+    status = payload["entry"][0]["changes"][0]["value"]["statuses"][0]
+    [parsed] = parse_meta_payload(payload, channel="c", now=NOW).statuses
+    assert parsed.message_id == status["biz_opaque_callback_data"]
+    [plain] = parse_meta_body(
+        (META_DIR / "status_sent.json").read_bytes(), channel="c", now=NOW
+    ).statuses
+    assert plain.message_id is None

@@ -23,7 +23,8 @@ from tests.whatsapp.support import (
     twilio_config,
 )
 
-CALLBACK = "https://gw.example.com/webhooks/wa-twilio"
+# Our message id rides in the query, so a status report can find the message it is about.
+CALLBACK = "https://gw.example.com/webhooks/wa-twilio?gw_message=m_01TEST"
 
 
 def _adapter(session: aiohttp.ClientSession, base_url: str, **overrides: Any) -> WhatsAppAdapter:

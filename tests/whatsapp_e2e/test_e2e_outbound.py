@@ -69,7 +69,10 @@ async def test_reply_reaches_the_provider_and_statuses_only_move_forward(
         assert call.form["To"] == ["whatsapp:+5511999990000"]
         assert call.form["From"] == [TWILIO_NUMBER]
         assert call.form["Body"] == ["Hello Ana"]
-        assert call.form["StatusCallback"] == [f"{PUBLIC_URL}/webhooks/{TWILIO}"]
+        # our message id rides in the callback's query: a report finds it even after a crash
+        assert call.form["StatusCallback"] == [
+            f"{PUBLIC_URL}/webhooks/{TWILIO}?gw_message={message_id}"
+        ]
     assert (await wa.message(conversation_id, message_id))["status"] == "queued"
     for status in ("sent", "read", "delivered"):  # a late `delivered` after `read`
         assert await post_status(wa, channel, provider_id, status) == 200
@@ -456,3 +459,39 @@ async def test_a_message_whose_window_lapsed_before_it_arrived_opens_inactive(
     # nothing was left for the timers either
     assert await wa.gw.runtime.scheduler.run_once() == 0
     await stream.close()
+
+
+@pytest.mark.parametrize("channel", [META, TWILIO])
+async def test_a_send_that_timed_out_but_went_out_is_not_sent_again(
+    channel: str, make_wa: WaFactory
+) -> None:
+    """The provider takes the message but answers too late (or the gateway dies meanwhile):
+    its report, which names our message (Meta's biz_opaque_callback_data, our Twilio
+    StatusCallback's query), settles the message. Neither the retry after the timeout nor
+    the redelivery after a crash sends it to the customer a second time."""
+    wa = await make_wa(request_timeout="500ms")
+    conversation_id = await wa.open_conversation(channel, pid="in-late")
+    fake = wa.fake(channel)
+    fake.hang = 1  # the provider takes it and does not answer in time
+    fake.arrived.clear()
+    status, body = await wa.reply(conversation_id, {"text": "only once"})
+    assert status == 202, body
+    message_id = body["message"]["id"]
+    await fake.arrived.wait()
+    (call,) = fake.calls[-1:]
+    provider_id = "wamid.LATE1" if channel == META else "SM" + "7" * 32
+    if channel == META:
+        assert call.json["biz_opaque_callback_data"] == message_id
+        report = meta_status(provider_id, "sent", ts=int(wa.clock.now().timestamp()))
+        body_ = meta_statuses({**report, "biz_opaque_callback_data": message_id})
+        assert (await wa.post_meta(body_)).status == 200
+    else:
+        assert await twilio_callback(wa, call, provider_id, "sent") == 200
+    await wa.gw.settle()  # the timeout fires, the retry sees the report and stops
+    sends = len(fake.calls)
+    message = await wa.message(conversation_id, message_id)
+    assert (message["status"], message["provider_message_id"]) == ("sent", provider_id)
+    # What the redelivery deadline does after a crash: nothing more goes out.
+    await wa.gw.runtime.outbound.deliver(message_id)
+    assert len(fake.calls) == sends == 1
+    fake.release()
