@@ -17,8 +17,8 @@ the ratio (about 0.33 where wrk measures 0.19; `--load python` to compare). Two 
 servers show where the cost lies (`serve_reference`): `verify` adds the signature check and the
 JSON parse to the bare handler, `commit` adds a durable group-committed row per message. Each
 round warms every server up, then measures them back to back with fresh message ids; the table
-reports every round and the median gateway ratio. After the run the gateway is stopped and its SQLite file is read:
-every acknowledged message must be there (acknowledged means durable).
+reports every round and the median gateway ratio. After the run the gateway is stopped and its
+SQLite file is read: every acknowledged message must be there (acknowledged means durable).
 
     python bench/webhook_bench.py                      # defaults: 3 rounds, 32 conns, wrk
     python bench/webhook_bench.py --load python        # our Python client (4000 per run)

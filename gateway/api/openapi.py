@@ -39,6 +39,7 @@ MEANING = {
     409: "Conflict: already taken, window closed, max_active reached or forbidden transition"
     " (`already_taken`, `window_closed`, `max_active_reached`, `agent_offline`,"
     " `invalid_transition`, `conflict`)",
+    408: "The body did not arrive within 30 s (`request_timeout`); the connection is closed",
     413: "Body too large (`payload_too_large`)",
     429: "Over the channel's rate limit (`rate_limited`); `Retry-After` says how many seconds"
     " to wait. Nothing was stored",
@@ -77,7 +78,7 @@ def _action(summary: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
     }
     if body is not None:
         op["requestBody"] = {"required": True, **_json(body)}
-        op["responses"].update(_errors(413))
+        op["responses"].update(_errors(408, 413))
     return op
 
 
@@ -220,7 +221,7 @@ def _agent_paths() -> dict[str, Any]:
                         "description": "Conversation",
                         **_json(_ref("ConversationWithMessages")),
                     },
-                    **_errors(401, 403, 404, 503),
+                    **_errors(400, 401, 403, 404, 503, s400="Bad `limit` or `before`"),
                 },
             }
         },
@@ -286,7 +287,7 @@ def _agent_paths() -> dict[str, Any]:
                             )
                         ),
                     },
-                    **_errors(400, 401, 403, 404, 409, 413, 422, 503),
+                    **_errors(400, 401, 403, 404, 408, 409, 413, 422, 503),
                 },
             }
         },
@@ -463,6 +464,7 @@ def _webchat_paths() -> dict[str, Any]:
                         400,
                         401,
                         403,
+                        408,
                         413,
                         429,
                         s400="The body is not a JSON object, or a bad `display_name` or `token`"
@@ -487,6 +489,7 @@ def _webchat_paths() -> dict[str, Any]:
                         400,
                         401,
                         403,
+                        408,
                         413,
                         422,
                         429,
