@@ -71,11 +71,18 @@ class ChannelError(GatewayError):
     code = "channel_error"
 
     def __init__(
-        self, message: str, *, provider_code: str | None = None, closes_window: bool = False
+        self,
+        message: str,
+        *,
+        provider_code: str | None = None,
+        closes_window: bool = False,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.provider_code = provider_code
         self.closes_window = closes_window
+        self.retry_after = retry_after
+        """Seconds the provider asked us to wait before trying again (its `Retry-After`)."""
 
 
 class TransientChannelError(ChannelError):

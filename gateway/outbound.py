@@ -10,7 +10,7 @@ node's scheduler try again, so an accepted message is never silently dropped.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -18,6 +18,7 @@ from typing import Any
 import structlog
 from tenacity import (
     AsyncRetrying,
+    RetryCallState,
     retry_if_exception_type,
     stop_after_attempt,
     wait_random_exponential,
@@ -193,6 +194,25 @@ def thread_headers(messages: list[Message]) -> dict[str, Any]:
         "references": ids[-50:],
         "subject": subject,
     }
+
+
+def _honouring_retry_after(
+    backoff: Callable[[RetryCallState], float], maximum: float
+) -> Callable[[RetryCallState], float]:
+    """The exponential backoff, but never shorter than the provider's `Retry-After` (a 429
+    saying "in 2 s" is not retried after 0.4 s, only to be refused again); capped at the
+    policy's `maximum`, so the longest a delivery can spend retrying stays what
+    `gateway check` prints."""
+
+    def wait(state: RetryCallState) -> float:
+        waited = backoff(state)
+        error = state.outcome.exception() if state.outcome is not None else None
+        hint = getattr(error, "retry_after", None)
+        if isinstance(hint, int | float) and hint > waited:
+            return float(min(hint, maximum))
+        return waited
+
+    return wait
 
 
 class Outbound:
@@ -456,7 +476,10 @@ class Outbound:
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(TransientChannelError),
             stop=stop_after_attempt(self.retry.attempts),
-            wait=wait_random_exponential(multiplier=self.retry.initial, max=self.retry.maximum),
+            wait=_honouring_retry_after(
+                wait_random_exponential(multiplier=self.retry.initial, max=self.retry.maximum),
+                self.retry.maximum,
+            ),
             reraise=True,
         )
         reported = False

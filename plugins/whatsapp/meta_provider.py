@@ -24,7 +24,7 @@ from plugins.whatsapp.media import META_MEDIA_HOSTS, HostPolicy, Media, download
 from plugins.whatsapp.meta_parse import parse_meta_body
 from plugins.whatsapp.parsed import ParseResult
 from plugins.whatsapp.provider import redact
-from plugins.whatsapp.send_errors import classify, is_auth_failure
+from plugins.whatsapp.send_errors import classify, is_auth_failure, retry_after
 from plugins.whatsapp.signatures import meta_signature_valid, token_equal
 from plugins.whatsapp.webhook_http import json_ack, json_error
 
@@ -180,6 +180,7 @@ class MetaProvider:
             ) as resp:
                 raw = await resp.read()
                 status = resp.status
+                wait = retry_after(resp.headers.get("Retry-After"))
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise TransientChannelError(f"graph API unreachable: {type(exc).__name__}") from None
         try:
@@ -189,11 +190,11 @@ class MetaProvider:
         if not isinstance(data, dict):
             data = {}
         if status >= 400 or "error" in data:
-            raise self._refusal(status, data)
+            raise self._refusal(status, data, wait)
         self.auth_problem = None
         return data
 
-    def _refusal(self, status: int, data: dict[str, Any]) -> Exception:
+    def _refusal(self, status: int, data: dict[str, Any], wait: float | None = None) -> Exception:
         error = data.get("error")
         if not isinstance(error, dict):
             error = {}
@@ -206,7 +207,7 @@ class MetaProvider:
         reason = redact(reason, [self._token])
         if is_auth_failure(NAME, status, code):
             self.auth_problem = f"Meta rejected the access token (code {code})"
-        return classify(NAME, status if status >= 400 else 400, code, reason)
+        return classify(NAME, status if status >= 400 else 400, code, reason, wait)
 
     async def send(self, conversation: Conversation, message: Message) -> SendResult:
         payload = meta_send_payload(conversation.contact.address, message)

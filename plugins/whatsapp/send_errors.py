@@ -9,6 +9,9 @@ permanent, with `closes_window` set for the codes that mean the 24 h window is o
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+
 from gateway.errors import ChannelError, PermanentChannelError, TransientChannelError
 
 WINDOW_CLOSED = {"twilio": "63016", "cloud_api": "131047"}
@@ -24,8 +27,32 @@ _TRANSIENT = {"twilio": _TWILIO_TRANSIENT, "cloud_api": _META_TRANSIENT}
 AUTH_FAILURE = {"twilio": frozenset({"20003"}), "cloud_api": frozenset({"190"})}
 
 
-def classify(provider: str, http_status: int, code: str | None, reason: str) -> ChannelError:
-    """Return the error to raise for a provider answer with `http_status` and error `code`."""
+def retry_after(value: str | None) -> float | None:
+    """A `Retry-After` header's wait in seconds (delta-seconds or an HTTP date); None if absent
+    or unreadable (RFC 9110 10.2.3)."""
+    if not value:
+        return None
+    text = value.strip()
+    if text.isascii() and text.isdigit():
+        return float(text)
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def classify(
+    provider: str,
+    http_status: int,
+    code: str | None,
+    reason: str,
+    wait: float | None = None,
+) -> ChannelError:
+    """Return the error to raise for a provider answer with `http_status` and error `code`;
+    `wait` is its `Retry-After`, kept on a transient error for the retry to honour."""
     label = f"{provider} answered {http_status}" + (f" (code {code})" if code else "")
     message = f"{label}: {reason}" if reason else label
     if (
@@ -33,7 +60,7 @@ def classify(provider: str, http_status: int, code: str | None, reason: str) -> 
         or http_status >= 500
         or (code is not None and code in _TRANSIENT[provider])
     ):
-        return TransientChannelError(message, provider_code=code)
+        return TransientChannelError(message, provider_code=code, retry_after=wait)
     return PermanentChannelError(
         message,
         provider_code=code,

@@ -10,11 +10,17 @@ credentials as a header.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 
 import aiohttp
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.http.response import Response
+
+RETRY_AFTER: ContextVar[str | None] = ContextVar("twilio_retry_after", default=None)
+"""The `Retry-After` of the last answer this task got: twilio-python's exceptions keep the
+status and the error code but not the headers. A context variable, so concurrent sends (each
+its own task) never see each other's."""
 
 
 def _query(params: dict[str, object] | None) -> list[tuple[str, str]] | None:
@@ -67,4 +73,5 @@ class SharedSessionTwilioHttpClient(AsyncTwilioHttpClient):  # type: ignore[misc
             allow_redirects=allow_redirects,
             **body,
         ) as resp:
+            RETRY_AFTER.set(resp.headers.get("Retry-After"))
             return Response(resp.status, await resp.text(), resp.headers)

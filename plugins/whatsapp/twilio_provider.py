@@ -29,9 +29,9 @@ from plugins.whatsapp.config import WhatsAppConfig
 from plugins.whatsapp.media import TWILIO_MEDIA_HOSTS, HostPolicy, Media, download
 from plugins.whatsapp.parsed import ParseResult
 from plugins.whatsapp.provider import redact
-from plugins.whatsapp.send_errors import classify, is_auth_failure
+from plugins.whatsapp.send_errors import classify, is_auth_failure, retry_after
 from plugins.whatsapp.signatures import twilio_signature_valid
-from plugins.whatsapp.twilio_http import SharedSessionTwilioHttpClient
+from plugins.whatsapp.twilio_http import RETRY_AFTER, SharedSessionTwilioHttpClient
 from plugins.whatsapp.twilio_parse import STATUS_MAP, form_params, parse_twilio_form
 from plugins.whatsapp.webhook_http import json_error, twiml_ack
 
@@ -180,6 +180,7 @@ class TwilioProvider:
         params = twilio_send_params(
             self._config, conversation.contact.address, message, self._context.webhook_url()
         )
+        RETRY_AFTER.set(None)
         try:
             async with asyncio.timeout(self._config.request_timeout.total_seconds()):
                 created = await self._twilio().messages.create_async(**params)
@@ -202,7 +203,7 @@ class TwilioProvider:
         reason = redact(str(reason), [self._token])
         if is_auth_failure(NAME, status, code):
             self.auth_problem = f"Twilio rejected the credentials (code {code})"
-        return classify(NAME, status, code, reason)
+        return classify(NAME, status, code, reason, retry_after(RETRY_AFTER.get()))
 
     def _auth_headers(self, url: URL) -> dict[str, str]:
         """Basic auth only for Twilio's API host (or the stand-in), never for the CDN."""

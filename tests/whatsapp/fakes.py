@@ -41,7 +41,7 @@ class _Knobs:
 
     def __init__(self) -> None:
         self.calls: list[Call] = []
-        self.replies: list[tuple[int, Any]] = []
+        self.replies: list[tuple[Any, ...]] = []
         self.delay = 0.0
         self.hang = 0
         self.next_ids: list[str] = []
@@ -64,10 +64,11 @@ class _Knobs:
         if self.delay:
             await asyncio.sleep(self.delay)
         if self.replies:
-            status, reply = self.replies.pop(0)
+            status, reply, *more = self.replies.pop(0)
+            headers = more[0] if more else None  # a third item: response headers
             if isinstance(reply, str):
-                return web.Response(text=reply, status=status)
-            return web.json_response(reply, status=status)
+                return web.Response(text=reply, status=status, headers=headers)
+            return web.json_response(reply, status=status, headers=headers)
         return None
 
     async def _accepting(self, call: Call, generated: str) -> str:

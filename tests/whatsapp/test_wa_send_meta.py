@@ -134,6 +134,21 @@ async def test_errors_are_classified(
     assert adapter.health().ok
 
 
+@pytest.mark.parametrize(("header", "wait"), [("2", 2.0), (None, None), ("soon", None)])
+async def test_retry_after_is_kept_for_the_retry(
+    header: str | None,
+    wait: float | None,
+    fake_graph: FakeGraph,
+    http_session: aiohttp.ClientSession,
+) -> None:
+    status, body = meta_error(80007, "Rate limit issues", 429)
+    fake_graph.replies.append((status, body, {"Retry-After": header} if header else {}))
+    adapter = _adapter(http_session, fake_graph.base_url)
+    with pytest.raises(TransientChannelError) as info:
+        await adapter.send(conversation(), agent_message())
+    assert info.value.retry_after == wait
+
+
 async def test_bad_token(fake_graph: FakeGraph, http_session: aiohttp.ClientSession) -> None:
     adapter = _adapter(http_session, fake_graph.base_url, access_token="EAAG-wrong-token")
     with pytest.raises(PermanentChannelError) as info:

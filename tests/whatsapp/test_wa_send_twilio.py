@@ -116,6 +116,23 @@ async def test_an_answer_without_a_sid_fails_the_message(
         await adapter.send(conversation(), agent_message())
 
 
+async def test_retry_after_is_kept_for_the_retry(
+    fake_twilio: FakeTwilio, http_session: aiohttp.ClientSession
+) -> None:
+    """twilio-python's exception drops the headers: the HTTP client notes `Retry-After`."""
+    status, body = twilio_error(20429, "Too Many Requests", 429)
+    fake_twilio.replies.append((status, body, {"Retry-After": "3"}))
+    adapter = _adapter(http_session, fake_twilio.base_url)
+    with pytest.raises(TransientChannelError) as info:
+        await adapter.send(conversation(), agent_message())
+    assert info.value.retry_after == 3.0
+    # The next send's refusal says nothing of the last one's wait.
+    fake_twilio.replies.append(twilio_error(20429, "Too Many Requests", 429))
+    with pytest.raises(TransientChannelError) as again:
+        await adapter.send(conversation(), agent_message())
+    assert again.value.retry_after is None
+
+
 async def test_bad_credentials(
     fake_twilio: FakeTwilio, http_session: aiohttp.ClientSession
 ) -> None:
