@@ -7,6 +7,7 @@ an unreadable envelope (not JSON, no `entry` list) raises `MalformedPayload`.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -49,10 +50,35 @@ def parse_meta_body(
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise MalformedPayload(f"body is not JSON: {exc}") from None
+        payload = _with_lone_surrogates(body)
+        if payload is None:
+            raise MalformedPayload(f"body is not JSON: {exc}") from None
     return parse_meta_payload(
         payload, channel=channel, now=now, phone_number_id=phone_number_id, siblings=siblings
     )
+
+
+def _with_lone_surrogates(body: bytes) -> Any:
+    """JSON that orjson refuses only for a lone UTF-16 surrogate escape (`"\\ud83d"`: half an
+    emoji, cut by a client), read by the stdlib instead, each such half replaced by U+FFFD.
+    Refusing it would refuse the whole batch, every message in it, at every re-delivery.
+    None when the body is not JSON at all."""
+    try:
+        payload = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    return _mend(payload)
+
+
+def _mend(value: Any) -> Any:
+    if isinstance(value, str):
+        # A lone surrogate cannot be encoded; a well-formed string comes back unchanged.
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, list):
+        return [_mend(item) for item in value]
+    if isinstance(value, dict):
+        return {_mend(key): _mend(item) for key, item in value.items()}
+    return value
 
 
 def parse_meta_payload(

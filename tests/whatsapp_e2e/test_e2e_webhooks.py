@@ -373,3 +373,27 @@ async def test_a_stalled_webhook_body_is_a_408(
     answer, closed = await stalled(str(server.host), int(server.port or 0), head)
     assert answer.startswith(b"HTTP/1.1 408"), answer
     assert b'"request_timeout"' in answer and closed
+
+
+async def test_half_an_emoji_does_not_cost_the_batch(wa: WaGateway) -> None:
+    """A lone UTF-16 surrogate escape (half an emoji, cut by a client) is JSON orjson refuses:
+    the batch was a 400 at every re-delivery, every message in it lost. It is read, the half
+    replaced by U+FFFD, and every message stored."""
+    body = meta_envelope(
+        [
+            meta_value(
+                messages=[
+                    meta_text("wamid.HALF1", "cut HALF here", phone="5511000000011", ts=NOW_TS),
+                    meta_text(
+                        "wamid.HALF2", "whole \\ud83d\\ude00", phone="5511000000012", ts=NOW_TS
+                    ),
+                ]
+            )
+        ]
+    )
+    body = body.replace(b"HALF here", b"\\ud83d here").replace(b"\\\\ud83d", b"\\ud83d")
+    body = body.replace(b"\\\\ude00", b"\\ude00")
+    resp = await wa.post_meta(body)
+    assert resp.status == 200, await resp.text()
+    texts = {e["message"]["provider_message_id"]: e["message"]["text"] for e in await wa.received()}
+    assert texts == {"wamid.HALF1": "cut \ufffd here", "wamid.HALF2": "whole \U0001f600"}
