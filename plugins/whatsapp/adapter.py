@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.bodies import BodyTimeout, read_within
+from gateway.bodies import read_within
 from gateway.channels import (
     BaseAdapter,
     ChannelContext,
@@ -115,11 +115,6 @@ class WhatsAppAdapter(BaseAdapter):
         except BodyTooLarge:
             log.warning("webhook.too_large", channel=self.name, provider=self.provider)
             return json_error(413, "payload_too_large", "webhook body is too large")
-        except BodyTimeout as exc:
-            log.warning("webhook.body_timeout", channel=self.name, provider=self.provider)
-            response = json_error(408, "request_timeout", exc.message)
-            response.force_close()
-            return response
         if not self._provider.signature_ok(request, body):
             log.warning(
                 "webhook.signature_invalid",
