@@ -205,12 +205,6 @@ class Store(Protocol):
 
     async def find_message(self, channel: str, provider_message_id: str) -> Message | None: ...
 
-    async def list_messages(
-        self, conversation_id: str, *, after: str | None = None, limit: int = 1000
-    ) -> list[Message]:
-        """Messages of a conversation in order, optionally only those after a message id."""
-        ...
-
     async def list_recent_messages(
         self, conversation_id: str, *, before: str | None = None, limit: int = 1000
     ) -> list[Message]:

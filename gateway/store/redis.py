@@ -704,11 +704,6 @@ class RedisStore:
         doc = await self._eval("find_message", channel, provider_message_id)
         return None if doc is None else decode_message(doc)
 
-    async def list_messages(
-        self, conversation_id: str, *, after: str | None = None, limit: int = 1000
-    ) -> list[Message]:
-        return await self._list_messages(self._c(conversation_id) + ":msgs", after, limit)
-
     async def list_recent_messages(
         self, conversation_id: str, *, before: str | None = None, limit: int = 1000
     ) -> list[Message]:

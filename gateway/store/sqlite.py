@@ -610,19 +610,6 @@ class SqliteStore:
     async def find_message(self, channel: str, provider_message_id: str) -> Message | None:
         return await self._read(lambda c: _message_by_provider_id(c, channel, provider_message_id))
 
-    async def list_messages(
-        self, conversation_id: str, *, after: str | None = None, limit: int = 1000
-    ) -> list[Message]:
-        def query(conn: sqlite3.Connection) -> list[Message]:
-            rows = conn.execute(
-                "SELECT data FROM messages WHERE conversation_id = ? AND id > ?"
-                " ORDER BY id LIMIT ?",
-                (conversation_id, after or "", limit),
-            )
-            return [decode_message(row[0]) for row in rows]
-
-        return await self._read(query)
-
     async def list_recent_messages(
         self, conversation_id: str, *, before: str | None = None, limit: int = 1000
     ) -> list[Message]:

@@ -95,7 +95,7 @@ class Stored:
         try:
             found: dict[str, list[str]] = {}
             for conversation in await store.list_conversations(State.WAITING, limit=10_000):
-                messages = await store.list_messages(conversation.id, limit=10_000)
+                messages = await store.list_recent_messages(conversation.id, limit=10_000)
                 found[conversation.contact.address] = [
                     m.provider_message_id or "" for m in messages
                 ]

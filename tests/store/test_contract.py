@@ -40,7 +40,7 @@ async def test_first_message_opens_waiting_conversation(store: Store, clock: Man
     assert conv.window_expires_at == inbound().sent_at + timedelta(hours=24)
     stored = await store.get_conversation(conv.id)
     assert stored == conv
-    messages = await store.list_messages(conv.id)
+    messages = await store.list_recent_messages(conv.id)
     assert [m.text for m in messages] == ["Hola"]
     assert messages[0].direction == Direction.IN
 
@@ -55,7 +55,7 @@ async def test_next_message_joins_open_conversation(store: Store, clock: ManualC
     assert second.conversation.version == 2
     assert second.conversation.preview == "Precio?"
     assert second.conversation.window_expires_at == clock.now() + timedelta(hours=24)
-    assert [m.text for m in await store.list_messages(first.conversation.id)] == [
+    assert [m.text for m in await store.list_recent_messages(first.conversation.id)] == [
         "Hola",
         "Precio?",
     ]
@@ -67,7 +67,7 @@ async def test_duplicate_provider_id_is_one_message(store: Store, clock: ManualC
     again = await ingest.message(inbound("Hola", pid="wamid.1"))
     assert again.duplicate
     assert again.message.id == first.message.id
-    assert len(await store.list_messages(first.conversation.id)) == 1
+    assert len(await store.list_recent_messages(first.conversation.id)) == 1
 
 
 async def test_concurrent_duplicates_store_once(store: Store, clock: ManualClock) -> None:
@@ -75,7 +75,7 @@ async def test_concurrent_duplicates_store_once(store: Store, clock: ManualClock
     results = await asyncio.gather(*(ingest.message(inbound("x", pid="same")) for _ in range(20)))
     assert sum(not r.duplicate for r in results) == 1
     assert len({r.message.id for r in results}) == 1
-    assert len(await store.list_messages(results[0].conversation.id)) == 1
+    assert len(await store.list_recent_messages(results[0].conversation.id)) == 1
 
 
 async def test_concurrent_first_messages_share_one_conversation(
@@ -86,7 +86,7 @@ async def test_concurrent_first_messages_share_one_conversation(
         *(ingest.message(inbound(f"m{i}", pid=f"p{i}")) for i in range(10))
     )
     assert len({r.conversation.id for r in results}) == 1
-    assert len(await store.list_messages(results[0].conversation.id)) == 10
+    assert len(await store.list_recent_messages(results[0].conversation.id)) == 10
 
 
 async def test_recent_messages_page_back_from_the_newest(store: Store, clock: ManualClock) -> None:
@@ -335,7 +335,7 @@ async def test_outbound_idempotency_key(store: Store, clock: ManualClock) -> Non
     )
     assert not retry.created
     assert retry.message.id == msg.id
-    assert len(await store.list_messages(conv.id)) == 2  # the inbound and one outbound
+    assert len(await store.list_recent_messages(conv.id)) == 2  # the inbound and one outbound
 
 
 async def test_statuses_only_move_forward(store: Store, clock: ManualClock) -> None:

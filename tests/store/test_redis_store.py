@@ -100,7 +100,7 @@ async def test_scripts_are_reloaded_when_redis_forgot_them(
     await client.script_flush()  # what a Redis restart does to the script cache
     await client.aclose()
     second = await ingest.message(inbound("two", pid="2"))
-    assert [m.text for m in await a.list_messages(second.conversation.id)] == ["one", "two"]
+    assert [m.text for m in await a.list_recent_messages(second.conversation.id)] == ["one", "two"]
 
 
 async def test_two_nodes_ingesting_one_contact_share_one_conversation(
@@ -117,7 +117,7 @@ async def test_two_nodes_ingesting_one_contact_share_one_conversation(
         )
     )
     assert len({r.conversation.id for r in results}) == 1
-    assert len(await a.list_messages(results[0].conversation.id)) == 12
+    assert len(await a.list_recent_messages(results[0].conversation.id)) == 12
     stored = await a.get_conversation(results[0].conversation.id)
     assert stored is not None and stored.version == 12
     assert len(await b.read_events(None)) == 1 + 12 + 11  # created, received x12, updated x11

@@ -104,7 +104,7 @@ async def test_after_an_outage_the_refused_message_is_stored_once(
     stored = await ingest.message(inbound("Otra", pid="wamid.2"))
     again = await ingest.message(inbound("Otra", pid="wamid.2"))
     assert not stored.duplicate and again.duplicate
-    texts = [m.text for m in await store.list_messages(stored.conversation.id)]
+    texts = [m.text for m in await store.list_recent_messages(stored.conversation.id)]
     assert texts == ["Hola", "Otra"]
 
 
@@ -144,7 +144,7 @@ async def _all_stored_once(
     may be a duplicate; either way each is stored once."""
     for pid in pids:
         await ingest.message(inbound(pid, pid=pid))
-    stored = [m.provider_message_id for m in await store.list_messages(conversation_id)]
+    stored = [m.provider_message_id for m in await store.list_recent_messages(conversation_id)]
     assert sorted(stored) == sorted(["wamid.0", *pids])
 
 
