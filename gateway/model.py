@@ -65,17 +65,29 @@ DELIVERY_RANK: dict[DeliveryState, int] = {
 }
 
 
-def status_moves_forward(current: DeliveryState | None, new: DeliveryState) -> bool:
-    """Tell whether a delivery report `new` may replace `current`.
+UNCERTAIN_FAILURES = frozenset({"channel_unavailable", "internal_error"})
+"""Failure codes the gateway gives a send whose outcome it could not learn: every try timed out
+or found the provider unreachable (it may have taken the message all the same), or the provider
+took it and recording its answer failed. Unlike a provider's own `failed`, these are lifted by
+the provider's later report that the message went out: that report is the truth, and an agent
+shown a false `failed` sends the message again."""
+
+
+def status_moves_forward(
+    current: DeliveryState | None, new: DeliveryState, error_code: str | None = None
+) -> bool:
+    """Tell whether a delivery report `new` may replace `current` (whose error is `error_code`).
 
     Only outbound messages have a delivery state (from `queued` on); a message without one is
     a customer's, and a report naming its provider id (an id collision, or a confused
-    provider) must not give it one.
+    provider) must not give it one. `failed` is final, unless the gateway itself failed the
+    message without knowing its outcome (`UNCERTAIN_FAILURES`) and the provider now says it
+    went out.
     """
     if current is None:
         return False
     if current == DeliveryState.FAILED:
-        return False
+        return error_code in UNCERTAIN_FAILURES and new != DeliveryState.FAILED
     return DELIVERY_RANK[new] > DELIVERY_RANK[current]
 
 
@@ -344,7 +356,12 @@ for _record in (Contact, Attachment, InboundMessage, Message, DeliveryStatus, Co
 
 def with_status(message: Message, status: DeliveryStatus) -> Message:
     """The message after a delivery report (the caller checked `status_moves_forward`): the
-    new state and its time; a report without error details keeps the ones already known."""
+    new state and its time; a report without error details keeps the ones already known, except
+    that a lifted gateway-side failure leaves none."""
+    if message.status == DeliveryState.FAILED:  # lifted (see `UNCERTAIN_FAILURES`)
+        return evolve(
+            message, status=status.status, status_at=status.at, error_code=None, error_message=None
+        )
     return evolve(
         message,
         status=status.status,

@@ -915,7 +915,7 @@ def _plan_status(
     planned: _Planned, message: Message, status: DeliveryStatus, conversation: Conversation | None
 ) -> _Planned:
     """Apply a report to a message if it moves forward (same rule as the SQLite store)."""
-    if not status_moves_forward(message.status, status.status):
+    if not status_moves_forward(message.status, status.status, message.error_code):
         return _Planned(StatusResult(message, False), planned.events, planned.last_moved)
     updated = with_status(message, status)
     event = Event(type="message.status", at=status.at, conversation=conversation, message=updated)

@@ -1095,7 +1095,7 @@ def _message_by_provider_id(
 def _apply_status(
     conn: sqlite3.Connection, message: Message, status: DeliveryStatus
 ) -> StatusResult:
-    if not status_moves_forward(message.status, status.status):
+    if not status_moves_forward(message.status, status.status, message.error_code):
         return StatusResult(message, False)
     updated = with_status(message, status)
     conn.execute("UPDATE messages SET data = ? WHERE id = ?", (encode(updated), updated.id))

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from gateway import lifecycle
 from gateway.clock import ManualClock
 from gateway.model import DeliveryState, DeliveryStatus, State
 from gateway.store.base import Store
 from tests.conftest import inbound
-from tests.store.test_contract import make_ingestor
+from tests.store.test_contract import make_ingestor, outbound
 
 
 async def test_a_status_never_changes_an_inbound_message(store: Store, clock: ManualClock) -> None:
@@ -38,3 +39,59 @@ async def test_a_status_never_changes_an_inbound_message(store: Store, clock: Ma
     conversation = await store.get_conversation(received.conversation.id)
     assert conversation is not None and conversation.state == State.WAITING
     assert conversation.window_expires_at == received.conversation.window_expires_at
+
+
+async def test_only_a_failure_the_gateway_could_not_verify_is_lifted_by_a_later_report(
+    store: Store, clock: ManualClock
+) -> None:
+    """`failed` is final when the provider said so; when the gateway gave up without learning
+    the outcome (every try timed out: `channel_unavailable`), the provider's later word that
+    the message went out is the truth, and no error is left on it."""
+    conv = (await make_ingestor(store, clock).message(inbound())).conversation
+    ids: dict[str, str] = {}
+    for key in ("gave_up", "refused"):
+        msg = outbound(conv.id, clock)
+        conv = (
+            await store.add_outbound(
+                lifecycle.agent_message(conv, msg, clock.now()), conv.version, msg, None
+            )
+        ).conversation
+        ids[key] = msg.id
+    gave_up = DeliveryStatus(
+        "wa-main", ids["gave_up"], DeliveryState.FAILED, clock.now(), "channel_unavailable", "t/o"
+    )
+    assert (await store.record_send(ids["gave_up"], provider_message_id=None, status=gave_up)).moved
+    refused = DeliveryStatus("wa-main", "SM-R", DeliveryState.FAILED, clock.now(), "131026", "no")
+    assert (
+        await store.record_send(ids["refused"], provider_message_id="SM-R", status=refused)
+    ).moved
+
+    # The provider had taken the first one after all: its report names it (see _correlate).
+    await store.record_send(ids["gave_up"], provider_message_id="SM-G", status=None)
+    lifted = await store.apply_status(
+        DeliveryStatus("wa-main", "SM-G", DeliveryState.DELIVERED, clock.now())
+    )
+    assert lifted.moved and lifted.message is not None
+    assert (lifted.message.status, lifted.message.error_code) == (DeliveryState.DELIVERED, None)
+    assert lifted.message.error_message is None
+    # Once lifted, the usual order holds: a late `sent` or `failed` changes nothing.
+    for late in (DeliveryState.SENT, DeliveryState.FAILED):
+        stale = await store.apply_status(DeliveryStatus("wa-main", "SM-G", late, clock.now()))
+        assert not stale.moved
+    # A provider's own refusal stays final, whatever comes after it.
+    for late in (DeliveryState.SENT, DeliveryState.DELIVERED, DeliveryState.READ):
+        stale = await store.apply_status(DeliveryStatus("wa-main", "SM-R", late, clock.now()))
+        assert not stale.moved
+    refused_now = await store.get_message(ids["refused"])
+    assert refused_now is not None and refused_now.status == DeliveryState.FAILED
+    assert refused_now.error_code == "131026"
+    statuses = [
+        (e.message.id, e.message.status)
+        for e in await store.read_events(None)
+        if e.type == "message.status" and e.message is not None
+    ]
+    assert statuses == [
+        (ids["gave_up"], DeliveryState.FAILED),
+        (ids["refused"], DeliveryState.FAILED),
+        (ids["gave_up"], DeliveryState.DELIVERED),
+    ]

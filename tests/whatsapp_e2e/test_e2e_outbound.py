@@ -349,6 +349,48 @@ async def test_last_try_fails_and_the_agent_sees_it(
     assert (await wa.conversation(conversation_id))["state"] == "active"
 
 
+@pytest.mark.parametrize("channel", [META, TWILIO])
+async def test_a_send_given_up_on_but_reported_delivered_is_no_longer_failed(
+    channel: str, make_wa: WaFactory
+) -> None:
+    """Every try timed out, so the gateway marked the message failed without knowing whether
+    the provider had taken it. The provider had: its report (which names our message) lifts
+    the failure, the agent sees `delivered`, and nothing is sent again."""
+    wa = await make_wa(request_timeout="300ms")
+    conversation_id = await wa.open_conversation(channel, pid="in-gave-up")
+    fake = wa.fake(channel)
+    fake.hang = 3
+    status, body = await wa.reply(conversation_id, {"text": "¿llegó?"})
+    assert status == 202, body
+    message_id = body["message"]["id"]
+    await wa.gw.settle()
+    message = await wa.message(conversation_id, message_id)
+    assert (message["status"], message["error_code"]) == ("failed", "channel_unavailable")
+    call = fake.calls[-1]
+    provider_id = "wamid.GAVEUP" if channel == META else "SM" + "9" * 32
+    async with wa.client.ws_connect("/api/v1/stream?access_token=tok-maria") as ws:
+        await next_event(ws, lambda f: f.get("type") == "hello")
+        if channel == META:
+            report = meta_status(provider_id, "delivered", ts=int(wa.clock.now().timestamp()))
+            body_ = meta_statuses({**report, "biz_opaque_callback_data": message_id})
+            assert (await wa.post_meta(body_)).status == 200
+        else:
+            assert await twilio_callback(wa, call, provider_id, "delivered") == 200
+        event = await next_event(
+            ws,
+            lambda f: f.get("type") == "message.status" and f["message"]["id"] == message_id,
+        )
+    assert event["message"]["status"] == "delivered"
+    assert event["message"]["error_code"] is None and event["message"]["error_message"] is None
+    await wa.gw.settle()
+    message = await wa.message(conversation_id, message_id)
+    assert (message["status"], message["provider_message_id"]) == ("delivered", provider_id)
+    sends = len(fake.calls)
+    await wa.gw.runtime.outbound.deliver(message_id)  # a stray redelivery sends nothing
+    assert len(fake.calls) == sends == 3
+    fake.release()
+
+
 def _images(count: int) -> list[dict[str, str]]:
     return [
         {"kind": "image", "url": f"https://example.com/{n}.jpg", "mime_type": "image/jpeg"}
