@@ -281,16 +281,24 @@ class DeadlineHandler:
         log.warning("timers.conversation_busy", conversation_id=conversation_id)
 
     async def _agent_grace(self, deadline: Deadline, agent: str) -> None:
+        """The agent's last connection went a grace ago: their active conversations go
+        pending, unless they came back.
+
+        The grace is this node's: a node configured with a longer one (a rolling config
+        change, a node not restarted yet) moves the deadline to when its own grace ends,
+        never drops it, or the agent's conversations would stay active with nobody there.
+        """
         presence = (await self.store.presence()).get(agent)
         now = self.clock.now()
         grace = self.directory.agent_disconnect_grace
-        still_gone = (
-            presence is not None
-            and not presence.online
-            and presence.last_seen_at is not None
-            and presence.last_seen_at + grace <= now
-        )
-        if still_gone:
+        gone_since = None
+        if presence is not None and not presence.online:
+            gone_since = presence.last_seen_at
+        if gone_since is not None and gone_since + grace > now:
+            await self.store.set_deadline(deadline.target, deadline.kind, gone_since + grace)
+            log.info("timers.agent_grace_extended", agent=agent, due=gone_since + grace)
+            return
+        if gone_since is not None:
             events: list[Event] = []
             for conversation in await self.store.list_conversations(
                 State.ACTIVE, agent=agent, limit=10_000

@@ -13,6 +13,7 @@ from gateway.directory import AgentInfo, Directory, QueueInfo
 from gateway.ingest import Ingestor
 from gateway.lifecycle import ChannelPolicy
 from gateway.model import State
+from gateway.store.base import GRACE_KIND, agent_target
 from gateway.store.sqlite import SqliteStore
 from gateway.timers import DeadlineHandler, Scheduler
 from tests.conftest import inbound
@@ -135,3 +136,51 @@ async def test_run_forever_wakes_for_due_deadlines(store: SqliteStore, clock: Ma
     await task
     stored = await store.get_conversation(conv.id)
     assert stored is not None and stored.state == State.INACTIVE
+
+
+async def test_a_grace_armed_by_a_node_with_a_shorter_one_is_moved_not_dropped(
+    store: SqliteStore, clock: ManualClock
+) -> None:
+    """During a rolling config change one node still has a 30 s grace while another already
+    has 2 s. The 2 s node arms the deadline; when the 30 s node fires it, its own grace has
+    not ended: it moves the deadline to its end. Dropping it would leave the agent's
+    conversations active with nobody there, for good."""
+    from gateway import lifecycle
+
+    ingest = Ingestor(store, clock, lambda m: "support", DIRECTORY.policy)
+    waiting = (await ingest.message(inbound())).conversation
+    agent = DIRECTORY.agents["maria"].context(0)
+    active, _ = await store.update_conversation(
+        lifecycle.accept(waiting, agent, clock.now()), waiting.version
+    )
+    gone_at = clock.now()
+    await store.presence_connect("maria", "ws-1", "node-short", gone_at)
+    assert await store.presence_disconnect("maria", "ws-1", gone_at, timedelta(seconds=2))
+    assert DIRECTORY.agent_disconnect_grace == timedelta(seconds=30)  # the firing node's
+
+    clock.advance(timedelta(seconds=2))
+    assert await scheduler(store, clock).run_once() == 1
+    still = await store.get_conversation(active.id)
+    assert still is not None and still.state == State.ACTIVE
+    assert await store.next_due() == gone_at + timedelta(seconds=30)
+
+    clock.advance(timedelta(seconds=28))
+    assert await scheduler(store, clock).run_once() == 1
+    pending = await store.get_conversation(active.id)
+    assert pending is not None and pending.state == State.PENDING
+    left = await store.claim_due(clock.now() + timedelta(days=1), 10, timedelta(seconds=1))
+    assert GRACE_KIND not in {d.kind for d in left}  # only the conversation's own are left
+
+
+async def test_a_grace_for_an_agent_who_came_back_is_dropped(
+    store: SqliteStore, clock: ManualClock
+) -> None:
+    now = clock.now()
+    await store.presence_connect("maria", "ws-1", "n", now)
+    await store.presence_disconnect("maria", "ws-1", now, timedelta(seconds=30))
+    await store.presence_connect("maria", "ws-2", "n", now + timedelta(seconds=5))
+    # A deadline left armed (as if set again by a node that had not seen the reconnect).
+    await store.set_deadline(agent_target("maria"), GRACE_KIND, now + timedelta(seconds=30))
+    clock.advance(timedelta(seconds=30))
+    assert await scheduler(store, clock).run_once() == 1
+    assert await store.next_due() is None
