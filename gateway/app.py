@@ -40,7 +40,10 @@ def create_app(
 ) -> web.Application:
     runtime = Runtime(config, channel_types, clock=clock, store=store, options=options)
     app = web.Application(
-        middlewares=[request_context], client_max_size=config.server.max_body_bytes
+        middlewares=[request_context],
+        client_max_size=config.server.max_body_bytes,
+        # Compressed bodies are refused unread (see `request_context`), never inflated here.
+        handler_args={"auto_decompress": False},
     )
     app[RUNTIME] = runtime
     app.add_routes(ops.routes)

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 import structlog
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from gateway.bodies import BodyTimeout, read_within
 from gateway.directory import AgentInfo, IntegratorInfo
@@ -55,6 +55,15 @@ _HTTP_CODES = {
 }
 
 
+def _encoded_body(request: web.Request) -> bool:
+    """Whether the body comes compressed. No provider or browser compresses what it posts,
+    and inflating on the event loop lets a small gzip bomb (1 MB in, 1 GB out) hold every
+    request for seconds, so the server does not decompress (`auto_decompress=False`) and such
+    a body is refused unread."""
+    encoding = request.headers.get(hdrs.CONTENT_ENCODING, "").strip().lower()
+    return encoding not in ("", "identity")
+
+
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Bind a request id to every log line and turn every failure into a JSON error."""
@@ -63,6 +72,11 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
     try:
+        if request.body_exists and _encoded_body(request):
+            raise InvalidInput(
+                "a request body is taken as sent, without a Content-Encoding (gzip, deflate)",
+                code="unsupported_media_type",
+            )
         response = await handler(request)
     except GatewayError as exc:
         status = HTTP_STATUS.get(exc.code, 400)
@@ -70,11 +84,11 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
             "http.refused", method=request.method, path=request.path, status=status, code=exc.code
         )
         response = error_response(status, exc.code, exc.message or exc.code)
-        if isinstance(exc, BodyTimeout):
+        if isinstance(exc, BodyTimeout) or exc.code == "unsupported_media_type":
             response.force_close()  # the rest of the body may still come: end the connection
     except web.RequestPayloadError as exc:
-        # The body could not be read as sent: a Content-Encoding that does not decode, a
-        # chunked body cut short. The client's fault, and nothing was read, so nothing stored.
+        # The body could not be read as sent (a chunked body cut short, a malformed chunk).
+        # The client's fault, and nothing was read, so nothing stored.
         log.info(
             "http.refused", method=request.method, path=request.path, status=400, reason=str(exc)
         )

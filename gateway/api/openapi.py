@@ -41,6 +41,8 @@ MEANING = {
     " `invalid_transition`, `conflict`)",
     408: "The body did not arrive within 30 s (`request_timeout`); the connection is closed",
     413: "Body too large (`payload_too_large`)",
+    415: "The body has a `Content-Encoding` (gzip, deflate): bodies are taken as sent, never"
+    " inflated (`unsupported_media_type`); the connection is closed",
     429: "Over the channel's rate limit (`rate_limited`); `Retry-After` says how many seconds"
     " to wait. Nothing was stored",
     422: "The same Idempotency-Key was used with a different text, template or attachments"
@@ -78,7 +80,7 @@ def _action(summary: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
     }
     if body is not None:
         op["requestBody"] = {"required": True, **_json(body)}
-        op["responses"].update(_errors(408, 413))
+        op["responses"].update(_errors(408, 413, 415))
     return op
 
 
@@ -287,7 +289,7 @@ def _agent_paths() -> dict[str, Any]:
                             )
                         ),
                     },
-                    **_errors(400, 401, 403, 404, 408, 409, 413, 422, 503),
+                    **_errors(400, 401, 403, 404, 408, 409, 413, 415, 422, 503),
                 },
             }
         },
@@ -466,6 +468,7 @@ def _webchat_paths() -> dict[str, Any]:
                         403,
                         408,
                         413,
+                        415,
                         429,
                         s400="The body is not a JSON object, or a bad `display_name` or `token`"
                         " (`invalid_request`, `invalid_json`)",
@@ -491,6 +494,7 @@ def _webchat_paths() -> dict[str, Any]:
                         403,
                         408,
                         413,
+                        415,
                         422,
                         429,
                         503,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 from datetime import timedelta
 from typing import Any
@@ -324,18 +325,26 @@ async def test_typing_flows_both_ways(gw: Gateway) -> None:
     await agent_ws.close()
 
 
-async def test_a_body_whose_content_encoding_does_not_decode_is_a_400(gw: Gateway) -> None:
-    """aiohttp fails reading it; that is the client's mistake, not a 500."""
-    for encoding in ("gzip", "deflate"):
+async def test_a_compressed_body_is_refused_unread(gw: Gateway) -> None:
+    """No browser or provider compresses what it posts; inflating a gzip bomb (1 MB that
+    unpacks to 1 GB) on the event loop would hold every request for seconds. So a body with a
+    Content-Encoding is refused before anything reads it, and the connection is closed."""
+    bomb = gzip.compress(b" " * 50_000_000, compresslevel=9)
+    for encoding, body in (("gzip", bomb), ("deflate", b"not compressed at all"), ("br", b"{}")):
         resp = await gw.client.post(
             "/webchat/site/session",
-            data=b"not compressed at all",
+            data=body,
             headers={"Content-Type": "application/json", "Content-Encoding": encoding},
         )
-        assert resp.status == 400, await resp.text()
-        body = await resp.json()
-        assert body["error"]["code"] == "invalid_request"
-        assert "body could not be read" in body["error"]["message"]
+        assert resp.status == 415, await resp.text()
+        assert (await resp.json())["error"]["code"] == "unsupported_media_type"
+        assert resp.headers.get("Connection", "").lower() == "close"
+    resp = await gw.client.post(
+        "/webchat/site/session",
+        data=b'{"display_name": "Ana"}',
+        headers={"Content-Type": "application/json", "Content-Encoding": "identity"},
+    )
+    assert resp.status == 201, await resp.text()
 
 
 async def test_a_long_history_is_replayed_whole_and_read_in_pages(

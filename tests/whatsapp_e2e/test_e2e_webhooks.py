@@ -5,6 +5,7 @@ for messages nobody knows."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -76,6 +77,28 @@ async def test_meta_forged_webhook_stores_nothing(forgery: str, wa: WaGateway) -
     assert await snapshot(wa) == before
     assert [e["channel"] for e in logs if e["event"] == "webhook.signature_invalid"] == [META]
     no_secrets(logs)
+
+
+async def test_a_compressed_webhook_is_refused_unread_and_stores_nothing(wa: WaGateway) -> None:
+    """A gzip body (here a small bomb: its signature even matches the compressed bytes) is
+    refused with 415 before anything inflates or verifies it; a log line says why."""
+    body = gzip.compress(fixture_bytes(META_DIR / "msg_text.json") + b" " * 20_000_000)
+    before = await snapshot(wa)
+    with capture_logs() as logs:
+        resp = await wa.client.post(
+            f"/webhooks/{META}",
+            data=body,
+            headers={
+                "Content-Type": "application/json",
+                "Content-Encoding": "gzip",
+                "X-Hub-Signature-256": meta_sign(body),
+            },
+        )
+    assert resp.status == 415
+    assert (await resp.json())["error"]["code"] == "unsupported_media_type"
+    assert await snapshot(wa) == before
+    refused = [e for e in logs if e["event"] == "http.refused"]
+    assert [(e["status"], e["code"]) for e in refused] == [(415, "unsupported_media_type")]
 
 
 @pytest.mark.parametrize("forgery", ["unsigned", "other_token", "tampered", "other_url"])
