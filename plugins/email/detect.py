@@ -17,7 +17,7 @@ from plugins.email.headers import READ_POLICY, addresses, header, msgid_list, on
 from plugins.email.mime import part_bytes, part_text
 
 _AUTO_SUBJECT = re.compile(
-    r"^\s*[\[(]?\s*(?:"
+    r"^\s*(?:[\[(]\s*)?(?:"
     r"auto(?:matic|matische|matisch)?[ _-]?(?:reply|response|respond|antwort|answer)"
     r"|out of (?:the )?office|ooo\b|on vacation|vacation (?:reply|notice|message|response)"
     r"|abwesenheit|absence|fuera de la oficina|respuesta autom[aá]tica|resposta autom[aá]tica"
@@ -33,9 +33,9 @@ _BOUNCE_SUBJECT = re.compile(
 )
 _BOUNCE_SENDERS = ("mailer-daemon", "postmaster", "mail-daemon")
 _STATUS = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
-_TEXT_MSGID = re.compile(r"^\s*message-id:\s*(<[^<>\s]+>)", re.IGNORECASE | re.MULTILINE)
+_TEXT_MSGID = re.compile(r"^[ \t]*message-id:\s*(<[^<>\s]+>)", re.IGNORECASE | re.MULTILINE)
 _VERP = re.compile(r"^[^+@\s]+\+(?P<tag>[^@\s]+)@")
-_VERP_RCPT = re.compile(r"(?P<local>[^-=+]+)=(?P<domain>[^=]+\.[^=]+)$")
+_VERP_RCPT = re.compile(r"(?<![^-=+])(?P<local>[^-=+]+)=(?P<domain>[^=]+\.[^=]+)$")
 
 
 def auto_reply_reason(msg: Message) -> str | None:

@@ -10,13 +10,13 @@ from __future__ import annotations
 import re
 from email import policy
 from email.header import decode_header, make_header
-from email.headerregistry import BaseHeader, HeaderRegistry
+from email.headerregistry import BaseHeader, HeaderRegistry, UnstructuredHeader
 from email.message import EmailMessage, Message
 from email.utils import getaddresses, parseaddr
 from functools import lru_cache
 
 _MSGID = re.compile(r"<([^<>\s]{1,900})>")
-_BARE_ID = re.compile(r"[^<>\s,;\"]+@[^<>\s,;\"]+")
+_BARE_ID = re.compile(r"(?<![^<>\s,;\"])[^<>\s,;\"]+@[^<>\s,;\"]+")
 _LINE_BREAKS = re.compile(r"[\r\n\t\x00-\x08\x0b\x0c\x0e-\x1f\x7f]+")
 _SPACES = re.compile(r" {2,}")
 _ANGLE_ADDR = re.compile(r"<([^<>\s@\"]+@[A-Za-z0-9.\[\]:-]+)>")
@@ -41,8 +41,32 @@ class _Registry(HeaderRegistry):
 _REGISTRY = _Registry()
 
 
+_UNSTRUCTURED = HeaderRegistry(use_default_map=False)
+STRUCTURED_MAX = 2048
+"""Longest header value given to the stdlib's structured parsers (addresses, Content-Type,
+Message-ID, ...). They take time growing with the square of the length on some inputs: 20 KB of
+`"` in a From header cost 8.6 s, and the interpreter lock stops every request meanwhile. Real
+values are far shorter; a longer one is kept as plain text (its first `STRUCTURED_MAX`
+characters), and addresses are then read from the raw header by `_lenient_addresses`."""
+
+
+HEADER_MAX = 16384
+"""Longest header value read at all: even the stdlib's plain-text header parser copies the rest
+of the value at every word (600 KB of References took 8 s). A real header is a few hundred
+characters; References keeps its last ids (the nearest ancestors), any other header its start."""
+
+
+def _bounded(name: str, value: str) -> str:
+    if len(value) <= HEADER_MAX:
+        return value
+    return value[-HEADER_MAX:] if name.lower() == "references" else value[:HEADER_MAX]
+
+
 @lru_cache(maxsize=4096)
 def _parsed_header(name: str, value: str) -> BaseHeader:
+    value = _bounded(name, value)
+    if len(value) > STRUCTURED_MAX and not issubclass(_REGISTRY[name], UnstructuredHeader):
+        return _UNSTRUCTURED(name, value[:STRUCTURED_MAX])
     return _REGISTRY(name, value)
 
 
@@ -97,7 +121,7 @@ def header(msg: Message, name: str) -> str | None:
 def _raw_header(msg: Message, name: str) -> str | None:
     for key, value in msg.raw_items() if isinstance(msg, EmailMessage) else msg.items():
         if key.lower() == name.lower():
-            return str(value)
+            return _bounded(name, str(value))
     return None
 
 
@@ -166,9 +190,11 @@ def _lenient_addresses(raw: str) -> list[tuple[str, str]]:
             found.append((_decode_phrase(phrase), match.group(1).lower()))
             start = match.end()
         return found
-    return [
-        (_decode_phrase(n), a.lower()) for n, a in getaddresses([raw]) if _ADDR_SPEC.fullmatch(a)
-    ]
+    try:
+        pairs = getaddresses([raw])
+    except RecursionError:  # comments nested thousands deep: nothing usable in them
+        return []
+    return [(_decode_phrase(n), a.lower()) for n, a in pairs if _ADDR_SPEC.fullmatch(a)]
 
 
 def _decode_phrase(phrase: str) -> str:
@@ -218,9 +244,17 @@ def _author(
         if usable:
             display, address = usable[0]
             if not display and usable[0] is found[0]:
-                display = unescape(parseaddr(_raw_header(msg, name) or "")[0])
+                display = _comment_name(_raw_header(msg, name) or "")
             return address, one_line(display)
     return None
+
+
+def _comment_name(raw: str) -> str:
+    """The name `parseaddr` finds in a header (a comment, `addr (Name)`); empty if none."""
+    try:
+        return unescape(parseaddr(raw)[0])
+    except RecursionError:
+        return ""
 
 
 def _domain(address: str) -> str:
