@@ -219,7 +219,8 @@ def write_config(tmp: Path, port: int) -> Path:
         store: {{url: "sqlite:///{tmp}/bench.db"}}
         # A load test is a flood from one address by design: no rate limits.
         channels: [{{name: site, type: webchat, no_agent_timeout: 5m,
-                     session_rate_limit: null, message_rate_limit: null}}]
+                     session_rate_limit: null, message_rate_limit: null,
+                     max_sockets_per_address: null}}]
         queues: [{{name: support}}]
         routing: [{{queue: support}}]
         agents: [{{id: bench, token_sha256: "{digest}", queues: [support], max_active: 5}}]

@@ -18,10 +18,12 @@ from aiohttp import ClientSession, ClientTimeout, web
 from gateway.api import agent, events, inbox, ops, stream
 from gateway.api.http import request_context
 from gateway.api.media import routes as media_routes
-from gateway.appkeys import AGENT_SOCKETS, RUNTIME
+from gateway.api.stream import MAX_STREAMS_PER_AGENT
+from gateway.appkeys import AGENT_SOCKETS, AGENT_STREAMS, RUNTIME
 from gateway.channels import ChannelType, ClosesConnections
 from gateway.clock import Clock
 from gateway.config import GatewayConfig
+from gateway.connlimit import ConnectionCounter
 from gateway.errors import StoreUnavailable
 from gateway.runtime import Runtime, RuntimeOptions
 from gateway.store.base import Store
@@ -63,6 +65,7 @@ def create_app(
             mounted.add(key)
             route.register(app.router)
     app[AGENT_SOCKETS] = set()
+    app[AGENT_STREAMS] = ConnectionCounter(MAX_STREAMS_PER_AGENT)
     app.on_shutdown.append(stream.close_agent_sockets)
     app.on_shutdown.append(_close_channel_connections)
     app.cleanup_ctx.extend([_store, _http, _hub, _adapters, _scheduler])

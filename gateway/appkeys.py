@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from gateway.connlimit import ConnectionCounter
+
 if TYPE_CHECKING:
     from gateway.runtime import Runtime
 
@@ -13,3 +15,6 @@ RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime")
 
 AGENT_SOCKETS: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("agent_sockets")
 """The agents' open stream sockets on this node, closed with 1001 when the node shuts down."""
+
+AGENT_STREAMS: web.AppKey[ConnectionCounter] = web.AppKey("agent_streams")
+"""Open streams per agent on this node, capped (see `gateway.api.stream.MAX_STREAMS_PER_AGENT`)."""

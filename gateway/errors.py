@@ -111,6 +111,7 @@ HTTP_STATUS: dict[str, int] = {
     "request_timeout": 408,
     "payload_too_large": 413,
     "unsupported_media_type": 415,
+    "too_many_connections": 429,
     "store_unavailable": 503,
     "channel_unavailable": 502,
     "channel_rejected": 422,

@@ -392,8 +392,11 @@ def _agent_paths() -> dict[str, Any]:
                     **_errors(
                         400,
                         401,
+                        429,
                         503,
                         s400="Not a WebSocket upgrade request, or a bad `after` (`invalid_request`)",
+                        s429="The agent already holds 16 streams on this node"
+                        " (`too_many_connections`): close one",
                         s503="The store cannot record the agent online right now"
                         " (`store_unavailable`): refused before the upgrade, retry later",
                     ),
@@ -584,10 +587,14 @@ def _webchat_paths() -> dict[str, Any]:
                         400,
                         401,
                         403,
+                        429,
                         503,
                         s400="Not a WebSocket upgrade request, or a bad `after`",
                         s401=VISITOR_401,
                         s403=ORIGIN_403,
+                        s429="This visitor or address already holds as many sockets on this"
+                        " node as the channel allows (`too_many_connections`,"
+                        " `max_sockets_per_visitor`, `max_sockets_per_address`): close one",
                         s503="The store cannot replay `after` right now (`store_unavailable`)",
                     ),
                 },

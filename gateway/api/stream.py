@@ -23,7 +23,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from gateway.api.events import after_cursor
 from gateway.api.serialize import event_json
 from gateway.api.visibility import visible_to
-from gateway.appkeys import AGENT_SOCKETS, RUNTIME
+from gateway.appkeys import AGENT_SOCKETS, AGENT_STREAMS, RUNTIME
 from gateway.directory import AgentInfo
 from gateway.errors import InvalidInput
 from gateway.hub import Overflow, Subscription
@@ -38,6 +38,9 @@ log = structlog.get_logger("gateway.stream")
 routes = web.RouteTableDef()
 
 HEARTBEAT = 20.0
+MAX_STREAMS_PER_AGENT = 16
+"""Open streams one agent may hold on one node (tabs, devices): each costs a descriptor and a
+task, so a leaked token must not be able to open them until the process runs out."""
 
 
 async def _send(ws: web.WebSocketResponse, body: Any) -> None:
@@ -52,6 +55,27 @@ async def stream(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(heartbeat=HEARTBEAT)
     if not ws.can_prepare(request).ok:  # not a WebSocket handshake: no presence change at all
         raise InvalidInput("this endpoint is a WebSocket (send an Upgrade: websocket request)")
+    streams = request.app[AGENT_STREAMS]
+    if not streams.try_open(agent.id):
+        log.warning("stream.too_many_connections", agent=agent.id)
+        raise InvalidInput(
+            f"agent {agent.id} already has {streams.cap} open streams on this server:"
+            " close one first",
+            code="too_many_connections",
+        )
+    try:
+        return await _serve(request, runtime, agent, after, ws)
+    finally:
+        streams.close(agent.id)
+
+
+async def _serve(
+    request: web.Request,
+    runtime: Runtime,
+    agent: AgentInfo,
+    after: str | None,
+    ws: web.WebSocketResponse,
+) -> web.StreamResponse:
     connection = new_id("ws")
     accept = visible_to(agent)
     # Subscribed before the agent is online, so nothing handed to them in between is missed.

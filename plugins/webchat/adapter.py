@@ -31,6 +31,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from gateway.bodies import read_within
 from gateway.channels import BaseAdapter, ChannelContext, SendResult
+from gateway.connlimit import ConnectionCounter
 from gateway.errors import InvalidInput, PermanentChannelError, StoreUnavailable
 from gateway.ids import new_id
 from gateway.model import (
@@ -133,6 +134,15 @@ def _rate_limited(retry_after: float) -> web.Response:
     return response
 
 
+def _too_many(who: str, cap: int | None) -> web.Response:
+    """429 for a socket past a cap (see `gateway.connlimit`): close one first."""
+    return _error(
+        429,
+        "too_many_connections",
+        f"{who} already has {cap} open chat sockets on this server: close one first",
+    )
+
+
 def _static(name: str) -> bytes:
     return resources.files("plugins.webchat").joinpath("static", name).read_bytes()
 
@@ -148,6 +158,10 @@ class WebchatAdapter(BaseAdapter):
         self.config: WebchatConfig = context.config
         self._signer: TokenSigner | None = None
         self._sockets: set[web.WebSocketResponse] = set()
+        self.sockets_per_visitor = ConnectionCounter(self.config.max_sockets_per_visitor)
+        """Open sockets per visitor id on this node (see `gateway.connlimit`)."""
+        self.sockets_per_address = ConnectionCounter(self.config.max_sockets_per_address)
+        """Open sockets per client address on this node."""
         own = urlsplit(context.public_url)
         self._own_origin = f"{own.scheme}://{own.netloc}"
 
@@ -423,6 +437,35 @@ class WebchatAdapter(BaseAdapter):
             after = await self._after(request, session)  # refused before the upgrade
         except InvalidInput as exc:
             return _error(400, "invalid_request", str(exc))
+        address = session.visitor_id
+        client = self.context.client_address(request)
+        over = None
+        if not self.sockets_per_visitor.try_open(address):
+            over = "visitor"
+        elif not self.sockets_per_address.try_open(client):
+            self.sockets_per_visitor.close(address)
+            over = "address"
+        if over is not None:
+            self.context.log.warning(
+                "webchat.too_many_connections",
+                channel=self.name,
+                per=over,
+                visitor=address,
+                peer=client,
+            )
+            cap = (
+                self.sockets_per_visitor.cap if over == "visitor" else self.sockets_per_address.cap
+            )
+            return _too_many(f"this {over}", cap)
+        try:
+            return await self._serve_socket(request, session, after)
+        finally:
+            self.sockets_per_visitor.close(address)
+            self.sockets_per_address.close(client)
+
+    async def _serve_socket(
+        self, request: web.Request, session: VisitorSession, after: str | None
+    ) -> web.StreamResponse:
         ws = web.WebSocketResponse(heartbeat=HEARTBEAT, max_msg_size=64 * 1024)
         await ws.prepare(request)
         self._sockets.add(ws)

@@ -24,7 +24,10 @@ class WebchatConfig(ChannelConfig):
     turns one off): `session_rate_limit` per client address on opening or resuming sessions
     (generous: visitors behind one office NAT share an address; set `server.trusted_proxies`
     behind a load balancer), `message_rate_limit` per visitor on messages. On the Redis store
-    they hold for the whole cluster.
+    they hold for the whole cluster. Open sockets are capped per node, per visitor (several
+    tabs: `max_sockets_per_visitor`) and per client address (`max_sockets_per_address`): the
+    next one is refused with 429 `too_many_connections` instead of using up the process's file
+    descriptors.
     """
 
     type: Literal["webchat"] = "webchat"
@@ -36,3 +39,5 @@ class WebchatConfig(ChannelConfig):
     title: str = "Chat with us"
     session_rate_limit: Rate | None = "60/minute"
     message_rate_limit: Rate | None = "30/minute"
+    max_sockets_per_visitor: int | None = Field(default=8, ge=1)
+    max_sockets_per_address: int | None = Field(default=200, ge=1)

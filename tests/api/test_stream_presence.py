@@ -241,3 +241,39 @@ async def test_an_agent_who_never_connected_may_still_be_handed_one(gw: Gateway)
         "maria", f"/api/v1/conversations/{conv_id}/transfer", {"agent": "jose"}
     )
     assert status == 200, body
+
+
+async def test_streams_past_an_agents_cap_are_refused_and_presence_is_untouched(
+    gw: Gateway,
+) -> None:
+    """A leaked token must not open streams until the process runs out of descriptors: past
+    the cap (16 per agent and node) the next is refused before the upgrade, with a 429."""
+    from structlog.testing import capture_logs
+
+    from gateway.api.stream import MAX_STREAMS_PER_AGENT
+    from gateway.appkeys import AGENT_STREAMS
+
+    streams = gw.client.app[AGENT_STREAMS]
+    assert streams.cap == MAX_STREAMS_PER_AGENT == 16
+    streams.cap = 2
+    first, second = await open_stream(gw, "maria"), await open_stream(gw, "maria")
+    with capture_logs() as logs:
+        resp = await gw.client.get(
+            f"/api/v1/stream?access_token={TOKENS['maria']}",
+            headers={
+                "Connection": "Upgrade",
+                "Upgrade": "websocket",
+                "Sec-WebSocket-Version": "13",
+                "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+            },
+        )
+    assert resp.status == 429
+    assert (await resp.json())["error"]["code"] == "too_many_connections"
+    assert [e["agent"] for e in logs if e["event"] == "stream.too_many_connections"] == ["maria"]
+    assert not [e for e in logs if e["event"].startswith("presence.")]
+    jose = await open_stream(gw, "jose")  # another agent's streams count apart
+    await first.close()
+    await asyncio.wait_for(streams.wait_until("maria", 1), 5)  # the server is done with it
+    third = await open_stream(gw, "maria")
+    for ws in (second, third, jose):
+        await ws.close()

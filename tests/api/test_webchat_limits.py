@@ -16,9 +16,11 @@ import pytest
 from aiohttp import ClientWebSocketResponse
 from structlog.testing import capture_logs
 
+from gateway.appkeys import RUNTIME
 from gateway.config import parse_config
 from gateway.errors import ConfigError
 from gateway.pluginmanager import channel_types, config_models, get_plugin_manager
+from plugins.webchat.adapter import WebchatAdapter
 from plugins.webchat.config import WebchatConfig
 from tests.api.conftest import BASE_CONFIG, Build, Gateway, GatewayFactory
 from tests.store.redis_server import RedisServer
@@ -217,3 +219,87 @@ async def test_typing_frames_past_their_rate_are_dropped(gw: Gateway) -> None:
     assert seen == 20
     for ws in (*sockets.values(), agent):
         await ws.close()
+
+
+def capped(visitor: int | None, address: int | None) -> str:
+    keys = f", max_sockets_per_visitor: {visitor}, max_sockets_per_address: {address}"
+    config = BASE_CONFIG.replace(SITE, SITE[:-1] + keys.replace("None", "null") + "}")
+    assert config != BASE_CONFIG
+    return config
+
+
+async def first_visitor(gw: Gateway) -> WebchatAdapter:
+    """The web chat channel `site` of the gateway under test."""
+    adapter = gw.client.app[RUNTIME].adapters["site"]
+    assert isinstance(adapter, WebchatAdapter)
+    return adapter
+
+
+async def socket_status(gw: Gateway, token: str) -> tuple[int, Any]:
+    """Open a visitor socket: 101 and the socket, or the refusal's status and body."""
+    resp = await gw.client.get(
+        f"/webchat/site/ws?token={token}",
+        headers={
+            "Connection": "Upgrade",
+            "Upgrade": "websocket",
+            "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        },
+    )
+    if resp.status == 101:
+        return 101, resp
+    return resp.status, await resp.json()
+
+
+async def test_sockets_past_a_visitors_cap_are_refused_before_the_upgrade(
+    make_gateway: GatewayFactory,
+) -> None:
+    """One visitor token could open sockets until the process ran out of descriptors."""
+    gw = await make_gateway(capped(visitor=2, address=None))
+    session = await (await open_session(gw, display_name="Ana")).json()
+    token = session["token"]
+    first = await gw.client.ws_connect(f"/webchat/site/ws?token={token}")
+    second = await gw.client.ws_connect(f"/webchat/site/ws?token={token}")
+    with capture_logs() as logs:
+        status, body = await socket_status(gw, token)
+    assert status == 429
+    assert body["error"]["code"] == "too_many_connections"
+    refusals = [e for e in logs if e["event"] == "webchat.too_many_connections"]
+    assert [(e["per"], e["peer"]) for e in refusals] == [("visitor", "127.0.0.1")]
+    assert token not in repr(logs)
+    other = (await (await open_session(gw, display_name="Bea")).json())["token"]
+    await (await gw.client.ws_connect(f"/webchat/site/ws?token={other}")).close()
+    await first.close()
+    visitor = (await first_visitor(gw)).sockets_per_visitor
+    await asyncio.wait_for(visitor.wait_until(session["visitor_id"], 1), 5)
+    third = await gw.client.ws_connect(f"/webchat/site/ws?token={token}")  # room again
+    for ws in (second, third):
+        await ws.close()
+
+
+async def test_sockets_past_an_addresss_cap_are_refused(make_gateway: GatewayFactory) -> None:
+    """Sessions are cheap (60 a minute per address by default): the address has a cap too."""
+    gw = await make_gateway(capped(visitor=None, address=3))
+    sockets = []
+    for name in ("Ana", "Bea", "Caro"):
+        token = (await (await open_session(gw, display_name=name)).json())["token"]
+        sockets.append(await gw.client.ws_connect(f"/webchat/site/ws?token={token}"))
+    token = (await (await open_session(gw, display_name="Dora")).json())["token"]
+    status, body = await socket_status(gw, token)
+    assert (status, body["error"]["code"]) == (429, "too_many_connections")
+    assert "address" in body["error"]["message"]
+    await sockets.pop().close()
+    per_address = (await first_visitor(gw)).sockets_per_address
+    await asyncio.wait_for(per_address.wait_until("127.0.0.1", 2), 5)
+    sockets.append(await gw.client.ws_connect(f"/webchat/site/ws?token={token}"))
+    for ws in sockets:
+        await ws.close()
+
+
+def test_socket_caps_are_validated_and_default_to_a_cap() -> None:
+    site = WebchatConfig(name="site")
+    assert (site.max_sockets_per_visitor, site.max_sockets_per_address) == (8, 200)
+    off = WebchatConfig(name="site", max_sockets_per_visitor=None, max_sockets_per_address=None)
+    assert off.max_sockets_per_address is None
+    with pytest.raises(ValueError):
+        WebchatConfig(name="site", max_sockets_per_visitor=0)
