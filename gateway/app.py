@@ -25,6 +25,7 @@ from gateway.clock import Clock
 from gateway.config import GatewayConfig
 from gateway.connlimit import ConnectionCounter
 from gateway.errors import StoreUnavailable
+from gateway.reconcile import reconcile
 from gateway.runtime import Runtime, RuntimeOptions
 from gateway.store.base import Store
 from gateway.webhooks import routes as webhook_routes
@@ -86,6 +87,9 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
     runtime = app[RUNTIME]
     await runtime.store.open()
     await runtime.presence.startup()
+    moved = await reconcile(runtime.store, runtime.clock, runtime.directory, runtime.router)
+    if moved:
+        log.warning("reconcile.done", conversations=len(moved))
     yield
     await runtime.store.close()
     await runtime.limiter.close()

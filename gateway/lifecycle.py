@@ -409,6 +409,38 @@ def transfer(
     return Transition(after, _updated(conversation, after, "transferred", now), distribute=to_queue)
 
 
+def orphaned(
+    conversation: Conversation,
+    now: datetime,
+    policy: ChannelPolicy,
+    *,
+    queue: str | None = None,
+    agent_gone: bool = False,
+) -> Transition:
+    """The config no longer has the conversation's queue (`queue` is where routing puts it
+    now) or its agent (`agent_gone`): nobody could see or act on it, so it moves where
+    someone can. A conversation whose agent is gone waits again, at its original place in the
+    queue (`queued_at` kept): it was not the customer's fault. One whose queue is gone keeps
+    its state and agent. Only open conversations; the others are history.
+    """
+    if conversation.state not in OPEN_STATES or (queue is None and not agent_gone):
+        return _unchanged(conversation)
+    after = evolve(conversation, queue=queue or conversation.queue, updated_at=now)
+    change = "queue_removed"
+    if agent_gone and conversation.agent is not None:
+        timeout = policy.no_agent_timeout
+        after = evolve(
+            after,
+            state=State.WAITING,
+            agent=None,
+            requeue_at=None,
+            no_agent_at=now + timeout if timeout else None,
+        )
+        change = "agent_removed"
+    distribute = after.queue if after.state == State.WAITING else None
+    return Transition(after, _updated(conversation, after, change, now), distribute=distribute)
+
+
 def _inactive(conversation: Conversation, now: datetime, reason: str) -> Transition:
     after = evolve(
         conversation,

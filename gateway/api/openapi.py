@@ -912,8 +912,10 @@ def _schemas() -> dict[str, Any]:
                 "change": {
                     "type": "string",
                     "description": "What changed, on `conversation.updated` (accepted, pending,"
-                    " resumed, closed, inactive, message, ...) and who types on"
-                    " `conversation.typing` (`agent` or `visitor`)",
+                    " resumed, closed, inactive, message, transferred, requeued, ...;"
+                    " `queue_removed` and `agent_removed` when a restart found its queue or"
+                    " agent gone from the config) and who types on `conversation.typing`"
+                    " (`agent` or `visitor`)",
                 },
                 "at": TIME,
                 "conversation": _ref("Conversation"),
