@@ -63,7 +63,8 @@ async def metrics(request: web.Request) -> web.Response:
     else:
         runtime.metrics.set_conversations(counts, (queue.name for queue in runtime.config.queues))
         runtime.metrics.agents_online.set(sum(1 for p in presence.values() if p.online))
-        runtime.metrics.store_up.set(1)
+        # Reads work on a full disk or an out-of-memory Redis: up means writes work too.
+        runtime.metrics.store_up.set(1 if await runtime.store.ping() else 0)
     for name, adapter in runtime.adapters.items():
         runtime.metrics.channel_up.labels(name).set(1 if adapter.health().ok else 0)
     return web.Response(

@@ -325,6 +325,9 @@ class Store(Protocol):
     async def kv_compare_set(self, key: str, expected: str | None, value: str) -> bool: ...
 
 
+HEALTH_PROBE_KEY = "health:probe"
+"""The key-value entry `ping` writes while writes are failing (a full disk, Redis out of memory
+or read-only): the store is ready again once a write succeeds, not when reads do."""
 AGENT_TARGET = "agent:"
 CONVERSATION_TARGET = "conversation:"
 MESSAGE_TARGET = "message:"

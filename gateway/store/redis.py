@@ -33,6 +33,7 @@ import collections
 import dataclasses
 import math
 import re
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Collection, Sequence
 from datetime import datetime, timedelta
@@ -59,6 +60,7 @@ from gateway.model import (
     with_status,
 )
 from gateway.store.base import (
+    HEALTH_PROBE_KEY,
     AgentPresence,
     Deadline,
     IngestPlanner,
@@ -241,6 +243,9 @@ class RedisStore:
         self._recent: OrderedDict[bytes, Event] = OrderedDict()
         """Events this process appended, by stream id as Redis returns it (see `_appended`)."""
         self._open: OrderedDict[tuple[str, str], Conversation | None] = OrderedDict()
+        self._writes_failing = False
+        """A script failed as unavailable (Redis out of memory, read-only, gone): `ping` then
+        writes once to tell whether Redis takes writes again."""
         """The open conversation of recently seen contacts, as this process last knew it."""
 
     @classmethod
@@ -308,10 +313,14 @@ class RedisStore:
         return self._batcher
 
     async def _eval(self, name: str, *args: Arg, keys: Sequence[Arg] = ()) -> Any:
-        if keys:
-            return await self.batcher.evalsha(self._scripts[name], keys, (self.prefix, *args))
-        # The common case: one tuple, the script's prepared head and the arguments.
-        return await self.batcher.send((*self._heads[name], *args))
+        try:
+            if keys:
+                return await self.batcher.evalsha(self._scripts[name], keys, (self.prefix, *args))
+            # The common case: one tuple, the script's prepared head and the arguments.
+            return await self.batcher.send((*self._heads[name], *args))
+        except StoreUnavailable:
+            self._writes_failing = True  # the scripts write: see `ping`
+            raise
 
     async def _cmd(self, *args: Arg) -> Any:
         return await self.batcher.send(args)
@@ -335,8 +344,15 @@ class RedisStore:
             await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def ping(self) -> bool:
+        """Redis answers and takes writes. Out of memory or read-only (a replica after a
+        failover), it still answers PING: while scripts are failing a small write is tried."""
         try:
-            return bool(await self._cmd("PING") == b"PONG")
+            if await self._cmd("PING") != b"PONG":
+                return False
+            if self._writes_failing:
+                await self._cmd("HSET", self._g("kv"), HEALTH_PROBE_KEY, str(time.time()))
+                self._writes_failing = False
+            return True
         except Exception:
             return False
 

@@ -14,6 +14,8 @@ import asyncio
 import collections
 import contextlib
 import itertools
+import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -49,6 +51,7 @@ from gateway.model import (
 from gateway.store.base import (
     DELIVER_KIND,
     GRACE_KIND,
+    HEALTH_PROBE_KEY,
     AgentPresence,
     Deadline,
     IngestPlanner,
@@ -164,6 +167,21 @@ def path_from_url(url: str) -> str:
     return url[len("sqlite:///") :]
 
 
+WRITE_PROBE_AFTER = 5.0
+"""Seconds after a failed write before `ping` tries a write of its own."""
+MIN_FREE_BYTES = 8 * 1024 * 1024
+"""Free space on the database's file system below which, after a failed write, the store is
+not ready (and no probe is tried)."""
+
+
+def _free_bytes(path: str) -> int:
+    """Free bytes on the file system holding `path` (0 if it cannot be told)."""
+    try:
+        return shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
+    except OSError:
+        return 0
+
+
 class SqliteStore:
     """The Store Protocol on one SQLite file (see module docstring)."""
 
@@ -174,6 +192,7 @@ class SqliteStore:
         synchronous: str = "full",
         probe_interval: float = PROBE_INTERVAL,
         monotonic: Callable[[], float] = time.monotonic,
+        free_bytes: Callable[[str], int] | None = None,
     ) -> None:
         self.path = str(path)
         self.synchronous = synchronous.upper()
@@ -181,6 +200,7 @@ class SqliteStore:
         """How long the in-memory tail of the log is trusted without asking the file whether
         another process (a CLI command on the same file) appended since (see _recent_after)."""
         self._monotonic = monotonic
+        self._free_bytes = free_bytes or _free_bytes
         self._probed_at: float | None = None
         self._writer: GroupCommitWriter | None = None
         self._reader_pool: ThreadPoolExecutor | None = None
@@ -193,6 +213,9 @@ class SqliteStore:
         self._recent_lock = threading.Lock()
         self._probe: sqlite3.Connection | None = None
         self._ephemeral: asyncio.Queue[Event] = asyncio.Queue(maxsize=10_000)
+        self._write_failed_at: float | None = None
+        """When the last write found the database unavailable (a full disk, the lock held);
+        None once a write succeeded since. Reads alone still work then: see `ping`."""
 
     @classmethod
     def from_url(cls, url: str, *, synchronous: str = "full") -> SqliteStore:
@@ -318,8 +341,14 @@ class SqliteStore:
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._writer is None:
             raise RuntimeError("store is not open")
-        with _unavailable_as_store_error():
-            return await self._writer.run(fn)
+        try:
+            with _unavailable_as_store_error():
+                result = await self._writer.run(fn)
+        except StoreUnavailable:
+            self._write_failed_at = self._monotonic()
+            raise
+        self._write_failed_at = None
+        return result
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._reader_pool is None or self._reader is None:
@@ -331,8 +360,23 @@ class SqliteStore:
             )
 
     async def ping(self) -> bool:
+        """The store answers and takes writes. Reads still work on a full disk: after a
+        failed write it is down until a write succeeds. Writes keep failing while traffic
+        keeps coming; without traffic, a small write probes once `WRITE_PROBE_AFTER` passed
+        (a small row may fit where a message does not, so a fresh failure is believed)."""
         try:
-            return await self._read(lambda c: c.execute("SELECT 1").fetchone()[0] == 1)
+            if not await self._read(lambda c: c.execute("SELECT 1").fetchone()[0] == 1):
+                return False
+            failed_at = self._write_failed_at
+            if failed_at is not None:
+                if self._monotonic() - failed_at < WRITE_PROBE_AFTER:
+                    return False
+                # A small write can succeed on a full file system (the log reuses its own
+                # space): only probe once there is room for more than that.
+                if self._free_bytes(self.path) < MIN_FREE_BYTES:
+                    return False
+                await self.kv_set(HEALTH_PROBE_KEY, str(time.time()))
+            return True
         except Exception:
             return False
 

@@ -166,11 +166,15 @@ async def test_a_redis_that_refuses_writes_is_unavailable_too(
     ingest = make_ingestor(store, clock)
     admin = redis.Redis(host="127.0.0.1", port=server.port)
     try:
+        assert await store.ping()
         admin.config_set("maxmemory", 1)  # noeviction, the default policy: writes fail with OOM
         outcome, _ = await timed(ingest.message(inbound("Hola", pid="wamid.oom")))
         assert_unavailable(outcome)
         assert "OOM" in str(outcome) or "memory" in str(outcome)
+        # PING still answers: /readyz and gateway_store_up must not say ready meanwhile.
+        assert not await store.ping()
         admin.config_set("maxmemory", 0)
+        assert await store.ping()
         stored = await ingest.message(inbound("Hola", pid="wamid.oom"))
         again = await ingest.message(inbound("Hola", pid="wamid.oom"))
         assert not stored.duplicate and again.duplicate

@@ -17,6 +17,7 @@ import pytest
 
 from gateway.clock import ManualClock
 from gateway.errors import StoreUnavailable
+from gateway.store.base import HEALTH_PROBE_KEY
 from gateway.store.sqlite import SqliteStore
 from tests.conftest import inbound
 from tests.store.test_contract import make_ingestor
@@ -76,3 +77,38 @@ async def test_a_write_lock_held_past_busy_timeout_is_store_unavailable(
 async def test_a_bad_statement_is_not_an_outage(sqlite_store: SqliteStore) -> None:
     with pytest.raises(sqlite3.OperationalError, match="no such table"):
         await sqlite_store._read(lambda c: c.execute("SELECT * FROM no_such_table").fetchall())
+
+
+async def test_ping_says_down_while_writes_fail_though_reads_work(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    """/readyz and gateway_store_up go by `ping`: on a full disk reads still answer, so the
+    node looked ready while every webhook got 503 (a load balancer kept sending it traffic)."""
+    now = [1000.0]
+    free = [10**9]
+    store = SqliteStore(
+        tmp_path / "gateway.db", monotonic=lambda: now[0], free_bytes=lambda path: free[0]
+    )
+    await store.open()
+    try:
+        ingest = make_ingestor(store, clock)
+        await ingest.message(inbound("first", pid="wamid.first"))
+        assert await store.ping()
+        pages = await store._write(lambda c: c.execute("PRAGMA page_count").fetchone()[0])
+        await store._write(lambda c: c.execute(f"PRAGMA max_page_count = {pages}"))
+        with pytest.raises(StoreUnavailable):
+            for i in range(200):
+                await ingest.message(inbound("x" * 2000, pid=f"wamid.{i}", address=f"+55{i:07d}"))
+        assert not await store.ping()  # a fresh failure is believed, however small a probe
+        now[0] += 10  # no traffic since: ping would probe, but the file system is full
+        free[0] = 4096
+        assert not await store.ping()
+        free[0] = 10**9  # room again: ping's own small write goes through
+        assert await store.kv_get(HEALTH_PROBE_KEY) is None
+        assert await store.ping()
+        assert await store.kv_get(HEALTH_PROBE_KEY) is not None
+        await store._write(lambda c: c.execute("PRAGMA max_page_count = 1073741823"))
+        await ingest.message(inbound("after", pid="wamid.after", address="+5599"))
+        assert await store.ping()
+    finally:
+        await store.close()
