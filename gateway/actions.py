@@ -16,6 +16,7 @@ from gateway import lifecycle
 from gateway.clock import Clock
 from gateway.directory import AgentInfo, Directory
 from gateway.errors import NotFound, TransitionError, VersionConflict
+from gateway.ingest import expire_lapsed_window
 from gateway.lifecycle import Transition
 from gateway.model import Conversation, Event, State
 from gateway.store.base import Store
@@ -62,6 +63,11 @@ class Actions:
     ) -> tuple[Conversation, tuple[Event, ...]]:
         for _ in range(CAS_ATTEMPTS):
             conversation = await self.visible(conversation_id, agent)
+            if lifecycle.expire_window(conversation, self.clock.now()).changed:
+                # Its window lapsed, its timer has not run yet: it is inactive by the rules,
+                # so make it so and decide the action on that (see `expire_lapsed_window`).
+                await expire_lapsed_window(self.store, conversation_id, self.clock)
+                continue
             loads = await self.store.agent_loads()
             transition = decide(conversation, loads)
             if not transition.changed:  # nothing to write (an idempotent retry)

@@ -67,6 +67,37 @@ def to_message(
     )
 
 
+class _WindowLapsed(Exception):
+    """Raised by the ingest plan: the contact's open conversation is past its reply window
+    (its timer has not fired yet); expire it first, then store the message anew."""
+
+    def __init__(self, conversation_id: str) -> None:
+        super().__init__(conversation_id)
+        self.conversation_id = conversation_id
+
+
+async def expire_lapsed_window(store: Store, conversation_id: str, clock: Clock) -> bool:
+    """Make a conversation whose reply window has lapsed inactive now, without waiting for its
+    timer (which then finds nothing to do). Its window is over, so it is inactive already by
+    the rules: a customer who writes now starts a new conversation, and an agent's action on it
+    is refused as on any inactive one, whether or not the timer ran first (milliseconds, or
+    the whole outage after a restart). Returns whether it changed it."""
+    for _ in range(CAS_ATTEMPTS):
+        conversation = await store.get_conversation(conversation_id)
+        if conversation is None:
+            return False
+        transition = lifecycle.expire_window(conversation, clock.now())
+        if not transition.changed:
+            return False
+        try:
+            await store.update_conversation(transition, conversation.version)
+        except VersionConflict:
+            continue
+        log.info("lifecycle.window_lapsed", conversation_id=conversation_id)
+        return True
+    return False
+
+
 class Ingestor:
     """Implements the adapters' `Inbound` sink over the store."""
 
@@ -95,13 +126,24 @@ class Ingestor:
         message_id = new_id("m")
 
         def plan(open_conv: Conversation | None, thread_conv: Conversation | None) -> IngestPlan:
+            if open_conv is not None and inbound.wakes_conversation:
+                expires = open_conv.window_expires_at
+                if expires is not None and expires <= min(inbound.sent_at, now):
+                    raise _WindowLapsed(open_conv.id)
             transition = self._decide(inbound, open_conv, thread_conv, queue, now, policy)
             # Built once with its final fields: this runs in the store's single writer thread
             # for every message, where a `dataclasses.replace` copy costs about 13 µs.
             message = to_message(inbound, message_id, transition.conversation, received_at=now)
             return IngestPlan(transition, message)
 
-        result = await self.store.ingest(inbound, plan)
+        for _ in range(CAS_ATTEMPTS):
+            try:
+                result = await self.store.ingest(inbound, plan)
+                break
+            except _WindowLapsed as lapsed:
+                await expire_lapsed_window(self.store, lapsed.conversation_id, self.clock)
+        else:
+            raise VersionConflict("the contact's conversation kept changing; try again")
         outcome = "duplicate" if result.duplicate else "stored"
         # Every stored message is already in the event log; a log line per message at info
         # would cost a write per webhook on the hot path, so it is debug. Duplicates are rare

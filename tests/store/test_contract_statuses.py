@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from gateway import lifecycle
 from gateway.clock import ManualClock
 from gateway.model import DeliveryState, DeliveryStatus, State
@@ -95,3 +97,46 @@ async def test_only_a_failure_the_gateway_could_not_verify_is_lifted_by_a_later_
         (ids["refused"], DeliveryState.FAILED),
         (ids["gave_up"], DeliveryState.DELIVERED),
     ]
+
+
+async def test_a_message_after_the_window_lapsed_starts_a_new_conversation_before_the_timer(
+    store: Store, clock: ManualClock
+) -> None:
+    """The window timer may not have run yet (milliseconds, or a whole outage before a
+    restart): the conversation is over by the rules all the same. The customer's new message
+    starts a new conversation, instead of joining the old one and reopening its window; the old
+    one goes inactive first. A message the customer sent before the end (delivered late) still
+    joins it."""
+    ingest = make_ingestor(store, clock)
+    first = (await ingest.message(inbound("Hola", pid="wamid.1", sent_at=clock.now()))).conversation
+    assert first.window_expires_at is not None
+    clock.set(first.window_expires_at + timedelta(milliseconds=2))  # the timer did not run
+    late = await ingest.message(
+        inbound(
+            "escrito a tiempo",
+            pid="wamid.2",
+            sent_at=first.window_expires_at - timedelta(seconds=1),
+        )
+    )
+    assert late.conversation.id == first.id  # written inside the window: it joins
+    lapsed_at = late.conversation.window_expires_at
+    assert lapsed_at is not None
+    clock.set(lapsed_at + timedelta(milliseconds=2))
+    result = await ingest.message(inbound("¿sigue ahí?", pid="wamid.3", sent_at=clock.now()))
+    assert result.conversation.id != first.id
+    assert result.conversation.state == State.WAITING
+    assert result.message.conversation_id == result.conversation.id
+    old = await store.get_conversation(first.id)
+    assert old is not None and (old.state, old.inactive_reason) == (
+        State.INACTIVE,
+        "window_expired",
+    )
+    types = [
+        (e.type, e.conversation.id if e.conversation else None)
+        for e in await store.read_events(None)
+    ]
+    assert types.index(("conversation.updated", first.id)) < types.index(
+        ("conversation.created", result.conversation.id)
+    )
+    # The timer, when it runs, finds nothing left to do.
+    assert (await ingest.message(inbound("¿sigue ahí?", pid="wamid.3"))).duplicate
