@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable, Sequence
-from ipaddress import ip_address
+from ipaddress import IPv4Address, IPv6Address, IPv6Network, ip_address
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -28,6 +28,29 @@ from gateway.errors import PermanentChannelError
 
 MAX_REDIRECTS = 3
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+_EMBEDDING = (
+    IPv6Network("::/96"),  # IPv4-compatible (deprecated): ::127.0.0.1
+    IPv6Network("64:ff9b::/96"),  # NAT64, well-known prefix
+    IPv6Network("64:ff9b:1::/48"),  # NAT64, local-use prefix
+)
+
+
+def is_public(address: IPv4Address | IPv6Address) -> bool:
+    """Global, and so is any IPv4 address it carries: `ipaddress` calls `::127.0.0.1` and
+    `64:ff9b::a9fe:a9fe` (NAT64 to 169.254.169.254) global, yet they reach the host inside."""
+    if not address.is_global:
+        return False
+    if isinstance(address, IPv6Address):
+        embedded = address.ipv4_mapped or address.sixtofour
+        if embedded is None and any(address in net for net in _EMBEDDING):
+            embedded = IPv4Address(int(address) & 0xFFFFFFFF)
+        if address.teredo is not None:
+            embedded = address.teredo[1]
+        if embedded is not None and not embedded.is_global:
+            return False
+    return True
 
 
 class NotPublic(OSError):
@@ -54,7 +77,7 @@ class PublicOnlyResolver(AbstractResolver):
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
         answers = await self._inner.resolve(host, port, family)
-        public = [a for a in answers if ip_address(a["host"]).is_global]
+        public = [a for a in answers if is_public(ip_address(a["host"]))]
         if not public:
             raise NotPublic(f"{host} has no public address")
         return public
@@ -95,7 +118,7 @@ class AttachmentFetcher:
             literal = ip_address(host)
         except ValueError:
             literal = None
-        if literal is not None and not literal.is_global:
+        if literal is not None and not is_public(literal):
             raise PermanentChannelError(
                 f"email: refusing to fetch an attachment from the private address {host}"
                 " (list the host in attachment_hosts to allow it)"

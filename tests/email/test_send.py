@@ -382,6 +382,10 @@ async def test_attachments_from_a_private_address_need_the_host_listed(
         (f"http://localhost:{file_server}/files/invoice.pdf", "localhost: it has no public"),
         ("http://[::1]:9/x.pdf", "private address ::1"),
         ("http://169.254.169.254/latest/meta-data/", "private address 169.254.169.254"),
+        # IPv6 forms that carry a private IPv4 address, which `ipaddress` calls global.
+        (f"http://[::127.0.0.1]:{file_server}/x.pdf", "private address ::7f00:1"),
+        ("http://[64:ff9b::a9fe:a9fe]/latest/", "private address 64:ff9b::a9fe:a9fe"),
+        ("http://[2002:7f00:1::1]/x.pdf", "private address 2002:7f00:1::1"),
     ):
         attachment = Attachment(kind="document", url=url)
         with pytest.raises(PermanentChannelError) as caught:
