@@ -134,6 +134,18 @@ def _rate_limited(retry_after: float) -> web.Response:
     return response
 
 
+DEMO_HEADERS = {
+    # The page shows the widget, and the widget shows agents' text: the usual hardening of a
+    # page of our own (nothing from elsewhere, not framed by another site, types as declared).
+    "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline';"
+    " img-src 'self' data:; connect-src 'self' ws: wss:; frame-ancestors 'none';"
+    " base-uri 'none'; form-action 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
 def _too_many(who: str, cap: int | None) -> web.Response:
     """429 for a socket past a cap (see `gateway.connlimit`): close one first."""
     return _error(
@@ -689,13 +701,13 @@ class WebchatAdapter(BaseAdapter):
         return web.Response(
             body=_static("widget.js"),
             content_type="application/javascript",
-            headers={"Cache-Control": "public, max-age=300"},
+            headers={"Cache-Control": "public, max-age=300", "X-Content-Type-Options": "nosniff"},
         )
 
     async def demo(self, request: web.Request) -> web.StreamResponse:
         page = _static("demo.html").decode().replace("{{channel}}", self.name)
         page = page.replace("{{title}}", html.escape(self.config.title, quote=True))
-        return web.Response(text=page, content_type="text/html")
+        return web.Response(text=page, content_type="text/html", headers=DEMO_HEADERS)
 
     # outbound ----------------------------------------------------------------------------------
     async def send(self, conversation: Conversation, message: Message) -> SendResult:

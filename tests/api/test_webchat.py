@@ -298,9 +298,15 @@ async def test_widget_and_demo_are_served(gw: Gateway) -> None:
     assert resp.status == 200
     assert "javascript" in resp.headers["Content-Type"]
     assert "textContent" in await resp.text()
+    assert resp.headers["X-Content-Type-Options"] == "nosniff"
     resp = await gw.client.get("/webchat/site/demo")
     page = await resp.text()
     assert resp.status == 200 and 'data-channel="site"' in page
+    # Hardened like the inbox page: not framed elsewhere, nothing loaded from elsewhere.
+    assert "frame-ancestors 'none'" in resp.headers["Content-Security-Policy"]
+    assert "default-src 'self'" in resp.headers["Content-Security-Policy"]
+    assert resp.headers["X-Frame-Options"] == "DENY"
+    assert resp.headers["X-Content-Type-Options"] == "nosniff"
 
 
 async def test_typing_flows_both_ways(gw: Gateway) -> None:
