@@ -40,16 +40,20 @@ async def reconcile(
         - set(directory.queues)
     )
     suspects: dict[str, Conversation] = {}
-    for state in OPEN:
-        if gone_queues:
+    if gone_queues:
+        for state in OPEN:
             for conversation in await store.list_conversations(
                 state, queues=gone_queues, limit=SCAN
             ):
                 suspects[conversation.id] = conversation
-        if state != State.WAITING:
-            for conversation in await store.list_conversations(state, limit=SCAN):
-                if conversation.agent is not None and conversation.agent not in directory.agents:
-                    suspects[conversation.id] = conversation
+    # Active ones are indexed by agent (loads); pending ones are few enough to read through.
+    loads = await store.agent_loads()
+    for agent in sorted(a for a, n in loads.items() if n and a not in directory.agents):
+        for conversation in await store.list_conversations(State.ACTIVE, agent=agent, limit=SCAN):
+            suspects[conversation.id] = conversation
+    for conversation in await store.list_conversations(State.PENDING, limit=SCAN):
+        if conversation.agent is not None and conversation.agent not in directory.agents:
+            suspects[conversation.id] = conversation
     events: list[Event] = []
     for conversation in suspects.values():
         events.extend(await _move(store, clock, directory, router, conversation))
