@@ -82,20 +82,35 @@ async def expire_lapsed_window(store: Store, conversation_id: str, clock: Clock)
     the rules: a customer who writes now starts a new conversation, and an agent's action on it
     is refused as on any inactive one, whether or not the timer ran first (milliseconds, or
     the whole outage after a restart). Returns whether it changed it."""
+    try:
+        _, changed = await _update(
+            store, conversation_id, lambda c: lifecycle.expire_window(c, clock.now())
+        )
+    except VersionConflict:  # busy: the caller decides again on what it reads next
+        return False
+    if changed:
+        log.info("lifecycle.window_lapsed", conversation_id=conversation_id)
+    return changed
+
+
+async def _update(
+    store: Store, conversation_id: str, decide: Callable[[Conversation], Transition]
+) -> tuple[Conversation | None, bool]:
+    """Apply `decide` to a conversation by compare-and-set, deciding again on a conflict:
+    (the conversation as it is now, None if there is none; whether this changed it)."""
     for _ in range(CAS_ATTEMPTS):
         conversation = await store.get_conversation(conversation_id)
         if conversation is None:
-            return False
-        transition = lifecycle.expire_window(conversation, clock.now())
+            return None, False
+        transition = decide(conversation)
         if not transition.changed:
-            return False
+            return conversation, False
         try:
-            await store.update_conversation(transition, conversation.version)
+            stored, _ = await store.update_conversation(transition, conversation.version)
         except VersionConflict:
             continue
-        log.info("lifecycle.window_lapsed", conversation_id=conversation_id)
-        return True
-    return False
+        return stored, True
+    raise VersionConflict(f"conversation {conversation_id} kept changing")
 
 
 class Ingestor:
@@ -250,17 +265,9 @@ class Ingestor:
 
 async def close_window(store: Store, conversation_id: str, clock: Clock) -> Conversation | None:
     """Apply the provider's "outside the window" verdict to a conversation (CAS with retry)."""
-    for _ in range(CAS_ATTEMPTS):
-        conversation = await store.get_conversation(conversation_id)
-        if conversation is None:
-            return None
-        transition = lifecycle.provider_window_closed(conversation, clock.now())
-        if not transition.changed:
-            return conversation
-        try:
-            stored, _ = await store.update_conversation(transition, conversation.version)
-        except VersionConflict:
-            continue
+    conversation, changed = await _update(
+        store, conversation_id, lambda c: lifecycle.provider_window_closed(c, clock.now())
+    )
+    if changed:
         log.info("conversation.window_closed_by_provider", conversation_id=conversation_id)
-        return stored
-    raise VersionConflict(f"conversation {conversation_id} kept changing")
+    return conversation

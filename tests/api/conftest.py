@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import create_app
@@ -90,6 +91,19 @@ class Gateway:
         """Wait until deliveries in flight finished and the hub fanned out every event."""
         await self.runtime.outbound.drain()
         await self.runtime.hub.wait_past(await self.runtime.store.last_cursor())
+
+    async def upgrade(self, path: str) -> ClientResponse:
+        """A WebSocket handshake whose answer is read as plain HTTP: to see a refusal's
+        status and JSON body (a 101 means the socket was accepted)."""
+        return await self.client.get(
+            path,
+            headers={
+                "Connection": "Upgrade",
+                "Upgrade": "websocket",
+                "Sec-WebSocket-Version": "13",
+                "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+            },
+        )
 
 
 GatewayFactory = Callable[..., Awaitable[Gateway]]

@@ -258,15 +258,7 @@ async def test_streams_past_an_agents_cap_are_refused_and_presence_is_untouched(
     streams.cap = 2
     first, second = await open_stream(gw, "maria"), await open_stream(gw, "maria")
     with capture_logs() as logs:
-        resp = await gw.client.get(
-            f"/api/v1/stream?access_token={TOKENS['maria']}",
-            headers={
-                "Connection": "Upgrade",
-                "Upgrade": "websocket",
-                "Sec-WebSocket-Version": "13",
-                "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
-            },
-        )
+        resp = await gw.upgrade(f"/api/v1/stream?access_token={TOKENS['maria']}")
     assert resp.status == 429
     assert (await resp.json())["error"]["code"] == "too_many_connections"
     assert [e["agent"] for e in logs if e["event"] == "stream.too_many_connections"] == ["maria"]

@@ -237,15 +237,7 @@ async def first_visitor(gw: Gateway) -> WebchatAdapter:
 
 async def socket_status(gw: Gateway, token: str) -> tuple[int, Any]:
     """Open a visitor socket: 101 and the socket, or the refusal's status and body."""
-    resp = await gw.client.get(
-        f"/webchat/site/ws?token={token}",
-        headers={
-            "Connection": "Upgrade",
-            "Upgrade": "websocket",
-            "Sec-WebSocket-Version": "13",
-            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
-        },
-    )
+    resp = await gw.upgrade(f"/webchat/site/ws?token={token}")
     if resp.status == 101:
         return 101, resp
     return resp.status, await resp.json()
