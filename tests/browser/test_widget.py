@@ -109,3 +109,49 @@ async def test_a_message_not_yet_acknowledged_survives_a_reload(
     (conversation,) = await gw.waiting()
     thread = await gw.get("maria", f"/api/v1/conversations/{conversation['id']}")
     assert [m["text"] for m in thread["messages"]] == ["Hola", "¿Siguen ahí?"]
+
+
+async def test_messages_show_in_stored_order_whatever_order_their_frames_come_in(
+    gw: LiveGateway, new_page: NewPage
+) -> None:
+    """After a reload the widget resends what was never acknowledged while the gateway replays
+    the history: the ack of the resent message may come first. It still shows below the older
+    ones (this happened under load; here the replay is held back until the ack has passed)."""
+    page = await new_page()
+    lost = {"¿Siguen ahí?"}
+
+    def drop_lost(socket: WebSocketRoute) -> None:
+        server = socket.connect_to_server()
+        socket.on_message(
+            lambda frame: None if any(t in str(frame) for t in lost) else server.send(frame)
+        )
+
+    await page.route_web_socket("**/webchat/site/ws*", drop_lost)
+    await open_widget(page, gw)
+    await widget_send(page, "Hola")
+    await page.get_by_label("Message").fill("¿Siguen ahí?")
+    await page.get_by_role("button", name="Send").click()
+    await expect(page.locator(".gwc-unsent")).to_have_text("¿Siguen ahí?")
+
+    held: list[str | bytes] = []
+
+    def replay_after_ack(socket: WebSocketRoute) -> None:
+        server = socket.connect_to_server()
+        socket.on_message(server.send)
+
+        def to_page(frame: str | bytes) -> None:
+            if '"type":"message"' in str(frame) and "Hola" in str(frame):
+                held.append(frame)  # the replay of the older message: held back
+                return
+            socket.send(frame)
+            if '"type":"ack"' in str(frame):
+                for late in held:
+                    socket.send(late)
+                held.clear()
+
+        server.on_message(to_page)
+
+    await page.unroute_all()
+    await page.route_web_socket("**/webchat/site/ws*", replay_after_ack)
+    await page.reload()
+    await expect(page.locator(".gwc-msg:not(.gwc-unsent)")).to_have_text(["Hola", "¿Siguen ahí?"])

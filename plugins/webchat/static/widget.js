@@ -107,16 +107,34 @@
   }
   button.addEventListener("click", function () { toggle(); });
 
+  // Confirmed messages are shown in the order of their ids (time-ordered: the order the
+  // gateway stored them), whatever order their frames come in: after a reload, the ack of a
+  // kept message can overtake the replay of older ones. Messages still being sent stay last.
+  function place(node, id) {
+    var confirmed = log.querySelectorAll(".gwc-msg[data-id]");
+    for (var i = 0; i < confirmed.length; i++) {
+      if (confirmed[i] !== node && confirmed[i].getAttribute("data-id") > id) {
+        log.insertBefore(node, confirmed[i]);
+        return;
+      }
+    }
+    var unsent = log.querySelector(".gwc-unsent");
+    if (unsent !== node) log.insertBefore(node, unsent);
+  }
+
   function render(message, clientId) {
     var key = message ? message.id : "pending:" + clientId;
     var ownId = message ? message.client_id || clientId : clientId;
     var node = shown[key] || (ownId && shown["pending:" + ownId]);
     if (!node) {
       node = el("div", "gwc-msg");
-      // Messages still being sent stay last, below whatever the gateway confirms meanwhile.
       log.insertBefore(node, message ? log.querySelector(".gwc-unsent") : null);
     }
     if (message) {
+      if (!shown[message.id]) {
+        node.className = "gwc-msg";  // no longer unsent: placed among the confirmed ones
+        place(node, message.id);
+      }
       delete shown["pending:" + ownId];
       shown[message.id] = node;
       node.className = "gwc-msg " + (message.direction === "in" ? "gwc-in" : "gwc-out");
