@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import io
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,6 +110,23 @@ class Gateway:
 
 GatewayFactory = Callable[..., Awaitable[Gateway]]
 
+SHUTDOWN_BOUND = 60.0
+
+
+async def close_gateway(client: TestClient) -> None:
+    """Shut a test gateway down; if that hangs, fail with every task's stack instead of
+    hanging the run (a gateway that cannot stop is a bug worth a readable report)."""
+    try:
+        async with asyncio.timeout(SHUTDOWN_BOUND):
+            await client.close()
+    except TimeoutError:
+        stacks = io.StringIO()
+        for task in asyncio.all_tasks():
+            task.print_stack(file=stacks)
+        raise AssertionError(
+            f"the gateway did not shut down within {SHUTDOWN_BOUND} s:\n{stacks.getvalue()}"
+        ) from None
+
 
 async def start_gateway(
     config_text: str,
@@ -146,7 +165,7 @@ async def make_gateway(
 
     yield factory
     for client in clients:
-        await client.close()
+        await close_gateway(client)
 
 
 @pytest.fixture
@@ -168,4 +187,4 @@ async def build(redis_alone: RedisServer) -> AsyncIterator[Build]:
 
     yield factory
     for client in clients:
-        await client.close()
+        await close_gateway(client)

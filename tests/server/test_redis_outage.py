@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient
 from structlog.testing import capture_logs
 
 from gateway.store.redis_batch import STORE_TIMEOUT
-from tests.api.conftest import Gateway, start_gateway
+from tests.api.conftest import Gateway, close_gateway, start_gateway
 from tests.store.redis_server import RedisServer
 from tests.whatsapp.support import meta_sign
 from tests.whatsapp_e2e.conftest import ENV, META, meta_messages, meta_text, wa_config
@@ -53,7 +53,7 @@ async def make_gateway(server: RedisServer) -> AsyncIterator[GatewayFactory]:
 
     yield factory
     for client in clients:
-        await client.close()
+        await close_gateway(client)
 
 
 def webhook(wamid: str, gw: Gateway) -> bytes:

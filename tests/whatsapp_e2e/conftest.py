@@ -29,7 +29,7 @@ from gateway.config import parse_config
 from gateway.outbound import RetryPolicy
 from gateway.pluginmanager import channel_types, config_models, get_plugin_manager
 from gateway.runtime import RuntimeOptions
-from tests.api.conftest import TOKENS, Gateway, sha
+from tests.api.conftest import TOKENS, Gateway, close_gateway, sha
 from tests.conftest import STORE_KINDS, record_counts, store_url
 from tests.whatsapp.conftest import fake_graph, fake_twilio  # noqa: F401  (fixtures)
 from tests.whatsapp.fakes import Call, FakeGraph, FakeTwilio
@@ -306,7 +306,7 @@ async def make_wa(
     fake_twilio.release()
     fake_graph.release()
     for client in clients:
-        await client.close()
+        await close_gateway(client)
 
 
 @pytest.fixture
