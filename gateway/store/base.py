@@ -328,6 +328,7 @@ class Store(Protocol):
 HEALTH_PROBE_KEY = "health:probe"
 """The key-value entry `ping` writes while writes are failing (a full disk, Redis out of memory
 or read-only): the store is ready again once a write succeeds, not when reads do."""
+
 AGENT_TARGET = "agent:"
 CONVERSATION_TARGET = "conversation:"
 MESSAGE_TARGET = "message:"

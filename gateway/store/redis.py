@@ -243,10 +243,10 @@ class RedisStore:
         self._recent: OrderedDict[bytes, Event] = OrderedDict()
         """Events this process appended, by stream id as Redis returns it (see `_appended`)."""
         self._open: OrderedDict[tuple[str, str], Conversation | None] = OrderedDict()
+        """The open conversation of recently seen contacts, as this process last knew it."""
         self._writes_failing = False
         """A script failed as unavailable (Redis out of memory, read-only, gone): `ping` then
         writes once to tell whether Redis takes writes again."""
-        """The open conversation of recently seen contacts, as this process last knew it."""
 
     @classmethod
     def from_url(cls, url: str) -> RedisStore:

@@ -7,7 +7,7 @@ own tests), so these tests are about what a visitor sees across reloads and abse
 from __future__ import annotations
 
 import pytest
-from playwright.async_api import WebSocketRoute, expect
+from playwright.async_api import Page, WebSocketRoute, expect
 
 from tests.browser.conftest import PHONE, NewPage, open_widget, widget_send
 from tests.browser.harness import LiveGateway
@@ -81,14 +81,11 @@ async def test_widget_survives_a_reload_and_replays_what_was_missed(
     assert await gw.waiting() == []
 
 
-async def test_a_message_not_yet_acknowledged_survives_a_reload(
-    gw: LiveGateway, new_page: NewPage
-) -> None:
-    page = await new_page()
-    lost = {"¿Siguen ahí?"}
+async def hola_and_one_unsent(page: Page, gw: LiveGateway, lost: set[str]) -> None:
+    """The visitor writes "Hola" (acknowledged), then "¿Siguen ahí?", whose frame is lost on
+    the way to the gateway while its text is in `lost`: it stays shown as unsent."""
 
     def route(socket: WebSocketRoute) -> None:
-        """Between the widget and the gateway: frames carrying a `lost` text never arrive."""
         server = socket.connect_to_server()
         socket.on_message(
             lambda frame: None if any(t in str(frame) for t in lost) else server.send(frame)
@@ -100,6 +97,14 @@ async def test_a_message_not_yet_acknowledged_survives_a_reload(
     await page.get_by_label("Message").fill("¿Siguen ahí?")
     await page.get_by_role("button", name="Send").click()
     await expect(page.locator(".gwc-unsent")).to_have_text("¿Siguen ahí?")
+
+
+async def test_a_message_not_yet_acknowledged_survives_a_reload(
+    gw: LiveGateway, new_page: NewPage
+) -> None:
+    page = await new_page()
+    lost = {"¿Siguen ahí?"}
+    await hola_and_one_unsent(page, gw, lost)
 
     # Reloaded with the connection healthy again: the kept message is sent, once.
     lost.clear()
@@ -118,20 +123,7 @@ async def test_messages_show_in_stored_order_whatever_order_their_frames_come_in
     the history: the ack of the resent message may come first. It still shows below the older
     ones (this happened under load; here the replay is held back until the ack has passed)."""
     page = await new_page()
-    lost = {"¿Siguen ahí?"}
-
-    def drop_lost(socket: WebSocketRoute) -> None:
-        server = socket.connect_to_server()
-        socket.on_message(
-            lambda frame: None if any(t in str(frame) for t in lost) else server.send(frame)
-        )
-
-    await page.route_web_socket("**/webchat/site/ws*", drop_lost)
-    await open_widget(page, gw)
-    await widget_send(page, "Hola")
-    await page.get_by_label("Message").fill("¿Siguen ahí?")
-    await page.get_by_role("button", name="Send").click()
-    await expect(page.locator(".gwc-unsent")).to_have_text("¿Siguen ahí?")
+    await hola_and_one_unsent(page, gw, {"¿Siguen ahí?"})
 
     held: list[str | bytes] = []
 
