@@ -194,8 +194,10 @@ async def inbox(request: web.Request) -> web.Response:
     conversations = await runtime.store.list_conversations(
         state, queues=queues, agent=agent.id if mine else None, limit=_limit(request)
     )
-    now = runtime.clock.now()
-    return json_response({"conversations": [conversation_json(c, now) for c in conversations]})
+    now, channels = runtime.clock.now(), runtime.adapters
+    return json_response(
+        {"conversations": [conversation_json(c, now, channels) for c in conversations]}
+    )
 
 
 @routes.get("/api/v1/queues")
@@ -230,7 +232,7 @@ async def conversation(request: web.Request) -> web.Response:
     # One more than asked tells whether there is an earlier page.
     messages = await runtime.store.list_recent_messages(found.id, before=before, limit=limit + 1)
     earlier = len(messages) > limit
-    body = conversation_json(found, runtime.clock.now())
+    body = conversation_json(found, runtime.clock.now(), runtime.adapters)
     body["messages"] = [message_json(m) for m in messages[-limit:]]
     body["has_earlier"] = earlier
     return json_response(body)
@@ -249,7 +251,9 @@ async def _act(request: web.Request, action: str) -> web.Response:
         )
     else:
         stored, _ = await getattr(runtime.actions, action)(conversation_id, agent)
-    return json_response({"conversation": conversation_json(stored, runtime.clock.now())})
+    return json_response(
+        {"conversation": conversation_json(stored, runtime.clock.now(), runtime.adapters)}
+    )
 
 
 @routes.post("/api/v1/conversations/{id}/accept")

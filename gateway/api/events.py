@@ -62,7 +62,7 @@ async def events(request: web.Request) -> web.Response:
     except ValueError:
         raise InvalidInput(NOT_ISSUED) from None
     now = runtime.clock.now()
-    body = [event_json(e, now) for e in page]
+    body = [event_json(e, now, runtime.adapters) for e in page]
     return json_response({"events": body, "cursor": cursor})
 
 

@@ -5,6 +5,7 @@ Fields may be added here, never removed or renamed: integrators build against th
 
 from __future__ import annotations
 
+from collections.abc import Container
 from datetime import datetime
 from typing import Any
 
@@ -24,7 +25,11 @@ def attachment_json(attachment: Attachment) -> dict[str, Any]:
     }
 
 
-def conversation_json(conversation: Conversation, now: datetime) -> dict[str, Any]:
+def conversation_json(
+    conversation: Conversation, now: datetime, channels: Container[str]
+) -> dict[str, Any]:
+    """`channels`: the channel names configured now. A conversation whose channel was removed
+    from the config cannot be answered, whatever its window says (a reply would be refused)."""
     return {
         "id": conversation.id,
         "state": str(conversation.state),
@@ -43,7 +48,7 @@ def conversation_json(conversation: Conversation, now: datetime) -> dict[str, An
         "last_message_at": iso(conversation.last_message_at),
         "last_customer_message_at": iso(conversation.last_customer_message_at),
         "window_expires_at": iso(conversation.window_expires_at),
-        "can_reply": lifecycle.can_reply(conversation, now),
+        "can_reply": conversation.channel in channels and lifecycle.can_reply(conversation, now),
         "inactive_reason": conversation.inactive_reason,
         "preview": conversation.preview,
         "subject": conversation.subject,
@@ -89,14 +94,14 @@ def message_json(message: Message, *, raw: bool = False) -> dict[str, Any]:
     return body
 
 
-def event_json(event: Event, now: datetime) -> dict[str, Any]:
+def event_json(event: Event, now: datetime, channels: Container[str]) -> dict[str, Any]:
     body: dict[str, Any] = {"cursor": event.cursor, "type": event.type, "at": iso(event.at)}
     if event.change is not None:
         body["change"] = event.change
     if event.moved_from is not None:
         body["moved_from"] = {"queue": event.moved_from.queue, "agent": event.moved_from.agent}
     if event.conversation is not None:
-        body["conversation"] = conversation_json(event.conversation, now)
+        body["conversation"] = conversation_json(event.conversation, now, channels)
     if event.message is not None:
         body["message"] = message_json(event.message, raw=True)
     return body

@@ -144,11 +144,11 @@ async def _pump(
                 while True:
                     event = await subscription.get()
                     if event.cursor is None:  # ephemeral (typing): not part of the log
-                        await _send(ws, event_json(event, runtime.clock.now()))
+                        await _send(ws, event_json(event, runtime.clock.now(), runtime.adapters))
                         continue
                     if cursor is not None and event.cursor <= cursor:
                         continue
-                    await _send(ws, event_json(event, runtime.clock.now()))
+                    await _send(ws, event_json(event, runtime.clock.now(), runtime.adapters))
                     cursor = event.cursor
             except Overflow:
                 subscription.close()
@@ -167,5 +167,5 @@ async def _replay(
             return cursor
         for event in events:
             if accept(event):
-                await _send(ws, event_json(event, runtime.clock.now()))
+                await _send(ws, event_json(event, runtime.clock.now(), runtime.adapters))
             cursor = event.cursor or cursor

@@ -112,3 +112,26 @@ async def test_a_restart_without_a_queue_or_an_agent_moves_their_conversations(
         again = await make_gateway(REMOVED)
     assert not [e for e in logs if e["event"] == "reconcile.moved"]
     assert (await conversation(again, "maria", active_jose))["state"] == State.ACTIVE.value
+
+
+async def test_a_conversation_of_a_removed_channel_says_it_cannot_be_answered(
+    make_gateway: GatewayFactory,
+) -> None:
+    before = await make_gateway()
+    _, conv_id = await customer(before, "Eva", "hola")
+    assert (await before.post("maria", f"/api/v1/conversations/{conv_id}/accept"))[0] == 200
+    assert (await conversation(before, "maria", conv_id))["can_reply"] is True
+    await before.client.close()
+
+    renamed = BASE_CONFIG.replace("{name: site, type: webchat", "{name: chat, type: webchat")
+    assert renamed != BASE_CONFIG
+    after = await make_gateway(renamed)
+    # The inbox and the conversation agree with what a reply gets: no channel, no answer.
+    assert (await conversation(after, "maria", conv_id))["can_reply"] is False
+    status, inbox = await after.get("maria", "/api/v1/inbox?state=active")
+    assert status == 200
+    (listed,) = [c for c in inbox["conversations"] if c["id"] == conv_id]
+    assert listed["can_reply"] is False
+    path = f"/api/v1/conversations/{conv_id}/messages"
+    status, body = await after.post("maria", path, {"text": "¿sigues ahí?"})
+    assert (status, body["error"]["code"]) == (409, "invalid_transition")
