@@ -13,9 +13,10 @@ generator's when the machine has more than one. The load generator is wrk when i
 (`apt-get install wrk`): N connections for a few seconds per run, posting pre-signed webhooks
 from a file. Without wrk it is a small aiohttp client, bounded in request count and in time; it
 spends more CPU per request than the bare handler does, so it caps the baseline and flatters
-the ratio (about 0.33 where wrk measures 0.19; `--load python` to compare). Two more reference
+the ratio (about 0.33 where wrk measures 0.19; `--load python` to compare). Three more reference
 servers show where the cost lies (`serve_reference`): `verify` adds the signature check and the
-JSON parse to the bare handler, `commit` adds a durable group-committed row per message. Each
+JSON parse to the bare handler, `commit` adds a durable group-committed row per message, `rows`
+writes instead every row the gateway writes for the message, with none of its logic. Each
 round warms every server up, then measures them back to back with fresh message ids; the table
 reports every round and the median gateway ratio. After the run the gateway is stopped and its
 SQLite file is read: every acknowledged message must be there (acknowledged means durable).
@@ -44,10 +45,10 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, cast
+from typing import IO, Any, cast
 
 import aiohttp
 import orjson
@@ -339,7 +340,7 @@ def pin(cpu: int | None) -> list[str]:
     return ["taskset", "-c", str(cpu)]
 
 
-REFERENCES = ("bare", "verify", "commit")
+REFERENCES = ("bare", "verify", "commit", "rows")
 """The reference servers, each doing a little more of a webhook's work (see serve_reference)."""
 
 
@@ -353,6 +354,12 @@ def serve_reference(kind: str, port: int, work: Path) -> None:
       group-commit writer (WAL, synchronous=full) and answers after the commit holding it:
       the floor of a durable webhook on SQLite, with none of the inbox's work (no conversation,
       routing, events or deadlines).
+    - `rows` writes instead, in the gateway's own schema and through the same writer, every row
+      the gateway writes for a message from a new contact: the dedup and open-conversation
+      lookup, the conversation, the message, its window deadline and its two events, with JSON
+      documents of the same fields, made by orjson from plain dicts. It has none of the inbox's
+      logic (no lifecycle, routing, models, event hub, metrics or logs): the floor of what
+      storing the inbox's state costs, so the gateway's ratio can be read against it.
     """
     import hmac
     import sqlite3
@@ -366,19 +373,23 @@ def serve_reference(kind: str, port: int, work: Path) -> None:
 
     secret = APP_SECRET.encode()
     writer = None
-    if kind == "commit":
+    if kind in ("commit", "rows"):
+        from gateway.store.sqlite import SCHEMA
         from gateway.store.sqlite_writer import GroupCommitWriter
 
         def connect() -> sqlite3.Connection:
             conn = sqlite3.connect(
-                work / "reference.db", isolation_level=None, check_same_thread=False
+                work / f"reference-{kind}.db", isolation_level=None, check_same_thread=False
             )
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS messages"
-                " (id INTEGER PRIMARY KEY, wamid TEXT UNIQUE, body BLOB)"
-            )
+            if kind == "rows":
+                conn.executescript(SCHEMA)
+            else:
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS messages"
+                    " (id INTEGER PRIMARY KEY, wamid TEXT UNIQUE, body BLOB)"
+                )
             return conn
 
         writer = GroupCommitWriter(connect)
@@ -393,7 +404,9 @@ def serve_reference(kind: str, port: int, work: Path) -> None:
             return web.Response(status=403)
         document = orjson.loads(body)
         wamid = document["entry"][0]["changes"][0]["value"]["messages"][0]["id"]
-        if writer is not None:
+        if writer is not None and kind == "rows":
+            await writer.run(inbox_rows(document["entry"][0]["changes"][0]["value"]))
+        elif writer is not None:
             await writer.run(
                 lambda conn: conn.execute(
                     "INSERT INTO messages (wamid, body) VALUES (?, ?) ON CONFLICT DO NOTHING",
@@ -405,6 +418,97 @@ def serve_reference(kind: str, port: int, work: Path) -> None:
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", ok)
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+
+
+def inbox_rows(value: dict[str, Any]) -> Callable[[sqlite3.Connection], None]:
+    """The `rows` reference's write job for one Cloud API message (see serve_reference)."""
+    import datetime
+
+    from gateway.ids import new_id  # time-ordered, as the gateway's: keys append to the indexes
+
+    contact, raw = value["contacts"][0], value["messages"][0]
+    now = datetime.datetime.now(datetime.UTC)
+    stamp, micros = now.isoformat(), int(now.timestamp() * 1_000_000)
+    sent = datetime.datetime.fromtimestamp(int(raw["timestamp"]), datetime.UTC)
+    window = sent + datetime.timedelta(hours=24)
+    address, channel = "+" + raw["from"], CHANNEL
+    message_id, conversation_id = new_id("m"), new_id("c")
+    who = {"address": address, "display_name": contact["profile"]["name"]}
+    text = raw["text"]["body"]
+    conversation = {
+        "id": conversation_id, "channel": channel, "channel_type": "whatsapp",
+        "provider": "cloud_api", "contact": who, "state": "waiting", "queue": "support",
+        "created_at": stamp, "updated_at": stamp, "queued_at": stamp, "version": 1,
+        "agent": None, "last_message_at": stamp, "last_customer_message_at": sent.isoformat(),
+        "window_expires_at": window.isoformat(), "no_agent_at": None, "requeue_at": None,
+        "inactive_reason": None, "preview": text[:120], "subject": None, "closed_at": None,
+        "previous_conversation_id": None,
+    }  # fmt: skip
+    message = {
+        "id": message_id, "conversation_id": conversation_id, "channel": channel,
+        "channel_type": "whatsapp", "provider": "cloud_api", "direction": "in", "kind": "text",
+        "text": text, "sent_at": sent.isoformat(), "received_at": stamp,
+        "provider_message_id": raw["id"], "status": None, "status_at": None,
+        "error_code": None, "error_message": None, "attachments": [], "reply_to": None,
+        "updates": None, "subject": None, "contact": who, "agent": None, "client_id": None,
+        "template": None, "raw": raw,
+        "extra": {"phone_number_id": value["metadata"]["phone_number_id"]},
+    }  # fmt: skip
+    conversation_json, message_json = orjson.dumps(conversation), orjson.dumps(message)
+    created = orjson.dumps(
+        {"type": "conversation.created", "at": stamp, "conversation": conversation}
+    )
+    received = orjson.dumps(
+        {"type": "message.received", "at": stamp, "conversation": conversation, "message": message}
+    )
+
+    def job(conn: sqlite3.Connection) -> None:
+        duplicate, open_data = conn.execute(
+            "SELECT (SELECT data FROM messages WHERE channel = ?1 AND provider_message_id = ?2),"
+            " (SELECT data FROM conversations WHERE channel = ?1 AND address = ?3"
+            " AND state IN ('waiting', 'active', 'pending'))",
+            (channel, raw["id"], address),
+        ).fetchone()
+        if duplicate is not None:
+            return
+        if open_data is not None:  # a follow-up (--contacts): update, no new conversation
+            current = orjson.loads(open_data)
+            current.update(updated_at=stamp, last_message_at=stamp, preview=text[:120])
+            current["version"] += 1
+            data = orjson.dumps(current)
+            conn.execute(
+                "UPDATE conversations SET version = ?, updated_at = ?, data = ? WHERE id = ?",
+                (current["version"], micros, data, current["id"]),
+            )
+            follow_up = dict(message, conversation_id=current["id"])
+            conn.execute(
+                "INSERT INTO messages (id, conversation_id, channel, address,"
+                " provider_message_id, data) VALUES (?, ?, ?, ?, ?, ?)",
+                (message_id, current["id"], channel, address, raw["id"], orjson.dumps(follow_up)),
+            )
+            event = {"type": "message.received", "at": stamp, "conversation": current,
+                     "message": follow_up}  # fmt: skip
+            conn.execute("INSERT INTO events (data) VALUES (?)", (orjson.dumps(event),))
+            return
+        conn.execute(
+            "INSERT INTO conversations (channel, address, state, queue, agent, version,"
+            " queued_at, updated_at, data, id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (channel, address, "waiting", "support", None, 1, micros, micros,
+             conversation_json, conversation_id),
+        )  # fmt: skip
+        conn.execute(
+            "INSERT OR REPLACE INTO deadlines (target, kind, due_at, lease_until)"
+            " VALUES (?, ?, ?, 0)",
+            (f"conversation:{conversation_id}", "window", int(window.timestamp() * 1_000_000)),
+        )
+        conn.execute(
+            "INSERT INTO messages (id, conversation_id, channel, address, provider_message_id,"
+            " data) VALUES (?, ?, ?, ?, ?, ?)",
+            (message_id, conversation_id, channel, address, raw["id"], message_json),
+        )
+        conn.execute("INSERT INTO events (data) VALUES (?), (?)", (created, received))
+
+    return job
 
 
 async def wait_ready(url: str, process: subprocess.Popen[bytes], what: str) -> None:
@@ -687,7 +791,7 @@ def main() -> int:
     parser.add_argument(
         "--no-references",
         action="store_true",
-        help="measure only bare and gateway, not the verify and commit references",
+        help="measure only bare and gateway, not the verify, commit and rows references",
     )
     parser.add_argument("--serve", nargs=3, help=argparse.SUPPRESS)  # KIND PORT WORKDIR
     args = parser.parse_args()
