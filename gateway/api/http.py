@@ -173,6 +173,14 @@ class Authenticator:
         structlog.contextvars.bind_contextvars(integrator=name)
         return IntegratorInfo(name)
 
+    def known(self, request: web.Request) -> bool:
+        """Whether the request carries any valid agent or integrator token (never raises)."""
+        header = request.headers.get("Authorization", "")
+        if not header.lower().startswith("bearer "):
+            return False
+        digest = token_digest(header[7:].strip())
+        return digest in self._by_digest or digest in self._integrators
+
     @staticmethod
     def _token(request: web.Request, allow_query: bool) -> str:
         token = None

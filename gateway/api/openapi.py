@@ -620,7 +620,9 @@ def _ops_paths() -> dict[str, Any]:
         "/readyz": {
             "get": {
                 "summary": "Readiness: the store answers and every adapter started; degraded"
-                " channels are listed (a degraded channel does not make the node unready)",
+                " channels are listed (a degraded channel does not make the node unready)."
+                " Why a channel is degraded (`detail`) is shown to a valid agent or integrator"
+                " bearer token only, and is empty otherwise",
                 "security": UNAUTHENTICATED,
                 "responses": {
                     "200": {"description": "Ready", **_json(_ref("Readiness"))},

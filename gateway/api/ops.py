@@ -24,13 +24,19 @@ async def healthz(request: web.Request) -> web.Response:
 
 @routes.get("/readyz")
 async def readyz(request: web.Request) -> web.Response:
-    """Ready when the store answers and every adapter started; degraded channels are listed."""
+    """Ready when the store answers and every adapter started; degraded channels are listed.
+
+    Anyone who can reach the node may ask (load balancers send no token), but why a channel is
+    degraded (a provider's error text, a mail server's name and its refusal) is shown only to
+    a valid agent or integrator token: to others `detail` is empty.
+    """
     runtime = request.app[RUNTIME]
     store_ok = await runtime.store.ping()
+    show_detail = runtime.auth.known(request)
     channels = {}
     for name, adapter in runtime.adapters.items():
         health = adapter.health()
-        channels[name] = {"ok": health.ok, "detail": health.detail}
+        channels[name] = {"ok": health.ok, "detail": health.detail if show_detail else ""}
     ready = store_ok and runtime.started
     body = {
         "status": "ready" if ready else "not_ready",
