@@ -14,6 +14,13 @@ from collections.abc import AsyncIterator, Mapping
 
 import structlog
 from aiohttp import ClientSession, ClientTimeout, web
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_delay,
+    wait_exponential,
+)
 
 from gateway.api import agent, events, inbox, ops, stream
 from gateway.api.http import request_context
@@ -24,7 +31,7 @@ from gateway.channels import ChannelType, ClosesConnections
 from gateway.clock import Clock
 from gateway.config import GatewayConfig
 from gateway.connlimit import ConnectionCounter
-from gateway.errors import StoreUnavailable
+from gateway.errors import StoreUnavailable, refused_credentials
 from gateway.reconcile import reconcile
 from gateway.runtime import Runtime, RuntimeOptions
 from gateway.store.base import Store
@@ -83,9 +90,13 @@ async def _close_channel_connections(app: web.Application) -> None:
                 log.exception("channel.close_connections_failed", channel=adapter.name)
 
 
+STARTUP_RETRY_MAX_WAIT = 5.0
+"""The longest pause between two tries to reach the store at start-up (seconds)."""
+
+
 async def _store(app: web.Application) -> AsyncIterator[None]:
     runtime = app[RUNTIME]
-    await runtime.store.open()
+    await _open_store(runtime)
     await runtime.presence.startup()
     moved = await reconcile(runtime.store, runtime.clock, runtime.directory, runtime.router)
     if moved:
@@ -93,6 +104,47 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
     yield
     await runtime.store.close()
     await runtime.limiter.close()
+
+
+async def _open_store(runtime: Runtime) -> None:
+    """Open the store, waiting up to `store.startup_wait` for one that is down or loading.
+
+    Started together (a compose file, a host's boot), the gateway may come up before Redis
+    does, or while Redis replays its AOF; exiting at once then leaves the gateway down, or
+    restarting in a loop, for what resolves itself in seconds. Each failed try is logged with
+    its reason; after the wait the last error ends the start-up as before.
+    """
+    store = runtime.store
+
+    def outage(exc: BaseException) -> bool:
+        return isinstance(exc, StoreUnavailable) and not refused_credentials(exc)
+
+    def waiting(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome is not None else None
+        log.warning(
+            "store.waiting",
+            attempt=state.attempt_number,
+            retry_in=round(state.upcoming_sleep, 2),
+            error=str(error),
+        )
+
+    retrying = AsyncRetrying(
+        retry=retry_if_exception(outage),
+        stop=stop_after_delay(runtime.config.store.startup_wait.total_seconds()),
+        wait=wait_exponential(multiplier=0.2, max=STARTUP_RETRY_MAX_WAIT),
+        before_sleep=waiting,
+        reraise=True,
+    )
+    async for attempt in retrying:
+        with attempt:
+            try:
+                await store.open()
+            except StoreUnavailable:
+                with contextlib.suppress(Exception):
+                    await store.close()  # what the failed try had set up: the next one starts clean
+                raise
+    if retrying.statistics.get("attempt_number", 1) > 1:
+        log.info("store.reached", attempts=retrying.statistics["attempt_number"])
 
 
 async def _http(app: web.Application) -> AsyncIterator[None]:

@@ -20,7 +20,7 @@ import pluggy
 
 from gateway.channels import ChannelType, Command, CommandContext
 from gateway.config import GatewayConfig, load_config, without_userinfo
-from gateway.errors import ConfigError, StoreUnavailable
+from gateway.errors import ConfigError, StoreUnavailable, is_credentials_refusal
 from gateway.pluginmanager import (
     channel_types,
     config_models,
@@ -115,7 +115,7 @@ def _reason(exc: BaseException, secret: str | None) -> str:
             if cause.filename is not None:
                 text += f": {cause.filename}"
             break
-        if type(cause).__name__ == "AuthenticationError":  # redis: WRONGPASS, NOAUTH
+        if is_credentials_refusal(cause):  # redis: WRONGPASS, NOAUTH
             text = f"authentication failed ({_message(cause)})"
             break
         cause = cause.__cause__ or cause.__context__

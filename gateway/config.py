@@ -110,6 +110,10 @@ class StoreConfig(_Section):
 
     url: typing.Annotated[str, AfterValidator(_check_store_url)] = "sqlite:///var/gateway.db"
     synchronous: Literal["full", "normal"] = "full"
+    startup_wait: Duration = timedelta(seconds=30)
+    """How long `gateway serve` keeps trying to reach a store that is down or still loading
+    (Redis started after the gateway, or replaying a large AOF) before it gives up with the
+    reason; 0s gives up at once. Refused credentials are never waited for."""
 
     @property
     def backend(self) -> Literal["sqlite", "redis"]:

@@ -67,6 +67,25 @@ class StoreUnavailable(GatewayError):
     code = "store_unavailable"
 
 
+def is_credentials_refusal(exc: BaseException) -> bool:
+    """Whether `exc` is a server refusing our credentials (redis-py's AuthenticationError:
+    WRONGPASS, NOAUTH); told by class name, so this module needs no store's client library."""
+    return any(klass.__name__ == "AuthenticationError" for klass in type(exc).__mro__)
+
+
+def refused_credentials(exc: BaseException) -> bool:
+    """Whether `exc` or an error in its chain of causes refuses our credentials: unlike an
+    outage, waiting does not fix that."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if is_credentials_refusal(cause):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
 class ChannelError(GatewayError):
     code = "channel_error"
 

@@ -8,6 +8,7 @@ traceback, no password, and nothing on stdout claiming the gateway serves.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -15,6 +16,7 @@ import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 import redis
 
@@ -25,13 +27,13 @@ ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "pw-Zq81-very-secret"
 
 
-def config_file(tmp_path: Path, store_url: str) -> Path:
+def config_file(tmp_path: Path, store_url: str, startup_wait: str = "1s") -> Path:
     path = tmp_path / "config.yaml"
     path.write_text(
         textwrap.dedent(
             f"""
             server: {{host: 127.0.0.1, port: 8080}}
-            store: {{url: "{store_url}"}}
+            store: {{url: "{store_url}", startup_wait: {startup_wait}}}
             channels: [{{name: site, type: webchat}}]
             queues: [{{name: support}}]
             """
@@ -84,6 +86,49 @@ def test_redis_not_running(tmp_path: Path) -> None:
     url = f"redis://127.0.0.1:{port}/0"
     result = serve(config_file(tmp_path, url), free_port())
     assert_fails_with(result, f"gateway: cannot open the store {url}: connection refused")
+    # It tried again during `startup_wait` (1 s here), saying so, before it gave up.
+    waits = [line for line in result.stderr.splitlines() if '"store.waiting"' in line]
+    assert len(waits) >= 2, result.stderr
+    assert "connection refused" in waits[0].lower()
+
+
+def test_redis_not_running_and_no_wait(tmp_path: Path) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    result = serve(config_file(tmp_path, url, startup_wait="0s"), free_port())
+    assert_fails_with(result, f"gateway: cannot open the store {url}: connection refused")
+    assert '"store.waiting"' not in result.stderr
+
+
+async def test_redis_started_after_the_gateway(tmp_path: Path) -> None:
+    """The gateway comes up first (a compose file, a host's boot): it waits for Redis, logging
+    why, and serves once Redis is there, instead of exiting."""
+    server = RedisServer(tmp_path / "redis")  # not started yet: its port refuses
+    http_port = free_port()
+    config = config_file(tmp_path, server.url, startup_wait="60s")
+    proc = await asyncio.create_subprocess_exec(
+        *serve_command(config, http_port),
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stderr is not None and proc.stdout is not None
+        async with asyncio.timeout(30):
+            while b'"store.waiting"' not in (line := await proc.stderr.readline()):
+                assert line, "gateway serve ended without waiting for the store"
+        await asyncio.to_thread(server.start)
+        async with asyncio.timeout(30):
+            while b"serving on" not in (line := await proc.stdout.readline()):
+                assert line, "gateway serve ended instead of serving"
+        url = f"http://127.0.0.1:{http_port}/readyz"
+        async with aiohttp.ClientSession() as session, session.get(url) as response:
+            assert response.status == 200, await response.text()
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            await proc.wait()
+        await asyncio.to_thread(server.stop)
 
 
 def test_redis_not_running_with_a_password_in_the_url(tmp_path: Path) -> None:
