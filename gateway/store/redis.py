@@ -479,7 +479,13 @@ class RedisStore:
                         message, owner = decode_message(read[1]), decode_conversation(read[2])
                         return IngestResult(True, message, owner)
                     known = _Known(_conversation_or_none(read[1]), _conversation_or_none(read[2]))
-                outcome = await self._commit_ingest(inbound, planner, known)
+                try:
+                    outcome = await self._commit_ingest(inbound, planner, known)
+                except BaseException:
+                    # The plan may have failed on what this node remembers (another node's
+                    # timer expired the window meanwhile): the next try reads afresh.
+                    self._open.pop(key, None)
+                    raise
                 if isinstance(outcome, IngestResult):
                     return outcome
                 known = outcome

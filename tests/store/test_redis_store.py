@@ -202,6 +202,29 @@ async def test_repeat_contact_ingests_in_one_round_trip_and_survives_stale_knowl
     assert again.duplicate and again.message.id == fifth.message.id
 
 
+async def test_a_lapsed_window_expired_by_another_node_does_not_wedge_this_ones_knowledge(
+    stores: tuple[RedisStore, RedisStore], clock: ManualClock
+) -> None:
+    """Node a last saw the contact's conversation open; node b's timer then expired its
+    window. a's next message from the contact, planned on what a remembers, finds the window
+    lapsed: a must read the conversation afresh (inactive now) and open a new one. It used to
+    keep planning on its stale copy and refuse the contact's every message (500) until the
+    process restarted (an audit on three nodes)."""
+    a, b = stores
+    wa = ChannelPolicy(reply_window=timedelta(hours=24))
+    ingest_a = Ingestor(a, clock, lambda m: "support", lambda c: wa)
+    first = (await ingest_a.message(inbound("Hola", pid="w1", sent_at=clock.now()))).conversation
+    assert first.window_expires_at is not None
+    clock.set(first.window_expires_at + timedelta(seconds=1))
+    expired, _ = await b.update_conversation(lifecycle.expire_window(first, clock.now()), 1)
+    assert expired.state == State.INACTIVE  # b's timer ran; a has not heard of it
+    result = await ingest_a.message(inbound("¿hola?", pid="w2", sent_at=clock.now()))
+    assert result.conversation.id != first.id
+    assert result.conversation.state == State.WAITING
+    again = await ingest_a.message(inbound("¿sigue?", pid="w3", sent_at=clock.now()))
+    assert again.conversation.id == result.conversation.id
+
+
 def maria() -> AgentContext:
     return AgentContext("maria", frozenset({"support"}), 5)
 
