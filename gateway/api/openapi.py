@@ -920,8 +920,12 @@ def _schemas() -> dict[str, Any]:
                     " (`agent` or `visitor`)",
                 },
                 "at": TIME,
-                "conversation": _ref("Conversation"),
-                "message": _ref("EventMessage"),
+                "conversation": {"oneOf": [_ref("Conversation"), {"type": "null"}]},
+                "message": {
+                    "oneOf": [_ref("EventMessage"), {"type": "null"}],
+                    "description": "The message of a `message.*` event; null on"
+                    " `conversation.*` events",
+                },
                 "moved_from": {
                     **_object(
                         {"queue": {"type": "string"}, "agent": NULLABLE_STRING},
@@ -932,7 +936,7 @@ def _schemas() -> dict[str, Any]:
                     " this event too, so they can drop it from their view",
                 },
             },
-            ["cursor", "type", "at"],
+            ["cursor", "type", "at", "conversation", "message"],
         ),
         "StreamHello": _object(
             {

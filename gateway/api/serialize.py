@@ -100,8 +100,12 @@ def event_json(event: Event, now: datetime, channels: Container[str]) -> dict[st
         body["change"] = event.change
     if event.moved_from is not None:
         body["moved_from"] = {"queue": event.moved_from.queue, "agent": event.moved_from.agent}
-    if event.conversation is not None:
-        body["conversation"] = conversation_json(event.conversation, now, channels)
-    if event.message is not None:
-        body["message"] = message_json(event.message, raw=True)
+    # Both keys on every frame, null where the event has none (a state change has no
+    # message): the documented frame shows them, and a reader may index them unconditionally.
+    body["conversation"] = (
+        conversation_json(event.conversation, now, channels)
+        if event.conversation is not None
+        else None
+    )
+    body["message"] = message_json(event.message, raw=True) if event.message is not None else None
     return body
