@@ -58,6 +58,8 @@ PREVIEW_CHARS = 120
 DEADLINE_WINDOW = "window"
 DEADLINE_NO_AGENT = "no_agent"
 DEADLINE_REQUEUE = "requeue"
+NO_AGENT_STATES = frozenset({State.WAITING, State.PENDING})
+"""Where a customer waits for an agent of the queue, so the no-agent timeout applies."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +131,7 @@ def deadlines_of(conversation: Conversation) -> dict[str, datetime]:
     due: dict[str, datetime] = {}
     if conversation.state in OPEN_STATES and conversation.window_expires_at is not None:
         due[DEADLINE_WINDOW] = conversation.window_expires_at
-    if conversation.state == State.WAITING and conversation.no_agent_at is not None:
+    if conversation.state in NO_AGENT_STATES and conversation.no_agent_at is not None:
         due[DEADLINE_NO_AGENT] = conversation.no_agent_at
     if conversation.state == State.PENDING and conversation.requeue_at is not None:
         due[DEADLINE_REQUEUE] = conversation.requeue_at
@@ -215,7 +217,9 @@ def customer_message(
     if not conversation.is_open:
         raise TransitionError("invalid_transition", "a closed conversation takes no messages")
     no_agent_at = conversation.no_agent_at
-    if conversation.state == State.WAITING and no_agent_at is None and policy.no_agent_timeout:
+    if conversation.state in NO_AGENT_STATES and no_agent_at is None and policy.no_agent_timeout:
+        # Waiting, or set aside (its agent dropped off, say): the customer wrote and needs an
+        # agent of the queue; if none is online for the timeout, the chat goes inactive.
         no_agent_at = now + policy.no_agent_timeout
     contact = conversation.contact
     if message.contact.display_name and message.contact.display_name != contact.display_name:
@@ -338,7 +342,9 @@ def resume(conversation: Conversation, agent: AgentContext, now: datetime) -> Tr
     if not can_reply(conversation, now):
         raise TransitionError("window_closed", "the channel no longer allows a reply")
     _require_capacity(agent)
-    after = evolve(conversation, state=State.ACTIVE, updated_at=now, requeue_at=None)
+    after = evolve(
+        conversation, state=State.ACTIVE, updated_at=now, requeue_at=None, no_agent_at=None
+    )
     return Transition(after, _updated(conversation, after, "resumed", now))
 
 
@@ -478,12 +484,14 @@ def no_agent_due(
 ) -> Transition:
     """The no-agent deadline came: inactive if nobody of the queue was online for the timeout.
 
-    If an agent is online the customer is merely waiting to be accepted, so the check is moved
-    one timeout later; if the last agent left recently, it is moved to `last_seen + timeout`.
+    If an agent is online the customer is merely waiting to be accepted (or resumed), so the
+    check is moved one timeout later; if the last agent left recently, it is moved to
+    `last_seen + timeout`. Armed on a waiting conversation, and on a pending one the customer
+    wrote to (DESIGN.md section 1: a pending conversation leaves by channel expiry too).
     """
     due = conversation.no_agent_at
     timeout = policy.no_agent_timeout
-    if conversation.state != State.WAITING or due is None or due > now or timeout is None:
+    if conversation.state not in NO_AGENT_STATES or due is None or due > now or timeout is None:
         return _unchanged(conversation)
     if presence.online:
         rearmed = evolve(conversation, no_agent_at=now + timeout)
@@ -505,7 +513,9 @@ def requeue_due(conversation: Conversation, now: datetime, policy: ChannelPolicy
         agent=None,
         updated_at=now,
         requeue_at=None,
-        no_agent_at=now + policy.no_agent_timeout if policy.no_agent_timeout else None,
+        # A customer who wrote while it was pending has waited for an agent since then.
+        no_agent_at=conversation.no_agent_at
+        or (now + policy.no_agent_timeout if policy.no_agent_timeout else None),
     )
     return Transition(
         after, _updated(conversation, after, "requeued", now), distribute=conversation.queue

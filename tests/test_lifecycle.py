@@ -173,6 +173,26 @@ def test_no_agent_timeout() -> None:
     assert moved.conversation.no_agent_at == due + timedelta(minutes=3)
 
 
+def test_a_customer_writing_to_a_pending_chat_arms_the_no_agent_timeout() -> None:
+    accepted = lifecycle.accept(opened(WEB), MARIA, T0).conversation
+    assert accepted.no_agent_at is None
+    pending = lifecycle.agent_lost(accepted, "maria", T0, QueuePolicy(timedelta(minutes=30)))
+    assert lifecycle.deadlines_of(pending.conversation).keys() == {lifecycle.DEADLINE_REQUEUE}
+    wrote = T0 + timedelta(minutes=1)
+    written = lifecycle.customer_message(pending.conversation, inbound(sent_at=wrote), wrote, WEB)
+    c = written.conversation
+    assert c.state == State.PENDING and c.no_agent_at == wrote + timedelta(minutes=5)
+    assert lifecycle.DEADLINE_NO_AGENT in lifecycle.deadlines_of(c)
+    due = wrote + timedelta(minutes=5)
+    gone = lifecycle.no_agent_due(c, due, QueuePresence(online=False), WEB).conversation
+    assert (gone.state, gone.inactive_reason) == (State.INACTIVE, "no_agent_available")
+    # Taken back, or requeued (keeping how long the customer has waited): as before.
+    resumed = lifecycle.resume(c, MARIA, due - timedelta(seconds=1)).conversation
+    assert resumed.no_agent_at is None and not lifecycle.deadlines_of(resumed)
+    requeued = lifecycle.requeue_due(c, T0 + timedelta(minutes=30), WEB).conversation
+    assert requeued.state == State.WAITING and requeued.no_agent_at == c.no_agent_at
+
+
 def test_agent_lost_sets_pending_keeping_agent() -> None:
     t = lifecycle.agent_lost(active(), "maria", T0, NO_REQUEUE)
     assert t.conversation.state == State.PENDING and t.conversation.agent == "maria"

@@ -293,6 +293,61 @@ async def test_online_agent_keeps_the_visitor_waiting(gw: Gateway) -> None:
     await ws.close()
 
 
+async def test_a_pending_chat_the_visitor_writes_to_goes_inactive_when_no_agent_comes(
+    gw: Gateway,
+) -> None:
+    """DESIGN section 1: a pending conversation also leaves by channel expiry, and for web
+    chat that is the customer writing with no agent of the queue online for no_agent_timeout.
+    Before, the timer ran only while waiting: a chat whose agent dropped off sat pending, with
+    the visitor writing into it, until requeue_after (or forever without one)."""
+    from tests.api.test_stream_presence import open_stream, wait_offline
+
+    stream = await open_stream(gw, "maria")
+    visitor = await gw.visitor("Rui")
+    await gw.visitor_says(visitor["token"], "hola", "r1")
+    _, waiting = await gw.get("maria", "/api/v1/inbox?state=waiting")
+    conv_id = waiting["conversations"][0]["id"]
+    assert (await gw.post("maria", f"/api/v1/conversations/{conv_id}/accept"))[0] == 200
+    await stream.close()
+    await wait_offline(gw, "maria")
+    gw.clock.advance(timedelta(seconds=31))  # past the disconnect grace
+    await gw.runtime.scheduler.run_once()
+    path = f"/api/v1/conversations/{conv_id}"
+    assert (await gw.get("maria", path))[1]["state"] == "pending"
+    gw.clock.advance(timedelta(minutes=2))  # set aside, nobody writing: it stays pending
+    await gw.runtime.scheduler.run_once()
+    assert (await gw.get("maria", path))[1]["state"] == "pending"
+
+    await gw.visitor_says(visitor["token"], "¿hay alguien?", "r2")
+    gw.clock.advance(timedelta(minutes=4, seconds=59))
+    await gw.runtime.scheduler.run_once()
+    assert (await gw.get("maria", path))[1]["state"] == "pending"
+    gw.clock.advance(timedelta(seconds=1))  # five minutes since the visitor wrote, nobody on
+    await gw.runtime.scheduler.run_once()
+    body = (await gw.get("maria", path))[1]
+    assert (body["state"], body["inactive_reason"]) == ("inactive", "no_agent_available")
+
+
+async def test_a_pending_chat_is_kept_while_an_agent_of_the_queue_is_online(gw: Gateway) -> None:
+    from tests.api.test_stream_presence import open_stream
+
+    stream = await open_stream(gw, "maria")
+    visitor = await gw.visitor("Sol")
+    await gw.visitor_says(visitor["token"], "hola", "s1")
+    _, waiting = await gw.get("maria", "/api/v1/inbox?state=waiting")
+    conv_id = waiting["conversations"][0]["id"]
+    assert (await gw.post("maria", f"/api/v1/conversations/{conv_id}/accept"))[0] == 200
+    assert (await gw.post("maria", f"/api/v1/conversations/{conv_id}/pending"))[0] == 200
+    await gw.visitor_says(visitor["token"], "¿y bien?", "s2")
+    gw.clock.advance(timedelta(minutes=6))  # maria is online: she may resume it
+    await gw.runtime.scheduler.run_once()
+    path = f"/api/v1/conversations/{conv_id}"
+    assert (await gw.get("maria", path))[1]["state"] == "pending"
+    status, resumed = await gw.post("maria", f"{path}/resume")
+    assert status == 200 and resumed["conversation"]["state"] == "active"
+    await stream.close()
+
+
 async def test_widget_and_demo_are_served(gw: Gateway) -> None:
     resp = await gw.client.get("/webchat/widget.js")
     assert resp.status == 200
