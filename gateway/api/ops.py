@@ -3,6 +3,8 @@ and the OpenAPI document of the agent API."""
 
 from __future__ import annotations
 
+import asyncio
+
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -11,8 +13,25 @@ from gateway.api.http import json_response
 from gateway.api.openapi import openapi_document
 from gateway.appkeys import RUNTIME
 from gateway.errors import StoreUnavailable
+from gateway.store.base import Store
 
 log = structlog.get_logger("gateway.ops")
+
+READY_TIMEOUT = 0.8
+"""How long /readyz waits for the store (seconds). A hung Redis holds every call for the
+store's own bound (5 s), but health checkers give up sooner (Kubernetes: 1 s) and would see a
+timeout instead of the 503 that says why; a store this slow is not ready anyway."""
+METRICS_STORE_TIMEOUT = 2.0
+"""How long /metrics waits for the store's gauges before it serves the rest without them."""
+
+
+async def _store_ready(store: Store, timeout: float) -> bool:
+    try:
+        async with asyncio.timeout(timeout):
+            return await store.ping()
+    except TimeoutError:
+        return False
+
 
 routes = web.RouteTableDef()
 
@@ -31,7 +50,7 @@ async def readyz(request: web.Request) -> web.Response:
     a valid agent or integrator token: to others `detail` is empty.
     """
     runtime = request.app[RUNTIME]
-    store_ok = await runtime.store.ping()
+    store_ok = await _store_ready(runtime.store, READY_TIMEOUT)
     show_detail = runtime.auth.known(request)
     channels = {}
     for name, adapter in runtime.adapters.items():
@@ -59,10 +78,12 @@ async def metrics(request: web.Request) -> web.Response:
     """
     runtime = request.app[RUNTIME]
     try:
-        counts = await runtime.store.count_by_state()
-        presence = await runtime.store.presence()
-    except StoreUnavailable as exc:
-        log.warning("metrics.store_unavailable", error=str(exc))
+        async with asyncio.timeout(METRICS_STORE_TIMEOUT):
+            counts = await runtime.store.count_by_state()
+            presence = await runtime.store.presence()
+    except (StoreUnavailable, TimeoutError) as exc:
+        error = str(exc) or f"no answer within {METRICS_STORE_TIMEOUT:g} s"
+        log.warning("metrics.store_unavailable", error=error)
         runtime.metrics.conversations.clear()
         runtime.metrics.agents_online.set(float("nan"))
         runtime.metrics.store_up.set(0)
@@ -70,7 +91,8 @@ async def metrics(request: web.Request) -> web.Response:
         runtime.metrics.set_conversations(counts, (queue.name for queue in runtime.config.queues))
         runtime.metrics.agents_online.set(sum(1 for p in presence.values() if p.online))
         # Reads work on a full disk or an out-of-memory Redis: up means writes work too.
-        runtime.metrics.store_up.set(1 if await runtime.store.ping() else 0)
+        up = await _store_ready(runtime.store, METRICS_STORE_TIMEOUT)
+        runtime.metrics.store_up.set(1 if up else 0)
     for name, adapter in runtime.adapters.items():
         runtime.metrics.channel_up.labels(name).set(1 if adapter.health().ok else 0)
     return web.Response(

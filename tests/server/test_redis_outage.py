@@ -9,6 +9,7 @@ structlog's `capture_logs`, as tests/api/test_logging.py does.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -173,6 +174,23 @@ async def test_during_a_hang_a_webhook_gets_503_before_the_provider_gives_up(
         "webhook.store_unavailable"
     ]
     assert not tracebacks(logs, "webhook.", "http.", "ingest.")
+
+    # A health check during the hang gets its 503 in time (Kubernetes waits 1 s by
+    # default), and a scrape its counters, well before the store's own 5 s bound.
+    server.pause()
+    try:
+        started = time.monotonic()
+        ready = await gw.client.get("/readyz")
+        ready_took = time.monotonic() - started
+        started = time.monotonic()
+        scrape = await (await gw.client.get("/metrics")).text()
+        scrape_took = time.monotonic() - started
+    finally:
+        server.resume()
+    assert ready.status == 503 and (await ready.json())["store"] == "unreachable"
+    assert ready_took < STORE_TIMEOUT / 2, ready_took
+    assert "gateway_store_up 0.0" in scrape and "gateway_ingested_messages_total" in scrape
+    assert scrape_took < STORE_TIMEOUT / 2 + 1, scrape_took
 
     # The write may have reached Redis before the answer: the retry then is a duplicate.
     for _ in range(2):
