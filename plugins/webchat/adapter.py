@@ -8,7 +8,9 @@ Wire protocol (DESIGN section 5):
   `{"type": "message", "text", "client_id"}` and gets `{"type": "ack", "client_id", "message"}`;
   agent replies arrive as `{"type": "message", "message"}`. With `after`, everything since that
   message is replayed first, in order (`after=0`: the whole history); an `after` that is not
-  one of the visitor's own message ids is a 400 before the upgrade.
+  one of the visitor's own message ids is a 400 before the upgrade. Without `after` (a widget
+  that keeps no position), the agent replies that never reached any of the visitor's sockets
+  (still `queued` or `sent`) are replayed first, in order: what they missed while away.
 
 A visitor message's provider id is `visitor_id:client_id`, so a resend after a lost ack is the
 same message (the store deduplicates it). Agent replies reach the visitor through the event
@@ -79,6 +81,14 @@ def visitor_message_json(message: Message) -> dict[str, Any]:
             for a in message.attachments
         ],
     }
+
+
+def _undelivered(message: Message) -> bool:
+    """An agent reply that has not reached any socket of the visitor yet."""
+    return message.direction == Direction.OUT and message.status in (
+        DeliveryState.QUEUED,
+        DeliveryState.SENT,
+    )
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -170,6 +180,8 @@ class WebchatAdapter(BaseAdapter):
         self.config: WebchatConfig = context.config
         self._signer: TokenSigner | None = None
         self._sockets: set[web.WebSocketResponse] = set()
+        self._deliveries: set[asyncio.Task[Any]] = set()
+        """Delivery writes that outlived their socket (see `_record_delivery`)."""
         self.sockets_per_visitor = ConnectionCounter(self.config.max_sockets_per_visitor)
         """Open sockets per visitor id on this node (see `gateway.connlimit`)."""
         self.sockets_per_address = ConnectionCounter(self.config.max_sockets_per_address)
@@ -197,6 +209,8 @@ class WebchatAdapter(BaseAdapter):
 
     async def stop(self) -> None:
         await self.close_connections()
+        if self._deliveries:  # before the store closes (adapters stop first)
+            await asyncio.gather(*self._deliveries, return_exceptions=True)
 
     @property
     def signer(self) -> TokenSigner:
@@ -554,14 +568,19 @@ class WebchatAdapter(BaseAdapter):
     ) -> None:
         """Replay what the visitor missed, then push agent replies and state changes live."""
         sent_ids: set[str] = set()
-        while after is not None:  # everything missed, however long: page after page
+        # With `after`, everything since it; without, the replies no socket of theirs got.
+        undelivered_only = after is None
+        cursor: str | None = WHOLE_HISTORY if after is None else after
+        while cursor is not None:  # everything missed, however long: page after page
             history = await self.context.history.list_contact_messages(
-                self.name, session.visitor_id, after=after, limit=REPLAY_PAGE
+                self.name, session.visitor_id, after=cursor, limit=REPLAY_PAGE
             )
             for message in history:
+                if undelivered_only and not _undelivered(message):
+                    continue
                 await self._push(ws, message)
                 sent_ids.add(message.id)
-            after = history[-1].id if len(history) == REPLAY_PAGE else None
+            cursor = history[-1].id if len(history) == REPLAY_PAGE else None
         while True:
             event = await subscription.get()
             if event.type == "conversation.typing":
@@ -586,22 +605,37 @@ class WebchatAdapter(BaseAdapter):
     async def _push(self, ws: web.WebSocketResponse, message: Message) -> None:
         """Push a message; an agent reply reaching the visitor's socket is its delivery, so the
         visitor sees it `delivered` (as the agent will), not the `queued` it was stored as."""
-        delivering = message.direction == Direction.OUT and message.status in (
-            DeliveryState.QUEUED,
-            DeliveryState.SENT,
-        )
+        delivering = _undelivered(message)
         shown = visitor_message_json(message)
         if delivering:
             shown["status"] = str(DeliveryState.DELIVERED)
         await ws.send_str(orjson.dumps({"type": "message", "message": shown}).decode())
         if delivering:
-            await self.context.inbound.status(
-                DeliveryStatus(
-                    channel=self.name,
-                    provider_message_id=message.id,
-                    status=DeliveryState.DELIVERED,
-                    at=self.context.clock.now(),
-                )
+            await self._record_delivery(message)
+
+    async def _record_delivery(self, message: Message) -> None:
+        """Record that a reply reached the visitor. The socket may close as it arrives (the
+        pump is cancelled then): the visitor saw it all the same, so the write goes on alone;
+        else the reply would stay `sent`, and a reconnect without `after` would replay it."""
+        status = DeliveryStatus(
+            channel=self.name,
+            provider_message_id=message.id,
+            status=DeliveryState.DELIVERED,
+            at=self.context.clock.now(),
+        )
+        write = asyncio.ensure_future(self.context.inbound.status(status))
+        try:
+            await asyncio.shield(write)
+        except asyncio.CancelledError:
+            self._deliveries.add(write)
+            write.add_done_callback(self._delivery_done)
+            raise
+
+    def _delivery_done(self, write: asyncio.Task[Any]) -> None:
+        self._deliveries.discard(write)
+        if not write.cancelled() and write.exception() is not None:
+            self.context.log.warning(
+                "webchat.delivery_not_recorded", channel=self.name, error=str(write.exception())
             )
 
     async def _on_text(self, ws: web.WebSocketResponse, session: VisitorSession, data: str) -> None:

@@ -130,6 +130,55 @@ async def test_reconnect_with_after_replays_missed_replies_in_order(gw: Gateway)
     await ws.close()
 
 
+async def delivered(gw: Gateway, message_ids: set[str]) -> None:
+    """Wait (long-polling the event log) until each of these messages is recorded delivered."""
+    waiting, after = set(message_ids), ""
+    async with asyncio.timeout(10):
+        while waiting:
+            _, page = await gw.get("crm", f"/api/v1/events?wait=5{after}")
+            for event in page["events"]:
+                message = event["message"]
+                if event["type"] == "message.status" and message["status"] == "delivered":
+                    waiting.discard(message["id"])
+            after = f"&after={page['cursor']}"
+
+
+async def test_reconnect_without_after_replays_the_replies_it_never_got(gw: Gateway) -> None:
+    """A widget that keeps no position reconnects without `after`: it still gets what was
+    missed while away (DESIGN section 2), the agent's replies no socket of the visitor got, in
+    order and marked delivered, and only once: what a socket got is not replayed again."""
+    v = await gw.visitor()
+    ws = await visitor_socket(gw, v["token"])
+    await ws.send_json({"type": "message", "text": "Hola", "client_id": "n-1"})
+    await frame(ws, "ack")
+    _, inbox = await gw.get("maria", "/api/v1/inbox?state=waiting")
+    conv_id = inbox["conversations"][0]["id"]
+    await gw.post("maria", f"/api/v1/conversations/{conv_id}/accept")
+    await gw.post("maria", f"/api/v1/conversations/{conv_id}/messages", {"text": "seen live"})
+    assert (await frame(ws, "message"))["message"]["text"] == "seen live"
+    await ws.close()
+    for text in ["one", "two"]:
+        await gw.post("maria", f"/api/v1/conversations/{conv_id}/messages", {"text": text})
+    await gw.settle()
+
+    ws = await visitor_socket(gw, v["token"])
+    replayed = [(await frame(ws, "message"))["message"] for _ in range(2)]
+    assert [(m["text"], m["status"]) for m in replayed] == [
+        ("one", "delivered"),
+        ("two", "delivered"),
+    ]
+    await delivered(gw, {m["id"] for m in replayed})
+    await ws.close()
+    ws = await visitor_socket(gw, v["token"])  # nothing is missed any more: nothing replayed
+    await ws.send_json({"type": "message", "text": "gracias", "client_id": "n-2"})
+    seen = []
+    async with asyncio.timeout(5):
+        while not seen or seen[-1]["type"] != "ack":
+            seen.append(json.loads((await ws.receive()).data))
+    assert [f["type"] for f in seen if f["type"] == "message"] == [], seen
+    await ws.close()
+
+
 async def test_tokens_are_scoped_to_their_visitor(gw: Gateway) -> None:
     ana = await gw.visitor("Ana")
     bob = await gw.visitor("Bob")
