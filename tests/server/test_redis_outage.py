@@ -238,6 +238,10 @@ async def test_web_chat_refuses_what_it_cannot_store_and_takes_the_resend(
     token = (await resp.json())["token"]
     headers = {"Authorization": f"Bearer {token}", "Origin": ORIGIN}
     ws = await gw.client.ws_connect(f"/webchat/site/ws?token={token}")
+    # The socket reads what the visitor missed as it opens (nothing here). A message acked
+    # over it comes after that read (issued first, on the same store): the socket is live.
+    await ws.send_json({"type": "message", "text": "antes", "client_id": "c0"})
+    assert (await ws.receive_json())["type"] == "ack"
 
     server.kill()
     with capture_logs() as logs:
