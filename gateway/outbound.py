@@ -41,6 +41,7 @@ from gateway.errors import (
 )
 from gateway.ids import new_id
 from gateway.ingest import close_window
+from gateway.keylocks import KeyedLocks
 from gateway.model import (
     Attachment,
     Conversation,
@@ -231,6 +232,10 @@ class Outbound:
         self.observe = observe
         self._tasks: set[asyncio.Task[None]] = set()
         self._in_flight: set[str] = set()
+        self._storing: KeyedLocks[str] = KeyedLocks()
+        """Replies to one conversation are stored one at a time on this node: concurrent ones
+        (a bot sending in parallel) would otherwise race each other's compare-and-set until
+        some ran out of tries (409 conflict) though nothing really conflicted."""
 
     async def submit(
         self,
@@ -272,13 +277,17 @@ class Outbound:
         stored: list[Message] = []
         new: list[str] = []
         snapshot: Conversation | None = conversation
-        for part, key in zip(parts, keys, strict=True):
-            # The first part is planned on the snapshot read above; later ones on a fresh read.
-            message, created = await self._submit_one(conversation_id, snapshot, agent, part, key)
-            snapshot = None
-            stored.append(message)
-            if created:
-                new.append(message.id)
+        async with self._storing.hold(conversation_id):  # the parts of one request stay together
+            for part, key in zip(parts, keys, strict=True):
+                # The first part is planned on the snapshot read above (a stale one costs one
+                # compare-and-set retry), later ones on a fresh read.
+                message, created = await self._submit_one(
+                    conversation_id, snapshot, agent, part, key
+                )
+                snapshot = None
+                stored.append(message)
+                if created:
+                    new.append(message.id)
         if new:
             self._spawn_in_order(new)
         return stored

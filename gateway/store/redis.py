@@ -29,7 +29,6 @@ time plus that much.
 from __future__ import annotations
 
 import asyncio
-import collections
 import dataclasses
 import math
 import re
@@ -45,6 +44,7 @@ from redis.backoff import NoBackoff
 
 from gateway.codec import decode_conversation, decode_event, decode_message, decode_status, encode
 from gateway.errors import NotFound, StoreUnavailable, TransitionError, VersionConflict
+from gateway.keylocks import KeyedLocks
 from gateway.lifecycle import Transition, deadlines_of
 from gateway.model import (
     DELIVERY_RANK,
@@ -185,42 +185,6 @@ def _conversation_or_none(doc: bytes | None) -> Conversation | None:
     return decode_conversation(doc) if doc else None
 
 
-class _ContactLocks:
-    """Serializes the ingests of one contact within this process, FIFO.
-
-    A plain dict of waiter queues rather than an asyncio.Lock per contact: the common case (no
-    one else busy with the contact) then costs one dict insert and one delete.
-    """
-
-    def __init__(self) -> None:
-        self._waiters: dict[tuple[str, str], collections.deque[asyncio.Future[None]]] = {}
-
-    async def acquire(self, key: tuple[str, str]) -> None:
-        waiters = self._waiters.get(key)
-        if waiters is None:
-            self._waiters[key] = collections.deque()
-            return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        waiters.append(future)
-        try:
-            await future
-        except asyncio.CancelledError:
-            if future.done() and not future.cancelled():
-                self.release(key)  # it was handed to us as we were cancelled: pass it on
-            elif future in waiters:  # `release` may have dropped it already, as cancelled
-                waiters.remove(future)
-            raise
-
-    def release(self, key: tuple[str, str]) -> None:
-        waiters = self._waiters[key]
-        while waiters:
-            future = waiters.popleft()
-            if not future.done():
-                future.set_result(None)
-                return
-        del self._waiters[key]
-
-
 class RedisStore:
     """The Store Protocol on Redis (see the module docstring and `docs/redis.md`)."""
 
@@ -239,7 +203,7 @@ class RedisStore:
             name: ("EVALSHA", script.sha, 0, prefix) for name, script in self._scripts.items()
         }
         """The start of each script's EVALSHA command when it declares no keys."""
-        self._contacts = _ContactLocks()
+        self._contacts: KeyedLocks[tuple[str, str]] = KeyedLocks()
         self._recent: OrderedDict[bytes, Event] = OrderedDict()
         """Events this process appended, by stream id as Redis returns it (see `_appended`)."""
         self._open: OrderedDict[tuple[str, str], Conversation | None] = OrderedDict()

@@ -3,6 +3,7 @@ reused for a different request, and replies on conversations that take no more r
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from typing import Any
 
@@ -50,6 +51,24 @@ async def test_a_replay_answers_only_a_caller_who_may_send(gw: Gateway) -> None:
     assert status == 202 and again["message"]["id"] == first["message"]["id"]
     _, after = await gw.get("maria", f"/api/v1/conversations/{conv_id}")
     assert after == before
+
+
+async def test_many_replies_sent_at_once_to_one_conversation_are_all_stored(
+    gw: Gateway,
+) -> None:
+    """A bot or an integration sending in parallel: every reply is stored and queued once. They
+    used to race each other's compare-and-set on the conversation, and at 40 at once most got
+    `409 conflict` though nothing conflicted (a soak audit)."""
+    conv_id = await accepted_conversation(gw)
+    texts = [f"parte {i}" for i in range(40)]
+    answers = await asyncio.gather(
+        *(send(gw, "maria", conv_id, {"text": text}, key=text) for text in texts)
+    )
+    assert [status for status, _ in answers] == [202] * len(texts), answers
+    await gw.settle()
+    assert sorted(m["text"] for m in await outbound(gw, conv_id)) == sorted(texts)
+    _, body = await gw.get("maria", f"/api/v1/conversations/{conv_id}")
+    assert body["version"] >= len(texts)
 
 
 async def test_a_key_reused_for_a_different_request_is_refused(gw: Gateway) -> None:

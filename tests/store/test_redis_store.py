@@ -230,9 +230,9 @@ def maria() -> AgentContext:
 
 
 async def test_contact_lock_is_fifo_and_survives_cancelled_waiters() -> None:
-    from gateway.store.redis import _ContactLocks
+    from gateway.keylocks import KeyedLocks
 
-    locks = _ContactLocks()
+    locks: KeyedLocks[tuple[str, str]] = KeyedLocks()
     key = ("wa-main", "+1")
     order: list[str] = []
     await locks.acquire(key)
