@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import heapq
 import itertools
 import os
 import shutil
@@ -86,6 +87,10 @@ CREATE INDEX IF NOT EXISTS conversations_by_state
     ON conversations(state, queue, queued_at, id);
 CREATE INDEX IF NOT EXISTS conversations_by_assigned_agent
     ON conversations(agent, state) WHERE agent IS NOT NULL;
+CREATE INDEX IF NOT EXISTS conversations_closed_by_update
+    ON conversations(queue, updated_at, id) WHERE state = 'closed';
+CREATE INDEX IF NOT EXISTS conversations_inactive_by_update
+    ON conversations(queue, updated_at, id) WHERE state = 'inactive';
 CREATE TABLE IF NOT EXISTS messages (
     id TEXT PRIMARY KEY,
     conversation_id TEXT NOT NULL,
@@ -413,25 +418,39 @@ class SqliteStore:
         agent: str | None = None,
         limit: int = 200,
     ) -> list[Conversation]:
-        def query(conn: sqlite3.Connection) -> list[Conversation]:
-            sql = "SELECT data FROM conversations WHERE state = ?"
-            args: list[Any] = [str(state)]
-            if queues is not None:
-                names = list(queues)
-                if not names:
-                    return []
-                sql += f" AND queue IN ({','.join('?' * len(names))})"
-                args.extend(names)
+        waiting = state == State.WAITING
+        order = "queued_at, id" if waiting else "updated_at DESC, id DESC"
+
+        def rows(conn: sqlite3.Connection, queue: str | None) -> list[tuple[Any, ...]]:
+            # The state is written into the statement, not bound: only then can SQLite use the
+            # partial indexes of closed and inactive conversations (one queue at a time, in
+            # index order), instead of sorting every one of them on each request.
+            sql = "SELECT queued_at, updated_at, id, data FROM conversations"
+            sql += f" WHERE state = '{state}'"
+            args: list[Any] = []
+            if queue is not None:
+                sql += " AND queue = ?"
+                args.append(queue)
             if agent is not None:
                 sql += " AND agent = ?"
                 args.append(agent)
-            if state == State.WAITING:
-                sql += " ORDER BY queued_at, id"
-            else:
-                sql += " ORDER BY updated_at DESC, id DESC"
-            sql += " LIMIT ?"
+            sql += f" ORDER BY {order} LIMIT ?"
             args.append(limit)
-            return [decode_conversation(row[0]) for row in conn.execute(sql, args)]
+            return conn.execute(sql, args).fetchall()
+
+        def query(conn: sqlite3.Connection) -> list[Conversation]:
+            if queues is None:
+                found = rows(conn, None)
+            else:
+                # Each queue's first `limit` in order, merged: the history of closed ones grows
+                # without end, and a query over several queues at once would sort all of it.
+                per_queue = [rows(conn, queue) for queue in sorted(set(queues))]
+                if waiting:
+                    merged = heapq.merge(*per_queue, key=lambda r: (r[0], r[2]))
+                else:
+                    merged = heapq.merge(*per_queue, key=lambda r: (r[1], r[2]), reverse=True)
+                found = list(itertools.islice(merged, limit))
+            return [decode_conversation(row[3]) for row in found]
 
         return await self._read(query)
 

@@ -134,6 +134,40 @@ async def test_waiting_is_fifo_by_queued_at(store: Store, clock: ManualClock) ->
     assert await store.list_conversations(State.WAITING, queues=[]) == []
 
 
+async def test_listing_over_several_queues_keeps_one_order(
+    store: Store, clock: ManualClock
+) -> None:
+    """Waiting: oldest queued first; closed: most recently updated first; over every queue
+    asked for together, cut at the limit (the SQLite store reads each queue in index order
+    and merges them)."""
+    queues = ["support", "sales", "vip"]
+    anyone = AgentContext("maria", frozenset(queues), 5)
+    waiting, closed = [], []
+    for i in range(9):
+        ingest = make_ingestor(store, clock, queue=queues[i % 3])
+        message = inbound(f"m{i}", address=f"+2000{i}", pid=f"q{i}")
+        conv = (await ingest.message(message)).conversation
+        waiting.append(conv.id)
+        clock.advance(timedelta(minutes=1))
+    for conv_id in reversed(waiting[3:]):  # close the newer six, newest first
+        conv = await store.get_conversation(conv_id)
+        assert conv is not None
+        conv, _ = await store.update_conversation(
+            lifecycle.accept(conv, anyone, clock.now()), conv.version
+        )
+        await store.update_conversation(lifecycle.close(conv, anyone, clock.now()), conv.version)
+        closed.insert(0, conv_id)  # closed last = updated last: listed first
+        clock.advance(timedelta(minutes=1))
+    listed = await store.list_conversations(State.WAITING, queues=queues)
+    assert [c.id for c in listed] == waiting[:3]
+    two = ["support", "sales"]
+    listed = await store.list_conversations(State.CLOSED, queues=two, limit=3)
+    expected = [c for c in closed if waiting.index(c) % 3 != 2][:3]
+    assert [c.id for c in listed] == expected
+    listed = await store.list_conversations(State.CLOSED, queues=queues, agent="maria")
+    assert [c.id for c in listed] == closed
+
+
 async def test_requeue_keeps_original_position(store: Store, clock: ManualClock) -> None:
     ingest = make_ingestor(store, clock)
     early = (await ingest.message(inbound("early", address="+1", pid="1"))).conversation
