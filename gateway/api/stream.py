@@ -29,6 +29,7 @@ from gateway.errors import InvalidInput
 from gateway.hub import Overflow, Subscription
 from gateway.ids import new_id
 from gateway.model import Event
+from gateway.wsdrop import ClientNotReading, Sender
 
 if TYPE_CHECKING:
     from gateway.runtime import Runtime
@@ -43,8 +44,8 @@ MAX_STREAMS_PER_AGENT = 16
 task, so a leaked token must not be able to open them until the process runs out."""
 
 
-async def _send(ws: web.WebSocketResponse, body: Any) -> None:
-    await ws.send_str(orjson.dumps(body).decode())
+async def _send(out: Sender, body: Any) -> None:
+    await out.text(orjson.dumps(body).decode())
 
 
 @routes.get("/api/v1/stream")
@@ -90,16 +91,19 @@ async def _serve(
         raise
     sockets = request.app[AGENT_SOCKETS]
     pump: asyncio.Task[None] | None = None
+    out = Sender(ws, request.transport)
     try:
         await ws.prepare(request)
         sockets.add(ws)
         log.info("stream.connected", agent=agent.id, connection=connection)
-        pump = asyncio.create_task(_pump(ws, runtime, subscription, accept, after, agent))
+        pump = asyncio.create_task(_pump(out, runtime, subscription, accept, after, agent))
         async for msg in ws:
             if msg.type == WSMsgType.TEXT and msg.data == "ping":
-                await _send(ws, {"type": "pong"})
+                await _send(out, {"type": "pong"})
             elif msg.type == WSMsgType.ERROR:
                 break
+    except ClientNotReading as exc:
+        log.warning("stream.client_not_reading", agent=agent.id, error=str(exc))
     finally:
         sockets.discard(ws)
         if pump is not None:
@@ -123,43 +127,46 @@ async def close_agent_sockets(app: web.Application) -> None:
 
 
 async def _pump(
-    ws: web.WebSocketResponse,
+    out: Sender,
     runtime: Runtime,
     subscription: Subscription,
     accept: Callable[[Event], bool],
     after: str | None,
     agent: AgentInfo,
 ) -> None:
-    """Replay from `after`, then forward live events; on overflow re-read from the store."""
+    """Replay from `after`, then forward live events; on overflow re-read from the store.
+    A client that stopped reading has its connection reset (`gateway.wsdrop`)."""
     cursor = after
     try:
         # The position the stream starts from: every event after it follows, replayed or
         # live. (The newest cursor here would tell a client that records it to skip a replay.)
         start = after if after is not None else runtime.hub.cursor
-        await _send(ws, {"type": "hello", "agent": agent.id, "cursor": start})
+        await _send(out, {"type": "hello", "agent": agent.id, "cursor": start})
         while True:
             if cursor is not None:
-                cursor = await _replay(ws, runtime, accept, cursor)
+                cursor = await _replay(out, runtime, accept, cursor)
             try:
                 while True:
                     event = await subscription.get()
                     if event.cursor is None:  # ephemeral (typing): not part of the log
-                        await _send(ws, event_json(event, runtime.clock.now(), runtime.adapters))
+                        await _send(out, event_json(event, runtime.clock.now(), runtime.adapters))
                         continue
                     if cursor is not None and event.cursor <= cursor:
                         continue
-                    await _send(ws, event_json(event, runtime.clock.now(), runtime.adapters))
+                    await _send(out, event_json(event, runtime.clock.now(), runtime.adapters))
                     cursor = event.cursor
             except Overflow:
                 subscription.close()
                 subscription = runtime.hub.subscribe(accept)
                 log.warning("stream.overflow", agent=agent.id)
+    except ClientNotReading as exc:
+        log.warning("stream.client_not_reading", agent=agent.id, error=str(exc))
     finally:
         subscription.close()
 
 
 async def _replay(
-    ws: web.WebSocketResponse, runtime: Runtime, accept: Callable[[Event], bool], cursor: str
+    out: Sender, runtime: Runtime, accept: Callable[[Event], bool], cursor: str
 ) -> str:
     while True:
         events = await runtime.store.read_events(cursor, limit=500)
@@ -167,5 +174,5 @@ async def _replay(
             return cursor
         for event in events:
             if accept(event):
-                await _send(ws, event_json(event, runtime.clock.now(), runtime.adapters))
+                await _send(out, event_json(event, runtime.clock.now(), runtime.adapters))
             cursor = event.cursor or cursor

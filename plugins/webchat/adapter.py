@@ -47,6 +47,7 @@ from gateway.model import (
     Message,
     iso,
 )
+from gateway.wsdrop import ClientNotReading, Sender
 from plugins.webchat.config import WebchatConfig
 from plugins.webchat.tokens import InvalidToken, TokenSigner, VisitorSession
 
@@ -493,6 +494,7 @@ class WebchatAdapter(BaseAdapter):
         self, request: web.Request, session: VisitorSession, after: str | None
     ) -> web.StreamResponse:
         ws = web.WebSocketResponse(heartbeat=HEARTBEAT, max_msg_size=64 * 1024)
+        out = Sender(ws, request.transport)
         await ws.prepare(request)
         self._sockets.add(ws)
         address = session.visitor_id
@@ -523,7 +525,7 @@ class WebchatAdapter(BaseAdapter):
             )
 
         subscription = self.context.events.subscribe(mine, key=(self.name, address))
-        pump = asyncio.create_task(self._pump(ws, subscription, session, after))
+        pump = asyncio.create_task(self._pump(out, subscription, session, after))
         try:
             async for msg in ws:
                 if msg.type == WSMsgType.TEXT:
@@ -543,25 +545,33 @@ class WebchatAdapter(BaseAdapter):
 
     async def _pump(
         self,
-        ws: web.WebSocketResponse,
+        out: Sender,
         subscription: Any,
         session: VisitorSession,
         after: str | None,
     ) -> None:
         """Push to the visitor until the socket ends. If the store fails meanwhile (replaying
         history, recording a delivery), close with 1013 (try again later): a socket that stays
-        open but pushes nothing would look healthy to the widget; reconnecting replays."""
+        open but pushes nothing would look healthy to the widget; reconnecting replays. A
+        visitor that stopped reading has its connection reset (`gateway.wsdrop`)."""
         try:
-            await self._forward(ws, subscription, session, after)
+            await self._forward(out, subscription, session, after)
         except StoreUnavailable as exc:
             self.context.log.warning(
                 "webchat.store_unavailable", channel=self.name, error=str(exc), during="push"
             )
-            await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"store unavailable")
+            await out.ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"store unavailable")
+        except ClientNotReading as exc:
+            self.context.log.warning(
+                "webchat.client_not_reading",
+                channel=self.name,
+                visitor=session.visitor_id,
+                error=str(exc),
+            )
 
     async def _forward(
         self,
-        ws: web.WebSocketResponse,
+        out: Sender,
         subscription: Any,
         session: VisitorSession,
         after: str | None,
@@ -578,16 +588,16 @@ class WebchatAdapter(BaseAdapter):
             for message in history:
                 if undelivered_only and not _undelivered(message):
                     continue
-                await self._push(ws, message)
+                await self._push(out, message)
                 sent_ids.add(message.id)
             cursor = history[-1].id if len(history) == REPLAY_PAGE else None
         while True:
             event = await subscription.get()
             if event.type == "conversation.typing":
-                await ws.send_str(orjson.dumps({"type": "typing", "active": True}).decode())
+                await out.text(orjson.dumps({"type": "typing", "active": True}).decode())
                 continue
             if event.type == "conversation.updated" and event.conversation is not None:
-                await ws.send_str(
+                await out.text(
                     orjson.dumps(
                         {
                             "type": "conversation",
@@ -600,16 +610,16 @@ class WebchatAdapter(BaseAdapter):
             message = event.message
             if message is None or message.id in sent_ids:
                 continue
-            await self._push(ws, message)
+            await self._push(out, message)
 
-    async def _push(self, ws: web.WebSocketResponse, message: Message) -> None:
+    async def _push(self, out: Sender, message: Message) -> None:
         """Push a message; an agent reply reaching the visitor's socket is its delivery, so the
         visitor sees it `delivered` (as the agent will), not the `queued` it was stored as."""
         delivering = _undelivered(message)
         shown = visitor_message_json(message)
         if delivering:
             shown["status"] = str(DeliveryState.DELIVERED)
-        await ws.send_str(orjson.dumps({"type": "message", "message": shown}).decode())
+        await out.text(orjson.dumps({"type": "message", "message": shown}).decode())
         if delivering:
             await self._record_delivery(message)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from datetime import timedelta
 from typing import Any
 
@@ -269,3 +270,61 @@ async def test_streams_past_an_agents_cap_are_refused_and_presence_is_untouched(
     third = await open_stream(gw, "maria")
     for ws in (second, third, jose):
         await ws.close()
+
+
+TCP_ESTABLISHED = 1
+
+
+def tcp_state(sock: socket.socket) -> int:
+    """The kernel's TCP state of a socket (Linux TCP_INFO: its first byte)."""
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+
+
+async def left_established(sock: socket.socket) -> None:
+    """Wait up to 5 s for a socket to leave ESTABLISHED; the kernel has no event to await."""
+    async with asyncio.timeout(5):
+        while tcp_state(sock) == TCP_ESTABLISHED:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+
+
+async def test_a_client_that_stops_reading_is_cut_off(
+    make_gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An agent stream whose client stops reading while events keep coming: once every buffer
+    is full, a frame that waits past the send timeout resets the connection, and the agent
+    goes offline. The socket, its descriptor and its buffers (megabytes) used to stay until the
+    client process went away, even after the heartbeat failed (soak audit)."""
+    import gateway.wsdrop
+
+    monkeypatch.setattr(gateway.wsdrop, "SEND_TIMEOUT", 0.5)
+    # Big messages, as fast as they come: enough to fill the kernel's buffers on loopback.
+    chatty = BASE_CONFIG.replace(
+        "{name: site, type: webchat,",
+        "{name: site, type: webchat, message_rate_limit: null, max_text: 16000,",
+    )
+    gw = await make_gateway(chatty)
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window fills sooner
+    sock.setblocking(False)
+    await loop.sock_connect(sock, ("127.0.0.1", gw.client.port))
+    handshake = (
+        f"GET /api/v1/stream?access_token={TOKENS['maria']} HTTP/1.1\r\n"
+        f"Host: 127.0.0.1:{gw.client.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    await loop.sock_sendall(sock, handshake.encode())
+    response = b""
+    while b"\r\n\r\n" not in response:
+        response += await loop.sock_recv(sock, 1)  # the response's head, not a byte more
+    assert response.startswith(b"HTTP/1.1 101"), response
+    try:
+        visitor = await gw.visitor("V")
+        for i in range(400):  # events for maria's queue, never read by her client (13 MB)
+            await gw.visitor_says(visitor["token"], "ñ" * 16000, f"slow-{i}")
+            if i % 20 == 19 and not (await gw.runtime.store.presence())["maria"].online:
+                break
+        await wait_offline(gw, "maria")
+        await left_established(sock)
+    finally:
+        sock.close()

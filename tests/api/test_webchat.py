@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import socket
 from datetime import timedelta
 from typing import Any
 
 import pytest
 from aiohttp import ClientWebSocketResponse, WSServerHandshakeError
+from structlog.testing import capture_logs
 
 from tests.api.conftest import Gateway
 
@@ -177,6 +179,49 @@ async def test_reconnect_without_after_replays_the_replies_it_never_got(gw: Gate
             seen.append(json.loads((await ws.receive()).data))
     assert [f["type"] for f in seen if f["type"] == "message"] == [], seen
     await ws.close()
+
+
+async def test_a_visitor_that_stops_reading_is_cut_off(
+    gw: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A visitor socket whose client stops reading while the agent keeps replying: once every
+    buffer is full, a frame that waits past the send timeout resets the connection, instead of
+    holding it and its buffers until the client goes away (soak audit)."""
+    import gateway.wsdrop
+    from tests.api.test_stream_presence import TCP_ESTABLISHED, left_established, tcp_state
+
+    monkeypatch.setattr(gateway.wsdrop, "SEND_TIMEOUT", 0.5)
+    visitor = await gw.visitor()
+    await gw.visitor_says(visitor["token"], "hola", "s-0")
+    _, inbox = await gw.get("maria", "/api/v1/inbox?state=waiting")
+    conv_id = inbox["conversations"][0]["id"]
+    await gw.post("maria", f"/api/v1/conversations/{conv_id}/accept")
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await loop.sock_connect(sock, ("127.0.0.1", gw.client.port))
+    handshake = (
+        f"GET /webchat/site/ws?token={visitor['token']} HTTP/1.1\r\n"
+        f"Host: 127.0.0.1:{gw.client.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    await loop.sock_sendall(sock, handshake.encode())
+    response = b""
+    while b"\r\n\r\n" not in response:
+        response += await loop.sock_recv(sock, 1)  # the response's head, not a byte more
+    assert response.startswith(b"HTTP/1.1 101"), response
+    try:
+        with capture_logs() as logs:
+            for i in range(1500):  # 8 KB replies, never read by the visitor's client
+                path = f"/api/v1/conversations/{conv_id}/messages"
+                await gw.post("maria", path, {"text": "ñ" * 4096})
+                if i % 25 == 24 and tcp_state(sock) != TCP_ESTABLISHED:
+                    break
+            await left_established(sock)
+        assert "webchat.client_not_reading" in [e["event"] for e in logs]
+    finally:
+        sock.close()
 
 
 async def test_tokens_are_scoped_to_their_visitor(gw: Gateway) -> None:

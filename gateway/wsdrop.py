@@ -1,0 +1,62 @@
+"""Sending to WebSocket clients that may have stopped reading.
+
+A client that stops reading (a frozen tab, a stuck integration) lets the frames sent to it
+pile up: first in the kernel, then in the transport's buffer, and a send then waits for room
+that never comes. Its heartbeat fails after a while, but aiohttp closes such a socket
+gracefully, waiting to write what is buffered, which the client never lets happen: the
+connection, its file descriptor and megabytes of buffers stayed until the client process went
+away, and every event for it waited in a pump that never ran again.
+
+So a frame that cannot be written within `SEND_TIMEOUT` resets the connection: the transport
+drops its buffer, and a zero linger time makes the kernel drop its own and send a reset,
+instead of keeping the closed socket around to deliver the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+
+from aiohttp import web
+
+SEND_TIMEOUT = 10.0
+"""How long one frame may wait for the client to make room for it (seconds)."""
+
+_RESET_ON_CLOSE = struct.pack("ii", 1, 0)
+"""SO_LINGER on, zero seconds: close() resets the connection and drops unsent data."""
+
+
+class ClientNotReading(ConnectionResetError):
+    """A frame could not be sent in time: the connection was reset (see the module docstring)."""
+
+
+class Sender:
+    """Sends text frames to one socket, resetting the connection of a client that stopped
+    reading (`ClientNotReading`; see the module docstring)."""
+
+    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport | None) -> None:
+        self.ws = ws
+        self.transport = transport
+        """The request's, taken as the socket opened: aiohttp detaches it from the request
+        once it starts closing it."""
+
+    async def text(self, text: str) -> None:
+        try:
+            async with asyncio.timeout(SEND_TIMEOUT):
+                await self.ws.send_str(text)
+        except TimeoutError:
+            reset(self.transport)
+            raise ClientNotReading(f"the client read nothing for {SEND_TIMEOUT:g} s") from None
+
+
+def reset(transport: asyncio.Transport | None) -> None:
+    """Close a connection at once, dropping whatever is still to be sent."""
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):  # already gone: nothing left to release
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
+    transport.abort()
