@@ -17,6 +17,7 @@ from gateway.appkeys import RUNTIME
 from gateway.errors import InvalidInput, NotFound, TransitionError
 from gateway.model import Attachment, Event, State
 from gateway.outbound import OutboundRequest
+from gateway.store.base import ListPosition, list_position
 
 routes = web.RouteTableDef()
 
@@ -191,13 +192,41 @@ async def inbox(request: web.Request) -> web.Response:
             raise InvalidInput(f"agent {agent.id} is not on queue {wanted!r}", code="not_on_queue")
         queues = {wanted}
     mine = _flag(request, "mine")
+    limit = _limit(request)
+    # One more than asked tells whether there is a next page.
     conversations = await runtime.store.list_conversations(
-        state, queues=queues, agent=agent.id if mine else None, limit=_limit(request)
+        state,
+        queues=queues,
+        agent=agent.id if mine else None,
+        limit=limit + 1,
+        after=_inbox_cursor(_once(request, "cursor")),
     )
+    page = conversations[:limit]
+    next_cursor = None
+    if len(conversations) > limit:
+        at, conversation_id = list_position(page[-1])
+        next_cursor = f"{at}.{conversation_id}"
     now, channels = runtime.clock.now(), runtime.adapters
     return json_response(
-        {"conversations": [conversation_json(c, now, channels) for c in conversations]}
+        {
+            "conversations": [conversation_json(c, now, channels) for c in page],
+            "next_cursor": next_cursor,
+        }
     )
+
+
+INBOX_CURSOR = re.compile(r"(\d{1,19})\.(c_[0-9A-Za-z]{1,64})")
+"""`next_cursor` as the inbox hands it out: the last conversation's sort time (microseconds)
+and its id. Opaque to clients."""
+
+
+def _inbox_cursor(raw: str | None) -> ListPosition | None:
+    if raw is None:
+        return None
+    match = INBOX_CURSOR.fullmatch(raw)
+    if match is None:
+        raise InvalidInput("cursor must be the next_cursor of an earlier inbox page")
+    return int(match.group(1)), match.group(2)
 
 
 @routes.get("/api/v1/queues")

@@ -173,6 +173,13 @@ def _agent_paths() -> dict[str, Any]:
                         "description": "`1`, `true` or `yes`: only conversations assigned to the caller",
                     },
                     _limit_param(200),
+                    {
+                        "name": "cursor",
+                        "in": "query",
+                        "schema": {"type": "string"},
+                        "description": "The `next_cursor` of the previous page, with the same"
+                        " `state`, `queue` and `mine`: the page that follows it",
+                    },
                 ],
                 "responses": {
                     "200": {
@@ -183,9 +190,14 @@ def _agent_paths() -> dict[str, Any]:
                                     "conversations": {
                                         "type": "array",
                                         "items": _ref("Conversation"),
-                                    }
+                                    },
+                                    "next_cursor": {
+                                        **NULLABLE_STRING,
+                                        "description": "Pass as `cursor` for the next page; null"
+                                        " on the last page",
+                                    },
                                 },
-                                ["conversations"],
+                                ["conversations", "next_cursor"],
                             )
                         ),
                     },
@@ -195,7 +207,7 @@ def _agent_paths() -> dict[str, Any]:
                         403,
                         404,
                         503,
-                        s400="Bad `state` or `limit` (`invalid_request`)",
+                        s400="Bad `state`, `limit` or `cursor` (`invalid_request`)",
                         s403="The agent is not on that `queue` (`not_on_queue`)",
                         s404="No queue by that name (`not_found`)",
                     ),

@@ -123,8 +123,11 @@ class Store(Protocol):
         queues: Collection[str] | None = None,
         agent: str | None = None,
         limit: int = 200,
+        after: ListPosition | None = None,
     ) -> list[Conversation]:
-        """List by state; waiting oldest `queued_at` first, others most recently updated first."""
+        """List by state; waiting oldest `queued_at` first, others most recently updated first.
+        With `after` (`list_position` of the last one of a page), only those that come after it
+        in that order: the next page."""
         ...
 
     async def count_by_state(self) -> dict[tuple[str, str], int]:
@@ -338,6 +341,17 @@ DELIVER_KIND = "deliver"
 
 def message_target(message_id: str) -> str:
     return MESSAGE_TARGET + message_id
+
+
+ListPosition = tuple[int, str]
+"""Where a conversation stands in a state's listing: its sort time in microseconds (`queued_at`
+while waiting, `updated_at` otherwise) and its id, which breaks ties."""
+
+
+def list_position(conversation: Conversation) -> ListPosition:
+    """The position to pass as `after` for the page that follows `conversation`."""
+    at = conversation.queued_at if conversation.state == State.WAITING else conversation.updated_at
+    return (int(at.timestamp() * 1_000_000), conversation.id)
 
 
 def conversation_target(conversation_id: str) -> str:

@@ -65,6 +65,7 @@ from gateway.store.base import (
     Deadline,
     IngestPlanner,
     IngestResult,
+    ListPosition,
     OutboundResult,
     StatusResult,
     stamp_version,
@@ -341,6 +342,7 @@ class RedisStore:
         queues: Collection[str] | None = None,
         agent: str | None = None,
         limit: int = 200,
+        after: ListPosition | None = None,
     ) -> list[Conversation]:
         names = [] if queues is None else list(queues)
         if queues is not None and not names:
@@ -351,6 +353,8 @@ class RedisStore:
             agent or "",
             str(limit),
             "1" if queues is None else "0",
+            "" if after is None else str(after[0]),
+            "" if after is None else after[1],
             *names,
         )
         return [decode_conversation(d) for d in docs if d is not None]

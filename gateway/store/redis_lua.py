@@ -209,14 +209,41 @@ return redis.call('HGET', CK(id), 'd')
 """
 
 LIST_CONVERSATIONS = r"""
--- ARGV: P, state, agent ('' any), limit, all queues ('1'|'0'), queues...
+-- ARGV: P, state, agent ('' any), limit, all queues ('1'|'0'), after score ('' none), after id,
+--       queues...
+-- Sorted sets order ties by member (the id), as the listing does; a page after a position
+-- starts at its score and skips what is not past it (same score, id not past it).
 local st, agent, limit, all = ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5] == '1'
+local after_score, after_id = tonumber(ARGV[6]), ARGV[7]
 local desc = st ~= 'waiting'
 local queues = {}
 if all then
   queues = redis.call('SMEMBERS', G('queues'))
 else
-  for j = 6, #ARGV do queues[#queues + 1] = ARGV[j] end
+  for j = 8, #ARGV do queues[#queues + 1] = ARGV[j] end
+end
+local function past(id, score)
+  if after_score == nil then return true end
+  if score ~= after_score then
+    if desc then return score < after_score end
+    return score > after_score
+  end
+  if desc then return id < after_id end
+  return id > after_id
+end
+-- `n` members of a set in listing order from the page's start, with their scores.
+local function slice(key, offset, n)
+  if after_score == nil then
+    if desc then
+      return redis.call('ZREVRANGE', key, offset, offset + n - 1, 'WITHSCORES')
+    end
+    return redis.call('ZRANGE', key, offset, offset + n - 1, 'WITHSCORES')
+  end
+  if desc then
+    return redis.call(
+      'ZREVRANGEBYSCORE', key, after_score, '-inf', 'WITHSCORES', 'LIMIT', offset, n)
+  end
+  return redis.call('ZRANGEBYSCORE', key, after_score, '+inf', 'WITHSCORES', 'LIMIT', offset, n)
 end
 local picked = {}
 if agent ~= '' then
@@ -228,17 +255,15 @@ if agent ~= '' then
   local key = G('agt:' .. st .. ':' .. agent)
   local start = 0
   while #picked < limit do
-    local ids
-    if desc then
-      ids = redis.call('ZREVRANGE', key, start, start + 199)
-    else
-      ids = redis.call('ZRANGE', key, start, start + 199)
-    end
-    if #ids == 0 then break end
-    for _, id in ipairs(ids) do
-      local h = redis.call('HMGET', CK(id), 'q', 'd')
-      if h[2] and (allowed == nil or allowed[h[1]]) and #picked < limit then
-        picked[#picked + 1] = h[2]
+    local r = slice(key, start, 200)
+    if #r == 0 then break end
+    for j = 1, #r, 2 do
+      local id = r[j]
+      if past(id, tonumber(r[j + 1])) and #picked < limit then
+        local h = redis.call('HMGET', CK(id), 'q', 'd')
+        if h[2] and (allowed == nil or allowed[h[1]]) then
+          picked[#picked + 1] = h[2]
+        end
       end
     end
     start = start + 200
@@ -247,13 +272,20 @@ if agent ~= '' then
 end
 local rows = {}
 for _, q in ipairs(queues) do
-  local r
-  if desc then
-    r = redis.call('ZREVRANGE', G('idx:' .. st .. ':' .. q), 0, limit - 1, 'WITHSCORES')
-  else
-    r = redis.call('ZRANGE', G('idx:' .. st .. ':' .. q), 0, limit - 1, 'WITHSCORES')
+  local key = G('idx:' .. st .. ':' .. q)
+  local start, kept = 0, 0
+  while kept < limit do
+    local r = slice(key, start, limit)
+    if #r == 0 then break end
+    for j = 1, #r, 2 do
+      local score = tonumber(r[j + 1])
+      if past(r[j], score) and kept < limit then
+        rows[#rows + 1] = {r[j], score}
+        kept = kept + 1
+      end
+    end
+    start = start + limit
   end
-  for j = 1, #r, 2 do rows[#rows + 1] = {r[j], tonumber(r[j + 1])} end
 end
 table.sort(rows, function(x, y)
   if x[2] ~= y[2] then

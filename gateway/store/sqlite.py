@@ -57,6 +57,7 @@ from gateway.store.base import (
     Deadline,
     IngestPlanner,
     IngestResult,
+    ListPosition,
     OutboundResult,
     StatusResult,
     agent_target,
@@ -417,9 +418,11 @@ class SqliteStore:
         queues: Collection[str] | None = None,
         agent: str | None = None,
         limit: int = 200,
+        after: ListPosition | None = None,
     ) -> list[Conversation]:
         waiting = state == State.WAITING
         order = "queued_at, id" if waiting else "updated_at DESC, id DESC"
+        past = "(queued_at, id) > (?, ?)" if waiting else "(updated_at, id) < (?, ?)"
 
         def rows(conn: sqlite3.Connection, queue: str | None) -> list[tuple[Any, ...]]:
             # The state is written into the statement, not bound: only then can SQLite use the
@@ -434,6 +437,9 @@ class SqliteStore:
             if agent is not None:
                 sql += " AND agent = ?"
                 args.append(agent)
+            if after is not None:
+                sql += f" AND {past}"
+                args.extend(after)
             sql += f" ORDER BY {order} LIMIT ?"
             args.append(limit)
             return conn.execute(sql, args).fetchall()

@@ -365,3 +365,27 @@ async def test_a_long_conversation_opens_at_its_newest_messages_and_pages_back(
     for query in ("?before=nope", "?limit=0", "?limit=1001", "?before=m_1&before=m_2"):
         status, body = await gw.get("maria", path + query)
         assert status == 400 and body["error"]["code"] == "invalid_request", query
+
+
+async def test_the_inbox_is_read_page_after_page(gw: Gateway) -> None:
+    """Past `limit` (at most 1000) the inbox goes on: `next_cursor` fetches the next page, in
+    the same order, until it is null. A cursor the inbox did not hand out is a 400."""
+    ids = []
+    for i in range(5):
+        ids.append(await waiting_conversation(gw, name=f"P{i}"))
+        gw.clock.advance(timedelta(seconds=1))
+    seen: list[str] = []
+    path = "/api/v1/inbox?state=waiting&limit=2"
+    cursor = None
+    while True:
+        status, body = await gw.get("maria", path + (f"&cursor={cursor}" if cursor else ""))
+        assert status == 200, body
+        seen += [c["id"] for c in body["conversations"]]
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+        assert len(body["conversations"]) == 2
+    assert seen == ids
+    for bad in ("nope", "1.m_01", "-5.c_01", "1" * 20 + ".c_01"):
+        status, body = await gw.get("maria", f"/api/v1/inbox?state=waiting&cursor={bad}")
+        assert (status, body["error"]["code"]) == (400, "invalid_request"), bad

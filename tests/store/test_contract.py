@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -15,7 +16,13 @@ from gateway.ids import new_id
 from gateway.ingest import Ingestor
 from gateway.lifecycle import AgentContext, ChannelPolicy, QueuePolicy
 from gateway.model import Conversation, DeliveryState, DeliveryStatus, Direction, Message, State
-from gateway.store.base import GRACE_KIND, Store, agent_target, conversation_target
+from gateway.store.base import (
+    GRACE_KIND,
+    Store,
+    agent_target,
+    conversation_target,
+    list_position,
+)
 from tests.conftest import inbound
 
 WA = ChannelPolicy(reply_window=timedelta(hours=24))
@@ -166,6 +173,55 @@ async def test_listing_over_several_queues_keeps_one_order(
     assert [c.id for c in listed] == expected
     listed = await store.list_conversations(State.CLOSED, queues=queues, agent="maria")
     assert [c.id for c in listed] == closed
+
+
+async def pages(store: Store, state: State, size: int, **options: Any) -> list[list[str]]:
+    """Every page of a listing, `size` at a time, each after the last of the one before."""
+    found: list[list[str]] = []
+    after = None
+    while True:
+        page = await store.list_conversations(state, limit=size, after=after, **options)
+        if not page:
+            return found
+        found.append([c.id for c in page])
+        after = list_position(page[-1])
+
+
+async def test_a_listing_is_read_page_after_page_in_the_same_order(
+    store: Store, clock: ManualClock
+) -> None:
+    """Pages after a position (`list_position` of a page's last) add up to the whole listing,
+    in its order, also where several conversations share a time (the id breaks the tie) and
+    over several queues."""
+    queues = ["support", "sales"]
+    anyone = AgentContext("maria", frozenset(queues), 50)
+    for i in range(11):
+        ingest = make_ingestor(store, clock, queue=queues[i % 2])
+        await ingest.message(inbound(f"m{i}", address=f"+3000{i}", pid=f"pg{i}"))
+        if i % 3 == 2:  # the others share their time with a neighbour
+            clock.advance(timedelta(minutes=1))
+    whole = await store.list_conversations(State.WAITING, queues=queues, limit=100)
+    assert len(whole) == 11
+    for size in (1, 2, 4):
+        read = await pages(store, State.WAITING, size, queues=queues)
+        assert [i for page in read for i in page] == [c.id for c in whole]
+        assert all(len(page) <= size for page in read)
+    for conv in whole[:7]:  # closed in pairs at one time
+        accepted, _ = await store.update_conversation(
+            lifecycle.accept(conv, anyone, clock.now()), conv.version
+        )
+        await store.update_conversation(
+            lifecycle.close(accepted, anyone, clock.now()), accepted.version
+        )
+        if whole.index(conv) % 2:
+            clock.advance(timedelta(minutes=1))
+    closed = await store.list_conversations(State.CLOSED, queues=queues, limit=100)
+    assert len(closed) == 7
+    for size in (1, 3):
+        read = await pages(store, State.CLOSED, size, queues=queues)
+        assert [i for page in read for i in page] == [c.id for c in closed]
+        mine = await pages(store, State.CLOSED, size, queues=queues, agent="maria")
+        assert [i for page in mine for i in page] == [c.id for c in closed]
 
 
 async def test_requeue_keeps_original_position(store: Store, clock: ManualClock) -> None:
