@@ -107,3 +107,19 @@ async def test_the_change_that_takes_a_conversation_away_reaches_who_saw_it(
     _, everything = await gw.get("crm", "/api/v1/events")
     assert [e["change"] for e in everything["events"] if e.get("change")][-1] == "accepted"
     await stream.close()
+
+
+async def test_a_full_page_is_rendered_whole_and_in_order(gw: Gateway) -> None:
+    """A page is rendered in chunks, yielding to other requests between them: every event of
+    it is there once, in log order, and the cursor is the last one's."""
+    for i in range(55):  # two events each (conversation.created, message.received)
+        visitor = await gw.visitor(f"R{i}")
+        await gw.visitor_says(visitor["token"], f"hola {i}", f"r-{i}")
+    status, whole = await gw.get("crm", "/api/v1/events?limit=1000")
+    assert status == 200 and len(whole["events"]) > 100
+    cursors = [e["cursor"] for e in whole["events"]]
+    assert cursors == sorted(cursors) and len(set(cursors)) == len(cursors)
+    assert whole["cursor"] == cursors[-1]
+    _, first = await gw.get("crm", "/api/v1/events?limit=100")
+    _, rest = await gw.get("crm", f"/api/v1/events?limit=1000&after={first['cursor']}")
+    assert [e["cursor"] for e in first["events"] + rest["events"]] == cursors
