@@ -110,6 +110,9 @@ class StoreConfig(_Section):
 
     url: typing.Annotated[str, AfterValidator(_check_store_url)] = "sqlite:///var/gateway.db"
     synchronous: Literal["full", "normal"] = "full"
+    event_retention: PositiveDuration | None = None
+    """How long the event log (`/api/v1/events`, stream replays) keeps an event; null, the
+    default, keeps every one. Conversations and messages are never deleted."""
     startup_wait: Duration = timedelta(seconds=30)
     """How long `gateway serve` keeps trying to reach a store that is down or still loading
     (Redis started after the gateway, or replaying a large AOF) before it gives up with the
@@ -323,7 +326,9 @@ def _describe_lines(config: GatewayConfig) -> Iterator[str]:
     server, store = config.server, config.store
     yield f"server: {server.host}:{server.port} (public URL {without_userinfo(server.public_url)})"
     durability = f" (synchronous {store.synchronous})" if store.backend == "sqlite" else ""
-    yield f"store: {without_userinfo(store.url)}{durability}"
+    kept = store.event_retention
+    retention = "kept for good" if kept is None else f"kept {format_duration(kept)}"
+    yield f"store: {without_userinfo(store.url)}{durability}, events {retention}"
     grace = format_duration(config.presence.agent_disconnect_grace)
     yield f"presence: agent_disconnect_grace {grace}"
     out = config.outbound

@@ -32,6 +32,7 @@ from gateway.model import InboundMessage
 from gateway.outbound import Outbound, RetryPolicy
 from gateway.presence import Presence
 from gateway.ratelimit import RateLimiter
+from gateway.retention import EventRetention
 from gateway.routing import Router
 from gateway.store.base import MESSAGE_TARGET, Deadline, Store
 from gateway.store.sqlite import SqliteStore
@@ -128,6 +129,7 @@ class Runtime:
             observe=self.metrics.observe_outbound,
         )
         self.deadlines = DeadlineHandler(self.store, self.clock, self.directory)
+        self.retention = EventRetention(self.store, self.clock, config.store.event_retention)
         self.scheduler = Scheduler(
             self.store,
             self.clock,
@@ -135,7 +137,7 @@ class Runtime:
             batch_handler=self.deadlines.batch,
             poll_interval=options.scheduler_poll,
             observe_lag=self.metrics.observe_lag,
-            sweep=self.distributor.distribute_all,
+            sweep=self._housekeeping,
             node=self.node,
         )
         self.presence = Presence(
@@ -191,6 +193,12 @@ class Runtime:
         if conversation.agent:
             await self.distributor.on_agent_change(conversation.agent)
         self.scheduler.poke()
+
+    async def _housekeeping(self) -> None:
+        """The scheduler's pass, after the due deadlines: hand waiting conversations to free
+        agents, prune the event log (see `gateway.retention`)."""
+        await self.distributor.distribute_all()
+        await self.retention.run()
 
     async def _on_deadline(self, deadline: Deadline) -> None:
         if deadline.target.startswith(MESSAGE_TARGET):

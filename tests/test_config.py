@@ -207,6 +207,7 @@ def test_describe_shows_the_whatsapp_window_in_hours(tmp_path: Path) -> None:
         ),
         ("queues: [{name: sales, requeue_after: 0s}]", "queues[0].requeue_after", True),
         ("outbound: {retry_max_delay: 0s}", "outbound.retry_max_delay", False),
+        ("store: {event_retention: 0s}", "store.event_retention", False),
     ],
 )
 def test_zero_is_refused_where_it_cannot_mean_anything(
@@ -217,6 +218,15 @@ def test_zero_is_refused_where_it_cannot_mean_anything(
     line = problem_at(problems(tmp_path, text), key_path)
     assert "must be longer than 0s" in line
     assert ("null turns this timer off" in line) is timer
+
+
+def test_the_event_log_is_kept_for_good_unless_a_retention_is_set(tmp_path: Path) -> None:
+    config = load(tmp_path, "queues: [{name: q}]")
+    assert config.store.event_retention is None
+    assert "events kept for good" in config.describe()
+    config = load(tmp_path, "store: {event_retention: 30d}\nqueues: [{name: q}]")
+    assert config.store.event_retention == timedelta(days=30)
+    assert "events kept 30d" in config.describe()
 
 
 def test_zero_still_means_at_once_where_it_can(tmp_path: Path) -> None:

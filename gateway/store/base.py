@@ -236,6 +236,12 @@ class Store(Protocol):
 
     async def last_cursor(self) -> str | None: ...
 
+    async def prune_events(self, before: datetime, limit: int) -> int:
+        """Delete up to `limit` of the oldest events, those stored before `before`; return how
+        many went. A cursor among them stays valid: reading after it starts at the oldest
+        event kept."""
+        ...
+
     async def cursor_issued(self, cursor: str) -> bool:
         """Whether `cursor` is one this log could have handed out: well formed in this store's
         format and at or before the newest event. An empty log has issued none; the start of

@@ -793,6 +793,13 @@ class RedisStore:
         entries = await self._cmd("XREVRANGE", self._g("log"), "+", "-", "COUNT", "1")
         return cursor_of(entries[0][0]) if entries else None
 
+    async def prune_events(self, before: datetime, limit: int) -> int:
+        # Stream ids are the milliseconds Redis appended them at: trimming by id is by age.
+        # Exact trimming frees whole nodes of entries at a time, so a backlog goes in one call
+        # (`limit` only applies to approximate trimming, which keeps small logs whole).
+        cutoff = int(before.timestamp() * 1000)
+        return int(await self._cmd("XTRIM", self._g("log"), "MINID", cutoff))
+
     # deadlines ---------------------------------------------------------------------------------
     async def claim_due(
         self, now: datetime, limit: int, lease: timedelta, node: str | None = None

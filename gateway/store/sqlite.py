@@ -46,6 +46,7 @@ from gateway.model import (
     State,
     dumps_event,
     evolve,
+    parse_iso,
     status_moves_forward,
     with_status,
 )
@@ -760,6 +761,41 @@ class SqliteStore:
             return None if seq is None else _cursor(seq)
 
         return await self._read(query)
+
+    async def prune_events(self, before: datetime, limit: int) -> int:
+        def job(conn: sqlite3.Connection) -> int:
+            lowest, highest = conn.execute("SELECT min(seq), max(seq) FROM events").fetchone()
+            if lowest is None:
+                return 0
+            # The first event at or after `before`, by bisecting the sequence (events are
+            # appended in time order): a few indexed reads, no scan of the whole log.
+            left, right = lowest, highest + 1
+            while left < right:
+                middle = (left + right) // 2
+                seq, at = conn.execute(
+                    "SELECT seq, json_extract(data, '$.at') FROM events WHERE seq >= ?"
+                    " ORDER BY seq LIMIT 1",
+                    (middle,),
+                ).fetchone()
+                stamped = parse_iso(at)
+                if stamped is not None and stamped < before:
+                    left = seq + 1
+                else:
+                    right = middle
+            end = min(left, lowest + limit)
+            return conn.execute("DELETE FROM events WHERE seq < ?", (end,)).rowcount
+
+        deleted = await self._write(job)
+        if deleted:
+            oldest = await self._read(
+                lambda conn: conn.execute("SELECT min(seq) FROM events").fetchone()[0]
+            )
+            with self._recent_lock:  # memory must not serve what the file no longer has
+                while self._recent and (
+                    oldest is None or _cursor_seq(self._recent[0].cursor) < oldest
+                ):
+                    self._recent.popleft()
+        return deleted
 
     async def cursor_issued(self, cursor: str) -> bool:
         try:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from gateway import lifecycle
-from gateway.clock import ManualClock
+from gateway.clock import ManualClock, SystemClock
 from gateway.errors import TransitionError, VersionConflict
 from gateway.ids import new_id
 from gateway.ingest import Ingestor
@@ -700,3 +700,28 @@ async def test_a_report_naming_our_message_settles_a_send_never_recorded(
     assert other.message is None
     stored = await store.get_message(msg.id)
     assert stored is not None and stored.provider_message_id == "SM20"
+
+
+async def test_old_events_are_pruned_and_a_reader_behind_them_resumes_at_the_oldest_kept(
+    store: Store,
+) -> None:
+    """Retention by age, on the store's own time (Redis: the stream ids it stamped), so this
+    runs on the wall clock: the events before `cut` go, the later ones stay, and a cursor among
+    the pruned ones still reads on from the oldest event kept."""
+    ingest = Ingestor(store, SystemClock(), route=lambda m: "support", policy_for=lambda c: WA)
+    for i in range(3):
+        await ingest.message(inbound(f"old {i}", address=f"+4000{i}", pid=f"old{i}"))
+    old = await store.read_events(None)
+    cut = datetime.now(UTC) + timedelta(milliseconds=2)
+    while datetime.now(UTC) <= cut + timedelta(milliseconds=1):
+        pass  # the next events must be stamped after `cut`, on a clock that only moves itself
+    for i in range(2):
+        await ingest.message(inbound(f"new {i}", address=f"+4100{i}", pid=f"new{i}"))
+    everything = await store.read_events(None)
+    kept = everything[len(old) :]
+    assert await store.prune_events(cut, 1000) == len(old)
+    assert [e.cursor for e in await store.read_events(None)] == [e.cursor for e in kept]
+    assert old[1].cursor is not None and await store.cursor_issued(old[1].cursor)
+    after = await store.read_events(old[1].cursor)
+    assert [e.cursor for e in after] == [e.cursor for e in kept]
+    assert await store.prune_events(cut, 1000) == 0
