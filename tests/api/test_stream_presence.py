@@ -280,6 +280,27 @@ def tcp_state(sock: socket.socket) -> int:
     return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
 
 
+async def silent_websocket(gw: Gateway, path: str) -> socket.socket:
+    """A WebSocket client that opens `path` and then never reads a byte (a frozen tab): a raw
+    socket with a small receive window, after the handshake's answer and not a byte more."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window fills sooner
+    sock.setblocking(False)
+    await loop.sock_connect(sock, ("127.0.0.1", gw.client.port))
+    handshake = (
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{gw.client.port}\r\n"
+        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    await loop.sock_sendall(sock, handshake.encode())
+    response = b""
+    while b"\r\n\r\n" not in response:
+        response += await loop.sock_recv(sock, 1)
+    assert response.startswith(b"HTTP/1.1 101"), response
+    return sock
+
+
 async def left_established(sock: socket.socket) -> None:
     """Wait up to 5 s for a socket to leave ESTABLISHED; the kernel has no event to await."""
     async with asyncio.timeout(5):
@@ -303,21 +324,7 @@ async def test_a_client_that_stops_reading_is_cut_off(
         "{name: site, type: webchat, message_rate_limit: null, max_text: 16000,",
     )
     gw = await make_gateway(chatty)
-    loop = asyncio.get_running_loop()
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window fills sooner
-    sock.setblocking(False)
-    await loop.sock_connect(sock, ("127.0.0.1", gw.client.port))
-    handshake = (
-        f"GET /api/v1/stream?access_token={TOKENS['maria']} HTTP/1.1\r\n"
-        f"Host: 127.0.0.1:{gw.client.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-    await loop.sock_sendall(sock, handshake.encode())
-    response = b""
-    while b"\r\n\r\n" not in response:
-        response += await loop.sock_recv(sock, 1)  # the response's head, not a byte more
-    assert response.startswith(b"HTTP/1.1 101"), response
+    sock = await silent_websocket(gw, f"/api/v1/stream?access_token={TOKENS['maria']}")
     try:
         visitor = await gw.visitor("V")
         for i in range(400):  # events for maria's queue, never read by her client (13 MB)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
-import socket
 from datetime import timedelta
 from typing import Any
 
@@ -86,7 +85,9 @@ async def test_message_ack_and_resend_is_not_a_new_message(gw: Gateway) -> None:
     await ws.close()
 
 
-async def test_agent_reply_is_pushed_live_and_marked_delivered(gw: Gateway) -> None:
+async def chat_taken_by_maria(gw: Gateway) -> tuple[dict[str, str], ClientWebSocketResponse, str]:
+    """A visitor writes "Hola" over a socket and maria accepts the chat: (the visitor's
+    session, their open socket, the conversation's id)."""
     v = await gw.visitor()
     ws = await visitor_socket(gw, v["token"])
     await ws.send_json({"type": "message", "text": "Hola", "client_id": "u-1"})
@@ -94,6 +95,11 @@ async def test_agent_reply_is_pushed_live_and_marked_delivered(gw: Gateway) -> N
     _, inbox = await gw.get("maria", "/api/v1/inbox?state=waiting")
     conv_id = inbox["conversations"][0]["id"]
     await gw.post("maria", f"/api/v1/conversations/{conv_id}/accept")
+    return v, ws, conv_id
+
+
+async def test_agent_reply_is_pushed_live_and_marked_delivered(gw: Gateway) -> None:
+    _, ws, conv_id = await chat_taken_by_maria(gw)
     await gw.post(
         "maria", f"/api/v1/conversations/{conv_id}/messages", {"text": "¿En qué te ayudo?"}
     )
@@ -149,13 +155,7 @@ async def test_reconnect_without_after_replays_the_replies_it_never_got(gw: Gate
     """A widget that keeps no position reconnects without `after`: it still gets what was
     missed while away (DESIGN section 2), the agent's replies no socket of the visitor got, in
     order and marked delivered, and only once: what a socket got is not replayed again."""
-    v = await gw.visitor()
-    ws = await visitor_socket(gw, v["token"])
-    await ws.send_json({"type": "message", "text": "Hola", "client_id": "n-1"})
-    await frame(ws, "ack")
-    _, inbox = await gw.get("maria", "/api/v1/inbox?state=waiting")
-    conv_id = inbox["conversations"][0]["id"]
-    await gw.post("maria", f"/api/v1/conversations/{conv_id}/accept")
+    v, ws, conv_id = await chat_taken_by_maria(gw)
     await gw.post("maria", f"/api/v1/conversations/{conv_id}/messages", {"text": "seen live"})
     assert (await frame(ws, "message"))["message"]["text"] == "seen live"
     await ws.close()
@@ -188,7 +188,12 @@ async def test_a_visitor_that_stops_reading_is_cut_off(
     buffer is full, a frame that waits past the send timeout resets the connection, instead of
     holding it and its buffers until the client goes away (soak audit)."""
     import gateway.wsdrop
-    from tests.api.test_stream_presence import TCP_ESTABLISHED, left_established, tcp_state
+    from tests.api.test_stream_presence import (
+        TCP_ESTABLISHED,
+        left_established,
+        silent_websocket,
+        tcp_state,
+    )
 
     monkeypatch.setattr(gateway.wsdrop, "SEND_TIMEOUT", 0.5)
     visitor = await gw.visitor()
@@ -196,21 +201,7 @@ async def test_a_visitor_that_stops_reading_is_cut_off(
     _, inbox = await gw.get("maria", "/api/v1/inbox?state=waiting")
     conv_id = inbox["conversations"][0]["id"]
     await gw.post("maria", f"/api/v1/conversations/{conv_id}/accept")
-    loop = asyncio.get_running_loop()
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
-    await loop.sock_connect(sock, ("127.0.0.1", gw.client.port))
-    handshake = (
-        f"GET /webchat/site/ws?token={visitor['token']} HTTP/1.1\r\n"
-        f"Host: 127.0.0.1:{gw.client.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-    await loop.sock_sendall(sock, handshake.encode())
-    response = b""
-    while b"\r\n\r\n" not in response:
-        response += await loop.sock_recv(sock, 1)  # the response's head, not a byte more
-    assert response.startswith(b"HTTP/1.1 101"), response
+    sock = await silent_websocket(gw, f"/webchat/site/ws?token={visitor['token']}")
     try:
         with capture_logs() as logs:
             for i in range(1500):  # 8 KB replies, never read by the visitor's client
