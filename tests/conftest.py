@@ -30,6 +30,15 @@ relies on a flush of it: each gateway's keys carry a prefix of its own (see `sto
 
 
 @pytest.fixture
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    """An open SQLite store of the test's own, for what only that store does."""
+    store = SqliteStore(tmp_path / "gateway.db")
+    await store.open()
+    yield store
+    await store.close()
+
+
+@pytest.fixture
 def clock() -> ManualClock:
     return ManualClock(datetime(2026, 11, 25, 7, 0, tzinfo=UTC))
 

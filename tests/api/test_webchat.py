@@ -378,6 +378,22 @@ async def test_online_agent_keeps_the_visitor_waiting(gw: Gateway) -> None:
     await ws.close()
 
 
+async def online_maria_takes_a_chat(
+    gw: Gateway, name: str
+) -> tuple[ClientWebSocketResponse, dict[str, str], str]:
+    """maria opens her stream (she is online), a visitor writes, she accepts: (her stream,
+    the visitor's session, the conversation's id)."""
+    from tests.api.test_stream_presence import open_stream
+
+    stream = await open_stream(gw, "maria")
+    visitor = await gw.visitor(name)
+    await gw.visitor_says(visitor["token"], "hola", f"{name}-1")
+    _, waiting = await gw.get("maria", "/api/v1/inbox?state=waiting")
+    conv_id = waiting["conversations"][0]["id"]
+    assert (await gw.post("maria", f"/api/v1/conversations/{conv_id}/accept"))[0] == 200
+    return stream, visitor, conv_id
+
+
 async def test_a_pending_chat_the_visitor_writes_to_goes_inactive_when_no_agent_comes(
     gw: Gateway,
 ) -> None:
@@ -385,14 +401,9 @@ async def test_a_pending_chat_the_visitor_writes_to_goes_inactive_when_no_agent_
     chat that is the customer writing with no agent of the queue online for no_agent_timeout.
     Before, the timer ran only while waiting: a chat whose agent dropped off sat pending, with
     the visitor writing into it, until requeue_after (or forever without one)."""
-    from tests.api.test_stream_presence import open_stream, wait_offline
+    from tests.api.test_stream_presence import wait_offline
 
-    stream = await open_stream(gw, "maria")
-    visitor = await gw.visitor("Rui")
-    await gw.visitor_says(visitor["token"], "hola", "r1")
-    _, waiting = await gw.get("maria", "/api/v1/inbox?state=waiting")
-    conv_id = waiting["conversations"][0]["id"]
-    assert (await gw.post("maria", f"/api/v1/conversations/{conv_id}/accept"))[0] == 200
+    stream, visitor, conv_id = await online_maria_takes_a_chat(gw, "Rui")
     await stream.close()
     await wait_offline(gw, "maria")
     gw.clock.advance(timedelta(seconds=31))  # past the disconnect grace
@@ -414,14 +425,7 @@ async def test_a_pending_chat_the_visitor_writes_to_goes_inactive_when_no_agent_
 
 
 async def test_a_pending_chat_is_kept_while_an_agent_of_the_queue_is_online(gw: Gateway) -> None:
-    from tests.api.test_stream_presence import open_stream
-
-    stream = await open_stream(gw, "maria")
-    visitor = await gw.visitor("Sol")
-    await gw.visitor_says(visitor["token"], "hola", "s1")
-    _, waiting = await gw.get("maria", "/api/v1/inbox?state=waiting")
-    conv_id = waiting["conversations"][0]["id"]
-    assert (await gw.post("maria", f"/api/v1/conversations/{conv_id}/accept"))[0] == 200
+    stream, visitor, conv_id = await online_maria_takes_a_chat(gw, "Sol")
     assert (await gw.post("maria", f"/api/v1/conversations/{conv_id}/pending"))[0] == 200
     await gw.visitor_says(visitor["token"], "¿y bien?", "s2")
     gw.clock.advance(timedelta(minutes=6))  # maria is online: she may resume it

@@ -10,7 +10,6 @@ writer's connection, which fails exactly as a full file system does (SQLITE_FULL
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -21,14 +20,6 @@ from gateway.store.base import HEALTH_PROBE_KEY
 from gateway.store.sqlite import SqliteStore
 from tests.conftest import inbound
 from tests.store.test_contract import make_ingestor
-
-
-@pytest.fixture
-async def sqlite_store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    store = SqliteStore(tmp_path / "gateway.db")
-    await store.open()
-    yield store
-    await store.close()
 
 
 async def test_a_full_disk_is_store_unavailable_and_the_retry_is_stored_once(
