@@ -561,7 +561,8 @@ def _webchat_paths() -> dict[str, Any]:
                 " `ack`, `message`, `typing`, `conversation` and `error` frames",
                 "description": "With `after`, every message the visitor missed since that one is"
                 " replayed first, in order (`after=0`: the whole history); without it, the agent"
-                " replies that never reached any socket of the visitor are. When the store cannot take a message the socket"
+                " replies that never reached any socket of the visitor are. When the store"
+                " cannot take a message the socket"
                 " sends an `error` frame (`store_unavailable`) and closes with 1013 (try again"
                 " later); on shutdown it closes with 1001. Frames are listed in `x-frames`"
                 " (server to visitor) and `x-client-frames` (visitor to server). A message over"
