@@ -1,7 +1,7 @@
 """Agents download a message's attachment through the channel that received it.
 
-Attachments only reference media at the provider (a media id, or a URL that needs the
-channel's credentials and may expire), so the gateway fetches it on request through the
+A customer's attachments only reference media at the provider (a media id, or a URL that
+needs the channel's credentials and may expire), so the gateway fetches it on request through the
 adapter's optional `MediaSource` capability (or `MessageMediaSource`, for channels such as
 email whose attachments are inside the stored message). The adapter owns which hosts it
 contacts (the server-side request forgery guard lives with the provider knowledge); this
@@ -23,6 +23,7 @@ from gateway.api.http import error_response
 from gateway.appkeys import RUNTIME
 from gateway.channels import MediaSource, MessageMediaSource
 from gateway.errors import ChannelError, NotFound
+from gateway.model import Direction
 
 log = structlog.get_logger("gateway.api.media")
 
@@ -65,6 +66,10 @@ async def attachment(request: web.Request) -> web.StreamResponse:
     message = await runtime.store.get_message(message_id)
     if message is None or message.conversation_id != conversation.id:
         raise NotFound(f"no message {message_id} in conversation {conversation.id}")
+    if message.direction != Direction.IN:
+        # An agent's attachment is at the URL the agent gave: fetching it here would lend the
+        # channel's credentials to whatever that URL names (the provider's own API included).
+        raise NotFound(f"message {message_id} is an agent's: its attachments are at their URLs")
     raw_index = request.match_info["index"]
     index = int(raw_index) if raw_index.isascii() and raw_index.isdigit() else -1
     if not 0 <= index < len(message.attachments):

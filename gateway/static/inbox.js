@@ -499,13 +499,20 @@ function messageItem(m) {
     h("p", { class: "msg-text", text: m.text || template || "[" + m.kind + "]" }),
     (m.attachments || []).map((a, index) =>
       h("p", { class: "msg-attachment" },
-        h("button", {
-          class: "link",
-          type: "button",
-          attrs: { "aria-label": "Download " + (a.filename || a.kind) },
-          text: "📎 " + (a.filename || a.caption || a.kind),
-          on: { click: () => downloadAttachment(m, index, a) },
-        }))),
+        // A customer's attachment is fetched through the gateway (it holds the channel's
+        // credentials); an agent's is at the URL the agent gave, opened as it is.
+        out && /^https?:\/\//i.test(a.url || "")
+          ? h("a", {
+            attrs: { href: a.url, target: "_blank", rel: "noopener noreferrer" },
+            text: "📎 " + (a.filename || a.caption || a.kind),
+          })
+          : h("button", {
+            class: "link",
+            type: "button",
+            attrs: { "aria-label": "Download " + (a.filename || a.kind) },
+            text: "📎 " + (a.filename || a.caption || a.kind),
+            on: { click: () => downloadAttachment(m, index, a) },
+          }))),
     h("p", { class: "msg-meta" },
       out && m.agent && m.agent !== app.me.id ? m.agent + " · " : null,
       h("time", { attrs: { datetime: m.sent_at }, text: clockTime(m.sent_at) }),

@@ -163,3 +163,22 @@ async def test_route_is_documented(wa: WaGateway) -> None:
     spec = await (await wa.client.get("/api/openapi.json")).json()
     route = spec["paths"]["/api/v1/conversations/{id}/messages/{message_id}/attachments/{index}"]
     assert set(route["get"]["responses"]) >= {"200", "401", "403", "404", "502"}
+
+
+async def test_an_agents_attachment_is_never_fetched_with_the_channels_credentials(
+    wa: WaGateway,
+) -> None:
+    """The download endpoint fetches a customer's media with the channel's credentials. An
+    agent's attachment is at the URL the agent gave: fetched the same way, an agent could make
+    the gateway read the provider's own API with its token (every message of the account) by
+    attaching an API URL to a reply (an audit did). It is refused, and nothing is fetched."""
+    conversation_id, _ = await meta_images(wa, "m1")
+    await wa.accept(conversation_id)
+    api_url = f"{wa.graph.base_url}/media-bin/m1"  # on the provider's host: credentials apply
+    image = {"url": api_url, "mime_type": "image/png"}
+    status, body = await wa.reply(conversation_id, {"text": "mira", "attachments": [image]})
+    assert status == 202, body
+    sent = body["message"]["id"]
+    resp = await wa.client.get(path(conversation_id, sent, 0), headers=wa.gw.auth("maria"))
+    assert resp.status == 404
+    assert "its attachments are at their URLs" in (await resp.json())["error"]["message"]
