@@ -233,7 +233,7 @@ class Ingestor:
                 status=str(status.status),
             )
         if status.closes_window:
-            await close_window(self.store, result.message.conversation_id, self.clock)
+            await close_window(self.store, result.message, self.clock)
         return result
 
     async def _correlate(self, status: DeliveryStatus) -> StatusResult | None:
@@ -263,10 +263,14 @@ class Ingestor:
         return recorded
 
 
-async def close_window(store: Store, conversation_id: str, clock: Clock) -> Conversation | None:
-    """Apply the provider's "outside the window" verdict to a conversation (CAS with retry)."""
+async def close_window(store: Store, refused: Message, clock: Clock) -> Conversation | None:
+    """Apply the provider's "outside the window" verdict on the `refused` message to its
+    conversation (CAS with retry), unless the customer wrote since it was sent."""
+    conversation_id = refused.conversation_id
     conversation, changed = await _update(
-        store, conversation_id, lambda c: lifecycle.provider_window_closed(c, clock.now())
+        store,
+        conversation_id,
+        lambda c: lifecycle.provider_window_closed(c, clock.now(), refused.received_at),
     )
     if changed:
         log.info("conversation.window_closed_by_provider", conversation_id=conversation_id)

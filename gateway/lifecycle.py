@@ -471,9 +471,21 @@ def expire_window(conversation: Conversation, now: datetime) -> Transition:
     return _inactive(conversation, now, InactiveReason.WINDOW_EXPIRED)
 
 
-def provider_window_closed(conversation: Conversation, now: datetime) -> Transition:
-    """The provider refused a send as outside the window: close the window early."""
+def provider_window_closed(
+    conversation: Conversation, now: datetime, sent_at: datetime | None = None
+) -> Transition:
+    """The provider refused a send as outside the window: close the window early.
+
+    The verdict is about the window as it was when the refused message was sent (`sent_at`,
+    when known). A customer who wrote since then opened it again, and reports come late and
+    out of order: a verdict older than their last message changes nothing. (The customer's
+    time is the provider's, in whole seconds: one who wrote within the second after the send
+    still loses the window; a few seconds later, they keep it.)
+    """
     if conversation.state not in OPEN_STATES:
+        return _unchanged(conversation)
+    last_customer = conversation.last_customer_message_at
+    if sent_at is not None and last_customer is not None and last_customer > sent_at:
         return _unchanged(conversation)
     closed = evolve(conversation, window_expires_at=now)
     return _inactive(closed, now, InactiveReason.WINDOW_EXPIRED)

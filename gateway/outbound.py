@@ -553,7 +553,7 @@ class Outbound:
         await self.store.clear_deadline(message_target(message_id), DELIVER_KIND)
         self._count(message.channel, str(result.status))
         if recorded.closes_window:  # a "window closed" report overtook the send's answer
-            await close_window(self.store, message.conversation_id, self.clock)
+            await close_window(self.store, message, self.clock)
         log.info("outbound.sent", message_id=message_id, channel=message.channel)
 
     async def _reported(self, message_id: str) -> bool:
@@ -584,7 +584,7 @@ class Outbound:
             "outbound.failed", message_id=message.id, channel=message.channel, error_code=code
         )
         if closes_window:
-            await close_window(self.store, message.conversation_id, self.clock)
+            await close_window(self.store, message, self.clock)
 
     def _count(self, channel: str, status: str) -> None:
         if self.observe is not None:

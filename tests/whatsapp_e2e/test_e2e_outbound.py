@@ -285,6 +285,31 @@ async def test_window_closed_reported_by_status_webhook(channel: str, wa: WaGate
     )
 
 
+@pytest.mark.parametrize("channel", [META, TWILIO])
+async def test_a_late_window_verdict_leaves_a_window_the_customer_reopened(
+    channel: str, wa: WaGateway
+) -> None:
+    """Reports come late and out of order: a "window closed" failure for a reply sent before
+    the customer's latest message fails that reply, but the customer's message opened the
+    window again, so the conversation stays answerable (an audit saw it closed)."""
+    conversation_id = await wa.open_conversation(channel, pid="in-1")
+    provider_id = "wamid.OUT1" if channel == META else "SM" + "3" * 32
+    message_id = await wa.send_text(conversation_id, channel, provider_id=provider_id)
+    wa.clock.advance(timedelta(seconds=5))
+    if channel == META:
+        await wa.customer_meta("in-2", "¿hola?", ts=int(wa.clock.now().timestamp()))
+    else:
+        await wa.customer_twilio("SM" + "4" * 32, "¿hola?")
+    code = "131047" if channel == META else "63016"
+    assert await post_status(wa, channel, provider_id, "failed", code=code) == 200
+    await wa.gw.settle()
+    message = await wa.message(conversation_id, message_id)
+    assert (message["status"], message["error_code"]) == ("failed", code)
+    conversation = await wa.conversation(conversation_id)
+    assert (conversation["state"], conversation["can_reply"]) == ("active", True)
+    assert len([m for m in conversation["messages"] if m["direction"] == "in"]) == 2
+
+
 # --- transient errors are retried ----------------------------------------------------------------
 
 
