@@ -106,6 +106,11 @@ class ChannelConfig(BaseModel):
         """Return the session rules the lifecycle applies to this channel's conversations."""
         return ChannelPolicy(reply_window=self.reply_window, no_agent_timeout=self.no_agent_timeout)
 
+    def unique_values(self) -> dict[str, str]:
+        """Settings no two instances of this type may share, by key (e.g. one phone number
+        is one channel: traffic for it could go to either); the config refuses a repeat."""
+        return {}
+
 
 @dataclass(frozen=True, slots=True)
 class SendResult:

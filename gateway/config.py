@@ -281,6 +281,7 @@ class GatewayConfig(_Section):
             self.agents,
             self.integrators,
         )
+        problems += _shared_channel_values(self.channels)
         if problems:
             raise ValueError("; ".join(p.render() for p in problems))
         return self
@@ -454,6 +455,26 @@ def _agent_problems(
     problems = _duplicates("agents", "id", "agent id", ids)
     if queue_names is not None:
         problems += _agent_queue_problems(agents, [n for n in queue_names if n is not None])
+    return problems
+
+
+def _shared_channel_values(channels: Sequence[ChannelConfig | None]) -> list[_Problem]:
+    """Settings two channels of one type must not share (`ChannelConfig.unique_values`)."""
+    first_seen: dict[tuple[str, str, str], int] = {}
+    problems = []
+    for index, channel in enumerate(channels):
+        if channel is None:
+            continue
+        for key, value in channel.unique_values().items():
+            seen = first_seen.setdefault((channel.type, key, value), index)
+            if seen != index:
+                where = _path("channels", seen)
+                problems.append(
+                    _Problem(
+                        _path("channels", index, key),
+                        f"'{value}' is already the {key} of {where}: one {key}, one channel",
+                    )
+                )
     return problems
 
 
@@ -905,6 +926,9 @@ class _Loader:
         )
         if routing is not None:
             self.problems += _route_type_problems(routing, self.channel_types)
+        channels = sections.get("channels")
+        if isinstance(channels, list):
+            self.problems += _shared_channel_values(channels)
 
 
 def _names(entries: Any, key: str) -> list[str | None] | None:

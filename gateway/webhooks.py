@@ -34,5 +34,9 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
     return response
 
 
-routes.route("POST", "/webhooks/{channel}")(_dispatch)
-routes.route("GET", "/webhooks/{channel}")(_dispatch)
+# With a trailing slash too: ops paste URLs into provider consoles as they like, and a
+# provider posting to the other form would lose every webhook to a 404. Signatures cover the
+# path as the provider called it, so both forms verify.
+for _path in ("/webhooks/{channel}", "/webhooks/{channel}/"):
+    routes.route("POST", _path)(_dispatch)
+    routes.route("GET", _path)(_dispatch)

@@ -96,6 +96,21 @@ class WhatsAppConfig(ChannelConfig):
             raise ValueError(f"expected a Graph API version such as {DEFAULT_GRAPH_VERSION}")
         return value
 
+    @field_validator("phone_number_id", mode="before")
+    @classmethod
+    def _number_id_as_text(cls, value: Any) -> Any:
+        """An id written unquoted in YAML (`phone_number_id: 1065...`) reads as an integer:
+        take it as the digits it is."""
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        return value
+
+    def unique_values(self) -> dict[str, str]:
+        """Meta posts a number's traffic to whichever channel has it: one number, one channel."""
+        if self.provider == "cloud_api" and self.phone_number_id:
+            return {"phone_number_id": self.phone_number_id}
+        return {}
+
     @field_validator("from_")
     @classmethod
     def _whatsapp_sender(cls, value: str | None) -> str | None:

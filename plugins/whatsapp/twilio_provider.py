@@ -134,9 +134,12 @@ class TwilioProvider:
         return self._config.secret("auth_token")
 
     def _url(self, request: web.Request) -> str:
-        """The URL Twilio signed: our public webhook URL plus the query it was called with."""
+        """The URL Twilio signed: our public webhook URL (with the trailing slash it was
+        called with, if any) plus the query it was called with."""
         query = request.rel_url.raw_query_string
         base = self._context.webhook_url()
+        if request.path.endswith("/") and not base.endswith("/"):
+            base += "/"
         return f"{base}?{query}" if query else base
 
     def signature_ok(self, request: web.Request, body: bytes) -> bool:

@@ -141,3 +141,27 @@ routing: [{queue: support}]
     assert "channels[0].app_secret" in message and "channels[0].from" in message
     for secret in (TWILIO_TOKEN, META_TOKEN, META_APP_SECRET):
         assert secret not in message
+
+
+def test_one_cloud_number_is_one_channel_and_may_be_written_unquoted() -> None:
+    """Meta posts a number's traffic to whichever channel has it: two channels with one
+    `phone_number_id` are refused, naming the key; an id written without quotes (YAML reads
+    an integer) is the same id."""
+    config_module = pytest.importorskip("gateway.config")
+    text = """
+channels:
+  - {name: wa-a, type: whatsapp, provider: cloud_api, phone_number_id: 106540352242922,
+     access_token: t, app_secret: s, verify_token: v}
+  - {name: wa-b, type: whatsapp, provider: cloud_api, phone_number_id: "106540352242922",
+     access_token: t, app_secret: other, verify_token: v}
+queues: [{name: support}]
+"""
+    types = {"whatsapp": WhatsAppConfig}
+    with pytest.raises(Exception) as info:
+        config_module.parse_config(text, "config.yaml", types, {})
+    message = str(info.value)
+    assert "channels[1].phone_number_id" in message and "channels[0]" in message
+    assert "other" not in message  # the secret of the second channel
+    single = text.split("  - {name: wa-b")[0] + "queues: [{name: support}]\n"
+    loaded = config_module.parse_config(single, "config.yaml", types, {})
+    assert loaded.channels[0].phone_number_id == "106540352242922"

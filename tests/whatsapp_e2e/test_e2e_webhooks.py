@@ -420,3 +420,23 @@ async def test_half_an_emoji_does_not_cost_the_batch(wa: WaGateway) -> None:
     assert resp.status == 200, await resp.text()
     texts = {e["message"]["provider_message_id"]: e["message"]["text"] for e in await wa.received()}
     assert texts == {"wamid.HALF1": "cut \ufffd here", "wamid.HALF2": "whole \U0001f600"}
+
+
+async def test_a_webhook_url_with_a_trailing_slash_is_served_and_signed_as_called(
+    wa: WaGateway,
+) -> None:
+    """A provider console given the URL with a trailing slash posts there: Twilio signs that
+    URL, slash included, and the webhook is stored; signed without the slash, it is forged."""
+    pairs = twilio_inbound("SM" + "7" * 32, "hola con barra")
+    resp = await wa.post_twilio(pairs, url=TWILIO_URL + "/")
+    assert resp.status == 200, await resp.text()
+    (event,) = await wa.received()
+    assert event["message"]["text"] == "hola con barra"
+    forged = twilio_sign(TWILIO_URL, pairs)  # the other form's signature
+    resp = await wa.post_twilio(pairs, url=TWILIO_URL + "/", signature=forged)
+    assert resp.status == 403
+    body = meta_messages([meta_text("wamid.SLASH", "hola meta", ts=NOW_TS)])
+    resp = await wa.client.post(
+        f"/webhooks/{META}/", data=body, headers={"X-Hub-Signature-256": meta_sign(body)}
+    )
+    assert resp.status == 200
