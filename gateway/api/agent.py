@@ -24,11 +24,22 @@ routes = web.RouteTableDef()
 MAX_TEXT = 4096
 
 
+ParamName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_]{1,64}$")]
+ParamText = Annotated[str, Field(max_length=1024)]
+
+
 class TemplateBody(BaseModel):
+    """An approved template: its variables positional (`["Ana", "#123"]`) or named
+    (`{"customer": "Ana"}`); on the Cloud API, `components` (header media, button parameters)
+    go to Meta as written, for what variables cannot say."""
+
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=512)
     language: str = Field(min_length=1, max_length=32)
-    params: list[str] = Field(default_factory=list, max_length=50)
+    params: list[ParamText] | dict[ParamName, ParamText] = Field(
+        default_factory=list, max_length=50
+    )
+    components: list[dict[str, Any]] | None = Field(default=None, min_length=1, max_length=10)
 
 
 AttachmentKind = Literal["image", "audio", "video", "document", "sticker", "file"]
@@ -341,7 +352,7 @@ async def send(request: web.Request) -> web.Response:
         agent,
         OutboundRequest(
             text=body.text,
-            template=body.template.model_dump() if body.template else None,
+            template=body.template.model_dump(exclude_none=True) if body.template else None,
             attachments=tuple(
                 Attachment(
                     kind=a.resolved_kind,

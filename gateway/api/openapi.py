@@ -888,9 +888,24 @@ def _schemas() -> dict[str, Any]:
                         "name": {"type": "string", "minLength": 1, "maxLength": 512},
                         "language": {"type": "string", "minLength": 1, "maxLength": 32},
                         "params": {
+                            "oneOf": [
+                                {"type": "array", "items": {"type": "string"}, "maxItems": 50},
+                                {
+                                    "type": "object",
+                                    "additionalProperties": {"type": "string"},
+                                    "propertyNames": {"pattern": "^[A-Za-z0-9_]{1,64}$"},
+                                    "maxProperties": 50,
+                                },
+                            ],
+                            "description": "The body's variables: positional, or named",
+                        },
+                        "components": {
                             "type": "array",
-                            "items": {"type": "string"},
-                            "maxItems": 50,
+                            "items": {"type": "object"},
+                            "minItems": 1,
+                            "maxItems": 10,
+                            "description": "Cloud API only: template components as Meta takes"
+                            " them (header media, button parameters), sent as written",
                         },
                     },
                 },

@@ -96,7 +96,17 @@ class WhatsAppAdapter(BaseAdapter):
         if self.config.provider == "twilio":
             if request.template is not None:
                 check_content_sid(request.template)
+                if request.template.get("components"):
+                    raise InvalidInput(
+                        "template components are the Cloud API's: on Twilio a Content"
+                        " template carries its own; give its variables in params"
+                    )
             return
+        template = request.template or {}
+        components = template.get("components") or ()
+        has_body = any(c.get("type") == "body" for c in components if isinstance(c, dict))
+        if template.get("params") and has_body:
+            raise InvalidInput("template params and a body component: give one of them")
         if request.text and request.attachments:
             kind = media_kind(request.attachments[0])
             if kind not in CAPTIONED:

@@ -54,6 +54,9 @@ def _template(template: dict[str, Any]) -> dict[str, Any]:
     if not name or not language:
         raise PermanentChannelError("a template needs `name` and `language`")
     body: dict[str, Any] = {"name": name, "language": {"code": language}}
+    # Components given as Meta takes them (header media, button parameters), then the body's
+    # variables from `params`, unless a body component was given already.
+    components: list[Any] = list(template.get("components") or ())
     params = template.get("params")
     if params:
         if isinstance(params, dict):
@@ -65,7 +68,11 @@ def _template(template: dict[str, Any]) -> dict[str, Any]:
             parameters = [{"type": "text", "text": str(v)} for v in params]
         else:
             raise PermanentChannelError("template params must be a list or an object")
-        body["components"] = [{"type": "body", "parameters": parameters}]
+        if any(isinstance(c, dict) and c.get("type") == "body" for c in components):
+            raise PermanentChannelError("template params and a body component: give one")
+        components.append({"type": "body", "parameters": parameters})
+    if components:
+        body["components"] = components
     return body
 
 

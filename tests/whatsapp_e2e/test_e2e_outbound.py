@@ -155,6 +155,59 @@ def template_shape(channel: str, call: Call) -> None:
         assert "Body" not in call.form
 
 
+async def test_cloud_api_templates_take_named_variables_and_components(wa: WaGateway) -> None:
+    """Templates with header media or button parameters, or named variables: `components`
+    go to Meta as written, and `params` as an object become named body parameters."""
+    conversation_id = await wa.open_conversation(META, pid="in-t")
+    header = {
+        "type": "header",
+        "parameters": [{"type": "image", "image": {"link": "https://cdn.example.com/p.png"}}],
+    }
+    button = {
+        "type": "button",
+        "sub_type": "url",
+        "index": "0",
+        "parameters": [{"type": "text", "text": "ORDER-7"}],
+    }
+    template = {
+        "name": "order_ready",
+        "language": "es",
+        "params": {"customer": "Ana"},
+        "components": [header, button],
+    }
+    status, body = await wa.reply(conversation_id, {"template": template})
+    assert status == 202, body
+    await wa.gw.settle()
+    assert last_send(wa, META).json["template"] == {
+        "name": "order_ready",
+        "language": {"code": "es"},
+        "components": [
+            header,
+            button,
+            {
+                "type": "body",
+                "parameters": [{"type": "text", "parameter_name": "customer", "text": "Ana"}],
+            },
+        ],
+    }
+    both = {**template, "components": [{"type": "body", "parameters": []}]}
+    status, body = await wa.reply(conversation_id, {"template": both})
+    assert status == 400 and "body component" in body["error"]["message"]
+
+
+async def test_twilio_templates_take_named_variables_but_no_components(wa: WaGateway) -> None:
+    conversation_id = await wa.open_conversation(TWILIO, pid="in-t")
+    template = {**TEMPLATE, "params": {"first_name": "Ana", "order": "7"}}
+    status, body = await wa.reply(conversation_id, {"template": template})
+    assert status == 202, body
+    await wa.gw.settle()
+    variables = orjson.loads(last_send(wa, TWILIO).form["ContentVariables"][0])
+    assert variables == {"first_name": "Ana", "order": "7"}
+    with_components = {**TEMPLATE, "components": [{"type": "header", "parameters": []}]}
+    status, body = await wa.reply(conversation_id, {"template": with_components})
+    assert status == 400 and "Cloud API" in body["error"]["message"]
+
+
 @pytest.mark.parametrize("channel", [META, TWILIO])
 async def test_window_closes_24h_after_the_customer_wrote(channel: str, wa: WaGateway) -> None:
     start = wa.clock.now()
