@@ -56,7 +56,11 @@ from gateway.store.base import DELIVER_KIND, Store, message_target
 
 log = structlog.get_logger("gateway.outbound")
 
-CAS_ATTEMPTS = 5
+CAS_ATTEMPTS = 20
+"""Tries to store a reply against a conversation others keep changing (the customer's messages,
+replies through other nodes): each conflict re-reads it, so this only bounds a pathological
+storm. With 5, a bot's hundreds of parallel replies plus the customer's messages exhausted
+them now and then (a spurious 409)."""
 NOT_ANSWERABLE_KINDS = frozenset({"bounce", "auto_reply"})
 
 

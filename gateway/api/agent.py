@@ -4,6 +4,7 @@ transfer. Handlers stay thin: parse, authenticate, call `Actions`/`Outbound`, sh
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -11,6 +12,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
+from gateway.api.events import RENDER_CHUNK
 from gateway.api.http import json_response, read_json
 from gateway.api.serialize import conversation_json, message_json
 from gateway.appkeys import RUNTIME
@@ -218,15 +220,15 @@ async def inbox(request: web.Request) -> web.Response:
         at, conversation_id = list_position(page[-1])
         next_cursor = f"{at}.{conversation_id}"
     now, channels = runtime.clock.now(), runtime.adapters
-    return json_response(
-        {
-            "conversations": [conversation_json(c, now, channels) for c in page],
-            "next_cursor": next_cursor,
-        }
-    )
+    shown: list[dict[str, Any]] = []
+    for start in range(0, len(page), RENDER_CHUNK):
+        if start:
+            await asyncio.sleep(0)  # let other requests run between chunks (see events.py)
+        shown += [conversation_json(c, now, channels) for c in page[start : start + RENDER_CHUNK]]
+    return json_response({"conversations": shown, "next_cursor": next_cursor})
 
 
-INBOX_CURSOR = re.compile(r"(\d{1,19})\.(c_[0-9A-Za-z]{1,64})")
+INBOX_CURSOR = re.compile(r"(\d{1,18})\.(c_[0-9A-Za-z]{1,64})", re.ASCII)
 """`next_cursor` as the inbox hands it out: the last conversation's sort time (microseconds)
 and its id. Opaque to clients."""
 

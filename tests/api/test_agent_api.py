@@ -386,6 +386,7 @@ async def test_the_inbox_is_read_page_after_page(gw: Gateway) -> None:
             break
         assert len(body["conversations"]) == 2
     assert seen == ids
-    for bad in ("nope", "1.m_01", "-5.c_01", "1" * 20 + ".c_01"):
+    forged = ("9" * 19 + ".c_01", "9223372036854775808.c_01", "\uff11\uff12.c_01")
+    for bad in ("nope", "1.m_01", "-5.c_01", "1" * 20 + ".c_01", *forged):
         status, body = await gw.get("maria", f"/api/v1/inbox?state=waiting&cursor={bad}")
         assert (status, body["error"]["code"]) == (400, "invalid_request"), bad
