@@ -41,6 +41,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ResponseError
 
 from gateway.codec import decode_conversation, decode_event, decode_message, decode_status, encode
 from gateway.errors import NotFound, StoreUnavailable, TransitionError, VersionConflict
@@ -791,7 +792,17 @@ class RedisStore:
 
     async def last_cursor(self) -> str | None:
         entries = await self._cmd("XREVRANGE", self._g("log"), "+", "-", "COUNT", "1")
-        return cursor_of(entries[0][0]) if entries else None
+        if entries:
+            return cursor_of(entries[0][0])
+        # Empty: new, or retention trimmed every event. The stream still knows the last id it
+        # gave out; cursors up to it are this log's, and reading after them waits for the next.
+        try:
+            info = await self._cmd("XINFO", "STREAM", self._g("log"))
+        except ResponseError:  # no stream yet: nothing was ever handed out
+            return None
+        fields = dict(zip(info[::2], info[1::2], strict=False))
+        last = fields.get(b"last-generated-id")
+        return None if last in (None, b"0-0") else cursor_of(last)
 
     async def prune_events(self, before: datetime, limit: int) -> int:
         # Stream ids are the milliseconds Redis appended them at: trimming by id is by age.

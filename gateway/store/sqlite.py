@@ -757,8 +757,11 @@ class SqliteStore:
 
     async def last_cursor(self) -> str | None:
         def query(conn: sqlite3.Connection) -> str | None:
-            (seq,) = conn.execute("SELECT max(seq) FROM events").fetchone()
-            return None if seq is None else _cursor(seq)
+            # The newest number the log ever handed out (AUTOINCREMENT keeps it), not the
+            # newest row: after retention deleted every event, their cursors are still this
+            # log's, and reading after them waits for the next one.
+            row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+            return None if row is None or not row[0] else _cursor(row[0])
 
         return await self._read(query)
 

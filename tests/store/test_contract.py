@@ -725,3 +725,10 @@ async def test_old_events_are_pruned_and_a_reader_behind_them_resumes_at_the_old
     after = await store.read_events(old[1].cursor)
     assert [e.cursor for e in after] == [e.cursor for e in kept]
     assert await store.prune_events(cut, 1000) == 0
+    # Every event gone: their cursors are still this log's, and reading after them is empty.
+    assert await store.prune_events(datetime.now(UTC) + timedelta(days=1), 1000) == len(kept)
+    assert await store.read_events(None) == []
+    newest = kept[-1].cursor
+    assert newest is not None and await store.last_cursor() == newest
+    assert await store.cursor_issued(newest) and await store.cursor_issued(old[0].cursor or "")
+    assert await store.read_events(newest) == []
