@@ -60,9 +60,17 @@ class Actions:
         *,
         max_active: int | None = None,
         action: str,
+        to_active: bool = False,
     ) -> tuple[Conversation, tuple[Event, ...]]:
         for _ in range(CAS_ATTEMPTS):
             conversation = await self.visible(conversation_id, agent)
+            if to_active and conversation.channel not in self.directory.channels:
+                # Its channel was removed from the config: no reply can reach the customer,
+                # so taking it on would only fill the agent's `max_active` for nothing.
+                raise TransitionError(
+                    "invalid_transition",
+                    f"channel {conversation.channel} is not configured: nobody can answer here",
+                )
             if lifecycle.expire_window(conversation, self.clock.now()).changed:
                 # Its window lapsed, its timer has not run yet: it is inactive by the rules,
                 # so make it so and decide the action on that (see `expire_lapsed_window`).
@@ -100,6 +108,7 @@ class Actions:
             ),
             max_active=agent.max_active,
             action="accepted",
+            to_active=True,
         )
 
     async def set_pending(
@@ -125,6 +134,7 @@ class Actions:
             ),
             max_active=agent.max_active,
             action="resumed",
+            to_active=True,
         )
 
     async def close(

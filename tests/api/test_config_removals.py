@@ -119,6 +119,7 @@ async def test_a_conversation_of_a_removed_channel_says_it_cannot_be_answered(
 ) -> None:
     before = await make_gateway()
     _, conv_id = await customer(before, "Eva", "hola")
+    _, waiting_id = await customer(before, "Flor", "hola")
     assert (await before.post("maria", f"/api/v1/conversations/{conv_id}/accept"))[0] == 200
     assert (await conversation(before, "maria", conv_id))["can_reply"] is True
     await before.client.close()
@@ -135,3 +136,10 @@ async def test_a_conversation_of_a_removed_channel_says_it_cannot_be_answered(
     path = f"/api/v1/conversations/{conv_id}/messages"
     status, body = await after.post("maria", path, {"text": "¿sigues ahí?"})
     assert (status, body["error"]["code"]) == (409, "invalid_transition")
+    # Nor is one taken on (accepted, or resumed), only to fill the agent's max_active.
+    status, body = await after.post("maria", f"/api/v1/conversations/{waiting_id}/accept")
+    assert (status, body["error"]["code"]) == (409, "invalid_transition")
+    assert (await after.post("maria", f"/api/v1/conversations/{conv_id}/pending"))[0] == 200
+    status, body = await after.post("maria", f"/api/v1/conversations/{conv_id}/resume")
+    assert (status, body["error"]["code"]) == (409, "invalid_transition")
+    assert (await after.post("maria", f"/api/v1/conversations/{conv_id}/close"))[0] == 200
