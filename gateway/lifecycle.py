@@ -535,12 +535,26 @@ def requeue_due(conversation: Conversation, now: datetime, policy: ChannelPolicy
 
 
 def agent_lost(
-    conversation: Conversation, agent_id: str, now: datetime, queue_policy: QueuePolicy
+    conversation: Conversation,
+    agent_id: str,
+    now: datetime,
+    queue_policy: QueuePolicy,
+    policy: ChannelPolicy | None = None,
 ) -> Transition:
-    """The agent stayed offline past the grace: their active conversation becomes pending."""
+    """The agent stayed offline past the grace: their active conversation becomes pending.
+
+    On a channel with a no-agent timeout (web chat) the timer starts too: the customer was
+    left by their agent, and if nobody of the queue comes online for that long the chat goes
+    inactive, as a waiting one would, instead of staying pending with nobody to answer it.
+    """
     if conversation.state != State.ACTIVE or conversation.agent != agent_id:
         return _unchanged(conversation)
-    return _to_pending(conversation, now, queue_policy, "agent_offline")
+    transition = _to_pending(conversation, now, queue_policy, "agent_offline")
+    timeout = policy.no_agent_timeout if policy is not None else None
+    if timeout is None or transition.conversation.no_agent_at is not None:
+        return transition
+    armed = evolve(transition.conversation, no_agent_at=now + timeout)
+    return Transition(armed, _updated(conversation, armed, "agent_offline", now))
 
 
 def on_deadline(

@@ -319,6 +319,7 @@ class DeadlineHandler:
                 agent,
                 self.clock.now(),
                 self.directory.queue_policy(conversation.queue),
+                self.directory.policy(conversation.channel),
             )
             if not transition.changed:
                 return []

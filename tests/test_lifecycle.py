@@ -193,6 +193,15 @@ def test_a_customer_writing_to_a_pending_chat_arms_the_no_agent_timeout() -> Non
     assert requeued.state == State.WAITING and requeued.no_agent_at == c.no_agent_at
 
 
+def test_a_web_chat_left_by_its_agent_starts_the_no_agent_timeout() -> None:
+    accepted = lifecycle.accept(opened(WEB), MARIA, T0).conversation
+    lost = lifecycle.agent_lost(accepted, "maria", T0, NO_REQUEUE, WEB).conversation
+    assert lost.state == State.PENDING and lost.no_agent_at == T0 + timedelta(minutes=5)
+    assert lifecycle.DEADLINE_NO_AGENT in lifecycle.deadlines_of(lost)
+    on_whatsapp = lifecycle.agent_lost(active(), "maria", T0, NO_REQUEUE, WA).conversation
+    assert on_whatsapp.no_agent_at is None  # no such timer on that channel
+
+
 def test_agent_lost_sets_pending_keeping_agent() -> None:
     t = lifecycle.agent_lost(active(), "maria", T0, NO_REQUEUE)
     assert t.conversation.state == State.PENDING and t.conversation.agent == "maria"
