@@ -393,11 +393,19 @@ class WebchatAdapter(BaseAdapter):
             return self._cors(request, _error(400, "invalid_request", str(exc)))
         except StoreUnavailable as exc:
             return self._cors(request, self._unavailable(exc))
-        body = {
-            "messages": [visitor_message_json(m) for m in history[:REPLAY_PAGE]],
-            # More after these: ask again with `after=` the last of them.
-            "has_more": len(history) > REPLAY_PAGE,
-        }
+        page = history[:REPLAY_PAGE]
+        shown = [visitor_message_json(m) for m in page]
+        # A reply handed to the visitor here is delivered, as one pushed over a socket is:
+        # the agent sees it so, and a socket opened later without `after` does not replay it.
+        undelivered = [i for i, message in enumerate(page) if _undelivered(message)]
+        try:  # side by side: their writes share group commits
+            await asyncio.gather(*(self._record_delivery(page[i]) for i in undelivered))
+        except StoreUnavailable as exc:
+            return self._cors(request, self._unavailable(exc))
+        for i in undelivered:
+            shown[i]["status"] = str(DeliveryState.DELIVERED)
+        # More after these: ask again with `after=` the last of them.
+        body = {"messages": shown, "has_more": len(history) > REPLAY_PAGE}
         return self._cors(request, _json(body))
 
     async def _message_limit(

@@ -138,6 +138,16 @@ async def test_reconnect_with_after_replays_missed_replies_in_order(gw: Gateway)
     await ws.close()
 
 
+async def pushed_before_ack(ws: ClientWebSocketResponse) -> list[dict[str, Any]]:
+    """The `message` frames a socket got before the ack of what the visitor just sent (the
+    replay, if any, comes first: it starts as the socket opens)."""
+    frames: list[dict[str, Any]] = []
+    async with asyncio.timeout(5):
+        while not frames or frames[-1]["type"] != "ack":
+            frames.append(json.loads((await ws.receive()).data))
+    return [f for f in frames if f["type"] == "message"]
+
+
 async def delivered(gw: Gateway, message_ids: set[str]) -> None:
     """Wait (long-polling the event log) until each of these messages is recorded delivered."""
     waiting, after = set(message_ids), ""
@@ -173,11 +183,7 @@ async def test_reconnect_without_after_replays_the_replies_it_never_got(gw: Gate
     await ws.close()
     ws = await visitor_socket(gw, v["token"])  # nothing is missed any more: nothing replayed
     await ws.send_json({"type": "message", "text": "gracias", "client_id": "n-2"})
-    seen = []
-    async with asyncio.timeout(5):
-        while not seen or seen[-1]["type"] != "ack":
-            seen.append(json.loads((await ws.receive()).data))
-    assert [f["type"] for f in seen if f["type"] == "message"] == [], seen
+    assert await pushed_before_ack(ws) == []
     await ws.close()
 
 
@@ -213,6 +219,25 @@ async def test_a_visitor_that_stops_reading_is_cut_off(
         assert "webchat.client_not_reading" in [e["event"] for e in logs]
     finally:
         sock.close()
+
+
+async def test_replies_read_over_http_are_delivered_and_not_replayed(gw: Gateway) -> None:
+    """A client without sockets reads the history over HTTP: the agent's replies it got are
+    delivered (the agent sees so), and a socket it opens later without `after` does not
+    replay them as missed."""
+    v, ws, conv_id = await chat_taken_by_maria(gw)
+    await ws.close()
+    await gw.post("maria", f"/api/v1/conversations/{conv_id}/messages", {"text": "por http"})
+    await gw.settle()
+    bearer = {"Authorization": f"Bearer {v['token']}"}
+    resp = await gw.client.get("/webchat/site/messages", headers=bearer)
+    replies = [m for m in (await resp.json())["messages"] if m["direction"] == "out"]
+    assert [(m["text"], m["status"]) for m in replies] == [("por http", "delivered")]
+    await delivered(gw, {replies[0]["id"]})
+    ws = await visitor_socket(gw, v["token"])
+    await ws.send_json({"type": "message", "text": "gracias", "client_id": "h-2"})
+    assert await pushed_before_ack(ws) == []
+    await ws.close()
 
 
 async def test_tokens_are_scoped_to_their_visitor(gw: Gateway) -> None:
