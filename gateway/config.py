@@ -112,11 +112,20 @@ class StoreConfig(_Section):
     synchronous: Literal["full", "normal"] = "full"
     event_retention: PositiveDuration | None = None
     """How long the event log (`/api/v1/events`, stream replays) keeps an event; null, the
-    default, keeps every one. Conversations and messages are never deleted."""
+    default, keeps every one. Conversations and messages are never deleted. At least an hour:
+    shorter would take events from readers that are merely a little behind (a typo of `1s`
+    for `1d` would empty the log every ten minutes)."""
     startup_wait: Duration = timedelta(seconds=30)
     """How long `gateway serve` keeps trying to reach a store that is down or still loading
     (Redis started after the gateway, or replaying a large AOF) before it gives up with the
     reason; 0s gives up at once. Refused credentials are never waited for."""
+
+    @field_validator("event_retention")
+    @classmethod
+    def _retention_of_an_hour_or_more(cls, value: timedelta | None) -> timedelta | None:
+        if value is not None and value < timedelta(hours=1):
+            raise ValueError("must be at least 1h (or null: keep every event)")
+        return value
 
     @property
     def backend(self) -> Literal["sqlite", "redis"]:
@@ -329,7 +338,11 @@ def _describe_lines(config: GatewayConfig) -> Iterator[str]:
     durability = f" (synchronous {store.synchronous})" if store.backend == "sqlite" else ""
     kept = store.event_retention
     retention = "kept for good" if kept is None else f"kept {format_duration(kept)}"
-    yield f"store: {without_userinfo(store.url)}{durability}, events {retention}"
+    wait = format_duration(store.startup_wait)
+    yield (
+        f"store: {without_userinfo(store.url)}{durability}, events {retention},"
+        f" waited for up to {wait} at start-up"
+    )
     grace = format_duration(config.presence.agent_disconnect_grace)
     yield f"presence: agent_disconnect_grace {grace}"
     out = config.outbound

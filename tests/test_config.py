@@ -227,6 +227,9 @@ def test_the_event_log_is_kept_for_good_unless_a_retention_is_set(tmp_path: Path
     config = load(tmp_path, "store: {event_retention: 30d}\nqueues: [{name: q}]")
     assert config.store.event_retention == timedelta(days=30)
     assert "events kept 30d" in config.describe()
+    assert "waited for up to 30s at start-up" in config.describe()
+    line = problem_at(problems(tmp_path, "store: {event_retention: 1s}"), "store.event_retention")
+    assert "at least 1h" in line
 
 
 def test_zero_still_means_at_once_where_it_can(tmp_path: Path) -> None:

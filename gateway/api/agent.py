@@ -212,13 +212,13 @@ async def inbox(request: web.Request) -> web.Response:
         queues=queues,
         agent=agent.id if mine else None,
         limit=limit + 1,
-        after=_inbox_cursor(_once(request, "cursor")),
+        after=_inbox_cursor(_once(request, "cursor"), state),
     )
     page = conversations[:limit]
     next_cursor = None
     if len(conversations) > limit:
         at, conversation_id = list_position(page[-1])
-        next_cursor = f"{at}.{conversation_id}"
+        next_cursor = f"{state}.{at}.{conversation_id}"
     now, channels = runtime.clock.now(), runtime.adapters
     shown: list[dict[str, Any]] = []
     for start in range(0, len(page), RENDER_CHUNK):
@@ -228,18 +228,21 @@ async def inbox(request: web.Request) -> web.Response:
     return json_response({"conversations": shown, "next_cursor": next_cursor})
 
 
-INBOX_CURSOR = re.compile(r"(\d{1,18})\.(c_[0-9A-Za-z]{1,64})", re.ASCII)
-"""`next_cursor` as the inbox hands it out: the last conversation's sort time (microseconds)
-and its id. Opaque to clients."""
+INBOX_CURSOR = re.compile(r"([a-z]{1,16})\.(\d{1,18})\.(c_[0-9A-Za-z]{1,64})", re.ASCII)
+"""`next_cursor` as the inbox hands it out: the state listed, the last conversation's sort
+time (microseconds) and its id. Opaque to clients."""
 
 
-def _inbox_cursor(raw: str | None) -> ListPosition | None:
+def _inbox_cursor(raw: str | None, state: State) -> ListPosition | None:
     if raw is None:
         return None
     match = INBOX_CURSOR.fullmatch(raw)
     if match is None:
         raise InvalidInput("cursor must be the next_cursor of an earlier inbox page")
-    return int(match.group(1)), match.group(2)
+    if match.group(1) != str(state):
+        # Another list's position means nothing in this one's order.
+        raise InvalidInput(f"this cursor pages the {match.group(1)} list, not {state}")
+    return int(match.group(2)), match.group(3)
 
 
 @routes.get("/api/v1/queues")

@@ -384,9 +384,15 @@ async def test_the_inbox_is_read_page_after_page(gw: Gateway) -> None:
         cursor = body["next_cursor"]
         if cursor is None:
             break
+        seen_cursor = cursor
         assert len(body["conversations"]) == 2
     assert seen == ids
     forged = ("9" * 19 + ".c_01", "9223372036854775808.c_01", "\uff11\uff12.c_01")
-    for bad in ("nope", "1.m_01", "-5.c_01", "1" * 20 + ".c_01", *forged):
+    bad_cursors = ("nope", "1.m_01", "-5.c_01", "1" * 20 + ".c_01")
+    unlabelled = "1.c_01"  # no list named
+    for bad in (unlabelled, *bad_cursors, *(f"waiting.{f}" for f in (*bad_cursors, *forged))):
         status, body = await gw.get("maria", f"/api/v1/inbox?state=waiting&cursor={bad}")
         assert (status, body["error"]["code"]) == (400, "invalid_request"), bad
+    # A position in one list means nothing in another's order.
+    status, body = await gw.get("maria", f"/api/v1/inbox?state=closed&cursor={seen_cursor}")
+    assert (status, body["error"]["code"]) == (400, "invalid_request")
