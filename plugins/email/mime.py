@@ -128,13 +128,13 @@ def latest_reply(text: str) -> str:
 
     Falls back to the whole text when nothing is left (a bare forward, a quote-only reply).
     """
-    head = _BLANK_RUN.sub("\n\n", text[:_REPLY_SCAN_LIMIT])
+    head, hidden = _hide_long_lines(_BLANK_RUN.sub("\n\n", text[:_REPLY_SCAN_LIMIT]))
     try:
         replies = EmailReplyParser(languages=list(_REPLY_LANGUAGES)).read(head).replies
     except Exception:  # the parser is heuristic; never lose a message over it
         replies = []
     if replies:
-        body = _strip_trailing_quote(str(replies[0].body).strip())
+        body = _strip_trailing_quote(_shown(str(replies[0].body), hidden).strip())
         if _FORWARD_MARK.search(body):
             # A forward is the message: what follows the mark is what the customer sends us,
             # not history to drop (the parser cuts there, leaving "FYI" or the mark alone).
@@ -142,6 +142,34 @@ def latest_reply(text: str) -> str:
         if body:
             return body
     return text.strip()
+
+
+_LONG_LINE = 120
+"""Lines longer than this go past the reply parser as a placeholder. Its patterns try each
+position of a line against the rest of it (a line of "On On On ..." of 24 KB took 22 s, the
+time growing with the square of the length, under the interpreter lock, so the whole node
+stopped); attribution, signature and quote lines are short."""
+_PLACEHOLDER = "\u2063longline{}\u2063"
+"""What a long line becomes for the parser: short, plain, and not a mark any pattern knows
+(U+2063, an invisible separator, does not occur in mail)."""
+
+
+def _hide_long_lines(text: str) -> tuple[str, dict[str, str]]:
+    lines = text.split("\n")
+    hidden: dict[str, str] = {}
+    for index, line in enumerate(lines):
+        if len(line) > _LONG_LINE:
+            key = _PLACEHOLDER.format(len(hidden))
+            hidden[key] = line
+            lines[index] = key
+    return "\n".join(lines), hidden
+
+
+def _shown(text: str, hidden: dict[str, str]) -> str:
+    """Put the long lines back where the parser kept their placeholders."""
+    if not hidden:
+        return text
+    return re.sub("\u2063longline\\d+\u2063", lambda m: hidden.get(m.group(0), ""), text)
 
 
 def _strip_trailing_quote(text: str) -> str:

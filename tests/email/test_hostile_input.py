@@ -119,3 +119,29 @@ def test_bounce_text_with_many_blank_lines_is_read_quickly() -> None:
     body = b"\r\n" * N + b"Message-ID: <lost@example.net>\r\n" + b"-" * N
     raw = mail(b"Content-Type: text/plain", sender=b"MAILER-DAEMON@example.net", body=body)
     assert parsed(raw).message is not None
+
+
+@pytest.mark.parametrize(
+    "body",
+    ["On " * 200_000, "\n".join(["On " * 39] * 3_000), "Hola\n" + "On " * 8_000 + "\nAna"],
+    ids=["one-line", "short-lines", "between-text"],
+)
+def test_a_body_the_reply_parser_reads_in_quadratic_time_is_read_quickly(body: str) -> None:
+    """The reply parser tries each position of a line against the rest of it: one 24 KB
+    line of "On On On ..." took it 22 s, 600 KB minutes, and a restart parsed the same mail
+    again (an audit). Long lines go past it as placeholders and come back in the text."""
+    text = finishes(lambda: latest_reply(body))
+    assert (
+        text.replace("\n", "").replace(" ", "")[:200]
+        == body.replace("\n", "").replace(" ", "")[:200]
+    )
+
+
+def test_long_lines_come_back_whole_and_the_quote_still_goes() -> None:
+    long_line = "quiero saber del pedido 1234 " * 10  # 290 characters, one line
+    body = (
+        f"Hola,\n\n{long_line}\n\nAna\n\n"
+        "On Mon, Nov 23, 2026 at 10:15 AM Soporte <soporte@example.net> wrote:\n"
+        "> Gracias por escribir\n"
+    )
+    assert latest_reply(body) == f"Hola,\n\n{long_line}\n\nAna"
