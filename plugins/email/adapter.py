@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import ssl
 from collections.abc import Callable
+from datetime import date, timedelta
 from pathlib import PurePosixPath
 from urllib.parse import urlparse
 
@@ -182,12 +183,18 @@ class EmailAdapter(BaseAdapter):
         if cursor is not None and cursor.uidvalidity == uidvalidity:
             return cursor
         if cursor is not None:
-            # The server renumbered the mailbox: every UID is new. Re-read everything and let
-            # the core's Message-ID dedup drop what was already stored.
+            # The server renumbered the mailbox (a migration, a restore): every UID is new.
+            # Read again what arrived from the day the cursor last moved (IMAP's SINCE counts
+            # whole days) and let the core's Message-ID dedup drop what was stored already.
+            # Reading the whole mailbox filled the queue with years of old mail.
+            start = await self._renumbered_start(cursor, session)
             self._log.warning(
-                "email.imap.uidvalidity_changed", old=cursor.uidvalidity, new=uidvalidity
+                "email.imap.uidvalidity_changed",
+                old=cursor.uidvalidity,
+                new=uidvalidity,
+                since=cursor.synced_on,
+                from_uid=start + 1,
             )
-            start = 0
         elif self.config.imap.first_sync == "all":
             start = 0
         elif uidnext is not None:
@@ -195,9 +202,21 @@ class EmailAdapter(BaseAdapter):
         else:
             existing = await session.search("ALL")
             start = existing[-1] if existing else 0
-        cursor = Cursor(uidvalidity=uidvalidity, last_uid=start)
+        today = self.context.clock.now().date().isoformat()
+        cursor = Cursor(uidvalidity=uidvalidity, last_uid=start, synced_on=today)
         await save_cursor(self.context.kv, key, cursor)
         return cursor
+
+    async def _renumbered_start(self, cursor: Cursor, session: ImapSession) -> int:
+        """The UID to read on from in a renumbered mailbox: before the first message of the
+        day the old cursor last moved (all of it without that day, or with first_sync: all)."""
+        if cursor.synced_on is None or self.config.imap.first_sync == "all":
+            return 0
+        day = date.fromisoformat(cursor.synced_on) - timedelta(days=1)  # time zones
+        found = await session.search("SINCE", day.strftime("%d-%b-%Y"))
+        if not found:
+            return (await session.search("ALL") or [0])[-1]
+        return found[0] - 1
 
     async def _fetch_pass(self, session: ImapSession, cursor: Cursor) -> Cursor:
         """Store every message above the cursor, in UID order, advancing it after each."""
@@ -213,7 +232,8 @@ class EmailAdapter(BaseAdapter):
 
         async def save(uid: int) -> None:
             nonlocal position
-            position = Cursor(uidvalidity=uidvalidity, last_uid=uid)
+            today = self.context.clock.now().date().isoformat()
+            position = Cursor(uidvalidity=uidvalidity, last_uid=uid, synced_on=today)
             await save_cursor(self.context.kv, key, position)
 
         def stored(uid: int, delivered: Delivered) -> None:

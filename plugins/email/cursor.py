@@ -20,6 +20,9 @@ class Cursor:
     last_uid: int
     since: str | None = None
     """Only for backfill cursors: the SINCE date the run was started with."""
+    synced_on: str | None = None
+    """Live cursors: the day (YYYY-MM-DD) it last moved. If the mailbox is renumbered (a new
+    UIDVALIDITY), only mail from that day on is read again, not the whole mailbox."""
 
 
 def live_key(channel: str) -> str:
@@ -41,6 +44,7 @@ async def load_cursor(kv: KeyValue, key: str) -> Cursor | None:
             uidvalidity=int(data["uidvalidity"]),
             last_uid=int(data["last_uid"]),
             since=data.get("since"),
+            synced_on=data.get("synced_on"),
         )
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         return None
@@ -50,4 +54,6 @@ async def save_cursor(kv: KeyValue, key: str, cursor: Cursor) -> None:
     data: dict[str, object] = {"uidvalidity": cursor.uidvalidity, "last_uid": cursor.last_uid}
     if cursor.since is not None:
         data["since"] = cursor.since
+    if cursor.synced_on is not None:
+        data["synced_on"] = cursor.synced_on
     await kv.kv_set(key, orjson.dumps(data).decode())

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 import pytest
 
+from gateway.clock import ManualClock
 from gateway.model import DeliveryState, to_dict
 from plugins.email.cursor import live_key
 from tests.email.conftest import (
@@ -184,6 +185,33 @@ async def test_uidvalidity_change_rereads_and_relies_on_dedup(
     cursor = orjson.loads(kv.data[live_key("support-mail")])
     assert cursor["uidvalidity"] != 1
     assert cursor["last_uid"] == 1
+
+
+async def test_a_renumbered_mailbox_is_read_again_only_from_the_last_synced_day(
+    dovecot: Dovecot,
+    inbound: RecordingInbound,
+    kv: MemoryKV,
+    make_adapter: Any,
+    mail_clock: ManualClock,
+) -> None:
+    """A new UIDVALIDITY (a server migration, a restore) makes every UID new. Mail from the
+    day the cursor last moved (and the day before: time zones) is read again, and dedup drops
+    what was stored; older mail stays out. Reading the whole mailbox again filled the queue
+    with 2,000 old conversations (an audit)."""
+    config = email_config(dovecot.imap_settings(first_sync="new"))
+    for n in range(3):  # long before the gateway last read this mailbox
+        await dovecot.append(customer_mail(n, "Old"), date=f"0{n + 1}-Oct-2026 10:00:00 +0000")
+    for n in range(2):  # since
+        await dovecot.append(customer_mail(n, "New"), date=f"2{n + 5}-Nov-2026 10:00:00 +0000")
+    day = mail_clock.now().date().isoformat()
+    old_cursor = {"uidvalidity": 1, "last_uid": 99, "synced_on": day}
+    kv.data[live_key("support-mail")] = orjson.dumps(old_cursor).decode()
+    adapter = make_adapter(config)
+    await adapter.start()
+    await until(adapter, lambda: adapter.passes >= 1)
+    assert sorted(m.subject or "" for m in inbound.messages) == ["New 0", "New 1"]
+    cursor = orjson.loads(kv.data[live_key("support-mail")])
+    assert cursor["uidvalidity"] != 1 and cursor["last_uid"] == 5
 
 
 async def test_polling_when_idle_is_not_used(
