@@ -12,6 +12,7 @@ surrogate escapes would not survive JSON; base64 would hide plain 7-bit mail fro
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email import policy
@@ -57,6 +58,11 @@ class ParsedEmail:
     message: InboundMessage
     statuses: tuple[DeliveryStatus, ...] = ()
     message_id: str | None = None
+
+
+_REPLY_SUBJECT = re.compile(r"^\s*(?:re|aw|sv|vs|antw|odp|r)\s*(?:\[\d+\])?\s*:", re.IGNORECASE)
+"""A reply's subject prefix (English, German, Nordic, Dutch, Polish, Italian): a reply whose
+client sent no In-Reply-To or References still gets its quoted history dropped."""
 
 
 def parse_email(
@@ -145,7 +151,11 @@ def _parse(
         address, wakes = _nobody(key), False
         extra["no_sender"] = True
 
-    text = body.text if kind != "email" else latest_reply(body.text)
+    # Quoted history and signatures are dropped from replies only: in a first mail the same
+    # heuristics cut real text (a line "On Monday my colleague wrote:", a "--" before the
+    # amount in question). The whole text stays in `extra.full_text` either way.
+    replying = bool(in_reply_to or references) or bool(_REPLY_SUBJECT.match(subject or ""))
+    text = latest_reply(body.text) if kind == "email" and replying else body.text
     extra.update(
         message_id=message_id,
         in_reply_to=in_reply_to,

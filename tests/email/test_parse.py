@@ -395,8 +395,29 @@ def test_a_parser_crash_still_yields_a_storable_message(monkeypatch: pytest.Monk
 )
 def test_new_text_without_signature_or_bottom_quote(body: str, expected: str) -> None:
     msg = _mail()
+    msg["In-Reply-To"] = "<ours-1@gw.example.com>"  # a reply: history and signature go
     msg.set_content(body)
     assert parse_email(msg.as_bytes(), "c", NOW).message.text == expected
+    msg["Subject"] = "Re: Pedido 42"
+    del msg["In-Reply-To"]  # a reply by its subject alone, too
+    assert parse_email(msg.as_bytes(), "c", NOW).message.text == expected
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "Hi, my complaint:\n\nOn Monday my colleague wrote:\nThe package was damaged.\n\n"
+        "Please refund.",
+        "Question about invoice 55:\n--\nthe amount is wrong, it should be 40 EUR not 400 EUR.",
+        "Can you cancel order 99?\n\nThanks,\nJohn\n\nP.S. also order 100 please",
+    ],
+)
+def test_a_first_mail_is_kept_whole(body: str) -> None:
+    """The reply heuristics cut real text out of a first mail (an audit): a line that reads
+    like an attribution, a "--" before the point of the mail. A first mail is kept whole."""
+    msg = _mail()
+    msg.set_content(body)
+    assert parse_email(msg.as_bytes(), "c", NOW).message.text == body
 
 
 @pytest.mark.parametrize("sender", [None, "not an address at all", "Undisclosed recipients:;"])
