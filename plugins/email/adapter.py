@@ -313,7 +313,7 @@ class EmailAdapter(BaseAdapter):
             else conversation.subject or message.subject or thread.subject
         )
         html = message.extra.get("html")
-        message_id = new_message_id(self.config.domain, conversation.id)
+        message_id = new_message_id(self.config.domain, conversation.id, message.id)
         email = compose_reply(
             message_id=message_id,
             sender=sender,

@@ -78,8 +78,19 @@ class OutboundFile:
     content: bytes
 
 
-def new_message_id(domain: str, conversation_id: str | None = None) -> str:
-    """Mint a globally unique Message-ID in our own domain (carrying the conversation id)."""
+def new_message_id(
+    domain: str, conversation_id: str | None = None, message_id: str | None = None
+) -> str:
+    """The Message-ID of an outgoing mail, in our own domain.
+
+    With the gateway's `message_id` it is that message's, every time: a send tried again after
+    a relay took the mail but its answer was lost (a timeout after DATA) is then the same mail
+    to the customer's client, which shows it once, and a reply or bounce to either copy finds
+    the message. Without, a fresh unique one.
+    """
+    own = re.sub(r"[^A-Za-z0-9_.-]", "", message_id or "")
+    if own:  # short enough never to be folded onto a line of its own
+        return f"<{own}@{domain}>"
     idstring = re.sub(r"[^A-Za-z0-9_.-]", "", conversation_id or "") or None
     return make_msgid(idstring=idstring, domain=domain)
 
