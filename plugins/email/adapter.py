@@ -298,6 +298,11 @@ class EmailAdapter(BaseAdapter):
         """
         if not message.text and not message.attachments:
             raise PermanentChannelError("email: nothing to send (templates are not supported)")
+        if conversation.contact.address.lower().endswith(".invalid") or (
+            conversation.contact.address.lower().endswith("@invalid")
+        ):
+            # A mail without a usable sender is kept under a made-up `.invalid` contact.
+            raise PermanentChannelError("email: this contact has no address to answer")
         try:
             recipient = mailbox(conversation.contact.address, conversation.contact.display_name)
             sender = mailbox(self.config.address, self.config.from_name)

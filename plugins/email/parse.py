@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email import policy
 from email.message import EmailMessage
-from email.parser import BytesParser
+from email.parser import BytesHeaderParser, BytesParser
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -92,16 +92,31 @@ def _nobody(key: str) -> str:
 
 
 def _unparsable(raw: bytes, channel: str, now: datetime, exc: Exception) -> ParsedEmail:
+    """A mail the parser gave up on (a MIME tree thousands of levels deep, say): its headers
+    alone are read again, so a real sender is still a contact an agent sees and can answer.
+    Without one, it is kept for the record in a closed conversation, waking nobody."""
     key = "sha256:" + hashlib.sha256(raw).hexdigest()
+    address, display_name, subject, message_id = _nobody(key), None, None, None
+    try:
+        head = BytesHeaderParser(policy=READ_POLICY).parsebytes(raw)
+        found, name = sender(head, None)
+        if found != UNKNOWN_SENDER:
+            address, display_name = found, name
+        subject = one_line(header(head, "Subject"))
+        message_id = normalize_msgid(header(head, "Message-ID"))
+    except Exception:  # the headers too: nothing more to learn from it
+        pass
     message = InboundMessage(
         channel=channel,
         channel_type=CHANNEL_TYPE,
         provider=PROVIDER,
-        provider_message_id=key,
-        contact=Contact(address=_nobody(key)),
+        provider_message_id=message_id or key,
+        contact=Contact(address=address, display_name=display_name),
         sent_at=utc(now),
         kind="unsupported",
+        subject=subject,
         raw=raw.decode(RAW_ENCODING),
+        wakes_conversation=not address.endswith("@invalid"),
         extra={"raw_encoding": RAW_ENCODING, "parse_error": type(exc).__name__},
     )
     return ParsedEmail(message=message)

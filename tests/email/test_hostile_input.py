@@ -145,3 +145,22 @@ def test_long_lines_come_back_whole_and_the_quote_still_goes() -> None:
         "> Gracias por escribir\n"
     )
     assert latest_reply(body) == f"Hola,\n\n{long_line}\n\nAna"
+
+
+def test_a_mime_tree_too_deep_to_parse_keeps_its_sender() -> None:
+    """Thousands of nested multiparts defeat the parser: the mail is still stored, from its
+    real sender, who can be answered (it used to come from a made-up `.invalid` contact, in
+    a waiting conversation an agent could answer into the void)."""
+    depth = 3_000
+    opening = b"".join(
+        b"Content-Type: multipart/mixed; boundary=b%d\r\n\r\n--b%d\r\n" % (n, n)
+        for n in range(depth)
+    )
+    raw = (
+        b"From: Ana <ana@example.com>\r\nTo: soporte@example.net\r\nSubject: Pedido\r\n"
+        b"Message-ID: <deep@example.com>\r\nMIME-Version: 1.0\r\n" + opening + b"hola\r\n"
+    )
+    message = parsed(raw).message
+    assert message.contact.address == "ana@example.com"
+    assert message.subject == "Pedido" and message.wakes_conversation
+    assert message.provider_message_id == "<deep@example.com>"

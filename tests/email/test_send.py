@@ -466,3 +466,15 @@ async def test_explicit_subject_is_kept_verbatim(
     sent = parsed(smtp_server.handler.messages[0])
     assert sent["Subject"] == "Your refund (case 7)"
     assert sent["In-Reply-To"] == "<c2@customer.example>"
+
+
+async def test_a_contact_without_an_address_is_never_mailed(
+    make_adapter: Any, smtp_server: SmtpServer
+) -> None:
+    """A mail with no usable sender is kept under a made-up `.invalid` contact: a reply to it
+    fails at once, naming why, and nothing reaches the relay (it showed `sent` before)."""
+    adapter = smtp_adapter(make_adapter, smtp_server)
+    nobody = conversation(contact=Contact(address="unknown-0123456789abcdef@invalid"))
+    with pytest.raises(PermanentChannelError, match="no address to answer"):
+        await adapter.send(nobody, agent_message())
+    assert smtp_server.handler.messages == []
