@@ -31,7 +31,7 @@ from gateway.channels import (
     MediaContent,
     SendResult,
 )
-from gateway.errors import PermanentChannelError, TransientChannelError
+from gateway.errors import ChannelError, PermanentChannelError, TransientChannelError
 from gateway.model import Attachment, Conversation, Message
 from plugins.email.attachments import attachment_content
 from plugins.email.backoff import Backoff, Sleep, reconnecting
@@ -54,6 +54,11 @@ from plugins.email.threads import recall
 
 FETCH_BATCH = 10
 STOP_GRACE = 10.0
+
+
+RELAY_REFUSALS = frozenset({"530", "534", "535", "538"})
+"""Permanent SMTP replies that are about us, not the message: authentication required,
+mechanism too weak, credentials refused, encryption required."""
 
 
 class EmailAdapter(BaseAdapter):
@@ -87,6 +92,8 @@ class EmailAdapter(BaseAdapter):
         self._task: asyncio.Task[None] | None = None
         self._connected = False
         self._detail = "not started"
+        self._smtp_problem: str | None = None
+        """Why the relay would not take the last mail, while that lasts (see `health`)."""
         self._log = context.log.bind(channel=self.name, channel_type="email")
         self._fetcher = AttachmentFetcher(self.config.attachment_hosts, lambda: context.http)
 
@@ -129,6 +136,14 @@ class EmailAdapter(BaseAdapter):
         return await asyncio.to_thread(attachment_content, message, attachment)
 
     def health(self) -> ChannelHealth:
+        """Degraded while IMAP is disconnected, or while the relay refuses to take mail: the
+        last send failed for the relay's sake (unreachable, timing out, 4xx, refused login),
+        not for one message's (an unknown recipient). The next send that goes clears it."""
+        if self._smtp_problem is not None:
+            detail = (
+                self._smtp_problem if self._connected else f"{self._detail}; {self._smtp_problem}"
+            )
+            return ChannelHealth(ok=False, detail=detail)
         return ChannelHealth(ok=self._connected, detail=self._detail)
 
     async def wait_for(self, predicate: Callable[[], bool]) -> None:
@@ -331,13 +346,19 @@ class EmailAdapter(BaseAdapter):
             html_body=html if isinstance(html, str) else None,
             files=[await self._download(a) for a in message.attachments],
         )
-        await submit(
-            self.config.smtp,
-            email,
-            sender=self.config.address,
-            recipients=[recipient.addr_spec],
-            tls_context=self._smtp_tls,
-        )
+        try:
+            await submit(
+                self.config.smtp,
+                email,
+                sender=self.config.address,
+                recipients=[recipient.addr_spec],
+                tls_context=self._smtp_tls,
+            )
+        except ChannelError as exc:
+            if isinstance(exc, TransientChannelError) or exc.provider_code in RELAY_REFUSALS:
+                self._smtp_problem = f"SMTP: {exc.message}"[:200]
+            raise
+        self._smtp_problem = None
         self._log.info(
             "email.smtp.sent", conversation_id=conversation.id, provider_message_id=message_id
         )

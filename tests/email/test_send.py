@@ -478,3 +478,23 @@ async def test_a_contact_without_an_address_is_never_mailed(
     with pytest.raises(PermanentChannelError, match="no address to answer"):
         await adapter.send(nobody, agent_message())
     assert smtp_server.handler.messages == []
+
+
+async def test_a_relay_that_takes_no_mail_degrades_the_channel_until_one_goes(
+    make_adapter: Any, smtp_server: SmtpServer
+) -> None:
+    """/readyz and gateway_channel_up saw only IMAP: with the relay down or refusing our login,
+    the channel looked healthy while every reply failed (an audit)."""
+    adapter = smtp_adapter(make_adapter, smtp_server)
+    smtp_server.handler.data_reply = "451 4.3.0 try again later"
+    with pytest.raises(TransientChannelError):
+        await adapter.send(conversation(), agent_message())
+    health = adapter.health()
+    assert not health.ok and "SMTP: smtp 451" in health.detail
+    smtp_server.handler.data_reply = "550 5.1.1 no such user"  # about the message: no verdict
+    with pytest.raises(PermanentChannelError):
+        await adapter.send(conversation(), agent_message())
+    assert "SMTP: smtp 451" in adapter.health().detail
+    smtp_server.handler.data_reply = None
+    await adapter.send(conversation(), agent_message())
+    assert "SMTP" not in adapter.health().detail
