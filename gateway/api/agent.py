@@ -14,6 +14,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from gateway.api.events import RENDER_CHUNK
 from gateway.api.http import json_response, read_json
+from gateway.api.media import MIME_TYPE
 from gateway.api.serialize import conversation_json, message_json
 from gateway.appkeys import RUNTIME
 from gateway.errors import InvalidInput, NotFound, TransitionError
@@ -61,11 +62,21 @@ def _public_url(url: str) -> str:
     return url
 
 
+def _media_type(value: str | None) -> str | None:
+    """`type/subtype` with optional parameters: it goes into a provider's request or a mail's
+    headers, where anything else fails the send later, or worse."""
+    if value is not None and not MIME_TYPE.fullmatch(value):
+        raise ValueError("a mime_type is type/subtype, such as image/png")
+    return value
+
+
 class AttachmentBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: AttachmentKind | None = None
     url: Annotated[str, Field(min_length=1, max_length=2048), AfterValidator(_public_url)]
-    mime_type: str | None = Field(default=None, max_length=255)
+    mime_type: Annotated[str | None, AfterValidator(_media_type)] = Field(
+        default=None, max_length=255
+    )
     caption: str | None = Field(default=None, max_length=1024)
     filename: str | None = Field(default=None, max_length=255)
 

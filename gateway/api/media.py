@@ -31,7 +31,7 @@ routes = web.RouteTableDef()
 
 FALLBACK_TYPE = "application/octet-stream"
 # `type/subtype` with optional parameters; anything else is not trusted as a content type.
-_MIME = re.compile(
+MIME_TYPE = re.compile(
     r"^[A-Za-z0-9][\w.+-]*/[A-Za-z0-9][\w.+-]*(\s*;\s*[\w.+-]+=[\w.+\"-]+)*$", re.ASCII
 )
 # Shown inline: media types a browser renders without running anything.
@@ -44,7 +44,7 @@ _SAFE_NAME = re.compile(r"[^\w.+-]", re.ASCII)
 def safe_content_type(*candidates: str | None) -> str:
     """Return the first well-formed media type given (they come from providers), else bytes."""
     for candidate in candidates:
-        if candidate and _MIME.match(candidate.strip()):
+        if candidate and MIME_TYPE.match(candidate.strip()):
             return candidate.strip()
     return FALLBACK_TYPE
 

@@ -186,6 +186,10 @@ async def test_attachment_urls_must_be_public_http_and_kinds_follow_the_mime_typ
         status, body = await send(gw, "maria", conv_id, {"attachments": [{"url": url}]})
         assert status == 400, (url, body)
         assert "absolute http:// or https:// URL" in body["error"]["message"]
+    for mime in ("text/plain\r\nBcc: x@example.com", "image/png\n", "png", "image/"):
+        attachment = {"url": "https://example.com/a.png", "mime_type": mime}
+        status, body = await send(gw, "maria", conv_id, {"attachments": [attachment]})
+        assert status == 400 and "type/subtype" in body["error"]["message"], (mime, body)
     assert await outbound(gw, conv_id) == []
     files = [
         {"url": "https://example.com/a.jpg", "mime_type": "image/jpeg"},
