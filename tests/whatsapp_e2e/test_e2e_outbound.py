@@ -320,18 +320,26 @@ async def test_provider_refuses_outside_the_window(channel: str, wa: WaGateway) 
     assert conversation["can_reply"] is False
 
 
+async def window_verdict(
+    wa: WaGateway, channel: str, conversation_id: str, message_id: str, provider_id: str
+) -> dict[str, Any]:
+    """The provider reports our send failed as outside the window (Meta 131047, Twilio
+    63016): the message is failed with that code; return its conversation as it is then."""
+    code = "131047" if channel == META else "63016"
+    assert await post_status(wa, channel, provider_id, "failed", code=code) == 200
+    await wa.gw.settle()
+    message = await wa.message(conversation_id, message_id)
+    assert (message["status"], message["error_code"]) == ("failed", code)
+    return await wa.conversation(conversation_id)
+
+
 @pytest.mark.parametrize("channel", [META, TWILIO])
 async def test_window_closed_reported_by_status_webhook(channel: str, wa: WaGateway) -> None:
     """The same verdict arriving later, as a failed delivery status."""
     conversation_id = await wa.open_conversation(channel, pid="in-1")
     provider_id = "wamid.OUT1" if channel == META else "SM" + "2" * 32
     message_id = await wa.send_text(conversation_id, channel, provider_id=provider_id)
-    code = "131047" if channel == META else "63016"
-    assert await post_status(wa, channel, provider_id, "failed", code=code) == 200
-    await wa.gw.settle()
-    message = await wa.message(conversation_id, message_id)
-    assert (message["status"], message["error_code"]) == ("failed", code)
-    conversation = await wa.conversation(conversation_id)
+    conversation = await window_verdict(wa, channel, conversation_id, message_id, provider_id)
     assert (conversation["state"], conversation["inactive_reason"]) == (
         "inactive",
         "window_expired",
@@ -353,12 +361,7 @@ async def test_a_late_window_verdict_leaves_a_window_the_customer_reopened(
         await wa.customer_meta("in-2", "¿hola?", ts=int(wa.clock.now().timestamp()))
     else:
         await wa.customer_twilio("SM" + "4" * 32, "¿hola?")
-    code = "131047" if channel == META else "63016"
-    assert await post_status(wa, channel, provider_id, "failed", code=code) == 200
-    await wa.gw.settle()
-    message = await wa.message(conversation_id, message_id)
-    assert (message["status"], message["error_code"]) == ("failed", code)
-    conversation = await wa.conversation(conversation_id)
+    conversation = await window_verdict(wa, channel, conversation_id, message_id, provider_id)
     assert (conversation["state"], conversation["can_reply"]) == ("active", True)
     assert len([m for m in conversation["messages"] if m["direction"] == "in"]) == 2
 
