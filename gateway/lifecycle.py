@@ -324,10 +324,20 @@ def set_pending(
 
 
 def _to_pending(
-    conversation: Conversation, now: datetime, queue_policy: QueuePolicy, change: str
+    conversation: Conversation,
+    now: datetime,
+    queue_policy: QueuePolicy,
+    change: str,
+    no_agent_at: datetime | None = None,
 ) -> Transition:
     requeue_at = now + queue_policy.requeue_after if queue_policy.requeue_after else None
-    after = evolve(conversation, state=State.PENDING, updated_at=now, requeue_at=requeue_at)
+    after = evolve(
+        conversation,
+        state=State.PENDING,
+        updated_at=now,
+        requeue_at=requeue_at,
+        no_agent_at=conversation.no_agent_at or no_agent_at,
+    )
     return Transition(after, _updated(conversation, after, change, now))
 
 
@@ -549,12 +559,9 @@ def agent_lost(
     """
     if conversation.state != State.ACTIVE or conversation.agent != agent_id:
         return _unchanged(conversation)
-    transition = _to_pending(conversation, now, queue_policy, "agent_offline")
     timeout = policy.no_agent_timeout if policy is not None else None
-    if timeout is None or transition.conversation.no_agent_at is not None:
-        return transition
-    armed = evolve(transition.conversation, no_agent_at=now + timeout)
-    return Transition(armed, _updated(conversation, armed, "agent_offline", now))
+    no_agent_at = now + timeout if timeout is not None else None
+    return _to_pending(conversation, now, queue_policy, "agent_offline", no_agent_at)
 
 
 def on_deadline(

@@ -766,10 +766,11 @@ class SqliteStore:
         return await self._read(query)
 
     async def prune_events(self, before: datetime, limit: int) -> int:
-        def job(conn: sqlite3.Connection) -> int:
+        def job(conn: sqlite3.Connection) -> tuple[int, int]:
+            """How many went, and the sequence number every event below is gone to."""
             lowest, highest = conn.execute("SELECT min(seq), max(seq) FROM events").fetchone()
             if lowest is None:
-                return 0
+                return 0, 0
             # The first event at or after `before`, by bisecting the sequence (events are
             # appended in time order): a few indexed reads, no scan of the whole log.
             left, right = lowest, highest + 1
@@ -786,17 +787,12 @@ class SqliteStore:
                 else:
                     right = middle
             end = min(left, lowest + limit)
-            return conn.execute("DELETE FROM events WHERE seq < ?", (end,)).rowcount
+            return conn.execute("DELETE FROM events WHERE seq < ?", (end,)).rowcount, end
 
-        deleted = await self._write(job)
+        deleted, end = await self._write(job)
         if deleted:
-            oldest = await self._read(
-                lambda conn: conn.execute("SELECT min(seq) FROM events").fetchone()[0]
-            )
             with self._recent_lock:  # memory must not serve what the file no longer has
-                while self._recent and (
-                    oldest is None or _cursor_seq(self._recent[0].cursor) < oldest
-                ):
+                while self._recent and _cursor_seq(self._recent[0].cursor) < end:
                     self._recent.popleft()
         return deleted
 

@@ -313,9 +313,8 @@ class EmailAdapter(BaseAdapter):
         """
         if not message.text and not message.attachments:
             raise PermanentChannelError("email: nothing to send (templates are not supported)")
-        if conversation.contact.address.lower().endswith(".invalid") or (
-            conversation.contact.address.lower().endswith("@invalid")
-        ):
+        domain = conversation.contact.address.lower().rpartition("@")[2]
+        if domain == "invalid" or domain.endswith(".invalid"):
             # A mail without a usable sender is kept under a made-up `.invalid` contact.
             raise PermanentChannelError("email: this contact has no address to answer")
         try:
