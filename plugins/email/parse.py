@@ -85,6 +85,43 @@ def parse_email(
         return _unparsable(raw, channel, now, exc)
 
 
+_CONTENT_HEADERS = frozenset(
+    {
+        b"from", b"sender", b"reply-to", b"to", b"cc", b"subject", b"date",
+        b"in-reply-to", b"references", b"mime-version", b"content-type",
+        b"content-transfer-encoding",
+    }
+)  # fmt: skip
+"""What a mail says, as opposed to the trace of its trip (Received, Return-Path, Delivered-To,
+DKIM and spam verdicts), which every delivery of the same mail writes anew."""
+
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+_FOLD = re.compile(rb"\r?\n[ \t]+")
+_SPACES = re.compile(rb"[ \t]+")
+
+
+def content_key(raw: bytes) -> str:
+    """The dedup key of a mail without a Message-ID: a digest of its content headers and
+    body, not of its bytes. A mail delivered twice (a forwarding rule, a re-sent bounce, the
+    same mail in two synced folders) carries different trace headers each time, so a digest
+    of the raw bytes stored it twice. (Mail without Date or Message-ID repeated word for word
+    is therefore one message; every real mail client and MTA sets both.)"""
+    found = _HEADER_END.search(raw)
+    head, body = (raw[: found.start()], raw[found.end() :]) if found else (raw, b"")
+    kept, readable = [], False
+    for line in _FOLD.sub(b" ", head).splitlines():
+        name, colon, value = line.partition(b":")
+        if not colon:  # not a header at all: part of what this mail says
+            kept.append(_SPACES.sub(b" ", line.strip()))
+        elif name.strip().lower() in _CONTENT_HEADERS:
+            kept.append(name.strip().lower() + b":" + _SPACES.sub(b" ", value.strip()))
+            readable = True
+    if not readable:  # no content header: not a mail we can read, so its bytes are the key
+        return "sha256:" + hashlib.sha256(raw).hexdigest()
+    kept.append(b"\n" + body.replace(b"\r\n", b"\n").rstrip())
+    return "sha256:" + hashlib.sha256(b"\n".join(kept)).hexdigest()
+
+
 def _nobody(key: str) -> str:
     """The contact of a mail without a usable sender: one of its own (`.invalid` never
     resolves), so unrelated senders are not merged into one thread someone might answer."""
@@ -95,7 +132,7 @@ def _unparsable(raw: bytes, channel: str, now: datetime, exc: Exception) -> Pars
     """A mail the parser gave up on (a MIME tree thousands of levels deep, say): its headers
     alone are read again, so a real sender is still a contact an agent sees and can answer.
     Without one, it is kept for the record in a closed conversation, waking nobody."""
-    key = "sha256:" + hashlib.sha256(raw).hexdigest()
+    key = content_key(raw)
     address, display_name, subject, message_id = _nobody(key), None, None, None
     try:
         head = BytesHeaderParser(policy=READ_POLICY).parsebytes(raw)
@@ -160,7 +197,7 @@ def _parse(
     elif auto is not None:
         kind, wakes = "auto_reply", False
         extra["auto_reply"] = auto
-    key = message_id or "sha256:" + hashlib.sha256(raw).hexdigest()
+    key = message_id or content_key(raw)
     if address == UNKNOWN_SENDER:
         # Nobody to answer: kept for the record in a closed conversation of its own.
         address, wakes = _nobody(key), False

@@ -173,6 +173,22 @@ async def test_cursor_lost_refetch_is_deduplicated(
     assert inbound.duplicates == 2
 
 
+async def test_a_mail_without_message_id_delivered_twice_is_one_message(
+    dovecot: Dovecot, inbound: RecordingInbound, make_adapter: Any
+) -> None:
+    """Its dedup key is its content: the trace headers each delivery adds make no copy."""
+    mail = customer_mail(7).replace(b"Message-ID:", b"X-Dropped-Message-ID:")
+    for hop in ("mx1", "mx2"):
+        trace = f"Received: from {hop}.relay.example by imap.example; Wed, 25 Nov 2026\r\n"
+        await dovecot.append(f"Delivered-To: {hop}@example\r\n{trace}".encode() + mail)
+    await dovecot.append(customer_mail(8).replace(b"Message-ID:", b"X-Dropped-Message-ID:"))
+    adapter = make_adapter(email_config(dovecot.imap_settings(first_sync="all")))
+    await adapter.start()
+    await until(adapter, lambda: adapter.passes >= 1)
+    assert [m.subject for m in inbound.messages] == ["Order question 7", "Order question 8"]
+    assert inbound.duplicates == 1
+
+
 async def test_uidvalidity_change_rereads_and_relies_on_dedup(
     dovecot: Dovecot, inbound: RecordingInbound, kv: MemoryKV, make_adapter: Any
 ) -> None:

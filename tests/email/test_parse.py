@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
@@ -15,7 +14,7 @@ from hypothesis import strategies as st
 
 from gateway.model import DeliveryState, to_dict
 from plugins.email.headers import _parsed_header
-from plugins.email.parse import parse_email
+from plugins.email.parse import content_key, parse_email
 from tests.email.conftest import FIXTURES, fixture_files
 
 NOW = datetime(2026, 11, 25, 7, 0, tzinfo=UTC)
@@ -102,7 +101,7 @@ def test_mislabelled_gb2312_body_falls_back_to_utf8() -> None:
     assert message.subject == "代开各地增值税发票"
     assert message.contact.display_name == "张先生"
     raw = (FIXTURES / "mailparser_gb2312_8bit_rfc2047.eml").read_bytes()
-    assert message.provider_message_id == "sha256:" + hashlib.sha256(raw).hexdigest()
+    assert message.provider_message_id == content_key(raw)
 
 
 def test_rfc2047_arabic_auto_reply_does_not_wake() -> None:
@@ -375,7 +374,7 @@ def test_a_parser_crash_still_yields_a_storable_message(monkeypatch: pytest.Monk
     assert message.kind == "unsupported"
     assert message.extra["parse_error"] == "RuntimeError"
     assert message.raw == raw.decode("latin-1")
-    assert message.provider_message_id == "sha256:" + hashlib.sha256(raw).hexdigest()
+    assert message.provider_message_id == content_key(raw)
 
 
 @pytest.mark.parametrize(
@@ -515,3 +514,24 @@ def test_a_form_sending_from_our_own_address_still_reaches_an_agent() -> None:
     message = parse_email(raw, "c", NOW, own_address="support@gw.example.com").message
     assert message.contact.address == "ana@customer.example"
     assert message.kind == "email" and message.wakes_conversation
+
+
+MAIL = (
+    b"From: Ana <ana@customer.example>\r\nTo: support@example.com\r\nSubject: Order\r\n"
+    b" 42 is late\r\nDate: Wed, 25 Nov 2026 07:00:00 +0000\r\n\r\nWhere is it?\r\n"
+)
+
+
+def test_the_key_of_a_mail_without_message_id_is_its_content_not_its_trace() -> None:
+    """Two deliveries of one mail differ in trace headers and line endings, not content."""
+    delivered = (
+        b"Return-Path: <ana@customer.example>\r\nReceived: from mx2 by imap; now\r\n"
+        b"Delivered-To: other@example.com\r\nX-Spam-Score: 0.1\r\n" + MAIL
+    )
+    assert content_key(delivered) == content_key(MAIL)
+    assert content_key(MAIL.replace(b"\r\n", b"\n")) == content_key(MAIL)
+    assert content_key(MAIL.replace(b"\r\n 42", b" 42")) == content_key(MAIL)  # unfolded
+    assert content_key(MAIL.replace(b"Where is it?", b"Where is it now?")) != content_key(MAIL)
+    assert content_key(MAIL.replace(b"Order", b"Invoice")) != content_key(MAIL)
+    assert content_key(MAIL.replace(b"07:00:00", b"07:00:01")) != content_key(MAIL)
+    assert content_key(b"not a mail at all") != content_key(b"")
