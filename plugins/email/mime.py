@@ -194,10 +194,17 @@ def _strip_trailing_quote(text: str) -> str:
 
 
 def _find_body(msg: EmailMessage, kind: str) -> Message | None:
+    """The message's `kind` body part, if it has one. `get_body` takes any part not marked
+    `attachment`, so a file sent inline (Apple Mail's `report.html`, `notes.txt`) would be
+    read as the body and missing from the attachments: a part below the root with a file
+    name is a file."""
     try:
-        return msg.get_body(preferencelist=(kind,))
+        part = msg.get_body(preferencelist=(kind,))
     except Exception:  # malformed multipart structure
         return None
+    if part is not None and part is not msg and _filename(part) is not None:
+        return None
+    return part
 
 
 def _leaves(part: Message, path: str, in_alternative: bool) -> Iterator[tuple[str, Message, bool]]:

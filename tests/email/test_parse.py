@@ -304,6 +304,38 @@ def test_html_only_mail_becomes_readable_text() -> None:
     assert message.extra["html"].startswith("<html>")
 
 
+@pytest.mark.parametrize("subtype", ["html", "plain"])
+def test_a_file_sent_inline_is_an_attachment_not_the_body(subtype: str) -> None:
+    """Apple Mail sends files inline: a text part with a file name is a file, also when no
+    other part of its type would be the body."""
+    msg = EmailMessage()
+    msg["From"] = "ana@customer.example"
+    msg["Message-ID"] = "<inline@customer.example>"
+    msg.set_content("The report is attached.")
+    msg.add_attachment(
+        "<html><body>Q3 figures</body></html>" if subtype == "html" else "Q3 figures",
+        subtype=subtype,
+        filename=f"report.{subtype[:4]}",
+        disposition="inline",
+    )
+    message = parse_email(msg.as_bytes(), "c", NOW).message
+    assert message.text == "The report is attached."
+    assert "html" not in message.extra
+    [report] = message.attachments
+    assert (report.filename, report.mime_type) == (f"report.{subtype[:4]}", f"text/{subtype}")
+
+
+def test_a_single_part_mail_with_a_file_name_is_still_read() -> None:
+    """The root part is the body even when a client names it (some send a bare .txt)."""
+    msg = EmailMessage()
+    msg["From"] = "ana@customer.example"
+    msg["Message-ID"] = "<named@customer.example>"
+    msg.set_content("Just this text.", disposition="inline", filename="note.txt")
+    message = parse_email(msg.as_bytes(), "c", NOW).message
+    assert message.text == "Just this text."
+    assert message.attachments == ()
+
+
 def test_undeclared_8bit_latin1_body_never_crashes() -> None:
     raw = (
         b"From: jose@customer.example\r\nSubject: pedido\r\n"
