@@ -95,11 +95,13 @@ def new_message_id(
     return make_msgid(idstring=idstring, domain=domain)
 
 
-def reply_subject(subject: str | None) -> str | None:
-    """Return `Re: <subject>` with any existing `Re:`/`AW:`/`Re[2]:` prefixes collapsed."""
+def reply_subject(subject: str | None) -> str:
+    """Return `Re: <subject>` with any existing `Re:`/`AW:`/`Re[2]:` prefixes collapsed; a
+    reply to a mail without a subject is `Re:`, as mail clients do (a reply with no Subject
+    at all looks unfinished to the customer and scores as spam)."""
     text = one_line(subject)
     if text is None:
-        return None
+        return "Re:"
     stripped = _REPLY_PREFIX.sub("", text).strip()
     return f"Re: {stripped}" if stripped else "Re:"
 

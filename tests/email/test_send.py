@@ -89,10 +89,11 @@ def parsed(envelope: Any) -> EmailMessage:
         ("AW: Re[2]: Order 42", "Re: Order 42"),
         ("Re:", "Re:"),
         ("Regarding order", "Re: Regarding order"),
-        (None, None),
+        (None, "Re:"),
+        ("  ", "Re:"),
     ],
 )
-def test_reply_subject_never_stacks(subject: str | None, expected: str | None) -> None:
+def test_reply_subject_never_stacks(subject: str | None, expected: str) -> None:
     assert reply_subject(subject) == expected
 
 
@@ -112,6 +113,15 @@ def test_reply_threading_headers() -> None:
     assert str(msg["References"]).split() == ["<a1@x>", "<b2@y>", "<c3@customer.example>"]
     assert msg["Subject"] == "Re: Order 42"
     assert msg.get_content_type() == "multipart/alternative"
+    untitled = compose_reply(
+        message_id="<r2@gw.example.com>",
+        sender=mailbox(ADDRESS, "Support"),
+        recipient=mailbox("ana@customer.example", "Ana"),
+        text="Hello",
+        now=NOW,
+        thread=thread,
+    )
+    assert untitled["Subject"] == "Re:"  # a reply to a mail that had no subject
     plain = msg.get_body(("plain",))
     html = msg.get_body(("html",))
     assert plain is not None and plain.get_content().strip() == "Hello\n\nSecond paragraph & more"
