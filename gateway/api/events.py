@@ -9,6 +9,10 @@ reads only the events of conversations the agent may see (their queues, or assig
 the same rule as their live stream), so the log is no way around the queue restriction. The
 cursor returned is that of the last event *scanned*, so an agent's next page never rescans
 events that were not theirs.
+
+`gap` is true when the event retention (`store.event_retention`) deleted events after `after`
+before the reader got them: the page goes on from the oldest event kept, and the reader should
+rebuild what it keeps from the conversations.
 """
 
 from __future__ import annotations
@@ -65,13 +69,16 @@ async def events(request: web.Request) -> web.Response:
         page, cursor = await _page(runtime.store, after, limit, float(wait), accept)
     except ValueError:
         raise InvalidInput(NOT_ISSUED) from None
+    # Read after the page: a pass of retention in between shows as a gap that may not be one
+    # for this page, never the reverse.
+    gap = await runtime.store.events_missed(after)
     now = runtime.clock.now()
     body = []
     for start in range(0, len(page), RENDER_CHUNK):
         if start:
             await asyncio.sleep(0)  # let other requests run between chunks
         body += [event_json(e, now, runtime.adapters) for e in page[start : start + RENDER_CHUNK]]
-    return json_response({"events": body, "cursor": cursor})
+    return json_response({"events": body, "cursor": cursor, "gap": gap})
 
 
 async def _page(

@@ -372,8 +372,15 @@ def _agent_paths() -> dict[str, Any]:
                                 {
                                     "events": {"type": "array", "items": _ref("Event")},
                                     "cursor": NULLABLE_STRING,
+                                    "gap": {
+                                        "type": "boolean",
+                                        "description": "The event retention deleted events"
+                                        " after `after` before they were read: this page goes"
+                                        " on from the oldest event kept; rebuild what you keep"
+                                        " from the conversations",
+                                    },
                                 },
-                                ["events", "cursor"],
+                                ["events", "cursor", "gap"],
                             )
                         ),
                     },
@@ -977,8 +984,13 @@ def _schemas() -> dict[str, Any]:
                     " (the `after` given, else the newest event this node had fanned out when"
                     " the socket opened)",
                 },
+                "gap": {
+                    "type": "boolean",
+                    "description": "The event retention deleted events after `after`: the"
+                    " replay starts at the oldest event kept, so reload the inbox lists",
+                },
             },
-            ["type", "agent", "cursor"],
+            ["type", "agent", "cursor", "gap"],
         ),
         "StreamPong": _object({"type": {"const": "pong"}}, ["type"]),
         "Readiness": _object(

@@ -6,7 +6,9 @@ fires cancels it, otherwise the scheduler sets the agent's active conversations 
 
 The socket carries the events of conversations on the agent's queues or assigned to them.
 `?after=CURSOR` first replays what the agent missed since that cursor, then goes live with no
-gap and no repeat (live events at or before the last replayed cursor are dropped).
+gap and no repeat (live events at or before the last replayed cursor are dropped). The first
+frame, `hello`, says with `gap: true` that the event retention deleted some of what the agent
+missed: the replay starts at the oldest event kept, so reload the inbox lists.
 """
 
 from __future__ import annotations
@@ -141,7 +143,8 @@ async def _pump(
         # The position the stream starts from: every event after it follows, replayed or
         # live. (The newest cursor here would tell a client that records it to skip a replay.)
         start = after if after is not None else runtime.hub.cursor
-        await _send(out, {"type": "hello", "agent": agent.id, "cursor": start})
+        gap = after is not None and await runtime.store.events_missed(after)
+        await _send(out, {"type": "hello", "agent": agent.id, "cursor": start, "gap": gap})
         while True:
             if cursor is not None:
                 cursor = await _replay(out, runtime, accept, cursor)

@@ -242,6 +242,13 @@ class Store(Protocol):
         event kept."""
         ...
 
+    async def events_missed(self, after: str | None) -> bool:
+        """Whether retention deleted events that came after `after` (None: the start of the
+        log): a reader resuming there does not get them, and should rebuild what it keeps from
+        the conversations themselves. Pruning takes the oldest events first, so this is "some
+        pruned event is newer than `after`"."""
+        ...
+
     async def cursor_issued(self, cursor: str) -> bool:
         """Whether `cursor` is one this log could have handed out: well formed in this store's
         format and at or before the newest event. An empty log has issued none; the start of

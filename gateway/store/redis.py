@@ -809,7 +809,11 @@ class RedisStore:
         # Exact trimming frees whole nodes of entries at a time, so a backlog goes in one call
         # (`limit` only applies to approximate trimming, which keeps small logs whole).
         cutoff = int(before.timestamp() * 1000)
-        return int(await self._cmd("XTRIM", self._g("log"), "MINID", cutoff))
+        return int(await self._eval("prune_events", str(cutoff)))
+
+    async def events_missed(self, after: str | None) -> bool:
+        pruned = await self._cmd("GET", self._g("pruned"))  # the newest id retention took
+        return pruned is not None and cursor_of(pruned) > (after or "")
 
     # deadlines ---------------------------------------------------------------------------------
     async def claim_due(

@@ -605,6 +605,25 @@ redis.call('HSET', G('kv'), ARGV[2], ARGV[4])
 return 1
 """
 
+PRUNE_EVENTS = r"""
+-- ARGV: P, cutoff (ms): trim the log below cutoff-0 and remember the newest id that went,
+-- which tells a reader behind it that it missed events (ids have gaps, so only this can).
+local log = G('log')
+local newest = redis.call('XREVRANGE', log, '(' .. ARGV[2] .. '-0', '-', 'COUNT', 1)
+if #newest == 0 then return 0 end
+local trimmed = redis.call('XTRIM', log, 'MINID', ARGV[2])
+local mark = newest[1][1]
+local known = redis.call('GET', G('pruned'))
+if known then
+  local kms, kseq = string.match(known, '^(%d+)-(%d+)$')
+  local ms, seq = string.match(mark, '^(%d+)-(%d+)$')
+  kms, kseq, ms, seq = tonumber(kms), tonumber(kseq), tonumber(ms), tonumber(seq)
+  if kms > ms or (kms == ms and kseq >= seq) then return trimmed end
+end
+redis.call('SET', G('pruned'), mark)
+return trimmed
+"""
+
 SCRIPTS: dict[str, str] = {
     "update": UPDATE,
     "find_open": FIND_OPEN,
@@ -630,6 +649,7 @@ SCRIPTS: dict[str, str] = {
     "presence_startup": PRESENCE_STARTUP,
     "presence": PRESENCE,
     "kv_compare_set": KV_COMPARE_SET,
+    "prune_events": PRUNE_EVENTS,
 }
 """Script bodies by name; `source()` prepends the shared prelude."""
 

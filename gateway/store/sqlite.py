@@ -796,6 +796,22 @@ class SqliteStore:
                     self._recent.popleft()
         return deleted
 
+    async def events_missed(self, after: str | None) -> bool:
+        reading_from = _cursor_seq(after) + 1
+
+        def query(conn: sqlite3.Connection) -> bool:
+            # Sequence numbers have no holes (a rolled back insert gives its number back), so
+            # the log is whole after `after` exactly when its oldest event is the next one.
+            # Empty, it is whole only if nothing was handed out past `after`.
+            oldest = conn.execute("SELECT min(seq) FROM events").fetchone()[0]
+            if oldest is None:
+                row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'")
+                issued = row.fetchone()
+                oldest = (issued[0] if issued else 0) + 1
+            return bool(oldest > reading_from)
+
+        return await self._read(query)
+
     async def cursor_issued(self, cursor: str) -> bool:
         try:
             if len(cursor) != CURSOR_DIGITS or _cursor_seq(cursor) < 1:  # the log starts at 1

@@ -7,9 +7,10 @@ not be a way around that. Integrators (config `integrators`) read every event.
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tests.api.conftest import Gateway
+from tests.api.conftest import TOKENS, Gateway
 
 
 async def conversation_of(gw: Gateway, name: str, text: str) -> tuple[str, str]:
@@ -123,3 +124,24 @@ async def test_a_full_page_is_rendered_whole_and_in_order(gw: Gateway) -> None:
     _, first = await gw.get("crm", "/api/v1/events?limit=100")
     _, rest = await gw.get("crm", f"/api/v1/events?limit=1000&after={first['cursor']}")
     assert [e["cursor"] for e in first["events"] + rest["events"]] == cursors
+
+
+async def test_a_reader_behind_the_retention_is_told_it_missed_events(gw: Gateway) -> None:
+    """`gap` (events API) and the stream's hello say when retention deleted unread events."""
+    await conversation_of(gw, "Bea", "Hola")
+    _, before = await gw.get("crm", "/api/v1/events")
+    first, last = before["events"][0]["cursor"], before["cursor"]
+    assert before["gap"] is False
+    # Past every event on either store's time (SQLite: the gateway's clock; Redis: its own).
+    cut = max(gw.clock.now(), datetime.now(UTC)) + timedelta(days=1)
+    assert await gw.runtime.store.prune_events(cut, 1000) == len(before["events"])
+    await conversation_of(gw, "Caio", "Hola")
+    for after, missed in ((None, True), (first, True), (last, False)):
+        status, page = await gw.get("crm", "/api/v1/events", params={"after": after or ""})
+        assert status == 200 and page["gap"] is missed, after
+        assert len(page["events"]) == 2  # the new conversation's, kept
+        query = f"?access_token={TOKENS['maria']}" + (f"&after={after}" if after else "")
+        async with gw.client.ws_connect(f"/api/v1/stream{query}") as ws:
+            hello = await ws.receive_json(timeout=5)
+            assert hello["type"] == "hello"
+            assert hello["gap"] is (missed and after is not None)  # no after: no replay at all

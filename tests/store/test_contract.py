@@ -719,12 +719,19 @@ async def test_old_events_are_pruned_and_a_reader_behind_them_resumes_at_the_old
         await ingest.message(inbound(f"new {i}", address=f"+4100{i}", pid=f"new{i}"))
     everything = await store.read_events(None)
     kept = everything[len(old) :]
+    assert not await store.events_missed(None)  # nothing pruned yet: no reader missed anything
     assert await store.prune_events(cut, 1000) == len(old)
     assert [e.cursor for e in await store.read_events(None)] == [e.cursor for e in kept]
     assert old[1].cursor is not None and await store.cursor_issued(old[1].cursor)
     after = await store.read_events(old[1].cursor)
     assert [e.cursor for e in after] == [e.cursor for e in kept]
+    # Who reads from the start, or from before the last pruned event, missed events; who had
+    # read up to the last pruned one (or further) missed none.
+    assert await store.events_missed(None) and await store.events_missed(old[1].cursor)
+    assert not await store.events_missed(old[-1].cursor)
+    assert not await store.events_missed(kept[0].cursor)
     assert await store.prune_events(cut, 1000) == 0
+    assert not await store.events_missed(old[-1].cursor)  # a second pass moves no mark
     # Every event gone: their cursors are still this log's, and reading after them is empty.
     assert await store.prune_events(datetime.now(UTC) + timedelta(days=1), 1000) == len(kept)
     assert await store.read_events(None) == []
@@ -732,3 +739,4 @@ async def test_old_events_are_pruned_and_a_reader_behind_them_resumes_at_the_old
     assert newest is not None and await store.last_cursor() == newest
     assert await store.cursor_issued(newest) and await store.cursor_issued(old[0].cursor or "")
     assert await store.read_events(newest) == []
+    assert await store.events_missed(kept[0].cursor) and not await store.events_missed(newest)
