@@ -71,7 +71,7 @@ MARIA_SHA = hashlib.sha256(MARIA_TOKEN.encode()).hexdigest()
 SECRET = "s3cr3t-auth-token-value"
 
 ENV = {
-    "TWILIO_ACCOUNT_SID": "AC0123456789",
+    "TWILIO_ACCOUNT_SID": "AC0123456789abcdef0123456789abcdef",
     "TWILIO_AUTH_TOKEN": SECRET,
     "WA_TOKEN": "meta-access-token-value",
     "WA_APP_SECRET": "meta-app-secret-value",
@@ -237,7 +237,8 @@ def test_zero_still_means_at_once_where_it_can(tmp_path: Path) -> None:
     config = load(
         tmp_path,
         "presence: {agent_disconnect_grace: 0s}\n"
-        "channels: [{name: wa, type: whatsapp, provider: twilio, account_sid: AC1,"
+        "channels: [{name: wa, type: whatsapp, provider: twilio,"
+        " account_sid: AC00000000000000000000000000000000,"
         " auth_token: x, from: '+14155238886', reply_window: 0s}]\n"
         "queues: [{name: q}]\nrouting: [{queue: q}]",
     )

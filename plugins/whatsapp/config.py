@@ -12,7 +12,15 @@ import re
 from datetime import timedelta
 from typing import Any, Literal, Self
 
-from pydantic import ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from gateway.channels import ChannelConfig
@@ -34,6 +42,12 @@ SECRET_FIELDS = frozenset({"auth_token", "access_token", "app_secret", "verify_t
 
 _GRAPH_VERSION = re.compile(r"^v\d+\.\d+$")
 _E164 = re.compile(r"^\+\d{6,15}$")
+_TWILIO_SID = {
+    "account_sid": re.compile(r"AC[0-9a-fA-F]{32}"),
+    "messaging_service_sid": re.compile(r"MG[0-9a-fA-F]{32}"),
+}
+"""Twilio's SIDs are two letters for the kind and 32 hex digits: a pasted auth token or a
+cut-off SID would otherwise load, and every send would fail at Twilio with 20003 or 21701."""
 
 
 def _key(field: str) -> str:
@@ -114,10 +128,25 @@ class WhatsAppConfig(ChannelConfig):
     @field_validator("from_")
     @classmethod
     def _whatsapp_sender(cls, value: str | None) -> str | None:
-        """Accept `+1415...` as shorthand for Twilio's channel address `whatsapp:+1415...`."""
-        if value is not None and _E164.match(value):
+        """Accept `+1415...` as shorthand for Twilio's channel address `whatsapp:+1415...`;
+        anything else that is not such an address (a number without `+`, an `sms:` sender)
+        would have every send refused by Twilio."""
+        if value is None:
+            return None
+        if _E164.match(value):
             return f"whatsapp:{value}"
+        if not value.startswith("whatsapp:") or not _E164.match(value.removeprefix("whatsapp:")):
+            raise ValueError("expected a WhatsApp sender such as whatsapp:+14155238886")
         return value
+
+    @field_validator("account_sid", "messaging_service_sid")
+    @classmethod
+    def _twilio_sid(cls, value: str | None, info: ValidationInfo) -> str | None:
+        pattern = _TWILIO_SID[str(info.field_name)]
+        if value is not None and value.strip() and not pattern.fullmatch(value.strip()):
+            prefix = pattern.pattern[:2]
+            raise ValueError(f"expected a Twilio SID: {prefix} and 32 hex digits ({prefix}0a1b...)")
+        return value.strip() if value is not None else None
 
     @model_validator(mode="after")
     def _provider_fields(self) -> Self:

@@ -91,8 +91,9 @@ def test_errors_are_not_tracebacks_and_hide_secrets(tmp_path: Path) -> None:
         tmp_path,
         """
         channels:
-          - {name: w, type: whatsapp, provider: twilio, account_sid: AC1,
-             auth_token: "${TW_TOKEN}", from: "whatsapp:+1", app_secret: "${TW_TOKEN}"}
+          - {name: w, type: whatsapp, provider: twilio,
+             account_sid: AC00000000000000000000000000000000,
+             auth_token: "${TW_TOKEN}", from: "whatsapp:+14155238886", app_secret: "${TW_TOKEN}"}
         queues: [{name: q}]
         """,
     )

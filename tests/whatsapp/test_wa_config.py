@@ -12,6 +12,7 @@ from plugins.whatsapp.config import DEFAULT_GRAPH_VERSION, WhatsAppConfig
 from tests.whatsapp.support import (
     META_APP_SECRET,
     META_TOKEN,
+    TWILIO_SID,
     TWILIO_TOKEN,
     meta_config,
     twilio_config,
@@ -40,8 +41,9 @@ def test_twilio_defaults() -> None:
 
 def test_twilio_sender_shorthand_and_service() -> None:
     assert twilio_config(**{"from": "+14155238886"}).from_ == "whatsapp:+14155238886"
-    service = twilio_config(**{"from": None, "messaging_service_sid": "MG123"})
-    assert service.messaging_service_sid == "MG123"
+    sid = "MG" + "0a1B" * 8
+    service = twilio_config(**{"from": None, "messaging_service_sid": sid})
+    assert service.messaging_service_sid == sid
 
 
 def test_cloud_defaults() -> None:
@@ -77,7 +79,7 @@ def test_other_providers_fields_are_refused() -> None:
         "name": "wa",
         "type": "whatsapp",
         "provider": "twilio",
-        "account_sid": "AC1",
+        "account_sid": TWILIO_SID,
         "auth_token": TWILIO_TOKEN,
         "from": "whatsapp:+14155238886",
         "app_secret": META_APP_SECRET,
@@ -94,7 +96,7 @@ def test_other_providers_fields_are_refused() -> None:
         "access_token": META_TOKEN,
         "app_secret": META_APP_SECRET,
         "verify_token": "v",
-        "from": "whatsapp:+1",
+        "from": "whatsapp:+14155238886",
         "auth_token": TWILIO_TOKEN,
     }
     assert {e["loc"][0] for e in _errors(cloud)} == {"from", "auth_token"}
@@ -106,9 +108,32 @@ def test_unknown_keys_and_bad_values() -> None:
     assert any(e["loc"] == ("provider",) for e in _errors({**base, "provider": "vonage"}))
     errors = _errors({**meta_config().model_dump(), "graph_version": "21"})
     assert errors[0]["loc"] == ("graph_version",)
-    assert _errors({**base, "auth_token": "   ", "account_sid": "AC", "from": "whatsapp:+1"})[0][
-        "loc"
-    ] == ("auth_token",)
+    blank = {**base, "auth_token": "   ", "account_sid": TWILIO_SID, "from": "+14155238886"}
+    assert _errors(blank)[0]["loc"] == ("auth_token",)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("account_sid", "AC1"),
+        ("account_sid", "SK" + "0" * 32),  # an API key's SID, not the account's
+        ("account_sid", "AC" + "0" * 31 + "g"),
+        ("messaging_service_sid", "AC" + "0" * 32),
+        ("from", "15550001234"),
+        ("from", "sms:+15550001234"),
+        ("from", "whatsapp:15550001234"),
+    ],
+)
+def test_twilio_sids_and_sender_are_checked_at_load(key: str, value: str) -> None:
+    """A cut-off SID or a sender Twilio cannot send WhatsApp from fails every send: say so
+    at load, on the key."""
+    data = {
+        "name": "wa", "type": "whatsapp", "provider": "twilio", "account_sid": TWILIO_SID,
+        "auth_token": TWILIO_TOKEN, "from": "whatsapp:+14155238886", key: value,
+    }  # fmt: skip
+    [error] = _errors(data)
+    assert error["loc"] == (key,)
+    assert "expected" in error["msg"] and value not in error["msg"]
 
 
 def test_through_the_gateway_config_loader() -> None:
@@ -125,7 +150,7 @@ queues: [{name: support, distribution: manual}]
 routing: [{queue: support}]
 """
     env = {
-        "TWILIO_ACCOUNT_SID": "AC1",
+        "TWILIO_ACCOUNT_SID": TWILIO_SID,
         "TWILIO_AUTH_TOKEN": TWILIO_TOKEN,
         "WA_TOKEN": META_TOKEN,
         "WA_APP_SECRET": META_APP_SECRET,

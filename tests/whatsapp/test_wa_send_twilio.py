@@ -24,6 +24,7 @@ from tests.whatsapp.support import (
 )
 
 # Our message id rides in the query, so a status report can find the message it is about.
+SERVICE = "MG" + "7" * 32
 CALLBACK = "https://gw.example.com/webhooks/wa-twilio?gw_message=m_01TEST"
 
 
@@ -54,7 +55,7 @@ async def test_media_and_service(
     fake_twilio: FakeTwilio, http_session: aiohttp.ClientSession
 ) -> None:
     adapter = _adapter(
-        http_session, fake_twilio.base_url, **{"from": None, "messaging_service_sid": "MG1"}
+        http_session, fake_twilio.base_url, **{"from": None, "messaging_service_sid": SERVICE}
     )
     attachments = (
         Attachment(kind="image", url="https://cdn.example.com/a.jpg"),
@@ -63,7 +64,7 @@ async def test_media_and_service(
     await adapter.send(conversation(), agent_message("see", attachments=attachments))
     form = fake_twilio.calls[0].form
     assert form["MediaUrl"] == ["https://cdn.example.com/a.jpg", "https://cdn.example.com/b.pdf"]
-    assert form["MessagingServiceSid"] == ["MG1"]
+    assert form["MessagingServiceSid"] == [SERVICE]
     assert "From" not in form
 
 
