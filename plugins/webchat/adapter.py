@@ -11,6 +11,10 @@ Wire protocol (DESIGN section 5):
   one of the visitor's own message ids is a 400 before the upgrade. Without `after` (a widget
   that keeps no position), the agent replies that never reached any of the visitor's sockets
   (still `queued` or `sent`) are replayed first, in order: what they missed while away.
+- Read receipts (an extension): `{"type": "read", "message_id"}` on the socket, or
+  `POST /webchat/{channel}/read` `{"message_id"}` (204), says the visitor was shown that agent
+  reply; it moves to `read` for the agent. The widget sends one per reply shown while its panel
+  is open and the page visible. A widget that sends none leaves replies at `delivered`.
 
 A visitor message's provider id is `visitor_id:client_id`, so a resend after a lost ack is the
 same message (the store deduplicates it). Agent replies reach the visitor through the event
@@ -59,6 +63,10 @@ MAX_CLIENT_ID = 100
 CORS_HEADERS = "Authorization, Content-Type"
 TYPING_RATE = "20/minute"
 """Typing indicators a visitor may send (more are dropped silently: nothing is lost)."""
+READ_RATE = "120/minute"
+"""Read receipts a visitor may send (more are dropped silently: the next one covers them, and
+the widget sends one per reply it shows)."""
+NOT_YOURS = "no agent message of this chat has this message_id"
 WHOLE_HISTORY = "0"
 """`after=0`: every message of the visitor (lower than every message id)."""
 REPLAY_PAGE = 1000
@@ -230,6 +238,8 @@ class WebchatAdapter(BaseAdapter):
             web.post(f"{base}/messages", logged(self.post_message)),
             web.get(f"{base}/messages", logged(self.get_messages)),
             web.options(f"{base}/messages", self._preflight("GET, POST")),
+            web.post(f"{base}/read", logged(self.post_read)),
+            web.options(f"{base}/read", self._preflight("POST")),
             web.get(f"{base}/demo", self.demo),
             web.get("/webchat/widget.js", self.widget),
         ]
@@ -375,6 +385,58 @@ class WebchatAdapter(BaseAdapter):
             "message": visitor_message_json(result.message),
         }
         return self._cors(request, _json(body, 201))
+
+    async def post_read(self, request: web.Request) -> web.StreamResponse:
+        """`POST /webchat/{channel}/read` `{"message_id"}` with the visitor token as bearer:
+        the same as a socket `read` frame, answered 204."""
+        if not self._origin_allowed(request):
+            return _error(403, "origin_not_allowed", "this site may not use this chat")
+        try:
+            session = self._bearer_session(request)
+        except InvalidToken as exc:
+            return self._cors(request, _error(401, "invalid_token", str(exc)))
+        try:
+            frame = orjson.loads(await read_within(request, request.read()) or b"{}")
+        except orjson.JSONDecodeError:
+            return self._cors(request, _error(400, "invalid_json", "the body is not valid JSON"))
+        try:
+            refused = await self._visitor_read(session, frame)
+        except StoreUnavailable as exc:
+            return self._cors(request, self._unavailable(exc))
+        if refused is not None:
+            return self._cors(request, _error(400, "invalid_request", refused))
+        return self._cors(request, web.Response(status=204))
+
+    async def _visitor_read(self, session: VisitorSession, frame: Any) -> str | None:
+        """The visitor was shown an agent reply (`{"type": "read", "message_id"}`): it moves
+        to `read`, which its agent sees on the stream as for a WhatsApp read report. Returns
+        why the receipt was refused, None when it was taken (or dropped over READ_RATE)."""
+        message_id = frame.get("message_id") if isinstance(frame, dict) else None
+        if not isinstance(message_id, str) or not 1 <= len(message_id) <= MAX_CLIENT_ID:
+            return "message_id is required: the id of an agent reply you were shown"
+        over = await self.context.limiter.hit(
+            READ_RATE, f"webchat:{self.name}:read", session.visitor_id
+        )
+        if over is not None:
+            return None
+        message = await self.context.history.get_message(message_id)
+        if (
+            message is None
+            or message.channel != self.name
+            or message.direction != Direction.OUT
+            or message.contact is None
+            or message.contact.address != session.visitor_id
+        ):
+            return NOT_YOURS  # the same words for another visitor's reply: no probing ids
+        if message.status != DeliveryState.READ:
+            status = DeliveryStatus(
+                channel=self.name,
+                provider_message_id=message.id,
+                status=DeliveryState.READ,
+                at=self.context.clock.now(),
+            )
+            await self.context.inbound.status(status)
+        return None
 
     async def get_messages(self, request: web.Request) -> web.StreamResponse:
         """`GET /webchat/{channel}/messages[?after=ID]`: the visitor's history, in order."""
@@ -666,13 +728,19 @@ class WebchatAdapter(BaseAdapter):
             await _send_error(ws, "invalid_request", text)
             return
         if message is None:
-            if isinstance(frame, dict) and frame.get("type") == "typing":
-                try:
+            kind = frame.get("type") if isinstance(frame, dict) else None
+            try:
+                if kind == "typing":
                     await self._visitor_typing(session)
-                except StoreUnavailable as exc:  # a typing indicator lost: nothing to retry
-                    self.context.log.warning(
-                        "webchat.store_unavailable", channel=self.name, error=str(exc)
-                    )
+                elif kind == "read":
+                    refused = await self._visitor_read(session, frame)
+                    if refused is not None:
+                        self.context.log.info("webchat.bad_frame", visitor=session.visitor_id)
+                        await _send_error(ws, "invalid_request", refused)
+            except StoreUnavailable as exc:  # a typing indicator or receipt lost: no retry
+                self.context.log.warning(
+                    "webchat.store_unavailable", channel=self.name, error=str(exc)
+                )
             return
         client_id = message.extra["client_id"]
         retry_after = await self._message_limit(session, message)
@@ -723,10 +791,10 @@ class WebchatAdapter(BaseAdapter):
         if not isinstance(frame, dict):
             raise InvalidInput("a frame is a JSON object")
         kind = frame.get("type")
-        if kind in ("ping", "typing"):
+        if kind in ("ping", "typing", "read"):
             return None
         if kind != "message":
-            raise InvalidInput("type must be 'message'")
+            raise InvalidInput("type must be 'message', 'typing' or 'read'")
         text = frame.get("text")
         client_id = frame.get("client_id")
         if not isinstance(text, str) or not text.strip():

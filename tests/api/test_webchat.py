@@ -240,6 +240,65 @@ async def test_replies_read_over_http_are_delivered_and_not_replayed(gw: Gateway
     await ws.close()
 
 
+async def test_the_visitors_read_receipt_reaches_the_agent(gw: Gateway) -> None:
+    """A `read` frame (or POST /read) moves the agent's reply to `read`, live on the stream;
+    only the visitor's own agent replies take one."""
+    from tests.api.test_stream_presence import open_stream, receive
+
+    v, ws, conv_id = await chat_taken_by_maria(gw)
+    agent_ws = await open_stream(gw, "maria")
+    path = f"/api/v1/conversations/{conv_id}/messages"
+    await gw.post("maria", path, {"text": "uno"})
+    first = (await frame(ws, "message"))["message"]
+    await ws.send_json({"type": "read", "message_id": first["id"]})
+    seen = []  # sent, delivered (the push), then read: statuses only move forward
+    while not seen or seen[-1] != "read":
+        report = await receive(agent_ws, type_="message.status")
+        seen.append(report["message"]["status"])
+    # (a receipt may overtake the write of the push's delivery, which is then stale)
+    assert seen in (["sent", "delivered", "read"], ["sent", "read"], ["delivered", "read"])
+    assert report["message"]["id"] == first["id"]
+    _, conv = await gw.get("maria", f"/api/v1/conversations/{conv_id}")
+    assert conv["messages"][-1]["status"] == "read"
+
+    # Over HTTP; a repeat changes nothing (and is no error).
+    await gw.post("maria", path, {"text": "dos"})
+    second = (await frame(ws, "message"))["message"]
+    bearer = {"Authorization": f"Bearer {v['token']}"}
+    for _ in range(2):
+        resp = await gw.client.post(
+            "/webchat/site/read", json={"message_id": second["id"]}, headers=bearer
+        )
+        assert resp.status == 204
+    _, conv = await gw.get("maria", f"/api/v1/conversations/{conv_id}")
+    assert [m["status"] for m in conv["messages"] if m["direction"] == "out"] == ["read"] * 2
+
+    # Not theirs to read: another visitor's reply, their own message, a made-up id.
+    _, other_ws, other_conv = await chat_taken_by_maria(gw)
+    await gw.post("maria", f"/api/v1/conversations/{other_conv}/messages", {"text": "tres"})
+    theirs = (await frame(other_ws, "message"))["message"]
+    own = conv["messages"][0]["id"]
+    for message_id in (theirs["id"], own, "m_nope", ""):
+        await ws.send_json({"type": "read", "message_id": message_id})
+        error = await frame(ws, "error")
+        assert error["code"] == "invalid_request", message_id
+        resp = await gw.client.post(
+            "/webchat/site/read", json={"message_id": message_id}, headers=bearer
+        )
+        assert resp.status == 400, message_id
+    await delivered(gw, {theirs["id"]})
+    _, other_view = await gw.get("maria", f"/api/v1/conversations/{other_conv}")
+    assert other_view["messages"][-1]["status"] == "delivered"  # not read by someone else
+    resp = await gw.client.post(
+        "/webchat/site/read", json={"message_id": second["id"]}, headers={"Authorization": "x"}
+    )
+    assert resp.status == 401
+    resp = await gw.client.post("/webchat/site/read", data=b"{oops", headers=bearer)
+    assert resp.status == 400
+    for socket in (ws, other_ws, agent_ws):
+        await socket.close()
+
+
 async def test_tokens_are_scoped_to_their_visitor(gw: Gateway) -> None:
     ana = await gw.visitor("Ana")
     bob = await gw.visitor("Bob")
@@ -321,7 +380,7 @@ def preflight_headers(origin: str, method: str) -> dict[str, str]:
 
 async def test_cors_preflight_lets_allowed_sites_call_every_http_endpoint(gw: Gateway) -> None:
     good, evil = "https://shop.example.com", "https://evil.example"
-    calls = [("session", "POST"), ("messages", "POST"), ("messages", "GET")]
+    calls = [("session", "POST"), ("messages", "POST"), ("messages", "GET"), ("read", "POST")]
     for path, method in calls:
         resp = await gw.client.options(
             f"/webchat/site/{path}", headers=preflight_headers(good, method)
