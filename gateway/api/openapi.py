@@ -562,10 +562,36 @@ def _webchat_paths() -> dict[str, Any]:
             },
             "options": _preflight("GET, POST"),
         },
+        "/webchat/{channel}/read": {
+            "post": {
+                "summary": "A read receipt over plain HTTP (as the socket's `read` frame): the"
+                " visitor was shown this agent reply, which moves to `read`",
+                "security": [{"visitor": []}],
+                "parameters": [CHANNEL],
+                "requestBody": {"required": True, **_json(_ref("VisitorRead"))},
+                "responses": {
+                    "204": {"description": "Recorded (or already read)"},
+                    **_errors(
+                        400,
+                        401,
+                        403,
+                        408,
+                        413,
+                        503,
+                        s400="No `message_id`, or not an agent reply of this visitor's",
+                        s401=VISITOR_401,
+                        s403=ORIGIN_403,
+                        s503=WEBCHAT_503,
+                    ),
+                },
+            },
+            "options": _preflight("POST"),
+        },
         "/webchat/{channel}/ws": {
             "get": {
-                "summary": "The visitor's WebSocket: send `message` and `typing` frames, get"
-                " `ack`, `message`, `typing`, `conversation` and `error` frames",
+                "summary": "The visitor's WebSocket: send `message`, `typing`, `read` and"
+                " `ping` frames, get `ack`, `message`, `typing`, `conversation`, `pong` and"
+                " `error` frames",
                 "description": "With `after`, every message the visitor missed since that one is"
                 " replayed first, in order (`after=0`: the whole history); without it, the agent"
                 " replies that never reached any socket of the visitor are. When the store"
@@ -575,7 +601,10 @@ def _webchat_paths() -> dict[str, Any]:
                 " (server to visitor) and `x-client-frames` (visitor to server). A message over"
                 " the rate limit gets an `error` frame (`rate_limited`, with `retry_after`) and"
                 " is not stored; the socket stays open. So does a used `client_id` with another"
-                " text (`client_id_reused`).",
+                " text (`client_id_reused`). `message` frames also carry what the visitor wrote"
+                " through another of their sockets (another tab), never back to the one it came"
+                " through (which gets the `ack`). `ping` is answered with `pong`: a client that"
+                " gets no answer can tell a dead network from a quiet chat.",
                 "security": UNAUTHENTICATED,
                 "parameters": [
                     CHANNEL,
@@ -594,12 +623,15 @@ def _webchat_paths() -> dict[str, Any]:
                         _ref("VisitorTyping"),
                         _ref("VisitorConversation"),
                         _ref("VisitorError"),
+                        _object({"type": {"const": "pong"}}, ["type"]),
                     ]
                 },
                 "x-client-frames": {
                     "oneOf": [
                         _ref("VisitorSend"),
                         _object({"type": {"const": "typing"}}, ["type"]),
+                        _object({"type": {"const": "ping"}}, ["type"]),
+                        _ref("VisitorRead"),
                     ]
                 },
                 "responses": {
@@ -1045,6 +1077,16 @@ def _schemas() -> dict[str, Any]:
                 "client_id": {"type": "string", "description": "Unique per message, e.g. a UUID"},
             },
         },
+        "VisitorRead": _object(
+            {
+                "type": {"const": "read", "description": "Optional over HTTP"},
+                "message_id": {
+                    "type": "string",
+                    "description": "The id of an agent reply the visitor was shown",
+                },
+            },
+            ["message_id"],
+        ),
         "VisitorAck": _object(
             {
                 "type": {"const": "ack"},

@@ -305,7 +305,15 @@ class WebchatAdapter(BaseAdapter):
         """Open a visitor session, or resume one from its token (new token, same visitor)."""
         if not self._origin_allowed(request):
             self.context.log.info("webchat.origin_refused", origin=request.headers.get("Origin"))
-            return _error(403, "origin_not_allowed", "this site may not use this chat")
+            # Readable by the refused page (the widget posts without a preflight), so the
+            # widget can say the chat is not for this site instead of retrying for ever. It
+            # says nothing a direct request would not, and grants no access.
+            refusal = _error(403, "origin_not_allowed", "this site may not use this chat")
+            origin = request.headers.get("Origin")
+            if origin:
+                refusal.headers["Access-Control-Allow-Origin"] = origin
+                refusal.headers["Vary"] = "Origin"
+            return refusal
         address = self.context.client_address(request)
         retry_after = await self.context.limiter.hit(
             self.config.session_rate_limit, f"webchat:{self.name}:session", address
@@ -573,7 +581,7 @@ class WebchatAdapter(BaseAdapter):
             message = event.message
             return (
                 (
-                    event.type == "message.sent"
+                    event.type in ("message.sent", "message.received")
                     and message is not None
                     and message.channel == self.name
                     and message.contact is not None
@@ -595,11 +603,14 @@ class WebchatAdapter(BaseAdapter):
             )
 
         subscription = self.context.events.subscribe(mine, key=(self.name, address))
-        pump = asyncio.create_task(self._pump(out, subscription, session, after))
+        # What this socket's visitor wrote through it: acked here, and pushed to their other
+        # sockets (another tab) only.
+        written_here: set[str] = set()
+        pump = asyncio.create_task(self._pump(out, subscription, session, after, written_here))
         try:
             async for msg in ws:
                 if msg.type == WSMsgType.TEXT:
-                    await self._on_text(ws, session, msg.data)
+                    await self._on_text(ws, session, msg.data, written_here)
                 elif msg.type == WSMsgType.BINARY:
                     self.context.log.info("webchat.bad_frame", visitor=session.visitor_id)
                     await _send_error(ws, "invalid_request", "frames are JSON text, not binary")
@@ -619,13 +630,14 @@ class WebchatAdapter(BaseAdapter):
         subscription: Any,
         session: VisitorSession,
         after: str | None,
+        written_here: set[str],
     ) -> None:
         """Push to the visitor until the socket ends. If the store fails meanwhile (replaying
         history, recording a delivery), close with 1013 (try again later): a socket that stays
         open but pushes nothing would look healthy to the widget; reconnecting replays. A
         visitor that stopped reading has its connection reset (`gateway.wsdrop`)."""
         try:
-            await self._forward(out, subscription, session, after)
+            await self._forward(out, subscription, session, after, written_here)
         except StoreUnavailable as exc:
             self.context.log.warning(
                 "webchat.store_unavailable", channel=self.name, error=str(exc), during="push"
@@ -645,8 +657,10 @@ class WebchatAdapter(BaseAdapter):
         subscription: Any,
         session: VisitorSession,
         after: str | None,
+        written_here: set[str],
     ) -> None:
-        """Replay what the visitor missed, then push agent replies and state changes live."""
+        """Replay what the visitor missed, then push agent replies, what the visitor wrote in
+        another tab, and state changes live."""
         sent_ids: set[str] = set()
         # With `after`, everything since it; without, the replies no socket of theirs got.
         undelivered_only = after is None
@@ -680,6 +694,8 @@ class WebchatAdapter(BaseAdapter):
             message = event.message
             if message is None or message.id in sent_ids:
                 continue
+            if message.direction == Direction.IN and message.client_id in written_here:
+                continue  # this socket sent it: its ack says so
             await self._push(out, message)
 
     async def _push(self, out: Sender, message: Message) -> None:
@@ -718,7 +734,9 @@ class WebchatAdapter(BaseAdapter):
                 "webchat.delivery_not_recorded", channel=self.name, error=str(write.exception())
             )
 
-    async def _on_text(self, ws: web.WebSocketResponse, session: VisitorSession, data: str) -> None:
+    async def _on_text(
+        self, ws: web.WebSocketResponse, session: VisitorSession, data: str, written_here: set[str]
+    ) -> None:
         try:
             frame = orjson.loads(data)
             message = self._parse_frame(frame, session)
@@ -730,7 +748,9 @@ class WebchatAdapter(BaseAdapter):
         if message is None:
             kind = frame.get("type") if isinstance(frame, dict) else None
             try:
-                if kind == "typing":
+                if kind == "ping":  # the widget's keep-alive: it drops a socket left unanswered
+                    await ws.send_str('{"type":"pong"}')
+                elif kind == "typing":
                     await self._visitor_typing(session)
                 elif kind == "read":
                     refused = await self._visitor_read(session, frame)
@@ -743,6 +763,7 @@ class WebchatAdapter(BaseAdapter):
                 )
             return
         client_id = message.extra["client_id"]
+        written_here.add(client_id)  # before it is stored: its event may come before the ack
         retry_after = await self._message_limit(session, message)
         if retry_after is not None:
             # Not stored: the visitor resends it (same client_id) after the wait.

@@ -355,7 +355,7 @@ async def test_every_response_and_frame_is_documented(gw: Gateway) -> None:
     doc = Document(await resp.json())
     assert doc.doc == json.loads(json.dumps(openapi_document()))
     await _ops(gw, doc)
-    _, visitor_id, visitor_ws = await _webchat(gw, doc)
+    token, visitor_id, visitor_ws = await _webchat(gw, doc)
     for path in ("/api/v1/stream", "/api/v1/stream?after=bogus"):
         resp = await gw.client.get(path, headers=gw.auth("maria"))
         assert resp.status == 400  # no upgrade; a cursor the log never issued
@@ -382,6 +382,39 @@ async def test_every_response_and_frame_is_documented(gw: Gateway) -> None:
     wanted_visitor = {"message", "ack", "typing", "conversation", "error"}
     for frame in await frames_until(visitor_ws, wanted_visitor, visitor_frames):
         doc.frame(WC + "/ws", frame)
+    async with asyncio.timeout(10):
+        while not any(f["type"] == "message" and f["message"]["direction"] == "out"
+                      for f in visitor_frames):  # fmt: skip
+            visitor_frames.append(json.loads((await visitor_ws.receive()).data))
+            doc.frame(WC + "/ws", visitor_frames[-1])
+    reply = next(
+        f["message"]
+        for f in visitor_frames
+        if f["type"] == "message" and f["message"]["direction"] == "out"
+    )
+    for frame in ({"type": "ping"}, {"type": "read", "message_id": reply["id"]}):
+        doc.frame(WC + "/ws", frame, key="x-client-frames")
+        await visitor_ws.send_json(frame)
+    for frame in await frames_until(visitor_ws, {"pong"}, visitor_frames):
+        doc.frame(WC + "/ws", frame)
+    read = "/webchat/site/read"
+    bearer = {"Authorization": f"Bearer {token}"}
+    for headers, body, status in [
+        (bearer, {"message_id": reply["id"]}, 204),
+        (bearer, {"message_id": "m_nope"}, 400),
+        (bearer, b"{", 400),
+        ({}, {"message_id": reply["id"]}, 401),
+        ({**bearer, "Origin": EVIL}, {"message_id": reply["id"]}, 403),
+    ]:
+        kw: dict[str, Any] = {"data": body} if isinstance(body, bytes) else {"json": body}
+        resp = await gw.client.post(read, headers=headers, **kw)
+        assert resp.status == status, await resp.text()
+        await doc.check(resp, "POST", WC + "/read")
+    for origin, status in [(ALLOWED, 204), (EVIL, 403)]:
+        headers = {"Origin": origin, "Access-Control-Request-Method": "POST"}
+        resp = await gw.client.options(read, headers=headers)
+        assert resp.status == status
+        await doc.check(resp, "OPTIONS", WC + "/read")
     await agent_ws.close()
     await visitor_ws.close()
 

@@ -77,7 +77,7 @@ async def test_widget_survives_a_reload_and_replays_what_was_missed(
         "Respuesta mientras no estabas",
         "Gracias",
     ]
-    assert thread["messages"][2]["status"] == "delivered"  # pushed when the visitor came back
+    assert thread["messages"][2]["status"] == "read"  # shown in the open chat when they came back
     assert await gw.waiting() == []
 
 

@@ -10,6 +10,13 @@
  * the last message shown); only a 401 `invalid_token` from the session endpoint ends the visitor:
  * then a new session starts with nothing of the old one (no message id of another visitor).
  * Every customer or agent text is rendered with textContent: never as HTML.
+ * It lives in a shadow root with a constructed stylesheet, so the host page's CSS does not
+ * reach it and a strict Content-Security-Policy (style-src 'self') does not unstyle it.
+ * Messages go one at a time, in order: a rate-limited one is resent after the wait the gateway
+ * names, before any later one. A socket that stops answering its keep-alive (a silent network,
+ * a proxy that dropped it) is replaced; data-keepalive="20" sets the interval in seconds.
+ * Each agent reply shown while the panel is open and the page visible gets a read receipt;
+ * while it is closed, the launcher counts unread replies.
  */
 (function () {
   "use strict";
@@ -18,6 +25,8 @@
   var channel = script.getAttribute("data-channel") || "site";
   var base = script.getAttribute("data-gateway") || new URL(script.src, location.href).origin;
   var title = script.getAttribute("data-title") || "Chat with us";
+  var visitorName = (script.getAttribute("data-name") || "").slice(0, 80) || undefined;
+  var keepalive = Math.max(1, Number(script.getAttribute("data-keepalive")) || 20) * 1000;
   var storeKey = "gw-webchat:" + base + ":" + channel;
 
   var state = load();
@@ -29,6 +38,10 @@
   var replayAll = false; // the gateway refused `after=lastId`: ask for the whole history once
   var typingTimer = null;
   var lastTyping = 0;
+  var inFlight = null; // the client_id sent and not yet acknowledged: one at a time, in order
+  var heldUntil = 0;   // rate limited: nothing is sent before this time (ms)
+  var unread = {};     // agent reply id -> true, until a read receipt goes for it
+  var stopped = false; // the gateway refused this site or this widget's settings for good
 
   function load() {
     try { return JSON.parse(localStorage.getItem(storeKey)) || {}; } catch (e) { return {}; }
@@ -61,20 +74,49 @@
     ".gwc-unsent{opacity:.6}.gwc-note{text-align:center;color:#57606a;font-size:12px;margin:6px 0}" +
     ".gwc-typing{color:#57606a;font-size:12px;padding:0 10px 4px;min-height:16px;background:#f6f8fa}" +
     ".gwc-form{display:flex;border-top:1px solid #d0d7de}.gwc-input{flex:1;border:0;padding:12px;font:inherit;outline:none}" +
-    ".gwc-send{border:0;background:#fff;color:#1f6feb;font-weight:600;padding:0 14px;cursor:pointer}";
-  var style = el("style");
-  style.textContent = css;
-  document.head.appendChild(style);
+    ".gwc-send{border:0;background:#fff;color:#1f6feb;font-weight:600;padding:0 14px;cursor:pointer}" +
+    ".gwc-close{border:0;background:none;color:#fff;font:600 18px/1 system-ui,sans-serif;cursor:pointer;padding:0 0 0 10px}" +
+    ".gwc-badge{display:inline-block;min-width:18px;margin-left:8px;padding:1px 5px;border-radius:9px;background:#cf222e;color:#fff;font-size:12px}" +
+    ".gwc-badge:empty{display:none}.gwc-failed{opacity:.6;text-decoration:line-through}";
+
+  // The widget's own corner of the page: the host's stylesheets stop at the shadow root, and
+  // a constructed stylesheet is not an inline <style> that a page's CSP may block.
+  var host = document.createElement("div");
+  host.setAttribute("data-gw-webchat", channel);
+  host.style.setProperty("all", "initial");
+  var root = host;
+  if (host.attachShadow) {
+    root = host.attachShadow({mode: "open"});
+    try {
+      var sheet = new CSSStyleSheet();
+      sheet.replaceSync(css);
+      root.adoptedStyleSheets = [sheet];
+    } catch (e) {
+      root.appendChild(el("style")).textContent = css;
+    }
+  } else {
+    document.head.appendChild(el("style")).textContent = css;
+  }
 
   var button = el("button", "gwc-button", title);
   button.type = "button";
   button.setAttribute("aria-label", title);
+  button.setAttribute("aria-expanded", "false");
+  var badge = button.appendChild(el("span", "gwc-badge"));
   var panel = el("section", "gwc-panel");
   panel.setAttribute("aria-label", title);
+  panel.id = "gwc-panel";
+  button.setAttribute("aria-controls", panel.id);
   var head = el("div", "gwc-head");
   head.appendChild(el("span", null, title));
   var status = el("span", "gwc-status", "connecting…");
-  head.appendChild(status);
+  var close = el("button", "gwc-close", "×");
+  close.type = "button";
+  close.setAttribute("aria-label", "Close chat");
+  var tools = el("span");
+  tools.appendChild(status);
+  tools.appendChild(close);
+  head.appendChild(tools);
   var log = el("div", "gwc-log");
   log.setAttribute("role", "log");
   var typing = el("div", "gwc-typing");
@@ -93,19 +135,47 @@
   panel.appendChild(form);
 
   function mount() {
-    document.body.appendChild(panel);
-    document.body.appendChild(button);
+    root.appendChild(panel);
+    root.appendChild(button);
+    document.body.appendChild(host);
     Object.keys(pending).forEach(function (id) { render(null, id); });
     if (script.getAttribute("data-open") === "true" || state.open) toggle(true);
   }
   function toggle(open) {
     var isOpen = open === undefined ? !panel.classList.contains("gwc-open") : open;
     panel.classList.toggle("gwc-open", isOpen);
+    button.setAttribute("aria-expanded", String(isOpen));
     state.open = isOpen;
     save();
-    if (isOpen) input.focus();
+    if (isOpen) {
+      input.focus();
+      receipts();
+    } else {
+      button.focus();
+    }
   }
   button.addEventListener("click", function () { toggle(); });
+  close.addEventListener("click", function () { toggle(false); });
+  panel.addEventListener("keydown", function (e) {
+    if (e.key === "Escape") toggle(false);
+  });
+  document.addEventListener("visibilitychange", receipts);
+
+  // Read receipts: an agent reply counts as read once shown with the panel open and the page
+  // visible; until then the launcher shows how many wait.
+  function receipts() {
+    var ids = Object.keys(unread);
+    var seen = panel.classList.contains("gwc-open") && document.visibilityState === "visible";
+    if (seen && ws && ws.readyState === 1) {
+      ids.forEach(function (id) {
+        ws.send(JSON.stringify({type: "read", message_id: id}));
+        delete unread[id];
+      });
+      ids = [];
+    }
+    badge.textContent = ids.length && !panel.classList.contains("gwc-open") ? String(ids.length) : "";
+    button.setAttribute("aria-label", ids.length ? title + " (" + ids.length + " unread)" : title);
+  }
 
   // Confirmed messages are shown in the order of their ids (time-ordered: the order the
   // gateway stored them), whatever order their frames come in: after a reload, the ack of a
@@ -128,6 +198,7 @@
     var node = shown[key] || (ownId && shown["pending:" + ownId]);
     if (!node) {
       node = el("div", "gwc-msg");
+      node.setAttribute("dir", "auto"); // right-to-left text reads right, whatever the page is
       log.insertBefore(node, message ? log.querySelector(".gwc-unsent") : null);
     }
     if (message) {
@@ -140,6 +211,7 @@
       node.className = "gwc-msg " + (message.direction === "in" ? "gwc-in" : "gwc-out");
       node.textContent = message.text || "[" + message.kind + "]";
       node.setAttribute("data-id", message.id);
+      if (message.direction === "out" && message.status !== "read") unread[message.id] = true;
       if (!lastId || message.id > lastId) lastId = message.id;
     } else {
       shown[key] = node;
@@ -154,11 +226,8 @@
   }
 
   function post(path, body) {
-    return fetch(base + path, {
-      method: "POST",
-      headers: {"Content-Type": "application/json"},
-      body: JSON.stringify(body)
-    }).then(function (r) {
+    // A simple request (text/plain, no preflight): a site the gateway refuses can read why.
+    return fetch(base + path, {method: "POST", body: JSON.stringify(body)}).then(function (r) {
       if (r.ok) return r.json();
       return r.json().catch(function () { return {}; }).then(function (body) {
         var err = new Error("session refused: " + r.status);
@@ -170,7 +239,7 @@
   }
   function session() {
     var resuming = !!state.token;
-    var body = resuming ? {token: state.token} : {display_name: script.getAttribute("data-name") || undefined};
+    var body = resuming ? {token: state.token} : {display_name: visitorName};
     return post("/webchat/" + encodeURIComponent(channel) + "/session", body).then(function (s) {
       if (state.visitor && s.visitor_id !== state.visitor) forget();
       state.token = s.token;
@@ -182,6 +251,14 @@
       if (resuming && err.status === 401 && err.code === "invalid_token") {
         forget();
         return session();
+      }
+      if (err.status === 403 || err.status === 400 || err.status === 404) {
+        // This site, or this widget's settings, refused for good: retrying changes nothing.
+        stopped = true;
+        status.textContent = "unavailable";
+        note(err.code === "origin_not_allowed"
+          ? "Chat is not available on this site."
+          : "Chat is not available right now.");
       }
       throw err;
     });
@@ -196,6 +273,8 @@
     lastId = null;
     replayAll = false;
     shown = {};
+    unread = {};
+    inFlight = null;
     log.textContent = "";
     typing.textContent = "";
     if (hadHistory) note("Your chat session expired. Write to start a new conversation.");
@@ -210,6 +289,8 @@
       var socket = new WebSocket(url);
       var opened = false;
       var healthy = null;
+      var pinger = null;
+      var answer = null; // the keep-alive deadline: any frame before it proves the socket
       ws = socket;
       socket.onopen = function () {
         opened = true;
@@ -218,18 +299,43 @@
         // once (1013 while its store is down) keeps backing off.
         healthy = setTimeout(function () { retry = 0; }, 5000);
         status.textContent = "online";
-        Object.keys(pending).forEach(function (id) { transmit(id); });
+        pinger = setInterval(function () {
+          if (socket.readyState !== 1) return;
+          socket.send(JSON.stringify({type: "ping"}));
+          if (!answer) answer = setTimeout(function () { ended(true); }, keepalive);
+        }, keepalive);
+        inFlight = null;
+        next();
+        receipts();
       };
+      // The socket is over: closed, or silent past its keep-alive (then it is dropped without
+      // waiting for a close handshake that a dead network never completes).
+      function ended(silent) {
+        if (ws !== socket) return;
+        clearTimeout(healthy);
+        clearInterval(pinger);
+        clearTimeout(answer);
+        socket.onclose = socket.onmessage = null;
+        if (silent) {
+          try { socket.close(); } catch (err) { /* already closing */ }
+        }
+        reconnect();
+      }
       socket.onmessage = function (e) {
+        clearTimeout(answer);
+        answer = null;
         var frame;
         try { frame = JSON.parse(e.data); } catch (err) { return; }
         if (frame.type === "ack") {
           delete pending[frame.client_id];
           save();
           render(frame.message, frame.client_id);
+          if (inFlight === frame.client_id) inFlight = null;
+          next();
         } else if (frame.type === "message") {
           render(frame.message);
           if (frame.message.direction === "out") typing.textContent = "";
+          receipts();
         } else if (frame.type === "typing") {
           typing.textContent = frame.active ? "Agent is typing…" : "";
           clearTimeout(typingTimer);
@@ -239,31 +345,58 @@
         } else if (frame.type === "conversation" && frame.state === "closed") {
           note("The agent closed this conversation.");
         } else if (frame.type === "error") {
-          note(frame.message);
+          refused(frame);
         }
       };
       socket.onclose = function (e) {
-        clearTimeout(healthy);
         // Refused before the upgrade after a session the gateway granted: most likely the 400
         // for an `after` it does not know (a browser does not tell the status). Ask for the
         // whole history next; messages already shown are not shown twice.
         if (!opened && after !== "0") replayAll = true;
         // Going away: this node shuts down, another one (or it, restarted) takes over.
         if (e.code === 1001) retry = 0;
-        reconnect();
+        ended(false);
       };
-    }).catch(reconnect);
+    }).catch(function () {
+      if (!stopped) reconnect();
+    });
   }
   function reconnect() {
     status.textContent = "reconnecting…";
     ws = null;
+    inFlight = null;
     var delay = Math.min(30000, 500 * Math.pow(2, retry++)) * (0.5 + Math.random() / 2);
     setTimeout(connect, delay);
   }
-  function transmit(clientId) {
-    if (ws && ws.readyState === 1) {
-      ws.send(JSON.stringify({type: "message", text: pending[clientId], client_id: clientId}));
+  // What the gateway refused. A rate-limited message goes again after the wait it names, and
+  // nothing overtakes it; one it can never take (too long, its client_id used for another
+  // text) is dropped, marked, so the messages after it still go.
+  function refused(frame) {
+    var clientId = frame.client_id;
+    if (frame.code === "rate_limited" && clientId && pending[clientId]) {
+      heldUntil = Date.now() + 1000 * (Number(frame.retry_after) || 1);
+      if (inFlight === clientId) inFlight = null;
+      setTimeout(next, heldUntil - Date.now());
+      return;
     }
+    if (clientId && pending[clientId] && frame.code !== "store_unavailable") {
+      var node = shown["pending:" + clientId];
+      if (node) node.className = "gwc-msg gwc-in gwc-failed";
+      delete shown["pending:" + clientId];
+      delete pending[clientId];
+      save();
+      if (inFlight === clientId) inFlight = null;
+      next();
+    }
+    note(frame.message);
+  }
+  // Send the oldest message not yet acknowledged, if none is on its way.
+  function next() {
+    if (inFlight || Date.now() < heldUntil || !ws || ws.readyState !== 1) return;
+    var clientId = Object.keys(pending)[0];
+    if (!clientId) return;
+    inFlight = clientId;
+    ws.send(JSON.stringify({type: "message", text: pending[clientId], client_id: clientId}));
   }
   form.addEventListener("submit", function (e) {
     e.preventDefault();
@@ -273,7 +406,7 @@
     pending[clientId] = text;
     save();
     render(null, clientId);
-    transmit(clientId);
+    next();
     input.value = "";
     lastTyping = 0; // the next keystroke starts a new message: say so at once
   });
