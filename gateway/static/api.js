@@ -89,8 +89,14 @@ export class Api {
  * it reconnects by itself with capped exponential backoff and `after=` the last cursor seen:
  * the gateway replays what was missed, in order, before going live again.
  */
+/** Seconds between the stream's keep-alive pings; a ping unanswered for as long again means
+ * the network dropped the socket without closing it (a proxy, a laptop's Wi-Fi), and the
+ * stream reconnects instead of showing "live" while nothing arrives. */
+export const KEEPALIVE = 20;
+
 export class Stream {
-  constructor(token, { onEvent, onHello, onState }) {
+  constructor(token, { onEvent, onHello, onState, keepalive = KEEPALIVE }) {
+    this.keepalive = keepalive * 1000;
     this.token = token;
     this.onEvent = onEvent;
     this.onHello = onHello;
@@ -122,13 +128,31 @@ export class Stream {
     const ws = new WebSocket(url);
     const resumeFrom = this.cursor;
     let opened = false;
+    let pinger = null;
+    let answer = null;
     this.ws = ws;
     ws.onopen = () => {
       opened = true;
       this.retry = 0;
       this.onState("live");
+      pinger = setInterval(() => {
+        if (ws.readyState !== WebSocket.OPEN) return;
+        ws.send("ping");
+        if (!answer) {
+          answer = setTimeout(() => {
+            // Silent past its keep-alive: drop it without waiting for a close handshake that
+            // a dead network never completes, and reconnect from our cursor.
+            ws.onmessage = null;
+            ws.onclose = null;
+            try { ws.close(); } catch (err) { /* already closing */ }
+            closed();
+          }, this.keepalive);
+        }
+      }, this.keepalive);
     };
     ws.onmessage = (e) => {
+      clearTimeout(answer);
+      answer = null;
       let frame;
       try {
         frame = JSON.parse(e.data);
@@ -145,7 +169,9 @@ export class Stream {
       if (frame.cursor) this.cursor = frame.cursor; // typing events have none: not in the log
       this.onEvent(frame);
     };
-    ws.onclose = async () => {
+    const closed = async () => {
+      clearInterval(pinger);
+      clearTimeout(answer);
       if (this.ws !== ws || this.stopped) return;
       this.ws = null;
       this.onState("reconnecting");
@@ -160,6 +186,7 @@ export class Stream {
       const delay = Math.min(15000, 500 * 2 ** this.retry++) * (0.5 + Math.random() / 2);
       this.timer = setTimeout(() => this.connect(), delay);
     };
+    ws.onclose = closed;
   }
 
   /** Whether the gateway answers 400 for this cursor (one it never issued), by the event log,

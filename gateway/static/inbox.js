@@ -16,6 +16,7 @@ const LIST_LIMIT = 200;
 const EARLIER_PAGE = 200; // messages per "Show earlier messages"
 const TYPING_EVERY_MS = 3000;
 const TYPING_SHOWN_MS = 6000;
+const RESEND_AFTER_MS = 5000;
 
 const $ = (selector) => document.querySelector(selector);
 const ui = {
@@ -33,6 +34,7 @@ const ui = {
   list: $("#list"),
   listNotice: $("#list-notice"),
   empty: $("#empty"),
+  more: $("#more"),
   pane: $("#pane"),
 };
 const placeholder = ui.pane.firstElementChild;
@@ -49,6 +51,10 @@ const app = {
   open: null, // the conversation shown in the pane: {id, messages, el, ...}
   hellos: 0,
   listSeq: 0,
+  listNext: null, // the list's next page (`next_cursor`), while there is one
+  listEdge: null, // the last conversation of the pages loaded: nothing past it is shown yet
+  listFor: "", // which list (tab, queue, mine) listNext and listEdge belong to
+  listed: new Set(), // the ids the pages loaded so far listed
   openSeq: 0,
   countsTimer: null,
   clockTimer: null,
@@ -118,7 +124,9 @@ async function signIn(token, remembered) {
   ui.app.hidden = false;
   selectTab("waiting");
   loadCounts();
-  app.stream = new Stream(token, { onEvent, onHello, onState });
+  // `?keepalive=N` (seconds) on the page's URL: how often the stream proves it is alive.
+  const keepalive = Number(new URLSearchParams(location.search).get("keepalive")) || undefined;
+  app.stream = new Stream(token, { onEvent, onHello, onState, keepalive });
   app.stream.start();
   app.clockTimer = setInterval(updateTimes, 10000);
 }
@@ -148,6 +156,7 @@ function onHello() {
   if (app.hellos++ === 0) return;
   loadCounts();
   loadList();
+  if (app.open && app.open.retry) resend();
   if (app.open) openConversation(app.open.id);
 }
 
@@ -201,24 +210,52 @@ function selectTab(state) {
   loadList();
 }
 
+/** The list's first page; "Show more" reads the next ones, in the list's own order. */
 async function loadList() {
   const seq = ++app.listSeq;
+  await loadPage(seq, null);
+}
+
+const listKey = () => [app.tab, app.queue, app.mine].join("|");
+
+async function loadPage(seq, cursor) {
   const tab = app.tab;
+  const key = listKey();
   const query = new URLSearchParams({ state: tab, limit: String(LIST_LIMIT) });
   if (app.queue) query.set("queue", app.queue);
   if (app.mine) query.set("mine", "1");
+  if (cursor) query.set("cursor", cursor);
   const data = await guard(app.api.get("/api/v1/inbox?" + query));
   if (!data || seq !== app.listSeq) return;
-  const listed = new Set(data.conversations.map((c) => c.id));
-  data.conversations.forEach(upsert);
-  if (data.conversations.length < LIST_LIMIT) {
+  if (!cursor) app.listed = new Set();
+  for (const c of data.conversations) {
+    app.listed.add(c.id);
+    upsert(c);
+  }
+  app.listFor = key;
+  app.listNext = data.next_cursor || null;
+  const last = data.conversations[data.conversations.length - 1];
+  // While pages remain, what sorts past the last one loaded is not shown: a conversation that
+  // arrives live would otherwise sit right after it, as if it came next in the queue.
+  app.listEdge = app.listNext && last ? { ...last } : null;
+  if (!app.listNext) {
     // What we believed listed here but the gateway no longer lists moved on out of our sight
     // (e.g. transferred to a queue we are not on): forget it.
     for (const c of Array.from(app.convs.values())) {
-      if (inList(c, tab) && !listed.has(c.id)) app.convs.delete(c.id);
+      if (inList(c, tab) && !app.listed.has(c.id)) app.convs.delete(c.id);
     }
   }
   renderList();
+}
+
+async function loadMore() {
+  if (!app.listNext) return;
+  ui.more.disabled = true;
+  try {
+    await loadPage(app.listSeq, app.listNext);
+  } finally {
+    ui.more.disabled = false;
+  }
 }
 
 function inList(c, tab) {
@@ -233,7 +270,7 @@ const time = (iso) => (iso ? Date.parse(iso) : 0); // compared as times: ISO tex
 function byOrder(a, b) {
   if (app.tab === "waiting") {
     // Strictly oldest first: the order the queue serves them in.
-    return time(a.queued_at) - time(b.queued_at) || (a.id < b.id ? -1 : 1);
+    return time(a.queued_at) - time(b.queued_at) || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
   }
   return time(b.last_message_at || b.updated_at) - time(a.last_message_at || a.updated_at);
 }
@@ -243,9 +280,14 @@ function renderList() {
   const focused = document.activeElement;
   const focusKey = ui.list.contains(focused) && focused.dataset.focus
     ? [focused.closest("li").dataset.id, focused.dataset.focus] : null;
-  const items = Array.from(app.convs.values()).filter((c) => inList(c, app.tab)).sort(byOrder);
+  const current = app.listFor === listKey();
+  const edge = current ? app.listEdge : null;
+  const items = Array.from(app.convs.values())
+    .filter((c) => inList(c, app.tab) && (!edge || byOrder(c, edge) <= 0))
+    .sort(byOrder);
   ui.list.replaceChildren(...items.map(listItem));
   ui.empty.hidden = items.length > 0;
+  ui.more.hidden = !(current && app.listNext);
   if (focusKey) {
     const again = ui.list.querySelector(`li[data-id="${CSS.escape(focusKey[0])}"] ` +
       `[data-focus="${focusKey[1]}"]`);
@@ -354,7 +396,10 @@ async function openConversation(id) {
   upsert(conv);
   const same = app.open && app.open.id === id;
   if (!same) {
-    app.open = { id, messages: new Map(), el: null, typingTimer: null, typingSent: 0, send: null };
+    app.open = {
+      id, messages: new Map(), nodes: new Map(), el: null, typingTimer: null, typingSent: 0,
+      send: null,
+    };
     app.open.hasEarlier = hasEarlier;
     buildPane();
   }
@@ -462,13 +507,33 @@ function renderThread(toBottom) {
   const thread = app.open.el.thread;
   const nearBottom = thread.scrollHeight - thread.scrollTop - thread.clientHeight < 60;
   const messages = Array.from(app.open.messages.values()).sort((a, b) => (a.id < b.id ? -1 : 1));
-  const earlier = app.open.hasEarlier
-    ? h("li", { class: "earlier" },
+  if (app.open.hasEarlier && !app.open.earlierNode) {
+    app.open.earlierNode = h("li", { class: "earlier" },
       h("button", { class: "link", type: "button", text: "Show earlier messages",
-        on: { click: loadEarlier } }))
-    : null;
-  thread.replaceChildren(...(earlier ? [earlier] : []), ...messages.map(messageItem));
+        on: { click: loadEarlier } }));
+  }
+  const earlier = app.open.hasEarlier ? app.open.earlierNode : null;
+  const wanted = [...(earlier ? [earlier] : []), ...messages.map(messageNode)];
+  const shown = thread.children;
+  let same = 0;
+  while (same < shown.length && same < wanted.length && shown[same] === wanted[same]) same++;
+  if (same === shown.length) {
+    thread.append(...wanted.slice(same)); // the usual case: new messages at the end
+  } else {
+    thread.replaceChildren(...wanted);
+  }
   if (toBottom || nearBottom) thread.scrollTop = thread.scrollHeight;
+}
+
+/** A message's list item, built again only when the message changed (a new status, say): a
+ * thousand-message thread is not rebuilt for every message that arrives. */
+function messageNode(m) {
+  const nodes = app.open.nodes;
+  const known = nodes.get(m.id);
+  if (known && known.m === m) return known.node;
+  const node = messageItem(m);
+  nodes.set(m.id, { m, node });
+  return node;
 }
 
 /** A long conversation opens at its newest messages; this reads the page before the oldest
@@ -644,16 +709,42 @@ async function postMessage(body) {
   if (!o.send || o.send.fingerprint !== fingerprint) o.send = { fingerprint, key: randomId() };
   const data = await guard(
     app.api.post(app.api.conversationPath(id, "messages"), body, { "Idempotency-Key": o.send.key }),
-    (err) => setNotice(id, friendly(err)),
+    (err) => {
+      setNotice(id, friendly(err));
+      // The gateway could not be reached, or could not store it: the same send goes again
+      // (same Idempotency-Key: never twice) when the stream is back, or in a few seconds.
+      if (err.code === "network" || err.status >= 500) {
+        o.retry = body;
+        clearTimeout(o.retryTimer);
+        o.retryTimer = setTimeout(resend, RESEND_AFTER_MS);
+      }
+    },
   );
   if (!data || !app.open || app.open.id !== id) return false;
   o.send = null;
+  o.retry = null;
+  clearTimeout(o.retryTimer);
   o.typingSent = 0; // the next keystroke starts a new message: say so at once
   setNotice(id, "");
   // The stream may already have brought a newer status for it: keep that one.
   if (!o.messages.has(data.message.id)) o.messages.set(data.message.id, data.message);
   renderThread(true);
   return true;
+}
+
+/** Send again what the gateway could not take; a reply's text leaves the composer once sent
+ * (unless the agent has changed it meanwhile). */
+async function resend() {
+  const o = app.open;
+  if (!o || !o.retry) return;
+  const body = o.retry;
+  o.retry = null;
+  clearTimeout(o.retryTimer);
+  const sent = await postMessage(body);
+  if (sent && app.open === o && body.text && o.el.text.value.trim() === body.text) {
+    o.el.text.value = "";
+    renderOpenState();
+  }
 }
 
 async function sendText(e) {
@@ -721,6 +812,7 @@ ui.signinForm.addEventListener("submit", (e) => {
   if (token) signIn(token, false);
 });
 ui.signout.addEventListener("click", () => signOut(""));
+ui.more.addEventListener("click", loadMore);
 for (const tab of ui.tabs) tab.addEventListener("click", () => selectTab(tab.dataset.state));
 ui.queue.addEventListener("change", () => {
   app.queue = ui.queue.value;

@@ -21,13 +21,14 @@ from plugins.email.parse import parse_email
 from tests.browser.conftest import (
     PHONE,
     NewPage,
+    PageErrors,
     item,
     open_widget,
     sign_in,
     tab,
     widget_send,
 )
-from tests.browser.harness import LiveGateway
+from tests.browser.harness import TOKENS, LiveGateway
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -502,3 +503,83 @@ async def test_an_email_attachment_downloads_from_the_thread(
     assert download.suggested_filename == "dingusfish.gif"
     data = Path(await download.path()).read_bytes()
     assert len(data) == gif.size and hashlib.sha256(data).hexdigest() == gif.sha256
+
+
+async def test_a_long_waiting_queue_is_paged_in_fifo_order(
+    gw: LiveGateway, new_page: NewPage
+) -> None:
+    """More waiting than one page (200): the rest comes with "Show more", and one arriving
+    live is not shown right after the first page as if it were next in the queue."""
+    for i in range(203):
+        await gw.whatsapp(f"+5511900{i:05}", f"Cliente {i:03}", "hola")
+    agent = await new_page()
+    await sign_in(agent, gw)
+    names = agent.locator("#list .conv-name")
+    await expect(names).to_have_count(200)
+    await expect(names.last).to_have_text("Cliente 199")
+    more = agent.get_by_role("button", name="Show more")
+    await gw.whatsapp("+5511999999999", "Tarde", "hola")  # the 204th, after three not shown
+    await expect(agent.locator("[role=tab][data-state=waiting] .count")).to_have_text("204")
+    await expect(names.last).to_have_text("Cliente 199")
+    await more.click()
+    await expect(names).to_have_count(204)
+    await expect(names.nth(199)).to_have_text("Cliente 199")
+    await expect(names.nth(200)).to_have_text("Cliente 200")
+    await expect(names.last).to_have_text("Tarde")
+    await expect(more).to_be_hidden()
+
+
+async def test_a_stream_that_goes_silent_is_replaced(gw: LiveGateway, new_page: NewPage) -> None:
+    """The network holds the stream open but carries nothing: the unanswered keep-alive makes
+    the page reconnect, and what happened meanwhile shows."""
+    sockets: list[WebSocketRoute] = []
+    silent = {"on": False}
+
+    def route(socket: WebSocketRoute) -> None:
+        server = socket.connect_to_server()
+        first = not sockets
+        sockets.append(socket)
+        socket.on_message(lambda f: None if first and silent["on"] else server.send(f))
+        server.on_message(lambda f: None if first and silent["on"] else socket.send(f))
+
+    agent = await new_page()
+    await agent.route_web_socket(re.compile(r"/api/v1/stream"), route)
+    await agent.goto(gw.url + "/inbox?keepalive=1")
+    await agent.get_by_label("Agent token").fill(TOKENS["maria"])
+    await agent.get_by_role("button", name="Sign in").click()
+    await expect(agent.locator("#conn")).to_have_text("live")
+    silent["on"] = True
+    await gw.visitor("Callado", "¿hola?")
+    await expect(item(agent, "Callado")).to_be_visible()
+    await expect(agent.locator("#conn")).to_have_text("live")
+    assert len(sockets) == 2
+
+
+async def test_a_reply_the_gateway_could_not_take_goes_again_by_itself(
+    gw: LiveGateway, new_page: NewPage, page_errors: PageErrors
+) -> None:
+    page_errors.tolerate("net::ERR_FAILED")  # the request the test drops
+    await gw.visitor("Reintento", "hola")
+    agent = await new_page()
+    await sign_in(agent, gw)
+    await item(agent, "Reintento").get_by_role("button", name="Accept").click()
+    refused: list[str] = []
+
+    async def once(route: Route) -> None:
+        if route.request.method == "POST" and not refused:
+            refused.append(route.request.headers["idempotency-key"])
+            await route.abort()  # the network drops this one
+            return
+        await route.continue_()
+
+    await agent.route(re.compile(r"/messages$"), once)
+    reply = agent.get_by_role("textbox", name="Reply")
+    await reply.fill("¿Me oyes?")
+    await agent.get_by_role("button", name="Send reply").click()
+    await expect(agent.locator(".notice")).to_contain_text("cannot be reached")
+    await expect(agent.locator(".msg-out .msg-text")).to_have_text(["¿Me oyes?"])
+    await expect(reply).to_have_value("")
+    (conversation,) = (await gw.get("maria", "/api/v1/inbox?state=active"))["conversations"]
+    thread = await gw.get("maria", f"/api/v1/conversations/{conversation['id']}")
+    assert [m["text"] for m in thread["messages"]] == ["hola", "¿Me oyes?"]
+    assert len(refused) == 1
