@@ -50,6 +50,9 @@ ALLOWED_EDGES: frozenset[tuple[State, State]] = frozenset(
         (State.PENDING, State.INACTIVE),
         (State.PENDING, State.CLOSED),
         (State.PENDING, State.PENDING),
+        # History moves only queue (its queue left the config: see `orphaned`).
+        (State.INACTIVE, State.INACTIVE),
+        (State.CLOSED, State.CLOSED),
     }
 )
 
@@ -435,14 +438,17 @@ def orphaned(
 ) -> Transition:
     """The config no longer has the conversation's queue (`queue` is where routing puts it
     now) or its agent (`agent_gone`): nobody could see or act on it, so it moves where
-    someone can. A conversation whose agent is gone waits again, at its original place in the
-    queue (`queued_at` kept): it was not the customer's fault. One whose queue is gone keeps
-    its state and agent. Only open conversations; the others are history.
+    someone can. A conversation whose agent is gone (or is no longer on its queue) waits
+    again, at its original place in the queue (`queued_at` kept): it was not the customer's
+    fault. One whose queue is gone keeps its state and agent; an inactive or closed one only
+    moves queue, so agents of the new one can still look its contact up.
     """
-    if conversation.state not in OPEN_STATES or (queue is None and not agent_gone):
+    if queue is None and not agent_gone:
         return _unchanged(conversation)
     after = evolve(conversation, queue=queue or conversation.queue, updated_at=now)
     change = "queue_removed"
+    if conversation.state not in OPEN_STATES:  # history: moved to a listed queue, as it was
+        return Transition(after, _updated(conversation, after, change, now))
     if agent_gone and conversation.agent is not None:
         timeout = policy.no_agent_timeout
         after = evolve(
@@ -455,6 +461,14 @@ def orphaned(
         change = "agent_removed"
     distribute = after.queue if after.state == State.WAITING else None
     return Transition(after, _updated(conversation, after, change, now), distribute=distribute)
+
+
+def channel_removed(conversation: Conversation, now: datetime) -> Transition:
+    """The conversation's channel is no longer in the config (removed or renamed): no reply
+    can reach its customer, so an open one is inactive (`channel_removed`)."""
+    if conversation.state not in OPEN_STATES:
+        return _unchanged(conversation)
+    return _inactive(conversation, now, InactiveReason.CHANNEL_REMOVED)
 
 
 def _inactive(conversation: Conversation, now: datetime, reason: str) -> Transition:

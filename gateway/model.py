@@ -37,6 +37,7 @@ class InactiveReason(StrEnum):
 
     WINDOW_EXPIRED = "window_expired"
     NO_AGENT_AVAILABLE = "no_agent_available"
+    CHANNEL_REMOVED = "channel_removed"
 
 
 class Direction(StrEnum):

@@ -1,17 +1,30 @@
-"""At startup: open conversations the config no longer accounts for, moved where someone can
-act on them.
+"""At startup: conversations the config no longer accounts for, moved where someone can act on
+them, or (their channel gone) made inactive.
 
-Removing a queue or an agent from config.yaml is an ordinary change, but the conversations
-they held stay in the store. A conversation in a queue that no longer exists is in nobody's
-inbox, and agents get `not_on_queue` for every action on it, even when its customer writes
-again. One assigned to an agent who no longer exists can be neither answered nor taken over
-(`not_assignee`). Nothing would ever move them. So at startup each such conversation goes where
-the routing rules now put it (its queue is gone), or back to waiting at its old place (its agent
-is gone), with a `conversation.updated` event (`queue_removed`, `agent_removed`) and one warning
-line per move. Every move is a compare-and-set: several nodes starting together move each once.
+Removing a queue, an agent or a channel from config.yaml is an ordinary change, but the
+conversations they held stay in the store:
+
+- A conversation in a queue that no longer exists is in nobody's inbox, and agents get
+  `not_on_queue` for every action on it. It goes where the routing rules now put it, whatever
+  its state: open ones so someone serves them, inactive and closed ones so agents can still
+  look the contact up (DESIGN section 1).
+- One held by an agent who no longer exists, or who is no longer on its queue, can be neither
+  answered nor taken over (`not_assignee`), and its holder no longer lists it. It waits again,
+  at its old place in the queue.
+- An open one on a channel that no longer exists (removed, or renamed) can never be answered:
+  it becomes inactive (`channel_removed`), so it leaves the waiting queue and its agent's load,
+  and stays listed for the record. Its customer's next message, on the channel as it is now
+  named, starts a new conversation.
+
+Each change has its `conversation.updated` event and one warning line. Every change is a
+compare-and-set: several nodes starting together make each once. The config is read at start
+only, so on a rolling change nodes still on the old config may route into a removed queue
+until a node with the new one starts again.
 """
 
 from __future__ import annotations
+
+from collections.abc import AsyncIterator, Collection
 
 import structlog
 
@@ -19,67 +32,102 @@ from gateway import lifecycle
 from gateway.clock import Clock
 from gateway.directory import Directory
 from gateway.errors import VersionConflict
+from gateway.lifecycle import Transition
 from gateway.model import Conversation, Event, State
 from gateway.routing import Router
-from gateway.store.base import Store
+from gateway.store.base import Store, list_position
 
 log = structlog.get_logger("gateway.reconcile")
 
 OPEN = (State.WAITING, State.ACTIVE, State.PENDING)
-SCAN = 100_000
-"""Most conversations of one state read in one pass (a startup, not a request)."""
+HISTORY = (State.INACTIVE, State.CLOSED)
+PAGE = 1000
+"""Conversations read per store call while looking for orphans."""
 
 
 async def reconcile(
     store: Store, clock: Clock, directory: Directory, router: Router
 ) -> list[Event]:
-    """Move every open conversation whose queue or agent is gone; return the events."""
+    """Bring every conversation in line with the config; return the events of the changes."""
     counts = await store.count_by_state()
-    gone_queues = sorted(
-        {queue for (state, queue), n in counts.items() if n and state in OPEN}
-        - set(directory.queues)
-    )
+    gone_queues = sorted({queue for (_, queue), n in counts.items() if n} - set(directory.queues))
     suspects: dict[str, Conversation] = {}
-    if gone_queues:
-        for state in OPEN:
-            for conversation in await store.list_conversations(
-                state, queues=gone_queues, limit=SCAN
-            ):
+    for state in OPEN:  # open ones are few next to the history: all of them are looked at
+        async for conversation in _listed(store, state):
+            if _orphan(conversation, directory):
                 suspects[conversation.id] = conversation
-    # Active ones are indexed by agent (loads); pending ones are few enough to read through.
-    loads = await store.agent_loads()
-    for agent in sorted(a for a, n in loads.items() if n and a not in directory.agents):
-        for conversation in await store.list_conversations(State.ACTIVE, agent=agent, limit=SCAN):
-            suspects[conversation.id] = conversation
-    for conversation in await store.list_conversations(State.PENDING, limit=SCAN):
-        if conversation.agent is not None and conversation.agent not in directory.agents:
-            suspects[conversation.id] = conversation
+    if gone_queues:
+        for state in HISTORY:
+            async for conversation in _listed(store, state, queues=gone_queues):
+                suspects[conversation.id] = conversation
     events: list[Event] = []
     for conversation in suspects.values():
-        events.extend(await _move(store, clock, directory, router, conversation))
+        events.extend(await _settle(store, clock, directory, router, conversation))
     return events
 
 
-async def _move(
+async def _listed(
+    store: Store, state: State, queues: Collection[str] | None = None
+) -> AsyncIterator[Conversation]:
+    """Every conversation in `state` (on `queues`), page by page."""
+    after = None
+    while True:
+        page = await store.list_conversations(state, queues=queues, limit=PAGE, after=after)
+        for conversation in page:
+            yield conversation
+        if len(page) < PAGE:
+            return
+        after = list_position(page[-1])
+
+
+def _orphan(conversation: Conversation, directory: Directory) -> bool:
+    if conversation.channel not in directory.channels:
+        return True
+    if conversation.queue not in directory.queues:
+        return True
+    holder = directory.agents.get(conversation.agent) if conversation.agent else None
+    return conversation.agent is not None and (
+        holder is None or conversation.queue not in holder.queues
+    )
+
+
+def _decide(
+    conversation: Conversation, clock: Clock, directory: Directory, router: Router
+) -> tuple[Transition, str]:
+    """The change that settles `conversation` under the config, and why (for the log)."""
+    now = clock.now()
+    if conversation.state in OPEN and conversation.channel not in directory.channels:
+        return lifecycle.channel_removed(conversation, now), "channel_removed"
+    queue = None
+    if conversation.queue not in directory.queues:
+        # Routed on the customer's words only: once an agent answered, the preview is theirs.
+        text = conversation.preview if conversation.state == State.WAITING else None
+        queue = router.route(
+            conversation.channel, conversation.channel_type, text, conversation.contact.address
+        ).queue
+    holder = directory.agents.get(conversation.agent) if conversation.agent else None
+    agent_gone = (
+        conversation.state in OPEN
+        and conversation.agent is not None
+        and (holder is None or (queue or conversation.queue) not in holder.queues)
+    )
+    transition = lifecycle.orphaned(
+        conversation,
+        now,
+        directory.policy(conversation.channel),
+        queue=queue,
+        agent_gone=agent_gone,
+    )
+    if not agent_gone:
+        return transition, "queue_removed"
+    return transition, "agent_removed" if holder is None else "agent_left_queue"
+
+
+async def _settle(
     store: Store, clock: Clock, directory: Directory, router: Router, conversation: Conversation
 ) -> list[Event]:
     for _ in range(5):
-        queue = None
-        if conversation.queue not in directory.queues:
-            queue = router.route(
-                conversation.channel,
-                conversation.channel_type,
-                conversation.preview,
-                conversation.contact.address,
-            ).queue
-        agent_gone = conversation.agent is not None and conversation.agent not in directory.agents
-        transition = lifecycle.orphaned(
-            conversation,
-            clock.now(),
-            directory.policy(conversation.channel),
-            queue=queue,
-            agent_gone=agent_gone,
-        )
+        transition, reason = _decide(conversation, clock, directory, router)
         if not transition.changed:
             return []
         try:
@@ -95,9 +143,11 @@ async def _move(
             conversation_id=stored.id,
             state=str(stored.state),
             queue=stored.queue,
+            channel=stored.channel,
+            from_state=str(conversation.state),
             from_queue=conversation.queue,
             from_agent=conversation.agent,
-            reason="agent_removed" if agent_gone else "queue_removed",
+            reason=reason,
         )
         return list(events)
     log.warning("reconcile.conversation_busy", conversation_id=conversation.id)

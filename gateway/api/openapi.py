@@ -827,7 +827,8 @@ def _schemas() -> dict[str, Any]:
                 "can_reply": {"type": "boolean"},
                 "inactive_reason": {
                     **NULLABLE_STRING,
-                    "description": "`window_expired` or `no_agent_available` (plugins may add their own)",
+                    "description": "`window_expired`, `no_agent_available`, or `channel_removed`"
+                    " (its channel left the config; plugins may add their own)",
                 },
                 "preview": NULLABLE_STRING,
                 "subject": {**NULLABLE_STRING, "description": "Email subject"},

@@ -121,6 +121,7 @@ export function clockTime(iso) {
 const REASONS = {
   window_expired: "window expired",
   no_agent_available: "no agent available",
+  channel_removed: "its channel was removed from the configuration",
 };
 
 /** Why a conversation is inactive, in words. */

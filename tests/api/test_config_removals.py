@@ -114,9 +114,11 @@ async def test_a_restart_without_a_queue_or_an_agent_moves_their_conversations(
     assert (await conversation(again, "maria", active_jose))["state"] == State.ACTIVE.value
 
 
-async def test_a_conversation_of_a_removed_channel_says_it_cannot_be_answered(
+async def test_open_conversations_of_a_removed_channel_become_inactive(
     make_gateway: GatewayFactory,
 ) -> None:
+    """A renamed channel: its open conversations can never be answered, so they leave the
+    waiting queue and the agent's load as inactive (`channel_removed`), still listed."""
     before = await make_gateway()
     _, conv_id = await customer(before, "Eva", "hola")
     _, waiting_id = await customer(before, "Flor", "hola")
@@ -126,20 +128,75 @@ async def test_a_conversation_of_a_removed_channel_says_it_cannot_be_answered(
 
     renamed = BASE_CONFIG.replace("{name: site, type: webchat", "{name: chat, type: webchat")
     assert renamed != BASE_CONFIG
-    after = await make_gateway(renamed)
-    # The inbox and the conversation agree with what a reply gets: no channel, no answer.
-    assert (await conversation(after, "maria", conv_id))["can_reply"] is False
-    status, inbox = await after.get("maria", "/api/v1/inbox?state=active")
-    assert status == 200
-    (listed,) = [c for c in inbox["conversations"] if c["id"] == conv_id]
-    assert listed["can_reply"] is False
+    with capture_logs() as logs:
+        after = await make_gateway(renamed)
+    moved = {e["conversation_id"]: e["reason"] for e in logs if e["event"] == "reconcile.moved"}
+    assert moved == {conv_id: "channel_removed", waiting_id: "channel_removed"}
+    for conv_id_ in (conv_id, waiting_id):
+        conv = await conversation(after, "maria", conv_id_)
+        assert (conv["state"], conv["inactive_reason"], conv["can_reply"]) == (
+            "inactive",
+            "channel_removed",
+            False,
+        )
+    status, inbox = await after.get("maria", "/api/v1/inbox?state=inactive")
+    assert status == 200 and {c["id"] for c in inbox["conversations"]} == {conv_id, waiting_id}
+    status, waiting = await after.get("maria", "/api/v1/inbox?state=waiting")
+    assert waiting["conversations"] == []
+    assert (await after.runtime.store.agent_loads()).get("maria", 0) == 0
+    # No action brings one back; a reply cannot go anywhere.
     path = f"/api/v1/conversations/{conv_id}/messages"
     status, body = await after.post("maria", path, {"text": "¿sigues ahí?"})
-    assert (status, body["error"]["code"]) == (409, "invalid_transition")
-    # Nor is one taken on (accepted, or resumed), only to fill the agent's max_active.
+    assert status == 409
     status, body = await after.post("maria", f"/api/v1/conversations/{waiting_id}/accept")
     assert (status, body["error"]["code"]) == (409, "invalid_transition")
-    assert (await after.post("maria", f"/api/v1/conversations/{conv_id}/pending"))[0] == 200
-    status, body = await after.post("maria", f"/api/v1/conversations/{conv_id}/resume")
-    assert (status, body["error"]["code"]) == (409, "invalid_transition")
-    assert (await after.post("maria", f"/api/v1/conversations/{conv_id}/close"))[0] == 200
+
+
+async def test_an_agent_taken_off_a_queue_no_longer_holds_its_conversations(
+    make_gateway: GatewayFactory,
+) -> None:
+    """Jose leaves `support` (he is still an agent, on `sales`): what he held there waits again
+    at its place, for whoever is on the queue now."""
+    before = await make_gateway()
+    _, held = await customer(before, "Gil", "hola")
+    _, set_aside = await customer(before, "Hugo", "hola")
+    for conv_id in (held, set_aside):
+        assert (await before.post("jose", f"/api/v1/conversations/{conv_id}/accept"))[0] == 200
+    assert (await before.post("jose", f"/api/v1/conversations/{set_aside}/pending"))[0] == 200
+    queued_at = (await conversation(before, "maria", held))["queued_at"]
+    await before.client.close()
+
+    moved_off = BASE_CONFIG.replace(
+        f'  - {{id: jose, name: Jose, token_sha256: "{sha(TOKENS["jose"])}",\n'
+        "      queues: [support, sales], max_active: 2}",
+        f'  - {{id: jose, name: Jose, token_sha256: "{sha(TOKENS["jose"])}",\n'
+        "      queues: [sales], max_active: 2}",
+    )
+    assert moved_off != BASE_CONFIG
+    with capture_logs() as logs:
+        after = await make_gateway(moved_off)
+    moved = {e["conversation_id"]: e["reason"] for e in logs if e["event"] == "reconcile.moved"}
+    assert moved == {held: "agent_left_queue", set_aside: "agent_left_queue"}
+    conv = await conversation(after, "maria", held)
+    assert (conv["state"], conv["agent"], conv["queued_at"]) == ("waiting", None, queued_at)
+    assert (await conversation(after, "maria", set_aside))["state"] == "waiting"
+    assert (await after.post("maria", f"/api/v1/conversations/{held}/accept"))[0] == 200
+
+
+async def test_a_removed_queues_history_stays_listed(make_gateway: GatewayFactory) -> None:
+    """Inactive and closed conversations of a removed queue move to where routing now puts
+    their channel, so agents can still look the contact up (DESIGN section 1)."""
+    before = await make_gateway()
+    _, closed = await customer(before, "Ivo", "precio?")  # routed to sales
+    assert (await before.post("ana", f"/api/v1/conversations/{closed}/accept"))[0] == 200
+    assert (await before.post("ana", f"/api/v1/conversations/{closed}/close"))[0] == 200
+    await before.client.close()
+
+    with capture_logs() as logs:
+        after = await make_gateway(REMOVED)
+    moved = {e["conversation_id"]: e for e in logs if e["event"] == "reconcile.moved"}
+    assert moved[closed]["reason"] == "queue_removed"
+    conv = await conversation(after, "maria", closed)
+    assert (conv["state"], conv["queue"], conv["agent"]) == ("closed", "support", "ana")
+    status, inbox = await after.get("maria", "/api/v1/inbox?state=closed")
+    assert status == 200 and [c["id"] for c in inbox["conversations"]] == [closed]
