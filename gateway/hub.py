@@ -20,6 +20,17 @@ from gateway.store.base import Store
 
 log = structlog.get_logger("gateway.hub")
 
+STOP_WAIT = 2.0
+"""Seconds `EventHub.stop` waits for each of its readers to end."""
+
+
+def _settled(task: asyncio.Task[None]) -> None:
+    """Take the outcome of a reader that ended after `stop` gave up on it (no "exception was
+    never retrieved" at exit)."""
+    if not task.cancelled():
+        task.exception()
+
+
 Filter = Callable[[Event], bool]
 Key = tuple[str, str]
 
@@ -146,11 +157,21 @@ class EventHub:
         )
 
     async def stop(self) -> None:
+        """Stop both readers, waiting at most STOP_WAIT for each. A reader blocked in the
+        Redis client does not always take its cancellation (seen with pub/sub cancelled right
+        after subscribing): shutdown must not wait for it for ever. Closing the store then
+        closes its connection, which ends it."""
         for task in (self._task, self._ephemeral_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            if task is None:
+                continue
+            task.cancel()
+            done, _ = await asyncio.wait({task}, timeout=STOP_WAIT)
+            if done:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    task.result()
+            else:
+                log.warning("hub.stop_timeout", task=task.get_name())
+                task.add_done_callback(_settled)
         self._task = self._ephemeral_task = None
 
     async def _run(self) -> None:
