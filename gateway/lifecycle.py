@@ -463,6 +463,18 @@ def orphaned(
     return Transition(after, _updated(conversation, after, change, now), distribute=distribute)
 
 
+def reply_window_changed(
+    conversation: Conversation, now: datetime, expires_at: datetime | None
+) -> Transition:
+    """The channel's `reply_window` changed in the config: an open conversation's window is
+    measured again from the customer's last message, so a mistaken setting can be corrected
+    for the conversations it already governs (one now lapsed is expired by its timer)."""
+    if conversation.state not in OPEN_STATES or conversation.window_expires_at == expires_at:
+        return _unchanged(conversation)
+    after = evolve(conversation, window_expires_at=expires_at)
+    return Transition(after, _updated(conversation, after, "reply_window_changed", now))
+
+
 def channel_removed(conversation: Conversation, now: datetime) -> Transition:
     """The conversation's channel is no longer in the config (removed or renamed): no reply
     can reach its customer, so an open one is inactive (`channel_removed`)."""

@@ -15,6 +15,9 @@ conversations they held stay in the store:
   it becomes inactive (`channel_removed`), so it leaves the waiting queue and its agent's load,
   and stays listed for the record. Its customer's next message, on the channel as it is now
   named, starts a new conversation.
+- An open one whose channel's `reply_window` changed gets its window measured again from the
+  customer's last message: a window set too short (or too long) by mistake is corrected for
+  the conversations it already governs, not only for new ones.
 
 Each change has its `conversation.updated` event and one warning line. Every change is a
 compare-and-set: several nodes starting together make each once. The config is read at start
@@ -25,6 +28,7 @@ until a node with the new one starts again.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Collection
+from datetime import datetime, timedelta
 
 import structlog
 
@@ -43,6 +47,9 @@ OPEN = (State.WAITING, State.ACTIVE, State.PENDING)
 HISTORY = (State.INACTIVE, State.CLOSED)
 PAGE = 1000
 """Conversations read per store call while looking for orphans."""
+WINDOW_SLACK = timedelta(minutes=1)
+"""A window this close to what the policy gives is left alone: one measured from a receipt time
+(a provider clock running ahead) differs by seconds, and is not a changed setting."""
 
 
 async def reconcile(
@@ -54,7 +61,7 @@ async def reconcile(
     suspects: dict[str, Conversation] = {}
     for state in OPEN:  # open ones are few next to the history: all of them are looked at
         async for conversation in _listed(store, state):
-            if _orphan(conversation, directory):
+            if _orphan(conversation, directory) or _window_moved(conversation, directory):
                 suspects[conversation.id] = conversation
     if gone_queues:
         for state in HISTORY:
@@ -91,6 +98,22 @@ def _orphan(conversation: Conversation, directory: Directory) -> bool:
     )
 
 
+def _policy_window(conversation: Conversation, directory: Directory) -> datetime | None:
+    """Where the channel's reply window, as configured now, ends for this conversation."""
+    window = directory.policy(conversation.channel).reply_window
+    last = conversation.last_customer_message_at
+    return last + window if window is not None and last is not None else None
+
+
+def _window_moved(conversation: Conversation, directory: Directory) -> bool:
+    if conversation.last_customer_message_at is None:
+        return False
+    stored, wanted = conversation.window_expires_at, _policy_window(conversation, directory)
+    if stored is None or wanted is None:
+        return stored != wanted
+    return abs(stored - wanted) > WINDOW_SLACK
+
+
 def _decide(
     conversation: Conversation, clock: Clock, directory: Directory, router: Router
 ) -> tuple[Transition, str]:
@@ -118,6 +141,9 @@ def _decide(
         queue=queue,
         agent_gone=agent_gone,
     )
+    if not transition.changed and _window_moved(conversation, directory):
+        wanted = _policy_window(conversation, directory)
+        return lifecycle.reply_window_changed(conversation, now, wanted), "reply_window_changed"
     if not agent_gone:
         return transition, "queue_removed"
     return transition, "agent_removed" if holder is None else "agent_left_queue"
@@ -126,16 +152,18 @@ def _decide(
 async def _settle(
     store: Store, clock: Clock, directory: Directory, router: Router, conversation: Conversation
 ) -> list[Event]:
+    """Apply `_decide` until nothing is left to change (a queue and a window may both be)."""
+    events: list[Event] = []
     for _ in range(5):
         transition, reason = _decide(conversation, clock, directory, router)
         if not transition.changed:
-            return []
+            return events
         try:
-            stored, events = await store.update_conversation(transition, conversation.version)
+            stored, changed = await store.update_conversation(transition, conversation.version)
         except VersionConflict:  # another node moved it, or its customer wrote: look again
             fresh = await store.get_conversation(conversation.id)
             if fresh is None:
-                return []
+                return events
             conversation = fresh
             continue
         log.warning(
@@ -149,6 +177,7 @@ async def _settle(
             from_agent=conversation.agent,
             reason=reason,
         )
-        return list(events)
+        events.extend(changed)
+        conversation = stored
     log.warning("reconcile.conversation_busy", conversation_id=conversation.id)
-    return []
+    return events

@@ -3,6 +3,7 @@ conversations move where someone can act on them, instead of sitting in no inbox
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 
 from structlog.testing import capture_logs
@@ -200,3 +201,40 @@ async def test_a_removed_queues_history_stays_listed(make_gateway: GatewayFactor
     assert (conv["state"], conv["queue"], conv["agent"]) == ("closed", "support", "ana")
     status, inbox = await after.get("maria", "/api/v1/inbox?state=closed")
     assert status == 200 and [c["id"] for c in inbox["conversations"]] == [closed]
+
+
+async def test_a_changed_reply_window_applies_to_open_conversations(
+    make_gateway: GatewayFactory,
+) -> None:
+    """A reply window set wrong is corrected for the conversations it already governs: each
+    open one's window is measured again from the customer's last message."""
+    ten_minutes = BASE_CONFIG.replace(
+        "{name: site, type: webchat,", "{name: site, type: webchat, reply_window: 10m,"
+    )
+    assert ten_minutes != BASE_CONFIG
+    before = await make_gateway(ten_minutes)
+    _, conv_id = await customer(before, "Lia", "hola")
+    first = await conversation(before, "maria", conv_id)
+    assert first["window_expires_at"] is not None
+    await before.client.close()
+
+    day = ten_minutes.replace("reply_window: 10m", "reply_window: 24h")
+    with capture_logs() as logs:
+        after = await make_gateway(day)
+    moved = [e for e in logs if e["event"] == "reconcile.moved"]
+    assert [(e["conversation_id"], e["reason"]) for e in moved] == [
+        (conv_id, "reply_window_changed")
+    ]
+    longer = await conversation(after, "maria", conv_id)
+    opened = datetime.fromisoformat(first["window_expires_at"]) - timedelta(minutes=10)
+    assert datetime.fromisoformat(longer["window_expires_at"]) == opened + timedelta(hours=24)
+    await after.client.close()
+
+    with capture_logs() as logs:  # the same config again: nothing to change
+        again = await make_gateway(day)
+    assert not [e for e in logs if e["event"] == "reconcile.moved"]
+    await again.client.close()
+
+    none = await make_gateway(BASE_CONFIG)  # no window at all any more
+    assert (await conversation(none, "maria", conv_id))["window_expires_at"] is None
+    assert (await conversation(none, "maria", conv_id))["can_reply"] is True
