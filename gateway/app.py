@@ -31,7 +31,8 @@ from gateway.channels import ChannelType, ClosesConnections
 from gateway.clock import Clock
 from gateway.config import GatewayConfig
 from gateway.connlimit import ConnectionCounter
-from gateway.errors import StoreUnavailable, refused_credentials
+from gateway.errors import ChannelStartError, StoreUnavailable, refused_credentials
+from gateway.outbound import DRAIN_TIMEOUT
 from gateway.reconcile import reconcile
 from gateway.runtime import Runtime, RuntimeOptions
 from gateway.store.base import Store
@@ -91,6 +92,9 @@ async def _close_channel_connections(app: web.Application) -> None:
 
 
 STARTUP_RETRY_MAX_WAIT = 5.0
+ADAPTER_STOP_TIMEOUT = 10.0
+"""Seconds each adapter's `stop()` gets at shutdown; one that hangs must not keep the others
+(and the store) from closing."""
 """The longest pause between two tries to reach the store at start-up (seconds)."""
 
 
@@ -168,17 +172,29 @@ async def _adapters(app: web.Application) -> AsyncIterator[None]:
     started = []
     try:
         for name, adapter in runtime.adapters.items():
-            await adapter.start()
+            try:
+                await adapter.start()
+            except Exception as exc:
+                log.exception("channel.start_failed", channel=name, type=adapter.channel_type)
+                raise ChannelStartError(
+                    f"channel {name!r} ({adapter.channel_type}) could not start:"
+                    f" {type(exc).__name__}: {exc}"
+                ) from exc
             started.append(adapter)
             log.info("channel.started", channel=name, type=adapter.channel_type)
         runtime.started = True
         yield
     finally:
         runtime.started = False
-        await runtime.outbound.drain()
+        await runtime.outbound.drain(timeout=DRAIN_TIMEOUT)
         for adapter in reversed(started):
             try:
-                await adapter.stop()
+                async with asyncio.timeout(ADAPTER_STOP_TIMEOUT):
+                    await adapter.stop()
+            except TimeoutError:
+                log.warning(
+                    "channel.stop_timeout", channel=adapter.name, seconds=ADAPTER_STOP_TIMEOUT
+                )
             except Exception:
                 log.exception("channel.stop_failed", channel=adapter.name)
 

@@ -20,7 +20,12 @@ import pluggy
 
 from gateway.channels import ChannelType, Command, CommandContext
 from gateway.config import GatewayConfig, load_config, without_userinfo
-from gateway.errors import ConfigError, StoreUnavailable, is_credentials_refusal
+from gateway.errors import (
+    ChannelStartError,
+    ConfigError,
+    StoreUnavailable,
+    is_credentials_refusal,
+)
 from gateway.pluginmanager import (
     channel_types,
     config_models,
@@ -166,6 +171,8 @@ class _Startup:
     def failure(self, exc: BaseException) -> StartupError | None:
         """The one-line error for `exc` raised in the current phase, or None when `exc` is not
         an environment problem of that phase (a bug: let its traceback show)."""
+        if isinstance(exc, ChannelStartError):
+            return StartupError(str(exc))
         if not isinstance(exc, _environment_errors()):
             return None
         if self.phase == "store":

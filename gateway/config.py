@@ -154,6 +154,9 @@ class OutboundConfig(_Section):
     retry_attempts: int = Field(default=5, ge=1, le=50)
     retry_initial: Duration = timedelta(milliseconds=500)
     retry_max_delay: PositiveDuration = timedelta(seconds=30)
+    send_timeout: PositiveDuration = timedelta(seconds=60)
+    """The most one try of a send may take: a channel that never answers (a plugin whose
+    client has no timeout) is a transient failure, retried, not a delivery hung for ever."""
 
     @model_validator(mode="after")
     def _initial_below_max(self) -> Self:
@@ -162,10 +165,11 @@ class OutboundConfig(_Section):
         return self
 
     def longest(self) -> timedelta:
-        """The longest a delivery can spend retrying: every wait at its cap."""
-        total, wait = timedelta(0), self.retry_initial
+        """The longest a delivery can spend retrying: every wait at its cap, and every try
+        cut off by `send_timeout`."""
+        total, wait = self.send_timeout, self.retry_initial
         for _ in range(self.retry_attempts - 1):
-            total += min(wait, self.retry_max_delay)
+            total += min(wait, self.retry_max_delay) + self.send_timeout
             wait *= 2
         return total
 
@@ -348,8 +352,9 @@ def _describe_lines(config: GatewayConfig) -> Iterator[str]:
     out = config.outbound
     yield (
         f"outbound: {out.retry_attempts} attempts, waits from"
-        f" {format_duration(out.retry_initial)} up to {format_duration(out.retry_max_delay)}"
-        f" (at most {format_duration(out.longest())} retrying)"
+        f" {format_duration(out.retry_initial)} up to {format_duration(out.retry_max_delay)},"
+        f" each try cut off after {format_duration(out.send_timeout)}"
+        f" (at most {format_duration(out.longest())} per message)"
     )
     yield f"channels ({len(config.channels)}):"
     for channel in config.channels:

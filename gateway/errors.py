@@ -135,4 +135,11 @@ HTTP_STATUS: dict[str, int] = {
     "channel_unavailable": 502,
     "channel_rejected": 422,
     "idempotency_key_reused": 422,
+    # A channel plugin broke the adapter contract (gateway.sink): the provider should retry.
+    "adapter_error": 500,
 }
+
+
+class ChannelStartError(Exception):
+    """A channel adapter's `start()` failed: the gateway does not serve with a channel missing,
+    and says which one and why in one line (the traceback goes to the log)."""

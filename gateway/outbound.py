@@ -76,6 +76,14 @@ class RetryPolicy:
     initial: float = 0.5
     maximum: float = 30.0
     redeliver_after: timedelta = timedelta(minutes=10)
+    send_timeout: float = 60.0
+    """Seconds one `adapter.send` may take before it counts as a transient failure."""
+
+
+DRAIN_TIMEOUT = 10.0
+"""Seconds a shutdown waits for deliveries in flight. What is still sending then is cut off and
+stays `queued`: its redelivery deadline sends it again, from this node after a restart or from
+another one. (Waiting for every retry could take minutes, past any orchestrator's patience.)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,8 +151,18 @@ def _authorize(conversation: Conversation, agent: AgentInfo) -> None:
     raise TransitionError("not_assignee", "accept or resume the conversation before replying")
 
 
-def _check_window(conversation: Conversation, request: OutboundRequest, now: datetime) -> None:
+def _check_window(
+    conversation: Conversation, request: OutboundRequest, now: datetime, templates: bool
+) -> None:
+    """Free text only inside the reply window; the hint names the way out only where there is
+    one (a channel without templates cannot reach the customer until they write again)."""
     if request.template is None and not lifecycle.can_reply(conversation, now):
+        if not templates:
+            raise TransitionError(
+                "window_closed",
+                "the reply window is closed and this channel has no templates: nothing can be"
+                " sent until the customer writes again",
+            )
         raise TransitionError(
             "window_closed",
             "the customer-service window is closed: only an approved template can be sent"
@@ -389,7 +407,8 @@ class Outbound:
                 _require_same_request(previous, request)
                 return previous, False
             now = self.clock.now()
-            _check_window(conversation, request, now)
+            adapter = self.adapters.get(conversation.channel)
+            _check_window(conversation, request, now, getattr(adapter, "supports_templates", False))
             message = await self._build(conversation, agent, request)
             transition = lifecycle.agent_message(conversation, message, now)
             try:
@@ -461,10 +480,25 @@ class Outbound:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def drain(self) -> None:
-        """Wait for deliveries in flight (graceful shutdown, tests)."""
+    async def drain(self, timeout: float | None = None) -> None:
+        """Wait for deliveries in flight (graceful shutdown, tests); with `timeout`, cancel
+        what is still running after that long (see DRAIN_TIMEOUT)."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
         while self._tasks:
-            await asyncio.gather(*tuple(self._tasks), return_exceptions=True)
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
+                cut = tuple(self._tasks)
+                for task in cut:
+                    task.cancel()
+                await asyncio.gather(*cut, return_exceptions=True)
+                log.warning("outbound.drain_cut_off", deliveries=len(cut))
+                return
+            await asyncio.wait(tuple(self._tasks), timeout=left)
+
+    def redeliver(self, message_id: str) -> None:
+        """Start delivering a message whose redelivery deadline came, in the background."""
+        self._spawn_in_order([message_id])
 
     async def deliver(self, message_id: str) -> None:
         """Send a stored message through its channel, retrying transient errors."""
@@ -505,7 +539,7 @@ class Outbound:
                     if attempt.retry_state.attempt_number > 1 and await self._reported(message_id):
                         reported = True
                     else:
-                        result = await adapter.send(conversation, message)
+                        result = await self._send(adapter, conversation, message)
         except ChannelError as exc:
             await self._failed(
                 message, exc.provider_code or exc.code, exc.message or str(exc), exc.closes_window
@@ -559,6 +593,23 @@ class Outbound:
         if recorded.closes_window:  # a "window closed" report overtook the send's answer
             await close_window(self.store, message, self.clock)
         log.info("outbound.sent", message_id=message_id, channel=message.channel)
+
+    async def _send(
+        self, adapter: ChannelAdapter, conversation: Conversation, message: Message
+    ) -> SendResult:
+        """One try of `adapter.send`, bounded by `send_timeout`; what it returns is checked,
+        since a plugin's mistake there would otherwise leave the message queued, to be sent
+        again by every redelivery."""
+        try:
+            async with asyncio.timeout(self.retry.send_timeout):
+                result = await adapter.send(conversation, message)
+        except TimeoutError:
+            raise TransientChannelError(
+                f"the channel did not answer within {self.retry.send_timeout:g} s"
+            ) from None
+        if not isinstance(result, SendResult):
+            raise TypeError(f"send() returned {type(result).__name__}, not a SendResult")
+        return result
 
     async def _reported(self, message_id: str) -> bool:
         """Whether a provider report already settled this message (see `Ingestor._correlate`)."""

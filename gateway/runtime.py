@@ -34,6 +34,7 @@ from gateway.presence import Presence
 from gateway.ratelimit import RateLimiter
 from gateway.retention import EventRetention
 from gateway.routing import Router
+from gateway.sink import ChannelInbound
 from gateway.store.base import MESSAGE_TARGET, Deadline, Store
 from gateway.store.sqlite import SqliteStore
 from gateway.timers import DeadlineHandler, Scheduler
@@ -162,7 +163,12 @@ class Runtime:
             context = ChannelContext(
                 config=channel,
                 public_url=config.server.public_url,
-                inbound=self.ingestor,
+                inbound=ChannelInbound(
+                    self.ingestor,
+                    channel.name,
+                    channel.type,
+                    frozenset(c.name for c in config.channels if c.type == channel.type),
+                ),
                 kv=self.store,
                 clock=self.clock,
                 log=structlog.get_logger(f"gateway.channel.{channel.name}").bind(
@@ -202,7 +208,9 @@ class Runtime:
 
     async def _on_deadline(self, deadline: Deadline) -> None:
         if deadline.target.startswith(MESSAGE_TARGET):
-            await self.outbound.deliver(deadline.target[len(MESSAGE_TARGET) :])
+            # In the background: a delivery may retry for minutes, and the scheduler's pass
+            # must go on firing every other deadline (grace, windows, no-agent) meanwhile.
+            self.outbound.redeliver(deadline.target[len(MESSAGE_TARGET) :])
             return
         await self.deadlines(deadline)
 
@@ -216,4 +224,5 @@ def retry_policy(config: GatewayConfig) -> RetryPolicy:
         initial=outbound.retry_initial.total_seconds(),
         maximum=outbound.retry_max_delay.total_seconds(),
         redeliver_after=max(RetryPolicy().redeliver_after, 2 * outbound.longest()),
+        send_timeout=outbound.send_timeout.total_seconds(),
     )

@@ -255,16 +255,18 @@ def test_queue_requeue_after_is_a_duration(tmp_path: Path) -> None:
 def test_outbound_retries_are_configurable_and_bound_the_takeover(tmp_path: Path) -> None:
     """Behind an SMTP relay that greylists, agent replies should retry for minutes, not
     seconds; another node must not take a delivery over while it may still be retrying."""
-    from gateway.outbound import RetryPolicy
     from gateway.runtime import retry_policy
 
     default = retry_policy(load(tmp_path, ""))
     assert (default.attempts, default.initial, default.maximum) == (5, 0.5, 30.0)
-    assert default.redeliver_after == RetryPolicy().redeliver_after
+    # Five tries of up to a minute each (send_timeout) and their waits: a bit over 5 minutes.
+    assert default.redeliver_after == 2 * timedelta(seconds=5 * 60 + 0.5 + 1 + 2 + 4)
+    assert default.send_timeout == 60.0
 
     text = "outbound: {retry_attempts: 8, retry_initial: 30s, retry_max_delay: 5m}"
     config = load(tmp_path, text)
-    assert config.outbound.longest() == timedelta(seconds=30 + 60 + 120 + 240 + 300 * 3)
+    waits = 30 + 60 + 120 + 240 + 300 * 3
+    assert config.outbound.longest() == timedelta(seconds=waits + 8 * 60)
     policy = retry_policy(config)
     assert (policy.attempts, policy.initial, policy.maximum) == (8, 30.0, 300.0)
     assert policy.redeliver_after == 2 * config.outbound.longest() > timedelta(minutes=10)

@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from gateway.api.http import json_response
 from gateway.api.openapi import openapi_document
 from gateway.appkeys import RUNTIME
+from gateway.channels import ChannelAdapter, ChannelHealth
 from gateway.errors import StoreUnavailable
 from gateway.store.base import Store
 
@@ -41,6 +42,19 @@ async def healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
 
+def channel_health(name: str, adapter: ChannelAdapter) -> ChannelHealth:
+    """An adapter's own report; one that raises is degraded, not a 500 of /readyz and
+    /metrics for every channel."""
+    try:
+        health = adapter.health()
+        if not isinstance(health, ChannelHealth):
+            raise TypeError(f"health() returned {type(health).__name__}, not a ChannelHealth")
+        return health
+    except Exception as exc:
+        log.warning("channel.health_failed", channel=name, error=f"{type(exc).__name__}: {exc}")
+        return ChannelHealth(ok=False, detail=f"health check failed: {type(exc).__name__}")
+
+
 @routes.get("/readyz")
 async def readyz(request: web.Request) -> web.Response:
     """Ready when the store answers and every adapter started; degraded channels are listed.
@@ -54,7 +68,7 @@ async def readyz(request: web.Request) -> web.Response:
     show_detail = runtime.auth.known(request)
     channels = {}
     for name, adapter in runtime.adapters.items():
-        health = adapter.health()
+        health = channel_health(name, adapter)
         channels[name] = {"ok": health.ok, "detail": health.detail if show_detail else ""}
     ready = store_ok and runtime.started
     body = {
@@ -94,7 +108,7 @@ async def metrics(request: web.Request) -> web.Response:
         up = await _store_ready(runtime.store, METRICS_STORE_TIMEOUT)
         runtime.metrics.store_up.set(1 if up else 0)
     for name, adapter in runtime.adapters.items():
-        runtime.metrics.channel_up.labels(name).set(1 if adapter.health().ok else 0)
+        runtime.metrics.channel_up.labels(name).set(1 if channel_health(name, adapter).ok else 0)
     return web.Response(
         body=runtime.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST}
     )

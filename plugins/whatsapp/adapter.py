@@ -69,18 +69,18 @@ class WhatsAppAdapter(BaseAdapter):
 
     async def start(self) -> None:
         if self.config.provider == "cloud_api" and self.config.phone_number_id:
-            numbers.register(self.context.inbound, self.config.phone_number_id, self)
+            numbers.register(self.context.kv, self.config.phone_number_id, self)
 
     async def stop(self) -> None:
         if self.config.provider == "cloud_api" and self.config.phone_number_id:
-            numbers.unregister(self.context.inbound, self.config.phone_number_id, self)
+            numbers.unregister(self.context.kv, self.config.phone_number_id, self)
 
     def app_secret(self) -> str:
         return self.config.secret("app_secret")
 
     def _siblings(self) -> dict[str, WhatsAppAdapter]:
         """This gateway's other Cloud API channels of the same Meta app, by number."""
-        found = numbers.siblings(self.context.inbound, self)
+        found = numbers.siblings(self.context.kv, self)
         return {number: c for number, c in found.items() if isinstance(c, WhatsAppAdapter)}
 
     def _sibling_channel(self, phone_number_id: str) -> str | None:

@@ -7,7 +7,7 @@ reach that number's channel: acknowledging them and dropping them loses messages
 sends again. Only a channel of the same app (the same app secret, which the request's
 signature was checked with) may take them over; anything else stays skipped and logged.
 
-Numbers are registered per gateway (keyed by the ingest sink every channel of one gateway
+Numbers are registered per gateway (keyed by the store every channel of one gateway
 shares), weakly, so several gateways in one process (tests) never see each other's.
 """
 

@@ -1,0 +1,81 @@
+"""What a channel adapter hands to ingest, checked at the door.
+
+Each adapter gets its own `ChannelInbound` (as `ChannelContext.inbound`): the ingest path with
+the plugin contract enforced. A plugin bug that would otherwise lose a message silently (an
+empty provider id deduplicates every later message with it away), file it under a channel that
+does not exist, or fail deep inside the store with a bare `TypeError` (a naive `sent_at`, a
+`raw` that is not JSON) is refused here, naming the channel and the field, before anything is
+stored. The provider gets a 500 (`adapter_error`): it retries, and once the plugin is fixed the
+message arrives; a 4xx would tell it to drop the message.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import structlog
+
+from gateway.errors import GatewayError
+from gateway.ingest import Ingestor
+from gateway.model import DeliveryStatus, InboundMessage
+from gateway.store.base import IngestResult, StatusResult
+
+log = structlog.get_logger("gateway.sink")
+
+
+class AdapterContractError(GatewayError):
+    """A channel plugin handed ingest something the adapter protocol does not allow."""
+
+    code = "adapter_error"
+
+
+class ChannelInbound:
+    """The `Inbound` sink of one channel instance."""
+
+    def __init__(
+        self,
+        ingestor: Ingestor,
+        channel: str,
+        channel_type: str,
+        siblings: frozenset[str] = frozenset(),
+    ) -> None:
+        self.ingestor = ingestor
+        self.channel = channel
+        self.channel_type = channel_type
+        self.channels = siblings | {channel}
+        """What this adapter may file traffic under: its own instance, or another of its type
+        (one Meta app posts every number's webhooks to one URL)."""
+
+    def _refuse(self, what: str) -> AdapterContractError:
+        log.error("adapter.contract_broken", channel=self.channel, problem=what)
+        return AdapterContractError(f"channel {self.channel!r}: {what}")
+
+    async def message(self, inbound: InboundMessage) -> IngestResult:
+        if inbound.channel not in self.channels or inbound.channel_type != self.channel_type:
+            raise self._refuse(
+                f"a message for channel {inbound.channel!r} ({inbound.channel_type}) came from"
+                f" this {self.channel_type} channel"
+            )
+        if not isinstance(inbound.provider_message_id, str) or not inbound.provider_message_id:
+            raise self._refuse("provider_message_id must be a non-empty string (the dedup key)")
+        address = getattr(inbound.contact, "address", None)
+        if not isinstance(address, str) or not address:
+            raise self._refuse("contact.address must be a non-empty string")
+        if getattr(inbound.sent_at, "tzinfo", None) is None:
+            raise self._refuse("sent_at must be a timezone-aware datetime")
+        try:
+            return await self.ingestor.message(inbound)
+        except orjson.JSONEncodeError as exc:  # raw or extra: found where they are encoded
+            raise self._refuse(f"the message is not JSON-serializable: {exc}") from None
+
+    async def status(self, status: DeliveryStatus) -> StatusResult:
+        if status.channel not in self.channels:
+            raise self._refuse(f"a delivery status for channel {status.channel!r} came from here")
+        if not isinstance(status.provider_message_id, str) or not status.provider_message_id:
+            raise self._refuse("a delivery status needs a non-empty provider_message_id")
+        return await self.ingestor.status(status)
+
+    def __getattr__(self, name: str) -> Any:
+        """Anything else an adapter used from the ingestor before this door existed."""
+        return getattr(self.ingestor, name)
