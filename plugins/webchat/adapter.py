@@ -442,6 +442,7 @@ class WebchatAdapter(BaseAdapter):
                 provider_message_id=message.id,
                 status=DeliveryState.READ,
                 at=self.context.clock.now(),
+                message_id=message.id,
             )
             await self.context.inbound.status(status)
         return None
@@ -718,6 +719,9 @@ class WebchatAdapter(BaseAdapter):
             provider_message_id=message.id,
             status=DeliveryState.DELIVERED,
             at=self.context.clock.now(),
+            # The push can beat the send's own bookkeeping: naming our message lets ingest
+            # apply it at once instead of keeping it as a report for an unknown message.
+            message_id=message.id,
         )
         write = asyncio.ensure_future(self.context.inbound.status(status))
         try:
