@@ -22,9 +22,28 @@ def get_plugin_manager(*, load_entry_points: bool = True) -> pluggy.PluginManage
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     if load_entry_points:
-        pm.load_setuptools_entrypoints(hookspecs.PROJECT)
+        try:
+            pm.load_setuptools_entrypoints(hookspecs.PROJECT)
+        except Exception as exc:
+            raise ConfigError(_failed_plugin(exc)) from exc
     pm.check_pending()
     return pm
+
+
+def _failed_plugin(exc: Exception) -> str:
+    """Which installed plugin could not be loaded, and why: the bare import error of one
+    broken package would otherwise be all a user sees, for every command."""
+    for entry_point in metadata.entry_points(group=hookspecs.PROJECT):
+        try:
+            entry_point.load()
+        except Exception as error:
+            dist = entry_point.dist
+            shipped = f" from {dist.name} {dist.version}" if dist is not None else ""
+            return (
+                f"plugin {entry_point.name!r} ({entry_point.value}{shipped}) failed to load:"
+                f" {type(error).__name__}: {error}; fix or uninstall it"
+            )
+    return f"a plugin failed to load: {type(exc).__name__}: {exc}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +57,15 @@ class PluginInfo:
 def channel_types(pm: pluggy.PluginManager) -> dict[str, ChannelType]:
     """Collect every registered channel type by name; a name registered twice is an error."""
     found: dict[str, ChannelType] = {}
-    for batch in pm.hook.register_channel_types():
+    for impl in pm.hook.register_channel_types.get_hookimpls():
+        batch = impl.function()
+        if not isinstance(batch, list | tuple) or not all(
+            isinstance(t, ChannelType) for t in batch
+        ):
+            raise ConfigError(
+                f"plugin {impl.plugin_name!r}: register_channel_types must return a list of"
+                f" gateway.channels.ChannelType, not {type(batch).__name__}"
+            )
         for channel_type in batch:
             if channel_type.name in found:
                 raise ConfigError(f"channel type {channel_type.name!r} is registered twice")

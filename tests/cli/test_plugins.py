@@ -12,6 +12,7 @@ from pathlib import Path
 import pluggy
 import pytest
 
+from gateway.errors import ConfigError
 from gateway.pluginmanager import channel_types, get_plugin_manager
 
 PLUGIN = '''
@@ -159,3 +160,33 @@ def test_builtins_come_through_entry_points() -> None:
     names = {name for name, _ in pm.list_name_plugin()}
     assert {"webchat", "whatsapp", "email"} <= names
     assert {"webchat", "whatsapp", "email"} <= set(channel_types(pm))
+
+
+def test_a_plugin_that_cannot_load_is_named(tmp_path: Path) -> None:
+    """One broken package (a missing dependency) stops every command: the error must say which
+    plugin, from which distribution, and why."""
+    (tmp_path / "acme_broken.py").write_text('raise ImportError("missing dep acme_sdk")\n')
+    info = tmp_path / "acme_broken-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-broken\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[gateway]\nbroken_sms = acme_broken\n")
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(root)])}
+    result = run("plugins", env=env)
+    assert result.returncode != 0
+    assert "plugin 'broken_sms' (acme_broken from acme-broken 1.0) failed to load" in result.stderr
+    assert "missing dep acme_sdk" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_hook_that_returns_something_else_is_named() -> None:
+    class Careless:
+        hookimpl = pluggy.HookimplMarker("gateway")
+
+        @hookimpl
+        def register_channel_types(self) -> object:
+            return {"acme_sms": "AcmeAdapter"}
+
+    pm = get_plugin_manager(load_entry_points=False)
+    pm.register(Careless(), name="careless")
+    with pytest.raises(ConfigError, match="plugin 'careless': register_channel_types must"):
+        channel_types(pm)
