@@ -31,7 +31,12 @@ from gateway.channels import ChannelType, ClosesConnections
 from gateway.clock import Clock
 from gateway.config import GatewayConfig
 from gateway.connlimit import ConnectionCounter
-from gateway.errors import ChannelStartError, StoreUnavailable, refused_credentials
+from gateway.errors import (
+    ChannelStartError,
+    ConfigError,
+    StoreUnavailable,
+    refused_credentials,
+)
 from gateway.outbound import DRAIN_TIMEOUT
 from gateway.reconcile import reconcile
 from gateway.runtime import Runtime, RuntimeOptions
@@ -64,14 +69,21 @@ def create_app(
     app.add_routes(media_routes)
     app.add_routes(inbox.routes)
     app.add_routes(webhook_routes)
-    mounted: set[tuple[str, str]] = set()
+    mounted: dict[tuple[str, str], str] = {}
     for adapter in runtime.adapters.values():
         for route in adapter.routes():
+            _check_plugin_route(adapter.channel_type, route.path)
             # Instances of one type share static assets (e.g. /webchat/widget.js): mount once.
             key = (route.method, route.path)
-            if key in mounted:
+            owner = mounted.get(key)
+            if owner == adapter.channel_type:
                 continue
-            mounted.add(key)
+            if owner is not None:
+                raise ConfigError(
+                    f"channel types {owner!r} and {adapter.channel_type!r} both route"
+                    f" {route.method} {route.path}"
+                )
+            mounted[key] = adapter.channel_type
             route.register(app.router)
     app[AGENT_SOCKETS] = set()
     app[AGENT_STREAMS] = ConnectionCounter(MAX_STREAMS_PER_AGENT)
@@ -79,6 +91,20 @@ def create_app(
     app.on_shutdown.append(_close_channel_connections)
     app.cleanup_ctx.extend([_store, _http, _hub, _adapters, _scheduler])
     return app
+
+
+RESERVED_PATHS = ("/api/", "/webhooks/", "/inbox", "/healthz", "/readyz", "/metrics")
+"""The gateway's own paths: a plugin route there would be shadowed by them, or shadow them
+(aiohttp may match a plain path before `/webhooks/{channel}`), silently either way."""
+
+
+def _check_plugin_route(channel_type: str, path: str) -> None:
+    if path.startswith(RESERVED_PATHS) or path in {"/api", "/webhooks"}:
+        raise ConfigError(
+            f"channel type {channel_type!r} routes {path}, a path of the gateway's own"
+            f" ({', '.join(RESERVED_PATHS)}); give its routes a prefix of its own, such as"
+            f" /{channel_type}/"
+        )
 
 
 async def _close_channel_connections(app: web.Application) -> None:

@@ -244,7 +244,9 @@ class ChannelAdapter(Protocol):
         ...
 
     def routes(self) -> Sequence[web.RouteDef]:
-        """Return extra HTTP routes this channel serves (web chat pages, sockets)."""
+        """Return extra HTTP routes this channel serves (web chat pages, sockets), under a
+        prefix of the channel type's own (`/webchat/...`): the gateway's paths (`/api/`,
+        `/webhooks/`, `/inbox`, `/healthz`, `/readyz`, `/metrics`) are refused at start."""
         ...
 
     async def start(self) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 import gateway.app
@@ -33,7 +34,7 @@ from gateway.channels import (
 )
 from gateway.clock import ManualClock
 from gateway.config import parse_config
-from gateway.errors import ChannelStartError
+from gateway.errors import ChannelStartError, ConfigError
 from gateway.model import Contact, Conversation, InboundMessage, Message
 from gateway.outbound import RetryPolicy
 from gateway.pluginmanager import channel_types, config_models, get_plugin_manager
@@ -64,6 +65,11 @@ class FaultyAdapter(BaseAdapter):
     async def stop(self) -> None:
         if self.fault == "stop":
             await self.hang.wait()
+
+    def routes(self) -> list[web.RouteDef]:
+        if self.fault == "route":
+            return [web.get("/webhooks/sms-status", self.handle_webhook)]
+        return []
 
     def health(self) -> ChannelHealth:
         if self.fault == "health":
@@ -233,3 +239,9 @@ async def test_messages_that_break_the_adapter_contract_are_refused_before_stori
     assert await runtime.store.read_events(None) == []  # nothing half-written
     await sink.message(customer_message(runtime))  # a good one still goes in
     assert len(await runtime.store.read_events(None)) == 2
+
+
+def test_a_route_on_the_gateways_own_paths_is_refused(tmp_path: Path) -> None:
+    """It would shadow `/webhooks/{channel}` (or be shadowed by it), silently."""
+    with pytest.raises(ConfigError, match="routes /webhooks/sms-status, a path of the gateway"):
+        app_for(tmp_path, "route")
