@@ -181,6 +181,11 @@
   // gateway stored them), whatever order their frames come in: after a reload, the ack of a
   // kept message can overtake the replay of older ones. Messages still being sent stay last.
   function place(node, id) {
+    var unsent = log.querySelector(".gwc-unsent");
+    if (!lastId || id > lastId) { // the usual case, a replay included: newest so far, at the end
+      if (unsent !== node) log.insertBefore(node, unsent);
+      return;
+    }
     var confirmed = log.querySelectorAll(".gwc-msg[data-id]");
     for (var i = 0; i < confirmed.length; i++) {
       if (confirmed[i] !== node && confirmed[i].getAttribute("data-id") > id) {
@@ -188,7 +193,6 @@
         return;
       }
     }
-    var unsent = log.querySelector(".gwc-unsent");
     if (unsent !== node) log.insertBefore(node, unsent);
   }
 
@@ -218,11 +222,22 @@
       node.className = "gwc-msg gwc-in gwc-unsent";
       node.textContent = pending[clientId];
     }
-    log.scrollTop = log.scrollHeight;
+    toBottom();
+  }
+  // Scroll to the newest once per frame: a replay of a long history renders hundreds of
+  // messages at once, and a layout for each made the page load take seconds.
+  var scrolling = false;
+  function toBottom() {
+    if (scrolling) return;
+    scrolling = true;
+    (window.requestAnimationFrame || setTimeout)(function () {
+      scrolling = false;
+      log.scrollTop = log.scrollHeight;
+    });
   }
   function note(text) {
     log.appendChild(el("div", "gwc-note", text));
-    log.scrollTop = log.scrollHeight;
+    toBottom();
   }
 
   function post(path, body) {
