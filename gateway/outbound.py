@@ -609,6 +609,14 @@ class Outbound:
             ) from None
         if not isinstance(result, SendResult):
             raise TypeError(f"send() returned {type(result).__name__}, not a SendResult")
+        if result.provider_message_id is not None and not isinstance(
+            result.provider_message_id, str
+        ):
+            raise TypeError("send() returned a provider_message_id that is not a string")
+        if result.status == DeliveryState.FAILED:  # accepted and failed at once: say so
+            raise PermanentChannelError(
+                "the channel reported the message failed as it took it", provider_code="send_failed"
+            )
         return result
 
     async def _reported(self, message_id: str) -> bool:

@@ -35,7 +35,7 @@ from gateway.channels import (
 from gateway.clock import ManualClock
 from gateway.config import parse_config
 from gateway.errors import ChannelStartError, ConfigError
-from gateway.model import Contact, Conversation, InboundMessage, Message
+from gateway.model import Contact, Conversation, DeliveryState, InboundMessage, Message
 from gateway.outbound import RetryPolicy
 from gateway.pluginmanager import channel_types, config_models, get_plugin_manager
 from gateway.runtime import Runtime, RuntimeOptions
@@ -82,6 +82,10 @@ class FaultyAdapter(BaseAdapter):
             await self.hang.wait()
         if self.fault == "send_dict":
             return {"sid": "SM1", "status": "queued"}  # type: ignore[return-value]
+        if self.fault == "send_failed":
+            return SendResult(provider_message_id=None, status=DeliveryState.FAILED)
+        if self.fault == "send_int_id":
+            return SendResult(provider_message_id=123)  # type: ignore[arg-type]
         return SendResult(provider_message_id=f"faulty-{message.id}")
 
 
@@ -176,16 +180,24 @@ async def test_shutdown_and_the_scheduler_do_not_wait_for_a_hanging_send(
     assert runtime.adapters["sms"].sends == sends + 1
 
 
-@pytest.mark.parametrize("started", ["send_dict"], indirect=True)
+@pytest.mark.parametrize(
+    ("started", "code"),
+    [
+        ("send_dict", "adapter_error"),
+        ("send_int_id", "adapter_error"),
+        ("send_failed", "send_failed"),
+    ],
+    indirect=["started"],
+)
 async def test_a_send_that_returns_something_else_fails_once_and_is_not_resent(
-    started: TestClient,
+    started: TestClient, code: str
 ) -> None:
     runtime = started.app[RUNTIME]
     message_id = await reply(started, runtime)
     await runtime.outbound.drain()
     message = await runtime.store.get_message(message_id)
     assert message is not None and message.status == "failed"
-    assert message.error_code == "adapter_error"
+    assert message.error_code == code and message.error_message
     assert runtime.adapters["sms"].sends == 1
 
 
