@@ -103,6 +103,7 @@ export class Stream {
     this.onState = onState;
     this.cursor = null;
     this.retry = 0;
+    this.opens = 0; // sockets opened: a hello after the first one's is a catch-up
     this.ws = null;
     this.timer = null;
     this.stopped = true;
@@ -133,6 +134,7 @@ export class Stream {
     this.ws = ws;
     ws.onopen = () => {
       opened = true;
+      this.opens++;
       this.retry = 0;
       this.onState("live");
       pinger = setInterval(() => {
@@ -162,7 +164,8 @@ export class Stream {
       if (frame.type === "hello") {
         // Only the first connection starts from "now"; later ones resume from our own cursor.
         if (!this.cursor && frame.cursor) this.cursor = frame.cursor;
-        this.onHello();
+        // A reconnection, even when the first socket died before its own hello came.
+        this.onHello(this.opens > 1);
         return;
       }
       if (frame.type === "pong") return;

@@ -49,7 +49,6 @@ const app = {
   convs: new Map(), // id -> conversation JSON, the newest version seen
   notices: new Map(), // id -> a short inline notice shown on the list item
   open: null, // the conversation shown in the pane: {id, messages, el, ...}
-  hellos: 0,
   listSeq: 0,
   listNext: null, // the list's next page (`next_cursor`), while there is one
   listEdge: null, // the last conversation of the pages loaded: nothing past it is shown yet
@@ -113,7 +112,7 @@ async function signIn(token, remembered) {
     return;
   }
   sessionStorage.setItem(TOKEN_KEY, token);
-  Object.assign(app, { api, me, tab: "waiting", queue: "", mine: false, hellos: 0 });
+  Object.assign(app, { api, me, tab: "waiting", queue: "", mine: false });
   ui.me.textContent = me.name || me.id;
   ui.queue.replaceChildren(
     h("option", { attrs: { value: "" }, text: "All my queues" }),
@@ -123,6 +122,8 @@ async function signIn(token, remembered) {
   ui.signin.hidden = true;
   ui.app.hidden = false;
   selectTab("waiting");
+  // Keyboard users start on the tabs, not on a sign-in form that is gone.
+  ui.tabs.find((t) => t.dataset.state === "waiting").focus();
   loadCounts();
   // `?keepalive=N` (seconds) on the page's URL: how often the stream proves it is alive.
   const keepalive = Number(new URLSearchParams(location.search).get("keepalive")) || undefined;
@@ -152,8 +153,8 @@ function onState(state) {
 }
 
 /** Each (re)connection: the first one follows the sign-in load; later ones catch up. */
-function onHello() {
-  if (app.hellos++ === 0) return;
+function onHello(reconnected) {
+  if (!reconnected) return;
   loadCounts();
   loadList();
   if (app.open && app.open.retry) resend();
@@ -383,7 +384,9 @@ async function accept(id) {
   const conv = await act(id, "accept");
   if (!conv) return;
   selectTab("active");
-  openConversation(id);
+  await openConversation(id);
+  // Accepted to answer it: the reply box, not the list item that just left the list.
+  if (app.open && app.open.id === id && !app.open.el.text.disabled) app.open.el.text.focus();
 }
 
 // ---- the open conversation -------------------------------------------------------------------

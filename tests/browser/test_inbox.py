@@ -514,6 +514,7 @@ async def test_a_long_waiting_queue_is_paged_in_fifo_order(
         await gw.whatsapp(f"+5511900{i:05}", f"Cliente {i:03}", "hola")
     agent = await new_page()
     await sign_in(agent, gw)
+    await expect(agent.locator("[role=tab][data-state=waiting]")).to_be_focused()
     names = agent.locator("#list .conv-name")
     await expect(names).to_have_count(200)
     await expect(names.last).to_have_text("Cliente 199")
@@ -563,6 +564,7 @@ async def test_a_reply_the_gateway_could_not_take_goes_again_by_itself(
     agent = await new_page()
     await sign_in(agent, gw)
     await item(agent, "Reintento").get_by_role("button", name="Accept").click()
+    await expect(agent.get_by_role("textbox", name="Reply")).to_be_focused()  # ready to answer
     refused: list[str] = []
 
     async def once(route: Route) -> None:
