@@ -328,7 +328,9 @@ async def accept_race(store: Store, conversations: int, racers: int) -> float:
     """Conversations decided per second when `racers` agents accept each one at once."""
     clock = ManualClock(datetime(2026, 11, 25, 7, 0, tzinfo=UTC))
     agents = {f"a{i}": AgentInfo(f"a{i}", frozenset({"support"}), 10**6) for i in range(racers)}
-    directory = Directory(queues={"support": QueueInfo("support")}, agents=agents)
+    directory = Directory(
+        queues={"support": QueueInfo("support")}, agents=agents, channels={"wa": ChannelPolicy()}
+    )
     ingest = Ingestor(store, clock, lambda m: "support", lambda c: ChannelPolicy())
     ids = []
     for start in range(0, conversations, 200):
