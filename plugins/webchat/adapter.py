@@ -358,9 +358,11 @@ class WebchatAdapter(BaseAdapter):
         token = header[7:].strip() if header.lower().startswith("bearer ") else ""
         return self.signer.verify(token)
 
-    async def post_message(self, request: web.Request) -> web.StreamResponse:
-        """`POST /webchat/{channel}/messages` with the visitor token as bearer: the same as a
-        socket `message` frame, answered with the ack (201)."""
+    async def _visitor_post(
+        self, request: web.Request
+    ) -> tuple[VisitorSession, Any] | web.StreamResponse:
+        """A visitor's POST: (their session, the JSON body), or the refusal to answer with
+        (another site, a bad token, a body that is not JSON)."""
         if not self._origin_allowed(request):
             return _error(403, "origin_not_allowed", "this site may not use this chat")
         try:
@@ -368,12 +370,21 @@ class WebchatAdapter(BaseAdapter):
         except InvalidToken as exc:
             return self._cors(request, _error(401, "invalid_token", str(exc)))
         try:
-            frame = orjson.loads(await read_within(request, request.read()) or b"{}")
+            return session, orjson.loads(await read_within(request, request.read()) or b"{}")
+        except orjson.JSONDecodeError:
+            return self._cors(request, _error(400, "invalid_json", "the body is not valid JSON"))
+
+    async def post_message(self, request: web.Request) -> web.StreamResponse:
+        """`POST /webchat/{channel}/messages` with the visitor token as bearer: the same as a
+        socket `message` frame, answered with the ack (201)."""
+        posted = await self._visitor_post(request)
+        if isinstance(posted, web.StreamResponse):
+            return posted
+        session, frame = posted
+        try:
             if isinstance(frame, dict):
                 frame.setdefault("type", "message")
             message = self._parse_frame(frame, session)
-        except orjson.JSONDecodeError:
-            return self._cors(request, _error(400, "invalid_json", "the body is not valid JSON"))
         except InvalidInput as exc:
             return self._cors(request, _error(400, "invalid_request", str(exc)))
         if message is None:
@@ -397,16 +408,10 @@ class WebchatAdapter(BaseAdapter):
     async def post_read(self, request: web.Request) -> web.StreamResponse:
         """`POST /webchat/{channel}/read` `{"message_id"}` with the visitor token as bearer:
         the same as a socket `read` frame, answered 204."""
-        if not self._origin_allowed(request):
-            return _error(403, "origin_not_allowed", "this site may not use this chat")
-        try:
-            session = self._bearer_session(request)
-        except InvalidToken as exc:
-            return self._cors(request, _error(401, "invalid_token", str(exc)))
-        try:
-            frame = orjson.loads(await read_within(request, request.read()) or b"{}")
-        except orjson.JSONDecodeError:
-            return self._cors(request, _error(400, "invalid_json", "the body is not valid JSON"))
+        posted = await self._visitor_post(request)
+        if isinstance(posted, web.StreamResponse):
+            return posted
+        session, frame = posted
         try:
             refused = await self._visitor_read(session, frame)
         except StoreUnavailable as exc:
@@ -437,14 +442,7 @@ class WebchatAdapter(BaseAdapter):
         ):
             return NOT_YOURS  # the same words for another visitor's reply: no probing ids
         if message.status != DeliveryState.READ:
-            status = DeliveryStatus(
-                channel=self.name,
-                provider_message_id=message.id,
-                status=DeliveryState.READ,
-                at=self.context.clock.now(),
-                message_id=message.id,
-            )
-            await self.context.inbound.status(status)
+            await self.context.inbound.status(self._report(message, DeliveryState.READ))
         return None
 
     async def get_messages(self, request: web.Request) -> web.StreamResponse:
@@ -710,19 +708,23 @@ class WebchatAdapter(BaseAdapter):
         if delivering:
             await self._record_delivery(message)
 
+    def _report(self, message: Message, state: DeliveryState) -> DeliveryStatus:
+        """A delivery report on an agent reply, as a provider would send one. It names our
+        message: the push can beat the send's own bookkeeping, and ingest then applies it at
+        once instead of keeping it as a report for an unknown message."""
+        return DeliveryStatus(
+            channel=self.name,
+            provider_message_id=message.id,
+            status=state,
+            at=self.context.clock.now(),
+            message_id=message.id,
+        )
+
     async def _record_delivery(self, message: Message) -> None:
         """Record that a reply reached the visitor. The socket may close as it arrives (the
         pump is cancelled then): the visitor saw it all the same, so the write goes on alone;
         else the reply would stay `sent`, and a reconnect without `after` would replay it."""
-        status = DeliveryStatus(
-            channel=self.name,
-            provider_message_id=message.id,
-            status=DeliveryState.DELIVERED,
-            at=self.context.clock.now(),
-            # The push can beat the send's own bookkeeping: naming our message lets ingest
-            # apply it at once instead of keeping it as a report for an unknown message.
-            message_id=message.id,
-        )
+        status = self._report(message, DeliveryState.DELIVERED)
         write = asyncio.ensure_future(self.context.inbound.status(status))
         try:
             await asyncio.shield(write)

@@ -137,6 +137,15 @@ async def reply(client: TestClient, runtime: Runtime) -> str:
     return message_id
 
 
+async def failed_reply(client: TestClient, runtime: Runtime) -> Message:
+    """A reply sent through the faulty channel, once its delivery is over: failed."""
+    message_id = await reply(client, runtime)
+    await runtime.outbound.drain()
+    message = await runtime.store.get_message(message_id)
+    assert message is not None and message.status == "failed"
+    return message
+
+
 @pytest.fixture
 async def started(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[TestClient]:
     app = app_for(tmp_path, request.param)
@@ -149,10 +158,7 @@ async def test_a_send_that_never_returns_is_cut_off_and_fails_as_unavailable(
     started: TestClient,
 ) -> None:
     runtime = started.app[RUNTIME]
-    message_id = await reply(started, runtime)
-    await runtime.outbound.drain()
-    message = await runtime.store.get_message(message_id)
-    assert message is not None and message.status == "failed"
+    message = await failed_reply(started, runtime)
     assert message.error_code == "channel_unavailable"
     assert "did not answer within" in (message.error_message or "")
     assert runtime.adapters["sms"].sends == 2  # each try bounded, then retried
@@ -193,10 +199,7 @@ async def test_a_send_that_returns_something_else_fails_once_and_is_not_resent(
     started: TestClient, code: str
 ) -> None:
     runtime = started.app[RUNTIME]
-    message_id = await reply(started, runtime)
-    await runtime.outbound.drain()
-    message = await runtime.store.get_message(message_id)
-    assert message is not None and message.status == "failed"
+    message = await failed_reply(started, runtime)
     assert message.error_code == code and message.error_message
     assert runtime.adapters["sms"].sends == 1
 

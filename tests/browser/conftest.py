@@ -23,6 +23,7 @@ from playwright.async_api import (
     Page,
     Playwright,
     ViewportSize,
+    WebSocketRoute,
     async_playwright,
     expect,
 )
@@ -170,3 +171,23 @@ def tab(page: Page, state: str) -> Awaitable[None]:
 def item(page: Page, text: str) -> Locator:
     """The list entry of a conversation, found by any text it shows."""
     return page.locator("#list li", has_text=text)
+
+
+class SilentNetwork:
+    """Pass a page's sockets through to the gateway until `silence()`: from then on the first
+    socket stays open but carries nothing either way (a proxy that lost it), while any socket
+    the page opens afterwards works. `sockets` lists them in order."""
+
+    def __init__(self) -> None:
+        self.sockets: list[WebSocketRoute] = []
+        self.silent = False
+
+    def silence(self) -> None:
+        self.silent = True
+
+    def route(self, socket: WebSocketRoute) -> None:
+        server = socket.connect_to_server()
+        first = not self.sockets
+        self.sockets.append(socket)
+        socket.on_message(lambda f: None if first and self.silent else server.send(f))
+        server.on_message(lambda f: None if first and self.silent else socket.send(f))

@@ -22,6 +22,7 @@ from tests.browser.conftest import (
     PHONE,
     NewPage,
     PageErrors,
+    SilentNetwork,
     item,
     open_widget,
     sign_in,
@@ -533,27 +534,18 @@ async def test_a_long_waiting_queue_is_paged_in_fifo_order(
 async def test_a_stream_that_goes_silent_is_replaced(gw: LiveGateway, new_page: NewPage) -> None:
     """The network holds the stream open but carries nothing: the unanswered keep-alive makes
     the page reconnect, and what happened meanwhile shows."""
-    sockets: list[WebSocketRoute] = []
-    silent = {"on": False}
-
-    def route(socket: WebSocketRoute) -> None:
-        server = socket.connect_to_server()
-        first = not sockets
-        sockets.append(socket)
-        socket.on_message(lambda f: None if first and silent["on"] else server.send(f))
-        server.on_message(lambda f: None if first and silent["on"] else socket.send(f))
-
+    network = SilentNetwork()
     agent = await new_page()
-    await agent.route_web_socket(re.compile(r"/api/v1/stream"), route)
+    await agent.route_web_socket(re.compile(r"/api/v1/stream"), network.route)
     await agent.goto(gw.url + "/inbox?keepalive=1")
     await agent.get_by_label("Agent token").fill(TOKENS["maria"])
     await agent.get_by_role("button", name="Sign in").click()
     await expect(agent.locator("#conn")).to_have_text("live")
-    silent["on"] = True
+    network.silence()
     await gw.visitor("Callado", "¿hola?")
     await expect(item(agent, "Callado")).to_be_visible()
     await expect(agent.locator("#conn")).to_have_text("live")
-    assert len(sockets) == 2
+    assert len(network.sockets) == 2
 
 
 async def test_a_reply_the_gateway_could_not_take_goes_again_by_itself(

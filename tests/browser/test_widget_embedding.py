@@ -13,7 +13,7 @@ import json
 import pytest
 from playwright.async_api import Page, Route, WebSocketRoute, expect
 
-from tests.browser.conftest import NewPage, widget_send
+from tests.browser.conftest import NewPage, SilentNetwork, widget_send
 from tests.browser.harness import LiveGateway
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -99,27 +99,18 @@ async def test_a_socket_that_goes_silent_is_replaced(gw: LiveGateway, new_page: 
     """The network keeps the connection open but carries nothing (a proxy that lost it): the
     keep-alive goes unanswered, the widget drops the socket and a new one gets what was missed."""
     page = await new_page()
-    sockets: list[WebSocketRoute] = []
-    silent = {"on": False}
-
-    def route(socket: WebSocketRoute) -> None:
-        server = socket.connect_to_server()
-        first = not sockets
-        sockets.append(socket)
-        socket.on_message(lambda f: None if first and silent["on"] else server.send(f))
-        server.on_message(lambda f: None if first and silent["on"] else socket.send(f))
-
-    await page.route_web_socket("**/webchat/site/ws*", route)
+    network = SilentNetwork()
+    await page.route_web_socket("**/webchat/site/ws*", network.route)
     await host_page(page, gw, attributes='data-open="true" data-keepalive="1"')
     await expect(page.locator(".gwc-status")).to_have_text("online")
     await widget_send(page, "Hola")
     (conversation,) = await gw.waiting()
     path = f"/api/v1/conversations/{conversation['id']}"
     await gw.post("maria", path + "/accept")
-    silent["on"] = True
+    network.silence()
     await gw.post("maria", path + "/messages", {"text": "¿Sigues ahí?"})
     await expect(page.locator(".gwc-out")).to_have_text(["¿Sigues ahí?"])
-    assert len(sockets) == 2  # the reply came over the new socket
+    assert len(network.sockets) == 2  # the reply came over the new socket
 
 
 async def test_a_rate_limited_message_goes_again_and_nothing_overtakes_it(

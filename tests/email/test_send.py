@@ -97,14 +97,19 @@ def test_reply_subject_never_stacks(subject: str | None, expected: str) -> None:
     assert reply_subject(subject) == expected
 
 
+REPLY: dict[str, Any] = {
+    "message_id": "<r1@gw.example.com>",
+    "sender": mailbox(ADDRESS, "Support"),
+    "recipient": mailbox("ana@customer.example", "Ana"),
+    "text": "Hello",
+    "now": NOW,
+}
+
+
 def test_reply_threading_headers() -> None:
     thread = Thread(in_reply_to="<c3@customer.example>", references=("<a1@x>", "<b2@y>"))
     msg = compose_reply(
-        message_id="<r1@gw.example.com>",
-        sender=mailbox(ADDRESS, "Support"),
-        recipient=mailbox("ana@customer.example", "Ana"),
-        text="Hello\n\nSecond paragraph & more",
-        now=NOW,
+        **{**REPLY, "text": "Hello\n\nSecond paragraph & more"},
         subject="Re: Re: Order 42",
         thread=thread,
     )
@@ -113,14 +118,7 @@ def test_reply_threading_headers() -> None:
     assert str(msg["References"]).split() == ["<a1@x>", "<b2@y>", "<c3@customer.example>"]
     assert msg["Subject"] == "Re: Order 42"
     assert msg.get_content_type() == "multipart/alternative"
-    untitled = compose_reply(
-        message_id="<r2@gw.example.com>",
-        sender=mailbox(ADDRESS, "Support"),
-        recipient=mailbox("ana@customer.example", "Ana"),
-        text="Hello",
-        now=NOW,
-        thread=thread,
-    )
+    untitled = compose_reply(**{**REPLY, "message_id": "<r2@gw.example.com>"}, thread=thread)
     assert untitled["Subject"] == "Re:"  # a reply to a mail that had no subject
     plain = msg.get_body(("plain",))
     html = msg.get_body(("html",))
