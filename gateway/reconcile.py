@@ -99,10 +99,15 @@ def _orphan(conversation: Conversation, directory: Directory) -> bool:
 
 
 def _policy_window(conversation: Conversation, directory: Directory) -> datetime | None:
-    """Where the channel's reply window, as configured now, ends for this conversation."""
+    """Where the channel's reply window, as configured now, ends for this conversation:
+    from the customer's last message on the provider's time, but never from after the
+    conversation's last activity (a provider clock ahead, or a forged timestamp, must not
+    stretch it: ingest caps the same way, at receipt)."""
     window = directory.policy(conversation.channel).reply_window
     last = conversation.last_customer_message_at
-    return last + window if window is not None and last is not None else None
+    if window is None or last is None:
+        return None
+    return min(last, conversation.last_message_at or last) + window
 
 
 def _window_moved(conversation: Conversation, directory: Directory) -> bool:

@@ -8,7 +8,7 @@ from typing import Any
 
 from structlog.testing import capture_logs
 
-from gateway.model import State
+from gateway.model import Contact, InboundMessage, State
 from tests.api.conftest import BASE_CONFIG, TOKENS, Gateway, GatewayFactory, sha
 
 # BASE_CONFIG without the `sales` queue (and its routing rule) and without agent `jose`.
@@ -238,3 +238,34 @@ async def test_a_changed_reply_window_applies_to_open_conversations(
     none = await make_gateway(BASE_CONFIG)  # no window at all any more
     assert (await conversation(none, "maria", conv_id))["window_expires_at"] is None
     assert (await conversation(none, "maria", conv_id))["can_reply"] is True
+
+
+async def test_a_window_from_a_timestamp_in_the_future_is_not_stretched_at_restart(
+    make_gateway: GatewayFactory,
+) -> None:
+    """Ingest measures the window from receipt when the provider's time is ahead (a wrong
+    clock, a forged timestamp); measuring it again at restart must cap it the same way."""
+    config = BASE_CONFIG.replace(
+        "{name: site, type: webchat,", "{name: site, type: webchat, reply_window: 10m,"
+    )
+    before = await make_gateway(config)
+    ahead = before.clock.now() + timedelta(hours=1)
+    result = await before.runtime.ingestor.message(
+        InboundMessage(
+            channel="site",
+            channel_type="webchat",
+            provider="webchat",
+            provider_message_id="v_ahead:1",
+            contact=Contact("v_ahead"),
+            sent_at=ahead,
+            text="hola",
+        )
+    )
+    assert result.conversation.window_expires_at == before.clock.now() + timedelta(minutes=10)
+    await before.client.close()
+    with capture_logs() as logs:
+        after = await make_gateway(config)
+    assert not [e for e in logs if e["event"] == "reconcile.moved"]
+    conv = await conversation(after, "maria", result.conversation.id)
+    expires = datetime.fromisoformat(conv["window_expires_at"])
+    assert expires == result.conversation.window_expires_at
