@@ -118,10 +118,10 @@ async def _close_channel_connections(app: web.Application) -> None:
 
 
 STARTUP_RETRY_MAX_WAIT = 5.0
+"""The longest pause between two tries to reach the store at start-up (seconds)."""
 ADAPTER_STOP_TIMEOUT = 10.0
 """Seconds each adapter's `stop()` gets at shutdown; one that hangs must not keep the others
 (and the store) from closing."""
-"""The longest pause between two tries to reach the store at start-up (seconds)."""
 
 
 async def _store(app: web.Application) -> AsyncIterator[None]:

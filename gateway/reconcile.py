@@ -61,7 +61,7 @@ async def reconcile(
     suspects: dict[str, Conversation] = {}
     for state in OPEN:  # open ones are few next to the history: all of them are looked at
         async for conversation in _listed(store, state):
-            if _orphan(conversation, directory) or _window_moved(conversation, directory):
+            if _decide(conversation, clock, directory, router)[0].changed:
                 suspects[conversation.id] = conversation
     if gone_queues:
         for state in HISTORY:
@@ -85,17 +85,6 @@ async def _listed(
         if len(page) < PAGE:
             return
         after = list_position(page[-1])
-
-
-def _orphan(conversation: Conversation, directory: Directory) -> bool:
-    if conversation.channel not in directory.channels:
-        return True
-    if conversation.queue not in directory.queues:
-        return True
-    holder = directory.agents.get(conversation.agent) if conversation.agent else None
-    return conversation.agent is not None and (
-        holder is None or conversation.queue not in holder.queues
-    )
 
 
 def _policy_window(conversation: Conversation, directory: Directory) -> datetime | None:

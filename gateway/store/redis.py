@@ -29,7 +29,6 @@ time plus that much.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import math
 import re
@@ -92,8 +91,6 @@ STATUS_ATTEMPTS = 16
 BLOCKING_READERS = 1000
 """Connections for `wait_events` (XREAD BLOCK holds one each); redis-py's default is 100."""
 
-PUBSUB_CLOSE = 1.0
-"""Seconds a pub/sub connection gets to close politely (see `_close_pubsub`)."""
 RECENT_EVENTS = 2048
 """Events kept for this node's own hub (it reads them back within milliseconds)."""
 OPEN_CACHE = 4096
@@ -116,20 +113,6 @@ def stream_id_of(cursor: str | None) -> str:
     if match is None:
         raise ValueError(f"invalid cursor {cursor!r}")
     return f"{int(match.group(1))}-{int(match.group(2))}"
-
-
-async def _close_pubsub(pubsub: Any) -> None:
-    """Close a pub/sub connection, within a second. Cancelled while it subscribes (a node
-    stopped right after it started), redis-py's `aclose` can wait for ever on the subscription
-    still in flight, and shutdown with it; then the socket is simply dropped."""
-    try:
-        async with asyncio.timeout(PUBSUB_CLOSE):
-            await pubsub.aclose()
-    except Exception:  # timed out, or the connection is already broken
-        connection = getattr(pubsub, "connection", None)
-        if connection is not None:
-            with contextlib.suppress(Exception):
-                await connection.disconnect(nowait=True)
 
 
 def _text(value: bytes | str) -> str:
@@ -324,7 +307,7 @@ class RedisStore:
         except OUTAGE_ERRORS as exc:
             raise unavailable(exc) from exc
         finally:
-            await _close_pubsub(pubsub)
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def ping(self) -> bool:
         """Redis answers and takes writes. Out of memory or read-only (a replica after a
