@@ -71,6 +71,7 @@ def conversation_from(data: dict[str, Any]) -> Conversation:
         subject=data.get("subject"),
         closed_at=parse_iso(data.get("closed_at")),
         previous_conversation_id=data.get("previous_conversation_id"),
+        pending_reason=data.get("pending_reason"),
     )
 
 

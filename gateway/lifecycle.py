@@ -64,6 +64,10 @@ DEADLINE_REQUEUE = "requeue"
 NO_AGENT_STATES = frozenset({State.WAITING, State.PENDING})
 """Where a customer waits for an agent of the queue, so the no-agent timeout applies."""
 
+PENDING_REASONS = {"pending": "set_aside", "agent_offline": "agent_offline"}
+"""The `pending_reason` a conversation gets, by the change that set it pending: the agent set
+it aside, or the agent stayed offline past `agent_disconnect_grace`."""
+
 
 @dataclass(frozen=True, slots=True)
 class ChannelPolicy:
@@ -340,6 +344,7 @@ def _to_pending(
         updated_at=now,
         requeue_at=requeue_at,
         no_agent_at=conversation.no_agent_at or no_agent_at,
+        pending_reason=PENDING_REASONS[change],
     )
     return Transition(after, _updated(conversation, after, change, now))
 

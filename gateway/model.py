@@ -225,6 +225,10 @@ class Conversation:
     subject: str | None = None
     closed_at: datetime | None = None
     previous_conversation_id: str | None = None
+    pending_reason: str | None = None
+    """Why it was last set pending: `set_aside` (its agent did) or `agent_offline` (its agent
+    stayed offline past the grace). Kept as it was when the conversation leaves `pending`;
+    the API shows it only while the conversation is pending."""
 
     @property
     def is_open(self) -> bool:

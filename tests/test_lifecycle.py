@@ -112,6 +112,7 @@ def test_pending_resume_close() -> None:
     assert err.value.code == "not_assignee"
     p = lifecycle.set_pending(c, "maria", T0, NO_REQUEUE).conversation
     assert p.state == State.PENDING and p.agent == "maria" and p.requeue_at is None
+    assert p.pending_reason == "set_aside"
     r = lifecycle.resume(p, MARIA, T0).conversation
     assert r.state == State.ACTIVE
     closed = lifecycle.close(r, MARIA, T0).conversation

@@ -841,6 +841,16 @@ def _schemas() -> dict[str, Any]:
                     "type": "integer",
                     "description": "Increases by one on every stored change",
                 },
+                "pending_reason": {
+                    **NULLABLE_STRING,
+                    "description": "While pending: `set_aside` (its agent set it pending) or"
+                    " `agent_offline` (its agent stayed offline past the grace); null otherwise",
+                },
+                "requeue_at": {
+                    **TIME,
+                    "description": "While pending on a queue with `requeue_after`: when it goes"
+                    " back to waiting, at its original place, unless resumed; null otherwise",
+                },
             },
             [
                 "id",

@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from gateway import lifecycle
-from gateway.model import Attachment, Conversation, Event, Message, iso
+from gateway.model import Attachment, Conversation, Event, Message, State, iso
 
 
 def attachment_json(attachment: Attachment) -> dict[str, Any]:
@@ -30,6 +30,7 @@ def conversation_json(
 ) -> dict[str, Any]:
     """`channels`: the channel names configured now. A conversation whose channel was removed
     from the config cannot be answered, whatever its window says (a reply would be refused)."""
+    pending = conversation.state == State.PENDING
     return {
         "id": conversation.id,
         "state": str(conversation.state),
@@ -55,6 +56,10 @@ def conversation_json(
         "closed_at": iso(conversation.closed_at),
         "previous_conversation_id": conversation.previous_conversation_id,
         "version": conversation.version,
+        # Why it is pending, and when it goes back to waiting unless resumed (the queue's
+        # `requeue_after`): null in every other state.
+        "pending_reason": conversation.pending_reason if pending else None,
+        "requeue_at": iso(conversation.requeue_at) if pending else None,
     }
 
 

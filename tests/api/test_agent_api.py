@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -141,8 +141,14 @@ async def test_lifecycle_over_http(gw: Gateway) -> None:
     assert status == 403 and body["error"]["code"] == "not_assignee"
     status, body = await gw.post("maria", f"{base}/pending")
     assert status == 200 and body["conversation"]["state"] == "pending"
+    # Why it waits, and when it goes back to the queue (support: requeue_after 10m).
+    assert body["conversation"]["pending_reason"] == "set_aside"
+    back = datetime.fromisoformat(body["conversation"]["requeue_at"])
+    assert back == gw.clock.now() + timedelta(minutes=10)
     status, body = await gw.post("maria", f"{base}/resume")
     assert status == 200 and body["conversation"]["state"] == "active"
+    assert body["conversation"]["pending_reason"] is None
+    assert body["conversation"]["requeue_at"] is None
     status, body = await gw.post("maria", f"{base}/transfer", {"agent": "jose"})
     assert status == 200 and body["conversation"]["agent"] == "jose"
     status, body = await gw.post("jose", f"{base}/transfer", {"queue": "sales"})

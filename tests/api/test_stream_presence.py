@@ -124,6 +124,7 @@ async def test_disconnect_past_grace_sets_pending(gw: Gateway) -> None:
     await gw.runtime.scheduler.run_once()
     _, body = await gw.get("maria", f"/api/v1/conversations/{conv_id}")
     assert body["state"] == "pending" and body["agent"] == "maria"
+    assert body["pending_reason"] == "agent_offline"  # the inbox says why: not set aside
 
 
 async def test_reconnect_within_grace_changes_nothing(gw: Gateway) -> None:
