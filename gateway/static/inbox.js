@@ -12,6 +12,10 @@ import {
 
 const TOKEN_KEY = "gw-inbox-token";
 const STATES = ["waiting", "active", "pending", "inactive", "closed"];
+const PENDING_REASONS = {
+  set_aside: "set aside",
+  agent_offline: "set aside when its agent went offline",
+};
 const LIST_LIMIT = 200;
 const EARLIER_PAGE = 200; // messages per "Show earlier messages"
 const TYPING_EVERY_MS = 3000;
@@ -331,6 +335,9 @@ function listItem(c) {
       c.state === "inactive"
         ? h("span", { class: "conv-reason", text: "Inactive: " + reasonWords(c.inactive_reason) })
         : null,
+      c.state === "pending" && c.pending_reason === "agent_offline"
+        ? h("span", { class: "conv-reason", text: "Pending: its agent went offline" })
+        : null,
       holder ? h("span", { class: "conv-holder", text: "with " + holder }) : null)),
     waiting ? h("button", {
       class: "accept",
@@ -483,6 +490,7 @@ function renderOpenState() {
   if (mine && (c.state === "active" || c.state === "pending")) {
     buttons.push(button("Transfer", "Transfer this conversation", "", () => {
       el.transfer.hidden = !el.transfer.hidden;
+      if (!el.transfer.hidden) el.transfer.refresh();
     }));
     buttons.push(button("Close", "Close this conversation", "act-close", () => act(c.id, "close")));
   } else {
@@ -502,8 +510,16 @@ function bannerText(c, mine) {
   }
   if (c.state === "closed") return "Closed.";
   if (!mine) return "Attended by " + (c.agent || "nobody") + ".";
-  if (c.state === "pending") return "Pending: resume it to reply.";
+  if (c.state === "pending") return "Pending" + pendingWhy(c) + ": resume it to reply.";
   return "";
+}
+
+/** Why a pending conversation waits, and when it goes back to the queue by itself. */
+function pendingWhy(c) {
+  const why = PENDING_REASONS[c.pending_reason];
+  const back = c.requeue_at ? "back to the queue at " + clockTime(c.requeue_at) + " unless resumed" : "";
+  const words = [why, back].filter(Boolean).join("; ");
+  return words ? " (" + words + ")" : "";
 }
 
 function renderThread(toBottom) {
@@ -775,9 +791,11 @@ function transferForm() {
   const queue = h("select", { attrs: { "aria-label": "Transfer to a queue" } },
     h("option", { attrs: { value: "" }, text: "a queue…" }),
     ...app.me.queues.map((q) => h("option", { attrs: { value: q }, text: q })));
-  const agent = h("input", {
-    attrs: { type: "text", placeholder: "or an agent id", "aria-label": "Transfer to an agent (id)" },
-  });
+  // Colleagues who share a queue (GET /api/v1/agents), fetched each time the form opens so
+  // presence and load are current; "offline" only warns: an agent who works over REST alone
+  // is never online and can still take a transfer.
+  const agent = h("select", { attrs: { "aria-label": "Transfer to an agent" } },
+    h("option", { attrs: { value: "" }, text: "or an agent…" }));
   const form = h("form", {
     class: "transfer",
     attrs: { hidden: true, "aria-label": "Transfer" },
@@ -785,9 +803,9 @@ function transferForm() {
       submit: async (e) => {
         e.preventDefault();
         const id = app.open.id;
-        const body = agent.value.trim() ? { agent: agent.value.trim() } : { queue: queue.value };
+        const body = agent.value ? { agent: agent.value } : { queue: queue.value };
         if (!body.agent && !body.queue) {
-          setNotice(id, "Choose a queue or type an agent id.");
+          setNotice(id, "Choose a queue or an agent.");
           return;
         }
         if (await act(id, "transfer", body)) {
@@ -804,6 +822,19 @@ function transferForm() {
     class: "ghost", attrs: { type: "button", "aria-label": "Cancel the transfer" },
     on: { click: () => { form.hidden = true; } },
   }, "Cancel"));
+  form.refresh = async () => {
+    const found = await guard(app.api.get("/api/v1/agents"), (err) => setNotice(app.open.id, friendly(err)));
+    if (!found) return;
+    const chosen = agent.value;
+    const others = found.agents.filter((a) => a.id !== app.me.id)
+      .sort((a, b) => Number(b.online) - Number(a.online) || a.name.localeCompare(b.name));
+    agent.replaceChildren(h("option", { attrs: { value: "" }, text: "or an agent…" }),
+      ...others.map((a) => h("option", {
+        attrs: { value: a.id },
+        text: a.name + " (" + (a.online ? "online" : "offline") + ", " + a.active + "/" + a.max_active + " active)",
+      })));
+    agent.value = others.some((a) => a.id === chosen) ? chosen : "";
+  };
   return form;
 }
 

@@ -124,6 +124,7 @@ async def test_visitor_writes_agent_previews_accepts_replies_pends_resumes(
     await expect(agent.locator(".conv-head .badge")).to_have_text("pending")
     await expect(reply).to_be_disabled()
     await expect(agent.locator(".composer-why")).to_have_text("Resume the conversation to reply.")
+    await expect(agent.locator(".banner")).to_contain_text("Pending (set aside")
     await expect(count(agent, "pending")).to_have_text("1")
     await agent.get_by_role("button", name="Resume this conversation").click()
     await expect(agent.locator(".conv-head .badge")).to_have_text("active")
@@ -248,7 +249,14 @@ async def test_transfer_to_an_agent_and_to_a_queue(gw: LiveGateway, new_page: Ne
     await expect(agent.locator(".conv-head .badge")).to_have_text("active")
 
     await agent.get_by_role("button", name="Transfer this conversation").click()
-    await agent.get_by_label("Transfer to an agent (id)").fill("jose")
+    # Colleagues on her queues, with presence and load; not herself.
+    picker = agent.get_by_label("Transfer to an agent")
+    await expect(picker.locator("option")).to_have_count(3)  # the hint, ana, jose
+    await expect(picker.locator("option[value=jose]")).to_have_text(
+        re.compile(r"^José .*\(offline, 0/\d+ active\)$")
+    )
+    await expect(picker.locator("option[value=maria]")).to_have_count(0)
+    await picker.select_option("jose")
     await agent.get_by_role("button", name="Confirm the transfer").click()
     await expect(agent.locator(".banner")).to_have_text("Attended by jose.")
     assert (await gw.get("jose", f"/api/v1/conversations/{conversation['id']}"))["agent"] == "jose"
