@@ -82,7 +82,10 @@ async def _serve(
     connection = new_id("ws")
     accept = visible_to(agent)
     # Subscribed before the agent is online, so nothing handed to them in between is missed.
+    # The hub's position now is where this subscription starts: every event it gets is past
+    # it (the hub moves its cursor as it hands out each event, never between the two).
     subscription = runtime.hub.subscribe(accept)
+    subscribed_at = runtime.hub.cursor
     try:
         # Before the upgrade: if the store cannot record the agent online, the client gets a
         # plain HTTP error (503 while the store is down) and retries, instead of a socket
@@ -98,7 +101,8 @@ async def _serve(
         await ws.prepare(request)
         sockets.add(ws)
         log.info("stream.connected", agent=agent.id, connection=connection)
-        pump = asyncio.create_task(_pump(out, runtime, subscription, accept, after, agent))
+        start = after if after is not None else subscribed_at
+        pump = asyncio.create_task(_pump(out, runtime, subscription, accept, after, start, agent))
         async for msg in ws:
             if msg.type == WSMsgType.TEXT and msg.data == "ping":
                 await _send(out, {"type": "pong"})
@@ -134,15 +138,18 @@ async def _pump(
     subscription: Subscription,
     accept: Callable[[Event], bool],
     after: str | None,
+    start: str | None,
     agent: AgentInfo,
 ) -> None:
     """Replay from `after`, then forward live events; on overflow re-read from the store.
-    A client that stopped reading has its connection reset (`gateway.wsdrop`)."""
+    A client that stopped reading has its connection reset (`gateway.wsdrop`).
+
+    `start`, which `hello` names, is the position the stream starts from: every event after
+    it follows, replayed or live, and none at or before it. (The hub's cursor when `hello` is
+    sent would be later than events already queued for this stream, such as the assignments
+    its agent's coming online made: a client that records it would skip them.)"""
     cursor = after
     try:
-        # The position the stream starts from: every event after it follows, replayed or
-        # live. (The newest cursor here would tell a client that records it to skip a replay.)
-        start = after if after is not None else runtime.hub.cursor
         gap = after is not None and await runtime.store.events_missed(after)
         await _send(out, {"type": "hello", "agent": agent.id, "cursor": start, "gap": gap})
         while True:

@@ -186,6 +186,26 @@ async def test_automatic_distribution_assigns_online_agents(gw: Gateway) -> None
     await ws.close()
 
 
+async def test_hello_names_the_position_every_later_frame_follows(gw: Gateway) -> None:
+    """Ana's connecting assigns her the waiting sales conversations: those events happen
+    between her subscription and her hello. The hello's cursor must be before them (a client
+    that records it, or skips frames at or before it, would otherwise lose the assignments)."""
+    for name in ("A1", "A2"):
+        v = await gw.visitor(name)
+        await gw.visitor_says(v["token"], "price please", "c1")
+    query = f"?access_token={TOKENS['ana']}"
+    ws = await gw.client.ws_connect(f"/api/v1/stream{query}")
+    hello = json.loads((await ws.receive()).data)
+    assert hello["type"] == "hello"
+    assigned = await receive(ws, type_="conversation.updated")
+    assert assigned["change"] == "assigned"
+    assert hello["cursor"] is not None and assigned["cursor"] > hello["cursor"]
+    # Reading the log from hello's cursor gives exactly what the stream sends after it.
+    _, page = await gw.get("ana", f"/api/v1/events?after={hello['cursor']}")
+    assert assigned["cursor"] in [e["cursor"] for e in page["events"]]
+    await ws.close()
+
+
 ROUND_ROBIN = BASE_CONFIG.replace(
     "{name: sales, distribution: automatic, strategy: least_busy}",
     "{name: sales, distribution: automatic, strategy: round_robin}",
