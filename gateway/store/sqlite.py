@@ -348,13 +348,34 @@ class SqliteStore:
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._writer is None:
             raise RuntimeError("store is not open")
+        if self._write_failed_at is not None:
+            return await self._write_after_failure(fn)
         try:
             with _unavailable_as_store_error():
-                result = await self._writer.run(fn)
+                return await self._writer.run(fn)
         except StoreUnavailable:
             self._write_failed_at = self._monotonic()
             raise
-        self._write_failed_at = None
+
+    async def _write_after_failure(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """A write while the store is believed down. Only one that stored something, with room
+        left on the disk, shows that it takes writes again: a job that changed no row (the
+        scheduler's idle sweep, every second) commits an empty transaction even on a full disk,
+        and a small row can fit where a message does not."""
+
+        def counted(conn: sqlite3.Connection) -> tuple[T, bool]:
+            before = conn.total_changes
+            return fn(conn), conn.total_changes != before
+
+        assert self._writer is not None
+        try:
+            with _unavailable_as_store_error():
+                result, changed = await self._writer.run(counted)
+        except StoreUnavailable:
+            self._write_failed_at = self._monotonic()
+            raise
+        if changed and self._free_bytes(self.path) >= MIN_FREE_BYTES:
+            self._write_failed_at = None
         return result
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
