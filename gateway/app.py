@@ -41,6 +41,7 @@ from gateway.outbound import DRAIN_TIMEOUT
 from gateway.reconcile import reconcile
 from gateway.runtime import Runtime, RuntimeOptions
 from gateway.store.base import Store
+from gateway.watch import NodeWatch
 from gateway.webhooks import routes as webhook_routes
 
 log = structlog.get_logger("gateway.app")
@@ -226,14 +227,19 @@ async def _adapters(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _scheduler(app: web.Application) -> AsyncIterator[None]:
-    """The background loops: the deadline scheduler and this node's presence heartbeat."""
+    """The background loops: the deadline scheduler, this node's presence heartbeat, and its
+    watch over the store and its file descriptors (`gateway.watch`)."""
     runtime = app[RUNTIME]
     if not runtime.options.run_scheduler:
         yield
         return
     task = asyncio.create_task(runtime.scheduler.run_forever(), name="scheduler")
     heartbeat = asyncio.create_task(runtime.presence.run_heartbeats(), name="heartbeat")
+    watch = asyncio.create_task(NodeWatch(runtime.store).run_forever(), name="watch")
     yield
+    watch.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watch
     runtime.scheduler.stop()
     heartbeat.cancel()
     with contextlib.suppress(asyncio.CancelledError):

@@ -17,6 +17,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pluggy
+import structlog
 
 from gateway.channels import ChannelType, Command, CommandContext
 from gateway.config import GatewayConfig, load_config, without_userinfo
@@ -192,6 +193,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     from gateway.app import create_app
     from gateway.logs import configure
+    from gateway.watch import raise_fd_limit
 
     configure(args.log_level)
     config, types, _ = _load(args.config)
@@ -216,6 +218,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     app.on_startup.append(startup.started)  # after every cleanup context has started
     _tune_gc()
     host, port = config.server.host, config.server.port
+    log = structlog.get_logger("gateway.server")
+    fds = raise_fd_limit()
+    log.info("server.starting", store=config.store.backend, file_descriptors=fds)
+    app.on_shutdown.append(_log_stopping)
     try:
         web.run_app(
             app,
@@ -230,7 +236,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         if failure is None:
             raise
         raise failure from exc
+    log.info("server.stopped")
     return 0
+
+
+async def _log_stopping(_app: object) -> None:
+    """First thing on SIGTERM or SIGINT: the log says a stop was asked for, then what it did."""
+    structlog.get_logger("gateway.server").info("server.stopping")
 
 
 async def _run_plugin_command(command: Command, args: argparse.Namespace) -> int:

@@ -7,14 +7,13 @@ import asyncio
 
 import structlog
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway.api.http import json_response
 from gateway.api.openapi import openapi_document
 from gateway.appkeys import RUNTIME
 from gateway.channels import ChannelAdapter, ChannelHealth
 from gateway.errors import StoreUnavailable
-from gateway.store.base import Store
+from gateway.watch import store_ready
 
 log = structlog.get_logger("gateway.ops")
 
@@ -22,16 +21,10 @@ READY_TIMEOUT = 0.8
 """How long /readyz waits for the store (seconds). A hung Redis holds every call for the
 store's own bound (5 s), but health checkers give up sooner (Kubernetes: 1 s) and would see a
 timeout instead of the 503 that says why; a store this slow is not ready anyway."""
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+"""The text exposition format every Prometheus reads (2.x and 3.x); what the body is."""
 METRICS_STORE_TIMEOUT = 2.0
 """How long /metrics waits for the store's gauges before it serves the rest without them."""
-
-
-async def _store_ready(store: Store, timeout: float) -> bool:
-    try:
-        async with asyncio.timeout(timeout):
-            return await store.ping()
-    except TimeoutError:
-        return False
 
 
 routes = web.RouteTableDef()
@@ -64,7 +57,7 @@ async def readyz(request: web.Request) -> web.Response:
     a valid agent or integrator token: to others `detail` is empty.
     """
     runtime = request.app[RUNTIME]
-    store_ok = await _store_ready(runtime.store, READY_TIMEOUT)
+    store_ok = await store_ready(runtime.store, READY_TIMEOUT)
     show_detail = runtime.auth.known(request)
     channels = {}
     for name, adapter in runtime.adapters.items():
@@ -105,12 +98,12 @@ async def metrics(request: web.Request) -> web.Response:
         runtime.metrics.set_conversations(counts, (queue.name for queue in runtime.config.queues))
         runtime.metrics.agents_online.set(sum(1 for p in presence.values() if p.online))
         # Reads work on a full disk or an out-of-memory Redis: up means writes work too.
-        up = await _store_ready(runtime.store, METRICS_STORE_TIMEOUT)
+        up = await store_ready(runtime.store, METRICS_STORE_TIMEOUT)
         runtime.metrics.store_up.set(1 if up else 0)
     for name, adapter in runtime.adapters.items():
         runtime.metrics.channel_up.labels(name).set(1 if channel_health(name, adapter).ok else 0)
     return web.Response(
-        body=runtime.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        body=runtime.metrics.render(), headers={"Content-Type": METRICS_CONTENT_TYPE}
     )
 
 

@@ -15,6 +15,9 @@ async def conversation_gauges(gw: Gateway) -> dict[tuple[str, str], float]:
     """Every `gateway_conversations{queue,state}` series of one scrape, by (state, queue)."""
     resp = await gw.client.get("/metrics")
     assert resp.status == 200
+    # The text format every Prometheus reads (prometheus_client's newest label, 1.0.0, is
+    # unknown to Prometheus 2.x); the body is that format.
+    assert resp.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
     text = await resp.text()
     pattern = r'^gateway_conversations\{queue="([^"]*)",state="([^"]*)"\} (\S+)$'
     return {
