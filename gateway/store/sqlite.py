@@ -66,6 +66,7 @@ from gateway.store.base import (
     message_target,
     stamp_version,
 )
+from gateway.store.sqlite_files import DatabaseFiles
 from gateway.store.sqlite_writer import LOCK_WAIT, GroupCommitWriter
 
 T = TypeVar("T")
@@ -220,6 +221,7 @@ class SqliteStore:
         self._recent_lock = threading.Lock()
         self._probe: sqlite3.Connection | None = None
         self._ephemeral: asyncio.Queue[Event] = asyncio.Queue(maxsize=10_000)
+        self._files = DatabaseFiles(self.path)
         self._write_failed_at: float | None = None
         """When the last write found the database unavailable (a full disk, the lock held);
         None once a write succeeded since. Reads alone still work then: see `ping`."""
@@ -256,6 +258,7 @@ class SqliteStore:
         columns = {row[1] for row in conn.execute("PRAGMA table_info(deadlines)")}
         if "lease_node" not in columns:  # a database created before leases named their node
             conn.execute("ALTER TABLE deadlines ADD COLUMN lease_node TEXT")
+        self._files.check()  # the files as opened (the schema's write made the log)
         return conn
 
     async def open(self) -> None:
@@ -263,7 +266,12 @@ class SqliteStore:
             raise ValueError("the SQLite store needs a file (WAL does not work in memory)")
         self._loop = asyncio.get_running_loop()
         self._events_changed = asyncio.Event()
-        self._writer = GroupCommitWriter(self._connect_writer, self._committed, lock_wait=LOCK_WAIT)
+        self._writer = GroupCommitWriter(
+            self._connect_writer,
+            self._committed,
+            lock_wait=LOCK_WAIT,
+            before_batch=self._files.check,
+        )
         await asyncio.to_thread(self._writer.start)
         self._probe = self._connect()
         self._reader_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-reader")

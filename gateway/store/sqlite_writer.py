@@ -102,8 +102,11 @@ class GroupCommitWriter:
         on_commit: Callable[[sqlite3.Connection, bool], None] | None = None,
         linger: float = LINGER,
         lock_wait: float = LOCK_WAIT,
+        before_batch: Callable[[sqlite3.Connection], None] | None = None,
     ) -> None:
         self._connect = connect
+        self._before_batch = before_batch
+        """Called before each batch; if it raises, every job of the batch fails with that."""
         self._linger = linger
         self._lock_wait = lock_wait
         self._previous_batch = 0
@@ -187,7 +190,10 @@ class GroupCommitWriter:
         notes: list[Any] | None = getattr(conn, "notes", None)
         waited = time.monotonic() - batch[0].queued  # the oldest job: batches are FIFO
         outcomes: list[tuple[Any, BaseException | None]]
-        if waited >= self._lock_wait:
+        refusal = self._refusal(conn)
+        if refusal is not None:
+            outcomes, committed = [(None, refusal)] * len(batch), False
+        elif waited >= self._lock_wait:
             outcomes, committed = [(None, _lock_timed_out(waited))] * len(batch), False
         else:
             shorten = waited > SHORTEN_AFTER
@@ -209,6 +215,16 @@ class GroupCommitWriter:
             by_loop.setdefault(job.loop, []).append((job.future, result, error))
         for loop, resolved in by_loop.items():
             loop.call_soon_threadsafe(_resolve_all, resolved)
+
+    def _refusal(self, conn: sqlite3.Connection) -> BaseException | None:
+        """What `before_batch` raised, if it did: the batch is not run."""
+        if self._before_batch is None:
+            return None
+        try:
+            self._before_batch(conn)
+        except Exception as exc:
+            return exc
+        return None
 
     def _run_jobs(
         self, conn: sqlite3.Connection, batch: list[_Job], notes: list[Any] | None

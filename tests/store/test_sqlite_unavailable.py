@@ -9,11 +9,14 @@ writer's connection, which fails exactly as a full file system does (SQLITE_FULL
 
 from __future__ import annotations
 
+import os
+import shutil
 import sqlite3
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from gateway.clock import ManualClock
 from gateway.errors import StoreUnavailable
@@ -106,5 +109,56 @@ async def test_ping_says_down_while_writes_fail_though_reads_work(
         await store._write(lambda c: c.execute("PRAGMA max_page_count = 1073741823"))
         await ingest.message(inbound("after", pid="wamid.after", address="+5599"))
         assert await store.ping()
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("removed", ["-wal", "dir"])
+async def test_database_files_deleted_under_the_gateway_refuse_every_write(
+    tmp_path: Path, clock: ManualClock, removed: str
+) -> None:
+    """An open connection goes on writing to unlinked files, and SQLite reports success: each
+    message acknowledged after an `rm` was lost at the next crash (the WAL) or stop (the
+    directory). The writer notices before its next batch: 503 from then on, and the log says
+    why once."""
+    folder = tmp_path / "data"
+    store = SqliteStore(folder / "gateway.db")
+    await store.open()
+    try:
+        ingest = make_ingestor(store, clock)
+        await ingest.message(inbound("before", pid="wamid.before"))
+        if removed == "dir":
+            shutil.rmtree(folder)
+        else:
+            (folder / "gateway.db-wal").unlink()
+        with capture_logs() as logs:
+            for attempt in range(3):
+                with pytest.raises(StoreUnavailable) as refused:
+                    await ingest.message(inbound("after", pid=f"wamid.after{attempt}"))
+                assert "deleted or replaced" in str(refused.value)
+                assert str(folder) not in str(refused.value)  # clients see no path
+        gone = [line for line in logs if line["event"] == "store.files_gone"]
+        assert len(gone) == 1 and "was deleted" in str(gone[0]["reason"])
+        assert str(folder) in str(gone[0]["reason"])
+        assert not await store.ping()
+    finally:
+        await store.close()
+
+
+async def test_a_database_file_replaced_under_the_gateway_refuses_every_write(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    """A backup copied over the live file: writes would go to the old, unlinked one."""
+    path = tmp_path / "gateway.db"
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        ingest = make_ingestor(store, clock)
+        await ingest.message(inbound("before", pid="wamid.before"))
+        copy = tmp_path / "copy.db"
+        shutil.copyfile(path, copy)
+        os.replace(copy, path)
+        with pytest.raises(StoreUnavailable, match="deleted or replaced"):
+            await ingest.message(inbound("after", pid="wamid.after"))
     finally:
         await store.close()
