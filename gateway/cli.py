@@ -290,7 +290,13 @@ def build_parser(commands: Sequence[Command]) -> argparse.ArgumentParser:
     route = with_config(sub.add_parser("route", help="dry-run the routing rules"))
     route.add_argument("--channel", required=True, help="channel instance name")
     route.add_argument("--text", default=None, help="message text")
-    route.add_argument("--from", dest="sender", default=None, help="sender address")
+    route.add_argument(
+        "--from",
+        dest="sender",
+        default=None,
+        help="the contact's address as the gateway stores it, which rules' `from` match: E.164"
+        " (+5511999990000, without Twilio's whatsapp: prefix), an email address, a visitor id",
+    )
     route.set_defaults(func=_cmd_route)
 
     plugins = sub.add_parser("plugins", help="list channel types found (built-in and third-party)")
