@@ -9,6 +9,7 @@ from aiohttp import web
 from gateway.connlimit import ConnectionCounter
 
 if TYPE_CHECKING:
+    from gateway.api.stream import Frames
     from gateway.runtime import Runtime
 
 RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime")
@@ -18,3 +19,6 @@ AGENT_SOCKETS: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("agent_socket
 
 AGENT_STREAMS: web.AppKey[ConnectionCounter] = web.AppKey("agent_streams")
 """Open streams per agent on this node, capped (see `gateway.api.stream.MAX_STREAMS_PER_AGENT`)."""
+
+STREAM_FRAMES: web.AppKey[Frames] = web.AppKey("stream_frames")
+"""Frames of recent events, made once for every agent stream (see `gateway.api.stream.Frames`)."""

@@ -25,7 +25,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from gateway.api.events import after_cursor
 from gateway.api.serialize import event_json
 from gateway.api.visibility import visible_to
-from gateway.appkeys import AGENT_SOCKETS, AGENT_STREAMS, RUNTIME
+from gateway.appkeys import AGENT_SOCKETS, AGENT_STREAMS, RUNTIME, STREAM_FRAMES
 from gateway.directory import AgentInfo
 from gateway.errors import InvalidInput
 from gateway.hub import Overflow, Subscription
@@ -48,6 +48,44 @@ task, so a leaked token must not be able to open them until the process runs out
 
 async def _send(out: Sender, body: Any) -> None:
     await out.text(orjson.dumps(body).decode())
+
+
+FRAMES_KEPT = 4096
+"""Events whose frame is kept for the other streams that send it (the newest ones)."""
+
+
+class Frames:
+    """Each logged event's frame, made once for every stream that sends it.
+
+    Every agent stream that may see an event sends the same text (nothing in a frame depends on
+    who reads it), and making it (the event's JSON, its conversation's, its message's with the
+    provider's raw payload) costs more than sending it: with 200 agents online a node spent
+    most of its time making the same frame 200 times, and webhooks waited seconds. Kept by
+    cursor for the newest FRAMES_KEPT events; a frame shows the conversation as of when the
+    first stream sent it (`can_reply` then), as any frame shows it as of when it was made.
+    Ephemeral events (typing) have no cursor, go to one conversation's viewers, and are made
+    each time.
+    """
+
+    def __init__(self, runtime: Runtime, kept: int = FRAMES_KEPT) -> None:
+        self._runtime = runtime
+        self._kept = kept
+        self._frames: dict[str, str] = {}
+
+    def frame(self, event: Event) -> str:
+        cursor = event.cursor
+        if cursor is not None:
+            made = self._frames.get(cursor)
+            if made is not None:
+                return made
+        runtime = self._runtime
+        made = orjson.dumps(event_json(event, runtime.clock.now(), runtime.adapters)).decode()
+        if cursor is not None:
+            frames = self._frames
+            frames[cursor] = made
+            if len(frames) > self._kept:  # dicts keep insertion order: drop the oldest
+                del frames[next(iter(frames))]
+        return made
 
 
 @routes.get("/api/v1/stream")
@@ -102,7 +140,10 @@ async def _serve(
         sockets.add(ws)
         log.info("stream.connected", agent=agent.id, connection=connection)
         start = after if after is not None else subscribed_at
-        pump = asyncio.create_task(_pump(out, runtime, subscription, accept, after, start, agent))
+        frames = request.app[STREAM_FRAMES]
+        pump = asyncio.create_task(
+            _pump(out, runtime, frames, subscription, accept, after, start, agent)
+        )
         async for msg in ws:
             if msg.type == WSMsgType.TEXT and msg.data == "ping":
                 await _send(out, {"type": "pong"})
@@ -135,6 +176,7 @@ async def close_agent_sockets(app: web.Application) -> None:
 async def _pump(
     out: Sender,
     runtime: Runtime,
+    frames: Frames,
     subscription: Subscription,
     accept: Callable[[Event], bool],
     after: str | None,
@@ -154,16 +196,16 @@ async def _pump(
         await _send(out, {"type": "hello", "agent": agent.id, "cursor": start, "gap": gap})
         while True:
             if cursor is not None:
-                cursor = await _replay(out, runtime, accept, cursor)
+                cursor = await _replay(out, runtime, frames, accept, cursor)
             try:
                 while True:
                     event = await subscription.get()
                     if event.cursor is None:  # ephemeral (typing): not part of the log
-                        await _send(out, event_json(event, runtime.clock.now(), runtime.adapters))
+                        await out.text(frames.frame(event))
                         continue
                     if cursor is not None and event.cursor <= cursor:
                         continue
-                    await _send(out, event_json(event, runtime.clock.now(), runtime.adapters))
+                    await out.text(frames.frame(event))
                     cursor = event.cursor
             except Overflow:
                 subscription.close()
@@ -176,7 +218,7 @@ async def _pump(
 
 
 async def _replay(
-    out: Sender, runtime: Runtime, accept: Callable[[Event], bool], cursor: str
+    out: Sender, runtime: Runtime, frames: Frames, accept: Callable[[Event], bool], cursor: str
 ) -> str:
     while True:
         events = await runtime.store.read_events(cursor, limit=500)
@@ -184,5 +226,5 @@ async def _replay(
             return cursor
         for event in events:
             if accept(event):
-                await _send(out, event_json(event, runtime.clock.now(), runtime.adapters))
+                await out.text(frames.frame(event))
             cursor = event.cursor or cursor
