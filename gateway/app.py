@@ -27,7 +27,7 @@ from gateway.api.http import request_context
 from gateway.api.media import routes as media_routes
 from gateway.api.stream import MAX_STREAMS_PER_AGENT
 from gateway.appkeys import AGENT_SOCKETS, AGENT_STREAMS, RUNTIME, STREAM_FRAMES
-from gateway.channels import ChannelType, ClosesConnections
+from gateway.channels import ChannelAdapter, ChannelType, ClosesConnections
 from gateway.clock import Clock
 from gateway.config import GatewayConfig
 from gateway.connlimit import ConnectionCounter
@@ -121,6 +121,9 @@ async def _close_channel_connections(app: web.Application) -> None:
 
 STARTUP_RETRY_MAX_WAIT = 5.0
 """The longest pause between two tries to reach the store at start-up (seconds)."""
+ADAPTER_START_TIMEOUT = 30.0
+"""Seconds each adapter's `start()` gets: past it the gateway's start-up fails, naming the
+channel (start() is for setting up; network work belongs in background tasks it starts)."""
 ADAPTER_STOP_TIMEOUT = 10.0
 """Seconds each adapter's `stop()` gets at shutdown; one that hangs must not keep the others
 (and the store) from closing."""
@@ -197,19 +200,18 @@ async def _hub(app: web.Application) -> AsyncIterator[None]:
 
 async def _adapters(app: web.Application) -> AsyncIterator[None]:
     runtime = app[RUNTIME]
-    started = []
+    started: list[ChannelAdapter] = []
     try:
-        for name, adapter in runtime.adapters.items():
-            try:
-                await adapter.start()
-            except Exception as exc:
-                log.exception("channel.start_failed", channel=name, type=adapter.channel_type)
-                raise ChannelStartError(
-                    f"channel {name!r} ({adapter.channel_type}) could not start:"
-                    f" {type(exc).__name__}: {exc}"
-                ) from exc
-            started.append(adapter)
-            log.info("channel.started", channel=name, type=adapter.channel_type)
+        # Together, each bounded: sixty channels start in the time of the slowest, and one
+        # whose start() hangs is named after ADAPTER_START_TIMEOUT instead of keeping the
+        # node from ever listening, with nothing in the log.
+        outcomes = await asyncio.gather(
+            *(_start_adapter(adapter, started) for adapter in runtime.adapters.values()),
+            return_exceptions=True,
+        )
+        for outcome in outcomes:  # the first failure in config order
+            if isinstance(outcome, BaseException):
+                raise outcome
         runtime.started = True
         yield
     finally:
@@ -225,6 +227,32 @@ async def _adapters(app: web.Application) -> AsyncIterator[None]:
                 )
             except Exception:
                 log.exception("channel.stop_failed", channel=adapter.name)
+
+
+async def _start_adapter(adapter: ChannelAdapter, started: list[ChannelAdapter]) -> None:
+    """Start one adapter within ADAPTER_START_TIMEOUT; `ChannelStartError` names it if not."""
+    name, kind = adapter.name, adapter.channel_type
+    try:
+        async with asyncio.timeout(ADAPTER_START_TIMEOUT) as bound:
+            await adapter.start()
+    except TimeoutError as exc:
+        if not bound.expired():  # the adapter's own time-out, raised from its start()
+            log.exception("channel.start_failed", channel=name, type=kind)
+            raise ChannelStartError(
+                f"channel {name!r} ({kind}) could not start: {type(exc).__name__}: {exc}"
+            ) from exc
+        log.error("channel.start_timeout", channel=name, type=kind, seconds=ADAPTER_START_TIMEOUT)
+        started.append(adapter)  # it may have started part of its work: stop() gets a chance
+        raise ChannelStartError(
+            f"channel {name!r} ({kind}) did not start within {ADAPTER_START_TIMEOUT:g} s"
+        ) from None
+    except Exception as exc:
+        log.exception("channel.start_failed", channel=name, type=kind)
+        raise ChannelStartError(
+            f"channel {name!r} ({kind}) could not start: {type(exc).__name__}: {exc}"
+        ) from exc
+    started.append(adapter)
+    log.info("channel.started", channel=name, type=kind)
 
 
 async def _scheduler(app: web.Application) -> AsyncIterator[None]:

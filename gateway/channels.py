@@ -20,7 +20,9 @@ The gateway then, for every configured instance of the type:
    live event feed (`events`);
 3. mounts `POST /webhooks/{name}` and `GET /webhooks/{name}` onto `adapter.handle_webhook` and
    any extra `adapter.routes()`;
-4. awaits `adapter.start()` once the server is up and `adapter.stop()` at shutdown;
+4. awaits every `adapter.start()` together before the server listens, each within 30 s (one
+   that raises or runs over stops the start-up, naming its channel), and `adapter.stop()` at
+   shutdown (10 s each);
 5. calls `adapter.send(conversation, message)` for every agent message on a conversation of
    this channel.
 

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from structlog.testing import capture_logs
 
 import gateway.app
 from gateway.app import create_app
@@ -61,6 +62,10 @@ class FaultyAdapter(BaseAdapter):
     async def start(self) -> None:
         if self.fault == "start":
             raise RuntimeError("the SDK could not log in")
+        if self.fault == "start_hangs":
+            await self.hang.wait()
+        if self.fault == "start_times_out":  # its own time-out, not the gateway's
+            raise TimeoutError("login took too long")
 
     async def stop(self) -> None:
         if self.fault == "stop":
@@ -221,6 +226,31 @@ async def test_a_channel_that_cannot_start_is_named(tmp_path: Path) -> None:
     app = app_for(tmp_path, "start")
     client = TestClient(TestServer(app))
     with pytest.raises(ChannelStartError, match="channel 'sms' \\(faulty_sms\\) could not start"):
+        await client.start_server()
+    await client.close()
+
+
+async def test_a_start_that_hangs_is_named_and_does_not_hold_the_node(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A start() that never returned kept the node from listening for good, and the log ended
+    at the channels that had started, naming nobody."""
+    monkeypatch.setattr(gateway.app, "ADAPTER_START_TIMEOUT", 0.1)
+    client = TestClient(TestServer(app_for(tmp_path, "start_hangs")))
+    with capture_logs() as logs, pytest.raises(ChannelStartError) as refused:
+        async with asyncio.timeout(10):
+            await client.start_server()
+    assert str(refused.value) == "channel 'sms' (faulty_sms) did not start within 0.1 s"
+    assert any(line["event"] == "channel.start_timeout" for line in logs)
+    await client.close()
+
+
+async def test_an_adapters_own_time_out_at_start_is_its_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gateway.app, "ADAPTER_START_TIMEOUT", 10.0)
+    client = TestClient(TestServer(app_for(tmp_path, "start_times_out")))
+    with pytest.raises(ChannelStartError, match="could not start: TimeoutError: login took"):
         await client.start_server()
     await client.close()
 
