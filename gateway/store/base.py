@@ -239,7 +239,9 @@ class Store(Protocol):
     async def prune_events(self, before: datetime, limit: int) -> int:
         """Delete up to `limit` of the oldest events, those stored before `before`; return how
         many went. A cursor among them stays valid: reading after it starts at the oldest
-        event kept."""
+        event kept. When an event was stored is the store's to know, not the event's `at`
+        (a delivery report's is the provider's time); `before` is on this node's clock, and a
+        store with a clock of its own (Redis) applies it as an age on that clock."""
         ...
 
     async def events_missed(self, after: str | None) -> bool:

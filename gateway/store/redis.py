@@ -806,10 +806,13 @@ class RedisStore:
 
     async def prune_events(self, before: datetime, limit: int) -> int:
         # Stream ids are the milliseconds Redis appended them at: trimming by id is by age.
+        # The age is measured on Redis's clock too (the script reads TIME): `before` as an age
+        # on this node's clock, so a node whose clock runs hours ahead does not trim events
+        # that are minutes old on the clock that stamped them.
         # Exact trimming frees whole nodes of entries at a time, so a backlog goes in one call
         # (`limit` only applies to approximate trimming, which keeps small logs whole).
-        cutoff = int(before.timestamp() * 1000)
-        return int(await self._eval("prune_events", str(cutoff)))
+        age_ms = max(0, int((time.time() - before.timestamp()) * 1000))
+        return int(await self._eval("prune_events", str(age_ms)))
 
     async def events_missed(self, after: str | None) -> bool:
         pruned = await self._cmd("GET", self._g("pruned"))  # the newest id retention took

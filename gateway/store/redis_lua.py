@@ -606,12 +606,16 @@ return 1
 """
 
 PRUNE_EVENTS = r"""
--- ARGV: P, cutoff (ms): trim the log below cutoff-0 and remember the newest id that went,
--- which tells a reader behind it that it missed events (ids have gaps, so only this can).
+-- ARGV: P, age (ms): trim the log of what Redis appended longer ago than that, by its own
+-- clock, and remember the newest id that went, which tells a reader behind it that it
+-- missed events (ids have gaps, so only this can).
 local log = G('log')
-local newest = redis.call('XREVRANGE', log, '(' .. ARGV[2] .. '-0', '-', 'COUNT', 1)
+local now = redis.call('TIME')
+local cutoff = tostring(tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  - tonumber(ARGV[2]))
+local newest = redis.call('XREVRANGE', log, '(' .. cutoff .. '-0', '-', 'COUNT', 1)
 if #newest == 0 then return 0 end
-local trimmed = redis.call('XTRIM', log, 'MINID', ARGV[2])
+local trimmed = redis.call('XTRIM', log, 'MINID', cutoff)
 local mark = newest[1][1]
 local known = redis.call('GET', G('pruned'))
 if known then

@@ -801,15 +801,23 @@ class SqliteStore:
             if lowest is None:
                 return 0, 0
             # The first event at or after `before`, by bisecting the sequence (events are
-            # appended in time order): a few indexed reads, no scan of the whole log.
+            # appended in time order): a few indexed reads, no scan of the whole log. Only
+            # events stamped with our own clock are probed: a delivery report's time is the
+            # provider's (a day old for a late re-delivery, or ahead), so one could make the
+            # bisect delete everything logged before it. Reports go with their neighbours.
             left, right = lowest, highest + 1
             while left < right:
                 middle = (left + right) // 2
-                seq, at = conn.execute(
+                found = conn.execute(
                     "SELECT seq, json_extract(data, '$.at') FROM events WHERE seq >= ?"
+                    " AND json_extract(data, '$.type') != 'message.status'"
                     " ORDER BY seq LIMIT 1",
                     (middle,),
                 ).fetchone()
+                if found is None:  # only reports from here on: they end with the log
+                    right = middle
+                    continue
+                seq, at = found
                 stamped = parse_iso(at)
                 if stamped is not None and stamped < before:
                     left = seq + 1

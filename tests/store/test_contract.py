@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from gateway import lifecycle
-from gateway.clock import ManualClock, SystemClock
+from gateway.clock import Clock, ManualClock, SystemClock
 from gateway.errors import TransitionError, VersionConflict
 from gateway.ids import new_id
 from gateway.ingest import Ingestor
@@ -391,7 +391,7 @@ async def test_clear_deadline_only_removes_the_claimed_one(
     assert await store.next_due() is None
 
 
-def outbound(conv_id: str, clock: ManualClock, text: str = "Hi") -> Message:
+def outbound(conv_id: str, clock: Clock, text: str = "Hi") -> Message:
     now = clock.now()
     return Message(
         id=new_id("m"),
@@ -700,6 +700,36 @@ async def test_a_report_naming_our_message_settles_a_send_never_recorded(
     assert other.message is None
     stored = await store.get_message(msg.id)
     assert stored is not None and stored.provider_message_id == "SM20"
+
+
+async def test_retention_goes_by_when_events_were_logged_not_by_provider_times(
+    store: Store,
+) -> None:
+    """A delivery report carries the provider's time, which may be a day old (a late
+    re-delivery) or ahead of ours: it was logged now, and retention keeps it, and every event
+    logged after the cut, as long as any other. (SQLite bisected the log on those times and
+    deleted whatever preceded a day-old report.)"""
+    clock = SystemClock()
+    ingest = Ingestor(store, clock, route=lambda m: "support", policy_for=lambda c: WA)
+    conv = (await ingest.message(inbound("old", address="+42000", pid="old"))).conversation
+    msg = outbound(conv.id, clock)
+    await store.add_outbound(
+        lifecycle.agent_message(conv, msg, clock.now()), conv.version, msg, None
+    )
+    await store.record_send(msg.id, provider_message_id="SMlate", status=None)
+    cut = datetime.now(UTC) + timedelta(milliseconds=2)
+    while datetime.now(UTC) <= cut + timedelta(milliseconds=1):
+        pass  # what follows is logged after `cut`
+    logged_before = len(await store.read_events(None))
+    for i, age in enumerate((timedelta(days=1), -timedelta(days=3))):  # late, then ahead
+        await ingest.message(inbound(f"new {i}", address=f"+4300{i}", pid=f"new{i}"))
+        state = (DeliveryState.DELIVERED, DeliveryState.READ)[i]
+        await ingest.status(DeliveryStatus("wa-main", "SMlate", state, clock.now() - age))
+    await ingest.message(inbound("newest", address="+43009", pid="newest"))
+    kept = (await store.read_events(None))[logged_before:]
+    assert [e.type for e in kept].count("message.status") == 2
+    assert await store.prune_events(cut, 1000) == logged_before
+    assert [e.cursor for e in await store.read_events(None)] == [e.cursor for e in kept]
 
 
 async def test_old_events_are_pruned_and_a_reader_behind_them_resumes_at_the_oldest_kept(

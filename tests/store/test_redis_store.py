@@ -7,14 +7,16 @@ Redis is shared by several processes and talked to through a batching client.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis.asyncio
 from hypothesis import given
 from hypothesis import strategies as st
 
+import gateway.store.redis
 from gateway import lifecycle
 from gateway.clock import ManualClock
 from gateway.errors import VersionConflict
@@ -274,3 +276,22 @@ def test_store_encoding_is_the_shared_codec_byte_for_byte(clock: ManualClock) ->
     event = Event("message.received", now, conversation, message, change=None)
     for value in (conversation, message, event):
         assert _dumps(value) == encode(value)
+
+
+async def test_retention_measures_age_on_redis_clock_not_the_nodes(
+    stores: tuple[RedisStore, RedisStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node whose clock ran two hours ahead, with an hour's retention, trimmed the whole
+    shared log: its cut-off was an hour in Redis's future. The age is Redis's to measure."""
+    a, b = stores
+    clock = ManualClock(datetime.now(UTC))
+    ingest = Ingestor(a, clock, route=lambda m: "support", policy_for=lambda c: ChannelPolicy())
+    await ingest.message(inbound("minutes old", pid="skew1"))
+    logged = len(await a.read_events(None))
+    ahead = time.time() + 2 * 3600
+    monkeypatch.setattr(gateway.store.redis.time, "time", lambda: ahead)
+    node_now = datetime.fromtimestamp(ahead, UTC)
+    assert await b.prune_events(node_now - timedelta(hours=1), 1000) == 0
+    assert len(await a.read_events(None)) == logged
+    # Everything appended before now (an age of zero on any clock) goes.
+    assert await b.prune_events(node_now + timedelta(seconds=1), 1000) == logged
