@@ -196,7 +196,7 @@ def open_conversation(
         updated_at=now,
         queued_at=now,
         last_message_at=now,
-        last_customer_message_at=message.sent_at,
+        last_customer_message_at=min(message.sent_at, now),
         window_expires_at=_window_end(None, message.sent_at, policy, now),
         no_agent_at=now + policy.no_agent_timeout if policy.no_agent_timeout else None,
         preview=preview_of(message.text, message.kind),
@@ -231,9 +231,11 @@ def customer_message(
     contact = conversation.contact
     if message.contact.display_name and message.contact.display_name != contact.display_name:
         contact = evolve(contact, display_name=message.contact.display_name)
+    # A provider time ahead of ours (skew, or forged) counts as now, as for the window.
+    sent_at = min(message.sent_at, now)
     last_customer = conversation.last_customer_message_at
-    if last_customer is None or message.sent_at > last_customer:
-        last_customer = message.sent_at
+    if last_customer is None or sent_at > last_customer:
+        last_customer = sent_at
     after = evolve(
         conversation,
         contact=contact,

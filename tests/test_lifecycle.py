@@ -80,9 +80,17 @@ def test_window_never_starts_in_the_future() -> None:
     ahead = T0 + timedelta(days=10)
     c = lifecycle.open_conversation("c", inbound(sent_at=ahead), "q", T0, WA).conversation
     assert c.window_expires_at == T0 + timedelta(hours=24)
-    assert c.last_customer_message_at == ahead  # the provider's time is still recorded
+    # The conversation's last customer message counts as now too (the message itself keeps
+    # the provider's time): else a "window closed" verdict on a reply sent before that future
+    # time was taken as older than the customer's last message, and ignored.
+    assert c.last_customer_message_at == T0
     later = lifecycle.customer_message(c, inbound(sent_at=ahead), T0 + timedelta(hours=1), WA)
     assert later.conversation.window_expires_at == T0 + timedelta(hours=25)
+    assert later.conversation.last_customer_message_at == T0 + timedelta(hours=1)
+    refused = lifecycle.provider_window_closed(
+        later.conversation, T0 + timedelta(hours=2), sent_at=T0 + timedelta(hours=1, minutes=30)
+    )
+    assert refused.conversation.state == State.INACTIVE
 
 
 def test_accept_requires_queue_and_capacity() -> None:

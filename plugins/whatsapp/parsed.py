@@ -55,10 +55,14 @@ def e164(value: str) -> str:
 
 
 def from_unix(value: Any, fallback: datetime) -> datetime:
-    """Read a provider timestamp (Unix seconds, string or number); `fallback` if unreadable."""
+    """Read a provider timestamp (Unix seconds, string or number); `fallback` if unreadable,
+    or zero or negative: 1970 is no provider's time, and read as one it opened the customer's
+    conversation with its 24 h window long over (inactive, never queued)."""
     try:
         seconds = int(str(value).strip())
     except (TypeError, ValueError):
+        return fallback
+    if seconds <= 0:
         return fallback
     try:
         return datetime.fromtimestamp(seconds, UTC)

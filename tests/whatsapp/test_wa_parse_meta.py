@@ -481,3 +481,13 @@ def test_a_status_carries_the_callback_data_our_send_put_there() -> None:
         (META_DIR / "status_sent.json").read_bytes(), channel="c", now=NOW
     ).statuses
     assert plain.message_id is None
+
+
+@pytest.mark.parametrize("stamp", ["0", "-5", 0, "-1700000000"])
+def test_a_timestamp_of_zero_or_less_is_no_time(stamp: object) -> None:
+    """Read as 1970, it opened the conversation with its window long over: inactive, and the
+    customer never queued. Like an unreadable one, it stands for the time we received it."""
+    payload = json.loads((META_DIR / "msg_text.json").read_bytes())
+    payload["entry"][0]["changes"][0]["value"]["messages"][0]["timestamp"] = stamp
+    (message,) = parse_meta_payload(payload, channel="c", now=NOW).messages
+    assert message.sent_at == NOW
