@@ -520,6 +520,18 @@ class Outbound:
         if conversation is None or adapter is None:
             await self._failed(message, "not_deliverable", "the channel is not configured")
             return
+        expires = conversation.window_expires_at
+        if message.template is None and expires is not None and self.clock.now() >= expires:
+            # Taken inside the window, still queued when it lapsed (an outage, a crash, a
+            # provider that kept failing): free text may no longer go out, and a provider
+            # would refuse it. Only the closing of the window itself changes nothing else.
+            await self._failed(
+                message,
+                "window_closed",
+                "the reply window closed before the message could be sent: only an approved"
+                " template can reach the customer now",
+            )
+            return
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(TransientChannelError),
             stop=stop_after_attempt(self.retry.attempts),

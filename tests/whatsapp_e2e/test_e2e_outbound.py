@@ -10,6 +10,9 @@ from typing import Any
 import orjson
 import pytest
 
+from gateway import lifecycle
+from gateway.ids import new_id
+from gateway.model import DeliveryState, Direction, Message
 from tests.api.test_stream_presence import open_stream, receive
 from tests.whatsapp.fakes import Call, meta_error, twilio_error
 from tests.whatsapp.support import PUBLIC_URL
@@ -618,3 +621,40 @@ async def test_a_send_that_timed_out_but_went_out_is_not_sent_again(
     await wa.gw.runtime.outbound.deliver(message_id)
     assert len(fake.calls) == sends == 1
     fake.release()
+
+
+@pytest.mark.parametrize("channel", [META, TWILIO])
+async def test_free_text_still_queued_when_the_window_lapsed_is_failed_not_sent(
+    channel: str, wa: WaGateway
+) -> None:
+    """A reply accepted inside the window, still queued when the node died, and redelivered
+    after a day's outage: the window has lapsed, so the provider could only refuse it (or, on
+    a channel that does not check, the customer would get free text outside the window). It
+    fails as `window_closed`, and nothing goes out; a template queued the same way still goes."""
+    conversation_id = await wa.open_conversation(channel, pid="in-queued")
+    store, outbound = wa.gw.runtime.store, wa.gw.runtime.outbound
+    queued = []
+    for template in (None, {"name": TEMPLATE["name"], "language": "es", "params": []}):
+        conversation = await store.get_conversation(conversation_id)
+        assert conversation is not None and conversation.window_expires_at is not None
+        now = wa.clock.now()
+        message = Message(
+            id=new_id("m"), conversation_id=conversation_id, channel=channel,
+            channel_type="whatsapp", provider=conversation.provider, direction=Direction.OUT,
+            kind="template" if template else "text", text=None if template else "queued",
+            sent_at=now, received_at=now, status=DeliveryState.QUEUED, agent="maria",
+            template=template,
+        )  # fmt: skip
+        transition = lifecycle.agent_message(conversation, message, now)
+        await store.add_outbound(transition, conversation.version, message, None)
+        queued.append(message.id)
+    calls = len(wa.fake(channel).calls)
+    wa.clock.set(conversation.window_expires_at + timedelta(days=1))
+    await outbound.deliver(queued[0])
+    text = await wa.message(conversation_id, queued[0])
+    assert (text["status"], text["error_code"]) == ("failed", "window_closed")
+    assert len(wa.fake(channel).calls) == calls
+    await outbound.deliver(queued[1])
+    template = await wa.message(conversation_id, queued[1])
+    assert template["provider_message_id"] is not None and template["status"] != "failed"
+    assert len(wa.fake(channel).calls) == calls + 1
