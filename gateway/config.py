@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Literal, Self
 from urllib.parse import urlsplit, urlunsplit
 
+import regex
 import yaml
 from pydantic import (
     AfterValidator,
@@ -184,20 +185,26 @@ class QueueConfig(_Section):
 
 
 def _check_regex(pattern: str) -> str:
-    """Compile at load time so a broken rule is a config error, not a crash on first message."""
+    """Compile at load time so a broken rule is a config error, not a crash on first message
+    (with `regex`, what routing matches with: see `gateway.routing`)."""
     try:
-        re.compile(pattern)
-    except re.error as exc:
-        where = f" at position {exc.pos}" if exc.pos is not None else ""
-        raise ValueError(f"not a valid regular expression: {exc.msg}{where}") from None
+        regex.compile(pattern)
+    except regex.error as exc:
+        # `regex.error` has `msg` and `pos` as `re.error` does (its stubs leave them out).
+        position: int | None = getattr(exc, "pos", None)
+        where = f" at position {position}" if position is not None else ""
+        message = getattr(exc, "msg", str(exc))
+        raise ValueError(f"not a valid regular expression: {message}{where}") from None
     return pattern
 
 
 class RouteCondition(_Section):
     """What a conversation's first message must look like for a rule to apply (all must hold).
 
-    `text` is a regular expression searched anywhere in the message text (write `(?i)` for
-    case-insensitive, `^...$` to anchor). `from` is a case-insensitive shell glob on the
+    `text` is a regular expression searched anywhere in the first 4,096 characters of the
+    message text (write `(?i)` for case-insensitive, `^...$` to anchor), by the `regex` module,
+    which takes Python's `re` syntax and can time a search out (see `gateway.routing`).
+    `from` is a case-insensitive shell glob on the
     contact's address, e.g. `+55*` or `*@bigcorp.com`.
     """
 

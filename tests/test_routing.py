@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 from gateway.config import GatewayConfig
 from gateway.errors import ConfigError
-from gateway.routing import AgentCandidate, Router, choose_agent
+from gateway.routing import (
+    MATCH_TIMEOUT,
+    ROUTED_TEXT_CHARS,
+    AgentCandidate,
+    Router,
+    choose_agent,
+)
 
 
 def router(
@@ -70,6 +78,30 @@ def test_text_is_searched_not_fullmatched() -> None:
     assert r.route("site", "webchat", "what is the price of this?", None).rule_index == 0
     assert r.route("site", "webchat", "What is the PRICE?", None).rule_index == 1
     assert r.route("site", "webchat", None, None).rule_index == 1
+
+
+def test_only_the_start_of_a_long_text_is_searched() -> None:
+    """Routing runs on the event loop for every message: 300 rules over a 1 MB email held the
+    node for a second. The words that route a conversation come first."""
+    r = router([{"if": {"text": "factura"}, "queue": "sales"}, {"queue": "support"}])
+    near = "x" * (ROUTED_TEXT_CHARS - len("factura")) + "factura"
+    assert r.route("mail", "email", near + "y" * 10**6, None).rule_index == 0
+    assert r.route("mail", "email", "x" * ROUTED_TEXT_CHARS + "factura", None).rule_index == 1
+
+
+def test_a_rule_that_backtracks_for_ever_times_out_as_no_match() -> None:
+    """`^(a|aa)+$` on a run of a's and a '!' takes exponential time: one customer's message
+    would hold the event loop, and every channel, for minutes."""
+    r = router([{"if": {"text": "^(a|aa)+$"}, "queue": "vip"}, {"queue": "support"}])
+    started = time.perf_counter()
+    with capture_logs() as logs:
+        match = r.route("site", "webchat", "a" * 60 + "!", None)
+    assert match.queue == "support"
+    assert time.perf_counter() - started < 10 * MATCH_TIMEOUT
+    assert [line["rule"] for line in logs if line["event"] == "routing.rule_timed_out"] == [
+        "routing[0]"
+    ]
+    assert r.route("site", "webchat", "aaaa", None).queue == "vip"  # it still matches
 
 
 def test_text_case_insensitive_flag() -> None:
