@@ -327,6 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser(commands).parse_args(argv)
     try:
         code: int = args.func(args)
+        sys.stdout.flush()  # a reader gone before the end shows here, not at exit
     except ConfigError as exc:
         print(f"gateway: invalid configuration:\n{exc.message}", file=sys.stderr)
         return 1
@@ -335,6 +336,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `gateway check | head`: the reader has what it wanted. Python would print a
+        # traceback, and another on exit when it flushes stdout again: point stdout nowhere.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return code
 
 

@@ -145,3 +145,24 @@ def test_route_dry_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
 
 def test_empty_channels_is_valid(tmp_path: Path) -> None:
     assert main(["check", "--config", write(tmp_path, "channels: []\n")]) == 0
+
+
+def test_check_piped_into_a_reader_that_stops_early_ends_quietly(tmp_path: Path) -> None:
+    """`gateway check --config big.yaml | head` ended in a BrokenPipeError traceback."""
+    agents = "\n".join(
+        f'  - {{id: agent{i}, token_sha256: "{i:064x}", queues: [q]}}' for i in range(1500)
+    )
+    path = write(tmp_path, f"channels: [{{name: site, type: webchat}}]\nqueues: [{{name: q}}]\n")
+    Path(path).write_text(Path(path).read_text() + "agents:\n" + agents + "\n")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "check", "--config", path],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
+    )
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.read(100)  # head: a line or two, then it goes away
+    process.stdout.close()
+    errors = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 0
+    assert "Traceback" not in errors and "BrokenPipe" not in errors
