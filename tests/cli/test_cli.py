@@ -152,7 +152,7 @@ def test_check_piped_into_a_reader_that_stops_early_ends_quietly(tmp_path: Path)
     agents = "\n".join(
         f'  - {{id: agent{i}, token_sha256: "{i:064x}", queues: [q]}}' for i in range(1500)
     )
-    path = write(tmp_path, f"channels: [{{name: site, type: webchat}}]\nqueues: [{{name: q}}]\n")
+    path = write(tmp_path, "channels: [{name: site, type: webchat}]\nqueues: [{name: q}]\n")
     Path(path).write_text(Path(path).read_text() + "agents:\n" + agents + "\n")
     process = subprocess.Popen(
         [sys.executable, "-m", "gateway.cli", "check", "--config", path],
