@@ -839,8 +839,9 @@ class _Loader:
             if key not in GatewayConfig.model_fields
         ]
         sections = {name: self._section(name, raw[name]) for name in _CORE_SECTIONS if name in raw}
-        channels, channel_names = self._channels(raw.get("channels", []))
-        self._cross_check(sections, raw, channel_names)
+        placed, channel_names = self._channels(raw.get("channels", []))
+        channels = [c for c in placed if c is not None]
+        self._cross_check(sections, raw, channel_names, placed)
         config = None if self.problems else self._build(sections, channels)
         if config is None:
             raise self._error(list(document))
@@ -906,13 +907,13 @@ class _Loader:
             for index, entry in enumerate(raw)
         ]
 
-    def _channels(self, raw: Any) -> tuple[list[ChannelConfig], list[str | None] | None]:
-        """Validate each channel with its type's model; names are kept even for invalid ones."""
+    def _channels(self, raw: Any) -> tuple[list[ChannelConfig | None], list[str | None] | None]:
+        """Validate each channel with its type's model, in place (None where invalid); names
+        are kept even for invalid ones."""
         if not isinstance(raw, list):
             self.problems.append(_Problem("channels", "expected a list of channels"))
             return [], None
-        channels = [self._channel(index, entry) for index, entry in enumerate(raw)]
-        return [c for c in channels if c is not None], _names(raw, "name")
+        return [self._channel(i, entry) for i, entry in enumerate(raw)], _names(raw, "name")
 
     def _channel(self, index: int, entry: Any) -> ChannelConfig | None:
         path = ("channels", index)
@@ -938,7 +939,11 @@ class _Loader:
         return None
 
     def _cross_check(
-        self, sections: dict[str, Any], raw: dict[str, Any], channel_names: list[str | None] | None
+        self,
+        sections: dict[str, Any],
+        raw: dict[str, Any],
+        channel_names: list[str | None] | None,
+        channels: Sequence[ChannelConfig | None],
     ) -> None:
         """Run the name checks on whatever validated, so they add to the field problems."""
         routing = sections.get("routing", [])
@@ -951,9 +956,7 @@ class _Loader:
         )
         if routing is not None:
             self.problems += _route_type_problems(routing, self.channel_types)
-        channels = sections.get("channels")
-        if isinstance(channels, list):
-            self.problems += _shared_channel_values(channels)
+        self.problems += _shared_channel_values(channels)
 
 
 def _names(entries: Any, key: str) -> list[str | None] | None:

@@ -187,6 +187,14 @@ queues: [{name: support}]
     message = str(info.value)
     assert "channels[1].phone_number_id" in message and "channels[0]" in message
     assert "other" not in message  # the secret of the second channel
+    # Reported with the file's other problems, not only once they are fixed.
+    with pytest.raises(Exception) as info:
+        config_module.parse_config(
+            text + "routing: [{queue: nosuch}]\n", "config.yaml", types, {}
+        )
+    lines = str(info.value).splitlines()
+    assert any("channels[1].phone_number_id" in line for line in lines), lines
+    assert any("routing[0].queue" in line for line in lines), lines
     single = text.split("  - {name: wa-b")[0] + "queues: [{name: support}]\n"
     loaded = config_module.parse_config(single, "config.yaml", types, {})
     assert loaded.channels[0].phone_number_id == "106540352242922"
