@@ -189,9 +189,7 @@ queues: [{name: support}]
     assert "other" not in message  # the secret of the second channel
     # Reported with the file's other problems, not only once they are fixed.
     with pytest.raises(Exception) as info:
-        config_module.parse_config(
-            text + "routing: [{queue: nosuch}]\n", "config.yaml", types, {}
-        )
+        config_module.parse_config(text + "routing: [{queue: nosuch}]\n", "config.yaml", types, {})
     lines = str(info.value).splitlines()
     assert any("channels[1].phone_number_id" in line for line in lines), lines
     assert any("routing[0].queue" in line for line in lines), lines
