@@ -136,9 +136,16 @@ class Ingestor:
         """Store one customer message (exactly once per provider id) and update its conversation."""
         started = time.perf_counter()
         now = self.clock.now()
-        queue = self.route(inbound)
         policy = self.policy_for(inbound.channel)
         message_id = new_id("m")
+        routed: list[str] = []
+
+        def queue() -> str:
+            """The routing rules' queue, worked out only for a message that opens a
+            conversation: most join an open one, and routing costs rules x text length."""
+            if not routed:
+                routed.append(self.route(inbound))
+            return routed[0]
 
         def plan(open_conv: Conversation | None, thread_conv: Conversation | None) -> IngestPlan:
             if open_conv is not None and inbound.wakes_conversation:
@@ -186,7 +193,7 @@ class Ingestor:
         inbound: InboundMessage,
         open_conv: Conversation | None,
         thread_conv: Conversation | None,
-        queue: str,
+        queue: Callable[[], str],
         now: datetime,
         policy: ChannelPolicy,
     ) -> Transition:
@@ -196,12 +203,12 @@ class Ingestor:
             target = open_conv or thread_conv
             if target is not None:
                 return Transition(target, (), changed=False)
-            return lifecycle.archived_conversation(new_id("c"), inbound, queue, now)
+            return lifecycle.archived_conversation(new_id("c"), inbound, queue(), now)
         if open_conv is not None:
             return lifecycle.customer_message(open_conv, inbound, now, policy)
         previous = thread_conv.id if thread_conv is not None else None
         return lifecycle.open_conversation(
-            new_id("c"), inbound, queue, now, policy, previous_conversation_id=previous
+            new_id("c"), inbound, queue(), now, policy, previous_conversation_id=previous
         )
 
     async def status(self, status: DeliveryStatus) -> StatusResult:

@@ -15,7 +15,15 @@ from gateway.errors import TransitionError, VersionConflict
 from gateway.ids import new_id
 from gateway.ingest import Ingestor
 from gateway.lifecycle import AgentContext, ChannelPolicy, QueuePolicy
-from gateway.model import Conversation, DeliveryState, DeliveryStatus, Direction, Message, State
+from gateway.model import (
+    Conversation,
+    DeliveryState,
+    DeliveryStatus,
+    Direction,
+    InboundMessage,
+    Message,
+    State,
+)
 from gateway.store.base import (
     GRACE_KIND,
     Store,
@@ -770,3 +778,21 @@ async def test_old_events_are_pruned_and_a_reader_behind_them_resumes_at_the_old
     assert await store.cursor_issued(newest) and await store.cursor_issued(old[0].cursor or "")
     assert await store.read_events(newest) == []
     assert await store.events_missed(kept[0].cursor) and not await store.events_missed(newest)
+
+
+async def test_routing_runs_only_for_a_message_that_opens_a_conversation(
+    store: Store, clock: ManualClock
+) -> None:
+    """Routing costs rules x text length on every message it runs for: a follow-up joins its
+    open conversation wherever that is, so it is not routed at all."""
+    routed: list[str] = []
+
+    def route(message: InboundMessage) -> str:
+        routed.append(message.provider_message_id)
+        return "support"
+
+    ingest = Ingestor(store, clock, route=route, policy_for=lambda c: WA)
+    first = await ingest.message(inbound("Hola", pid="r1"))
+    again = await ingest.message(inbound("¿Hay alguien?", pid="r2"))
+    assert again.conversation.id == first.conversation.id
+    assert routed == ["r1"]
