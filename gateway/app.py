@@ -137,6 +137,7 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
     if moved:
         log.warning("reconcile.done", conversations=len(moved))
     yield
+    await runtime.distributor.stop()
     await runtime.store.close()
     await runtime.limiter.close()
 

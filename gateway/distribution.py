@@ -4,11 +4,21 @@ Runs after anything that may let an assignment happen (a new conversation, an ag
 online, an agent's load going down) and from the scheduler's sweep. Each assignment is a
 compare-and-set with the agent's `max_active` checked in the same store step, so two runs (on one
 node or many) can neither assign a conversation twice nor overfill an agent.
+
+A run reads the queue's waiting conversations, who is online and every agent's load: with
+hundreds of agents that is milliseconds of store reads, and every new conversation asks for a
+run. So requests for a queue are grouped, as commits are: a request made while a run is going
+waits for the next run, which starts when that one ends and serves every request made
+meanwhile. Each caller still returns only after a run that began after its request (so it saw
+the caller's change), and a burst of a thousand webhooks costs a few runs, not a thousand,
+each queued behind the one before. (A scale audit with 500 agents online: 8 webhooks/s.)
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from dataclasses import dataclass
 
 import structlog
 
@@ -25,21 +35,76 @@ log = structlog.get_logger("gateway.distribution")
 BATCH = 50
 
 
+@dataclass
+class _Runs:
+    """One queue's runs: the next one asked for (not started yet), and the task running them."""
+
+    next: asyncio.Future[list[Event]] | None = None
+    driver: asyncio.Task[None] | None = None
+
+
+def _retrieved(future: asyncio.Future[list[Event]]) -> None:
+    """A run's error is its callers'; if they all went away, it is read here, not warned about."""
+    if not future.cancelled():
+        future.exception()
+
+
 class Distributor:
     def __init__(self, store: Store, clock: Clock, directory: Directory) -> None:
         self.store = store
         self.clock = clock
         self.directory = directory
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._runs: dict[str, _Runs] = {}
+        self.runs = 0
+        """How many runs started (diagnostics, tests: requests per run)."""
 
     async def distribute(self, queue: str) -> list[Event]:
-        """Assign what can be assigned in one queue, oldest first; return the events."""
+        """Assign what can be assigned in one queue, oldest first; return the events of the run
+        that did it (which may have served other callers too: see the module docstring)."""
         info = self.directory.queues.get(queue)
         if info is None or not info.automatic:
             return []
-        lock = self._locks.setdefault(queue, asyncio.Lock())
-        async with lock:
-            return await self._distribute(queue, info.strategy)
+        runs = self._runs.setdefault(queue, _Runs())
+        if runs.next is None:
+            runs.next = asyncio.get_running_loop().create_future()
+            runs.next.add_done_callback(_retrieved)
+        waiting = runs.next
+        if runs.driver is None:
+            runs.driver = asyncio.create_task(
+                self._drive(queue, info.strategy, runs), name=f"distribute-{queue}"
+            )
+        # Shielded: a caller that goes away (a client hanging up) does not cancel the run that
+        # serves the others.
+        return await asyncio.shield(waiting)
+
+    async def _drive(self, queue: str, strategy: str, runs: _Runs) -> None:
+        """Run while runs are asked for; each run serves every request made before it began."""
+        try:
+            while runs.next is not None:
+                this, runs.next = runs.next, None
+                self.runs += 1
+                try:
+                    this.set_result(await self._distribute(queue, strategy))
+                except asyncio.CancelledError:
+                    this.cancel()
+                    raise
+                except Exception as exc:
+                    this.set_exception(exc)
+        finally:
+            runs.driver = None
+
+    async def stop(self) -> None:
+        """Cancel the runs going on (shutdown, before the store closes); callers still waiting
+        get a cancellation, as a request cut off by the shutdown would."""
+        for runs in self._runs.values():
+            driver = runs.driver
+            if driver is not None:
+                driver.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await driver
+            if runs.next is not None:
+                runs.next.cancel()
+                runs.next = None
 
     async def distribute_all(self) -> list[Event]:
         events: list[Event] = []
@@ -61,13 +126,9 @@ class Distributor:
         events: list[Event] = []
         rr_key = f"rr:{queue}"
         while True:
-            waiting = await self.store.list_conversations(
-                State.WAITING, queues=[queue], limit=BATCH
-            )
-            if not waiting:
-                return events
+            # Who is online first: with nobody of the queue online (a night, a small team)
+            # there is nothing to read further.
             presence = await self.store.presence()
-            loads = await self.store.agent_loads()
             # Each agent's place in the queue's config order is the round-robin order, kept
             # for the online ones only, so the rotation survives an agent going offline.
             on_queue = self.directory.agents_on(queue)
@@ -77,6 +138,14 @@ class Distributor:
                 for order, a in enumerate(on_queue)
                 if presence.get(a.id) is not None and presence[a.id].online
             }
+            if not agents:
+                return events
+            waiting = await self.store.list_conversations(
+                State.WAITING, queues=[queue], limit=BATCH
+            )
+            if not waiting:
+                return events
+            loads = await self.store.agent_loads()
             last = await self.store.kv_get(rr_key)
             progressed = False
             for conversation in waiting:

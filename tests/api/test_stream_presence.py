@@ -356,3 +356,27 @@ async def test_a_client_that_stops_reading_is_cut_off(
         await left_established(sock)
     finally:
         sock.close()
+
+
+async def test_distribution_asked_for_together_runs_a_few_times_and_serves_everyone(
+    gw: Gateway,
+) -> None:
+    """A burst of new conversations asks for a run each; each run reads the queue, presence
+    and every agent's load. Requests made during a run share the next one: fifty requests,
+    at most two runs, and every caller returns after a run that saw its conversation."""
+    ws = await open_stream(gw, "ana")  # sales only, max_active 1
+    distributor = gw.runtime.distributor
+    v = await gw.visitor("Burst")
+    await gw.visitor_says(v["token"], "price please", "c1")
+    assigned = await receive(ws, type_="conversation.updated")
+    assert assigned["change"] == "assigned"
+    before = distributor.runs
+    await asyncio.gather(*(distributor.distribute("sales") for _ in range(50)))
+    assert 1 <= distributor.runs - before <= 2
+    # A caller that goes away does not take the run from the others.
+    first = asyncio.ensure_future(distributor.distribute("sales"))
+    second = asyncio.ensure_future(distributor.distribute("sales"))
+    await asyncio.sleep(0)
+    first.cancel()
+    assert await second == []
+    await ws.close()
