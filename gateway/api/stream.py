@@ -190,7 +190,9 @@ async def _pump(
     it follows, replayed or live, and none at or before it. (The hub's cursor when `hello` is
     sent would be later than events already queued for this stream, such as the assignments
     its agent's coming online made: a client that records it would skip them.)"""
-    cursor = after
+    # From `start` even without `after`: a stream whose queue overflows before it sent
+    # anything must still know where to catch up from.
+    cursor = after if after is not None else start
     try:
         gap = after is not None and await runtime.store.events_missed(after)
         await _send(out, {"type": "hello", "agent": agent.id, "cursor": start, "gap": gap})
