@@ -9,9 +9,11 @@ writer's connection, which fails exactly as a full file system does (SQLITE_FULL
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import sqlite3
+import threading
 from datetime import timedelta
 from pathlib import Path
 
@@ -162,3 +164,24 @@ async def test_a_database_file_replaced_under_the_gateway_refuses_every_write(
             await ingest.message(inbound("after", pid="wamid.after"))
     finally:
         await store.close()
+
+
+async def test_ping_does_not_wait_behind_the_readers_queue(sqlite_store: SqliteStore) -> None:
+    """A busy node's reads queue behind each other; readiness must not: /readyz waited its
+    turn and said the store was unreachable (a health checker then took a busy, healthy node
+    out of rotation)."""
+    started, release = threading.Event(), threading.Event()
+
+    def hold(_conn: sqlite3.Connection) -> bool:
+        started.set()
+        return release.wait(10)
+
+    busy = asyncio.ensure_future(sqlite_store._read(hold))
+    assert await asyncio.to_thread(started.wait, 5)  # the reader is taken
+    try:
+        async with asyncio.timeout(2):
+            assert await sqlite_store.ping()
+        assert not busy.done()  # the reader was held the whole time
+    finally:
+        release.set()
+        await busy
