@@ -524,7 +524,7 @@ class Outbound:
         if message.template is None and expires is not None and self.clock.now() >= expires:
             # Taken inside the window, still queued when it lapsed (an outage, a crash, a
             # provider that kept failing): free text may no longer go out, and a provider
-            # would refuse it. Only the closing of the window itself changes nothing else.
+            # would refuse it. The message fails; the conversation is the window timer's.
             await self._failed(
                 message,
                 "window_closed",
