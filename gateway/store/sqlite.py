@@ -1033,6 +1033,8 @@ class SqliteStore:
 # SQLite's primary result codes for a database that cannot be used right now, as opposed to a
 # bug (a bad statement): the disk is full or failing, the file went away or turned read-only,
 # memory ran out, or another process held the write lock past busy_timeout (a backup, say).
+# A damaged file (a copy written over the live database, a failing disk) is one too: no
+# request can be served from it, and a 500 would say the fault is the gateway's.
 _UNAVAILABLE_CODES = {
     sqlite3.SQLITE_BUSY,
     sqlite3.SQLITE_LOCKED,
@@ -1041,6 +1043,8 @@ _UNAVAILABLE_CODES = {
     sqlite3.SQLITE_IOERR,
     sqlite3.SQLITE_FULL,
     sqlite3.SQLITE_CANTOPEN,
+    sqlite3.SQLITE_CORRUPT,
+    sqlite3.SQLITE_NOTADB,
 }
 
 
@@ -1050,14 +1054,14 @@ def _unavailable_as_store_error() -> Iterator[None]:
     reads and the writes alike); any other error goes on as it is."""
     try:
         yield
-    except sqlite3.OperationalError as exc:
+    except sqlite3.DatabaseError as exc:  # operational errors, and a damaged file's
         unavailable = _unavailable(exc)
         if unavailable is None:
             raise
         raise unavailable from exc
 
 
-def _unavailable(exc: sqlite3.OperationalError) -> StoreUnavailable | None:
+def _unavailable(exc: sqlite3.DatabaseError) -> StoreUnavailable | None:
     """The StoreUnavailable an operational error stands for (503: nothing acknowledged, retry
     later), or None when it is not about the database's availability."""
     code = getattr(exc, "sqlite_errorcode", None)

@@ -22,6 +22,7 @@ from structlog.testing import capture_logs
 
 from gateway.clock import ManualClock
 from gateway.errors import StoreUnavailable
+from gateway.model import State
 from gateway.store.base import HEALTH_PROBE_KEY
 from gateway.store.sqlite import SqliteStore
 from tests.conftest import inbound
@@ -185,3 +186,69 @@ async def test_ping_does_not_wait_behind_the_readers_queue(sqlite_store: SqliteS
     finally:
         release.set()
         await busy
+
+
+async def test_a_damaged_database_is_store_unavailable_not_a_crash(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    """A copy written over a live database (or a failing disk) leaves pages SQLite cannot
+    read: requests get 503 store_unavailable, as for any unusable store, not a 500."""
+    path = tmp_path / "gateway.db"
+    store = SqliteStore(path)
+    await store.open()
+    ingest = make_ingestor(store, clock)
+    for i in range(300):  # enough rows for the tables to span pages past the first ones
+        await ingest.message(inbound("x" * 500, pid=f"wamid.{i}", address=f"+55{i:09d}"))
+    conversation = (await ingest.message(inbound("last", pid="wamid.last"))).conversation
+    await store.close()
+    data = bytearray(path.read_bytes())  # keep the header and the schema page, wreck the rest
+    data[4096 * 2 : 4096 * 10] = b"\xde\xad" * 4096 * 4
+    path.write_bytes(bytes(data))
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        with pytest.raises(StoreUnavailable, match="malformed"):
+            for _ in range(3):  # whichever page a read touches first
+                await store.list_conversations(State.WAITING, limit=1000)
+                await store.get_conversation(conversation.id)
+                await store.read_events(None, limit=1000)
+    finally:
+        await store.close()
+
+
+async def test_the_documented_online_backup_holds_every_acknowledged_message(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    """README's backup: SQLite's backup API (the sqlite3 CLI's `.backup`) while the gateway
+    writes. The copy opens as a store with every message acknowledged before it began."""
+    store = SqliteStore(tmp_path / "gateway.db")
+    await store.open()
+    ingest = make_ingestor(store, clock)
+    try:
+        before = [
+            (await ingest.message(inbound(f"m{i}", pid=f"b{i}", address=f"+5{i:08d}"))).message.id
+            for i in range(50)
+        ]
+
+        def backup() -> None:
+            source = sqlite3.connect(tmp_path / "gateway.db")
+            target = sqlite3.connect(tmp_path / "backup.db")
+            with target:
+                source.backup(target)
+            source.close()
+            target.close()
+
+        copying = asyncio.ensure_future(asyncio.to_thread(backup))
+        during = [
+            ingest.message(inbound(f"d{i}", pid=f"d{i}", address=f"+6{i:08d}")) for i in range(50)
+        ]
+        await asyncio.gather(copying, *during)
+    finally:
+        await store.close()
+    copy = SqliteStore(tmp_path / "backup.db")
+    await copy.open()
+    try:
+        for message_id in before:
+            assert await copy.get_message(message_id) is not None
+    finally:
+        await copy.close()
