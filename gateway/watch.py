@@ -15,6 +15,7 @@ hard one at start (many systems default to a soft 1,024, well below what the har
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import resource
 import time
@@ -51,7 +52,9 @@ def open_fds() -> int | None:
     """How many file descriptors this process has open (None where /proc cannot tell)."""
     try:
         return len(os.listdir("/proc/self/fd"))
-    except OSError:
+    except OSError as exc:
+        if exc.errno == errno.EMFILE:  # listing them takes one more: every one is in use
+            return fd_limit()
         return None
 
 

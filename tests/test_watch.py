@@ -3,6 +3,8 @@ descriptors are logged once each; the soft descriptor limit is lifted to the har
 
 from __future__ import annotations
 
+import contextlib
+import os
 import resource
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +14,7 @@ from structlog.testing import capture_logs
 
 from gateway.errors import StoreUnavailable
 from gateway.store.sqlite import SqliteStore
-from gateway.watch import FD_LIMIT_CAP, NodeWatch, raise_fd_limit
+from gateway.watch import FD_LIMIT_CAP, NodeWatch, open_fds, raise_fd_limit
 
 
 def events(logs: list[dict[str, object]]) -> list[object]:
@@ -83,3 +85,25 @@ def test_the_soft_descriptor_limit_is_lifted_to_the_hard_one(nofile: tuple[int, 
     wanted = FD_LIMIT_CAP if hard == resource.RLIM_INFINITY else hard
     assert raise_fd_limit() == wanted > 256
     assert resource.getrlimit(resource.RLIMIT_NOFILE) == (wanted, hard)
+
+
+def test_at_the_limit_every_descriptor_counts_as_in_use(nofile: tuple[int, int]) -> None:
+    """Counting them opens one more: at the limit the count failed, and the warning it was
+    for never came, exactly when it mattered."""
+    held = []
+    limit = open_fds_now() + 8
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, nofile[1]))
+    try:
+        with contextlib.suppress(OSError):
+            while True:
+                held.append(os.open(os.devnull, os.O_RDONLY))
+        assert open_fds() == limit
+    finally:
+        for fd in held:
+            os.close(fd)
+
+
+def open_fds_now() -> int:
+    count = open_fds()
+    assert count is not None
+    return count
