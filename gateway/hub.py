@@ -10,18 +10,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 
 import structlog
 
 from gateway.errors import StoreUnavailable
 from gateway.model import Event
+from gateway.outagelog import LoopOutage
 from gateway.store.base import Store
 
 log = structlog.get_logger("gateway.hub")
 
 STOP_WAIT = 2.0
 """Seconds `EventHub.stop` waits for each of its readers to end."""
+EPHEMERAL_HEALTHY_AFTER = 5.0
+"""Seconds a typing-event subscription must have lived before its failure counts as a new
+outage (logged at warning again) rather than the same one going on."""
 
 
 def _settled(task: asyncio.Task[None]) -> None:
@@ -137,14 +142,20 @@ class EventHub:
         await self.store.publish_ephemeral(event)
 
     async def _run_ephemeral(self) -> None:
+        outage = LoopOutage(log, "hub.store_unavailable")
         while True:
+            subscribed = time.monotonic()
             try:
                 async for event in self.store.ephemeral_events():
                     self._offer(event)
             except asyncio.CancelledError:
                 raise
             except StoreUnavailable as exc:
-                log.warning("hub.store_unavailable", task="ephemeral", error=str(exc))
+                # Nothing says a subscription works until it fails: one that lived a while
+                # before failing means the store was back in between.
+                if time.monotonic() - subscribed > EPHEMERAL_HEALTHY_AFTER:
+                    outage.succeeded()
+                outage.failed(task="ephemeral", error=str(exc))
             except Exception:
                 log.exception("hub.ephemeral_failed")
             await asyncio.sleep(1.0)  # back off before re-subscribing after a lost connection
@@ -175,19 +186,21 @@ class EventHub:
         self._task = self._ephemeral_task = None
 
     async def _run(self) -> None:
+        outage = LoopOutage(log, "hub.store_unavailable")
         while True:
             try:
                 events = await self.store.wait_events(self.cursor, self.poll_timeout)
             except asyncio.CancelledError:
                 raise
-            except StoreUnavailable as exc:  # an outage, not a bug: one line, no traceback
-                log.warning("hub.store_unavailable", task="read", error=str(exc))
+            except StoreUnavailable as exc:  # an outage, not a bug: no traceback, one warning
+                outage.failed(task="read", error=str(exc))
                 await asyncio.sleep(1.0)
                 continue
             except Exception:
                 log.exception("hub.read_failed")
                 await asyncio.sleep(1.0)
                 continue
+            outage.succeeded()
             for event in events:
                 self._offer(event)
                 self.cursor = event.cursor

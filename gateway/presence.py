@@ -31,6 +31,7 @@ from gateway.clock import Clock
 from gateway.directory import AgentInfo
 from gateway.distribution import Distributor
 from gateway.errors import StoreUnavailable
+from gateway.outagelog import LoopOutage
 from gateway.store.base import Store
 
 log = structlog.get_logger("gateway.presence")
@@ -157,11 +158,13 @@ class Presence:
     async def run_heartbeats(self) -> None:
         """Heartbeat four times per TTL until cancelled; a failed beat is retried next time."""
         interval = self.heartbeat_ttl.total_seconds() / 4
+        outage = LoopOutage(log, "presence.heartbeat_failed")
         while True:
             try:
                 await self.heartbeat()
-            except StoreUnavailable as exc:  # an outage: one line per beat, not a traceback
-                log.warning("presence.heartbeat_failed", node=self.node, error=str(exc))
+                outage.succeeded()
+            except StoreUnavailable as exc:  # an outage: one warning, not a traceback a beat
+                outage.failed(node=self.node, error=str(exc))
             except Exception:
                 log.exception("presence.heartbeat_failed", node=self.node)
             await asyncio.sleep(interval)

@@ -22,6 +22,7 @@ from gateway.directory import Directory
 from gateway.errors import StoreUnavailable, VersionConflict
 from gateway.lifecycle import QueuePresence
 from gateway.model import Conversation, Event, State
+from gateway.outagelog import LoopOutage
 from gateway.store.base import (
     AGENT_TARGET,
     CONVERSATION_TARGET,
@@ -73,6 +74,7 @@ class Scheduler:
         self.sweep = sweep
         self._wake = asyncio.Event()
         self._stopping = False
+        self._outage = LoopOutage(log, "timers.store_unavailable")
 
     def poke(self) -> None:
         """Wake the loop early (a new deadline may be due sooner than it planned)."""
@@ -106,13 +108,8 @@ class Scheduler:
     async def _fire(self, deadline: Deadline) -> None:
         try:
             await self.handler(deadline)
-        except StoreUnavailable as exc:  # an outage, not a bug: one line, no traceback
-            log.warning(
-                "timers.store_unavailable",
-                target=deadline.target,
-                kind=deadline.kind,
-                error=str(exc),
-            )
+        except StoreUnavailable as exc:  # an outage, not a bug: no traceback, one warning
+            self._outage.failed(target=deadline.target, kind=deadline.kind, error=str(exc))
         except Exception:  # the lease expires and another pass retries it
             log.exception("timers.handler_failed", target=deadline.target, kind=deadline.kind)
 
@@ -124,8 +121,9 @@ class Scheduler:
                 if self.sweep is not None:
                     await self.sweep()
                 next_due = await self.store.next_due()
-            except StoreUnavailable as exc:  # an outage, not a bug: one line, no traceback
-                log.warning("timers.store_unavailable", error=str(exc))
+                self._outage.succeeded()
+            except StoreUnavailable as exc:  # an outage, not a bug: no traceback, one warning
+                self._outage.failed(error=str(exc))
                 next_due = None
             except Exception:
                 log.exception("timers.pass_failed")
