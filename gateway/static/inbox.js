@@ -803,7 +803,10 @@ function transferForm() {
       submit: async (e) => {
         e.preventDefault();
         const id = app.open.id;
-        const body = agent.value ? { agent: agent.value } : { queue: queue.value };
+        // Both: to that agent, on that queue.
+        const body = {};
+        if (agent.value) body.agent = agent.value;
+        if (queue.value) body.queue = queue.value;
         if (!body.agent && !body.queue) {
           setNotice(id, "Choose a queue or an agent.");
           return;

@@ -257,9 +257,11 @@ async def test_transfer_to_an_agent_and_to_a_queue(gw: LiveGateway, new_page: Ne
     )
     await expect(picker.locator("option[value=maria]")).to_have_count(0)
     await picker.select_option("jose")
+    await agent.get_by_label("Transfer to a queue").select_option("sales")  # both: him, there
     await agent.get_by_role("button", name="Confirm the transfer").click()
     await expect(agent.locator(".banner")).to_have_text("Attended by jose.")
-    assert (await gw.get("jose", f"/api/v1/conversations/{conversation['id']}"))["agent"] == "jose"
+    moved = await gw.get("jose", f"/api/v1/conversations/{conversation['id']}")
+    assert (moved["agent"], moved["queue"]) == ("jose", "sales")
 
     # José hands it to the sales queue: it is waiting again, live on Maria's page.
     await gw.post(
