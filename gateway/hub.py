@@ -78,6 +78,22 @@ class Subscription:
             raise Overflow()
         return event
 
+    async def get_many(self, limit: int = 256) -> list[Event]:
+        """Wait for the next live event, then take it and those queued after it, up to
+        `limit`, in order (a socket writes them together); raise Overflow if this subscriber
+        fell behind."""
+        queue = self._queue
+        first = await queue.get()
+        if first is None:
+            raise Overflow()
+        events = [first]
+        while len(events) < limit and not queue.empty():
+            # Only a replaced queue (after an overflow) holds None, and then as its only item.
+            event = queue.get_nowait()
+            assert event is not None
+            events.append(event)
+        return events
+
     def close(self) -> None:
         self._hub._remove(self)
 

@@ -18,8 +18,10 @@ import asyncio
 import contextlib
 import socket
 import struct
+from collections.abc import Sequence
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 
 SEND_TIMEOUT = 10.0
 """How long one frame may wait for the client to make room for it (seconds)."""
@@ -36,11 +38,12 @@ class Sender:
     """Sends text frames to one socket, resetting the connection of a client that stopped
     reading (`ClientNotReading`; see the module docstring)."""
 
-    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport | None) -> None:
+    def __init__(self, ws: web.WebSocketResponse, request: web.BaseRequest) -> None:
         self.ws = ws
-        self.transport = transport
+        self.transport = request.transport
         """The request's, taken as the socket opened: aiohttp detaches it from the request
         once it starts closing it."""
+        self._writer: AbstractStreamWriter = request.writer
 
     async def text(self, text: str) -> None:
         transport = self.transport
@@ -58,6 +61,23 @@ class Sender:
                 await self.ws.send_str(text)
         except TimeoutError:
             reset(self.transport)
+            raise ClientNotReading(f"the client read nothing for {SEND_TIMEOUT:g} s") from None
+
+    async def frames(self, frames: Sequence[bytes]) -> None:
+        """Write complete frames made beforehand (`gateway.wsframe`) in one write: one system
+        call for everything queued for this socket, not one per frame. The socket must not use
+        per-message compression (aiohttp's own frames would then be compressed, these not)."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("the socket is closing")
+        transport.writelines(frames)
+        if transport.get_write_buffer_size() <= transport.get_write_buffer_limits()[1]:
+            return
+        try:  # over the high-water mark: wait until the client has taken the excess
+            async with asyncio.timeout(SEND_TIMEOUT):
+                await self._writer.drain()
+        except TimeoutError:
+            reset(transport)
             raise ClientNotReading(f"the client read nothing for {SEND_TIMEOUT:g} s") from None
 
 

@@ -32,6 +32,7 @@ from gateway.hub import Overflow, Subscription
 from gateway.ids import new_id
 from gateway.model import Event
 from gateway.wsdrop import ClientNotReading, Sender
+from gateway.wsframe import text_frame
 
 if TYPE_CHECKING:
     from gateway.runtime import Runtime
@@ -50,6 +51,13 @@ async def _send(out: Sender, body: Any) -> None:
     await out.text(orjson.dumps(body).decode())
 
 
+QUEUED_EVENTS = 10_000
+"""Live events one stream may have waiting to be written; past that it overflows and catches
+up from the store instead (a client slow enough to fall that far behind)."""
+
+REPLAY_PAGE = 256
+"""Events read from the store, and written to the socket together, at a time on replay."""
+
 FRAMES_KEPT = 4096
 """Events whose frame is kept for the other streams that send it (the newest ones)."""
 
@@ -64,22 +72,24 @@ class Frames:
     cursor for the newest FRAMES_KEPT events; a frame shows the conversation as of when the
     first stream sent it (`can_reply` then), as any frame shows it as of when it was made.
     Ephemeral events (typing) have no cursor, go to one conversation's viewers, and are made
-    each time.
+    each time. What is kept is the complete WebSocket frame (`gateway.wsframe`): framing it
+    for each socket, and writing each frame with its own system call, cost most of what was
+    left once the JSON was shared.
     """
 
     def __init__(self, runtime: Runtime, kept: int = FRAMES_KEPT) -> None:
         self._runtime = runtime
         self._kept = kept
-        self._frames: dict[str, str] = {}
+        self._frames: dict[str, bytes] = {}
 
-    def frame(self, event: Event) -> str:
+    def frame(self, event: Event) -> bytes:
         cursor = event.cursor
         if cursor is not None:
             made = self._frames.get(cursor)
             if made is not None:
                 return made
         runtime = self._runtime
-        made = orjson.dumps(event_json(event, runtime.clock.now(), runtime.adapters)).decode()
+        made = text_frame(orjson.dumps(event_json(event, runtime.clock.now(), runtime.adapters)))
         if cursor is not None:
             frames = self._frames
             frames[cursor] = made
@@ -93,7 +103,9 @@ async def stream(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
     agent = runtime.auth.agent(request, allow_query=True)
     after = await after_cursor(request, runtime.store)  # refused before the upgrade
-    ws = web.WebSocketResponse(heartbeat=HEARTBEAT)
+    # No per-message compression: every stream is sent the same frames, made once (`Frames`);
+    # compressing them per socket cost more than making them (a few KB of JSON per event).
+    ws = web.WebSocketResponse(heartbeat=HEARTBEAT, compress=False)
     if not ws.can_prepare(request).ok:  # not a WebSocket handshake: no presence change at all
         raise InvalidInput("this endpoint is a WebSocket (send an Upgrade: websocket request)")
     streams = request.app[AGENT_STREAMS]
@@ -122,7 +134,7 @@ async def _serve(
     # Subscribed before the agent is online, so nothing handed to them in between is missed.
     # The hub's position now is where this subscription starts: every event it gets is past
     # it (the hub moves its cursor as it hands out each event, never between the two).
-    subscription = runtime.hub.subscribe(accept)
+    subscription = runtime.hub.subscribe(accept, maxsize=QUEUED_EVENTS)
     subscribed_at = runtime.hub.cursor
     try:
         # Before the upgrade: if the store cannot record the agent online, the client gets a
@@ -134,7 +146,7 @@ async def _serve(
         raise
     sockets = request.app[AGENT_SOCKETS]
     pump: asyncio.Task[None] | None = None
-    out = Sender(ws, request.transport)
+    out = Sender(ws, request)
     try:
         await ws.prepare(request)
         sockets.add(ws)
@@ -201,17 +213,18 @@ async def _pump(
                 cursor = await _replay(out, runtime, frames, accept, cursor)
             try:
                 while True:
-                    event = await subscription.get()
-                    if event.cursor is None:  # ephemeral (typing): not part of the log
-                        await out.text(frames.frame(event))
-                        continue
-                    if cursor is not None and event.cursor <= cursor:
-                        continue
-                    await out.text(frames.frame(event))
-                    cursor = event.cursor
+                    batch: list[bytes] = []
+                    for event in await subscription.get_many():
+                        if event.cursor is None:  # ephemeral (typing): not part of the log
+                            batch.append(frames.frame(event))
+                        elif cursor is None or event.cursor > cursor:
+                            batch.append(frames.frame(event))
+                            cursor = event.cursor
+                    if batch:
+                        await out.frames(batch)
             except Overflow:
                 subscription.close()
-                subscription = runtime.hub.subscribe(accept)
+                subscription = runtime.hub.subscribe(accept, maxsize=QUEUED_EVENTS)
                 log.warning("stream.overflow", agent=agent.id)
     except ClientNotReading as exc:
         log.warning("stream.client_not_reading", agent=agent.id, error=str(exc))
@@ -223,10 +236,10 @@ async def _replay(
     out: Sender, runtime: Runtime, frames: Frames, accept: Callable[[Event], bool], cursor: str
 ) -> str:
     while True:
-        events = await runtime.store.read_events(cursor, limit=500)
+        events = await runtime.store.read_events(cursor, limit=REPLAY_PAGE)
         if not events:
             return cursor
-        for event in events:
-            if accept(event):
-                await out.text(frames.frame(event))
-            cursor = event.cursor or cursor
+        batch = [frames.frame(event) for event in events if accept(event)]
+        if batch:
+            await out.frames(batch)
+        cursor = events[-1].cursor or cursor

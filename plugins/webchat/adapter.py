@@ -571,7 +571,7 @@ class WebchatAdapter(BaseAdapter):
         self, request: web.Request, session: VisitorSession, after: str | None
     ) -> web.StreamResponse:
         ws = web.WebSocketResponse(heartbeat=HEARTBEAT, max_msg_size=64 * 1024)
-        out = Sender(ws, request.transport)
+        out = Sender(ws, request)
         await ws.prepare(request)
         self._sockets.add(ws)
         address = session.visitor_id
