@@ -752,6 +752,8 @@ def profile(args: argparse.Namespace, pid: int, round_index: int) -> subprocess.
         "--pid",
         str(pid),
         "--threads",
+        "--rate",
+        "400",
         "--format",
         "raw",
         "-o",

@@ -297,7 +297,8 @@ class GatewayConfig(_Section):
         problems = _reference_problems(
             [c.name for c in self.channels],
             [q.name for q in self.queues],
-            self.routing,
+            [_RouteRefs.of(rule) for rule in self.routing],
+            [_AgentRefs.of(agent) for agent in self.agents],
             self.agents,
             self.integrators,
         )
@@ -440,18 +441,87 @@ def _known(names: Sequence[str]) -> str:
     return ", ".join(sorted(set(names))) or "none defined"
 
 
+@dataclass(frozen=True, slots=True)
+class _RouteRefs:
+    """What a routing rule names in other sections, read from a valid rule or from the file's
+    entry as it stands (a rule with a bad regex can still name an unknown queue)."""
+
+    queue: str | None
+    channel: str | None
+    type: str | None
+    conditional: bool
+
+    @classmethod
+    def of(cls, rule: RouteConfig) -> _RouteRefs:
+        condition = rule.if_
+        return cls(
+            rule.queue,
+            condition.channel if condition is not None else None,
+            condition.type if condition is not None else None,
+            condition is not None,
+        )
+
+    @classmethod
+    def read(cls, entry: Any) -> _RouteRefs | None:
+        if not isinstance(entry, dict):
+            return None
+        condition = entry.get("if")
+        named = condition if isinstance(condition, dict) else {}
+        return cls(
+            _text_or_none(entry.get("queue")),
+            _text_or_none(named.get("channel")),
+            _text_or_none(named.get("type")),
+            condition is not None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _AgentRefs:
+    """An agent's id and queues, read from a valid agent or from the file's entry as it
+    stands (an agent with a bad token hash can still name an unknown queue)."""
+
+    id: str | None
+    queues: tuple[str | None, ...]
+
+    @classmethod
+    def of(cls, agent: AgentConfig) -> _AgentRefs:
+        return cls(agent.id, tuple(agent.queues))
+
+    @classmethod
+    def read(cls, entry: Any) -> _AgentRefs | None:
+        if not isinstance(entry, dict):
+            return None
+        queues = entry.get("queues")
+        listed = tuple(_text_or_none(q) for q in queues) if isinstance(queues, list) else ()
+        return cls(_text_or_none(entry.get("id")), listed)
+
+
+def _text_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _read_entries(entries: Any, read: Callable[[Any], _T | None]) -> list[_T | None] | None:
+    """Each entry of a section as `read` sees it (None: the section is not a list)."""
+    if not isinstance(entries, list):
+        return None
+    return [read(entry) for entry in entries]
+
+
 def _reference_problems(
     channel_names: Sequence[str | None] | None,
     queue_names: Sequence[str | None] | None,
-    routing: Sequence[RouteConfig | None] | None,
+    routing: Sequence[_RouteRefs | None] | None,
+    agent_refs: Sequence[_AgentRefs | None] | None,
     agents: Sequence[AgentConfig | None] | None,
     integrators: Sequence[IntegratorConfig | None] | None = None,
 ) -> list[_Problem]:
     """Check names across sections.
 
-    A None section (not a list) is skipped; a None entry is one that failed validation and
-    was reported already. Channel and queue names are read even from invalid entries, so a
-    queue with a bad `strategy` is not also reported as unknown by every route naming it.
+    A None section (not a list) is skipped; a None entry is one that is not even a mapping,
+    reported already. Names and references are read even from invalid entries, so a queue
+    with a bad `strategy` is not also reported as unknown by every route naming it, and a
+    rule or an agent with a bad field still has its unknown queue reported in the same run
+    (not only once the first mistake is fixed). Tokens are compared on valid entries only.
     """
     problems: list[_Problem] = []
     if channel_names is not None:
@@ -462,8 +532,8 @@ def _reference_problems(
             problems.append(_Problem("queues", "at least one queue is required for channels"))
     if routing is not None:
         problems += _route_problems(routing, queue_names, channel_names)
-    if agents is not None:
-        problems += _agent_problems(agents, queue_names)
+    if agent_refs is not None:
+        problems += _agent_problems(agent_refs, queue_names)
     if integrators is not None:
         names = [i.name if i is not None else None for i in integrators]
         problems += _duplicates("integrators", "name", "integrator name", names)
@@ -474,7 +544,7 @@ def _reference_problems(
 
 
 def _agent_problems(
-    agents: Sequence[AgentConfig | None], queue_names: Sequence[str | None] | None
+    agents: Sequence[_AgentRefs | None], queue_names: Sequence[str | None] | None
 ) -> list[_Problem]:
     ids = [agent.id if agent is not None else None for agent in agents]
     problems = _duplicates("agents", "id", "agent id", ids)
@@ -540,7 +610,7 @@ def _shared_tokens(
 
 
 def _route_problems(
-    routing: Sequence[RouteConfig | None],
+    routing: Sequence[_RouteRefs | None],
     queue_names: Sequence[str | None] | None,
     channel_names: Sequence[str | None] | None,
 ) -> list[_Problem]:
@@ -548,12 +618,12 @@ def _route_problems(
     for index, rule in enumerate(routing):
         if rule is None:
             continue
-        if queue_names is not None:
+        if queue_names is not None and rule.queue is not None:
             problems += _unknown("queue", rule.queue, queue_names, _path("routing", index, "queue"))
-        if rule.if_ is not None and rule.if_.channel is not None and channel_names is not None:
+        if rule.channel is not None and channel_names is not None:
             where = _path("routing", index, "if", "channel")
-            problems += _unknown("channel", rule.if_.channel, channel_names, where)
-        if rule.if_ is None and index < len(routing) - 1:
+            problems += _unknown("channel", rule.channel, channel_names, where)
+        if not rule.conditional and index < len(routing) - 1:
             message = (
                 "a rule without 'if' matches everything, so the rules after it can never "
                 "match; make it the last rule"
@@ -570,11 +640,13 @@ def _unknown(what: str, name: str, known: Sequence[str | None], path: str) -> li
 
 
 def _agent_queue_problems(
-    agents: Sequence[AgentConfig | None], queue_names: Sequence[str]
+    agents: Sequence[_AgentRefs | None], queue_names: Sequence[str]
 ) -> list[_Problem]:
     problems = []
     for index, agent in enumerate(agents):
-        for position, queue in enumerate(agent.queues if agent is not None else []):
+        for position, queue in enumerate(agent.queues if agent is not None else ()):
+            if queue is None:  # not a name: its own problem, reported already
+                continue
             problems += _unknown(
                 "queue", queue, queue_names, _path("agents", index, "queues", position)
             )
@@ -582,14 +654,14 @@ def _agent_queue_problems(
 
 
 def _route_type_problems(
-    routing: Sequence[RouteConfig | None], channel_types: Mapping[str, type[ChannelConfig]]
+    routing: Sequence[_RouteRefs | None], channel_types: Mapping[str, type[ChannelConfig]]
 ) -> list[_Problem]:
     """A route on a type no plugin provides is a typo; only the loader knows the plugins."""
     problems = []
     for index, rule in enumerate(routing):
-        if rule is not None and rule.if_ is not None and rule.if_.type is not None:
+        if rule is not None and rule.type is not None:
             where = _path("routing", index, "if", "type")
-            problems += _unknown("channel type", rule.if_.type, list(channel_types), where)
+            problems += _unknown("channel type", rule.type, list(channel_types), where)
     return problems
 
 
@@ -945,12 +1017,13 @@ class _Loader:
         channel_names: list[str | None] | None,
         channels: Sequence[ChannelConfig | None],
     ) -> None:
-        """Run the name checks on whatever validated, so they add to the field problems."""
-        routing = sections.get("routing", [])
+        """Run the name checks on the file's entries, so they add to the field problems."""
+        routing = _read_entries(raw.get("routing", []), _RouteRefs.read)
         self.problems += _reference_problems(
             channel_names,
             _names(raw.get("queues", []), "name"),
             routing,
+            _read_entries(raw.get("agents", []), _AgentRefs.read),
             sections.get("agents", []),
             sections.get("integrators", []),
         )

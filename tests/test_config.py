@@ -656,6 +656,38 @@ routing: [{queue: salez}]
     ]
 
 
+def test_an_entry_with_a_bad_field_still_has_its_unknown_names_reported(tmp_path: Path) -> None:
+    """A rule with a bad regex, or an agent with a bad token hash, may also name a queue or a
+    channel that does not exist: every mistake is reported in one run, not one per fix (ops
+    audit: the unknown names appeared only once the first mistake was fixed)."""
+    text = """
+channels: [{name: site, type: webchat}]
+queues: [{name: sales}]
+routing:
+  - {if: {channel: nochan, text: "(unclosed"}, queue: nowhere}
+  - {if: {type: fax, from: [1]}, queue: elsewhere}
+agents:
+  - {id: maria, token_sha256: "abc", queues: [nowhere, 7, sales]}
+  - {id: maria, token_sha256: "abc", queues: sales}
+"""
+    lines = problems(tmp_path, text)
+
+    assert [line.split(": ", 1)[1] for line in lines] == [
+        "routing[0].if.text: not a valid regular expression: missing ) at position 9",
+        "routing[0].queue: unknown queue 'nowhere' (known: sales)",
+        "routing[0].if.channel: unknown channel 'nochan' (known: site)",
+        "routing[1].if.from: input should be a valid string",
+        "routing[1].queue: unknown queue 'elsewhere' (known: sales)",
+        "routing[1].if.type: unknown channel type 'fax' (known: email, webchat, whatsapp)",
+        "agents[0].token_sha256: string should match pattern '^[0-9a-f]{64}$'",
+        "agents[0].queues[1]: input should be a valid string",
+        "agents[0].queues[0]: unknown queue 'nowhere' (known: sales)",
+        "agents[1].token_sha256: string should match pattern '^[0-9a-f]{64}$'",
+        "agents[1].queues: input should be a valid list",
+        "agents[1].id: duplicate agent id 'maria' (see agents[0])",
+    ]
+
+
 # --------------------------------------------------------------------------------------------
 # Secrets never shown
 # --------------------------------------------------------------------------------------------
