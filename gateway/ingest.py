@@ -29,6 +29,8 @@ RouteFn = Callable[[InboundMessage], str]
 PolicyFn = Callable[[str], ChannelPolicy]
 AfterCommit = Callable[[str], Awaitable[None]]
 Observer = Callable[[str, str, float], None]
+StatusObserver = Callable[[str, str, str], None]
+"""Told (channel, reported status, outcome) of each delivery report (`Ingestor.status`)."""
 
 CAS_ATTEMPTS = 5
 
@@ -124,6 +126,7 @@ class Ingestor:
         policy_for: PolicyFn,
         after_commit: AfterCommit | None = None,
         observe: Observer | None = None,
+        observe_status: StatusObserver | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -131,6 +134,7 @@ class Ingestor:
         self.policy_for = policy_for
         self.after_commit = after_commit
         self.observe = observe
+        self.observe_status = observe_status
 
     async def message(self, inbound: InboundMessage) -> IngestResult:
         """Store one customer message (exactly once per provider id) and update its conversation."""
@@ -213,6 +217,18 @@ class Ingestor:
 
     async def status(self, status: DeliveryStatus) -> StatusResult:
         """Apply a delivery report; a 'window closed' error also closes the window."""
+        result = await self._apply_status(status)
+        if self.observe_status is not None:
+            if result.message is None:
+                outcome = "unknown_message"
+            elif result.message.direction == Direction.IN:
+                outcome = "inbound_message"
+            else:
+                outcome = "applied" if result.moved else "stale"
+            self.observe_status(status.channel, str(status.status), outcome)
+        return result
+
+    async def _apply_status(self, status: DeliveryStatus) -> StatusResult:
         result = await self.store.apply_status(status)
         if result.message is None and status.message_id:
             result = await self._correlate(status) or result

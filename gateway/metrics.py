@@ -50,8 +50,23 @@ class Metrics:
         )
         self.outbound = Counter(
             "gateway_outbound_messages_total",
-            "Outbound messages by channel and resulting status",
+            "Outbound messages by channel and how their send ended: the status the channel"
+            " took them in (queued: a provider that reports delivery later), or failed;"
+            " delivery reports after that are in gateway_delivery_reports_total",
             ["channel", "status"],
+            registry=self.registry,
+        )
+        self.outbound_retries = Counter(
+            "gateway_outbound_retries_total",
+            "Send attempts retried after a transient channel error (429, 5xx, time-out)",
+            ["channel"],
+            registry=self.registry,
+        )
+        self.delivery_reports = Counter(
+            "gateway_delivery_reports_total",
+            "Delivery reports received, by channel, reported status and outcome (applied;"
+            " stale: the message had moved past it; unknown_message; inbound_message)",
+            ["channel", "status", "outcome"],
             registry=self.registry,
         )
         self.channel_up = Gauge(
@@ -83,6 +98,12 @@ class Metrics:
 
     def observe_outbound(self, channel: str, status: str) -> None:
         self.outbound.labels(channel, status).inc()
+
+    def observe_retry(self, channel: str) -> None:
+        self.outbound_retries.labels(channel).inc()
+
+    def observe_status(self, channel: str, status: str, outcome: str) -> None:
+        self.delivery_reports.labels(channel, status, outcome).inc()
 
     def observe_lag(self, seconds: float) -> None:
         self.timer_lag.observe(max(0.0, seconds))

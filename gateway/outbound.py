@@ -245,13 +245,18 @@ class Outbound:
         clock: Clock,
         adapters: Mapping[str, ChannelAdapter],
         retry: RetryPolicy | None = None,
-        observe: Any = None,
+        observe: Callable[[str, str], None] | None = None,
+        observe_retry: Callable[[str], None] | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
         self.adapters = adapters
         self.retry = retry or RetryPolicy()
         self.observe = observe
+        """Told (channel, status) when a send ends: the status the provider took it in, or
+        `failed`."""
+        self.observe_retry = observe_retry
+        """Told the channel of each attempt retried after a transient error."""
         self._tasks: set[asyncio.Task[None]] = set()
         self._in_flight: set[str] = set()
         self._storing: KeyedLocks[str] = KeyedLocks()
@@ -540,6 +545,7 @@ class Outbound:
                 self.retry.maximum,
             ),
             reraise=True,
+            before_sleep=lambda state: self._retrying(message, state),
         )
         reported = False
         try:
@@ -554,7 +560,11 @@ class Outbound:
                         result = await self._send(adapter, conversation, message)
         except ChannelError as exc:
             await self._failed(
-                message, exc.provider_code or exc.code, exc.message or str(exc), exc.closes_window
+                message,
+                exc.provider_code or exc.code,
+                exc.message or str(exc),
+                exc.closes_window,
+                attempts=retrying.statistics.get("attempt_number", 1),
             )
             return
         except Exception as exc:  # an adapter bug must not leave the message queued forever
@@ -604,7 +614,32 @@ class Outbound:
         self._count(message.channel, str(result.status))
         if recorded.closes_window:  # a "window closed" report overtook the send's answer
             await close_window(self.store, message, self.clock)
-        log.info("outbound.sent", message_id=message_id, channel=message.channel)
+        # Taken by the channel, in the status it answered (`queued` for a provider that
+        # reports delivery later): not necessarily sent yet.
+        log.info(
+            "outbound.accepted",
+            message_id=message_id,
+            channel=message.channel,
+            status=str(result.status),
+            provider_message_id=result.provider_message_id,
+            attempts=retrying.statistics.get("attempt_number", 1),
+        )
+
+    def _retrying(self, message: Message, state: RetryCallState) -> None:
+        """Each retry is logged and counted: a provider that fails now and then is otherwise
+        invisible until a message fails after its last attempt."""
+        error = state.outcome.exception() if state.outcome is not None else None
+        log.warning(
+            "outbound.retrying",
+            message_id=message.id,
+            channel=message.channel,
+            attempt=state.attempt_number,
+            of=self.retry.attempts,
+            wait_s=round(state.upcoming_sleep, 3),
+            error=str(error) if error is not None else None,
+        )
+        if self.observe_retry is not None:
+            self.observe_retry(message.channel)
 
     async def _send(
         self, adapter: ChannelAdapter, conversation: Conversation, message: Message
@@ -641,7 +676,12 @@ class Outbound:
         )
 
     async def _failed(
-        self, message: Message, code: str, reason: str, closes_window: bool = False
+        self,
+        message: Message,
+        code: str,
+        reason: str,
+        closes_window: bool = False,
+        attempts: int | None = None,
     ) -> None:
         status = DeliveryStatus(
             channel=message.channel,
@@ -656,7 +696,11 @@ class Outbound:
         await self.store.clear_deadline(message_target(message.id), DELIVER_KIND)
         self._count(message.channel, "failed")
         log.warning(
-            "outbound.failed", message_id=message.id, channel=message.channel, error_code=code
+            "outbound.failed",
+            message_id=message.id,
+            channel=message.channel,
+            error_code=code,
+            attempts=attempts,
         )
         if closes_window:
             await close_window(self.store, message, self.clock)

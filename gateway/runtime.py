@@ -118,6 +118,7 @@ class Runtime:
             policy_for=self.directory.policy,
             after_commit=self._distribute,
             observe=self.metrics.observe_ingest,
+            observe_status=self.metrics.observe_status,
         )
         self.actions = Actions(self.store, self.clock, self.directory, self._after_change)
         self.adapters: dict[str, ChannelAdapter] = {}
@@ -128,6 +129,7 @@ class Runtime:
             self.adapters,
             retry=options.retry or retry_policy(config),
             observe=self.metrics.observe_outbound,
+            observe_retry=self.metrics.observe_retry,
         )
         self.deadlines = DeadlineHandler(self.store, self.clock, self.directory)
         self.retention = EventRetention(self.store, self.clock, config.store.event_retention)

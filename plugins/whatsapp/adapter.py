@@ -253,7 +253,7 @@ class WhatsAppAdapter(BaseAdapter):
             return ChannelHealth(ok=False, detail=self._provider.auth_problem)
         if self._transient_failures >= UNREACHABLE_AFTER:
             detail = (
-                f"the last {self._transient_failures} sends failed transiently"
+                f"the last {self._transient_failures} send attempts failed transiently"
                 f" ({self._last_transient})"
             )
             return ChannelHealth(ok=False, detail=detail)

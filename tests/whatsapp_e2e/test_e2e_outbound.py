@@ -9,11 +9,13 @@ from typing import Any
 
 import orjson
 import pytest
+from structlog.testing import capture_logs
 
 from gateway import lifecycle
 from gateway.ids import new_id
 from gateway.model import DeliveryState, Direction, Message
 from tests.api.test_stream_presence import open_stream, receive
+from tests.metrics_text import sample
 from tests.whatsapp.fakes import Call, meta_error, twilio_error
 from tests.whatsapp.support import PUBLIC_URL
 from tests.whatsapp_e2e.conftest import (
@@ -82,6 +84,16 @@ async def test_reply_reaches_the_provider_and_statuses_only_move_forward(
     await wa.gw.settle()
     message = await wa.message(conversation_id, message_id)
     assert message["status"] == "read"
+    # /metrics counts each report by what it did, so delivery can be watched from outside.
+    for status, outcome in (("sent", "applied"), ("read", "applied"), ("delivered", "stale")):
+        reports = await sample(
+            wa.client,
+            "gateway_delivery_reports_total",
+            channel=channel,
+            status=status,
+            outcome=outcome,
+        )
+        assert reports == 1
     moves = [
         e["message"]["status"]
         for e in await wa.events()
@@ -393,10 +405,26 @@ async def test_transient_errors_are_retried(channel: str, kind: str, make_wa: Wa
     else:
         fake.replies.extend(transient(channel, kind) * 2)
     provider_id = "wamid.OK" if channel == META else "SM" + "3" * 32
-    message_id = await wa.send_text(conversation_id, channel, provider_id=provider_id)
+    with capture_logs() as logs:
+        message_id = await wa.send_text(conversation_id, channel, provider_id=provider_id)
     assert len(fake.calls) == 3  # two failures, then the third try (the last allowed) succeeds
     message = await wa.message(conversation_id, message_id)
     assert message["status"] == "queued" and message["error_code"] is None
+    # Each retry is logged and counted; the send's line says how many attempts it took.
+    retries = [e for e in logs if e["event"] == "outbound.retrying"]
+    assert [(e["message_id"], e["attempt"], e["of"]) for e in retries] == [
+        (message_id, 1, 3),
+        (message_id, 2, 3),
+    ]
+    assert all(e["error"] and e["wait_s"] >= 0 for e in retries)
+    (accepted,) = [e for e in logs if e["event"] == "outbound.accepted"]
+    assert (accepted["attempts"], accepted["status"]) == (3, "queued")
+    assert accepted["provider_message_id"] == provider_id
+    assert await sample(wa.client, "gateway_outbound_retries_total", channel=channel) == 2
+    sent = await sample(
+        wa.client, "gateway_outbound_messages_total", channel=channel, status="queued"
+    )
+    assert sent == 1
 
 
 @pytest.mark.parametrize("kind", ["500", "timeout"])
@@ -413,14 +441,18 @@ async def test_last_try_fails_and_the_agent_sees_it(
         fake.replies.extend(transient(channel, kind) * 3)
     async with wa.client.ws_connect("/api/v1/stream?access_token=tok-maria") as ws:
         await next_event(ws, lambda f: f.get("type") == "hello")
-        status, body = await wa.reply(conversation_id, {"text": "¿me lees?"})
-        assert status == 202
-        message_id = body["message"]["id"]
-        event = await next_event(
-            ws,
-            lambda f: f.get("type") == "message.status" and f["message"]["id"] == message_id,
-        )
+        with capture_logs() as logs:
+            status, body = await wa.reply(conversation_id, {"text": "¿me lees?"})
+            assert status == 202
+            message_id = body["message"]["id"]
+            event = await next_event(
+                ws,
+                lambda f: f.get("type") == "message.status" and f["message"]["id"] == message_id,
+            )
+            await wa.gw.settle()  # the failure is logged once it is recorded
     assert len(fake.calls) == 3
+    (failed,) = [e for e in logs if e["event"] == "outbound.failed"]
+    assert (failed["message_id"], failed["attempts"]) == (message_id, 3)
     seen = event["message"]
     assert seen["status"] == "failed"
     reason = "500" if kind == "500" else "TimeoutError"

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from tests.metrics_text import sample
 from tests.whatsapp.support import (
     META_APP_SECRET,
     META_DIR,
@@ -298,6 +299,14 @@ async def test_status_for_an_unknown_message_is_acknowledged_and_logged(
     assert resp.status == 200
     unknown = [e for e in logs if e["event"] == "ingest.status_unknown_message"]
     assert [e["channel"] for e in unknown] == [channel]
+    reports = await sample(
+        wa.client,
+        "gateway_delivery_reports_total",
+        channel=channel,
+        status="read",
+        outcome="unknown_message",
+    )
+    assert reports == 1
     assert await wa.events() == []
     assert (await wa.counts())["messages"] == before_messages
 
