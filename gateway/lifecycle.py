@@ -109,12 +109,17 @@ class Transition:
 
     `distribute` names a queue whose automatic distribution should run after the commit.
     `changed` is False when the rule decided nothing needs to be written.
+    `bookkeeping` is True when only what the conversation keeps for its own timers changed
+    (no event, nothing any reader is shown): it is stored without a new `version`, so a
+    version seen through the API always has its event in the log (events audit: a no-agent
+    check moved on every timeout while agents were online raised it, with nothing logged).
     """
 
     conversation: Conversation
     events: tuple[Event, ...] = ()
     distribute: str | None = None
     changed: bool = True
+    bookkeeping: bool = False
 
 
 def preview_of(text: str | None, kind: str) -> str:
@@ -550,10 +555,10 @@ def no_agent_due(
         return _unchanged(conversation)
     if presence.online:
         rearmed = evolve(conversation, no_agent_at=now + timeout)
-        return Transition(rearmed, ())
+        return Transition(rearmed, (), bookkeeping=True)
     if presence.last_seen_at is not None and presence.last_seen_at + timeout > now:
         rearmed = evolve(conversation, no_agent_at=presence.last_seen_at + timeout)
-        return Transition(rearmed, ())
+        return Transition(rearmed, (), bookkeeping=True)
     return _inactive(conversation, now, InactiveReason.NO_AGENT_AVAILABLE)
 
 

@@ -176,6 +176,7 @@ def test_no_agent_timeout() -> None:
     rearmed = lifecycle.no_agent_due(c, due, QueuePresence(online=True), WEB)
     assert rearmed.conversation.state == State.WAITING
     assert rearmed.conversation.no_agent_at == due + timedelta(minutes=5)
+    assert rearmed.bookkeeping and rearmed.events == ()  # stored without a new version
     # The last agent left two minutes ago: not yet five minutes without anyone.
     recently = QueuePresence(online=False, last_seen_at=due - timedelta(minutes=2))
     moved = lifecycle.no_agent_due(c, due, recently, WEB)

@@ -839,7 +839,9 @@ def _schemas() -> dict[str, Any]:
                 },
                 "version": {
                     "type": "integer",
-                    "description": "Increases by one on every stored change",
+                    "description": "Increases by one on every change a reader can see, each"
+                    " with its event in the log (a timer moved on internally keeps it): the"
+                    " copy with the higher version is the newer",
                 },
                 "pending_reason": {
                     **NULLABLE_STRING,

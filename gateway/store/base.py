@@ -377,6 +377,17 @@ def agent_target(agent: str) -> str:
     return AGENT_TARGET + agent
 
 
+def next_version(transition: Transition, expected_version: int) -> int:
+    """The version a transition is stored with: one more than the one it was decided on,
+    except bookkeeping (`Transition.bookkeeping`), which keeps it. The compare-and-set still
+    checks `expected_version`, so a bookkeeping write loses to any change made meanwhile; a
+    change decided on the copy from before it may carry the older timer back, which only makes
+    that timer check again sooner."""
+    if transition.bookkeeping and expected_version > 0:
+        return expected_version
+    return expected_version + 1
+
+
 def stamp_version(events: Sequence[Event], conversation: Conversation) -> tuple[Event, ...]:
     """Make every event carry the stored conversation (with its final version)."""
     return tuple(

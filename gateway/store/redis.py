@@ -69,6 +69,7 @@ from gateway.store.base import (
     ListPosition,
     OutboundResult,
     StatusResult,
+    next_version,
     stamp_version,
 )
 from gateway.store.redis_batch import (
@@ -122,10 +123,10 @@ def _text(value: bytes | str) -> str:
 def _conversation_args(
     conversation: Conversation, expected_version: int, document: bytes
 ) -> list[Arg]:
-    """The 11 arguments of a conversation write (see `read_conv` in the Lua prelude).
+    """The 12 arguments of a conversation write (see `read_conv` in the Lua prelude).
 
-    `conversation` already carries its stored version (expected + 1, or 1 for an insert);
-    `document` is its encoding.
+    `conversation` already carries the version it is stored with (`next_version`; 1 for an
+    insert); `document` is its encoding.
     """
     due = " ".join([f"{kind}={micros(at)}" for kind, at in deadlines_of(conversation).items()])
     return [
@@ -140,6 +141,7 @@ def _conversation_args(
         str(micros(conversation.queued_at)),
         str(micros(conversation.updated_at)),
         due,
+        str(conversation.version),
     ]
 
 
@@ -379,7 +381,7 @@ class RedisStore:
         *,
         max_active: int | None = None,
     ) -> tuple[Conversation, tuple[Event, ...]]:
-        stored = evolve(transition.conversation, version=expected_version + 1)
+        stored = evolve(transition.conversation, version=next_version(transition, expected_version))
         events = stamp_version(transition.events, stored)
         encoder = _Encoder()
         reply = await self._eval(

@@ -73,13 +73,15 @@ local function index(id, st, q, a, score)
   if st == 'active' and a ~= '' then redis.call('HINCRBY', G('load'), a, 1) end
 end
 
--- A conversation write is 11 arguments: id, expected version (0: insert), document, state,
--- queue, agent, channel, address, queued_at, updated_at, deadlines ("kind=due kind=due").
+-- A conversation write is 12 arguments: id, expected version (0: insert), document, state,
+-- queue, agent, channel, address, queued_at, updated_at, deadlines ("kind=due kind=due"),
+-- and the version it is stored with (the document's: one more than expected, or the same
+-- for bookkeeping that publishes nothing).
 local function read_conv(i)
   local c = {id = ARGV[i], expect = tonumber(ARGV[i + 1]), d = ARGV[i + 2], st = ARGV[i + 3],
              q = ARGV[i + 4], a = ARGV[i + 5], ch = ARGV[i + 6], ad = ARGV[i + 7],
-             qa = ARGV[i + 8], ua = ARGV[i + 9], dl = ARGV[i + 10]}
-  return c, i + 11
+             qa = ARGV[i + 8], ua = ARGV[i + 9], dl = ARGV[i + 10], v = ARGV[i + 11]}
+  return c, i + 12
 end
 
 local function check_conv(c)
@@ -125,7 +127,7 @@ local function apply_conv(c)
       set_deadline(member, wanted[kind])
     end
   end
-  redis.call('HSET', CK(c.id), 'd', c.d, 'v', tostring(c.expect + 1), 'st', c.st, 'q', c.q,
+  redis.call('HSET', CK(c.id), 'd', c.d, 'v', c.v, 'st', c.st, 'q', c.q,
              'a', c.a, 'ch', c.ch, 'ad', c.ad, 'qa', c.qa, 'ua', c.ua,
              'dk', table.concat(kinds, ' '))
 end
@@ -187,7 +189,7 @@ end
 # -- conversations ------------------------------------------------------------------------------
 
 UPDATE = r"""
--- ARGV: P, max_active ('' none), conversation (11), events
+-- ARGV: P, max_active ('' none), conversation (12), events
 local max_active = ARGV[2]
 local c, i = read_conv(3)
 local err = check_conv(c)
@@ -330,7 +332,7 @@ return {'new', open, thread}
 
 INGEST_COMMIT = r"""
 -- ARGV: P, channel, provider message id, address, expected open conversation id ('' none),
---       with conversation write ('1'|'0'), [conversation (11)], message id, its conversation id,
+--       with conversation write ('1'|'0'), [conversation (12)], message id, its conversation id,
 --       message document, events
 local ch, pid, ad, expected_open = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local i = 7
@@ -355,7 +357,7 @@ return append_events(i + 3)
 """
 
 ADD_OUTBOUND = r"""
--- ARGV: P, idempotency key ('' none), conversation (11), message id, message document,
+-- ARGV: P, idempotency key ('' none), conversation (12), message id, message document,
 --       provider message id ('' none), deliver-by ('' none), events
 local idem = ARGV[2]
 local c, i = read_conv(3)

@@ -64,6 +64,7 @@ from gateway.store.base import (
     agent_target,
     conversation_target,
     message_target,
+    next_version,
     stamp_version,
 )
 from gateway.store.sqlite_files import DatabaseFiles
@@ -545,7 +546,8 @@ class SqliteStore:
                         "max_active_reached",
                         f"agent {new.agent} already has {load} active conversations",
                     )
-            stored = _cas_conversation(conn, new, expected_version)
+            version = next_version(transition, expected_version)
+            stored = _cas_conversation(conn, new, expected_version, version)
             events = _append_events(conn, stamp_version(transition.events, stored))
             return stored, events
 
@@ -561,7 +563,10 @@ class SqliteStore:
             for transition, expected_version in items:
                 conn.execute("SAVEPOINT item")
                 try:
-                    stored = _cas_conversation(conn, transition.conversation, expected_version)
+                    version = next_version(transition, expected_version)
+                    stored = _cas_conversation(
+                        conn, transition.conversation, expected_version, version
+                    )
                     events = _append_events(conn, stamp_version(transition.events, stored))
                 except VersionConflict as conflict:
                     conn.execute("ROLLBACK TO item")
@@ -1166,9 +1171,14 @@ def _insert_conversation(conn: sqlite3.Connection, conversation: Conversation) -
 
 
 def _cas_conversation(
-    conn: sqlite3.Connection, conversation: Conversation, expected_version: int
+    conn: sqlite3.Connection,
+    conversation: Conversation,
+    expected_version: int,
+    version: int | None = None,
 ) -> Conversation:
-    stored = evolve(conversation, version=expected_version + 1)
+    """Store `conversation` if it is still at `expected_version`, as `version` (by default
+    the next one: see `next_version`)."""
+    stored = evolve(conversation, version=expected_version + 1 if version is None else version)
     try:
         cursor = conn.execute(
             "UPDATE conversations SET channel = ?, address = ?, state = ?, queue = ?, agent = ?,"

@@ -521,6 +521,30 @@ async def test_a_pending_chat_is_kept_while_an_agent_of_the_queue_is_online(gw: 
     await stream.close()
 
 
+async def test_a_waiting_chat_checked_while_agents_are_online_keeps_its_version(
+    gw: Gateway,
+) -> None:
+    """The no-agent check finds an agent online and moves on: nothing a reader sees changed,
+    so there is no event and no new version (events audit: the version rose with nothing in
+    the log, and a mirror of the log lagged behind the API for ever)."""
+    from tests.api.test_stream_presence import open_stream
+
+    stream = await open_stream(gw, "maria")
+    visitor = await gw.visitor("Ines")
+    await gw.visitor_says(visitor["token"], "hola", "i1")
+    (conv,) = (await gw.get("maria", "/api/v1/inbox?state=waiting"))[1]["conversations"]
+    logged = await gw.runtime.store.read_events(None)
+    for _ in range(3):  # three no-agent timeouts with maria online
+        gw.clock.advance(timedelta(minutes=5, seconds=1))
+        assert await gw.runtime.scheduler.run_once() >= 1
+    body = (await gw.get("maria", f"/api/v1/conversations/{conv['id']}"))[1]
+    assert (body["state"], body["version"]) == ("waiting", conv["version"])
+    assert await gw.runtime.store.read_events(None) == logged
+    assert logged[-1].conversation is not None
+    assert logged[-1].conversation.version == conv["version"]
+    await stream.close()
+
+
 async def test_widget_and_demo_are_served(gw: Gateway) -> None:
     resp = await gw.client.get("/webchat/widget.js")
     assert resp.status == 200

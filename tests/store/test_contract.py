@@ -263,6 +263,37 @@ async def test_compare_and_set_refuses_stale_version(store: Store, clock: Manual
     assert stored is not None and stored.agent == "maria" and stored.version == 2
 
 
+@pytest.mark.parametrize("batched", [False, True])
+async def test_timer_bookkeeping_keeps_the_version_and_logs_nothing(
+    store: Store, clock: ManualClock, batched: bool
+) -> None:
+    """A no-agent check moved on (agents online) changes only a timer: stored without a new
+    version and with no event, so every version a reader sees has its event (events audit).
+    It is still a compare-and-set, and a change decided on the copy before it still applies."""
+    conv = (await make_ingestor(store, clock).message(inbound())).conversation
+    logged = len(await store.read_events(None))
+    later = clock.now() + timedelta(minutes=7)
+    moved = lifecycle.Transition(dataclasses.replace(conv, no_agent_at=later), (), bookkeeping=True)
+    if batched:
+        (outcome,) = await store.update_conversations([(moved, conv.version)])
+        assert not isinstance(outcome, VersionConflict)
+        stored, events = outcome
+    else:
+        stored, events = await store.update_conversation(moved, conv.version)
+    assert (stored.version, events) == (conv.version, ())
+    again = await store.get_conversation(conv.id)
+    assert again is not None and (again.version, again.no_agent_at) == (conv.version, later)
+    assert len(await store.read_events(None)) == logged
+    due = await store.claim_due(later, 10, timedelta(seconds=30))
+    assert (conversation_target(conv.id), "no_agent") in [(d.target, d.kind) for d in due]
+    with pytest.raises(VersionConflict):  # it is a compare-and-set all the same
+        await store.update_conversation(moved, conv.version + 1)
+    accepted, _ = await store.update_conversation(
+        lifecycle.accept(conv, maria(), clock.now()), conv.version
+    )
+    assert accepted.version == conv.version + 1
+
+
 async def test_accept_race_has_exactly_one_winner(store: Store, clock: ManualClock) -> None:
     conv = (await make_ingestor(store, clock).message(inbound())).conversation
     agents = [AgentContext(f"a{i}", frozenset({"support"}), 5) for i in range(10)]
