@@ -81,7 +81,12 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     except GatewayError as exc:
         status = HTTP_STATUS.get(exc.code, 400)
         log.info(
-            "http.refused", method=request.method, path=request.path, status=status, code=exc.code
+            "http.refused",
+            method=request.method,
+            path=request.path,
+            status=status,
+            code=exc.code,
+            reason=_logged_reason(exc.message or exc.code),
         )
         response = error_response(status, exc.code, exc.message or exc.code)
         if isinstance(exc, BodyTimeout) or exc.code == "unsupported_media_type":
@@ -108,7 +113,14 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         if exc.status < 400 or exc.content_type == "application/json":
             raise
         code = _HTTP_CODES.get(exc.status, "error")
-        log.info("http.refused", method=request.method, path=request.path, status=exc.status)
+        log.info(
+            "http.refused",
+            method=request.method,
+            path=request.path,
+            status=exc.status,
+            code=code,
+            reason=exc.reason,
+        )
         response = error_response(exc.status, code, exc.reason)
     except Exception:
         log.exception("http.internal_error", method=request.method, path=request.path)
@@ -116,6 +128,17 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     if not response.prepared:
         response.headers[REQUEST_ID_HEADER] = request_id
     return response
+
+
+LOGGED_REASON_CHARS = 300
+"""How much of a refusal's message its log line keeps: what the client was told, which can
+quote what it sent (cut, so a client cannot make every line it causes long)."""
+
+
+def _logged_reason(message: str) -> str:
+    if len(message) <= LOGGED_REASON_CHARS:
+        return message
+    return message[:LOGGED_REASON_CHARS] + "…"
 
 
 async def read_json(request: web.Request) -> dict[str, Any]:
