@@ -156,6 +156,18 @@ def queue_presence(
     return QueuePresence(online=False, last_seen_at=last_seen)
 
 
+def _log_fired(kind: str, conversation: Conversation) -> None:
+    """What a timer did to a conversation: which timer, and the state it left it in."""
+    log.info(
+        "timers.fired",
+        kind=kind,
+        conversation_id=conversation.id,
+        state=str(conversation.state),
+        inactive_reason=conversation.inactive_reason,
+        pending_reason=conversation.pending_reason,
+    )
+
+
 class DeadlineHandler:
     """Applies the lifecycle rule of each fired deadline through the store's compare-and-set."""
 
@@ -221,15 +233,16 @@ class DeadlineHandler:
         for (deadline, _), result in zip(updates, results, strict=True):
             if isinstance(result, VersionConflict):
                 rest.append(deadline)
-            else:
-                fired.extend(result[1])
+                continue
+            stored, events = result
+            fired.extend(events)
+            if events:  # one line per conversation a timer changed, as `_conversation` logs
+                _log_fired(deadline.kind, stored)
         await asyncio.gather(
             *(self.store.clear_deadline(d.target, d.kind, d.due_at) for d in stale)
         )
-        if fired:
-            log.info("timers.fired", count=len(fired))
-            if self.on_events is not None:
-                await self.on_events(fired)
+        if fired and self.on_events is not None:
+            await self.on_events(fired)
         return rest
 
     def _decide(
@@ -267,12 +280,7 @@ class DeadlineHandler:
             except VersionConflict:
                 continue
             if events:
-                log.info(
-                    "timers.fired",
-                    kind=deadline.kind,
-                    conversation_id=conversation_id,
-                    state=str(transition.conversation.state),
-                )
+                _log_fired(deadline.kind, transition.conversation)
             if self.on_events is not None:
                 await self.on_events(list(events))
             return
