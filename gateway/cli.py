@@ -168,6 +168,7 @@ class _Startup:
                 )
         print(f"gateway: agent inbox page: {base}/inbox", flush=True)
         print(f"gateway: serving on {base} (store: {config.store.backend})", flush=True)
+        structlog.get_logger("gateway.server").info("server.serving", url=base)
 
     def failure(self, exc: BaseException) -> StartupError | None:
         """The one-line error for `exc` raised in the current phase, or None when `exc` is not
@@ -192,6 +193,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from gateway.app import create_app
+    from gateway.appkeys import RUNTIME
     from gateway.logs import configure
     from gateway.watch import raise_fd_limit
 
@@ -220,7 +222,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     host, port = config.server.host, config.server.port
     log = structlog.get_logger("gateway.server")
     fds = raise_fd_limit()
-    log.info("server.starting", store=config.store.backend, file_descriptors=fds)
+    log.info(
+        "server.starting",
+        host=host,
+        port=port,
+        node=app[RUNTIME].node,
+        store=config.store.backend,
+        file_descriptors=fds,
+    )
     app.on_shutdown.append(_log_stopping)
     try:
         web.run_app(
