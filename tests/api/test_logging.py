@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import structlog
 from structlog.testing import capture_logs
 
@@ -66,3 +68,37 @@ async def test_refused_web_chat_requests_leave_one_line_without_the_token(gw: Ga
     ]
     assert all(e["path"].startswith("/webchat/site/") and "?" not in e["path"] for e in refused)
     assert forged not in repr(logs) and v["token"] not in repr(logs)
+
+
+async def test_a_refusal_logs_why_not_only_its_code(gw: Gateway) -> None:
+    """Two different mistakes with one code read differently in the log, as in the answer
+    (ops audit: a wrong `state` and `limit=0` were the same line); aiohttp's own refusals
+    (unknown path, wrong method) carry a code too."""
+    with capture_logs() as logs:
+        state = await gw.client.get("/api/v1/inbox?state=sleeping", headers=gw.auth("maria"))
+        limit = await gw.client.get("/api/v1/events?limit=0", headers=gw.auth("maria"))
+        missing = await gw.client.get("/api/v1/nowhere", headers=gw.auth("maria"))
+        method = await gw.client.delete("/api/v1/inbox", headers=gw.auth("maria"))
+    bodies = [(await r.json())["error"] for r in (state, limit, missing, method)]
+    refused = [e for e in logs if e["event"] == "http.refused"]
+    assert [(e["status"], e["code"], e["reason"]) for e in refused] == [
+        (r.status, body["code"], body["message"])
+        for r, body in zip((state, limit, missing, method), bodies, strict=True)
+    ]
+    assert [e["status"] for e in refused] == [400, 400, 404, 405]
+    assert refused[0]["reason"] != refused[1]["reason"]
+
+
+async def test_a_timer_that_changes_a_conversation_says_which_and_how(gw: Gateway) -> None:
+    """Ops audit: expiries were logged as `timers.fired count=1`, with no timer, no
+    conversation and no outcome."""
+    visitor = await gw.visitor("Nadie")
+    await gw.visitor_says(visitor["token"], "¿hola?", "n1")
+    (conv,) = (await gw.get("maria", "/api/v1/inbox?state=waiting"))[1]["conversations"]
+    gw.clock.advance(timedelta(minutes=6))  # nobody of the queue online: no_agent_timeout
+    with capture_logs() as logs:
+        await gw.runtime.scheduler.run_once()
+    fired = [e for e in logs if e["event"] == "timers.fired"]
+    assert [(e["kind"], e["conversation_id"], e["state"], e["inactive_reason"]) for e in fired] == [
+        ("no_agent", conv["id"], "inactive", "no_agent_available")
+    ]

@@ -9,6 +9,7 @@ import signal
 from pathlib import Path
 
 import aiohttp
+import orjson
 import pytest
 
 from gateway.store.sqlite import SqliteStore
@@ -95,3 +96,23 @@ async def test_sigterm_finishes_in_flight_and_loses_nothing_acknowledged(
             assert await store.get_message(message_id) is not None, message_id
     finally:
         await store.close()
+
+
+async def test_start_and_stop_are_logged_with_where_it_listens(
+    shipped_gateway: ServeProcess,
+) -> None:
+    """Ops audit: the start line had no address or node, and "serving on" was only printed
+    text on stdout. The log (JSON lines on stderr) now says where it listens, as which node,
+    when it serves, and that it stopped."""
+    shipped_gateway.proc.send_signal(signal.SIGTERM)
+    _, stderr = await asyncio.wait_for(shipped_gateway.proc.communicate(), 40)
+    lines = [orjson.loads(line) for line in stderr.splitlines() if line.startswith(b"{")]
+    by_event = {line["event"]: line for line in lines}
+    starting = by_event["server.starting"]
+    port = int(shipped_gateway.base.rsplit(":", 1)[1])
+    assert (starting["host"], starting["port"], starting["store"]) == ("127.0.0.1", port, "sqlite")
+    assert starting["node"]
+    assert by_event["server.serving"]["url"] == shipped_gateway.base
+    order = [line["event"] for line in lines if line["event"].startswith("server.")]
+    assert order[:2] == ["server.starting", "server.serving"]
+    assert order[-2:] == ["server.stopping", "server.stopped"]
