@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import re
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from gateway.model import State
 from tests.api.conftest import Gateway
 from tests.api.test_agent_api import waiting_conversation
+from tests.conftest import ROOT
 
 QUEUES = ("support", "sales")  # the queues of tests/api/conftest.py's BASE_CONFIG
 
@@ -51,3 +54,16 @@ async def test_a_series_drops_to_zero_instead_of_disappearing(gw: Gateway) -> No
     gauges = await conversation_gauges(gw)
     assert gauges == {**zeros(), ("closed", "support"): 1.0}
     assert gauges[("waiting", "support")] == gauges[("active", "support")] == 0.0
+
+
+async def test_every_metric_is_documented_in_the_readme(gw: Gateway) -> None:
+    """README's metrics table lists exactly the families a scrape has (ops audit: nothing
+    said which metrics exist, nor which are per node and which deployment-wide)."""
+    resp = await gw.client.get("/metrics")
+    scraped = {family.name for family in text_string_to_metric_families(await resp.text())}
+    # prometheus_client adds a `_created` timestamp beside counters and histograms.
+    scraped = {n for n in scraped if n.startswith("gateway_") and not n.endswith("_created")}
+    section = (ROOT / "README.md").read_text().split("## Metrics", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"^\| `(gateway_\w+)`", section, flags=re.MULTILINE))
+    # prometheus_client names a counter's family without its `_total`.
+    assert {name.removesuffix("_total") for name in documented} == scraped
