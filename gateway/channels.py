@@ -113,6 +113,12 @@ class ChannelConfig(BaseModel):
         is one channel: traffic for it could go to either); the config refuses a repeat."""
         return {}
 
+    def contact_address(self, written: str) -> str:
+        """A customer's address as this channel stores it, from the way a person may write
+        it (`gateway route --from`): routing rules match the stored form, so the dry run must
+        match that too. As written, by default."""
+        return written
+
 
 @dataclass(frozen=True, slots=True)
 class SendResult:

@@ -63,8 +63,11 @@ def _cmd_route(args: argparse.Namespace) -> int:
         known = ", ".join(c.name for c in config.channels) or "none"
         print(f"gateway route: no channel named {args.channel!r} (known: {known})", file=sys.stderr)
         return 2
-    match = Router(config).route(channel.name, channel.type, args.text, args.sender)
+    sender = None if args.sender is None else channel.contact_address(args.sender)
+    match = Router(config).route(channel.name, channel.type, args.text, sender)
     print(f"channel: {channel.name} ({channel.type})")
+    if sender is not None and sender != args.sender:
+        print(f"from:    {sender} (as the channel stores {args.sender!r})")
     print(f"rule:    {match.description}")
     print(f"queue:   {match.queue}")
     return 0
@@ -303,8 +306,9 @@ def build_parser(commands: Sequence[Command]) -> argparse.ArgumentParser:
         "--from",
         dest="sender",
         default=None,
-        help="the contact's address as the gateway stores it, which rules' `from` match: E.164"
-        " (+5511999990000, without Twilio's whatsapp: prefix), an email address, a visitor id",
+        help="the contact's address, which rules' `from` match; taken to the form the channel"
+        " stores it in (whatsapp:+5511999990000 and 5511999990000 are +5511999990000 on"
+        " WhatsApp; Ana <ana@example.com> is ana@example.com), shown when it differs",
     )
     route.set_defaults(func=_cmd_route)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from email.headerregistry import Address
+from email.utils import parseaddr
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr
@@ -99,6 +100,11 @@ class EmailConfig(ChannelConfig):
     """Hosts an agent's outbound attachment may be fetched from even at a private address
     (your own file server: `files.internal`, or `.internal` for its subdomains). Any other
     host must resolve to public addresses only (see plugins.email.fetch)."""
+
+    def contact_address(self, written: str) -> str:
+        """`Ana <Ana@Example.com>` or `Ana@Example.com` as stored: the bare address, lower
+        case (as `plugins.email.headers.sender` reads a From)."""
+        return (parseaddr(written)[1] or written).strip().lower()
 
     @property
     def domain(self) -> str:

@@ -25,6 +25,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from gateway.channels import ChannelConfig
 from gateway.durations import Duration, PositiveDuration
+from plugins.whatsapp.twilio_parse import strip_channel
 
 DEFAULT_API_BASE = {
     "twilio": "https://api.twilio.com",
@@ -124,6 +125,11 @@ class WhatsAppConfig(ChannelConfig):
         if self.provider == "cloud_api" and self.phone_number_id:
             return {"phone_number_id": self.phone_number_id}
         return {}
+
+    def contact_address(self, written: str) -> str:
+        """Twilio's `whatsapp:+5511...` and Meta's `wa_id` (`5511...`, no `+`) are both stored
+        as `+5511...`; a BSUID (`US.1234`) as it is."""
+        return strip_channel(written)
 
     @field_validator("from_")
     @classmethod

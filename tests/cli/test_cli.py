@@ -143,6 +143,44 @@ def test_route_dry_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert "no channel named 'nope' (known: site)" in err and "invalid configuration" not in err
 
 
+@pytest.mark.parametrize(
+    ("channel", "written", "stored"),
+    [
+        ("wa", "whatsapp:+5511999990000", "+5511999990000"),  # Twilio's From
+        ("wa", "5511999990000", "+5511999990000"),  # Meta's wa_id
+        ("mail", "Ana <Ana@BigCorp.com>", "ana@bigcorp.com"),
+    ],
+)
+def test_route_takes_from_to_the_form_the_channel_stores(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], channel: str, written: str, stored: str
+) -> None:
+    """Ops audit: `--from whatsapp:+55...` (Twilio's form) or Meta's `55...` fell to the
+    default rule while the live server, which stores `+55...`, routed the same customer to
+    sales; the dry run now takes the address as the channel stores it, and says so."""
+    path = write(
+        tmp_path,
+        """
+        channels:
+          - {name: wa, type: whatsapp, provider: cloud_api, phone_number_id: '1',
+             access_token: a, app_secret: s, verify_token: v}
+          - {name: mail, type: email, address: s@example.com,
+             imap: {host: h, username: u, password: p}, smtp: {host: h}}
+        queues: [{name: sales}, {name: support}]
+        routing:
+          - {if: {from: "+55*"}, queue: sales}
+          - {if: {from: "*@bigcorp.com"}, queue: sales}
+          - {queue: support}
+        """,
+    )
+    assert main(["route", "--config", path, "--channel", channel, "--from", written]) == 0
+    out = capsys.readouterr().out
+    assert "queue:   sales" in out
+    assert f"from:    {stored} (as the channel stores {written!r})" in out
+    # Written as stored already: nothing to say.
+    assert main(["route", "--config", path, "--channel", channel, "--from", stored]) == 0
+    assert "from:" not in capsys.readouterr().out
+
+
 def test_empty_channels_is_valid(tmp_path: Path) -> None:
     assert main(["check", "--config", write(tmp_path, "channels: []\n")]) == 0
 
