@@ -9,13 +9,24 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 
 from gateway.model import State
 
 
 class Metrics:
     def __init__(self) -> None:
+        # No `<name>_created` series beside every counter and histogram: in the text format
+        # Prometheus reads they are one more gauge per label set, doubling what is stored for
+        # a start time it already knows from the counter's resets.
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # (unannotated upstream)
         self.registry = CollectorRegistry(auto_describe=True)
         self.webhooks = Counter(
             "gateway_webhooks_total",
