@@ -285,6 +285,10 @@ async def conversation(request: web.Request) -> web.Response:
     if before is not None and not MESSAGE_ID.fullmatch(before):
         raise InvalidInput("before must be a message id (m_...)")
     found = await runtime.actions.visible(request.match_info["id"], agent)
+    if before is not None:  # pages go by the order messages were stored: from one of these
+        shown = await runtime.store.get_message(before)
+        if shown is None or shown.conversation_id != found.id:
+            raise InvalidInput("before must be the id of a message of this conversation")
     # One more than asked tells whether there is an earlier page.
     messages = await runtime.store.list_recent_messages(found.id, before=before, limit=limit + 1)
     earlier = len(messages) > limit

@@ -212,13 +212,20 @@ class Store(Protocol):
         self, conversation_id: str, *, before: str | None = None, limit: int = 1000
     ) -> list[Message]:
         """The newest `limit` messages of a conversation, oldest of them first; with `before`
-        (a message id), only those older than it: pages back through a long conversation."""
+        (the id of one of its messages), only those stored before it: pages back through a
+        long conversation. Messages are in the order they were stored, which is the event
+        log's (ids come from each node's clock, so they may not be); a `before` that is not
+        one of this conversation's messages has nothing before it."""
         ...
 
     async def list_contact_messages(
         self, channel: str, address: str, *, after: str | None = None, limit: int = 1000
     ) -> list[Message]:
-        """Messages of every conversation of a contact on a channel, in order (replay)."""
+        """Messages of every conversation of a contact on a channel, in the order they were
+        stored (the event log's, not by id); with `after` (the id of one of them), those
+        stored after it: a reader that resumes after the last message it was pushed misses
+        nothing, even one stored after it with a smaller id (made on a node whose clock is
+        behind, or just before it). Nothing follows an `after` that is not one of them."""
         ...
 
     # event log ---------------------------------------------------------------------------------

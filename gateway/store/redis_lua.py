@@ -132,10 +132,16 @@ local function apply_conv(c)
              'dk', table.concat(kinds, ' '))
 end
 
+-- A conversation's and a contact's messages are kept in the order they were stored (a
+-- deployment-wide sequence), not by id: ids are made from each node's clock before the
+-- write, so two nodes' messages can be stored in the other order than their ids, and a reader
+-- resuming after the one it saw last would skip the other. (Messages stored before this
+-- order existed have score 0: they come first, by id, as they always did.)
 local function put_message(mid, conv, ch, ad, doc)
+  local seq = redis.call('INCR', G('mseq'))
   redis.call('HSET', MK(mid), 'd', doc, 'v', '1', 'c', conv, 'ch', ch)
-  redis.call('ZADD', CK(conv) .. ':msgs', 0, mid)
-  redis.call('ZADD', CH(ch, 'contact:' .. ad), 0, mid)
+  redis.call('ZADD', CK(conv) .. ':msgs', seq, mid)
+  redis.call('ZADD', CH(ch, 'contact:' .. ad), seq, mid)
 end
 
 -- ARGV[i] = n, then n event documents: appended to the log stream; returns {'ok', ids...}.
@@ -395,25 +401,40 @@ return redis.call('HGET', MK(mid), 'd')
 """
 
 LIST_MESSAGES = r"""
--- KEYS: the sorted set of message ids; ARGV: P, after ('' from the start), limit
-local low = '-'
-if ARGV[2] ~= '' then low = '(' .. ARGV[2] end
+-- KEYS: the sorted set of message ids (in stored order); ARGV: P, after ('' from the start:
+-- otherwise a member, or nothing follows), limit
+local start = 0
+if ARGV[2] ~= '' then
+  local rank = redis.call('ZRANK', KEYS[1], ARGV[2])
+  if not rank then return {} end
+  start = rank + 1
+end
 local out = {}
-for _, mid in ipairs(redis.call('ZRANGEBYLEX', KEYS[1], low, '+', 'LIMIT', 0, ARGV[3])) do
+for _, mid in ipairs(redis.call('ZRANGE', KEYS[1], start, start + tonumber(ARGV[3]) - 1)) do
   out[#out + 1] = redis.call('HGET', MK(mid), 'd')
 end
 return out
 """
 
 LIST_RECENT_MESSAGES = r"""
--- KEYS: the sorted set of message ids; ARGV: P, before ('' the newest), limit
--- -> the newest `limit` messages older than `before`, oldest of them first
-local high = '+'
-if ARGV[2] ~= '' then high = '(' .. ARGV[2] end
-local ids = redis.call('ZREVRANGEBYLEX', KEYS[1], high, '-', 'LIMIT', 0, ARGV[3])
+-- KEYS: the sorted set of message ids (in stored order); ARGV: P, before ('' the newest:
+-- otherwise a member, or nothing precedes), limit
+-- -> the newest `limit` messages stored before `before`, oldest of them first
+local limit = tonumber(ARGV[3])
+local stop = -1
+if ARGV[2] ~= '' then
+  local rank = redis.call('ZRANK', KEYS[1], ARGV[2])
+  if not rank or rank == 0 then return {} end
+  stop = rank - 1
+else
+  stop = redis.call('ZCARD', KEYS[1]) - 1
+end
+if stop < 0 or limit < 1 then return {} end
+local first = stop - limit + 1
+if first < 0 then first = 0 end
 local out = {}
-for i = #ids, 1, -1 do
-  out[#out + 1] = redis.call('HGET', MK(ids[i]), 'd')
+for _, mid in ipairs(redis.call('ZRANGE', KEYS[1], first, stop)) do
+  out[#out + 1] = redis.call('HGET', MK(mid), 'd')
 end
 return out
 """

@@ -105,8 +105,10 @@ CREATE TABLE IF NOT EXISTS messages (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS messages_dedup
     ON messages(channel, provider_message_id) WHERE provider_message_id IS NOT NULL;
-CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages(conversation_id, id);
-CREATE INDEX IF NOT EXISTS messages_by_contact ON messages(channel, address, id);
+-- A conversation's and a contact's messages in the order they were stored: an index holds
+-- the rowid after its columns, and rowids grow with each insert (messages are never deleted).
+CREATE INDEX IF NOT EXISTS messages_in_conversation ON messages(conversation_id);
+CREATE INDEX IF NOT EXISTS messages_of_contact ON messages(channel, address);
 CREATE TABLE IF NOT EXISTS idempotency (
     scope TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -259,6 +261,10 @@ class SqliteStore:
         # on agent that also indexed every unassigned (waiting) conversation.
         conn.execute("DROP INDEX IF EXISTS conversations_by_contact")
         conn.execute("DROP INDEX IF EXISTS conversations_by_agent")
+        # Messages were listed by id, which is not the order they were stored in (see
+        # `list_contact_messages`): the indexes by id went with that.
+        conn.execute("DROP INDEX IF EXISTS messages_by_conversation")
+        conn.execute("DROP INDEX IF EXISTS messages_by_contact")
         columns = {row[1] for row in conn.execute("PRAGMA table_info(deadlines)")}
         if "lease_node" not in columns:  # a database created before leases named their node
             conn.execute("ALTER TABLE deadlines ADD COLUMN lease_node TEXT")
@@ -736,13 +742,15 @@ class SqliteStore:
         def query(conn: sqlite3.Connection) -> list[Message]:
             if before is None:
                 rows = conn.execute(
-                    "SELECT data FROM messages WHERE conversation_id = ? ORDER BY id DESC LIMIT ?",
+                    "SELECT data FROM messages WHERE conversation_id = ?"
+                    " ORDER BY rowid DESC LIMIT ?",
                     (conversation_id, limit),
                 )
-            else:
+            else:  # nothing precedes a message that is not this conversation's
                 rows = conn.execute(
-                    "SELECT data FROM messages WHERE conversation_id = ? AND id < ?"
-                    " ORDER BY id DESC LIMIT ?",
+                    "SELECT data FROM messages WHERE conversation_id = ?1 AND rowid <"
+                    " (SELECT rowid FROM messages WHERE id = ?2 AND conversation_id = ?1)"
+                    " ORDER BY rowid DESC LIMIT ?3",
                     (conversation_id, before, limit),
                 )
             return [decode_message(row[0]) for row in reversed(rows.fetchall())]
@@ -752,12 +760,23 @@ class SqliteStore:
     async def list_contact_messages(
         self, channel: str, address: str, *, after: str | None = None, limit: int = 1000
     ) -> list[Message]:
+        # In the order they were stored, which is the order they were pushed live (the event
+        # log's), not by id: an id is made before the write, and a reader resuming after the
+        # message it saw last must not skip one stored after it with a smaller id.
         def query(conn: sqlite3.Connection) -> list[Message]:
-            rows = conn.execute(
-                "SELECT data FROM messages WHERE channel = ? AND address = ? AND id > ?"
-                " ORDER BY id LIMIT ?",
-                (channel, address, after or "", limit),
-            )
+            if after is None:
+                rows = conn.execute(
+                    "SELECT data FROM messages WHERE channel = ? AND address = ?"
+                    " ORDER BY rowid LIMIT ?",
+                    (channel, address, limit),
+                )
+            else:  # nothing follows a message that is not this contact's
+                rows = conn.execute(
+                    "SELECT data FROM messages WHERE channel = ?1 AND address = ?2 AND rowid >"
+                    " (SELECT rowid FROM messages WHERE id = ?3 AND channel = ?1 AND address = ?2)"
+                    " ORDER BY rowid LIMIT ?4",
+                    (channel, address, after, limit),
+                )
             return [decode_message(row[0]) for row in rows]
 
         return await self._read(query)

@@ -68,9 +68,15 @@ READ_RATE = "120/minute"
 the widget sends one per reply it shows)."""
 NOT_YOURS = "no agent message of this chat has this message_id"
 WHOLE_HISTORY = "0"
-"""`after=0`: every message of the visitor (lower than every message id)."""
+"""`after=0`: every message of the visitor (read from the first: see `_from`)."""
 REPLAY_PAGE = 1000
 """Messages read per store call when replaying a visitor's history (all pages are sent)."""
+
+
+def _from(after: str | None) -> str | None:
+    """The store's `after` for a visitor's: a message of theirs, or None for `0` (from the
+    first; the store lists messages in the order they were stored, not by id)."""
+    return None if after == WHOLE_HISTORY else after
 
 
 def visitor_message_json(message: Message) -> dict[str, Any]:
@@ -456,7 +462,7 @@ class WebchatAdapter(BaseAdapter):
         try:
             after = await self._after(request, session)
             history = await self.context.history.list_contact_messages(
-                self.name, session.visitor_id, after=after, limit=REPLAY_PAGE + 1
+                self.name, session.visitor_id, after=_from(after), limit=REPLAY_PAGE + 1
             )
         except InvalidInput as exc:
             return self._cors(request, _error(400, "invalid_request", str(exc)))
@@ -666,7 +672,7 @@ class WebchatAdapter(BaseAdapter):
         cursor: str | None = WHOLE_HISTORY if after is None else after
         while cursor is not None:  # everything missed, however long: page after page
             history = await self.context.history.list_contact_messages(
-                self.name, session.visitor_id, after=cursor, limit=REPLAY_PAGE
+                self.name, session.visitor_id, after=_from(cursor), limit=REPLAY_PAGE
             )
             for message in history:
                 if undelivered_only and not _undelivered(message):

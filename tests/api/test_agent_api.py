@@ -368,7 +368,16 @@ async def test_a_long_conversation_opens_at_its_newest_messages_and_pages_back(
     assert [m["text"] for m in before["messages"]] == ["m1", "m2"] and before["has_earlier"]
     _, first = await gw.get("maria", f"{path}?limit=2&before={before['messages'][0]['id']}")
     assert [m["text"] for m in first["messages"]] == ["m0"] and not first["has_earlier"]
-    for query in ("?before=nope", "?limit=0", "?limit=1001", "?before=m_1&before=m_2"):
+    other = await gw.visitor("Otra")
+    await gw.visitor_says(other["token"], "not here", "o-1")
+    (elsewhere,) = await gw.runtime.store.list_contact_messages("site", other["visitor_id"])
+    for query in (
+        "?before=nope",
+        "?limit=0",
+        "?limit=1001",
+        "?before=m_1&before=m_2",
+        f"?before={elsewhere.id}",  # another conversation's message
+    ):
         status, body = await gw.get("maria", path + query)
         assert status == 400 and body["error"]["code"] == "invalid_request", query
 

@@ -448,6 +448,41 @@ def outbound(conv_id: str, clock: Clock, text: str = "Hi") -> Message:
     )
 
 
+async def test_messages_are_listed_in_the_order_they_were_stored_not_by_id(
+    store: Store, clock: ManualClock
+) -> None:
+    """Ids come from each node's clock before the write: two nodes' messages can be stored in
+    the other order than their ids. Listed by id, a reader resuming after the last message it
+    was pushed skipped the other (widget audit: replies lost on two nodes, in sync or not)."""
+    received = await make_ingestor(store, clock).message(inbound())
+    conv = received.conversation
+    later = outbound(conv.id, clock, "stored first")
+    stored = await store.add_outbound(
+        lifecycle.agent_message(conv, later, clock.now()), conv.version, later, None
+    )
+    # Made on a node whose clock is behind: a smaller id, stored after.
+    earlier = dataclasses.replace(outbound(conv.id, clock, "stored second"), id="m_" + "0" * 26)
+    await store.add_outbound(
+        lifecycle.agent_message(stored.conversation, earlier, clock.now()),
+        stored.conversation.version,
+        earlier,
+        None,
+    )
+    in_order = [received.message.id, later.id, earlier.id]
+    contact = ("wa-main", "+5511999990000")
+    assert [m.id for m in await store.list_recent_messages(conv.id)] == in_order
+    assert [m.id for m in await store.list_contact_messages(*contact)] == in_order
+    assert [m.id for m in await store.list_contact_messages(*contact, after=later.id)] == [
+        earlier.id
+    ]
+    assert await store.list_contact_messages(*contact, after=earlier.id) == []
+    back = await store.list_recent_messages(conv.id, before=earlier.id, limit=1)
+    assert [m.id for m in back] == [later.id]
+    # Positions are this conversation's (or contact's) messages: nothing is next to another's.
+    assert await store.list_contact_messages("wa-main", "+1", after=later.id) == []
+    assert await store.list_recent_messages(conv.id, before="m_" + "Z" * 26) == []
+
+
 async def test_outbound_idempotency_key(store: Store, clock: ManualClock) -> None:
     conv = (await make_ingestor(store, clock).message(inbound())).conversation
     msg = outbound(conv.id, clock)

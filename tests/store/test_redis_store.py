@@ -295,3 +295,30 @@ async def test_retention_measures_age_on_redis_clock_not_the_nodes(
     assert len(await a.read_events(None)) == logged
     # Everything appended before now (an age of zero on any clock) goes.
     assert await b.prune_events(node_now + timedelta(seconds=1), 1000) == logged
+
+
+async def test_messages_stored_before_the_stored_order_existed_still_come_first_by_id(
+    stores: tuple[RedisStore, RedisStore], redis_server: RedisServer
+) -> None:
+    """A database written before messages were kept in stored order has them all at score 0;
+    they stay first, among themselves by id, and what is stored since follows them."""
+    a, _ = stores
+    clock = ManualClock(datetime.now(UTC))
+    ingest = Ingestor(a, clock, route=lambda m: "support", policy_for=lambda c: ChannelPolicy())
+    first = await ingest.message(inbound("old one", pid="legacy-1"))
+    second = await ingest.message(inbound("old two", pid="legacy-2"))
+    conversation_id = first.conversation.id
+    keys = (a._c(conversation_id) + ":msgs", a._ch("wa-main", "contact:+5511999990000"))
+    raw = redis.asyncio.Redis.from_url(redis_server.url_for(DB))
+    try:
+        for key in keys:  # as the older gateway stored them
+            await raw.zadd(key, {first.message.id: 0, second.message.id: 0})
+    finally:
+        await raw.aclose()
+    third = await ingest.message(inbound("new", pid="after-upgrade"))
+    ids = [first.message.id, second.message.id, third.message.id]
+    assert [m.id for m in await a.list_recent_messages(conversation_id)] == ids
+    contact = ("wa-main", "+5511999990000")
+    assert [m.id for m in await a.list_contact_messages(*contact, after=ids[0])] == ids[1:]
+    before = await a.list_recent_messages(conversation_id, before=ids[2], limit=1)
+    assert [m.id for m in before] == ids[1:2]
