@@ -220,7 +220,7 @@ async def test_unreachable_provider_degrades_health_until_a_send_succeeds(
         with pytest.raises(TransientChannelError):
             await dead.send(conversation(), agent_message())
     health = dead.health()
-    assert not health.ok and "last 3 sends failed" in health.detail
+    assert not health.ok and "last 3 send attempts failed" in health.detail
     assert "graph API unreachable" in health.detail and META_TOKEN not in health.detail
 
     adapter = _adapter(http_session, fake_graph.base_url)
