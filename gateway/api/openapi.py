@@ -543,7 +543,19 @@ def _webchat_paths() -> dict[str, Any]:
                         "description": "Messages",
                         **_json(
                             _object(
-                                {"messages": visitor_messages, "has_more": {"type": "boolean"}},
+                                {
+                                    "messages": visitor_messages,
+                                    "has_more": {"type": "boolean"},
+                                    "conversation": {
+                                        "oneOf": [
+                                            _object({"state": STATE}, ["state"]),
+                                            {"type": "null"},
+                                        ],
+                                        "description": "On the last page (`has_more` false):"
+                                        " where the visitor's latest chat stands (null before"
+                                        " their first message)",
+                                    },
+                                },
                                 ["messages", "has_more"],
                             )
                         ),
@@ -765,7 +777,15 @@ def _schemas() -> dict[str, Any]:
         "Error": _object(
             {
                 "error": _object(
-                    {"code": {"type": "string"}, "message": {"type": "string"}},
+                    {
+                        "code": {"type": "string"},
+                        "message": {"type": "string"},
+                        "retry_after": {
+                            "type": "integer",
+                            "description": "With `rate_limited` on the web chat: seconds to wait,"
+                            " as `Retry-After` says (which a page on another site can read too)",
+                        },
+                    },
                     ["code", "message"],
                 )
             },
@@ -1086,8 +1106,17 @@ def _schemas() -> dict[str, Any]:
             "required": ["text", "client_id"],
             "properties": {
                 "type": {"const": "message", "description": "Optional over HTTP"},
-                "text": {"type": "string"},
-                "client_id": {"type": "string", "description": "Unique per message, e.g. a UUID"},
+                "text": {
+                    "type": "string",
+                    "minLength": 1,
+                    "description": "At most the channel's `max_text` characters (default 4096)",
+                },
+                "client_id": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": 100,
+                    "description": "Unique per message, e.g. a UUID",
+                },
             },
         },
         "VisitorRead": _object(
@@ -1116,7 +1145,16 @@ def _schemas() -> dict[str, Any]:
             {"type": {"const": "typing"}, "active": {"type": "boolean"}}, ["type", "active"]
         ),
         "VisitorConversation": _object(
-            {"type": {"const": "conversation"}, "state": STATE, "change": NULLABLE_STRING},
+            {
+                "type": {"const": "conversation"},
+                "state": STATE,
+                "change": {
+                    **NULLABLE_STRING,
+                    "description": "Why it changed (`accepted`, `closed`, ...), sent live; null"
+                    " in the frame each socket gets once it has replayed, which says where the"
+                    " visitor's latest chat stands",
+                },
+            },
             ["type", "state"],
         ),
         "VisitorError": _object(

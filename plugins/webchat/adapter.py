@@ -49,6 +49,7 @@ from gateway.model import (
     Event,
     InboundMessage,
     Message,
+    State,
     iso,
 )
 from gateway.wsdrop import ClientNotReading, Sender
@@ -153,10 +154,28 @@ async def _send_error(
 
 
 def _rate_limited(retry_after: float) -> web.Response:
-    """429 with the wait in `Retry-After` (seconds) and in the message."""
-    response = _error(429, "rate_limited", f"too many requests; retry in {retry_after:.0f} s")
-    response.headers["Retry-After"] = f"{retry_after:.0f}"
+    """429 with the wait in `Retry-After` and in the error's `retry_after` (seconds, as the
+    socket's error frame has it), and in the message."""
+    seconds = int(f"{retry_after:.0f}")
+    message = f"too many requests; retry in {seconds} s"
+    response = _json(
+        {"error": {"code": "rate_limited", "message": message, "retry_after": seconds}}, 429
+    )
+    response.headers["Retry-After"] = str(seconds)
     return response
+
+
+def _conversation_frame(state: State, change: str | None) -> str:
+    """Where the visitor's chat stands: sent live as it changes (`change` says why), and once
+    on connecting (`change` null)."""
+    return orjson.dumps({"type": "conversation", "state": str(state), "change": change}).decode()
+
+
+def _socket_frame_limit(max_text: int) -> int:
+    """The largest frame a visitor's socket takes: a message of `max_text` characters however
+    it is written (JSON may escape a character outside the BMP as 12 bytes, two `\\uXXXX`),
+    with room for the rest of the frame; never under 64 KiB."""
+    return max(64 * 1024, 12 * max_text + 4096)
 
 
 DEMO_HEADERS = {
@@ -288,6 +307,9 @@ class WebchatAdapter(BaseAdapter):
         if origin and self._origin_allowed(request):
             response.headers["Access-Control-Allow-Origin"] = origin
             response.headers["Vary"] = "Origin"
+            # Without this a page's script cannot read them: how long to wait after a 429, and
+            # the id its request is logged under.
+            response.headers["Access-Control-Expose-Headers"] = "Retry-After, X-Request-Id"
         return response
 
     def _preflight(self, methods: str) -> Handler:
@@ -479,8 +501,16 @@ class WebchatAdapter(BaseAdapter):
             return self._cors(request, self._unavailable(exc))
         for i in undelivered:
             shown[i]["status"] = str(DeliveryState.DELIVERED)
-        # More after these: ask again with `after=` the last of them.
-        body = {"messages": shown, "has_more": len(history) > REPLAY_PAGE}
+        # More after these: ask again with `after=` the last of them. On the last page, where
+        # the chat stands now (null before the visitor's first message).
+        more = len(history) > REPLAY_PAGE
+        body: dict[str, Any] = {"messages": shown, "has_more": more}
+        if not more:
+            try:
+                state = await self._state_of(page[-1].id if page else _from(after))
+            except StoreUnavailable as exc:
+                return self._cors(request, self._unavailable(exc))
+            body["conversation"] = None if state is None else {"state": str(state)}
         return self._cors(request, _json(body))
 
     async def _message_limit(
@@ -576,7 +606,9 @@ class WebchatAdapter(BaseAdapter):
     async def _serve_socket(
         self, request: web.Request, session: VisitorSession, after: str | None
     ) -> web.StreamResponse:
-        ws = web.WebSocketResponse(heartbeat=HEARTBEAT, max_msg_size=64 * 1024)
+        ws = web.WebSocketResponse(
+            heartbeat=HEARTBEAT, max_msg_size=_socket_frame_limit(self.config.max_text)
+        )
         out = Sender(ws, request)
         await ws.prepare(request)
         self._sockets.add(ws)
@@ -670,6 +702,7 @@ class WebchatAdapter(BaseAdapter):
         # With `after`, everything since it; without, the replies no socket of theirs got.
         undelivered_only = after is None
         cursor: str | None = WHOLE_HISTORY if after is None else after
+        newest = _from(cursor)
         while cursor is not None:  # everything missed, however long: page after page
             history = await self.context.history.list_contact_messages(
                 self.name, session.visitor_id, after=_from(cursor), limit=REPLAY_PAGE
@@ -679,22 +712,20 @@ class WebchatAdapter(BaseAdapter):
                     continue
                 await self._push(out, message)
                 sent_ids.add(message.id)
+            newest = history[-1].id if history else newest
             cursor = history[-1].id if len(history) == REPLAY_PAGE else None
+        # Where the chat stands now, once: a widget that was away when it ended (no agent
+        # came, the agent closed it) would otherwise never learn it (widget audit).
+        state = await self._state_of(newest)
+        if state is not None:
+            await out.text(_conversation_frame(state, None))
         while True:
             event = await subscription.get()
             if event.type == "conversation.typing":
                 await out.text(orjson.dumps({"type": "typing", "active": True}).decode())
                 continue
             if event.type == "conversation.updated" and event.conversation is not None:
-                await out.text(
-                    orjson.dumps(
-                        {
-                            "type": "conversation",
-                            "state": str(event.conversation.state),
-                            "change": event.change,
-                        }
-                    ).decode()
-                )
+                await out.text(_conversation_frame(event.conversation.state, event.change))
                 continue
             message = event.message
             if message is None or message.id in sent_ids:
@@ -702,6 +733,17 @@ class WebchatAdapter(BaseAdapter):
             if message.direction == Direction.IN and message.client_id in written_here:
                 continue  # this socket sent it: its ack says so
             await self._push(out, message)
+
+    async def _state_of(self, newest: str | None) -> State | None:
+        """The state of the conversation the visitor's newest message (`newest`) is in: the
+        latest one, since a visitor's message opens a new one when none is open."""
+        if newest is None:
+            return None
+        message = await self.context.history.get_message(newest)
+        if message is None:
+            return None
+        conversation = await self.context.history.get_conversation(message.conversation_id)
+        return None if conversation is None else conversation.state
 
     async def _push(self, out: Sender, message: Message) -> None:
         """Push a message; an agent reply reaching the visitor's socket is its delivery, so the
@@ -827,15 +869,19 @@ class WebchatAdapter(BaseAdapter):
         if kind in ("ping", "typing", "read"):
             return None
         if kind != "message":
-            raise InvalidInput("type must be 'message', 'typing' or 'read'")
+            raise InvalidInput("type must be 'message', 'typing', 'read' or 'ping'")
         text = frame.get("text")
         client_id = frame.get("client_id")
+        if frame.get("attachments"):  # taken without them, a visitor would think them sent
+            raise InvalidInput("visitors send text only: attachments are not taken")
         if not isinstance(text, str) or not text.strip():
             raise InvalidInput("text is required")
         if len(text) > self.config.max_text:
             raise InvalidInput(f"text is longer than {self.config.max_text} characters")
-        if not isinstance(client_id, str) or not 1 <= len(client_id) <= MAX_CLIENT_ID:
+        if not isinstance(client_id, str) or not client_id:
             raise InvalidInput("client_id is required (a unique id per message, e.g. a UUID)")
+        if len(client_id) > MAX_CLIENT_ID:
+            raise InvalidInput(f"client_id is longer than {MAX_CLIENT_ID} characters")
         return InboundMessage(
             channel=self.name,
             channel_type=self.channel_type,

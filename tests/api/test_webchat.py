@@ -12,7 +12,7 @@ import pytest
 from aiohttp import ClientWebSocketResponse, WSServerHandshakeError
 from structlog.testing import capture_logs
 
-from tests.api.conftest import Gateway
+from tests.api.conftest import BASE_CONFIG, Gateway, GatewayFactory
 
 
 async def frame(ws: ClientWebSocketResponse, type_: str, timeout: float = 5) -> dict[str, Any]:
@@ -543,6 +543,76 @@ async def test_a_waiting_chat_checked_while_agents_are_online_keeps_its_version(
     assert logged[-1].conversation is not None
     assert logged[-1].conversation.version == conv["version"]
     await stream.close()
+
+
+async def test_a_widget_away_when_its_chat_ended_is_told_on_coming_back(gw: Gateway) -> None:
+    """Widget audit: `conversation` frames were only sent live, so a widget that was closed
+    when no agent came (or the agent closed the chat) never learned it had ended. Each socket
+    now says where the chat stands once it has replayed; the REST history's last page too."""
+    v = await gw.visitor("Away")
+    ws = await visitor_socket(gw, v["token"])
+    await ws.send_json({"type": "message", "text": "¿hay alguien?", "client_id": "a1"})
+    ack = await frame(ws, "ack")
+    await ws.close()
+    gw.clock.advance(timedelta(minutes=6))  # nobody of the queue online: no_agent_timeout
+    await gw.runtime.scheduler.run_once()
+    for after in (ack["message"]["id"], "0", None):
+        ws = await visitor_socket(gw, v["token"], after=after)
+        told = await frame(ws, "conversation")
+        assert (told["state"], told["change"]) == ("inactive", None), after
+        await ws.close()
+    headers = {"Authorization": f"Bearer {v['token']}"}
+    resp = await gw.client.get("/webchat/site/messages", headers=headers)
+    assert (await resp.json())["conversation"] == {"state": "inactive"}
+    # Before a visitor's first message there is no chat to speak of.
+    fresh = await gw.visitor("Fresh")
+    resp = await gw.client.get(
+        "/webchat/site/messages", headers={"Authorization": f"Bearer {fresh['token']}"}
+    )
+    assert (await resp.json())["conversation"] is None
+
+
+async def test_a_message_as_long_as_the_channel_allows_fits_in_a_socket_frame(
+    make_gateway: GatewayFactory,
+) -> None:
+    """Widget audit: with `max_text: 65536`, a 32,000-character message (half of it emoji,
+    which JSON may escape as 12 bytes each) closed the socket with 1009, no error frame,
+    though the same text went through REST; a widget resending it looped."""
+    site = '{name: site, type: webchat, no_agent_timeout: 5m, allowed_origins: ["https://shop.example.com"]}'
+    gw = await make_gateway(BASE_CONFIG.replace(site, site[:-1] + ", max_text: 65536}"))
+    v = await gw.visitor("Long")
+    ws = await visitor_socket(gw, v["token"])
+    text = "😀" * 16_000 + "a" * 16_000
+    await ws.send_str(json.dumps({"type": "message", "text": text, "client_id": "long-1"}))
+    ack = await frame(ws, "ack")
+    assert ack["message"]["text"] == text
+    # Past the channel's limit, a clear error frame, and the socket stays usable.
+    await ws.send_str(json.dumps({"type": "message", "text": "😀" * 65_537, "client_id": "l2"}))
+    refused = await frame(ws, "error")
+    assert "longer than 65536 characters" in refused["message"]
+    await ws.send_json({"type": "message", "text": "still here", "client_id": "l3"})
+    assert (await frame(ws, "ack"))["message"]["text"] == "still here"
+    await ws.close()
+
+
+async def test_a_client_id_too_long_or_an_attachment_is_called_that(gw: Gateway) -> None:
+    """Widget audit: a 128-character client_id was refused as "client_id is required", and a
+    visitor's attachments were acked and dropped."""
+    v = await gw.visitor("Ids")
+    ws = await visitor_socket(gw, v["token"])
+    await ws.send_json({"type": "message", "text": "hola", "client_id": "x" * 101})
+    refused = await frame(ws, "error")
+    assert refused["message"] == "client_id is longer than 100 characters"
+    await ws.send_json({"type": "message", "text": "hola", "client_id": "x" * 100})
+    assert (await frame(ws, "ack"))["client_id"] == "x" * 100
+    # Attachments are not taken from visitors: said, not dropped as if they had gone.
+    with_file = {"text": "see", "client_id": "f1", "attachments": [{"url": "https://x/y.png"}]}
+    await ws.send_json({"type": "message", **with_file})
+    assert "attachments are not taken" in (await frame(ws, "error"))["message"]
+    headers = {"Authorization": f"Bearer {v['token']}"}
+    resp = await gw.client.post("/webchat/site/messages", json=with_file, headers=headers)
+    assert resp.status == 400
+    await ws.close()
 
 
 async def test_widget_and_demo_are_served(gw: Gateway) -> None:

@@ -77,6 +77,16 @@ async def test_sessions_past_the_rate_get_429_with_retry_after(
         body = await resp.json()
         assert body["error"]["code"] == "rate_limited"
         assert 1 <= int(resp.headers["Retry-After"]) <= 3600
+        assert body["error"]["retry_after"] == int(resp.headers["Retry-After"])
+    # A widget on another site must be able to read the wait (widget audit): its script
+    # sees a response header only if the response exposes it.
+    across = await gw.client.post(
+        "/webchat/site/session", json={}, headers={"Origin": "https://shop.example.com"}
+    )
+    assert across.status == 429
+    assert across.headers["Access-Control-Allow-Origin"] == "https://shop.example.com"
+    exposed = {h.strip() for h in across.headers["Access-Control-Expose-Headers"].split(",")}
+    assert {"Retry-After", "X-Request-Id"} <= exposed
     lines = [e for e in logs if e["event"] == "webchat.rate_limited"]
     assert [(e["limit"], e["client"]) for e in lines] == [("session", "127.0.0.1")] * 2
 

@@ -42,6 +42,7 @@
   var heldUntil = 0;   // rate limited: nothing is sent before this time (ms)
   var unread = {};     // agent reply id -> true, until a read receipt goes for it
   var stopped = false; // the gateway refused this site or this widget's settings for good
+  var chatState = null; // the chat's state as last told (each socket says it on connecting)
 
   function load() {
     try { return JSON.parse(localStorage.getItem(storeKey)) || {}; } catch (e) { return {}; }
@@ -342,6 +343,7 @@
         var frame;
         try { frame = JSON.parse(e.data); } catch (err) { return; }
         if (frame.type === "ack") {
+          chatState = null; // a message may open a new chat: its end is news again
           delete pending[frame.client_id];
           save();
           render(frame.message, frame.client_id);
@@ -355,10 +357,14 @@
           typing.textContent = frame.active ? "Agent is typing…" : "";
           clearTimeout(typingTimer);
           typingTimer = setTimeout(function () { typing.textContent = ""; }, 5000);
-        } else if (frame.type === "conversation" && frame.state === "inactive") {
-          note("This conversation ended. Write again to start a new one.");
-        } else if (frame.type === "conversation" && frame.state === "closed") {
-          note("The agent closed this conversation.");
+        } else if (frame.type === "conversation") {
+          if (frame.state === chatState) return; // told again on reconnecting: said already
+          chatState = frame.state;
+          if (frame.state === "inactive") {
+            note("This conversation ended. Write again to start a new one.");
+          } else if (frame.state === "closed") {
+            note("The agent closed this conversation.");
+          }
         } else if (frame.type === "error") {
           refused(frame);
         }
