@@ -267,12 +267,15 @@ class Ingestor:
         no longer `queued`, so its redelivery does not send it a second time."""
         assert status.message_id is not None
         message = await self.store.get_message(status.message_id)
-        if (
-            message is None
-            or message.channel != status.channel
-            or message.direction != Direction.OUT
-            or message.provider_message_id is not None  # it went out under another id
-        ):
+        if message is None or message.channel != status.channel:
+            return None
+        if message.direction != Direction.OUT:
+            return None
+        if message.provider_message_id == status.provider_message_id:
+            # Recorded since this report was first tried (another report of the same message
+            # correlated it meanwhile, or its send's answer came): it applies now.
+            return await self.store.apply_status(status)
+        if message.provider_message_id is not None:  # it went out under another id
             return None
         recorded = await self.store.record_send(
             message.id, provider_message_id=status.provider_message_id, status=None

@@ -140,3 +140,32 @@ async def test_a_message_after_the_window_lapsed_starts_a_new_conversation_befor
     )
     # The timer, when it runs, finds nothing left to do.
     assert (await ingest.message(inbound("¿sigue ahí?", pid="wamid.3"))).duplicate
+
+
+async def test_a_report_that_correlates_after_another_recorded_the_send_still_applies(
+    store: Store, clock: ManualClock
+) -> None:
+    """Two reports of one agent reply (a web chat's `delivered` then `read`, from two
+    sockets or nodes) before its send's answer was recorded: each names our message. One
+    was looked up by provider id before the other recorded it (found nothing), and
+    correlated after: it used to be dropped as "unknown message" (widget audit: 61 such
+    warnings), losing the `read`. Its correlation now finds the id recorded and applies it."""
+    ingestor = make_ingestor(store, clock)
+    conversation = (await ingestor.message(inbound())).conversation
+    reply = outbound(conversation.id, clock)
+    await store.add_outbound(
+        lifecycle.agent_message(conversation, reply, clock.now()),
+        conversation.version,
+        reply,
+        None,
+    )
+
+    def report(state: DeliveryState) -> DeliveryStatus:
+        return DeliveryStatus("wa-main", reply.id, state, clock.now(), message_id=reply.id)
+
+    await ingestor.status(report(DeliveryState.DELIVERED))  # correlates: records the id
+    # `read`'s own lookup ran before that and found nothing; it correlates now.
+    correlated = await ingestor._correlate(report(DeliveryState.READ))
+    assert correlated is not None and correlated.moved
+    stored = await store.get_message(reply.id)
+    assert stored is not None and stored.status == DeliveryState.READ
