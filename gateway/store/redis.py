@@ -872,7 +872,9 @@ class RedisStore:
         return sorted(_text(a) for a in agents)
 
     async def node_heartbeat(self, node: str, now: datetime, ttl: timedelta) -> bool:
-        alive = await self._eval("node_heartbeat", node, str(micros(now)), str(micros(now + ttl)))
+        # Alive until Redis's clock plus `ttl` (`now` is this node's, which other nodes'
+        # clocks need not agree with): see NODE_HEARTBEAT.
+        alive = await self._eval("node_heartbeat", node, str(int(ttl.total_seconds() * 1e6)))
         return bool(alive)
 
     async def reap_nodes(self, now: datetime, grace: timedelta) -> list[str]:

@@ -30,6 +30,14 @@ PRELUDE = r"""
 local P = ARGV[1]
 local SEP = '\t'
 local function G(s) return P .. ':{g}:' .. s end
+-- Redis's own clock in microseconds: node liveness goes by it, since a node's "alive until"
+-- is compared by the other nodes, whose clocks may differ from its own.
+local function redis_micros()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+-- A whole number as the digits Redis should read (Lua would write 1.7e+15, losing digits).
+local function digits(x) return string.format('%.0f', x) end
 local function CK(id) return P .. ':{c:' .. id .. '}' end
 local function MK(id) return P .. ':{m:' .. id .. '}' end
 local function CH(ch, s) return P .. ':{ch:' .. ch .. '}:' .. s end
@@ -567,9 +575,10 @@ return out
 """
 
 REAP_NODES = r"""
--- ARGV: P, now, grace due -> agents left offline by nodes whose heartbeat lapsed
+-- ARGV: P, now, grace due -> agents left offline by nodes whose heartbeat lapsed (by Redis's
+-- clock); `now` and the grace are the node's, as the timers they arm are
 local agents, seen, out = {}, {}, {}
-for _, node in ipairs(redis.call('ZRANGEBYSCORE', G('nodes'), '-inf', ARGV[2])) do
+for _, node in ipairs(redis.call('ZRANGEBYSCORE', G('nodes'), '-inf', digits(redis_micros()))) do
   forget_node(node, agents, seen)
 end
 for _, agent in ipairs(agents) do
@@ -579,22 +588,25 @@ return out
 """
 
 NODE_HEARTBEAT = r"""
--- ARGV: P, node, now, alive until -> 1 when the node was alive already
+-- ARGV: P, node, time to live (us) -> 1 when the node was alive already. Alive until Redis's
+-- now plus the time to live: every node compares that with Redis's clock, not its own.
+local now = redis_micros()
 local previous = redis.call('ZSCORE', G('nodes'), ARGV[2])
-redis.call('ZADD', G('nodes'), ARGV[4], ARGV[2])
-if previous and tonumber(previous) > tonumber(ARGV[3]) then return 1 end
+redis.call('ZADD', G('nodes'), digits(now + tonumber(ARGV[3])), ARGV[2])
+if previous and tonumber(previous) > now then return 1 end
 return 0
 """
 
 PRESENCE_STARTUP = r"""
 -- ARGV: P, node, now, grace due -> agents whose grace this armed
 local now = ARGV[3]
+local live_now = redis_micros()  -- liveness goes by Redis's clock (see NODE_HEARTBEAT)
 local agents, seen, out = {}, {}, {}
 for _, node in ipairs(redis.call('SMEMBERS', G('cnodes'))) do
   local alive = redis.call('ZSCORE', G('nodes'), node)
-  if not alive or tonumber(alive) <= tonumber(now) then forget_node(node, agents, seen) end
+  if not alive or tonumber(alive) <= live_now then forget_node(node, agents, seen) end
 end
-for _, node in ipairs(redis.call('ZRANGEBYSCORE', G('nodes'), '-inf', now)) do
+for _, node in ipairs(redis.call('ZRANGEBYSCORE', G('nodes'), '-inf', digits(live_now))) do
   forget_node(node, agents, seen)
 end
 for _, agent in ipairs(agents) do

@@ -657,17 +657,24 @@ async def test_cursors_order_as_strings(store: Store, clock: ManualClock) -> Non
     assert cursors == sorted(cursors) and len(set(cursors)) == 24
 
 
+LAPSED = timedelta(0)
+"""A heartbeat that is over as it is given: on SQLite liveness goes by the node's clock (one
+process), on Redis by Redis's (nodes' clocks may differ), so a test cannot move time forward
+for both; a node that should lapse heartbeats with no time to live instead."""
+ALIVE = timedelta(hours=1)
+
+
 async def test_node_heartbeats_and_reaping(store: Store, clock: ManualClock) -> None:
-    now, ttl, grace = clock.now(), timedelta(seconds=10), timedelta(seconds=30)
-    assert not await store.node_heartbeat("n1", now, ttl)  # new
-    assert await store.node_heartbeat("n1", now, ttl)
-    assert not await store.node_heartbeat("n2", now, ttl)
+    now, grace = clock.now(), timedelta(seconds=30)
+    assert not await store.node_heartbeat("n1", now, ALIVE)  # new
+    assert await store.node_heartbeat("n1", now, ALIVE)
+    assert not await store.node_heartbeat("n2", now, ALIVE)
     await store.presence_connect("maria", "c1", "n1", now)
     await store.presence_connect("jose", "c2", "n2", now)
     await store.presence_connect("ana", "c3", "n1", now)
     await store.presence_connect("ana", "c4", "n2", now)
     assert await store.reap_nodes(now + timedelta(seconds=5), grace) == []
-    await store.node_heartbeat("n2", now + timedelta(seconds=8), ttl)
+    assert await store.node_heartbeat("n1", now, LAPSED)  # its last beat: then silence
     reaped_at = now + timedelta(seconds=11)
     # n1 fell silent: its agents go offline unless connected elsewhere (ana is, on n2).
     assert await store.reap_nodes(reaped_at, grace) == ["maria"]
@@ -677,13 +684,13 @@ async def test_node_heartbeats_and_reaping(store: Store, clock: ManualClock) -> 
     assert await store.next_due() == reaped_at + grace
     assert await store.reap_nodes(reaped_at, grace) == []  # idempotent
     # n1 comes back: the store tells it it was given up on, so it records its sockets again.
-    assert not await store.node_heartbeat("n1", reaped_at, ttl)
+    assert not await store.node_heartbeat("n1", reaped_at, ALIVE)
 
 
 async def test_leases_of_a_dead_node_are_released(store: Store, clock: ManualClock) -> None:
-    now, ttl = clock.now(), timedelta(seconds=5)
-    await store.node_heartbeat("n1", now, ttl)
-    await store.node_heartbeat("n2", now, timedelta(hours=1))
+    now = clock.now()
+    await store.node_heartbeat("n1", now, ALIVE)
+    await store.node_heartbeat("n2", now, ALIVE)
     await store.set_deadline("agent:x", GRACE_KIND, now)
     await store.set_deadline("agent:y", GRACE_KIND, now)
     claimed = await store.claim_due(now, 1, timedelta(hours=1), node="n1")
@@ -692,6 +699,9 @@ async def test_leases_of_a_dead_node_are_released(store: Store, clock: ManualClo
     assert len(other) == 1
     later = now + timedelta(seconds=6)
     assert await store.claim_due(later, 10, timedelta(seconds=30), node="n2") == []
+    await store.reap_nodes(later, timedelta(seconds=30))  # n1 is alive: its lease holds
+    assert await store.claim_due(later, 10, timedelta(seconds=30), node="n2") == []
+    await store.node_heartbeat("n1", now, LAPSED)
     await store.reap_nodes(later, timedelta(seconds=30))
     again = await store.claim_due(later, 10, timedelta(seconds=30), node="n2")
     assert [(d.target, d.kind, d.due_at) for d in again] == [(claimed[0].target, GRACE_KIND, now)]
@@ -700,9 +710,9 @@ async def test_leases_of_a_dead_node_are_released(store: Store, clock: ManualClo
 async def test_startup_forgets_connections_of_dead_nodes(store: Store, clock: ManualClock) -> None:
     now, grace = clock.now(), timedelta(seconds=30)
     earlier = now - timedelta(minutes=5)
-    await store.node_heartbeat("old", earlier, timedelta(seconds=10))
+    await store.node_heartbeat("old", earlier, LAPSED)
     await store.presence_connect("maria", "c1", "old", earlier)
-    await store.node_heartbeat("new", now, timedelta(seconds=10))
+    await store.node_heartbeat("new", now, ALIVE)
     assert await store.presence_startup("new", now, grace) == ["maria"]
     presence = await store.presence()
     assert not presence["maria"].online

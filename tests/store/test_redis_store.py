@@ -322,3 +322,21 @@ async def test_messages_stored_before_the_stored_order_existed_still_come_first_
     assert [m.id for m in await a.list_contact_messages(*contact, after=ids[0])] == ids[1:]
     before = await a.list_recent_messages(conversation_id, before=ids[2], limit=1)
     assert [m.id for m in before] == ids[1:2]
+
+
+async def test_a_node_whose_clock_is_behind_is_not_reaped_by_the_others(
+    stores: tuple[RedisStore, RedisStore],
+) -> None:
+    """Widget re-audit: a node 10 s behind stamped "alive until" on its own clock, the others
+    compared it with theirs and reaped it every few seconds: its agents flapped offline. A
+    heartbeat now lasts its time to live on Redis's clock, whatever the nodes' say."""
+    behind, ahead = stores
+    real = datetime.now(UTC)
+    grace = timedelta(seconds=30)
+    await behind.node_heartbeat("slow", real - timedelta(seconds=10), timedelta(seconds=10))
+    await behind.presence_connect("maria", "c1", "slow", real - timedelta(seconds=10))
+    await ahead.node_heartbeat("fast", real + timedelta(seconds=10), timedelta(seconds=10))
+    assert await ahead.reap_nodes(real + timedelta(seconds=10), grace) == []
+    assert await ahead.presence_startup("fast", real + timedelta(seconds=10), grace) == []
+    assert (await ahead.presence())["maria"].online
+    assert await behind.node_heartbeat("slow", real - timedelta(seconds=10), timedelta(seconds=10))
