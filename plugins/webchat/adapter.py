@@ -165,6 +165,56 @@ def _rate_limited(retry_after: float) -> web.Response:
     return response
 
 
+ACK_WAIT = 5.0
+"""How long an ack waits for the socket's pushes to reach its message (seconds); past that
+(the node's event feed is behind: a store outage) it goes anyway, and says so in the log."""
+
+
+class _WrittenHere:
+    """What a visitor wrote through one socket, and how far that socket's pushes have got.
+
+    Such a message is acked here, and pushed only to the visitor's other sockets (another
+    tab). Its ack goes once the pushes reach its event: everything stored before it has been
+    pushed by then, so a widget that resumes after the last message it got misses nothing.
+    """
+
+    def __init__(self) -> None:
+        self._client_ids: set[str] = set()
+        self._reached: dict[str, asyncio.Future[None]] = {}
+        self.replayed = asyncio.Event()
+        """Set once the socket's replay is done and it pushes live."""
+
+    def __contains__(self, client_id: object) -> bool:
+        return client_id in self._client_ids
+
+    def add(self, client_id: str) -> None:
+        """Before the message is stored: its event may come before the store's answer."""
+        self._client_ids.add(client_id)
+        if client_id not in self._reached:
+            self._reached[client_id] = asyncio.get_running_loop().create_future()
+
+    def reached(self, client_id: str | None) -> None:
+        """The pushes got to this message: everything stored before it went out."""
+        waiter = self._reached.get(client_id or "")
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def pushed_up_to(self, client_id: str, *, duplicate: bool) -> bool:
+        """Wait until the ack of `client_id` may go (False: it waited ACK_WAIT in vain)."""
+        waiter = self._reached.get(client_id)
+        try:
+            async with asyncio.timeout(ACK_WAIT):
+                if duplicate or waiter is None:
+                    await self.replayed.wait()
+                else:
+                    await waiter
+        except TimeoutError:
+            return False
+        finally:
+            self._reached.pop(client_id, None)
+        return True
+
+
 def _conversation_frame(state: State, change: str | None) -> str:
     """Where the visitor's chat stands: sent live as it changes (`change` says why), and once
     on connecting (`change` null)."""
@@ -640,9 +690,7 @@ class WebchatAdapter(BaseAdapter):
             )
 
         subscription = self.context.events.subscribe(mine, key=(self.name, address))
-        # What this socket's visitor wrote through it: acked here, and pushed to their other
-        # sockets (another tab) only.
-        written_here: set[str] = set()
+        written_here = _WrittenHere()
         pump = asyncio.create_task(self._pump(out, subscription, session, after, written_here))
         try:
             async for msg in ws:
@@ -667,7 +715,7 @@ class WebchatAdapter(BaseAdapter):
         subscription: Any,
         session: VisitorSession,
         after: str | None,
-        written_here: set[str],
+        written_here: _WrittenHere,
     ) -> None:
         """Push to the visitor until the socket ends. If the store fails meanwhile (replaying
         history, recording a delivery), close with 1013 (try again later): a socket that stays
@@ -694,10 +742,11 @@ class WebchatAdapter(BaseAdapter):
         subscription: Any,
         session: VisitorSession,
         after: str | None,
-        written_here: set[str],
+        written_here: _WrittenHere,
     ) -> None:
         """Replay what the visitor missed, then push agent replies, what the visitor wrote in
-        another tab, and state changes live."""
+        another tab, and state changes live. What this socket's visitor wrote through it is
+        not pushed back: reaching its event tells the ack it may go (`_WrittenHere`)."""
         sent_ids: set[str] = set()
         # With `after`, everything since it; without, the replies no socket of theirs got.
         undelivered_only = after is None
@@ -712,6 +761,8 @@ class WebchatAdapter(BaseAdapter):
                     continue
                 await self._push(out, message)
                 sent_ids.add(message.id)
+                if message.direction == Direction.IN:
+                    written_here.reached(message.client_id)
             newest = history[-1].id if history else newest
             cursor = history[-1].id if len(history) == REPLAY_PAGE else None
         # Where the chat stands now, once: a widget that was away when it ended (no agent
@@ -719,6 +770,7 @@ class WebchatAdapter(BaseAdapter):
         state = await self._state_of(newest)
         if state is not None:
             await out.text(_conversation_frame(state, None))
+        written_here.replayed.set()
         while True:
             event = await subscription.get()
             if event.type == "conversation.typing":
@@ -728,10 +780,13 @@ class WebchatAdapter(BaseAdapter):
                 await out.text(_conversation_frame(event.conversation.state, event.change))
                 continue
             message = event.message
-            if message is None or message.id in sent_ids:
+            if message is None:
                 continue
             if message.direction == Direction.IN and message.client_id in written_here:
-                continue  # this socket sent it: its ack says so
+                written_here.reached(message.client_id)  # this socket sent it: its ack says so
+                continue
+            if message.id in sent_ids:
+                continue
             await self._push(out, message)
 
     async def _state_of(self, newest: str | None) -> State | None:
@@ -789,7 +844,11 @@ class WebchatAdapter(BaseAdapter):
             )
 
     async def _on_text(
-        self, ws: web.WebSocketResponse, session: VisitorSession, data: str, written_here: set[str]
+        self,
+        ws: web.WebSocketResponse,
+        session: VisitorSession,
+        data: str,
+        written_here: _WrittenHere,
     ) -> None:
         try:
             frame = orjson.loads(data)
@@ -836,6 +895,14 @@ class WebchatAdapter(BaseAdapter):
         if _reused(result.duplicate, result.message, message):
             await _send_error(ws, "client_id_reused", CLIENT_ID_REUSED, client_id)
             return
+        # In stored order with the pushes: a widget resumes after the last message it got,
+        # so an ack must not overtake the push of a message stored before it (re-audit: an
+        # agent reply stored just before, on another node, was skipped on reconnecting).
+        # A resend's message is old: it waits for the replay only.
+        if not await written_here.pushed_up_to(client_id, duplicate=result.duplicate):
+            self.context.log.warning(
+                "webchat.ack_unordered", channel=self.name, message_id=result.message.id
+            )
         shown = visitor_message_json(result.message)
         await ws.send_str(
             orjson.dumps({"type": "ack", "client_id": client_id, "message": shown}).decode()

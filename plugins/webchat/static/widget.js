@@ -34,7 +34,7 @@
   var retry = 0;
   var pending = state.pending || {}; // client_id -> text, until acknowledged (survives reloads)
   var shown = {};   // message id -> element
-  var lastId = null; // the newest message shown on this page: where a reconnect resumes
+  var lastId = null; // the last message the gateway sent this page: where a reconnect resumes
   var replayAll = false; // the gateway refused `after=lastId`: ask for the whole history once
   var typingTimer = null;
   var lastTyping = 0;
@@ -178,22 +178,11 @@
     button.setAttribute("aria-label", ids.length ? title + " (" + ids.length + " unread)" : title);
   }
 
-  // Confirmed messages are shown in the order of their ids (time-ordered: the order the
-  // gateway stored them), whatever order their frames come in: after a reload, the ack of a
-  // kept message can overtake the replay of older ones. Messages still being sent stay last.
-  function place(node, id) {
+  // Confirmed messages are shown in the order their frames come, which is the order the
+  // gateway stored them (its replay, its pushes and its acks all follow it; ids need not:
+  // they come from each gateway node's clock). Messages still being sent stay last.
+  function place(node) {
     var unsent = log.querySelector(".gwc-unsent");
-    if (!lastId || id > lastId) { // the usual case, a replay included: newest so far, at the end
-      if (unsent !== node) log.insertBefore(node, unsent);
-      return;
-    }
-    var confirmed = log.querySelectorAll(".gwc-msg[data-id]");
-    for (var i = 0; i < confirmed.length; i++) {
-      if (confirmed[i] !== node && confirmed[i].getAttribute("data-id") > id) {
-        log.insertBefore(node, confirmed[i]);
-        return;
-      }
-    }
     if (unsent !== node) log.insertBefore(node, unsent);
   }
 
@@ -209,7 +198,7 @@
     if (message) {
       if (!shown[message.id]) {
         node.className = "gwc-msg";  // no longer unsent: placed among the confirmed ones
-        place(node, message.id);
+        place(node);
       }
       delete shown["pending:" + ownId];
       shown[message.id] = node;
@@ -217,7 +206,7 @@
       node.textContent = message.text || "[" + message.kind + "]";
       node.setAttribute("data-id", message.id);
       if (message.direction === "out" && message.status !== "read") unread[message.id] = true;
-      if (!lastId || message.id > lastId) lastId = message.id;
+      lastId = message.id; // where a reconnect resumes: the last one the gateway sent
     } else {
       shown[key] = node;
       node.className = "gwc-msg gwc-in gwc-unsent";
