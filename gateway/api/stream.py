@@ -41,7 +41,9 @@ log = structlog.get_logger("gateway.stream")
 
 routes = web.RouteTableDef()
 
-HEARTBEAT = 20.0
+HEARTBEAT = 10.0
+"""Seconds between the server's pings; a client that has not answered within half of it is
+gone (the network dropped), and its disconnect grace starts then: within 15 s, not 30."""
 MAX_STREAMS_PER_AGENT = 16
 """Open streams one agent may hold on one node (tabs, devices): each costs a descriptor and a
 task, so a leaked token must not be able to open them until the process runs out."""

@@ -114,6 +114,15 @@ export class Stream {
     this.connect();
   }
 
+  /** Try again now instead of after the back-off: the network is back (the browser says so,
+   * or a request just went through), and the agent's disconnect grace is running. */
+  reconnectNow() {
+    if (this.stopped || this.ws) return;
+    clearTimeout(this.timer);
+    this.retry = 0;
+    this.connect();
+  }
+
   stop() {
     this.stopped = true;
     clearTimeout(this.timer);
@@ -186,7 +195,8 @@ export class Stream {
         if (this.cursor === resumeFrom) this.cursor = null;
       }
       if (this.stopped) return;
-      const delay = Math.min(15000, 500 * 2 ** this.retry++) * (0.5 + Math.random() / 2);
+      // At most 5 s apart: the agent's disconnect grace (30 s by default) runs meanwhile.
+      const delay = Math.min(5000, 500 * 2 ** this.retry++) * (0.5 + Math.random() / 2);
       this.timer = setTimeout(() => this.connect(), delay);
     };
     ws.onclose = closed;

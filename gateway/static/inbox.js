@@ -81,7 +81,9 @@ function friendly(err) {
 /** Await an API call; a 401 signs out, other failures become a notice and resolve to null. */
 async function guard(promise, onError) {
   try {
-    return await promise;
+    const answer = await promise;
+    if (app.stream) app.stream.reconnectNow(); // the gateway answers: so may the stream
+    return answer;
   } catch (err) {
     if (!(err instanceof ApiError)) throw err;
     if (err.status === 401) signOut("Your session ended: sign in again.");
@@ -134,6 +136,9 @@ async function signIn(token, remembered) {
   app.stream = new Stream(token, { onEvent, onHello, onState, keepalive });
   app.stream.start();
   app.clockTimer = setInterval(updateTimes, 10000);
+  // Reloaded with a conversation open: open it again.
+  const opened = decodeURIComponent(location.hash.slice(1));
+  if (/^c_[0-9A-Za-z]+$/.test(opened)) openConversation(opened);
 }
 
 function signOut(message) {
@@ -141,6 +146,7 @@ function signOut(message) {
   clearInterval(app.clockTimer);
   sessionStorage.removeItem(TOKEN_KEY);
   Object.assign(app, { api: null, stream: null, me: null, open: null });
+  history.replaceState(null, "", location.pathname + location.search);
   app.convs.clear();
   app.notices.clear();
   ui.list.replaceChildren();
@@ -175,6 +181,9 @@ function onEvent(event) {
   if (conv) upsert(conv);
   const message = event.message;
   if (message && open && message.conversation_id === open.id) {
+    // The stream brings messages in the order they were stored: one this page added from
+    // its own send's answer takes its place when its event comes.
+    if (open.provisional.delete(message.id)) open.messages.delete(message.id);
     open.messages.set(message.id, message);
     if (message.direction === "in") hideTyping();
     renderThread();
@@ -209,7 +218,11 @@ async function loadCounts() {
 
 function selectTab(state) {
   app.tab = state;
-  for (const tab of ui.tabs) tab.setAttribute("aria-selected", String(tab.dataset.state === state));
+  for (const tab of ui.tabs) {
+    const selected = tab.dataset.state === state;
+    tab.setAttribute("aria-selected", String(selected));
+    tab.tabIndex = selected ? 0 : -1; // one Tab stop for the tab list; arrows move within it
+  }
   showListNotice("");
   renderList();
   loadList();
@@ -374,10 +387,10 @@ function setNotice(id, text) {
   renderList();
 }
 
-async function act(id, action, body) {
+async function act(id, action, body, explain = friendly) {
   const conv = await guard(
     app.api.post(app.api.conversationPath(id, action), body).then((d) => d.conversation),
-    (err) => setNotice(id, friendly(err)),
+    (err) => setNotice(id, explain(err)),
   );
   if (!conv) return null;
   upsert(conv);
@@ -407,13 +420,16 @@ async function openConversation(id) {
   const same = app.open && app.open.id === id;
   if (!same) {
     app.open = {
-      id, messages: new Map(), nodes: new Map(), el: null, typingTimer: null, typingSent: 0,
-      send: null,
+      // Messages in the order they were stored (a Map keeps insertion order), not by id:
+      // ids come from each gateway node's clock.
+      id, messages: new Map(), provisional: new Set(), nodes: new Map(), el: null,
+      typingTimer: null, typingSent: 0, send: null,
     };
     app.open.hasEarlier = hasEarlier;
     buildPane();
   }
   for (const m of messages) app.open.messages.set(m.id, m);
+  history.replaceState(null, "", "#" + encodeURIComponent(id)); // a reload reopens it
   renderOpenState();
   renderThread(!same);
   ui.app.classList.add("show-pane");
@@ -422,6 +438,7 @@ async function openConversation(id) {
 
 function closePane() {
   app.open = null;
+  history.replaceState(null, "", location.pathname + location.search);
   ui.pane.replaceChildren(placeholder);
   ui.app.classList.remove("show-pane");
   renderList();
@@ -453,6 +470,8 @@ function renderOpenState() {
   if (!c) return;
   const el = o.el;
   const mine = c.agent === app.me.id;
+  // Moved out of sight (transferred to a queue not ours): nothing to do here any more.
+  const gone = !mine && !app.me.queues.includes(c.queue);
   const name = contactName(c);
   const sub = [c.contact.display_name ? c.contact.address : null,
     c.channel + " (" + channelLabel(c.channel_type) + ")", "queue " + c.queue];
@@ -470,7 +489,9 @@ function renderOpenState() {
     h("span", { class: "badge badge-" + c.state, text: c.state }));
   el.head.classList.toggle("is-inactive", c.state === "inactive");
 
-  el.banner.textContent = bannerText(c, mine);
+  el.banner.textContent = gone
+    ? "Moved to queue " + c.queue + ", which is not one of yours: you can no longer act on it."
+    : bannerText(c, mine);
   el.banner.hidden = !el.banner.textContent;
   el.banner.className = "banner banner-" + c.state;
 
@@ -478,7 +499,7 @@ function renderOpenState() {
   const button = (label, aria, cls, onClick) => h("button", {
     class: "act " + cls, attrs: { type: "button", "aria-label": aria }, on: { click: onClick },
   }, label);
-  if (c.state === "waiting") {
+  if (c.state === "waiting" && !gone) {
     buttons.push(button("✓ Accept", "Accept this conversation", "act-accept", () => accept(c.id)));
   }
   if (mine && c.state === "active") {
@@ -525,7 +546,7 @@ function pendingWhy(c) {
 function renderThread(toBottom) {
   const thread = app.open.el.thread;
   const nearBottom = thread.scrollHeight - thread.scrollTop - thread.clientHeight < 60;
-  const messages = Array.from(app.open.messages.values()).sort((a, b) => (a.id < b.id ? -1 : 1));
+  const messages = Array.from(app.open.messages.values());
   if (app.open.hasEarlier && !app.open.earlierNode) {
     app.open.earlierNode = h("li", { class: "earlier" },
       h("button", { class: "link", type: "button", text: "Show earlier messages",
@@ -559,13 +580,15 @@ function messageNode(m) {
  * shown, keeping what the agent was looking at in place. */
 async function loadEarlier() {
   const open = app.open;
-  const oldest = Array.from(open.messages.keys()).sort()[0];
+  const oldest = open.messages.keys().next().value;
   const query = "?limit=" + EARLIER_PAGE + (oldest ? "&before=" + encodeURIComponent(oldest) : "");
   const data = await guard(app.api.get(app.api.conversationPath(open.id) + query));
   if (!data || app.open !== open) return;
   const thread = open.el.thread;
   const fromBottom = thread.scrollHeight - thread.scrollTop;
-  for (const m of data.messages) open.messages.set(m.id, m);
+  // Older ones go first, before what was shown.
+  const earlier = data.messages.filter((m) => !open.messages.has(m.id)).map((m) => [m.id, m]);
+  open.messages = new Map([...earlier, ...open.messages]);
   open.hasEarlier = data.has_earlier;
   renderThread(false);
   thread.scrollTop = thread.scrollHeight - fromBottom;
@@ -639,7 +662,8 @@ function composer() {
   const text = h("textarea", {
     attrs: { rows: "2", maxlength: "4096", placeholder: "Write a reply…", "aria-label": "Reply" },
     on: { input: agentTyping, keydown: (e) => {
-      if (e.key === "Enter" && !e.shiftKey) {
+      // Not the Enter that picks a word in an input method (Japanese, Chinese...).
+      if (e.key === "Enter" && !e.shiftKey && !e.isComposing && e.keyCode !== 229) {
         e.preventDefault();
         text.form.requestSubmit();
       }
@@ -746,7 +770,10 @@ async function postMessage(body) {
   o.typingSent = 0; // the next keystroke starts a new message: say so at once
   setNotice(id, "");
   // The stream may already have brought a newer status for it: keep that one.
-  if (!o.messages.has(data.message.id)) o.messages.set(data.message.id, data.message);
+  if (!o.messages.has(data.message.id)) {
+    o.messages.set(data.message.id, data.message);
+    o.provisional.add(data.message.id); // placed for now; its event puts it in stored order
+  }
   renderThread(true);
   return true;
 }
@@ -760,6 +787,7 @@ async function resend() {
   o.retry = null;
   clearTimeout(o.retryTimer);
   const sent = await postMessage(body);
+  // A reply put back in the composer when it failed leaves it once it is sent.
   if (sent && app.open === o && body.text && o.el.text.value.trim() === body.text) {
     o.el.text.value = "";
     renderOpenState();
@@ -772,9 +800,12 @@ async function sendText(e) {
   const text = el.text.value.trim();
   if (!text || el.text.disabled) return;
   el.send.disabled = true;
+  // Out of the composer at once: what the agent types while it is sending is the next
+  // reply, not something the answer may wipe. A reply the gateway did not take comes back.
+  el.text.value = "";
   const sent = await postMessage({ text });
   if (!app.open || app.open.el !== el) return;
-  if (sent) el.text.value = "";
+  if (!sent && !el.text.value.trim()) el.text.value = text;
   renderOpenState();
   el.text.focus();
 }
@@ -811,7 +842,9 @@ function transferForm() {
           setNotice(id, "Choose a queue or an agent.");
           return;
         }
-        if (await act(id, "transfer", body)) {
+        // The gateway's own words when the target is not on the queue: it names who and which.
+        const explain = (err) => (err.code === "not_on_queue" ? err.message : friendly(err));
+        if (await act(id, "transfer", body, explain)) {
           form.hidden = true;
           agent.value = "";
           queue.value = "";
@@ -831,10 +864,15 @@ function transferForm() {
     const chosen = agent.value;
     const others = found.agents.filter((a) => a.id !== app.me.id)
       .sort((a, b) => Number(b.online) - Number(a.online) || a.name.localeCompare(b.name));
+    const conv = app.convs.get(app.open.id);
+    // Without a queue chosen the conversation stays on its own: say who is not on it.
+    const offQueue = (a) => (conv && a.queues && !a.queues.includes(conv.queue)
+      ? ", not on " + conv.queue : "");
     agent.replaceChildren(h("option", { attrs: { value: "" }, text: "or an agent…" }),
       ...others.map((a) => h("option", {
         attrs: { value: a.id },
-        text: a.name + " (" + (a.online ? "online" : "offline") + ", " + a.active + "/" + a.max_active + " active)",
+        text: a.name + " (" + (a.online ? "online" : "offline") + ", " + a.active + "/" +
+          a.max_active + " active" + offQueue(a) + ")",
       })));
     agent.value = others.some((a) => a.id === chosen) ? chosen : "";
   };
@@ -849,8 +887,20 @@ ui.signinForm.addEventListener("submit", (e) => {
   if (token) signIn(token, false);
 });
 ui.signout.addEventListener("click", () => signOut(""));
+window.addEventListener("online", () => { if (app.stream) app.stream.reconnectNow(); });
 ui.more.addEventListener("click", loadMore);
-for (const tab of ui.tabs) tab.addEventListener("click", () => selectTab(tab.dataset.state));
+for (const tab of ui.tabs) {
+  tab.addEventListener("click", () => selectTab(tab.dataset.state));
+  tab.addEventListener("keydown", (e) => {
+    const at = ui.tabs.indexOf(tab);
+    const to = { ArrowRight: at + 1, ArrowLeft: at - 1, Home: 0, End: ui.tabs.length - 1 }[e.key];
+    if (to === undefined) return;
+    e.preventDefault();
+    const next = ui.tabs[(to + ui.tabs.length) % ui.tabs.length];
+    selectTab(next.dataset.state);
+    next.focus();
+  });
+}
 ui.queue.addEventListener("change", () => {
   app.queue = ui.queue.value;
   loadCounts();

@@ -587,3 +587,131 @@ async def test_a_reply_the_gateway_could_not_take_goes_again_by_itself(
     thread = await gw.get("maria", f"/api/v1/conversations/{conversation['id']}")
     assert [m["text"] for m in thread["messages"]] == ["hola", "¿Me oyes?"]
     assert len(refused) == 1
+
+
+async def test_what_the_agent_types_while_a_reply_sends_is_kept(
+    gw: LiveGateway, new_page: NewPage
+) -> None:
+    """Browser audit: on a slow network the sent reply stayed in the box, what the agent typed
+    next was added to it, and the answer then cleared the lot. A reply now leaves the box at
+    once; the next draft stays."""
+    await gw.visitor("Borrador", "hola")
+    agent = await new_page()
+    await sign_in(agent, gw)
+    await item(agent, "Borrador").get_by_role("button", name=ACCEPT).click()
+    reply = agent.get_by_role("textbox", name="Reply")
+    await expect(reply).to_be_focused()
+    release = asyncio.Event()
+
+    async def slow(route: Route) -> None:
+        if route.request.method == "POST":
+            await release.wait()
+        await route.continue_()
+
+    await agent.route(re.compile(r"/messages$"), slow)
+    await reply.fill("reply A")
+    await reply.press("Enter")
+    await expect(reply).to_have_value("")  # out of the composer while it sends
+    await reply.press_sequentially("draft B")
+    release.set()
+    await expect(agent.locator(".msg-out .msg-text")).to_have_text(["reply A"])
+    await expect(reply).to_have_value("draft B")
+
+
+async def test_the_enter_that_picks_an_input_method_word_does_not_send(
+    gw: LiveGateway, new_page: NewPage
+) -> None:
+    await gw.visitor("Kenji", "こんにちは")
+    agent = await new_page()
+    await sign_in(agent, gw)
+    await item(agent, "Kenji").get_by_role("button", name=ACCEPT).click()
+    reply = agent.get_by_role("textbox", name="Reply")
+    await reply.fill("日本")
+    # What an input method sends when Enter picks the word being composed.
+    await reply.evaluate(
+        "el => el.dispatchEvent(new KeyboardEvent('keydown',"
+        " {key: 'Enter', isComposing: true, bubbles: true, cancelable: true}))"
+    )
+    await expect(reply).to_have_value("日本")  # not sent: the word is still being written
+    await reply.press("Enter")
+    await expect(agent.locator(".msg-out .msg-text")).to_have_text(["日本"])
+    await expect(reply).to_have_value("")
+
+
+async def test_a_refused_transfer_says_why_and_the_picker_warns_of_it(
+    gw: LiveGateway, new_page: NewPage
+) -> None:
+    """Browser audit: a transfer to an agent not on the queue showed "This conversation is not
+    on your queues any more.", which was false; the gateway's own reason names who and
+    which queue, and the picker says who is not on the conversation's queue."""
+    await gw.visitor("Inés", "una duda")
+    (conversation,) = await gw.waiting()
+    agent = await new_page()
+    await sign_in(agent, gw)
+    await item(agent, "Inés").get_by_role("button", name=ACCEPT).click()
+    await expect(agent.locator(".conv-head .badge")).to_have_text("active")
+    await agent.get_by_role("button", name="Transfer this conversation").click()
+    await agent.get_by_label("Transfer to a queue").select_option("sales")
+    await agent.get_by_label("Transfer to an agent").select_option("ana")  # support only
+    await agent.get_by_role("button", name="Confirm the transfer").click()
+    await expect(agent.locator(".notice")).to_have_text("agent ana is not on queue sales")
+    moved = await gw.get("maria", f"/api/v1/conversations/{conversation['id']}")
+    assert (moved["agent"], moved["queue"]) == ("maria", "support")  # nothing changed
+    # On sales, the picker says who is not on it.
+    await gw.post(
+        "maria",
+        f"/api/v1/conversations/{conversation['id']}/transfer",
+        {"queue": "sales", "agent": "maria"},
+    )
+    await expect(agent.locator(".conv-sub").first).to_contain_text("queue sales")
+    await agent.get_by_role("button", name="Transfer this conversation").click()
+    await agent.get_by_role("button", name="Transfer this conversation").click()
+    await expect(
+        agent.get_by_label("Transfer to an agent").locator("option[value=ana]")
+    ).to_have_text(re.compile(r"not on sales\)$"))
+
+
+async def test_an_open_conversation_moved_out_of_my_queues_says_so(
+    gw: LiveGateway, new_page: NewPage
+) -> None:
+    """Browser audit: Ana (support only) kept a chat open that Maria moved to sales; it still
+    offered Accept, which the gateway would refuse."""
+    await gw.visitor("Lucía", "hola")
+    (conversation,) = await gw.waiting()
+    ana = await new_page()
+    await sign_in(ana, gw, "ana")
+    await item(ana, "Lucía").get_by_role("button", name=PREVIEW).click()
+    await expect(ana.get_by_role("button", name="Accept this conversation")).to_be_visible()
+    path = f"/api/v1/conversations/{conversation['id']}"
+    await gw.post("maria", f"{path}/accept")
+    await gw.post("maria", f"{path}/transfer", {"queue": "sales"})
+    await expect(ana.locator(".banner")).to_have_text(
+        "Moved to queue sales, which is not one of yours: you can no longer act on it."
+    )
+    await expect(ana.get_by_role("button", name="Accept this conversation")).to_have_count(0)
+
+
+async def test_a_reload_reopens_the_conversation_and_arrows_move_between_tabs(
+    gw: LiveGateway, new_page: NewPage
+) -> None:
+    await gw.visitor("Recarga", "sigo aquí")
+    agent = await new_page()
+    await sign_in(agent, gw)
+    await item(agent, "Recarga").get_by_role("button", name=ACCEPT).click()
+    await expect(agent.locator(".conv-head h2")).to_have_text("Recarga")
+    await agent.reload()
+    await expect(agent.locator(".conv-head h2")).to_have_text("Recarga")  # her place is kept
+    await expect(agent.locator(".conv-head .badge")).to_have_text("active")
+    # The tabs are one stop for Tab; the arrow keys move between them.
+    waiting = agent.locator("[role=tab][data-state=waiting]")
+    await waiting.click()
+    await expect(waiting).to_have_attribute("tabindex", "0")
+    await expect(agent.locator("[role=tab][tabindex='0']")).to_have_count(1)
+    await agent.keyboard.press("ArrowRight")
+    active = agent.locator("[role=tab][data-state=active]")
+    await expect(active).to_be_focused()
+    await expect(active).to_have_attribute("aria-selected", "true")
+    await agent.keyboard.press("End")
+    await expect(agent.locator("[role=tab][data-state=closed]")).to_be_focused()
+    await agent.keyboard.press("ArrowRight")  # round to the first
+    await expect(waiting).to_be_focused()
