@@ -38,6 +38,7 @@ from collections.abc import AsyncIterator, Collection, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+import structlog
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -88,6 +89,13 @@ INGEST_ATTEMPTS = 16
 """Ingest re-plans on conflict; conflicts come only from other nodes (see module docstring)."""
 
 STATUS_ATTEMPTS = 16
+
+DATA_LAYOUT = "2"
+"""How this version lays its data out in Redis, recorded by each node's heartbeat. 2: message
+sorted sets in stored order (`gw:{g}:mseq`). Nodes of older versions record none; while they
+run, what they store does not keep that order (README, Upgrading)."""
+
+log = structlog.get_logger("gateway.store")
 
 BLOCKING_READERS = 1000
 """Connections for `wait_events` (XREAD BLOCK holds one each); redis-py's default is 100."""
@@ -213,6 +221,8 @@ class RedisStore:
         self._open: OrderedDict[tuple[str, str], Conversation | None] = OrderedDict()
         """The open conversation of recently seen contacts, as this process last knew it."""
         self._writes_failing = False
+        self._other_layouts: list[str] = []
+        """Live nodes of another data layout, as last logged (`store.mixed_versions`)."""
         """A script failed as unavailable (Redis out of memory, read-only, gone): `ping` then
         writes once to tell whether Redis takes writes again."""
 
@@ -874,8 +884,22 @@ class RedisStore:
     async def node_heartbeat(self, node: str, now: datetime, ttl: timedelta) -> bool:
         # Alive until Redis's clock plus `ttl` (`now` is this node's, which other nodes'
         # clocks need not agree with): see NODE_HEARTBEAT.
-        alive = await self._eval("node_heartbeat", node, str(int(ttl.total_seconds() * 1e6)))
-        return bool(alive)
+        reply = await self._eval(
+            "node_heartbeat", node, str(int(ttl.total_seconds() * 1e6)), DATA_LAYOUT
+        )
+        others = sorted(_text(n) for n in reply[1:])
+        if others != self._other_layouts:
+            self._other_layouts = others
+            if others:
+                log.warning(
+                    "store.mixed_versions",
+                    nodes=others,
+                    layout=DATA_LAYOUT,
+                    hint="these nodes run another version: messages they store are listed"
+                    " out of order; stop every node before starting this version (README,"
+                    " Upgrading)",
+                )
+        return bool(reply[0])
 
     async def reap_nodes(self, now: datetime, grace: timedelta) -> list[str]:
         agents = await self._eval("reap_nodes", str(micros(now)), str(micros(now + grace)))

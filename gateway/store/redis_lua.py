@@ -197,6 +197,7 @@ local function forget_node(node, agents, seen)
     end
   end
   redis.call('ZREM', G('nodes'), node)
+  redis.call('HDEL', G('layout'), node)
 end
 """
 
@@ -588,13 +589,20 @@ return out
 """
 
 NODE_HEARTBEAT = r"""
--- ARGV: P, node, time to live (us) -> 1 when the node was alive already. Alive until Redis's
--- now plus the time to live: every node compares that with Redis's clock, not its own.
+-- ARGV: P, node, time to live (us), this node's data layout -> {1 when the node was alive
+-- already (else 0), then the live nodes of another layout, or of none: older versions, which
+-- do not record one}. Alive until Redis's now plus the time to live: every node compares that
+-- with Redis's clock, not its own.
 local now = redis_micros()
 local previous = redis.call('ZSCORE', G('nodes'), ARGV[2])
 redis.call('ZADD', G('nodes'), digits(now + tonumber(ARGV[3])), ARGV[2])
-if previous and tonumber(previous) > now then return 1 end
-return 0
+redis.call('HSET', G('layout'), ARGV[2], ARGV[4])
+local out = {0}
+if previous and tonumber(previous) > now then out[1] = 1 end
+for _, node in ipairs(redis.call('ZRANGEBYSCORE', G('nodes'), '(' .. digits(now), '+inf')) do
+  if redis.call('HGET', G('layout'), node) ~= ARGV[4] then out[#out + 1] = node end
+end
+return out
 """
 
 PRESENCE_STARTUP = r"""

@@ -15,6 +15,7 @@ import pytest
 import redis.asyncio
 from hypothesis import given
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 import gateway.store.redis
 from gateway import lifecycle
@@ -340,3 +341,27 @@ async def test_a_node_whose_clock_is_behind_is_not_reaped_by_the_others(
     assert await ahead.presence_startup("fast", real + timedelta(seconds=10), grace) == []
     assert (await ahead.presence())["maria"].online
     assert await behind.node_heartbeat("slow", real - timedelta(seconds=10), timedelta(seconds=10))
+
+
+async def test_a_node_of_an_older_version_on_the_same_redis_is_named_in_the_log(
+    stores: tuple[RedisStore, RedisStore], redis_server: RedisServer
+) -> None:
+    """Upgrade audit: during a rolling upgrade, messages the old nodes stored sorted before
+    everything the new ones had stored, for good, and nothing said so. A node now records its
+    data layout with each heartbeat and names the live nodes that record none."""
+    a, b = stores
+    now, ttl = datetime.now(UTC), timedelta(seconds=30)
+    with capture_logs() as logs:
+        await a.node_heartbeat("new-a", now, ttl)
+        await b.node_heartbeat("new-b", now, ttl)
+    assert not [e for e in logs if e["event"] == "store.mixed_versions"]
+    raw = redis.asyncio.Redis.from_url(redis_server.url_for(DB))
+    try:  # what an older node's heartbeat writes: its expiry, no layout
+        await raw.zadd("gw:{g}:nodes", {"old-c": int((time.time() + 60) * 1e6)})
+    finally:
+        await raw.aclose()
+    with capture_logs() as logs:
+        await a.node_heartbeat("new-a", now, ttl)
+        await a.node_heartbeat("new-a", now, ttl)  # said once, not at every beat
+    (mixed,) = [e for e in logs if e["event"] == "store.mixed_versions"]
+    assert mixed["nodes"] == ["old-c"] and mixed["log_level"] == "warning"
