@@ -167,6 +167,12 @@ class MessageHistory(Protocol):
 
     async def get_conversation(self, conversation_id: str) -> Conversation | None: ...
 
+    async def list_recent_messages(
+        self, conversation_id: str, *, before: str | None = None, limit: int = 1000
+    ) -> list[Message]:
+        """The newest `limit` messages of a conversation stored before `before` (see Store)."""
+        ...
+
     async def find_message(self, channel: str, provider_message_id: str) -> Message | None:
         """The message stored under a provider's id on a channel (a resend's original)."""
         ...

@@ -65,8 +65,10 @@ CORS_HEADERS = "Authorization, Content-Type"
 TYPING_RATE = "20/minute"
 """Typing indicators a visitor may send (more are dropped silently: nothing is lost)."""
 READ_RATE = "120/minute"
-"""Read receipts a visitor may send (more are dropped silently: the next one covers them, and
-the widget sends one per reply it shows)."""
+"""Read receipts a visitor may send for replies not read yet (more are dropped silently: the
+next one covers them, since a receipt means read up to that reply)."""
+READ_BACK = 200
+"""How many messages before a read one a receipt also covers (read up to it)."""
 NOT_YOURS = "no agent message of this chat has this message_id"
 WHOLE_HISTORY = "0"
 """`after=0`: every message of the visitor (read from the first: see `_from`)."""
@@ -505,11 +507,6 @@ class WebchatAdapter(BaseAdapter):
         message_id = frame.get("message_id") if isinstance(frame, dict) else None
         if not isinstance(message_id, str) or not 1 <= len(message_id) <= MAX_CLIENT_ID:
             return "message_id is required: the id of an agent reply you were shown"
-        over = await self.context.limiter.hit(
-            READ_RATE, f"webchat:{self.name}:read", session.visitor_id
-        )
-        if over is not None:
-            return None
         message = await self.context.history.get_message(message_id)
         if (
             message is None
@@ -519,8 +516,26 @@ class WebchatAdapter(BaseAdapter):
             or message.contact.address != session.visitor_id
         ):
             return NOT_YOURS  # the same words for another visitor's reply: no probing ids
-        if message.status != DeliveryState.READ:
-            await self.context.inbound.status(self._report(message, DeliveryState.READ))
+        if message.status == DeliveryState.READ:
+            return None  # said already (another tab): costs nothing, counts nothing
+        over = await self.context.limiter.hit(
+            READ_RATE, f"webchat:{self.name}:read", session.visitor_id
+        )
+        if over is not None:
+            return None  # dropped: the next receipt covers it (read up to, below)
+        # Read up to it, as WhatsApp's receipts mean: the replies before it that are not read
+        # yet were shown too (their own receipts may have been dropped over READ_RATE).
+        earlier = await self.context.history.list_recent_messages(
+            message.conversation_id, before=message.id, limit=READ_BACK
+        )
+        unread = [
+            m
+            for m in (*earlier, message)
+            if m.direction == Direction.OUT
+            and m.status not in (DeliveryState.READ, DeliveryState.FAILED)
+        ]
+        for reply in unread:
+            await self.context.inbound.status(self._report(reply, DeliveryState.READ))
         return None
 
     async def get_messages(self, request: web.Request) -> web.StreamResponse:

@@ -652,6 +652,47 @@ async def test_an_ack_never_overtakes_the_push_of_a_message_stored_before_it(gw:
     await ws.close()
 
 
+async def test_a_read_receipt_reads_up_to_its_reply_and_repeats_cost_nothing(
+    make_gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Re-audit: past 120 receipts a minute they were dropped and nothing made up for them,
+    so replies stayed `delivered` for good; and receipts of replies read already (two tabs)
+    used the allowance up. A receipt now reads up to its reply, as WhatsApp's do, and one
+    for a reply read already is not counted."""
+    import plugins.webchat.adapter
+
+    monkeypatch.setattr(plugins.webchat.adapter, "READ_RATE", "2/hour")
+    gw = await make_gateway(BASE_CONFIG)
+    v, ws, conv_id = await chat_taken_by_maria(gw)
+    path = f"/api/v1/conversations/{conv_id}/messages"
+    replies = []
+    for text in ("uno", "dos", "tres", "cuatro"):
+        await gw.post("maria", path, {"text": text})
+        replies.append((await frame(ws, "message"))["message"]["id"])
+    bearer = {"Authorization": f"Bearer {v['token']}"}
+
+    async def read(message_id: str) -> None:
+        resp = await gw.client.post(
+            "/webchat/site/read", json={"message_id": message_id}, headers=bearer
+        )
+        assert resp.status == 204
+
+    async def statuses() -> list[str]:
+        await gw.settle()
+        _, conv = await gw.get("maria", f"/api/v1/conversations/{conv_id}")
+        return [m["status"] for m in conv["messages"] if m["direction"] == "out"]
+
+    await read(replies[0])
+    for _ in range(5):  # read already: free
+        await read(replies[0])
+    assert await statuses() == ["read", "delivered", "delivered", "delivered"]
+    await read(replies[2])  # the second receipt counted: reads up to it
+    assert await statuses() == ["read", "read", "read", "delivered"]
+    await read(replies[3])  # over the rate: dropped ...
+    assert await statuses() == ["read", "read", "read", "delivered"]
+    await ws.close()
+
+
 async def test_widget_and_demo_are_served(gw: Gateway) -> None:
     resp = await gw.client.get("/webchat/widget.js")
     assert resp.status == 200
