@@ -38,7 +38,12 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from gateway.bodies import read_within
 from gateway.channels import BaseAdapter, ChannelContext, SendResult
 from gateway.connlimit import ConnectionCounter
-from gateway.errors import InvalidInput, PermanentChannelError, StoreUnavailable
+from gateway.errors import (
+    InvalidInput,
+    PermanentChannelError,
+    StoreUnavailable,
+    VersionConflict,
+)
 from gateway.ids import new_id
 from gateway.model import (
     Contact,
@@ -476,6 +481,8 @@ class WebchatAdapter(BaseAdapter):
             result = await self.context.inbound.message(message)
         except StoreUnavailable as exc:
             return self._cors(request, self._unavailable(exc))
+        except VersionConflict as exc:  # busy chat: nothing stored, the visitor sends again
+            return self._cors(request, _error(409, "conflict", str(exc)))
         if _reused(result.duplicate, result.message, message):
             return self._cors(request, _error(422, "client_id_reused", CLIENT_ID_REUSED))
         body = {
@@ -906,6 +913,9 @@ class WebchatAdapter(BaseAdapter):
             # (with backoff) and resends what was not acknowledged.
             await _send_error(ws, "store_unavailable", UNAVAILABLE_MESSAGE, client_id)
             await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"store unavailable")
+            return
+        except VersionConflict as exc:  # busy chat: nothing stored, the visitor sends again
+            await _send_error(ws, "conflict", str(exc), client_id)
             return
         if _reused(result.duplicate, result.message, message):
             await _send_error(ws, "client_id_reused", CLIENT_ID_REUSED, client_id)
