@@ -217,20 +217,27 @@ class Ingestor:
 
     async def status(self, status: DeliveryStatus) -> StatusResult:
         """Apply a delivery report; a 'window closed' error also closes the window."""
-        result = await self._apply_status(status)
+        result, early = await self._apply_status(status)
         if self.observe_status is not None:
             if result.message is None:
                 outcome = "unknown_message"
             elif result.message.direction == Direction.IN:
                 outcome = "inbound_message"
+            elif result.moved:
+                outcome = "applied"
             else:
-                outcome = "applied" if result.moved else "stale"
+                outcome = "early" if early else "stale"
             self.observe_status(status.channel, str(status.status), outcome)
         return result
 
-    async def _apply_status(self, status: DeliveryStatus) -> StatusResult:
+    async def _apply_status(self, status: DeliveryStatus) -> tuple[StatusResult, bool]:
+        """The report applied, and whether it came before its send was recorded: the store
+        then kept it, and applied it as it recorded the send (a web chat push reports its
+        delivery as soon as it is written, often before), so it is not stale though this
+        answer did not move the message."""
         result = await self.store.apply_status(status)
-        if result.message is None and status.message_id:
+        early = result.message is None
+        if early and status.message_id:
             result = await self._correlate(status) or result
         if result.message is None:
             log.warning(
@@ -239,7 +246,7 @@ class Ingestor:
                 provider_message_id=status.provider_message_id,
                 status=str(status.status),
             )
-            return result
+            return result, early
         if result.message.direction == Direction.IN:
             log.warning(
                 "ingest.status_for_inbound_message",
@@ -247,8 +254,8 @@ class Ingestor:
                 message_id=result.message.id,
                 status=str(status.status),
             )
-            return result
-        if not result.moved:
+            return result, early
+        if not result.moved and not early:
             log.info(
                 "ingest.status_stale",
                 channel=status.channel,
@@ -257,7 +264,7 @@ class Ingestor:
             )
         if status.closes_window:
             await close_window(self.store, result.message, self.clock)
-        return result
+        return result, early
 
     async def _correlate(self, status: DeliveryStatus) -> StatusResult | None:
         """A report for a send whose answer was never recorded: the gateway died while the

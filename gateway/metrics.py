@@ -76,7 +76,8 @@ class Metrics:
         self.delivery_reports = Counter(
             "gateway_delivery_reports_total",
             "Delivery reports received, by channel, reported status and outcome (applied;"
-            " stale: the message had moved past it; unknown_message; inbound_message)",
+            " early: came before its send was recorded, kept and applied with it; stale: the"
+            " message had moved past it; unknown_message; inbound_message)",
             ["channel", "status", "outcome"],
             registry=self.registry,
         )

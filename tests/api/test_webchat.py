@@ -693,6 +693,39 @@ async def test_a_read_receipt_reads_up_to_its_reply_and_repeats_cost_nothing(
     await ws.close()
 
 
+async def test_push_deliveries_before_the_send_is_recorded_are_not_counted_stale(
+    gw: Gateway,
+) -> None:
+    """Ops re-audit: a push reports its delivery as soon as it is written, often before the
+    send is recorded; the store keeps the report and applies it with the send, but it was
+    counted (and logged) as stale: 6 of 10 in a burst, and alerts on the stale rate fired.
+    Such a report is `early`; nothing here is stale."""
+    from tests.metrics_text import sample
+
+    _, ws, conv_id = await chat_taken_by_maria(gw)
+    path = f"/api/v1/conversations/{conv_id}/messages"
+    with capture_logs() as logs:
+        await asyncio.gather(*(gw.post("maria", path, {"text": f"r{i}"}) for i in range(10)))
+        for _ in range(10):
+            await frame(ws, "message")
+        await gw.settle()
+    _, conv = await gw.get("maria", f"/api/v1/conversations/{conv_id}")
+    assert [m["status"] for m in conv["messages"] if m["direction"] == "out"] == ["delivered"] * 10
+    assert not [e for e in logs if e["event"] == "ingest.status_stale"]
+    counted = {
+        outcome: await sample(
+            gw.client,
+            "gateway_delivery_reports_total",
+            channel="site",
+            status="delivered",
+            outcome=outcome,
+        )
+        for outcome in ("applied", "early", "stale")
+    }
+    assert counted["stale"] == 0 and counted["applied"] + counted["early"] == 10
+    await ws.close()
+
+
 async def test_widget_and_demo_are_served(gw: Gateway) -> None:
     resp = await gw.client.get("/webchat/widget.js")
     assert resp.status == 200
