@@ -67,7 +67,7 @@ def _cmd_route(args: argparse.Namespace) -> int:
     match = Router(config).route(channel.name, channel.type, args.text, sender)
     print(f"channel: {channel.name} ({channel.type})")
     if sender is not None and sender != args.sender:
-        print(f"from:    {sender} (as the channel stores {args.sender!r})")
+        print(f"from:    {sender} (how the channel stores {args.sender!r})")
     print(f"rule:    {match.description}")
     print(f"queue:   {match.queue}")
     return 0

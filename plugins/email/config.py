@@ -104,7 +104,8 @@ class EmailConfig(ChannelConfig):
     def contact_address(self, written: str) -> str:
         """`Ana <Ana@Example.com>` or `Ana@Example.com` as stored: the bare address, lower
         case (as `plugins.email.headers.sender` reads a From)."""
-        return (parseaddr(written)[1] or written).strip().lower()
+        address = parseaddr(written)[1]
+        return (address if "@" in address else written).strip().lower()
 
     @property
     def domain(self) -> str:

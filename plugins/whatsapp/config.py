@@ -27,6 +27,9 @@ from gateway.channels import ChannelConfig
 from gateway.durations import Duration, PositiveDuration
 from plugins.whatsapp.twilio_parse import strip_channel
 
+_WRITTEN_PHONE = re.compile(r"\+?[0-9][0-9 ()\-.]*[0-9]")
+"""A phone number as people write it: `+55 (11) 99999-0000`."""
+
 DEFAULT_API_BASE = {
     "twilio": "https://api.twilio.com",
     "cloud_api": "https://graph.facebook.com",
@@ -128,8 +131,12 @@ class WhatsAppConfig(ChannelConfig):
 
     def contact_address(self, written: str) -> str:
         """Twilio's `whatsapp:+5511...` and Meta's `wa_id` (`5511...`, no `+`) are both stored
-        as `+5511...`; a BSUID (`US.1234`) as it is."""
-        return strip_channel(written)
+        as `+5511...`, as is a number written with spaces, dashes or brackets; a BSUID
+        (`US.1234`) as it is."""
+        address = strip_channel(written)
+        if _WRITTEN_PHONE.fullmatch(address):
+            return "+" + "".join(c for c in address if c.isdigit())
+        return address
 
     @field_validator("from_")
     @classmethod

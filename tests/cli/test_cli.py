@@ -148,6 +148,7 @@ def test_route_dry_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     [
         ("wa", "whatsapp:+5511999990000", "+5511999990000"),  # Twilio's From
         ("wa", "5511999990000", "+5511999990000"),  # Meta's wa_id
+        ("wa", "whatsapp:+55 (11) 99999-0000", "+5511999990000"),  # as people write it
         ("mail", "Ana <Ana@BigCorp.com>", "ana@bigcorp.com"),
     ],
 )
@@ -175,7 +176,7 @@ def test_route_takes_from_to_the_form_the_channel_stores(
     assert main(["route", "--config", path, "--channel", channel, "--from", written]) == 0
     out = capsys.readouterr().out
     assert "queue:   sales" in out
-    assert f"from:    {stored} (as the channel stores {written!r})" in out
+    assert f"from:    {stored} (how the channel stores {written!r})" in out
     # Written as stored already: nothing to say.
     assert main(["route", "--config", path, "--channel", channel, "--from", stored]) == 0
     assert "from:" not in capsys.readouterr().out
