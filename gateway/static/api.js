@@ -106,6 +106,7 @@ export class Stream {
     this.opens = 0; // sockets opened: a hello after the first one's is a catch-up
     this.ws = null;
     this.timer = null;
+    this.checking = false; // a closed socket's cursor is being checked (see `closed`)
     this.stopped = true;
   }
 
@@ -117,7 +118,8 @@ export class Stream {
   /** Try again now instead of after the back-off: the network is back (the browser says so,
    * or a request just went through), and the agent's disconnect grace is running. */
   reconnectNow() {
-    if (this.stopped || this.ws) return;
+    // Not while a closed socket's cursor is being checked: that ends in a connect of its own.
+    if (this.stopped || this.ws || this.checking) return;
     clearTimeout(this.timer);
     this.retry = 0;
     this.connect();
@@ -131,6 +133,7 @@ export class Stream {
   }
 
   connect() {
+    if (this.ws || this.stopped) return; // one socket at a time
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
     let url = scheme + "//" + location.host + "/api/v1/stream?access_token=" +
       encodeURIComponent(this.token);
@@ -191,10 +194,17 @@ export class Stream {
       // no longer knows our cursor (its store was replaced), resuming from it would be
       // refused forever, and the agent would be offline the whole time: start from now (the
       // page reloads its lists on every hello, so nothing is missed).
-      if (!opened && resumeFrom && (await this.cursorRefused(resumeFrom))) {
-        if (this.cursor === resumeFrom) this.cursor = null;
+      if (!opened && resumeFrom) {
+        this.checking = true;
+        try {
+          if ((await this.cursorRefused(resumeFrom)) && this.cursor === resumeFrom) {
+            this.cursor = null;
+          }
+        } finally {
+          this.checking = false;
+        }
       }
-      if (this.stopped) return;
+      if (this.stopped || this.ws) return;
       // At most 5 s apart: the agent's disconnect grace (30 s by default) runs meanwhile.
       const delay = Math.min(5000, 500 * 2 ** this.retry++) * (0.5 + Math.random() / 2);
       this.timer = setTimeout(() => this.connect(), delay);

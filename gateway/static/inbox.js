@@ -43,6 +43,11 @@ const ui = {
 };
 const placeholder = ui.pane.firstElementChild;
 
+/** What waits to be sent, by conversation: `{items: [{body, key}], busy, timer}`. Kept apart
+ * from the pane, so a reply still going out when the agent opens another conversation goes
+ * on; each reply has its own Idempotency-Key, kept across its retries (sent once). */
+const outboxes = new Map();
+
 const app = {
   api: null,
   stream: null,
@@ -52,6 +57,7 @@ const app = {
   mine: false,
   convs: new Map(), // id -> conversation JSON, the newest version seen
   notices: new Map(), // id -> a short inline notice shown on the list item
+  drafts: new Map(), // id -> what the agent has written in its composer, not yet sent
   open: null, // the conversation shown in the pane: {id, messages, el, ...}
   listSeq: 0,
   listNext: null, // the list's next page (`next_cursor`), while there is one
@@ -59,6 +65,7 @@ const app = {
   listFor: "", // which list (tab, queue, mine) listNext and listEdge belong to
   listed: new Set(), // the ids the pages loaded so far listed
   openSeq: 0,
+  opening: null, // {id, messages}: the conversation being loaded, and what came for it meanwhile
   countsTimer: null,
   clockTimer: null,
 };
@@ -71,7 +78,8 @@ const FRIENDLY = {
   max_active_reached: "You already hold as many active conversations as you may; " +
     "set one pending or close one first.",
   not_assignee: "Another agent is attending this conversation.",
-  not_on_queue: "This conversation is not on your queues any more.",
+  not_on_queue: "This conversation is not on your queues.",
+  not_found: "There is no such conversation (any more).",
 };
 
 function friendly(err) {
@@ -136,9 +144,10 @@ async function signIn(token, remembered) {
   app.stream = new Stream(token, { onEvent, onHello, onState, keepalive });
   app.stream.start();
   app.clockTimer = setInterval(updateTimes, 10000);
-  // Reloaded with a conversation open: open it again.
-  const opened = decodeURIComponent(location.hash.slice(1));
-  if (/^c_[0-9A-Za-z]+$/.test(opened)) openConversation(opened);
+  // Reloaded with a conversation open: open it again (a hash that names none is dropped).
+  const opened = location.hash.slice(1);
+  if (/^c_[0-9A-Za-z]{1,64}$/.test(opened)) openConversation(opened);
+  else if (location.hash) history.replaceState(null, "", location.pathname + location.search);
 }
 
 function signOut(message) {
@@ -146,6 +155,9 @@ function signOut(message) {
   clearInterval(app.clockTimer);
   sessionStorage.removeItem(TOKEN_KEY);
   Object.assign(app, { api: null, stream: null, me: null, open: null });
+  for (const box of outboxes.values()) clearTimeout(box.timer);
+  outboxes.clear();
+  app.drafts.clear();
   history.replaceState(null, "", location.pathname + location.search);
   app.convs.clear();
   app.notices.clear();
@@ -167,7 +179,7 @@ function onHello(reconnected) {
   if (!reconnected) return;
   loadCounts();
   loadList();
-  if (app.open && app.open.retry) resend();
+  for (const id of outboxes.keys()) drain(id); // what waited for the network goes now
   if (app.open) openConversation(app.open.id);
 }
 
@@ -180,6 +192,9 @@ function onEvent(event) {
   }
   if (conv) upsert(conv);
   const message = event.message;
+  if (message && app.opening && message.conversation_id === app.opening.id) {
+    app.opening.messages.push(message);
+  }
   if (message && open && message.conversation_id === open.id) {
     // The stream brings messages in the order they were stored: one this page added from
     // its own send's answer takes its place when its event comes.
@@ -413,7 +428,14 @@ async function accept(id) {
 
 async function openConversation(id) {
   const seq = ++app.openSeq;
-  const data = await guard(app.api.get(app.api.conversationPath(id)));
+  // Messages the stream brings while the conversation loads: its answer may predate them.
+  app.opening = { id, messages: [] };
+  const data = await guard(app.api.get(app.api.conversationPath(id)), (err) => {
+    showListNotice(friendly(err));
+    if (location.hash) history.replaceState(null, "", location.pathname + location.search);
+  });
+  const arrived = app.opening && app.opening.id === id ? app.opening.messages : [];
+  if (seq === app.openSeq) app.opening = null;
   if (!data || seq !== app.openSeq) return;
   const { messages, has_earlier: hasEarlier, ...conv } = data;
   upsert(conv);
@@ -429,6 +451,7 @@ async function openConversation(id) {
     buildPane();
   }
   for (const m of messages) app.open.messages.set(m.id, m);
+  for (const m of arrived) app.open.messages.set(m.id, m); // newer than the answer, or the same
   history.replaceState(null, "", "#" + encodeURIComponent(id)); // a reload reopens it
   renderOpenState();
   renderThread(!same);
@@ -457,6 +480,7 @@ function buildPane() {
   el.transfer = transferForm();
   Object.assign(el, composer());
   app.open.el = el;
+  el.text.value = app.drafts.get(app.open.id) || ""; // what was being written here before
   const notice = app.notices.get(app.open.id);
   el.notice.textContent = notice || "";
   el.notice.hidden = !notice;
@@ -661,7 +685,7 @@ function hideTyping() {
 function composer() {
   const text = h("textarea", {
     attrs: { rows: "2", maxlength: "4096", placeholder: "Write a reply…", "aria-label": "Reply" },
-    on: { input: agentTyping, keydown: (e) => {
+    on: { input: () => { saveDraft(); agentTyping(); }, keydown: (e) => {
       // Not the Enter that picks a word in an input method (Japanese, Chinese...).
       if (e.key === "Enter" && !e.shiftKey && !e.isComposing && e.keyCode !== 229) {
         e.preventDefault();
@@ -707,6 +731,7 @@ function templateAllowed(c, mine) {
 
 function renderComposer(c, mine) {
   const el = app.open.el;
+  const gone = !mine && !app.me.queues.includes(c.queue);
   const canWrite = mine && c.state === "active" && c.can_reply;
   const template = templateAllowed(c, mine);
   el.text.disabled = !canWrite;
@@ -720,6 +745,8 @@ function renderComposer(c, mine) {
       (c.state === "inactive" ? "; their answer starts a new conversation." : ".");
   } else if (mine && c.state === "active" && !c.can_reply) {
     why = "This channel does not accept free text now.";
+  } else if (gone) {
+    why = "It is on a queue that is not one of yours.";
   } else if (!canWrite) {
     why = {
       waiting: "Accept the conversation to reply.",
@@ -734,6 +761,14 @@ function renderComposer(c, mine) {
   el.form.hidden = c.state === "inactive" || c.state === "closed";
 }
 
+/** The composer's text is the open conversation's draft: opening another one keeps it. */
+function saveDraft() {
+  const o = app.open;
+  if (!o) return;
+  if (o.el.text.value.trim()) app.drafts.set(o.id, o.el.text.value);
+  else app.drafts.delete(o.id);
+}
+
 function agentTyping() {
   const o = app.open;
   const c = o && app.convs.get(o.id);
@@ -744,78 +779,102 @@ function agentTyping() {
   app.api.post(app.api.conversationPath(o.id, "typing")).catch(() => {});
 }
 
-/** Post a message; a retry of the same content reuses its Idempotency-Key (sent once). */
-async function postMessage(body) {
-  const o = app.open;
-  const id = o.id;
-  const fingerprint = JSON.stringify(body);
-  if (!o.send || o.send.fingerprint !== fingerprint) o.send = { fingerprint, key: randomId() };
-  const data = await guard(
-    app.api.post(app.api.conversationPath(id, "messages"), body, { "Idempotency-Key": o.send.key }),
-    (err) => {
-      setNotice(id, friendly(err));
-      // The gateway could not be reached, or could not store it: the same send goes again
-      // (same Idempotency-Key: never twice) when the stream is back, or in a few seconds.
-      if (err.code === "network" || err.status >= 500) {
-        o.retry = body;
-        clearTimeout(o.retryTimer);
-        o.retryTimer = setTimeout(resend, RESEND_AFTER_MS);
+// ---- the outbox: an agent's replies go out in order, one at a time per conversation ---------
+
+function enqueue(id, body) {
+  let box = outboxes.get(id);
+  if (!box) outboxes.set(id, (box = { items: [], busy: false, timer: null }));
+  box.items.push({ body, key: randomId() });
+  drain(id);
+}
+
+/** Send what waits for `id`, oldest first; a reply the gateway could not take (network, 5xx)
+ * is tried again in a few seconds or when the stream is back, and holds back those after it. */
+async function drain(id) {
+  const box = outboxes.get(id);
+  if (!box || box.busy) return;
+  clearTimeout(box.timer);
+  box.timer = null;
+  box.busy = true;
+  try {
+    while (box.items.length && outboxes.get(id) === box) {
+      const item = box.items[0];
+      const outcome = await sendOne(id, item);
+      if (outcome === "again") {
+        box.timer = setTimeout(() => drain(id), RESEND_AFTER_MS);
+        return;
       }
-    },
+      box.items.shift();
+      if (outcome === "refused") giveBack(id, item.body);
+    }
+    if (outboxes.get(id) === box) outboxes.delete(id);
+  } finally {
+    box.busy = false;
+  }
+}
+
+/** One try: "sent", "again" (it may not have arrived: same key next time) or "refused". */
+async function sendOne(id, item) {
+  let failure = null;
+  const data = await guard(
+    app.api.post(app.api.conversationPath(id, "messages"), item.body,
+      { "Idempotency-Key": item.key }),
+    (err) => { failure = err; setNotice(id, friendly(err)); },
   );
-  if (!data || !app.open || app.open.id !== id) return false;
-  o.send = null;
-  o.retry = null;
-  clearTimeout(o.retryTimer);
-  o.typingSent = 0; // the next keystroke starts a new message: say so at once
+  if (!data) {
+    if (!failure) return "refused"; // signed out
+    return failure.code === "network" || failure.status >= 500 ? "again" : "refused";
+  }
   setNotice(id, "");
-  // The stream may already have brought a newer status for it: keep that one.
-  if (!o.messages.has(data.message.id)) {
-    o.messages.set(data.message.id, data.message);
-    o.provisional.add(data.message.id); // placed for now; its event puts it in stored order
-  }
-  renderThread(true);
-  return true;
-}
-
-/** Send again what the gateway could not take; a reply's text leaves the composer once sent
- * (unless the agent has changed it meanwhile). */
-async function resend() {
   const o = app.open;
-  if (!o || !o.retry) return;
-  const body = o.retry;
-  o.retry = null;
-  clearTimeout(o.retryTimer);
-  const sent = await postMessage(body);
-  // A reply put back in the composer when it failed leaves it once it is sent.
-  if (sent && app.open === o && body.text && o.el.text.value.trim() === body.text) {
-    o.el.text.value = "";
-    renderOpenState();
+  if (o && o.id === id) {
+    o.typingSent = 0; // the next keystroke starts a new message: say so at once
+    // The stream may already have brought it, with a newer status: keep that one.
+    if (!o.messages.has(data.message.id)) {
+      o.messages.set(data.message.id, data.message);
+      o.provisional.add(data.message.id); // placed for now; its event puts it in stored order
+    }
+    renderThread(true);
   }
+  return "sent";
 }
 
-async function sendText(e) {
+/** A reply the gateway refused goes back to its conversation's composer, before whatever the
+ * agent has written since (nothing typed is lost); a template's parameters to its form. */
+function giveBack(id, body) {
+  const o = app.open;
+  const shown = o && o.id === id;
+  if (body.template) {
+    if (shown && !o.el.tplParams.value.trim()) o.el.tplParams.value = body.template.params.join("\n");
+    return;
+  }
+  const current = shown ? o.el.text.value : app.drafts.get(id) || "";
+  const merged = current.trim() ? body.text + "\n\n" + current : body.text;
+  app.drafts.set(id, merged);
+  if (shown) o.el.text.value = merged;
+}
+
+function sendText(e) {
   e.preventDefault();
-  const el = app.open.el;
+  const o = app.open;
+  const el = o.el;
   const text = el.text.value.trim();
   if (!text || el.text.disabled) return;
-  el.send.disabled = true;
-  // Out of the composer at once: what the agent types while it is sending is the next
-  // reply, not something the answer may wipe. A reply the gateway did not take comes back.
+  // Out of the composer at once: what the agent types while it goes out is the next reply,
+  // which goes after it.
   el.text.value = "";
-  const sent = await postMessage({ text });
-  if (!app.open || app.open.el !== el) return;
-  if (!sent && !el.text.value.trim()) el.text.value = text;
-  renderOpenState();
+  app.drafts.delete(o.id);
+  enqueue(o.id, { text });
   el.text.focus();
 }
 
-async function sendTemplate(e) {
+function sendTemplate(e) {
   e.preventDefault();
   const el = app.open.el;
   const params = el.tplParams.value.split("\n").map((p) => p.trim()).filter(Boolean);
   const template = { name: el.tplName.value.trim(), language: el.tplLang.value.trim(), params };
-  if (await postMessage({ template })) el.tplParams.value = "";
+  el.tplParams.value = "";
+  enqueue(app.open.id, { template });
 }
 
 function transferForm() {

@@ -715,3 +715,140 @@ async def test_a_reload_reopens_the_conversation_and_arrows_move_between_tabs(
     await expect(agent.locator("[role=tab][data-state=closed]")).to_be_focused()
     await agent.keyboard.press("ArrowRight")  # round to the first
     await expect(waiting).to_be_focused()
+
+
+async def test_quick_replies_go_out_in_order_each_once_even_when_alike(
+    gw: LiveGateway, new_page: NewPage
+) -> None:
+    """Browser re-audit: with the composer emptying at once, Enter pressed again while a reply
+    was on its way sent the next one alongside it, and the network reordered them; the same
+    short text twice went out once (it reused the first one's key). Replies now go one at a
+    time, in order, each with its own key. Here the first ones are slowed the most."""
+    await gw.visitor("Rápido", "hola")
+    (conversation,) = await gw.waiting()
+    agent = await new_page()
+    await sign_in(agent, gw)
+    await item(agent, "Rápido").get_by_role("button", name=ACCEPT).click()
+    reply = agent.get_by_role("textbox", name="Reply")
+    await expect(reply).to_be_focused()
+    delays = iter([0.6, 0.4, 0.2, 0.1, 0.0, 0.0])
+
+    async def slower_first(route: Route) -> None:
+        if route.request.method == "POST":
+            await asyncio.sleep(next(delays, 0.0))  # network latency, longest for the first
+        await route.continue_()
+
+    await agent.route(re.compile(r"/messages$"), slower_first)
+    typed = ["w0", "ok", "ok", "w3", "w4", "w5"]
+    for text in typed:
+        await reply.fill(text)
+        await reply.press("Enter")
+    await expect(agent.locator(".msg-out .msg-text")).to_have_text(typed)
+    thread = await gw.get("maria", f"/api/v1/conversations/{conversation['id']}")
+    assert [m["text"] for m in thread["messages"] if m["direction"] == "out"] == typed
+
+
+async def test_a_refused_reply_comes_back_before_what_was_typed_since(
+    gw: LiveGateway, new_page: NewPage
+) -> None:
+    await gw.visitor("Rechazo", "hola")
+    agent = await new_page()
+    await sign_in(agent, gw)
+    await item(agent, "Rechazo").get_by_role("button", name=ACCEPT).click()
+    reply = agent.get_by_role("textbox", name="Reply")
+    await expect(reply).to_be_focused()
+    typed = asyncio.Event()
+
+    async def busy(route: Route) -> None:
+        await typed.wait()
+        await route.fulfill(
+            status=409,
+            content_type="application/json",
+            body=json.dumps({"error": {"code": "conflict", "message": "busy: send it again"}}),
+        )
+
+    await agent.route(re.compile(r"/messages$"), busy)
+    await reply.fill("Your refund is R-7781")
+    await reply.press("Enter")
+    await expect(reply).to_have_value("")
+    await reply.press_sequentially("Anything else?")
+    typed.set()
+    await expect(agent.locator(".notice")).to_have_text("busy: send it again")
+    await expect(reply).to_have_value("Your refund is R-7781\n\nAnything else?")
+
+
+async def test_a_reply_waiting_for_the_network_goes_out_after_another_conversation_opens(
+    gw: LiveGateway, new_page: NewPage, page_errors: PageErrors
+) -> None:
+    """Browser re-audit: its retry was the open pane's, so opening another conversation
+    dropped it, while the notice still said it would go."""
+    page_errors.tolerate("net::ERR_FAILED")  # the request the test drops
+    await gw.visitor("Primera", "uno")
+    await gw.visitor("Segunda", "dos")
+    agent = await new_page()
+    await sign_in(agent, gw)
+    await item(agent, "Primera").get_by_role("button", name=ACCEPT).click()
+    reply = agent.get_by_role("textbox", name="Reply")
+    await expect(reply).to_be_focused()
+    dropped: list[str] = []
+
+    async def once(route: Route) -> None:
+        if route.request.method == "POST" and not dropped:
+            dropped.append(route.request.url)
+            await route.abort()
+            return
+        await route.continue_()
+
+    await agent.route(re.compile(r"/messages$"), once)
+    await reply.fill("¿Sigues ahí?")
+    await reply.press("Enter")
+    await expect(agent.locator(".notice")).to_contain_text("cannot be reached")
+    await tab(agent, "waiting")
+    await item(agent, "Segunda").get_by_role("button", name=PREVIEW).click()
+    await expect(agent.locator(".conv-head h2")).to_have_text("Segunda")
+    await tab(agent, "active")
+    await item(agent, "Primera").get_by_role("button", name=OPEN).click()
+    await expect(agent.locator(".msg-out .msg-text")).to_have_text(["¿Sigues ahí?"])
+    assert len(dropped) == 1
+
+
+async def test_a_message_that_comes_while_a_conversation_opens_is_shown(
+    gw: LiveGateway, new_page: NewPage
+) -> None:
+    """Browser re-audit: the conversation's answer could predate a message the stream
+    brought while it loaded, which was then missing from the thread until it was reopened."""
+    visitor = await gw.visitor("Carrera", "race one")
+    agent = await new_page()
+    await sign_in(agent, gw)
+    release = asyncio.Event()
+
+    async def slow_open(route: Route) -> None:
+        if route.request.method == "GET" and re.search(r"/conversations/c_\w+$", route.request.url):
+            response = await route.fetch()  # the answer as it is now, held back a while
+            await release.wait()
+            await route.fulfill(response=response)
+            return
+        await route.continue_()
+
+    await agent.route(re.compile(r"/api/v1/conversations/"), slow_open)
+    await item(agent, "Carrera").get_by_role("button", name=PREVIEW).click()
+    await gw.visitor_says(visitor, "race two")
+    await expect(item(agent, "Carrera")).to_contain_text("race two")  # the stream has it
+    release.set()
+    await expect(agent.locator(".msg-in .msg-text")).to_have_text(["race one", "race two"])
+
+
+async def test_an_address_hash_that_names_no_conversation_is_dropped(
+    gw: LiveGateway, new_page: NewPage
+) -> None:
+    agent = await new_page()
+    await agent.goto(gw.url + "/inbox#%E0%A4%A")  # not even decodable
+    await agent.get_by_label("Agent token").fill(TOKENS["maria"])
+    await agent.get_by_role("button", name="Sign in").click()
+    await expect(agent.locator("#conn")).to_have_text("live")
+    assert await agent.evaluate("location.hash") == ""
+    await agent.goto(gw.url + "/inbox#c_01NOSUCHCONVERSATION0000000")  # the same page: ...
+    await agent.reload()  # ... reloaded with it
+    await expect(agent.locator("#conn")).to_have_text("live")
+    await expect(agent).to_have_url(re.compile(r"/inbox$"))  # dropped once the gateway said so
+    await expect(agent.locator(".conv-head")).to_have_count(0)
