@@ -45,6 +45,20 @@ def count(page: Page, state: str) -> Locator:
     return page.locator(f"[role=tab][data-state={state}] .count")
 
 
+async def accepted(
+    gw: LiveGateway, new_page: NewPage, name: str, text: str
+) -> tuple[Page, Locator]:
+    """A visitor `name` writes `text`; Maria signs in and accepts it: her page and its reply
+    box, focused (ready to answer)."""
+    await gw.visitor(name, text)
+    agent = await new_page()
+    await sign_in(agent, gw)
+    await item(agent, name).get_by_role("button", name=ACCEPT).click()
+    reply = agent.get_by_role("textbox", name="Reply")
+    await expect(reply).to_be_focused()
+    return agent, reply
+
+
 async def test_headers_of_the_page_and_its_files(gw: LiveGateway) -> None:
     async with gw.http.get(gw.url + "/inbox") as resp:
         assert resp.status == 200
@@ -595,12 +609,7 @@ async def test_what_the_agent_types_while_a_reply_sends_is_kept(
     """Browser audit: on a slow network the sent reply stayed in the box, what the agent typed
     next was added to it, and the answer then cleared the lot. A reply now leaves the box at
     once; the next draft stays."""
-    await gw.visitor("Borrador", "hola")
-    agent = await new_page()
-    await sign_in(agent, gw)
-    await item(agent, "Borrador").get_by_role("button", name=ACCEPT).click()
-    reply = agent.get_by_role("textbox", name="Reply")
-    await expect(reply).to_be_focused()
+    agent, reply = await accepted(gw, new_page, "Borrador", "hola")
     release = asyncio.Event()
 
     async def slow(route: Route) -> None:
@@ -724,13 +733,8 @@ async def test_quick_replies_go_out_in_order_each_once_even_when_alike(
     was on its way sent the next one alongside it, and the network reordered them; the same
     short text twice went out once (it reused the first one's key). Replies now go one at a
     time, in order, each with its own key. Here the first ones are slowed the most."""
-    await gw.visitor("Rápido", "hola")
+    agent, reply = await accepted(gw, new_page, "Rápido", "hola")
     (conversation,) = await gw.waiting()
-    agent = await new_page()
-    await sign_in(agent, gw)
-    await item(agent, "Rápido").get_by_role("button", name=ACCEPT).click()
-    reply = agent.get_by_role("textbox", name="Reply")
-    await expect(reply).to_be_focused()
     delays = iter([0.6, 0.4, 0.2, 0.1, 0.0, 0.0])
 
     async def slower_first(route: Route) -> None:
@@ -751,12 +755,7 @@ async def test_quick_replies_go_out_in_order_each_once_even_when_alike(
 async def test_a_refused_reply_comes_back_before_what_was_typed_since(
     gw: LiveGateway, new_page: NewPage
 ) -> None:
-    await gw.visitor("Rechazo", "hola")
-    agent = await new_page()
-    await sign_in(agent, gw)
-    await item(agent, "Rechazo").get_by_role("button", name=ACCEPT).click()
-    reply = agent.get_by_role("textbox", name="Reply")
-    await expect(reply).to_be_focused()
+    agent, reply = await accepted(gw, new_page, "Rechazo", "hola")
     typed = asyncio.Event()
 
     async def busy(route: Route) -> None:
