@@ -734,7 +734,7 @@ async def test_quick_replies_go_out_in_order_each_once_even_when_alike(
     short text twice went out once (it reused the first one's key). Replies now go one at a
     time, in order, each with its own key. Here the first ones are slowed the most."""
     agent, reply = await accepted(gw, new_page, "Rápido", "hola")
-    (conversation,) = await gw.waiting()
+    (conversation,) = (await gw.get("maria", "/api/v1/inbox?state=active"))["conversations"]
     delays = iter([0.6, 0.4, 0.2, 0.1, 0.0, 0.0])
 
     async def slower_first(route: Route) -> None:
