@@ -154,6 +154,7 @@ function signOut(message) {
   if (app.stream) app.stream.stop();
   clearInterval(app.clockTimer);
   sessionStorage.removeItem(TOKEN_KEY);
+  clearTimeout(app.countsTimer);
   Object.assign(app, { api: null, stream: null, me: null, open: null });
   for (const box of outboxes.values()) clearTimeout(box.timer);
   outboxes.clear();
@@ -221,6 +222,7 @@ function scheduleCounts() {
 }
 
 async function loadCounts() {
+  if (!app.api) return; // signed out since it was asked for
   const data = await guard(app.api.get("/api/v1/queues"));
   if (!data || !app.me) return;
   const totals = Object.fromEntries(STATES.map((s) => [s, 0]));
@@ -788,8 +790,10 @@ function enqueue(id, body) {
   drain(id);
 }
 
-/** Send what waits for `id`, oldest first; a reply the gateway could not take (network, 5xx)
- * is tried again in a few seconds or when the stream is back, and holds back those after it. */
+/** Send what waits for `id`, oldest first. A reply the gateway could not take (network, 5xx,
+ * or `conflict`: a busy conversation) is tried again in a few seconds or when the stream is
+ * back, holding back those after it; one it refused comes back with every reply after it
+ * (they were written to follow it, so none goes out ahead of it). */
 async function drain(id) {
   const box = outboxes.get(id);
   if (!box || box.busy) return;
@@ -798,14 +802,18 @@ async function drain(id) {
   box.busy = true;
   try {
     while (box.items.length && outboxes.get(id) === box) {
-      const item = box.items[0];
-      const outcome = await sendOne(id, item);
-      if (outcome === "again") {
+      const outcome = await sendOne(id, box.items[0]);
+      if (outboxes.get(id) !== box) return; // signed out meanwhile: nothing more of it
+      if (outcome.again) {
         box.timer = setTimeout(() => drain(id), RESEND_AFTER_MS);
         return;
       }
+      if (outcome.refused) {
+        giveBack(id, box.items.map((item) => item.body), outcome.refused);
+        box.items = [];
+        break;
+      }
       box.items.shift();
-      if (outcome === "refused") giveBack(id, item.body);
     }
     if (outboxes.get(id) === box) outboxes.delete(id);
   } finally {
@@ -813,17 +821,21 @@ async function drain(id) {
   }
 }
 
-/** One try: "sent", "again" (it may not have arrived: same key next time) or "refused". */
+/** One try: `{}` (sent), `{again: true}` (it may not have arrived: same key next time) or
+ * `{refused: error}`; nothing at all happens here once the agent signed out meanwhile. */
 async function sendOne(id, item) {
+  const api = app.api;
   let failure = null;
   const data = await guard(
-    app.api.post(app.api.conversationPath(id, "messages"), item.body,
-      { "Idempotency-Key": item.key }),
-    (err) => { failure = err; setNotice(id, friendly(err)); },
+    api.post(api.conversationPath(id, "messages"), item.body, { "Idempotency-Key": item.key }),
+    (err) => { failure = err; },
   );
+  if (app.api !== api) return {};
   if (!data) {
-    if (!failure) return "refused"; // signed out
-    return failure.code === "network" || failure.status >= 500 ? "again" : "refused";
+    if (!failure) return {};
+    const again = failure.code === "network" || failure.code === "conflict" || failure.status >= 500;
+    if (again) setNotice(id, friendly(failure));
+    return again ? { again: true } : { refused: failure };
   }
   setNotice(id, "");
   const o = app.open;
@@ -836,22 +848,31 @@ async function sendOne(id, item) {
     }
     renderThread(true);
   }
-  return "sent";
+  return {};
 }
 
-/** A reply the gateway refused goes back to its conversation's composer, before whatever the
- * agent has written since (nothing typed is lost); a template's parameters to its form. */
-function giveBack(id, body) {
+/** Replies the gateway refused (the first, and those queued after it), in order: their
+ * texts go back to the conversation's composer before whatever the agent wrote since, and a
+ * template's parameters to its form; the notice says why and repeats what was not sent, so
+ * it can be read even where the conversation no longer takes a reply. */
+function giveBack(id, bodies, err) {
+  const texts = bodies.filter((b) => b.text).map((b) => b.text);
+  const templates = bodies.filter((b) => b.template).map((b) => b.template);
+  const unsent = [...texts, ...templates.map((t) => "template " + t.name)];
+  setNotice(id, friendly(err) + " Not sent: " + unsent.map((u) => "“" + u + "”").join(", ") + ".");
   const o = app.open;
   const shown = o && o.id === id;
-  if (body.template) {
-    if (shown && !o.el.tplParams.value.trim()) o.el.tplParams.value = body.template.params.join("\n");
-    return;
+  if (texts.length) {
+    const current = shown ? o.el.text.value : app.drafts.get(id) || "";
+    const merged = [...texts, ...(current.trim() ? [current] : [])].join("\n\n");
+    app.drafts.set(id, merged);
+    if (shown) o.el.text.value = merged;
   }
-  const current = shown ? o.el.text.value : app.drafts.get(id) || "";
-  const merged = current.trim() ? body.text + "\n\n" + current : body.text;
-  app.drafts.set(id, merged);
-  if (shown) o.el.text.value = merged;
+  if (templates.length && shown) {
+    const params = templates[templates.length - 1].params.join("\n");
+    const typed = o.el.tplParams.value.trim();
+    o.el.tplParams.value = typed ? params + "\n" + typed : params;
+  }
 }
 
 function sendText(e) {
@@ -947,6 +968,10 @@ ui.signinForm.addEventListener("submit", (e) => {
 });
 ui.signout.addEventListener("click", () => signOut(""));
 window.addEventListener("online", () => { if (app.stream) app.stream.reconnectNow(); });
+// Replies still waiting to go out live in this page: leaving it would drop them.
+window.addEventListener("beforeunload", (e) => {
+  if (outboxes.size) e.preventDefault();
+});
 ui.more.addEventListener("click", loadMore);
 for (const tab of ui.tabs) {
   tab.addEventListener("click", () => selectTab(tab.dataset.state));

@@ -752,28 +752,42 @@ async def test_quick_replies_go_out_in_order_each_once_even_when_alike(
     assert [m["text"] for m in thread["messages"] if m["direction"] == "out"] == typed
 
 
-async def test_a_refused_reply_comes_back_before_what_was_typed_since(
+async def test_refused_replies_come_back_in_order_before_what_was_typed_since(
     gw: LiveGateway, new_page: NewPage
 ) -> None:
+    """A refusal returns that reply and those queued after it (none goes out ahead of it), in
+    the order written, before what the agent typed since; the notice repeats them (browser
+    re-audits: a refused reply was lost under a new draft, then several came back reversed
+    while later ones went out). A busy conversation (`conflict`) is tried again instead."""
     agent, reply = await accepted(gw, new_page, "Rechazo", "hola")
     typed = asyncio.Event()
+    answers = iter(["conflict", "closed"])
 
-    async def busy(route: Route) -> None:
-        await typed.wait()
+    async def refuse(route: Route) -> None:
+        answer = next(answers, "closed")
+        if answer == "conflict":
+            code, message = "conflict", "the conversation kept changing; try again"
+        else:
+            await typed.wait()
+            code, message = "invalid_transition", "a closed conversation takes no reply"
         await route.fulfill(
             status=409,
             content_type="application/json",
-            body=json.dumps({"error": {"code": "conflict", "message": "busy: send it again"}}),
+            body=json.dumps({"error": {"code": code, "message": message}}),
         )
 
-    await agent.route(re.compile(r"/messages$"), busy)
-    await reply.fill("Your refund is R-7781")
-    await reply.press("Enter")
+    await agent.route(re.compile(r"/messages$"), refuse)
+    for text in ("Your refund is R-7781", "It takes 3 days"):
+        await reply.fill(text)
+        await reply.press("Enter")
     await expect(reply).to_have_value("")
     await reply.press_sequentially("Anything else?")
     typed.set()
-    await expect(agent.locator(".notice")).to_have_text("busy: send it again")
-    await expect(reply).to_have_value("Your refund is R-7781\n\nAnything else?")
+    await expect(agent.locator(".notice")).to_have_text(
+        "a closed conversation takes no reply Not sent: “Your refund is R-7781”, “It takes 3 days”."
+    )
+    await expect(reply).to_have_value("Your refund is R-7781\n\nIt takes 3 days\n\nAnything else?")
+    await expect(agent.locator(".msg-out")).to_have_count(0)  # neither went out
 
 
 async def test_a_reply_waiting_for_the_network_goes_out_after_another_conversation_opens(
@@ -851,3 +865,40 @@ async def test_an_address_hash_that_names_no_conversation_is_dropped(
     await expect(agent.locator("#conn")).to_have_text("live")
     await expect(agent).to_have_url(re.compile(r"/inbox$"))  # dropped once the gateway said so
     await expect(agent.locator(".conv-head")).to_have_count(0)
+
+
+async def test_a_reply_refused_after_sign_out_leaves_nothing_for_the_next_agent(
+    gw: LiveGateway, new_page: NewPage
+) -> None:
+    """Browser re-audit: a reply still on its way when Maria signed out was refused after
+    José signed in on the same page, and came back into his composer with her notice."""
+    agent, reply = await accepted(gw, new_page, "Privado", "hola")
+    (conversation,) = (await gw.get("maria", "/api/v1/inbox?state=active"))["conversations"]
+    release, answered = asyncio.Event(), asyncio.Event()
+
+    async def held(route: Route) -> None:
+        await release.wait()
+        await route.fulfill(
+            status=409,
+            content_type="application/json",
+            body=json.dumps({"error": {"code": "invalid_transition", "message": "closed"}}),
+        )
+        answered.set()
+
+    await agent.route(re.compile(r"/messages$"), held)
+    await reply.fill("MARIA-PRIVATE-NOTE")
+    await reply.press("Enter")
+    await agent.get_by_role("button", name="Sign out").click()
+    await agent.get_by_label("Agent token").fill(TOKENS["jose"])
+    await agent.get_by_role("button", name="Sign in").click()
+    await expect(agent.locator("#conn")).to_have_text("live")
+    release.set()
+    async with asyncio.timeout(10):
+        await answered.wait()
+    await tab(agent, "active")
+    await item(agent, "Privado").click()
+    await expect(agent.locator(".conv-head h2")).to_have_text("Privado")
+    await expect(agent.get_by_text("MARIA-PRIVATE-NOTE")).to_have_count(0)
+    await expect(agent.get_by_role("textbox", name="Reply")).to_have_value("")
+    thread = await gw.get("maria", f"/api/v1/conversations/{conversation['id']}")
+    assert [m["text"] for m in thread["messages"]] == ["hola"]
