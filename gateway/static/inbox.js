@@ -21,6 +21,7 @@ const EARLIER_PAGE = 200; // messages per "Show earlier messages"
 const TYPING_EVERY_MS = 3000;
 const TYPING_SHOWN_MS = 6000;
 const RESEND_AFTER_MS = 5000;
+const CONFLICT_TRIES = 3; // a reply refused as `conflict` (a busy conversation) this often comes back
 
 const $ = (selector) => document.querySelector(selector);
 const ui = {
@@ -58,6 +59,7 @@ const app = {
   convs: new Map(), // id -> conversation JSON, the newest version seen
   notices: new Map(), // id -> a short inline notice shown on the list item
   drafts: new Map(), // id -> what the agent has written in its composer, not yet sent
+  tplDrafts: new Map(), // id -> a refused template's parameters, given back to its form
   open: null, // the conversation shown in the pane: {id, messages, el, ...}
   listSeq: 0,
   listNext: null, // the list's next page (`next_cursor`), while there is one
@@ -87,13 +89,14 @@ function friendly(err) {
 }
 
 /** Await an API call; a 401 signs out, other failures become a notice and resolve to null. */
-async function guard(promise, onError) {
+async function guard(promise, onError, session = app.api) {
   try {
     const answer = await promise;
-    if (app.stream) app.stream.reconnectNow(); // the gateway answers: so may the stream
+    if (app.stream && app.api === session) app.stream.reconnectNow(); // so may the stream
     return answer;
   } catch (err) {
     if (!(err instanceof ApiError)) throw err;
+    if (app.api !== session) return null; // a request of a session since signed out
     if (err.status === 401) signOut("Your session ended: sign in again.");
     else if (onError) onError(err);
     else showListNotice(friendly(err));
@@ -159,6 +162,7 @@ function signOut(message) {
   for (const box of outboxes.values()) clearTimeout(box.timer);
   outboxes.clear();
   app.drafts.clear();
+  app.tplDrafts.clear();
   history.replaceState(null, "", location.pathname + location.search);
   app.convs.clear();
   app.notices.clear();
@@ -483,6 +487,7 @@ function buildPane() {
   Object.assign(el, composer());
   app.open.el = el;
   el.text.value = app.drafts.get(app.open.id) || ""; // what was being written here before
+  el.tplParams.value = app.tplDrafts.get(app.open.id) || "";
   const notice = app.notices.get(app.open.id);
   el.notice.textContent = notice || "";
   el.notice.hidden = !notice;
@@ -829,13 +834,20 @@ async function sendOne(id, item) {
   const data = await guard(
     api.post(api.conversationPath(id, "messages"), item.body, { "Idempotency-Key": item.key }),
     (err) => { failure = err; },
+    api,
   );
   if (app.api !== api) return {};
   if (!data) {
     if (!failure) return {};
-    const again = failure.code === "network" || failure.code === "conflict" || failure.status >= 500;
-    if (again) setNotice(id, friendly(failure));
-    return again ? { again: true } : { refused: failure };
+    item.tries = (item.tries || 0) + 1;
+    // A busy conversation is worth a few more tries; an unreachable gateway, until it is back.
+    const busy = failure.code === "conflict" && item.tries < CONFLICT_TRIES;
+    if (failure.code === "network" || failure.status >= 500 || busy) {
+      setNotice(id, sentence(friendly(failure)) + " Not sent yet; it goes again by itself: " +
+        quoted(outboxes.get(id).items.map((i) => i.body)) + ".");
+      return { again: true };
+    }
+    return { refused: failure };
   }
   setNotice(id, "");
   const o = app.open;
@@ -858,8 +870,7 @@ async function sendOne(id, item) {
 function giveBack(id, bodies, err) {
   const texts = bodies.filter((b) => b.text).map((b) => b.text);
   const templates = bodies.filter((b) => b.template).map((b) => b.template);
-  const unsent = [...texts, ...templates.map((t) => "template " + t.name)];
-  setNotice(id, friendly(err) + " Not sent: " + unsent.map((u) => "“" + u + "”").join(", ") + ".");
+  setNotice(id, sentence(friendly(err)) + " Not sent: " + quoted(bodies) + ".");
   const o = app.open;
   const shown = o && o.id === id;
   if (texts.length) {
@@ -868,11 +879,25 @@ function giveBack(id, bodies, err) {
     app.drafts.set(id, merged);
     if (shown) o.el.text.value = merged;
   }
-  if (templates.length && shown) {
-    const params = templates[templates.length - 1].params.join("\n");
-    const typed = o.el.tplParams.value.trim();
-    o.el.tplParams.value = typed ? params + "\n" + typed : params;
+  if (templates.length) {
+    // Every refused template's parameters, then what was typed in the form since.
+    const params = templates.map((t) => t.params.join("\n"));
+    const typed = shown ? o.el.tplParams.value.trim() : app.tplDrafts.get(id) || "";
+    const merged = [...params, ...(typed ? [typed] : [])].join("\n");
+    app.tplDrafts.set(id, merged);
+    if (shown) o.el.tplParams.value = merged;
   }
+}
+
+/** What an agent sent, as a notice names it, in the order written. */
+function quoted(bodies) {
+  return bodies.map((b) => "“" + (b.text || "template " + b.template.name + "(" +
+    b.template.params.join(", ") + ")") + "”").join(", ");
+}
+
+/** A reason as a sentence: the gateway's come without a final stop. */
+function sentence(text) {
+  return /[.!?…]$/.test(text) ? text : text + ".";
 }
 
 function sendText(e) {
@@ -895,6 +920,7 @@ function sendTemplate(e) {
   const params = el.tplParams.value.split("\n").map((p) => p.trim()).filter(Boolean);
   const template = { name: el.tplName.value.trim(), language: el.tplLang.value.trim(), params };
   el.tplParams.value = "";
+  app.tplDrafts.delete(app.open.id);
   enqueue(app.open.id, { template });
 }
 
@@ -966,11 +992,16 @@ ui.signinForm.addEventListener("submit", (e) => {
   const token = ui.token.value.trim();
   if (token) signIn(token, false);
 });
-ui.signout.addEventListener("click", () => signOut(""));
+ui.signout.addEventListener("click", () => {
+  // Replies still going out, or given back and not sent again, live in this page only.
+  if ((outboxes.size || app.drafts.size) &&
+      !window.confirm("Replies not sent yet are dropped if you sign out. Sign out anyway?")) return;
+  signOut("");
+});
 window.addEventListener("online", () => { if (app.stream) app.stream.reconnectNow(); });
 // Replies still waiting to go out live in this page: leaving it would drop them.
 window.addEventListener("beforeunload", (e) => {
-  if (outboxes.size) e.preventDefault();
+  if (outboxes.size || app.drafts.size) e.preventDefault(); // drafts too: nothing typed is lost
 });
 ui.more.addEventListener("click", loadMore);
 for (const tab of ui.tabs) {

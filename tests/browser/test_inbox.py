@@ -15,7 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Locator, Page, Route, WebSocketRoute, expect
+from playwright.async_api import Dialog, Locator, Page, Route, WebSocketRoute, expect
 
 from plugins.email.parse import parse_email
 from tests.browser.conftest import (
@@ -784,7 +784,8 @@ async def test_refused_replies_come_back_in_order_before_what_was_typed_since(
     await reply.press_sequentially("Anything else?")
     typed.set()
     await expect(agent.locator(".notice")).to_have_text(
-        "a closed conversation takes no reply Not sent: “Your refund is R-7781”, “It takes 3 days”."
+        "a closed conversation takes no reply."
+        " Not sent: “Your refund is R-7781”, “It takes 3 days”."
     )
     await expect(reply).to_have_value("Your refund is R-7781\n\nIt takes 3 days\n\nAnything else?")
     await expect(agent.locator(".msg-out")).to_have_count(0)  # neither went out
@@ -888,7 +889,16 @@ async def test_a_reply_refused_after_sign_out_leaves_nothing_for_the_next_agent(
     await agent.route(re.compile(r"/messages$"), held)
     await reply.fill("MARIA-PRIVATE-NOTE")
     await reply.press("Enter")
+    asked: list[str] = []
+
+    async def confirm(dialog: Dialog) -> None:
+        asked.append(dialog.message)  # a reply is still going out: she is asked first
+        await dialog.accept()
+
+    agent.once("dialog", confirm)
     await agent.get_by_role("button", name="Sign out").click()
+    await expect(agent.get_by_label("Agent token")).to_be_visible()
+    assert asked == ["Replies not sent yet are dropped if you sign out. Sign out anyway?"]
     await agent.get_by_label("Agent token").fill(TOKENS["jose"])
     await agent.get_by_role("button", name="Sign in").click()
     await expect(agent.locator("#conn")).to_have_text("live")
@@ -902,3 +912,31 @@ async def test_a_reply_refused_after_sign_out_leaves_nothing_for_the_next_agent(
     await expect(agent.get_by_role("textbox", name="Reply")).to_have_value("")
     thread = await gw.get("maria", f"/api/v1/conversations/{conversation['id']}")
     assert [m["text"] for m in thread["messages"]] == ["hola"]
+
+
+async def test_a_reply_a_busy_conversation_keeps_refusing_comes_back_after_a_few_tries(
+    gw: LiveGateway, new_page: NewPage
+) -> None:
+    """Browser re-audit: `conflict` was retried forever, out of the agent's sight, and the
+    notice ("try again") invited a duplicate. The notice says it goes again by itself;
+    after three tries it comes back to the composer."""
+    agent, reply = await accepted(gw, new_page, "Ocupado", "hola")
+    posts: list[str] = []
+
+    async def busy(route: Route) -> None:
+        posts.append(route.request.headers["idempotency-key"])
+        await route.fulfill(
+            status=409,
+            content_type="application/json",
+            body=json.dumps({"error": {"code": "conflict", "message": "kept changing"}}),
+        )
+
+    await agent.route(re.compile(r"/messages$"), busy)
+    await reply.fill("A")
+    await reply.press("Enter")
+    await expect(agent.locator(".notice")).to_have_text(
+        "kept changing. Not sent yet; it goes again by itself: “A”."
+    )
+    await expect(reply).to_have_value("A", timeout=20_000)
+    await expect(agent.locator(".notice")).to_have_text("kept changing. Not sent: “A”.")
+    assert len(posts) == 3 and len(set(posts)) == 1  # one reply, one key
