@@ -219,7 +219,7 @@ async def _pump(
                     for event in await subscription.get_many():
                         if event.cursor is None:  # ephemeral (typing): not part of the log
                             batch.append(frames.frame(event))
-                        elif cursor is None or event.cursor > cursor:
+                        elif cursor is None or event.cursor > cursor:  # not replayed already
                             batch.append(frames.frame(event))
                             cursor = event.cursor
                     if batch:

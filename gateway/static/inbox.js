@@ -451,7 +451,7 @@ async function openConversation(id) {
       // Messages in the order they were stored (a Map keeps insertion order), not by id:
       // ids come from each gateway node's clock.
       id, messages: new Map(), provisional: new Set(), nodes: new Map(), el: null,
-      typingTimer: null, typingSent: 0, send: null,
+      typingTimer: null, typingSent: 0,
     };
     app.open.hasEarlier = hasEarlier;
     buildPane();

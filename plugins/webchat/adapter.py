@@ -163,7 +163,7 @@ async def _send_error(
 def _rate_limited(retry_after: float) -> web.Response:
     """429 with the wait in `Retry-After` and in the error's `retry_after` (seconds, as the
     socket's error frame has it), and in the message."""
-    seconds = int(f"{retry_after:.0f}")
+    seconds = round(retry_after)
     message = f"too many requests; retry in {seconds} s"
     response = _json(
         {"error": {"code": "rate_limited", "message": message, "retry_after": seconds}}, 429
@@ -541,8 +541,10 @@ class WebchatAdapter(BaseAdapter):
             if m.direction == Direction.OUT
             and m.status not in (DeliveryState.READ, DeliveryState.FAILED)
         ]
-        for reply in unread:
-            await self.context.inbound.status(self._report(reply, DeliveryState.READ))
+        # Side by side: their writes share group commits (pipelines on Redis).
+        await asyncio.gather(
+            *(self.context.inbound.status(self._report(m, DeliveryState.READ)) for m in unread)
+        )
         return None
 
     async def get_messages(self, request: web.Request) -> web.StreamResponse:
