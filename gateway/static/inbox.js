@@ -11,6 +11,7 @@ import {
 } from "./view.js";
 
 const TOKEN_KEY = "gw-inbox-token";
+const UNSENT_KEY = "gw-inbox-unsent"; // replies and drafts kept across a reload of this tab
 const STATES = ["waiting", "active", "pending", "inactive", "closed"];
 const PENDING_REASONS = {
   set_aside: "set aside",
@@ -130,6 +131,7 @@ async function signIn(token, remembered) {
   }
   sessionStorage.setItem(TOKEN_KEY, token);
   Object.assign(app, { api, me, tab: "waiting", queue: "", mine: false });
+  restoreUnsent(remembered);
   ui.me.textContent = me.name || me.id;
   ui.queue.replaceChildren(
     h("option", { attrs: { value: "" }, text: "All my queues" }),
@@ -157,6 +159,7 @@ function signOut(message) {
   if (app.stream) app.stream.stop();
   clearInterval(app.clockTimer);
   sessionStorage.removeItem(TOKEN_KEY);
+  sessionStorage.removeItem(UNSENT_KEY);
   clearTimeout(app.countsTimer);
   Object.assign(app, { api: null, stream: null, me: null, open: null });
   for (const box of outboxes.values()) clearTimeout(box.timer);
@@ -170,6 +173,45 @@ function signOut(message) {
   ui.pane.replaceChildren(placeholder);
   ui.app.classList.remove("show-pane");
   showSignin(message);
+}
+
+/** A reload of this tab keeps what was not sent yet: the replies waiting to go out (each with
+ * its Idempotency-Key, so one that reached the gateway just before is not sent twice) and the
+ * drafts, written to this tab's session storage as the page goes away. Only the same agent,
+ * coming back on the token the tab remembered, gets them; a sign-in by hand starts clean. */
+function keepUnsent() {
+  if (!app.me) return;
+  saveDraft();
+  const boxes = Array.from(outboxes, ([id, box]) => [id, box.items]).filter(([, i]) => i.length);
+  if (!boxes.length && !app.drafts.size && !app.tplDrafts.size) {
+    sessionStorage.removeItem(UNSENT_KEY);
+    return;
+  }
+  sessionStorage.setItem(UNSENT_KEY, JSON.stringify({
+    agent: app.me.id,
+    outboxes: boxes,
+    drafts: Array.from(app.drafts),
+    tplDrafts: Array.from(app.tplDrafts),
+  }));
+}
+
+function restoreUnsent(remembered) {
+  const kept = sessionStorage.getItem(UNSENT_KEY);
+  sessionStorage.removeItem(UNSENT_KEY);
+  if (!kept || !remembered) return;
+  let unsent;
+  try {
+    unsent = JSON.parse(kept);
+  } catch {
+    return;
+  }
+  if (!unsent || unsent.agent !== app.me.id) return;
+  for (const [id, text] of unsent.drafts || []) app.drafts.set(id, text);
+  for (const [id, params] of unsent.tplDrafts || []) app.tplDrafts.set(id, params);
+  for (const [id, items] of unsent.outboxes || []) {
+    outboxes.set(id, { items, busy: false, timer: null });
+    drain(id);
+  }
 }
 
 // ---- the stream ------------------------------------------------------------------------------
@@ -999,7 +1041,9 @@ ui.signout.addEventListener("click", () => {
   signOut("");
 });
 window.addEventListener("online", () => { if (app.stream) app.stream.reconnectNow(); });
-// Replies still waiting to go out live in this page: leaving it would drop them.
+// A reload keeps replies still waiting to go out and drafts (keepUnsent); closing the tab or
+// going elsewhere drops them, so the page asks first.
+window.addEventListener("pagehide", keepUnsent);
 window.addEventListener("beforeunload", (e) => {
   if (outboxes.size || app.drafts.size) e.preventDefault(); // drafts too: nothing typed is lost
 });

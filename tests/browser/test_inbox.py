@@ -940,3 +940,48 @@ async def test_a_reply_a_busy_conversation_keeps_refusing_comes_back_after_a_few
     await expect(reply).to_have_value("A", timeout=20_000)
     await expect(agent.locator(".notice")).to_have_text("kept changing. Not sent: “A”.")
     assert len(posts) == 3 and len(set(posts)) == 1  # one reply, one key
+
+
+async def test_a_reload_keeps_the_replies_waiting_to_go_out_and_the_drafts(
+    gw: LiveGateway, new_page: NewPage, page_errors: PageErrors
+) -> None:
+    """They lived in the page alone: a reload (after the page's warning) dropped a reply the
+    network had not taken yet, and what was being written. The tab keeps them now; the
+    reply goes out once, under the key it was first tried with."""
+    page_errors.tolerate("net::ERR_FAILED")  # the requests the test drops
+    agent, reply = await accepted(gw, new_page, "Recargo", "hola")
+    agent.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+    keys: list[str] = []
+    down = True
+
+    async def network(route: Route) -> None:
+        if route.request.method == "POST":
+            keys.append(route.request.headers["idempotency-key"])
+            if down:
+                await route.abort()
+                return
+        await route.continue_()
+
+    await agent.route(re.compile(r"/messages$"), network)
+    await reply.fill("Primera respuesta")
+    await reply.press("Enter")
+    await expect(agent.locator(".notice")).to_contain_text("Not sent yet")
+    await reply.fill("un borrador")
+    await agent.reload()
+    await expect(agent.locator(".conv-head h2")).to_have_text("Recargo")
+    await expect(agent.get_by_role("textbox", name="Reply")).to_have_value("un borrador")
+    await expect(agent.locator(".notice")).to_contain_text("Primera respuesta")
+    tried = len(keys)
+    assert tried >= 2  # before the reload and again after it
+    down = False
+    await agent.evaluate("window.dispatchEvent(new Event('online'))")  # back: it goes now
+    await expect(agent.locator(".msg-out .msg-text")).to_have_text(["Primera respuesta"])
+    await expect(agent.locator(".notice")).to_be_hidden()
+    (conversation,) = (await gw.get("maria", "/api/v1/inbox?state=active"))["conversations"]
+    thread = await gw.get("maria", f"/api/v1/conversations/{conversation['id']}")
+    assert [m["text"] for m in thread["messages"]] == ["hola", "Primera respuesta"]
+    assert len(set(keys)) == 1, keys
+    # Signing out leaves nothing behind for whoever signs in on this tab next.
+    await agent.get_by_role("button", name="Sign out").click()
+    await expect(agent.get_by_label("Agent token")).to_be_visible()
+    assert await agent.evaluate("sessionStorage.length") == 0
