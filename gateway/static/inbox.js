@@ -22,6 +22,7 @@ const EARLIER_PAGE = 200; // messages per "Show earlier messages"
 const TYPING_EVERY_MS = 3000;
 const TYPING_SHOWN_MS = 6000;
 const RESEND_AFTER_MS = 5000;
+const TEMPLATE_LANGUAGE = "es"; // the template form's language until the agent changes it
 const CONFLICT_TRIES = 3; // a reply refused as `conflict` (a busy conversation) this often comes back
 
 const $ = (selector) => document.querySelector(selector);
@@ -60,7 +61,7 @@ const app = {
   convs: new Map(), // id -> conversation JSON, the newest version seen
   notices: new Map(), // id -> a short inline notice shown on the list item
   drafts: new Map(), // id -> what the agent has written in its composer, not yet sent
-  tplDrafts: new Map(), // id -> a refused template's parameters, given back to its form
+  tplDrafts: new Map(), // id -> the template form as left: {name, language, params}
   open: null, // the conversation shown in the pane: {id, messages, el, ...}
   listSeq: 0,
   listNext: null, // the list's next page (`next_cursor`), while there is one
@@ -529,7 +530,12 @@ function buildPane() {
   Object.assign(el, composer());
   app.open.el = el;
   el.text.value = app.drafts.get(app.open.id) || ""; // what was being written here before
-  el.tplParams.value = app.tplDrafts.get(app.open.id) || "";
+  const tpl = app.tplDrafts.get(app.open.id);
+  if (tpl) {
+    el.tplName.value = tpl.name;
+    el.tplLang.value = tpl.language;
+    el.tplParams.value = tpl.params;
+  }
   const notice = app.notices.get(app.open.id);
   el.notice.textContent = notice || "";
   el.notice.hidden = !notice;
@@ -746,9 +752,10 @@ function composer() {
   const why = h("p", { class: "composer-why", attrs: { "aria-live": "polite" } });
   const form = h("form", { class: "composer-form", on: { submit: sendText } },
     h("div", { class: "composer-row" }, text, send));
-  const tplName = h("input", { attrs: { type: "text", required: true, placeholder: "e.g. HX… (Content SID) or order_update" } });
-  const tplLang = h("input", { attrs: { type: "text", required: true, value: "es" } });
-  const tplParams = h("textarea", { attrs: { rows: "2" } });
+  const kept = { input: saveTemplateDraft };
+  const tplName = h("input", { attrs: { type: "text", required: true, placeholder: "e.g. HX… (Content SID) or order_update" }, on: kept });
+  const tplLang = h("input", { attrs: { type: "text", required: true, value: TEMPLATE_LANGUAGE }, on: kept });
+  const tplParams = h("textarea", { attrs: { rows: "2" }, on: kept });
   const field = (label, control, cls) => h("label", { class: "field " + (cls || "") }, h("span", { text: label }), control);
   const template = h("form", {
     class: "template", attrs: { hidden: true, "aria-label": "Send a template" }, on: { submit: sendTemplate },
@@ -808,6 +815,19 @@ function renderComposer(c, mine) {
   el.why.textContent = why;
   el.why.hidden = !why;
   el.form.hidden = c.state === "inactive" || c.state === "closed";
+}
+
+/** The template form, as filled in, is the open conversation's too. */
+function saveTemplateDraft() {
+  const o = app.open;
+  if (!o) return;
+  const el = o.el;
+  const draft = { name: el.tplName.value, language: el.tplLang.value, params: el.tplParams.value };
+  if (draft.name.trim() || draft.params.trim() || draft.language.trim() !== TEMPLATE_LANGUAGE) {
+    app.tplDrafts.set(o.id, draft);
+  } else {
+    app.tplDrafts.delete(o.id);
+  }
 }
 
 /** The composer's text is the open conversation's draft: opening another one keeps it. */
@@ -922,12 +942,22 @@ function giveBack(id, bodies, err) {
     if (shown) o.el.text.value = merged;
   }
   if (templates.length) {
-    // Every refused template's parameters, then what was typed in the form since.
+    // Every refused template's parameters, then what was typed in the form since; the name
+    // and language of the first refused one, unless the agent has named another since.
+    const form = app.tplDrafts.get(id) || { name: "", language: TEMPLATE_LANGUAGE, params: "" };
     const params = templates.map((t) => t.params.join("\n"));
-    const typed = shown ? o.el.tplParams.value.trim() : app.tplDrafts.get(id) || "";
-    const merged = [...params, ...(typed ? [typed] : [])].join("\n");
-    app.tplDrafts.set(id, merged);
-    if (shown) o.el.tplParams.value = merged;
+    const typed = form.params.trim();
+    const draft = {
+      name: form.name.trim() || templates[0].name,
+      language: form.name.trim() ? form.language : templates[0].language,
+      params: [...params, ...(typed ? [typed] : [])].join("\n"),
+    };
+    app.tplDrafts.set(id, draft);
+    if (shown) {
+      o.el.tplName.value = draft.name;
+      o.el.tplLang.value = draft.language;
+      o.el.tplParams.value = draft.params;
+    }
   }
 }
 
@@ -961,7 +991,7 @@ function sendTemplate(e) {
   const el = app.open.el;
   const params = el.tplParams.value.split("\n").map((p) => p.trim()).filter(Boolean);
   const template = { name: el.tplName.value.trim(), language: el.tplLang.value.trim(), params };
-  el.tplParams.value = "";
+  el.tplParams.value = ""; // name and language stay for now: the next is often the same one
   app.tplDrafts.delete(app.open.id);
   enqueue(app.open.id, { template });
 }
@@ -1036,7 +1066,7 @@ ui.signinForm.addEventListener("submit", (e) => {
 });
 ui.signout.addEventListener("click", () => {
   // Replies still going out, or given back and not sent again, live in this page only.
-  if ((outboxes.size || app.drafts.size) &&
+  if ((outboxes.size || app.drafts.size || app.tplDrafts.size) &&
       !window.confirm("Replies not sent yet are dropped if you sign out. Sign out anyway?")) return;
   signOut("");
 });
@@ -1045,7 +1075,8 @@ window.addEventListener("online", () => { if (app.stream) app.stream.reconnectNo
 // going elsewhere drops them, so the page asks first.
 window.addEventListener("pagehide", keepUnsent);
 window.addEventListener("beforeunload", (e) => {
-  if (outboxes.size || app.drafts.size) e.preventDefault(); // drafts too: nothing typed is lost
+  // Drafts too: nothing typed is lost.
+  if (outboxes.size || app.drafts.size || app.tplDrafts.size) e.preventDefault();
 });
 ui.more.addEventListener("click", loadMore);
 for (const tab of ui.tabs) {

@@ -985,3 +985,62 @@ async def test_a_reload_keeps_the_replies_waiting_to_go_out_and_the_drafts(
     await agent.get_by_role("button", name="Sign out").click()
     await expect(agent.get_by_label("Agent token")).to_be_visible()
     assert await agent.evaluate("sessionStorage.length") == 0
+
+
+async def test_a_template_being_filled_in_stays_with_its_conversation(
+    gw: LiveGateway, new_page: NewPage
+) -> None:
+    """Only a refused template's parameters were kept: the name and language typed for one
+    customer were lost on opening another, and all of it on a reload."""
+    for phone, name in (("+5511988880001", "Paulo"), ("+5511988880002", "Rita")):
+        await gw.whatsapp(phone, name, "Preciso de ajuda")
+    for conversation in await gw.waiting():
+        status, _ = await gw.post("maria", f"/api/v1/conversations/{conversation['id']}/accept")
+        assert status == 200
+    gw.clock.advance(timedelta(hours=24, minutes=5))  # both windows closed: templates only
+    agent = await new_page()
+    agent.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+    await sign_in(agent, gw)
+    await tab(agent, "active")
+    name, language = agent.get_by_label("Template name"), agent.get_by_label("Template language")
+    params = agent.get_by_label("Template parameters, one per line")
+    await item(agent, "Paulo").get_by_role("button", name=OPEN).click()
+    await name.fill("order_update")
+    await language.fill("pt_BR")
+    await params.fill("Paulo\n4411")
+    await item(agent, "Rita").get_by_role("button", name=OPEN).click()
+    await expect(agent.locator(".conv-head h2")).to_have_text("Rita")
+    await expect(name).to_have_value("")
+    await expect(language).to_have_value("es")
+    await expect(params).to_have_value("")
+    await item(agent, "Paulo").get_by_role("button", name=OPEN).click()
+    await expect(agent.locator(".conv-head h2")).to_have_text("Paulo")
+    for field, value in ((name, "order_update"), (language, "pt_BR"), (params, "Paulo\n4411")):
+        await expect(field).to_have_value(value)
+    await agent.reload()
+    await expect(agent.locator(".conv-head h2")).to_have_text("Paulo")
+    for field, value in ((name, "order_update"), (language, "pt_BR"), (params, "Paulo\n4411")):
+        await expect(field).to_have_value(value)
+
+    # A template the gateway refuses comes back whole, after a reload too.
+    async def refuse(route: Route) -> None:
+        if route.request.method != "POST":
+            await route.continue_()
+            return
+        await route.fulfill(
+            status=422,
+            content_type="application/json",
+            body='{"error": {"code": "invalid_template", "message": "no such template"}}',
+        )
+
+    await agent.route(re.compile(r"/messages$"), refuse)
+    await name.fill("order_updat")
+    await agent.get_by_role("button", name="Send template").click()
+    await expect(agent.locator(".notice")).to_contain_text("no such template")
+    for field, value in ((name, "order_updat"), (language, "pt_BR"), (params, "Paulo\n4411")):
+        await expect(field).to_have_value(value)
+    await params.fill("Paulo\n4411")  # what the agent types since comes after: here, the same
+    await tab(agent, "active")  # a reload lists the waiting tab
+    await item(agent, "Rita").get_by_role("button", name=OPEN).click()
+    await item(agent, "Paulo").get_by_role("button", name=OPEN).click()
+    await expect(name).to_have_value("order_updat")
