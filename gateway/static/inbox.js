@@ -43,7 +43,10 @@ const ui = {
   empty: $("#empty"),
   more: $("#more"),
   pane: $("#pane"),
+  tabpanel: $("#tabpanel"),
+  announce: $("#announce"),
 };
+const TITLE = document.title;
 const placeholder = ui.pane.firstElementChild;
 
 /** What waits to be sent, by conversation: `{items: [{body, key}], busy, timer}`. Kept apart
@@ -238,6 +241,7 @@ function onEvent(event) {
     if (event.change === "visitor" && open && conv && conv.id === open.id) showTyping(conv);
     return;
   }
+  if (conv) announceNews(event, app.convs.get(conv.id));
   if (conv) upsert(conv);
   const message = event.message;
   if (message && app.opening && message.conversation_id === app.opening.id) {
@@ -254,6 +258,35 @@ function onEvent(event) {
   if (conv && open && conv.id === open.id) renderOpenState();
   if (event.type.startsWith("conversation.")) scheduleCounts();
   renderList();
+}
+
+/** Say, for screen readers, what came for the agent that the page does not show where they
+ * are: a conversation that starts waiting on one of their queues, a customer's message in a
+ * conversation of theirs that is not open. Sighted agents see the list and the counts move. */
+function announceNews(event, known) {
+  const conv = event.conversation;
+  const mine = conv.agent === app.me.id;
+  const open = app.open && app.open.id === conv.id;
+  const fresh = !known || (conv.version || 0) > (known.version || 0);
+  if (!fresh) return;
+  if (conv.state === "waiting" && (!known || known.state !== "waiting") &&
+      app.me.queues.includes(conv.queue)) {
+    announce("Waiting on " + conv.queue + ": " + contactName(conv) + ".");
+  } else if (event.type === "message.received" && mine && !open) {
+    announce("New message from " + contactName(conv) + ".");
+  }
+}
+
+function announce(text) {
+  // The same words twice in a row are announced again only if the region changes between.
+  ui.announce.textContent = "";
+  requestAnimationFrame(() => { ui.announce.textContent = text; });
+}
+
+/** Set a live region's (or any element's) text only when it changes: setting it again, even
+ * to the same words, makes screen readers repeat it on every update of the conversation. */
+function setText(node, text) {
+  if (node.textContent !== text) node.textContent = text;
 }
 
 function upsert(conv) {
@@ -278,6 +311,8 @@ async function loadCounts() {
     for (const s of STATES) totals[s] += q.counts[s] || 0;
   }
   for (const tab of ui.tabs) tab.querySelector(".count").textContent = totals[tab.dataset.state];
+  // The tab's title tells an agent on another tab that customers wait.
+  document.title = (totals.waiting ? "(" + totals.waiting + ") " : "") + TITLE;
 }
 
 function selectTab(state) {
@@ -286,6 +321,7 @@ function selectTab(state) {
     const selected = tab.dataset.state === state;
     tab.setAttribute("aria-selected", String(selected));
     tab.tabIndex = selected ? 0 : -1; // one Tab stop for the tab list; arrows move within it
+    if (selected) ui.tabpanel.setAttribute("aria-labelledby", tab.id);
   }
   showListNotice("");
   renderList();
@@ -390,14 +426,11 @@ function listItem(c) {
   return h("li", { class: classes.join(" "), attrs: { "data-id": c.id, "data-state": c.state } },
     h("button", {
       class: "conv-open",
-      attrs: {
-        type: "button",
-        "data-focus": "open",
-        "aria-label": (waiting ? "Preview" : "Open") + " the conversation with " + name,
-      },
+      attrs: { type: "button", "data-focus": "open" },
       on: { click: () => openConversation(c.id) },
     },
-    channelIcon(c.channel_type),
+    // Named by what it shows (WCAG 2.5.3), after words that say what it does.
+    h("span", { class: "sr-only", text: (waiting ? "Preview" : "Open") + " the conversation with " }),
     h("span", { class: "conv-body" },
       h("span", { class: "conv-line" },
         h("span", { class: "conv-name", text: name }),
@@ -415,13 +448,14 @@ function listItem(c) {
       c.state === "pending" && c.pending_reason === "agent_offline"
         ? h("span", { class: "conv-reason", text: "Pending: its agent went offline" })
         : null,
-      holder ? h("span", { class: "conv-holder", text: "with " + holder }) : null)),
+      holder ? h("span", { class: "conv-holder", text: "with " + holder }) : null),
+    channelIcon(c.channel_type)), // shown first (CSS order), said last: after the name
     waiting ? h("button", {
       class: "accept",
       attrs: { type: "button", "data-focus": "accept", title: "Accept", "aria-label": "Accept the conversation with " + name },
       on: { click: () => accept(c.id) },
     }, "✓") : null,
-    notice ? h("p", { class: "inline-notice", attrs: { role: "status" }, text: notice }) : null);
+    notice ? h("p", { class: "inline-notice", text: notice }) : null);
 }
 
 function showListNotice(text) {
@@ -439,6 +473,9 @@ function updateTimes() {
 
 /** Tell the agent about a refused action where they are looking: on the item and in the pane. */
 function setNotice(id, text) {
+  if (text && app.notices.get(id) !== text && !(app.open && app.open.id === id)) {
+    announce(text); // the pane's notice is an alert of its own
+  }
   if (text) app.notices.set(id, text);
   else app.notices.delete(id);
   const c = app.convs.get(id);
@@ -504,16 +541,33 @@ async function openConversation(id) {
   history.replaceState(null, "", "#" + encodeURIComponent(id)); // a reload reopens it
   renderOpenState();
   renderThread(!same);
+  const listShown = ui.list.offsetParent !== null;
   ui.app.classList.add("show-pane");
   renderList();
+  // On a narrow screen the pane replaces the list, and with it the button that had focus.
+  if (!same && listShown && ui.list.offsetParent === null && !focusIsInPane()) {
+    app.open.el.head.querySelector("h2").focus();
+  }
+}
+
+/** Whether focus is already somewhere in the open pane (accept puts it in the reply box). */
+function focusIsInPane() {
+  return ui.pane.contains(document.activeElement) && document.activeElement !== ui.pane;
 }
 
 function closePane() {
+  const id = app.open && app.open.id;
+  const inPane = ui.pane.contains(document.activeElement);
   app.open = null;
   history.replaceState(null, "", location.pathname + location.search);
   ui.pane.replaceChildren(placeholder);
   ui.app.classList.remove("show-pane");
   renderList();
+  if (inPane) {
+    // Back where the agent came from: its list item, or the tabs if it left the list.
+    const item = id && ui.list.querySelector(`li[data-id="${CSS.escape(id)}"] [data-focus=open]`);
+    (item || ui.tabs.find((t) => t.tabIndex === 0)).focus();
+  }
 }
 
 function buildPane() {
@@ -523,7 +577,10 @@ function buildPane() {
     notice: h("p", { class: "notice", attrs: { role: "alert", hidden: true } }),
     actions: h("div", { class: "actions" }),
     transfer: null,
-    thread: h("ol", { class: "thread", attrs: { role: "log", "aria-label": "Messages" } }),
+    thread: h("ol", {
+      class: "thread",
+      attrs: { "aria-label": "Messages", "aria-live": "polite", "aria-relevant": "additions" },
+    }),
     typing: h("p", { class: "typing", attrs: { "aria-live": "polite" } }),
   };
   el.transfer = transferForm();
@@ -554,51 +611,100 @@ function renderOpenState() {
   const name = contactName(c);
   const sub = [c.contact.display_name ? c.contact.address : null,
     c.channel + " (" + channelLabel(c.channel_type) + ")", "queue " + c.queue];
+  const active = document.activeElement;
+  const focusKey = (el.head.contains(active) || el.actions.contains(active)) &&
+    active.dataset.focus;
   el.head.replaceChildren(
     h("button", {
       class: "back ghost",
-      attrs: { type: "button", "aria-label": "Back to the list" },
+      attrs: { type: "button", "aria-label": "Back to the list", "data-focus": "back" },
       on: { click: closePane },
     }, "←"),
     channelIcon(c.channel_type),
     h("div", { class: "conv-title" },
-      h("h2", { text: name }),
+      h("h2", { attrs: { tabindex: "-1", "data-focus": "title" }, text: name }),
       h("p", { class: "conv-sub", text: sub.filter(Boolean).join(" · ") }),
       c.subject ? h("p", { class: "conv-sub", text: "Subject: " + c.subject }) : null),
     h("span", { class: "badge badge-" + c.state, text: c.state }));
   el.head.classList.toggle("is-inactive", c.state === "inactive");
 
-  el.banner.textContent = gone
+  setText(el.banner, gone
     ? "Moved to queue " + c.queue + ", which is not one of yours: you can no longer act on it."
-    : bannerText(c, mine);
+    : bannerText(c, mine));
   el.banner.hidden = !el.banner.textContent;
   el.banner.className = "banner banner-" + c.state;
 
   const buttons = [];
-  const button = (label, aria, cls, onClick) => h("button", {
-    class: "act " + cls, attrs: { type: "button", "aria-label": aria }, on: { click: onClick },
+  const button = (label, aria, cls, onClick, key) => h("button", {
+    class: "act " + cls,
+    attrs: { type: "button", "aria-label": aria, "data-focus": key },
+    on: { click: onClick },
   }, label);
   if (c.state === "waiting" && !gone) {
-    buttons.push(button("✓ Accept", "Accept this conversation", "act-accept", () => accept(c.id)));
+    buttons.push(button("✓ Accept", "Accept this conversation", "act-accept", () => accept(c.id),
+      "accept"));
   }
   if (mine && c.state === "active") {
-    buttons.push(button("Pending", "Set this conversation pending", "", () => act(c.id, "pending")));
+    buttons.push(button("Pending", "Set this conversation pending", "", () => act(c.id, "pending"),
+      "pending"));
   }
   if (mine && c.state === "pending") {
-    buttons.push(button("Resume", "Resume this conversation", "", () => act(c.id, "resume")));
+    buttons.push(button("Resume", "Resume this conversation", "", () => act(c.id, "resume"),
+      "resume"));
   }
   if (mine && (c.state === "active" || c.state === "pending")) {
     buttons.push(button("Transfer", "Transfer this conversation", "", () => {
-      el.transfer.hidden = !el.transfer.hidden;
-      if (!el.transfer.hidden) el.transfer.refresh();
-    }));
-    buttons.push(button("Close", "Close this conversation", "act-close", () => act(c.id, "close")));
+      if (!el.transfer.hidden) {
+        el.transfer.close();
+        return;
+      }
+      el.transfer.hidden = false;
+      syncTransferToggle();
+      el.transfer.querySelector("select").focus();
+      el.transfer.refresh();
+    }, "transfer"));
+    buttons.push(button("Close", "Close this conversation", "act-close", () => act(c.id, "close"),
+      "close"));
   } else {
     el.transfer.hidden = true;
   }
   el.actions.replaceChildren(...buttons);
   el.actions.hidden = buttons.length === 0;
+  syncTransferToggle();
   renderComposer(c, mine);
+  if (focusKey) focusInPane(focusKey);
+}
+
+/** The Transfer button says whether its form is open. */
+function syncTransferToggle() {
+  const el = app.open && app.open.el;
+  const toggle = el && el.actions.querySelector("[data-focus=transfer]");
+  if (toggle) toggle.setAttribute("aria-expanded", String(!el.transfer.hidden));
+}
+
+/**
+ * Focus the pane's control named `key` (its `data-focus`), or, when that one is gone (the
+ * action it did removed it: Pending, Resume, Close, a transfer), the next useful place: the
+ * reply box if the agent can write, else the first action, else the conversation's heading.
+ * The pane is rebuilt on every change of the conversation; without this a keyboard user's
+ * focus fell to the page's body each time, even when only the customer wrote.
+ */
+function focusInPane(key) {
+  const o = app.open;
+  if (!o) return;
+  const el = o.el;
+  const same = key && ui.pane.querySelector(`[data-focus="${CSS.escape(key)}"]`);
+  if (same && !same.closest("[hidden]") && !same.disabled) {
+    same.focus();
+    return;
+  }
+  if (!el.text.disabled && !el.form.hidden) {
+    el.text.focus();
+    return;
+  }
+  const first = el.actions.querySelector("button");
+  if (first && !el.actions.hidden) first.focus();
+  else el.head.querySelector("h2").focus();
 }
 
 function bannerText(c, mine) {
@@ -680,9 +786,15 @@ function messageItem(m) {
       (m.template.params && m.template.params.length ? ": " + m.template.params.join(", ") : "")
     : "";
   const failed = m.status === "failed";
+  // Who wrote it, for screen readers: sighted agents tell by the side and colour.
+  const author = out
+    ? (m.agent === app.me.id ? "You" : m.agent || "Sent by the gateway")
+    : contactName(m.contact ? m : app.convs.get(m.conversation_id) || { contact: {} });
   return h("li", { class: "msg msg-" + (out ? "out" : "in") + (failed ? " msg-failed" : ""), attrs: { "data-id": m.id } },
-    m.channel_type === "email" && m.subject ? h("p", { class: "msg-subject", text: m.subject }) : null,
-    h("p", { class: "msg-text", text: m.text || template || "[" + m.kind + "]" }),
+    h("span", { class: "sr-only", text: author + ": " }),
+    m.channel_type === "email" && m.subject
+      ? h("p", { class: "msg-subject", attrs: { dir: "auto" }, text: m.subject }) : null,
+    h("p", { class: "msg-text", attrs: { dir: "auto" }, text: m.text || template || "[" + m.kind + "]" }),
     (m.attachments || []).map((a, index) =>
       h("p", { class: "msg-attachment" },
         // A customer's attachment is fetched through the gateway (it holds the channel's
@@ -812,7 +924,7 @@ function renderComposer(c, mine) {
       closed: "This conversation is closed.",
     }[c.state] || "";
   }
-  el.why.textContent = why;
+  setText(el.why, why);
   el.why.hidden = !why;
   el.form.hidden = c.state === "inactive" || c.state === "closed";
 }
@@ -1023,9 +1135,9 @@ function transferForm() {
         // The gateway's own words when the target is not on the queue: it names who and which.
         const explain = (err) => (err.code === "not_on_queue" ? err.message : friendly(err));
         if (await act(id, "transfer", body, explain)) {
-          form.hidden = true;
           agent.value = "";
           queue.value = "";
+          form.close();
         }
       },
     },
@@ -1034,8 +1146,21 @@ function transferForm() {
   h("button", { class: "primary", attrs: { type: "submit", "aria-label": "Confirm the transfer" } }, "Transfer"),
   h("button", {
     class: "ghost", attrs: { type: "button", "aria-label": "Cancel the transfer" },
-    on: { click: () => { form.hidden = true; } },
+    on: { click: () => form.close() },
   }, "Cancel"));
+  form.addEventListener("keydown", (e) => {
+    if (e.key === "Escape") {
+      e.preventDefault();
+      form.close();
+    }
+  });
+  /** Hide it; focus, if it was in the form, goes back to what opened it. */
+  form.close = () => {
+    const within = form.contains(document.activeElement);
+    form.hidden = true;
+    syncTransferToggle();
+    if (within) focusInPane("transfer");
+  };
   form.refresh = async () => {
     const found = await guard(app.api.get("/api/v1/agents"), (err) => setNotice(app.open.id, friendly(err)));
     if (!found) return;

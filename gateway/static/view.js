@@ -145,7 +145,8 @@ export function tick(status) {
   return h("span", {
     class: "tick tick-" + status,
     text: t.mark,
-    attrs: { title: t.label, "aria-label": t.label, "data-status": status },
+    // A span's aria-label alone is not read out; as an image, its label is.
+    attrs: { title: t.label, role: "img", "aria-label": t.label, "data-status": status },
   });
 }
 

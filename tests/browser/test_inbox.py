@@ -1044,3 +1044,76 @@ async def test_a_template_being_filled_in_stays_with_its_conversation(
     await item(agent, "Rita").get_by_role("button", name=OPEN).click()
     await item(agent, "Paulo").get_by_role("button", name=OPEN).click()
     await expect(name).to_have_value("order_updat")
+
+
+async def test_keyboard_focus_stays_put_while_the_conversation_changes_and_moves_on_after_actions(
+    gw: LiveGateway, new_page: NewPage
+) -> None:
+    """Accessibility audit: the pane is rebuilt on every change, and focus fell to the page's
+    body each time (a customer's message was enough), and after Pending, Resume, Close."""
+    token = await gw.visitor("Foco", "hola")
+    agent, reply = await accepted(gw, new_page, "Otra", "buenas")
+    await tab(agent, "waiting")
+    await item(agent, "Foco").get_by_role("button", name=ACCEPT).click()
+    await expect(reply).to_be_focused()
+    transfer = agent.get_by_role("button", name="Transfer this conversation")
+    await transfer.focus()
+    await gw.visitor_says(token, "¿sigues ahí?")
+    await expect(agent.locator(".msg-in .msg-text").last).to_have_text("¿sigues ahí?")
+    await expect(transfer).to_be_focused()  # the customer wrote: the agent's place is kept
+    # The transfer form: opening it moves focus in, Escape closes it and comes back.
+    await expect(transfer).to_have_attribute("aria-expanded", "false")
+    await agent.keyboard.press("Enter")
+    await expect(agent.get_by_role("combobox", name="Transfer to a queue")).to_be_focused()
+    await expect(transfer).to_have_attribute("aria-expanded", "true")
+    await agent.keyboard.press("Escape")
+    await expect(agent.get_by_role("form", name="Transfer")).to_be_hidden()
+    await expect(transfer).to_be_focused()
+    # Each action removes its own button: focus goes where the next step is.
+    await agent.get_by_role("button", name="Set this conversation pending").press("Enter")
+    await expect(agent.get_by_role("button", name="Resume this conversation")).to_be_focused()
+    await agent.keyboard.press("Enter")
+    await expect(reply).to_be_focused()
+    await agent.get_by_role("button", name="Close this conversation").press("Enter")
+    await expect(agent.locator(".conv-head .badge")).to_have_text("closed")
+    await expect(agent.locator(".conv-head h2")).to_be_focused()
+
+
+async def test_on_a_phone_focus_follows_the_pane_in_and_back(
+    gw: LiveGateway, new_page: NewPage
+) -> None:
+    """Accessibility audit: at 720 px or less the pane replaces the list, and the button that
+    opened it, so focus was left on nothing; Back did the same."""
+    await gw.visitor("Movil", "hola")
+    agent = await new_page(PHONE)
+    await sign_in(agent, gw)
+    await item(agent, "Movil").get_by_role("button", name=PREVIEW).press("Enter")
+    await expect(agent.locator(".conv-head h2")).to_be_focused()
+    await agent.get_by_role("button", name="Back to the list").press("Enter")
+    await expect(item(agent, "Movil").get_by_role("button", name=PREVIEW)).to_be_focused()
+
+
+async def test_screen_readers_hear_who_wrote_what_and_what_comes_in(
+    gw: LiveGateway, new_page: NewPage
+) -> None:
+    """Accessibility audit: a message did not say who wrote it (only its side and colour did),
+    a tick's status was an unread label, new work arrived silently and the tab's title never
+    changed, and a list entry was named by a label that hid what it shows."""
+    agent, reply = await accepted(gw, new_page, "Lectora", "hola")
+    await reply.fill("¿En qué te ayudo?")
+    await reply.press("Enter")
+    thread = agent.get_by_role("list", name="Messages")
+    await expect(thread.get_by_role("listitem")).to_have_count(2)
+    await expect(thread.get_by_role("listitem").first).to_contain_text("Lectora: hola")
+    await expect(thread.get_by_role("listitem").last).to_contain_text("You: ¿En qué te ayudo?")
+    await expect(thread.get_by_role("img", name=re.compile("sent|delivered|read"))).to_have_count(1)
+    await gw.visitor("Nueva", "buenas")  # on Maria's queue, while she reads another
+    await expect(agent.locator("#announce")).to_have_text("Waiting on support: Nueva.")
+    await expect(agent).to_have_title("(1) Inbox · channel gateway")
+    await tab(agent, "waiting")
+    entry = item(agent, "Nueva").get_by_role("button", name=PREVIEW)
+    await expect(entry).to_have_accessible_name(re.compile(r"^Preview the conversation with Nueva"))
+    await expect(entry).to_have_accessible_name(re.compile("buenas"))  # what it shows, it says
+    tabs = agent.get_by_role("tab", name=re.compile("^Waiting"))
+    await expect(tabs).to_have_attribute("aria-controls", "tabpanel")
+    await expect(agent.get_by_role("tabpanel")).to_have_attribute("aria-labelledby", "tab-waiting")
