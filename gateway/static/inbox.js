@@ -398,6 +398,7 @@ function renderList() {
   const focused = document.activeElement;
   const focusKey = ui.list.contains(focused) && focused.dataset.focus
     ? [focused.closest("li").dataset.id, focused.dataset.focus] : null;
+  const focusIndex = focusKey ? Array.from(ui.list.children).indexOf(focused.closest("li")) : 0;
   const current = app.listFor === listKey();
   const edge = current ? app.listEdge : null;
   const items = Array.from(app.convs.values())
@@ -409,7 +410,11 @@ function renderList() {
   if (focusKey) {
     const again = ui.list.querySelector(`li[data-id="${CSS.escape(focusKey[0])}"] ` +
       `[data-focus="${focusKey[1]}"]`);
-    if (again) again.focus();
+    // Gone from the list (another agent took it, say): the entry now in its place, or the tabs.
+    const instead = ui.list.children[Math.min(focusIndex, ui.list.children.length - 1)];
+    const next = again || (instead && instead.querySelector("[data-focus=open]")) ||
+      ui.tabs.find((t) => t.tabIndex === 0);
+    next.focus();
   }
 }
 

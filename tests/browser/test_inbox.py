@@ -1117,3 +1117,19 @@ async def test_screen_readers_hear_who_wrote_what_and_what_comes_in(
     tabs = agent.get_by_role("tab", name=re.compile("^Waiting"))
     await expect(tabs).to_have_attribute("aria-controls", "tabpanel")
     await expect(agent.get_by_role("tabpanel")).to_have_attribute("aria-labelledby", "tab-waiting")
+
+
+async def test_focus_moves_to_the_next_entry_when_the_focused_one_leaves_the_list(
+    gw: LiveGateway, new_page: NewPage
+) -> None:
+    await gw.visitor("Primero", "uno")
+    await gw.visitor("Segundo", "dos")
+    agent = await new_page()
+    await sign_in(agent, gw)
+    accept = item(agent, "Primero").get_by_role("button", name=ACCEPT)
+    await accept.focus()
+    first = next(c for c in await gw.waiting() if c["contact"]["display_name"] == "Primero")
+    status, _ = await gw.post("jose", f"/api/v1/conversations/{first['id']}/accept")
+    assert status == 200
+    await expect(item(agent, "Primero")).to_have_count(0)
+    await expect(item(agent, "Segundo").get_by_role("button", name=PREVIEW)).to_be_focused()
