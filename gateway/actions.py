@@ -24,6 +24,8 @@ from gateway.store.base import Store
 log = structlog.get_logger("gateway.actions")
 
 CAS_ATTEMPTS = 5
+TAKE_BACK_LIMIT = 1000
+"""At most this many pending conversations of an agent are looked at when they come back."""
 Decide = Callable[[Conversation, dict[str, int]], Transition]
 AfterChange = Callable[[Transition], Awaitable[None]]
 
@@ -61,6 +63,7 @@ class Actions:
         max_active: int | None = None,
         action: str,
         to_active: bool = False,
+        after_change: bool = True,
     ) -> tuple[Conversation, tuple[Event, ...]]:
         for _ in range(CAS_ATTEMPTS):
             conversation = await self.visible(conversation_id, agent)
@@ -92,7 +95,7 @@ class Actions:
                 agent=agent.id,
                 state=str(stored.state),
             )
-            if self.after_change is not None:
+            if after_change and self.after_change is not None:
                 await self.after_change(transition)
             return stored, events
         raise VersionConflict(f"conversation {conversation_id} kept changing, try again")
@@ -124,7 +127,7 @@ class Actions:
         )
 
     async def resume(
-        self, conversation_id: str, agent: AgentInfo
+        self, conversation_id: str, agent: AgentInfo, *, after_change: bool = True
     ) -> tuple[Conversation, tuple[Event, ...]]:
         return await self._apply(
             conversation_id,
@@ -135,7 +138,42 @@ class Actions:
             max_active=agent.max_active,
             action="resumed",
             to_active=True,
+            after_change=after_change,
         )
+
+    async def take_back(self, agent: AgentInfo) -> list[str]:
+        """Resume the conversations an agent lost by dropping off (pending, `agent_offline`),
+        as they come back online, before automatic distribution hands them new ones: oldest in
+        the queue first, as far as their `max_active` and each channel's window allow.
+
+        They were the agent's work in progress, and the customers wait on them; the agent could
+        resume them by hand, but distribution ran first on their return and filled them to
+        `max_active`, so every resume was refused and, without `requeue_after`, those customers
+        stayed pending for good (routing audit). Set-aside conversations stay as they are.
+        Returns the ids resumed; the caller lets distribution run afterwards."""
+        pending = await self.store.list_conversations(
+            State.PENDING, agent=agent.id, limit=TAKE_BACK_LIMIT
+        )
+        dropped = sorted(
+            (c for c in pending if c.pending_reason == lifecycle.PENDING_REASONS["agent_offline"]),
+            key=lambda c: (c.queued_at, c.id),
+        )
+        resumed: list[str] = []
+        for conversation in dropped:
+            try:
+                # No distribution between them: it would fill the room the next one needs.
+                # The caller runs it once they are all back.
+                await self.resume(conversation.id, agent, after_change=False)
+            except TransitionError as exc:
+                if exc.code == "max_active_reached":
+                    break
+                continue  # its window closed, it moved on meanwhile: it stays as it is
+            except (VersionConflict, NotFound):
+                continue
+            resumed.append(conversation.id)
+        if resumed:
+            log.info("presence.taken_back", agent=agent.id, conversations=resumed)
+        return resumed
 
     async def close(
         self, conversation_id: str, agent: AgentInfo

@@ -2,8 +2,9 @@
 
 The store keeps connections (so presence is shared by every node) and arms the
 `agent_disconnect_grace` deadline when an agent's last connection goes; the scheduler then
-sets their active conversations pending. Coming online also lets automatic distribution hand
-the agent waiting work.
+sets their active conversations pending. Coming online gives the agent back, first, the
+conversations that went pending that way (`Actions.take_back`), then lets automatic
+distribution hand them waiting work.
 
 A node that dies cannot say its sockets closed, so every node heartbeats (`run_heartbeats`)
 and reaps nodes whose heartbeat lapsed: their connections are dropped and their agents' grace
@@ -21,7 +22,7 @@ online for as long as this node lives, and their conversations would never go pe
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -55,6 +56,7 @@ class Presence:
         grace: timedelta,
         poke: Callable[[], None],
         heartbeat_ttl: timedelta | None = None,
+        take_back: Callable[[AgentInfo], Awaitable[object]] | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -63,6 +65,8 @@ class Presence:
         self.grace = grace
         self.poke = poke
         self.heartbeat_ttl = heartbeat_ttl or default_heartbeat_ttl(grace)
+        self.take_back = take_back
+        """Resumes what the agent lost by dropping off, before distribution runs for them."""
         self._live: dict[str, AgentInfo] = {}
         """This node's open connections, to record again if the node was reaped by mistake."""
         self._unsettled: dict[str, _Unsettled] = {}
@@ -89,6 +93,11 @@ class Presence:
             raise
         self._live[connection] = agent
         await self._notify()
+        if self.take_back is not None:
+            try:
+                await self.take_back(agent)
+            except Exception:  # the agent can still resume them by hand
+                log.exception("presence.take_back_failed", agent=agent.id)
         try:
             await self.distributor.on_agent_change(agent.id)
         except Exception:  # the scheduler's sweep retries distribution

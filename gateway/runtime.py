@@ -151,6 +151,7 @@ class Runtime:
             config.presence.agent_disconnect_grace,
             self.scheduler.poke,
             heartbeat_ttl=options.node_ttl,
+            take_back=self.actions.take_back,
         )
         self.auth = Authenticator(
             {a.token_sha256: a.id for a in config.agents},

@@ -186,6 +186,62 @@ async def test_automatic_distribution_assigns_online_agents(gw: Gateway) -> None
     await ws.close()
 
 
+async def sales_visitor(gw: Gateway, name: str) -> None:
+    v = await gw.visitor(name)
+    await gw.visitor_says(v["token"], "price please", "c1")
+
+
+async def inbox(gw: Gateway, agent: str, state: str) -> list[str]:
+    """The display names of the agent's conversations in that state, in the inbox's order."""
+    _, page = await gw.get(agent, f"/api/v1/inbox?state={state}")
+    return [c["contact"]["display_name"] for c in page["conversations"]]
+
+
+async def drop_off(gw: Gateway, ws: ClientWebSocketResponse, agent: str) -> None:
+    """The agent's only stream closes and stays closed past the grace."""
+    await ws.close()
+    await wait_offline(gw, agent)
+    gw.clock.advance(timedelta(seconds=31))
+    await gw.runtime.scheduler.run_once()
+
+
+async def test_an_agent_back_online_gets_their_own_customers_back_before_new_ones(
+    gw: Gateway,
+) -> None:
+    """Routing audit: on an agent's return, automatic distribution filled them to
+    `max_active` with new conversations, so they could resume none of the customers they had
+    been answering (409 max_active_reached), who then stayed pending for good."""
+    ws = await open_stream(gw, "maria")
+    for name in ("First", "Second"):
+        await sales_visitor(gw, name)
+    assert sorted(await inbox(gw, "maria", "active")) == ["First", "Second"]  # assigned to her
+    await drop_off(gw, ws, "maria")
+    assert sorted(await inbox(gw, "maria", "pending")) == ["First", "Second"]
+    for name in ("Third", "Fourth"):  # they wait: nobody of sales is online
+        await sales_visitor(gw, name)
+    ws = await open_stream(gw, "maria")
+    resumed = [await receive(ws, type_="conversation.updated") for _ in range(2)]
+    assert [(e["change"], e["conversation"]["contact"]["display_name"]) for e in resumed] == [
+        ("resumed", "First"),
+        ("resumed", "Second"),
+    ]
+    assert sorted(await inbox(gw, "maria", "active")) == ["First", "Second"]
+    assert await inbox(gw, "maria", "waiting") == ["Third", "Fourth"]  # at max_active: they wait
+    assert await inbox(gw, "maria", "pending") == []
+    await ws.close()
+
+
+async def test_what_an_agent_set_aside_stays_set_aside_when_they_come_back(gw: Gateway) -> None:
+    ws = await open_stream(gw, "maria")
+    aside = await accepted_by_maria(gw)
+    assert (await gw.post("maria", f"/api/v1/conversations/{aside}/pending"))[0] == 200
+    await drop_off(gw, ws, "maria")
+    ws = await open_stream(gw, "maria")
+    _, body = await gw.get("maria", f"/api/v1/conversations/{aside}")
+    assert (body["state"], body["pending_reason"]) == ("pending", "set_aside")
+    await ws.close()
+
+
 async def test_hello_names_the_position_every_later_frame_follows(gw: Gateway) -> None:
     """Ana's connecting assigns her the waiting sales conversations: those events happen
     between her subscription and her hello. The hello's cursor must be before them (a client
