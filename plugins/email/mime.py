@@ -64,14 +64,33 @@ class Body:
 
 
 def decode_bytes(data: bytes, declared: str | None) -> str:
-    """Decode text bytes: declared charset, then UTF-8, then Windows-1252, then Latin-1."""
+    """Decode text bytes: declared charset, then UTF-8, then UTF-8 with its few bad bytes
+    replaced, then Windows-1252, then Latin-1."""
     label = (declared or "us-ascii").strip().strip('"').lower()
-    for candidate in (_CHARSET_ALIASES.get(label, label), "utf-8", "cp1252"):
+    for candidate in (_CHARSET_ALIASES.get(label, label), "utf-8"):
         try:
             return data.decode(candidate)
         except (LookupError, UnicodeDecodeError):
             continue
-    return data.decode("latin-1")
+    mostly_utf8 = _mostly_utf8(data)
+    if mostly_utf8 is not None:
+        return mostly_utf8
+    try:
+        return data.decode("cp1252")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
+def _mostly_utf8(data: bytes) -> str | None:
+    """UTF-8 text with a stray bad byte or two (a NUL that the IMAP server turned into 0x80,
+    a byte cut off by a relay), decoded with those bytes replaced by U+FFFD; None when the
+    bytes do not look like UTF-8 at all (no valid multi-byte character, or more bad bytes
+    than good ones: Windows-1252 text mislabelled). Reading all of it as Windows-1252 instead
+    turned every accent and emoji of the message into mojibake (hostile-content audit)."""
+    text = data.decode("utf-8", errors="replace")
+    bad = text.count("\ufffd") - data.decode("utf-8", errors="ignore").count("\ufffd")
+    good = sum(1 for char in text if char > "\x7f" and char != "\ufffd")
+    return text if good and bad <= good else None
 
 
 def _clean(text: str) -> str:

@@ -567,3 +567,25 @@ def test_the_key_of_a_mail_without_message_id_is_its_content_not_its_trace() -> 
     assert content_key(MAIL.replace(b"Order", b"Invoice")) != content_key(MAIL)
     assert content_key(MAIL.replace(b"07:00:00", b"07:00:01")) != content_key(MAIL)
     assert content_key(b"not a mail at all") != content_key(b"")
+
+
+def test_a_stray_bad_byte_in_utf8_text_spoils_only_itself() -> None:
+    """Hostile-content audit: one invalid byte (Dovecot turns a NUL into 0x80) made the whole
+    body be read as Windows-1252, every accent and emoji turned to mojibake."""
+    raw = (
+        b"From: moji@customer.example\r\nSubject: fatura\r\n"
+        b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+        b"Ol\xc3\xa1, preciso de ajuda com a fatura\xc3\xa7\xc3\xa3o \xf0\x9f\x98\x80 \x80 fim\r\n"
+    )
+    message = parse_email(raw, "c", NOW).message
+    assert message.text == "Olá, preciso de ajuda com a faturação 😀 \ufffd fim"
+
+
+def test_windows_1252_mislabelled_as_utf8_is_still_read_as_such() -> None:
+    raw = (
+        b"From: jose@customer.example\r\nSubject: pedido\r\n"
+        b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+        b"Ol\xe1, n\xe3o recebi o pedido \x96 obrigado.\r\n"
+    )
+    message = parse_email(raw, "c", NOW).message
+    assert message.text == "Olá, não recebi o pedido \u2013 obrigado."
