@@ -7,6 +7,10 @@ does not exist, or fail deep inside the store with a bare `TypeError` (a naive `
 `raw` that is not JSON) is refused here, naming the channel and the field, before anything is
 stored. The provider gets a 500 (`adapter_error`): it retries, and once the plugin is fixed the
 message arrives; a 4xx would tell it to drop the message.
+
+A contact's display name is the customer's own words (a WhatsApp profile name, an email
+From's phrase): one of 20,000 characters filled the inbox's header past the screen. It is cut
+to `MAX_DISPLAY_NAME` characters here, for every channel; the payload keeps it whole in `raw`.
 """
 
 from __future__ import annotations
@@ -18,10 +22,13 @@ import structlog
 
 from gateway.errors import GatewayError
 from gateway.ingest import Ingestor
-from gateway.model import DeliveryStatus, InboundMessage
+from gateway.model import Contact, DeliveryStatus, InboundMessage, evolve
 from gateway.store.base import IngestResult, StatusResult
 
 log = structlog.get_logger("gateway.sink")
+
+MAX_DISPLAY_NAME = 200
+"""Characters of a contact's display name that are kept (see the module docstring)."""
 
 
 class AdapterContractError(GatewayError):
@@ -64,6 +71,10 @@ class ChannelInbound:
             raise self._refuse("contact.address must be a non-empty string")
         if getattr(inbound.sent_at, "tzinfo", None) is None:
             raise self._refuse("sent_at must be a timezone-aware datetime")
+        name = inbound.contact.display_name
+        if name is not None and len(name) > MAX_DISPLAY_NAME:
+            short = name[: MAX_DISPLAY_NAME - 1] + "…"
+            inbound = evolve(inbound, contact=Contact(address, short))
         try:
             return await self.ingestor.message(inbound)
         except orjson.JSONEncodeError as exc:  # raw or extra: found where they are encoded

@@ -7,7 +7,7 @@
 
 import { Api, ApiError, Stream, randomId } from "./api.js";
 import {
-  channelIcon, channelLabel, clockTime, contactName, h, reasonWords, sinceText, tick,
+  channelIcon, channelLabel, clockTime, contactName, h, plain, reasonWords, sinceText, tick,
 } from "./view.js";
 
 const TOKEN_KEY = "gw-inbox-token";
@@ -445,7 +445,7 @@ function listItem(c) {
           text: sinceText(since, waiting ? "wait" : "ago"),
         })),
       where ? h("span", { class: "conv-where", text: where }) : null,
-      c.subject ? h("span", { class: "conv-subject", text: c.subject }) : null,
+      c.subject ? h("span", { class: "conv-subject", text: plain(c.subject) }) : null,
       h("span", { class: "conv-preview", text: c.preview || "" }),
       c.state === "inactive"
         ? h("span", { class: "conv-reason", text: "Inactive: " + reasonWords(c.inactive_reason) })
@@ -627,9 +627,11 @@ function renderOpenState() {
     }, "←"),
     channelIcon(c.channel_type),
     h("div", { class: "conv-title" },
-      h("h2", { attrs: { tabindex: "-1", "data-focus": "title" }, text: name }),
+      h("h2", { attrs: { tabindex: "-1", "data-focus": "title", title: name }, text: name }),
       h("p", { class: "conv-sub", text: sub.filter(Boolean).join(" · ") }),
-      c.subject ? h("p", { class: "conv-sub", text: "Subject: " + c.subject }) : null),
+      c.subject ? h("p", {
+        class: "conv-sub", attrs: { title: plain(c.subject) }, text: "Subject: " + plain(c.subject),
+      }) : null),
     h("span", { class: "badge badge-" + c.state, text: c.state }));
   el.head.classList.toggle("is-inactive", c.state === "inactive");
 
@@ -798,7 +800,7 @@ function messageItem(m) {
   return h("li", { class: "msg msg-" + (out ? "out" : "in") + (failed ? " msg-failed" : ""), attrs: { "data-id": m.id } },
     h("span", { class: "sr-only", text: author + ": " }),
     m.channel_type === "email" && m.subject
-      ? h("p", { class: "msg-subject", attrs: { dir: "auto" }, text: m.subject }) : null,
+      ? h("p", { class: "msg-subject", attrs: { dir: "auto" }, text: plain(m.subject) }) : null,
     h("p", { class: "msg-text", attrs: { dir: "auto" }, text: m.text || template || "[" + m.kind + "]" }),
     (m.attachments || []).map((a, index) =>
       h("p", { class: "msg-attachment" },
@@ -807,13 +809,13 @@ function messageItem(m) {
         out && /^https?:\/\//i.test(a.url || "")
           ? h("a", {
             attrs: { href: a.url, target: "_blank", rel: "noopener noreferrer" },
-            text: "📎 " + (a.filename || a.caption || a.kind),
+            text: "📎 " + plain(a.filename || a.caption || a.kind),
           })
           : h("button", {
             class: "link",
             type: "button",
-            attrs: { "aria-label": "Download " + (a.filename || a.kind) },
-            text: "📎 " + (a.filename || a.caption || a.kind),
+            attrs: { "aria-label": "Download " + plain(a.filename || a.kind) },
+            text: "📎 " + plain(a.filename || a.caption || a.kind),
             on: { click: () => downloadAttachment(m, index, a) },
           }))),
     h("p", { class: "msg-meta" },

@@ -153,5 +153,14 @@ export function tick(status) {
 /** The contact's name to show: the display name, or the address when there is none. */
 export function contactName(conversation) {
   const c = conversation.contact || {};
-  return c.display_name || c.address || "unknown contact";
+  return plain(c.display_name || c.address || "unknown contact");
+}
+
+const BIDI_CONTROLS = /[\u202A-\u202E\u2066-\u2069]/g;
+
+/** A customer's name, subject or file name without the characters that reorder text: a
+ * right-to-left override showed "invoice\u202Efdp.exe" as "invoiceexe.pdf". Arabic and Hebrew
+ * need none of them to be shown right. */
+export function plain(text) {
+  return text == null ? text : String(text).replace(BIDI_CONTROLS, "");
 }

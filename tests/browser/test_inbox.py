@@ -1133,3 +1133,25 @@ async def test_focus_moves_to_the_next_entry_when_the_focused_one_leaves_the_lis
     assert status == 200
     await expect(item(agent, "Primero")).to_have_count(0)
     await expect(item(agent, "Segundo").get_by_role("button", name=PREVIEW)).to_be_focused()
+
+
+async def test_a_huge_subject_keeps_the_actions_in_view_and_no_text_reorders_itself(
+    gw: LiveGateway, new_page: NewPage
+) -> None:
+    """Hostile-content audit: a 1,750-character subject took half the pane (100,000: the
+    whole page scrolled, Accept 7,000 px down), and a right-to-left override in a subject or
+    file name showed "Plain txt.exe" as "Plain exe.txt"."""
+    long_subject = " ".join(["invoice"] * 2_000)
+    await gw.email("spoof@customer.example", "Spoof", long_subject, "hola")
+    await gw.email("rtl@customer.example", "Rtl", "Plain \u202etxt.exe", "hola")
+    agent = await new_page()
+    await sign_in(agent, gw)
+    await item(agent, "Spoof").get_by_role("button", name=PREVIEW).click()
+    accept = agent.get_by_role("button", name="Accept this conversation")
+    await expect(accept).to_be_in_viewport()
+    head = await agent.locator(".conv-head").bounding_box()
+    assert head is not None and head["height"] < 150, head
+    assert await agent.evaluate("document.scrollingElement.scrollHeight") <= 800
+    await item(agent, "Rtl").get_by_role("button", name=PREVIEW).click()
+    await expect(agent.locator(".conv-head .conv-sub").last).to_have_text("Subject: Plain txt.exe")
+    await expect(item(agent, "Rtl").locator(".conv-subject")).to_have_text("Plain txt.exe")

@@ -449,3 +449,17 @@ async def test_a_webhook_url_with_a_trailing_slash_is_served_and_signed_as_calle
         f"/webhooks/{META}/", data=body, headers={"X-Hub-Signature-256": meta_sign(body)}
     )
     assert resp.status == 200
+
+
+async def test_a_profile_name_of_twenty_thousand_characters_is_cut_not_stored_whole(
+    wa: WaGateway,
+) -> None:
+    """Hostile-content audit: it was stored whole and filled the inbox's header far past the
+    screen. The name is cut; the message is stored, and the payload keeps the name whole."""
+    await wa.customer_twilio("SM" + "a" * 32, "hola", name="P" * 20_000)
+    (received,) = await wa.received()
+    shown = received["conversation"]["contact"]["display_name"]
+    assert shown == "P" * 199 + "…"
+    assert received["message"]["contact"]["display_name"] == shown
+    assert received["message"]["text"] == "hola"
+    assert received["message"]["raw"]["ProfileName"] == "P" * 20_000
