@@ -161,7 +161,7 @@ async def widget_send(page: Page, text: str) -> None:
     await page.get_by_label("Message").fill(text)
     await page.get_by_role("button", name="Send").click()
     # Acknowledged: stored by the gateway, no longer shown as being sent.
-    await expect(page.locator(".gwc-msg.gwc-in:not(.gwc-unsent)").last).to_have_text(text)
+    await expect(page.locator(".gwc-msg.gwc-in:not(.gwc-unsent) .gwc-text").last).to_have_text(text)
 
 
 def tab(page: Page, state: str) -> Awaitable[None]:

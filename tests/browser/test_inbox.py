@@ -121,7 +121,7 @@ async def test_visitor_writes_agent_previews_accepts_replies_pends_resumes(
     await reply.fill("¿En qué te ayudo?")
     await expect(visitor.locator(".gwc-typing")).to_have_text("Agent is typing…")
     await agent.get_by_role("button", name="Send reply").click()
-    await expect(visitor.locator(".gwc-out")).to_have_text(["¿En qué te ayudo?"])
+    await expect(visitor.locator(".gwc-out .gwc-text")).to_have_text(["¿En qué te ayudo?"])
     await expect(reply).to_have_value("")
     sent = agent.locator(".msg-out").last
     await expect(sent.locator(".tick")).to_have_attribute("data-status", "read")
@@ -148,7 +148,9 @@ async def test_visitor_writes_agent_previews_accepts_replies_pends_resumes(
     # Close: the visitor is told.
     await agent.get_by_role("button", name="Close this conversation").click()
     await expect(agent.locator(".conv-head .badge")).to_have_text("closed")
-    await expect(visitor.locator(".gwc-note")).to_have_text("The agent closed this conversation.")
+    await expect(visitor.locator(".gwc-note .gwc-text")).to_have_text(
+        "The agent closed this conversation."
+    )
 
 
 async def test_inactive_conversations_are_grey_with_their_reason(
@@ -222,7 +224,7 @@ async def test_customer_markup_is_shown_as_text(gw: LiveGateway, new_page: NewPa
     await expect(agent.locator(".thread .msg-text")).to_have_text([XSS])
     await agent.get_by_label("Reply", exact=True).fill(XSS)
     await agent.get_by_role("button", name="Send reply").click()
-    await expect(visitor.locator(".gwc-out")).to_have_text([XSS])
+    await expect(visitor.locator(".gwc-out .gwc-text")).to_have_text([XSS])
 
     assert await agent.locator("#app img, #app script, #app b").count() == 0
     assert await visitor.locator(".gwc-panel img").count() == 0

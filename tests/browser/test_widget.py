@@ -6,6 +6,8 @@ own tests), so these tests are about what a visitor sees across reloads and abse
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from playwright.async_api import Page, WebSocketRoute, expect
 
@@ -36,7 +38,7 @@ async def test_widget_opens_sends_and_shows_replies_and_typing(
     await gw.post("maria", path + "/typing")
     await expect(page.locator(".gwc-typing")).to_have_text("Agent is typing…")
     await gw.post("maria", path + "/messages", {"text": "Sí, en negro y en azul."})
-    await expect(page.locator(".gwc-out")).to_have_text(["Sí, en negro y en azul."])
+    await expect(page.locator(".gwc-out .gwc-text")).to_have_text(["Sí, en negro y en azul."])
     await expect(page.locator(".gwc-typing")).to_have_text("")
 
 
@@ -50,12 +52,14 @@ async def test_widget_survives_a_reload_and_replays_what_was_missed(
     path = f"/api/v1/conversations/{conversation['id']}"
     await gw.post("maria", path + "/accept")
     await gw.post("maria", path + "/messages", {"text": "Respuesta uno"})
-    await expect(page.locator(".gwc-out")).to_have_text(["Respuesta uno"])
+    await expect(page.locator(".gwc-out .gwc-text")).to_have_text(["Respuesta uno"])
 
     # A reload keeps the session (token in localStorage) and shows the history in order.
     await page.reload()
     await expect(page.locator(".gwc-status")).to_have_text("online")
-    await expect(page.locator(".gwc-msg")).to_have_text(["Primera pregunta", "Respuesta uno"])
+    await expect(page.locator(".gwc-msg .gwc-text")).to_have_text(
+        ["Primera pregunta", "Respuesta uno"]
+    )
 
     # The visitor leaves; the agent answers meanwhile; coming back replays it.
     context = page.context
@@ -64,7 +68,7 @@ async def test_widget_survives_a_reload_and_replays_what_was_missed(
     await gw.settle()
     again = await new_page(context=context)
     await open_widget(again, gw)
-    await expect(again.locator(".gwc-msg")).to_have_text(
+    await expect(again.locator(".gwc-msg .gwc-text")).to_have_text(
         ["Primera pregunta", "Respuesta uno", "Respuesta mientras no estabas"]
     )
     await widget_send(again, "Gracias")
@@ -96,7 +100,7 @@ async def hola_and_one_unsent(page: Page, gw: LiveGateway, lost: set[str]) -> No
     await widget_send(page, "Hola")
     await page.get_by_label("Message").fill("¿Siguen ahí?")
     await page.get_by_role("button", name="Send").click()
-    await expect(page.locator(".gwc-unsent")).to_have_text("¿Siguen ahí?")
+    await expect(page.locator(".gwc-unsent .gwc-text")).to_have_text("¿Siguen ahí?")
 
 
 async def test_a_message_not_yet_acknowledged_survives_a_reload(
@@ -110,7 +114,9 @@ async def test_a_message_not_yet_acknowledged_survives_a_reload(
     lost.clear()
     await page.reload()
     await expect(page.locator(".gwc-status")).to_have_text("online")
-    await expect(page.locator(".gwc-msg:not(.gwc-unsent)")).to_have_text(["Hola", "¿Siguen ahí?"])
+    await expect(page.locator(".gwc-msg:not(.gwc-unsent) .gwc-text")).to_have_text(
+        ["Hola", "¿Siguen ahí?"]
+    )
     (conversation,) = await gw.waiting()
     thread = await gw.get("maria", f"/api/v1/conversations/{conversation['id']}")
     assert [m["text"] for m in thread["messages"]] == ["Hola", "¿Siguen ahí?"]
@@ -146,5 +152,104 @@ async def test_a_resent_message_is_acked_after_the_replay_and_shows_below_it(
     await page.unroute_all()
     await page.route_web_socket("**/webchat/site/ws*", watch)
     await page.reload()
-    await expect(page.locator(".gwc-msg:not(.gwc-unsent)")).to_have_text(["Hola", "¿Siguen ahí?"])
+    await expect(page.locator(".gwc-msg:not(.gwc-unsent) .gwc-text")).to_have_text(
+        ["Hola", "¿Siguen ahí?"]
+    )
     assert came == ["replay", "ack"]
+
+
+async def test_each_message_tells_screen_readers_who_wrote_it(
+    gw: LiveGateway, new_page: NewPage
+) -> None:
+    """The log reads "You: …", "Agent: …" (or the agent's name, when a message carries one),
+    not one run-on string; the author is hidden text, so the bubbles look as before."""
+
+    def named(socket: WebSocketRoute) -> None:
+        server = socket.connect_to_server()
+        socket.on_message(server.send)
+
+        def to_page(frame: str | bytes) -> None:
+            data = json.loads(frame)
+            message = data.get("message") or {}
+            if message.get("text") == "Soy Maria":
+                message["agent_name"] = "Maria"
+            socket.send(json.dumps(data))
+
+        server.on_message(to_page)
+
+    page = await new_page()
+    await page.route_web_socket("**/webchat/site/ws*", named)
+    await open_widget(page, gw)
+    await widget_send(page, "Hola")
+    (conversation,) = await gw.waiting()
+    path = f"/api/v1/conversations/{conversation['id']}"
+    await gw.post("maria", path + "/accept")
+    await gw.post("maria", path + "/messages", {"text": "مرحبا"})
+    await gw.post("maria", path + "/messages", {"text": "Soy Maria"})
+    await expect(page.locator(".gwc-out .gwc-text")).to_have_text(["مرحبا", "Soy Maria"])
+    await expect(page.get_by_role("log")).to_match_aria_snapshot(
+        '- log: "You: Hola Agent: مرحبا Maria: Soy Maria"'
+    )
+    await expect(page.locator(".gwc-msg .gwc-who")).to_have_text(["You: ", "Agent: ", "Maria: "])
+    # Hidden: it takes no room in the bubble, and does not turn right-to-left text around.
+    for who in await page.locator(".gwc-who").all():
+        box = await who.bounding_box()
+        assert box is not None and box["width"] <= 1 and box["height"] <= 1
+    direction = "e => getComputedStyle(e).direction"
+    assert await page.locator(".gwc-out").first.evaluate(direction) == "rtl"
+
+
+async def test_a_message_being_sent_says_so_to_screen_readers(
+    gw: LiveGateway, new_page: NewPage
+) -> None:
+    page = await new_page()
+    lost = {"¿Siguen ahí?"}
+    await hola_and_one_unsent(page, gw, lost)
+    await expect(page.get_by_role("log")).to_match_aria_snapshot(
+        '- log: "You: Hola You: ¿Siguen ahí? sending"'
+    )
+    lost.clear()
+    await page.reload()
+    await expect(page.locator(".gwc-msg:not(.gwc-unsent) .gwc-text")).to_have_text(
+        ["Hola", "¿Siguen ahí?"]
+    )
+    await expect(page.get_by_role("log")).to_match_aria_snapshot(
+        '- log: "You: Hola You: ¿Siguen ahí?"'
+    )
+
+
+async def test_a_message_the_gateway_refuses_says_not_sent(
+    gw: LiveGateway, new_page: NewPage
+) -> None:
+    """A message the gateway can never take is marked failed: in words too, not only in looks."""
+
+    def route(socket: WebSocketRoute) -> None:
+        server = socket.connect_to_server()
+
+        def to_gateway(frame: str | bytes) -> None:
+            data = json.loads(frame)
+            if data.get("text") == "Demasiado":
+                refusal = {
+                    "type": "error",
+                    "code": "too_long",
+                    "message": "This message is too long.",
+                    "client_id": data["client_id"],
+                }
+                socket.send(json.dumps(refusal))
+                return
+            server.send(frame)
+
+        socket.on_message(to_gateway)
+        server.on_message(socket.send)
+
+    page = await new_page()
+    await page.route_web_socket("**/webchat/site/ws*", route)
+    await open_widget(page, gw)
+    await page.get_by_label("Message").fill("Demasiado")
+    await page.get_by_label("Message").press("Enter")
+    failed = page.locator(".gwc-failed")
+    await expect(failed.locator(".gwc-text")).to_have_text("Demasiado")
+    await expect(failed.locator(".gwc-state")).to_have_text(" not sent")
+    await expect(page.get_by_role("log")).to_match_aria_snapshot(
+        '- log: "You: Demasiado not sent Notice: This message is too long."'
+    )

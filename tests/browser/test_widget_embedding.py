@@ -88,7 +88,9 @@ async def test_a_site_the_chat_is_not_for_is_told_so_and_not_retried(
     page.on("request", lambda r: sessions.append(r.url) if r.url.endswith("/session") else None)
     await host_page(page, gw, origin="http://other-shop.example")
     await expect(page.locator(".gwc-status")).to_have_text("unavailable")
-    await expect(page.locator(".gwc-note")).to_have_text(["Chat is not available on this site."])
+    await expect(page.locator(".gwc-note .gwc-text")).to_have_text(
+        ["Chat is not available on this site."]
+    )
     # Another request would come within a second of backoff: none does.
     await page.wait_for_timeout(1500)
     assert len(sessions) == 1
@@ -109,7 +111,7 @@ async def test_a_socket_that_goes_silent_is_replaced(gw: LiveGateway, new_page: 
     await gw.post("maria", path + "/accept")
     network.silence()
     await gw.post("maria", path + "/messages", {"text": "¿Sigues ahí?"})
-    await expect(page.locator(".gwc-out")).to_have_text(["¿Sigues ahí?"])
+    await expect(page.locator(".gwc-out .gwc-text")).to_have_text(["¿Sigues ahí?"])
     assert len(network.sockets) == 2  # the reply came over the new socket
 
 
@@ -151,7 +153,9 @@ async def test_a_rate_limited_message_goes_again_and_nothing_overtakes_it(
     for text in ("uno", "dos", "tres"):
         await page.get_by_label("Message").fill(text)
         await page.get_by_label("Message").press("Enter")
-    await expect(page.locator(".gwc-msg:not(.gwc-unsent)")).to_have_text(["uno", "dos", "tres"])
+    await expect(page.locator(".gwc-msg:not(.gwc-unsent) .gwc-text")).to_have_text(
+        ["uno", "dos", "tres"]
+    )
     (conversation,) = await gw.waiting()
     thread = await gw.get("maria", f"/api/v1/conversations/{conversation['id']}")
     assert [m["text"] for m in thread["messages"]] == ["uno", "dos", "tres"]
@@ -181,7 +185,7 @@ async def test_unread_replies_are_counted_and_read_when_the_chat_is_opened(
                 cursor = page["cursor"] or cursor
 
     await gw.post("maria", path + "/messages", {"text": "Visto"})  # the chat is open: read
-    await expect(page.locator(".gwc-out")).to_have_text(["Visto"])
+    await expect(page.locator(".gwc-out .gwc-text")).to_have_text(["Visto"])
     await statuses("read")
 
     await page.get_by_role("button", name="Close chat").click()
@@ -207,8 +211,12 @@ async def test_what_the_visitor_writes_in_one_tab_shows_in_the_other(
     await widget_send(first, "Desde la primera")
     second = await new_page(context=first.context)  # same browser: the same visitor
     await host_page(second, gw)
-    await expect(second.locator(".gwc-msg")).to_have_text(["Desde la primera"])
+    await expect(second.locator(".gwc-msg .gwc-text")).to_have_text(["Desde la primera"])
     await widget_send(second, "Desde la segunda")
-    await expect(first.locator(".gwc-msg")).to_have_text(["Desde la primera", "Desde la segunda"])
-    await expect(second.locator(".gwc-msg")).to_have_text(["Desde la primera", "Desde la segunda"])
+    await expect(first.locator(".gwc-msg .gwc-text")).to_have_text(
+        ["Desde la primera", "Desde la segunda"]
+    )
+    await expect(second.locator(".gwc-msg .gwc-text")).to_have_text(
+        ["Desde la primera", "Desde la segunda"]
+    )
     assert len(await gw.waiting()) == 1

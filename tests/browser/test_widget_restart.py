@@ -109,7 +109,7 @@ async def test_widget_keeps_its_visitor_across_a_gateway_restart(
         # Written while the gateway is down: kept, shown as being sent.
         await page.get_by_label("Message").fill("¿Siguen ahí?")
         await page.get_by_role("button", name="Send").click()
-        await expect(page.locator(".gwc-unsent")).to_have_text("¿Siguen ahí?")
+        await expect(page.locator(".gwc-unsent .gwc-text")).to_have_text("¿Siguen ahí?")
         # Keep the widget away a while longer, so the agent answers before it is back.
         await page.route("**/webchat/site/session", lambda route: route.abort())
 
@@ -126,7 +126,7 @@ async def test_widget_keeps_its_visitor_across_a_gateway_restart(
         # Back: same visitor, the missed reply replayed once, the kept message sent once.
         await expect(page.locator(".gwc-status")).to_have_text("online", timeout=RECONNECTED)
         await expect(page.locator(".gwc-unsent")).to_have_count(0)
-        messages = page.locator(".gwc-msg")
+        messages = page.locator(".gwc-msg .gwc-text")
         await expect(messages).to_have_count(3)
         assert sorted(await messages.all_text_contents()) == sorted(
             ["Hola antes del reinicio", "Respuesta mientras no estabas", "¿Siguen ahí?"]
@@ -138,7 +138,7 @@ async def test_widget_keeps_its_visitor_across_a_gateway_restart(
         # A reply sent now arrives live.
         await gw.post("maria", path + "/messages", {"text": "Respuesta en vivo"})
         await expect(page.locator(".gwc-out")).to_have_count(2)
-        await expect(page.locator(".gwc-out").last).to_have_text("Respuesta en vivo")
+        await expect(page.locator(".gwc-out .gwc-text").last).to_have_text("Respuesta en vivo")
         await expect(page.locator(".gwc-status")).to_have_text("online")
 
         # One conversation holds all of it, nothing twice; a reload shows it in order.
@@ -155,7 +155,7 @@ async def test_widget_keeps_its_visitor_across_a_gateway_restart(
         assert [c["id"] for c in active["conversations"]] == [conversation["id"]]
         await page.reload()
         await expect(page.locator(".gwc-status")).to_have_text("online")
-        await expect(page.locator(".gwc-msg")).to_have_text(history)
+        await expect(page.locator(".gwc-msg .gwc-text")).to_have_text(history)
         assert (await stored(page))["visitor"] == before["visitor"]
         await page.context.close()
 
@@ -190,10 +190,10 @@ async def test_an_invalid_token_starts_a_fresh_session_with_nothing_of_the_old_o
         path = f"/api/v1/conversations/{conversation['id']}"
         await gw.post("maria", path + "/accept")
         await gw.post("maria", path + "/messages", {"text": "Bienvenido otra vez"})
-        await expect(page.locator(".gwc-out")).to_have_text(["Bienvenido otra vez"])
+        await expect(page.locator(".gwc-out .gwc-text")).to_have_text(["Bienvenido otra vez"])
         await page.reload()
         await expect(page.locator(".gwc-status")).to_have_text("online")
-        await expect(page.locator(".gwc-msg")).to_have_text(
+        await expect(page.locator(".gwc-msg .gwc-text")).to_have_text(
             ["Hola de nuevo", "Bienvenido otra vez"]
         )
         await page.context.close()

@@ -56,6 +56,10 @@
     if (window.crypto && crypto.randomUUID) return crypto.randomUUID();
     return "c" + Date.now().toString(36) + Math.random().toString(36).slice(2);
   }
+  // Set a node's text only when it changes: a live region re-announces any text set again.
+  function say(node, text) {
+    if (node.textContent !== text) node.textContent = text;
+  }
   function el(tag, cls, text) {
     var node = document.createElement(tag);
     if (cls) node.className = cls;
@@ -78,7 +82,10 @@
     ".gwc-send{border:0;background:#fff;color:#1f6feb;font-weight:600;padding:0 14px;cursor:pointer}" +
     ".gwc-close{border:0;background:none;color:#fff;font:600 18px/1 system-ui,sans-serif;cursor:pointer;padding:0 0 0 10px}" +
     ".gwc-badge{display:inline-block;min-width:18px;margin-left:8px;padding:1px 5px;border-radius:9px;background:#cf222e;color:#fff;font-size:12px}" +
-    ".gwc-badge:empty{display:none}.gwc-failed{opacity:.6;text-decoration:line-through}";
+    ".gwc-badge:empty{display:none}.gwc-failed{opacity:.6;text-decoration:line-through}" +
+    // Read by screen readers, not shown: who wrote a message, whether it went.
+    ".gwc-sr{position:absolute;width:1px;height:1px;margin:-1px;padding:0;border:0;overflow:hidden;" +
+    "clip:rect(0 0 0 0);clip-path:inset(50%);white-space:nowrap}";
 
   // The widget's own corner of the page: the host's stylesheets stop at the shadow root, and
   // a constructed stylesheet is not an inline <style> that a page's CSP may block.
@@ -186,13 +193,35 @@
     if (unsent !== node) log.insertBefore(node, unsent);
   }
 
+  // A message or note in the log: who wrote it (hidden, for screen readers: the log reads as
+  // one run of text otherwise), its text, and whether it went (hidden while being sent).
+  function entry(cls) {
+    var node = el("div", cls);
+    // Right-to-left text reads right, whatever the page is. The hidden parts have a direction
+    // of their own, so "You:" does not make every message left-to-right.
+    node.setAttribute("dir", "auto");
+    node.appendChild(el("span", "gwc-sr gwc-who")).setAttribute("dir", "auto");
+    node.appendChild(el("span", "gwc-text"));
+    node.appendChild(el("span", "gwc-sr gwc-state")).setAttribute("dir", "auto");
+    return node;
+  }
+  function fill(node, who, text, state) {
+    say(node.querySelector(".gwc-who"), who + " ");
+    say(node.querySelector(".gwc-text"), text);
+    say(node.querySelector(".gwc-state"), state ? " " + state : "");
+  }
+  function author(message) {
+    if (message.direction === "in") return "You:";
+    var name = typeof message.agent_name === "string" && message.agent_name.trim();
+    return name ? name.slice(0, 80) + ":" : "Agent:";
+  }
+
   function render(message, clientId) {
     var key = message ? message.id : "pending:" + clientId;
     var ownId = message ? message.client_id || clientId : clientId;
     var node = shown[key] || (ownId && shown["pending:" + ownId]);
     if (!node) {
-      node = el("div", "gwc-msg");
-      node.setAttribute("dir", "auto"); // right-to-left text reads right, whatever the page is
+      node = entry("gwc-msg");
       log.insertBefore(node, message ? log.querySelector(".gwc-unsent") : null);
     }
     if (message) {
@@ -203,14 +232,14 @@
       delete shown["pending:" + ownId];
       shown[message.id] = node;
       node.className = "gwc-msg " + (message.direction === "in" ? "gwc-in" : "gwc-out");
-      node.textContent = message.text || "[" + message.kind + "]";
+      fill(node, author(message), message.text || "[" + message.kind + "]");
       node.setAttribute("data-id", message.id);
       if (message.direction === "out" && message.status !== "read") unread[message.id] = true;
       lastId = message.id; // where a reconnect resumes: the last one the gateway sent
     } else {
       shown[key] = node;
       node.className = "gwc-msg gwc-in gwc-unsent";
-      node.textContent = pending[clientId];
+      fill(node, "You:", pending[clientId], "sending");
     }
     toBottom();
   }
@@ -226,7 +255,8 @@
     });
   }
   function note(text) {
-    log.appendChild(el("div", "gwc-note", text));
+    var node = log.appendChild(entry("gwc-note"));
+    fill(node, "Notice:", text);
     toBottom();
   }
 
@@ -391,7 +421,10 @@
     }
     if (clientId && pending[clientId] && frame.code !== "store_unavailable") {
       var node = shown["pending:" + clientId];
-      if (node) node.className = "gwc-msg gwc-in gwc-failed";
+      if (node) {
+        node.className = "gwc-msg gwc-in gwc-failed";
+        say(node.querySelector(".gwc-state"), " not sent");
+      }
       delete shown["pending:" + clientId];
       delete pending[clientId];
       save();
