@@ -191,3 +191,36 @@ class SilentNetwork:
         self.sockets.append(socket)
         socket.on_message(lambda f: None if first and self.silent else server.send(f))
         server.on_message(lambda f: None if first and self.silent else socket.send(f))
+
+
+def luminance(color: str) -> float:
+    """The relative luminance (WCAG 2.1) of a computed `rgb(r, g, b)` colour."""
+    channels = [int(c) / 255 for c in color[color.index("(") + 1 : -1].split(",")[:3]]
+    r, g, b = (c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in channels)
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+def contrast(one: str, other: str) -> float:
+    """The contrast ratio (WCAG 2.1) of two computed opaque colours."""
+    high, low = sorted((luminance(one), luminance(other)), reverse=True)
+    return (high + 0.05) / (low + 0.05)
+
+
+async def style(locator: Locator, prop: str) -> str:
+    """A computed style of the element, e.g. `style(input, "outline-style")`."""
+    value: str = await locator.evaluate("(e, p) => getComputedStyle(e).getPropertyValue(p)", prop)
+    return value
+
+
+async def opacity(locator: Locator) -> float:
+    """The element's effective opacity: its own times every ancestor's (across the shadow root)."""
+    value: float = await locator.evaluate(
+        """e => {
+            let o = 1;
+            for (let n = e; n; n = n.parentElement || (n.getRootNode() || {}).host) {
+                o *= Number(getComputedStyle(n).opacity);
+            }
+            return o;
+        }"""
+    )
+    return value

@@ -11,7 +11,15 @@ import json
 import pytest
 from playwright.async_api import Page, WebSocketRoute, expect
 
-from tests.browser.conftest import PHONE, NewPage, open_widget, widget_send
+from tests.browser.conftest import (
+    PHONE,
+    NewPage,
+    contrast,
+    opacity,
+    open_widget,
+    style,
+    widget_send,
+)
 from tests.browser.harness import LiveGateway
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -253,3 +261,14 @@ async def test_a_message_the_gateway_refuses_says_not_sent(
     await expect(page.get_by_role("log")).to_match_aria_snapshot(
         '- log: "You: Demasiado not sent Notice: This message is too long."'
     )
+    # Shown in words and by its border, its text at full contrast (no faded text).
+    bubble = failed.first
+    text = failed.locator(".gwc-text")
+    assert await opacity(text) == 1
+    assert contrast(await style(text, "color"), await style(bubble, "background-color")) >= 4.5
+    assert await style(text, "text-decoration-line") == "line-through"
+    marker = failed.locator(".gwc-state")
+    box = await marker.bounding_box()
+    assert box is not None and box["width"] > 20  # shown, not only read
+    assert contrast(await style(marker, "color"), await style(bubble, "background-color")) >= 4.5
+    assert contrast(await style(bubble, "border-top-color"), "rgb(246, 248, 250)") >= 3

@@ -82,10 +82,16 @@
     ".gwc-send{border:0;background:#fff;color:#1f6feb;font-weight:600;padding:0 14px;cursor:pointer}" +
     ".gwc-close{border:0;background:none;color:#fff;font:600 18px/1 system-ui,sans-serif;cursor:pointer;padding:0 0 0 10px}" +
     ".gwc-badge{display:inline-block;min-width:18px;margin-left:8px;padding:1px 5px;border-radius:9px;background:#cf222e;color:#fff;font-size:12px}" +
-    ".gwc-badge:empty{display:none}.gwc-failed{opacity:.6;text-decoration:line-through}" +
+    ".gwc-badge:empty{display:none}" +
+    // Not sent: said in words (red, below the struck text) and by a red border, at full contrast.
+    ".gwc-msg.gwc-failed{background:#fff;color:#24292f;border:1px solid #cf222e}" +
+    ".gwc-failed .gwc-text{text-decoration:line-through}" +
     // Read by screen readers, not shown: who wrote a message, whether it went.
     ".gwc-sr{position:absolute;width:1px;height:1px;margin:-1px;padding:0;border:0;overflow:hidden;" +
-    "clip:rect(0 0 0 0);clip-path:inset(50%);white-space:nowrap}";
+    "clip:rect(0 0 0 0);clip-path:inset(50%);white-space:nowrap}" +
+    ".gwc-failed .gwc-state{position:static;display:block;width:auto;height:auto;margin:2px 0 0;" +
+    "overflow:visible;clip:auto;clip-path:none;white-space:normal;color:#cf222e;font-size:12px;font-weight:600}" +
+    ".gwc-failed .gwc-state::first-letter{text-transform:uppercase}";
 
   // The widget's own corner of the page: the host's stylesheets stop at the shadow root, and
   // a constructed stylesheet is not an inline <style> that a page's CSP may block.
