@@ -272,3 +272,26 @@ async def test_a_message_the_gateway_refuses_says_not_sent(
     assert box is not None and box["width"] > 20  # shown, not only read
     assert contrast(await style(marker, "color"), await style(bubble, "background-color")) >= 4.5
     assert contrast(await style(bubble, "border-top-color"), "rgb(246, 248, 250)") >= 3
+
+
+async def test_the_message_input_shows_its_edge_and_its_focus(
+    gw: LiveGateway, new_page: NewPage
+) -> None:
+    """Its border (non-text contrast, 3:1) and a focus ring (3:1) against the panel's white."""
+    page = await new_page()
+    await open_widget(page, gw)
+    message = page.get_by_label("Message")
+    panel = page.get_by_role("region", name="Chat with Acme")
+    white = await style(panel, "background-color")
+    assert await style(message, "border-top-style") == "solid"
+    assert float((await style(message, "border-top-width")).removesuffix("px")) >= 1
+    edge = await style(message, "border-top-color")
+    assert contrast(edge, white) >= 3
+    assert contrast(edge, await style(message, "background-color")) >= 3
+
+    await message.focus()
+    await expect(message).to_be_focused()
+    assert await message.evaluate("e => e.matches(':focus-visible')")
+    assert await style(message, "outline-style") != "none"
+    assert float((await style(message, "outline-width")).removesuffix("px")) >= 2
+    assert contrast(await style(message, "outline-color"), white) >= 3

@@ -78,7 +78,12 @@
     ".gwc-in{background:#1f6feb;color:#fff;margin-left:auto}.gwc-out{background:#fff;border:1px solid #d0d7de}" +
     ".gwc-unsent{opacity:.6}.gwc-note{text-align:center;color:#57606a;font-size:12px;margin:6px 0}" +
     ".gwc-typing{color:#57606a;font-size:12px;padding:0 10px 4px;min-height:16px;background:#f6f8fa}" +
-    ".gwc-form{display:flex;border-top:1px solid #d0d7de}.gwc-input{flex:1;border:0;padding:12px;font:inherit;outline:none}" +
+    // The input shows where it is (its border, 4.8:1 on white) and when it has the focus (a
+    // 2px ring, 4.6:1 on white): its own border is not enough of a change to see focus by.
+    ".gwc-form{display:flex;gap:6px;padding:8px;border-top:1px solid #d0d7de}" +
+    ".gwc-input{flex:1;min-width:0;border:1px solid #6e7781;border-radius:6px;padding:8px 10px;" +
+    "font:inherit;color:#24292f;background:#fff}" +
+    ".gwc-input:focus-visible{outline:2px solid #1f6feb;outline-offset:1px;border-color:#1f6feb}" +
     ".gwc-send{border:0;background:#fff;color:#1f6feb;font-weight:600;padding:0 14px;cursor:pointer}" +
     ".gwc-close{border:0;background:none;color:#fff;font:600 18px/1 system-ui,sans-serif;cursor:pointer;padding:0 0 0 10px}" +
     ".gwc-badge{display:inline-block;min-width:18px;margin-left:8px;padding:1px 5px;border-radius:9px;background:#cf222e;color:#fff;font-size:12px}" +
