@@ -295,3 +295,13 @@ async def test_the_message_input_shows_its_edge_and_its_focus(
     assert await style(message, "outline-style") != "none"
     assert float((await style(message, "outline-width")).removesuffix("px")) >= 2
     assert contrast(await style(message, "outline-color"), white) >= 3
+
+
+async def test_the_connection_status_is_readable(gw: LiveGateway, new_page: NewPage) -> None:
+    """Small text (12px) on the blue header: 4.5:1, not faded."""
+    page = await new_page()
+    await open_widget(page, gw)
+    status = page.locator(".gwc-status")
+    header = page.locator(".gwc-head")
+    assert await opacity(status) == 1
+    assert contrast(await style(status, "color"), await style(header, "background-color")) >= 4.5
