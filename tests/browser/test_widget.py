@@ -305,3 +305,38 @@ async def test_the_connection_status_is_readable(gw: LiveGateway, new_page: NewP
     header = page.locator(".gwc-head")
     assert await opacity(status) == 1
     assert contrast(await style(status, "color"), await style(header, "background-color")) >= 4.5
+
+
+async def test_typing_and_the_connection_status_are_announced_once(
+    gw: LiveGateway, new_page: NewPage
+) -> None:
+    """Both are polite live regions; a typing frame that changes nothing (the agent types on:
+    one comes every few seconds) leaves the text alone, so it is not announced again."""
+    sockets: list[WebSocketRoute] = []
+
+    def route(socket: WebSocketRoute) -> None:
+        server = socket.connect_to_server()
+        socket.on_message(server.send)
+        server.on_message(socket.send)
+        sockets.append(socket)
+
+    page = await new_page()
+    await page.route_web_socket("**/webchat/site/ws*", route)
+    await open_widget(page, gw)
+    await expect(page.get_by_role("status")).to_have_text("online")
+    typing = page.locator(".gwc-typing")
+    await expect(typing).to_have_attribute("aria-live", "polite")
+    await typing.evaluate(
+        """e => {
+            window.said = [];
+            new MutationObserver(() => window.said.push(e.textContent))
+                .observe(e, {childList: true, characterData: true, subtree: true});
+        }"""
+    )
+    (socket,) = sockets
+    socket.send(json.dumps({"type": "typing", "active": True}))
+    await expect(typing).to_have_text("Agent is typing…")
+    socket.send(json.dumps({"type": "typing", "active": True}))
+    socket.send(json.dumps({"type": "typing", "active": False}))
+    await expect(typing).to_have_text("")
+    assert await page.evaluate("window.said") == ["Agent is typing…", ""]

@@ -128,7 +128,9 @@
   button.setAttribute("aria-controls", panel.id);
   var head = el("div", "gwc-head");
   head.appendChild(el("span", null, title));
+  // Both are announced when they change (politely); say() sets them only when they do.
   var status = el("span", "gwc-status", "connecting…");
+  status.setAttribute("role", "status");
   var close = el("button", "gwc-close", "×");
   close.type = "button";
   close.setAttribute("aria-label", "Close chat");
@@ -139,6 +141,7 @@
   var log = el("div", "gwc-log");
   log.setAttribute("role", "log");
   var typing = el("div", "gwc-typing");
+  typing.setAttribute("aria-live", "polite");
   var form = el("form", "gwc-form");
   var input = el("input", "gwc-input");
   input.placeholder = "Write a message…";
@@ -301,7 +304,7 @@
       if (err.status === 403 || err.status === 400 || err.status === 404) {
         // This site, or this widget's settings, refused for good: retrying changes nothing.
         stopped = true;
-        status.textContent = "unavailable";
+        say(status, "unavailable");
         note(err.code === "origin_not_allowed"
           ? "Chat is not available on this site."
           : "Chat is not available right now.");
@@ -322,7 +325,7 @@
     unread = {};
     inFlight = null;
     log.textContent = "";
-    typing.textContent = "";
+    say(typing, "");
     if (hadHistory) note("Your chat session expired. Write to start a new conversation.");
     Object.keys(pending).forEach(function (id) { render(null, id); });
   }
@@ -344,7 +347,7 @@
         // The backoff starts over once the socket proved itself: one the gateway closes at
         // once (1013 while its store is down) keeps backing off.
         healthy = setTimeout(function () { retry = 0; }, 5000);
-        status.textContent = "online";
+        say(status, "online");
         pinger = setInterval(function () {
           if (socket.readyState !== 1) return;
           socket.send(JSON.stringify({type: "ping"}));
@@ -381,12 +384,12 @@
           next();
         } else if (frame.type === "message") {
           render(frame.message);
-          if (frame.message.direction === "out") typing.textContent = "";
+          if (frame.message.direction === "out") say(typing, "");
           receipts();
         } else if (frame.type === "typing") {
-          typing.textContent = frame.active ? "Agent is typing…" : "";
+          say(typing, frame.active ? "Agent is typing…" : "");
           clearTimeout(typingTimer);
-          typingTimer = setTimeout(function () { typing.textContent = ""; }, 5000);
+          typingTimer = setTimeout(function () { say(typing, ""); }, 5000);
         } else if (frame.type === "conversation") {
           if (frame.state === chatState) return; // told again on reconnecting: said already
           chatState = frame.state;
@@ -413,7 +416,7 @@
     });
   }
   function reconnect() {
-    status.textContent = "reconnecting…";
+    say(status, "reconnecting…");
     ws = null;
     inFlight = null;
     var delay = Math.min(30000, 500 * Math.pow(2, retry++)) * (0.5 + Math.random() / 2);
