@@ -220,3 +220,28 @@ async def test_what_the_visitor_writes_in_one_tab_shows_in_the_other(
         ["Desde la primera", "Desde la segunda"]
     )
     assert len(await gw.waiting()) == 1
+
+
+async def test_the_widget_takes_the_focus_only_when_the_visitor_opens_it(
+    gw: LiveGateway, new_page: NewPage
+) -> None:
+    """Opening it with the launcher moves focus into its input; a page load that opens it as
+    it was left (or as `data-open` asks) leaves the focus where the page has it."""
+    page = await new_page()
+    await host_page(page, gw, attributes="")
+    panel = page.get_by_role("region", name="Chat with Acme")
+    message = page.get_by_label("Message")
+    await expect(panel).to_be_hidden()
+    await page.get_by_role("button", name="Chat with Acme").press("Enter")
+    await expect(panel).to_be_visible()
+    await expect(message).to_be_focused()
+
+    await page.reload()  # remembered open: shown open, the focus left alone
+    await expect(panel).to_be_visible()
+    await expect(message).not_to_be_focused()
+    assert await page.evaluate("document.activeElement === document.body")
+
+    other = await new_page()
+    await host_page(other, gw)  # data-open="true"
+    await expect(other.get_by_role("region", name="Chat with Acme")).to_be_visible()
+    await expect(other.get_by_label("Message")).not_to_be_focused()

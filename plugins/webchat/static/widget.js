@@ -161,22 +161,25 @@
     root.appendChild(button);
     document.body.appendChild(host);
     Object.keys(pending).forEach(function (id) { render(null, id); });
-    if (script.getAttribute("data-open") === "true" || state.open) toggle(true);
+    // Opened as remembered (or as the page asks), without taking the focus: the visitor came
+    // to the page, not to the chat, and the page's own focus order starts at its top.
+    if (script.getAttribute("data-open") === "true" || state.open) toggle(true, false);
   }
-  function toggle(open) {
+  // Open or close the panel. Only the visitor opening it (the launcher) moves focus into it.
+  function toggle(open, focusInput) {
     var isOpen = open === undefined ? !panel.classList.contains("gwc-open") : open;
     panel.classList.toggle("gwc-open", isOpen);
     button.setAttribute("aria-expanded", String(isOpen));
     state.open = isOpen;
     save();
     if (isOpen) {
-      input.focus();
+      if (focusInput) input.focus();
       receipts();
     } else {
       button.focus();
     }
   }
-  button.addEventListener("click", function () { toggle(); });
+  button.addEventListener("click", function () { toggle(undefined, true); });
   close.addEventListener("click", function () { toggle(false); });
   panel.addEventListener("keydown", function (e) {
     if (e.key === "Escape") toggle(false);
