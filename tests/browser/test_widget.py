@@ -340,3 +340,14 @@ async def test_typing_and_the_connection_status_are_announced_once(
     socket.send(json.dumps({"type": "typing", "active": False}))
     await expect(typing).to_have_text("")
     assert await page.evaluate("window.said") == ["Agent is typing…", ""]
+
+
+async def test_the_panel_has_a_heading(gw: LiveGateway, new_page: NewPage) -> None:
+    """Its title is a heading (screen-reader users jump by headings), styled as before."""
+    page = await new_page()
+    await open_widget(page, gw)
+    panel = page.get_by_role("region", name="Chat with Acme")
+    heading = panel.get_by_role("heading", name="Chat with Acme", level=2)
+    await expect(heading).to_be_visible()
+    assert await style(heading, "font-size") == "14px"
+    assert await style(heading, "margin-top") == "0px"

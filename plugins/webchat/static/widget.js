@@ -73,7 +73,7 @@
     ".gwc-panel{position:fixed;right:16px;bottom:72px;z-index:2147483000;width:min(360px,calc(100vw - 32px));height:min(520px,calc(100vh - 96px));" +
     "display:none;flex-direction:column;background:#fff;border-radius:12px;box-shadow:0 4px 24px rgba(0,0,0,.25);font:14px system-ui,sans-serif;overflow:hidden}" +
     ".gwc-panel.gwc-open{display:flex}.gwc-head{background:#1f6feb;color:#fff;padding:12px 14px;font-weight:600;display:flex;justify-content:space-between}" +
-    ".gwc-status{font-weight:400;font-size:12px}.gwc-log{flex:1;overflow-y:auto;padding:10px;background:#f6f8fa}" +
+    ".gwc-title{margin:0;font:inherit}.gwc-status{font-weight:400;font-size:12px}.gwc-log{flex:1;overflow-y:auto;padding:10px;background:#f6f8fa}" +
     ".gwc-msg{max-width:80%;margin:4px 0;padding:8px 10px;border-radius:10px;white-space:pre-wrap;word-wrap:break-word}" +
     ".gwc-in{background:#1f6feb;color:#fff;margin-left:auto}.gwc-out{background:#fff;border:1px solid #d0d7de}" +
     ".gwc-unsent{opacity:.6}.gwc-note{text-align:center;color:#57606a;font-size:12px;margin:6px 0}" +
@@ -127,7 +127,7 @@
   panel.id = "gwc-panel";
   button.setAttribute("aria-controls", panel.id);
   var head = el("div", "gwc-head");
-  head.appendChild(el("span", null, title));
+  head.appendChild(el("h2", "gwc-title", title)); // a heading screen readers can jump to
   // Both are announced when they change (politely); say() sets them only when they do.
   var status = el("span", "gwc-status", "connecting…");
   status.setAttribute("role", "status");
