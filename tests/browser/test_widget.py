@@ -216,6 +216,11 @@ async def test_a_message_being_sent_says_so_to_screen_readers(
     await expect(page.get_by_role("log")).to_match_aria_snapshot(
         '- log: "You: Hola You: ¿Siguen ahí? sending"'
     )
+    # Shown as being sent by its look too, its text at full contrast.
+    unsent = page.locator(".gwc-unsent")
+    text = unsent.locator(".gwc-text")
+    assert await opacity(text) == 1
+    assert contrast(await style(text, "color"), await style(unsent, "background-color")) >= 4.5
     lost.clear()
     await page.reload()
     await expect(page.locator(".gwc-msg:not(.gwc-unsent) .gwc-text")).to_have_text(

@@ -76,7 +76,8 @@
     ".gwc-title{margin:0;font:inherit}.gwc-status{font-weight:400;font-size:12px}.gwc-log{flex:1;overflow-y:auto;padding:10px;background:#f6f8fa}" +
     ".gwc-msg{max-width:80%;margin:4px 0;padding:8px 10px;border-radius:10px;white-space:pre-wrap;word-wrap:break-word}" +
     ".gwc-in{background:#1f6feb;color:#fff;margin-left:auto}.gwc-out{background:#fff;border:1px solid #d0d7de}" +
-    ".gwc-unsent{opacity:.6}.gwc-note{text-align:center;color:#57606a;font-size:12px;margin:6px 0}" +
+    // Being sent: a hollow bubble (dark blue on white, 12:1), not faded text (2.4:1).
+    ".gwc-msg.gwc-unsent{background:#fff;color:#0a3069;border:1px dashed #1f6feb}.gwc-note{text-align:center;color:#57606a;font-size:12px;margin:6px 0}" +
     ".gwc-typing{color:#57606a;font-size:12px;padding:0 10px 4px;min-height:16px;background:#f6f8fa}" +
     // The input shows where it is (its border, 4.8:1 on white) and when it has the focus (a
     // 2px ring, 4.6:1 on white): its own border is not enough of a change to see focus by.
