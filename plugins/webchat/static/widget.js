@@ -229,9 +229,7 @@
     say(node.querySelector(".gwc-state"), state ? " " + state : "");
   }
   function author(message) {
-    if (message.direction === "in") return "You:";
-    var name = typeof message.agent_name === "string" && message.agent_name.trim();
-    return name ? name.slice(0, 80) + ":" : "Agent:";
+    return message.direction === "in" ? "You:" : "Agent:"; // visitors are not told agents' names
   }
 
   function render(message, clientId) {
