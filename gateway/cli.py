@@ -51,6 +51,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
     config, _, _ = _load(args.config)
     print(f"{args.config}: valid")
     print(config.describe())
+    for warning in config.warnings():
+        print(f"{args.config}: warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -233,6 +235,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         store=config.store.backend,
         file_descriptors=fds,
     )
+    for warning in config.warnings():
+        log.warning("config.warning", problem=warning)
     app.on_shutdown.append(_log_stopping)
     try:
         web.run_app(

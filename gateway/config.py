@@ -343,6 +343,17 @@ class GatewayConfig(_Section):
         """Summarize the config for `gateway check`; prints names and rules, never a secret."""
         return "\n".join(_describe_lines(self))
 
+    def warnings(self) -> list[str]:
+        """What is valid but almost surely a mistake: `gateway check` prints it, `serve` logs
+        it. A queue no agent is on keeps whatever is routed or transferred to it waiting:
+        until the web chat's `no_agent_timeout`, and for good on WhatsApp and email."""
+        served = {queue for agent in self.agents for queue in agent.queues}
+        return [
+            f"queues: {queue.name!r} has no agent: nobody can take what waits there"
+            for queue in self.queues
+            if queue.name not in served
+        ]
+
 
 def _describe_lines(config: GatewayConfig) -> Iterator[str]:
     server, store = config.server, config.store

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import structlog
 
@@ -33,6 +35,8 @@ from gateway.store.base import Store
 log = structlog.get_logger("gateway.distribution")
 
 BATCH = 50
+_NOBODY = datetime.min.replace(tzinfo=UTC)
+"""Sort key of a queue with nobody waiting (they go last, by name)."""
 
 
 @dataclass
@@ -108,19 +112,41 @@ class Distributor:
 
     async def distribute_all(self) -> list[Event]:
         events: list[Event] = []
-        for name in self.directory.queues:
+        for name in await self._longest_waiting_first(self.directory.queues):
             events.extend(await self.distribute(name))
         return events
 
     async def on_agent_change(self, agent: str) -> list[Event]:
-        """An agent came online or freed capacity: try their automatic queues."""
+        """An agent came online or freed capacity: try their automatic queues, the one whose
+        first customer has waited longest first."""
         info = self.directory.agents.get(agent)
         if info is None:
             return []
         events: list[Event] = []
-        for queue in sorted(info.queues):
+        for queue in await self._longest_waiting_first(info.queues):
             events.extend(await self.distribute(queue))
         return events
+
+    async def _longest_waiting_first(self, queues: Iterable[str]) -> list[str]:
+        """The automatic queues among `queues`, the one whose oldest waiting conversation joined
+        it first leading (those with nobody waiting last, in name order).
+
+        An agent on several automatic queues is served by them in this order each time they
+        free a slot, so a customer of one queue is not passed over for every newer one of
+        another: in name order, an agent shared by `rr` and `sales` took every `rr`
+        conversation, however recent, before the `sales` ones waiting longer (routing audit).
+        """
+        heads: list[tuple[int, datetime, str]] = []
+        for name in queues:
+            info = self.directory.queues.get(name)
+            if info is None or not info.automatic:
+                continue
+            oldest = await self.store.list_conversations(State.WAITING, queues=[name], limit=1)
+            if oldest:
+                heads.append((0, oldest[0].queued_at, name))
+            else:
+                heads.append((1, _NOBODY, name))
+        return [name for _, _, name in sorted(heads)]
 
     async def _distribute(self, queue: str, strategy: str) -> list[Event]:
         events: list[Event] = []

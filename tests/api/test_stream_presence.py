@@ -436,3 +436,41 @@ async def test_distribution_asked_for_together_runs_a_few_times_and_serves_every
     first.cancel()
     assert await second == []
     await ws.close()
+
+
+TWO_AUTOMATIC = (
+    BASE_CONFIG.replace(
+        "  - {name: sales, distribution: automatic, strategy: least_busy}\n",
+        "  - {name: sales, distribution: automatic, strategy: least_busy}\n"
+        "  - {name: billing, distribution: automatic, strategy: least_busy}\n",
+    )
+    .replace(
+        '  - {if: {text: "(?i)price|precio"}, queue: sales}\n',
+        '  - {if: {text: "(?i)price|precio"}, queue: sales}\n'
+        '  - {if: {text: "(?i)invoice"}, queue: billing}\n',
+    )
+    .replace(
+        "queues: [support, sales], max_active: 2}",
+        "queues: [support, sales, billing], max_active: 2}",
+        1,
+    )
+)
+
+
+async def test_an_agent_of_two_automatic_queues_gets_whoever_waited_longest(
+    make_gateway: GatewayFactory,
+) -> None:
+    """Routing audit: an agent's automatic queues were served in name order, so every
+    `billing` conversation, however recent, went before the `sales` ones waiting longer."""
+    gw = await make_gateway(TWO_AUTOMATIC)
+    for name in ("Sales1", "Sales2"):
+        await sales_visitor(gw, name)
+    gw.clock.advance(timedelta(minutes=1))
+    for name in ("Billing1", "Billing2"):
+        v = await gw.visitor(name)
+        await gw.visitor_says(v["token"], "my invoice is wrong", "c1")
+    assert await inbox(gw, "maria", "waiting") == ["Sales1", "Sales2", "Billing1", "Billing2"]
+    ws = await open_stream(gw, "maria")  # max_active 2: the two who waited longest
+    assert sorted(await inbox(gw, "maria", "active")) == ["Sales1", "Sales2"]
+    assert await inbox(gw, "maria", "waiting") == ["Billing1", "Billing2"]
+    await ws.close()

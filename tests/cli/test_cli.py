@@ -16,9 +16,35 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_shipped_config_is_valid(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", "--config", str(ROOT / "config.yaml")]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert "site: type webchat" in out and "support: manual" in out
     assert "routing[0]: always -> support" in out
+    assert err == ""  # no warning either
+
+
+def test_check_warns_of_a_queue_no_agent_is_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Routing audit: a queue nobody serves passed `check` in silence; what is routed there
+    waits until the web chat gives up, and for good on WhatsApp and email."""
+    path = write(
+        tmp_path,
+        """
+        channels: [{name: site, type: webchat}]
+        queues: [{name: support}, {name: orphan, distribution: automatic}]
+        routing:
+          - {if: {text: "(?i)orphan"}, queue: orphan}
+          - {queue: support}
+        agents:
+          - {id: ana, token_sha256: "%s", queues: [support]}
+        """
+        % ("0" * 64),
+    )
+    assert main(["check", "--config", path]) == 0  # valid: a warning, not an error
+    _, err = capsys.readouterr()
+    assert (
+        err == f"{path}: warning: queues: 'orphan' has no agent: nobody can take what waits there\n"
+    )
 
 
 def write(tmp_path: Path, text: str) -> str:
