@@ -165,6 +165,16 @@ class WhatsAppAdapter(BaseAdapter):
                 where=problem.where,
                 reason=problem.reason,
             )
+        for message in result.messages:
+            unreadable = message.extra.get("unreadable")
+            if unreadable:  # stored as `unsupported`; the shape of the payload is worth a look
+                log.warning(
+                    "webhook.item_unreadable",
+                    channel=self.name,
+                    provider=self.provider,
+                    provider_message_id=message.provider_message_id,
+                    reason=unreadable,
+                )
         for error in result.errors:
             log.warning(
                 "whatsapp.provider_error",

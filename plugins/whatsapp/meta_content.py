@@ -3,7 +3,7 @@
 Kept apart from the envelope walk (meta_parse.py) because this is where new message types
 land: one small function per type, registered in `_BY_TYPE`. Unknown or empty types become
 `unsupported` (with `declared_type` in extra) rather than errors, so a new Meta feature never
-makes a customer's message disappear.
+makes a customer's message disappear; so does a known type whose object cannot be read.
 """
 
 from __future__ import annotations
@@ -241,11 +241,20 @@ _BY_TYPE: dict[str, Callable[[dict[str, Any]], Content]] = {
 
 
 def content_of(msg: dict[str, Any]) -> Content:
-    """Map one message object to its content; ValueError when its own object is unusable."""
+    """Map one message object to its content. A type's own object that cannot be read (an
+    image without its id, contact cards of the wrong shape) makes the message `unsupported`,
+    with why in `extra["unreadable"]`: it is stored with its raw payload, like a type we do
+    not know, instead of being skipped, which lost it (Meta does not send it again)."""
     kind = msg.get("type")
-    if kind in MEDIA_TYPES:
-        return _media(str(kind), msg)
-    handler = _BY_TYPE.get(str(kind))
-    if handler is None:
-        return _unsupported(msg)
-    return handler(msg)
+    try:
+        if kind in MEDIA_TYPES:
+            return _media(str(kind), msg)
+        handler = _BY_TYPE.get(str(kind))
+        if handler is None:
+            return _unsupported(msg)
+        return handler(msg)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        unreadable = _unsupported(msg)
+        unreadable.extra["declared_type"] = kind
+        unreadable.extra["unreadable"] = str(exc) or type(exc).__name__
+        return unreadable

@@ -221,7 +221,8 @@ async def test_batched_payload_with_a_broken_item(wa: WaGateway) -> None:
         "type": "image",
         "image": {"id": "m1", "mime_type": "image/png", "caption": "mira"},
     }
-    # An image without id or url: nothing to show, so it is skipped (and logged).
+    # An image without id or url: nothing to show, but a customer sent it: stored as
+    # unsupported (with why), and logged.
     broken = {
         "from": "5511000000001",
         "id": "wamid.BROKEN",
@@ -268,7 +269,9 @@ async def test_batched_payload_with_a_broken_item(wa: WaGateway) -> None:
         for e in await wa.received()
         if e["message"]["provider_message_id"] != "wamid.D0"
     }
-    assert sorted(stored) == ["wamid.A1", "wamid.B1", "wamid.C1"]
+    assert sorted(stored) == ["wamid.A1", "wamid.B1", "wamid.BROKEN", "wamid.C1"]
+    assert stored["wamid.BROKEN"]["kind"] == "unsupported"
+    assert stored["wamid.BROKEN"]["raw"] == broken
     assert stored["wamid.A1"]["contact"] == {"address": "+5511000000001", "display_name": "Alba"}
     assert stored["wamid.B1"]["attachments"][0]["media_id"] == "m1"
     assert stored["wamid.B1"]["text"] == "mira"
@@ -276,8 +279,9 @@ async def test_batched_payload_with_a_broken_item(wa: WaGateway) -> None:
     assert (await wa.message(dora, out_a))["status"] == "delivered"
     assert (await wa.message(dora, out_b))["status"] == "read"
     skipped = [e for e in logs if e["event"] == "webhook.item_skipped"]
-    assert len(skipped) == 3, skipped
-    assert any("messages[1]" in e["where"] for e in skipped)
+    assert len(skipped) == 2, skipped  # the unknown status value, the other number's message
+    (unreadable,) = [e for e in logs if e["event"] == "webhook.item_unreadable"]
+    assert unreadable["provider_message_id"] == "wamid.BROKEN"
     waiting = {c["contact"]["address"] for c in await wa.inbox("waiting")}
     assert {"+5511000000001", "+5511000000002", "+5511000000003"} <= waiting
 
