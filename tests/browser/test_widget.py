@@ -341,3 +341,34 @@ async def test_the_panel_has_a_heading(gw: LiveGateway, new_page: NewPage) -> No
     await expect(heading).to_be_visible()
     assert await style(heading, "font-size") == "14px"
     assert await style(heading, "margin-top") == "0px"
+
+
+async def test_an_agents_file_shows_as_a_link_the_visitor_opens(
+    gw: LiveGateway, new_page: NewPage
+) -> None:
+    """Hostile-content audit: the widget showed an agent's attachment as its text alone (or
+    "[document]"), with no way to open it."""
+    page = await new_page()
+    await open_widget(page, gw)
+    await widget_send(page, "¿Me mandan la factura?")
+    (conversation,) = await gw.waiting()
+    path = f"/api/v1/conversations/{conversation['id']}"
+    await gw.post("maria", path + "/accept")
+    invoice = {
+        "kind": "document",
+        "url": "https://files.example.com/f/123.pdf",
+        "filename": "factura.pdf",
+        "mime_type": "application/pdf",
+    }
+    status, _ = await gw.post(
+        "maria", path + "/messages", {"text": "Aquí está", "attachments": [invoice]}
+    )
+    assert status == 202
+    status, _ = await gw.post("maria", path + "/messages", {"attachments": [invoice]})
+    assert status == 202
+    files = page.get_by_role("link", name="📎 factura.pdf")
+    await expect(files).to_have_count(2)
+    await expect(files.first).to_have_attribute("href", invoice["url"])
+    await expect(files.first).to_have_attribute("rel", "noopener noreferrer")
+    await expect(files.first).to_have_attribute("target", "_blank")
+    await expect(page.locator(".gwc-out .gwc-text")).to_have_text(["Aquí está", ""])

@@ -97,7 +97,9 @@
     "clip:rect(0 0 0 0);clip-path:inset(50%);white-space:nowrap}" +
     ".gwc-failed .gwc-state{position:static;display:block;width:auto;height:auto;margin:2px 0 0;" +
     "overflow:visible;clip:auto;clip-path:none;white-space:normal;color:#cf222e;font-size:12px;font-weight:600}" +
-    ".gwc-failed .gwc-state::first-letter{text-transform:uppercase}";
+    ".gwc-failed .gwc-state::first-letter{text-transform:uppercase}" +
+    ".gwc-files{display:block}.gwc-file{display:block;color:#0550ae;text-decoration:underline;overflow-wrap:anywhere}" +
+    ".gwc-text:empty{display:none}";
 
   // The widget's own corner of the page: the host's stylesheets stop at the shadow root, and
   // a constructed stylesheet is not an inline <style> that a page's CSP may block.
@@ -228,6 +230,23 @@
     say(node.querySelector(".gwc-text"), text);
     say(node.querySelector(".gwc-state"), state ? " " + state : "");
   }
+  // An agent's files, as links the visitor opens (http and https only: nothing else is a file
+  // a visitor should be sent to); null when there is none.
+  function links(attachments) {
+    var found = (attachments || []).filter(function (a) {
+      return a && typeof a.url === "string" && /^https?:\/\//i.test(a.url);
+    });
+    if (!found.length) return null;
+    var box = el("span", "gwc-files");
+    found.forEach(function (a) {
+      var link = el("a", "gwc-file", "📎 " + (a.filename || a.caption || a.kind || "file"));
+      link.href = a.url;
+      link.target = "_blank";
+      link.rel = "noopener noreferrer";
+      box.appendChild(link);
+    });
+    return box;
+  }
   function author(message) {
     return message.direction === "in" ? "You:" : "Agent:"; // visitors are not told agents' names
   }
@@ -248,7 +267,11 @@
       delete shown["pending:" + ownId];
       shown[message.id] = node;
       node.className = "gwc-msg " + (message.direction === "in" ? "gwc-in" : "gwc-out");
-      fill(node, author(message), message.text || "[" + message.kind + "]");
+      var files = links(message.attachments);
+      fill(node, author(message), message.text || (files ? "" : "[" + message.kind + "]"));
+      var old = node.querySelector(".gwc-files");
+      if (old) node.removeChild(old);
+      if (files) node.insertBefore(files, node.querySelector(".gwc-state"));
       node.setAttribute("data-id", message.id);
       if (message.direction === "out" && message.status !== "read") unread[message.id] = true;
       lastId = message.id; // where a reconnect resumes: the last one the gateway sent
