@@ -9,6 +9,7 @@ other than `received` is a delivery report. Twilio adds parameters without notic
 from __future__ import annotations
 
 import mimetypes
+import re
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
@@ -22,6 +23,13 @@ from plugins.whatsapp.parsed import ItemProblem, MalformedPayload, ParseResult, 
 PROVIDER = "twilio"
 WINDOW_CLOSED_CODE = "63016"
 WHATSAPP_PREFIX = "whatsapp:"
+SENDER = re.compile(r"\+[0-9]{1,20}|[A-Za-z]{2}\.[0-9A-Za-z_.-]{1,100}")
+"""A sender Twilio can name: a phone number (E.164, or a short code) or a WhatsApp user id
+(BSUID, `US.1234`)."""
+SID = re.compile(r"[A-Za-z0-9_-]{2,64}")
+"""A Twilio resource id: two letters and hex digits (`SM` + 32); kept loose (fixtures use
+`SMxx`) but never with spaces, newlines or control characters, which end up in logs and URLs,
+nor thousands of characters."""
 MAX_MEDIA = 10
 
 STATUS_MAP = {
@@ -86,6 +94,7 @@ def parse_twilio_form(params: dict[str, list[str]], *, channel: str, now: dateti
         sid = flat.get("MessageSid") or flat.get("SmsSid")
         if not sid:
             raise MalformedPayload("status callback without MessageSid")
+        _require_sid(sid)
         if state is None:
             result.problems.append(ItemProblem("MessageStatus", f"unknown status {status!r}"))
             return result
@@ -117,6 +126,11 @@ def _status(
     )
 
 
+def _require_sid(sid: str) -> None:
+    if not SID.fullmatch(sid):
+        raise MalformedPayload("MessageSid is not a Twilio id (up to 64 letters and digits)")
+
+
 def strip_channel(address: str) -> str:
     """`whatsapp:+1415...` -> `+1415...`; `whatsapp:US.1234` -> `US.1234` (a BSUID)."""
     if address.lower().startswith(WHATSAPP_PREFIX):
@@ -130,11 +144,15 @@ def _message(
     sid = flat.get("MessageSid") or flat.get("SmsMessageSid") or flat.get("SmsSid")
     if not sid:
         raise MalformedPayload("message without MessageSid")
+    _require_sid(sid)
     # `whatsapp:` with nothing after it is no sender either: every such message would share
     # one contact with the empty address, and answers to it would go nowhere.
     sender = strip_channel(flat.get("From") or "").strip()
     if not sender:
         raise MalformedPayload("message without a sender (From)")
+    if not SENDER.fullmatch(sender):
+        # Replies would go to it (`To=whatsapp:...`): junk here is junk sent to Twilio later.
+        raise MalformedPayload("From is neither a phone number nor a WhatsApp user id")
     attachments = _attachments(flat)
     extra = _extra(flat)
     kind, text = _kind_and_text(flat, attachments, extra)

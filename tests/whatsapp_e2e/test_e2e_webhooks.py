@@ -467,3 +467,29 @@ async def test_a_profile_name_of_twenty_thousand_characters_is_cut_not_stored_wh
     assert received["message"]["contact"]["display_name"] == shown
     assert received["message"]["text"] == "hola"
     assert received["message"]["raw"]["ProfileName"] == "P" * 20_000
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("From", "whatsapp:\x00\n+1"),
+        ("From", "whatsapp:" + "A" * 5_000),
+        ("From", "whatsapp:+1 555 0100"),
+        ("MessageSid", "SM1\n\x1b[31m"),
+        ("MessageSid", "X" * 10_000),
+    ],
+)
+async def test_a_signed_twilio_message_from_no_number_or_with_no_sid_is_a_400(
+    field: str, value: str, wa: WaGateway
+) -> None:
+    """Hostile-content audit: a From of control characters was stored as the contact's
+    address (and replies posted `To=whatsapp:%00%0A%2B1` to Twilio); a MessageSid with a
+    newline and an escape sequence, or of 10,000 characters, was stored as the dedup key."""
+    pairs = [(k, value if k == field else v) for k, v in twilio_inbound("SM" + "b" * 32, "hola")]
+    before = await snapshot(wa)
+    with capture_logs() as logs:
+        resp = await wa.post_twilio(pairs)
+    assert resp.status == 400
+    assert field in (await resp.json())["error"]["message"]
+    assert await snapshot(wa) == before
+    assert [e["event"] for e in logs if e["event"] == "webhook.malformed"] == ["webhook.malformed"]
