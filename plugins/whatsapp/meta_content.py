@@ -53,7 +53,11 @@ def _str(value: Any) -> str | None:
 
 
 def _text(msg: dict[str, Any]) -> Content:
-    return Content("text", text=_str(obj(msg, "text").get("body")))
+    body = obj(msg, "text").get("body")
+    if body is not None and not isinstance(body, str | int | float):
+        # An object or a list is no text: stored as `{'a': 1}` it read as Python to the agent.
+        raise ValueError("`text.body` is not text")
+    return Content("text", text=_str(body))
 
 
 def _media(kind: str, msg: dict[str, Any]) -> Content:

@@ -499,3 +499,12 @@ def test_a_timestamp_of_zero_or_less_is_no_time(stamp: object) -> None:
     payload["entry"][0]["changes"][0]["value"]["messages"][0]["timestamp"] = stamp
     (message,) = parse_meta_payload(payload, channel="c", now=NOW).messages
     assert message.sent_at == NOW
+
+
+def test_a_text_whose_body_is_an_object_is_unsupported_not_python() -> None:
+    """Hostile-content audit: `text.body: {"a": 1}` was stored as the text `{'a': 1}`."""
+    payload = json.loads((META_DIR / "msg_text.json").read_bytes())
+    payload["entry"][0]["changes"][0]["value"]["messages"][0]["text"] = {"body": {"a": 1}}
+    (message,) = parse_meta_payload(payload, channel="c", now=NOW).messages
+    assert (message.kind, message.text) == ("unsupported", None)
+    assert message.extra["unreadable"] == "`text.body` is not text"
