@@ -72,7 +72,7 @@ class ChannelInbound:
         if getattr(inbound.sent_at, "tzinfo", None) is None:
             raise self._refuse("sent_at must be a timezone-aware datetime")
         name = inbound.contact.display_name
-        if name is not None and len(name) > MAX_DISPLAY_NAME:
+        if isinstance(name, str) and len(name) > MAX_DISPLAY_NAME:
             short = name[: MAX_DISPLAY_NAME - 1] + "…"
             inbound = evolve(inbound, contact=Contact(address, short))
         try:
