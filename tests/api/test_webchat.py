@@ -819,3 +819,17 @@ async def test_a_long_history_is_replayed_whole_and_read_in_pages(
         pages.append([m["text"] for m in body["messages"]])
         after, more = body["messages"][-1]["id"], body["has_more"]
     assert pages == [texts[0:3], texts[3:6], texts[6:7]]
+
+
+async def test_the_visitor_socket_takes_permessage_deflate_when_offered(gw: Gateway) -> None:
+    """README: unlike the agents' stream (whose frames are made once for every stream), a
+    visitor's socket is compressed when the browser offers it."""
+    v = await gw.visitor()
+    ws = await gw.client.ws_connect(f"/webchat/site/ws?token={v['token']}", compress=15)
+    assert ws.compress == 15
+    await ws.send_json({"type": "message", "text": "Hola " * 100, "client_id": "z-1"})
+    assert (await frame(ws, "ack"))["message"]["text"] == "Hola " * 100
+    await ws.close()
+    plain = await visitor_socket(gw, v["token"])
+    assert plain.compress == 0
+    await plain.close()
