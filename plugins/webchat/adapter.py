@@ -146,6 +146,17 @@ def _reused(duplicate: bool, stored: Message, sent: InboundMessage) -> bool:
     return duplicate and stored.text != sent.text
 
 
+def _named_client_id(frame: Any) -> str | None:
+    """The `client_id` a refused message frame names, when it is one a widget could have
+    sent (a string of at most MAX_CLIENT_ID characters)."""
+    if not isinstance(frame, dict) or frame.get("type") != "message":
+        return None
+    client_id = frame.get("client_id")
+    if isinstance(client_id, str) and 0 < len(client_id) <= MAX_CLIENT_ID:
+        return client_id
+    return None
+
+
 async def _send_error(
     ws: web.WebSocketResponse,
     code: str,
@@ -874,13 +885,17 @@ class WebchatAdapter(BaseAdapter):
         data: str,
         written_here: _WrittenHere,
     ) -> None:
+        frame: Any = None
         try:
             frame = orjson.loads(data)
             message = self._parse_frame(frame, session)
         except (orjson.JSONDecodeError, InvalidInput) as exc:
             text = str(exc) if isinstance(exc, InvalidInput) else "the frame is not valid JSON"
             self.context.log.info("webchat.bad_frame", visitor=session.visitor_id)
-            await _send_error(ws, "invalid_request", text)
+            # Naming the message it refuses: without it, a widget that sent one too long for
+            # this channel's `max_text` showed it as being sent for good, and held every later
+            # message back behind it (accessibility re-audit).
+            await _send_error(ws, "invalid_request", text, _named_client_id(frame))
             return
         if message is None:
             kind = frame.get("type") if isinstance(frame, dict) else None

@@ -592,6 +592,8 @@ async def test_a_message_as_long_as_the_channel_allows_fits_in_a_socket_frame(
     await ws.send_str(json.dumps({"type": "message", "text": "😀" * 65_537, "client_id": "l2"}))
     refused = await frame(ws, "error")
     assert "longer than 65536 characters" in refused["message"]
+    # It names the message it refuses: a widget marks that one not sent and goes on.
+    assert refused["client_id"] == "l2"
     await ws.send_json({"type": "message", "text": "still here", "client_id": "l3"})
     assert (await frame(ws, "ack"))["message"]["text"] == "still here"
     await ws.close()
@@ -605,6 +607,7 @@ async def test_a_client_id_too_long_or_an_attachment_is_called_that(gw: Gateway)
     await ws.send_json({"type": "message", "text": "hola", "client_id": "x" * 101})
     refused = await frame(ws, "error")
     assert refused["message"] == "client_id is longer than 100 characters"
+    assert "client_id" not in refused  # not one a widget could have sent
     await ws.send_json({"type": "message", "text": "hola", "client_id": "x" * 100})
     assert (await frame(ws, "ack"))["client_id"] == "x" * 100
     # Attachments are not taken from visitors: said, not dropped as if they had gone.
