@@ -131,7 +131,9 @@ class Runtime:
             observe=self.metrics.observe_outbound,
             observe_retry=self.metrics.observe_retry,
         )
-        self.deadlines = DeadlineHandler(self.store, self.clock, self.directory)
+        self.deadlines = DeadlineHandler(
+            self.store, self.clock, self.directory, take_back=self._take_back
+        )
         self.retention = EventRetention(self.store, self.clock, config.store.event_retention)
         self.scheduler = Scheduler(
             self.store,
@@ -202,6 +204,14 @@ class Runtime:
         if conversation.agent:
             await self.distributor.on_agent_change(conversation.agent)
         self.scheduler.poke()
+
+    async def _take_back(self, agent_id: str) -> None:
+        """An agent's return, seen by a timer (see `Actions.take_back`), then distribution."""
+        agent = self.directory.agents.get(agent_id)
+        if agent is None:
+            return
+        await self.actions.take_back(agent)
+        await self.distributor.on_agent_change(agent_id)
 
     async def _housekeeping(self) -> None:
         """The scheduler's pass, after the due deadlines: hand waiting conversations to free

@@ -474,3 +474,45 @@ async def test_an_agent_of_two_automatic_queues_gets_whoever_waited_longest(
     assert sorted(await inbox(gw, "maria", "active")) == ["Sales1", "Sales2"]
     assert await inbox(gw, "maria", "waiting") == ["Billing1", "Billing2"]
     await ws.close()
+
+
+async def test_an_agent_back_while_their_grace_is_setting_conversations_pending_keeps_them(
+    make_gateway: GatewayFactory,
+) -> None:
+    """Audit: the grace went through its list of the agent's conversations having checked
+    presence once; the agent came back on another node meanwhile, took back the few already
+    pending, and the rest went pending after: 286 of 300 pending with the agent online."""
+    busy = BASE_CONFIG.replace(
+        "queues: [support, sales], max_active: 2}", "queues: [support, sales], max_active: 40}", 1
+    )
+    gw = await make_gateway(busy)
+    maria = await open_stream(gw, "maria")
+    for n in range(30):
+        v = await gw.visitor(f"G{n}")
+        await gw.visitor_says(v["token"], "hola", "c1")
+    _, waiting = await gw.get("maria", "/api/v1/inbox?state=waiting&limit=100")
+    for conversation in waiting["conversations"]:
+        assert (await gw.post("maria", f"/api/v1/conversations/{conversation['id']}/accept"))[
+            0
+        ] == 200
+    jose = await open_stream(gw, "jose")  # watches support: sees each one go pending
+    await drop_off_without_firing(gw, maria, "maria")
+    grace = asyncio.create_task(gw.runtime.scheduler.run_once())
+    while True:  # the grace is under way: the first conversation went pending
+        event = await receive(jose, type_="conversation.updated")
+        if event["conversation"]["state"] == "pending":
+            break
+    maria = await open_stream(gw, "maria")  # she is back, while the grace goes on
+    await grace
+    _, active = await gw.get("maria", "/api/v1/inbox?state=active&limit=100")
+    _, pending = await gw.get("maria", "/api/v1/inbox?state=pending&limit=100")
+    assert (len(active["conversations"]), len(pending["conversations"])) == (30, 0)
+    await maria.close()
+    await jose.close()
+
+
+async def drop_off_without_firing(gw: Gateway, ws: ClientWebSocketResponse, agent: str) -> None:
+    """The agent's only stream closes; the clock passes the grace, the scheduler not yet run."""
+    await ws.close()
+    await wait_offline(gw, agent)
+    gw.clock.advance(timedelta(seconds=31))
