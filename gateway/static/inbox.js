@@ -7,7 +7,8 @@
 
 import { Api, ApiError, Stream, randomId } from "./api.js";
 import {
-  channelIcon, channelLabel, clockTime, contactName, h, plain, reasonWords, sinceText, tick,
+  channelIcon, channelLabel, clockTime, contactName, h, plain, reasonWords, setTick, sinceText,
+  tick,
 } from "./view.js";
 
 const TOKEN_KEY = "gw-inbox-token";
@@ -746,13 +747,23 @@ function renderThread(toBottom) {
   }
   const earlier = app.open.hasEarlier ? app.open.earlierNode : null;
   const wanted = [...(earlier ? [earlier] : []), ...messages.map(messageNode)];
-  const shown = thread.children;
-  let same = 0;
-  while (same < shown.length && same < wanted.length && shown[same] === wanted[same]) same++;
-  if (same === shown.length) {
-    thread.append(...wanted.slice(same)); // the usual case: new messages at the end
-  } else {
-    thread.replaceChildren(...wanted);
+  // Only what is new goes in, and only what is gone comes out: the thread is a live region,
+  // and every node put in again was read out again (all of it, for one tick that moved).
+  const keep = new Set(wanted);
+  let cursor = thread.firstChild;
+  for (const node of wanted) {
+    while (cursor && !keep.has(cursor)) {
+      const next = cursor.nextSibling;
+      cursor.remove();
+      cursor = next;
+    }
+    if (node === cursor) cursor = cursor.nextSibling;
+    else thread.insertBefore(node, cursor);
+  }
+  while (cursor) {
+    const next = cursor.nextSibling;
+    cursor.remove();
+    cursor = next;
   }
   if (toBottom || nearBottom) thread.scrollTop = thread.scrollHeight;
 }
@@ -763,9 +774,39 @@ function messageNode(m) {
   const nodes = app.open.nodes;
   const known = nodes.get(m.id);
   if (known && known.m === m) return known.node;
+  if (known && sameContent(known.m, m) && patchStatus(known.node, m)) {
+    known.m = m; // a new delivery status: the tick moves in place
+    return known.node;
+  }
   const node = messageItem(m);
   nodes.set(m.id, { m, node });
   return node;
+}
+
+/** Whether two versions of a message show the same, but for its delivery status. */
+function sameContent(a, b) {
+  const shape = (m) => JSON.stringify([m.text, m.subject, m.kind, m.agent, m.sent_at,
+    m.direction, m.template, m.attachments]);
+  return shape(a) === shape(b);
+}
+
+/** Show a message's new delivery status on its node; false if it needs building again. */
+function patchStatus(node, m) {
+  const mark = node.querySelector(".tick");
+  if (!mark || !setTick(mark, m.status)) return false;
+  const failed = m.status === "failed";
+  node.classList.toggle("msg-failed", failed);
+  const error = node.querySelector(".msg-error");
+  if (failed && !error) node.append(failureNote(m)); // read out: the agent should hear it
+  else if (!failed && error) error.remove();
+  return true;
+}
+
+function failureNote(m) {
+  return h("p", {
+    class: "msg-error",
+    text: "Not delivered: " + (m.error_message || m.error_code || "the channel refused it"),
+  });
 }
 
 /** A long conversation opens at its newest messages; this reads the page before the oldest
@@ -823,10 +864,7 @@ function messageItem(m) {
       h("time", { attrs: { datetime: m.sent_at }, text: clockTime(m.sent_at) }),
       out ? " " : null,
       out ? tick(m.status) : null),
-    failed ? h("p", {
-      class: "msg-error",
-      text: "Not delivered: " + (m.error_message || m.error_code || "the channel refused it"),
-    }) : null);
+    failed ? failureNote(m) : null);
 }
 
 /** Save an attachment: fetched with the agent's token (a link could not send it), then handed

@@ -138,6 +138,19 @@ const TICKS = {
   failed: { mark: "✗", label: "failed" },
 };
 
+/** Move a tick made by `tick` to another status, in place: a live region does not read a
+ * changed attribute or text out as it would a new node. False if the status has no tick. */
+export function setTick(node, status) {
+  const t = TICKS[status];
+  if (!t) return false;
+  node.className = "tick tick-" + status;
+  node.textContent = t.mark;
+  node.title = t.label;
+  node.setAttribute("aria-label", t.label);
+  node.dataset.status = status;
+  return true;
+}
+
 /** The delivery tick of an outbound message: ◷ ✓ ✓✓ (blue when read) ✗. */
 export function tick(status) {
   const t = TICKS[status];

@@ -1157,3 +1157,43 @@ async def test_a_huge_subject_keeps_the_actions_in_view_and_no_text_reorders_its
     await item(agent, "Rtl").get_by_role("button", name=PREVIEW).click()
     await expect(agent.locator(".conv-head .conv-sub").last).to_have_text("Subject: Plain txt.exe")
     await expect(item(agent, "Rtl").locator(".conv-subject")).to_have_text("Plain txt.exe")
+
+
+async def test_a_tick_that_moves_does_not_put_the_thread_in_again(
+    gw: LiveGateway, new_page: NewPage
+) -> None:
+    """Accessibility re-audit: the thread is a live region, and every change of a message
+    (a tick going to read) built the whole thread again: a screen reader read it all out
+    again, for each receipt. Only a new message goes in; a tick moves in place."""
+    token = await gw.visitor("Lee", "hola")
+    agent = await new_page()
+    await sign_in(agent, gw)
+    await item(agent, "Lee").get_by_role("button", name=ACCEPT).click()
+    reply = agent.get_by_role("textbox", name="Reply")
+    await expect(reply).to_be_focused()
+    await agent.evaluate(
+        """() => {
+          window.added = [];
+          new MutationObserver((records) => {
+            for (const r of records) for (const n of r.addedNodes) window.added.push(n.nodeName);
+          }).observe(document.querySelector(".thread"), { childList: true });
+        }"""
+    )
+    for text in ("uno", "dos"):
+        await reply.fill(text)
+        await reply.press("Enter")
+    await expect(agent.locator(".msg-out .msg-text")).to_have_text(["uno", "dos"])
+    ticks = agent.locator(".msg-out .tick")
+    await expect(ticks).to_have_count(2)
+    (conversation,) = (await gw.get("maria", "/api/v1/inbox?state=active"))["conversations"]
+    thread = await gw.get("maria", f"/api/v1/conversations/{conversation['id']}")
+    last = thread["messages"][-1]["id"]
+    async with gw.http.post(
+        gw.url + "/webchat/site/read",
+        json={"message_id": last},
+        headers={"Authorization": f"Bearer {token}"},
+    ) as resp:
+        assert resp.status in (200, 204), await resp.text()
+    await expect(ticks.last).to_have_attribute("data-status", "read")
+    await expect(ticks.first).to_have_attribute("data-status", "read")
+    assert await agent.evaluate("window.added") == ["LI", "LI"]  # the two replies, once each
