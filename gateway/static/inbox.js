@@ -63,6 +63,8 @@ const app = {
   queue: "",
   mine: false,
   convs: new Map(), // id -> conversation JSON, the newest version seen
+  listNodes: new Map(), // id -> {key, node}: list entries, reused while they show the same
+  announced: new Set(), // ids of customer messages said out loud (announceNews)
   notices: new Map(), // id -> a short inline notice shown on the list item
   drafts: new Map(), // id -> what the agent has written in its composer, not yet sent
   tplDrafts: new Map(), // id -> the template form as left: {name, language, params}
@@ -173,6 +175,9 @@ function signOut(message) {
   app.tplDrafts.clear();
   history.replaceState(null, "", location.pathname + location.search);
   app.convs.clear();
+  app.listNodes.clear();
+  app.announced.clear();
+  document.title = TITLE;
   app.notices.clear();
   ui.list.replaceChildren();
   ui.pane.replaceChildren(placeholder);
@@ -266,15 +271,21 @@ function onEvent(event) {
  * conversation of theirs that is not open. Sighted agents see the list and the counts move. */
 function announceNews(event, known) {
   const conv = event.conversation;
-  const mine = conv.agent === app.me.id;
-  const open = app.open && app.open.id === conv.id;
+  const message = event.message;
+  if (event.type === "message.received" && message && message.direction === "in") {
+    // Its conversation's change came first, at the same version: told by the message's id.
+    const mine = conv.agent === app.me.id;
+    const open = app.open && app.open.id === conv.id;
+    if (mine && !open && !app.announced.has(message.id)) {
+      app.announced.add(message.id);
+      announce("New message from " + contactName(conv) + ".");
+    }
+    return;
+  }
   const fresh = !known || (conv.version || 0) > (known.version || 0);
-  if (!fresh) return;
-  if (conv.state === "waiting" && (!known || known.state !== "waiting") &&
+  if (fresh && conv.state === "waiting" && (!known || known.state !== "waiting") &&
       app.me.queues.includes(conv.queue)) {
     announce("Waiting on " + conv.queue + ": " + contactName(conv) + ".");
-  } else if (event.type === "message.received" && mine && !open) {
-    announce("New message from " + contactName(conv) + ".");
   }
 }
 
@@ -307,13 +318,16 @@ async function loadCounts() {
   const data = await guard(app.api.get("/api/v1/queues"));
   if (!data || !app.me) return;
   const totals = Object.fromEntries(STATES.map((s) => [s, 0]));
+  let waiting = 0;
   for (const q of data.queues) {
+    waiting += q.counts.waiting || 0;
     if (app.queue && q.name !== app.queue) continue;
     for (const s of STATES) totals[s] += q.counts[s] || 0;
   }
   for (const tab of ui.tabs) tab.querySelector(".count").textContent = totals[tab.dataset.state];
-  // The tab's title tells an agent on another tab that customers wait.
-  document.title = (totals.waiting ? "(" + totals.waiting + ") " : "") + TITLE;
+  // The window's title tells an agent in another tab that customers wait, on any of their
+  // queues (the filter is for the list).
+  document.title = (waiting ? "(" + waiting + ") " : "") + TITLE;
 }
 
 function selectTab(state) {
@@ -361,7 +375,10 @@ async function loadPage(seq, cursor) {
     // What we believed listed here but the gateway no longer lists moved on out of our sight
     // (e.g. transferred to a queue we are not on): forget it.
     for (const c of Array.from(app.convs.values())) {
-      if (inList(c, tab) && !app.listed.has(c.id)) app.convs.delete(c.id);
+      if (inList(c, tab) && !app.listed.has(c.id)) {
+        app.convs.delete(c.id);
+        app.listNodes.delete(c.id);
+      }
     }
   }
   renderList();
@@ -405,10 +422,10 @@ function renderList() {
   const items = Array.from(app.convs.values())
     .filter((c) => inList(c, app.tab) && (!edge || byOrder(c, edge) <= 0))
     .sort(byOrder);
-  ui.list.replaceChildren(...items.map(listItem));
+  reconcile(ui.list, items.map(listNode));
   ui.empty.hidden = items.length > 0;
   ui.more.hidden = !(current && app.listNext);
-  if (focusKey) {
+  if (focusKey && !ui.list.contains(document.activeElement)) {
     const again = ui.list.querySelector(`li[data-id="${CSS.escape(focusKey[0])}"] ` +
       `[data-focus="${focusKey[1]}"]`);
     // Gone from the list (another agent took it, say): the entry now in its place, or the tabs.
@@ -416,6 +433,42 @@ function renderList() {
     const next = again || (instead && instead.querySelector("[data-focus=open]")) ||
       ui.tabs.find((t) => t.tabIndex === 0);
     next.focus();
+  }
+}
+
+/** A conversation's list entry, built again only when what it shows changed: an entry that
+ * stays as it was keeps the focus (focused again, a screen reader said it all again, on
+ * every event). */
+function listNode(c) {
+  const key = JSON.stringify([c.version, c.state, c.agent, c.queue, c.preview, c.subject,
+    c.contact, c.inactive_reason, c.pending_reason, c.queued_at, c.last_message_at,
+    c.updated_at, app.queue, app.open && app.open.id === c.id, app.notices.get(c.id) || ""]);
+  const known = app.listNodes.get(c.id);
+  if (known && known.key === key) return known.node;
+  const node = listItem(c);
+  app.listNodes.set(c.id, { key, node });
+  return node;
+}
+
+/** Make `parent`'s children `wanted`, in order, putting in only what is new and taking out
+ * only what is gone: a node left where it is keeps its focus, and a live region reads out
+ * only what was added. */
+function reconcile(parent, wanted) {
+  const keep = new Set(wanted);
+  let cursor = parent.firstChild;
+  for (const node of wanted) {
+    while (cursor && !keep.has(cursor)) {
+      const next = cursor.nextSibling;
+      cursor.remove();
+      cursor = next;
+    }
+    if (node === cursor) cursor = cursor.nextSibling;
+    else parent.insertBefore(node, cursor);
+  }
+  while (cursor) {
+    const next = cursor.nextSibling;
+    cursor.remove();
+    cursor = next;
   }
 }
 
@@ -618,22 +671,28 @@ function renderOpenState() {
   const sub = [c.contact.display_name ? c.contact.address : null,
     c.channel + " (" + channelLabel(c.channel_type) + ")", "queue " + c.queue];
   const active = document.activeElement;
-  const focusKey = (el.head.contains(active) || el.actions.contains(active)) &&
-    active.dataset.focus;
-  el.head.replaceChildren(
-    h("button", {
-      class: "back ghost",
-      attrs: { type: "button", "aria-label": "Back to the list", "data-focus": "back" },
-      on: { click: closePane },
-    }, "←"),
-    channelIcon(c.channel_type),
-    h("div", { class: "conv-title" },
-      h("h2", { attrs: { tabindex: "-1", "data-focus": "title", title: name }, text: name }),
-      h("p", { class: "conv-sub", text: sub.filter(Boolean).join(" · ") }),
-      c.subject ? h("p", {
-        class: "conv-sub", attrs: { title: plain(c.subject) }, text: "Subject: " + plain(c.subject),
-      }) : null),
-    h("span", { class: "badge badge-" + c.state, text: c.state }));
+  const hadFocus = ui.pane.contains(active) && active !== ui.pane;
+  const focusKey = hadFocus && active.dataset.focus;
+  // Built again only when what it shows changed: a rebuilt control loses the focus, and
+  // focused again a screen reader says it again, on every event.
+  const headKey = JSON.stringify([name, sub, c.subject, c.state, c.channel_type]);
+  if (o.headKey !== headKey) {
+    o.headKey = headKey;
+    el.head.replaceChildren(
+      h("button", {
+        class: "back ghost",
+        attrs: { type: "button", "aria-label": "Back to the list", "data-focus": "back" },
+        on: { click: closePane },
+      }, "←"),
+      channelIcon(c.channel_type),
+      h("div", { class: "conv-title" },
+        h("h2", { attrs: { tabindex: "-1", "data-focus": "title", title: name }, text: name }),
+        h("p", { class: "conv-sub", text: sub.filter(Boolean).join(" · ") }),
+        c.subject ? h("p", {
+          class: "conv-sub", attrs: { title: plain(c.subject) }, text: "Subject: " + plain(c.subject),
+        }) : null),
+      h("span", { class: "badge badge-" + c.state, text: c.state }));
+  }
   el.head.classList.toggle("is-inactive", c.state === "inactive");
 
   setText(el.banner, gone
@@ -676,11 +735,22 @@ function renderOpenState() {
   } else {
     el.transfer.hidden = true;
   }
-  el.actions.replaceChildren(...buttons);
+  const actionsKey = buttons.map((b) => b.dataset.focus).join(" ");
+  if (o.actionsKey !== actionsKey) {
+    o.actionsKey = actionsKey;
+    el.actions.replaceChildren(...buttons);
+  }
   el.actions.hidden = buttons.length === 0;
   syncTransferToggle();
   renderComposer(c, mine);
-  if (focusKey) focusInPane(focusKey);
+  // What had the focus and can no longer take it (gone, disabled, hidden: the reply box of a
+  // conversation closed elsewhere) hands it on; what still can keeps it, untouched.
+  if (hadFocus && !usable(active)) focusInPane(focusKey);
+}
+
+function usable(node) {
+  return node.isConnected && !node.disabled && !node.closest("[hidden]") &&
+    node.getClientRects().length > 0;
 }
 
 /** The Transfer button says whether its form is open. */
@@ -710,7 +780,8 @@ function focusInPane(key) {
     el.text.focus();
     return;
   }
-  const first = el.actions.querySelector("button");
+  // Not Accept: one more Enter there would take a conversation just handed on.
+  const first = el.actions.querySelector("button:not([data-focus=accept])");
   if (first && !el.actions.hidden) first.focus();
   else el.head.querySelector("h2").focus();
 }
@@ -747,24 +818,9 @@ function renderThread(toBottom) {
   }
   const earlier = app.open.hasEarlier ? app.open.earlierNode : null;
   const wanted = [...(earlier ? [earlier] : []), ...messages.map(messageNode)];
-  // Only what is new goes in, and only what is gone comes out: the thread is a live region,
-  // and every node put in again was read out again (all of it, for one tick that moved).
-  const keep = new Set(wanted);
-  let cursor = thread.firstChild;
-  for (const node of wanted) {
-    while (cursor && !keep.has(cursor)) {
-      const next = cursor.nextSibling;
-      cursor.remove();
-      cursor = next;
-    }
-    if (node === cursor) cursor = cursor.nextSibling;
-    else thread.insertBefore(node, cursor);
-  }
-  while (cursor) {
-    const next = cursor.nextSibling;
-    cursor.remove();
-    cursor = next;
-  }
+  // The thread is a live region: every node put in again was read out again (all of it,
+  // for one tick that moved).
+  reconcile(thread, wanted);
   if (toBottom || nearBottom) thread.scrollTop = thread.scrollHeight;
 }
 
@@ -883,7 +939,7 @@ async function downloadAttachment(m, index, a) {
 
 function showTyping(conv) {
   const el = app.open.el;
-  el.typing.textContent = contactName(conv) + " is typing…";
+  setText(el.typing, contactName(conv) + " is typing…");
   clearTimeout(app.open.typingTimer);
   app.open.typingTimer = setTimeout(hideTyping, TYPING_SHOWN_MS);
 }

@@ -1197,3 +1197,64 @@ async def test_a_tick_that_moves_does_not_put_the_thread_in_again(
     await expect(ticks.last).to_have_attribute("data-status", "read")
     await expect(ticks.first).to_have_attribute("data-status", "read")
     assert await agent.evaluate("window.added") == ["LI", "LI"]  # the two replies, once each
+
+
+async def test_events_leave_the_focus_alone_unless_its_control_goes(
+    gw: LiveGateway, new_page: NewPage
+) -> None:
+    """Accessibility re-audit: every event built the pane's buttons and the list again and
+    focused the new ones, so a screen reader said the focused control again each time; and a
+    reply box disabled by a change made elsewhere kept a focus nothing could use."""
+    token = await gw.visitor("Quieta", "hola")
+    agent, reply = await accepted(gw, new_page, "Otro", "buenas")
+    await tab(agent, "waiting")
+    await item(agent, "Quieta").get_by_role("button", name=ACCEPT).click()
+    await expect(reply).to_be_focused()
+    transfer = agent.get_by_role("button", name="Transfer this conversation")
+    await transfer.focus()
+    await agent.evaluate(
+        "() => { window.moves = 0;"
+        " document.addEventListener('focusin', () => { window.moves += 1; }); }"
+    )
+    await gw.visitor_says(token, "¿hola?")
+    await gw.visitor("Nuevo", "otro cliente")  # the waiting list changes too
+    await expect(agent.locator(".msg-in .msg-text").last).to_have_text("¿hola?")
+    await expect(agent.locator("#announce")).to_have_text("Waiting on support: Nuevo.")
+    await expect(transfer).to_be_focused()
+    assert await agent.evaluate("window.moves") == 0
+    # Closed from elsewhere (another tab, a script) while she writes: the reply box goes.
+    await reply.focus()
+    conversation = next(
+        c
+        for c in (await gw.get("maria", "/api/v1/inbox?state=active"))["conversations"]
+        if c["contact"]["display_name"] == "Quieta"
+    )
+    status, _ = await gw.post("maria", f"/api/v1/conversations/{conversation['id']}/close")
+    assert status == 200
+    await expect(agent.locator(".conv-head .badge")).to_have_text("closed")
+    await expect(agent.locator(".conv-head h2")).to_be_focused()
+
+
+async def test_a_message_in_a_conversation_of_mine_not_open_is_announced_once(
+    gw: LiveGateway, new_page: NewPage
+) -> None:
+    """Accessibility re-audit: it never was (its conversation's change came first, at the
+    same version). And the window's title counts everything waiting on the agent's queues,
+    whatever the list's queue filter, and goes back to plain after signing out."""
+    token = await gw.visitor("Mía", "hola")
+    agent, _ = await accepted(gw, new_page, "Abierta", "buenas")
+    await tab(agent, "waiting")
+    await item(agent, "Mía").get_by_role("button", name=ACCEPT).click()
+    await tab(agent, "active")
+    await item(agent, "Abierta").get_by_role("button", name=OPEN).click()
+    await expect(agent.locator(".conv-head h2")).to_have_text("Abierta")
+    await gw.visitor_says(token, "¿sigues?")
+    await expect(agent.locator("#announce")).to_have_text("New message from Mía.")
+    await gw.visitor("Espera", "hola")
+    await expect(agent).to_have_title("(1) Inbox · channel gateway")
+    await agent.get_by_label("Queue", exact=True).select_option("sales")  # nobody waits there
+    await expect(agent.locator("[role=tab][data-state=waiting] .count")).to_have_text("0")
+    await expect(agent).to_have_title("(1) Inbox · channel gateway")
+    agent.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+    await agent.get_by_role("button", name="Sign out").click()
+    await expect(agent).to_have_title("Inbox · channel gateway")
