@@ -123,14 +123,20 @@ function showSignin(message) {
 }
 
 async function signIn(token, remembered) {
+  clearTimeout(app.signinRetry);
   const api = new Api(token);
   let me;
   try {
     me = await api.get("/api/v1/me");
   } catch (err) {
-    sessionStorage.removeItem(TOKEN_KEY);
     if (err.status === 401) {
+      sessionStorage.removeItem(TOKEN_KEY);
       showSignin(remembered ? "Your session ended: sign in again." : "That token is not valid.");
+    } else if (remembered) {
+      // The gateway is down or unreachable, not the token refused: keep the tab's session
+      // (and the replies it holds back) and try again, as the stream does.
+      showSignin(sentence(err.message) + " Signing in again by itself in a few seconds…");
+      app.signinRetry = setTimeout(() => signIn(token, true), RESEND_AFTER_MS);
     } else {
       showSignin(err.message);
     }
@@ -138,7 +144,7 @@ async function signIn(token, remembered) {
   }
   sessionStorage.setItem(TOKEN_KEY, token);
   Object.assign(app, { api, me, tab: "waiting", queue: "", mine: false });
-  restoreUnsent(remembered);
+  restoreUnsent();
   ui.me.textContent = me.name || me.id;
   ui.queue.replaceChildren(
     h("option", { attrs: { value: "" }, text: "All my queues" }),
@@ -187,8 +193,9 @@ function signOut(message) {
 
 /** A reload of this tab keeps what was not sent yet: the replies waiting to go out (each with
  * its Idempotency-Key, so one that reached the gateway just before is not sent twice) and the
- * drafts, written to this tab's session storage as the page goes away. Only the same agent,
- * coming back on the token the tab remembered, gets them; a sign-in by hand starts clean. */
+ * drafts, written to this tab's session storage as the page goes away. Only the same agent
+ * gets them back (signed in again by the tab, or by hand after an outage); another agent
+ * signing in on this tab does not, and signing out drops them. */
 function keepUnsent() {
   if (!app.me) return;
   saveDraft();
@@ -205,10 +212,10 @@ function keepUnsent() {
   }));
 }
 
-function restoreUnsent(remembered) {
+function restoreUnsent() {
   const kept = sessionStorage.getItem(UNSENT_KEY);
   sessionStorage.removeItem(UNSENT_KEY);
-  if (!kept || !remembered) return;
+  if (!kept) return;
   let unsent;
   try {
     unsent = JSON.parse(kept);
@@ -1287,6 +1294,7 @@ function transferForm() {
 
 ui.signinForm.addEventListener("submit", (e) => {
   e.preventDefault();
+  clearTimeout(app.signinRetry); // a sign-in by hand replaces the tab's own retry
   const token = ui.token.value.trim();
   if (token) signIn(token, false);
 });

@@ -1258,3 +1258,34 @@ async def test_a_message_in_a_conversation_of_mine_not_open_is_announced_once(
     agent.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
     await agent.get_by_role("button", name="Sign out").click()
     await expect(agent).to_have_title("Inbox · channel gateway")
+
+
+async def test_a_reload_while_the_gateway_is_down_keeps_the_session_and_its_replies(
+    gw: LiveGateway, new_page: NewPage, page_errors: PageErrors
+) -> None:
+    """Audit: the reloaded tab could not reach the gateway to sign in again, took that as a
+    sign-out, and the replies it held back were dropped at the next sign-in."""
+    page_errors.tolerate("net::ERR_FAILED")  # the requests the test drops
+    agent, reply = await accepted(gw, new_page, "Caída", "hola")
+    agent.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+    down = True
+
+    async def network(route: Route) -> None:
+        if down:
+            await route.abort()
+        else:
+            await route.continue_()
+
+    await agent.route(re.compile(r"/messages$"), network)
+    await reply.fill("Sigo aquí")
+    await reply.press("Enter")
+    await expect(agent.locator(".notice")).to_contain_text("Not sent yet")
+    await agent.route(re.compile(r"/api/v1/me$"), network)  # now the whole gateway is gone
+    await agent.reload()
+    await expect(agent.locator("#signin-error")).to_contain_text("Signing in again by itself")
+    down = False
+    await expect(agent.locator("#conn")).to_have_text("live", timeout=15_000)
+    await expect(agent.locator(".msg-out .msg-text")).to_have_text(["Sigo aquí"])
+    (conversation,) = (await gw.get("maria", "/api/v1/inbox?state=active"))["conversations"]
+    thread = await gw.get("maria", f"/api/v1/conversations/{conversation['id']}")
+    assert [m["text"] for m in thread["messages"]] == ["hola", "Sigo aquí"]
