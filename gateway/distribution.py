@@ -26,7 +26,7 @@ import structlog
 
 from gateway import lifecycle
 from gateway.clock import Clock
-from gateway.directory import Directory
+from gateway.directory import AgentInfo, Directory
 from gateway.errors import TransitionError, VersionConflict
 from gateway.model import Event, State
 from gateway.routing import AgentCandidate, choose_agent
@@ -148,6 +148,32 @@ class Distributor:
                 heads.append((1, _NOBODY, name))
         return [name for _, _, name in sorted(heads)]
 
+    async def _older_elsewhere(
+        self, queue: str, agents: list[AgentInfo]
+    ) -> dict[str, tuple[datetime, str]]:
+        """For each agent also on other automatic queues, where the customer who has waited
+        longest on those stands (`queued_at`, id): a run of `queue` gives them only customers
+        who came before that one, so an agent shared by queues takes customers oldest first
+        across all of them, not a whole queue before the next (audit: with A0, B0, A1 waiting
+        on `qa`, `qb`, `qa`, an agent with room for two got A0 and A1)."""
+        others = {
+            name
+            for agent in agents
+            for name in agent.queues
+            if name != queue and (info := self.directory.queues.get(name)) and info.automatic
+        }
+        heads: dict[str, tuple[datetime, str]] = {}
+        for name in others:
+            oldest = await self.store.list_conversations(State.WAITING, queues=[name], limit=1)
+            if oldest:
+                heads[name] = (oldest[0].queued_at, oldest[0].id)
+        older: dict[str, tuple[datetime, str]] = {}
+        for agent in agents:
+            theirs = [heads[name] for name in agent.queues if name in heads]
+            if theirs:
+                older[agent.id] = min(theirs)
+        return older
+
     async def _distribute(self, queue: str, strategy: str) -> list[Event]:
         events: list[Event] = []
         rr_key = f"rr:{queue}"
@@ -173,11 +199,14 @@ class Distributor:
                 return events
             loads = await self.store.agent_loads()
             last = await self.store.kv_get(rr_key)
+            older = await self._older_elsewhere(queue, [a for _, a in agents.values()])
             progressed = False
             for conversation in waiting:
+                place = (conversation.queued_at, conversation.id)
                 candidates = [
                     AgentCandidate(a.id, loads.get(a.id, 0), a.max_active, order)
                     for order, a in agents.values()
+                    if a.id not in older or older[a.id] > place
                 ]
                 chosen = choose_agent(strategy, candidates, last, rotation)
                 if chosen is None:

@@ -516,3 +516,27 @@ async def drop_off_without_firing(gw: Gateway, ws: ClientWebSocketResponse, agen
     await ws.close()
     await wait_offline(gw, agent)
     gw.clock.advance(timedelta(seconds=31))
+
+
+async def test_an_agent_of_two_automatic_queues_takes_customers_oldest_first_across_them(
+    make_gateway: GatewayFactory,
+) -> None:
+    """Audit: queues were ordered by their first customer, then each run gave out a whole
+    queue: with S0, B0, S1 waiting, an agent with room for two got S0 and S1."""
+    gw = await make_gateway(TWO_AUTOMATIC)
+    for name, text in [("S0", "price"), ("B0", "invoice"), ("S1", "price"), ("S2", "price"),
+                       ("B1", "invoice")]:  # fmt: skip
+        v = await gw.visitor(name)
+        await gw.visitor_says(v["token"], text, "c1")
+        gw.clock.advance(timedelta(seconds=10))
+    ws = await open_stream(gw, "maria")  # room for two: the two who came first
+    assert sorted(await inbox(gw, "maria", "active")) == ["B0", "S0"]
+    served = []
+    for _ in range(3):  # each one she closes makes room for whoever came next, any queue
+        _, page = await gw.get("maria", "/api/v1/inbox?state=active")
+        oldest = min(page["conversations"], key=lambda c: c["queued_at"])
+        assert (await gw.post("maria", f"/api/v1/conversations/{oldest['id']}/close"))[0] == 200
+        now_active = set(await inbox(gw, "maria", "active"))
+        served.append(sorted(now_active))
+    assert served == [["B0", "S1"], ["S1", "S2"], ["B1", "S2"]]
+    await ws.close()
