@@ -717,7 +717,7 @@ class WebchatAdapter(BaseAdapter):
                     and event.conversation.contact.address == address
                 )
                 or (
-                    event.type == "conversation.updated"
+                    event.type in ("conversation.updated", "conversation.created")
                     and event.conversation is not None
                     and event.conversation.channel == self.name
                     and event.conversation.contact.address == address
@@ -813,6 +813,11 @@ class WebchatAdapter(BaseAdapter):
                 continue
             if event.type == "conversation.updated" and event.conversation is not None:
                 await out.text(_conversation_frame(event.conversation.state, event.change))
+                continue
+            if event.type == "conversation.created" and event.conversation is not None:
+                # A new chat after one that ended: without it a widget still took the chat for
+                # closed, and did not say so when the new one was closed too (README audit).
+                await out.text(_conversation_frame(event.conversation.state, "created"))
                 continue
             message = event.message
             if message is None:

@@ -836,3 +836,26 @@ async def test_the_visitor_socket_takes_permessage_deflate_when_offered(gw: Gate
     plain = await visitor_socket(gw, v["token"])
     assert plain.compress == 0
     await plain.close()
+
+
+async def test_a_new_chat_after_one_that_ended_is_told_to_the_socket(gw: Gateway) -> None:
+    """README audit: only changes of a chat were told, not its start. After the agent closed
+    one, the visitor's next message opened a new chat and the socket said nothing, so a
+    widget still took the chat for closed, and when the new one was closed too, it was the
+    same state again: the widget did not say so."""
+    v = await gw.visitor("Again")
+    ws = await visitor_socket(gw, v["token"])
+    await ws.send_json({"type": "message", "text": "hola", "client_id": "n1"})
+    first = await frame(ws, "conversation")  # the chat starts, then the message is acked
+    assert (first["state"], first["change"]) == ("waiting", "created")
+    await frame(ws, "ack")
+    _, inbox = await gw.get("maria", "/api/v1/inbox?state=waiting")
+    conv_id = inbox["conversations"][0]["id"]
+    for action in ("accept", "close"):
+        assert (await gw.post("maria", f"/api/v1/conversations/{conv_id}/{action}"))[0] == 200
+    assert (await frame(ws, "conversation"))["state"] == "active"
+    assert (await frame(ws, "conversation"))["state"] == "closed"
+    await ws.send_json({"type": "message", "text": "otra cosa", "client_id": "n2"})
+    again = await frame(ws, "conversation")
+    assert (again["state"], again["change"]) == ("waiting", "created")
+    await ws.close()
