@@ -10,7 +10,7 @@ import structlog
 from aiohttp import web
 
 from gateway.appkeys import RUNTIME
-from gateway.errors import NotFound
+from gateway.errors import HTTP_STATUS, GatewayError, NotFound
 
 log = structlog.get_logger("gateway.webhooks")
 
@@ -26,6 +26,12 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
     structlog.contextvars.bind_contextvars(channel=name)
     try:
         response = await adapter.handle_webhook(request)
+    except GatewayError as exc:  # answered as a 4xx or 503 by the middleware: counted so
+        runtime.metrics.count_webhook(name, f"http_{HTTP_STATUS.get(exc.code, 400)}")
+        raise
+    except web.HTTPException as exc:  # a channel that takes no webhooks (web chat): 404
+        runtime.metrics.count_webhook(name, f"http_{exc.status}")
+        raise
     except Exception:
         runtime.metrics.count_webhook(name, "error")
         raise

@@ -17,6 +17,7 @@ import orjson
 import structlog
 from aiohttp import hdrs, web
 
+from gateway.appkeys import RUNTIME
 from gateway.bodies import BodyTimeout, read_within
 from gateway.directory import AgentInfo, IntegratorInfo
 from gateway.errors import HTTP_STATUS, GatewayError, InvalidInput
@@ -64,6 +65,17 @@ def _encoded_body(request: web.Request) -> bool:
     return encoding not in ("", "identity")
 
 
+def _count_refused_webhook(request: web.Request, status: int) -> None:
+    """A webhook refused here, before its handler (which counts the others): counted too, for
+    a channel this gateway has (a made-up name would add a series per name)."""
+    channel = request.match_info.get("channel")
+    if not channel or not request.path.startswith("/webhooks/"):
+        return
+    runtime = request.app.get(RUNTIME)
+    if runtime is not None and channel in runtime.adapters:
+        runtime.metrics.count_webhook(channel, f"http_{status}")
+
+
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Bind a request id to every log line and turn every failure into a JSON error."""
@@ -91,6 +103,8 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         response = error_response(status, exc.code, exc.message or exc.code)
         if isinstance(exc, BodyTimeout) or exc.code == "unsupported_media_type":
             response.force_close()  # the rest of the body may still come: end the connection
+        if exc.code == "unsupported_media_type":
+            _count_refused_webhook(request, status)
     except web.RequestPayloadError as exc:
         # The body could not be read as sent (a chunked body cut short, a malformed chunk).
         # The client's fault, and nothing was read, so nothing stored.

@@ -15,6 +15,7 @@ from aiohttp import ClientWebSocketResponse, WSServerHandshakeError
 from structlog.testing import capture_logs
 
 from tests.api.conftest import BASE_CONFIG, Gateway, GatewayFactory
+from tests.metrics_text import sample
 
 
 async def frame(ws: ClientWebSocketResponse, type_: str, timeout: float = 5) -> dict[str, Any]:
@@ -859,3 +860,12 @@ async def test_a_new_chat_after_one_that_ended_is_told_to_the_socket(gw: Gateway
     again = await frame(ws, "conversation")
     assert (again["state"], again["change"]) == ("waiting", "created")
     await ws.close()
+
+
+async def test_a_webhook_posted_to_a_web_chat_channel_is_a_404_counted_as_one(gw: Gateway) -> None:
+    """README audit: it was counted as `error` (a failure of ours), not as the 404 it got."""
+    resp = await gw.client.post("/webhooks/site", json={})
+    assert resp.status == 404
+    metric = "gateway_webhooks_total"
+    assert await sample(gw.client, metric, channel="site", outcome="http_404") == 1
+    assert await sample(gw.client, metric, channel="site", outcome="error") == 0

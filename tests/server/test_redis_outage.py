@@ -241,6 +241,8 @@ async def test_web_chat_refuses_what_it_cannot_store_and_takes_the_resend(
     # The socket reads what the visitor missed as it opens (nothing here). A message acked
     # over it comes after that read (issued first, on the same store): the socket is live.
     await ws.send_json({"type": "message", "text": "antes", "client_id": "c0"})
+    started = await ws.receive_json()  # the chat it opens, then its ack
+    assert (started["type"], started["change"]) == ("conversation", "created")
     assert (await ws.receive_json())["type"] == "ack"
 
     server.kill()

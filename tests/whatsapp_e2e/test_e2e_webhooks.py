@@ -100,6 +100,13 @@ async def test_a_compressed_webhook_is_refused_unread_and_stores_nothing(wa: WaG
     assert await snapshot(wa) == before
     refused = [e for e in logs if e["event"] == "http.refused"]
     assert [(e["status"], e["code"]) for e in refused] == [(415, "unsupported_media_type")]
+    # Counted as the webhooks it answered are (README audit: refused before its handler, it
+    # was not); a channel name nobody configured adds no series.
+    metric = "gateway_webhooks_total"
+    assert await sample(wa.client, metric, channel=META, outcome="http_415") == 1
+    resp = await wa.client.post("/webhooks/nobody", data=body, headers={"Content-Encoding": "gzip"})
+    assert resp.status == 415
+    assert await sample(wa.client, metric, channel="nobody", outcome="http_415") == 0
 
 
 @pytest.mark.parametrize("forgery", ["unsigned", "other_token", "tampered", "other_url"])
