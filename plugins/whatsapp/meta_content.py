@@ -53,6 +53,8 @@ def _str(value: Any) -> str | None:
 
 
 def _text(msg: dict[str, Any]) -> Content:
+    if "text" not in msg:
+        raise ValueError("`text` is missing")
     body = obj(msg, "text").get("body")
     if body is not None and not isinstance(body, str | int | float):
         # An object or a list is no text: stored as `{'a': 1}` it read as Python to the agent.
@@ -114,7 +116,9 @@ def _contacts(msg: dict[str, Any]) -> Content:
             if isinstance(p, dict) and p.get("phone")
         ]
         lines.append(f"{name} ({', '.join(phones)})" if phones else str(name))
-    return Content("contacts", text="; ".join(lines) or None, extra={"contacts": cards})
+    if not lines:
+        raise ValueError("no contact card is an object")
+    return Content("contacts", text="; ".join(lines), extra={"contacts": cards})
 
 
 def _interactive(msg: dict[str, Any]) -> Content:

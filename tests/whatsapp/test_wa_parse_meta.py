@@ -508,3 +508,23 @@ def test_a_text_whose_body_is_an_object_is_unsupported_not_python() -> None:
     (message,) = parse_meta_payload(payload, channel="c", now=NOW).messages
     assert (message.kind, message.text) == ("unsupported", None)
     assert message.extra["unreadable"] == "`text.body` is not text"
+
+
+@pytest.mark.parametrize(
+    ("shape", "reason"),
+    [
+        ({"type": "contacts", "contacts": [1, 2]}, "no contact card is an object"),
+        ({"type": "text"}, "`text` is missing"),
+    ],
+)
+def test_a_message_with_nothing_readable_of_its_kind_is_unsupported(
+    shape: dict[str, Any], reason: str
+) -> None:
+    """Audit: cards that were none of them objects were stored as an empty `contacts`
+    message, and a text without its `text` as a text with no body."""
+    payload = json.loads((META_DIR / "msg_text.json").read_bytes())
+    message = payload["entry"][0]["changes"][0]["value"]["messages"][0]
+    del message["text"]
+    message.update(shape)
+    (parsed,) = parse_meta_payload(payload, channel="c", now=NOW).messages
+    assert (parsed.kind, parsed.extra["unreadable"]) == ("unsupported", reason)
