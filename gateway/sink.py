@@ -9,12 +9,16 @@ stored. The provider gets a 500 (`adapter_error`): it retries, and once the plug
 message arrives; a 4xx would tell it to drop the message.
 
 A contact's display name is the customer's own words (a WhatsApp profile name, an email
-From's phrase): one of 20,000 characters filled the inbox's header past the screen. It is cut
-to `MAX_DISPLAY_NAME` characters here, for every channel; the payload keeps it whole in `raw`.
+From's phrase): one of 20,000 characters filled the inbox's header past the screen. Here, for
+every channel, it loses control characters and the ones that reorder text (a right-to-left
+override left open reverses what follows it wherever the name is shown), and is cut to
+`MAX_DISPLAY_NAME` characters, between two visible characters; `raw` keeps it as it came.
 """
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from typing import Any
 
 import orjson
@@ -29,6 +33,30 @@ log = structlog.get_logger("gateway.sink")
 
 MAX_DISPLAY_NAME = 200
 """Characters of a contact's display name that are kept (see the module docstring)."""
+_UNSHOWN = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+"""Control characters and the bidirectional embeddings, overrides and isolates."""
+_JOINS_PREVIOUS = re.compile("[\u200d\ufe00-\ufe0f\U0001f3fb-\U0001f3ff\U000e0020-\U000e007f]")
+"""What belongs to the character before it: a joiner, variation selectors, skin tones, tags."""
+_REGIONAL_AT_END = re.compile("[\U0001f1e6-\U0001f1ff]+$")
+
+
+def shown_name(name: str) -> str:
+    """A display name as the gateway keeps it (see the module docstring)."""
+    if _UNSHOWN.search(name):
+        name = _UNSHOWN.sub("", name)
+    if len(name) <= MAX_DISPLAY_NAME:
+        return name
+    end = MAX_DISPLAY_NAME - 1
+    # Back to the start of the visible character the cut falls in: an emoji of several
+    # (a family, a skin tone), an accent on its letter, half a flag.
+    while end > 0 and (unicodedata.combining(name[end]) or _JOINS_PREVIOUS.match(name[end])):
+        end -= 1
+    while end > 0 and name[end - 1] == "\u200d":  # its joiner joins it to the one before
+        end -= 2
+    halves = _REGIONAL_AT_END.search(name, 0, end)  # a flag is two regional indicators
+    if halves is not None and len(halves.group()) % 2:
+        end -= 1
+    return name[:end].rstrip() + "…"
 
 
 class AdapterContractError(GatewayError):
@@ -72,9 +100,10 @@ class ChannelInbound:
         if getattr(inbound.sent_at, "tzinfo", None) is None:
             raise self._refuse("sent_at must be a timezone-aware datetime")
         name = inbound.contact.display_name
-        if isinstance(name, str) and len(name) > MAX_DISPLAY_NAME:
-            short = name[: MAX_DISPLAY_NAME - 1] + "…"
-            inbound = evolve(inbound, contact=Contact(address, short))
+        if isinstance(name, str):
+            shown = shown_name(name)
+            if shown != name:
+                inbound = evolve(inbound, contact=Contact(address, shown))
         try:
             return await self.ingestor.message(inbound)
         except orjson.JSONEncodeError as exc:  # raw or extra: found where they are encoded
