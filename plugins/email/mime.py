@@ -87,10 +87,38 @@ def _mostly_utf8(data: bytes) -> str | None:
     bytes do not look like UTF-8 at all (no valid multi-byte character, or more bad bytes
     than good ones: Windows-1252 text mislabelled). Reading all of it as Windows-1252 instead
     turned every accent and emoji of the message into mojibake (hostile-content audit)."""
+    cut = _cut_short(data)
+    if cut is not None:
+        return cut
     text = data.decode("utf-8", errors="replace")
     bad = text.count("\ufffd") - data.decode("utf-8", errors="ignore").count("\ufffd")
     good = sum(1 for char in text if char > "\x7f" and char != "\ufffd")
-    return text if good and bad <= good else None
+    # More good than bad: one good pair in Windows-1252 text (`Â©`) is a coincidence.
+    return text if good > bad else None
+
+
+def _cut_short(data: bytes) -> str | None:
+    """UTF-8 whose only fault is its last character cut short (a relay truncating a body):
+    the rest as it is, and U+FFFD for the stump; None otherwise. A stump of one byte is not
+    told apart from Windows-1252 (`caf\xe9` is "café"), so it takes two or three."""
+    for length in (2, 3):
+        if length > len(data):
+            return None
+        lead, tail = data[-length], data[-length + 1 :]
+        if 0xC2 <= lead <= 0xDF:
+            needs = 2
+        elif 0xE0 <= lead <= 0xEF:
+            needs = 3
+        elif 0xF0 <= lead <= 0xF4:
+            needs = 4
+        else:
+            continue
+        if needs > length and all(0x80 <= b <= 0xBF for b in tail):
+            try:
+                return data[:-length].decode("utf-8") + "\ufffd"
+            except UnicodeDecodeError:
+                return None
+    return None
 
 
 def _clean(text: str) -> str:

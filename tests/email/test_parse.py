@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from gateway.model import DeliveryState, to_dict
 from plugins.email.headers import _parsed_header
+from plugins.email.mime import decode_bytes
 from plugins.email.parse import content_key, parse_email
 from tests.email.conftest import FIXTURES, fixture_files
 
@@ -589,3 +590,21 @@ def test_windows_1252_mislabelled_as_utf8_is_still_read_as_such() -> None:
     )
     message = parse_email(raw, "c", NOW).message
     assert message.text == "Olá, não recebi o pedido \u2013 obrigado."
+
+
+@pytest.mark.parametrize(
+    ("data", "declared", "text"),
+    [
+        ("emoji 😀".encode()[:-1], "utf-8", "emoji \ufffd"),  # cut short by a relay
+        ("emoji 😀".encode()[:-2], None, "emoji \ufffd"),
+        ("naïve Â©".encode("cp1252"), None, "naïve Â©"),  # one good pair by chance
+        (b"caf\xe9", "utf-8", "caf\u00e9"),  # one byte: Windows-1252's letter, not a stump
+        (b"\xc3", None, "\u00c3"),
+    ],
+)
+def test_utf8_cut_short_and_windows_1252_by_chance_are_told_apart(
+    data: bytes, declared: str | None, text: str
+) -> None:
+    """Audit: a UTF-8 body whose last emoji a relay cut short became mojibake, and Windows-1252
+    text with one valid UTF-8 pair in it (`Â©`) lost a character."""
+    assert decode_bytes(data, declared) == text
