@@ -26,7 +26,7 @@ from gateway.api import agent, events, inbox, ops, stream
 from gateway.api.http import request_context
 from gateway.api.media import routes as media_routes
 from gateway.api.stream import MAX_STREAMS_PER_AGENT
-from gateway.appkeys import AGENT_SOCKETS, AGENT_STREAMS, RUNTIME, STREAM_FRAMES
+from gateway.appkeys import AGENT_SOCKETS, AGENT_STREAMS, RUNTIME, STOPPING, STREAM_FRAMES
 from gateway.channels import ChannelAdapter, ChannelType, ClosesConnections
 from gateway.clock import Clock
 from gateway.config import GatewayConfig
@@ -89,10 +89,16 @@ def create_app(
     app[AGENT_SOCKETS] = set()
     app[AGENT_STREAMS] = ConnectionCounter(MAX_STREAMS_PER_AGENT)
     app[STREAM_FRAMES] = stream.Frames(app[RUNTIME])
+    app[STOPPING] = asyncio.Event()
+    app.on_shutdown.append(_stopping)
     app.on_shutdown.append(stream.close_agent_sockets)
     app.on_shutdown.append(_close_channel_connections)
     app.cleanup_ctx.extend([_store, _http, _hub, _adapters, _scheduler])
     return app
+
+
+async def _stopping(app: web.Application) -> None:
+    app[STOPPING].set()
 
 
 RESERVED_PATHS = ("/api/", "/webhooks/", "/inbox", "/healthz", "/readyz", "/metrics")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -22,3 +23,6 @@ AGENT_STREAMS: web.AppKey[ConnectionCounter] = web.AppKey("agent_streams")
 
 STREAM_FRAMES: web.AppKey[Frames] = web.AppKey("stream_frames")
 """Frames of recent events, made once for every agent stream (see `gateway.api.stream.Frames`)."""
+
+STOPPING: web.AppKey[asyncio.Event] = web.AppKey("stopping")
+"""Set when the node starts shutting down: long polls answer at once instead of holding it."""

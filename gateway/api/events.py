@@ -18,14 +18,15 @@ rebuild what it keeps from the conversations.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from gateway.api.http import json_response
 from gateway.api.serialize import event_json
 from gateway.api.visibility import visible_to
-from gateway.appkeys import RUNTIME
+from gateway.appkeys import RUNTIME, STOPPING
 from gateway.directory import AgentInfo
 from gateway.errors import InvalidInput
 from gateway.model import Event
@@ -66,7 +67,9 @@ async def events(request: web.Request) -> web.Response:
     after = await after_cursor(request, runtime.store)
     accept = visible_to(reader) if isinstance(reader, AgentInfo) else None
     try:
-        page, cursor = await _page(runtime.store, after, limit, float(wait), accept)
+        page, cursor = await _page(
+            runtime.store, after, limit, float(wait), accept, request.app[STOPPING]
+        )
     except ValueError:
         raise InvalidInput(NOT_ISSUED) from None
     # Read after the page: a pass of retention in between shows as a gap that may not be one
@@ -87,16 +90,20 @@ async def _page(
     limit: int,
     wait: float,
     accept: Callable[[Event], bool] | None,
+    stopping: asyncio.Event,
 ) -> tuple[list[Event], str | None]:
     """Up to `limit` events after `after` that `accept` lets through, and the cursor of the
     last event scanned. Long-polling keeps waiting (up to `wait` seconds in all) while only
-    events the reader may not see arrive."""
+    events the reader may not see arrive, and no longer than the node runs: a node stopping
+    answers its long polls at once (an empty page), instead of holding the shutdown for up to
+    a minute (README audit)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
     cursor = after
     while True:
         if wait:
-            scanned = (await store.wait_events(cursor, max(0.0, deadline - loop.time())))[:limit]
+            left = max(0.0, deadline - loop.time())
+            scanned = (await _wait_unless(store.wait_events(cursor, left), stopping))[:limit]
         else:
             scanned = await store.read_events(cursor, limit)
         if scanned:
@@ -104,5 +111,22 @@ async def _page(
         page = scanned if accept is None else [e for e in scanned if accept(e)]
         if page or not scanned:
             return page, cursor
-        if not wait or loop.time() >= deadline:
+        if not wait or loop.time() >= deadline or stopping.is_set():
             return page, cursor
+
+
+async def _wait_unless(waiting: Awaitable[list[Event]], stopping: asyncio.Event) -> list[Event]:
+    """What `waiting` gives, or nothing as soon as `stopping` is set."""
+    waiter = asyncio.ensure_future(waiting)
+    if stopping.is_set():
+        waiter.cancel()
+    else:
+        stop = asyncio.ensure_future(stopping.wait())
+        await asyncio.wait({waiter, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if waiter.done():
+            return waiter.result()
+        waiter.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await waiter
+    return []

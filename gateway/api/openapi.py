@@ -515,12 +515,15 @@ def _webchat_paths() -> dict[str, Any]:
                         401,
                         403,
                         408,
+                        409,
                         413,
                         415,
                         422,
                         429,
                         503,
                         s400="Bad frame: no `text` or `client_id`, text too long, not JSON",
+                        s409="The visitor's chat kept changing under simultaneous writes"
+                        " (`conflict`): nothing stored, send it again with the same `client_id`",
                         s422="The `client_id` already stands for a message with another text"
                         " (`client_id_reused`); nothing was stored",
                         s401=VISITOR_401,

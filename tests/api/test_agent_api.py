@@ -411,3 +411,16 @@ async def test_the_inbox_is_read_page_after_page(gw: Gateway) -> None:
     # A position in one list means nothing in another's order.
     status, body = await gw.get("maria", f"/api/v1/inbox?state=closed&cursor={seen_cursor}")
     assert (status, body["error"]["code"]) == (400, "invalid_request")
+
+
+async def test_a_long_poll_is_answered_at_once_when_the_node_stops(gw: Gateway) -> None:
+    """README audit: `GET /api/v1/events?wait=60` held a node's shutdown until its wait ran
+    out. Once the node is stopping, a long poll (in flight or arriving) is answered at once
+    with what there is: nothing new."""
+    _, first = await gw.get("crm", "/api/v1/events")
+    after = f"&after={first['cursor']}" if first["cursor"] else ""
+    poll = asyncio.create_task(gw.get("crm", f"/api/v1/events?wait=60{after}"))
+    await gw.client.app.shutdown()  # what SIGTERM starts with: the node is stopping
+    async with asyncio.timeout(10):  # not the 60 s it asked to wait
+        status, page = await poll
+    assert (status, page["events"]) == (200, [])
