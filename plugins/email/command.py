@@ -5,8 +5,8 @@ already holds customer mail is imported on purpose, once, with this command. It 
 gateway's own opened store and ingest path (`gateway.channels.CommandContext`), so the mail
 lands in the same conversations, deduplicated against what the live reader stored, and its
 resume cursor lives in the same key-value store. A progress bar goes to stderr, the summary to
-stdout; every user error (unknown channel, not an email channel, bad date, mailbox
-unreachable) is one line on stderr and exit status 1.
+stdout; every user error is one line on stderr: exit status 2 for the command line (unknown
+channel, not an email channel, bad date), 1 for a mailbox it cannot read.
 """
 
 from __future__ import annotations
@@ -37,9 +37,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _fail(message: str) -> int:
+def _fail(message: str, code: int = 1) -> int:
     print(f"{PROG}: {message}", file=sys.stderr)
-    return 1
+    return code
+
+
+USAGE = 2
+"""The exit status of a command line naming what the config lacks, or malformed (as argparse
+and `gateway route` do); 1 is for what went wrong doing it."""
 
 
 def _email_channel(config: Any, name: str) -> EmailConfig | str:
@@ -58,11 +63,11 @@ async def run(args: argparse.Namespace, context: CommandContext) -> int:
     """Run the backfill; return the process exit status."""
     channel = _email_channel(context.config, args.channel)
     if isinstance(channel, str):
-        return _fail(channel)
+        return _fail(channel, USAGE)
     try:
         since = parse_since(args.since)
     except ValueError:
-        return _fail(f"--since {args.since!r} is not a date (expected YYYY-MM-DD)")
+        return _fail(f"--since {args.since!r} is not a date (expected YYYY-MM-DD)", USAGE)
     try:
         imported = await backfill(
             channel,

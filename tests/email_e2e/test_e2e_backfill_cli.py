@@ -227,12 +227,14 @@ async def test_backfill_killed_midway_resumes_where_it_stopped(
         ),
     ],
 )
-def test_user_errors_are_one_line_and_exit_1(
+def test_command_line_errors_are_one_line_and_exit_2(
     config_file: Path, args: list[str], message: str
 ) -> None:
+    """Exit 2 as `gateway route` (and argparse) for a command line the config does not match
+    (README audit: backfill said 1, route 2)."""
     run = cli(config_file, *args)
     assert (run.returncode, run.stdout, run.stderr) == (
-        1,
+        2,
         "",
         f"gateway email backfill: {message}\n",
     )
