@@ -924,8 +924,9 @@ class WebchatAdapter(BaseAdapter):
         retry_after = await self._message_limit(session, message)
         if retry_after is not None:
             # Not stored: the visitor resends it (same client_id) after the wait.
-            text = f"too many messages; retry in {retry_after:.0f} s"
-            await _send_error(ws, "rate_limited", text, client_id, retry_after=retry_after)
+            seconds = round(retry_after)  # whole seconds, as REST's `retry_after`
+            text = f"too many messages; retry in {seconds} s"
+            await _send_error(ws, "rate_limited", text, client_id, retry_after=seconds)
             return
         try:
             result = await self.context.inbound.message(message)

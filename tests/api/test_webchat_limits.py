@@ -125,6 +125,7 @@ async def test_messages_past_the_rate_are_refused_and_not_stored(
     refused = await next_frame(ws)
     assert refused["type"] == "error" and refused["code"] == "rate_limited"
     assert refused["client_id"] == "c3" and refused["retry_after"] >= 1
+    assert isinstance(refused["retry_after"], int)  # whole seconds, as over REST
     await ws.send_str("{not json")  # the socket is still open and answering
     assert (await next_frame(ws))["code"] == "invalid_request"
     resp = await gw.client.post(
