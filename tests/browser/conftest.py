@@ -164,6 +164,15 @@ async def widget_send(page: Page, text: str) -> None:
     await expect(page.locator(".gwc-msg.gwc-in:not(.gwc-unsent) .gwc-text").last).to_have_text(text)
 
 
+async def taken_by_maria(gw: LiveGateway) -> str:
+    """Maria accepts the one waiting conversation; its API path."""
+    (conversation,) = await gw.waiting()
+    path = f"/api/v1/conversations/{conversation['id']}"
+    status, _ = await gw.post("maria", path + "/accept")
+    assert status == 200
+    return path
+
+
 def tab(page: Page, state: str) -> Awaitable[None]:
     return page.locator(f"[role=tab][data-state={state}]").click()
 

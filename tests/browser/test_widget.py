@@ -18,6 +18,7 @@ from tests.browser.conftest import (
     opacity,
     open_widget,
     style,
+    taken_by_maria,
     widget_send,
 )
 from tests.browser.harness import LiveGateway
@@ -56,9 +57,7 @@ async def test_widget_survives_a_reload_and_replays_what_was_missed(
     page = await new_page(PHONE)
     await open_widget(page, gw)
     await widget_send(page, "Primera pregunta")
-    (conversation,) = await gw.waiting()
-    path = f"/api/v1/conversations/{conversation['id']}"
-    await gw.post("maria", path + "/accept")
+    path = await taken_by_maria(gw)
     await gw.post("maria", path + "/messages", {"text": "Respuesta uno"})
     await expect(page.locator(".gwc-out .gwc-text")).to_have_text(["Respuesta uno"])
 
@@ -174,9 +173,7 @@ async def test_each_message_tells_screen_readers_who_wrote_it(
     page = await new_page()
     await open_widget(page, gw)
     await widget_send(page, "Hola")
-    (conversation,) = await gw.waiting()
-    path = f"/api/v1/conversations/{conversation['id']}"
-    await gw.post("maria", path + "/accept")
+    path = await taken_by_maria(gw)
     await gw.post("maria", path + "/messages", {"text": "مرحبا"})
     await gw.post("maria", path + "/messages", {"text": "Soy Maria"})
     await expect(page.locator(".gwc-out .gwc-text")).to_have_text(["مرحبا", "Soy Maria"])
@@ -351,9 +348,7 @@ async def test_an_agents_file_shows_as_a_link_the_visitor_opens(
     page = await new_page()
     await open_widget(page, gw)
     await widget_send(page, "¿Me mandan la factura?")
-    (conversation,) = await gw.waiting()
-    path = f"/api/v1/conversations/{conversation['id']}"
-    await gw.post("maria", path + "/accept")
+    path = await taken_by_maria(gw)
     invoice = {
         "kind": "document",
         "url": "https://files.example.com/f/123.pdf",

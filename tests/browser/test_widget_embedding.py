@@ -13,7 +13,7 @@ import json
 import pytest
 from playwright.async_api import Page, Route, WebSocketRoute, expect
 
-from tests.browser.conftest import NewPage, SilentNetwork, widget_send
+from tests.browser.conftest import NewPage, SilentNetwork, taken_by_maria, widget_send
 from tests.browser.harness import LiveGateway
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -106,9 +106,7 @@ async def test_a_socket_that_goes_silent_is_replaced(gw: LiveGateway, new_page: 
     await host_page(page, gw, attributes='data-open="true" data-keepalive="1"')
     await expect(page.locator(".gwc-status")).to_have_text("online")
     await widget_send(page, "Hola")
-    (conversation,) = await gw.waiting()
-    path = f"/api/v1/conversations/{conversation['id']}"
-    await gw.post("maria", path + "/accept")
+    path = await taken_by_maria(gw)
     network.silence()
     await gw.post("maria", path + "/messages", {"text": "¿Sigues ahí?"})
     await expect(page.locator(".gwc-out .gwc-text")).to_have_text(["¿Sigues ahí?"])
@@ -168,9 +166,7 @@ async def test_unread_replies_are_counted_and_read_when_the_chat_is_opened(
     page = await new_page()
     await host_page(page, gw)
     await widget_send(page, "Hola")
-    (conversation,) = await gw.waiting()
-    path = f"/api/v1/conversations/{conversation['id']}"
-    await gw.post("maria", path + "/accept")
+    path = await taken_by_maria(gw)
 
     async def statuses(*expected: str) -> None:
         """Wait, on the event log, until the replies' statuses are `expected`."""
