@@ -451,7 +451,11 @@ function listNode(c) {
     c.contact, c.inactive_reason, c.pending_reason, c.queued_at, c.last_message_at,
     c.updated_at, app.queue, app.open && app.open.id === c.id, app.notices.get(c.id) || ""]);
   const known = app.listNodes.get(c.id);
-  if (known && known.key === key) return known.node;
+  if (known && known.key === key) {
+    const since = known.node.querySelector("[data-since]"); // it was away from the page
+    if (since) since.textContent = sinceText(since.dataset.since, since.dataset.form);
+    return known.node;
+  }
   const node = listItem(c);
   app.listNodes.set(c.id, { key, node });
   return node;
@@ -739,8 +743,9 @@ function renderOpenState() {
     }, "transfer"));
     buttons.push(button("Close", "Close this conversation", "act-close", () => act(c.id, "close"),
       "close"));
-  } else {
-    el.transfer.hidden = true;
+  } else if (!el.transfer.hidden) {
+    el.transfer.hidden = true; // nothing to transfer any more: what was chosen goes too
+    el.transfer.reset();
   }
   const actionsKey = buttons.map((b) => b.dataset.focus).join(" ");
   if (o.actionsKey !== actionsKey) {
@@ -801,6 +806,7 @@ function bannerText(c, mine) {
       ". Contact for look-up: " + c.contact.address;
   }
   if (c.state === "closed") return "Closed.";
+  if (!mine && c.state === "pending") return "Pending with " + (c.agent || "nobody") + pendingWhy(c) + ".";
   if (!mine) return "Attended by " + (c.agent || "nobody") + ".";
   if (c.state === "pending") return "Pending" + pendingWhy(c) + ": resume it to reply.";
   return "";
@@ -837,8 +843,11 @@ function messageNode(m) {
   const nodes = app.open.nodes;
   const known = nodes.get(m.id);
   if (known && known.m === m) return known.node;
-  if (known && sameContent(known.m, m) && patchStatus(known.node, m)) {
-    known.m = m; // a new delivery status: the tick moves in place
+  // Fetched again (a reconnect, a re-open): the same node while it shows the same, or with
+  // its tick moved in place; built again, the thread (a live region) read it out again.
+  if (known && sameContent(known.m, m) &&
+      (known.m.status === m.status || patchStatus(known.node, m))) {
+    known.m = m;
     return known.node;
   }
   const node = messageItem(m);
@@ -849,7 +858,7 @@ function messageNode(m) {
 /** Whether two versions of a message show the same, but for its delivery status. */
 function sameContent(a, b) {
   const shape = (m) => JSON.stringify([m.text, m.subject, m.kind, m.agent, m.sent_at,
-    m.direction, m.template, m.attachments]);
+    m.direction, m.template, m.attachments, m.error_code, m.error_message]);
   return shape(a) === shape(b);
 }
 
@@ -1026,7 +1035,9 @@ function renderComposer(c, mine) {
   } else if (!canWrite) {
     why = {
       waiting: "Accept the conversation to reply.",
-      pending: mine ? "Resume the conversation to reply." : "Another agent set this aside.",
+      pending: mine ? "Resume the conversation to reply."
+        : c.pending_reason === "agent_offline" ? "Its agent went offline."
+          : "Another agent set this aside.",
       active: "Another agent is attending this conversation.",
       inactive: "This conversation is inactive: it can no longer be answered.",
       closed: "This conversation is closed.",
@@ -1266,6 +1277,7 @@ function transferForm() {
   form.close = () => {
     const within = form.contains(document.activeElement);
     form.hidden = true;
+    form.reset(); // opened again, it starts from nothing chosen
     syncTransferToggle();
     if (within) focusInPane("transfer");
   };

@@ -144,7 +144,7 @@ export function setTick(node, status) {
   const t = TICKS[status];
   if (!t) return false;
   node.className = "tick tick-" + status;
-  node.textContent = t.mark;
+  if (node.textContent !== t.mark) node.textContent = t.mark; // a new text node is an addition
   node.title = t.label;
   node.setAttribute("aria-label", t.label);
   node.dataset.status = status;

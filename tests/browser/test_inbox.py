@@ -1197,6 +1197,10 @@ async def test_a_tick_that_moves_does_not_put_the_thread_in_again(
     await expect(ticks.last).to_have_attribute("data-status", "read")
     await expect(ticks.first).to_have_attribute("data-status", "read")
     assert await agent.evaluate("window.added") == ["LI", "LI"]  # the two replies, once each
+    # Opened again (as on a reconnect): fetched anew, the same messages stay where they are.
+    async with agent.expect_response(re.compile(r"/api/v1/conversations/c_[^/?]+$")):
+        await item(agent, "Lee").get_by_role("button", name=OPEN).click()
+    assert await agent.evaluate("window.added") == ["LI", "LI"]
 
 
 async def test_events_leave_the_focus_alone_unless_its_control_goes(
@@ -1289,3 +1293,29 @@ async def test_a_reload_while_the_gateway_is_down_keeps_the_session_and_its_repl
     (conversation,) = (await gw.get("maria", "/api/v1/inbox?state=active"))["conversations"]
     thread = await gw.get("maria", f"/api/v1/conversations/{conversation['id']}")
     assert [m["text"] for m in thread["messages"]] == ["hola", "Sigo aquí"]
+
+
+async def test_someone_elses_pending_conversation_says_so_and_a_closed_transfer_form_forgets(
+    gw: LiveGateway, new_page: NewPage
+) -> None:
+    """Regression hunt: another agent's pending conversation read "Attended by jose."; and the
+    transfer form, hidden with a queue chosen, still had it chosen when opened again."""
+    await gw.visitor("Aparte", "hola")
+    (conversation,) = await gw.waiting()
+    path = f"/api/v1/conversations/{conversation['id']}"
+    for action in ("accept", "pending"):
+        assert (await gw.post("jose", f"{path}/{action}"))[0] == 200
+    agent, _ = await accepted(gw, new_page, "Mía", "buenas")
+    await tab(agent, "pending")
+    await item(agent, "Aparte").get_by_role("button", name=OPEN).click()
+    await expect(agent.locator(".banner")).to_contain_text("Pending with jose (set aside")
+    await expect(agent.locator(".composer-why")).to_have_text("Another agent set this aside.")
+    await tab(agent, "active")
+    await item(agent, "Mía").get_by_role("button", name=OPEN).click()
+    transfer = agent.get_by_role("button", name="Transfer this conversation")
+    queue = agent.get_by_role("combobox", name="Transfer to a queue")
+    await transfer.click()
+    await queue.select_option("sales")
+    await agent.keyboard.press("Escape")
+    await transfer.click()
+    await expect(queue).to_have_value("")
