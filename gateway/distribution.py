@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 import structlog
 
@@ -35,8 +35,6 @@ from gateway.store.base import Store
 log = structlog.get_logger("gateway.distribution")
 
 BATCH = 50
-_NOBODY = datetime.min.replace(tzinfo=UTC)
-"""Sort key of a queue with nobody waiting (they go last, by name)."""
 
 
 @dataclass
@@ -136,17 +134,23 @@ class Distributor:
         another: in name order, an agent shared by `rr` and `sales` took every `rr`
         conversation, however recent, before the `sales` ones waiting longer (routing audit).
         """
-        heads: list[tuple[int, datetime, str]] = []
+        automatic = [name for name in queues if self._automatic(name)]
+        heads = await self._heads(automatic)
+        return sorted(automatic, key=lambda n: (0, heads[n], n) if n in heads else (1, n))
+
+    def _automatic(self, queue: str) -> bool:
+        info = self.directory.queues.get(queue)
+        return info is not None and info.automatic
+
+    async def _heads(self, queues: Iterable[str]) -> dict[str, tuple[datetime, str]]:
+        """Where the customer who has waited longest on each queue stands (`queued_at`, id);
+        queues with nobody waiting are left out."""
+        heads: dict[str, tuple[datetime, str]] = {}
         for name in queues:
-            info = self.directory.queues.get(name)
-            if info is None or not info.automatic:
-                continue
             oldest = await self.store.list_conversations(State.WAITING, queues=[name], limit=1)
             if oldest:
-                heads.append((0, oldest[0].queued_at, name))
-            else:
-                heads.append((1, _NOBODY, name))
-        return [name for _, _, name in sorted(heads)]
+                heads[name] = (oldest[0].queued_at, oldest[0].id)
+        return heads
 
     async def _older_elsewhere(
         self, queue: str, agents: list[AgentInfo]
@@ -160,13 +164,9 @@ class Distributor:
             name
             for agent in agents
             for name in agent.queues
-            if name != queue and (info := self.directory.queues.get(name)) and info.automatic
+            if name != queue and self._automatic(name)
         }
-        heads: dict[str, tuple[datetime, str]] = {}
-        for name in others:
-            oldest = await self.store.list_conversations(State.WAITING, queues=[name], limit=1)
-            if oldest:
-                heads[name] = (oldest[0].queued_at, oldest[0].id)
+        heads = await self._heads(others)
         older: dict[str, tuple[datetime, str]] = {}
         for agent in agents:
             theirs = [heads[name] for name in agent.queues if name in heads]
