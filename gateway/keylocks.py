@@ -23,6 +23,10 @@ class KeyedLocks(Generic[K]):
     def __init__(self) -> None:
         self._waiters: dict[K, collections.deque[asyncio.Future[None]]] = {}
 
+    def busy(self, key: K) -> bool:
+        """Whether someone holds `key` now (an `acquire` would wait)."""
+        return key in self._waiters
+
     async def acquire(self, key: K) -> None:
         waiters = self._waiters.get(key)
         if waiters is None:

@@ -263,6 +263,13 @@ class Outbound:
         """Replies to one conversation are stored one at a time on this node: concurrent ones
         (a bot sending in parallel) would otherwise race each other's compare-and-set until
         some ran out of tries (409 conflict) though nothing really conflicted."""
+        self._delivering: KeyedLocks[str] = KeyedLocks()
+        """Deliveries to one conversation go one at a time, in the order they were started
+        (the order the replies were stored): "Hi" retried after a 429 must not reach the
+        customer after the "Your order is 123" typed after it."""
+        self._looking_up = asyncio.Lock()
+        """Redeliveries find their conversation one at a time, so they join its line in the
+        order their deadlines fired (a store's reads may answer out of order)."""
 
     async def submit(
         self,
@@ -316,7 +323,7 @@ class Outbound:
                 if created:
                     new.append(message.id)
         if new:
-            self._spawn_in_order(new)
+            self._spawn_in_order(conversation_id, new)
         return stored
 
     async def _own_retry(self, conversation_id: str, agent: AgentInfo, key: str | None) -> bool:
@@ -468,22 +475,63 @@ class Outbound:
             extra=extra,
         )
 
-    def _spawn_in_order(self, message_ids: list[str]) -> None:
-        """Deliver new messages one after the other (the parts of a split message arrive in
-        order; each still has its own retries and its own redelivery deadline)."""
+    def _spawn_in_order(self, conversation_id: str | None, message_ids: list[str]) -> None:
+        """Deliver new messages in the background, one after the other, after every delivery
+        to the same conversation started before them (the parts of a split message and
+        replies sent in quick succession reach the customer in the order they were stored;
+        each still has its own retries and its own redelivery deadline). Without
+        `conversation_id` (a redelivery) the first message's is looked up."""
 
         async def in_order() -> None:
-            for message_id in message_ids:
+            conversation = conversation_id
+            if conversation is None:
                 try:
-                    await self.deliver(message_id)
-                except StoreUnavailable as exc:  # the deadline retries it once the store is back
-                    log.warning("outbound.store_unavailable", message_id=message_id, error=str(exc))
-                except Exception:  # the next parts still go; the deadline retries this one
-                    log.exception("outbound.delivery_crashed", message_id=message_id)
+                    conversation = await self._conversation_of(message_ids[0])
+                except StoreUnavailable as exc:  # the deadline comes again
+                    log.warning(
+                        "outbound.store_unavailable", message_id=message_ids[0], error=str(exc)
+                    )
+                    return
+            if conversation is None:  # gone (retention): `deliver` clears its deadline
+                await self._deliver_each(message_ids)
+                return
+            # A redelivery, or a delivery that has to wait its turn, starts late: its deadline
+            # moves (see _postpone_redelivery).
+            late = conversation_id is None or self._delivering.busy(conversation)
+            async with self._delivering.hold(conversation):
+                if late:
+                    await self._postpone_redelivery(message_ids)
+                await self._deliver_each(message_ids)
 
         task = asyncio.create_task(in_order(), name=f"deliver-{message_ids[0]}+")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _deliver_each(self, message_ids: list[str]) -> None:
+        for message_id in message_ids:
+            try:
+                await self.deliver(message_id)
+            except StoreUnavailable as exc:  # the deadline retries it once the store is back
+                log.warning("outbound.store_unavailable", message_id=message_id, error=str(exc))
+            except Exception:  # the next parts still go; the deadline retries this one
+                log.exception("outbound.delivery_crashed", message_id=message_id)
+
+    async def _conversation_of(self, message_id: str) -> str | None:
+        async with self._looking_up:
+            message = await self.store.get_message(message_id)
+        return None if message is None else message.conversation_id
+
+    async def _postpone_redelivery(self, message_ids: list[str]) -> None:
+        """Messages whose delivery starts late (after waiting behind earlier ones, or taken
+        over by a redelivery, whose deadline's claim lasts only the scheduler's lease) get
+        their redelivery deadline moved to `redeliver_after` from now: otherwise another node
+        (or this one's scheduler) would take them for abandoned while they are being sent."""
+        due = self.clock.now() + self.retry.redeliver_after
+        for message_id in message_ids:
+            try:
+                await self.store.set_deadline(message_target(message_id), DELIVER_KIND, due)
+            except StoreUnavailable as exc:  # delivery goes on; the old deadline stands
+                log.warning("outbound.store_unavailable", message_id=message_id, error=str(exc))
 
     async def drain(self, timeout: float | None = None) -> None:
         """Wait for deliveries in flight (graceful shutdown, tests); with `timeout`, cancel
@@ -503,7 +551,7 @@ class Outbound:
 
     def redeliver(self, message_id: str) -> None:
         """Start delivering a message whose redelivery deadline came, in the background."""
-        self._spawn_in_order([message_id])
+        self._spawn_in_order(None, [message_id])
 
     async def deliver(self, message_id: str) -> None:
         """Send a stored message through its channel, retrying transient errors."""

@@ -427,6 +427,103 @@ async def test_transient_errors_are_retried(channel: str, kind: str, make_wa: Wa
     assert sent == 1
 
 
+def text_sent(channel: str, call: Call) -> str:
+    """The text a send carried, as the provider read it."""
+    if channel == META:
+        return str(call.json["text"]["body"])
+    (body,) = call.form["Body"]
+    return body
+
+
+@pytest.mark.parametrize("channel", [META, TWILIO])
+async def test_replies_reach_the_customer_in_the_order_sent_while_the_first_is_retried(
+    channel: str, make_wa: WaFactory
+) -> None:
+    """Maria writes "Hi" and, while the provider keeps it hanging (it times out and is
+    retried), "Your order is 123": the customer gets them in that order. The second waited its
+    turn, so its redelivery deadline counts from when its turn came, not from when it was
+    stored (another node would otherwise take it for abandoned and send it while queued)."""
+    wa = await make_wa(request_timeout="300ms")
+    conversation_id = await wa.open_conversation(channel, pid="in-order")
+    fake = wa.fake(channel)
+    fake.hang = 1
+    fake.arrived.clear()
+    status, _ = await wa.reply(conversation_id, {"text": "Hi"})
+    assert status == 202
+    await fake.arrived.wait()  # "Hi" is at the provider, unanswered
+    status, body = await wa.reply(conversation_id, {"text": "Your order is 123"})
+    assert status == 202
+    second = body["message"]["id"]
+    turn_came = wa.clock.advance(timedelta(minutes=5))
+    redelivery_due: list[object] = []
+
+    async def note_deadline(call: Call, provider_id: str) -> None:
+        if text_sent(channel, call) == "Your order is 123":
+            redelivery_due.append(await wa.gw.runtime.store.next_due())
+
+    fake.before_reply = note_deadline
+    await wa.gw.settle()
+    assert [text_sent(channel, c) for c in fake.calls] == ["Hi", "Hi", "Your order is 123"]
+    assert redelivery_due == [turn_came + wa.gw.runtime.outbound.retry.redeliver_after]
+    assert (await wa.message(conversation_id, second))["status"] != "failed"
+
+
+@pytest.mark.parametrize("channel", [META, TWILIO])
+async def test_a_reply_after_one_that_failed_for_good_still_goes_after_it(
+    channel: str, make_wa: WaFactory
+) -> None:
+    wa = await make_wa(request_timeout="300ms")
+    conversation_id = await wa.open_conversation(channel, pid="in-order-failed")
+    fake = wa.fake(channel)
+    fake.replies.extend(transient(channel, "500") * 3)  # every try of the first fails
+    _, first = await wa.reply(conversation_id, {"text": "Hi"})
+    _, second = await wa.reply(conversation_id, {"text": "Are you there?"})
+    await wa.gw.settle()
+    assert [text_sent(channel, c) for c in fake.calls] == ["Hi"] * 3 + ["Are you there?"]
+    assert (await wa.message(conversation_id, first["message"]["id"]))["status"] == "failed"
+    assert (await wa.message(conversation_id, second["message"]["id"]))["status"] == "queued"
+
+
+async def test_redeliveries_after_a_crash_go_in_the_order_the_replies_were_stored(
+    wa: WaGateway,
+) -> None:
+    """Replies stored but never sent (the node died): their deadlines fire together, and the
+    first one's retries hold the second back. Each redelivery's deadline moves on as it
+    starts: the scheduler's claim lasts only its lease, far shorter than the retries."""
+    conversation_id = await wa.open_conversation(META, pid="in-crash-order")
+    store, outbound = wa.gw.runtime.store, wa.gw.runtime.outbound
+    queued = []
+    for text in ("first", "second", "third"):
+        conversation = await store.get_conversation(conversation_id)
+        assert conversation is not None
+        now = wa.clock.now()
+        message = Message(
+            id=new_id("m"), conversation_id=conversation_id, channel=META,
+            channel_type="whatsapp", provider=conversation.provider, direction=Direction.OUT,
+            kind="text", text=text, sent_at=now, received_at=now,
+            status=DeliveryState.QUEUED, agent="maria",
+        )  # fmt: skip
+        transition = lifecycle.agent_message(conversation, message, now)
+        await store.add_outbound(transition, conversation.version, message, None)
+        queued.append(message.id)
+    restarted = wa.clock.advance(timedelta(minutes=30))
+    fake = wa.fake(META)
+    fake.replies.extend(transient(META, "500") * 2)  # "first" goes on its third try
+    due: list[object] = []
+
+    async def note_deadline(call: Call, provider_id: str) -> None:
+        due.append(await store.next_due())
+
+    fake.before_reply = note_deadline
+    for message_id in queued:
+        outbound.redeliver(message_id)
+    await wa.gw.settle()
+    assert [text_sent(META, c) for c in fake.calls] == ["first"] * 3 + ["second", "third"]
+    # While each went out, no deadline of theirs was due before `redeliver_after` from then.
+    assert due == [restarted + outbound.retry.redeliver_after] * 3
+    assert [(await wa.message(conversation_id, m))["status"] for m in queued] == ["queued"] * 3
+
+
 @pytest.mark.parametrize("kind", ["500", "timeout"])
 @pytest.mark.parametrize("channel", [META, TWILIO])
 async def test_last_try_fails_and_the_agent_sees_it(
