@@ -128,6 +128,8 @@ async def test_visitor_writes_agent_previews_accepts_replies_pends_resumes(
     read = sent.locator(".tick-read")
     await expect(read).to_have_text("✓✓")
     assert await read.evaluate("e => getComputedStyle(e).color") == "rgb(9, 105, 218)"
+    # ...and says so in a word, for whoever cannot tell the blue from delivered's grey.
+    assert await read.evaluate("e => getComputedStyle(e, '::after').content") == '" read"'
 
     # The visitor answers; it arrives without a reload.
     await widget_send(visitor, "Mi pedido es el 4411")
