@@ -10,6 +10,7 @@ node's scheduler try again, so an accepted message is never silently dropped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -39,6 +40,7 @@ from gateway.errors import (
     TransitionError,
     VersionConflict,
 )
+from gateway.hub import EventHub, Overflow, Subscription
 from gateway.ids import new_id
 from gateway.ingest import close_window
 from gateway.keylocks import KeyedLocks
@@ -78,7 +80,16 @@ class RetryPolicy:
     redeliver_after: timedelta = timedelta(minutes=10)
     send_timeout: float = 60.0
     """Seconds one `adapter.send` may take before it counts as a transient failure."""
+    longest: float = 307.5
+    """Seconds a delivery can spend retrying at most (config's `outbound.longest()`): how long
+    a reply waits, at most, for an earlier one that another node is still sending."""
 
+
+ORDER_CHECK = 10
+"""How many messages before a reply are looked at for an earlier one still being sent."""
+ORDER_POLL = 0.5
+"""Seconds between looks at an earlier reply another node is sending, when no event about the
+conversation came meanwhile (a provider that takes a message as `queued` reports nothing)."""
 
 DRAIN_TIMEOUT = 10.0
 """Seconds a shutdown waits for deliveries in flight. What is still sending then is cut off and
@@ -247,8 +258,12 @@ class Outbound:
         retry: RetryPolicy | None = None,
         observe: Callable[[str, str], None] | None = None,
         observe_retry: Callable[[str], None] | None = None,
+        hub: EventHub | None = None,
     ) -> None:
         self.store = store
+        self.hub = hub
+        """Where news of an earlier reply sent by another node comes from (see
+        `_after_earlier`); without it, that wait polls the store."""
         self.clock = clock
         self.adapters = adapters
         self.retry = retry or RetryPolicy()
@@ -585,6 +600,7 @@ class Outbound:
                 " template can reach the customer now",
             )
             return
+        await self._after_earlier(message)
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(TransientChannelError),
             stop=stop_after_attempt(self.retry.attempts),
@@ -673,6 +689,60 @@ class Outbound:
             attempts=retrying.statistics.get("attempt_number", 1),
         )
 
+    async def _after_earlier(self, message: Message) -> None:
+        """Wait while a reply stored before this one is still being sent by another node.
+
+        On one node, deliveries to a conversation already go one after the other (see
+        `_spawn_in_order`); an agent's next reply may come in through another node, though
+        (a load balancer without sticky sessions), while the first is still retrying. Only
+        replies stored less than `redeliver_after` ago count: an older one still `queued` was
+        left by a node that died, and waits for its redelivery deadline. The wait lasts at most
+        `longest` (when the other node's retries must have ended); then this one goes anyway.
+        """
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.retry.longest
+        key = (message.channel, message.contact.address) if message.contact else None
+        subscription = self.hub.subscribe(maxsize=64, key=key) if self.hub and key else None
+        told = False
+        try:
+            while earlier := await self._being_sent_before(message):
+                left = give_up - loop.time()
+                if left <= 0:
+                    log.warning(
+                        "outbound.order_wait_gave_up",
+                        message_id=message.id,
+                        earlier=[m.id for m in earlier],
+                    )
+                    return
+                if not told:
+                    told = True
+                    log.info(
+                        "outbound.waiting_for_earlier",
+                        message_id=message.id,
+                        earlier=[m.id for m in earlier],
+                    )
+                await _news(subscription, min(left, ORDER_POLL))
+        finally:
+            if subscription is not None:
+                subscription.close()
+
+    async def _being_sent_before(self, message: Message) -> list[Message]:
+        """Replies to the same conversation stored just before `message` that another node
+        has not yet handed to the provider (see `_after_earlier`)."""
+        before = await self.store.list_recent_messages(
+            message.conversation_id, before=message.id, limit=ORDER_CHECK
+        )
+        recent_since = self.clock.now() - self.retry.redeliver_after
+        return [
+            m
+            for m in before
+            if m.direction == Direction.OUT
+            and m.status == DeliveryState.QUEUED
+            and m.provider_message_id is None
+            and m.id not in self._in_flight
+            and m.received_at > recent_since
+        ]
+
     def _retrying(self, message: Message, state: RetryCallState) -> None:
         """Each retry is logged and counted: a provider that fails now and then is otherwise
         invisible until a message fails after its last attempt."""
@@ -756,6 +826,16 @@ class Outbound:
     def _count(self, channel: str, status: str) -> None:
         if self.observe is not None:
             self.observe(channel, status)
+
+
+async def _news(subscription: Subscription | None, timeout: float) -> None:
+    """Wait for the next event about a conversation's contact, or `timeout` seconds."""
+    if subscription is None:
+        await asyncio.sleep(timeout)
+        return
+    with contextlib.suppress(TimeoutError, Overflow):
+        async with asyncio.timeout(timeout):
+            await subscription.get()
 
 
 __all__ = ["Outbound", "OutboundRequest", "PermanentChannelError", "RetryPolicy"]

@@ -130,6 +130,7 @@ class Runtime:
             retry=options.retry or retry_policy(config),
             observe=self.metrics.observe_outbound,
             observe_retry=self.metrics.observe_retry,
+            hub=self.hub,
         )
         self.deadlines = DeadlineHandler(
             self.store, self.clock, self.directory, take_back=self._take_back
@@ -238,4 +239,5 @@ def retry_policy(config: GatewayConfig) -> RetryPolicy:
         maximum=outbound.retry_max_delay.total_seconds(),
         redeliver_after=max(RetryPolicy().redeliver_after, 2 * outbound.longest()),
         send_timeout=outbound.send_timeout.total_seconds(),
+        longest=outbound.longest().total_seconds(),
     )

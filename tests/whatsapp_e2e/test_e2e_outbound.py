@@ -4,6 +4,8 @@ the provider's clock, "outside the window" refusals, retries, and a restart."""
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -466,6 +468,67 @@ async def test_replies_reach_the_customer_in_the_order_sent_while_the_first_is_r
     assert [text_sent(channel, c) for c in fake.calls] == ["Hi", "Hi", "Your order is 123"]
     assert redelivery_due == [turn_came + wa.gw.runtime.outbound.retry.redeliver_after]
     assert (await wa.message(conversation_id, second))["status"] != "failed"
+
+
+async def test_a_reply_through_another_node_waits_for_the_one_still_being_retried(
+    make_wa: WaFactory,
+) -> None:
+    """A load balancer without sticky sessions: Maria's "Hi" went in through node A, whose
+    provider keeps it hanging (it times out and is retried); her next reply comes in through
+    node B, which waits for "Hi" to be taken before it sends."""
+    node_a = await make_wa(request_timeout="300ms")
+    node_b = await make_wa(request_timeout="300ms")  # the same store: a second node
+    conversation_id = await node_a.open_conversation(META, pid="in-two-nodes")
+    fake = node_a.fake(META)  # both nodes send to the same stand-in
+    fake.hang = 1
+    fake.arrived.clear()
+    status, _ = await node_a.reply(conversation_id, {"text": "Hi"})
+    assert status == 202
+    await fake.arrived.wait()
+    with capture_logs() as logs:
+        status, body = await node_b.reply(conversation_id, {"text": "Your order is 123"})
+        assert status == 202
+        await asyncio.gather(node_a.gw.runtime.outbound.drain(), node_b.gw.runtime.outbound.drain())
+    assert [text_sent(META, c) for c in fake.calls] == ["Hi", "Hi", "Your order is 123"]
+    (waited,) = [e for e in logs if e["event"] == "outbound.waiting_for_earlier"]
+    assert waited["message_id"] == body["message"]["id"]
+    assert not [e for e in logs if e["event"] == "outbound.order_wait_gave_up"]
+
+
+async def test_a_reply_waits_for_an_earlier_one_only_as_long_as_its_sender_could_retry(
+    wa: WaGateway,
+) -> None:
+    """An earlier reply still `queued` that no node on hand is sending (its node is stuck, or
+    died): the next one waits at most the longest retry sequence, then goes; once the earlier
+    one is older than `redeliver_after` (left for its redelivery), nothing waits for it."""
+    conversation_id = await wa.open_conversation(META, pid="in-stuck")
+    store, outbound = wa.gw.runtime.store, wa.gw.runtime.outbound
+    conversation = await store.get_conversation(conversation_id)
+    assert conversation is not None
+    now = wa.clock.now()
+    stuck = Message(
+        id=new_id("m"), conversation_id=conversation_id, channel=META, channel_type="whatsapp",
+        provider=conversation.provider, direction=Direction.OUT, kind="text", text="stuck",
+        sent_at=now, received_at=now, status=DeliveryState.QUEUED, agent="maria",
+        contact=conversation.contact,
+    )  # fmt: skip
+    transition = lifecycle.agent_message(conversation, stuck, now)
+    await store.add_outbound(transition, conversation.version, stuck, None)
+    outbound.retry = replace(outbound.retry, longest=0.2)
+    fake = wa.fake(META)
+    with capture_logs() as logs:
+        await wa.reply(conversation_id, {"text": "next"})
+        await wa.gw.settle()
+    assert [text_sent(META, c) for c in fake.calls] == ["next"]
+    (gave_up,) = [e for e in logs if e["event"] == "outbound.order_wait_gave_up"]
+    assert gave_up["earlier"] == [stuck.id]
+    outbound.retry = replace(outbound.retry, longest=300.0)  # a wait now would hang the test
+    wa.clock.advance(outbound.retry.redeliver_after + timedelta(seconds=1))
+    with capture_logs() as logs:
+        await wa.reply(conversation_id, {"text": "later"})
+        await wa.gw.settle()
+    assert [text_sent(META, c) for c in fake.calls] == ["next", "later"]
+    assert not [e for e in logs if e["event"].startswith("outbound.waiting")]
 
 
 @pytest.mark.parametrize("channel", [META, TWILIO])
