@@ -7,7 +7,9 @@ holds for the whole cluster and not once per node. Rates are written as `limits`
 
 A limiter that cannot reach its storage lets the request through (and logs it): the limit
 protects the gateway from floods; refusing every visitor during a Redis hiccup would be the
-outage it is meant to prevent.
+outage it is meant to prevent. It then stands aside for `STAND_ASIDE` seconds before asking
+again, and waits at most `LIMITER_TIMEOUT` for an answer: during a Redis hang, every visitor's
+request would otherwise wait out the store's whole time-out first.
 """
 
 from __future__ import annotations
@@ -27,6 +29,11 @@ if typing.TYPE_CHECKING:
     from redis.asyncio import ConnectionPool
 
 log = structlog.get_logger("gateway.ratelimit")
+
+LIMITER_TIMEOUT = 1.0
+"""Longest wait, in seconds, for the limiter's Redis (a healthy one answers in milliseconds)."""
+STAND_ASIDE = 5.0
+"""Seconds the limiter lets every request through without asking, after its storage failed."""
 
 
 def check_rate(text: str) -> str:
@@ -51,6 +58,9 @@ class RateLimiter:
         self._pool = pool
         self._strategy = MovingWindowRateLimiter(storage)
         self._rates: dict[str, RateLimitItem] = {}
+        self._aside_until = 0.0
+        self.monotonic: typing.Callable[[], float] = time.monotonic
+        """The clock standing aside is timed by (tests set their own)."""
 
     @classmethod
     def in_memory(cls) -> RateLimiter:
@@ -63,14 +73,13 @@ class RateLimiter:
         # Only deployments on Redis import it.
         from redis.asyncio import ConnectionPool
 
-        from gateway.store.redis_batch import STORE_TIMEOUT
         from gateway.store.redis_url import split_url
 
         plain, prefix = split_url(store_url)
         # Our own pool (not one `limits` makes from the URL), so that shutdown can close it,
-        # bounded like the store's: a hung Redis must not hang the visitor's request.
+        # bounded: a hung Redis must not hang the visitor's request.
         pool = ConnectionPool.from_url(
-            plain, socket_timeout=STORE_TIMEOUT, socket_connect_timeout=STORE_TIMEOUT
+            plain, socket_timeout=LIMITER_TIMEOUT, socket_connect_timeout=LIMITER_TIMEOUT
         )
         scheme, _, rest = plain.partition("://")
         storage = RedisStorage(
@@ -99,7 +108,7 @@ class RateLimiter:
     async def hit(self, rate: str | None, scope: str, key: str) -> float | None:
         """Count one request of `key` in `scope`; None if it is within `rate` (or there is no
         rate), else the seconds until it would be (for `Retry-After`, at least 1)."""
-        if rate is None:
+        if rate is None or self.monotonic() < self._aside_until:
             return None
         item = self._item(rate)
         try:
@@ -107,6 +116,12 @@ class RateLimiter:
                 return None
             stats = await self._strategy.get_window_stats(item, scope, key)
         except (OSError, TimeoutError, RedisError) as exc:  # unreachable: let it through
-            log.warning("ratelimit.storage_unavailable", scope=scope, error=str(exc))
+            self._aside_until = self.monotonic() + STAND_ASIDE
+            log.warning(
+                "ratelimit.storage_unavailable",
+                scope=scope,
+                error=str(exc),
+                stands_aside_s=STAND_ASIDE,
+            )
             return None
         return float(max(1, math.ceil(stats.reset_time - time.time())))

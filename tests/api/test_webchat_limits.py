@@ -20,6 +20,7 @@ from gateway.appkeys import RUNTIME
 from gateway.config import parse_config
 from gateway.errors import ConfigError
 from gateway.pluginmanager import channel_types, config_models, get_plugin_manager
+from gateway.ratelimit import STAND_ASIDE
 from plugins.webchat.adapter import WebchatAdapter
 from plugins.webchat.config import WebchatConfig
 from tests.api.conftest import BASE_CONFIG, Build, Gateway, GatewayFactory
@@ -182,10 +183,19 @@ async def test_an_unreachable_limiter_lets_visitors_in_and_says_so(
     redis_alone.kill()
     with capture_logs() as logs:
         resp = await open_session(gw, display_name="Ana")
-    assert resp.status == 201  # a session needs no store; a limit must not turn into an outage
+        assert resp.status == 201  # a session needs no store; a limit must not turn into an outage
+        # Then the limiter stands aside a while: during a hang, each visitor would otherwise
+        # wait out its time-out first.
+        assert (await open_session(gw)).status == 201
     assert [e["scope"] for e in logs if e["event"] == "ratelimit.storage_unavailable"] == [
         "webchat:site:session"
     ]
+    limiter = gw.runtime.limiter
+    now = limiter.monotonic()
+    limiter.monotonic = lambda: now + STAND_ASIDE
+    with capture_logs() as logs:  # ...and asks again after it
+        assert (await open_session(gw)).status == 201
+    assert len([e for e in logs if e["event"] == "ratelimit.storage_unavailable"]) == 1
 
 
 def test_rates_are_config_values_and_a_wrong_one_says_what_is_expected() -> None:
