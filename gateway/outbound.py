@@ -640,16 +640,21 @@ class Outbound:
             log.info("outbound.settled_by_report", message_id=message_id, channel=message.channel)
             return
         assert result is not None
+        provider_id = result.provider_message_id
+        if provider_id is None and result.status == DeliveryState.QUEUED:
+            # Taken, to be reported on later, under no id of the provider's: our own id stands
+            # for it (reports name it), and says the message left (`_being_sent_before`).
+            provider_id = message.id
         status = DeliveryStatus(
             channel=message.channel,
-            provider_message_id=result.provider_message_id or message.id,
+            provider_message_id=provider_id or message.id,
             status=result.status,
             at=self.clock.now(),
         )
         try:
             recorded = await self.store.record_send(
                 message_id,
-                provider_message_id=result.provider_message_id,
+                provider_message_id=provider_id,
                 status=status if result.status != DeliveryState.QUEUED else None,
             )
         except Exception as exc:  # e.g. the provider answered an id another message carries

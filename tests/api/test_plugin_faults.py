@@ -90,6 +90,8 @@ class FaultyAdapter(BaseAdapter):
             return {"sid": "SM1", "status": "queued"}  # type: ignore[return-value]
         if self.fault == "send_failed":
             return SendResult(provider_message_id=None, status=DeliveryState.FAILED)
+        if self.fault == "send_queued_no_id":  # taken; a report will come (naming our id)
+            return SendResult(provider_message_id=None, status=DeliveryState.QUEUED)
         if self.fault == "send_int_id":
             return SendResult(provider_message_id=123)  # type: ignore[arg-type]
         return SendResult(provider_message_id=f"faulty-{message.id}")
@@ -190,6 +192,27 @@ async def test_shutdown_and_the_scheduler_do_not_wait_for_a_hanging_send(
         await runtime._on_deadline(deadline)  # returns at once, the send hanging behind it
         await runtime.outbound.drain(timeout=0.1)
     assert runtime.adapters["sms"].sends == sends + 1
+
+
+@pytest.mark.parametrize("started", ["send_queued_no_id"], indirect=True)
+async def test_a_send_taken_under_no_provider_id_does_not_hold_the_next_reply_back(
+    started: TestClient,
+) -> None:
+    """A provider that takes a message as `queued` and gives no id of its own: the message
+    carries our id for the provider's, so the next reply sees it left (it does not wait for
+    it as for one still being sent), and a report naming our id finds it."""
+    runtime = started.app[RUNTIME]
+    first = await reply(started, runtime)
+    await runtime.outbound.drain()
+    taken = await runtime.store.get_message(first)
+    assert taken is not None
+    assert (taken.status, taken.provider_message_id) == ("queued", first)
+    with capture_logs() as logs:
+        await reply(started, runtime)
+        async with asyncio.timeout(5):  # a wait for `first` would last outbound.longest
+            await runtime.outbound.drain()
+    assert not [e for e in logs if e["event"] == "outbound.waiting_for_earlier"]
+    assert runtime.adapters["sms"].sends == 2
 
 
 @pytest.mark.parametrize(
