@@ -259,11 +259,16 @@ class Outbound:
         observe: Callable[[str, str], None] | None = None,
         observe_retry: Callable[[str], None] | None = None,
         hub: EventHub | None = None,
+        other_nodes: bool = True,
     ) -> None:
         self.store = store
         self.hub = hub
         """Where news of an earlier reply sent by another node comes from (see
         `_after_earlier`); without it, that wait polls the store."""
+        self.other_nodes = other_nodes
+        """Whether other nodes may be sending replies (not on SQLite, one process by design):
+        without them, an earlier reply still `queued` and not in this node's hands was cut off
+        by a restart and waits for its redelivery, and holds nothing back."""
         self.clock = clock
         self.adapters = adapters
         self.retry = retry or RetryPolicy()
@@ -704,6 +709,8 @@ class Outbound:
         left by a node that died, and waits for its redelivery deadline. The wait lasts at most
         `longest` (when the other node's retries must have ended); then this one goes anyway.
         """
+        if not self.other_nodes:
+            return
         loop = asyncio.get_running_loop()
         give_up = loop.time() + self.retry.longest
         key = (message.channel, message.contact.address) if message.contact else None

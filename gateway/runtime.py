@@ -131,6 +131,7 @@ class Runtime:
             observe=self.metrics.observe_outbound,
             observe_retry=self.metrics.observe_retry,
             hub=self.hub,
+            other_nodes=not config.store.url.startswith("sqlite:"),
         )
         self.deadlines = DeadlineHandler(
             self.store, self.clock, self.directory, take_back=self._take_back

@@ -478,6 +478,7 @@ async def test_a_reply_through_another_node_waits_for_the_one_still_being_retrie
     node B, which waits for "Hi" to be taken before it sends."""
     node_a = await make_wa(request_timeout="300ms")
     node_b = await make_wa(request_timeout="300ms")  # the same store: a second node
+    node_b.gw.runtime.outbound.other_nodes = True  # as on Redis (SQLite is one process)
     conversation_id = await node_a.open_conversation(META, pid="in-two-nodes")
     fake = node_a.fake(META)  # both nodes send to the same stand-in
     fake.hang = 1
@@ -514,6 +515,7 @@ async def test_a_reply_waits_for_an_earlier_one_only_as_long_as_its_sender_could
     )  # fmt: skip
     transition = lifecycle.agent_message(conversation, stuck, now)
     await store.add_outbound(transition, conversation.version, stuck, None)
+    outbound.other_nodes = True  # as on Redis
     outbound.retry = replace(outbound.retry, longest=0.2)
     fake = wa.fake(META)
     with capture_logs() as logs:
@@ -528,6 +530,35 @@ async def test_a_reply_waits_for_an_earlier_one_only_as_long_as_its_sender_could
         await wa.reply(conversation_id, {"text": "later"})
         await wa.gw.settle()
     assert [text_sent(META, c) for c in fake.calls] == ["next", "later"]
+    assert not [e for e in logs if e["event"].startswith("outbound.waiting")]
+
+
+async def test_in_one_process_a_reply_cut_off_by_a_restart_holds_nothing_back(
+    wa: WaGateway,
+) -> None:
+    """SQLite is one process: an earlier reply still `queued` that this process is not sending
+    was cut off by a restart and waits for its redelivery; the next reply goes at once."""
+    outbound = wa.gw.runtime.outbound
+    assert outbound.other_nodes == wa.gw.runtime.config.store.url.startswith("redis")
+    outbound.other_nodes = False  # as on SQLite
+    conversation_id = await wa.open_conversation(META, pid="in-cut-off")
+    store = wa.gw.runtime.store
+    conversation = await store.get_conversation(conversation_id)
+    assert conversation is not None
+    now = wa.clock.now()
+    cut_off = Message(
+        id=new_id("m"), conversation_id=conversation_id, channel=META, channel_type="whatsapp",
+        provider=conversation.provider, direction=Direction.OUT, kind="text", text="cut off",
+        sent_at=now, received_at=now, status=DeliveryState.QUEUED, agent="maria",
+        contact=conversation.contact,
+    )  # fmt: skip
+    transition = lifecycle.agent_message(conversation, cut_off, now)
+    await store.add_outbound(transition, conversation.version, cut_off, None)
+    with capture_logs() as logs:
+        await wa.reply(conversation_id, {"text": "next"})
+        async with asyncio.timeout(5):  # a wait for `cut_off` would last outbound.longest
+            await wa.gw.settle()
+    assert [text_sent(META, c) for c in wa.fake(META).calls] == ["next"]
     assert not [e for e in logs if e["event"].startswith("outbound.waiting")]
 
 
