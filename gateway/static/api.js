@@ -16,9 +16,14 @@ export function randomId() {
   return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
+/** Milliseconds an API request may take before it counts as the network failing (a reply
+ * that timed out goes again under the same Idempotency-Key: sent once). */
+export const REQUEST_TIMEOUT = 15000;
+
 export class Api {
-  constructor(token) {
+  constructor(token, timeout = REQUEST_TIMEOUT / 1000) {
     this.token = token;
+    this.timeout = timeout * 1000;
   }
 
   async call(method, path, body, extraHeaders) {
@@ -28,6 +33,9 @@ export class Api {
       headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(body);
     }
+    // A network that drops packets without a word (a cut cable, a laptop's Wi-Fi) leaves a
+    // request waiting for minutes: give up after REQUEST_TIMEOUT, as for a refused connection.
+    init.signal = AbortSignal.timeout(this.timeout);
     let resp;
     try {
       resp = await fetch(path, init);
@@ -91,8 +99,10 @@ export class Api {
  */
 /** Seconds between the stream's keep-alive pings; a ping unanswered for as long again means
  * the network dropped the socket without closing it (a proxy, a laptop's Wi-Fi), and the
- * stream reconnects instead of showing "live" while nothing arrives. */
-export const KEEPALIVE = 20;
+ * stream reconnects instead of showing "live" while nothing arrives: within 10 s, before the
+ * gateway itself counts the agent gone (15 s), so the page never says "live" for an agent
+ * the gateway has already set offline. */
+export const KEEPALIVE = 5;
 
 export class Stream {
   constructor(token, { onEvent, onHello, onState, keepalive = KEEPALIVE }) {

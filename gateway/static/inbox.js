@@ -124,7 +124,9 @@ function showSignin(message) {
 
 async function signIn(token, remembered) {
   clearTimeout(app.signinRetry);
-  const api = new Api(token);
+  // `?timeout=N` (seconds) on the page's URL: how long a request may take (see api.js).
+  const timeout = Number(new URLSearchParams(location.search).get("timeout")) || undefined;
+  const api = new Api(token, timeout);
   let me;
   try {
     me = await api.get("/api/v1/me");
@@ -199,7 +201,10 @@ function signOut(message) {
 function keepUnsent() {
   if (!app.me) return;
   saveDraft();
-  const boxes = Array.from(outboxes, ([id, box]) => [id, box.items]).filter(([, i]) => i.length);
+  // What each reply is and its key: not its bubble, nor whether a try failed.
+  const boxes = Array.from(outboxes, ([id, box]) =>
+    [id, box.items.filter((i) => !i.sent).map(({ body, key }) => ({ body, key }))])
+    .filter(([, i]) => i.length);
   if (!boxes.length && !app.drafts.size && !app.tplDrafts.size) {
     sessionStorage.removeItem(UNSENT_KEY);
     return;
@@ -830,7 +835,10 @@ function renderThread(toBottom) {
         on: { click: loadEarlier } }));
   }
   const earlier = app.open.hasEarlier ? app.open.earlierNode : null;
-  const wanted = [...(earlier ? [earlier] : []), ...messages.map(messageNode)];
+  const stored = messages.map(messageNode); // first: a stored reply takes over its bubble
+  const box = outboxes.get(app.open.id);
+  const going = box ? box.items.filter((item) => !item.sent).map(sendingNode) : [];
+  const wanted = [...(earlier ? [earlier] : []), ...stored, ...going];
   // The thread is a live region: every node put in again was read out again (all of it,
   // for one tick that moved).
   reconcile(thread, wanted);
@@ -850,9 +858,51 @@ function messageNode(m) {
     known.m = m;
     return known.node;
   }
-  const node = messageItem(m);
+  const node = takeOverBubble(m) || messageItem(m);
   nodes.set(m.id, { m, node });
   return node;
+}
+
+/** The bubble of the reply `m` is (the one going out now, showing the same), made into `m`'s
+ * node; null if there is none. Whichever comes first, the stream's event or the send's answer,
+ * takes it over. */
+function takeOverBubble(m) {
+  if (m.direction !== "out" || m.agent !== app.me.id) return null;
+  const box = outboxes.get(m.conversation_id);
+  const item = box && box.items[0];
+  if (!item || item.sent || !item.node || !item.node.isConnected) return null;
+  if (shownText({ ...item.body, kind: "text" }) !== shownText(m)) return null;
+  item.sent = true;
+  adopt(item.node, m);
+  return item.node;
+}
+
+/** A reply the gateway has not taken yet, at the end of the thread: it left the composer, so
+ * it must show somewhere (on a cut network it can wait minutes). Built once per reply, and
+ * marked when a try failed and it goes again by itself. */
+function sendingNode(item) {
+  const text = shownText({ ...item.body, kind: "text" });
+  if (!item.node) {
+    item.node = h("li", { class: "msg msg-out msg-sending", attrs: { "data-key": item.key } },
+      h("span", { class: "sr-only", text: "You: " }),
+      h("p", { class: "msg-text", attrs: { dir: "auto" }, text }),
+      h("p", { class: "msg-meta" }, h("span", { class: "sending-state" })));
+  }
+  const state = item.node.querySelector(".sending-state");
+  const words = item.tries ? "not sent yet, trying again…" : "sending…";
+  if (state.textContent !== words) state.textContent = words;
+  return item.node;
+}
+
+/** The stored message takes over its reply's bubble, in place: the thread is a live region,
+ * and a new node for it would have the reply read out a second time. */
+function adopt(node, m) {
+  const fresh = messageItem(m);
+  node.className = fresh.className;
+  node.removeAttribute("data-key");
+  node.dataset.id = m.id;
+  node.querySelector(".msg-meta").replaceWith(fresh.querySelector(".msg-meta"));
+  if (fresh.querySelector(".msg-error")) node.append(fresh.querySelector(".msg-error"));
 }
 
 /** Whether two versions of a message show the same, but for its delivery status. */
@@ -899,12 +949,17 @@ async function loadEarlier() {
   thread.scrollTop = thread.scrollHeight - fromBottom;
 }
 
-function messageItem(m) {
-  const out = m.direction === "out";
+/** A message's text as the thread shows it: a template by its name and parameters. */
+function shownText(m) {
   const template = m.template
     ? "Template " + m.template.name + " (" + m.template.language + ")" +
       (m.template.params && m.template.params.length ? ": " + m.template.params.join(", ") : "")
     : "";
+  return m.text || template || "[" + m.kind + "]";
+}
+
+function messageItem(m) {
+  const out = m.direction === "out";
   const failed = m.status === "failed";
   // Who wrote it, for screen readers: sighted agents tell by the side and colour.
   const author = out
@@ -914,7 +969,7 @@ function messageItem(m) {
     h("span", { class: "sr-only", text: author + ": " }),
     m.channel_type === "email" && m.subject
       ? h("p", { class: "msg-subject", attrs: { dir: "auto" }, text: plain(m.subject) }) : null,
-    h("p", { class: "msg-text", attrs: { dir: "auto" }, text: m.text || template || "[" + m.kind + "]" }),
+    h("p", { class: "msg-text", attrs: { dir: "auto" }, text: shownText(m) }),
     (m.attachments || []).map((a, index) =>
       h("p", { class: "msg-attachment" },
         // A customer's attachment is fetched through the gateway (it holds the channel's
@@ -1085,7 +1140,13 @@ function enqueue(id, body) {
   let box = outboxes.get(id);
   if (!box) outboxes.set(id, (box = { items: [], busy: false, timer: null }));
   box.items.push({ body, key: randomId() });
+  showSending(id);
   drain(id);
+}
+
+/** Show the open conversation's replies still going out as they are now. */
+function showSending(id) {
+  if (app.open && app.open.id === id && app.open.el) renderThread(true);
 }
 
 /** Send what waits for `id`, oldest first. A reply the gateway could not take (network, 5xx,
@@ -1116,6 +1177,7 @@ async function drain(id) {
     if (outboxes.get(id) === box) outboxes.delete(id);
   } finally {
     box.busy = false;
+    showSending(id);
   }
 }
 
@@ -1151,8 +1213,9 @@ async function sendOne(id, item) {
       o.messages.set(data.message.id, data.message);
       o.provisional.add(data.message.id); // placed for now; its event puts it in stored order
     }
-    renderThread(true);
+    renderThread(true); // the stored reply takes over its bubble (takeOverBubble)
   }
+  item.sent = true; // taken: no bubble for it any more
   return {};
 }
 

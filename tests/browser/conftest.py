@@ -143,9 +143,10 @@ async def new_page(
     assert errors.errors == [], "the pages logged errors:\n" + "\n".join(errors.errors)
 
 
-async def sign_in(page: Page, gw: LiveGateway, agent: str = "maria") -> None:
-    """Open /inbox, sign in with the agent's token and wait for the live stream."""
-    await page.goto(gw.url + "/inbox")
+async def sign_in(page: Page, gw: LiveGateway, agent: str = "maria", query: str = "") -> None:
+    """Open /inbox (with `query`: the page's own options), sign in with the agent's token and
+    wait for the live stream."""
+    await page.goto(gw.url + "/inbox" + query)
     await page.get_by_label("Agent token").fill(TOKENS[agent])
     await page.get_by_role("button", name="Sign in").click()
     await expect(page.locator("#conn")).to_have_text("live")

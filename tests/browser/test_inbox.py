@@ -8,6 +8,7 @@ live through `/api/v1/stream`. The pages are only ever waited on for what they s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import re
@@ -43,6 +44,11 @@ FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "email"
 def count(page: Page, state: str) -> Locator:
     """The count shown on a state's tab."""
     return page.locator(f"[role=tab][data-state={state}] .count")
+
+
+STORED_REPLY = ".msg-out:not(.msg-sending)"
+"""Replies the gateway took (a reply still going out shows as `.msg-sending` meanwhile)."""
+STORED_REPLY_TEXT = STORED_REPLY + " .msg-text"
 
 
 async def accepted(
@@ -123,7 +129,7 @@ async def test_visitor_writes_agent_previews_accepts_replies_pends_resumes(
     await agent.get_by_role("button", name="Send reply").click()
     await expect(visitor.locator(".gwc-out .gwc-text")).to_have_text(["¿En qué te ayudo?"])
     await expect(reply).to_have_value("")
-    sent = agent.locator(".msg-out").last
+    sent = agent.locator(STORED_REPLY).last
     await expect(sent.locator(".tick")).to_have_attribute("data-status", "read")
     read = sent.locator(".tick-read")
     await expect(read).to_have_text("✓✓")
@@ -203,7 +209,7 @@ async def test_inactive_conversations_are_grey_with_their_reason(
     sid = "HX" + "feedface" * 4  # a Twilio Content SID: HX and 32 hex digits
     await agent.get_by_label("Template name").fill(sid)
     await agent.get_by_role("button", name="Send template").click()
-    await expect(agent.locator(".msg-out .msg-text")).to_have_text([f"Template {sid} (es)"])
+    await expect(agent.locator(STORED_REPLY_TEXT)).to_have_text([f"Template {sid} (es)"])
 
 
 async def test_customer_markup_is_shown_as_text(gw: LiveGateway, new_page: NewPage) -> None:
@@ -352,7 +358,7 @@ async def test_whatsapp_window_closed_offers_a_template(gw: LiveGateway, new_pag
     await agent.get_by_label("Template language").fill("pt_BR")
     await agent.get_by_label("Template parameters, one per line").fill("Paulo\n4411")
     await agent.get_by_role("button", name="Send template").click()
-    sent = agent.locator(".msg-out").last
+    sent = agent.locator(STORED_REPLY).last
     await expect(sent.locator(".msg-text")).to_have_text(
         "Template HX0123456789abcdef0123456789abcdef (pt_BR): Paulo, 4411"
     )
@@ -599,7 +605,7 @@ async def test_a_reply_the_gateway_could_not_take_goes_again_by_itself(
     await reply.fill("¿Me oyes?")
     await agent.get_by_role("button", name="Send reply").click()
     await expect(agent.locator(".notice")).to_contain_text("cannot be reached")
-    await expect(agent.locator(".msg-out .msg-text")).to_have_text(["¿Me oyes?"])
+    await expect(agent.locator(STORED_REPLY_TEXT)).to_have_text(["¿Me oyes?"])
     await expect(reply).to_have_value("")
     (conversation,) = (await gw.get("maria", "/api/v1/inbox?state=active"))["conversations"]
     thread = await gw.get("maria", f"/api/v1/conversations/{conversation['id']}")
@@ -627,8 +633,51 @@ async def test_what_the_agent_types_while_a_reply_sends_is_kept(
     await expect(reply).to_have_value("")  # out of the composer while it sends
     await reply.press_sequentially("draft B")
     release.set()
-    await expect(agent.locator(".msg-out .msg-text")).to_have_text(["reply A"])
+    await expect(agent.locator(STORED_REPLY_TEXT)).to_have_text(["reply A"])
     await expect(reply).to_have_value("draft B")
+
+
+async def test_a_reply_the_network_holds_up_shows_as_sending_then_goes_again(
+    gw: LiveGateway, new_page: NewPage, page_errors: PageErrors
+) -> None:
+    """Team audit: on a cut network a sent reply left the composer and showed nowhere, for as
+    long as the request hung (minutes). It shows at the end of the thread as sending; a
+    request unanswered past the page's time-out goes again under the same key, and the bubble
+    says so; once the gateway took it, the stored message takes its place."""
+    page_errors.tolerate("net::ERR_FAILED")  # the request the page gave up on
+    await gw.visitor("Cortado", "hola")
+    agent = await new_page()
+    await sign_in(agent, gw, query="?timeout=1")
+    await item(agent, "Cortado").get_by_role("button", name=ACCEPT).click()
+    reply = agent.get_by_role("textbox", name="Reply")
+    await expect(reply).to_be_focused()
+    keys: list[str] = []
+    release = asyncio.Event()
+
+    async def cut(route: Route) -> None:
+        if route.request.method == "POST":
+            keys.append(route.request.headers["idempotency-key"])
+            if len(keys) == 1:
+                await release.wait()  # the network holds the first try: the page gives up
+                with contextlib.suppress(Exception):  # the page dropped it long ago
+                    await route.abort()
+                return
+        await route.continue_()
+
+    await agent.route(re.compile(r"/messages$"), cut)
+    await reply.fill("¿Sigues ahí?")
+    await reply.press("Enter")
+    sending = agent.locator(".msg-sending")
+    await expect(sending.locator(".msg-text")).to_have_text("¿Sigues ahí?")
+    await expect(sending).to_contain_text("sending…")
+    await expect(sending).to_contain_text("not sent yet, trying again…")
+    await expect(sending).to_have_count(0)
+    await expect(agent.locator(STORED_REPLY_TEXT)).to_have_text(["¿Sigues ahí?"])
+    release.set()
+    assert len(keys) == 2 and keys[0] == keys[1]  # the same reply, sent once
+    (conversation,) = (await gw.get("maria", "/api/v1/inbox?state=active"))["conversations"]
+    thread = await gw.get("maria", f"/api/v1/conversations/{conversation['id']}")
+    assert [m["text"] for m in thread["messages"]] == ["hola", "¿Sigues ahí?"]
 
 
 async def test_the_enter_that_picks_an_input_method_word_does_not_send(
@@ -647,7 +696,7 @@ async def test_the_enter_that_picks_an_input_method_word_does_not_send(
     )
     await expect(reply).to_have_value("日本")  # not sent: the word is still being written
     await reply.press("Enter")
-    await expect(agent.locator(".msg-out .msg-text")).to_have_text(["日本"])
+    await expect(agent.locator(STORED_REPLY_TEXT)).to_have_text(["日本"])
     await expect(reply).to_have_value("")
 
 
@@ -751,7 +800,7 @@ async def test_quick_replies_go_out_in_order_each_once_even_when_alike(
     for text in typed:
         await reply.fill(text)
         await reply.press("Enter")
-    await expect(agent.locator(".msg-out .msg-text")).to_have_text(typed)
+    await expect(agent.locator(STORED_REPLY_TEXT)).to_have_text(typed)
     thread = await gw.get("maria", f"/api/v1/conversations/{conversation['id']}")
     assert [m["text"] for m in thread["messages"] if m["direction"] == "out"] == typed
 
@@ -792,7 +841,7 @@ async def test_refused_replies_come_back_in_order_before_what_was_typed_since(
         " Not sent: “Your refund is R-7781”, “It takes 3 days”."
     )
     await expect(reply).to_have_value("Your refund is R-7781\n\nIt takes 3 days\n\nAnything else?")
-    await expect(agent.locator(".msg-out")).to_have_count(0)  # neither went out
+    await expect(agent.locator(STORED_REPLY)).to_have_count(0)  # neither went out
 
 
 async def test_a_reply_waiting_for_the_network_goes_out_after_another_conversation_opens(
@@ -826,7 +875,7 @@ async def test_a_reply_waiting_for_the_network_goes_out_after_another_conversati
     await expect(agent.locator(".conv-head h2")).to_have_text("Segunda")
     await tab(agent, "active")
     await item(agent, "Primera").get_by_role("button", name=OPEN).click()
-    await expect(agent.locator(".msg-out .msg-text")).to_have_text(["¿Sigues ahí?"])
+    await expect(agent.locator(STORED_REPLY_TEXT)).to_have_text(["¿Sigues ahí?"])
     assert len(dropped) == 1
 
 
@@ -979,7 +1028,7 @@ async def test_a_reload_keeps_the_replies_waiting_to_go_out_and_the_drafts(
     assert tried >= 2  # before the reload and again after it
     down = False
     await agent.evaluate("window.dispatchEvent(new Event('online'))")  # back: it goes now
-    await expect(agent.locator(".msg-out .msg-text")).to_have_text(["Primera respuesta"])
+    await expect(agent.locator(STORED_REPLY_TEXT)).to_have_text(["Primera respuesta"])
     await expect(agent.locator(".notice")).to_be_hidden()
     (conversation,) = (await gw.get("maria", "/api/v1/inbox?state=active"))["conversations"]
     thread = await gw.get("maria", f"/api/v1/conversations/{conversation['id']}")
@@ -1184,7 +1233,7 @@ async def test_a_tick_that_moves_does_not_put_the_thread_in_again(
     for text in ("uno", "dos"):
         await reply.fill(text)
         await reply.press("Enter")
-    await expect(agent.locator(".msg-out .msg-text")).to_have_text(["uno", "dos"])
+    await expect(agent.locator(STORED_REPLY_TEXT)).to_have_text(["uno", "dos"])
     ticks = agent.locator(".msg-out .tick")
     await expect(ticks).to_have_count(2)
     (conversation,) = (await gw.get("maria", "/api/v1/inbox?state=active"))["conversations"]
@@ -1291,7 +1340,7 @@ async def test_a_reload_while_the_gateway_is_down_keeps_the_session_and_its_repl
     await expect(agent.locator("#signin-error")).to_contain_text("Signing in again by itself")
     down = False
     await expect(agent.locator("#conn")).to_have_text("live", timeout=15_000)
-    await expect(agent.locator(".msg-out .msg-text")).to_have_text(["Sigo aquí"])
+    await expect(agent.locator(STORED_REPLY_TEXT)).to_have_text(["Sigo aquí"])
     (conversation,) = (await gw.get("maria", "/api/v1/inbox?state=active"))["conversations"]
     thread = await gw.get("maria", f"/api/v1/conversations/{conversation['id']}")
     assert [m["text"] for m in thread["messages"]] == ["hola", "Sigo aquí"]
