@@ -175,28 +175,34 @@ async def me(request: web.Request) -> web.Response:
             "name": agent.name,
             "queues": sorted(agent.queues),
             "max_active": agent.max_active,
+            # A conversation may go to any queue: the one it belongs with may not be the
+            # agent's own ("this is for Sales").
+            "transfer_queues": sorted(runtime.directory.queues),
         }
     )
 
 
 @routes.get("/api/v1/agents")
 async def agents(request: web.Request) -> web.Response:
-    """Agents who share a queue with the caller, with presence and load (transfer targets)."""
+    """Agents who share a queue with the caller, with presence and load (transfer targets);
+    with `all=1`, every agent with all their queues (a transfer may go to another queue's
+    agent)."""
     runtime = request.app[RUNTIME]
     agent = runtime.auth.agent(request)
+    everyone = _flag(request, "all")
     presence = await runtime.store.presence()
     loads = await runtime.store.agent_loads()
     body = [
         {
             "id": other.id,
             "name": other.name,
-            "queues": sorted(other.queues & agent.queues),
+            "queues": sorted(other.queues if everyone else other.queues & agent.queues),
             "online": bool(presence.get(other.id) and presence[other.id].online),
             "active": loads.get(other.id, 0),
             "max_active": other.max_active,
         }
         for other in runtime.directory.agents.values()
-        if other.queues & agent.queues
+        if everyone or other.queues & agent.queues
     ]
     return json_response({"agents": body})
 

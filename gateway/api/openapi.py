@@ -130,6 +130,15 @@ def _agent_paths() -> dict[str, Any]:
         "/api/v1/agents": {
             "get": {
                 "summary": "Agents sharing a queue with the caller: online state and load (transfer targets)",
+                "parameters": [
+                    {
+                        "name": "all",
+                        "in": "query",
+                        "schema": {"type": "string"},
+                        "description": "`1`, `true` or `yes`: every agent, each with all their"
+                        " queues (a transfer may go to another queue's agent)",
+                    }
+                ],
                 "responses": {
                     "200": {
                         "description": "Agents",
@@ -800,8 +809,13 @@ def _schemas() -> dict[str, Any]:
                 "name": {"type": "string"},
                 "queues": {"type": "array", "items": {"type": "string"}},
                 "max_active": {"type": "integer"},
+                "transfer_queues": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "Every queue a conversation may be transferred to",
+                },
             },
-            ["id", "name", "queues", "max_active"],
+            ["id", "name", "queues", "max_active", "transfer_queues"],
         ),
         "Colleague": _object(
             {
@@ -810,7 +824,8 @@ def _schemas() -> dict[str, Any]:
                 "queues": {
                     "type": "array",
                     "items": {"type": "string"},
-                    "description": "The queues shared with the caller",
+                    "description": "The queues shared with the caller (with `all`: all"
+                    " the agent's queues)",
                 },
                 "online": {"type": "boolean"},
                 "active": {"type": "integer", "description": "Active conversations assigned"},

@@ -1291,12 +1291,16 @@ function sendTemplate(e) {
 }
 
 function transferForm() {
+  // Every queue, the agent's own first: a conversation may belong with a team the agent is
+  // not on ("this is for Sales").
+  const mine = app.me.queues;
+  const others = (app.me.transfer_queues || []).filter((q) => !mine.includes(q));
   const queue = h("select", { attrs: { "aria-label": "Transfer to a queue" } },
     h("option", { attrs: { value: "" }, text: "a queue…" }),
-    ...app.me.queues.map((q) => h("option", { attrs: { value: q }, text: q })));
-  // Colleagues who share a queue (GET /api/v1/agents), fetched each time the form opens so
-  // presence and load are current; "offline" only warns: an agent who works over REST alone
-  // is never online and can still take a transfer.
+    ...[...mine, ...others].map((q) => h("option", { attrs: { value: q }, text: q })));
+  // Every agent (GET /api/v1/agents?all=1), fetched each time the form opens so presence and
+  // load are current; "offline" only warns: an agent who works over REST alone is never
+  // online and can still take a transfer.
   const agent = h("select", { attrs: { "aria-label": "Transfer to an agent" } },
     h("option", { attrs: { value: "" }, text: "or an agent…" }));
   const form = h("form", {
@@ -1345,7 +1349,8 @@ function transferForm() {
     if (within) focusInPane("transfer");
   };
   form.refresh = async () => {
-    const found = await guard(app.api.get("/api/v1/agents"), (err) => setNotice(app.open.id, friendly(err)));
+    const found = await guard(app.api.get("/api/v1/agents?all=1"),
+      (err) => setNotice(app.open.id, friendly(err)));
     if (!found) return;
     const chosen = agent.value;
     const others = found.agents.filter((a) => a.id !== app.me.id)

@@ -342,6 +342,24 @@ async def test_agents_lists_colleagues_with_presence_and_load(gw: Gateway) -> No
     await ws.close()
 
 
+async def test_transfer_targets_beyond_the_agents_own_queues(gw: Gateway) -> None:
+    """Team audit: an agent could not hand a conversation to a queue they are not on from the
+    page ("this is for Sales"), though the API takes it: every queue and every agent are
+    offered on request."""
+    _, me = await gw.get("ana", "/api/v1/me")
+    assert (me["queues"], me["transfer_queues"]) == (["sales"], ["sales", "support"])
+    _, shared = await gw.get("ana", "/api/v1/agents?all=0")
+    assert {a["id"]: a["queues"] for a in shared["agents"]}["maria"] == ["sales"]
+    _, everyone = await gw.get("ana", "/api/v1/agents?all=1")
+    assert {a["id"]: a["queues"] for a in everyone["agents"]} == {
+        "maria": ["sales", "support"],
+        "jose": ["sales", "support"],
+        "ana": ["sales"],
+    }
+    status, body = await gw.get("ana", "/api/v1/agents?all=maybe")
+    assert (status, body["error"]["code"]) == (400, "invalid_request")
+
+
 async def test_the_gateway_runs_on_the_parametrized_store(
     gw: Gateway, request: pytest.FixtureRequest
 ) -> None:

@@ -297,6 +297,27 @@ async def test_transfer_to_an_agent_and_to_a_queue(gw: LiveGateway, new_page: Ne
     await expect(item(agent, "Tomás")).to_be_visible()
 
 
+async def test_an_agent_hands_a_conversation_to_a_queue_she_is_not_on(
+    gw: LiveGateway, new_page: NewPage
+) -> None:
+    """Team audit: the transfer form offered only the agent's own queues, so "this is for
+    Sales" could not be done from the page (the API takes it). Every queue is offered, hers
+    first."""
+    await gw.visitor("Paco", "Quiero comprar")
+    (conversation,) = await gw.waiting()
+    ana = await new_page()
+    await sign_in(ana, gw, "ana")  # support only
+    await item(ana, "Paco").get_by_role("button", name=ACCEPT).click()
+    await expect(ana.locator(".conv-head .badge")).to_have_text("active")
+    await ana.get_by_role("button", name="Transfer this conversation").click()
+    queues = ana.get_by_label("Transfer to a queue")
+    await expect(queues.locator("option")).to_have_text(["a queue…", "support", "sales"])
+    await queues.select_option("sales")
+    await ana.get_by_role("button", name="Confirm the transfer").click()
+    moved = await gw.get("maria", f"/api/v1/conversations/{conversation['id']}")
+    assert (moved["state"], moved["queue"], moved["agent"]) == ("waiting", "sales", None)
+
+
 async def test_a_conversation_transferred_out_of_my_queues_leaves_my_page_live(
     gw: LiveGateway, new_page: NewPage
 ) -> None:
