@@ -1069,6 +1069,16 @@ function templateAllowed(c, mine) {
   return false;
 }
 
+/** Why free text cannot reach a WhatsApp customer, with the times that tell which case it is:
+ * the reply window (as long as this channel keeps it, not always 24 hours) ran out since they
+ * last wrote, or WhatsApp refused a reply as outside its own window before ours had run out
+ * (closed at the time of the refusal, shown on the refused message). */
+function windowWords(c) {
+  const closed = c.window_expires_at ? " at " + clockTime(c.window_expires_at) : "";
+  return "WhatsApp's reply window closed" + closed + " (the customer last wrote " +
+    clockTime(c.last_customer_message_at) + ")";
+}
+
 function renderComposer(c, mine) {
   const el = app.open.el;
   const gone = !mine && !app.me.queues.includes(c.queue);
@@ -1079,9 +1089,8 @@ function renderComposer(c, mine) {
   el.template.hidden = !template;
   let why = "";
   if (template) {
-    why = "WhatsApp's 24-hour window is closed (the customer last wrote " +
-      clockTime(c.last_customer_message_at) + "): free text cannot be sent until they write " +
-      "again. You can send an approved template" +
+    why = windowWords(c) + ": free text cannot be sent until they write again. You can send" +
+      " an approved template" +
       (c.state === "inactive" ? "; their answer starts a new conversation." : ".");
   } else if (mine && c.state === "active" && !c.can_reply) {
     why = "This channel does not accept free text now.";
