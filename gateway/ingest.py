@@ -239,6 +239,7 @@ class Ingestor:
         early = result.message is None
         if early and status.message_id:
             result = await self._correlate(status) or result
+            early = result.message is None  # a report of a second send is stale, not early
         if result.message is None:
             log.warning(
                 "ingest.status_unknown_message",
@@ -282,8 +283,18 @@ class Ingestor:
             # Recorded since this report was first tried (another report of the same message
             # correlated it meanwhile, or its send's answer came): it applies now.
             return await self.store.apply_status(status)
-        if message.provider_message_id is not None:  # it went out under another id
-            return None
+        if message.provider_message_id is not None:
+            # It went out under another id: a try that timed out reached the provider after
+            # all, and the retry sent it again. The customer may have it twice: say so.
+            log.warning(
+                "ingest.status_for_second_send",
+                channel=status.channel,
+                message_id=message.id,
+                provider_message_id=status.provider_message_id,
+                recorded_provider_message_id=message.provider_message_id,
+                status=str(status.status),
+            )
+            return StatusResult(message, False)
         recorded = await self.store.record_send(
             message.id, provider_message_id=status.provider_message_id, status=None
         )

@@ -846,6 +846,42 @@ async def test_a_send_that_timed_out_but_went_out_is_not_sent_again(
     fake.release()
 
 
+async def test_a_report_of_a_try_that_timed_out_but_went_out_too_says_it_was_sent_twice(
+    make_wa: WaFactory,
+) -> None:
+    """Replay audit: the first try timed out, the retry went out as wamid.SECOND; then the
+    provider reports the first try too (it went through after all), naming our message. The
+    customer may have it twice: a warning says so, naming both ids, and the report counts as
+    stale (it moves nothing) instead of as a report for an unknown message."""
+    wa = await make_wa(request_timeout="300ms")
+    conversation_id = await wa.open_conversation(META, pid="in-twice")
+    fake = wa.fake(META)
+    fake.hang = 1  # the first try: taken, answered too late
+    fake.next_ids.append("wamid.SECOND")
+    status, body = await wa.reply(conversation_id, {"text": "twice"})
+    assert status == 202, body
+    message_id = body["message"]["id"]
+    await wa.gw.settle()
+    assert (await wa.message(conversation_id, message_id))["provider_message_id"] == "wamid.SECOND"
+    report = meta_status("wamid.FIRST", "delivered", ts=int(wa.clock.now().timestamp()))
+    with capture_logs() as logs:
+        answer = await wa.post_meta(
+            meta_statuses({**report, "biz_opaque_callback_data": message_id})
+        )
+        assert answer.status == 200
+    (twice,) = [e for e in logs if e["event"] == "ingest.status_for_second_send"]
+    assert (twice["message_id"], twice["provider_message_id"]) == (message_id, "wamid.FIRST")
+    assert twice["recorded_provider_message_id"] == "wamid.SECOND"
+    assert not [e for e in logs if e["event"] == "ingest.status_unknown_message"]
+    stale = await sample(
+        wa.client, "gateway_delivery_reports_total", channel=META, status="delivered",
+        outcome="stale",
+    )  # fmt: skip
+    assert stale == 1
+    message = await wa.message(conversation_id, message_id)
+    assert (message["status"], message["provider_message_id"]) == ("queued", "wamid.SECOND")
+
+
 @pytest.mark.parametrize("channel", [META, TWILIO])
 async def test_free_text_still_queued_when_the_window_lapsed_is_failed_not_sent(
     channel: str, wa: WaGateway
