@@ -924,11 +924,26 @@ function patchStatus(node, m) {
   return true;
 }
 
+/** Why a reply was not delivered; on the agent's own text or template, a button sends it
+ * again as a new reply (after those still going out), so it need not be typed again. */
 function failureNote(m) {
-  return h("p", {
-    class: "msg-error",
-    text: "Not delivered: " + (m.error_message || m.error_code || "the channel refused it"),
-  });
+  const why = "Not delivered: " + (m.error_message || m.error_code || "the channel refused it");
+  const again = m.direction === "out" && m.agent === app.me.id && (m.text || m.template) &&
+    !(m.attachments || []).length;
+  return h("p", { class: "msg-error" },
+    h("span", { text: why }),
+    again ? h("button", {
+      class: "link send-again",
+      type: "button",
+      attrs: { "aria-label": "Send this reply again" },
+      text: "Send again",
+      on: {
+        click: (e) => {
+          e.currentTarget.disabled = true; // once per click: a new reply each time
+          enqueue(m.conversation_id, m.template ? { template: m.template } : { text: m.text });
+        },
+      },
+    }) : null);
 }
 
 /** A long conversation opens at its newest messages; this reads the page before the oldest

@@ -392,6 +392,33 @@ async def test_whatsapp_window_closed_offers_a_template(gw: LiveGateway, new_pag
     await expect(sent.locator(".msg-error")).to_contain_text("Not delivered")
 
 
+async def test_a_reply_that_was_not_delivered_can_be_sent_again(
+    gw: LiveGateway, new_page: NewPage
+) -> None:
+    """Team audit: a failed reply (✗) offered no way to try again but typing it anew. "Send
+    again" sends the same text as a new reply."""
+    await gw.whatsapp("+5511977776666", "Rita", "Oi")
+    (conversation,) = await gw.waiting()
+    agent = await new_page()
+    await sign_in(agent, gw)
+    await item(agent, "Rita").get_by_role("button", name=ACCEPT).click()
+    reply = agent.get_by_role("textbox", name="Reply")
+    await reply.fill("Seu pedido saiu hoje")
+    await reply.press("Enter")
+    failed = agent.locator(STORED_REPLY).first
+    # Twilio cannot be reached from a test: the send fails, and the page says so.
+    await expect(failed.locator(".tick")).to_have_attribute("data-status", "failed")
+    await failed.get_by_role("button", name="Send this reply again").click()
+    await expect(agent.locator(STORED_REPLY_TEXT)).to_have_text(
+        ["Seu pedido saiu hoje", "Seu pedido saiu hoje"]
+    )
+    await expect(failed.get_by_role("button", name="Send this reply again")).to_be_disabled()
+    thread = await gw.get("maria", f"/api/v1/conversations/{conversation['id']}")
+    outgoing = [m for m in thread["messages"] if m["direction"] == "out"]
+    assert [m["text"] for m in outgoing] == ["Seu pedido saiu hoje"] * 2
+    assert outgoing[0]["id"] != outgoing[1]["id"]
+
+
 async def no_horizontal_scroll(page: Page) -> None:
     scroll, inner = await page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
     assert scroll <= inner, f"{page.url} scrolls sideways: {scroll} > {inner}"
