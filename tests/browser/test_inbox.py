@@ -392,6 +392,22 @@ async def test_whatsapp_window_closed_offers_a_template(gw: LiveGateway, new_pag
     await expect(sent.locator(".msg-error")).to_contain_text("Not delivered")
 
 
+async def test_close_stands_apart_from_the_other_actions_on_a_phone(
+    gw: LiveGateway, new_page: NewPage
+) -> None:
+    """Team audit: on a phone, Close (which cannot be undone) was one tap next to Transfer."""
+    await gw.visitor("Dedo", "hola")
+    agent = await new_page(PHONE)
+    await sign_in(agent, gw)
+    await item(agent, "Dedo").get_by_role("button", name=ACCEPT).click()
+    close = await agent.get_by_role("button", name="Close this conversation").bounding_box()
+    transfer = await agent.get_by_role("button", name="Transfer this conversation").bounding_box()
+    assert close is not None and transfer is not None
+    same_row = abs(close["y"] - transfer["y"]) < 1
+    gap = close["x"] - (transfer["x"] + transfer["width"])
+    assert not same_row or gap >= 40, (close, transfer)
+
+
 async def test_a_reply_that_was_not_delivered_can_be_sent_again(
     gw: LiveGateway, new_page: NewPage
 ) -> None:
