@@ -41,11 +41,17 @@ FD_LIMIT_CAP = 1 << 20
 
 async def store_ready(store: Store, timeout: float) -> bool:
     """Whether the store answers and takes writes within `timeout` seconds."""
+    return await store_problem(store, timeout) is None
+
+
+async def store_problem(store: Store, timeout: float) -> str | None:
+    """Why the store is not ready (see `Store.problem`, and `timeout`: no answer within
+    `timeout` seconds), None when it is."""
     try:
         async with asyncio.timeout(timeout):
-            return await store.ping()
+            return await store.problem()
     except TimeoutError:
-        return False
+        return "timeout"
 
 
 def open_fds() -> int | None:

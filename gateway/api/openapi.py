@@ -1080,6 +1080,11 @@ def _schemas() -> dict[str, Any]:
             {
                 "status": {"type": "string", "enum": ["ready", "not_ready"]},
                 "store": {"type": "string", "enum": ["ok", "unreachable"]},
+                "store_problem": {
+                    "type": ["string", "null"],
+                    "enum": ["unreachable", "timeout", "writes_failing", "files_gone", None],
+                    "description": "Why the store is not ready; null when it is",
+                },
                 "adapters_started": {"type": "boolean"},
                 "channels": {
                     "type": "object",

@@ -13,7 +13,7 @@ from gateway.api.openapi import openapi_document
 from gateway.appkeys import RUNTIME
 from gateway.channels import ChannelAdapter, ChannelHealth
 from gateway.errors import StoreUnavailable
-from gateway.watch import store_ready
+from gateway.watch import store_problem, store_ready
 
 log = structlog.get_logger("gateway.ops")
 
@@ -57,7 +57,8 @@ async def readyz(request: web.Request) -> web.Response:
     a valid agent or integrator token: to others `detail` is empty.
     """
     runtime = request.app[RUNTIME]
-    store_ok = await store_ready(runtime.store, READY_TIMEOUT)
+    problem = await store_problem(runtime.store, READY_TIMEOUT)
+    store_ok = problem is None
     show_detail = runtime.auth.known(request)
     channels = {}
     for name, adapter in runtime.adapters.items():
@@ -67,6 +68,8 @@ async def readyz(request: web.Request) -> web.Response:
     body = {
         "status": "ready" if ready else "not_ready",
         "store": "ok" if store_ok else "unreachable",
+        # Why, in a word: `unreachable`, `timeout`, `writes_failing` or `files_gone`.
+        "store_problem": problem,
         "adapters_started": runtime.started,
         "channels": channels,
         "degraded": sorted(n for n, c in channels.items() if not c["ok"]),

@@ -107,6 +107,13 @@ class Store(Protocol):
         """Tell whether the backend answers (readiness)."""
         ...
 
+    async def problem(self) -> str | None:
+        """Why the store is not ready, None when it is: `unreachable` (it does not answer),
+        `writes_failing` (it answers, but writes fail: a full disk, Redis out of memory or
+        read-only) or `files_gone` (SQLite: the database files were deleted or replaced).
+        `ping` is `problem() is None`."""
+        ...
+
     # conversations -------------------------------------------------------------------------
     async def get_conversation(self, conversation_id: str) -> Conversation | None: ...
 

@@ -322,17 +322,23 @@ class RedisStore:
             await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def ping(self) -> bool:
+        return await self.problem() is None
+
+    async def problem(self) -> str | None:
         """Redis answers and takes writes. Out of memory or read-only (a replica after a
         failover), it still answers PING: while scripts are failing a small write is tried."""
         try:
             if await self._cmd("PING") != b"PONG":
-                return False
-            if self._writes_failing:
-                await self._cmd("HSET", self._g("kv"), HEALTH_PROBE_KEY, str(time.time()))
-                self._writes_failing = False
-            return True
+                return "unreachable"
         except Exception:
-            return False
+            return "unreachable"
+        if self._writes_failing:
+            try:
+                await self._cmd("HSET", self._g("kv"), HEALTH_PROBE_KEY, str(time.time()))
+            except Exception:
+                return "writes_failing"
+            self._writes_failing = False
+        return None
 
     # conversations -----------------------------------------------------------------------------
     async def get_conversation(self, conversation_id: str) -> Conversation | None:

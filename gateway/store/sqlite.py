@@ -410,34 +410,41 @@ class SqliteStore:
             )
 
     async def ping(self) -> bool:
+        return await self.problem() is None
+
+    async def problem(self) -> str | None:
         """The store answers and takes writes. Reads still work on a full disk: after a
         failed write it is down until a write succeeds. Writes keep failing while traffic
         keeps coming; without traffic, a small write probes once `WRITE_PROBE_AFTER` passed
         (a small row may fit where a message does not, so a fresh failure is believed)."""
+        health = self._health
+        if health is None:
+            return "unreachable"
+        if self._files.gone is not None:
+            return "files_gone"
+
+        def read() -> None:
+            with _unavailable_as_store_error():
+                health.execute("SELECT count(*) FROM sqlite_master").fetchone()
+
         try:
-            health = self._health
-            if health is None or self._files.gone is not None:
-                return False
-
-            def read() -> bool:
-                with _unavailable_as_store_error():
-                    health.execute("SELECT count(*) FROM sqlite_master").fetchone()
-                return True
-
-            if not await asyncio.to_thread(read):
-                return False
-            failed_at = self._write_failed_at
-            if failed_at is not None:
-                if self._monotonic() - failed_at < WRITE_PROBE_AFTER:
-                    return False
-                # A small write can succeed on a full file system (the log reuses its own
-                # space): only probe once there is room for more than that.
-                if self._free_bytes(self.path) < MIN_FREE_BYTES:
-                    return False
-                await self.kv_set(HEALTH_PROBE_KEY, str(time.time()))
-            return True
+            await asyncio.to_thread(read)
         except Exception:
-            return False
+            return "unreachable"
+        failed_at = self._write_failed_at
+        if failed_at is None:
+            return None
+        if self._monotonic() - failed_at < WRITE_PROBE_AFTER:
+            return "writes_failing"
+        # A small write can succeed on a full file system (the log reuses its own space):
+        # only probe once there is room for more than that.
+        try:
+            if self._free_bytes(self.path) < MIN_FREE_BYTES:
+                return "writes_failing"
+            await self.kv_set(HEALTH_PROBE_KEY, str(time.time()))
+        except Exception:
+            return "writes_failing"
+        return None
 
     # conversations -----------------------------------------------------------------------------
     async def get_conversation(self, conversation_id: str) -> Conversation | None:

@@ -307,6 +307,7 @@ async def test_ops_endpoints(gw: Gateway) -> None:
     resp = await gw.client.get("/readyz")
     body = await resp.json()
     assert resp.status == 200 and body["store"] == "ok" and body["adapters_started"]
+    assert body["store_problem"] is None
     resp = await gw.client.get("/metrics")
     text = await resp.text()
     assert resp.status == 200

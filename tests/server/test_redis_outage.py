@@ -130,6 +130,7 @@ async def test_during_an_outage_the_api_answers_503_and_a_retry_is_stored_once(
     assert "gateway_store_up 0.0" in text
     assert "gateway_conversations{" not in text
     assert ready.status == 503
+    assert (await ready.json())["store_problem"] == "unreachable"  # down: refused at once
 
     # One line per refused request, none with a traceback.
     assert [e["event"] for e in logs if e["event"].startswith("webhook.")] == [
@@ -187,7 +188,9 @@ async def test_during_a_hang_a_webhook_gets_503_before_the_provider_gives_up(
         scrape_took = time.monotonic() - started
     finally:
         server.resume()
-    assert ready.status == 503 and (await ready.json())["store"] == "unreachable"
+    readiness = await ready.json()
+    assert ready.status == 503 and readiness["store"] == "unreachable"
+    assert readiness["store_problem"] == "timeout"  # a hang: no answer in time
     assert ready_took < STORE_TIMEOUT / 2, ready_took
     assert "gateway_store_up 0.0" in scrape and "gateway_ingested_messages_total" in scrape
     assert scrape_took < STORE_TIMEOUT / 2 + 1, scrape_took

@@ -173,8 +173,10 @@ async def test_a_redis_that_refuses_writes_is_unavailable_too(
         assert "OOM" in str(outcome) or "memory" in str(outcome)
         # PING still answers: /readyz and gateway_store_up must not say ready meanwhile.
         assert not await store.ping()
+        assert await store.problem() == "writes_failing"  # what /readyz says
         admin.config_set("maxmemory", 0)
         assert await store.ping()
+        assert await store.problem() is None
         stored = await ingest.message(inbound("Hola", pid="wamid.oom"))
         again = await ingest.message(inbound("Hola", pid="wamid.oom"))
         assert not stored.duplicate and again.duplicate

@@ -98,6 +98,7 @@ async def test_ping_says_down_while_writes_fail_though_reads_work(
             for i in range(200):
                 await ingest.message(inbound("x" * 2000, pid=f"wamid.{i}", address=f"+55{i:07d}"))
         assert not await store.ping()  # a fresh failure is believed, however small a probe
+        assert await store.problem() == "writes_failing"  # what /readyz says
         # The scheduler's sweep, with nothing due, commits an empty transaction every second
         # even on a full disk: that proves nothing about room for a message.
         assert await store.claim_due(clock.now(), 100, timedelta(seconds=30)) == []
@@ -144,6 +145,7 @@ async def test_database_files_deleted_under_the_gateway_refuse_every_write(
         assert len(gone) == 1 and "was deleted" in str(gone[0]["reason"])
         assert str(folder) in str(gone[0]["reason"])
         assert not await store.ping()
+        assert await store.problem() == "files_gone"  # what /readyz says
     finally:
         await store.close()
 
