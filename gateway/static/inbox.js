@@ -7,8 +7,8 @@
 
 import { Api, ApiError, Stream, randomId } from "./api.js";
 import {
-  channelIcon, channelLabel, clockTime, contactName, h, plain, reasonWords, setTick, sinceText,
-  tick,
+  channelIcon, channelLabel, clockTime, contactDetail, contactName, h, plain, reasonWords, setTick,
+  sinceText, tick,
 } from "./view.js";
 
 const TOKEN_KEY = "gw-inbox-token";
@@ -492,7 +492,7 @@ function listItem(c) {
   const name = contactName(c);
   const waiting = c.state === "waiting";
   const since = waiting ? c.queued_at : c.last_message_at || c.updated_at;
-  const address = c.contact.display_name ? c.contact.address : "";
+  const address = contactDetail(c);
   const where = [address, app.queue ? null : c.queue].filter(Boolean).join(" · ");
   const holder = c.agent ? (c.agent === app.me.id ? "you" : c.agent) : null;
   const notice = app.notices.get(c.id);
@@ -508,7 +508,10 @@ function listItem(c) {
     h("span", { class: "sr-only", text: (waiting ? "Preview" : "Open") + " the conversation with " }),
     h("span", { class: "conv-body" },
       h("span", { class: "conv-line" },
-        h("span", { class: "conv-name", text: name }),
+        h("span", {
+          class: "conv-name", attrs: { title: c.contact.display_name ? null : address || null },
+          text: name,
+        }),
         h("time", {
           class: "since",
           attrs: { "data-since": since, "data-form": waiting ? "wait" : "ago", datetime: since },
@@ -684,7 +687,7 @@ function renderOpenState() {
   // Moved out of sight (transferred to a queue not ours): nothing to do here any more.
   const gone = !mine && !app.me.queues.includes(c.queue);
   const name = contactName(c);
-  const sub = [c.contact.display_name ? c.contact.address : null,
+  const sub = [contactDetail(c) || null,
     c.channel + " (" + channelLabel(c.channel_type) + ")", "queue " + c.queue];
   const active = document.activeElement;
   const hadFocus = ui.pane.contains(active) && active !== ui.pane;
@@ -702,7 +705,14 @@ function renderOpenState() {
       }, "←"),
       channelIcon(c.channel_type),
       h("div", { class: "conv-title" },
-        h("h2", { attrs: { tabindex: "-1", "data-focus": "title", title: name }, text: name }),
+        h("h2", {
+          // The whole visitor id where the heading shows its end.
+          attrs: {
+            tabindex: "-1", "data-focus": "title",
+            title: c.contact.display_name ? name : contactDetail(c) || name,
+          },
+          text: name,
+        }),
         h("p", { class: "conv-sub", text: sub.filter(Boolean).join(" · ") }),
         c.subject ? h("p", {
           class: "conv-sub", attrs: { title: plain(c.subject) }, text: "Subject: " + plain(c.subject),

@@ -163,10 +163,25 @@ export function tick(status) {
   });
 }
 
-/** The contact's name to show: the display name, or the address when there is none. */
+// A web chat visitor's address: "v_" and a ULID, whose last characters are random.
+const VISITOR_ID = /^v_[0-9A-HJKMNP-TV-Z]{26}$/;
+
+/** The contact's name to show: the display name, or the address when there is none. An
+ * unnamed web chat visitor's address is a 28-character id that took two lines of a phone's
+ * header: "Visitor 0DRZA" (its last five characters) tells visitors apart in a few letters;
+ * the whole id stays beside it (`contactDetail`). */
 export function contactName(conversation) {
   const c = conversation.contact || {};
+  if (!c.display_name && VISITOR_ID.test(c.address || "")) return "Visitor " + c.address.slice(-5);
   return plain(c.display_name || c.address || "unknown contact");
+}
+
+/** The contact's address where the name shown is not it (a display name, a shortened visitor
+ * id), to show beside the name; "" when the name already is the address. */
+export function contactDetail(conversation) {
+  const c = conversation.contact || {};
+  const address = plain(c.address || "");
+  return address && contactName(conversation) !== address ? address : "";
 }
 
 const BIDI_CONTROLS = /[\u202A-\u202E\u2066-\u2069]/g;

@@ -1,0 +1,52 @@
+"""The inbox page's list and headings as several agents see them at once (browser audit with
+four agents): what a row shows, what the tab counts count, and what an open pane says when
+the conversation changes under it."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from playwright.async_api import Locator, Page, expect
+
+from tests.browser.conftest import PHONE, NewPage, item, sign_in
+from tests.browser.harness import LiveGateway
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+PREVIEW = re.compile("^Preview the conversation")
+OPEN = re.compile("^Open the conversation")
+ACCEPT = re.compile("^Accept the conversation")
+
+
+def count(page: Page, state: str) -> Locator:
+    """The count shown on a state's tab."""
+    return page.locator(f"[role=tab][data-state={state}] .count")
+
+
+async def test_an_unnamed_visitor_is_titled_by_the_end_of_its_id(
+    gw: LiveGateway, new_page: NewPage
+) -> None:
+    """Audit: an unnamed web chat visitor was titled "v_01M8FBHC6483TBVNN48MQ0DRZA", two lines
+    of a phone's header; the whole id stays beside the short name, to tell visitors apart."""
+    await gw.visitor(None, "hola")
+    (conversation,) = await gw.waiting()
+    visitor_id = conversation["contact"]["address"]
+    short = f"Visitor {visitor_id[-5:]}"
+    agent = await new_page(PHONE)
+    await sign_in(agent, gw)
+    entry = item(agent, short)
+    await expect(entry.locator(".conv-name")).to_have_text(short)
+    await expect(entry.locator(".conv-name")).to_have_attribute("title", visitor_id)
+    await expect(entry.get_by_role("button", name=PREVIEW)).to_have_accessible_name(
+        re.compile(f"^Preview the conversation with {short}")
+    )
+    await entry.get_by_role("button", name=PREVIEW).click()
+    heading = agent.locator(".conv-head h2")
+    await expect(heading).to_have_text(short)
+    await expect(heading).to_have_attribute("title", visitor_id)
+    await expect(agent.locator(".conv-sub").first).to_contain_text(visitor_id)
+    # One line in the phone's header.
+    box = await heading.bounding_box()
+    line = await heading.evaluate("e => parseFloat(getComputedStyle(e).lineHeight)")
+    assert box is not None and box["height"] < 1.5 * line
