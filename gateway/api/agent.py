@@ -264,20 +264,25 @@ def _inbox_cursor(raw: str | None, state: State) -> ListPosition | None:
 
 @routes.get("/api/v1/queues")
 async def queues(request: web.Request) -> web.Response:
-    """The agent's queues with counts per state (what an inbox shows in its tabs)."""
+    """The agent's queues with counts per state (what an inbox shows in its tabs); with
+    `mine=1` also `mine`, the counts of those assigned to the agent (what `inbox?mine=1`
+    lists), so an inbox filtered to the agent's own counts what it lists."""
     runtime = request.app[RUNTIME]
     agent = runtime.auth.agent(request)
+    mine = _flag(request, "mine")
     counts = await runtime.store.count_by_state()
+    assigned = await runtime.store.count_by_state(agent=agent.id) if mine else None
     body = []
     for name in sorted(agent.queues):
         info = runtime.directory.queues.get(name)
-        body.append(
-            {
-                "name": name,
-                "distribution": info.distribution if info else "manual",
-                "counts": {s.value: counts.get((s.value, name), 0) for s in State},
-            }
-        )
+        queue: dict[str, Any] = {
+            "name": name,
+            "distribution": info.distribution if info else "manual",
+            "counts": {s.value: counts.get((s.value, name), 0) for s in State},
+        }
+        if assigned is not None:
+            queue["mine"] = {s.value: assigned.get((s.value, name), 0) for s in State}
+        body.append(queue)
     return json_response({"queues": body})
 
 

@@ -156,6 +156,15 @@ def _agent_paths() -> dict[str, Any]:
         "/api/v1/queues": {
             "get": {
                 "summary": "The agent's queues with counts per state",
+                "parameters": [
+                    {
+                        "name": "mine",
+                        "in": "query",
+                        "schema": {"type": "string"},
+                        "description": "`1`, `true` or `yes`: each queue also carries `mine`,"
+                        " the counts of the conversations assigned to the caller",
+                    },
+                ],
                 "responses": {
                     "200": {
                         "description": "Queues",
@@ -165,7 +174,7 @@ def _agent_paths() -> dict[str, Any]:
                             )
                         ),
                     },
-                    **_errors(401, 503),
+                    **_errors(400, 401, 503, s400="Bad `mine` (`invalid_request`)"),
                 },
             }
         },
@@ -840,6 +849,11 @@ def _schemas() -> dict[str, Any]:
                 "counts": _object(
                     {s: {"type": "integer"} for s in STATE["enum"]}, list(STATE["enum"])
                 ),
+                "mine": {
+                    **_object({s: {"type": "integer"} for s in STATE["enum"]}, list(STATE["enum"])),
+                    "description": "With `mine=1` only: the counts of the conversations"
+                    " assigned to the caller (what `/api/v1/inbox?mine=1` lists)",
+                },
             },
             ["name", "distribution", "counts"],
         ),

@@ -137,8 +137,9 @@ class Store(Protocol):
         in that order: the next page."""
         ...
 
-    async def count_by_state(self) -> dict[tuple[str, str], int]:
-        """Return conversation counts by (state, queue), for metrics."""
+    async def count_by_state(self, *, agent: str | None = None) -> dict[tuple[str, str], int]:
+        """Return conversation counts by (state, queue), for metrics; with `agent`, only those
+        assigned to that agent: what `list_conversations(agent=...)` lists, counted."""
         ...
 
     async def agent_loads(self) -> dict[str, int]:

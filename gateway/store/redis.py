@@ -378,7 +378,13 @@ class RedisStore:
         )
         return [decode_conversation(d) for d in docs if d is not None]
 
-    async def count_by_state(self) -> dict[tuple[str, str], int]:
+    async def count_by_state(self, *, agent: str | None = None) -> dict[tuple[str, str], int]:
+        if agent is not None:
+            flat = await self._eval("count_assigned", agent, *(str(s) for s in State))
+            return {
+                (_text(flat[j]), _text(flat[j + 1])): int(flat[j + 2])
+                for j in range(0, len(flat), 3)
+            }
         raw = await self._cmd("HGETALL", self._g("count"))
         counts: dict[tuple[str, str], int] = {}
         for key, value in zip(raw[::2], raw[1::2], strict=True):

@@ -225,6 +225,32 @@ if not id then return false end
 return redis.call('HGET', CK(id), 'd')
 """
 
+COUNT_ASSIGNED = r"""
+-- ARGV: P, agent, states...
+-- The agent's conversations by state and queue, flat (state, queue, count, ...): read from the
+-- agent's own index of each state (what list_conversations reads for an agent), each one's
+-- queue looked up. Per-queue counts are kept for everyone only, so this reads each of them.
+local agent = ARGV[2]
+local out = {}
+for j = 3, #ARGV do
+  local st = ARGV[j]
+  local per, order = {}, {}
+  for _, id in ipairs(redis.call('ZRANGE', G('agt:' .. st .. ':' .. agent), 0, -1)) do
+    local q = redis.call('HGET', CK(id), 'q')
+    if q then
+      if not per[q] then order[#order + 1] = q; per[q] = 0 end
+      per[q] = per[q] + 1
+    end
+  end
+  for _, q in ipairs(order) do
+    out[#out + 1] = st
+    out[#out + 1] = q
+    out[#out + 1] = per[q]
+  end
+end
+return out
+"""
+
 LIST_CONVERSATIONS = r"""
 -- ARGV: P, state, agent ('' any), limit, all queues ('1'|'0'), after score ('' none), after id,
 --       queues...
@@ -675,6 +701,7 @@ SCRIPTS: dict[str, str] = {
     "update": UPDATE,
     "find_open": FIND_OPEN,
     "list_conversations": LIST_CONVERSATIONS,
+    "count_assigned": COUNT_ASSIGNED,
     "ingest_read": INGEST_READ,
     "ingest_commit": INGEST_COMMIT,
     "add_outbound": ADD_OUTBOUND,

@@ -520,11 +520,18 @@ class SqliteStore:
 
         return await self._read(query)
 
-    async def count_by_state(self) -> dict[tuple[str, str], int]:
+    async def count_by_state(self, *, agent: str | None = None) -> dict[tuple[str, str], int]:
         def query(conn: sqlite3.Connection) -> dict[tuple[str, str], int]:
-            rows = conn.execute(
-                "SELECT state, queue, count(*) FROM conversations GROUP BY state, queue"
-            )
+            if agent is None:
+                rows = conn.execute(
+                    "SELECT state, queue, count(*) FROM conversations GROUP BY state, queue"
+                )
+            else:  # by the index of assigned conversations
+                rows = conn.execute(
+                    "SELECT state, queue, count(*) FROM conversations WHERE agent = ?"
+                    " GROUP BY state, queue",
+                    (agent,),
+                )
             return {(state, queue): count for state, queue, count in rows}
 
         return await self._read(query)

@@ -443,3 +443,29 @@ async def test_a_long_poll_is_answered_at_once_when_the_node_stops(gw: Gateway) 
     async with asyncio.timeout(10):  # not the 60 s it asked to wait
         status, page = await poll
     assert (status, page["events"]) == (200, [])
+
+
+async def test_queue_counts_with_mine_count_what_the_inbox_lists_with_mine(gw: Gateway) -> None:
+    """Browser audit: with "only mine" the inbox's tabs still counted the whole team (Active
+    2 while the list showed 1). `mine=1` adds the agent's own counts beside the team's."""
+    ids = [await waiting_conversation(gw, "Hola", name) for name in ("uno", "dos", "tres")]
+    assert (await gw.post("maria", f"/api/v1/conversations/{ids[0]}/accept"))[0] == 200
+    assert (await gw.post("jose", f"/api/v1/conversations/{ids[1]}/accept"))[0] == 200
+    status, body = await gw.get("maria", "/api/v1/queues?mine=1")
+    assert status == 200
+    (support,) = [q for q in body["queues"] if q["name"] == "support"]
+    assert support["counts"] == {
+        "waiting": 1,
+        "active": 2,
+        "pending": 0,
+        "inactive": 0,
+        "closed": 0,
+    }
+    assert support["mine"] == {"waiting": 0, "active": 1, "pending": 0, "inactive": 0, "closed": 0}
+    for state in ("waiting", "active"):
+        _, listed = await gw.get("maria", f"/api/v1/inbox?state={state}&mine=1&queue=support")
+        assert len(listed["conversations"]) == support["mine"][state]
+    status, body = await gw.get("maria", "/api/v1/queues")
+    assert status == 200 and all("mine" not in q for q in body["queues"])
+    status, body = await gw.get("maria", "/api/v1/queues?mine=perhaps")
+    assert status == 400 and body["error"]["message"] == "mine must be true or false"

@@ -248,6 +248,9 @@ async def _agents(gw: Gateway, doc: Document, visitor_id: str) -> str:
         await doc.check(await c.get(path, headers=gw.auth("maria")), "GET", path)
         await doc.check(await c.get(path), "GET", path)
     await doc.check(await c.get("/api/v1/me", headers=gw.auth("crm")), "GET", "/api/v1/me")
+    for query in ("?mine=1", "?mine=perhaps"):
+        resp = await c.get("/api/v1/queues" + query, headers=gw.auth("maria"))
+        await doc.check(resp, "GET", "/api/v1/queues")
 
     inbox = None
     for agent, query, status in [

@@ -580,6 +580,38 @@ async def test_counts_by_state(store: Store, clock: ManualClock) -> None:
     assert await store.count_by_state() == {("waiting", "support"): 3}
 
 
+async def test_counts_of_one_agent_are_what_lists_them_for_that_agent(
+    store: Store, clock: ManualClock
+) -> None:
+    """The inbox's tabs with "only mine": counted as `list_conversations(agent=)` lists."""
+    ingest = make_ingestor(store, clock)
+    for i in range(4):
+        await ingest.message(inbound(f"m{i}", address=f"+{i}", pid=f"p{i}"))
+    waiting = await store.list_conversations(State.WAITING)
+    jose = AgentContext("jose", frozenset({"support"}), 5, 0)
+    for conversation, who in zip(waiting, [maria(), maria(), jose], strict=False):
+        await store.update_conversation(
+            lifecycle.accept(conversation, who, clock.now()), conversation.version
+        )
+    first, _ = await store.list_conversations(State.ACTIVE, agent="maria")
+    await store.update_conversation(lifecycle.close(first, maria(), clock.now()), first.version)
+    assert await store.count_by_state(agent="maria") == {
+        ("active", "support"): 1,
+        ("closed", "support"): 1,
+    }
+    assert await store.count_by_state(agent="jose") == {("active", "support"): 1}
+    assert await store.count_by_state(agent="nobody") == {}
+    assert await store.count_by_state() == {
+        ("waiting", "support"): 1,
+        ("active", "support"): 2,
+        ("closed", "support"): 1,
+    }
+    for state in State:
+        listed = await store.list_conversations(state, agent="maria")
+        counted = (await store.count_by_state(agent="maria")).get((str(state), "support"), 0)
+        assert len(listed) == counted, state
+
+
 async def close_waiting(store: Store, conversation: Conversation, clock: ManualClock) -> None:
     """Accept, then close: a waiting conversation leaves the queue only by being accepted."""
     accepted, _ = await store.update_conversation(
