@@ -77,6 +77,7 @@ const app = {
   openSeq: 0,
   opening: null, // {id, messages}: the conversation being loaded, and what came for it meanwhile
   countsTimer: null,
+  countsSeq: 0, // the counts asked for last: an earlier answer (another filter's) is dropped
   clockTimer: null,
 };
 
@@ -325,16 +326,20 @@ function scheduleCounts() {
   app.countsTimer = setTimeout(loadCounts, 150);
 }
 
+/** The tabs' counts, filtered as the list is (queue, only mine): a count that says 2 over a
+ * list of 1 sends the agent looking for a conversation that is not theirs. */
 async function loadCounts() {
   if (!app.api) return; // signed out since it was asked for
-  const data = await guard(app.api.get("/api/v1/queues"));
-  if (!data || !app.me) return;
+  const seq = ++app.countsSeq;
+  const data = await guard(app.api.get("/api/v1/queues" + (app.mine ? "?mine=1" : "")));
+  if (!data || !app.me || seq !== app.countsSeq) return; // a later filter asked again
   const totals = Object.fromEntries(STATES.map((s) => [s, 0]));
   let waiting = 0;
   for (const q of data.queues) {
     waiting += q.counts.waiting || 0;
     if (app.queue && q.name !== app.queue) continue;
-    for (const s of STATES) totals[s] += q.counts[s] || 0;
+    const counts = app.mine ? q.mine || {} : q.counts;
+    for (const s of STATES) totals[s] += counts[s] || 0;
   }
   for (const tab of ui.tabs) tab.querySelector(".count").textContent = totals[tab.dataset.state];
   // The window's title tells an agent in another tab that customers wait, on any of their
@@ -1446,6 +1451,7 @@ ui.queue.addEventListener("change", () => {
 });
 ui.mine.addEventListener("change", () => {
   app.mine = ui.mine.checked;
+  loadCounts();
   selectTab(app.tab);
 });
 

@@ -50,3 +50,46 @@ async def test_an_unnamed_visitor_is_titled_by_the_end_of_its_id(
     box = await heading.bounding_box()
     line = await heading.evaluate("e => parseFloat(getComputedStyle(e).lineHeight)")
     assert box is not None and box["height"] < 1.5 * line
+
+
+async def test_the_tab_counts_follow_only_mine_and_the_queue_filter(
+    gw: LiveGateway, new_page: NewPage
+) -> None:
+    """Audit: with "only mine" ticked the tabs still counted the team's (Active 2 over a list
+    of 1; Inactive 46 against her 9)."""
+    for name in ("Suya", "DeJose", "Cerrada", "Espera"):
+        await gw.visitor(name, "hola")
+    by_name = {c["contact"]["display_name"]: c["id"] for c in await gw.waiting()}
+    for who, name, actions in (
+        ("maria", "Suya", ["accept"]),
+        ("jose", "DeJose", ["accept"]),
+        ("jose", "Cerrada", ["accept", "close"]),
+    ):
+        for action in actions:
+            path = f"/api/v1/conversations/{by_name[name]}/{action}"
+            assert (await gw.post(who, path))[0] == 200
+    agent = await new_page()
+    await sign_in(agent, gw)
+    expected = {"waiting": "1", "active": "2", "pending": "0", "closed": "1"}
+    for state, shown in expected.items():
+        await expect(count(agent, state)).to_have_text(shown)
+
+    await agent.get_by_label("only mine").check()
+    for state, shown in {"waiting": "0", "active": "1", "closed": "0"}.items():
+        await expect(count(agent, state)).to_have_text(shown)
+    await agent.locator("[role=tab][data-state=active]").click()
+    await expect(agent.locator("#list li")).to_have_count(1)
+    await agent.get_by_label("Queue").select_option("sales")
+    await expect(count(agent, "active")).to_have_text("0")
+    await expect(agent.locator("#empty")).to_be_visible()
+    await agent.get_by_label("Queue").select_option("support")
+    await expect(count(agent, "active")).to_have_text("1")
+    # Live: José hands his over to her; her count and list follow.
+    path = f"/api/v1/conversations/{by_name['DeJose']}/transfer"
+    assert (await gw.post("jose", path, {"agent": "maria"}))[0] == 200
+    await expect(count(agent, "active")).to_have_text("2")
+    await expect(agent.locator("#list li")).to_have_count(2)
+    await agent.get_by_label("only mine").uncheck()
+    await expect(count(agent, "closed")).to_have_text("1")
+    # The window's title still counts every customer waiting on her queues.
+    await expect(agent).to_have_title("(1) Inbox · channel gateway")
