@@ -689,8 +689,12 @@ function renderOpenState() {
   if (!c) return;
   const el = o.el;
   const mine = c.agent === app.me.id;
-  // Moved out of sight (transferred to a queue not ours): nothing to do here any more.
+  // Moved out of sight (transferred to a queue not ours): nothing to do here any more, and
+  // nothing more will be heard of it (the stream stops telling us: an automatic queue may have
+  // handed it on already), so its state is not shown as if it were known.
   const gone = !mine && !app.me.queues.includes(c.queue);
+  if (gone && !o.gone && app.notices.has(o.id)) setNotice(o.id, ""); // about what it was
+  o.gone = gone;
   const name = contactName(c);
   const sub = [contactDetail(c) || null,
     c.channel + " (" + channelLabel(c.channel_type) + ")", "queue " + c.queue];
@@ -699,7 +703,8 @@ function renderOpenState() {
   const focusKey = hadFocus && active.dataset.focus;
   // Built again only when what it shows changed: a rebuilt control loses the focus, and
   // focused again a screen reader says it again, on every event.
-  const headKey = JSON.stringify([name, sub, c.subject, c.state, c.channel_type]);
+  const badge = gone ? "moved" : c.state;
+  const headKey = JSON.stringify([name, sub, c.subject, badge, c.channel_type]);
   if (o.headKey !== headKey) {
     o.headKey = headKey;
     el.head.replaceChildren(
@@ -722,15 +727,16 @@ function renderOpenState() {
         c.subject ? h("p", {
           class: "conv-sub", attrs: { title: plain(c.subject) }, text: "Subject: " + plain(c.subject),
         }) : null),
-      h("span", { class: "badge badge-" + c.state, text: c.state }));
+      h("span", { class: "badge badge-" + badge, text: badge }));
   }
   el.head.classList.toggle("is-inactive", c.state === "inactive");
 
   setText(el.banner, gone
-    ? "Moved to queue " + c.queue + ", which is not one of yours: you can no longer act on it."
+    ? "Moved to queue " + c.queue + (c.agent ? " (to " + c.agent + ")" : "") +
+      ", which is not one of yours: you can no longer act on it."
     : bannerText(c, mine));
   el.banner.hidden = !el.banner.textContent;
-  el.banner.className = "banner banner-" + c.state;
+  el.banner.className = "banner banner-" + badge;
 
   const buttons = [];
   const button = (label, aria, cls, onClick, key) => h("button", {

@@ -5,12 +5,13 @@ the conversation changes under it."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
-from playwright.async_api import Locator, Page, expect
+from playwright.async_api import Locator, Page, Route, expect
 
 from tests.browser.conftest import PHONE, NewPage, item, sign_in
-from tests.browser.harness import LiveGateway
+from tests.browser.harness import CONFIG, TOKENS, LiveGateway, live_gateway
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -93,3 +94,45 @@ async def test_the_tab_counts_follow_only_mine_and_the_queue_filter(
     await expect(count(agent, "closed")).to_have_text("1")
     # The window's title still counts every customer waiting on her queues.
     await expect(agent).to_have_title("(1) Inbox · channel gateway")
+
+
+async def test_an_open_conversation_moved_to_an_automatic_queue_not_mine_says_where(
+    gw: LiveGateway, new_page: NewPage, tmp_path: Path
+) -> None:
+    """Audit: a conversation Ana (support only) had open was moved to sales, an automatic
+    queue, and handed to José at once; her pane kept the badge "waiting" (she is not told of
+    what happens on sales) and the error of her lost accept."""
+    automatic = CONFIG.replace(
+        "{name: sales, distribution: manual}", "{name: sales, distribution: automatic}"
+    )
+    stream = "/api/v1/stream?access_token=" + TOKENS["jose"]
+    async with (
+        live_gateway(tmp_path / "auto.db", config=automatic) as auto,
+        auto.http.ws_connect(auto.url + stream) as jose,
+    ):
+        await jose.receive_json()  # hello: José is online, so sales gives him its chats
+        await auto.visitor("Lucía", "hola")
+        (conversation,) = await auto.waiting("ana")
+        path = f"/api/v1/conversations/{conversation['id']}"
+        ana = await new_page()
+        await sign_in(ana, auto, "ana")
+        await item(ana, "Lucía").get_by_role("button", name=PREVIEW).click()
+
+        async def maria_gets_there_first(route: Route) -> None:
+            assert (await auto.post("maria", path + "/accept"))[0] == 200
+            await route.continue_()
+
+        await ana.route("**/accept", maria_gets_there_first)
+        await ana.get_by_role("button", name="Accept this conversation").click()
+        notice = ana.locator(".notice")
+        await expect(notice).to_have_text("Taken by another agent.")
+
+        assert (await auto.post("maria", path + "/transfer", {"queue": "sales"}))[0] == 200
+        await expect(ana.locator(".banner")).to_have_text(
+            "Moved to queue sales, which is not one of yours: you can no longer act on it."
+        )
+        moved = await auto.get("jose", path)
+        assert (moved["state"], moved["agent"]) == ("active", "jose")  # handed on at once
+        await expect(ana.locator(".conv-head .badge")).to_have_text("moved")
+        await expect(notice).to_be_hidden()
+        await ana.context.close()  # before its gateway goes
