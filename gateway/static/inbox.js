@@ -25,6 +25,9 @@ const TYPING_SHOWN_MS = 6000;
 const RESEND_AFTER_MS = 5000;
 const TEMPLATE_LANGUAGE = "es"; // the template form's language until the agent changes it
 const CONFLICT_TRIES = 3; // a reply refused as `conflict` (a busy conversation) this often comes back
+// How long the list stays held after the pointer left it: a tap's click comes after its
+// pointer has left (pointerleave follows pointerup on a touch screen).
+const SETTLE_AFTER_MS = 300;
 
 const $ = (selector) => document.querySelector(selector);
 const ui = {
@@ -64,6 +67,10 @@ const app = {
   mine: false,
   convs: new Map(), // id -> conversation JSON, the newest version seen
   listNodes: new Map(), // id -> {key, node}: list entries, reused while they show the same
+  goneNodes: new Map(), // id -> {text, node}: where an entry that left a held list was
+  holding: false, // the pointer is over the list: its entries stay where they are (renderList)
+  heldFor: "", // the list (listKey) the entries shown belong to
+  settleTimer: null,
   announced: new Set(), // ids of customer messages said out loud (announceNews)
   notices: new Map(), // id -> a short inline notice shown on the list item
   drafts: new Map(), // id -> what the agent has written in its composer, not yet sent
@@ -434,23 +441,111 @@ function renderList() {
   const focusKey = ui.list.contains(focused) && focused.dataset.focus
     ? [focused.closest("li").dataset.id, focused.dataset.focus] : null;
   const focusIndex = focusKey ? Array.from(ui.list.children).indexOf(focused.closest("li")) : 0;
-  const current = app.listFor === listKey();
+  const key = listKey();
+  const current = app.listFor === key;
   const edge = current ? app.listEdge : null;
   const items = Array.from(app.convs.values())
     .filter((c) => inList(c, app.tab) && (!edge || byOrder(c, edge) <= 0))
     .sort(byOrder);
-  reconcile(ui.list, items.map(listNode));
+  // Another tab or filter is another list: nothing of the one shown is held for it; nor is a
+  // list the pane hides (a phone's), whose pointer never left it.
+  const held = app.holding && app.heldFor === key && ui.list.offsetParent !== null;
+  app.heldFor = key;
+  reconcile(ui.list, held ? heldOrder(items) : items.map(listNode));
+  if (!held) app.goneNodes.clear();
   ui.empty.hidden = items.length > 0;
   ui.more.hidden = !(current && app.listNext);
   if (focusKey && !ui.list.contains(document.activeElement)) {
     const again = ui.list.querySelector(`li[data-id="${CSS.escape(focusKey[0])}"] ` +
       `[data-focus="${focusKey[1]}"]`);
-    // Gone from the list (another agent took it, say): the entry now in its place, or the tabs.
+    // Gone from the list (another agent took it, say): the entry now in its place (in a held
+    // list, its own placeholder, which says where it went), or the tabs.
     const instead = ui.list.children[Math.min(focusIndex, ui.list.children.length - 1)];
-    const next = again || (instead && instead.querySelector("[data-focus=open]")) ||
+    const next = again ||
+      (instead && (instead.querySelector("[data-focus=open]") ||
+        (instead.dataset.focus === "gone" ? instead : null))) ||
       ui.tabs.find((t) => t.tabIndex === 0);
     next.focus();
   }
+}
+
+/**
+ * The list while the pointer is over it: every entry where it is shown, so that what the
+ * agent aims at is what they click (a click on a row that moved up as another agent took the
+ * one above accepted the next customer; a re-sort by a message that came opened another
+ * conversation). An entry that left the list keeps its place as a placeholder saying where it
+ * went, one that stays is updated in place, new ones come last. When the pointer leaves, the
+ * list settles into its real order (`settleList`).
+ */
+function heldOrder(items) {
+  const byId = new Map(items.map((c) => [c.id, c]));
+  const wanted = [];
+  for (const node of ui.list.children) {
+    const id = node.dataset.id;
+    const c = byId.get(id);
+    if (c) {
+      wanted.push(listNode(c));
+      byId.delete(id);
+    } else {
+      wanted.push(goneNode(id, node));
+    }
+  }
+  for (const c of byId.values()) wanted.push(listNode(c)); // in the list's order
+  return wanted;
+}
+
+/** The placeholder of an entry that left a held list: as tall as the entry was, so nothing
+ * below it moves; nothing in it can be clicked; focusable, so the focus of an entry that went
+ * stays where it was and a screen reader says why. */
+function goneNode(id, shown) {
+  const c = app.convs.get(id);
+  const name = c ? contactName(c)
+    : (shown.querySelector(".conv-name, .gone-name") || {}).textContent || "This conversation";
+  const text = name + ": " + (c ? whereItWent(c) : "no longer listed here");
+  const known = app.goneNodes.get(id);
+  if (known && known.text === text) return known.node;
+  const node = h("li", {
+    class: "conv is-gone",
+    attrs: { "data-id": id, "data-focus": "gone", tabindex: "-1" },
+  },
+  h("p", { class: "gone-text" }, h("span", { class: "gone-name", text: name }),
+    text.slice(name.length)));
+  node.style.height = shown.getBoundingClientRect().height + "px"; // to the subpixel
+  app.goneNodes.set(id, { text, node });
+  return node;
+}
+
+/** Why a conversation is no longer in the list shown, in a few words. */
+function whereItWent(c) {
+  const me = app.me.id;
+  if (c.state !== app.tab) {
+    if (c.state === "active" && c.agent) return c.agent === me ? "accepted by you" : "taken by " + c.agent;
+    return {
+      waiting: "back in the queue",
+      pending: "set pending" + (c.agent && c.agent !== me ? " by " + c.agent : ""),
+      inactive: "now inactive",
+      closed: "closed",
+    }[c.state] || "now " + c.state;
+  }
+  if (!app.me.queues.includes(c.queue) || (app.queue && c.queue !== app.queue)) {
+    return "moved to queue " + c.queue;
+  }
+  if (app.mine && c.agent !== me) return c.agent ? "now with " + c.agent : "no longer yours";
+  return "moved";
+}
+
+/** The pointer left the list: let it settle into its real order, a moment later. */
+function settleList() {
+  clearTimeout(app.settleTimer);
+  app.settleTimer = setTimeout(() => {
+    app.holding = false;
+    renderList();
+  }, SETTLE_AFTER_MS);
+}
+
+function holdList() {
+  clearTimeout(app.settleTimer);
+  app.holding = true;
 }
 
 /** A conversation's list entry, built again only when what it shows changed: an entry that
@@ -1438,6 +1533,8 @@ window.addEventListener("beforeunload", (e) => {
   if (outboxes.size || app.drafts.size || app.tplDrafts.size) e.preventDefault();
 });
 ui.more.addEventListener("click", loadMore);
+ui.list.addEventListener("pointerenter", holdList);
+ui.list.addEventListener("pointerleave", settleList);
 for (const tab of ui.tabs) {
   tab.addEventListener("click", () => selectTab(tab.dataset.state));
   tab.addEventListener("keydown", (e) => {

@@ -5,6 +5,7 @@ the conversation changes under it."""
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -136,3 +137,75 @@ async def test_an_open_conversation_moved_to_an_automatic_queue_not_mine_says_wh
         await expect(ana.locator(".conv-head .badge")).to_have_text("moved")
         await expect(notice).to_be_hidden()
         await ana.context.close()  # before its gateway goes
+
+
+async def test_the_waiting_list_does_not_move_under_the_pointer_when_another_agent_accepts(
+    gw: LiveGateway, new_page: NewPage
+) -> None:
+    """Audit: Maria pointed at the second customer's ✓; José accepted the first just before
+    she clicked, the list moved up, and her click accepted the third customer (out of FIFO,
+    without asking). Held under the pointer, the first one's row stays, as a placeholder."""
+    for name in ("Uno", "Dos", "Tres"):
+        await gw.visitor(name, "hola")
+        gw.clock.advance(timedelta(minutes=1))
+    ids = {c["contact"]["display_name"]: c["id"] for c in await gw.waiting()}
+    agent = await new_page()
+    await sign_in(agent, gw)
+    await expect(agent.locator("#list .conv-name")).to_have_text(["Uno", "Dos", "Tres"])
+    accept = item(agent, "Dos").get_by_role("button", name=ACCEPT)
+    box = await accept.bounding_box()
+    assert box is not None
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    await agent.mouse.move(x, y)
+    # A keyboard user's focus on the entry that goes stays where it was, on its placeholder.
+    await item(agent, "Uno").get_by_role("button", name=PREVIEW).focus()
+
+    status, _ = await gw.post("jose", f"/api/v1/conversations/{ids['Uno']}/accept")
+    assert status == 200
+    gone = agent.locator("#list li.is-gone")
+    await expect(gone).to_have_text("Uno: taken by jose")
+    await expect(gone).to_be_focused()
+    await expect(gone.get_by_role("button")).to_have_count(0)  # nothing there to click
+    await expect(count(agent, "waiting")).to_have_text("2")  # counts are the truth
+    assert await accept.bounding_box() == box  # Dos's ✓ is still under the pointer
+
+    await agent.mouse.down()
+    await agent.mouse.up()
+    await expect(agent.locator(".conv-head h2")).to_have_text("Dos")
+    dos = await gw.get("maria", f"/api/v1/conversations/{ids['Dos']}")
+    assert (dos["state"], dos["agent"]) == ("active", "maria")
+    (tres,) = await gw.waiting()
+    assert tres["id"] == ids["Tres"]  # still first in the queue, as it should be
+
+
+async def test_the_active_list_reorders_only_once_the_pointer_leaves_it(
+    gw: LiveGateway, new_page: NewPage
+) -> None:
+    """Audit: Maria aimed at a conversation, another customer wrote first, the list sorted that
+    one to the top and her click opened the wrong conversation."""
+    tokens = {}
+    for name in ("Primera", "Segunda", "Tercera"):
+        tokens[name] = await gw.visitor(name, "hola")
+    for conversation in await gw.waiting():
+        path = f"/api/v1/conversations/{conversation['id']}/accept"
+        assert (await gw.post("maria", path))[0] == 200
+    for name in ("Primera", "Segunda", "Tercera"):
+        gw.clock.advance(timedelta(minutes=1))
+        await gw.visitor_says(tokens[name], f"soy {name}")
+    agent = await new_page()
+    await sign_in(agent, gw)
+    await agent.locator("[role=tab][data-state=active]").click()
+    names = agent.locator("#list .conv-name")
+    await expect(names).to_have_text(["Tercera", "Segunda", "Primera"])
+    await item(agent, "Segunda").get_by_role("button", name=OPEN).hover()
+
+    gw.clock.advance(timedelta(minutes=1))
+    await gw.visitor_says(tokens["Primera"], "¿sigue ahí?")
+    await expect(item(agent, "Primera")).to_contain_text("¿sigue ahí?")
+    await expect(names).to_have_text(["Tercera", "Segunda", "Primera"])  # not yet re-sorted
+    await agent.mouse.down()
+    await agent.mouse.up()
+    await expect(agent.locator(".conv-head h2")).to_have_text("Segunda")
+
+    await agent.locator(".conv-head h2").hover()  # out of the list: it settles
+    await expect(names).to_have_text(["Primera", "Tercera", "Segunda"])
