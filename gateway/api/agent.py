@@ -18,7 +18,7 @@ from gateway.api.media import MIME_TYPE
 from gateway.api.serialize import conversation_json, message_json
 from gateway.appkeys import RUNTIME
 from gateway.errors import InvalidInput, NotFound, TransitionError
-from gateway.model import Attachment, Event, State
+from gateway.model import OPEN_STATES, Attachment, Event, State
 from gateway.outbound import OutboundRequest
 from gateway.store.base import ListPosition, list_position
 
@@ -281,7 +281,10 @@ async def queues(request: web.Request) -> web.Response:
             "counts": {s.value: counts.get((s.value, name), 0) for s in State},
         }
         if assigned is not None:
-            queue["mine"] = {s.value: assigned.get((s.value, name), 0) for s in State}
+            # Open states only: an agent's inactive and closed ones are their whole history.
+            queue["mine"] = {
+                s.value: assigned.get((s.value, name), 0) for s in State if s in OPEN_STATES
+            }
         body.append(queue)
     return json_response({"queues": body})
 

@@ -85,6 +85,7 @@ def _action(summary: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
 
 
 STATE = {"type": "string", "enum": ["waiting", "active", "pending", "inactive", "closed"]}
+OPEN = ["waiting", "active", "pending"]
 TIME = {"type": ["string", "null"], "format": "date-time"}
 NULLABLE_STRING = {"type": ["string", "null"]}
 ANY_OBJECT = {"type": "object", "additionalProperties": True}
@@ -850,9 +851,11 @@ def _schemas() -> dict[str, Any]:
                     {s: {"type": "integer"} for s in STATE["enum"]}, list(STATE["enum"])
                 ),
                 "mine": {
-                    **_object({s: {"type": "integer"} for s in STATE["enum"]}, list(STATE["enum"])),
+                    **_object({s: {"type": "integer"} for s in OPEN}, OPEN),
                     "description": "With `mine=1` only: the counts of the conversations"
-                    " assigned to the caller (what `/api/v1/inbox?mine=1` lists)",
+                    " assigned to the caller in an open state (what `/api/v1/inbox?mine=1`"
+                    " lists); inactive and closed ones, the agent's whole history, are not"
+                    " counted",
                 },
             },
             ["name", "distribution", "counts"],

@@ -346,9 +346,18 @@ async function loadCounts() {
     waiting += q.counts.waiting || 0;
     if (app.queue && q.name !== app.queue) continue;
     const counts = app.mine ? q.mine || {} : q.counts;
-    for (const s of STATES) totals[s] += counts[s] || 0;
+    for (const s of STATES) {
+      // `mine` counts the open states only (an agent's history is not counted): no number.
+      if (counts[s] === undefined) totals[s] = null;
+      else if (totals[s] !== null) totals[s] += counts[s];
+    }
   }
-  for (const tab of ui.tabs) tab.querySelector(".count").textContent = totals[tab.dataset.state];
+  for (const tab of ui.tabs) {
+    const count = tab.querySelector(".count");
+    const total = totals[tab.dataset.state];
+    count.hidden = total === null;
+    count.textContent = total === null ? "" : total;
+  }
   // The window's title tells an agent in another tab that customers wait, on any of their
   // queues (the filter is for the list).
   document.title = (waiting ? "(" + waiting + ") " : "") + TITLE;

@@ -139,7 +139,10 @@ class Store(Protocol):
 
     async def count_by_state(self, *, agent: str | None = None) -> dict[tuple[str, str], int]:
         """Return conversation counts by (state, queue), for metrics; with `agent`, only those
-        assigned to that agent: what `list_conversations(agent=...)` lists, counted."""
+        assigned to that agent in an open state (waiting, active, pending): what
+        `list_conversations(agent=...)` lists, counted. An agent's inactive and closed ones
+        are not counted: they grow with the agent's history, without end, and counting them
+        would read all of it (on Redis, inside a script that holds every other client)."""
         ...
 
     async def agent_loads(self) -> dict[str, int]:

@@ -50,6 +50,7 @@ from gateway.keylocks import KeyedLocks
 from gateway.lifecycle import Transition, deadlines_of
 from gateway.model import (
     DELIVERY_RANK,
+    OPEN_STATES,
     Conversation,
     DeliveryStatus,
     Event,
@@ -380,7 +381,8 @@ class RedisStore:
 
     async def count_by_state(self, *, agent: str | None = None) -> dict[tuple[str, str], int]:
         if agent is not None:
-            flat = await self._eval("count_assigned", agent, *(str(s) for s in State))
+            open_states = (str(s) for s in State if s in OPEN_STATES)  # see Store.count_by_state
+            flat = await self._eval("count_assigned", agent, *open_states)
             return {
                 (_text(flat[j]), _text(flat[j + 1])): int(flat[j + 2])
                 for j in range(0, len(flat), 3)

@@ -526,10 +526,10 @@ class SqliteStore:
                 rows = conn.execute(
                     "SELECT state, queue, count(*) FROM conversations GROUP BY state, queue"
                 )
-            else:  # by the index of assigned conversations
+            else:  # by the index of assigned conversations; open ones only (see the Protocol)
                 rows = conn.execute(
                     "SELECT state, queue, count(*) FROM conversations WHERE agent = ?"
-                    " GROUP BY state, queue",
+                    f" AND state IN {OPEN_SQL} GROUP BY state, queue",
                     (agent,),
                 )
             return {(state, queue): count for state, queue, count in rows}
