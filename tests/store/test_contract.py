@@ -791,8 +791,9 @@ async def test_a_report_naming_our_message_settles_a_send_never_recorded(
 ) -> None:
     """The gateway died before the send's answer was stored: the provider's report names
     our id, so it finds the message, records the provider id, and applies (with any report
-    kept before it). One naming a message of another channel, or one already sent under
-    another id, is kept as unknown and changes nothing."""
+    kept before it). One naming a message of another channel is kept as unknown; one of a
+    copy already sent under another id (a retry: the customer may have it twice) finds the
+    message but changes nothing."""
     ingest = make_ingestor(store, clock)
     conv = (await ingest.message(inbound())).conversation
     msg = outbound(conv.id, clock)
@@ -812,9 +813,10 @@ async def test_a_report_naming_our_message_settles_a_send_never_recorded(
     assert (stored.provider_message_id, stored.status) == ("SM20", DeliveryState.SENT)
     # A copy that went out under another id (a retry) does not take the message over.
     other = await ingest.status(report("SM21", DeliveryState.DELIVERED))
-    assert other.message is None
+    assert other.message is not None and other.message.id == msg.id and not other.moved
     stored = await store.get_message(msg.id)
-    assert stored is not None and stored.provider_message_id == "SM20"
+    assert stored is not None
+    assert (stored.provider_message_id, stored.status) == ("SM20", DeliveryState.SENT)
 
 
 async def test_retention_goes_by_when_events_were_logged_not_by_provider_times(
