@@ -72,6 +72,7 @@ const app = {
   heldFor: "", // the list (listKey) the entries shown belong to
   settleTimer: null,
   announced: new Set(), // ids of customer messages said out loud (announceNews)
+  unread: new Map(), // id -> what came in my conversations while not open: {messages, handed}
   notices: new Map(), // id -> a short inline notice shown on the list item
   drafts: new Map(), // id -> what the agent has written in its composer, not yet sent
   tplDrafts: new Map(), // id -> the template form as left: {name, language, params}
@@ -193,6 +194,7 @@ function signOut(message) {
   app.convs.clear();
   app.listNodes.clear();
   app.announced.clear();
+  app.unread.clear();
   document.title = TITLE;
   app.notices.clear();
   ui.list.replaceChildren();
@@ -292,21 +294,44 @@ function onEvent(event) {
 function announceNews(event, known) {
   const conv = event.conversation;
   const message = event.message;
+  const open = app.open && app.open.id === conv.id;
   if (event.type === "message.received" && message && message.direction === "in") {
     // Its conversation's change came first, at the same version: told by the message's id.
     const mine = conv.agent === app.me.id;
-    const open = app.open && app.open.id === conv.id;
     if (mine && !open && !app.announced.has(message.id)) {
       app.announced.add(message.id);
+      markUnread(conv.id, { messages: 1 });
       announce("New message from " + contactName(conv) + ".");
     }
     return;
   }
   const fresh = !known || (conv.version || 0) > (known.version || 0);
+  // Handed to me by someone else (a transfer): it must not land silently in my list.
+  if (fresh && event.change === "transferred" && conv.agent === app.me.id &&
+      (!known || known.agent !== app.me.id)) {
+    if (!open) markUnread(conv.id, { handed: true });
+    announce("Transferred to you: " + contactName(conv) + ".");
+  }
   if (fresh && conv.state === "waiting" && (!known || known.state !== "waiting") &&
       app.me.queues.includes(conv.queue)) {
     announce("Waiting on " + conv.queue + ": " + contactName(conv) + ".");
   }
+}
+
+/** Note what came in a conversation of mine while it was not open; opening it clears it. */
+function markUnread(id, { messages = 0, handed = false }) {
+  const was = app.unread.get(id) || { messages: 0, handed: false };
+  app.unread.set(id, { messages: was.messages + messages, handed: was.handed || handed });
+}
+
+/** What the list entry says is new in a conversation: "2 new", "handed to you". */
+function unreadWords(id) {
+  const unread = app.unread.get(id);
+  if (!unread) return "";
+  const words = [];
+  if (unread.handed) words.push("handed to you");
+  if (unread.messages) words.push(unread.messages + " new");
+  return words.join(", ");
 }
 
 function announce(text) {
@@ -563,7 +588,8 @@ function holdList() {
 function listNode(c) {
   const key = JSON.stringify([c.version, c.state, c.agent, c.queue, c.preview, c.subject,
     c.contact, c.inactive_reason, c.pending_reason, c.queued_at, c.last_message_at,
-    c.updated_at, app.queue, app.open && app.open.id === c.id, app.notices.get(c.id) || ""]);
+    c.updated_at, app.queue, app.open && app.open.id === c.id, app.notices.get(c.id) || "",
+    unreadWords(c.id)]);
   const known = app.listNodes.get(c.id);
   if (known && known.key === key) {
     const since = known.node.querySelector("[data-since]"); // it was away from the page
@@ -605,7 +631,9 @@ function listItem(c) {
   const where = [address, app.queue ? null : c.queue].filter(Boolean).join(" · ");
   const holder = c.agent ? (c.agent === app.me.id ? "you" : c.agent) : null;
   const notice = app.notices.get(c.id);
+  const unread = unreadWords(c.id);
   const classes = ["conv", "is-" + c.state];
+  if (unread) classes.push("is-unread");
   if (app.open && app.open.id === c.id) classes.push("is-open");
   return h("li", { class: classes.join(" "), attrs: { "data-id": c.id, "data-state": c.state } },
     h("button", {
@@ -621,6 +649,7 @@ function listItem(c) {
           class: "conv-name", attrs: { title: c.contact.display_name ? null : address || null },
           text: name,
         }),
+        unread ? h("span", { class: "unread", text: unread }) : null,
         h("time", {
           class: "since",
           attrs: { "data-since": since, "data-form": waiting ? "wait" : "ago", datetime: since },
@@ -701,6 +730,7 @@ async function accept(id) {
 
 async function openConversation(id) {
   const seq = ++app.openSeq;
+  app.unread.delete(id); // seen now (its entry loses the marker as the list renders)
   // Messages the stream brings while the conversation loads: its answer may predate them.
   app.opening = { id, messages: [] };
   const data = await guard(app.api.get(app.api.conversationPath(id)), (err) => {

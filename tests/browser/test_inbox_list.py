@@ -212,3 +212,36 @@ async def test_the_active_list_reorders_only_once_the_pointer_leaves_it(
 
     await agent.locator(".conv-head h2").hover()  # out of the list: it settles
     await expect(names).to_have_text(["Primera", "Tercera", "Segunda"])
+
+
+async def test_what_came_in_my_other_conversations_is_marked_until_opened(
+    gw: LiveGateway, new_page: NewPage
+) -> None:
+    """Team audit: nothing flagged a customer writing in another of the agent's conversations,
+    and a conversation transferred to her landed silently at the bottom of Active. Its entry
+    says so ("2 new", "handed to you") until she opens it."""
+    tokens = {name: await gw.visitor(name, "hola") for name in ("Abierta", "Otra", "DeJose")}
+    by_name = {c["contact"]["display_name"]: c["id"] for c in await gw.waiting()}
+    for who, name in (("maria", "Abierta"), ("maria", "Otra"), ("jose", "DeJose")):
+        assert (await gw.post(who, f"/api/v1/conversations/{by_name[name]}/accept"))[0] == 200
+    agent = await new_page()
+    await sign_in(agent, gw)
+    await agent.locator("[role=tab][data-state=active]").click()
+    await item(agent, "Abierta").get_by_role("button", name=OPEN).click()
+    await expect(agent.locator(".conv-head h2")).to_have_text("Abierta")
+    other = item(agent, "Otra")
+    await expect(other.locator(".unread")).to_have_count(0)
+    await gw.visitor_says(tokens["Otra"], "¿sigues ahí?")
+    await expect(other.locator(".unread")).to_have_text("1 new")
+    await gw.visitor_says(tokens["Otra"], "¿hola?")
+    await expect(other.locator(".unread")).to_have_text("2 new")
+    await gw.visitor_says(tokens["Abierta"], "gracias")  # the open one: seen as it comes
+    await expect(agent.locator(".msg-in .msg-text").last).to_have_text("gracias")
+    await expect(item(agent, "Abierta").locator(".unread")).to_have_count(0)
+    path = f"/api/v1/conversations/{by_name['DeJose']}/transfer"
+    assert (await gw.post("jose", path, {"agent": "maria"}))[0] == 200
+    await expect(item(agent, "DeJose").locator(".unread")).to_have_text("handed to you")
+    await other.get_by_role("button", name=OPEN).click()
+    await expect(agent.locator(".conv-head h2")).to_have_text("Otra")
+    await expect(other.locator(".unread")).to_have_count(0)
+    await expect(item(agent, "DeJose").locator(".unread")).to_have_text("handed to you")
