@@ -85,6 +85,7 @@ const app = {
   openSeq: 0,
   opening: null, // {id, messages}: the conversation being loaded, and what came for it meanwhile
   countsTimer: null,
+  waitingTotal: 0, // customers waiting on my queues (the window title's number)
   countsSeq: 0, // the counts asked for last: an earlier answer (another filter's) is dropped
   clockTimer: null,
 };
@@ -286,6 +287,7 @@ function onEvent(event) {
   if (conv && open && conv.id === open.id) renderOpenState();
   if (event.type.startsWith("conversation.")) scheduleCounts();
   renderList();
+  showBackNews();
 }
 
 /** Say, for screen readers, what came for the agent that the page does not show where they
@@ -386,6 +388,25 @@ async function loadCounts() {
   // The window's title tells an agent in another tab that customers wait, on any of their
   // queues (the filter is for the list).
   document.title = (waiting ? "(" + waiting + ") " : "") + TITLE;
+  app.waitingTotal = waiting;
+  showBackNews();
+}
+
+/** On a phone the open pane hides the list: its back button says what waits there ("3
+ * waiting · 2 new"), so new work is seen without leaving the conversation. */
+function showBackNews() {
+  const back = app.open && app.open.el && app.open.el.head.querySelector(".back");
+  if (!back) return;
+  const parts = [];
+  if (app.waitingTotal) parts.push(app.waitingTotal + " waiting");
+  let fresh = 0;
+  for (const u of app.unread.values()) fresh += u.messages + (u.handed ? 1 : 0);
+  if (fresh) parts.push(fresh + " new");
+  const news = parts.join(" · ");
+  const shown = back.querySelector(".back-news");
+  setText(shown, news);
+  shown.hidden = !news;
+  back.setAttribute("aria-label", "Back to the list" + (news ? " (" + news + ")" : ""));
 }
 
 function selectTab(state) {
@@ -846,7 +867,7 @@ function renderOpenState() {
         class: "back ghost",
         attrs: { type: "button", "aria-label": "Back to the list", "data-focus": "back" },
         on: { click: closePane },
-      }, "←"),
+      }, "←", h("span", { class: "back-news", attrs: { hidden: true } })),
       channelIcon(c.channel_type),
       h("div", { class: "conv-title" },
         h("h2", {
@@ -862,6 +883,7 @@ function renderOpenState() {
           class: "conv-sub", attrs: { title: plain(c.subject) }, text: "Subject: " + plain(c.subject),
         }) : null),
       h("span", { class: "badge badge-" + badge, text: badge }));
+    showBackNews();
   }
   el.head.classList.toggle("is-inactive", c.state === "inactive");
 

@@ -245,3 +245,21 @@ async def test_what_came_in_my_other_conversations_is_marked_until_opened(
     await expect(agent.locator(".conv-head h2")).to_have_text("Otra")
     await expect(other.locator(".unread")).to_have_count(0)
     await expect(item(agent, "DeJose").locator(".unread")).to_have_text("handed to you")
+
+
+async def test_on_a_phone_the_open_conversation_says_what_waits_in_the_list(
+    gw: LiveGateway, new_page: NewPage
+) -> None:
+    """Team audit: on a phone, with a conversation open (the list hidden behind it), nothing
+    on screen showed new customers waiting; only the tab's title. The back button says it."""
+    await gw.visitor("Primera", "hola")
+    agent = await new_page(PHONE)
+    await sign_in(agent, gw)
+    await item(agent, "Primera").get_by_role("button", name=ACCEPT).click()
+    back = agent.get_by_role("button", name=re.compile("^Back to the list"))
+    await expect(back).to_be_visible()
+    await expect(back).to_have_accessible_name("Back to the list")
+    await gw.visitor("Segunda", "¿alguien?")
+    await gw.visitor("Tercera", "hola")
+    await expect(back).to_have_text("←2 waiting")
+    await expect(back).to_have_accessible_name("Back to the list (2 waiting)")
