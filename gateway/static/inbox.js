@@ -392,8 +392,9 @@ async function loadCounts() {
   showBackNews();
 }
 
-/** On a phone the open pane hides the list: its back button says what waits there ("3
- * waiting · 2 new"), so new work is seen without leaving the conversation. */
+/** On a phone the open pane hides the list: its back button shows how much waits there (3
+ * waiting, 2 new: "5", named "3 waiting · 2 new"), so new work is seen without leaving the
+ * conversation. */
 function showBackNews() {
   const back = app.open && app.open.el && app.open.el.head.querySelector(".back");
   if (!back) return;
@@ -404,8 +405,10 @@ function showBackNews() {
   if (fresh) parts.push(fresh + " new");
   const news = parts.join(" · ");
   const shown = back.querySelector(".back-news");
-  setText(shown, news);
+  // A number in a pill (a phone's header has no room for words); the words in its name.
+  setText(shown, String(app.waitingTotal + fresh));
   shown.hidden = !news;
+  back.title = news;
   back.setAttribute("aria-label", "Back to the list" + (news ? " (" + news + ")" : ""));
 }
 

@@ -261,5 +261,5 @@ async def test_on_a_phone_the_open_conversation_says_what_waits_in_the_list(
     await expect(back).to_have_accessible_name("Back to the list")
     await gw.visitor("Segunda", "¿alguien?")
     await gw.visitor("Tercera", "hola")
-    await expect(back).to_have_text("←2 waiting")
+    await expect(back.locator(".back-news")).to_have_text("2")
     await expect(back).to_have_accessible_name("Back to the list (2 waiting)")
