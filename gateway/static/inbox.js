@@ -1284,8 +1284,7 @@ function renderComposer(c, mine) {
   el.template.hidden = !template;
   let why = "";
   if (template) {
-    why = windowWords(c) + ": free text cannot be sent until they write again. You can send" +
-      " an approved template" +
+    why = windowWords(c) + ": until they write again, only an approved template reaches them" +
       (c.state === "inactive" ? "; their answer starts a new conversation." : ".");
   } else if (mine && c.state === "active" && !c.can_reply) {
     why = "This channel does not accept free text now.";
@@ -1304,7 +1303,9 @@ function renderComposer(c, mine) {
   }
   setText(el.why, why);
   el.why.hidden = !why;
-  el.form.hidden = c.state === "inactive" || c.state === "closed";
+  // Where only a template can go out, its form replaces the reply box (disabled, it only took
+  // room from the thread: a phone kept two or three messages in sight).
+  el.form.hidden = c.state === "inactive" || c.state === "closed" || template;
 }
 
 /** The template form, as filled in, is the open conversation's too. */

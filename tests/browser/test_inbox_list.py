@@ -263,3 +263,22 @@ async def test_on_a_phone_the_open_conversation_says_what_waits_in_the_list(
     await gw.visitor("Tercera", "hola")
     await expect(back.locator(".back-news")).to_have_text("2")
     await expect(back).to_have_accessible_name("Back to the list (2 waiting)")
+
+
+async def test_on_a_phone_the_template_form_leaves_the_thread_room(
+    gw: LiveGateway, new_page: NewPage
+) -> None:
+    """Team audit: at phone size the template form (a closed WhatsApp window) took about half
+    the screen, leaving two or three messages in sight."""
+    for n in range(12):
+        await gw.whatsapp("+5511966665555", "Janela", f"mensagem {n}")
+    (conversation,) = await gw.waiting()
+    assert (await gw.post("maria", f"/api/v1/conversations/{conversation['id']}/accept"))[0] == 200
+    gw.clock.advance(timedelta(hours=24, minutes=5))  # the window closes
+    agent = await new_page(PHONE)
+    await sign_in(agent, gw)
+    await agent.locator("[role=tab][data-state=active]").click()
+    await item(agent, "Janela").get_by_role("button", name=OPEN).click()
+    await expect(agent.get_by_role("button", name="Send template")).to_be_visible()
+    thread = await agent.locator(".thread").bounding_box()
+    assert thread is not None and thread["height"] >= 0.4 * 740, thread
