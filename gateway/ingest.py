@@ -238,8 +238,9 @@ class Ingestor:
         result = await self.store.apply_status(status)
         early = result.message is None
         if early and status.message_id:
-            result = await self._correlate(status) or result
-            early = result.message is None  # a report of a second send is stale, not early
+            correlated, second_send = await self._correlate(status)
+            result = correlated or result
+            early = not second_send  # a report of a second send is stale, not early
         if result.message is None:
             log.warning(
                 "ingest.status_unknown_message",
@@ -267,22 +268,23 @@ class Ingestor:
             await close_window(self.store, result.message, self.clock)
         return result, early
 
-    async def _correlate(self, status: DeliveryStatus) -> StatusResult | None:
+    async def _correlate(self, status: DeliveryStatus) -> tuple[StatusResult | None, bool]:
         """A report for a send whose answer was never recorded: the gateway died while the
         provider was answering, or the answer came too late. The report names our message
         (`DeliveryStatus.message_id`), so record its provider id now: that applies this
         report, kept as early by `apply_status`, and any kept before it; and the message is
-        no longer `queued`, so its redelivery does not send it a second time."""
+        no longer `queued`, so its redelivery does not send it a second time. Also says
+        whether the report is of a second send (the message went out under another id)."""
         assert status.message_id is not None
         message = await self.store.get_message(status.message_id)
         if message is None or message.channel != status.channel:
-            return None
+            return None, False
         if message.direction != Direction.OUT:
-            return None
+            return None, False
         if message.provider_message_id == status.provider_message_id:
             # Recorded since this report was first tried (another report of the same message
             # correlated it meanwhile, or its send's answer came): it applies now.
-            return await self.store.apply_status(status)
+            return await self.store.apply_status(status), False
         if message.provider_message_id is not None:
             # It went out under another id: a try that timed out reached the provider after
             # all, and the retry sent it again. The customer may have it twice: say so.
@@ -294,7 +296,7 @@ class Ingestor:
                 recorded_provider_message_id=message.provider_message_id,
                 status=str(status.status),
             )
-            return StatusResult(message, False)
+            return StatusResult(message, False), True
         recorded = await self.store.record_send(
             message.id, provider_message_id=status.provider_message_id, status=None
         )
@@ -304,7 +306,7 @@ class Ingestor:
             message_id=message.id,
             provider_message_id=status.provider_message_id,
         )
-        return recorded
+        return recorded, False
 
 
 async def close_window(store: Store, refused: Message, clock: Clock) -> Conversation | None:
