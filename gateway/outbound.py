@@ -87,9 +87,11 @@ class RetryPolicy:
 
 ORDER_CHECK = 10
 """How many messages before a reply are looked at for an earlier one still being sent."""
+ORDER_POLL_FIRST = 0.02
 ORDER_POLL = 0.5
 """Seconds between looks at an earlier reply another node is sending, when no event about the
-conversation came meanwhile (a provider that takes a message as `queued` reports nothing)."""
+conversation came meanwhile (a provider that takes a message as `queued` reports nothing): from
+ORDER_POLL_FIRST, doubling up to this (a provider usually takes a message within 100 ms)."""
 
 DRAIN_TIMEOUT = 10.0
 """Seconds a shutdown waits for deliveries in flight. What is still sending then is cut off and
@@ -705,9 +707,10 @@ class Outbound:
         On one node, deliveries to a conversation already go one after the other (see
         `_spawn_in_order`); an agent's next reply may come in through another node, though
         (a load balancer without sticky sessions), while the first is still retrying. Only
-        replies stored less than `redeliver_after` ago count: an older one still `queued` was
-        left by a node that died, and waits for its redelivery deadline. The wait lasts at most
-        `longest` (when the other node's retries must have ended); then this one goes anyway.
+        replies stored less than `longest` ago count: the node sending an older one still
+        `queued` has ended its retries by now, or died (it then waits for its redelivery
+        deadline). So the wait lasts until then at most, and each reply behind a reply a dead
+        node left waits only for what is left of that span, not a whole span of its own.
         """
         if not self.other_nodes:
             return
@@ -716,6 +719,7 @@ class Outbound:
         key = (message.channel, message.contact.address) if message.contact else None
         subscription = self.hub.subscribe(maxsize=64, key=key) if self.hub and key else None
         told = False
+        poll = ORDER_POLL_FIRST
         try:
             while earlier := await self._being_sent_before(message):
                 left = give_up - loop.time()
@@ -733,18 +737,19 @@ class Outbound:
                         message_id=message.id,
                         earlier=[m.id for m in earlier],
                     )
-                await _news(subscription, min(left, ORDER_POLL))
+                await _news(subscription, min(left, poll))
+                poll = min(poll * 2, ORDER_POLL)
         finally:
             if subscription is not None:
                 subscription.close()
 
     async def _being_sent_before(self, message: Message) -> list[Message]:
-        """Replies to the same conversation stored just before `message` that another node
-        has not yet handed to the provider (see `_after_earlier`)."""
+        """Replies to the same conversation stored just before `message`, less than `longest`
+        ago, that another node has not yet handed to the provider (see `_after_earlier`)."""
         before = await self.store.list_recent_messages(
             message.conversation_id, before=message.id, limit=ORDER_CHECK
         )
-        recent_since = self.clock.now() - self.retry.redeliver_after
+        recent_since = self.clock.now() - timedelta(seconds=self.retry.longest)
         return [
             m
             for m in before

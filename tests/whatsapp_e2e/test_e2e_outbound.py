@@ -500,8 +500,9 @@ async def test_a_reply_waits_for_an_earlier_one_only_as_long_as_its_sender_could
     wa: WaGateway,
 ) -> None:
     """An earlier reply still `queued` that no node on hand is sending (its node is stuck, or
-    died): the next one waits at most the longest retry sequence, then goes; once the earlier
-    one is older than `redeliver_after` (left for its redelivery), nothing waits for it."""
+    died): the next one waits at most the longest retry sequence, then goes. Re-audit: each
+    reply after that waited a whole span of its own again (the nth one n spans); once the
+    earlier one is older than a span, nothing waits for it any more."""
     conversation_id = await wa.open_conversation(META, pid="in-stuck")
     store, outbound = wa.gw.runtime.store, wa.gw.runtime.outbound
     conversation = await store.get_conversation(conversation_id)
@@ -516,21 +517,24 @@ async def test_a_reply_waits_for_an_earlier_one_only_as_long_as_its_sender_could
     transition = lifecycle.agent_message(conversation, stuck, now)
     await store.add_outbound(transition, conversation.version, stuck, None)
     outbound.other_nodes = True  # as on Redis
-    outbound.retry = replace(outbound.retry, longest=0.2)
+    span = 0.2
+    outbound.retry = replace(outbound.retry, longest=span)
     fake = wa.fake(META)
+
+    async def span_passes(call: Call, provider_id: str) -> None:
+        if text_sent(META, call) == "next":  # sent once it waited the span out
+            wa.clock.advance(timedelta(seconds=span))
+
+    fake.before_reply = span_passes
     with capture_logs() as logs:
         await wa.reply(conversation_id, {"text": "next"})
+        await wa.reply(conversation_id, {"text": "after next"})
         await wa.gw.settle()
-    assert [text_sent(META, c) for c in fake.calls] == ["next"]
+    assert [text_sent(META, c) for c in fake.calls] == ["next", "after next"]
     (gave_up,) = [e for e in logs if e["event"] == "outbound.order_wait_gave_up"]
     assert gave_up["earlier"] == [stuck.id]
-    outbound.retry = replace(outbound.retry, longest=300.0)  # a wait now would hang the test
-    wa.clock.advance(outbound.retry.redeliver_after + timedelta(seconds=1))
-    with capture_logs() as logs:
-        await wa.reply(conversation_id, {"text": "later"})
-        await wa.gw.settle()
-    assert [text_sent(META, c) for c in fake.calls] == ["next", "later"]
-    assert not [e for e in logs if e["event"].startswith("outbound.waiting")]
+    waited = [e["message_id"] for e in logs if e["event"] == "outbound.waiting_for_earlier"]
+    assert waited == [gave_up["message_id"]]  # "after next" did not wait a span of its own
 
 
 async def test_in_one_process_a_reply_cut_off_by_a_restart_holds_nothing_back(
