@@ -12,7 +12,7 @@ import {
 } from "./view.js";
 
 const TOKEN_KEY = "gw-inbox-token";
-const UNSENT_KEY = "gw-inbox-unsent"; // replies and drafts kept across a reload of this tab
+const UNSENT_KEY = "gw-inbox-unsent"; // replies, drafts and unread marks kept across a reload
 const STATES = ["waiting", "active", "pending", "inactive", "closed"];
 const PENDING_REASONS = {
   set_aside: "set aside",
@@ -216,7 +216,7 @@ function keepUnsent() {
   const boxes = Array.from(outboxes, ([id, box]) =>
     [id, box.items.filter((i) => !i.sent).map(({ body, key }) => ({ body, key }))])
     .filter(([, i]) => i.length);
-  if (!boxes.length && !app.drafts.size && !app.tplDrafts.size) {
+  if (!boxes.length && !app.drafts.size && !app.tplDrafts.size && !app.unread.size) {
     sessionStorage.removeItem(UNSENT_KEY);
     return;
   }
@@ -225,6 +225,7 @@ function keepUnsent() {
     outboxes: boxes,
     drafts: Array.from(app.drafts),
     tplDrafts: Array.from(app.tplDrafts),
+    unread: Array.from(app.unread), // "2 new" stays until opened, a reload or not
   }));
 }
 
@@ -241,6 +242,7 @@ function restoreUnsent() {
   if (!unsent || unsent.agent !== app.me.id) return;
   for (const [id, text] of unsent.drafts || []) app.drafts.set(id, text);
   for (const [id, params] of unsent.tplDrafts || []) app.tplDrafts.set(id, params);
+  for (const [id, unread] of unsent.unread || []) app.unread.set(id, unread);
   for (const [id, items] of unsent.outboxes || []) {
     outboxes.set(id, { items, busy: false, timer: null });
     drain(id);

@@ -241,6 +241,12 @@ async def test_what_came_in_my_other_conversations_is_marked_until_opened(
     path = f"/api/v1/conversations/{by_name['DeJose']}/transfer"
     assert (await gw.post("jose", path, {"agent": "maria"}))[0] == 200
     await expect(item(agent, "DeJose").locator(".unread")).to_have_text("handed to you")
+    # A reload keeps them (re-audit: they were gone): they stay until she opens them.
+    await agent.reload()
+    await expect(agent.locator("#conn")).to_have_text("live")
+    await agent.locator("[role=tab][data-state=active]").click()
+    await expect(other.locator(".unread")).to_have_text("2 new")
+    await expect(item(agent, "DeJose").locator(".unread")).to_have_text("handed to you")
     await other.get_by_role("button", name=OPEN).click()
     await expect(agent.locator(".conv-head h2")).to_have_text("Otra")
     await expect(other.locator(".unread")).to_have_count(0)
