@@ -67,7 +67,7 @@ from gateway.store.base import (
     next_version,
     stamp_version,
 )
-from gateway.store.sqlite_files import DatabaseFiles
+from gateway.store.sqlite_files import DatabaseFiles, FilesGone
 from gateway.store.sqlite_writer import LOCK_WAIT, GroupCommitWriter
 
 T = TypeVar("T")
@@ -420,7 +420,9 @@ class SqliteStore:
         health = self._health
         if health is None:
             return "unreachable"
-        if self._files.gone is not None:
+        try:
+            self._files.check()  # now, not at the next write: readiness must not lag behind
+        except FilesGone:
             return "files_gone"
 
         def read() -> None:

@@ -136,6 +136,8 @@ async def test_database_files_deleted_under_the_gateway_refuse_every_write(
         else:
             (folder / "gateway.db-wal").unlink()
         with capture_logs() as logs:
+            # Readiness sees it at once, before any write (re-audit: up to 2 s later).
+            assert await store.problem() == "files_gone"
             for attempt in range(3):
                 with pytest.raises(StoreUnavailable) as refused:
                     await ingest.message(inbound("after", pid=f"wamid.after{attempt}"))
