@@ -56,6 +56,32 @@ def last_send(wa: WaGateway, channel: str) -> Call:
     return wa.fake(channel).calls[-1]
 
 
+async def store_unsent(
+    wa: WaGateway,
+    conversation_id: str,
+    text: str | None,
+    *,
+    channel: str = META,
+    template: dict[str, Any] | None = None,
+) -> Message:
+    """A reply of Maria's stored and never sent: what a node that died (or was stopped) before
+    delivering it leaves behind, `queued`, its redelivery deadline pending."""
+    store = wa.gw.runtime.store
+    conversation = await store.get_conversation(conversation_id)
+    assert conversation is not None
+    now = wa.clock.now()
+    message = Message(
+        id=new_id("m"), conversation_id=conversation_id, channel=channel,
+        channel_type="whatsapp", provider=conversation.provider, direction=Direction.OUT,
+        kind="template" if template else "text", text=text, sent_at=now, received_at=now,
+        status=DeliveryState.QUEUED, agent="maria", template=template,
+        contact=conversation.contact,
+    )  # fmt: skip
+    transition = lifecycle.agent_message(conversation, message, now)
+    await store.add_outbound(transition, conversation.version, message, None)
+    return message
+
+
 # --- what the provider receives, and statuses in any order -------------------------------------
 
 
@@ -504,18 +530,8 @@ async def test_a_reply_waits_for_an_earlier_one_only_as_long_as_its_sender_could
     reply after that waited a whole span of its own again (the nth one n spans); once the
     earlier one is older than a span, nothing waits for it any more."""
     conversation_id = await wa.open_conversation(META, pid="in-stuck")
-    store, outbound = wa.gw.runtime.store, wa.gw.runtime.outbound
-    conversation = await store.get_conversation(conversation_id)
-    assert conversation is not None
-    now = wa.clock.now()
-    stuck = Message(
-        id=new_id("m"), conversation_id=conversation_id, channel=META, channel_type="whatsapp",
-        provider=conversation.provider, direction=Direction.OUT, kind="text", text="stuck",
-        sent_at=now, received_at=now, status=DeliveryState.QUEUED, agent="maria",
-        contact=conversation.contact,
-    )  # fmt: skip
-    transition = lifecycle.agent_message(conversation, stuck, now)
-    await store.add_outbound(transition, conversation.version, stuck, None)
+    outbound = wa.gw.runtime.outbound
+    stuck = await store_unsent(wa, conversation_id, "stuck")
     outbound.other_nodes = True  # as on Redis
     span = 0.2
     outbound.retry = replace(outbound.retry, longest=span)
@@ -546,18 +562,7 @@ async def test_in_one_process_a_reply_cut_off_by_a_restart_holds_nothing_back(
     assert outbound.other_nodes == wa.gw.runtime.config.store.url.startswith("redis")
     outbound.other_nodes = False  # as on SQLite
     conversation_id = await wa.open_conversation(META, pid="in-cut-off")
-    store = wa.gw.runtime.store
-    conversation = await store.get_conversation(conversation_id)
-    assert conversation is not None
-    now = wa.clock.now()
-    cut_off = Message(
-        id=new_id("m"), conversation_id=conversation_id, channel=META, channel_type="whatsapp",
-        provider=conversation.provider, direction=Direction.OUT, kind="text", text="cut off",
-        sent_at=now, received_at=now, status=DeliveryState.QUEUED, agent="maria",
-        contact=conversation.contact,
-    )  # fmt: skip
-    transition = lifecycle.agent_message(conversation, cut_off, now)
-    await store.add_outbound(transition, conversation.version, cut_off, None)
+    await store_unsent(wa, conversation_id, "cut off")
     with capture_logs() as logs:
         await wa.reply(conversation_id, {"text": "next"})
         async with asyncio.timeout(5):  # a wait for `cut_off` would last outbound.longest
@@ -590,20 +595,9 @@ async def test_redeliveries_after_a_crash_go_in_the_order_the_replies_were_store
     starts: the scheduler's claim lasts only its lease, far shorter than the retries."""
     conversation_id = await wa.open_conversation(META, pid="in-crash-order")
     store, outbound = wa.gw.runtime.store, wa.gw.runtime.outbound
-    queued = []
-    for text in ("first", "second", "third"):
-        conversation = await store.get_conversation(conversation_id)
-        assert conversation is not None
-        now = wa.clock.now()
-        message = Message(
-            id=new_id("m"), conversation_id=conversation_id, channel=META,
-            channel_type="whatsapp", provider=conversation.provider, direction=Direction.OUT,
-            kind="text", text=text, sent_at=now, received_at=now,
-            status=DeliveryState.QUEUED, agent="maria",
-        )  # fmt: skip
-        transition = lifecycle.agent_message(conversation, message, now)
-        await store.add_outbound(transition, conversation.version, message, None)
-        queued.append(message.id)
+    queued = [
+        (await store_unsent(wa, conversation_id, text)).id for text in ("first", "second", "third")
+    ]
     restarted = wa.clock.advance(timedelta(minutes=30))
     fake = wa.fake(META)
     fake.replies.extend(transient(META, "500") * 2)  # "first" goes on its third try
@@ -896,21 +890,13 @@ async def test_free_text_still_queued_when_the_window_lapsed_is_failed_not_sent(
     fails as `window_closed`, and nothing goes out; a template queued the same way still goes."""
     conversation_id = await wa.open_conversation(channel, pid="in-queued")
     store, outbound = wa.gw.runtime.store, wa.gw.runtime.outbound
-    queued = []
-    for template in (None, {"name": TEMPLATE["name"], "language": "es", "params": []}):
-        conversation = await store.get_conversation(conversation_id)
-        assert conversation is not None and conversation.window_expires_at is not None
-        now = wa.clock.now()
-        message = Message(
-            id=new_id("m"), conversation_id=conversation_id, channel=channel,
-            channel_type="whatsapp", provider=conversation.provider, direction=Direction.OUT,
-            kind="template" if template else "text", text=None if template else "queued",
-            sent_at=now, received_at=now, status=DeliveryState.QUEUED, agent="maria",
-            template=template,
-        )  # fmt: skip
-        transition = lifecycle.agent_message(conversation, message, now)
-        await store.add_outbound(transition, conversation.version, message, None)
-        queued.append(message.id)
+    template = {"name": TEMPLATE["name"], "language": "es", "params": []}
+    queued = [
+        (await store_unsent(wa, conversation_id, "queued", channel=channel)).id,
+        (await store_unsent(wa, conversation_id, None, channel=channel, template=template)).id,
+    ]
+    conversation = await store.get_conversation(conversation_id)
+    assert conversation is not None and conversation.window_expires_at is not None
     calls = len(wa.fake(channel).calls)
     wa.clock.set(conversation.window_expires_at + timedelta(days=1))
     await outbound.deliver(queued[0])
