@@ -314,6 +314,7 @@ async def test_an_agent_hands_a_conversation_to_a_queue_she_is_not_on(
     await expect(queues.locator("option")).to_have_text(["a queue…", "support", "sales"])
     await queues.select_option("sales")
     await ana.get_by_role("button", name="Confirm the transfer").click()
+    await expect(ana.locator(".conv-head .badge")).to_have_text("moved")  # off her queues
     moved = await gw.get("maria", f"/api/v1/conversations/{conversation['id']}")
     assert (moved["state"], moved["queue"], moved["agent"]) == ("waiting", "sales", None)
 

@@ -165,7 +165,7 @@ async def test_a_report_that_correlates_after_another_recorded_the_send_still_ap
 
     await ingestor.status(report(DeliveryState.DELIVERED))  # correlates: records the id
     # `read`'s own lookup ran before that and found nothing; it correlates now.
-    correlated = await ingestor._correlate(report(DeliveryState.READ))
-    assert correlated is not None and correlated.moved
+    correlated, second_send = await ingestor._correlate(report(DeliveryState.READ))
+    assert correlated is not None and correlated.moved and not second_send
     stored = await store.get_message(reply.id)
     assert stored is not None and stored.status == DeliveryState.READ
