@@ -442,6 +442,8 @@ async function loadPage(seq, cursor) {
   if (app.queue) query.set("queue", app.queue);
   if (app.mine) query.set("mine", "1");
   if (cursor) query.set("cursor", cursor);
+  // What was known as the request left: the answer may be older than events that came since.
+  const asked = new Map(Array.from(app.convs, ([id, c]) => [id, c.version]));
   const data = await guard(app.api.get("/api/v1/inbox?" + query));
   if (!data || seq !== app.listSeq) return;
   if (!cursor) app.listed = new Set();
@@ -457,9 +459,11 @@ async function loadPage(seq, cursor) {
   app.listEdge = app.listNext && last ? { ...last } : null;
   if (!app.listNext) {
     // What we believed listed here but the gateway no longer lists moved on out of our sight
-    // (e.g. transferred to a queue we are not on): forget it.
+    // (e.g. transferred to a queue we are not on): forget it. Not what an event changed (or
+    // brought) while the request was out: the answer predates it (a conversation transferred
+    // to the agent meanwhile was dropped from her list, though counted).
     for (const c of Array.from(app.convs.values())) {
-      if (inList(c, tab) && !app.listed.has(c.id)) {
+      if (inList(c, tab) && !app.listed.has(c.id) && asked.get(c.id) === c.version) {
         app.convs.delete(c.id);
         app.listNodes.delete(c.id);
       }

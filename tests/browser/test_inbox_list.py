@@ -4,6 +4,7 @@ the conversation changes under it."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from datetime import timedelta
 from pathlib import Path
@@ -288,3 +289,38 @@ async def test_on_a_phone_the_template_form_leaves_the_thread_room(
     await expect(agent.get_by_role("button", name="Send template")).to_be_visible()
     thread = await agent.locator(".thread").bounding_box()
     assert thread is not None and thread["height"] >= 0.4 * 740, thread
+
+
+async def test_a_list_answer_older_than_an_event_does_not_drop_what_the_event_brought(
+    gw: LiveGateway, new_page: NewPage
+) -> None:
+    """Full run: the list's answer left the gateway before a transfer to the agent, and came
+    after its event: the conversation it brought was dropped as "no longer listed" (counted 2,
+    listed 1)."""
+    for name in ("Suya", "DeJose"):
+        await gw.visitor(name, "hola")
+    by_name = {c["contact"]["display_name"]: c["id"] for c in await gw.waiting()}
+    assert (await gw.post("maria", f"/api/v1/conversations/{by_name['Suya']}/accept"))[0] == 200
+    assert (await gw.post("jose", f"/api/v1/conversations/{by_name['DeJose']}/accept"))[0] == 200
+    agent = await new_page()
+    await sign_in(agent, gw)
+    await agent.locator("[role=tab][data-state=active]").click()
+    await expect(agent.locator("#list li")).to_have_count(2)
+    held = asyncio.Event()
+    release = asyncio.Event()
+
+    async def stale(route: Route) -> None:
+        answer = await route.fetch()  # the gateway answers now: before the transfer
+        held.set()
+        await release.wait()
+        await route.fulfill(response=answer)
+
+    await agent.route(re.compile(r"/api/v1/inbox\?.*mine=1"), stale)
+    await agent.get_by_label("only mine").check()
+    await held.wait()
+    path = f"/api/v1/conversations/{by_name['DeJose']}/transfer"
+    assert (await gw.post("jose", path, {"agent": "maria"}))[0] == 200
+    await expect(count(agent, "active")).to_have_text("2")  # its event has come
+    release.set()
+    await expect(item(agent, "DeJose")).to_be_visible()
+    await expect(agent.locator("#list li")).to_have_count(2)
