@@ -58,7 +58,13 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from gateway.channels import ChannelConfig, refuse_boolean_number
-from gateway.durations import Duration, PositiveDuration, TimerDuration, format_duration
+from gateway.durations import (
+    Duration,
+    PositiveDuration,
+    TimerDuration,
+    format_duration,
+    retry_span,
+)
 from gateway.errors import ConfigError
 from gateway.store.redis_url import check_url
 
@@ -168,11 +174,9 @@ class OutboundConfig(_Section):
     def longest(self) -> timedelta:
         """The longest a delivery can spend retrying: every wait at its cap, and every try
         cut off by `send_timeout`."""
-        total, wait = self.send_timeout, self.retry_initial
-        for _ in range(self.retry_attempts - 1):
-            total += min(wait, self.retry_max_delay) + self.send_timeout
-            wait *= 2
-        return total
+        return retry_span(
+            self.retry_attempts, self.retry_initial, self.retry_max_delay, self.send_timeout
+        )
 
 
 class QueueConfig(_Section):

@@ -99,3 +99,15 @@ interval or timeout is a mistake, not a wish: refused at load with its key path.
 TimerDuration = Annotated[Duration, AfterValidator(_positive_timer)]
 """An optional timer's delay (`no_agent_timeout`, `requeue_after`): null turns it off, and zero
 is refused rather than read as off too (a falsy timedelta), which nobody writing `0s` means."""
+
+
+def retry_span(
+    attempts: int, initial: timedelta, maximum: timedelta, try_timeout: timedelta
+) -> timedelta:
+    """The longest a sequence of `attempts` tries can take: every try cut off by `try_timeout`,
+    every wait between two at its exponential cap (`initial` x 2^n, at most `maximum`)."""
+    total, wait = try_timeout, initial
+    for _ in range(attempts - 1):
+        total += min(wait, maximum) + try_timeout
+        wait *= 2
+    return total

@@ -30,6 +30,7 @@ from gateway.actions import is_open_for_agent
 from gateway.channels import ChannelAdapter, SendResult
 from gateway.clock import Clock
 from gateway.directory import AgentInfo
+from gateway.durations import retry_span
 from gateway.errors import (
     ChannelError,
     InvalidInput,
@@ -80,9 +81,18 @@ class RetryPolicy:
     redeliver_after: timedelta = timedelta(minutes=10)
     send_timeout: float = 60.0
     """Seconds one `adapter.send` may take before it counts as a transient failure."""
-    longest: float = 307.5
-    """Seconds a delivery can spend retrying at most (config's `outbound.longest()`): how long
-    a reply waits, at most, for an earlier one that another node is still sending."""
+
+    @property
+    def longest(self) -> float:
+        """Seconds a delivery can spend retrying at most: how long a reply waits, at most, for
+        an earlier one that another node is still sending."""
+        span = retry_span(
+            self.attempts,
+            timedelta(seconds=self.initial),
+            timedelta(seconds=self.maximum),
+            timedelta(seconds=self.send_timeout),
+        )
+        return span.total_seconds()
 
 
 ORDER_CHECK = 10

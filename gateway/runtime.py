@@ -240,5 +240,4 @@ def retry_policy(config: GatewayConfig) -> RetryPolicy:
         maximum=outbound.retry_max_delay.total_seconds(),
         redeliver_after=max(RetryPolicy().redeliver_after, 2 * outbound.longest()),
         send_timeout=outbound.send_timeout.total_seconds(),
-        longest=outbound.longest().total_seconds(),
     )
