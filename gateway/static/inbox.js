@@ -28,6 +28,7 @@ const CONFLICT_TRIES = 3; // a reply refused as `conflict` (a busy conversation)
 // How long the list stays held after the pointer left it: a tap's click comes after its
 // pointer has left (pointerleave follows pointerup on a touch screen).
 const SETTLE_AFTER_MS = 300;
+const ANNOUNCED_KEPT = 1000; // customer messages remembered as already announced (announceNews)
 
 const $ = (selector) => document.querySelector(selector);
 const ui = {
@@ -304,6 +305,8 @@ function announceNews(event, known) {
     const mine = conv.agent === app.me.id;
     if (mine && !open && !app.announced.has(message.id)) {
       app.announced.add(message.id);
+      // Only a re-sent event can repeat an id, and it comes soon after: the oldest can go.
+      if (app.announced.size > ANNOUNCED_KEPT) app.announced.delete(app.announced.values().next().value);
       markUnread(conv.id, { messages: 1 });
       announce("New message from " + contactName(conv) + ".");
     }
