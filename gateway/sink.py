@@ -13,6 +13,11 @@ From's phrase): one of 20,000 characters filled the inbox's header past the scre
 every channel, it loses control characters and the ones that reorder text (a right-to-left
 override left open reverses what follows it wherever the name is shown), and is cut to
 `MAX_DISPLAY_NAME` characters, between two visible characters; `raw` keeps it as it came.
+
+A message's text and subject lose control characters other than tabs and line breaks: a NUL
+typed into a web chat reached agents, integrators and whatever stored the events downstream
+(many databases refuse it). Nothing else of the text changes: a right-to-left mark in a
+customer's sentence is theirs.
 """
 
 from __future__ import annotations
@@ -35,9 +40,16 @@ MAX_DISPLAY_NAME = 200
 """Characters of a contact's display name that are kept (see the module docstring)."""
 _UNSHOWN = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 """Control characters and the bidirectional embeddings, overrides and isolates."""
+_CONTROL_IN_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+"""Control characters, except tab, line feed and carriage return."""
 _JOINS_PREVIOUS = re.compile("[\u200d\ufe00-\ufe0f\U0001f3fb-\U0001f3ff\U000e0020-\U000e007f]")
 """What belongs to the character before it: a joiner, variation selectors, skin tones, tags."""
 _REGIONAL_AT_END = re.compile("[\U0001f1e6-\U0001f1ff]+$")
+
+
+def shown_text(text: str) -> str:
+    """A message's text (or subject) as the gateway keeps it (see the module docstring)."""
+    return _CONTROL_IN_TEXT.sub("", text) if _CONTROL_IN_TEXT.search(text) else text
 
 
 def shown_name(name: str) -> str:
@@ -104,6 +116,10 @@ class ChannelInbound:
             shown = shown_name(name)
             if shown != name:
                 inbound = evolve(inbound, contact=Contact(address, shown))
+        for field in ("text", "subject"):
+            value = getattr(inbound, field)
+            if isinstance(value, str) and _CONTROL_IN_TEXT.search(value):
+                inbound = evolve(inbound, **{field: shown_text(value)})
         try:
             return await self.ingestor.message(inbound)
         except orjson.JSONEncodeError as exc:  # raw or extra: found where they are encoded

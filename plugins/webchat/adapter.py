@@ -57,6 +57,7 @@ from gateway.model import (
     State,
     iso,
 )
+from gateway.sink import shown_text
 from gateway.wsdrop import ClientNotReading, Sender
 from plugins.webchat.config import WebchatConfig
 from plugins.webchat.tokens import InvalidToken, TokenSigner, VisitorSession
@@ -143,7 +144,7 @@ CLIENT_ID_REUSED = "this client_id already stands for another message: give each
 def _reused(duplicate: bool, stored: Message, sent: InboundMessage) -> bool:
     """A resend (same client_id) with another text is not a resend but a different message
     under a used id: it must not be acknowledged as if it had been stored."""
-    return duplicate and stored.text != sent.text
+    return duplicate and stored.text != shown_text(sent.text or "")
 
 
 def _named_client_id(frame: Any) -> str | None:
@@ -192,13 +193,16 @@ class _WrittenHere:
     """What a visitor wrote through one socket, and how far that socket's pushes have got.
 
     Such a message is acked here, and pushed only to the visitor's other sockets (another
-    tab). Its ack goes once the pushes reach its event: everything stored before it has been
-    pushed by then, so a widget that resumes after the last message it got misses nothing.
+    tab). The socket's frames follow the stored order, acks included: the ack goes once the
+    pushes reach its event (everything stored before it has been pushed by then), and the
+    pushes wait there until the ack went (nothing stored after it goes first). A widget that
+    resumes after the last message it got then misses nothing and gets nothing twice.
     """
 
     def __init__(self) -> None:
         self._client_ids: set[str] = set()
         self._reached: dict[str, asyncio.Future[None]] = {}
+        self._settled: dict[str, asyncio.Future[None]] = {}
         self.replayed = asyncio.Event()
         """Set once the socket's replay is done and it pushes live."""
 
@@ -208,8 +212,11 @@ class _WrittenHere:
     def add(self, client_id: str) -> None:
         """Before the message is stored: its event may come before the store's answer."""
         self._client_ids.add(client_id)
+        loop = asyncio.get_running_loop()
         if client_id not in self._reached:
-            self._reached[client_id] = asyncio.get_running_loop().create_future()
+            self._reached[client_id] = loop.create_future()
+        if client_id not in self._settled:
+            self._settled[client_id] = loop.create_future()
 
     def reached(self, client_id: str | None) -> None:
         """The pushes got to this message: everything stored before it went out."""
@@ -231,6 +238,29 @@ class _WrittenHere:
         finally:
             self._reached.pop(client_id, None)
         return True
+
+    def settle(self, client_id: str, *, stored: bool) -> None:
+        """The socket answered this message (its ack, or why not): pushes may go on. A message
+        not newly stored has no event to wait at, so nothing is kept for it."""
+        waiter = self._settled.get(client_id)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        if not stored:
+            self._settled.pop(client_id, None)
+            self._reached.pop(client_id, None)
+
+    async def answered(self, client_id: str) -> None:
+        """At this message's event: wait until the socket answered it (at most ACK_WAIT; past
+        that the store's answer is lost in an outage, and the pushes must not stop)."""
+        waiter = self._settled.get(client_id)
+        try:
+            if waiter is not None and not waiter.done():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(ACK_WAIT):
+                        await asyncio.shield(waiter)
+        finally:
+            if self._settled.get(client_id) is waiter:
+                self._settled.pop(client_id, None)
 
 
 def _conversation_frame(state: State, change: str | None) -> str:
@@ -602,13 +632,14 @@ class WebchatAdapter(BaseAdapter):
         self, session: VisitorSession, message: InboundMessage
     ) -> float | None:
         """Count a visitor message against `message_rate_limit`: the wait if over it. A resend
-        of a message already stored is let through (it stores nothing, and its ack may be
-        what the visitor lost), so a visitor over the rate still gets that confirmation."""
+        of a message already stored is neither counted nor refused: it stores nothing, and its
+        ack may be what the visitor lost (a widget resending what was unanswered after a
+        flaky reconnect used up the visitor's minute without storing a thing)."""
+        if self.config.message_rate_limit is None or await self._stored(message):
+            return None
         retry_after = await self.context.limiter.hit(
             self.config.message_rate_limit, f"webchat:{self.name}:message", session.visitor_id
         )
-        if retry_after is not None and await self._stored(message):
-            return None
         if retry_after is not None:
             self.context.log.info(
                 "webchat.rate_limited",
@@ -824,6 +855,7 @@ class WebchatAdapter(BaseAdapter):
                 continue
             if message.direction == Direction.IN and message.client_id in written_here:
                 written_here.reached(message.client_id)  # this socket sent it: its ack says so
+                await written_here.answered(message.client_id)  # and goes before what follows
                 continue
             if message.id in sent_ids:
                 continue
@@ -921,13 +953,29 @@ class WebchatAdapter(BaseAdapter):
             return
         client_id = message.extra["client_id"]
         written_here.add(client_id)  # before it is stored: its event may come before the ack
+        stored = False
+        try:
+            stored = await self._store_and_ack(ws, session, message, client_id, written_here)
+        finally:
+            written_here.settle(client_id, stored=stored)
+
+    async def _store_and_ack(
+        self,
+        ws: web.WebSocketResponse,
+        session: VisitorSession,
+        message: InboundMessage,
+        client_id: str,
+        written_here: _WrittenHere,
+    ) -> bool:
+        """Store a visitor's message and answer it on the socket; whether it was newly stored
+        (then its event reaches this socket's pushes, which wait for this answer)."""
         retry_after = await self._message_limit(session, message)
         if retry_after is not None:
             # Not stored: the visitor resends it (same client_id) after the wait.
             seconds = round(retry_after)  # whole seconds, as REST's `retry_after`
             text = f"too many messages; retry in {seconds} s"
             await _send_error(ws, "rate_limited", text, client_id, retry_after=seconds)
-            return
+            return False
         try:
             result = await self.context.inbound.message(message)
         except StoreUnavailable as exc:
@@ -936,13 +984,13 @@ class WebchatAdapter(BaseAdapter):
             # (with backoff) and resends what was not acknowledged.
             await _send_error(ws, "store_unavailable", UNAVAILABLE_MESSAGE, client_id)
             await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"store unavailable")
-            return
+            return False
         except VersionConflict as exc:  # busy chat: nothing stored, the visitor sends again
             await _send_error(ws, "conflict", str(exc), client_id)
-            return
+            return False
         if _reused(result.duplicate, result.message, message):
             await _send_error(ws, "client_id_reused", CLIENT_ID_REUSED, client_id)
-            return
+            return False
         # In stored order with the pushes: a widget resumes after the last message it got,
         # so an ack must not overtake the push of a message stored before it (re-audit: an
         # agent reply stored just before, on another node, was skipped on reconnecting).
@@ -955,6 +1003,7 @@ class WebchatAdapter(BaseAdapter):
         await ws.send_str(
             orjson.dumps({"type": "ack", "client_id": client_id, "message": shown}).decode()
         )
+        return not result.duplicate
 
     async def _visitor_typing(self, session: VisitorSession) -> None:
         """Tell the agents the visitor is typing: a store read and a fan-out to every node, so
@@ -989,7 +1038,7 @@ class WebchatAdapter(BaseAdapter):
         client_id = frame.get("client_id")
         if frame.get("attachments"):  # taken without them, a visitor would think them sent
             raise InvalidInput("visitors send text only: attachments are not taken")
-        if not isinstance(text, str) or not text.strip():
+        if not isinstance(text, str) or not shown_text(text).strip():
             raise InvalidInput("text is required")
         if len(text) > self.config.max_text:
             raise InvalidInput(f"text is longer than {self.config.max_text} characters")

@@ -656,6 +656,70 @@ async def test_an_ack_never_overtakes_the_push_of_a_message_stored_before_it(gw:
     await ws.close()
 
 
+async def test_a_push_never_overtakes_the_ack_of_a_message_stored_before_it(
+    gw: Gateway,
+) -> None:
+    """The other way round: an agent reply stored just after the visitor's message went out
+    on the sending socket before that message's ack, so a widget resuming after the last
+    frame it got lost the ack, or got the reply twice (audit: 4 resume points in 48). Here
+    this node's fan-out is held back until both are stored, so both events reach the socket
+    at once, and the push of the reply comes first unless it waits for the ack."""
+    _, ws, conv_id = await chat_taken_by_maria(gw)
+    hub = gw.runtime.hub
+    assert hub._task is not None
+    hub._task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await hub._task
+    stored = asyncio.Event()
+
+    def notice(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Any:
+        if event["event"] == "ingest.stored":
+            stored.set()
+        return event
+
+    with capture_logs(processors=[notice]):
+        await ws.send_json({"type": "message", "text": "stored first", "client_id": "u-2"})
+        async with asyncio.timeout(5):
+            await stored.wait()  # the visitor's message is stored; its ack waits
+    await gw.post("maria", f"/api/v1/conversations/{conv_id}/messages", {"text": "stored second"})
+    hub._task = asyncio.create_task(hub._run())  # the pushes go on
+    seen = []
+    async with asyncio.timeout(3):  # less than ACK_WAIT: a push held that long is a failure
+        while len(seen) < 2:
+            got = json.loads((await ws.receive()).data)
+            if got["type"] in ("message", "ack"):
+                seen.append((got["type"], got["message"]["text"]))
+    assert seen == [("ack", "stored first"), ("message", "stored second")]
+    await ws.close()
+
+
+async def test_control_characters_are_taken_out_of_a_visitors_text(gw: Gateway) -> None:
+    """A NUL or a bell typed into the chat reached agents and integrators as it came (audit);
+    line breaks and tabs are the visitor's own. A text of nothing but control characters is no
+    text, and a resend of the same frame is the same message, not a reused client_id."""
+    v = await gw.visitor()
+    ws = await visitor_socket(gw, v["token"])
+    sent = {
+        "type": "message",
+        "text": "nul\u0000 bell\u0007\tline\r\nnext\u009b",
+        "client_id": "u-1",
+    }
+    await ws.send_json(sent)
+    ack = await frame(ws, "ack")
+    assert ack["message"]["text"] == "nul bell\tline\r\nnext"
+    await ws.send_json(sent)
+    again = await frame(ws, "ack")
+    assert again["message"]["id"] == ack["message"]["id"]
+    await ws.send_json({"type": "message", "text": "\u0000\u0001", "client_id": "u-2"})
+    refused = await frame(ws, "error")
+    assert (refused["code"], refused["client_id"]) == ("invalid_request", "u-2")
+    _, events = await gw.get("maria", "/api/v1/events")
+    received = [e for e in events["events"] if e["type"] == "message.received"]
+    assert [e["message"]["text"] for e in received] == ["nul bell\tline\r\nnext"]
+    assert received[0]["message"]["raw"]["text"] == sent["text"]  # kept as it came, for audit
+    await ws.close()
+
+
 async def test_a_read_receipt_reads_up_to_its_reply_and_repeats_cost_nothing(
     make_gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -150,6 +150,35 @@ async def test_messages_past_the_rate_are_refused_and_not_stored(
     await ws.close()
 
 
+async def test_resends_of_a_stored_message_do_not_use_up_the_rate(
+    make_gateway: GatewayFactory,
+) -> None:
+    """A widget resends what was not acknowledged after a flaky reconnect. Each resend of a
+    stored message used to count: a visitor who resent one message 35 times (each acked as
+    the same message) was then refused their next one for a minute (audit)."""
+    gw = await make_gateway(limited(message="2/hour"))
+    visitor = await gw.visitor("Ana")
+    ws = await gw.client.ws_connect(f"/webchat/site/ws?token={visitor['token']}")
+    await ws.send_json({"type": "message", "text": "hola", "client_id": "c1"})
+    first = await next_frame(ws)
+    assert first["type"] == "ack"
+    for _ in range(5):
+        await ws.send_json({"type": "message", "text": "hola", "client_id": "c1"})
+        again = await next_frame(ws)
+        assert again["type"] == "ack" and again["message"]["id"] == first["message"]["id"]
+    resp = await gw.client.post(  # and over REST
+        "/webchat/site/messages",
+        json={"text": "hola", "client_id": "c1"},
+        headers={"Authorization": f"Bearer {visitor['token']}"},
+    )
+    assert resp.status in (200, 201), await resp.text()
+    await ws.send_json({"type": "message", "text": "second", "client_id": "c2"})
+    assert (await next_frame(ws))["type"] == "ack"  # the rate's second message
+    await ws.send_json({"type": "message", "text": "third", "client_id": "c3"})
+    assert (await next_frame(ws))["code"] == "rate_limited"  # and the limit still holds
+    await ws.close()
+
+
 async def test_null_turns_a_limit_off(make_gateway: GatewayFactory) -> None:
     gw = await make_gateway(limited(session="null", message="null"))
     statuses = {(await open_session(gw)).status for _ in range(70)}  # above the default 60
