@@ -4,11 +4,15 @@ Media URLs arrive in customer-controlled webhooks and in provider API answers; f
 whatever URL we are handed would let anyone make the gateway call internal addresses. So every
 URL, including each redirect hop, must be on the provider's host list (or the configured
 `api_base_url` host, which is how tests point at stand-in servers), and credentials are only
-ever sent to the hosts that need them.
+ever sent to the hosts that need them. On a provider's API host itself, where a request carries
+the account's credentials, only the provider's media paths may be fetched: any other path there
+would hand an agent whatever the API answers to the account (Twilio's message log, say) for a
+media URL a signed webhook named.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -18,8 +22,9 @@ from yarl import URL
 
 from gateway.errors import PermanentChannelError, TransientChannelError
 
+TWILIO_API_HOST = "api.twilio.com"
 TWILIO_MEDIA_HOSTS = (
-    "api.twilio.com",
+    TWILIO_API_HOST,
     "media.twiliocdn.com",
     "mms.twiliocdn.com",
     ".twiliocdn.com",
@@ -48,6 +53,10 @@ class HostPolicy:
 
     hosts: tuple[str, ...]
     base_url: str | None = None
+    api_hosts: tuple[str, ...] = ()
+    """The provider's API hosts besides `base_url`'s origin: requests there carry credentials."""
+    api_path: re.Pattern[str] | None = None
+    """On `base_url`'s origin and `api_hosts`, the only paths that may be fetched (if set)."""
 
     def _is_base(self, url: URL) -> bool:
         if self.base_url is None:
@@ -55,14 +64,19 @@ class HostPolicy:
         base = URL(self.base_url)
         return (url.scheme, url.host, url.port) == (base.scheme, base.host, base.port)
 
+    def _api_path_ok(self, url: URL) -> bool:
+        return self.api_path is None or self.api_path.fullmatch(url.path) is not None
+
     def allows(self, url: URL) -> bool:
         if url.user is not None or url.password is not None:
             return False
         if self._is_base(url):
-            return True
+            return self._api_path_ok(url)
         host = (url.host or "").lower().rstrip(".")
         if url.scheme != "https" or url.port != 443 or not host:
             return False
+        if host in self.api_hosts:
+            return self._api_path_ok(url)
         return any(
             host.endswith(pattern) if pattern.startswith(".") else host == pattern
             for pattern in self.hosts
@@ -75,8 +89,16 @@ class HostPolicy:
         except (TypeError, ValueError):
             raise PermanentChannelError("media URL is not a valid URL") from None
         if not url.is_absolute() or not self.allows(url):
+            if url.is_absolute() and self._is_api(url):
+                raise PermanentChannelError(
+                    f"refusing to fetch {url.path!r} from the provider's API: not a media path"
+                )
             raise PermanentChannelError(f"refusing to fetch media from host {url.host!r}")
         return url
+
+    def _is_api(self, url: URL) -> bool:
+        host = (url.host or "").lower().rstrip(".")
+        return self._is_base(url) or (url.scheme == "https" and host in self.api_hosts)
 
 
 HeadersFor = Callable[[URL], Mapping[str, str]]

@@ -26,7 +26,13 @@ from gateway.channels import ChannelContext, SendResult
 from gateway.errors import InvalidInput, PermanentChannelError, TransientChannelError
 from gateway.model import Conversation, DeliveryState, Message
 from plugins.whatsapp.config import WhatsAppConfig
-from plugins.whatsapp.media import TWILIO_MEDIA_HOSTS, HostPolicy, Media, download
+from plugins.whatsapp.media import (
+    TWILIO_API_HOST,
+    TWILIO_MEDIA_HOSTS,
+    HostPolicy,
+    Media,
+    download,
+)
 from plugins.whatsapp.parsed import ParseResult
 from plugins.whatsapp.provider import redact
 from plugins.whatsapp.send_errors import classify, is_auth_failure, retry_after
@@ -212,13 +218,23 @@ class TwilioProvider:
         """Basic auth only for Twilio's API host (or the stand-in), never for the CDN."""
         base = URL(self._config.base_url)
         on_base = (url.scheme, url.host, url.port) == (base.scheme, base.host, base.port)
-        if on_base or (url.scheme == "https" and url.host == "api.twilio.com"):
+        if on_base or (url.scheme == "https" and url.host == TWILIO_API_HOST):
             auth = aiohttp.encode_basic_auth(self._config.account_sid or "", self._token)
             return {"Authorization": auth}
         return {}
 
     async def fetch_media(self, ref: str) -> Media:
-        policy = HostPolicy(TWILIO_MEDIA_HOSTS, base_url=self._config.base_url)
+        # On the API host a MediaUrl is the media of a message of this account: any other
+        # path there answers with what the credentials sent along may read.
+        account = re.escape(self._config.account_sid or "")
+        policy = HostPolicy(
+            TWILIO_MEDIA_HOSTS,
+            base_url=self._config.base_url,
+            api_hosts=(TWILIO_API_HOST,),
+            api_path=re.compile(
+                rf"/2010-04-01/Accounts/{account}/Messages/[A-Za-z0-9]+/Media/[A-Za-z0-9]+"
+            ),
+        )
         return await download(
             self._context.http,
             ref,

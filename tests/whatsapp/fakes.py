@@ -111,8 +111,7 @@ class FakeTwilio(_Knobs):
         app = web.Application()
         app.router.add_post("/2010-04-01/Accounts/{sid}/Messages.json", self.create)
         app.router.add_get("/2010-04-01/Accounts/{sid}/Messages/{msg}/Media/{media}", self.media)
-        app.router.add_get("/redirect-in", self.redirect_in)
-        app.router.add_get("/redirect-out", self.redirect_out)
+        app.router.add_get("/2010-04-01/Accounts/{sid}/Messages.json", self.account_log)
         return app
 
     def _authorized(self, request: web.Request) -> bool:
@@ -143,15 +142,21 @@ class FakeTwilio(_Knobs):
         )
 
     async def media(self, request: web.Request) -> web.Response:
+        """Media ME1's bytes; MEin redirects to ME1, MEout off Twilio's hosts (as Twilio
+        redirects a media URL to its CDN)."""
         if not self._authorized(request):
             return web.Response(status=401)
+        if request.match_info["media"] == "MEin":
+            raise web.HTTPFound(f"/2010-04-01/Accounts/{TWILIO_SID}/Messages/MM1/Media/ME1")
+        if request.match_info["media"] == "MEout":
+            raise web.HTTPFound("http://169.254.169.254/latest/meta-data/")
         return web.Response(body=PNG, content_type="image/png")
 
-    async def redirect_in(self, request: web.Request) -> web.Response:
-        raise web.HTTPFound(f"/2010-04-01/Accounts/{TWILIO_SID}/Messages/MM1/Media/ME1")
-
-    async def redirect_out(self, request: web.Request) -> web.Response:
-        raise web.HTTPFound("http://169.254.169.254/latest/meta-data/")
+    async def account_log(self, request: web.Request) -> web.Response:
+        """What the API answers the account's credentials elsewhere: its message log."""
+        if not self._authorized(request):
+            return web.Response(status=401)
+        return web.json_response({"messages": [{"body": "a secret from another chat"}]})
 
 
 class FakeGraph(_Knobs):

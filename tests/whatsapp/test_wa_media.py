@@ -3,6 +3,7 @@ redirect re-checked, credentials only where they belong, size capped."""
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import aiohttp
@@ -95,7 +96,7 @@ async def test_twilio_fetch_from_api_host(
     media = await adapter.fetch_media(by_url(fake_twilio.base_url + MEDIA_PATH))
     assert media.data == PNG and media.mime_type == "image/png"
     # A redirect that stays on an allowed host is followed (and re-checked).
-    media = await adapter.fetch_media(by_url(fake_twilio.base_url + "/redirect-in"))
+    media = await adapter.fetch_media(by_url(fake_twilio.base_url + MEDIA_PATH[:-3] + "MEin"))
     assert media.data == PNG
 
 
@@ -126,8 +127,45 @@ async def test_twilio_refuses_redirect_off_list(
         make_context(twilio_config(api_base_url=fake_twilio.base_url), http_session)
     )
     with pytest.raises(PermanentChannelError) as info:
-        await adapter.fetch_media(by_url(fake_twilio.base_url + "/redirect-out"))
+        await adapter.fetch_media(by_url(fake_twilio.base_url + MEDIA_PATH[:-3] + "MEout"))
     assert "169.254.169.254" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        f"/2010-04-01/Accounts/{TWILIO_SID}/Messages.json",  # the account's message log
+        "/2010-04-01/Accounts/AC0ther/Messages/MM1/Media/ME1",  # another account's media
+        f"/2010-04-01/Accounts/{TWILIO_SID}/Messages/MM1/Media/ME1/../../../../Messages.json",
+        f"/2010-04-01/Accounts/{TWILIO_SID}/Messages/MM1/Media/ME1?x=/Messages.json",
+    ],
+)
+async def test_twilio_fetches_only_media_paths_on_its_api_host(
+    path: str, fake_twilio: FakeTwilio, http_session: aiohttp.ClientSession
+) -> None:
+    """A MediaUrl on the API host is sent the account's credentials: a signed webhook naming
+    another path there must not hand an agent what the API answers to them (audit)."""
+    adapter = make_adapter(
+        make_context(twilio_config(api_base_url=fake_twilio.base_url), http_session)
+    )
+    try:
+        media = await adapter.fetch_media(by_url(fake_twilio.base_url + path))
+    except PermanentChannelError as exc:
+        assert "not a media path" in str(exc) or "answered 404" in str(exc)
+    else:  # the query string is not part of the path: ME1's own bytes, nothing else
+        assert media.data == PNG, path
+
+
+def test_twilio_api_host_allows_media_paths_only() -> None:
+    policy = HostPolicy(
+        TWILIO_MEDIA_HOSTS,
+        api_hosts=("api.twilio.com",),
+        api_path=re.compile(r"/2010-04-01/Accounts/AC1/Messages/[A-Za-z0-9]+/Media/[A-Za-z0-9]+"),
+    )
+    media = "https://api.twilio.com/2010-04-01/Accounts/AC1/Messages/MM1/Media/ME1"
+    assert policy.allows(URL(media))
+    assert not policy.allows(URL("https://api.twilio.com/2010-04-01/Accounts/AC1/Messages.json"))
+    assert policy.allows(URL("https://mms.twiliocdn.com/AC1/anything"))  # the CDN: no credentials
 
 
 async def test_meta_fetch_by_media_id(
