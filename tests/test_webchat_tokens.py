@@ -28,6 +28,20 @@ def test_a_token_lives_for_its_ttl() -> None:
         signer_at(now).verify(token)
 
 
+def test_resuming_late_in_a_tokens_life_gives_one_for_a_whole_ttl_more() -> None:
+    """What `POST /webchat/{channel}/session` with a token answers: the same visitor, in a
+    token that lasts a whole ttl from now. A visitor who comes back within it keeps their chat
+    for as long as they keep coming back (the widget keeps the token it is given)."""
+    now = [T0]
+    first = signer_at(now).issue(SESSION)
+    now[0] = T0 + TTL.total_seconds() - 60
+    resumed = signer_at(now).issue(signer_at(now).verify(first))
+    now[0] = T0 + 2 * TTL.total_seconds() - 120
+    assert signer_at(now).verify(resumed) == SESSION
+    with pytest.raises(InvalidToken, match="expired"):
+        signer_at(now).verify(first)
+
+
 @pytest.mark.parametrize("behind", [0.5, 1, 2, 300, 3600])
 def test_a_token_from_a_clock_ahead_of_ours_is_valid(behind: float) -> None:
     """Node B two seconds behind node A refused every session A opened (`expired`), and the
