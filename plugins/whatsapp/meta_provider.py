@@ -230,10 +230,14 @@ class MetaProvider:
 
     async def fetch_media(self, ref: str) -> Media:
         """Download by URL, or resolve a media id via `GET /{media-id}` first (PROTOCOLS 2.4)."""
-        policy = HostPolicy(META_MEDIA_HOSTS, base_url=self._config.base_url)
+        # A URL a webhook named must be on Meta's media hosts: one on the Graph API's own host
+        # would be fetched with the access token, and whatever the API answers to it handed to
+        # an agent. The URL Graph itself answers for a media id is Meta's word, wherever it is.
+        policy = HostPolicy(META_MEDIA_HOSTS)
         declared: str | None = None
         url = ref
         if not ref.startswith(("https://", "http://")):
+            policy = HostPolicy(META_MEDIA_HOSTS, base_url=self._config.base_url)
             if not _MEDIA_ID.match(ref):
                 raise PermanentChannelError("not a media id or URL")
             info = await self._call("GET", self._graph(ref))

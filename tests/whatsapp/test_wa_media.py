@@ -198,6 +198,20 @@ async def test_meta_refuses(
         await adapter.fetch_media(by_ref(ref))
 
 
+async def test_meta_fetches_a_webhooks_url_only_from_its_media_hosts(
+    fake_graph: FakeGraph, http_session: aiohttp.ClientSession
+) -> None:
+    """A URL in a signed webhook on the Graph API's own host would be fetched with the access
+    token, and the API's answer handed to an agent as media (audit, on Twilio's side). The
+    same bytes are fetched when Graph itself names that URL for a media id."""
+    adapter = make_adapter(
+        make_context(meta_config(api_base_url=fake_graph.base_url), http_session)
+    )
+    with pytest.raises(PermanentChannelError, match="refusing"):
+        await adapter.fetch_media(by_ref(fake_graph.base_url + "/media-bin/m1"))
+    assert (await adapter.fetch_media(by_ref("m1"))).data == PNG
+
+
 async def test_unknown_media_id(fake_graph: FakeGraph, http_session: aiohttp.ClientSession) -> None:
     adapter = make_adapter(
         make_context(meta_config(api_base_url=fake_graph.base_url), http_session)
