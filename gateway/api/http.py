@@ -136,6 +136,9 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
             reason=exc.reason,
         )
         response = error_response(exc.status, code, exc.reason)
+        allowed = exc.headers.get(hdrs.ALLOW)
+        if allowed is not None:  # a 405 says what the resource takes (RFC 9110 15.5.6)
+            response.headers[hdrs.ALLOW] = allowed
     except Exception:
         log.exception("http.internal_error", method=request.method, path=request.path)
         response = error_response(500, "internal_error", "internal error; see the gateway log")

@@ -89,6 +89,20 @@ async def test_a_refusal_logs_why_not_only_its_code(gw: Gateway) -> None:
     assert refused[0]["reason"] != refused[1]["reason"]
 
 
+async def test_a_wrong_method_is_told_which_methods_the_resource_takes(gw: Gateway) -> None:
+    """RFC 9110: a 405 carries `Allow` (ops audit: none did, on any route)."""
+    cases = [
+        ("DELETE", "/api/v1/inbox", {"GET", "HEAD"}),
+        ("POST", "/healthz", {"GET", "HEAD"}),
+        ("GET", "/webchat/site/session", {"POST", "OPTIONS"}),
+    ]
+    for method, path, allowed in cases:
+        resp = await gw.client.request(method, path, headers=gw.auth("maria"))
+        assert resp.status == 405, path
+        assert (await resp.json())["error"]["code"] == "method_not_allowed"
+        assert {m.strip() for m in resp.headers["Allow"].split(",")} >= allowed, path
+
+
 async def test_a_timer_that_changes_a_conversation_says_which_and_how(gw: Gateway) -> None:
     """Ops audit: expiries were logged as `timers.fired count=1`, with no timer, no
     conversation and no outcome."""
