@@ -77,6 +77,11 @@ class FaultyAdapter(BaseAdapter):
             return [web.get("/webhooks/sms-status", self.handle_webhook)]
         return []
 
+    async def handle_webhook(self, request: web.Request) -> web.StreamResponse:
+        if self.fault == "webhook":
+            raise KeyError("From")  # a payload the plugin did not expect
+        return web.Response(status=200)
+
     def health(self) -> ChannelHealth:
         if self.fault == "health":
             raise KeyError("status")
@@ -312,6 +317,21 @@ async def test_messages_that_break_the_adapter_contract_are_refused_before_stori
     assert await runtime.store.read_events(None) == []  # nothing half-written
     await sink.message(customer_message(runtime))  # a good one still goes in
     assert len(await runtime.store.read_events(None)) == 2
+
+
+@pytest.mark.parametrize("started", ["webhook"], indirect=True)
+async def test_a_webhook_the_plugin_fails_on_is_the_documented_adapter_error(
+    started: TestClient,
+) -> None:
+    """README's error table gives `adapter_error` (500) for a plugin's fault; an exception out
+    of `handle_webhook` answered an undocumented `internal_error` (ops audit)."""
+    with capture_logs() as logs:
+        resp = await started.post("/webhooks/sms", data=b"From=%2B1555")
+    assert resp.status == 500
+    error = (await resp.json())["error"]
+    assert error["code"] == "adapter_error" and "'sms'" in error["message"]
+    failed = [e for e in logs if e["event"] == "webhook.adapter_failed"]
+    assert failed and failed[0]["channel"] == "sms" and failed[0]["log_level"] == "error"
 
 
 def test_a_route_on_the_gateways_own_paths_is_refused(tmp_path: Path) -> None:
