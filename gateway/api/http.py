@@ -65,6 +65,26 @@ def _encoded_body(request: web.Request) -> bool:
     return encoding not in ("", "identity")
 
 
+DECLARED_OVERSIZE = "payload_too_large"
+
+
+def _refuse_declared_oversize(request: web.Request) -> None:
+    """A body declared (Content-Length) larger than `server.max_body_bytes` is refused before
+    a byte of it is read: waiting for it held the connection until the body time-out (30 s,
+    then a 408) when the client sent less than it declared (ops audit)."""
+    declared = request.content_length
+    runtime = request.app.get(RUNTIME)
+    if declared is None or runtime is None:
+        return
+    limit = runtime.config.server.max_body_bytes
+    if declared > limit:
+        request.content.feed_eof()  # or aiohttp lingers for the rest after the answer
+        raise GatewayError(
+            f"the body declares {declared} bytes; at most {limit} are taken",
+            code=DECLARED_OVERSIZE,
+        )
+
+
 def _count_refused_webhook(request: web.Request, status: int) -> None:
     """A webhook refused here, before its handler (which counts the others): counted too, for
     a channel this gateway has (a made-up name would add a series per name)."""
@@ -84,6 +104,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
     try:
+        _refuse_declared_oversize(request)
         if request.body_exists and _encoded_body(request):
             raise InvalidInput(
                 "a request body is taken as sent, without a Content-Encoding (gzip, deflate)",
@@ -101,9 +122,12 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
             reason=_logged_reason(exc.message or exc.code),
         )
         response = error_response(status, exc.code, exc.message or exc.code)
-        if isinstance(exc, BodyTimeout) or exc.code == "unsupported_media_type":
+        if isinstance(exc, BodyTimeout) or exc.code in (
+            "unsupported_media_type",
+            DECLARED_OVERSIZE,
+        ):
             response.force_close()  # the rest of the body may still come: end the connection
-        if exc.code == "unsupported_media_type":
+        if exc.code in ("unsupported_media_type", DECLARED_OVERSIZE):
             _count_refused_webhook(request, status)
     except web.RequestPayloadError as exc:
         # The body could not be read as sent (a chunked body cut short, a malformed chunk).
