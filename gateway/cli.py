@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import os
+import signal
 import sqlite3
 import sys
 from collections.abc import AsyncIterator, Sequence
@@ -238,6 +240,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     for warning in config.warnings():
         log.warning("config.warning", problem=warning)
     app.on_shutdown.append(_log_stopping)
+    app.on_startup.append(_stop_on_hangup)
     try:
         web.run_app(
             app,
@@ -254,6 +257,23 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise failure from exc
     log.info("server.stopped")
     return 0
+
+
+async def _stop_on_hangup(_app: object) -> None:
+    """SIGHUP (the terminal that started it closed, or `kill -HUP` out of habit, meaning
+    "reload" elsewhere) stops the gateway the way SIGTERM does: the config is read at start
+    only, and dying on the signal's default action dropped sockets and work mid-way (ops
+    audit: exit 129, no `server.stopping`)."""
+    from aiohttp.web import GracefulExit
+
+    loop = asyncio.get_running_loop()
+
+    def hang_up() -> None:
+        structlog.get_logger("gateway.server").info("server.hangup", action="stop")
+        raise GracefulExit()
+
+    with contextlib.suppress(NotImplementedError, AttributeError):  # no SIGHUP on Windows
+        loop.add_signal_handler(signal.SIGHUP, hang_up)
 
 
 async def _log_stopping(_app: object) -> None:

@@ -116,3 +116,13 @@ async def test_start_and_stop_are_logged_with_where_it_listens(
     order = [line["event"] for line in lines if line["event"].startswith("server.")]
     assert order[:2] == ["server.starting", "server.serving"]
     assert order[-2:] == ["server.stopping", "server.stopped"]
+
+
+async def test_sighup_stops_the_gateway_as_sigterm_does(shipped_gateway: ServeProcess) -> None:
+    """Ops audit: SIGHUP killed it on the spot (exit 129, no stop logged, sockets dropped)."""
+    shipped_gateway.proc.send_signal(signal.SIGHUP)
+    _, stderr = await asyncio.wait_for(shipped_gateway.proc.communicate(), 40)
+    assert shipped_gateway.proc.returncode == 0
+    lines = [orjson.loads(line) for line in stderr.splitlines() if line.startswith(b"{")]
+    order = [line["event"] for line in lines if line["event"].startswith("server.")]
+    assert order[-3:] == ["server.hangup", "server.stopping", "server.stopped"]
