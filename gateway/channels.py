@@ -343,6 +343,9 @@ class ClosesConnections(Protocol):
 
 
 AdapterFactory = Callable[[ChannelContext], ChannelAdapter]
+ADAPTER_METHODS = ("routes", "start", "stop", "handle_webhook", "send", "health")
+"""What an adapter must have (`ChannelAdapter`), checked on a registered class before any
+config is read, and on what a factory returns when the gateway starts."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ from gateway.config import GatewayConfig, load_config, without_userinfo
 from gateway.errors import (
     ChannelStartError,
     ConfigError,
+    PluginError,
     StoreUnavailable,
     is_credentials_refusal,
 )
@@ -220,7 +221,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         uvloop.install()
     except ImportError:
         pass
-    app = create_app(config, types)
+    try:
+        app = create_app(config, types)
+    except ChannelStartError as exc:  # a plugin that cannot make its adapter: one line
+        raise StartupError(str(exc)) from exc
     startup = _Startup(config)
     # gateway/app.py opens the store in its first cleanup context; what follows it is the rest.
     app.cleanup_ctx.insert(1, startup.store_opened)
@@ -365,6 +369,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
         sys.stdout.flush()  # a reader gone before the end shows here, not at exit
+    except PluginError as exc:
+        print(f"gateway: plugin error: {exc.message}", file=sys.stderr)
+        return 1
     except ConfigError as exc:
         print(f"gateway: invalid configuration:\n{exc.message}", file=sys.stderr)
         return 1

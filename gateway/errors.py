@@ -35,6 +35,12 @@ class ConfigError(GatewayError):
     code = "invalid_config"
 
 
+class PluginError(ConfigError):
+    """An installed plugin is broken (cannot load, registers something unusable): the message
+    names the plugin and the distribution that shipped it. Every command stops on it, as on an
+    invalid config, but the user is told it is a plugin, not their config file."""
+
+
 class TransitionError(GatewayError):
     """The lifecycle forbids this change in the conversation's current state."""
 

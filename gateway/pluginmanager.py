@@ -8,13 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from importlib import metadata
-from typing import cast
 
 import pluggy
 
 from gateway import hookspecs
-from gateway.channels import ChannelConfig, ChannelType
-from gateway.errors import ConfigError
+from gateway.channels import ADAPTER_METHODS, ChannelConfig, ChannelType
+from gateway.errors import PluginError
 
 
 def get_plugin_manager(*, load_entry_points: bool = True) -> pluggy.PluginManager:
@@ -25,7 +24,7 @@ def get_plugin_manager(*, load_entry_points: bool = True) -> pluggy.PluginManage
         try:
             pm.load_setuptools_entrypoints(hookspecs.PROJECT)
         except Exception as exc:
-            raise ConfigError(_failed_plugin(exc)) from exc
+            raise PluginError(_failed_plugin(exc)) from exc
     pm.check_pending()
     return pm
 
@@ -54,22 +53,70 @@ class PluginInfo:
     description: str
 
 
+def _shipped_by(pm: pluggy.PluginManager) -> dict[int, str]:
+    """The distribution (name and version) of each plugin object installed from a package."""
+    return {
+        id(plugin): f"{facade.project_name} {facade.version}"
+        for plugin, facade in pm.list_plugin_distinfo()
+    }
+
+
+def _registered(impl: pluggy.HookImpl, shipped_by: str) -> list[ChannelType]:
+    """What one plugin's `register_channel_types` returns, checked: a plugin's mistake must be
+    reported naming the plugin, not surface later as a traceback from deep inside (ops audit:
+    a hook that raised, a config model that was a dict, an adapter without `send`)."""
+    who = f"plugin {impl.plugin_name!r}" + (f" ({shipped_by})" if shipped_by else "")
+    try:
+        batch = impl.function()
+    except Exception as exc:
+        raise PluginError(
+            f"{who}: register_channel_types failed: {type(exc).__name__}: {exc};"
+            " fix or uninstall it"
+        ) from exc
+    if not isinstance(batch, list | tuple) or not all(isinstance(t, ChannelType) for t in batch):
+        raise PluginError(
+            f"{who}: register_channel_types must return a list of"
+            f" gateway.channels.ChannelType, not {type(batch).__name__}"
+        )
+    for channel_type in batch:
+        model = channel_type.config_model
+        if not (isinstance(model, type) and issubclass(model, ChannelConfig)):
+            raise PluginError(
+                f"{who}: channel type {channel_type.name!r}: config_model must be a subclass"
+                f" of gateway.channels.ChannelConfig, not {model!r}"
+            )
+        factory = channel_type.factory
+        if not callable(factory):
+            raise PluginError(
+                f"{who}: channel type {channel_type.name!r}: factory must be callable"
+            )
+        if isinstance(factory, type):
+            missing = [m for m in ADAPTER_METHODS if not callable(getattr(factory, m, None))]
+            if missing:
+                raise PluginError(
+                    f"{who}: channel type {channel_type.name!r}: adapter class"
+                    f" {factory.__name__} lacks {', '.join(missing)}"
+                    " (see gateway.channels.ChannelAdapter, or subclass BaseAdapter)"
+                )
+    return list(batch)
+
+
 def channel_types(pm: pluggy.PluginManager) -> dict[str, ChannelType]:
     """Collect every registered channel type by name; a name registered twice is an error."""
+    shipped = _shipped_by(pm)
     found: dict[str, ChannelType] = {}
+    owner: dict[str, str] = {}
     for impl in pm.hook.register_channel_types.get_hookimpls():
-        batch = impl.function()
-        if not isinstance(batch, list | tuple) or not all(
-            isinstance(t, ChannelType) for t in batch
-        ):
-            raise ConfigError(
-                f"plugin {impl.plugin_name!r}: register_channel_types must return a list of"
-                f" gateway.channels.ChannelType, not {type(batch).__name__}"
-            )
-        for channel_type in batch:
+        shipped_by = shipped.get(id(impl.plugin), "")
+        who = f"plugin {impl.plugin_name!r}" + (f" ({shipped_by})" if shipped_by else "")
+        for channel_type in _registered(impl, shipped_by):
             if channel_type.name in found:
-                raise ConfigError(f"channel type {channel_type.name!r} is registered twice")
+                raise PluginError(
+                    f"channel type {channel_type.name!r} is registered twice: by"
+                    f" {owner[channel_type.name]} and by {who}; uninstall one of them"
+                )
             found[channel_type.name] = channel_type
+            owner[channel_type.name] = who
     return found
 
 
@@ -78,15 +125,14 @@ def config_models(types: dict[str, ChannelType]) -> dict[str, type[ChannelConfig
 
 
 def describe_plugins(pm: pluggy.PluginManager) -> list[PluginInfo]:
-    """List channel types with the version of the distribution that ships them."""
-    dist_of: dict[int, str] = {}
-    for plugin, facade in pm.list_plugin_distinfo():
-        dist_of[id(plugin)] = f"{facade.project_name} {facade.version}"
+    """List channel types with the version of the distribution that ships them (a plugin's
+    mistake is a PluginError naming it, as for every other command)."""
+    channel_types(pm)  # the same checks as `check` and `serve`: a duplicate type, say
+    shipped = _shipped_by(pm)
     infos: list[PluginInfo] = []
     for impl in pm.hook.register_channel_types.get_hookimpls():
-        shipped_by = dist_of.get(id(impl.plugin), "")
-        registered = cast(list[ChannelType], impl.function())
-        for channel_type in registered:
+        shipped_by = shipped.get(id(impl.plugin), "")
+        for channel_type in _registered(impl, shipped_by):
             infos.append(
                 PluginInfo(
                     channel_type.name, channel_type.version, shipped_by, channel_type.description

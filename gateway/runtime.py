@@ -17,12 +17,12 @@ from aiohttp import ClientSession
 
 from gateway.actions import Actions
 from gateway.api.http import Authenticator
-from gateway.channels import ChannelAdapter, ChannelContext, ChannelType
+from gateway.channels import ADAPTER_METHODS, ChannelAdapter, ChannelContext, ChannelType
 from gateway.clock import Clock, SystemClock
 from gateway.config import GatewayConfig
 from gateway.directory import AgentInfo, Directory, QueueInfo
 from gateway.distribution import Distributor
-from gateway.errors import ConfigError
+from gateway.errors import ChannelStartError, ConfigError
 from gateway.hub import EventHub
 from gateway.ids import new_id
 from gateway.ingest import Ingestor
@@ -187,7 +187,7 @@ class Runtime:
                 limiter=self.limiter,
                 trusted_proxies=tuple(config.server.trusted_proxies),
             )
-            self.adapters[channel.name] = channel_type.factory(context)
+            self.adapters[channel.name] = _made_adapter(channel_type, channel.name, context)
 
     def _route(self, message: InboundMessage) -> str:
         return self.router.queue_for(
@@ -241,3 +241,22 @@ def retry_policy(config: GatewayConfig) -> RetryPolicy:
         redeliver_after=max(RetryPolicy().redeliver_after, 2 * outbound.longest()),
         send_timeout=outbound.send_timeout.total_seconds(),
     )
+
+
+def _made_adapter(channel_type: ChannelType, name: str, context: ChannelContext) -> ChannelAdapter:
+    """The adapter a plugin's factory makes for channel `name`. A factory that raises, or that
+    returns something without the adapter protocol's methods, is named in one line
+    (`ChannelStartError`) instead of a traceback from wherever the gateway first used it."""
+    who = f"channel {name!r} ({channel_type.name})"
+    try:
+        adapter = channel_type.factory(context)
+    except Exception as exc:
+        raise ChannelStartError(
+            f"{who}: its plugin could not make the adapter: {type(exc).__name__}: {exc}"
+        ) from exc
+    missing = [m for m in ADAPTER_METHODS if not callable(getattr(adapter, m, None))]
+    if missing:
+        raise ChannelStartError(
+            f"{who}: its plugin's adapter ({type(adapter).__name__}) lacks {', '.join(missing)}"
+        )
+    return adapter

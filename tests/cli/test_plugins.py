@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -11,9 +12,11 @@ from pathlib import Path
 
 import pluggy
 import pytest
+from pydantic import BaseModel
 
-from gateway.errors import ConfigError
-from gateway.pluginmanager import channel_types, get_plugin_manager
+from gateway.channels import BaseAdapter, ChannelConfig, ChannelType, SendResult
+from gateway.errors import ConfigError, PluginError
+from gateway.pluginmanager import channel_types, describe_plugins, get_plugin_manager
 
 PLUGIN = '''
 """A throwaway SMS channel used to prove third parties can add channel types."""
@@ -190,3 +193,174 @@ def test_a_hook_that_returns_something_else_is_named() -> None:
     pm.register(Careless(), name="careless")
     with pytest.raises(ConfigError, match="plugin 'careless': register_channel_types must"):
         channel_types(pm)
+
+
+def _plugin_pm(plugin: object, name: str) -> pluggy.PluginManager:
+    pm = get_plugin_manager(load_entry_points=False)
+    pm.register(plugin, name=name)
+    return pm
+
+
+class _Hooks:
+    hookimpl = pluggy.HookimplMarker("gateway")
+
+
+def test_a_registration_that_raises_is_named() -> None:
+    class Exploding(_Hooks):
+        @_Hooks.hookimpl
+        def register_channel_types(self) -> list[ChannelType]:
+            raise RuntimeError("hook exploded")
+
+    with pytest.raises(
+        PluginError,
+        match="plugin 'exploding': register_channel_types failed: RuntimeError: hook exploded",
+    ):
+        channel_types(_plugin_pm(Exploding(), "exploding"))
+
+
+class _Adapter(BaseAdapter):
+    async def send(self, conversation: object, message: object) -> SendResult:
+        return SendResult(provider_message_id="x")
+
+
+class _Config(ChannelConfig):
+    pass
+
+
+class _PlainModel(BaseModel):
+    name: str
+
+
+class _NoSend:  # an adapter class written without BaseAdapter, missing most of the protocol
+    def routes(self) -> list[object]:
+        return []
+
+
+@pytest.mark.parametrize(
+    ("registered", "words"),
+    [
+        (ChannelType("acme", dict, _Adapter), "config_model must be a subclass of"),  # type: ignore[arg-type]
+        (ChannelType("acme", _PlainModel, _Adapter), "config_model must be a subclass of"),  # type: ignore[arg-type]
+        (ChannelType("acme", _Config, "AcmeAdapter"), "factory must be callable"),  # type: ignore[arg-type]
+        (ChannelType("acme", _Config, _NoSend), "_NoSend lacks start, stop, handle_webhook, send"),  # type: ignore[arg-type]
+    ],
+)
+def test_an_unusable_channel_type_is_named_before_any_config_is_read(
+    registered: ChannelType, words: str
+) -> None:
+    """Ops audit: each of these listed fine, passed `gateway check`, and crashed `serve` (or
+    `check`) with an AttributeError traceback naming no plugin."""
+
+    class Careless(_Hooks):
+        @_Hooks.hookimpl
+        def register_channel_types(self) -> list[ChannelType]:
+            return [registered]
+
+    with pytest.raises(PluginError, match=re.escape("plugin 'careless': channel type 'acme'")):
+        channel_types(_plugin_pm(Careless(), "careless"))
+    with pytest.raises(PluginError, match=re.escape(words)):
+        describe_plugins(_plugin_pm(Careless(), "careless"))
+
+
+def test_a_channel_type_registered_twice_names_both_plugins() -> None:
+    class Impostor(_Hooks):
+        @_Hooks.hookimpl
+        def register_channel_types(self) -> list[ChannelType]:
+            return [ChannelType("webchat", _Config, _Adapter)]
+
+    pm = get_plugin_manager()
+    pm.register(Impostor(), name="impostor")
+    with pytest.raises(PluginError) as info:
+        channel_types(pm)
+    assert "'webchat' is registered twice" in info.value.message
+    assert "plugin 'webchat' (channel-gateway" in info.value.message
+    assert "plugin 'impostor'" in info.value.message
+
+
+def _installed(tmp_path: Path, module: str, source: str) -> dict[str, str]:
+    """A plugin package installed as pip leaves one (module + dist-info with the entry point),
+    on PYTHONPATH for a `gateway` subprocess."""
+    (tmp_path / f"{module}.py").write_text(source)
+    info = tmp_path / f"{module}-0.9.dist-info"
+    info.mkdir()
+    dist = module.replace("_", "-")
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.9\n")
+    (info / "entry_points.txt").write_text(f"[gateway]\n{module} = {module}\n")
+    root = Path(__file__).resolve().parents[2]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(root)])}
+
+
+def test_every_command_names_a_plugin_whose_registration_raises(tmp_path: Path) -> None:
+    env = _installed(
+        tmp_path,
+        "aud_hookraise",
+        textwrap.dedent(
+            """
+            import pluggy
+            hookimpl = pluggy.HookimplMarker("gateway")
+
+            @hookimpl
+            def register_channel_types():
+                raise RuntimeError("hook exploded")
+            """
+        ),
+    )
+    config = tmp_path / "config.yaml"
+    config.write_text((Path(__file__).resolve().parents[2] / "config.yaml").read_text())
+    for command in (["plugins"], ["check", "--config", str(config)]):
+        result = run(*command, env=env, cwd=tmp_path)
+        assert result.returncode == 1, result
+        assert result.stderr.startswith("gateway: plugin error: plugin 'aud_hookraise'")
+        assert "(aud-hookraise 0.9)" in result.stderr and "hook exploded" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("factory", "words"),
+    [
+        (
+            "raise RuntimeError('factory exploded')",
+            "could not make the adapter: RuntimeError: factory exploded",
+        ),
+        ("return object()", "its plugin's adapter (object) lacks routes, start, stop"),
+    ],
+)
+def test_serve_names_a_channel_whose_adapter_cannot_be_made(
+    tmp_path: Path, factory: str, words: str
+) -> None:
+    """A factory (not a class: it can only be checked by calling it) that raises or returns
+    something else: one line naming the channel, exit 1 (ops audit: a raw traceback)."""
+    env = _installed(
+        tmp_path,
+        "aud_factory",
+        textwrap.dedent(
+            f"""
+            from typing import Literal
+            import pluggy
+            from gateway.channels import ChannelConfig, ChannelType
+            hookimpl = pluggy.HookimplMarker("gateway")
+
+            class Config(ChannelConfig):
+                type: Literal["aud_sms"] = "aud_sms"
+
+            def make(context):
+                {factory}
+
+            @hookimpl
+            def register_channel_types():
+                return [ChannelType("aud_sms", Config, make, "0.9")]
+            """
+        ),
+    )
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f'store: {{url: "sqlite:///{tmp_path / "gw.db"}"}}\n'
+        "channels: [{name: sms, type: aud_sms}]\n"
+        "queues: [{name: support}]\nrouting: [{queue: support}]\n"
+    )
+    assert run("check", "--config", str(config), env=env, cwd=tmp_path).returncode == 0
+    result = run("serve", "--config", str(config), "--port", "1", env=env, cwd=tmp_path)
+    assert result.returncode == 1, result
+    assert result.stderr.startswith("gateway: channel 'sms' (aud_sms): its plugin")
+    assert words in result.stderr
+    assert "Traceback" not in result.stderr
