@@ -981,10 +981,18 @@ class _Loader:
         """Validate a core section; a list is validated entry by entry (None where invalid).
 
         Keeping the valid entries lets the cross-checks still run on them, so a bad regex in
-        one rule does not hide an unknown queue in another.
+        one rule does not hide an unknown queue in another. A mapping section (`server`,
+        `store`, ...) written as a list or a single value is refused here by name: only a
+        list section has entries to validate one by one.
         """
         annotation = GatewayConfig.model_fields[name].annotation
-        item_type = typing.get_args(annotation)[0] if isinstance(raw, list) else None
+        is_list = typing.get_origin(annotation) is list
+        if not is_list and not isinstance(raw, dict):
+            written = "a list" if isinstance(raw, list) else "a single value"
+            message = f"expected a mapping of settings (key: value), not {written}"
+            self.problems.append(_Problem(_path(name), message))
+            return None
+        item_type = typing.get_args(annotation)[0] if is_list and isinstance(raw, list) else None
         if item_type is None:
             whole: TypeAdapter[Any] = TypeAdapter(annotation)
             return self._validate(whole.validate_python, annotation, raw, (name,))

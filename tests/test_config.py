@@ -630,6 +630,36 @@ def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
     assert "mapping" in problems(tmp_path, "- a\n- b\n")[0]
 
 
+MAPPING_SECTIONS = ["server", "store", "presence", "outbound"]
+LIST_SECTIONS = ["channels", "queues", "routing", "agents", "integrators"]
+
+
+@pytest.mark.parametrize("written", ["[1, 2]", "[a]", '"x"', "5", "true"])
+@pytest.mark.parametrize("section", MAPPING_SECTIONS)
+def test_a_mapping_section_written_as_a_list_or_a_value_is_refused(
+    tmp_path: Path, section: str, written: str
+) -> None:
+    """Config audit: `server: [1, 2]` crashed the loader with an IndexError traceback (it took
+    any list for a list section); it is one problem at the section's key, like `server: x`."""
+    text = f"{section}: {written}\nqueues: [{{name: q}}]\n"
+    line = problem_at(problems(tmp_path, text), section)
+    shape = "a list" if written.startswith("[") else "a single value"
+    assert line.endswith(f"expected a mapping of settings (key: value), not {shape}")
+
+
+@pytest.mark.parametrize("written", ["{a: 1}", '"x"', "5", "[[1]]"])
+@pytest.mark.parametrize("section", LIST_SECTIONS)
+def test_a_list_section_written_as_a_mapping_or_a_value_is_refused(
+    tmp_path: Path, section: str, written: str
+) -> None:
+    text = f"{section}: {written}\n" + ("" if section == "queues" else "queues: [{name: q}]\n")
+    lines = problems(tmp_path, text)
+    if written == "[[1]]":  # a list, of something that is not an entry: said per entry
+        assert "mapping" in problem_at(lines, f"{section}[0]").replace("dictionary", "mapping")
+    else:
+        assert "list" in problem_at(lines, section)
+
+
 def test_unreadable_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "absent.yaml", CHANNEL_TYPES, env={})

@@ -231,3 +231,37 @@ def test_check_piped_into_a_reader_that_stops_early_ends_quietly(tmp_path: Path)
     errors = process.stderr.read().decode()
     assert process.wait(timeout=60) == 0
     assert "Traceback" not in errors and "BrokenPipe" not in errors
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run `gateway ARGS` as a user does, in `cwd` (where a relative SQLite path would land)."""
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
+        timeout=timeout,
+    )
+
+
+def assert_refused(result: subprocess.CompletedProcess[str], *lines: str) -> None:
+    """Exit 1, no traceback, nothing claiming to serve, and exactly these problem lines."""
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "Traceback" not in output and "serving on" not in output, output
+    assert result.stderr.splitlines() == ["gateway: invalid configuration:", *lines], output
+
+
+@pytest.mark.parametrize("command", ["check", "serve"])
+@pytest.mark.parametrize("section", ["server: [1, 2]", "store: [a]"])
+def test_a_mapping_section_written_as_a_list_is_refused_cleanly(
+    tmp_path: Path, command: str, section: str
+) -> None:
+    """Config audit: these ended both commands with an IndexError traceback."""
+    path = write(tmp_path, f"{section}\nqueues: [{{name: q}}]\n")
+    name = section.split(":")[0]
+    assert_refused(
+        run_cli(command, "--config", path, cwd=tmp_path),
+        f"{path}: {name}: expected a mapping of settings (key: value), not a list",
+    )
