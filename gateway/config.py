@@ -21,6 +21,8 @@ Decisions where the contract leaves room:
   DESIGN section 3) where plain YAML would read `{` as a nested mapping. `$${VAR}` is a literal
   `${VAR}`. Variables are expanded in values, never in keys.
 - A top-level section written as an empty key (`agents:` with nothing under it) counts as absent.
+- An empty file (nothing, whitespace or comments) and a file without a queue are refused: every
+  conversation is routed to a queue, so either can only be a mistake.
 - With queues but no routing rules (or no rule matching), a conversation goes to the first queue:
   a one-queue setup then needs no routing section at all.
 """
@@ -529,6 +531,8 @@ def _reference_problems(
     agent_refs: Sequence[_AgentRefs | None] | None,
     agents: Sequence[AgentConfig | None] | None,
     integrators: Sequence[IntegratorConfig | None] | None = None,
+    *,
+    require_queue: bool = False,
 ) -> list[_Problem]:
     """Check names across sections.
 
@@ -537,13 +541,20 @@ def _reference_problems(
     with a bad `strategy` is not also reported as unknown by every route naming it, and a
     rule or an agent with a bad field still has its unknown queue reported in the same run
     (not only once the first mistake is fixed). Tokens are compared on valid entries only.
+
+    `require_queue` (the loader's): a config file must have a queue, channels or not, since
+    every conversation is routed to one and a gateway without one would fail on its first
+    message; a model built directly (tests, tools) may do without, unless it has channels.
     """
     problems: list[_Problem] = []
     if channel_names is not None:
         problems += _duplicates("channels", "name", "channel name", channel_names)
     if queue_names is not None:
         problems += _duplicates("queues", "name", "queue name", queue_names)
-        if channel_names and not queue_names:
+        if require_queue and not queue_names:
+            message = "at least one queue is required: every conversation is routed to one"
+            problems.append(_Problem("queues", message))
+        elif channel_names and not queue_names:
             problems.append(_Problem("queues", "at least one queue is required for channels"))
     if routing is not None:
         problems += _route_problems(routing, queue_names, channel_names)
@@ -914,8 +925,8 @@ class _Loader:
         self.problems: list[_Problem] = []
 
     def load(self, document: Any) -> GatewayConfig:
-        if document is None:
-            document = {}
+        if document is None:  # only comments (or `---`): as empty as no text at all
+            raise _empty_file(self.source)
         if not isinstance(document, dict):
             raise ConfigError(f"{self.source}: expected a mapping of sections at the top level")
         raw = {k: v for k, v in self.variables.expand(document).items() if v is not None}
@@ -1049,6 +1060,7 @@ class _Loader:
             _read_entries(raw.get("agents", []), _AgentRefs.read),
             sections.get("agents", []),
             sections.get("integrators", []),
+            require_queue=True,
         )
         if routing is not None:
             self.problems += _route_type_problems(routing, self.channel_types)
@@ -1063,6 +1075,15 @@ def _names(entries: Any, key: str) -> list[str | None] | None:
     return [name if isinstance(name, str) else None for name in names]
 
 
+def _empty_file(source: str) -> ConfigError:
+    """An empty file is refused, not read as "every default": it is most likely the wrong
+    file, or one a failed deploy truncated, and the defaults have no queue anyway."""
+    return ConfigError(
+        f"{source}: the file is empty: expected config.yaml's sections, at least one queue"
+        " (queues: [{name: support}])"
+    )
+
+
 def parse_config(
     text: str,
     source_name: str,
@@ -1075,6 +1096,8 @@ def parse_config(
     line. `channel_types` maps each `type:` value to its config model; `env` defaults to
     `os.environ`.
     """
+    if not text.strip():  # before YAML, which would stumble on a tab where nothing else is
+        raise _empty_file(source_name)
     variables = _Variables(os.environ if env is None else env)
     document = _parse_yaml(text, source_name, variables)
     return _Loader(source_name, channel_types, variables).load(document)

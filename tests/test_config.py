@@ -111,6 +111,9 @@ queues:
   - {name: support}
 """
 
+A_QUEUE = "\nqueues: [{name: q}]\n"
+"""Appended to a config that is about something else: a file without a queue is refused."""
+
 
 def load(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> GatewayConfig:
     path = tmp_path / "config.yaml"
@@ -257,13 +260,13 @@ def test_outbound_retries_are_configurable_and_bound_the_takeover(tmp_path: Path
     seconds; another node must not take a delivery over while it may still be retrying."""
     from gateway.runtime import retry_policy
 
-    default = retry_policy(load(tmp_path, ""))
+    default = retry_policy(load(tmp_path, A_QUEUE))
     assert (default.attempts, default.initial, default.maximum) == (5, 0.5, 30.0)
     # Five tries of up to a minute each (send_timeout) and their waits: a bit over 5 minutes.
     assert default.redeliver_after == 2 * timedelta(seconds=5 * 60 + 0.5 + 1 + 2 + 4)
     assert default.send_timeout == 60.0
 
-    text = "outbound: {retry_attempts: 8, retry_initial: 30s, retry_max_delay: 5m}"
+    text = "outbound: {retry_attempts: 8, retry_initial: 30s, retry_max_delay: 5m}" + A_QUEUE
     config = load(tmp_path, text)
     waits = 30 + 60 + 120 + 240 + 300 * 3
     assert config.outbound.longest() == timedelta(seconds=waits + 8 * 60)
@@ -283,9 +286,9 @@ def test_outbound_retries_are_configurable_and_bound_the_takeover(tmp_path: Path
         load(tmp_path, "outbound: {retry_initial: 1m, retry_max_delay: 5s}")
 
 
-@pytest.mark.parametrize("text", ["", "# nothing yet\n", "channels: []\n", "agents:\n"])
+@pytest.mark.parametrize("text", ["", "# a queue only\n", "channels: []\n", "agents:\n"])
 def test_minimal_files_load_with_defaults(tmp_path: Path, text: str) -> None:
-    config = load(tmp_path, text)
+    config = load(tmp_path, text + A_QUEUE)
 
     assert config.channels == []
     assert config.server.port == 8080
@@ -294,8 +297,30 @@ def test_minimal_files_load_with_defaults(tmp_path: Path, text: str) -> None:
     assert config.presence.agent_disconnect_grace == timedelta(seconds=30)
 
 
+@pytest.mark.parametrize("text", ["", "# nothing yet\n# really\n", "  \n\n\t\n", "---\n"])
+def test_an_empty_file_is_refused(tmp_path: Path, text: str) -> None:
+    """Config audit: an empty file (or only comments) was valid, and `serve` ran on the
+    defaults with no queue, creating var/gateway.db wherever it was started: most likely the
+    wrong file, or one truncated by a failed deploy."""
+    assert problems(tmp_path, text) == [
+        f"{tmp_path / 'config.yaml'}: the file is empty: expected config.yaml's sections,"
+        " at least one queue (queues: [{name: support}])"
+    ]
+
+
+@pytest.mark.parametrize(
+    "text", ["channels: []\n", "queues: []\n", "queues:\n", "{}\n", "server: {port: 8081}\n"]
+)
+def test_a_config_without_a_queue_is_refused(tmp_path: Path, text: str) -> None:
+    """Every conversation is routed to a queue: a gateway with none can only fail on its
+    first message (the router's own error), channels or not."""
+    line = problem_at(problems(tmp_path, text), "queues")
+    assert line.endswith("at least one queue is required: every conversation is routed to one")
+
+
 def test_variable_inside_a_string_and_escaped_reference(tmp_path: Path) -> None:
     text = 'store: {url: "redis://${REDIS_HOST}:6379/0"}\nserver: {host: "$${NOT_EXPANDED}"}\n'
+    text += A_QUEUE
 
     config = load(tmp_path, text, env={"REDIS_HOST": "cache.internal"})
 
@@ -307,7 +332,7 @@ def test_variable_inside_a_string_and_escaped_reference(tmp_path: Path) -> None:
 def test_env_defaults_to_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GW_TEST_PORT", "9090")
 
-    config = parse_config("server: {port: ${GW_TEST_PORT}}", "config.yaml", CHANNEL_TYPES)
+    config = parse_config("server: {port: ${GW_TEST_PORT}}" + A_QUEUE, "config.yaml", CHANNEL_TYPES)
 
     assert config.server.port == 9090
 
@@ -316,11 +341,11 @@ def test_env_defaults_to_the_process_environment(monkeypatch: pytest.MonkeyPatch
     "url", ["sqlite:///relative/path.db", "sqlite:////abs/path.db", "rediss://h:6380/1"]
 )
 def test_store_urls_accepted(tmp_path: Path, url: str) -> None:
-    assert load(tmp_path, f'store: {{url: "{url}"}}').store.url == url
+    assert load(tmp_path, f'store: {{url: "{url}"}}' + A_QUEUE).store.url == url
 
 
 def test_absolute_sqlite_path(tmp_path: Path) -> None:
-    config = load(tmp_path, 'store: {url: "sqlite:////abs/path.db"}')
+    config = load(tmp_path, 'store: {url: "sqlite:////abs/path.db"}' + A_QUEUE)
 
     assert config.store.sqlite_path == Path("/abs/path.db")
 
@@ -396,7 +421,7 @@ def test_unknown_key_in_channel_uses_channel_model(tmp_path: Path) -> None:
 
 
 def test_trusted_proxies_are_networks(tmp_path: Path) -> None:
-    config = load(tmp_path, "server: {trusted_proxies: [10.0.0.0/8, 'fd00::/8']}")
+    config = load(tmp_path, "server: {trusted_proxies: [10.0.0.0/8, 'fd00::/8']}" + A_QUEUE)
     assert [str(n) for n in config.server.trusted_proxies] == ["10.0.0.0/8", "fd00::/8"]
 
     line = problem_at(
@@ -778,7 +803,7 @@ def test_describe_shows_structure_but_no_secret(tmp_path: Path) -> None:
 def test_describe_hides_store_password(tmp_path: Path) -> None:
     config = load(
         tmp_path,
-        'store: {url: "redis://:${REDIS_PASSWORD}@cache:6379/0"}',
+        'store: {url: "redis://:${REDIS_PASSWORD}@cache:6379/0"}' + A_QUEUE,
         {"REDIS_PASSWORD": SECRET},
     )
 
@@ -846,6 +871,6 @@ def test_redis_url_options_are_checked_at_load(tmp_path: Path, query: str, probl
 
 def test_redis_url_options_redis_py_knows_are_accepted(tmp_path: Path) -> None:
     url = "rediss://cache:6380/2?socket_timeout=2&health_check_interval=5&ssl_cert_reqs=none"
-    config = load(tmp_path, f'store: {{url: "{url}&prefix=app:gw"}}')
+    config = load(tmp_path, f'store: {{url: "{url}&prefix=app:gw"}}' + A_QUEUE)
     assert config.store.backend == "redis"
     assert "synchronous" not in config.describe()  # a SQLite setting

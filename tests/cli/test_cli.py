@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import main
+from tests.store.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -209,7 +210,7 @@ def test_route_takes_from_to_the_form_the_channel_stores(
 
 
 def test_empty_channels_is_valid(tmp_path: Path) -> None:
-    assert main(["check", "--config", write(tmp_path, "channels: []\n")]) == 0
+    assert main(["check", "--config", write(tmp_path, "channels: []\nqueues: [{name: q}]\n")]) == 0
 
 
 def test_check_piped_into_a_reader_that_stops_early_ends_quietly(tmp_path: Path) -> None:
@@ -245,6 +246,11 @@ def run_cli(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedP
     )
 
 
+def port_option(command: str) -> list[str]:
+    """A free port for `serve` (should it start after all, it must not take 8080)."""
+    return ["--port", str(free_port())] if command == "serve" else []
+
+
 def assert_refused(result: subprocess.CompletedProcess[str], *lines: str) -> None:
     """Exit 1, no traceback, nothing claiming to serve, and exactly these problem lines."""
     output = result.stdout + result.stderr
@@ -265,3 +271,27 @@ def test_a_mapping_section_written_as_a_list_is_refused_cleanly(
         run_cli(command, "--config", path, cwd=tmp_path),
         f"{path}: {name}: expected a mapping of settings (key: value), not a list",
     )
+
+
+@pytest.mark.parametrize("command", ["check", "serve"])
+@pytest.mark.parametrize("text", ["", "# to do\n", "\n   \n"])
+def test_an_empty_config_is_refused(tmp_path: Path, command: str, text: str) -> None:
+    """Config audit: an empty file was valid and `serve` ran on the defaults, creating
+    var/gateway.db in whatever directory it was started from."""
+    path = write(tmp_path, text)
+    assert_refused(
+        run_cli(command, "--config", path, *port_option(command), cwd=tmp_path),
+        f"{path}: the file is empty: expected config.yaml's sections, at least one queue"
+        " (queues: [{name: support}])",
+    )
+    assert not (tmp_path / "var").exists()
+
+
+@pytest.mark.parametrize("command", ["check", "serve"])
+def test_a_config_without_a_queue_is_refused(tmp_path: Path, command: str) -> None:
+    path = write(tmp_path, "server: {host: 127.0.0.1}\nchannels: []\n")
+    assert_refused(
+        run_cli(command, "--config", path, *port_option(command), cwd=tmp_path),
+        f"{path}: queues: at least one queue is required: every conversation is routed to one",
+    )
+    assert not (tmp_path / "var").exists()
