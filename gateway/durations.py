@@ -9,6 +9,9 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BeforeValidator, PlainSerializer
 
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+"""A bare number written as text (`"30"`, and what `${GRACE}` expands to): seconds, as the same
+number unquoted is; every `${VAR}` expands to text, so otherwise `30` would work only inline."""
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
@@ -19,7 +22,8 @@ TOO_LONG = f"a duration can be at most {MAX_DAYS} days"
 
 
 def parse_duration(value: Any) -> timedelta:
-    """Parse `30s`, `5m`, `24h`, `1h30m` (or a number of seconds) into a timedelta."""
+    """Parse `30s`, `5m`, `24h`, `1h30m` (or a number of seconds, as a number or as text)
+    into a timedelta."""
     if isinstance(value, timedelta):
         return value
     if isinstance(value, bool):
@@ -31,6 +35,8 @@ def parse_duration(value: Any) -> timedelta:
     if not isinstance(value, str):
         raise ValueError("expected a duration such as 30s, 5m or 24h")
     text = value.strip().lower()
+    if _SECONDS.fullmatch(text):
+        return _bounded(float(text))
     pos = 0
     total = 0.0
     for match in _PART.finditer(text):

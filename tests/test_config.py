@@ -479,6 +479,43 @@ def test_bad_duration(tmp_path: Path) -> None:
     assert "30s, 5m or 24h" in line
 
 
+@pytest.mark.parametrize(
+    ("written", "env", "seconds"),
+    [
+        ('"30"', {}, 30),
+        ("' 45 '", {}, 45),
+        ('"1.5"', {}, 1.5),
+        ("${GRACE}", {"GRACE": "30"}, 30),
+        ('"${GRACE}"', {"GRACE": "120"}, 120),
+        ("${GRACE}", {"GRACE": "2m"}, 120),
+        ("30", {}, 30),
+    ],
+)
+def test_a_number_of_seconds_may_be_written_as_text(
+    tmp_path: Path, written: str, env: dict[str, str], seconds: float
+) -> None:
+    """Config audit: README says a bare number is seconds, but `"30"` (and `${GRACE}` with
+    GRACE=30: a variable always expands to text) was refused where `30` loaded."""
+    text = f"presence: {{agent_disconnect_grace: {written}}}\n"
+    text += f"channels: [{{name: wa, type: whatsapp, provider: twilio, reply_window: {written}}}]"
+    config = load(tmp_path, text + A_QUEUE, env=env)
+    assert config.presence.agent_disconnect_grace == timedelta(seconds=seconds)
+    assert config.channel("wa").reply_window == timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize(
+    "value", ["5x", "-1m", "-1", "inf", "nan", "1e3", "30 s", "1.", ".5", "0x1e", "\u0663\u0660"]
+)
+def test_other_text_is_still_not_a_duration(tmp_path: Path, value: str) -> None:
+    line = problem_at(
+        problems(
+            tmp_path, "presence: {agent_disconnect_grace: ${GRACE}}" + A_QUEUE, {"GRACE": value}
+        ),
+        "presence.agent_disconnect_grace",
+    )
+    assert "expected a duration such as 30s, 5m or 24h" in line
+
+
 @pytest.mark.parametrize("value", ["99999999999999d", ".inf", ".nan", "1.0e+300"])
 def test_a_duration_past_a_century_is_a_problem_not_a_crash(tmp_path: Path, value: str) -> None:
     line = problem_at(

@@ -234,14 +234,17 @@ def test_check_piped_into_a_reader_that_stops_early_ends_quietly(tmp_path: Path)
     assert "Traceback" not in errors and "BrokenPipe" not in errors
 
 
-def run_cli(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run `gateway ARGS` as a user does, in `cwd` (where a relative SQLite path would land)."""
+def run_cli(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run `gateway ARGS` as a user does, in `cwd` (where a relative SQLite path would land),
+    with `env` for the config's variables."""
     return subprocess.run(
         [sys.executable, "-m", "gateway.cli", *args],
         capture_output=True,
         text=True,
         cwd=cwd,
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
+        env={**(env or {}), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
         timeout=timeout,
     )
 
@@ -295,3 +298,12 @@ def test_a_config_without_a_queue_is_refused(tmp_path: Path, command: str) -> No
         f"{path}: queues: at least one queue is required: every conversation is routed to one",
     )
     assert not (tmp_path / "var").exists()
+
+
+def test_a_duration_from_a_variable_holding_seconds_is_read(tmp_path: Path) -> None:
+    """Config audit: `agent_disconnect_grace: ${GRACE}` with GRACE=30 was refused (a variable
+    expands to text, and only a number was read as seconds)."""
+    path = write(tmp_path, "presence: {agent_disconnect_grace: ${GRACE}}\nqueues: [{name: q}]\n")
+    result = run_cli("check", "--config", path, cwd=tmp_path, env={"GRACE": "90"})
+    assert result.returncode == 0, result.stderr
+    assert "presence: agent_disconnect_grace 1m30s" in result.stdout
