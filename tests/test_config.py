@@ -906,6 +906,35 @@ def test_redis_url_options_are_checked_at_load(tmp_path: Path, query: str, probl
     assert problem in line and SECRET not in line
 
 
+@pytest.mark.parametrize(
+    ("tail", "problem"),
+    [
+        ("/abc", "the URL's path is the database number: / or /<number>, such as /0"),
+        ("/1/2", "the URL's path is the database number"),
+        ("/-1", "the URL's path is the database number"),
+        ("/0/", "the URL's path is the database number"),
+        ("?db=x", "db= must be a database number, such as db=0"),
+        ("/?db=-1", "db= must be a database number"),
+        ("/0?db=3", "the database is selected more than once, differently (0 and 3)"),
+        ("?db=1&db=2", "the database is selected more than once, differently (1 and 2)"),
+    ],
+)
+def test_a_redis_database_that_is_not_a_number_is_refused(
+    tmp_path: Path, tail: str, problem: str
+) -> None:
+    """Config audit: `redis://host:6379/abc` passed check and redis-py silently used database
+    0 (and reads `/1/2` as 12; `?db=` wins over the path). The password stays hidden."""
+    text = f'store: {{url: "redis://:{SECRET}@cache:6379{tail}"}}' + A_QUEUE
+    line = problem_at(problems(tmp_path, text), "store.url")
+    assert problem in line and SECRET not in line
+
+
+@pytest.mark.parametrize("tail", ["", "/", "/0", "/15", "?db=2", "/3?db=3", "/0?socket_timeout=2"])
+def test_a_redis_database_written_as_a_number_is_accepted(tmp_path: Path, tail: str) -> None:
+    url = f"redis://:{SECRET}@cache:6379{tail}"
+    assert load(tmp_path, f'store: {{url: "{url}"}}' + A_QUEUE).store.url == url
+
+
 def test_redis_url_options_redis_py_knows_are_accepted(tmp_path: Path) -> None:
     url = "rediss://cache:6380/2?socket_timeout=2&health_check_interval=5&ssl_cert_reqs=none"
     config = load(tmp_path, f'store: {{url: "{url}&prefix=app:gw"}}' + A_QUEUE)

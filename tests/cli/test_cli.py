@@ -307,3 +307,16 @@ def test_a_duration_from_a_variable_holding_seconds_is_read(tmp_path: Path) -> N
     result = run_cli("check", "--config", path, cwd=tmp_path, env={"GRACE": "90"})
     assert result.returncode == 0, result.stderr
     assert "presence: agent_disconnect_grace 1m30s" in result.stdout
+
+
+def test_a_redis_url_naming_no_database_number_is_refused(tmp_path: Path) -> None:
+    """Config audit: `check` called `redis://...:6379/abc` valid, and serve used database 0."""
+    path = write(
+        tmp_path, 'store: {url: "redis://:${REDIS_PW}@127.0.0.1:6379/abc"}\nqueues: [{name: q}]\n'
+    )
+    result = run_cli("check", "--config", path, cwd=tmp_path, env={"REDIS_PW": "pw-redis-secret"})
+    assert_refused(
+        result,
+        f"{path}: store.url: the URL's path is the database number: / or /<number>, such as /0",
+    )
+    assert "pw-redis-secret" not in result.stdout + result.stderr
