@@ -22,7 +22,7 @@ import pluggy
 import structlog
 
 from gateway.channels import ChannelType, Command, CommandContext
-from gateway.config import GatewayConfig, load_config, without_userinfo
+from gateway.config import GatewayConfig, load_config, override_server, without_userinfo
 from gateway.errors import (
     ChannelStartError,
     ConfigError,
@@ -207,14 +207,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     configure(args.log_level)
     config, types, _ = _load(args.config)
-    if args.host or args.port:
-        server = config.server.model_copy(
-            update={
-                "host": args.host or config.server.host,
-                "port": args.port or config.server.port,
-            }
-        )
-        config = config.model_copy(update={"server": server})
+    given = {"host": ("--host", args.host), "port": ("--port", args.port)}
+    overrides = {field: option for field, option in given.items() if option[1] is not None}
+    if overrides:
+        config = override_server(config, overrides)
     try:
         import uvloop
 
@@ -320,7 +316,9 @@ def build_parser(commands: Sequence[Command]) -> argparse.ArgumentParser:
 
     serve = with_config(sub.add_parser("serve", help="run the gateway"))
     serve.add_argument("--host", help="override server.host")
-    serve.add_argument("--port", type=int, help="override server.port")
+    # Read as text: the config's own validation judges it (gateway.config.override_server),
+    # so `--port 70000` is refused in the same words as `server.port: 70000`.
+    serve.add_argument("--port", help="override server.port")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(func=_cmd_serve)
 

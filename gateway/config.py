@@ -93,7 +93,9 @@ class ServerConfig(_Section):
     """Where the HTTP server listens; `public_url` is the address providers sign webhooks for."""
 
     host: str = Field(default="127.0.0.1", min_length=1)
-    port: int = Field(default=8080, ge=0, le=65535)
+    port: int = Field(default=8080, ge=1, le=65535)
+    """Not 0: the system's pick of a port would be told to nobody (providers, agents, the
+    `serving on` line all need the real one)."""
     public_url: str = Field(default="http://127.0.0.1:8080", pattern=r"^https?://[^\s/]+")
     max_body_bytes: int = Field(default=1_048_576, ge=1)
     trusted_proxies: list[IPvAnyNetwork] = Field(default_factory=list)
@@ -359,6 +361,31 @@ class GatewayConfig(_Section):
             for queue in self.queues
             if queue.name not in served
         ]
+
+
+def override_server(
+    config: GatewayConfig, overrides: Mapping[str, tuple[str, object]]
+) -> GatewayConfig:
+    """Return `config` with `server` fields replaced from the command line (`serve --port`).
+
+    `overrides` maps a field to where it was given and its value: `{"port": ("--port",
+    "70000")}`. The section is validated again with them, exactly as the file's is, so a value
+    the file may not hold is refused the same way ("--port: server.port: ..."), not served
+    with or ignored.
+    """
+    values = {**config.server.model_dump(), **{k: v for k, (_, v) in overrides.items()}}
+    try:
+        server = ServerConfig.model_validate(values)
+    except ValidationError as error:
+        redact = _Redactor(set())
+        lines = []
+        for details in error.errors():
+            field = details["loc"][0] if details["loc"] else None
+            given = overrides[field][0] if isinstance(field, str) and field in overrides else None
+            problem = _problem_from(details, ServerConfig, ("server",), redact)
+            lines.append(problem.render(given))
+        raise ConfigError("\n".join(lines)) from None
+    return config.model_copy(update={"server": server})
 
 
 def _describe_lines(config: GatewayConfig) -> Iterator[str]:

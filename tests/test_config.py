@@ -440,6 +440,14 @@ def test_true_or_false_for_a_number_is_refused(tmp_path: Path) -> None:
     assert "expected a number, not true or false" in line
 
 
+@pytest.mark.parametrize(("port", "problem"), [(0, "greater than or equal to 1"), (65536, "65535")])
+def test_a_port_out_of_range_is_refused(tmp_path: Path, port: int, problem: str) -> None:
+    """Port 0 is the system's pick, which nobody would be told (the `serving on` line, the
+    providers and the agents all need the real one)."""
+    line = problem_at(problems(tmp_path, f"server: {{port: {port}}}" + A_QUEUE), "server.port")
+    assert problem in line
+
+
 def test_wrong_type(tmp_path: Path) -> None:
     line = problem_at(problems(tmp_path, "server: {port: eighty}"), "server.port")
 

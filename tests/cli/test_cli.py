@@ -320,3 +320,31 @@ def test_a_redis_url_naming_no_database_number_is_refused(tmp_path: Path) -> Non
         f"{path}: store.url: the URL's path is the database number: / or /<number>, such as /0",
     )
     assert "pw-redis-secret" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "problem"),
+    [
+        ("--port", "70000", "input should be less than or equal to 65535"),
+        ("--port", "0", "input should be greater than or equal to 1"),
+        ("--port", "-1", "input should be greater than or equal to 1"),
+        ("--port", "http", "input should be a valid integer, unable to parse string as an integer"),
+        ("--host", "", "string should have at least 1 character"),
+    ],
+)
+def test_serve_overrides_are_validated_as_the_config_is(
+    tmp_path: Path, option: str, value: str, problem: str
+) -> None:
+    """Config audit: `serve --port 70000` served though `server.port: 70000` is refused,
+    `--port 0` was ignored and `--port -1` failed obscurely. An override is validated by the
+    config's own rules and refused in the same words, exit 1."""
+    field = option.removeprefix("--")
+    path = write(tmp_path, f'server: {{{field}: "{value}"}}\nqueues: [{{name: q}}]\n')
+    assert_refused(
+        run_cli("check", "--config", path, cwd=tmp_path), f"{path}: server.{field}: {problem}"
+    )
+    path = write(tmp_path, "queues: [{name: q}]\n")
+    assert_refused(
+        run_cli("serve", "--config", path, f"{option}={value}", cwd=tmp_path, timeout=30),
+        f"{option}: server.{field}: {problem}",
+    )
