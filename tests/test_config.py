@@ -948,3 +948,69 @@ def test_redis_url_options_redis_py_knows_are_accepted(tmp_path: Path) -> None:
     config = load(tmp_path, f'store: {{url: "{url}&prefix=app:gw"}}' + A_QUEUE)
     assert config.store.backend == "redis"
     assert "synchronous" not in config.describe()  # a SQLite setting
+
+
+# --------------------------------------------------------------------------------------------
+# Settings of the real plugins that load but cannot work
+# --------------------------------------------------------------------------------------------
+
+
+def real_channels(tmp_path: Path, channels: str, env: dict[str, str] | None = None) -> list[str]:
+    """Load `channels` (YAML list entries) with the installed plugins' own models; return the
+    problem lines, or [] when the file loads."""
+    from gateway.pluginmanager import channel_types, config_models, get_plugin_manager
+
+    path = tmp_path / "config.yaml"
+    path.write_text(f"channels:\n{channels}\nqueues: [{{name: q}}]\n", encoding="utf-8")
+    models = config_models(channel_types(get_plugin_manager()))
+    try:
+        load_config(path, models, env=env or {})
+    except ConfigError as error:
+        return str(error).splitlines()
+    return []
+
+
+@pytest.mark.parametrize(
+    ("origin", "problem"),
+    [
+        ("shop.example.com", "an origin starts with its scheme, such as https://"),
+        ("www.example.org", "an origin starts with its scheme, such as https://shop.example.com"),
+        ("https://shop.example.com/path", "an origin has no path (not even '/'), query or"),
+        ("https://shop.example.com/", "an origin has no path (not even '/')"),
+        ("https://shop.example.com?a=1", "an origin has no path (not even '/'), query or fragment"),
+        ("ftp://shop.example.com", "expected an http:// or https:// origin"),
+        ("https://Shop.example.com", "write the origin in lower case, as browsers send it"),
+        ("https://shop.example.com:443", "leave out the default port :443"),
+        ("http://shop.example.com:80", "leave out the default port :80"),
+        ("https://user@shop.example.com", "an origin has no user or password"),
+        ("https://shop.example.com:70000", "an origin's port is 1 to 65535"),
+        ("https://", "expected an origin such as https://shop.example.com"),
+        ("null", "an origin starts with its scheme"),
+    ],
+)
+def test_a_web_chat_origin_browsers_never_send_is_refused(
+    tmp_path: Path, origin: str, problem: str
+) -> None:
+    """Config audit: `shop.example.com` (no scheme) and `https://shop.example.com/path`
+    loaded, and then every visitor of that site was refused `origin_not_allowed`: a browser's
+    Origin is `scheme://host[:port]`, compared as exact text."""
+    channels = (
+        f'  - {{name: site, type: webchat, allowed_origins: ["https://ok.example", "{origin}"]}}'
+    )
+    line = problem_at(real_channels(tmp_path, channels), "channels[0].allowed_origins[1]")
+    assert problem in line
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "*",
+        "https://shop.example.com",
+        "http://127.0.0.1:8080",
+        "http://[::1]:8080",
+        "https://a_b.example:8443",
+    ],
+)
+def test_a_web_chat_origin_as_browsers_send_it_loads(tmp_path: Path, origin: str) -> None:
+    channels = f'  - {{name: site, type: webchat, allowed_origins: ["{origin}"]}}'
+    assert real_channels(tmp_path, channels) == []

@@ -92,6 +92,17 @@ BAD_CONFIGS = {
         "\nqueues: [{name: q}]",
         "channels[0].request_timeout: must be longer than 0s",
     ),
+    # Settings that loaded but could not work (config audit).
+    "web chat origin without a scheme": (
+        "channels: [{name: s, type: webchat, allowed_origins: [shop.example.com]}]"
+        "\nqueues: [{name: q}]",
+        "channels[0].allowed_origins[0]: an origin starts with its scheme",
+    ),
+    "web chat origin with a path": (
+        "channels: [{name: s, type: webchat, allowed_origins: ['https://shop.example.com/path']}]"
+        "\nqueues: [{name: q}]",
+        "channels[0].allowed_origins[0]: an origin has no path",
+    ),
     "zero mail poll interval": (
         "channels: [{name: m, type: email, address: s@example.com,"
         " imap: {host: h, username: u, password: p, poll_interval: 0s},"
