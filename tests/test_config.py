@@ -1014,3 +1014,21 @@ def test_a_web_chat_origin_browsers_never_send_is_refused(
 def test_a_web_chat_origin_as_browsers_send_it_loads(tmp_path: Path, origin: str) -> None:
     channels = f'  - {{name: site, type: webchat, allowed_origins: ["{origin}"]}}'
     assert real_channels(tmp_path, channels) == []
+
+
+@pytest.mark.parametrize("length", [0, 1, 16, 31])
+def test_a_short_web_chat_secret_is_refused_without_showing_it(tmp_path: Path, length: int) -> None:
+    """Config audit: a secret of a few characters loaded; every visitor holds a token signed
+    with it, so it could be guessed offline and any visitor's token forged."""
+    secret = ("Q7X" * 11)[:length]  # letters the message has no use for
+    channels = "  - {name: site, type: webchat, secret: '${CHAT_SECRET}'}"
+    lines = real_channels(tmp_path, channels, env={"CHAT_SECRET": secret})
+    line = problem_at(lines, "channels[0].secret")
+    assert "a signing secret needs at least 32 characters" in line
+    assert "or leave it out to have one generated" in line
+    assert length == 0 or secret not in line
+
+
+def test_a_web_chat_secret_of_32_characters_loads(tmp_path: Path) -> None:
+    channels = "  - {name: site, type: webchat, secret: '${CHAT_SECRET}'}"
+    assert real_channels(tmp_path, channels, env={"CHAT_SECRET": "k" * 32}) == []

@@ -6,7 +6,7 @@ import re
 from datetime import timedelta
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, SecretStr
+from pydantic import AfterValidator, Field, SecretStr, field_validator
 
 from gateway.channels import ChannelConfig
 from gateway.durations import PositiveDuration, TimerDuration
@@ -17,6 +17,10 @@ _AUTHORITY = re.compile(
 )
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _EXAMPLE = "such as https://shop.example.com"
+
+MIN_SECRET_LENGTH = 32
+"""A visitor holds a token signed with the secret, so a short secret can be guessed offline
+from it, and then any visitor's token forged; the generated one has 43 characters."""
 
 
 def check_origin(value: str) -> str:
@@ -85,3 +89,14 @@ class WebchatConfig(ChannelConfig):
     message_rate_limit: Rate | None = "30/minute"
     max_sockets_per_visitor: int | None = Field(default=8, ge=1)
     max_sockets_per_address: int | None = Field(default=200, ge=1)
+
+    @field_validator("secret")
+    @classmethod
+    def _secret_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_SECRET_LENGTH:
+            raise ValueError(
+                f"a signing secret needs at least {MIN_SECRET_LENGTH} characters (python -c"
+                ' "import secrets; print(secrets.token_urlsafe(32))"), or leave it out to have'
+                " one generated and kept in the store"
+            )
+        return value

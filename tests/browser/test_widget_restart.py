@@ -169,14 +169,14 @@ async def test_an_invalid_token_starts_a_fresh_session_with_nothing_of_the_old_o
     page_errors.tolerate(*GATEWAY_DOWN)
     db = tmp_path / "rotated.db"
     async with restartable() as node:
-        first = await node.start(db, with_secret("the-old-secret"))
+        first = await node.start(db, with_secret("the-old-secret-of-at-least-32-characters"))
         page = await new_page()
         await open_demo(page, first)
         await widget_send(page, "Hola con el token viejo")
         before = await stored(page)
 
         await go_down(page, node)
-        gw = await node.start(db, with_secret("a-new-secret"))
+        gw = await node.start(db, with_secret("a-new-secret-of-at-least-32-characters"))
         await expect(page.locator(".gwc-status")).to_have_text("online", timeout=RECONNECTED)
         after = await stored(page)
         assert after["visitor"] != before["visitor"]
@@ -206,7 +206,7 @@ async def test_a_refused_after_falls_back_to_the_whole_history(
     the token is still valid but the last message id the widget saw is unknown there, so the
     socket is refused with 400. The widget asks for `after=0` next instead of looping."""
     page_errors.tolerate(*GATEWAY_DOWN, "Unexpected response code: 400")
-    config = with_secret("a-kept-secret")
+    config = with_secret("a-kept-secret-of-at-least-32-characters")
     async with restartable() as node:
         first = await node.start(tmp_path / "before.db", config)
         page = await new_page()

@@ -103,6 +103,10 @@ BAD_CONFIGS = {
         "\nqueues: [{name: q}]",
         "channels[0].allowed_origins[0]: an origin has no path",
     ),
+    "short web chat secret": (
+        "channels: [{name: s, type: webchat, secret: short-secret}]\nqueues: [{name: q}]",
+        "channels[0].secret: a signing secret needs at least 32 characters",
+    ),
     "zero mail poll interval": (
         "channels: [{name: m, type: email, address: s@example.com,"
         " imap: {host: h, username: u, password: p, poll_interval: 0s},"
