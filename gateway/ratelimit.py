@@ -37,13 +37,21 @@ STAND_ASIDE = 5.0
 
 
 def check_rate(text: str) -> str:
-    """Validate a rate for the config model: the error names what is expected."""
+    """Validate a rate for the config model: the error names what is expected.
+
+    A rate of 0 parses, but would refuse every request, which nobody means (`null` is how a
+    limit is turned off): it is refused too.
+    """
     try:
-        parse(text)
+        item = parse(text)
     except ValueError:
         raise ValueError(
             "expected a rate such as '30/minute', '5 per second' or '1000/day'"
         ) from None
+    if item.amount < 1:
+        raise ValueError(
+            "a rate of 0 would refuse every request: allow at least 1 (null turns the limit off)"
+        )
     return text
 
 

@@ -1032,3 +1032,21 @@ def test_a_short_web_chat_secret_is_refused_without_showing_it(tmp_path: Path, l
 def test_a_web_chat_secret_of_32_characters_loads(tmp_path: Path) -> None:
     channels = "  - {name: site, type: webchat, secret: '${CHAT_SECRET}'}"
     assert real_channels(tmp_path, channels, env={"CHAT_SECRET": "k" * 32}) == []
+
+
+@pytest.mark.parametrize("rate", ["0/minute", "0 per second", "00/day"])
+@pytest.mark.parametrize("key", ["session_rate_limit", "message_rate_limit"])
+def test_a_rate_of_zero_is_refused(tmp_path: Path, key: str, rate: str) -> None:
+    """Config audit: `0/minute` loaded, and the limiter then refused every request."""
+    channels = f"  - {{name: site, type: webchat, {key}: '{rate}'}}"
+    line = problem_at(real_channels(tmp_path, channels), f"channels[0].{key}")
+    assert line.endswith(
+        "a rate of 0 would refuse every request: allow at least 1 (null turns the limit off)"
+    )
+
+
+def test_a_rate_of_one_or_none_loads(tmp_path: Path) -> None:
+    channels = (
+        "  - {name: site, type: webchat, session_rate_limit: 1/day, message_rate_limit: null}"
+    )
+    assert real_channels(tmp_path, channels) == []

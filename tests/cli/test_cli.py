@@ -107,6 +107,10 @@ BAD_CONFIGS = {
         "channels: [{name: s, type: webchat, secret: short-secret}]\nqueues: [{name: q}]",
         "channels[0].secret: a signing secret needs at least 32 characters",
     ),
+    "zero rate": (
+        "channels: [{name: s, type: webchat, message_rate_limit: 0/minute}]\nqueues: [{name: q}]",
+        "channels[0].message_rate_limit: a rate of 0 would refuse every request",
+    ),
     "zero mail poll interval": (
         "channels: [{name: m, type: email, address: s@example.com,"
         " imap: {host: h, username: u, password: p, poll_interval: 0s},"
