@@ -601,8 +601,27 @@ def _agent_problems(
 ) -> list[_Problem]:
     ids = [agent.id if agent is not None else None for agent in agents]
     problems = _duplicates("agents", "id", "agent id", ids)
+    problems += _repeated_queues(agents)
     if queue_names is not None:
         problems += _agent_queue_problems(agents, [n for n in queue_names if n is not None])
+    return problems
+
+
+def _repeated_queues(agents: Sequence[_AgentRefs | None]) -> list[_Problem]:
+    """A queue listed twice for one agent changes nothing the gateway does, so it is a slip:
+    most likely another queue was meant (a copy-paste left unedited), which the agent then
+    silently lacks."""
+    problems = []
+    for index, agent in enumerate(agents):
+        first_seen: dict[str, int] = {}
+        for position, queue in enumerate(agent.queues if agent is not None else ()):
+            if queue is None:
+                continue
+            seen = first_seen.setdefault(queue, position)
+            if seen != position:
+                where = _path("agents", index, "queues", seen)
+                message = f"queue '{queue}' is listed twice (see {where})"
+                problems.append(_Problem(_path("agents", index, "queues", position), message))
     return problems
 
 

@@ -642,6 +642,21 @@ def test_agent_on_unknown_queue(tmp_path: Path) -> None:
     assert "unknown queue 'vip' (known: sales, support)" in line
 
 
+def test_an_agent_listing_a_queue_twice_is_refused(tmp_path: Path) -> None:
+    """Config audit: `queues: [sales, support, sales]` loaded; most likely another queue was
+    meant, which the agent then silently lacks."""
+    text = MINIMAL_QUEUES + (
+        f'agents: [{{id: ana, token_sha256: "{MARIA_SHA}", queues: [sales, support, sales]}}]'
+    )
+    line = problem_at(problems(tmp_path, text), "agents[0].queues[2]")
+    assert line.endswith("queue 'sales' is listed twice (see agents[0].queues[0])")
+    with pytest.raises(ValidationError, match=r"agents\[0\]\.queues\[1\]: queue 'sales' is listed"):
+        GatewayConfig(
+            queues=[QueueConfig(name="sales")],
+            agents=[AgentConfig(id="ana", token_sha256=MARIA_SHA, queues=["sales", "sales"])],
+        )
+
+
 def test_agent_fields(tmp_path: Path) -> None:
     text = MINIMAL_QUEUES + 'agents: [{id: ana, token_sha256: "ABC", queues: [], max_active: 0}]'
 

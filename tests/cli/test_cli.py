@@ -111,6 +111,12 @@ BAD_CONFIGS = {
         "channels: [{name: s, type: webchat, message_rate_limit: 0/minute}]\nqueues: [{name: q}]",
         "channels[0].message_rate_limit: a rate of 0 would refuse every request",
     ),
+    "agent listing a queue twice": (
+        "queues: [{name: q}, {name: r}]\nagents: [{id: a, token_sha256: '"
+        + "0" * 64
+        + "', queues: [q, r, q]}]",
+        "agents[0].queues[2]: queue 'q' is listed twice (see agents[0].queues[0])",
+    ),
     "zero mail poll interval": (
         "channels: [{name: m, type: email, address: s@example.com,"
         " imap: {host: h, username: u, password: p, poll_interval: 0s},"
