@@ -191,6 +191,21 @@ class QueueConfig(_Section):
     strategy: Literal["least_busy", "round_robin"] = "least_busy"
     requeue_after: TimerDuration | None = None
 
+    @field_validator("strategy")
+    @classmethod
+    def _strategy_of_an_automatic_queue(cls, value: str, info: ValidationInfo) -> str:
+        """A strategy on a manual queue is never used: whoever wrote it expects automatic
+        assignment (most likely `distribution: automatic` was forgotten), and would wait for
+        it. Only a strategy written in the file is checked (not the default); a
+        `distribution` that is itself invalid is reported on its own."""
+        if info.data.get("distribution") == "manual":
+            raise ValueError(
+                "a strategy only applies to distribution: automatic; this queue is manual"
+                " (agents accept its conversations themselves): remove strategy, or set"
+                " distribution: automatic"
+            )
+        return value
+
 
 def _check_regex(pattern: str) -> str:
     """Compile at load time so a broken rule is a config error, not a crash on first message

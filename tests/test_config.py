@@ -463,6 +463,29 @@ def test_wrong_literal_says_what_is_allowed(tmp_path: Path) -> None:
     assert "'least_busy' or 'round_robin'" in line
 
 
+@pytest.mark.parametrize(
+    "queue",
+    ["{name: q, strategy: round_robin}", "{name: q, distribution: manual, strategy: least_busy}"],
+)
+def test_a_strategy_on_a_manual_queue_is_refused(tmp_path: Path, queue: str) -> None:
+    """Config audit: a strategy on a manual queue loaded and did nothing; whoever wrote it
+    expects automatic assignment. README's examples set none on a manual queue."""
+    line = problem_at(problems(tmp_path, f"queues: [{queue}]"), "queues[0].strategy")
+    assert line.endswith(
+        "a strategy only applies to distribution: automatic; this queue is manual (agents"
+        " accept its conversations themselves): remove strategy, or set distribution: automatic"
+    )
+    with pytest.raises(ValidationError, match="a strategy only applies to distribution"):
+        QueueConfig(name="q", strategy="round_robin")
+
+
+def test_a_strategy_on_an_automatic_queue_loads(tmp_path: Path) -> None:
+    text = "queues: [{strategy: round_robin, distribution: automatic, name: q}, {name: m}]"
+    config = load(tmp_path, text)
+    assert config.queue("q").strategy == "round_robin"
+    assert config.queue("m").distribution == "manual"
+
+
 def test_a_wrong_value_that_is_part_of_an_allowed_one_leaves_it_readable(tmp_path: Path) -> None:
     """The wrong value is hidden (it may be a secret), but only where it stands on its own."""
     line = problem_at(

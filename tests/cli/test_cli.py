@@ -117,6 +117,10 @@ BAD_CONFIGS = {
         + "', queues: [q, r, q]}]",
         "agents[0].queues[2]: queue 'q' is listed twice (see agents[0].queues[0])",
     ),
+    "strategy on a manual queue": (
+        "queues: [{name: q, distribution: manual, strategy: round_robin}]",
+        "queues[0].strategy: a strategy only applies to distribution: automatic",
+    ),
     "zero mail poll interval": (
         "channels: [{name: m, type: email, address: s@example.com,"
         " imap: {host: h, username: u, password: p, poll_interval: 0s},"
