@@ -1088,3 +1088,76 @@ def test_a_rate_of_one_or_none_loads(tmp_path: Path) -> None:
         "  - {name: site, type: webchat, session_rate_limit: 1/day, message_rate_limit: null}"
     )
     assert real_channels(tmp_path, channels) == []
+
+
+TWILIO = (
+    "  - {{name: {name}, type: whatsapp, provider: twilio, auth_token: t,"
+    " account_sid: AC00000000000000000000000000000000, from: '{sender}'}}"
+)
+
+
+@pytest.mark.parametrize("second", ["whatsapp:+14155238886", "+14155238886"])
+def test_two_twilio_channels_sending_from_one_number_are_refused(
+    tmp_path: Path, second: str
+) -> None:
+    """Config audit: two Twilio channels with the same `from` loaded; Twilio posts a number's
+    messages to the one webhook URL the number has, so one of them never hears its customers
+    (`+1415...` is shorthand for `whatsapp:+1415...`, the same number)."""
+    channels = "\n".join(
+        [
+            TWILIO.format(name="wa-a", sender="whatsapp:+14155238886"),
+            TWILIO.format(name="wa-b", sender="whatsapp:+14155230000"),
+            TWILIO.format(name="wa-c", sender=second),
+        ]
+    )
+    line = problem_at(real_channels(tmp_path, channels), "channels[2].from")
+    assert line.endswith(
+        "'whatsapp:+14155238886' is already the from of channels[0]: one from, one channel"
+    )
+
+
+def mail_channel(name: str, host: str, user: str, mailbox: str, port: int = 993) -> str:
+    return (
+        f"  - {{name: {name}, type: email, address: {name}@example.com,"
+        f" imap: {{host: {host}, port: {port}, username: {user}, password: p, mailbox: {mailbox}}},"
+        " smtp: {host: smtp.example.com}}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("host", "user", "mailbox", "port"),
+    [
+        ("imap.example.com", "support", "INBOX", 993),
+        ("IMAP.Example.com", "support", "inbox", 143),  # the same mailbox, written otherwise
+    ],
+)
+def test_two_email_channels_reading_one_mailbox_are_refused(
+    tmp_path: Path, host: str, user: str, mailbox: str, port: int
+) -> None:
+    """Config audit: two email channels on one IMAP host, user and mailbox loaded; each would
+    import every mail, so every customer mail opened two conversations."""
+    channels = "\n".join(
+        [
+            mail_channel("mail-a", "imap.example.com", "support", "INBOX"),
+            mail_channel("mail-b", "imap.example.com", "support", "Sales"),
+            mail_channel("mail-c", "imap.example.com", "sales", "INBOX"),
+            mail_channel("mail-d", host, user, mailbox, port),
+        ]
+    )
+    line = problem_at(real_channels(tmp_path, channels), "channels[3].imap")
+    assert line.endswith(
+        "'imap://support@imap.example.com/INBOX' is already the imap of channels[0]:"
+        " one imap, one channel"
+    )
+
+
+def test_two_email_channels_sharing_a_mailbox_through_a_yaml_alias_are_refused(
+    tmp_path: Path,
+) -> None:
+    """The audit's case: the second channel's `imap` an alias of the first's."""
+    channels = (
+        "  - {name: mail-a, type: email, address: a@example.com, smtp: {host: s},"
+        " imap: &box {host: imap.example.com, username: support, password: p}}\n"
+        "  - {name: mail-b, type: email, address: b@example.com, smtp: {host: s}, imap: *box}"
+    )
+    assert "channels[1].imap" in problem_at(real_channels(tmp_path, channels), "channels[1].imap")

@@ -101,6 +101,15 @@ class EmailConfig(ChannelConfig):
     (your own file server: `files.internal`, or `.internal` for its subdomains). Any other
     host must resolve to public addresses only (see plugins.email.fetch)."""
 
+    def unique_values(self) -> dict[str, str]:
+        """One mailbox, one channel: two channels reading the same one (host, user, mailbox)
+        would each import every mail, so each customer's mail would open two conversations
+        and be answered from both. Host names and INBOX are case-insensitive, so compared in
+        lower and upper case; the port is not compared (993 and 143 reach the same mailbox)."""
+        mailbox = "INBOX" if self.imap.mailbox.upper() == "INBOX" else self.imap.mailbox
+        host = self.imap.host.strip().lower()
+        return {"imap": f"imap://{self.imap.username}@{host}/{mailbox}"}
+
     def contact_address(self, written: str) -> str:
         """`Ana <Ana@Example.com>` or `Ana@Example.com` as stored: the bare address, lower
         case (as `plugins.email.headers.sender` reads a From)."""

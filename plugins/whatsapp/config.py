@@ -124,9 +124,13 @@ class WhatsAppConfig(ChannelConfig):
         return value
 
     def unique_values(self) -> dict[str, str]:
-        """Meta posts a number's traffic to whichever channel has it: one number, one channel."""
+        """One number, one channel. Meta posts a number's traffic to whichever channel has
+        it; Twilio posts it to the one webhook URL the number has, so a second Twilio channel
+        sending `from` the same number would never hear its customers' answers."""
         if self.provider == "cloud_api" and self.phone_number_id:
             return {"phone_number_id": self.phone_number_id}
+        if self.provider == "twilio" and self.from_:
+            return {"from": self.from_}
         return {}
 
     def contact_address(self, written: str) -> str:

@@ -121,6 +121,24 @@ BAD_CONFIGS = {
         "queues: [{name: q, distribution: manual, strategy: round_robin}]",
         "queues[0].strategy: a strategy only applies to distribution: automatic",
     ),
+    "two twilio channels from one number": (
+        "channels:\n"
+        "  - {name: a, type: whatsapp, provider: twilio, auth_token: t,"
+        " account_sid: AC00000000000000000000000000000000, from: '+14155238886'}\n"
+        "  - {name: b, type: whatsapp, provider: twilio, auth_token: t,"
+        " account_sid: AC00000000000000000000000000000000, from: '+14155238886'}\n"
+        "queues: [{name: q}]",
+        "channels[1].from: 'whatsapp:+14155238886' is already the from of channels[0]",
+    ),
+    "two email channels on one mailbox": (
+        "channels:\n"
+        "  - {name: a, type: email, address: a@example.com, smtp: {host: s},"
+        " imap: {host: imap.example.com, username: u, password: p}}\n"
+        "  - {name: b, type: email, address: b@example.com, smtp: {host: s},"
+        " imap: {host: imap.example.com, username: u, password: p}}\n"
+        "queues: [{name: q}]",
+        "channels[1].imap: 'imap://u@imap.example.com/INBOX' is already the imap of channels[0]",
+    ),
     "zero mail poll interval": (
         "channels: [{name: m, type: email, address: s@example.com,"
         " imap: {host: h, username: u, password: p, poll_interval: 0s},"
