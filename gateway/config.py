@@ -4,7 +4,8 @@ The loader exists so that every mistake in config.yaml is found at startup (or b
 `gateway check`), all at once, each named by file and key path, instead of surfacing one by one
 at run time. It works in five steps:
 
-1. parse the YAML (syntax errors and duplicate keys are reported with their line);
+1. parse the YAML (syntax errors and duplicate keys are reported with their line), and refuse
+   a document whose aliases expand it past `MAX_VALUES`;
 2. expand `${VAR}` references from the environment inside every string value;
 3. validate each core section (`server`, `store`, ...) with its pydantic model;
 4. validate each `channels[i]` entry with the model its `type` registered, so core code never
@@ -934,6 +935,34 @@ class _Variables:
         return self._marker.sub(replace, text)
 
 
+MAX_VALUES = 200_000
+"""The most values (mappings, lists, keys, scalars) a loaded config may expand to. YAML
+aliases share what they name, so a few lines of nested aliases (nine levels of nine: a
+"billion laughs") expand to hundreds of millions of values once walked, which took `check`
+minutes and gigabytes. A config of 1,500 agents is about 20,000 values: this leaves ten times
+that and more, and is counted in a tenth of a second."""
+
+
+def _check_size(document: Any, source: str) -> None:
+    """Refuse a document that expands past `MAX_VALUES`, counting a shared (aliased) value
+    each time it is reached, as every later step would walk it; stops as soon as the budget
+    is spent, so the walk itself stays cheap."""
+    budget = MAX_VALUES
+    stack = [document]
+    while stack:
+        value = stack.pop()
+        budget -= 1
+        if budget < 0:
+            raise ConfigError(
+                f"{source}: the config expands to more than {MAX_VALUES:,} values (YAML aliases?)"
+            )
+        if isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+
+
 def _parse_yaml(text: str, source: str, variables: _Variables) -> Any:
     try:
         # _StrictLoader is a SafeLoader: no arbitrary Python objects from the file
@@ -1161,6 +1190,7 @@ def parse_config(
         raise _empty_file(source_name)
     variables = _Variables(os.environ if env is None else env)
     document = _parse_yaml(text, source_name, variables)
+    _check_size(document, source_name)
     return _Loader(source_name, channel_types, variables).load(document)
 
 

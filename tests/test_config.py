@@ -734,6 +734,58 @@ def test_yaml_duplicate_key_is_refused(tmp_path: Path) -> None:
     assert lines == [f"{tmp_path / 'config.yaml'}: line 2: invalid YAML: duplicate key 'queues'"]
 
 
+def alias_levels(levels: int, width: int = 9) -> list[str]:
+    """The audit's YAML: each level (anchored `l<n>`) a list of `width` aliases of the one
+    before, so the last one expands to width ** levels values."""
+    first = f"&l0 [{', '.join(['x'] * width)}]"
+    return [first] + [f"&l{n} [{', '.join([f'*l{n - 1}'] * width)}]" for n in range(1, levels)]
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path: Path) -> None:
+    """Config audit: nine nested anchors of nine aliases each (the audit's file: top-level keys,
+    no queue) made `gateway check` run for minutes, past 476 MB; the loaded document is now
+    measured first, every alias counted each time it is reached."""
+    import time
+
+    text = "\n".join(
+        f"{key}: {level}" for key, level in zip("abcdefghi", alias_levels(9), strict=True)
+    )
+    started = time.monotonic()
+    lines = problems(tmp_path, text)
+    assert time.monotonic() - started < 5
+    assert lines == [
+        f"{tmp_path / 'config.yaml'}: the config expands to more than 200,000 values"
+        " (YAML aliases?)"
+    ]
+
+
+def test_a_yaml_alias_bomb_inside_a_section_is_refused(tmp_path: Path) -> None:
+    levels = alias_levels(6)  # the last expands to 9^6 = 531,441 values
+    text = f"server: {{trusted_proxies: [{', '.join(levels)}]}}" + A_QUEUE
+    assert "expands to more than 200,000 values" in problems(tmp_path, text)[0]
+    # Under the bound (9^5 = 59,049), such a file is measured in full and read as usual:
+    # here, lists where networks belong.
+    text = f"server: {{trusted_proxies: [{', '.join(levels[:5])}]}}" + A_QUEUE
+    lines = problems(tmp_path, text)
+    assert len(lines) == 5 and "expands" not in "\n".join(lines), lines
+
+
+def test_ordinary_anchors_and_aliases_still_load(tmp_path: Path) -> None:
+    """Sharing settings between entries is what anchors are for."""
+    text = f"""
+queues: [{{name: sales}}, {{name: support}}]
+agents:
+  - {{id: ana, token_sha256: "{"a" * 64}", queues: &both [sales, support], max_active: &max 3}}
+  - {{id: bob, token_sha256: "{"b" * 64}", queues: *both, max_active: *max}}
+routing:
+  - {{if: &wa {{type: whatsapp}}, queue: sales}}
+  - {{queue: support}}
+"""
+    config = load(tmp_path, text)
+    assert [a.queues for a in config.agents] == [["sales", "support"], ["sales", "support"]]
+    assert config.agents[1].max_active == 3
+
+
 def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
     assert "mapping" in problems(tmp_path, "- a\n- b\n")[0]
 

@@ -395,3 +395,20 @@ def test_serve_overrides_are_validated_as_the_config_is(
         run_cli("serve", "--config", path, f"{option}={value}", cwd=tmp_path, timeout=30),
         f"{option}: server.{field}: {problem}",
     )
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path: Path) -> None:
+    """Config audit: nine nested anchors of nine aliases each kept `gateway check` busy for
+    minutes, growing past 476 MB."""
+    levels = ["&a [x, x, x, x, x, x, x, x, x]"] + [
+        f"&{key} [{', '.join([f'*{previous}'] * 9)}]"
+        for previous, key in zip("abcdefgh", "bcdefghi", strict=True)
+    ]
+    path = write(
+        tmp_path,
+        "\n".join(f"{key}: {level}" for key, level in zip("abcdefghi", levels, strict=True)),
+    )
+    assert_refused(
+        run_cli("check", "--config", path, cwd=tmp_path, timeout=20),
+        f"{path}: the config expands to more than 200,000 values (YAML aliases?)",
+    )
