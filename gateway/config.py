@@ -19,8 +19,10 @@ only key paths and names that ops wrote (queue, channel, type names).
 Decisions where the contract leaves room:
 
 - `${VAR}` may stand unquoted anywhere, including inside a YAML flow mapping (`{a: ${X}}`, as in
-  DESIGN section 3) where plain YAML would read `{` as a nested mapping. `$${VAR}` is a literal
-  `${VAR}`. Variables are expanded in values, never in keys.
+  DESIGN section 3) where plain YAML would read `{` as a nested mapping. `$${` is a literal
+  `${` (so `$${VAR}` is the text `${VAR}`); any other `${` that is not a whole `${NAME}` is
+  refused, and a `$` not followed by `{` is itself. Variables are expanded in values, never in
+  keys.
 - A top-level section written as an empty key (`agents:` with nothing under it) counts as absent.
 - An empty file (nothing, whitespace or comments) and a file without a queue are refused: every
   conversation is routed to a queue, so either can only be a mistake.
@@ -869,7 +871,13 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-_VAR_REFERENCE = re.compile(r"\$(\$?)\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_VAR_REFERENCE = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+"""`$${` (a literal `${`, so `$${VAR}` is the text `${VAR}`), or a reference `${NAME}`."""
+
+MALFORMED_REFERENCE = (
+    "an environment reference must be ${NAME} (letters, digits and _, not starting with a"
+    " digit), closed by }; write $${ for a literal ${"
+)
 
 
 class _Variables:
@@ -885,18 +893,20 @@ class _Variables:
         nonce = secrets.token_hex(8)
         self._open, self._close = f"_gwvar{nonce}_", f"_{nonce}_gwvar"
         self._marker = re.compile(
-            re.escape(self._open) + r"([EL])([A-Za-z0-9_]+?)" + re.escape(self._close)
+            re.escape(self._open) + r"([EL])([A-Za-z0-9_]*?)" + re.escape(self._close)
         )
         self.expanded: set[str] = set()
         self.problems: list[_Problem] = []
         self.failed_paths: list[tuple[str | int, ...]] = []
 
     def mark(self, text: str) -> str:
-        """Replace every `${VAR}` (E) and escaped `$${VAR}` (L) in the raw file by a marker."""
+        """Replace every `${VAR}` (E) and escaped `$${` (L) in the raw file by a marker; what
+        is left of `${` afterwards is a malformed reference (see `_expand_string`)."""
 
         def marker(match: re.Match[str]) -> str:
-            kind = "L" if match.group(1) else "E"
-            return f"{self._open}{kind}{match.group(2)}{self._close}"
+            name = match.group(1)
+            kind, name = ("L", "") if name is None else ("E", name)
+            return f"{self._open}{kind}{name}{self._close}"
 
         return _VAR_REFERENCE.sub(marker, text)
 
@@ -913,17 +923,26 @@ class _Variables:
     def restore_text(self, text: str) -> str:
         """Put markers back to what ops wrote (for keys and YAML error messages)."""
         return self._marker.sub(
-            lambda m: ("$${" if m.group(1) == "L" else "${") + m.group(2) + "}", text
+            lambda m: "$${" if m.group(1) == "L" else "${" + m.group(2) + "}", text
         )
 
     def _restore(self, key: Any) -> Any:
         return self.restore_text(key) if isinstance(key, str) else key
 
     def _expand_string(self, text: str, path: tuple[str | int, ...]) -> str:
+        """Expand the references of one value. A `${` that is not a whole reference
+        (`${WA_TOKEN` unclosed, `${}`, `${1BAD}`) is refused rather than kept as text: it is
+        almost surely a reference mistyped, and the value would silently be those characters
+        (a token, a password) instead of the variable's."""
+        if "${" in text:  # markers hold no `$`: this is what no reference pattern took
+            self.problems.append(_Problem(_path(*path), MALFORMED_REFERENCE))
+            self.failed_paths.append(path)
+            return text
+
         def replace(match: re.Match[str]) -> str:
             kind, name = match.group(1), match.group(2)
             if kind == "L":
-                return "${" + name + "}"
+                return "${"
             if name not in self._env:
                 message = f"environment variable {name} is not set"
                 self.problems.append(_Problem(_path(*path), message))

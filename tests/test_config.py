@@ -329,6 +329,60 @@ def test_variable_inside_a_string_and_escaped_reference(tmp_path: Path) -> None:
     assert config.server.host == "${NOT_EXPANDED}"
 
 
+MALFORMED = (
+    "an environment reference must be ${NAME} (letters, digits and _, not starting with a"
+    " digit), closed by }; write $${ for a literal ${"
+)
+
+
+@pytest.mark.parametrize(
+    "value", ["${WA_TOKEN", "${}", "${1BAD}", "${ WA_TOKEN }", "${WA-TOKEN}", "ok ${WA_TOKEN} ${"]
+)
+def test_a_malformed_environment_reference_is_refused(tmp_path: Path, value: str) -> None:
+    """Config audit: `"${WA_TOKEN"` (unclosed), `"${}"` and `"${1BAD}"` were taken as text, so
+    a token or password was silently those characters instead of the variable's value."""
+    text = f"""
+channels:
+  - {{name: wa, type: whatsapp, provider: cloud_api, access_token: "{value}"}}
+  - name: mail
+    type: email
+    address: s@example.com
+    imap: {{host: h, port: 993, username: u, password: '{value}'}}
+    smtp: {{host: h, port: 587, username: u, password: ok}}
+server: {{host: "{value}"}}
+presence: {{agent_disconnect_grace: "{value}"}}
+queues: [{{name: q}}]
+"""
+    lines = problems(tmp_path, text)
+    for key in (
+        "channels[0].access_token",
+        "channels[1].imap.password",
+        "server.host",
+        "presence.agent_disconnect_grace",  # once: not also as a bad duration
+    ):
+        assert problem_at(lines, key).endswith(MALFORMED)
+    assert len(lines) == 4, lines
+    assert ENV["WA_TOKEN"] not in "\n".join(lines)
+
+
+@pytest.mark.parametrize(
+    ("written", "read"),
+    [
+        ("$${WA_TOKEN}", "${WA_TOKEN}"),
+        ("$${", "${"),
+        ("a$${b", "a${b"),
+        ("$$${WA_TOKEN}", "$${WA_TOKEN}"),
+        ("pa$$word $x {y} $", "pa$$word $x {y} $"),
+        ("$${WA_TOKEN} ${WA_VERIFY}", "${WA_TOKEN} meta-verify-token-value"),
+    ],
+)
+def test_a_literal_dollar_is_written_as_before(tmp_path: Path, written: str, read: str) -> None:
+    """A `$` not followed by `{` is itself; `$${` is a literal `${` (so `$${VAR}` is the text
+    `${VAR}`, as it always was)."""
+    config = load(tmp_path, f"server: {{host: '{written}'}}" + A_QUEUE)
+    assert config.server.host == read
+
+
 def test_env_defaults_to_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GW_TEST_PORT", "9090")
 

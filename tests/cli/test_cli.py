@@ -412,3 +412,24 @@ def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path: Path) -> None:
         run_cli("check", "--config", path, cwd=tmp_path, timeout=20),
         f"{path}: the config expands to more than 200,000 values (YAML aliases?)",
     )
+
+
+def test_a_malformed_environment_reference_is_refused(tmp_path: Path) -> None:
+    """Config audit: an unclosed `"${WA_TOKEN"` was taken literally, as the token."""
+    path = write(
+        tmp_path,
+        """
+        channels:
+          - {name: w, type: whatsapp, provider: cloud_api, phone_number_id: '1',
+             access_token: "${WA_TOKEN", app_secret: "${WA_SECRET}", verify_token: v}
+        queues: [{name: q}]
+        """,
+    )
+    env = {"WA_TOKEN": "wa-token-secret-value", "WA_SECRET": "wa-app-secret-value"}
+    result = run_cli("check", "--config", path, cwd=tmp_path, env=env)
+    assert_refused(
+        result,
+        f"{path}: channels[0].access_token: an environment reference must be ${{NAME}} (letters,"
+        " digits and _, not starting with a digit), closed by }; write $${ for a literal ${",
+    )
+    assert "secret-value" not in result.stdout + result.stderr
