@@ -75,6 +75,12 @@ class ChannelPolicy:
 
     reply_window: timedelta | None = None
     no_agent_timeout: timedelta | None = None
+    window_from_arrival: bool = False
+    """Measure the reply window (and `last_customer_message_at`, which reconcile measures
+    it again from) from when the message reached us, not from its own timestamp. For
+    channels whose timestamp is the sender's word rather than the provider's (an email's
+    Date is the customer's PC clock: two days behind, it would open the conversation with
+    its window already lapsed, and email has no templates to answer it with)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,14 +168,22 @@ def _updated(
     return (Event("conversation.updated", now, after, change=change, moved_from=moved_from),)
 
 
+def _customer_time(message: InboundMessage, policy: ChannelPolicy, now: datetime) -> datetime:
+    """When the customer wrote, as the window counts it: the provider's timestamp, but never
+    from the future (a clock that runs ahead, or a forged timestamp, must not keep a
+    conversation answerable longer); or when it reached us, on a channel whose timestamp is
+    the sender's own (`window_from_arrival`)."""
+    return now if policy.window_from_arrival else min(message.sent_at, now)
+
+
 def _window_end(
-    current: datetime | None, sent_at: datetime, policy: ChannelPolicy, now: datetime
+    current: datetime | None, wrote_at: datetime, policy: ChannelPolicy
 ) -> datetime | None:
-    """The window runs from the provider's timestamp, but never from the future: a clock
-    that runs ahead (or a forged timestamp) must not keep a conversation answerable longer."""
+    """The window runs from `wrote_at` (see `_customer_time`); a message older than one
+    already counted never shortens it."""
     if policy.reply_window is None:
         return None
-    end = min(sent_at, now) + policy.reply_window
+    end = wrote_at + policy.reply_window
     return end if current is None or end > current else current
 
 
@@ -184,11 +198,13 @@ def open_conversation(
     """Start a waiting conversation for a customer who has no open one on this channel.
 
     A message whose reply window had already lapsed when it reached us (a provider delivering
-    a day late: the window runs from the provider's timestamp) opens the conversation
+    a day late: the window runs from the provider's timestamp, unless the channel's policy
+    says `window_from_arrival`) opens the conversation
     `inactive` (`window_expired`) at once: nobody could answer it in free text, so it must
     not wait in a queue, be handed to an agent or take a place of their `max_active`, only to
     turn inactive a moment later. An agent still finds it and may send a template.
     """
+    wrote_at = _customer_time(message, policy, now)
     conversation = Conversation(
         id=conversation_id,
         channel=message.channel,
@@ -201,8 +217,8 @@ def open_conversation(
         updated_at=now,
         queued_at=now,
         last_message_at=now,
-        last_customer_message_at=min(message.sent_at, now),
-        window_expires_at=_window_end(None, message.sent_at, policy, now),
+        last_customer_message_at=wrote_at,
+        window_expires_at=_window_end(None, wrote_at, policy),
         no_agent_at=now + policy.no_agent_timeout if policy.no_agent_timeout else None,
         preview=preview_of(message.text, message.kind),
         subject=message.subject,
@@ -236,18 +252,17 @@ def customer_message(
     contact = conversation.contact
     if message.contact.display_name and message.contact.display_name != contact.display_name:
         contact = evolve(contact, display_name=message.contact.display_name)
-    # A provider time ahead of ours (skew, or forged) counts as now, as for the window.
-    sent_at = min(message.sent_at, now)
+    wrote_at = _customer_time(message, policy, now)
     last_customer = conversation.last_customer_message_at
-    if last_customer is None or sent_at > last_customer:
-        last_customer = sent_at
+    if last_customer is None or wrote_at > last_customer:
+        last_customer = wrote_at
     after = evolve(
         conversation,
         contact=contact,
         updated_at=now,
         last_message_at=now,
         last_customer_message_at=last_customer,
-        window_expires_at=_window_end(conversation.window_expires_at, message.sent_at, policy, now),
+        window_expires_at=_window_end(conversation.window_expires_at, wrote_at, policy),
         no_agent_at=no_agent_at,
         preview=preview_of(message.text, message.kind),
     )

@@ -120,7 +120,8 @@ class InboundMessage:
 
     `provider_message_id` is the dedup key within the channel; adapters without one must derive
     a stable one (a client id, a Message-ID, a content hash) so a retry is never a second message.
-    `sent_at` is the provider's timestamp: the reply window is measured on it.
+    `sent_at` is the provider's timestamp: the reply window is measured on it (unless the
+    channel's policy says `window_from_arrival`: then from when it reached us).
     `thread_refs` are provider ids of earlier messages this one answers (email References),
     used to link a new conversation to the one it continues.
     `updates` names a message this one modifies (reaction, edit, revoke) by provider id.

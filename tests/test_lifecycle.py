@@ -93,6 +93,27 @@ def test_window_never_starts_in_the_future() -> None:
     assert refused.conversation.state == State.INACTIVE
 
 
+def test_window_from_arrival_ignores_the_senders_clock() -> None:
+    """An email's Date is the sender's PC clock: two days behind, it must neither open the
+    conversation expired nor shorten the window (the window runs from when it reached us)."""
+    mail = ChannelPolicy(reply_window=timedelta(hours=24), window_from_arrival=True)
+    behind = T0 - timedelta(days=2)
+    t = lifecycle.open_conversation("c", inbound(sent_at=behind), "q", T0, mail)
+    c = t.conversation
+    assert c.state == State.WAITING and t.distribute == "q"
+    assert c.window_expires_at == T0 + timedelta(hours=24)
+    # Where reconcile measures the window again from: the arrival, not the Date.
+    assert c.last_customer_message_at == T0
+    assert lifecycle.can_reply(c, T0 + timedelta(hours=23))
+    later = T0 + timedelta(hours=10)
+    after = lifecycle.customer_message(c, inbound(sent_at=behind), later, mail).conversation
+    assert after.window_expires_at == later + timedelta(hours=24)
+    assert after.last_customer_message_at == later
+    # Without the flag (WhatsApp: the provider's timestamp) the same message is expired.
+    expired = lifecycle.open_conversation("c", inbound(sent_at=behind), "q", T0, WA)
+    assert expired.conversation.state == State.INACTIVE
+
+
 def test_accept_requires_queue_and_capacity() -> None:
     c = opened()
     outsider = AgentContext("x", frozenset({"sales"}), 5)

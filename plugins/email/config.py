@@ -13,6 +13,7 @@ Example (config.yaml)::
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from email.headerregistry import Address
 from email.utils import parseaddr
@@ -22,6 +23,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr
 
 from gateway.channels import ChannelConfig
 from gateway.durations import PositiveDuration
+from gateway.lifecycle import ChannelPolicy
 
 TlsMode = Literal["implicit", "starttls", "none"]
 """`implicit`: TLS from the first byte (IMAPS 993, SMTPS 465); `starttls`: upgrade a plain
@@ -109,6 +111,16 @@ class EmailConfig(ChannelConfig):
         mailbox = "INBOX" if self.imap.mailbox.upper() == "INBOX" else self.imap.mailbox
         host = self.imap.host.strip().lower()
         return {"imap": f"imap://{self.imap.username}@{host}/{mailbox}"}
+
+    def policy(self) -> ChannelPolicy:
+        """The session rules, with `reply_window` measured from when a mail reached us.
+
+        A mail's Date is the sender's word (their PC's clock), not a provider's timestamp:
+        a customer whose clock is two days behind would open the conversation with its window
+        already lapsed, and email has no templates to answer it with. The message keeps its
+        Date as `sent_at` for display.
+        """
+        return replace(super().policy(), window_from_arrival=True)
 
     def contact_address(self, written: str) -> str:
         """`Ana <Ana@Example.com>` or `Ana@Example.com` as stored: the bare address, lower

@@ -46,8 +46,9 @@ CHANNEL_TYPE = "email"
 PROVIDER = "imap"
 RAW_ENCODING = "latin-1"
 DEFAULT_MAX_ATTACHMENT = 25 * 1024 * 1024
-# A Date header this far ahead of our clock is a wrong clock or a lie: the reply window is
-# measured on sent_at, so we do not let a sender move it into the future.
+# A Date header this far ahead of our clock is a wrong clock or a lie: sent_at orders and
+# shows the mail, so we do not let a sender move it into the future. (The reply window runs
+# from when the mail reached us, not from its Date: see EmailConfig.policy.)
 _FUTURE_TOLERANCE = timedelta(minutes=5)
 
 

@@ -106,6 +106,8 @@ def test_config_durations_and_reply_window() -> None:
     )
     assert config.imap.poll_interval.total_seconds() == 30
     assert config.policy().reply_window is not None
+    # A mail's Date is the sender's clock: the window runs from when it reached us.
+    assert config.policy().window_from_arrival
 
 
 def test_backoff_doubles_caps_and_resets() -> None:

@@ -46,12 +46,20 @@ LIMIT = 20
 
 
 def mail_config(
-    store: str, imap_server: Dovecot, smtp: SmtpServer, *, more_channels: str = "", **imap: Any
+    store: str,
+    imap_server: Dovecot,
+    smtp: SmtpServer,
+    *,
+    more_channels: str = "",
+    channel_fields: dict[str, str] | None = None,
+    **imap: Any,
 ) -> tuple[str, dict[str, str]]:
     """config.yaml for the gateway under test (on the store at url `store`) and the
     environment its `${VAR}`s read.
 
-    `more_channels` is YAML for further channel list items (e.g. a web chat channel)."""
+    `more_channels` is YAML for further channel list items (e.g. a web chat channel);
+    `channel_fields` more keys of the email channel itself (e.g. `reply_window`)."""
+    fields = "".join(f"    {key}: {value}\n" for key, value in (channel_fields or {}).items())
     settings = {"first_sync": "all", "timeout": "10s", **imap}
     extra_imap = "".join(f", {key}: {value}" for key, value in settings.items())
     text = f"""
@@ -66,7 +74,7 @@ channels:
     imap: {{host: 127.0.0.1, port: {imap_server.port}, tls: none, username: "{USER}",
             password: ${{IMAP_PASSWORD}}{extra_imap}}}
     smtp: {{host: 127.0.0.1, port: {smtp.port}, tls: none, timeout: 10s}}
-{more_channels}
+{fields}{more_channels}
 queues:
   - {{name: support, distribution: manual}}
   - {{name: sales, distribution: manual}}
@@ -250,13 +258,15 @@ async def make_mail(
     smtp_server: SmtpServer,  # noqa: F811
 ) -> AsyncIterator[MailFactory]:
     """Build gateways on each store kind, on database `db` (reuse it to restart); each is
-    connected and has finished a first pass."""
+    connected and has finished a first pass. `channel_fields` adds keys to the channel."""
     built: list[MailGateway] = []
     types = channel_types(get_plugin_manager())
 
-    async def factory(db: str = "gw.db", **imap: Any) -> MailGateway:
+    async def factory(
+        db: str = "gw.db", *, channel_fields: dict[str, str] | None = None, **imap: Any
+    ) -> MailGateway:
         url = store_url(request, request.param, tmp_path / db)
-        text, env = mail_config(url, dovecot, smtp_server, **imap)
+        text, env = mail_config(url, dovecot, smtp_server, channel_fields=channel_fields, **imap)
         config = parse_config(text, "config.yaml", config_models(types), env=env)
         clock = ManualClock()
         options = RuntimeOptions(

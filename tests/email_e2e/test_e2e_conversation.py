@@ -5,6 +5,7 @@ conversation, bounces failing our message, auto-replies waking nobody."""
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import aiosmtplib
 import pytest
 
-from gateway.model import DeliveryState
+from gateway.model import DeliveryState, iso
 from tests.email.conftest import FIXTURES
 from tests.email.servers import USER, Mta
 from tests.email_e2e.conftest import ADDRESS, LIMIT, MailFactory, MailGateway, customer_mail
@@ -51,6 +52,33 @@ async def test_idle_delivery_opens_a_waiting_conversation(make_mail: MailFactory
     assert summary["subject"] == "Where is my order?"
     assert summary["preview"] == "Hello, where is my order 42?"
     assert summary["can_reply"] is True
+
+
+async def test_reply_window_runs_from_arrival_not_from_the_senders_clock(
+    make_mail: MailFactory,
+) -> None:
+    """A customer whose PC clock is two days behind, on a channel with a 24 h reply window:
+    the conversation waits and can be answered (email has no templates), the message keeps
+    its Date as `sent_at`, and a restart (which measures windows again) keeps it so."""
+    mail = await make_mail(channel_fields={"reply_window": "24h"})
+    now = mail.gw.clock.now()
+    dated = now - timedelta(days=2)
+    await mail.deliver(customer_mail(message_id=C1, date=dated))
+    event = await mail.received(C1)
+    assert event.message is not None and event.message.sent_at == dated
+
+    [summary] = await mail.inbox("waiting")
+    assert summary["can_reply"] is True
+    assert summary["window_expires_at"] == iso(now + timedelta(hours=24))
+    await mail.stop()
+
+    again = await make_mail(channel_fields={"reply_window": "24h"})  # same database
+    [summary] = await again.inbox("waiting")
+    assert summary["can_reply"] is True
+    await again.act(summary["id"], "accept")
+    await again.reply(summary["id"], "Hi Ana, it ships today.")
+    [answer] = again.sent()
+    assert str(answer["To"]) == "Ana Souza <ana@customer.example>"
 
 
 async def test_contact_form_requests_are_separate_and_answered_to_the_visitor(
