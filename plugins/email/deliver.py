@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import partial
 from typing import Any
@@ -22,8 +22,9 @@ import structlog
 
 from gateway.channels import Inbound, KeyValue
 from gateway.errors import InvalidInput
+from gateway.model import Direction, InboundMessage, Message
 from plugins.email.config import EmailConfig
-from plugins.email.parse import ParsedEmail, parse_email
+from plugins.email.parse import RAW_ENCODING, ParsedEmail, content_key, parse_email
 from plugins.email.threads import remember
 
 
@@ -68,6 +69,9 @@ async def store(
 ) -> Delivered:
     """Store `parsed` through `inbound`, apply any bounce status; return what happened.
 
+    A mail whose Message-ID another mail already has (another sender, subject or text) is
+    stored under a derived id rather than dropped as a duplicate (see `_store_reused`).
+
     Returns once the message is durably stored. A message the core refuses as invalid is
     logged and reported as `rejected` (retrying it would block the mailbox forever); any
     other failure propagates so the caller retries without advancing its cursor.
@@ -88,6 +92,10 @@ async def store(
         if progress is not None:
             await progress()
         return Delivered(parsed=parsed, result=None, rejected=True)
+    if getattr(result, "duplicate", False) and parsed.message_id is not None:
+        stored = getattr(result, "message", None)
+        if isinstance(stored, Message) and _another_mail(stored, message):
+            result = await _store_reused(message, stored, inbound, config, logger)
     for status in parsed.statuses:
         await inbound.status(status)
     after: list[Awaitable[None]] = [remember(kv, parsed)]
@@ -95,6 +103,64 @@ async def store(
         after.append(progress())
     await asyncio.gather(*after)
     return Delivered(parsed=parsed, result=result)
+
+
+def _body(message: InboundMessage | Message) -> str | None:
+    """The mail's whole text: `text` has quoted history cut by rules that depend on what the
+    store held at the time, so a re-fetch of the same mail could differ there."""
+    full = message.extra.get("full_text")
+    return full if isinstance(full, str) else message.text
+
+
+def _another_mail(stored: Message, message: InboundMessage) -> bool:
+    """Tell whether the customer mail stored under this Message-ID is another mail than
+    `message`: another sender, subject or text. A provider's re-delivery, or the same mail
+    fetched again (a renumbered mailbox, a restart), is the same in all three. Our own
+    outbound mail is never "another" one: a copy of it coming back stays deduplicated."""
+    if stored.direction != Direction.IN:
+        return False
+    address = stored.contact.address if stored.contact is not None else None
+    return (address, stored.subject, _body(stored)) != (
+        message.contact.address,
+        message.subject,
+        _body(message),
+    )
+
+
+def reused_id(message: InboundMessage) -> str:
+    """The provider id of a mail whose Message-ID another mail already has: that id plus a
+    short digest of this mail's content (`content_key`, blind to the trace headers each
+    delivery adds), so fetching this mail again finds it under the same id."""
+    raw = message.raw if isinstance(message.raw, str) else ""
+    digest = content_key(raw.encode(RAW_ENCODING)).removeprefix("sha256:")[:16]
+    return f"{message.provider_message_id}#{digest}"
+
+
+async def _store_reused(
+    message: InboundMessage,
+    stored: Message,
+    inbound: Inbound,
+    config: EmailConfig,
+    logger: Any,
+) -> Any:
+    """Store a mail that reuses another mail's Message-ID under a derived id (`reused_id`).
+
+    Message-IDs are the sender's to make, and careless or hostile senders repeat them (a
+    script with a fixed id, a mail client bug, a forged copy): dropping such a mail as a
+    duplicate lost a customer's message with nothing but an info line to show for it.
+    """
+    derived = reused_id(message)
+    result = await inbound.message(replace(message, provider_message_id=derived))
+    if not getattr(result, "duplicate", False):  # a re-fetch of it was logged the first time
+        logger.warning(
+            "email.message_id_reused",
+            channel=config.name,
+            provider_message_id=message.provider_message_id,
+            stored_as=derived,
+            conversation_id=getattr(getattr(result, "conversation", None), "id", None),
+            first_conversation_id=stored.conversation_id,
+        )
+    return result
 
 
 async def deliver_batch(

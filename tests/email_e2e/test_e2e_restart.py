@@ -10,10 +10,11 @@ from typing import Any
 
 import orjson
 import pytest
+from structlog.testing import capture_logs
 
 from plugins.email.cursor import live_key
 from tests.api.conftest import TOKENS
-from tests.email_e2e.conftest import CHANNEL, MailFactory, customer_mail
+from tests.email_e2e.conftest import CHANNEL, MailFactory, MailGateway, customer_mail
 
 
 def mail_from(n: int) -> bytes:
@@ -64,6 +65,61 @@ async def test_gateway_restart_without_duplicates_or_gaps(make_mail: MailFactory
     # (the store's dedup would have hidden a re-read; its counter does not)
     ingested = await ingest_counts(second)
     assert ingested == {"stored": 4.0}
+
+
+async def renumber_mailbox(mail: MailGateway) -> None:
+    """As if the server renumbered the mailbox (a migration, a restore): the cursor names
+    another UIDVALIDITY, and the next session reads the mailbox again. Returns after that
+    session's first pass."""
+    cursor = orjson.dumps({"uidvalidity": 1, "last_uid": 99}).decode()
+    await mail.gw.runtime.store.kv_set(live_key(CHANNEL), cursor)
+    await asyncio.to_thread(mail.dovecot.stop)
+    await mail.wait_synced(lambda: not mail.adapter.health().ok)
+    passes = mail.adapter.passes
+    await asyncio.to_thread(mail.dovecot.start)
+    await mail.wait_synced(lambda: mail.adapter.passes > passes)
+
+
+async def test_another_mail_reusing_a_message_id_is_kept_and_refetches_still_dedup(
+    make_mail: MailFactory,
+) -> None:
+    """Two senders' mails with one Message-ID (a script with a fixed id, a forged copy):
+    each is stored, in its contact's conversation, and the reuse is logged. Fetched again
+    (the mailbox renumbered), neither is stored twice. Before, the second was dropped as a
+    duplicate with only an info line."""
+    mail = await make_mail()
+    reused = "<fixed-id@shop.example>"
+    await mail.deliver(customer_mail(message_id=reused, text="Order 42 is late."))
+    first = await mail.received(reused)
+    other_mail = customer_mail(
+        message_id=reused, sender="Bob <bob@other.example>", subject="Refund", text="Refund me."
+    )
+    with capture_logs() as logs:
+        await mail.deliver(other_mail)
+        second = (await mail.wait_received(2))[1]
+        # logged once ingest answers, which is after the event: wait for the pass to end
+        await mail.wait_synced(lambda: any(e["event"] == "email.message_id_reused" for e in logs))
+    assert second.message is not None and second.conversation is not None
+    assert first.conversation is not None
+    assert second.message.provider_message_id.startswith(f"{reused}#")
+    assert second.message.text == "Refund me."
+    waiting = await mail.inbox("waiting")
+    assert sorted(c["contact"]["address"] for c in waiting) == [
+        "ana@customer.example",
+        "bob@other.example",
+    ]
+    [warning] = [entry for entry in logs if entry["event"] == "email.message_id_reused"]
+    assert warning["log_level"] == "warning"
+    assert warning["provider_message_id"] == reused
+    assert warning["stored_as"] == second.message.provider_message_id
+    assert warning["conversation_id"] == second.conversation.id
+    assert warning["first_conversation_id"] == first.conversation.id
+    assert "Refund me" not in str(warning)  # never a mail's body
+
+    await renumber_mailbox(mail)
+    assert len(await mail.all_received()) == 2
+    # Both fetched again: each dropped as a duplicate (the second one under its derived id).
+    assert await ingest_counts(mail) == {"stored": 2.0, "duplicate": 4.0}
 
 
 async def ingest_counts(mail: Any) -> dict[str, float]:
