@@ -240,6 +240,20 @@ service imap-login {{
     async def append(self, raw: bytes, mailbox: str = "INBOX", date: str | None = None) -> int:
         return await asyncio.to_thread(self.append_sync, raw, mailbox, date)
 
+    def create_sync(self, wire_name: str) -> list[str]:
+        """CREATE a mailbox named `wire_name` exactly as sent on the wire (modified UTF-7 for
+        non-ASCII names); return the names LIST shows afterwards, as the server sends them."""
+        client = imaplib.IMAP4("127.0.0.1", self.port)
+        try:
+            client.login(USER, PASSWORD)
+            typ, data = client.create(f'"{wire_name}"')
+            assert typ == "OK", data
+            typ, listed = client.list()
+            assert typ == "OK", listed
+            return [bytes(line).decode("ascii") for line in listed if isinstance(line, bytes)]
+        finally:
+            client.logout()
+
     def append_many_sync(
         self, raws: list[bytes], mailbox: str = "INBOX", date: str | None = None
     ) -> list[int]:

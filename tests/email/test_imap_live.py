@@ -230,6 +230,25 @@ async def test_a_renumbered_mailbox_is_read_again_only_from_the_last_synced_day(
     assert cursor["uidvalidity"] != 1 and cursor["last_uid"] == 5
 
 
+@pytest.mark.parametrize("written", ["Atención", "Atenci&APM-n"])
+async def test_a_mailbox_named_with_non_ascii_characters_is_read(
+    written: str, dovecot: Dovecot, inbound: RecordingInbound, make_adapter: Any
+) -> None:
+    """`imap.mailbox: "Atención"` is selected as `Atenci&APM-n` (modified UTF-7, RFC 3501
+    5.1.3): sent as raw UTF-8 the server refused it and the channel never connected. A name
+    already written in modified UTF-7 (ASCII) is sent as written."""
+    wire = "Atenci&APM-n"  # U+00F3 as UTF-16BE 00 F3, base64 "APM"
+    listed = await asyncio.to_thread(dovecot.create_sync, wire)
+    assert any(line.endswith(f'"{wire}"') or line.endswith(f" {wire}") for line in listed)
+    await dovecot.append(customer_mail(5), mailbox=wire)
+    await dovecot.append(customer_mail(6))  # INBOX: not this channel's mailbox
+    adapter = make_adapter(email_config(dovecot.imap_settings(mailbox=written, first_sync="all")))
+    await adapter.start()
+    await until(adapter, lambda: adapter.passes >= 1)
+    assert adapter.health().ok
+    assert [m.subject for m in inbound.messages] == ["Order question 5"]
+
+
 async def test_polling_when_idle_is_not_used(
     dovecot: Dovecot, inbound: RecordingInbound, make_adapter: Any
 ) -> None:
