@@ -96,6 +96,16 @@ async def store(
         stored = getattr(result, "message", None)
         if isinstance(stored, Message) and _another_mail(stored, message):
             result = await _store_reused(message, stored, inbound, config, logger)
+    defects = message.extra.get("defects")
+    if defects and not getattr(result, "duplicate", False):
+        # Stored as well as it could be read: say so, so a mail that reads oddly (a body
+        # missing, a file that will not open) can be traced to the sender's mailer.
+        logger.warning(
+            "email.malformed",
+            channel=config.name,
+            provider_message_id=getattr(result, "message", message).provider_message_id,
+            defects=defects,
+        )
     for status in parsed.statuses:
         await inbound.status(status)
     after: list[Awaitable[None]] = [remember(kv, parsed)]

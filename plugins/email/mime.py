@@ -11,6 +11,7 @@ import hashlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from email import errors
 from email.message import EmailMessage, Message
 
 import html2text
@@ -61,6 +62,8 @@ class Body:
     text: str = ""
     html: str | None = None
     attachments: list[PartInfo] = field(default_factory=list)
+    unbounded: dict[str, str] = field(default_factory=dict)
+    """The text of each multipart without a boundary, by MIME path (see `_unbounded_text`)."""
 
 
 def decode_bytes(data: bytes, declared: str | None) -> str:
@@ -305,14 +308,39 @@ def extract(msg: EmailMessage, max_attachment_bytes: int) -> Body:
         if ctype == "text/plain" and filename is None and disposition != "attachment":
             texts.append(part_text(part))
             continue
+        if filename is None and _no_boundary(part):
+            body.unbounded[path] = part_text(part)
         body.attachments.append(
             _part_info(path, part, ctype, filename, disposition, max_attachment_bytes)
         )
     text = "\n\n".join(t.strip("\n") for t in texts if t.strip())
     if not text and body.html:
         text = html_to_text(body.html)
+    if not text:
+        text = _unbounded_text(body)
     body.text = text
     return body
+
+
+def _no_boundary(part: Message) -> bool:
+    """A multipart whose Content-Type names no boundary: the parser cannot split it and
+    keeps its whole payload as one string (a broken mailer, a header cut by a relay)."""
+    return part.get_content_maintype() == "multipart" and any(
+        isinstance(defect, errors.NoBoundaryInMultipartDefect) for defect in part.defects
+    )
+
+
+def _unbounded_text(body: Body) -> str:
+    """The text of a mail that has none but a multipart without a boundary: that part's
+    payload, which is the body the sender wrote (before, it was shown as an attachment of
+    type multipart/mixed and the message had no text). Those parts leave the attachments:
+    they are the text now (the raw mail keeps them)."""
+    unbounded = [info for info in body.attachments if info.path in body.unbounded]
+    texts = [body.unbounded[info.path] for info in unbounded]
+    text = "\n\n".join(t.strip("\n") for t in texts if t.strip())
+    if text:
+        body.attachments = [a for a in body.attachments if a not in unbounded]
+    return text
 
 
 def _part_info(

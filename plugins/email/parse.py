@@ -223,8 +223,9 @@ def _parse(
     oversize = [p.path for p in body.attachments if p.oversize]
     if oversize:
         extra["oversize_attachments"] = oversize
-    if msg.defects:
-        extra["defects"] = sorted({type(d).__name__ for d in msg.defects})
+    defects = _defects(msg)
+    if defects:
+        extra["defects"] = defects
 
     inbound = InboundMessage(
         channel=channel,
@@ -257,6 +258,16 @@ def _bounded(value: str, name: str, extra: dict[str, Any]) -> str:
         return value
     extra.setdefault("truncated", []).append(name)
     return value[:MAX_TEXT_CHARS]
+
+
+def _defects(msg: EmailMessage) -> list[str]:
+    """The class names of what the parser found wrong, in the message and in its parts (a
+    nested multipart without a boundary is noted on that part only)."""
+    try:
+        found = {type(d).__name__ for part in msg.walk() for d in part.defects}
+    except Exception:  # a tree too deep to walk: the message's own defects
+        found = {type(d).__name__ for d in msg.defects}
+    return sorted(found)
 
 
 def _sent_at(msg: EmailMessage, now: datetime, extra: dict[str, Any]) -> datetime:

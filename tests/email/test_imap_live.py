@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 import pytest
+from structlog.testing import capture_logs
 
 from gateway.clock import ManualClock
 from gateway.model import DeliveryState, to_dict
@@ -28,6 +29,7 @@ from tests.email.conftest import (
     require_dovecot,
 )
 from tests.email.servers import Dovecot, make_dovecot_root, remove_root
+from tests.email.test_parse import NO_BOUNDARY
 
 # A safety net so a broken test fails instead of hanging; tests never wait on time for state.
 LIMIT = 20
@@ -247,6 +249,26 @@ async def test_a_mailbox_named_with_non_ascii_characters_is_read(
     await until(adapter, lambda: adapter.passes >= 1)
     assert adapter.health().ok
     assert [m.subject for m in inbound.messages] == ["Order question 5"]
+
+
+async def test_malformed_mime_is_stored_readable_and_logged(
+    dovecot: Dovecot, inbound: RecordingInbound, make_adapter: Any
+) -> None:
+    """A multipart without a boundary: stored with its payload as the text, and logged as
+    `email.malformed` with the parser's defects and the mail's id (never its body). Before,
+    it was stored with no text and nothing in the log."""
+    await dovecot.append(NO_BOUNDARY)
+    adapter = make_adapter(email_config(dovecot.imap_settings(first_sync="all")))
+    with capture_logs() as logs:
+        await adapter.start()
+        await until(adapter, lambda: adapter.passes >= 1)
+    [message] = inbound.messages
+    assert message.text == "Hello, my order 42 never came.\nAna"
+    [line] = [entry for entry in logs if entry["event"] == "email.malformed"]
+    assert line["log_level"] == "warning"
+    assert line["provider_message_id"] == "<nb1@customer.example>"
+    assert "NoBoundaryInMultipartDefect" in line["defects"]
+    assert "order 42" not in str(line)
 
 
 async def test_polling_when_idle_is_not_used(

@@ -96,6 +96,39 @@ def test_malformed_multipart_is_stored_as_best_it_can() -> None:
     assert message.extra["to"] == []
 
 
+NO_BOUNDARY = (
+    b"From: Ana <ana@customer.example>\r\nTo: support@gw.example.com\r\n"
+    b"Subject: Order 42\r\nMessage-ID: <nb1@customer.example>\r\nMIME-Version: 1.0\r\n"
+    b"Content-Type: multipart/mixed\r\n\r\n"  # no boundary parameter
+    b"Hello, my order 42 never came.\r\nAna\r\n"
+)
+
+
+def test_a_multipart_without_a_boundary_is_read_as_its_text() -> None:
+    """The parser cannot split a multipart that names no boundary: its payload is the body
+    the sender wrote. It was stored with no text and the body as an attachment of type
+    multipart/mixed."""
+    message = parse_email(NO_BOUNDARY, "support-mail", NOW).message
+    assert message.text == "Hello, my order 42 never came.\nAna"
+    assert message.attachments == ()
+    assert "NoBoundaryInMultipartDefect" in message.extra["defects"]
+
+
+def test_a_nested_multipart_without_a_boundary_is_noted_and_read() -> None:
+    raw = (
+        b"From: Ana <ana@customer.example>\r\nSubject: Order 42\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/mixed; boundary="outer"\r\n\r\n--outer\r\n'
+        b"Content-Type: multipart/alternative\r\n\r\nWhere is order 42?\r\n"
+        b"--outer\r\nContent-Type: application/pdf\r\n"
+        b'Content-Disposition: attachment; filename="invoice.pdf"\r\n\r\n%PDF-1\r\n'
+        b"--outer--\r\n"
+    )
+    message = parse_email(raw, "support-mail", NOW).message
+    assert message.text == "Where is order 42?"
+    assert [a.filename for a in message.attachments] == ["invoice.pdf"]
+    assert "NoBoundaryInMultipartDefect" in message.extra["defects"]
+
+
 def test_mislabelled_gb2312_body_falls_back_to_utf8() -> None:
     message = parse("mailparser_gb2312_8bit_rfc2047.eml").message
     assert message.text is not None and message.text.startswith("你好\uff01我公司可代开")
