@@ -272,6 +272,7 @@ class EmailAdapter(BaseAdapter):
                 on_stored=stored,
                 log=self._log,
                 storing=self._storing,
+                history=self.context.history,
             )
         return position
 

@@ -13,7 +13,7 @@ from datetime import UTC, date, datetime
 import structlog
 from tqdm import tqdm
 
-from gateway.channels import Inbound, KeyValue
+from gateway.channels import Inbound, KeyValue, MessageHistory
 from gateway.clock import Clock, SystemClock
 from plugins.email.config import EmailConfig
 from plugins.email.cursor import Cursor, backfill_key, load_cursor, save_cursor
@@ -37,11 +37,14 @@ async def backfill(
     progress: bool = True,
     *,
     clock: Clock | None = None,
+    history: MessageHistory | None = None,
 ) -> int:
     """Import the mailbox's mail (received on or after `since`); return how many were new.
 
     Messages the core already had (duplicates) are not counted. An interrupted run resumes
     after the last message it stored, provided the mailbox (UIDVALIDITY) and `since` match.
+    `history` (the store) tells which replies answer mail the channel has, as for the live
+    reader (see `deliver.answers_known_mail`).
     """
     log = structlog.get_logger("plugins.email").bind(channel=config.name)
     now = (clock or SystemClock()).now
@@ -80,6 +83,7 @@ async def backfill(
                     save_cursor=save,
                     on_stored=stored,
                     log=log,
+                    history=history,
                 )
         log.info("email.backfill.done", imported=imported)
         return imported

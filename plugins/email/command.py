@@ -76,6 +76,7 @@ async def run(args: argparse.Namespace, context: CommandContext) -> int:
             since,
             progress=not args.no_progress,
             clock=context.clock,
+            history=context.store,
         )
     except (ImapError, OSError, TimeoutError) as exc:
         # ImapError texts never quote our commands, so no password can appear here.

@@ -20,7 +20,7 @@ from typing import Any
 
 import structlog
 
-from gateway.channels import Inbound, KeyValue
+from gateway.channels import Inbound, KeyValue, MessageHistory
 from gateway.errors import InvalidInput
 from gateway.model import Direction, InboundMessage, Message
 from plugins.email.config import EmailConfig
@@ -64,13 +64,16 @@ async def store(
     config: EmailConfig,
     inbound: Inbound,
     kv: KeyValue,
+    history: MessageHistory | None = None,
     log: Any = None,
     progress: Callable[[], Awaitable[None]] | None = None,
 ) -> Delivered:
     """Store `parsed` through `inbound`, apply any bounce status; return what happened.
 
-    A mail whose Message-ID another mail already has (another sender, subject or text) is
-    stored under a derived id rather than dropped as a duplicate (see `_store_reused`).
+    A reply's text has its quoted history cut only if it answers a mail the channel has
+    (`answers_known_mail`, asked of `history`; without one, the headers decide). A mail
+    whose Message-ID another mail already has (another sender, subject or text) is stored
+    under a derived id rather than dropped as a duplicate (see `_store_reused`).
 
     Returns once the message is durably stored. A message the core refuses as invalid is
     logged and reported as `rejected` (retrying it would block the mailbox forever); any
@@ -79,6 +82,8 @@ async def store(
     with remembering its thread, so the store can commit both together.
     """
     logger = log if log is not None else structlog.get_logger("plugins.email")
+    if parsed.replying and history is not None and not await answers_known_mail(parsed, history):
+        parsed = replace(parsed, message=_whole(parsed.message))
     message = parsed.message
     try:
         result = await inbound.message(message)
@@ -113,6 +118,44 @@ async def store(
         after.append(progress())
     await asyncio.gather(*after)
     return Delivered(parsed=parsed, result=result)
+
+
+MAX_REFS_CHECKED = 30
+"""The most thread references looked up, nearest ancestors first (our own replies cap their
+References at 30 too); a mail answering a thread we have names one of its last mails."""
+
+
+async def answers_known_mail(parsed: ParsedEmail, history: MessageHistory) -> bool:
+    """Tell whether a mail whose headers say it is a reply answers a mail this channel has.
+
+    A customer answering the shop's own order notification (sent by another system, never
+    stored here) carries In-Reply-To / References too, yet writes a first mail to us: cutting
+    its "quoted history" dropped the order and tracking details it quotes. So a mail counts
+    as replying when one of its references is a message the channel stored (theirs or ours);
+    a `Re:` subject with no reference at all (a client that sends none) counts when the
+    channel already has mail of that contact.
+    """
+    message = parsed.message
+    extra = message.extra
+    refs = [*extra.get("in_reply_to", ()), *reversed(extra.get("references", ()))]
+    nearest = list(dict.fromkeys(refs))[:MAX_REFS_CHECKED]
+    if nearest:
+        for ref in nearest:
+            if await history.find_message(message.channel, ref) is not None:
+                return True
+        return False
+    earlier = await history.list_contact_messages(message.channel, message.contact.address, limit=1)
+    return bool(earlier)
+
+
+def _whole(message: InboundMessage) -> InboundMessage:
+    """`message` with its whole text (`extra.full_text`) as its text."""
+    full = message.extra.get("full_text")
+    extra = message.extra
+    truncated = extra.get("truncated", [])
+    if "full_text" in truncated and "text" not in truncated:
+        extra = {**extra, "truncated": [*truncated, "text"]}
+    return replace(message, text=full if isinstance(full, str) and full else None, extra=extra)
 
 
 def _body(message: InboundMessage | Message) -> str | None:
@@ -184,6 +227,7 @@ async def deliver_batch(
     on_stored: OnStored | None = None,
     log: Any = None,
     storing: asyncio.Lock | None = None,
+    history: MessageHistory | None = None,
 ) -> None:
     """Store fetched `(uid, raw)` pairs in order, parsing ahead (see the module docstring).
 
@@ -204,6 +248,7 @@ async def deliver_batch(
                     config=config,
                     inbound=inbound,
                     kv=kv,
+                    history=history,
                     log=log,
                     progress=partial(save_cursor, uid),
                 )

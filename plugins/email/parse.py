@@ -59,11 +59,16 @@ class ParsedEmail:
     message: InboundMessage
     statuses: tuple[DeliveryStatus, ...] = ()
     message_id: str | None = None
+    replying: bool = False
+    """Its headers say it answers a mail (In-Reply-To / References, or a `Re:`-like subject),
+    so `message.text` had quoted history and signature cut. Parsing cannot see the store:
+    the text stays cut only if the mail answers one the channel has (`deliver.store`)."""
 
 
 _REPLY_SUBJECT = re.compile(r"^\s*(?:re|aw|sv|vs|antw|odp|r)\s*(?:\[\d+\])?\s*:", re.IGNORECASE)
 """A reply's subject prefix (English, German, Nordic, Dutch, Polish, Italian): a reply whose
-client sent no In-Reply-To or References still gets its quoted history dropped."""
+client sent no In-Reply-To or References still gets its quoted history dropped (when the
+channel already has mail of that contact: see `deliver.answers_known_mail`)."""
 
 
 def parse_email(
@@ -206,9 +211,12 @@ def _parse(
 
     # Quoted history and signatures are dropped from replies only: in a first mail the same
     # heuristics cut real text (a line "On Monday my colleague wrote:", a "--" before the
-    # amount in question). The whole text stays in `extra.full_text` either way.
-    replying = bool(in_reply_to or references) or bool(_REPLY_SUBJECT.match(subject or ""))
-    text = latest_reply(body.text) if kind == "email" and replying else body.text
+    # amount in question). The whole text stays in `extra.full_text` either way, and
+    # `deliver.store` puts it back as the text when the mail answers none the channel has.
+    replying = kind == "email" and (
+        bool(in_reply_to or references) or bool(_REPLY_SUBJECT.match(subject or ""))
+    )
+    text = latest_reply(body.text) if replying else body.text
     extra.update(
         message_id=message_id,
         in_reply_to=in_reply_to,
@@ -244,7 +252,7 @@ def _parse(
         raw=_raw_text(raw, msg, oversize, extra),
         extra=extra,
     )
-    return ParsedEmail(message=inbound, statuses=statuses, message_id=message_id)
+    return ParsedEmail(message=inbound, statuses=statuses, message_id=message_id, replying=replying)
 
 
 MAX_TEXT_CHARS = 1_000_000

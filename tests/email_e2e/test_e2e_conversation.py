@@ -181,6 +181,78 @@ async def test_agent_reply_is_threaded_and_the_answer_joins(make_mail: MailFacto
     assert second["Message-ID"] not in (r1, C1, C2)
 
 
+NOTIFICATION = "<order-42-shipped@notify.shop.example>"
+QUOTED = (
+    "On Tue, 24 Nov 2026 at 09:00, Shop <noreply@shop.example> wrote:\n"
+    "> Your order 42 has shipped.\n"
+    "> Carrier: FastPost, tracking number FP-123-456-789.\n"
+)
+
+
+async def test_an_answer_to_mail_the_channel_never_had_is_kept_whole(
+    make_mail: MailFactory,
+) -> None:
+    """A customer answers the shop's order notification (sent by another system): its
+    In-Reply-To names a mail this channel never stored, so it is their first mail here and
+    is kept whole, the quoted tracking details included. They were cut as reply history."""
+    mail = await make_mail()
+    raw = customer_mail(
+        message_id=C1,
+        subject="Re: Your order 42 has shipped",
+        text=f"It never arrived, can you check?\n\n{QUOTED}",
+        in_reply_to=NOTIFICATION,
+        references=NOTIFICATION,
+    )
+    await mail.deliver(raw)
+    event = await mail.received(C1)
+    assert event.message is not None and event.message.text is not None
+    assert "FP-123-456-789" in event.message.text
+    assert event.message.text.startswith("It never arrived, can you check?")
+
+
+async def test_an_answer_to_our_reply_has_its_quoted_history_cut(make_mail: MailFactory) -> None:
+    """A reply threading onto mail the channel has (our own answer) shows what the customer
+    newly wrote; the quote stays in `extra.full_text`."""
+    mail = await make_mail()
+    conversation_id, ours = await open_and_answer(mail)
+    quoted = "On Wed, 25 Nov 2026, ACME Support wrote:\n> Hi Ana, it ships today.\n"
+    await mail.deliver(
+        customer_mail(
+            message_id=C2,
+            subject="Re: Where is my order?",
+            text=f"Great, thanks!\n\n{quoted}",
+            in_reply_to=ours["Message-ID"],
+        )
+    )
+    event = await mail.received(C2)
+    assert event.message is not None and event.conversation is not None
+    assert event.conversation.id == conversation_id
+    assert event.message.text == "Great, thanks!"
+    assert "it ships today" in event.message.extra["full_text"]
+
+
+async def test_a_re_subject_without_references_counts_only_for_a_known_contact(
+    make_mail: MailFactory,
+) -> None:
+    """A `Re:` subject and no In-Reply-To / References (a client that sends none): a reply
+    when the channel already has mail of that contact, else a first mail, kept whole."""
+    mail = await make_mail()
+    text = f"Where is it?\n\n{QUOTED}"
+    stranger = customer_mail(
+        message_id=C1, subject="Re: Your order 42 has shipped", text=text, sender="bo@b.example"
+    )
+    await mail.deliver(stranger)
+    first = await mail.received(C1)
+    assert first.message is not None and "FP-123-456-789" in (first.message.text or "")
+
+    await mail.deliver(customer_mail(message_id=C2, subject="Order 42"))  # Ana writes first
+    await mail.received(C2)
+    again = customer_mail(message_id=C3, subject="Re: Your order 42 has shipped", text=text)
+    await mail.deliver(again)
+    known = await mail.received(C3)
+    assert known.message is not None and known.message.text == "Where is it?"
+
+
 async def test_answer_to_a_closed_conversation_opens_a_linked_one(make_mail: MailFactory) -> None:
     mail = await make_mail()
     first_id, first = await open_and_answer(mail)

@@ -28,7 +28,8 @@ class Expected:
     display_name: str
     subject: str
     text: str
-    """The start of what the agent sees: the newly written part, quotes stripped."""
+    """The start of what the agent sees: the newly written part, quotes stripped on a reply
+    to mail the channel has (the replies here answer mail it never had: kept whole)."""
     full_text: str
     """A piece of the whole body, kept in `extra.full_text`."""
     attachments: tuple[tuple[str | None, str, str, int], ...] = ()
