@@ -15,6 +15,7 @@ The bytes come from a customer through a provider, so they are served as untrust
 from __future__ import annotations
 
 import re
+from urllib.parse import quote
 
 import structlog
 from aiohttp import web
@@ -50,10 +51,34 @@ def safe_content_type(*candidates: str | None) -> str:
 
 
 def content_disposition(content_type: str, filename: str | None, fallback: str) -> str:
-    """`inline` only for types a browser shows without running them; an ASCII-safe name."""
+    """`inline` only for types a browser shows without running them; an ASCII-safe name,
+    and the real one as `filename*` (RFC 6266, RFC 5987) when that differs.
+
+    Without `filename*`, `résumé façade.pdf` was saved as `r_sum__fa_ade.pdf`: browsers
+    take the UTF-8 name from `filename*` and older clients keep the ASCII fallback.
+    """
     mode = "inline" if _INLINE.match(content_type.lower()) else "attachment"
     name = _SAFE_NAME.sub("_", filename or fallback)[:128] or fallback
-    return f'{mode}; filename="{name}"'
+    value = f'{mode}; filename="{name}"'
+    real = _real_name(filename)
+    if real and real != name:
+        value += f"; filename*=UTF-8''{quote(real, safe=_ATTR_CHARS)}"
+    return value
+
+
+_ATTR_CHARS = "!#$&+-.^_`|~"
+"""RFC 5987 attr-char beyond letters and digits: sent as they are, all else percent-encoded."""
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_SEPARATORS = re.compile(r"[/\\]")
+
+
+def _real_name(filename: str | None) -> str | None:
+    """The name as the customer's mail gave it, minus control characters and path
+    separators (a name is never a path on the agent's disk), and at most 255 characters."""
+    if not filename:
+        return None
+    cleaned = _SEPARATORS.sub("_", _CONTROL.sub("", filename)).strip()[:255]
+    return None if cleaned in ("", ".", "..") else cleaned
 
 
 @routes.get("/api/v1/conversations/{id}/messages/{message_id}/attachments/{index}")

@@ -345,7 +345,7 @@ def _agent_paths() -> dict[str, Any]:
                 ],
                 "responses": {
                     "200": {
-                        "description": "The media bytes, with the provider's content type; untrusted content is sent as a download (`Content-Disposition: attachment`)",
+                        "description": "The media bytes, with the provider's content type; untrusted content is sent as a download (`Content-Disposition: attachment`); the file's name is in `filename` (ASCII) and, when it has other characters, `filename*` (RFC 6266, UTF-8)",
                         "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
                     },
                     **_errors(

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from email import policy
 from email.message import EmailMessage
+from email.parser import BytesParser
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import aiosmtplib
 import pytest
@@ -251,6 +254,34 @@ async def test_a_re_subject_without_references_counts_only_for_a_known_contact(
     await mail.deliver(again)
     known = await mail.received(C3)
     assert known.message is not None and known.message.text == "Where is it?"
+
+
+async def test_an_attachment_downloads_under_its_real_name(make_mail: MailFactory) -> None:
+    """`résumé façade.pdf` downloads with its real name in `filename*` (RFC 6266, RFC 5987)
+    beside the ASCII fallback; the fallback alone saved it as `r_sum__fa_ade.pdf`."""
+    mail = await make_mail()
+    msg = BytesParser(policy=policy.default).parsebytes(customer_mail(message_id=C1))
+    assert isinstance(msg, EmailMessage)
+    msg.add_attachment(b"%PDF-1.4 cv", maintype="application", subtype="pdf", filename=CV)
+    await mail.deliver(msg.as_bytes())
+    event = await mail.received(C1)
+    assert event.message is not None and event.conversation is not None
+    assert [a.filename for a in event.message.attachments] == [CV]
+    resp = await mail.gw.client.get(
+        f"/api/v1/conversations/{event.conversation.id}/messages/{event.message.id}/attachments/0",
+        headers=mail.gw.auth("maria"),
+    )
+    assert resp.status == 200 and await resp.read() == b"%PDF-1.4 cv"
+    disposition = resp.headers["Content-Disposition"]
+    assert disposition == (
+        'inline; filename="r_sum__fa_ade.pdf";'
+        " filename*=UTF-8''r%C3%A9sum%C3%A9%20fa%C3%A7ade.pdf"
+    )
+    # what a browser makes of it (RFC 6266 4.3: filename* first): the real name
+    assert unquote(disposition.split("filename*=UTF-8''")[1]) == CV
+
+
+CV = "résumé façade.pdf"
 
 
 async def test_answer_to_a_closed_conversation_opens_a_linked_one(make_mail: MailFactory) -> None:

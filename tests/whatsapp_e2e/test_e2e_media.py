@@ -149,10 +149,27 @@ def test_safe_content_type(candidates: tuple[str | None, str | None], expected: 
     ("content_type", "filename", "expected"),
     [
         ("image/png", None, 'inline; filename="m_1-0"'),
-        ("application/pdf", "factura 3.pdf", 'inline; filename="factura_3.pdf"'),
+        (
+            "application/pdf",
+            "factura 3.pdf",
+            "inline; filename=\"factura_3.pdf\"; filename*=UTF-8''factura%203.pdf",
+        ),
         ("text/html", "x.html", 'attachment; filename="x.html"'),
         ("image/svg+xml", "x.svg", 'attachment; filename="x.svg"'),
-        ("application/octet-stream", 'a"b\r\nc', 'attachment; filename="a_b__c"'),
+        # RFC 6266: the ASCII fallback, and the real name percent-encoded as UTF-8
+        (
+            "application/pdf",
+            "résumé façade.pdf",
+            'inline; filename="r_sum__fa_ade.pdf";'
+            " filename*=UTF-8''r%C3%A9sum%C3%A9%20fa%C3%A7ade.pdf",
+        ),
+        # control characters dropped, path separators never a path
+        (
+            "application/octet-stream",
+            'a"b\r\nc',
+            "attachment; filename=\"a_b__c\"; filename*=UTF-8''a%22bc",
+        ),
+        ("application/octet-stream", "../x.txt", 'attachment; filename=".._x.txt"'),
     ],
 )
 def test_content_disposition(content_type: str, filename: str | None, expected: str) -> None:
