@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import ssl
 from collections.abc import Callable
 from datetime import date, timedelta
 from pathlib import PurePosixPath
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import aiohttp
 from tenacity import RetryCallState
@@ -385,8 +386,21 @@ class EmailAdapter(BaseAdapter):
             raise TransientChannelError(f"email: attachment fetch: {type(exc).__name__}") from None
         if len(content) > limit:
             raise PermanentChannelError("email: attachment larger than max_attachment_bytes")
-        name = attachment.filename or PurePosixPath(urlparse(attachment.url).path).name
+        name = attachment.filename or url_filename(attachment.url)
         return OutboundFile(filename=name or "attachment", mime_type=mime, content=bytes(content))
+
+
+_NAME_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def url_filename(url: str) -> str | None:
+    """The file name a URL's last path segment gives, percent-decoded: `weird%20name.txt`
+    reached the customer as written, escapes and all. A decoded `/` or `\\` (`%2F`) is not
+    a path: it becomes `_`; control characters are dropped."""
+    segment = PurePosixPath(urlparse(url).path).name
+    name = unquote(segment, errors="replace")
+    name = _NAME_CONTROL.sub("", name).replace("/", "_").replace("\\", "_").strip()
+    return None if name in ("", ".", "..") else name
 
 
 def make_adapter(context: ChannelContext) -> EmailAdapter:

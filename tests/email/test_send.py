@@ -363,7 +363,8 @@ async def test_invalid_recipient_is_permanent(make_adapter: Any, smtp_server: Sm
 @pytest.fixture
 async def file_server() -> AsyncIterator[int]:
     """A file server on 127.0.0.1 (a private address, as an internal file server would be):
-    `/files/invoice.pdf`, and `/moved` redirecting to it by the name `localhost`."""
+    `/files/invoice.pdf`, `/moved` redirecting to it by the name `localhost`, and any
+    `/named/NAME` (a short text file)."""
     app = web.Application()
 
     async def invoice(_request: web.Request) -> web.Response:
@@ -374,8 +375,12 @@ async def file_server() -> AsyncIterator[int]:
     async def moved(_request: web.Request) -> web.Response:
         raise web.HTTPFound(f"http://localhost:{port}/files/invoice.pdf")
 
+    async def named(request: web.Request) -> web.Response:
+        return web.Response(body=b"hello", content_type="text/plain")
+
     app.router.add_get("/files/invoice.pdf", invoice)
     app.router.add_get("/moved", moved)
+    app.router.add_get("/named/{name}", named)
     runner = web.AppRunner(app)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
@@ -425,6 +430,35 @@ async def test_attachments_are_fetched_and_attached(
     assert part.get_filename() == "invoice.pdf"
     assert part.get_content_type() == "application/pdf"
     assert part.get_content() == b"%PDF-1.4 fake"
+
+
+@pytest.mark.parametrize(
+    ("segment", "name"),
+    [
+        ("weird%20name%20%C3%A9.txt", "weird name é.txt"),
+        ("a%2F..%2Fb.txt", "a_.._b.txt"),  # a decoded separator is not a path
+        ("%0D%0ABcc%3A%20x.txt", "Bcc: x.txt"),  # nor a line break a header
+    ],
+)
+async def test_an_attachment_named_by_its_url_has_the_decoded_name(
+    segment: str,
+    name: str,
+    make_adapter: Any,
+    smtp_server: SmtpServer,
+    http: aiohttp.ClientSession,
+    file_server: int,
+) -> None:
+    """Without a filename, the URL's last path segment names the file: percent-decoded (it
+    reached the customer as `weird%20name%20%C3%A9.txt`), with no path or control
+    characters left in it."""
+    adapter = smtp_adapter(make_adapter, smtp_server, ["127.0.0.1"], http=http)
+    url = f"http://127.0.0.1:{file_server}/named/{segment}"
+    await adapter.send(
+        conversation(), agent_message(attachments=(Attachment("document", url=url),))
+    )
+    [part] = list(parsed(smtp_server.handler.messages[0]).iter_attachments())
+    assert part.get_filename() == name
+    assert part.get_content() == "hello"
 
 
 @pytest.mark.parametrize("mode", ["starttls", "implicit"])
