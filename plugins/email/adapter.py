@@ -203,13 +203,28 @@ class EmailAdapter(BaseAdapter):
             # Read again what arrived from the day the cursor last moved (IMAP's SINCE counts
             # whole days) and let the core's Message-ID dedup drop what was stored already.
             # Reading the whole mailbox filled the queue with years of old mail.
-            start = await self._renumbered_start(cursor, session)
+            start, day = await self._renumbered_start(cursor, session)
+            skipped: dict[str, str] = {}
+            if day is not None:
+                # Mail the server dates earlier (moved in from Spam or another folder, which
+                # keeps its arrival date) is not read: say so, and how to import it.
+                command = f"gateway email backfill --channel {self.name}"
+                skipped = {
+                    "not_read_before": day.isoformat(),
+                    "backfill": command,
+                    "hint": (
+                        f"mail the server dates before {day.isoformat()} is not read again;"
+                        f" import any that is missing with `{command}` (add --since"
+                        " YYYY-MM-DD to read from that day only; what is stored is skipped)"
+                    ),
+                }
             self._log.warning(
                 "email.imap.uidvalidity_changed",
                 old=cursor.uidvalidity,
                 new=uidvalidity,
                 since=cursor.synced_on,
                 from_uid=start + 1,
+                **skipped,
             )
         elif self.config.imap.first_sync == "all":
             start = 0
@@ -223,16 +238,19 @@ class EmailAdapter(BaseAdapter):
         await save_cursor(self.context.kv, key, cursor)
         return cursor
 
-    async def _renumbered_start(self, cursor: Cursor, session: ImapSession) -> int:
+    async def _renumbered_start(
+        self, cursor: Cursor, session: ImapSession
+    ) -> tuple[int, date | None]:
         """The UID to read on from in a renumbered mailbox: before the first message of the
-        day the old cursor last moved (all of it without that day, or with first_sync: all)."""
+        day the old cursor last moved (all of it without that day, or with first_sync: all);
+        and the first day read, when older mail is left unread (None when all of it is)."""
         if cursor.synced_on is None or self.config.imap.first_sync == "all":
-            return 0
+            return 0, None
         day = date.fromisoformat(cursor.synced_on) - timedelta(days=1)  # time zones
         found = await session.search("SINCE", day.strftime("%d-%b-%Y"))
         if not found:
-            return (await session.search("ALL") or [0])[-1]
-        return found[0] - 1
+            return (await session.search("ALL") or [0])[-1], day
+        return found[0] - 1, day
 
     async def _fetch_pass(self, session: ImapSession, cursor: Cursor) -> Cursor:
         """Store every message above the cursor, in UID order, advancing it after each."""

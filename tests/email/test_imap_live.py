@@ -18,6 +18,7 @@ from structlog.testing import capture_logs
 
 from gateway.clock import ManualClock
 from gateway.model import DeliveryState, to_dict
+from plugins.email.backfill import backfill
 from plugins.email.cursor import live_key
 from tests.email.conftest import (
     ADDRESS,
@@ -225,11 +226,22 @@ async def test_a_renumbered_mailbox_is_read_again_only_from_the_last_synced_day(
     old_cursor = {"uidvalidity": 1, "last_uid": 99, "synced_on": day}
     kv.data[live_key("support-mail")] = orjson.dumps(old_cursor).decode()
     adapter = make_adapter(config)
-    await adapter.start()
-    await until(adapter, lambda: adapter.passes >= 1)
+    with capture_logs() as logs:
+        await adapter.start()
+        await until(adapter, lambda: adapter.passes >= 1)
     assert sorted(m.subject or "" for m in inbound.messages) == ["New 0", "New 1"]
     cursor = orjson.loads(kv.data[live_key("support-mail")])
     assert cursor["uidvalidity"] != 1 and cursor["last_uid"] == 5
+    # The warning says what is left unread (the Old mail) and how to import it.
+    [warning] = [e for e in logs if e["event"] == "email.imap.uidvalidity_changed"]
+    assert warning["log_level"] == "warning"
+    assert warning["not_read_before"] == "2026-11-24"
+    assert warning["backfill"] == "gateway email backfill --channel support-mail"
+    assert "not read again" in warning["hint"] and warning["backfill"] in warning["hint"]
+    # and that command does import them, once
+    assert await backfill(config, inbound, kv, progress=False) == 3
+    subjects = sorted(m.subject or "" for m in inbound.messages)
+    assert subjects == ["New 0", "New 1", "Old 0", "Old 1", "Old 2"]
 
 
 @pytest.mark.parametrize("written", ["Atención", "Atenci&APM-n"])
