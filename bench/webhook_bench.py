@@ -36,6 +36,7 @@ import contextlib
 import hashlib
 import io
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -340,7 +341,7 @@ def pin(cpu: int | None) -> list[str]:
     return ["taskset", "-c", str(cpu)]
 
 
-REFERENCES = ("bare", "verify", "commit", "rows")
+REFERENCES = ("bare", "verify", "commit", "rows", "lean")
 """The reference servers, each doing a little more of a webhook's work (see serve_reference)."""
 
 
@@ -360,6 +361,11 @@ def serve_reference(kind: str, port: int, work: Path) -> None:
       documents of the same fields, made by orjson from plain dicts. It has none of the inbox's
       logic (no lifecycle, routing, models, event hub, metrics or logs): the floor of what
       storing the inbox's state costs, so the gateway's ratio can be read against it.
+    - `lean` does the whole webhook the smallest way we know, as a measure of what a rewrite
+      of the hot path and of the schema could reach (see `lean_rows`): every message of the
+      payload deduplicated, routed by first-match rules, stored with its conversation, window
+      deadline and two events in a lean schema (integer keys, three indexes, compact JSON),
+      acknowledged after the group commit. No models, no lifecycle, hub, metrics or logs.
     """
     import hmac
     import sqlite3
@@ -373,7 +379,7 @@ def serve_reference(kind: str, port: int, work: Path) -> None:
 
     secret = APP_SECRET.encode()
     writer = None
-    if kind in ("commit", "rows"):
+    if kind in ("commit", "rows", "lean"):
         from gateway.store.sqlite import SCHEMA
         from gateway.store.sqlite_writer import GroupCommitWriter
 
@@ -385,6 +391,8 @@ def serve_reference(kind: str, port: int, work: Path) -> None:
             conn.execute("PRAGMA synchronous=FULL")
             if kind == "rows":
                 conn.executescript(SCHEMA)
+            elif kind == "lean":
+                conn.executescript(LEAN_SCHEMA)
             else:
                 conn.execute(
                     "CREATE TABLE IF NOT EXISTS messages"
@@ -404,7 +412,15 @@ def serve_reference(kind: str, port: int, work: Path) -> None:
             return web.Response(status=403)
         document = orjson.loads(body)
         wamid = document["entry"][0]["changes"][0]["value"]["messages"][0]["id"]
-        if writer is not None and kind == "rows":
+        if writer is not None and kind == "lean":
+            jobs = [
+                lean_rows(change["value"])
+                for entry in document["entry"]
+                for change in entry["changes"]
+                if change.get("field") == "messages"
+            ]
+            await writer.run(lambda conn: [job(conn) for job in jobs])
+        elif writer is not None and kind == "rows":
             await writer.run(inbox_rows(document["entry"][0]["changes"][0]["value"]))
         elif writer is not None:
             await writer.run(
@@ -507,6 +523,96 @@ def inbox_rows(value: dict[str, Any]) -> Callable[[sqlite3.Connection], None]:
             (message_id, conversation_id, channel, address, raw["id"], message_json),
         )
         conn.execute("INSERT INTO events (data) VALUES (?), (?)", (created, received))
+
+    return job
+
+
+LEAN_SCHEMA = """
+CREATE TABLE IF NOT EXISTS conversations (id INTEGER PRIMARY KEY, channel TEXT NOT NULL,
+    address TEXT NOT NULL, state TEXT NOT NULL, queue TEXT NOT NULL, queued_at INTEGER NOT NULL,
+    version INTEGER NOT NULL, data BLOB NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS conversations_open ON conversations(channel, address)
+    WHERE state IN ('waiting', 'active', 'pending');
+CREATE INDEX IF NOT EXISTS conversations_queued ON conversations(state, queue, queued_at);
+CREATE TABLE IF NOT EXISTS messages (id INTEGER PRIMARY KEY, conversation_id INTEGER NOT NULL,
+    channel TEXT NOT NULL, provider_message_id TEXT NOT NULL, data BLOB NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS messages_dedup ON messages(channel, provider_message_id);
+CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS deadlines (conversation_id INTEGER NOT NULL, kind INTEGER NOT NULL,
+    due_at INTEGER NOT NULL, PRIMARY KEY (conversation_id, kind)) WITHOUT ROWID;
+"""
+"""The `lean` reference's schema: integer keys (the table's own rowid), one index per question
+the hot path asks (the open conversation, the dedup, the FIFO), no JSON copies of the same
+snapshot. A message's conversation is found by scanning messages' rowids in a real one; here the
+bench never asks."""
+
+LEAN_ROUTES = ((CHANNEL, re.compile("(?i)precio|price"), "sales"), (None, None, "support"))
+"""First match wins, the last without a condition is the default: as `routing:` in config."""
+
+
+def lean_rows(value: dict[str, Any]) -> Callable[[sqlite3.Connection], None]:
+    """The `lean` reference's write job for one change's messages (see serve_reference)."""
+    now = time.time()
+    stamp = int(now * 1_000_000)
+    contacts = {c["wa_id"]: c.get("profile", {}).get("name") for c in value.get("contacts", ())}
+    prepared = []
+    for raw in value.get("messages", ()):
+        text = raw["text"]["body"] if raw.get("type") == "text" else ""
+        queue = next(
+            q for channel, pattern, q in LEAN_ROUTES
+            if (channel is None or channel == CHANNEL)
+            and (pattern is None or pattern.search(text))
+        )  # fmt: skip
+        address, sent = "+" + raw["from"], int(raw["timestamp"])
+        contact = {"address": address, "display_name": contacts.get(raw["from"])}
+        message = orjson.dumps(
+            {"direction": "in", "kind": raw.get("type"), "text": text, "sent_at": sent,
+             "received_at": stamp, "contact": contact, "raw": raw}
+        )  # fmt: skip
+        prepared.append((raw["id"], address, sent, queue, contact, text, message))
+
+    def job(conn: sqlite3.Connection) -> None:
+        for wamid, address, sent, queue, contact, text, message in prepared:
+            duplicate, open_id, version = conn.execute(
+                "SELECT (SELECT 1 FROM messages WHERE channel = ?1 AND provider_message_id = ?2),"
+                " c.id, c.version FROM (SELECT 1) LEFT JOIN conversations c ON c.channel = ?1"
+                " AND c.address = ?3 AND c.state IN ('waiting', 'active', 'pending')",
+                (CHANNEL, wamid, address),
+            ).fetchone()
+            if duplicate:
+                continue
+            if open_id is None:
+                snapshot = orjson.dumps(
+                    {"state": "waiting", "queue": queue, "contact": contact, "preview": text[:120],
+                     "queued_at": stamp, "window_expires_at": sent + 86400, "version": 1}
+                )  # fmt: skip
+                open_id = conn.execute(
+                    "INSERT INTO conversations (channel, address, state, queue, queued_at,"
+                    " version, data) VALUES (?, ?, 'waiting', ?, ?, 1, ?)",
+                    (CHANNEL, address, queue, stamp, snapshot),
+                ).lastrowid
+                event = b'{"type":"conversation.created","conversation":%s}' % snapshot
+            else:
+                conn.execute(
+                    "UPDATE conversations SET version = version + 1 WHERE id = ?", (open_id,)
+                )
+                event = b'{"type":"conversation.updated","id":%d,"version":%d}' % (
+                    open_id,
+                    version + 1,
+                )
+            message_id = conn.execute(
+                "INSERT INTO messages (conversation_id, channel, provider_message_id, data)"
+                " VALUES (?, ?, ?, ?)",
+                (open_id, CHANNEL, wamid, message),
+            ).lastrowid
+            conn.execute(
+                "INSERT OR REPLACE INTO deadlines VALUES (?, 1, ?)", (open_id, sent + 86400)
+            )
+            received = b'{"type":"message.received","conversation_id":%d,"message_id":%d}' % (
+                open_id,
+                message_id,
+            )
+            conn.execute("INSERT INTO events (data) VALUES (?), (?)", (event, received))
 
     return job
 
