@@ -298,7 +298,10 @@ async def load_wrk(
         for request in requests:
             signature = request.headers["X-Hub-Signature-256"].encode()
             out.write(signature + b"\t" + request.body + b"\n")
-    script = work / "wrk.lua"
+    # One script per run: redis_bench starts one wrk per node at once, and with one shared
+    # file a wrk could read the script while the next run rewrote it (every request refused
+    # as unsigned, or a Lua error).
+    script = work / f"{name}-wrk.lua"
     script.write_text(f"REQUESTS_FILE = {str(data)!r}\n" + WRK_SCRIPT)
     cpu_before = cpu_time(pid) if pid else 0.0
     threads_before = thread_cpu(pid) if pid else {}
