@@ -621,19 +621,24 @@ async def test_a_client_id_too_long_or_an_attachment_is_called_that(gw: Gateway)
     await ws.close()
 
 
-async def test_an_ack_never_overtakes_the_push_of_a_message_stored_before_it(gw: Gateway) -> None:
-    """A widget resumes after the last message it got. An agent reply stored just before the
-    visitor's message (through another node, or while this node's pushes lag) used to be
-    pushed after that message's ack: a reconnect in between skipped it (re-audit: 16-25 acks
-    in 100 overtook such a push). Here this node's fan-out is held back while the reply is
-    stored, so the ack can only come first if it does not wait for the pushes."""
-    _, ws, conv_id = await chat_taken_by_maria(gw)
+async def hold_fan_out(gw: Gateway) -> None:
+    """Stop this node's event fan-out: what is stored meanwhile reaches sockets only once
+    `resume_fan_out` is called, all at once."""
     hub = gw.runtime.hub
     assert hub._task is not None
     hub._task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await hub._task
-    await gw.post("maria", f"/api/v1/conversations/{conv_id}/messages", {"text": "stored first"})
+
+
+def resume_fan_out(gw: Gateway) -> None:
+    gw.runtime.hub._task = asyncio.create_task(gw.runtime.hub._run())
+
+
+async def visitor_writes_and_it_is_stored(
+    ws: ClientWebSocketResponse, text: str, client_id: str
+) -> None:
+    """The visitor sends `text`; returns once it is stored (its ack may still be waiting)."""
     stored = asyncio.Event()
 
     def notice(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Any:
@@ -642,17 +647,38 @@ async def test_an_ack_never_overtakes_the_push_of_a_message_stored_before_it(gw:
         return event
 
     with capture_logs(processors=[notice]):
-        await ws.send_json({"type": "message", "text": "stored second", "client_id": "u-2"})
+        await ws.send_json({"type": "message", "text": text, "client_id": client_id})
         async with asyncio.timeout(5):
-            await stored.wait()  # the visitor's message is stored; its ack waits
-    hub._task = asyncio.create_task(hub._run())  # the pushes go on
-    seen = []
-    async with asyncio.timeout(5):
-        while not seen or seen[-1][0] != "ack":
+            await stored.wait()
+
+
+async def messages_and_acks(ws: ClientWebSocketResponse, count: int) -> list[tuple[str, str]]:
+    """The next `count` message and ack frames, as (type, text), within 3 s (less than
+    ACK_WAIT: a frame held back that long is a failure)."""
+    seen: list[tuple[str, str]] = []
+    async with asyncio.timeout(3):
+        while len(seen) < count:
             got = json.loads((await ws.receive()).data)
             if got["type"] in ("message", "ack"):
                 seen.append((got["type"], got["message"]["text"]))
-    assert seen == [("message", "stored first"), ("ack", "stored second")]
+    return seen
+
+
+async def test_an_ack_never_overtakes_the_push_of_a_message_stored_before_it(gw: Gateway) -> None:
+    """A widget resumes after the last message it got. An agent reply stored just before the
+    visitor's message (through another node, or while this node's pushes lag) used to be
+    pushed after that message's ack: a reconnect in between skipped it (re-audit: 16-25 acks
+    in 100 overtook such a push). Here this node's fan-out is held back while the reply is
+    stored, so the ack can only come first if it does not wait for the pushes."""
+    _, ws, conv_id = await chat_taken_by_maria(gw)
+    await hold_fan_out(gw)
+    await gw.post("maria", f"/api/v1/conversations/{conv_id}/messages", {"text": "stored first"})
+    await visitor_writes_and_it_is_stored(ws, "stored second", "u-2")  # its ack waits
+    resume_fan_out(gw)
+    assert await messages_and_acks(ws, 2) == [
+        ("message", "stored first"),
+        ("ack", "stored second"),
+    ]
     await ws.close()
 
 
@@ -665,31 +691,14 @@ async def test_a_push_never_overtakes_the_ack_of_a_message_stored_before_it(
     this node's fan-out is held back until both are stored, so both events reach the socket
     at once, and the push of the reply comes first unless it waits for the ack."""
     _, ws, conv_id = await chat_taken_by_maria(gw)
-    hub = gw.runtime.hub
-    assert hub._task is not None
-    hub._task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await hub._task
-    stored = asyncio.Event()
-
-    def notice(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Any:
-        if event["event"] == "ingest.stored":
-            stored.set()
-        return event
-
-    with capture_logs(processors=[notice]):
-        await ws.send_json({"type": "message", "text": "stored first", "client_id": "u-2"})
-        async with asyncio.timeout(5):
-            await stored.wait()  # the visitor's message is stored; its ack waits
+    await hold_fan_out(gw)
+    await visitor_writes_and_it_is_stored(ws, "stored first", "u-2")  # its ack waits
     await gw.post("maria", f"/api/v1/conversations/{conv_id}/messages", {"text": "stored second"})
-    hub._task = asyncio.create_task(hub._run())  # the pushes go on
-    seen = []
-    async with asyncio.timeout(3):  # less than ACK_WAIT: a push held that long is a failure
-        while len(seen) < 2:
-            got = json.loads((await ws.receive()).data)
-            if got["type"] in ("message", "ack"):
-                seen.append((got["type"], got["message"]["text"]))
-    assert seen == [("ack", "stored first"), ("message", "stored second")]
+    resume_fan_out(gw)
+    assert await messages_and_acks(ws, 2) == [
+        ("ack", "stored first"),
+        ("message", "stored second"),
+    ]
     await ws.close()
 
 
