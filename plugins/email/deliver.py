@@ -72,8 +72,8 @@ async def store(
 
     A reply's text has its quoted history cut only if it answers a mail the channel has
     (`answers_known_mail`, asked of `history`; without one, the headers decide). A mail
-    whose Message-ID another mail already has (another sender, subject or text) is stored
-    under a derived id rather than dropped as a duplicate (see `_store_reused`).
+    whose Message-ID another mail already has (see `_another_mail`) is stored under a
+    derived id rather than dropped as a duplicate (see `_store_reused`).
 
     Returns once the message is durably stored. A message the core refuses as invalid is
     logged and reported as `rejected` (retrying it would block the mailbox forever); any
@@ -99,7 +99,7 @@ async def store(
         return Delivered(parsed=parsed, result=None, rejected=True)
     if getattr(result, "duplicate", False) and parsed.message_id is not None:
         stored = getattr(result, "message", None)
-        if isinstance(stored, Message) and _another_mail(stored, message):
+        if isinstance(stored, Message) and _another_mail(stored, message, config.address):
             result = await _store_reused(message, stored, inbound, config, logger)
     defects = message.extra.get("defects")
     if defects and not getattr(result, "duplicate", False):
@@ -165,19 +165,22 @@ def _body(message: InboundMessage | Message) -> str | None:
     return full if isinstance(full, str) else message.text
 
 
-def _another_mail(stored: Message, message: InboundMessage) -> bool:
-    """Tell whether the customer mail stored under this Message-ID is another mail than
-    `message`: another sender, subject or text. A provider's re-delivery, or the same mail
-    fetched again (a renumbered mailbox, a restart), is the same in all three. Our own
-    outbound mail is never "another" one: a copy of it coming back stays deduplicated."""
+def _another_mail(stored: Message, message: InboundMessage, own_address: str | None) -> bool:
+    """Tell whether the mail stored under this Message-ID is another mail than `message`.
+
+    Against a customer's mail: another sender or another text (the subject is left out: a
+    mailing list re-sends the same mail with `[List]` before it). A provider's re-delivery, or
+    the same mail fetched again (a renumbered mailbox, a restart), is the same in both.
+    Against one of our replies: only a copy of it coming back (from our own address: a Bcc, a
+    list) is the same mail; anyone else's mail naming its id is another one, and was dropped
+    as a duplicate of our reply (re-audit).
+    """
     if stored.direction != Direction.IN:
-        return False
+        own = (own_address or "").lower()
+        ours = message.extra.get("auto_reply") == "own-address"
+        return not ours and message.contact.address.lower() != own
     address = stored.contact.address if stored.contact is not None else None
-    return (address, stored.subject, _body(stored)) != (
-        message.contact.address,
-        message.subject,
-        _body(message),
-    )
+    return (address, _body(stored)) != (message.contact.address, _body(message))
 
 
 def reused_id(message: InboundMessage) -> str:

@@ -122,6 +122,37 @@ async def test_another_mail_reusing_a_message_id_is_kept_and_refetches_still_ded
     assert await ingest_counts(mail) == {"stored": 2.0, "duplicate": 4.0}
 
 
+async def test_a_mail_naming_one_of_our_replies_ids_is_kept_and_our_own_copy_is_not(
+    make_mail: MailFactory,
+) -> None:
+    """Re-audit: a customer mail whose Message-ID is one of our replies' (a broken client, a
+    forged copy) was dropped as a duplicate of the reply, at info only. Only our own copy
+    coming back (a Bcc) is that reply; a mailing list's copy of a customer's mail, `[List]`
+    before its subject, is that mail too."""
+    mail = await make_mail()
+    await mail.deliver(customer_mail(message_id="<q1@customer.example>"))
+    first = await mail.received("<q1@customer.example>")
+    assert first.conversation is not None
+    await mail.act(first.conversation.id, "accept")
+    await mail.reply(first.conversation.id, "It ships today.")
+    [sent] = mail.sent()
+    ours = str(sent["Message-ID"])
+    await mail.deliver(sent.as_bytes())  # our copy, Bcc'd back into the mailbox
+    listed = customer_mail(message_id="<q1@customer.example>", subject="[Shop] Where is my order?")
+    await mail.deliver(listed)
+    with capture_logs() as logs:
+        await mail.deliver(
+            customer_mail(message_id=ours, sender="Carl <carl@c.example>", text="URGENT: refund")
+        )
+        carl = await mail.wait_event(
+            lambda e: e.message is not None and e.message.text == "URGENT: refund"
+        )
+        await mail.wait_synced(lambda: any(e["event"] == "email.message_id_reused" for e in logs))
+    assert carl.message is not None and carl.message.provider_message_id.startswith(f"{ours}#")
+    texts = [e.message.text for e in await mail.all_received() if e.message is not None]
+    assert texts == ["Hello, where is my order 42?", "URGENT: refund"]  # no copy stored
+
+
 async def ingest_counts(mail: Any) -> dict[str, float]:
     """This process's `gateway_ingested_messages_total` for the channel, by outcome."""
     response = await mail.gw.client.get("/metrics")
