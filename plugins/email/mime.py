@@ -309,7 +309,7 @@ def extract(msg: EmailMessage, max_attachment_bytes: int) -> Body:
             texts.append(part_text(part))
             continue
         if filename is None and _no_boundary(part):
-            body.unbounded[path] = part_text(part)
+            body.unbounded[path] = _unsplit_text(part)
         body.attachments.append(
             _part_info(path, part, ctype, filename, disposition, max_attachment_bytes)
         )
@@ -322,12 +322,25 @@ def extract(msg: EmailMessage, max_attachment_bytes: int) -> Body:
     return body
 
 
+_UNSPLIT = (errors.NoBoundaryInMultipartDefect, errors.StartBoundaryNotFoundDefect)
+"""What the parser notes on a multipart it could not split: no boundary named, or one named
+(empty, say) that never starts a part."""
+_HTML_START = re.compile(r"\s*<(!doctype|html|head|body|div|p|table)\b", re.IGNORECASE)
+
+
 def _no_boundary(part: Message) -> bool:
-    """A multipart whose Content-Type names no boundary: the parser cannot split it and
-    keeps its whole payload as one string (a broken mailer, a header cut by a relay)."""
+    """A multipart the parser could not split (its Content-Type names no boundary, or one
+    that never appears: a broken mailer, a header cut by a relay): it keeps the whole
+    payload as one string."""
     return part.get_content_maintype() == "multipart" and any(
-        isinstance(defect, errors.NoBoundaryInMultipartDefect) for defect in part.defects
+        isinstance(defect, _UNSPLIT) for defect in part.defects
     )
+
+
+def _unsplit_text(part: Message) -> str:
+    """The body of a multipart that could not be split, as text (HTML made readable)."""
+    text = part_text(part)
+    return html_to_text(text) if _HTML_START.match(text) else text
 
 
 def _unbounded_text(body: Body) -> str:

@@ -114,6 +114,34 @@ def test_a_multipart_without_a_boundary_is_read_as_its_text() -> None:
     assert "NoBoundaryInMultipartDefect" in message.extra["defects"]
 
 
+@pytest.mark.parametrize(
+    ("content_type", "defect"),
+    [
+        (b'multipart/alternative; boundary=""', "StartBoundaryNotFoundDefect"),
+        (b'multipart/mixed; boundary="XYZ"', "StartBoundaryNotFoundDefect"),  # never appears
+    ],
+)
+def test_a_multipart_whose_boundary_never_starts_a_part_is_read_as_its_text(
+    content_type: bytes, defect: str
+) -> None:
+    """Re-audit: an empty boundary, or one the body never uses, hid the body as a nameless
+    attachment, as a missing one did."""
+    raw = NO_BOUNDARY.replace(b"multipart/mixed\r\n\r\n", content_type + b"\r\n\r\n")
+    message = parse_email(raw, "support-mail", NOW).message
+    assert message.text == "Hello, my order 42 never came.\nAna"
+    assert message.attachments == ()
+    assert defect in message.extra["defects"]
+
+
+def test_an_unsplit_multipart_of_html_is_read_as_text_not_tags() -> None:
+    raw = NO_BOUNDARY.replace(
+        b"Hello, my order 42 never came.\r\nAna\r\n",
+        b"<html><body><p>Hello, my <b>order 42</b> never came.</p></body></html>\r\n",
+    )
+    message = parse_email(raw, "support-mail", NOW).message
+    assert message.text == "Hello, my order 42 never came."
+
+
 def test_a_nested_multipart_without_a_boundary_is_noted_and_read() -> None:
     raw = (
         b"From: Ana <ana@customer.example>\r\nSubject: Order 42\r\nMIME-Version: 1.0\r\n"
