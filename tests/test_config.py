@@ -1235,6 +1235,7 @@ def mail_channel(name: str, host: str, user: str, mailbox: str, port: int = 993)
     [
         ("imap.example.com", "support", "INBOX", 993),
         ("IMAP.Example.com", "support", "inbox", 143),  # the same mailbox, written otherwise
+        ("imap.example.com.", "support", "INBOX", 993),  # the host's root dot (re-audit)
     ],
 )
 def test_two_email_channels_reading_one_mailbox_are_refused(
@@ -1255,6 +1256,18 @@ def test_two_email_channels_reading_one_mailbox_are_refused(
         "'imap://support@imap.example.com/INBOX' is already the imap of channels[0]:"
         " one imap, one channel"
     )
+
+
+def test_a_folder_named_as_written_and_in_modified_utf7_is_one_mailbox(tmp_path: Path) -> None:
+    """Re-audit: `Atención` and `Atenci&APM-n` (how IMAP spells it) are one folder."""
+    channels = "\n".join(
+        [
+            mail_channel("mail-a", "imap.example.com", "support", '"Atención"'),
+            mail_channel("mail-b", "imap.example.com", "support", '"Atenci&APM-n"'),
+        ]
+    )
+    line = problem_at(real_channels(tmp_path, channels), "channels[1].imap")
+    assert "is already the imap of channels[0]" in line
 
 
 def test_two_email_channels_sharing_a_mailbox_through_a_yaml_alias_are_refused(

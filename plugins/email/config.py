@@ -24,6 +24,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr
 from gateway.channels import ChannelConfig
 from gateway.durations import PositiveDuration
 from gateway.lifecycle import ChannelPolicy
+from plugins.email.mailboxes import folder
 
 TlsMode = Literal["implicit", "starttls", "none"]
 """`implicit`: TLS from the first byte (IMAPS 993, SMTPS 465); `starttls`: upgrade a plain
@@ -107,9 +108,11 @@ class EmailConfig(ChannelConfig):
         """One mailbox, one channel: two channels reading the same one (host, user, mailbox)
         would each import every mail, so each customer's mail would open two conversations
         and be answered from both. Host names and INBOX are case-insensitive, so compared in
-        lower and upper case; the port is not compared (993 and 143 reach the same mailbox)."""
-        mailbox = "INBOX" if self.imap.mailbox.upper() == "INBOX" else self.imap.mailbox
-        host = self.imap.host.strip().lower()
+        lower and upper case, a mailbox by the folder it names (`Atención` and `Atenci&APM-n`
+        are one), a host without its root dot; the port is not compared (993 and 143 reach
+        the same mailbox)."""
+        mailbox = folder(self.imap.mailbox)
+        host = self.imap.host.strip().lower().rstrip(".")
         return {"imap": f"imap://{self.imap.username}@{host}/{mailbox}"}
 
     def policy(self) -> ChannelPolicy:

@@ -19,9 +19,9 @@ from typing import Any, TypeVar
 
 import aioimaplib
 from aioimaplib.aioimaplib import Command
-from imapclient import imap_utf7
 
 from plugins.email.config import ImapSettings
+from plugins.email.mailboxes import wire_name
 
 T = TypeVar("T")
 
@@ -103,7 +103,7 @@ class ImapSession:
 
     async def select(self) -> Mailbox:
         """Select the configured mailbox and return its UIDVALIDITY and UIDNEXT."""
-        name = _quote(mailbox_name(self.settings.mailbox))
+        name = _quote(wire_name(self.settings.mailbox))
         response = await self._guard(self._client.select(name))
         if response.result != "OK":
             raise ImapError(f"SELECT refused: {_text(response)}")
@@ -260,17 +260,6 @@ def parse_fetch(lines: list[Any]) -> list[tuple[int, bytes]]:
 def _text(response: Any) -> str:
     lines = [bytes(line).decode("utf-8", "replace") for line in response.lines[-1:]]
     return " ".join(lines)[:200]
-
-
-def mailbox_name(mailbox: str) -> str:
-    """The mailbox name as IMAP takes it: modified UTF-7 (RFC 3501 5.1.3) for a name with
-    non-ASCII characters (`Atención` is `Atenci&APM-n`), which servers refuse as raw UTF-8
-    unless UTF8=ACCEPT is enabled. An ASCII name is sent as written, so one an operator
-    already wrote in modified UTF-7 keeps working."""
-    if mailbox.isascii():
-        return mailbox
-    encoded: bytes = imap_utf7.encode(mailbox)
-    return encoded.decode("ascii")
 
 
 def _quote(mailbox: str) -> str:

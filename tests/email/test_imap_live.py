@@ -244,14 +244,21 @@ async def test_a_renumbered_mailbox_is_read_again_only_from_the_last_synced_day(
     assert subjects == ["New 0", "New 1", "Old 0", "Old 1", "Old 2"]
 
 
-@pytest.mark.parametrize("written", ["Atención", "Atenci&APM-n"])
+@pytest.mark.parametrize(
+    ("written", "wire"),
+    [
+        ("Atención", "Atenci&APM-n"),  # U+00F3 as UTF-16BE 00 F3, base64 "APM"
+        ("Atenci&APM-n", "Atenci&APM-n"),
+        ("R&D", "R&-D"),  # a bare & is &- (re-audit: "A&B Support" was refused as invalid)
+    ],
+)
 async def test_a_mailbox_named_with_non_ascii_characters_is_read(
-    written: str, dovecot: Dovecot, inbound: RecordingInbound, make_adapter: Any
+    written: str, wire: str, dovecot: Dovecot, inbound: RecordingInbound, make_adapter: Any
 ) -> None:
     """`imap.mailbox: "Atención"` is selected as `Atenci&APM-n` (modified UTF-7, RFC 3501
     5.1.3): sent as raw UTF-8 the server refused it and the channel never connected. A name
-    already written in modified UTF-7 (ASCII) is sent as written."""
-    wire = "Atenci&APM-n"  # U+00F3 as UTF-16BE 00 F3, base64 "APM"
+    already written in modified UTF-7 (ASCII) is sent as written; one with a bare `&` is not
+    valid modified UTF-7, so it is encoded too."""
     listed = await asyncio.to_thread(dovecot.create_sync, wire)
     assert any(line.endswith(f'"{wire}"') or line.endswith(f" {wire}") for line in listed)
     await dovecot.append(customer_mail(5), mailbox=wire)
