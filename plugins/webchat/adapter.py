@@ -45,6 +45,7 @@ from gateway.errors import (
     VersionConflict,
 )
 from gateway.ids import new_id
+from gateway.keylocks import KeyedLocks
 from gateway.model import (
     Contact,
     Conversation,
@@ -58,6 +59,7 @@ from gateway.model import (
     iso,
 )
 from gateway.sink import shown_text
+from gateway.store.base import IngestResult
 from gateway.wsdrop import ClientNotReading, Sender
 from plugins.webchat.config import WebchatConfig
 from plugins.webchat.tokens import InvalidToken, TokenSigner, VisitorSession
@@ -314,6 +316,8 @@ class WebchatAdapter(BaseAdapter):
         self._sockets: set[web.WebSocketResponse] = set()
         self._deliveries: set[asyncio.Task[Any]] = set()
         """Delivery writes that outlived their socket (see `_record_delivery`)."""
+        self._storing: KeyedLocks[str] = KeyedLocks()
+        """Visitor messages being limited and stored, by provider id (see `_limited_store`)."""
         self.sockets_per_visitor = ConnectionCounter(self.config.max_sockets_per_visitor)
         """Open sockets per visitor id on this node (see `gateway.connlimit`)."""
         self.sockets_per_address = ConnectionCounter(self.config.max_sockets_per_address)
@@ -515,15 +519,14 @@ class WebchatAdapter(BaseAdapter):
             return self._cors(request, _error(400, "invalid_request", str(exc)))
         if message is None:
             return self._cors(request, _error(400, "invalid_request", "type must be 'message'"))
-        retry_after = await self._message_limit(session, message)
-        if retry_after is not None:
-            return self._cors(request, _rate_limited(retry_after))
         try:
-            result = await self.context.inbound.message(message)
+            retry_after, result = await self._limited_store(session, message)
         except StoreUnavailable as exc:
             return self._cors(request, self._unavailable(exc))
         except VersionConflict as exc:  # busy chat: nothing stored, the visitor sends again
             return self._cors(request, _error(409, "conflict", str(exc)))
+        if result is None:
+            return self._cors(request, _rate_limited(retry_after or 1))
         if _reused(result.duplicate, result.message, message):
             return self._cors(request, _error(422, "client_id_reused", CLIENT_ID_REUSED))
         body = {
@@ -627,6 +630,20 @@ class WebchatAdapter(BaseAdapter):
                 return self._cors(request, self._unavailable(exc))
             body["conversation"] = None if state is None else {"state": str(state)}
         return self._cors(request, _json(body))
+
+    async def _limited_store(
+        self, session: VisitorSession, message: InboundMessage
+    ) -> tuple[float | None, IngestResult | None]:
+        """Count a visitor message against the rate, then store it: (None, what ingest
+        answered), or (the wait, None) when over the rate. One client_id at a time on this
+        node: copies sent at once (a client retrying while its first request is still in
+        flight) wait for the first, then pass as resends; each used up the rate (re-audit:
+        four copies at once, one message stored, and the visitor's next ones refused)."""
+        async with self._storing.hold(message.provider_message_id):
+            retry_after = await self._message_limit(session, message)
+            if retry_after is not None:
+                return retry_after, None
+            return None, await self.context.inbound.message(message)
 
     async def _message_limit(
         self, session: VisitorSession, message: InboundMessage
@@ -969,15 +986,8 @@ class WebchatAdapter(BaseAdapter):
     ) -> bool:
         """Store a visitor's message and answer it on the socket; whether it was newly stored
         (then its event reaches this socket's pushes, which wait for this answer)."""
-        retry_after = await self._message_limit(session, message)
-        if retry_after is not None:
-            # Not stored: the visitor resends it (same client_id) after the wait.
-            seconds = round(retry_after)  # whole seconds, as REST's `retry_after`
-            text = f"too many messages; retry in {seconds} s"
-            await _send_error(ws, "rate_limited", text, client_id, retry_after=seconds)
-            return False
         try:
-            result = await self.context.inbound.message(message)
+            retry_after, result = await self._limited_store(session, message)
         except StoreUnavailable as exc:
             self.context.log.warning("webchat.store_unavailable", channel=self.name, error=str(exc))
             # The socket's answer to a 503: say why, then close so that the widget reconnects
@@ -987,6 +997,12 @@ class WebchatAdapter(BaseAdapter):
             return False
         except VersionConflict as exc:  # busy chat: nothing stored, the visitor sends again
             await _send_error(ws, "conflict", str(exc), client_id)
+            return False
+        if result is None:
+            # Not stored: the visitor resends it (same client_id) after the wait.
+            seconds = round(retry_after or 1)  # whole seconds, as REST's `retry_after`
+            text = f"too many messages; retry in {seconds} s"
+            await _send_error(ws, "rate_limited", text, client_id, retry_after=seconds)
             return False
         if _reused(result.duplicate, result.message, message):
             await _send_error(ws, "client_id_reused", CLIENT_ID_REUSED, client_id)

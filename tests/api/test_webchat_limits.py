@@ -179,6 +179,32 @@ async def test_resends_of_a_stored_message_do_not_use_up_the_rate(
     await ws.close()
 
 
+async def test_copies_of_a_message_sent_at_once_use_the_rate_once(
+    make_gateway: GatewayFactory,
+) -> None:
+    """Re-audit: four copies of one message posted at the same moment (a client retrying
+    while its first request is in flight) stored one message but used four of the rate, and
+    the visitor's next new messages were refused."""
+    gw = await make_gateway(limited(message="3/hour"))
+    visitor = await gw.visitor("Ana")
+    headers = {"Authorization": f"Bearer {visitor['token']}"}
+
+    async def post(text: str, client_id: str) -> int:
+        body = {"text": text, "client_id": client_id}
+        resp = await gw.client.post("/webchat/site/messages", json=body, headers=headers)
+        return resp.status
+
+    copies = await asyncio.gather(*(post("hola", "q") for _ in range(4)))
+    assert sorted(copies) == [201, 201, 201, 201]
+    assert [await post("second", "r"), await post("third", "s")] == [201, 201]
+    assert await post("fourth", "t") == 429  # and the limit still holds
+    _, inbox = await gw.get("maria", "/api/v1/inbox?state=waiting")
+    _, conversation = await gw.get(
+        "maria", f"/api/v1/conversations/{inbox['conversations'][0]['id']}"
+    )
+    assert [m["text"] for m in conversation["messages"]] == ["hola", "second", "third"]
+
+
 async def test_null_turns_a_limit_off(make_gateway: GatewayFactory) -> None:
     gw = await make_gateway(limited(session="null", message="null"))
     statuses = {(await open_session(gw)).status for _ in range(70)}  # above the default 60
