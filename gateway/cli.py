@@ -339,6 +339,7 @@ def build_parser(commands: Sequence[Command]) -> argparse.ArgumentParser:
     route.set_defaults(func=_cmd_route)
 
     plugins = sub.add_parser("plugins", help="list channel types found (built-in and third-party)")
+    with_config(plugins)  # taken, as by every command, though the list does not read it
     plugins.set_defaults(func=_cmd_plugins)
 
     groups: dict[str, argparse._SubParsersAction[argparse.ArgumentParser]] = {}

@@ -6,6 +6,7 @@ third-party ones, so there is exactly one way a channel type reaches the gateway
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from importlib import metadata
 
@@ -53,6 +54,9 @@ class PluginInfo:
     description: str
 
 
+_TYPE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+
+
 def _shipped_by(pm: pluggy.PluginManager) -> dict[int, str]:
     """The distribution (name and version) of each plugin object installed from a package."""
     return {
@@ -68,7 +72,9 @@ def _registered(impl: pluggy.HookImpl, shipped_by: str) -> list[ChannelType]:
     who = f"plugin {impl.plugin_name!r}" + (f" ({shipped_by})" if shipped_by else "")
     try:
         batch = impl.function()
-    except Exception as exc:
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # a SystemExit too: a plugin must not end every command
         raise PluginError(
             f"{who}: register_channel_types failed: {type(exc).__name__}: {exc};"
             " fix or uninstall it"
@@ -79,6 +85,11 @@ def _registered(impl: pluggy.HookImpl, shipped_by: str) -> list[ChannelType]:
             f" gateway.channels.ChannelType, not {type(batch).__name__}"
         )
     for channel_type in batch:
+        if not isinstance(channel_type.name, str) or not _TYPE_NAME.fullmatch(channel_type.name):
+            raise PluginError(
+                f"{who}: a channel type's name must be a word of letters, digits and _ (what"
+                f" config's `type:` says), not {channel_type.name!r}"
+            )
         model = channel_type.config_model
         if not (isinstance(model, type) and issubclass(model, ChannelConfig)):
             raise PluginError(

@@ -46,6 +46,12 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
         raise AdapterFailed(
             f"channel {name!r} failed to handle the webhook; see the gateway log"
         ) from None
+    if not isinstance(response, web.StreamResponse):  # the plugin broke the adapter contract
+        runtime.metrics.count_webhook(name, "error")
+        log.error("webhook.adapter_failed", channel=name, answered=type(response).__name__)
+        raise AdapterFailed(
+            f"channel {name!r} answered the webhook with no HTTP response; see the gateway log"
+        )
     outcome = "ok" if response.status < 400 else f"http_{response.status}"
     runtime.metrics.count_webhook(name, outcome)
     return response

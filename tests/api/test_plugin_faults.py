@@ -80,6 +80,8 @@ class FaultyAdapter(BaseAdapter):
     async def handle_webhook(self, request: web.Request) -> web.StreamResponse:
         if self.fault == "webhook":
             raise KeyError("From")  # a payload the plugin did not expect
+        if self.fault == "webhook_dict":
+            return {"ok": True}  # type: ignore[return-value]
         return web.Response(status=200)
 
     def health(self) -> ChannelHealth:
@@ -332,6 +334,16 @@ async def test_a_webhook_the_plugin_fails_on_is_the_documented_adapter_error(
     assert error["code"] == "adapter_error" and "'sms'" in error["message"]
     failed = [e for e in logs if e["event"] == "webhook.adapter_failed"]
     assert failed and failed[0]["channel"] == "sms" and failed[0]["log_level"] == "error"
+
+
+@pytest.mark.parametrize("started", ["webhook_dict"], indirect=True)
+async def test_a_webhook_answered_with_no_response_is_an_adapter_error(
+    started: TestClient,
+) -> None:
+    """Re-audit: a handler returning a dict answered an undocumented 500 internal_error."""
+    resp = await started.post("/webhooks/sms", data=b"From=%2B1555")
+    assert resp.status == 500
+    assert (await resp.json())["error"]["code"] == "adapter_error"
 
 
 def test_a_route_on_the_gateways_own_paths_is_refused(tmp_path: Path) -> None:

@@ -364,3 +364,37 @@ def test_serve_names_a_channel_whose_adapter_cannot_be_made(
     assert result.stderr.startswith("gateway: channel 'sms' (aud_sms): its plugin")
     assert words in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("raised", [SystemExit(0), GeneratorExit()])
+def test_a_registration_that_exits_is_a_plugin_error_not_a_silent_end(
+    raised: BaseException,
+) -> None:
+    """Re-audit: a hook raising SystemExit(0) made check and serve exit 0 with no output."""
+
+    class Quitter(_Hooks):
+        @_Hooks.hookimpl
+        def register_channel_types(self) -> list[ChannelType]:
+            raise raised
+
+    with pytest.raises(PluginError, match="plugin 'quitter': register_channel_types failed"):
+        channel_types(_plugin_pm(Quitter(), "quitter"))
+
+
+@pytest.mark.parametrize("name", [123, "", "sms type", "-sms"])
+def test_a_channel_type_name_must_be_a_word(name: object) -> None:
+    """Re-audit: a name of 123 crashed every command sorting the types; "" was accepted."""
+
+    class Careless(_Hooks):
+        @_Hooks.hookimpl
+        def register_channel_types(self) -> list[ChannelType]:
+            return [ChannelType(name, _Config, _Adapter)]  # type: ignore[arg-type]
+
+    with pytest.raises(PluginError, match="a channel type's name must be a word"):
+        channel_types(_plugin_pm(Careless(), "careless"))
+
+
+def test_plugins_takes_config_as_every_command_does() -> None:
+    result = run("plugins", "--config", "no-such.yaml")
+    assert result.returncode == 0, result.stderr
+    assert "webchat" in result.stdout
