@@ -117,8 +117,13 @@ class WhatsAppAdapter(BaseAdapter):
     async def handle_webhook(self, request: web.Request) -> web.StreamResponse:
         if request.method == "GET":
             return await self._provider.handshake(request)
-        if request.method != "POST":
-            return json_error(405, "method_not_allowed", "webhooks are POST (GET for Meta's check)")
+        if request.method != "POST":  # a 405 says what is taken (RFC 9110 15.5.6)
+            return json_error(
+                405,
+                "method_not_allowed",
+                "webhooks are POST (GET for Meta's check)",
+                {"Allow": self._provider.webhook_methods},
+            )
         log = self.context.log
         try:
             body = await read_within(request, read_body(request, self.config.max_webhook_bytes))

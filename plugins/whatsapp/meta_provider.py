@@ -124,6 +124,8 @@ class MetaProvider:
     """Meta's side of a WhatsApp channel instance."""
 
     name = NAME
+    webhook_methods = "GET, POST"
+    """What its webhook URL takes: POST deliveries, GET for Meta's verification handshake."""
 
     def __init__(
         self,

@@ -20,6 +20,8 @@ from plugins.whatsapp.parsed import ParseResult
 
 class Provider(Protocol):
     name: str
+    webhook_methods: str
+    """The methods its webhook URL takes, for a 405's Allow."""
     auth_problem: str | None
     """Set when the provider last rejected our credentials; cleared by the next success."""
 

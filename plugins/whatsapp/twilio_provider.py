@@ -128,6 +128,8 @@ class TwilioProvider:
     """Twilio's side of a WhatsApp channel instance."""
 
     name = NAME
+    webhook_methods = "POST"
+    """What its webhook URL takes: Twilio only POSTs."""
 
     def __init__(self, context: ChannelContext, config: WhatsAppConfig) -> None:
         self._context = context
@@ -165,7 +167,9 @@ class TwilioProvider:
         return twiml_ack()
 
     async def handshake(self, request: web.Request) -> web.StreamResponse:
-        return json_error(405, "method_not_allowed", "Twilio webhooks are POST")
+        return json_error(
+            405, "method_not_allowed", "Twilio webhooks are POST", {"Allow": self.webhook_methods}
+        )
 
     def _twilio(self) -> Any:
         """Return the twilio-python client, aimed at api_base_url, on the shared session.

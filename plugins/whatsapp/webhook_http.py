@@ -34,9 +34,13 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def json_error(status: int, code: str, message: str) -> web.Response:
+def json_error(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
     """The gateway's error shape: `{"error": {"code", "message"}}` (DESIGN.md section 5)."""
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+    return web.json_response(
+        {"error": {"code": code, "message": message}}, status=status, headers=headers
+    )
 
 
 def twiml_ack() -> web.Response:

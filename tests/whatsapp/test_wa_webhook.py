@@ -161,6 +161,7 @@ async def test_twilio_get_is_not_allowed(serve: Serve, http_session: aiohttp.Cli
     client = await serve(twilio_adapter(http_session, RecordingInbound()))
     resp = await client.get("/webhooks/wa-twilio?hub.mode=subscribe")
     assert resp.status == 405
+    assert resp.headers["Allow"] == "POST"  # RFC 9110 (re-audit: no Allow)
 
 
 # --- Meta -----------------------------------------------------------------------------------
@@ -387,3 +388,4 @@ async def test_other_methods(serve: Serve, http_session: aiohttp.ClientSession) 
     client = await serve(meta_adapter(http_session, RecordingInbound()))
     resp = await client.put("/webhooks/wa-cloud", data=b"{}")
     assert resp.status == 405
+    assert resp.headers["Allow"] == "GET, POST"
