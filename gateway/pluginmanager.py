@@ -65,11 +65,10 @@ def _shipped_by(pm: pluggy.PluginManager) -> dict[int, str]:
     }
 
 
-def _registered(impl: pluggy.HookImpl, shipped_by: str) -> list[ChannelType]:
+def _registered(impl: pluggy.HookImpl, who: str) -> list[ChannelType]:
     """What one plugin's `register_channel_types` returns, checked: a plugin's mistake must be
     reported naming the plugin, not surface later as a traceback from deep inside (ops audit:
     a hook that raised, a config model that was a dict, an adapter without `send`)."""
-    who = f"plugin {impl.plugin_name!r}" + (f" ({shipped_by})" if shipped_by else "")
     try:
         batch = impl.function()
     except KeyboardInterrupt:
@@ -112,23 +111,29 @@ def _registered(impl: pluggy.HookImpl, shipped_by: str) -> list[ChannelType]:
     return list(batch)
 
 
-def channel_types(pm: pluggy.PluginManager) -> dict[str, ChannelType]:
-    """Collect every registered channel type by name; a name registered twice is an error."""
+def _registrations(pm: pluggy.PluginManager) -> list[tuple[ChannelType, str]]:
+    """Every registered channel type, checked (`_registered`), with the distribution that
+    ships it; a name registered twice is an error naming both plugins."""
     shipped = _shipped_by(pm)
-    found: dict[str, ChannelType] = {}
+    found: list[tuple[ChannelType, str]] = []
     owner: dict[str, str] = {}
     for impl in pm.hook.register_channel_types.get_hookimpls():
         shipped_by = shipped.get(id(impl.plugin), "")
         who = f"plugin {impl.plugin_name!r}" + (f" ({shipped_by})" if shipped_by else "")
-        for channel_type in _registered(impl, shipped_by):
-            if channel_type.name in found:
+        for channel_type in _registered(impl, who):
+            if channel_type.name in owner:
                 raise PluginError(
                     f"channel type {channel_type.name!r} is registered twice: by"
                     f" {owner[channel_type.name]} and by {who}; uninstall one of them"
                 )
-            found[channel_type.name] = channel_type
             owner[channel_type.name] = who
+            found.append((channel_type, shipped_by))
     return found
+
+
+def channel_types(pm: pluggy.PluginManager) -> dict[str, ChannelType]:
+    """Collect every registered channel type by name (see `_registrations`)."""
+    return {channel_type.name: channel_type for channel_type, _ in _registrations(pm)}
 
 
 def config_models(types: dict[str, ChannelType]) -> dict[str, type[ChannelConfig]]:
@@ -138,17 +143,10 @@ def config_models(types: dict[str, ChannelType]) -> dict[str, type[ChannelConfig
 def describe_plugins(pm: pluggy.PluginManager) -> list[PluginInfo]:
     """List channel types with the version of the distribution that ships them (a plugin's
     mistake is a PluginError naming it, as for every other command)."""
-    channel_types(pm)  # the same checks as `check` and `serve`: a duplicate type, say
-    shipped = _shipped_by(pm)
-    infos: list[PluginInfo] = []
-    for impl in pm.hook.register_channel_types.get_hookimpls():
-        shipped_by = shipped.get(id(impl.plugin), "")
-        for channel_type in _registered(impl, shipped_by):
-            infos.append(
-                PluginInfo(
-                    channel_type.name, channel_type.version, shipped_by, channel_type.description
-                )
-            )
+    infos = [
+        PluginInfo(channel_type.name, channel_type.version, shipped_by, channel_type.description)
+        for channel_type, shipped_by in _registrations(pm)
+    ]
     return sorted(infos, key=lambda i: i.channel_type)
 
 

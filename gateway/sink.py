@@ -42,6 +42,8 @@ _UNSHOWN = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 """Control characters and the bidirectional embeddings, overrides and isolates."""
 _CONTROL_IN_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 """Control characters, except tab, line feed and carriage return."""
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+_SEPARATORS = re.compile(r"[/\\]")
 _JOINS_PREVIOUS = re.compile("[\u200d\ufe00-\ufe0f\U0001f3fb-\U0001f3ff\U000e0020-\U000e007f]")
 """What belongs to the character before it: a joiner, variation selectors, skin tones, tags."""
 _REGIONAL_AT_END = re.compile("[\U0001f1e6-\U0001f1ff]+$")
@@ -50,6 +52,14 @@ _REGIONAL_AT_END = re.compile("[\U0001f1e6-\U0001f1ff]+$")
 def shown_text(text: str) -> str:
     """A message's text (or subject) as the gateway keeps it (see the module docstring)."""
     return _CONTROL_IN_TEXT.sub("", text) if _CONTROL_IN_TEXT.search(text) else text
+
+
+def shown_filename(name: str) -> str | None:
+    """A file's name as it may be offered for saving: without control characters, with `_`
+    for path separators (a name is never a path on the reader's disk); None when nothing is
+    left of it (or only `.` or `..`)."""
+    cleaned = _SEPARATORS.sub("_", _CONTROL.sub("", name)).strip()
+    return None if cleaned in ("", ".", "..") else cleaned
 
 
 def shown_name(name: str) -> str:
@@ -118,8 +128,8 @@ class ChannelInbound:
                 inbound = evolve(inbound, contact=Contact(address, shown))
         for field in ("text", "subject"):
             value = getattr(inbound, field)
-            if isinstance(value, str) and _CONTROL_IN_TEXT.search(value):
-                inbound = evolve(inbound, **{field: shown_text(value)})
+            if isinstance(value, str) and (shown := shown_text(value)) is not value:
+                inbound = evolve(inbound, **{field: shown})
         try:
             return await self.ingestor.message(inbound)
         except orjson.JSONEncodeError as exc:  # raw or extra: found where they are encoded

@@ -25,6 +25,7 @@ from gateway.appkeys import RUNTIME
 from gateway.channels import MediaSource, MessageMediaSource
 from gateway.errors import ChannelError, NotFound
 from gateway.model import Direction
+from gateway.sink import shown_filename
 
 log = structlog.get_logger("gateway.api.media")
 
@@ -68,17 +69,12 @@ def content_disposition(content_type: str, filename: str | None, fallback: str) 
 
 _ATTR_CHARS = "!#$&+-.^_`|~"
 """RFC 5987 attr-char beyond letters and digits: sent as they are, all else percent-encoded."""
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-_SEPARATORS = re.compile(r"[/\\]")
 
 
 def _real_name(filename: str | None) -> str | None:
-    """The name as the customer's mail gave it, minus control characters and path
-    separators (a name is never a path on the agent's disk), and at most 255 characters."""
-    if not filename:
-        return None
-    cleaned = _SEPARATORS.sub("_", _CONTROL.sub("", filename)).strip()[:255]
-    return None if cleaned in ("", ".", "..") else cleaned
+    """The name as the customer's mail gave it (`shown_filename`), at most 255 characters."""
+    shown = shown_filename(filename) if filename else None
+    return shown[:255] if shown else None
 
 
 @routes.get("/api/v1/conversations/{id}/messages/{message_id}/attachments/{index}")

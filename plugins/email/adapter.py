@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import ssl
 from collections.abc import Callable
 from datetime import date, timedelta
@@ -34,6 +33,7 @@ from gateway.channels import (
 )
 from gateway.errors import ChannelError, PermanentChannelError, TransientChannelError
 from gateway.model import Attachment, Conversation, Message
+from gateway.sink import shown_filename
 from plugins.email.attachments import attachment_content
 from plugins.email.backoff import Backoff, Sleep, reconnecting
 from plugins.email.compose import (
@@ -408,17 +408,11 @@ class EmailAdapter(BaseAdapter):
         return OutboundFile(filename=name or "attachment", mime_type=mime, content=bytes(content))
 
 
-_NAME_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
 def url_filename(url: str) -> str | None:
     """The file name a URL's last path segment gives, percent-decoded: `weird%20name.txt`
     reached the customer as written, escapes and all. A decoded `/` or `\\` (`%2F`) is not
-    a path: it becomes `_`; control characters are dropped."""
-    segment = PurePosixPath(urlparse(url).path).name
-    name = unquote(segment, errors="replace")
-    name = _NAME_CONTROL.sub("", name).replace("/", "_").replace("\\", "_").strip()
-    return None if name in ("", ".", "..") else name
+    a path (see `shown_filename`)."""
+    return shown_filename(unquote(PurePosixPath(urlparse(url).path).name, errors="replace"))
 
 
 def make_adapter(context: ChannelContext) -> EmailAdapter:
